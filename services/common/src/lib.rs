@@ -1,0 +1,17 @@
+//! What every grpc-chat service really shares, written once: reading configuration from the
+//! environment, telemetry, the access-token check, the service credential for internal calls,
+//! serving with health and reflection, graceful shutdown, and the mapping of internal errors
+//! to a status that leaks nothing.
+
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod metrics;
+pub mod server;
+pub mod service_token;
+pub mod shutdown;
+pub mod telemetry;
+pub mod token;
+
+pub use shutdown::Shutdown;
+pub use token::{Caller, Claims, Role, TokenVerifier};

@@ -1,0 +1,57 @@
+//! Serving a tonic router the same way in every binary and test: on an already bound
+//! listener (so tests bind port 0 and learn the port before serving), with gRPC health and
+//! reflection, request metrics, and a graceful stop that lets open calls finish.
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{server::Router, Server};
+
+use crate::{metrics::MetricsLayer, Shutdown};
+
+/// A server builder with the settings every service uses.
+pub fn builder() -> tonic::transport::Server<tower::layer::util::Stack<MetricsLayer, tower::layer::util::Identity>> {
+    Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(MetricsLayer)
+}
+
+/// The reflection service for every grpc-chat contract (v1 and v1alpha, for older tools).
+pub fn reflection() -> anyhow::Result<(
+    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<impl tonic_reflection::server::v1alpha::ServerReflection>,
+)> {
+    let v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(grpc_chat_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(grpc_chat_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    Ok((v1, v1alpha))
+}
+
+/// Serves `router` on `listener` until `shutdown` is triggered, then drains open calls.
+pub async fn serve<L>(router: Router<L>, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()>
+where
+    L: tower::Layer<tonic::service::Routes> + Clone,
+    L::Service: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+        > + Clone
+        + Send
+        + 'static,
+    <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Future: Send + 'static,
+    <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
+    let incoming = TcpListenerStream::new(listener);
+    router
+        .serve_with_incoming_shutdown(incoming, async move { shutdown.wait().await })
+        .await?;
+    Ok(())
+}

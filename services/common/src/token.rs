@@ -1,0 +1,321 @@
+//! The access-token check every service runs on every call, from the public keys alone.
+//!
+//! Auth signs access tokens with Ed25519 (EdDSA) and publishes the public keys through
+//! `GetPublicKeys`. A [`TokenVerifier`] holds those keys by `kid` and verifies a token
+//! without any network call; [`TokenVerifier::refresh_from`] reloads them from AuthService
+//! (at start-up, periodically, and after an unknown `kid` is seen, which is how a key
+//! rotation reaches every replica). The verified caller is put into the request's
+//! extensions as a [`Caller`] by [`TokenVerifier::interceptor`].
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use grpc_chat_proto::auth::v1::{self as pb, auth_service_client::AuthServiceClient};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+use tonic::{metadata::MetadataMap, transport::Channel, Request, Status};
+
+/// What a token's holder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Admin,
+    Service,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Admin => "admin",
+            Role::Service => "service",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "user" => Some(Role::User),
+            "admin" => Some(Role::Admin),
+            "service" => Some(Role::Service),
+            _ => None,
+        }
+    }
+}
+
+impl From<Role> for pb::Role {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::User => pb::Role::User,
+            Role::Admin => pb::Role::Admin,
+            Role::Service => pb::Role::Service,
+        }
+    }
+}
+
+/// The claims of an access token. `sub` is the user id in decimal, or `service:<name>` for
+/// service tokens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub iss: String,
+    pub aud: String,
+    pub jti: String,
+    pub role: Role,
+    /// The username, so services can show a sender without a lookup. Absent for services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    User {
+        id: i64,
+        username: String,
+        role: Role,
+    },
+    Service {
+        name: String,
+    },
+}
+
+impl Caller {
+    pub fn user_id(&self) -> Option<i64> {
+        match self {
+            Caller::User { id, .. } => Some(*id),
+            Caller::Service { .. } => None,
+        }
+    }
+
+    pub fn is_service(&self) -> bool {
+        matches!(self, Caller::Service { .. })
+    }
+
+    /// The caller put into the request by the interceptor; UNAUTHENTICATED when absent
+    /// (a handler mounted without the interceptor).
+    pub fn from_request<T>(req: &Request<T>) -> Result<Caller, Status> {
+        req.extensions()
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("missing access token"))
+    }
+
+    /// The calling user; PERMISSION_DENIED for a service token.
+    pub fn require_user<T>(req: &Request<T>) -> Result<(i64, String), Status> {
+        match Self::from_request(req)? {
+            Caller::User { id, username, .. } => Ok((id, username)),
+            Caller::Service { .. } => Err(Status::permission_denied(
+                "this call must be made on behalf of a user",
+            )),
+        }
+    }
+
+    /// Succeeds only for service callers; PERMISSION_DENIED for users.
+    pub fn require_service<T>(req: &Request<T>) -> Result<String, Status> {
+        match Self::from_request(req)? {
+            Caller::Service { name } => Ok(name),
+            Caller::User { .. } => Err(Status::permission_denied(
+                "this call is internal: it needs a service token",
+            )),
+        }
+    }
+}
+
+impl TryFrom<Claims> for Caller {
+    type Error = Status;
+
+    fn try_from(c: Claims) -> Result<Self, Status> {
+        match c.role {
+            Role::Service => {
+                let name = c
+                    .sub
+                    .strip_prefix("service:")
+                    .ok_or_else(|| Status::unauthenticated("malformed service token subject"))?;
+                Ok(Caller::Service {
+                    name: name.to_owned(),
+                })
+            }
+            role => {
+                let id = c
+                    .sub
+                    .parse::<i64>()
+                    .map_err(|_| Status::unauthenticated("malformed token subject"))?;
+                Ok(Caller::User {
+                    id,
+                    username: c.name.unwrap_or_default(),
+                    role,
+                })
+            }
+        }
+    }
+}
+
+/// Why a token was not accepted; the message is safe to show a client.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("token expired")]
+    Expired,
+    #[error("token signed by an unknown key")]
+    UnknownKey,
+    #[error("token is malformed or its signature is invalid")]
+    Invalid,
+    #[error("token was issued for another issuer or audience")]
+    WrongIssuerOrAudience,
+}
+
+impl From<TokenError> for Status {
+    fn from(e: TokenError) -> Self {
+        Status::unauthenticated(e.to_string())
+    }
+}
+
+struct Keys {
+    by_kid: HashMap<String, DecodingKey>,
+}
+
+/// Verifies access tokens with the issuer's public keys; cheap to clone.
+#[derive(Clone)]
+pub struct TokenVerifier {
+    keys: Arc<RwLock<Keys>>,
+    validation: Arc<Validation>,
+}
+
+impl TokenVerifier {
+    /// A verifier for tokens with this issuer and audience, and no key yet.
+    pub fn new(issuer: &str, audience: &str) -> Self {
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+        validation.leeway = 0;
+        Self {
+            keys: Arc::new(RwLock::new(Keys {
+                by_kid: HashMap::new(),
+            })),
+            validation: Arc::new(validation),
+        }
+    }
+
+    /// Replaces the key set with these `(kid, SPKI PEM)` pairs.
+    pub fn set_keys<'a>(
+        &self,
+        keys: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> anyhow::Result<()> {
+        let mut by_kid = HashMap::new();
+        for (kid, pem) in keys {
+            let key = DecodingKey::from_ed_pem(pem.as_bytes())
+                .map_err(|e| anyhow::anyhow!("public key {kid} is not an Ed25519 PEM: {e}"))?;
+            by_kid.insert(kid.to_owned(), key);
+        }
+        match self.keys.write() {
+            Ok(mut k) => k.by_kid = by_kid,
+            Err(poisoned) => poisoned.into_inner().by_kid = by_kid,
+        }
+        Ok(())
+    }
+
+    /// Loads the keys from AuthService's `GetPublicKeys`.
+    pub async fn refresh_from(&self, client: &mut AuthServiceClient<Channel>) -> anyhow::Result<()> {
+        let resp = client
+            .get_public_keys(pb::GetPublicKeysRequest {})
+            .await
+            .map_err(|s| anyhow::anyhow!("GetPublicKeys failed: {}", s.message()))?
+            .into_inner();
+        self.set_keys(
+            resp.keys
+                .iter()
+                .map(|k| (k.key_id.as_str(), k.public_key_pem.as_str())),
+        )
+    }
+
+    /// Reloads the keys from AuthService every `every`, until shutdown. Failures are logged
+    /// and retried at the next tick; the old keys stay in use.
+    pub fn spawn_refresh(
+        &self,
+        mut client: AuthServiceClient<Channel>,
+        every: Duration,
+        shutdown: crate::Shutdown,
+    ) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = shutdown.wait() => return,
+                    _ = tick.tick() => {}
+                }
+                if let Err(e) = this.refresh_from(&mut client).await {
+                    tracing::warn!(error = %e, "refreshing token keys failed");
+                }
+            }
+        });
+    }
+
+    /// Verifies a token and returns its claims.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(TokenError::Invalid);
+        }
+        let kid = header.kid.ok_or(TokenError::Invalid)?;
+        let keys = match self.keys.read() {
+            Ok(k) => k,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let key = keys.by_kid.get(&kid).ok_or(TokenError::UnknownKey)?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind as K;
+                match e.kind() {
+                    K::ExpiredSignature => TokenError::Expired,
+                    K::InvalidIssuer | K::InvalidAudience => TokenError::WrongIssuerOrAudience,
+                    _ => TokenError::Invalid,
+                }
+            })?;
+        Ok(data.claims)
+    }
+
+    /// The caller of a request, from its `authorization: Bearer <token>` header.
+    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
+        let token = bearer_token(metadata)?;
+        let claims = self.verify(token)?;
+        Caller::try_from(claims)
+    }
+
+    /// A tonic interceptor that rejects calls without a valid token and puts the [`Caller`]
+    /// into the request's extensions.
+    pub fn interceptor(&self) -> impl tonic::service::Interceptor + Clone {
+        let this = self.clone();
+        move |mut req: Request<()>| {
+            let caller = this.authenticate(req.metadata())?;
+            req.extensions_mut().insert(caller);
+            Ok(req)
+        }
+    }
+}
+
+/// The token of an `authorization: Bearer <token>` header.
+pub fn bearer_token(metadata: &MetadataMap) -> Result<&str, Status> {
+    let value = metadata
+        .get("authorization")
+        .ok_or_else(|| Status::unauthenticated("missing access token (authorization header)"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| Status::unauthenticated("authorization header is not text"))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or_else(|| Status::unauthenticated("authorization header must be 'Bearer <token>'"))?
+        .trim();
+    if token.is_empty() {
+        return Err(Status::unauthenticated("empty access token"));
+    }
+    Ok(token)
+}
