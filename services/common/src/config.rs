@@ -57,3 +57,16 @@ pub fn secret_var(name: &str) -> Result<Option<String>> {
             .map(|s| Some(s.trim().to_owned())),
     }
 }
+
+/// Where to serve Prometheus metrics: `METRICS_ADDR` (default `0.0.0.0:9090`), or `None`
+/// when it is set to `off`.
+pub fn metrics_addr() -> Result<Option<std::net::SocketAddr>> {
+    match var("METRICS_ADDR") {
+        Some(v) if v.eq_ignore_ascii_case("off") => Ok(None),
+        _ => parse_or(
+            "METRICS_ADDR",
+            std::net::SocketAddr::from(([0, 0, 0, 0], 9090)),
+        )
+        .map(Some),
+    }
+}

@@ -34,9 +34,6 @@ pub async fn connect_and_migrate(
         .connect(url)
         .await
         .context("connecting to PostgreSQL")?;
-    migrator
-        .run(&pool)
-        .await
-        .context("applying migrations")?;
+    migrator.run(&pool).await.context("applying migrations")?;
     Ok(pool)
 }

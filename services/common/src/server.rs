@@ -11,7 +11,9 @@ use tonic::transport::{server::Router, Server};
 use crate::{metrics::MetricsLayer, Shutdown};
 
 /// A server builder with the settings every service uses.
-pub fn builder() -> tonic::transport::Server<tower::layer::util::Stack<MetricsLayer, tower::layer::util::Identity>> {
+pub fn builder(
+) -> tonic::transport::Server<tower::layer::util::Stack<MetricsLayer, tower::layer::util::Identity>>
+{
     Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -21,8 +23,12 @@ pub fn builder() -> tonic::transport::Server<tower::layer::util::Stack<MetricsLa
 
 /// The reflection service for every grpc-chat contract (v1 and v1alpha, for older tools).
 pub fn reflection() -> anyhow::Result<(
-    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
-    tonic_reflection::server::v1alpha::ServerReflectionServer<impl tonic_reflection::server::v1alpha::ServerReflection>,
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
 )> {
     let v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(grpc_chat_proto::FILE_DESCRIPTOR_SET)
@@ -36,7 +42,11 @@ pub fn reflection() -> anyhow::Result<(
 }
 
 /// Serves `router` on `listener` until `shutdown` is triggered, then drains open calls.
-pub async fn serve<L>(router: Router<L>, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()>
+pub async fn serve<L>(
+    router: Router<L>,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()>
 where
     L: tower::Layer<tonic::service::Routes> + Clone,
     L::Service: tower::Service<

@@ -221,7 +221,10 @@ impl TokenVerifier {
     }
 
     /// Loads the keys from AuthService's `GetPublicKeys`.
-    pub async fn refresh_from(&self, client: &mut AuthServiceClient<Channel>) -> anyhow::Result<()> {
+    pub async fn refresh_from(
+        &self,
+        client: &mut AuthServiceClient<Channel>,
+    ) -> anyhow::Result<()> {
         let resp = client
             .get_public_keys(pb::GetPublicKeysRequest {})
             .await
@@ -270,15 +273,14 @@ impl TokenVerifier {
             Err(poisoned) => poisoned.into_inner(),
         };
         let key = keys.by_kid.get(&kid).ok_or(TokenError::UnknownKey)?;
-        let data =
-            jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind as K;
-                match e.kind() {
-                    K::ExpiredSignature => TokenError::Expired,
-                    K::InvalidIssuer | K::InvalidAudience => TokenError::WrongIssuerOrAudience,
-                    _ => TokenError::Invalid,
-                }
-            })?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::ExpiredSignature => TokenError::Expired,
+                K::InvalidIssuer | K::InvalidAudience => TokenError::WrongIssuerOrAudience,
+                _ => TokenError::Invalid,
+            }
+        })?;
         Ok(data.claims)
     }
 

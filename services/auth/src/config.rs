@@ -1,0 +1,94 @@
+//! The auth service's configuration, read once from the environment at start-up.
+//!
+//! | variable | default | meaning |
+//! | --- | --- | --- |
+//! | `LISTEN_ADDR` | `0.0.0.0:50051` | gRPC address |
+//! | `DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/users` | the `users` database (created when missing) |
+//! | `DATABASE_MAX_CONNECTIONS` | `10` | pool size |
+//! | `BCRYPT_COST` | `12` | bcrypt work factor (4 to 31) |
+//! | `ACCESS_TOKEN_TTL_SECS` | `900` | access token lifetime |
+//! | `REFRESH_TOKEN_TTL_SECS` | `2592000` | refresh token lifetime (30 days) |
+//! | `SERVICE_TOKEN_TTL_SECS` | `900` | service token lifetime |
+//! | `JWT_ISSUER` / `JWT_AUDIENCE` | `grpc-chat-auth` / `grpc-chat` | `iss` and `aud` claims |
+//! | `JWT_SIGNING_KEY` (or `JWT_SIGNING_KEY_FILE`) | generated, with a warning | Ed25519 PKCS#8 PEM |
+//! | `JWT_PREVIOUS_PUBLIC_KEY` (or `_FILE`) | none | a retired key's public PEM, still accepted during a rotation |
+//! | `SERVICE_SECRET` (or `SERVICE_SECRET_FILE`) | none: service tokens disabled | pre-shared secret for `IssueServiceToken` |
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::Result;
+use chat_common::config::{parse_or, secret_var, secs_or, var_or};
+use secrecy::SecretString;
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/users";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen_addr: SocketAddr,
+    pub database_url: String,
+    pub database_max_connections: u32,
+    pub settings: Settings,
+}
+
+/// Everything the service logic needs beyond its storage; shared by the split binary and
+/// the embedded server.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub bcrypt_cost: u32,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+    pub service_token_ttl: Duration,
+    pub issuer: String,
+    pub audience: String,
+    pub signing_key_pem: Option<SecretString>,
+    pub previous_public_key_pem: Option<String>,
+    pub service_secret: Option<SecretString>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            bcrypt_cost: 12,
+            access_ttl: Duration::from_secs(900),
+            refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+            service_token_ttl: Duration::from_secs(900),
+            issuer: "grpc-chat-auth".into(),
+            audience: "grpc-chat".into(),
+            signing_key_pem: None,
+            previous_public_key_pem: None,
+            service_secret: None,
+        }
+    }
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self> {
+        let d = Settings::default();
+        let bcrypt_cost: u32 = parse_or("BCRYPT_COST", d.bcrypt_cost)?;
+        if !(4..=31).contains(&bcrypt_cost) {
+            anyhow::bail!("BCRYPT_COST={bcrypt_cost} must be between 4 and 31");
+        }
+        Ok(Self {
+            bcrypt_cost,
+            access_ttl: secs_or("ACCESS_TOKEN_TTL_SECS", d.access_ttl)?,
+            refresh_ttl: secs_or("REFRESH_TOKEN_TTL_SECS", d.refresh_ttl)?,
+            service_token_ttl: secs_or("SERVICE_TOKEN_TTL_SECS", d.service_token_ttl)?,
+            issuer: var_or("JWT_ISSUER", &d.issuer),
+            audience: var_or("JWT_AUDIENCE", &d.audience),
+            signing_key_pem: secret_var("JWT_SIGNING_KEY")?.map(SecretString::from),
+            previous_public_key_pem: secret_var("JWT_PREVIOUS_PUBLIC_KEY")?,
+            service_secret: secret_var("SERVICE_SECRET")?.map(SecretString::from),
+        })
+    }
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self> {
+        Ok(Self {
+            listen_addr: parse_or("LISTEN_ADDR", SocketAddr::from(([0, 0, 0, 0], 50051)))?,
+            database_url: var_or("DATABASE_URL", DEFAULT_DATABASE_URL),
+            database_max_connections: parse_or("DATABASE_MAX_CONNECTIONS", 10)?,
+            settings: Settings::from_env()?,
+        })
+    }
+}

@@ -1,0 +1,85 @@
+//! grpc-chat's AuthService: accounts (bcrypt), EdDSA-signed access tokens that every service
+//! verifies locally, and rotating refresh tokens with reuse detection.
+//!
+//! [`Application::build`] is the one place that wires the service: the binary, the embedded
+//! all-in-one server and the tests all go through it (or through [`AuthApi`] directly when
+//! they bring their own storage and listener).
+
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod keys;
+pub mod service;
+pub mod store;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use chat_common::{server, Shutdown};
+use grpc_chat_proto::auth::v1::auth_service_server::AuthServiceServer;
+
+pub use config::{Config, Settings};
+pub use service::AuthApi;
+use store::postgres::{PgUserStore, MIGRATOR};
+
+/// The gRPC service for `api`, with its health status set to serving.
+pub async fn grpc_service(
+    api: AuthApi,
+    health: &tonic_health::server::HealthReporter,
+) -> AuthServiceServer<AuthApi> {
+    health.set_serving::<AuthServiceServer<AuthApi>>().await;
+    AuthServiceServer::new(api)
+}
+
+/// A bound, ready-to-run auth service.
+pub struct Application {
+    addr: SocketAddr,
+    listener: TcpListener,
+    api: AuthApi,
+}
+
+impl Application {
+    /// Connects to and migrates the database, and binds the listener.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let pool = chat_common::db::connect_and_migrate(
+            &config.database_url,
+            &MIGRATOR,
+            config.database_max_connections,
+        )
+        .await?;
+        let api = AuthApi::new(Arc::new(PgUserStore::new(pool)), config.settings).await?;
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .with_context(|| format!("binding {}", config.listen_addr))?;
+        let addr = listener.local_addr()?;
+        Ok(Self {
+            addr,
+            listener,
+            api,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn api(&self) -> &AuthApi {
+        &self.api
+    }
+
+    /// Serves until `shutdown` is triggered, then drains open calls.
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let auth = grpc_service(self.api, &health).await;
+        let (reflection_v1, reflection_v1alpha) = server::reflection()?;
+        tracing::info!(addr = %self.addr, "auth-service serving");
+        let router = server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(auth);
+        server::serve(router, self.listener, shutdown).await
+    }
+}

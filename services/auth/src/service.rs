@@ -1,0 +1,579 @@
+//! The AuthService RPCs. Handlers parse the request into domain types, call the store, and
+//! turn the outcome into a response; every error goes through `AuthError` into a status.
+//! bcrypt runs on the blocking pool: at cost 12 one hash takes a few hundred milliseconds,
+//! which would stall every other call on an async worker.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use chat_common::{telemetry::spawn_blocking_with_tracing, Caller, Role, TokenVerifier};
+use grpc_chat_proto::auth::v1::{self as pb, auth_service_server::AuthService};
+
+use crate::{
+    config::Settings,
+    domain::{Email, FieldError, Password, UserRef, Username},
+    error::AuthError,
+    keys::{hash_refresh_token, new_refresh_token, TokenSigner},
+    store::{NewRefreshToken, Rotation, UserRecord, UserStore},
+};
+
+/// Most identifiers or ids one internal lookup may carry.
+const MAX_LOOKUP: usize = 1000;
+/// Longest refresh token or access token accepted before even looking at it.
+const MAX_TOKEN_LEN: usize = 8192;
+/// Longest password accepted at login (bcrypt reads 72 bytes; anything longer never matched).
+const MAX_LOGIN_PASSWORD: usize = 1024;
+
+/// The state behind the RPCs; cheap to clone.
+#[derive(Clone)]
+pub struct AuthApi {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn UserStore>,
+    signer: TokenSigner,
+    verifier: TokenVerifier,
+    settings: Settings,
+    /// A hash of a random password at the configured cost, verified against when the email
+    /// is unknown so that a login takes as long whether or not the account exists.
+    fallback_hash: String,
+}
+
+impl AuthApi {
+    pub async fn new(store: Arc<dyn UserStore>, settings: Settings) -> anyhow::Result<Self> {
+        let signer = TokenSigner::new(
+            settings.signing_key_pem.as_ref().map(|s| s.expose_secret()),
+            settings.previous_public_key_pem.as_slice(),
+            &settings.issuer,
+            &settings.audience,
+        )?;
+        let verifier = TokenVerifier::new(&settings.issuer, &settings.audience);
+        verifier.set_keys(
+            signer
+                .public_keys()
+                .map(|k| (k.kid.as_str(), k.pem.as_str())),
+        )?;
+        let cost = settings.bcrypt_cost;
+        let fallback_hash =
+            spawn_blocking_with_tracing(move || bcrypt::hash(Uuid::new_v4().to_string(), cost))
+                .await??;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                signer,
+                verifier,
+                settings,
+                fallback_hash,
+            }),
+        })
+    }
+
+    /// A verifier for the tokens this service signs (what other services build from
+    /// `GetPublicKeys`).
+    pub fn verifier(&self) -> TokenVerifier {
+        self.inner.verifier.clone()
+    }
+
+    async fn hash_password(&self, password: Password) -> Result<String, AuthError> {
+        let cost = self.inner.settings.bcrypt_cost;
+        let hash = spawn_blocking_with_tracing(move || bcrypt::hash(password.expose(), cost))
+            .await
+            .map_err(|e| anyhow::anyhow!("bcrypt task failed: {e}"))?
+            .map_err(|e| anyhow::anyhow!("bcrypt failed: {e}"))?;
+        Ok(hash)
+    }
+
+    async fn verify_password(&self, password: String, hash: String) -> Result<bool, AuthError> {
+        let ok = spawn_blocking_with_tracing(move || bcrypt::verify(password, &hash))
+            .await
+            .map_err(|e| anyhow::anyhow!("bcrypt task failed: {e}"))?
+            .map_err(|e| anyhow::anyhow!("bcrypt failed: {e}"))?;
+        Ok(ok)
+    }
+
+    /// Signs an access token for `user` and stores a new refresh token in `family`.
+    async fn issue_tokens(
+        &self,
+        user: &UserRecord,
+        family: Uuid,
+    ) -> Result<pb::TokenPair, AuthError> {
+        let s = &self.inner.settings;
+        let (access, access_exp) = self.inner.signer.sign(
+            user.id.to_string(),
+            user.role,
+            Some(user.username.clone()),
+            s.access_ttl,
+        )?;
+        let (refresh, hash) = new_refresh_token();
+        let refresh_exp =
+            Utc::now() + chrono::Duration::from_std(s.refresh_ttl).map_err(anyhow::Error::from)?;
+        self.inner
+            .store
+            .insert_refresh_token(&NewRefreshToken {
+                id: Uuid::new_v4(),
+                family_id: family,
+                user_id: user.id,
+                token_hash: hash,
+                expires_at: refresh_exp,
+            })
+            .await?;
+        Ok(token_pair(access, access_exp, refresh, refresh_exp))
+    }
+
+    fn require_service(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        match self.inner.verifier.authenticate(metadata)? {
+            Caller::Service { .. } => Ok(()),
+            Caller::User { .. } => Err(Status::permission_denied(
+                "this call is internal: it needs a service token",
+            )),
+        }
+    }
+}
+
+fn token_pair(
+    access: String,
+    access_exp: DateTime<Utc>,
+    refresh: String,
+    refresh_exp: DateTime<Utc>,
+) -> pb::TokenPair {
+    pb::TokenPair {
+        access_token: access,
+        access_expires_at: Some(timestamp(access_exp)),
+        refresh_token: refresh,
+        refresh_expires_at: Some(timestamp(refresh_exp)),
+        token_type: "Bearer".into(),
+    }
+}
+
+pub(crate) fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn user_to_pb(u: &UserRecord) -> pb::User {
+    pb::User {
+        id: u.id,
+        email: u.email.clone(),
+        username: u.username.clone(),
+        role: pb::Role::from(u.role) as i32,
+        created_at: Some(timestamp(u.created_at)),
+    }
+}
+
+fn refresh_token_arg(token: &str) -> Result<&str, AuthError> {
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(FieldError {
+            field: "refresh_token",
+            message: "is required".into(),
+        }
+        .into());
+    }
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(AuthError::Unauthenticated("unknown refresh token".into()));
+    }
+    Ok(token)
+}
+
+#[tonic::async_trait]
+impl AuthService for AuthApi {
+    #[tracing::instrument(skip_all)]
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let req = request.into_inner();
+        let mut errors = Vec::new();
+        let email = Email::parse(&req.email).map_err(|e| errors.push(e)).ok();
+        let username = Username::parse(&req.username)
+            .map_err(|e| errors.push(e))
+            .ok();
+        let password = Password::parse(req.password)
+            .map_err(|e| errors.push(e))
+            .ok();
+        let (Some(email), Some(username), Some(password)) = (email, username, password) else {
+            return Err(AuthError::InvalidInput(errors).into());
+        };
+        let hash = self.hash_password(password).await?;
+        let user = self
+            .inner
+            .store
+            .insert_user(&email, &username, &hash)
+            .await
+            .map_err(AuthError::from)?;
+        tracing::info!(user_id = user.id, "user registered");
+        Ok(Response::new(pb::RegisterResponse {
+            user: Some(user_to_pb(&user)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn login(
+        &self,
+        request: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        let req = request.into_inner();
+        if req.email.trim().is_empty() {
+            return Err(AuthError::from(FieldError {
+                field: "email",
+                message: "is required".into(),
+            })
+            .into());
+        }
+        if req.password.is_empty() {
+            return Err(AuthError::from(FieldError {
+                field: "password",
+                message: "is required".into(),
+            })
+            .into());
+        }
+        if req.password.len() > MAX_LOGIN_PASSWORD {
+            return Err(AuthError::from(FieldError {
+                field: "password",
+                message: "is too long".into(),
+            })
+            .into());
+        }
+        // A malformed email cannot belong to an account: same answer as a wrong password,
+        // after the same work.
+        let user = match Email::parse(&req.email) {
+            Ok(email) => self
+                .inner
+                .store
+                .user_by_email(&email)
+                .await
+                .map_err(AuthError::from)?,
+            Err(_) => None,
+        };
+        let hash = user
+            .as_ref()
+            .map(|u| u.password_hash.clone())
+            .unwrap_or_else(|| self.inner.fallback_hash.clone());
+        let ok = self.verify_password(req.password, hash).await?;
+        let user = match user {
+            Some(u) if ok => u,
+            _ => return Err(AuthError::BadCredentials.into()),
+        };
+        let tokens = self.issue_tokens(&user, Uuid::new_v4()).await?;
+        tracing::info!(user_id = user.id, "user logged in");
+        Ok(Response::new(pb::LoginResponse {
+            user: Some(user_to_pb(&user)),
+            tokens: Some(tokens),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn refresh(
+        &self,
+        request: Request<pb::RefreshRequest>,
+    ) -> Result<Response<pb::RefreshResponse>, Status> {
+        let req = request.into_inner();
+        let presented = hash_refresh_token(refresh_token_arg(&req.refresh_token)?);
+        let s = &self.inner.settings;
+        let (refresh, hash) = new_refresh_token();
+        let refresh_exp = Utc::now()
+            + chrono::Duration::from_std(s.refresh_ttl)
+                .map_err(|e| AuthError::Internal(e.into()))?;
+        let next = NewRefreshToken {
+            id: Uuid::new_v4(),
+            family_id: Uuid::nil(),
+            user_id: 0,
+            token_hash: hash,
+            expires_at: refresh_exp,
+        };
+        let user = match self
+            .inner
+            .store
+            .rotate_refresh_token(&presented, next)
+            .await
+            .map_err(AuthError::from)?
+        {
+            Rotation::Rotated(user) => user,
+            Rotation::Unknown => {
+                return Err(AuthError::Unauthenticated("unknown refresh token".into()).into())
+            }
+            Rotation::Expired => {
+                return Err(AuthError::Unauthenticated(
+                    "refresh token expired; log in again".into(),
+                )
+                .into())
+            }
+            Rotation::Revoked => {
+                return Err(AuthError::Unauthenticated(
+                    "refresh token revoked; log in again".into(),
+                )
+                .into())
+            }
+            Rotation::Reused => {
+                tracing::warn!("refresh token reused: its session has been revoked");
+                return Err(AuthError::Unauthenticated(
+                    "refresh token was already used; the session has been revoked, log in again"
+                        .into(),
+                )
+                .into());
+            }
+        };
+        let (access, access_exp) = self
+            .inner
+            .signer
+            .sign(
+                user.id.to_string(),
+                user.role,
+                Some(user.username.clone()),
+                s.access_ttl,
+            )
+            .map_err(AuthError::from)?;
+        Ok(Response::new(pb::RefreshResponse {
+            tokens: Some(token_pair(access, access_exp, refresh, refresh_exp)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn logout(
+        &self,
+        request: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let req = request.into_inner();
+        let hash = hash_refresh_token(refresh_token_arg(&req.refresh_token)?);
+        if !self
+            .inner
+            .store
+            .revoke_family(&hash)
+            .await
+            .map_err(AuthError::from)?
+        {
+            return Err(AuthError::Unauthenticated("unknown refresh token".into()).into());
+        }
+        Ok(Response::new(pb::LogoutResponse {}))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn check_access(
+        &self,
+        request: Request<pb::CheckAccessRequest>,
+    ) -> Result<Response<pb::CheckAccessResponse>, Status> {
+        let req = request.into_inner();
+        let token = req.access_token.trim();
+        let token = token.strip_prefix("Bearer ").unwrap_or(token);
+        if token.is_empty() {
+            return Err(AuthError::from(FieldError {
+                field: "access_token",
+                message: "is required".into(),
+            })
+            .into());
+        }
+        let action = match pb::Action::try_from(req.action) {
+            Ok(pb::Action::Unspecified) | Err(_) => {
+                return Err(AuthError::from(FieldError {
+                    field: "action",
+                    message: "must be one of READ_CHAT, WRITE_CHAT, DELETE, INTERNAL".into(),
+                })
+                .into())
+            }
+            Ok(a) => a,
+        };
+        let denied = |reason: String| pb::CheckAccessResponse {
+            allowed: false,
+            user_id: 0,
+            role: pb::Role::Unspecified as i32,
+            reason,
+        };
+        if token.len() > MAX_TOKEN_LEN {
+            return Ok(Response::new(denied("token is too long".into())));
+        }
+        let claims = match self.inner.verifier.verify(token) {
+            Ok(c) => c,
+            Err(e) => return Ok(Response::new(denied(e.to_string()))),
+        };
+        let allowed = match (claims.role, action) {
+            (Role::Service, _) => true,
+            (_, pb::Action::Internal) => false,
+            (Role::User | Role::Admin, _) => true,
+        };
+        Ok(Response::new(pb::CheckAccessResponse {
+            allowed,
+            user_id: if claims.role == Role::Service {
+                0
+            } else {
+                claims.sub.parse().unwrap_or(0)
+            },
+            role: pb::Role::from(claims.role) as i32,
+            reason: if allowed {
+                String::new()
+            } else {
+                "only services may perform this action".into()
+            },
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_user_ids_by_emails(
+        &self,
+        request: Request<pb::GetUserIdsByEmailsRequest>,
+    ) -> Result<Response<pb::GetUserIdsByEmailsResponse>, Status> {
+        self.require_service(request.metadata())?;
+        let req = request.into_inner();
+        if req.emails.len() > MAX_LOOKUP {
+            return Err(AuthError::from(FieldError {
+                field: "emails",
+                message: format!("at most {MAX_LOOKUP} per call"),
+            })
+            .into());
+        }
+        let mut parsed = Vec::with_capacity(req.emails.len());
+        for raw in &req.emails {
+            let r = UserRef::parse(raw).map_err(|e| {
+                AuthError::from(FieldError {
+                    field: "emails",
+                    message: format!("{raw:?}: {} {}", e.field, e.message),
+                })
+            })?;
+            parsed.push((raw, r));
+        }
+        let emails: Vec<Email> = parsed
+            .iter()
+            .filter_map(|(_, r)| match r {
+                UserRef::Email(e) => Some(e.clone()),
+                UserRef::Username(_) => None,
+            })
+            .collect();
+        let usernames: Vec<Username> = parsed
+            .iter()
+            .filter_map(|(_, r)| match r {
+                UserRef::Username(u) => Some(u.clone()),
+                UserRef::Email(_) => None,
+            })
+            .collect();
+        let users = self
+            .inner
+            .store
+            .users_by_refs(&emails, &usernames)
+            .await
+            .map_err(AuthError::from)?;
+        let mut resp = pb::GetUserIdsByEmailsResponse::default();
+        for (raw, r) in parsed {
+            let found = users.iter().find(|u| match &r {
+                UserRef::Email(e) => u.email == e.as_str(),
+                UserRef::Username(n) => u.username == n.as_str(),
+            });
+            match found {
+                Some(u) => resp.users.push(pb::ResolvedUser {
+                    identifier: raw.clone(),
+                    user_id: u.id,
+                    email: u.email.clone(),
+                    username: u.username.clone(),
+                }),
+                None => resp.not_found.push(raw.clone()),
+            }
+        }
+        Ok(Response::new(resp))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_user_emails(
+        &self,
+        request: Request<pb::GetUserEmailsRequest>,
+    ) -> Result<Response<pb::GetUserEmailsResponse>, Status> {
+        self.require_service(request.metadata())?;
+        let req = request.into_inner();
+        if req.user_ids.len() > MAX_LOOKUP {
+            return Err(AuthError::from(FieldError {
+                field: "user_ids",
+                message: format!("at most {MAX_LOOKUP} per call"),
+            })
+            .into());
+        }
+        let users = self
+            .inner
+            .store
+            .users_by_ids(&req.user_ids)
+            .await
+            .map_err(AuthError::from)?;
+        Ok(Response::new(pb::GetUserEmailsResponse {
+            users: users
+                .iter()
+                .map(|u| pb::UserEmail {
+                    user_id: u.id,
+                    email: u.email.clone(),
+                    username: u.username.clone(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn get_public_keys(
+        &self,
+        _request: Request<pb::GetPublicKeysRequest>,
+    ) -> Result<Response<pb::GetPublicKeysResponse>, Status> {
+        let signer = &self.inner.signer;
+        Ok(Response::new(pb::GetPublicKeysResponse {
+            keys: signer
+                .public_keys()
+                .map(|k| pb::PublicKey {
+                    key_id: k.kid.clone(),
+                    algorithm: "EdDSA".into(),
+                    public_key_pem: k.pem.clone(),
+                })
+                .collect(),
+            issuer: signer.issuer.clone(),
+            audience: signer.audience.clone(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn issue_service_token(
+        &self,
+        request: Request<pb::IssueServiceTokenRequest>,
+    ) -> Result<Response<pb::IssueServiceTokenResponse>, Status> {
+        let req = request.into_inner();
+        let name = req.service_name.trim();
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(AuthError::from(FieldError {
+                field: "service_name",
+                message: "must be 1 to 64 characters of letters, digits, '-' and '_'".into(),
+            })
+            .into());
+        }
+        let Some(secret) = &self.inner.settings.service_secret else {
+            return Err(AuthError::FailedPrecondition(
+                "service tokens are disabled: SERVICE_SECRET is not set on the auth service".into(),
+            )
+            .into());
+        };
+        // Compare digests in constant time, so neither content nor length leaks.
+        let want = Sha256::digest(secret.expose_secret().as_bytes());
+        let got = Sha256::digest(req.secret.as_bytes());
+        if !bool::from(want.ct_eq(&got)) {
+            tracing::warn!(service = name, "service token refused: wrong secret");
+            return Err(AuthError::Unauthenticated("wrong service secret".into()).into());
+        }
+        let (token, exp) = self
+            .inner
+            .signer
+            .sign(
+                format!("service:{name}"),
+                Role::Service,
+                None,
+                self.inner.settings.service_token_ttl,
+            )
+            .map_err(AuthError::from)?;
+        Ok(Response::new(pb::IssueServiceTokenResponse {
+            access_token: token,
+            expires_at: Some(timestamp(exp)),
+        }))
+    }
+}

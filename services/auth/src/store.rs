@@ -1,0 +1,97 @@
+//! Where accounts and refresh tokens live. The service logic talks to the [`UserStore`]
+//! trait; `postgres` implements it (an embedded backend can implement it too). Backends
+//! hold no logic: rotation rules live in the service, the store only makes each step
+//! atomic.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use chat_common::Role;
+
+use crate::domain::{Email, Username};
+
+pub mod postgres;
+
+#[derive(Debug, Clone)]
+pub struct UserRecord {
+    pub id: i64,
+    pub email: String,
+    pub username: String,
+    pub password_hash: String,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A refresh token to store.
+#[derive(Debug, Clone)]
+pub struct NewRefreshToken {
+    pub id: Uuid,
+    pub family_id: Uuid,
+    pub user_id: i64,
+    pub token_hash: Vec<u8>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// What presenting a refresh token for rotation led to.
+#[derive(Debug)]
+pub enum Rotation {
+    /// The token was valid; it is now used and `new` is stored in its family.
+    Rotated(UserRecord),
+    /// No such token.
+    Unknown,
+    Expired,
+    /// Its family was revoked earlier (logout or reuse).
+    Revoked,
+    /// It had been used already: its whole family is now revoked.
+    Reused,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("email already registered")]
+    EmailTaken,
+    #[error("username already taken")]
+    UsernameTaken,
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+#[async_trait]
+pub trait UserStore: Send + Sync + 'static {
+    async fn insert_user(
+        &self,
+        email: &Email,
+        username: &Username,
+        password_hash: &str,
+    ) -> Result<UserRecord, StoreError>;
+
+    async fn user_by_email(&self, email: &Email) -> anyhow::Result<Option<UserRecord>>;
+
+    /// Users named by any of these emails or usernames.
+    async fn users_by_refs(
+        &self,
+        emails: &[Email],
+        usernames: &[Username],
+    ) -> anyhow::Result<Vec<UserRecord>>;
+
+    async fn users_by_ids(&self, ids: &[i64]) -> anyhow::Result<Vec<UserRecord>>;
+
+    async fn insert_refresh_token(&self, token: &NewRefreshToken) -> anyhow::Result<()>;
+
+    /// Atomically: checks the token with hash `presented`, and when it is valid marks it used
+    /// and stores `next` in its family (`next.family_id` is replaced by the family's id).
+    /// A token used before revokes its family.
+    async fn rotate_refresh_token(
+        &self,
+        presented: &[u8],
+        next: NewRefreshToken,
+    ) -> anyhow::Result<Rotation>;
+
+    /// Revokes the family of the token with this hash; false when no such token exists.
+    async fn revoke_family(&self, token_hash: &[u8]) -> anyhow::Result<bool>;
+}
+
+pub(crate) fn role_from_db(s: &str) -> Role {
+    Role::parse(s).unwrap_or(Role::User)
+}

@@ -1,0 +1,212 @@
+//! The PostgreSQL backend of [`UserStore`](super::UserStore).
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use super::{role_from_db, NewRefreshToken, Rotation, StoreError, UserRecord, UserStore};
+use crate::domain::{Email, Username};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/users");
+
+pub struct PgUserStore {
+    pool: PgPool,
+}
+
+impl PgUserStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+const USER_COLUMNS: &str = "id, email, username, password_hash, role, created_at";
+
+fn user_from_row(row: &sqlx::postgres::PgRow) -> Result<UserRecord, sqlx::Error> {
+    let role: String = row.try_get("role")?;
+    Ok(UserRecord {
+        id: row.try_get("id")?,
+        email: row.try_get("email")?,
+        username: row.try_get("username")?,
+        password_hash: row.try_get("password_hash")?,
+        role: role_from_db(&role),
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+#[async_trait]
+impl UserStore for PgUserStore {
+    async fn insert_user(
+        &self,
+        email: &Email,
+        username: &Username,
+        password_hash: &str,
+    ) -> Result<UserRecord, StoreError> {
+        let res = sqlx::query(&format!(
+            "INSERT INTO users (email, username, password_hash) VALUES ($1, $2, $3) \
+             RETURNING {USER_COLUMNS}"
+        ))
+        .bind(email.as_str())
+        .bind(username.as_str())
+        .bind(password_hash)
+        .fetch_one(&self.pool)
+        .await;
+        match res {
+            Ok(row) => Ok(user_from_row(&row).context("reading the new user")?),
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => match db.constraint() {
+                Some("users_username_key") => Err(StoreError::UsernameTaken),
+                _ => Err(StoreError::EmailTaken),
+            },
+            Err(e) => Err(anyhow::Error::new(e).context("inserting a user").into()),
+        }
+    }
+
+    async fn user_by_email(&self, email: &Email) -> anyhow::Result<Option<UserRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE email = $1"
+        ))
+        .bind(email.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .context("looking up a user by email")?;
+        Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    async fn users_by_refs(
+        &self,
+        emails: &[Email],
+        usernames: &[Username],
+    ) -> anyhow::Result<Vec<UserRecord>> {
+        let emails: Vec<&str> = emails.iter().map(Email::as_str).collect();
+        let usernames: Vec<&str> = usernames.iter().map(Username::as_str).collect();
+        let rows = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE email = ANY($1) OR username = ANY($2)"
+        ))
+        .bind(&emails)
+        .bind(&usernames)
+        .fetch_all(&self.pool)
+        .await
+        .context("resolving users")?;
+        Ok(rows.iter().map(user_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn users_by_ids(&self, ids: &[i64]) -> anyhow::Result<Vec<UserRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE id = ANY($1)"
+        ))
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .context("looking up users by id")?;
+        Ok(rows.iter().map(user_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn insert_refresh_token(&self, t: &NewRefreshToken) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO refresh_tokens (id, family_id, user_id, token_hash, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(t.id)
+        .bind(t.family_id)
+        .bind(t.user_id)
+        .bind(&t.token_hash)
+        .bind(t.expires_at)
+        .execute(&self.pool)
+        .await
+        .context("storing a refresh token")?;
+        Ok(())
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        presented: &[u8],
+        mut next: NewRefreshToken,
+    ) -> anyhow::Result<Rotation> {
+        let mut tx = self.pool.begin().await.context("starting a transaction")?;
+        // FOR UPDATE: two concurrent rotations of one token serialise here, and the second
+        // sees the token used, which is exactly reuse.
+        let row = sqlx::query(
+            "SELECT family_id, user_id, expires_at, used_at, revoked_at \
+             FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE",
+        )
+        .bind(presented)
+        .fetch_optional(&mut *tx)
+        .await
+        .context("looking up a refresh token")?;
+        let Some(row) = row else {
+            return Ok(Rotation::Unknown);
+        };
+        let family_id: Uuid = row.try_get("family_id")?;
+        let user_id: i64 = row.try_get("user_id")?;
+        let expires_at: DateTime<Utc> = row.try_get("expires_at")?;
+        let used_at: Option<DateTime<Utc>> = row.try_get("used_at")?;
+        let revoked_at: Option<DateTime<Utc>> = row.try_get("revoked_at")?;
+
+        if revoked_at.is_some() {
+            return Ok(Rotation::Revoked);
+        }
+        if used_at.is_some() {
+            sqlx::query(
+                "UPDATE refresh_tokens SET revoked_at = now() \
+                 WHERE family_id = $1 AND revoked_at IS NULL",
+            )
+            .bind(family_id)
+            .execute(&mut *tx)
+            .await
+            .context("revoking a reused token's family")?;
+            tx.commit().await.context("committing a revocation")?;
+            return Ok(Rotation::Reused);
+        }
+        if expires_at <= Utc::now() {
+            return Ok(Rotation::Expired);
+        }
+        sqlx::query("UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1")
+            .bind(presented)
+            .execute(&mut *tx)
+            .await
+            .context("marking a refresh token used")?;
+        next.family_id = family_id;
+        next.user_id = user_id;
+        sqlx::query(
+            "INSERT INTO refresh_tokens (id, family_id, user_id, token_hash, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(next.id)
+        .bind(next.family_id)
+        .bind(next.user_id)
+        .bind(&next.token_hash)
+        .bind(next.expires_at)
+        .execute(&mut *tx)
+        .await
+        .context("storing the rotated refresh token")?;
+        let user = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
+            .bind(user_id)
+            .fetch_one(&mut *tx)
+            .await
+            .context("loading the token's user")?;
+        let user = user_from_row(&user)?;
+        tx.commit().await.context("committing a rotation")?;
+        Ok(Rotation::Rotated(user))
+    }
+
+    async fn revoke_family(&self, token_hash: &[u8]) -> anyhow::Result<bool> {
+        let family: Option<Uuid> =
+            sqlx::query_scalar("SELECT family_id FROM refresh_tokens WHERE token_hash = $1")
+                .bind(token_hash)
+                .fetch_optional(&self.pool)
+                .await
+                .context("looking up a refresh token")?;
+        let Some(family) = family else {
+            return Ok(false);
+        };
+        sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(family)
+        .execute(&self.pool)
+        .await
+        .context("revoking a token family")?;
+        Ok(true)
+    }
+}

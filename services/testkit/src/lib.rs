@@ -1,0 +1,223 @@
+//! Test support, after zero2prod's `spawn_app`: every test gets its own freshly created
+//! PostgreSQL database (so tests run in parallel and never see each other's rows) and real
+//! services on port 0, with connected tonic clients. Tests then read like user stories.
+
+use std::{net::SocketAddr, sync::Once, time::Duration};
+
+use secrecy::SecretString;
+use sqlx::{Connection, Executor, PgConnection};
+use tokio::net::TcpListener;
+use tonic::transport::{Channel, Endpoint};
+
+use chat_common::{server, service_token::with_bearer, Shutdown};
+use grpc_chat_proto::auth::v1::{self as authpb, auth_service_client::AuthServiceClient};
+
+/// The server that test databases are created on (`TEST_DATABASE_URL`, default the local
+/// PostgreSQL as `postgres`).
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// The NATS server tests use (`TEST_NATS_URL`, default `nats://127.0.0.1:4222`).
+pub fn nats_url() -> String {
+    std::env::var("TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// The shared secret test services exchange for service tokens.
+pub const SERVICE_SECRET: &str = "test-service-secret";
+
+/// Logs for tests, once per process, shown with `--nocapture` and filtered by `RUST_LOG`.
+pub fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// A database that exists for one test and is dropped with it.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let name = format!("grpcchat_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = admin_url();
+        let mut conn = PgConnection::connect(&admin)
+            .await
+            .expect("PostgreSQL must run on 127.0.0.1:5432 (see README)");
+        conn.execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
+            .await
+            .expect("create test database");
+        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+        let url = format!("{base}/{name}");
+        Self { name, url }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let admin = admin_url();
+        // Drop runs inside the test's runtime, which cannot be blocked on; a short-lived
+        // thread with its own runtime removes the database.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(rt) = rt {
+                rt.block_on(async move {
+                    if let Ok(mut conn) = PgConnection::connect(&admin).await {
+                        let _ = conn
+                            .execute(
+                                format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#)
+                                    .as_str(),
+                            )
+                            .await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+/// A channel to `addr`, connected eagerly.
+pub async fn channel(addr: SocketAddr) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("connect to the test server")
+}
+
+/// A running auth service on its own database.
+pub struct TestAuth {
+    pub addr: SocketAddr,
+    pub client: AuthServiceClient<Channel>,
+    pub api: auth_service::AuthApi,
+    pub shutdown: Shutdown,
+    pub db: TestDb,
+}
+
+/// Auth settings for tests: cheap bcrypt, a known service secret.
+pub fn auth_settings() -> auth_service::Settings {
+    auth_service::Settings {
+        bcrypt_cost: 4,
+        service_secret: Some(SecretString::from(SERVICE_SECRET)),
+        ..Default::default()
+    }
+}
+
+pub async fn spawn_auth() -> TestAuth {
+    spawn_auth_with(auth_settings()).await
+}
+
+pub async fn spawn_auth_with(settings: auth_service::Settings) -> TestAuth {
+    init_logs();
+    let db = TestDb::new().await;
+    let config = auth_service::Config {
+        listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        database_url: db.url.clone(),
+        database_max_connections: 5,
+        settings,
+    };
+    let app = auth_service::Application::build(config)
+        .await
+        .expect("build auth");
+    let addr = app.local_addr();
+    let api = app.api().clone();
+    let shutdown = Shutdown::new();
+    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let client = AuthServiceClient::new(channel(addr).await);
+    TestAuth {
+        addr,
+        client,
+        api,
+        shutdown,
+        db,
+    }
+}
+
+/// A registered and logged-in user.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub id: i64,
+    pub email: String,
+    pub username: String,
+    pub password: String,
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+impl TestUser {
+    /// Wraps `message` in a request carrying this user's access token.
+    pub fn req<T>(&self, message: T) -> tonic::Request<T> {
+        with_bearer(tonic::Request::new(message), &self.access_token)
+    }
+}
+
+impl TestAuth {
+    /// Registers `username` (email `<username>@example.com`) and logs in.
+    pub async fn user(&self, username: &str) -> TestUser {
+        let email = format!("{username}@example.com");
+        let password = format!("{username}-password");
+        let mut c = self.client.clone();
+        let reg = c
+            .register(authpb::RegisterRequest {
+                email: email.clone(),
+                username: username.into(),
+                password: password.clone(),
+            })
+            .await
+            .expect("register")
+            .into_inner();
+        let login = c
+            .login(authpb::LoginRequest {
+                email: email.clone(),
+                password: password.clone(),
+            })
+            .await
+            .expect("login")
+            .into_inner();
+        let tokens = login.tokens.expect("tokens");
+        TestUser {
+            id: reg.user.expect("user").id,
+            email,
+            username: username.into(),
+            password,
+            access_token: tokens.access_token,
+            refresh_token: tokens.refresh_token,
+        }
+    }
+
+    /// A service token, as an internal caller holds.
+    pub async fn service_token(&self, name: &str) -> String {
+        self.client
+            .clone()
+            .issue_service_token(authpb::IssueServiceTokenRequest {
+                service_name: name.into(),
+                secret: SERVICE_SECRET.into(),
+            })
+            .await
+            .expect("service token")
+            .into_inner()
+            .access_token
+    }
+}
+
+/// Binds a listener on a free loopback port.
+pub async fn free_listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.expect("bind")
+}
+
+/// Keeps `server` and `Shutdown` in scope for helpers of other crates.
+pub use server::serve;
