@@ -33,6 +33,14 @@ pub async fn grpc_service(
     AuthServiceServer::new(api)
 }
 
+/// Creates the database when missing and applies the migrations, then returns.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let pool = chat_common::db::connect_and_migrate(&config.database_url, &MIGRATOR, 1).await?;
+    pool.close().await;
+    tracing::info!("users database migrated");
+    Ok(())
+}
+
 /// A bound, ready-to-run auth service.
 pub struct Application {
     addr: SocketAddr,
