@@ -221,3 +221,141 @@ pub async fn free_listener() -> TcpListener {
 
 /// Keeps `server` and `Shutdown` in scope for helpers of other crates.
 pub use server::serve;
+
+/// A subject space and JetStream stream of one test on the shared NATS; the stream is
+/// deleted with it.
+pub struct TestNats {
+    pub prefix: String,
+    pub stream: String,
+}
+
+impl TestNats {
+    pub fn new() -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        Self {
+            prefix: format!("t{id}"),
+            stream: format!("T{id}"),
+        }
+    }
+}
+
+impl Default for TestNats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestNats {
+    fn drop(&mut self) {
+        let stream = self.stream.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(rt) = rt {
+                rt.block_on(async move {
+                    if let Ok(client) = async_nats::connect(nats_url()).await {
+                        let _ = async_nats::jetstream::new(client)
+                            .delete_stream(&stream)
+                            .await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+/// A running chat-service replica.
+pub struct TestChat {
+    pub addr: SocketAddr,
+    pub client: grpc_chat_proto::chat::v1::chat_service_client::ChatServiceClient<Channel>,
+    pub shutdown: Shutdown,
+}
+
+/// Chat settings for tests: this test's NATS space and database, the test auth service.
+pub fn chat_config(auth: &TestAuth, database_url: &str, nats: &TestNats) -> chat_service::Config {
+    chat_service::Config {
+        listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        database_url: database_url.to_owned(),
+        database_max_connections: 10,
+        nats_url: nats_url(),
+        subject_prefix: nats.prefix.clone(),
+        nats_stream: Some(nats.stream.clone()),
+        auth_url: format!("http://{}", auth.addr),
+        service_secret: SecretString::from(SERVICE_SECRET),
+        stream_buffer: 1024,
+        catch_up_every: Duration::from_secs(5),
+    }
+}
+
+/// Starts a chat-service replica with `config`.
+pub async fn spawn_chat(config: chat_service::Config) -> TestChat {
+    init_logs();
+    let shutdown = Shutdown::new();
+    let app = chat_service::Application::build(config, shutdown.clone())
+        .await
+        .expect("build chat");
+    let addr = app.local_addr();
+    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let client =
+        grpc_chat_proto::chat::v1::chat_service_client::ChatServiceClient::new(channel(addr).await);
+    TestChat {
+        addr,
+        client,
+        shutdown,
+    }
+}
+
+impl Drop for TestChat {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+/// A TCP proxy that a test can cut (closing every connection and refusing new ones) and
+/// restore, to play a network failure between a service and NATS.
+pub struct TcpProxy {
+    pub addr: SocketAddr,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = free_listener().await;
+        let addr = listener.local_addr().expect("addr");
+        let (up, _) = tokio::sync::watch::channel(true);
+        let up_rx = up.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut up = up_rx.clone();
+                if !*up.borrow() {
+                    drop(inbound);
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = up.wait_for(|u| !*u) => {}
+                    }
+                });
+            }
+        });
+        Self { addr, up }
+    }
+
+    /// Cuts every connection and refuses new ones.
+    pub fn cut(&self) {
+        let _ = self.up.send(false);
+    }
+
+    pub fn restore(&self) {
+        let _ = self.up.send(true);
+    }
+}

@@ -1,0 +1,56 @@
+//! The chat service's configuration, read once from the environment.
+//!
+//! | variable | default | meaning |
+//! | --- | --- | --- |
+//! | `LISTEN_ADDR` | `0.0.0.0:50052` | gRPC address |
+//! | `DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/chat` | the `chat` database (created when missing) |
+//! | `DATABASE_MAX_CONNECTIONS` | `20` | pool size |
+//! | `NATS_URL` | `nats://127.0.0.1:4222` | NATS server |
+//! | `NATS_SUBJECT_PREFIX` | `chat` | events go to `<prefix>.<chat_id>.<kind>` |
+//! | `NATS_STREAM` | `CHAT_EVENTS` | JetStream stream that keeps events for the notifier; `off` publishes on core NATS only |
+//! | `AUTH_URL` | `http://127.0.0.1:50051` | AuthService, for public keys and user lookups |
+//! | `SERVICE_SECRET` (or `_FILE`) | required for `CreateChat` | shared secret for this service's service token |
+//! | `STREAM_BUFFER` | `1024` | events buffered per stream before a slow stream is cut off |
+//! | `CATCH_UP_INTERVAL_SECS` | `5` | how often a chat's fan-out checks storage for missed messages |
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::Result;
+use chat_common::config::{parse_or, secret_var, secs_or, var, var_or};
+use secrecy::SecretString;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen_addr: SocketAddr,
+    pub database_url: String,
+    pub database_max_connections: u32,
+    pub nats_url: String,
+    pub subject_prefix: String,
+    pub nats_stream: Option<String>,
+    pub auth_url: String,
+    pub service_secret: SecretString,
+    pub stream_buffer: usize,
+    pub catch_up_every: Duration,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self> {
+        let nats_stream = match var("NATS_STREAM") {
+            Some(v) if v.eq_ignore_ascii_case("off") => None,
+            Some(v) => Some(v),
+            None => Some("CHAT_EVENTS".into()),
+        };
+        Ok(Self {
+            listen_addr: parse_or("LISTEN_ADDR", SocketAddr::from(([0, 0, 0, 0], 50052)))?,
+            database_url: var_or("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/chat"),
+            database_max_connections: parse_or("DATABASE_MAX_CONNECTIONS", 20)?,
+            nats_url: var_or("NATS_URL", "nats://127.0.0.1:4222"),
+            subject_prefix: var_or("NATS_SUBJECT_PREFIX", "chat"),
+            nats_stream,
+            auth_url: var_or("AUTH_URL", "http://127.0.0.1:50051"),
+            service_secret: SecretString::from(secret_var("SERVICE_SECRET")?.unwrap_or_default()),
+            stream_buffer: parse_or("STREAM_BUFFER", 1024)?,
+            catch_up_every: secs_or("CATCH_UP_INTERVAL_SECS", Duration::from_secs(5))?,
+        })
+    }
+}

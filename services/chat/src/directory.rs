@@ -1,0 +1,61 @@
+//! Resolving usernames and emails to users through AuthService, with this service's
+//! service token.
+
+use std::collections::HashMap;
+
+use tonic::{transport::Channel, Code};
+
+use chat_common::service_token::ServiceCredential;
+use grpc_chat_proto::auth::v1::{
+    auth_service_client::AuthServiceClient, GetUserIdsByEmailsRequest,
+};
+
+use crate::error::ChatError;
+
+#[derive(Clone)]
+pub struct Directory {
+    client: AuthServiceClient<Channel>,
+    credential: ServiceCredential,
+}
+
+impl Directory {
+    pub fn new(client: AuthServiceClient<Channel>, credential: ServiceCredential) -> Self {
+        Self { client, credential }
+    }
+
+    /// `(user id, username)` for every identifier; NOT_FOUND naming those that match no one.
+    pub async fn resolve(&self, identifiers: &[String]) -> Result<Vec<(i64, String)>, ChatError> {
+        if identifiers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let req = self
+            .credential
+            .request(GetUserIdsByEmailsRequest {
+                emails: identifiers.to_vec(),
+            })
+            .await
+            .map_err(|s| ChatError::Unavailable(format!("auth service: {}", s.message())))?;
+        let resp = match self.client.clone().get_user_ids_by_emails(req).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == Code::InvalidArgument => {
+                return Err(ChatError::UsersNotFound(
+                    s.message().trim_start_matches("emails: ").to_owned(),
+                ))
+            }
+            Err(s) => {
+                tracing::warn!(status = ?s, "resolving users failed");
+                return Err(ChatError::Unavailable(
+                    "auth service is unavailable, try again".into(),
+                ));
+            }
+        };
+        if !resp.not_found.is_empty() {
+            return Err(ChatError::UsersNotFound(resp.not_found.join(", ")));
+        }
+        let mut by_id: HashMap<i64, String> = HashMap::new();
+        for u in resp.users {
+            by_id.insert(u.user_id, u.username);
+        }
+        Ok(by_id.into_iter().collect())
+    }
+}

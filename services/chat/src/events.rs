@@ -1,0 +1,267 @@
+//! The event bus that carries live events between replicas: NATS in production, an
+//! in-process channel in the embedded server. Only the hub (`hub.rs`) uses it.
+//!
+//! Subjects are `<prefix>.<chat_id>.<kind>` with kind `message_created`,
+//! `message_deleted` or `chat_deleted` (prefix `chat` by default; tests use their own so
+//! they can share one NATS). The payload is the `ConnectResponse` a stream would send,
+//! protobuf-encoded. When a JetStream stream is configured it captures `<prefix>.>` and
+//! publishes wait for its acknowledgement, so consumers that were down (notification)
+//! get every event later.
+
+use std::{pin::Pin, time::Duration};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use futures::{Stream, StreamExt};
+use prost::Message as _;
+use tokio::sync::broadcast;
+
+use grpc_chat_proto::chat::v1::{self as pb, connect_response::Event};
+
+/// One live event of a chat.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatEvent {
+    MessageCreated(pb::Message),
+    MessageDeleted { chat_id: i64, seq: i64 },
+    ChatDeleted { chat_id: i64 },
+}
+
+impl ChatEvent {
+    pub fn chat_id(&self) -> i64 {
+        match self {
+            ChatEvent::MessageCreated(m) => m.chat_id,
+            ChatEvent::MessageDeleted { chat_id, .. } | ChatEvent::ChatDeleted { chat_id } => {
+                *chat_id
+            }
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ChatEvent::MessageCreated(_) => "message_created",
+            ChatEvent::MessageDeleted { .. } => "message_deleted",
+            ChatEvent::ChatDeleted { .. } => "chat_deleted",
+        }
+    }
+
+    pub fn to_response(&self) -> pb::ConnectResponse {
+        let event = match self {
+            ChatEvent::MessageCreated(m) => Event::Message(m.clone()),
+            ChatEvent::MessageDeleted { chat_id, seq } => {
+                Event::MessageDeleted(pb::MessageDeleted {
+                    chat_id: *chat_id,
+                    seq: *seq,
+                })
+            }
+            ChatEvent::ChatDeleted { chat_id } => {
+                Event::ChatDeleted(pb::ChatDeleted { chat_id: *chat_id })
+            }
+        };
+        pb::ConnectResponse { event: Some(event) }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        self.to_response().encode_to_vec()
+    }
+
+    pub fn decode(bytes: &[u8]) -> anyhow::Result<Self> {
+        let resp = pb::ConnectResponse::decode(bytes).context("decoding a chat event")?;
+        match resp.event {
+            Some(Event::Message(m)) => Ok(ChatEvent::MessageCreated(m)),
+            Some(Event::MessageDeleted(d)) => Ok(ChatEvent::MessageDeleted {
+                chat_id: d.chat_id,
+                seq: d.seq,
+            }),
+            Some(Event::ChatDeleted(d)) => Ok(ChatEvent::ChatDeleted { chat_id: d.chat_id }),
+            Some(Event::HistoryEnd(_)) | None => anyhow::bail!("not a chat event"),
+        }
+    }
+}
+
+pub type EventStream = Pin<Box<dyn Stream<Item = ChatEvent> + Send>>;
+
+#[async_trait]
+pub trait EventBus: Send + Sync + 'static {
+    /// Publishes an event to every replica.
+    async fn publish(&self, event: &ChatEvent) -> anyhow::Result<()>;
+    /// The events of one chat from now on.
+    async fn subscribe(&self, chat_id: i64) -> anyhow::Result<EventStream>;
+    /// Fires each time the bus reconnects after a loss, when events may have been missed.
+    fn reconnects(&self) -> broadcast::Receiver<()>;
+}
+
+/// NATS, optionally with a JetStream stream that keeps the events.
+pub struct NatsBus {
+    client: async_nats::Client,
+    jetstream: Option<async_nats::jetstream::Context>,
+    prefix: String,
+    reconnects: broadcast::Sender<()>,
+}
+
+impl NatsBus {
+    /// Connects to `url`. With `stream` set, makes sure a JetStream stream of that name
+    /// captures `<prefix>.>` and publishes through it.
+    pub async fn connect(url: &str, prefix: &str, stream: Option<&str>) -> anyhow::Result<Self> {
+        let (reconnects, _) = broadcast::channel(16);
+        let tx = reconnects.clone();
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback(move |event| {
+                let tx = tx.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            tracing::info!("NATS connected");
+                            let _ = tx.send(());
+                        }
+                        async_nats::Event::Disconnected => tracing::warn!("NATS disconnected"),
+                        other => tracing::debug!(event = %other, "NATS event"),
+                    }
+                }
+            })
+            .connect(url)
+            .await
+            .with_context(|| format!("connecting to NATS at {url}"))?;
+        let jetstream = match stream {
+            None => None,
+            Some(name) => {
+                let js = async_nats::jetstream::new(client.clone());
+                js.get_or_create_stream(async_nats::jetstream::stream::Config {
+                    name: name.to_owned(),
+                    subjects: vec![format!("{prefix}.>")],
+                    max_age: Duration::from_secs(7 * 24 * 3600),
+                    storage: async_nats::jetstream::stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("creating JetStream stream {name}: {e}"))?;
+                Some(js)
+            }
+        };
+        Ok(Self {
+            client,
+            jetstream,
+            prefix: prefix.to_owned(),
+            reconnects,
+        })
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+}
+
+#[async_trait]
+impl EventBus for NatsBus {
+    async fn publish(&self, event: &ChatEvent) -> anyhow::Result<()> {
+        let subject = format!("{}.{}.{}", self.prefix, event.chat_id(), event.kind());
+        let payload = bytes::Bytes::from(event.encode());
+        match &self.jetstream {
+            Some(js) => {
+                js.publish(subject, payload)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("publishing to JetStream: {e}"))?
+                    .await
+                    .map_err(|e| anyhow::anyhow!("JetStream did not acknowledge: {e}"))?;
+            }
+            None => self
+                .client
+                .publish(subject, payload)
+                .await
+                .map_err(|e| anyhow::anyhow!("publishing to NATS: {e}"))?,
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, chat_id: i64) -> anyhow::Result<EventStream> {
+        let sub = self
+            .client
+            .subscribe(format!("{}.{}.*", self.prefix, chat_id))
+            .await
+            .map_err(|e| anyhow::anyhow!("subscribing to NATS: {e}"))?;
+        Ok(Box::pin(sub.filter_map(|msg| async move {
+            match ChatEvent::decode(&msg.payload) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    tracing::warn!(subject = %msg.subject, error = %e, "ignoring a malformed event");
+                    None
+                }
+            }
+        })))
+    }
+
+    fn reconnects(&self) -> broadcast::Receiver<()> {
+        self.reconnects.subscribe()
+    }
+}
+
+/// Events inside one process, for the embedded server: nothing crosses a process, so
+/// nothing can be lost between publish and delivery.
+pub struct LocalBus {
+    tx: broadcast::Sender<ChatEvent>,
+    reconnects: broadcast::Sender<()>,
+}
+
+impl Default for LocalBus {
+    fn default() -> Self {
+        Self {
+            tx: broadcast::channel(4096).0,
+            reconnects: broadcast::channel(1).0,
+        }
+    }
+}
+
+#[async_trait]
+impl EventBus for LocalBus {
+    async fn publish(&self, event: &ChatEvent) -> anyhow::Result<()> {
+        let _ = self.tx.send(event.clone());
+        Ok(())
+    }
+
+    async fn subscribe(&self, chat_id: i64) -> anyhow::Result<EventStream> {
+        let rx = tokio_stream::wrappers::BroadcastStream::new(self.tx.subscribe());
+        let reconnects = self.reconnects.clone();
+        Ok(Box::pin(rx.filter_map(move |e| {
+            let reconnects = reconnects.clone();
+            async move {
+                match e {
+                    Ok(e) if e.chat_id() == chat_id => Some(e),
+                    Ok(_) => None,
+                    // Lagged: events were skipped; the hub's gap check refills from storage.
+                    Err(_) => {
+                        let _ = reconnects.send(());
+                        None
+                    }
+                }
+            }
+        })))
+    }
+
+    fn reconnects(&self) -> broadcast::Receiver<()> {
+        self.reconnects.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip() {
+        let events = [
+            ChatEvent::MessageCreated(pb::Message {
+                chat_id: 3,
+                seq: 7,
+                text: "привет 👋".into(),
+                ..Default::default()
+            }),
+            ChatEvent::MessageDeleted { chat_id: 3, seq: 7 },
+            ChatEvent::ChatDeleted { chat_id: 3 },
+        ];
+        for e in events {
+            assert_eq!(ChatEvent::decode(&e.encode()).unwrap(), e);
+        }
+        assert!(ChatEvent::decode(b"\xff\xff").is_err());
+    }
+}

@@ -1,0 +1,335 @@
+//! Fan-out of live events to this replica's streams.
+//!
+//! One bus subscription per chat per replica, however many streams are open on it: the
+//! first stream on a chat starts a fan-out task that subscribes, the last one to leave stops
+//! it. The task is the only writer to its streams, so it can keep a chat's messages in seq
+//! order: it remembers the last seq it delivered, drops an event it has already delivered,
+//! and when an event skips ahead (a message lost while NATS was away) it first reads the
+//! missing messages from storage. After a bus reconnect, and every `catch_up_every`, it also
+//! asks storage whether anything newer exists, so a loss is repaired even when no later
+//! event arrives.
+//!
+//! A stream that does not keep up is not waited for: delivery uses `try_send` into the
+//! stream's bounded buffer, and a full buffer cuts that stream off (it ends with
+//! RESOURCE_EXHAUSTED and the client resumes from its last seq). Nothing here holds a lock
+//! across an `.await`.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::Duration,
+};
+
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch};
+
+use chat_common::Shutdown;
+
+use crate::{
+    domain::ChatId,
+    events::{ChatEvent, EventBus},
+    service::message_to_pb,
+    store::ChatStore,
+};
+
+/// How a subscription ended, as the stream must report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The stream's buffer overflowed.
+    Overflow,
+    /// The fan-out stopped (bus gone, shutdown).
+    Unavailable,
+}
+
+pub struct Hub {
+    bus: Arc<dyn EventBus>,
+    store: Arc<dyn ChatStore>,
+    chats: Mutex<HashMap<i64, Arc<Fanout>>>,
+    buffer: usize,
+    catch_up_every: Duration,
+    shutdown: Shutdown,
+    next_id: AtomicU64,
+}
+
+struct Fanout {
+    chat_id: i64,
+    subscribers: Mutex<Vec<Subscriber>>,
+    /// `Some(true)` once subscribed to the bus, `Some(false)` when that failed.
+    ready: watch::Sender<Option<bool>>,
+    stop: Shutdown,
+}
+
+struct Subscriber {
+    id: u64,
+    tx: mpsc::Sender<Arc<ChatEvent>>,
+    overflow: Arc<AtomicBool>,
+}
+
+/// A stream's registration with the hub; leaving (drop) unsubscribes.
+pub struct Subscription {
+    hub: Arc<Hub>,
+    fanout: Arc<Fanout>,
+    id: u64,
+    overflow: Arc<AtomicBool>,
+    pub rx: mpsc::Receiver<Arc<ChatEvent>>,
+}
+
+impl Subscription {
+    /// Why the receiver closed.
+    pub fn ended(&self) -> Ended {
+        if self.overflow.load(Ordering::Acquire) {
+            Ended::Overflow
+        } else {
+            Ended::Unavailable
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.leave(&self.fanout, self.id);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hub {
+    pub fn new(
+        bus: Arc<dyn EventBus>,
+        store: Arc<dyn ChatStore>,
+        buffer: usize,
+        catch_up_every: Duration,
+        shutdown: Shutdown,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            bus,
+            store,
+            chats: Mutex::new(HashMap::new()),
+            buffer: buffer.max(1),
+            catch_up_every,
+            shutdown,
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    pub fn bus(&self) -> &Arc<dyn EventBus> {
+        &self.bus
+    }
+
+    /// Number of chats with a live fan-out on this replica.
+    pub fn active_chats(&self) -> usize {
+        lock(&self.chats).len()
+    }
+
+    /// Registers a stream on `chat`. Returns once the replica is subscribed to the chat's
+    /// events, so that everything committed after this call reaches the subscription.
+    pub async fn join(self: &Arc<Self>, chat: ChatId) -> anyhow::Result<Subscription> {
+        let (tx, rx) = mpsc::channel(self.buffer);
+        let overflow = Arc::new(AtomicBool::new(false));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (fanout, start) = {
+            let mut chats = lock(&self.chats);
+            let (fanout, start) = match chats.get(&chat.0) {
+                Some(f) => (f.clone(), false),
+                None => {
+                    let f = Arc::new(Fanout {
+                        chat_id: chat.0,
+                        subscribers: Mutex::new(Vec::new()),
+                        ready: watch::channel(None).0,
+                        stop: self.shutdown.child(),
+                    });
+                    chats.insert(chat.0, f.clone());
+                    (f, true)
+                }
+            };
+            lock(&fanout.subscribers).push(Subscriber {
+                id,
+                tx,
+                overflow: overflow.clone(),
+            });
+            (fanout, start)
+        };
+        let sub = Subscription {
+            hub: self.clone(),
+            fanout: fanout.clone(),
+            id,
+            overflow,
+            rx,
+        };
+        if start {
+            let hub = self.clone();
+            let f = fanout.clone();
+            tokio::spawn(async move { hub.run(f).await });
+        }
+        let mut ready = fanout.ready.subscribe();
+        let ok = ready
+            .wait_for(Option::is_some)
+            .await
+            .map(|v| *v == Some(true))
+            .unwrap_or(false);
+        if !ok {
+            anyhow::bail!("could not subscribe to chat {chat}'s events");
+        }
+        Ok(sub)
+    }
+
+    fn leave(&self, fanout: &Arc<Fanout>, id: u64) {
+        let mut chats = lock(&self.chats);
+        let mut subs = lock(&fanout.subscribers);
+        subs.retain(|s| s.id != id);
+        if subs.is_empty() {
+            if chats
+                .get(&fanout.chat_id)
+                .is_some_and(|f| Arc::ptr_eq(f, fanout))
+            {
+                chats.remove(&fanout.chat_id);
+            }
+            fanout.stop.trigger();
+        }
+    }
+
+    /// Delivers to every subscriber without waiting; a full buffer cuts its stream off.
+    fn deliver(&self, fanout: &Fanout, event: ChatEvent) {
+        let event = Arc::new(event);
+        let mut subs = lock(&fanout.subscribers);
+        subs.retain(|s| match s.tx.try_send(event.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                s.overflow.store(true, Ordering::Release);
+                metrics::counter!("chat_stream_overflows_total").increment(1);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+    }
+
+    /// Delivers every stored message after `last_seq` (up to `upto`), advancing it.
+    /// Returns false when the chat no longer exists.
+    async fn fill(
+        &self,
+        fanout: &Fanout,
+        last_seq: &mut i64,
+        upto: Option<i64>,
+    ) -> anyhow::Result<bool> {
+        let chat = ChatId(fanout.chat_id);
+        loop {
+            let batch = self
+                .store
+                .messages_after(chat, *last_seq, upto, 500)
+                .await?;
+            if batch.is_empty() {
+                break;
+            }
+            for m in batch {
+                *last_seq = m.seq;
+                self.deliver(fanout, ChatEvent::MessageCreated(message_to_pb(&m)));
+            }
+        }
+        if let Some(upto) = upto {
+            // Messages deleted meanwhile leave holes: nothing more to fetch up to `upto`.
+            *last_seq = (*last_seq).max(upto);
+            return Ok(true);
+        }
+        match self.store.last_seq(chat).await? {
+            None => Ok(false),
+            Some(stored) => {
+                // Anything up to `stored` that was not delivered was deleted.
+                *last_seq = (*last_seq).max(stored);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn run(self: Arc<Self>, fanout: Arc<Fanout>) {
+        let chat = ChatId(fanout.chat_id);
+        let mut events = match self.bus.subscribe(chat.0).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(chat_id = chat.0, error = %e, "subscribing to chat events failed");
+                let _ = fanout.ready.send(Some(false));
+                self.close(&fanout);
+                return;
+            }
+        };
+        let mut reconnects = self.bus.reconnects();
+        // Everything up to here is in storage; streams read it as history.
+        let mut last_seq = match self.store.last_seq(chat).await {
+            Ok(Some(s)) => s,
+            Ok(None) => 0,
+            Err(e) => {
+                tracing::error!(chat_id = chat.0, error = ?e, "reading the chat's last seq failed");
+                let _ = fanout.ready.send(Some(false));
+                self.close(&fanout);
+                return;
+            }
+        };
+        let _ = fanout.ready.send(Some(true));
+        metrics::gauge!("chat_fanouts_active").increment(1.0);
+        let mut tick = tokio::time::interval(self.catch_up_every);
+        tick.tick().await;
+        loop {
+            let catch_up = tokio::select! {
+                _ = fanout.stop.wait() => break,
+                event = events.next() => match event {
+                    None => {
+                        tracing::warn!(chat_id = chat.0, "event subscription ended");
+                        break;
+                    }
+                    Some(ChatEvent::MessageCreated(m)) => {
+                        if m.seq <= last_seq {
+                            continue;
+                        }
+                        if m.seq > last_seq + 1 {
+                            metrics::counter!("chat_event_gaps_total").increment(1);
+                            if let Err(e) = self.fill(&fanout, &mut last_seq, Some(m.seq - 1)).await {
+                                tracing::warn!(chat_id = chat.0, error = ?e, "filling a gap failed");
+                            }
+                        }
+                        last_seq = m.seq;
+                        self.deliver(&fanout, ChatEvent::MessageCreated(m));
+                        false
+                    }
+                    Some(e @ ChatEvent::ChatDeleted { .. }) => {
+                        self.deliver(&fanout, e);
+                        break;
+                    }
+                    Some(e) => {
+                        self.deliver(&fanout, e);
+                        false
+                    }
+                },
+                r = reconnects.recv() => r.is_ok() || matches!(r, Err(tokio::sync::broadcast::error::RecvError::Lagged(_))),
+                _ = tick.tick() => true,
+            };
+            if catch_up {
+                match self.fill(&fanout, &mut last_seq, None).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.deliver(&fanout, ChatEvent::ChatDeleted { chat_id: chat.0 });
+                        break;
+                    }
+                    Err(e) => tracing::warn!(chat_id = chat.0, error = ?e, "catching up failed"),
+                }
+            }
+        }
+        metrics::gauge!("chat_fanouts_active").decrement(1.0);
+        self.close(&fanout);
+    }
+
+    /// Ends every stream of a fan-out that stopped and forgets it.
+    fn close(&self, fanout: &Arc<Fanout>) {
+        let mut chats = lock(&self.chats);
+        if chats
+            .get(&fanout.chat_id)
+            .is_some_and(|f| Arc::ptr_eq(f, fanout))
+        {
+            chats.remove(&fanout.chat_id);
+        }
+        lock(&fanout.subscribers).clear();
+    }
+}

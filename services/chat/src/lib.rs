@@ -1,0 +1,159 @@
+//! grpc-chat's ChatService: chats and members, messages stored durably with a gapless
+//! per-chat sequence number, and `Connect` streams that deliver history then live events
+//! exactly once and in order, across any number of replicas sharing NATS.
+//!
+//! [`Application::build`] wires the service for the binary and the tests.
+
+pub mod config;
+pub mod directory;
+pub mod domain;
+pub mod error;
+pub mod events;
+pub mod hub;
+pub mod service;
+pub mod store;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tonic::transport::{Channel, Endpoint};
+
+use chat_common::{server, service_token::ServiceCredential, Shutdown, TokenVerifier};
+use grpc_chat_proto::auth::v1::auth_service_client::AuthServiceClient;
+use grpc_chat_proto::chat::v1::chat_service_server::ChatServiceServer;
+
+pub use config::Config;
+pub use service::ChatApi;
+use store::postgres::{PgChatStore, MIGRATOR};
+
+/// A lazily connected channel to `url`.
+pub fn lazy_channel(url: &str) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("invalid URL {url}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .connect_lazy())
+}
+
+/// A verifier loaded with AuthService's keys, retried for up to a minute while auth starts.
+pub async fn verifier_from_auth(
+    auth: &AuthServiceClient<Channel>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<TokenVerifier> {
+    let mut client = auth.clone();
+    let keys = {
+        let mut attempt = 0;
+        loop {
+            match client
+                .get_public_keys(grpc_chat_proto::auth::v1::GetPublicKeysRequest {})
+                .await
+            {
+                Ok(r) => break r.into_inner(),
+                Err(e) if attempt < 30 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e.message(), "auth service not reachable yet, retrying");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                Err(e) => anyhow::bail!(
+                    "cannot load token keys from the auth service: {}",
+                    e.message()
+                ),
+            }
+        }
+    };
+    let verifier = TokenVerifier::new(&keys.issuer, &keys.audience);
+    verifier.set_keys(
+        keys.keys
+            .iter()
+            .map(|k| (k.key_id.as_str(), k.public_key_pem.as_str())),
+    )?;
+    verifier.spawn_refresh(client, Duration::from_secs(300), shutdown.clone());
+    Ok(verifier)
+}
+
+/// A bound, ready-to-run chat service.
+pub struct Application {
+    addr: SocketAddr,
+    listener: TcpListener,
+    api: ChatApi,
+    verifier: TokenVerifier,
+}
+
+impl Application {
+    /// Connects to PostgreSQL (migrating it), NATS and AuthService, and binds the listener.
+    /// `shutdown` stops the streams and background tasks as well as the server.
+    pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
+        let pool = chat_common::db::connect_and_migrate(
+            &config.database_url,
+            &MIGRATOR,
+            config.database_max_connections,
+        )
+        .await?;
+        let store = Arc::new(PgChatStore::new(pool));
+        let bus = Arc::new(
+            events::NatsBus::connect(
+                &config.nats_url,
+                &config.subject_prefix,
+                config.nats_stream.as_deref(),
+            )
+            .await?,
+        );
+        let auth = AuthServiceClient::new(lazy_channel(&config.auth_url)?);
+        let verifier = verifier_from_auth(&auth, &shutdown).await?;
+        let credential =
+            ServiceCredential::new(auth.clone(), "chat-service", config.service_secret.clone());
+        let hub = hub::Hub::new(
+            bus,
+            store.clone(),
+            config.stream_buffer,
+            config.catch_up_every,
+            shutdown.clone(),
+        );
+        let api = ChatApi::new(
+            store,
+            hub,
+            directory::Directory::new(auth, credential),
+            shutdown,
+        );
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .with_context(|| format!("binding {}", config.listen_addr))?;
+        let addr = listener.local_addr()?;
+        Ok(Self {
+            addr,
+            listener,
+            api,
+            verifier,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` is triggered; open streams end with UNAVAILABLE.
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<ChatServiceServer<ChatApi>>().await;
+        let (reflection_v1, reflection_v1alpha) = server::reflection()?;
+        tracing::info!(addr = %self.addr, "chat-service serving");
+        let router = server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(ChatServiceServer::with_interceptor(
+                self.api,
+                self.verifier.interceptor(),
+            ));
+        server::serve(router, self.listener, shutdown).await
+    }
+}
+
+/// Creates the database when missing and applies the migrations, then returns.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let pool = chat_common::db::connect_and_migrate(&config.database_url, &MIGRATOR, 1).await?;
+    pool.close().await;
+    tracing::info!("chat database migrated");
+    Ok(())
+}

@@ -1,0 +1,549 @@
+//! The ChatService RPCs. Every call arrives through the token interceptor, so a `Caller` is
+//! always in the request; membership is checked against storage on every call, and a
+//! non-member is told the chat does not exist.
+
+use std::{pin::Pin, sync::Arc};
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use chat_common::{error::invalid_field, Caller, Shutdown};
+use grpc_chat_proto::chat::v1::{
+    self as pb, chat_service_server::ChatService, connect_response::Event,
+};
+
+use crate::{
+    directory::Directory,
+    domain::{page_size, ChatId, IdempotencyKey, MessageText, Title},
+    error::ChatError,
+    events::ChatEvent,
+    hub::{Ended, Hub},
+    store::{ChatCursor, ChatRecord, ChatStore, Inserted, MessageRecord, NewMessage},
+};
+
+/// Most members a chat may be created with.
+const MAX_MEMBERS: usize = 1000;
+
+#[derive(Clone)]
+pub struct ChatApi {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn ChatStore>,
+    hub: Arc<Hub>,
+    directory: Directory,
+    shutdown: Shutdown,
+}
+
+pub(crate) fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+pub(crate) fn message_to_pb(m: &MessageRecord) -> pb::Message {
+    pb::Message {
+        chat_id: m.chat_id,
+        seq: m.seq,
+        sender_id: m.sender_id,
+        sender_username: m.sender_username.clone(),
+        text: m.text.clone(),
+        created_at: Some(timestamp(m.created_at)),
+    }
+}
+
+fn chat_to_pb(c: &ChatRecord) -> pb::Chat {
+    pb::Chat {
+        id: c.id,
+        title: c.title.clone(),
+        creator_id: c.creator_id,
+        created_at: Some(timestamp(c.created_at)),
+        last_seq: c.last_seq,
+        member_count: c.member_count,
+    }
+}
+
+fn encode_cursor(c: &ChatRecord) -> String {
+    let raw = format!("{}:{}", c.last_activity_at.timestamp_micros(), c.id);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn decode_cursor(token: &str) -> Result<Option<ChatCursor>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || invalid_field("page_token", "is not a token from a previous response");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
+    let raw = String::from_utf8(raw).map_err(|_| bad())?;
+    let (micros, id) = raw.split_once(':').ok_or_else(bad)?;
+    Ok(Some(ChatCursor {
+        last_activity_micros: micros.parse().map_err(|_| bad())?,
+        id: id.parse().map_err(|_| bad())?,
+    }))
+}
+
+impl ChatApi {
+    pub fn new(
+        store: Arc<dyn ChatStore>,
+        hub: Arc<Hub>,
+        directory: Directory,
+        shutdown: Shutdown,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                hub,
+                directory,
+                shutdown,
+            }),
+        }
+    }
+
+    /// The chat, when the caller may see it: members, and services for any chat.
+    async fn visible_chat(&self, caller: &Caller, chat: ChatId) -> Result<ChatRecord, ChatError> {
+        let found = match caller {
+            Caller::User { id, .. } => self.inner.store.chat_for_member(chat, *id).await?,
+            Caller::Service { .. } => self.inner.store.chat(chat).await?,
+        };
+        found.ok_or(ChatError::ChatNotFound(chat.0))
+    }
+
+    /// Publishes an event to every replica. A failure is logged, not returned: the change
+    /// is committed, and streams repair missed events from storage (see `hub.rs`).
+    async fn publish(&self, event: ChatEvent) {
+        if let Err(e) = self.inner.hub.bus().publish(&event).await {
+            metrics::counter!("chat_publish_failures_total").increment(1);
+            tracing::error!(chat_id = event.chat_id(), kind = event.kind(), error = %e, "publishing an event failed");
+        }
+    }
+}
+
+type ConnectStream = Pin<Box<dyn Stream<Item = Result<pb::ConnectResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ChatService for ChatApi {
+    #[tracing::instrument(skip_all)]
+    async fn create_chat(
+        &self,
+        request: Request<pb::CreateChatRequest>,
+    ) -> Result<Response<pb::CreateChatResponse>, Status> {
+        let (user_id, username) = Caller::require_user(&request)?;
+        let req = request.into_inner();
+        let title = Title::parse(&req.title)?;
+        let mut identifiers: Vec<String> = req
+            .members
+            .iter()
+            .map(|m| m.trim().to_owned())
+            .filter(|m| !m.is_empty())
+            .collect();
+        identifiers.sort();
+        identifiers.dedup();
+        if identifiers.len() > MAX_MEMBERS {
+            return Err(invalid_field(
+                "members",
+                format!("at most {MAX_MEMBERS} members"),
+            ));
+        }
+        let mut members = self.inner.directory.resolve(&identifiers).await?;
+        members.retain(|(id, _)| *id != user_id);
+        members.insert(0, (user_id, username));
+        let chat = self
+            .inner
+            .store
+            .create_chat(user_id, &title, &members)
+            .await
+            .map_err(ChatError::from)?;
+        tracing::info!(chat_id = chat.id, members = members.len(), "chat created");
+        Ok(Response::new(pb::CreateChatResponse {
+            chat: Some(chat_to_pb(&chat)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn delete_chat(
+        &self,
+        request: Request<pb::DeleteChatRequest>,
+    ) -> Result<Response<pb::DeleteChatResponse>, Status> {
+        let caller = Caller::from_request(&request)?;
+        let chat_id = ChatId::parse(request.get_ref().chat_id)?;
+        let chat = self.visible_chat(&caller, chat_id).await?;
+        if let Caller::User { id, .. } = caller {
+            if chat.creator_id != id {
+                return Err(ChatError::PermissionDenied(
+                    "only the chat's creator may delete it".into(),
+                )
+                .into());
+            }
+        }
+        if self
+            .inner
+            .store
+            .delete_chat(chat_id)
+            .await
+            .map_err(ChatError::from)?
+        {
+            self.publish(ChatEvent::ChatDeleted { chat_id: chat_id.0 })
+                .await;
+            tracing::info!(chat_id = chat_id.0, "chat deleted");
+        }
+        Ok(Response::new(pb::DeleteChatResponse {}))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_chats(
+        &self,
+        request: Request<pb::ListChatsRequest>,
+    ) -> Result<Response<pb::ListChatsResponse>, Status> {
+        let (user_id, _) = Caller::require_user(&request)?;
+        let req = request.into_inner();
+        let limit = page_size("page_size", req.page_size, 100, 500)?;
+        let cursor = decode_cursor(&req.page_token)?;
+        let mut chats = self
+            .inner
+            .store
+            .list_chats(user_id, limit + 1, cursor)
+            .await
+            .map_err(ChatError::from)?;
+        let more = chats.len() as i64 > limit;
+        chats.truncate(limit as usize);
+        let next_page_token = match (more, chats.last()) {
+            (true, Some(last)) => encode_cursor(last),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListChatsResponse {
+            chats: chats.iter().map(chat_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_members(
+        &self,
+        request: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        let caller = Caller::from_request(&request)?;
+        let chat_id = ChatId::parse(request.get_ref().chat_id)?;
+        self.visible_chat(&caller, chat_id).await?;
+        let members = self
+            .inner
+            .store
+            .list_members(chat_id)
+            .await
+            .map_err(ChatError::from)?;
+        Ok(Response::new(pb::ListMembersResponse {
+            members: members
+                .into_iter()
+                .map(|m| pb::Member {
+                    user_id: m.user_id,
+                    username: m.username,
+                    joined_at: Some(timestamp(m.joined_at)),
+                })
+                .collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(chat_id = request.get_ref().chat_id))]
+    async fn send_message(
+        &self,
+        request: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageResponse>, Status> {
+        let caller = Caller::from_request(&request)?;
+        let req = request.into_inner();
+        let chat_id = ChatId::parse(req.chat_id)?;
+        let text = MessageText::parse(req.text)?;
+        let key = IdempotencyKey::parse(&req.idempotency_key)?;
+        let (sender_id, sender_username) = match caller {
+            Caller::User { id, username, .. } => {
+                let member = self
+                    .inner
+                    .store
+                    .member(chat_id, id)
+                    .await
+                    .map_err(ChatError::from)?
+                    .ok_or(ChatError::ChatNotFound(chat_id.0))?;
+                (
+                    id,
+                    if username.is_empty() {
+                        member.username
+                    } else {
+                        username
+                    },
+                )
+            }
+            Caller::Service { .. } => {
+                if req.on_behalf_of_user_id <= 0 {
+                    return Err(invalid_field(
+                        "on_behalf_of_user_id",
+                        "a service must name the member it sends for",
+                    ));
+                }
+                let member = self
+                    .inner
+                    .store
+                    .member(chat_id, req.on_behalf_of_user_id)
+                    .await
+                    .map_err(ChatError::from)?
+                    .ok_or(ChatError::ChatNotFound(chat_id.0))?;
+                (member.user_id, member.username)
+            }
+        };
+        let inserted = self
+            .inner
+            .store
+            .insert_message(NewMessage {
+                chat_id,
+                sender_id,
+                sender_username: &sender_username,
+                text: &text,
+                idempotency_key: key.as_ref(),
+            })
+            .await
+            .map_err(ChatError::from)?;
+        let (message, duplicate) = match inserted {
+            Inserted::New(m) => (message_to_pb(&m), false),
+            Inserted::Duplicate(m) => (message_to_pb(&m), true),
+            Inserted::NoChat => return Err(ChatError::ChatNotFound(chat_id.0).into()),
+        };
+        if !duplicate {
+            metrics::counter!("chat_messages_stored_total").increment(1);
+            self.publish(ChatEvent::MessageCreated(message.clone()))
+                .await;
+        }
+        Ok(Response::new(pb::SendMessageResponse {
+            message: Some(message),
+            duplicate,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn delete_message(
+        &self,
+        request: Request<pb::DeleteMessageRequest>,
+    ) -> Result<Response<pb::DeleteMessageResponse>, Status> {
+        let caller = Caller::from_request(&request)?;
+        let req = request.into_inner();
+        let chat_id = ChatId::parse(req.chat_id)?;
+        if req.seq <= 0 {
+            return Err(invalid_field("seq", "must be a positive sequence number"));
+        }
+        let chat = self.visible_chat(&caller, chat_id).await?;
+        let not_found = ChatError::MessageNotFound {
+            chat_id: chat_id.0,
+            seq: req.seq,
+        };
+        let message = self
+            .inner
+            .store
+            .message(chat_id, req.seq)
+            .await
+            .map_err(ChatError::from)?
+            .ok_or(not_found)?;
+        if let Caller::User { id, .. } = caller {
+            if message.sender_id != id && chat.creator_id != id {
+                return Err(ChatError::PermissionDenied(
+                    "only the message's author or the chat's creator may delete it".into(),
+                )
+                .into());
+            }
+        }
+        if message.deleted {
+            return Ok(Response::new(pb::DeleteMessageResponse {}));
+        }
+        if let Some(before) = self
+            .inner
+            .store
+            .delete_message(chat_id, req.seq)
+            .await
+            .map_err(ChatError::from)?
+        {
+            if !before.deleted {
+                self.publish(ChatEvent::MessageDeleted {
+                    chat_id: chat_id.0,
+                    seq: req.seq,
+                })
+                .await;
+            }
+        }
+        Ok(Response::new(pb::DeleteMessageResponse {}))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_messages(
+        &self,
+        request: Request<pb::ListMessagesRequest>,
+    ) -> Result<Response<pb::ListMessagesResponse>, Status> {
+        let caller = Caller::from_request(&request)?;
+        let req = request.into_inner();
+        let chat_id = ChatId::parse(req.chat_id)?;
+        let limit = page_size("page_size", req.page_size, 50, 500)?;
+        if req.after_seq < 0 || req.before_seq < 0 {
+            return Err(invalid_field(
+                "after_seq",
+                "sequence numbers are not negative",
+            ));
+        }
+        self.visible_chat(&caller, chat_id).await?;
+        let store = &self.inner.store;
+        let mut messages = if req.after_seq > 0 {
+            store
+                .messages_after(chat_id, req.after_seq, None, limit + 1)
+                .await
+        } else {
+            let before = (req.before_seq > 0).then_some(req.before_seq);
+            store.messages_before(chat_id, before, limit + 1).await
+        }
+        .map_err(ChatError::from)?;
+        let has_more = messages.len() as i64 > limit;
+        messages.truncate(limit as usize);
+        Ok(Response::new(pb::ListMessagesResponse {
+            messages: messages.iter().map(message_to_pb).collect(),
+            has_more,
+        }))
+    }
+
+    type ConnectStream = ConnectStream;
+
+    #[tracing::instrument(skip_all, fields(chat_id = request.get_ref().chat_id))]
+    async fn connect(
+        &self,
+        request: Request<pb::ConnectRequest>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let caller = Caller::from_request(&request)?;
+        let req = request.into_inner();
+        let chat_id = ChatId::parse(req.chat_id)?;
+        if req.after_seq < 0 {
+            return Err(invalid_field("after_seq", "must not be negative"));
+        }
+        let history_limit = page_size("history_limit", req.history_limit, 50, 500)?;
+        self.visible_chat(&caller, chat_id).await?;
+
+        // Join first, read history second: whatever is committed after the join arrives
+        // live, whatever before is in the history, and the overlap is dropped by seq.
+        let mut sub = self
+            .inner
+            .hub
+            .join(chat_id)
+            .await
+            .map_err(|e| ChatError::Unavailable(format!("live events are unavailable: {e}")))?;
+
+        let (tx, rx) = mpsc::channel::<Result<pb::ConnectResponse, Status>>(64);
+        let store = self.inner.store.clone();
+        let shutdown = self.inner.shutdown.clone();
+        let after_seq = req.after_seq;
+        tokio::spawn(async move {
+            metrics::gauge!("chat_streams_active").increment(1.0);
+            let send = |event: Event| {
+                let tx = tx.clone();
+                async move {
+                    tx.send(Ok(pb::ConnectResponse { event: Some(event) }))
+                        .await
+                        .is_ok()
+                }
+            };
+            let mut sent_upto = after_seq;
+            let history = if after_seq > 0 {
+                store.messages_after(chat_id, after_seq, None, 500).await
+            } else {
+                store
+                    .messages_before(chat_id, None, history_limit)
+                    .await
+                    .map(|mut v| {
+                        v.reverse();
+                        v
+                    })
+            };
+            let mut batch = match history {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = tx.send(Err(chat_common::error::internal(&e))).await;
+                    metrics::gauge!("chat_streams_active").decrement(1.0);
+                    return;
+                }
+            };
+            'history: loop {
+                let full = batch.len() == 500 && after_seq > 0;
+                for m in &batch {
+                    if !send(Event::Message(message_to_pb(m))).await {
+                        break 'history;
+                    }
+                    sent_upto = sent_upto.max(m.seq);
+                }
+                if !full {
+                    break;
+                }
+                batch = match store.messages_after(chat_id, sent_upto, None, 500).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(chat_common::error::internal(&e))).await;
+                        break;
+                    }
+                };
+            }
+            if send(Event::HistoryEnd(pb::HistoryEnd {
+                last_seq: sent_upto,
+            }))
+            .await
+            {
+                loop {
+                    let event = tokio::select! {
+                        _ = shutdown.wait() => {
+                            let _ = tx.send(Err(Status::unavailable("server is shutting down; reconnect"))).await;
+                            break;
+                        }
+                        _ = tx.closed() => break,
+                        e = sub.rx.recv() => e,
+                    };
+                    let Some(event) = event else {
+                        let status = match sub.ended() {
+                            Ended::Overflow => Status::resource_exhausted(format!(
+                                "stream fell behind; reconnect with after_seq={sent_upto}"
+                            )),
+                            Ended::Unavailable => Status::unavailable(format!(
+                                "live events interrupted; reconnect with after_seq={sent_upto}"
+                            )),
+                        };
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    };
+                    match event.as_ref() {
+                        ChatEvent::MessageCreated(m) => {
+                            if m.seq <= sent_upto {
+                                continue;
+                            }
+                            sent_upto = m.seq;
+                            if !send(Event::Message(m.clone())).await {
+                                break;
+                            }
+                        }
+                        ChatEvent::ChatDeleted { chat_id } => {
+                            let _ = send(Event::ChatDeleted(pb::ChatDeleted { chat_id: *chat_id }))
+                                .await;
+                            let _ = tx
+                                .send(Err(Status::not_found(format!(
+                                    "chat {chat_id} was deleted"
+                                ))))
+                                .await;
+                            break;
+                        }
+                        e @ ChatEvent::MessageDeleted { .. } => {
+                            if !tx.send(Ok(e.to_response())).await.is_ok() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            drop(sub);
+            metrics::gauge!("chat_streams_active").decrement(1.0);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,133 @@
+//! Where chats and messages live. Service logic talks to [`ChatStore`]; `postgres`
+//! implements it. The store makes each step atomic (a message and its seq in one
+//! transaction; the idempotency check under the chat's row lock) and holds no policy.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::{ChatId, IdempotencyKey, MessageText, Title};
+
+pub mod postgres;
+
+#[derive(Debug, Clone)]
+pub struct ChatRecord {
+    pub id: i64,
+    pub title: String,
+    pub creator_id: i64,
+    pub created_at: DateTime<Utc>,
+    pub last_seq: i64,
+    pub last_activity_at: DateTime<Utc>,
+    pub member_count: i32,
+}
+
+#[derive(Debug, Clone)]
+pub struct MemberRecord {
+    pub user_id: i64,
+    pub username: String,
+    pub joined_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MessageRecord {
+    pub chat_id: i64,
+    pub seq: i64,
+    pub sender_id: i64,
+    pub sender_username: String,
+    pub text: String,
+    pub created_at: DateTime<Utc>,
+    pub deleted: bool,
+}
+
+/// A message to store.
+pub struct NewMessage<'a> {
+    pub chat_id: ChatId,
+    pub sender_id: i64,
+    pub sender_username: &'a str,
+    pub text: &'a MessageText,
+    pub idempotency_key: Option<&'a IdempotencyKey>,
+}
+
+/// Keyset position in a caller's chat list, newest activity first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChatCursor {
+    pub last_activity_micros: i64,
+    pub id: i64,
+}
+
+#[derive(Debug)]
+pub enum Inserted {
+    New(MessageRecord),
+    /// The idempotency key matched this earlier message.
+    Duplicate(MessageRecord),
+    /// The chat does not exist (any more).
+    NoChat,
+}
+
+#[async_trait]
+pub trait ChatStore: Send + Sync + 'static {
+    /// Creates a chat with these members (the creator among them).
+    async fn create_chat(
+        &self,
+        creator_id: i64,
+        title: &Title,
+        members: &[(i64, String)],
+    ) -> anyhow::Result<ChatRecord>;
+
+    /// The chat, when it exists and `user_id` is a member.
+    async fn chat_for_member(
+        &self,
+        chat: ChatId,
+        user_id: i64,
+    ) -> anyhow::Result<Option<ChatRecord>>;
+
+    /// The chat, whoever asks (service callers).
+    async fn chat(&self, chat: ChatId) -> anyhow::Result<Option<ChatRecord>>;
+
+    /// Deletes a chat and everything in it; false when it did not exist.
+    async fn delete_chat(&self, chat: ChatId) -> anyhow::Result<bool>;
+
+    /// The chats `user_id` is a member of, newest activity first, after `cursor`.
+    async fn list_chats(
+        &self,
+        user_id: i64,
+        limit: i64,
+        cursor: Option<ChatCursor>,
+    ) -> anyhow::Result<Vec<ChatRecord>>;
+
+    async fn list_members(&self, chat: ChatId) -> anyhow::Result<Vec<MemberRecord>>;
+
+    /// The member's username, when `user_id` is a member.
+    async fn member(&self, chat: ChatId, user_id: i64) -> anyhow::Result<Option<MemberRecord>>;
+
+    /// Stores a message with the chat's next seq, or returns the earlier message with the
+    /// same idempotency key from the same sender.
+    async fn insert_message(&self, msg: NewMessage<'_>) -> anyhow::Result<Inserted>;
+
+    /// Marks a message deleted and clears its text. Returns the message as it was, or
+    /// None when there is no such message.
+    async fn delete_message(&self, chat: ChatId, seq: i64)
+        -> anyhow::Result<Option<MessageRecord>>;
+
+    /// A message, deleted or not.
+    async fn message(&self, chat: ChatId, seq: i64) -> anyhow::Result<Option<MessageRecord>>;
+
+    /// Live messages with `after < seq <= upto`, oldest first, at most `limit`.
+    async fn messages_after(
+        &self,
+        chat: ChatId,
+        after: i64,
+        upto: Option<i64>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<MessageRecord>>;
+
+    /// Live messages with `seq < before` (any when `before` is None), newest first.
+    async fn messages_before(
+        &self,
+        chat: ChatId,
+        before: Option<i64>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<MessageRecord>>;
+
+    /// The chat's newest seq, or None when the chat does not exist.
+    async fn last_seq(&self, chat: ChatId) -> anyhow::Result<Option<i64>>;
+}

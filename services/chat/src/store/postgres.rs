@@ -1,0 +1,323 @@
+//! The PostgreSQL backend of [`ChatStore`](super::ChatStore).
+
+use anyhow::Context;
+use async_trait::async_trait;
+use sqlx::{postgres::PgRow, PgPool, Row};
+
+use super::{ChatCursor, ChatRecord, ChatStore, Inserted, MemberRecord, MessageRecord, NewMessage};
+use crate::domain::{ChatId, Title};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/chat");
+
+pub struct PgChatStore {
+    pool: PgPool,
+}
+
+impl PgChatStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+const CHAT_COLUMNS: &str =
+    "c.id, c.title, c.creator_id, c.created_at, c.last_seq, c.last_activity_at, \
+     (SELECT count(*)::int FROM chat_members m WHERE m.chat_id = c.id) AS member_count";
+const MESSAGE_COLUMNS: &str =
+    "chat_id, seq, sender_id, sender_username, text, created_at, deleted_at IS NOT NULL AS deleted";
+
+fn chat_from_row(row: &PgRow) -> Result<ChatRecord, sqlx::Error> {
+    Ok(ChatRecord {
+        id: row.try_get("id")?,
+        title: row.try_get("title")?,
+        creator_id: row.try_get("creator_id")?,
+        created_at: row.try_get("created_at")?,
+        last_seq: row.try_get("last_seq")?,
+        last_activity_at: row.try_get("last_activity_at")?,
+        member_count: row.try_get("member_count")?,
+    })
+}
+
+fn message_from_row(row: &PgRow) -> Result<MessageRecord, sqlx::Error> {
+    Ok(MessageRecord {
+        chat_id: row.try_get("chat_id")?,
+        seq: row.try_get("seq")?,
+        sender_id: row.try_get("sender_id")?,
+        sender_username: row.try_get("sender_username")?,
+        text: row.try_get("text")?,
+        created_at: row.try_get("created_at")?,
+        deleted: row.try_get("deleted")?,
+    })
+}
+
+fn member_from_row(row: &PgRow) -> Result<MemberRecord, sqlx::Error> {
+    Ok(MemberRecord {
+        user_id: row.try_get("user_id")?,
+        username: row.try_get("username")?,
+        joined_at: row.try_get("joined_at")?,
+    })
+}
+
+#[async_trait]
+impl ChatStore for PgChatStore {
+    async fn create_chat(
+        &self,
+        creator_id: i64,
+        title: &Title,
+        members: &[(i64, String)],
+    ) -> anyhow::Result<ChatRecord> {
+        let mut tx = self.pool.begin().await.context("starting a transaction")?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO chats (title, creator_id) VALUES ($1, $2) RETURNING id",
+        )
+        .bind(title.as_str())
+        .bind(creator_id)
+        .fetch_one(&mut *tx)
+        .await
+        .context("inserting a chat")?;
+        let ids: Vec<i64> = members.iter().map(|(id, _)| *id).collect();
+        let names: Vec<&str> = members.iter().map(|(_, n)| n.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO chat_members (chat_id, user_id, username) \
+             SELECT $1, * FROM UNNEST($2::bigint[], $3::text[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(&ids)
+        .bind(&names)
+        .execute(&mut *tx)
+        .await
+        .context("inserting chat members")?;
+        let row = sqlx::query(&format!(
+            "SELECT {CHAT_COLUMNS} FROM chats c WHERE c.id = $1"
+        ))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await
+        .context("reading the new chat")?;
+        let chat = chat_from_row(&row)?;
+        tx.commit().await.context("committing a new chat")?;
+        Ok(chat)
+    }
+
+    async fn chat_for_member(
+        &self,
+        chat: ChatId,
+        user_id: i64,
+    ) -> anyhow::Result<Option<ChatRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {CHAT_COLUMNS} FROM chats c \
+             JOIN chat_members me ON me.chat_id = c.id AND me.user_id = $2 WHERE c.id = $1"
+        ))
+        .bind(chat.0)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await
+        .context("loading a chat for a member")?;
+        Ok(row.as_ref().map(chat_from_row).transpose()?)
+    }
+
+    async fn chat(&self, chat: ChatId) -> anyhow::Result<Option<ChatRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {CHAT_COLUMNS} FROM chats c WHERE c.id = $1"
+        ))
+        .bind(chat.0)
+        .fetch_optional(&self.pool)
+        .await
+        .context("loading a chat")?;
+        Ok(row.as_ref().map(chat_from_row).transpose()?)
+    }
+
+    async fn delete_chat(&self, chat: ChatId) -> anyhow::Result<bool> {
+        let res = sqlx::query("DELETE FROM chats WHERE id = $1")
+            .bind(chat.0)
+            .execute(&self.pool)
+            .await
+            .context("deleting a chat")?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    async fn list_chats(
+        &self,
+        user_id: i64,
+        limit: i64,
+        cursor: Option<ChatCursor>,
+    ) -> anyhow::Result<Vec<ChatRecord>> {
+        let (micros, id) = cursor
+            .map(|c| (c.last_activity_micros, c.id))
+            .unwrap_or((i64::MAX, i64::MAX));
+        let rows = sqlx::query(&format!(
+            "SELECT {CHAT_COLUMNS} FROM chats c \
+             JOIN chat_members me ON me.chat_id = c.id AND me.user_id = $1 \
+             WHERE (floor(extract(epoch FROM c.last_activity_at) * 1000000)::bigint, c.id) < ($2, $3) \
+             ORDER BY c.last_activity_at DESC, c.id DESC LIMIT $4"
+        ))
+        .bind(user_id)
+        .bind(micros)
+        .bind(id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .context("listing chats")?;
+        Ok(rows.iter().map(chat_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn list_members(&self, chat: ChatId) -> anyhow::Result<Vec<MemberRecord>> {
+        let rows = sqlx::query(
+            "SELECT user_id, username, joined_at FROM chat_members WHERE chat_id = $1 ORDER BY joined_at, user_id",
+        )
+        .bind(chat.0)
+        .fetch_all(&self.pool)
+        .await
+        .context("listing members")?;
+        Ok(rows.iter().map(member_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn member(&self, chat: ChatId, user_id: i64) -> anyhow::Result<Option<MemberRecord>> {
+        let row = sqlx::query(
+            "SELECT user_id, username, joined_at FROM chat_members WHERE chat_id = $1 AND user_id = $2",
+        )
+        .bind(chat.0)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await
+        .context("loading a member")?;
+        Ok(row.as_ref().map(member_from_row).transpose()?)
+    }
+
+    async fn insert_message(&self, msg: NewMessage<'_>) -> anyhow::Result<Inserted> {
+        let mut tx = self.pool.begin().await.context("starting a transaction")?;
+        // The chat's row lock orders concurrent senders (on any replica) and makes the
+        // idempotency check below race-free.
+        let locked: Option<i64> =
+            sqlx::query_scalar("SELECT last_seq FROM chats WHERE id = $1 FOR UPDATE")
+                .bind(msg.chat_id.0)
+                .fetch_optional(&mut *tx)
+                .await
+                .context("locking the chat")?;
+        if locked.is_none() {
+            return Ok(Inserted::NoChat);
+        }
+        if let Some(key) = msg.idempotency_key {
+            let earlier = sqlx::query(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages \
+                 WHERE chat_id = $1 AND sender_id = $2 AND idempotency_key = $3"
+            ))
+            .bind(msg.chat_id.0)
+            .bind(msg.sender_id)
+            .bind(key.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .context("checking the idempotency key")?;
+            if let Some(row) = earlier {
+                return Ok(Inserted::Duplicate(message_from_row(&row)?));
+            }
+        }
+        let row = sqlx::query(&format!(
+            "WITH next AS ( \
+                 UPDATE chats SET last_seq = last_seq + 1, last_activity_at = now() \
+                 WHERE id = $1 RETURNING last_seq) \
+             INSERT INTO messages (chat_id, seq, sender_id, sender_username, text, idempotency_key) \
+             SELECT $1, next.last_seq, $2, $3, $4, $5 FROM next \
+             RETURNING {MESSAGE_COLUMNS}"
+        ))
+        .bind(msg.chat_id.0)
+        .bind(msg.sender_id)
+        .bind(msg.sender_username)
+        .bind(msg.text.as_str())
+        .bind(msg.idempotency_key.map(|k| k.as_str()))
+        .fetch_one(&mut *tx)
+        .await
+        .context("inserting a message")?;
+        let record = message_from_row(&row)?;
+        tx.commit().await.context("committing a message")?;
+        Ok(Inserted::New(record))
+    }
+
+    async fn delete_message(
+        &self,
+        chat: ChatId,
+        seq: i64,
+    ) -> anyhow::Result<Option<MessageRecord>> {
+        let row = sqlx::query(&format!(
+            "UPDATE messages m SET deleted_at = COALESCE(m.deleted_at, now()), text = '' \
+             FROM messages old WHERE m.chat_id = $1 AND m.seq = $2 \
+             AND old.chat_id = m.chat_id AND old.seq = m.seq \
+             RETURNING old.chat_id, old.seq, old.sender_id, old.sender_username, old.text, \
+             old.created_at, old.deleted_at IS NOT NULL AS deleted"
+        ))
+        .bind(chat.0)
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await
+        .context("deleting a message")?;
+        Ok(row.as_ref().map(message_from_row).transpose()?)
+    }
+
+    async fn message(&self, chat: ChatId, seq: i64) -> anyhow::Result<Option<MessageRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = $1 AND seq = $2"
+        ))
+        .bind(chat.0)
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await
+        .context("loading a message")?;
+        Ok(row.as_ref().map(message_from_row).transpose()?)
+    }
+
+    async fn messages_after(
+        &self,
+        chat: ChatId,
+        after: i64,
+        upto: Option<i64>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<MessageRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages \
+             WHERE chat_id = $1 AND seq > $2 AND seq <= $3 AND deleted_at IS NULL \
+             ORDER BY seq ASC LIMIT $4"
+        ))
+        .bind(chat.0)
+        .bind(after)
+        .bind(upto.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .context("reading messages")?;
+        Ok(rows
+            .iter()
+            .map(message_from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn messages_before(
+        &self,
+        chat: ChatId,
+        before: Option<i64>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<MessageRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages \
+             WHERE chat_id = $1 AND seq < $2 AND deleted_at IS NULL \
+             ORDER BY seq DESC LIMIT $3"
+        ))
+        .bind(chat.0)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .context("reading messages")?;
+        Ok(rows
+            .iter()
+            .map(message_from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn last_seq(&self, chat: ChatId) -> anyhow::Result<Option<i64>> {
+        let seq = sqlx::query_scalar("SELECT last_seq FROM chats WHERE id = $1")
+            .bind(chat.0)
+            .fetch_optional(&self.pool)
+            .await
+            .context("reading the chat's last seq")?;
+        Ok(seq)
+    }
+}
