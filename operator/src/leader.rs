@@ -1,0 +1,157 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease, so that with several operator
+//! replicas (for fast failover) only one reconciles at a time.
+//!
+//! kube-runtime has no elector, so this is the client-go algorithm in small: a candidate
+//! takes the Lease when it is free or its holder stopped renewing for `lease_duration`;
+//! the holder renews every `renew_every`. Every write carries the `resourceVersion` it
+//! read, so two candidates racing for an expired Lease cannot both win: the loser gets a
+//! 409 Conflict and stays a candidate. A holder that cannot renew before its lease
+//! would expire steps down (stops its controller) before anyone else can take over.
+
+use std::time::Duration;
+
+use k8s_openapi::{
+    api::coordination::v1::{Lease, LeaseSpec},
+    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
+    jiff::{SignedDuration, Timestamp},
+};
+use kube::{
+    api::{Api, PostParams},
+    Client,
+};
+
+#[derive(Clone, Debug)]
+pub struct LeaseLock {
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+    pub lease_duration: Duration,
+    pub renew_every: Duration,
+}
+
+impl LeaseLock {
+    pub fn new(client: Client, namespace: &str, name: &str, identity: &str) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+            name: name.into(),
+            identity: identity.into(),
+            lease_duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(5),
+        }
+    }
+
+    /// Takes or renews the Lease once. `Ok(true)`: this process holds it now.
+    pub async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
+        let now = Timestamp::now();
+        let duration_secs = i32::try_from(self.lease_duration.as_secs()).unwrap_or(15);
+        let current = self.api.get_opt(&self.name).await?;
+        let Some(mut lease) = current else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(self.identity.clone()),
+                    lease_duration_seconds: Some(duration_secs),
+                    acquire_time: Some(MicroTime(now)),
+                    renew_time: Some(MicroTime(now)),
+                    lease_transitions: Some(0),
+                    ..LeaseSpec::default()
+                }),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+                Err(e) => Err(e),
+            };
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        let mine = spec.holder_identity.as_deref() == Some(self.identity.as_str());
+        let held = spec
+            .holder_identity
+            .as_deref()
+            .is_some_and(|h| !h.is_empty());
+        let expires = spec.renew_time.as_ref().map(|t| {
+            let d = i64::from(spec.lease_duration_seconds.unwrap_or(duration_secs));
+            t.0.saturating_add(SignedDuration::from_secs(d))
+                .unwrap_or(t.0)
+        });
+        let expired = expires.is_none_or(|e| e < now);
+        if held && !mine && !expired {
+            return Ok(false);
+        }
+        let mut new_spec = spec.clone();
+        new_spec.holder_identity = Some(self.identity.clone());
+        new_spec.lease_duration_seconds = Some(duration_secs);
+        new_spec.renew_time = Some(MicroTime(now));
+        if !mine {
+            new_spec.acquire_time = Some(MicroTime(now));
+            new_spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+        }
+        lease.spec = Some(new_spec);
+        // `replace` sends the resourceVersion we read: a concurrent writer makes it fail.
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits until this process holds the Lease.
+    pub async fn acquire(&self) {
+        loop {
+            match self.try_acquire_or_renew().await {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, lease = %self.name, "leader election"),
+            }
+            tokio::time::sleep(self.renew_every).await;
+        }
+    }
+
+    /// Renews until renewal fails for longer than the lease allows; returns then, when
+    /// another replica may take over and this one must stop acting.
+    pub async fn hold(&self) {
+        let mut last_renewed = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(self.renew_every).await;
+            match self.try_acquire_or_renew().await {
+                Ok(true) => last_renewed = tokio::time::Instant::now(),
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, lease = %self.name, "renewing the lease");
+                    // Step down before the lease can expire for the others.
+                    if last_renewed.elapsed() + self.renew_every >= self.lease_duration {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives the Lease up on shutdown so a successor need not wait for it to expire.
+    pub async fn release(&self) {
+        let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await else {
+            return;
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return;
+        };
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return;
+        }
+        spec.holder_identity = None;
+        if let Err(e) = self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            tracing::warn!(error = %e, "releasing the lease");
+        }
+    }
+}
