@@ -8,7 +8,11 @@
 //! publishes wait for its acknowledgement, so consumers that were down (notification)
 //! get every event later.
 
-use std::{pin::Pin, time::Duration};
+use std::{
+    pin::Pin,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -104,16 +108,29 @@ impl NatsBus {
     pub async fn connect(url: &str, prefix: &str, stream: Option<&str>) -> anyhow::Result<Self> {
         let (reconnects, _) = broadcast::channel(16);
         let tx = reconnects.clone();
+        // The client re-subscribes after it reports Connected; a flush (PING/PONG, ordered
+        // after those SUBs) makes sure the server has them before the hub reads storage,
+        // so no event falls between the catch-up and the restored subscription.
+        let cell: Arc<OnceLock<async_nats::Client>> = Arc::new(OnceLock::new());
+        let callback_cell = cell.clone();
         let client = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
             .event_callback(move |event| {
                 let tx = tx.clone();
+                let cell = callback_cell.clone();
                 async move {
                     match event {
                         async_nats::Event::Connected => {
                             tracing::info!("NATS connected");
-                            let _ = tx.send(());
+                            tokio::spawn(async move {
+                                if let Some(client) = cell.get() {
+                                    if let Err(e) = client.flush().await {
+                                        tracing::warn!(error = %e, "flush after reconnect failed");
+                                    }
+                                }
+                                let _ = tx.send(());
+                            });
                         }
                         async_nats::Event::Disconnected => tracing::warn!("NATS disconnected"),
                         other => tracing::debug!(event = %other, "NATS event"),
@@ -123,6 +140,7 @@ impl NatsBus {
             .connect(url)
             .await
             .with_context(|| format!("connecting to NATS at {url}"))?;
+        let _ = cell.set(client.clone());
         let jetstream = match stream {
             None => None,
             Some(name) => {

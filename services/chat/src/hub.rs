@@ -208,8 +208,14 @@ impl Hub {
         });
     }
 
-    /// Delivers every stored message after `last_seq` (up to `upto`), advancing it.
-    /// Returns false when the chat no longer exists.
+    /// Delivers every stored message after `last_seq` up to `upto` (by default the chat's
+    /// newest seq), advancing `last_seq` to `upto`. Returns false when the chat no longer
+    /// exists.
+    ///
+    /// Every seq up to `upto` is committed when this runs (a seq is taken under the chat's
+    /// row lock, held until commit), so a seq missing from the read was deleted, and
+    /// skipping it is right. The newest seq must be read *before* the messages, or a
+    /// message committed between the two reads would be taken for deleted.
     async fn fill(
         &self,
         fanout: &Fanout,
@@ -217,32 +223,29 @@ impl Hub {
         upto: Option<i64>,
     ) -> anyhow::Result<bool> {
         let chat = ChatId(fanout.chat_id);
-        loop {
+        let upto = match upto {
+            Some(u) => u,
+            None => match self.store.last_seq(chat).await? {
+                None => return Ok(false),
+                Some(stored) => stored,
+            },
+        };
+        while *last_seq < upto {
             let batch = self
                 .store
-                .messages_after(chat, *last_seq, upto, 500)
+                .messages_after(chat, *last_seq, Some(upto), 500)
                 .await?;
-            if batch.is_empty() {
+            let Some(last) = batch.last() else {
                 break;
-            }
+            };
+            let next = last.seq;
             for m in batch {
-                *last_seq = m.seq;
                 self.deliver(fanout, ChatEvent::MessageCreated(message_to_pb(&m)));
             }
+            *last_seq = next;
         }
-        if let Some(upto) = upto {
-            // Messages deleted meanwhile leave holes: nothing more to fetch up to `upto`.
-            *last_seq = (*last_seq).max(upto);
-            return Ok(true);
-        }
-        match self.store.last_seq(chat).await? {
-            None => Ok(false),
-            Some(stored) => {
-                // Anything up to `stored` that was not delivered was deleted.
-                *last_seq = (*last_seq).max(stored);
-                Ok(true)
-            }
-        }
+        *last_seq = (*last_seq).max(upto);
+        Ok(true)
     }
 
     async fn run(self: Arc<Self>, fanout: Arc<Fanout>) {
