@@ -71,7 +71,9 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
+async fn run(mut args: RunArgs) -> anyhow::Result<()> {
+    // An empty WATCH_NAMESPACE (the manifests' default) means all namespaces.
+    args.watch_namespace = args.watch_namespace.filter(|n| !n.is_empty());
     let _telemetry = telemetry::init()?;
     let metrics = telemetry::install_metrics()?;
     let http = tokio::spawn(telemetry::serve_http(args.http_addr, metrics));

@@ -68,3 +68,11 @@ fn the_binary_prints_the_crd() {
         chat_operator::crd_yaml().unwrap()
     );
 }
+
+#[test]
+fn the_chart_ships_the_same_crd() {
+    check(
+        "charts/chat-operator/crds/crd.yaml",
+        &chat_operator::crd_yaml().unwrap(),
+    );
+}
