@@ -87,8 +87,9 @@ impl FakeApiServer {
             serde_json::from_slice(&bytes).unwrap()
         };
         let mut st = self.state.lock().unwrap();
-        st.log.push(format!("{method} {path}"));
-        if let Some((_, code)) = st.failures.iter().find(|(k, _)| path.contains(k.as_str())) {
+        let line = format!("{method} {path}");
+        st.log.push(line.clone());
+        if let Some((_, code)) = st.failures.iter().find(|(k, _)| line.contains(k.as_str())) {
             let code = *code;
             return (
                 StatusCode::from_u16(code).unwrap(),
@@ -195,7 +196,7 @@ impl FakeApiServer {
         self.state.lock().unwrap().objects.keys().cloned().collect()
     }
 
-    /// Makes requests whose path contains `key` fail with `code`.
+    /// Makes requests whose `METHOD /path` contains `key` fail with `code`.
     pub fn fail(&self, key: &str, code: u16) {
         self.state
             .lock()

@@ -155,3 +155,69 @@ impl LeaseLock {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::FakeApiServer;
+
+    const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases/leader";
+
+    fn lock(client: &Client, identity: &str) -> LeaseLock {
+        LeaseLock::new(client.clone(), "ops", "leader", identity)
+    }
+
+    fn holder(server: &FakeApiServer) -> String {
+        server.get(LEASE).unwrap()["spec"]["holderIdentity"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn one_holder_at_a_time_and_takeover_after_expiry() {
+        let (client, server) = FakeApiServer::start();
+        let a = lock(&client, "a");
+        let b = lock(&client, "b");
+        assert!(
+            a.try_acquire_or_renew().await.unwrap(),
+            "a free lease is taken"
+        );
+        assert!(
+            !b.try_acquire_or_renew().await.unwrap(),
+            "a held lease is not"
+        );
+        assert!(a.try_acquire_or_renew().await.unwrap(), "the holder renews");
+        assert_eq!(holder(&server), "a");
+
+        // a stops renewing: its lease expires.
+        server.edit(LEASE, |l| {
+            l["spec"]["renewTime"] = serde_json::json!("2000-01-01T00:00:00.000000Z")
+        });
+        assert!(b.try_acquire_or_renew().await.unwrap());
+        assert_eq!(holder(&server), "b");
+        assert_eq!(server.get(LEASE).unwrap()["spec"]["leaseTransitions"], 1);
+        assert!(!a.try_acquire_or_renew().await.unwrap(), "a lost it");
+    }
+
+    #[tokio::test]
+    async fn a_released_lease_is_free_at_once() {
+        let (client, server) = FakeApiServer::start();
+        let a = lock(&client, "a");
+        let b = lock(&client, "b");
+        assert!(a.try_acquire_or_renew().await.unwrap());
+        a.release().await;
+        assert_eq!(holder(&server), "");
+        assert!(b.try_acquire_or_renew().await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_concurrent_write_loses_on_the_resource_version() {
+        let (client, server) = FakeApiServer::start();
+        let a = lock(&client, "a");
+        assert!(a.try_acquire_or_renew().await.unwrap());
+        // Another candidate wrote between our read and our write.
+        server.fail("PUT /apis/coordination.k8s.io", 409);
+        assert!(!a.try_acquire_or_renew().await.unwrap());
+    }
+}
