@@ -13,12 +13,12 @@ pub mod hub;
 pub mod service;
 pub mod store;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tonic::transport::{Channel, Endpoint};
 
+pub use chat_common::client::{lazy_channel, verifier_from_auth};
 use chat_common::{server, service_token::ServiceCredential, Shutdown, TokenVerifier};
 use grpc_chat_proto::auth::v1::auth_service_client::AuthServiceClient;
 use grpc_chat_proto::chat::v1::chat_service_server::ChatServiceServer;
@@ -26,51 +26,6 @@ use grpc_chat_proto::chat::v1::chat_service_server::ChatServiceServer;
 pub use config::Config;
 pub use service::ChatApi;
 use store::postgres::{PgChatStore, MIGRATOR};
-
-/// A lazily connected channel to `url`.
-pub fn lazy_channel(url: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("invalid URL {url}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30))
-        .connect_lazy())
-}
-
-/// A verifier loaded with AuthService's keys, retried for up to a minute while auth starts.
-pub async fn verifier_from_auth(
-    auth: &AuthServiceClient<Channel>,
-    shutdown: &Shutdown,
-) -> anyhow::Result<TokenVerifier> {
-    let mut client = auth.clone();
-    let keys = {
-        let mut attempt = 0;
-        loop {
-            match client
-                .get_public_keys(grpc_chat_proto::auth::v1::GetPublicKeysRequest {})
-                .await
-            {
-                Ok(r) => break r.into_inner(),
-                Err(e) if attempt < 30 => {
-                    attempt += 1;
-                    tracing::warn!(error = %e.message(), "auth service not reachable yet, retrying");
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                }
-                Err(e) => anyhow::bail!(
-                    "cannot load token keys from the auth service: {}",
-                    e.message()
-                ),
-            }
-        }
-    };
-    let verifier = TokenVerifier::new(&keys.issuer, &keys.audience);
-    verifier.set_keys(
-        keys.keys
-            .iter()
-            .map(|k| (k.key_id.as_str(), k.public_key_pem.as_str())),
-    )?;
-    verifier.spawn_refresh(client, Duration::from_secs(300), shutdown.clone());
-    Ok(verifier)
-}
 
 /// A bound, ready-to-run chat service.
 pub struct Application {

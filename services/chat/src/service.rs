@@ -231,7 +231,7 @@ impl ChatService for ChatApi {
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
         let caller = Caller::from_request(&request)?;
         let chat_id = ChatId::parse(request.get_ref().chat_id)?;
-        self.visible_chat(&caller, chat_id).await?;
+        let chat = self.visible_chat(&caller, chat_id).await?;
         let members = self
             .inner
             .store
@@ -247,6 +247,7 @@ impl ChatService for ChatApi {
                     joined_at: Some(timestamp(m.joined_at)),
                 })
                 .collect(),
+            chat: Some(chat_to_pb(&chat)),
         }))
     }
 
