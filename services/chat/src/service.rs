@@ -535,7 +535,7 @@ impl ChatService for ChatApi {
                             break;
                         }
                         e @ ChatEvent::MessageDeleted { .. } => {
-                            if !tx.send(Ok(e.to_response())).await.is_ok() {
+                            if tx.send(Ok(e.to_response())).await.is_err() {
                                 break;
                             }
                         }

@@ -237,13 +237,13 @@ impl ChatStore for PgChatStore {
         chat: ChatId,
         seq: i64,
     ) -> anyhow::Result<Option<MessageRecord>> {
-        let row = sqlx::query(&format!(
+        let row = sqlx::query(
             "UPDATE messages m SET deleted_at = COALESCE(m.deleted_at, now()), text = '' \
              FROM messages old WHERE m.chat_id = $1 AND m.seq = $2 \
              AND old.chat_id = m.chat_id AND old.seq = m.seq \
              RETURNING old.chat_id, old.seq, old.sender_id, old.sender_username, old.text, \
-             old.created_at, old.deleted_at IS NOT NULL AS deleted"
-        ))
+             old.created_at, old.deleted_at IS NOT NULL AS deleted",
+        )
         .bind(chat.0)
         .bind(seq)
         .fetch_optional(&self.pool)
