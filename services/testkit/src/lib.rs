@@ -2,6 +2,8 @@
 //! PostgreSQL database (so tests run in parallel and never see each other's rows) and real
 //! services on port 0, with connected tonic clients. Tests then read like user stories.
 
+pub mod smtp;
+
 use std::{net::SocketAddr, sync::Once, time::Duration};
 
 use secrecy::SecretString;
@@ -357,5 +359,80 @@ impl TcpProxy {
 
     pub fn restore(&self) {
         let _ = self.up.send(true);
+    }
+}
+
+/// A running notification-service replica.
+pub struct TestNotification {
+    pub addr: SocketAddr,
+    pub client:
+        grpc_chat_proto::notification::v1::notification_service_client::NotificationServiceClient<
+            Channel,
+        >,
+    pub shutdown: Shutdown,
+}
+
+impl Drop for TestNotification {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+/// Notification settings for tests: this test's NATS space, the given database, chat and
+/// auth, SMTP in plain text to `smtp` (a [`smtp::TestSmtp`]), and short retry pauses.
+pub fn notification_config(
+    auth: &TestAuth,
+    chat: &TestChat,
+    database_url: &str,
+    nats: &TestNats,
+    smtp: SocketAddr,
+) -> notification_service::Config {
+    use notification_service::config::{EmailConfig, RetryPolicy, SmtpConfig, SmtpTls};
+    notification_service::Config {
+        listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        database_url: database_url.to_owned(),
+        database_max_connections: 10,
+        nats_url: nats_url(),
+        subject_prefix: nats.prefix.clone(),
+        nats_stream: nats.stream.clone(),
+        nats_consumer: "notification".into(),
+        ack_wait: Duration::from_secs(10),
+        auth_url: format!("http://{}", auth.addr),
+        chat_url: format!("http://{}", chat.addr),
+        service_secret: SecretString::from(SERVICE_SECRET),
+        email: EmailConfig::Smtp(SmtpConfig {
+            host: smtp.ip().to_string(),
+            port: smtp.port(),
+            tls: SmtpTls::None,
+            username: None,
+            password: None,
+            from: "grpc-chat <noreply@example.com>".into(),
+            timeout: Duration::from_secs(5),
+        }),
+        retry: RetryPolicy {
+            max_attempts: 3,
+            backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(100),
+        },
+        delivery_lease: Duration::from_secs(10),
+    }
+}
+
+/// Starts a notification-service replica with `config`.
+pub async fn spawn_notification(config: notification_service::Config) -> TestNotification {
+    init_logs();
+    let shutdown = Shutdown::new();
+    let app = notification_service::Application::build(config, shutdown.clone())
+        .await
+        .expect("build notification");
+    let addr = app.local_addr();
+    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let client = grpc_chat_proto::notification::v1::notification_service_client::NotificationServiceClient::new(
+        channel(addr).await,
+    );
+    TestNotification {
+        addr,
+        client,
+        shutdown,
     }
 }

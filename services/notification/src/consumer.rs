@@ -1,0 +1,131 @@
+//! The JetStream side: a durable pull consumer on chat-service's event stream, filtered to
+//! `<prefix>.*.message_created`, shared by every replica under one name, so JetStream hands
+//! each event to one replica at a time. Events are acknowledged only after their emails
+//! are settled; an event whose processing failed (chat or auth unreachable) is nak'ed with a
+//! delay and comes back, and one whose replica died comes back after `ack_wait`. Events
+//! published while no replica runs wait in the stream. Duplicates that redelivery may cause
+//! are absorbed by the delivery records (see `notifier.rs`).
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use async_nats::jetstream::{
+    self,
+    consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer},
+    AckKind,
+};
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+
+use chat_common::Shutdown;
+use chat_service::events::ChatEvent;
+
+use crate::{error::NotificationError, notifier::Notifier, Config};
+
+/// Events processed at once by one replica.
+const CONCURRENCY: usize = 32;
+/// How long a failed event waits before it is redelivered.
+const RETRY_DELAY: Duration = Duration::from_secs(2);
+
+/// Connects to NATS and makes sure the stream and the durable consumer exist.
+pub async fn connect(config: &Config) -> anyhow::Result<PullConsumer> {
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(&config.nats_url)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+    let js = jetstream::new(client);
+    // chat-service creates the stream too; whichever starts first makes it, with the same
+    // subjects, so the notifier never misses events published before it first ran.
+    let stream = js
+        .get_or_create_stream(jetstream::stream::Config {
+            name: config.nats_stream.clone(),
+            subjects: vec![format!("{}.>", config.subject_prefix)],
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("opening JetStream stream {}: {e}", config.nats_stream))?;
+    let consumer = stream
+        .get_or_create_consumer(
+            &config.nats_consumer,
+            pull::Config {
+                durable_name: Some(config.nats_consumer.clone()),
+                filter_subject: format!("{}.*.message_created", config.subject_prefix),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: config.ack_wait,
+                deliver_policy: DeliverPolicy::All,
+                max_ack_pending: 1000,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("creating consumer {}: {e}", config.nats_consumer))?;
+    Ok(consumer)
+}
+
+/// Pulls and handles events until `shutdown`; reopens the pull after errors.
+pub async fn run(consumer: PullConsumer, notifier: Notifier, shutdown: Shutdown) {
+    let permits = Arc::new(Semaphore::new(CONCURRENCY));
+    while !shutdown.is_triggered() {
+        let mut messages = match consumer.messages().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot pull events, retrying");
+                tokio::select! {
+                    _ = shutdown.wait() => return,
+                    _ = tokio::time::sleep(RETRY_DELAY) => continue,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.wait() => return,
+                next = messages.next() => next,
+            };
+            let msg = match next {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "pulling events failed");
+                    continue;
+                }
+                None => break,
+            };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let notifier = notifier.clone();
+            tokio::spawn(async move {
+                handle(&notifier, msg).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+async fn handle(notifier: &Notifier, msg: jetstream::Message) {
+    let ack = match ChatEvent::decode(&msg.payload) {
+        Ok(ChatEvent::MessageCreated(m)) => match notifier.notify(&m).await {
+            Ok(()) => AckKind::Ack,
+            Err(NotificationError::Unavailable(e)) => {
+                tracing::warn!(chat_id = m.chat_id, seq = m.seq, error = %e, "event will be retried");
+                AckKind::Nak(Some(RETRY_DELAY))
+            }
+            Err(e) => {
+                tracing::error!(chat_id = m.chat_id, seq = m.seq, error = ?e, "event will be retried");
+                AckKind::Nak(Some(RETRY_DELAY))
+            }
+        },
+        // Another kind on a filtered subject: nothing to email.
+        Ok(_) => AckKind::Ack,
+        Err(e) => {
+            tracing::warn!(subject = %msg.subject, error = %e, "dropping a malformed event");
+            AckKind::Term
+        }
+    };
+    if let Err(e) = msg.ack_with(ack).await {
+        tracing::warn!(error = %e, "acknowledging an event failed; it will be redelivered");
+    }
+}

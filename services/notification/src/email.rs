@@ -1,0 +1,177 @@
+//! What an email says and how it leaves: the [`EmailSender`] seam with two implementations,
+//! [`smtp::SmtpEmailSender`] (lettre) and [`StubEmailSender`] (logs and keeps emails, for
+//! development and tests), chosen at start-up from `EMAIL_SENDER`.
+//!
+//! Each email goes to one recipient only, so no member sees another's address. The chat
+//! title, the sender's name and the text are user input: they are stripped of control
+//! characters in the subject (no header tricks) and HTML-escaped in the HTML part.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+pub mod smtp;
+
+/// One email to one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email {
+    pub to_address: String,
+    pub to_name: String,
+    pub subject: String,
+    pub text_body: String,
+    pub html_body: String,
+}
+
+/// What the notifier knows about a message when it writes the email.
+#[derive(Debug, Clone)]
+pub struct MessageContent<'a> {
+    pub chat_id: i64,
+    pub chat_title: &'a str,
+    pub sender_username: &'a str,
+    pub text: &'a str,
+}
+
+/// Why an email was not sent.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SendError {
+    /// The server refused it for good (5xx, a bad address): retrying will not help.
+    #[error("refused permanently: {0}")]
+    Permanent(String),
+    /// A temporary refusal (4xx), a timeout or a lost connection: worth retrying.
+    #[error("temporary failure: {0}")]
+    Transient(String),
+}
+
+#[async_trait]
+pub trait EmailSender: Send + Sync + 'static {
+    async fn send(&self, email: &Email) -> Result<(), SendError>;
+}
+
+/// Keeps one line of user input fit for a header: no control characters, bounded length.
+fn header_safe(s: &str, max_chars: usize) -> String {
+    let cleaned: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let trimmed = cleaned.trim();
+    if trimmed.chars().count() > max_chars {
+        let mut cut: String = trimmed.chars().take(max_chars).collect();
+        cut.push('…');
+        cut
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+/// Escapes text for HTML element content and attributes.
+pub fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The email telling `to_name` about a message.
+pub fn render(message: &MessageContent<'_>, to_address: &str, to_name: &str) -> Email {
+    let sender = header_safe(message.sender_username, 64);
+    let chat = if message.chat_title.trim().is_empty() {
+        format!("chat #{}", message.chat_id)
+    } else {
+        format!("“{}”", header_safe(message.chat_title, 80))
+    };
+    let subject = format!("{sender} in {chat}");
+    let text_body = format!(
+        "Hi {to_name},\n\n{sender} wrote in {chat}:\n\n{text}\n\n-- \nYou get this email because you are a member of this chat.\n",
+        text = message.text,
+    );
+    let html_body = format!(
+        "<p>Hi {to},</p>\n<p><strong>{sender}</strong> wrote in {chat}:</p>\n<blockquote style=\"white-space: pre-wrap\">{text}</blockquote>\n<p style=\"color:#888\">You get this email because you are a member of this chat.</p>\n",
+        to = html_escape(to_name),
+        sender = html_escape(&sender),
+        chat = html_escape(&chat),
+        text = html_escape(message.text),
+    );
+    Email {
+        to_address: to_address.to_owned(),
+        to_name: to_name.to_owned(),
+        subject,
+        text_body,
+        html_body,
+    }
+}
+
+/// Logs every email and keeps it for inspection; sends nothing. For development
+/// (`EMAIL_SENDER=stub`) and tests.
+#[derive(Clone, Default)]
+pub struct StubEmailSender {
+    sent: Arc<Mutex<Vec<Email>>>,
+}
+
+impl StubEmailSender {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every email "sent" so far, oldest first.
+    pub fn sent(&self) -> Vec<Email> {
+        match self.sent.lock() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl EmailSender for StubEmailSender {
+    async fn send(&self, email: &Email) -> Result<(), SendError> {
+        tracing::info!(to = %email.to_address, subject = %email.subject, "stub email (not sent)");
+        match self.sent.lock() {
+            Ok(mut s) => s.push(email.clone()),
+            Err(poisoned) => poisoned.into_inner().push(email.clone()),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_names_chat_and_sender_and_escapes_text() {
+        let m = MessageContent {
+            chat_id: 3,
+            chat_title: "Team\r\nBcc: evil@example.com",
+            sender_username: "alice",
+            text: "<script>alert(1)</script> & more",
+        };
+        let e = render(&m, "bob@example.com", "bob");
+        assert!(!e.subject.contains('\n') && !e.subject.contains('\r'));
+        assert!(e.subject.contains("alice") && e.subject.contains("Team"));
+        assert!(e
+            .html_body
+            .contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; more"));
+        assert!(!e.html_body.contains("<script>"));
+        assert!(e.text_body.contains("<script>alert(1)</script> & more"));
+        assert_eq!(e.to_address, "bob@example.com");
+    }
+
+    #[test]
+    fn untitled_chat_is_named_by_id() {
+        let m = MessageContent {
+            chat_id: 42,
+            chat_title: " ",
+            sender_username: "alice",
+            text: "hi",
+        };
+        assert_eq!(render(&m, "b@x", "b").subject, "alice in chat #42");
+    }
+}

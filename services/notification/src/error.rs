@@ -1,0 +1,59 @@
+//! The notification service's errors and the one place where they become gRPC statuses.
+
+use tonic::Status;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NotificationError {
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        field: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    /// A service this one needs (chat, auth) did not answer; worth retrying.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl NotificationError {
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        NotificationError::InvalidArgument {
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// A failed call to another service: UNAVAILABLE-like codes can be retried, anything
+    /// else is this service's problem.
+    pub fn from_call(what: &str, status: &Status) -> Self {
+        use tonic::Code::*;
+        match status.code() {
+            Unavailable | DeadlineExceeded | Cancelled | ResourceExhausted | Unknown => {
+                NotificationError::Unavailable(format!("{what}: {}", status.message()))
+            }
+            _ => NotificationError::Internal(anyhow::anyhow!(
+                "{what} failed: {:?} {}",
+                status.code(),
+                status.message()
+            )),
+        }
+    }
+}
+
+impl From<NotificationError> for Status {
+    fn from(e: NotificationError) -> Self {
+        match e {
+            NotificationError::InvalidArgument { field, message } => {
+                chat_common::error::invalid_field(field, message)
+            }
+            NotificationError::NotFound(m) => Status::not_found(m),
+            NotificationError::Unavailable(m) => {
+                chat_common::error::unavailable("a dependency", &m)
+            }
+            NotificationError::Internal(e) => chat_common::error::internal(&e),
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! grpc-chat's NotificationService: emails every member of a chat but the sender about each
+//! new message, once per recipient however many replicas run and however often an event is
+//! redelivered, and tells the saga orchestrator whether a message's emails went out.
+//!
+//! Events arrive through a JetStream durable consumer (`consumer.rs`); the saga can also ask
+//! for a message directly (`service.rs`); both go through the same [`notifier::Notifier`],
+//! which records deliveries in this service's own database (`store`) and sends through an
+//! [`email::EmailSender`]. [`Application::build`] wires it for the binary and the tests.
+
+pub mod config;
+pub mod consumer;
+pub mod email;
+pub mod error;
+pub mod notifier;
+pub mod service;
+pub mod store;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context;
+use async_nats::jetstream::consumer::PullConsumer;
+use tokio::net::TcpListener;
+
+use chat_common::{
+    client::{lazy_channel, verifier_from_auth},
+    server,
+    service_token::ServiceCredential,
+    Shutdown, TokenVerifier,
+};
+use grpc_chat_proto::auth::v1::auth_service_client::AuthServiceClient;
+use grpc_chat_proto::chat::v1::chat_service_client::ChatServiceClient;
+use grpc_chat_proto::notification::v1::notification_service_server::NotificationServiceServer;
+
+pub use config::{Config, EmailConfig};
+use email::{smtp::SmtpEmailSender, EmailSender, StubEmailSender};
+pub use notifier::Notifier;
+pub use service::NotificationApi;
+use store::postgres::{PgDeliveryStore, MIGRATOR};
+
+/// The sender `config` asks for.
+pub fn email_sender(config: &EmailConfig) -> anyhow::Result<Arc<dyn EmailSender>> {
+    Ok(match config {
+        EmailConfig::Stub => {
+            tracing::warn!("EMAIL_SENDER=stub: emails are logged, not sent");
+            Arc::new(StubEmailSender::new())
+        }
+        EmailConfig::Smtp(smtp) => Arc::new(SmtpEmailSender::new(smtp)?),
+    })
+}
+
+/// A bound, ready-to-run notification service.
+pub struct Application {
+    addr: SocketAddr,
+    listener: TcpListener,
+    api: NotificationApi,
+    notifier: Notifier,
+    consumer: PullConsumer,
+    verifier: TokenVerifier,
+}
+
+impl Application {
+    /// Builds with the email sender the configuration names.
+    pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
+        let sender = email_sender(&config.email)?;
+        Self::build_with_sender(config, sender, shutdown).await
+    }
+
+    /// Connects to PostgreSQL (migrating it), NATS (creating the consumer), AuthService and
+    /// ChatService, and binds the listener; emails go through `sender`.
+    pub async fn build_with_sender(
+        config: Config,
+        sender: Arc<dyn EmailSender>,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<Self> {
+        let pool = chat_common::db::connect_and_migrate(
+            &config.database_url,
+            &MIGRATOR,
+            config.database_max_connections,
+        )
+        .await?;
+        let auth = AuthServiceClient::new(lazy_channel(&config.auth_url)?);
+        let chat = ChatServiceClient::new(lazy_channel(&config.chat_url)?);
+        let verifier = verifier_from_auth(&auth, &shutdown).await?;
+        let credential = ServiceCredential::new(
+            auth.clone(),
+            "notification-service",
+            config.service_secret.clone(),
+        );
+        let consumer = consumer::connect(&config).await?;
+        let notifier = Notifier::new(
+            Arc::new(PgDeliveryStore::new(pool)),
+            sender,
+            chat,
+            auth,
+            credential,
+            config.retry,
+            config.delivery_lease,
+            shutdown,
+        );
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .with_context(|| format!("binding {}", config.listen_addr))?;
+        let addr = listener.local_addr()?;
+        Ok(Self {
+            addr,
+            listener,
+            api: NotificationApi::new(notifier.clone()),
+            notifier,
+            consumer,
+            verifier,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Consumes events and serves until `shutdown` is triggered.
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        tokio::spawn(consumer::run(
+            self.consumer,
+            self.notifier,
+            shutdown.clone(),
+        ));
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<NotificationServiceServer<NotificationApi>>()
+            .await;
+        let (reflection_v1, reflection_v1alpha) = server::reflection()?;
+        tracing::info!(addr = %self.addr, "notification-service serving");
+        let router = server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(NotificationServiceServer::with_interceptor(
+                self.api,
+                self.verifier.interceptor(),
+            ));
+        server::serve(router, self.listener, shutdown).await
+    }
+}
+
+/// Creates the database when missing and applies the migrations, then returns.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let pool = chat_common::db::connect_and_migrate(&config.database_url, &MIGRATOR, 1).await?;
+    pool.close().await;
+    tracing::info!("notification database migrated");
+    Ok(())
+}

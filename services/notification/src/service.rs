@@ -1,0 +1,151 @@
+//! The gRPC face of the notifier: the orchestrator asks whether a message's emails went
+//! out (`GetDeliveryStatus`) or has them sent now (`NotifyMessage`). Both are internal:
+//! service tokens only.
+
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use chat_common::Caller;
+use grpc_chat_proto::notification::v1::{
+    self as pb, notification_service_server::NotificationService,
+};
+
+use crate::{
+    error::NotificationError,
+    notifier::{overall, Notifier},
+    store::{DeliveryRecord, DeliveryState},
+};
+
+/// The longest a caller may ask us to wait.
+const MAX_WAIT_MS: i32 = 60_000;
+const DEFAULT_NOTIFY_WAIT_MS: i32 = 30_000;
+
+#[derive(Clone)]
+pub struct NotificationApi {
+    notifier: Notifier,
+}
+
+impl NotificationApi {
+    pub fn new(notifier: Notifier) -> Self {
+        Self { notifier }
+    }
+}
+
+fn state_to_pb(s: DeliveryState) -> pb::DeliveryState {
+    match s {
+        DeliveryState::Pending | DeliveryState::Sending => pb::DeliveryState::Pending,
+        DeliveryState::Delivered => pb::DeliveryState::Delivered,
+        DeliveryState::Failed => pb::DeliveryState::Failed,
+    }
+}
+
+fn deliveries_to_pb(deliveries: &[DeliveryRecord]) -> (i32, Vec<pb::Delivery>) {
+    let state = state_to_pb(overall(deliveries)) as i32;
+    let list = deliveries
+        .iter()
+        .map(|d| pb::Delivery {
+            recipient_id: d.recipient.user_id,
+            state: state_to_pb(d.state) as i32,
+            attempts: d.attempts,
+            error: d.error.clone(),
+            updated_at: Some(prost_types::Timestamp {
+                seconds: d.updated_at.timestamp(),
+                nanos: d.updated_at.timestamp_subsec_nanos() as i32,
+            }),
+        })
+        .collect();
+    (state, list)
+}
+
+fn check_ids(chat_id: i64, seq: i64) -> Result<(), NotificationError> {
+    if chat_id <= 0 {
+        return Err(NotificationError::invalid("chat_id", "must be positive"));
+    }
+    if seq <= 0 {
+        return Err(NotificationError::invalid("seq", "must be positive"));
+    }
+    Ok(())
+}
+
+fn wait_ms(field: &'static str, ms: i32, zero_means: i32) -> Result<Duration, NotificationError> {
+    if !(0..=MAX_WAIT_MS).contains(&ms) {
+        return Err(NotificationError::invalid(
+            field,
+            format!("must be between 0 and {MAX_WAIT_MS} ms"),
+        ));
+    }
+    let ms = if ms == 0 { zero_means } else { ms };
+    Ok(Duration::from_millis(ms as u64))
+}
+
+#[tonic::async_trait]
+impl NotificationService for NotificationApi {
+    #[tracing::instrument(skip_all, fields(chat_id = request.get_ref().chat_id, seq = request.get_ref().seq))]
+    async fn get_delivery_status(
+        &self,
+        request: Request<pb::GetDeliveryStatusRequest>,
+    ) -> Result<Response<pb::GetDeliveryStatusResponse>, Status> {
+        Caller::require_service(&request)?;
+        let req = request.into_inner();
+        check_ids(req.chat_id, req.seq)?;
+        let wait = wait_ms("wait_timeout_ms", req.wait_timeout_ms, 0)?;
+        let deliveries = self
+            .notifier
+            .wait_final(req.chat_id, req.seq, wait)
+            .await?
+            .ok_or_else(|| {
+                NotificationError::NotFound(format!(
+                    "no notification for message {} of chat {}",
+                    req.seq, req.chat_id
+                ))
+            })?;
+        let (state, deliveries) = deliveries_to_pb(&deliveries);
+        Ok(Response::new(pb::GetDeliveryStatusResponse {
+            state,
+            deliveries,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(chat_id = request.get_ref().chat_id, seq = request.get_ref().seq))]
+    async fn notify_message(
+        &self,
+        request: Request<pb::NotifyMessageRequest>,
+    ) -> Result<Response<pb::NotifyMessageResponse>, Status> {
+        Caller::require_service(&request)?;
+        let req = request.into_inner();
+        check_ids(req.chat_id, req.seq)?;
+        let wait = wait_ms("timeout_ms", req.timeout_ms, DEFAULT_NOTIFY_WAIT_MS)?;
+        let notifier = &self.notifier;
+        // Sending runs in its own task so that a caller who gives up does not cut an
+        // email off halfway; the records tell the outcome to whoever asks next.
+        let work = if notifier.is_recorded(req.chat_id, req.seq).await? {
+            let n = notifier.clone();
+            tokio::spawn(async move { n.send_claimable(req.chat_id, req.seq).await })
+        } else {
+            let message = notifier.fetch_message(req.chat_id, req.seq).await?;
+            let n = notifier.clone();
+            tokio::spawn(async move { n.notify(&message).await })
+        };
+        match tokio::time::timeout(wait, work).await {
+            Ok(Ok(Ok(()))) | Err(_) => {}
+            Ok(Ok(Err(e))) => return Err(e.into()),
+            Ok(Err(join)) => {
+                return Err(NotificationError::Internal(anyhow::anyhow!(
+                    "notify task failed: {join}"
+                ))
+                .into())
+            }
+        }
+        // Another replica (the event's) may hold some of the emails: wait for them too.
+        let deliveries = notifier
+            .wait_final(req.chat_id, req.seq, wait)
+            .await?
+            .unwrap_or_default();
+        let (state, deliveries) = deliveries_to_pb(&deliveries);
+        Ok(Response::new(pb::NotifyMessageResponse {
+            state,
+            deliveries,
+        }))
+    }
+}

@@ -1,0 +1,122 @@
+//! Where deliveries are recorded. The notifier talks to [`DeliveryStore`]; `postgres`
+//! implements it. The store makes each step atomic (a message and its recipients recorded
+//! once; a delivery claimed by one sender at a time) and holds no policy.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+pub mod postgres;
+
+/// A message as recorded for notification: enough to write its emails again later.
+#[derive(Debug, Clone)]
+pub struct MessageRecord {
+    pub chat_id: i64,
+    pub seq: i64,
+    pub sender_id: i64,
+    pub sender_username: String,
+    pub chat_title: String,
+    pub text: String,
+    pub sent_at: DateTime<Utc>,
+}
+
+/// A member to email.
+#[derive(Debug, Clone)]
+pub struct Recipient {
+    pub user_id: i64,
+    pub email: String,
+    pub username: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    Pending,
+    /// Claimed by a sender (its lease may have run out).
+    Sending,
+    Delivered,
+    Failed,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Sending => "sending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        Ok(match s {
+            "pending" => DeliveryState::Pending,
+            "sending" => DeliveryState::Sending,
+            "delivered" => DeliveryState::Delivered,
+            "failed" => DeliveryState::Failed,
+            other => anyhow::bail!("unknown delivery state {other:?}"),
+        })
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, DeliveryState::Delivered | DeliveryState::Failed)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryRecord {
+    pub recipient: Recipient,
+    pub state: DeliveryState,
+    pub attempts: i32,
+    pub error: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[async_trait]
+pub trait DeliveryStore: Send + Sync + 'static {
+    /// Whether the message has been recorded (by any replica, on any path).
+    async fn is_recorded(&self, chat_id: i64, seq: i64) -> anyhow::Result<bool>;
+
+    /// Records the message with its recipients, unless it was recorded already: the first
+    /// record wins, so every path works from the same recipients.
+    async fn record(&self, message: &MessageRecord, recipients: &[Recipient])
+        -> anyhow::Result<()>;
+
+    /// The recorded message.
+    async fn message(&self, chat_id: i64, seq: i64) -> anyhow::Result<Option<MessageRecord>>;
+
+    /// Claims, for `lease`, every delivery of the message that is pending or whose claim has
+    /// expired. Deliveries claimed here are sent by the caller and by no one else.
+    async fn claim(
+        &self,
+        chat_id: i64,
+        seq: i64,
+        lease: Duration,
+    ) -> anyhow::Result<Vec<DeliveryRecord>>;
+
+    /// A try failed and another follows: count it, keep the error, extend the claim.
+    async fn attempt_failed(
+        &self,
+        chat_id: i64,
+        seq: i64,
+        recipient_id: i64,
+        error: &str,
+        lease: Duration,
+    ) -> anyhow::Result<()>;
+
+    /// The delivery ended: delivered (`error` None) or failed for good.
+    async fn finish(
+        &self,
+        chat_id: i64,
+        seq: i64,
+        recipient_id: i64,
+        error: Option<&str>,
+    ) -> anyhow::Result<()>;
+
+    /// The message's deliveries; `None` when the message was never recorded.
+    async fn deliveries(
+        &self,
+        chat_id: i64,
+        seq: i64,
+    ) -> anyhow::Result<Option<Vec<DeliveryRecord>>>;
+}
