@@ -261,8 +261,11 @@ impl ChatService for ChatApi {
         let chat_id = ChatId::parse(req.chat_id)?;
         let text = MessageText::parse(req.text)?;
         let key = IdempotencyKey::parse(&req.idempotency_key)?;
+        // Membership is checked by the insert itself (one round trip); only a service
+        // sending for a member needs the member's name first.
         let (sender_id, sender_username) = match caller {
-            Caller::User { id, username, .. } => {
+            Caller::User { id, username, .. } if !username.is_empty() => (id, username),
+            Caller::User { id, .. } => {
                 let member = self
                     .inner
                     .store
@@ -270,14 +273,7 @@ impl ChatService for ChatApi {
                     .await
                     .map_err(ChatError::from)?
                     .ok_or(ChatError::ChatNotFound(chat_id.0))?;
-                (
-                    id,
-                    if username.is_empty() {
-                        member.username
-                    } else {
-                        username
-                    },
-                )
+                (id, member.username)
             }
             Caller::Service { .. } => {
                 if req.on_behalf_of_user_id <= 0 {

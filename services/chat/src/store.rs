@@ -59,7 +59,7 @@ pub enum Inserted {
     New(MessageRecord),
     /// The idempotency key matched this earlier message.
     Duplicate(MessageRecord),
-    /// The chat does not exist (any more).
+    /// The chat does not exist (any more), or the sender is not a member.
     NoChat,
 }
 
@@ -99,8 +99,8 @@ pub trait ChatStore: Send + Sync + 'static {
     /// The member's username, when `user_id` is a member.
     async fn member(&self, chat: ChatId, user_id: i64) -> anyhow::Result<Option<MemberRecord>>;
 
-    /// Stores a message with the chat's next seq, or returns the earlier message with the
-    /// same idempotency key from the same sender.
+    /// Stores a message with the chat's next seq when the sender is a member, or returns
+    /// the earlier message with the same idempotency key from the same sender.
     async fn insert_message(&self, msg: NewMessage<'_>) -> anyhow::Result<Inserted>;
 
     /// Marks a message deleted and clears its text. Returns the message as it was, or

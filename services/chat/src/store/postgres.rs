@@ -184,37 +184,16 @@ impl ChatStore for PgChatStore {
     }
 
     async fn insert_message(&self, msg: NewMessage<'_>) -> anyhow::Result<Inserted> {
-        let mut tx = self.pool.begin().await.context("starting a transaction")?;
-        // The chat's row lock orders concurrent senders (on any replica) and makes the
-        // idempotency check below race-free.
-        let locked: Option<i64> =
-            sqlx::query_scalar("SELECT last_seq FROM chats WHERE id = $1 FOR UPDATE")
-                .bind(msg.chat_id.0)
-                .fetch_optional(&mut *tx)
-                .await
-                .context("locking the chat")?;
-        if locked.is_none() {
-            return Ok(Inserted::NoChat);
-        }
-        if let Some(key) = msg.idempotency_key {
-            let earlier = sqlx::query(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages \
-                 WHERE chat_id = $1 AND sender_id = $2 AND idempotency_key = $3"
-            ))
-            .bind(msg.chat_id.0)
-            .bind(msg.sender_id)
-            .bind(key.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .context("checking the idempotency key")?;
-            if let Some(row) = earlier {
-                return Ok(Inserted::Duplicate(message_from_row(&row)?));
-            }
-        }
-        let row = sqlx::query(&format!(
+        // One statement, one round trip: the UPDATE takes the chat's row lock (ordering
+        // concurrent senders on any replica) and the next seq, only when the sender is a
+        // member; the INSERT stores the message under that seq. As a single statement it
+        // commits or rolls back whole, so a failed insert never leaves a gap.
+        let res = sqlx::query(&format!(
             "WITH next AS ( \
                  UPDATE chats SET last_seq = last_seq + 1, last_activity_at = now() \
-                 WHERE id = $1 RETURNING last_seq) \
+                 WHERE id = $1 AND EXISTS ( \
+                     SELECT 1 FROM chat_members WHERE chat_id = $1 AND user_id = $2) \
+                 RETURNING last_seq) \
              INSERT INTO messages (chat_id, seq, sender_id, sender_username, text, idempotency_key) \
              SELECT $1, next.last_seq, $2, $3, $4, $5 FROM next \
              RETURNING {MESSAGE_COLUMNS}"
@@ -224,12 +203,31 @@ impl ChatStore for PgChatStore {
         .bind(msg.sender_username)
         .bind(msg.text.as_str())
         .bind(msg.idempotency_key.map(|k| k.as_str()))
-        .fetch_one(&mut *tx)
-        .await
-        .context("inserting a message")?;
-        let record = message_from_row(&row)?;
-        tx.commit().await.context("committing a message")?;
-        Ok(Inserted::New(record))
+        .fetch_optional(&self.pool)
+        .await;
+        match res {
+            Ok(Some(row)) => Ok(Inserted::New(message_from_row(&row)?)),
+            Ok(None) => Ok(Inserted::NoChat),
+            // The idempotency key was used before (or by a concurrent retry that won):
+            // the statement rolled back whole; answer with the first message.
+            Err(sqlx::Error::Database(db))
+                if db.is_unique_violation() && msg.idempotency_key.is_some() =>
+            {
+                let key = msg.idempotency_key.map(|k| k.as_str());
+                let row = sqlx::query(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages \
+                     WHERE chat_id = $1 AND sender_id = $2 AND idempotency_key = $3"
+                ))
+                .bind(msg.chat_id.0)
+                .bind(msg.sender_id)
+                .bind(key)
+                .fetch_one(&self.pool)
+                .await
+                .context("reading the message an idempotency key names")?;
+                Ok(Inserted::Duplicate(message_from_row(&row)?))
+            }
+            Err(e) => Err(anyhow::Error::new(e).context("inserting a message")),
+        }
     }
 
     async fn delete_message(
