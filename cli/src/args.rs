@@ -1,0 +1,181 @@
+//! The command line, declared once with clap for both ways of using `chat`.
+//!
+//! `chat <command> ...` runs one command and exits; `chat` alone opens a prompt where the
+//! same commands are typed as lines. Both parse with the one [`Command`] enum, so a command
+//! behaves and is documented the same in either place. The `///` comments are the help text.
+
+use clap::{Args, Parser, Subcommand};
+
+/// Terminal client for grpc-chat.
+///
+/// Run a command once (`chat login alice@example.com`), or run `chat` alone for a prompt
+/// where the same commands are typed (`help` lists them).
+#[derive(Debug, Parser)]
+#[command(name = "chat", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub servers: ServerArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Where the services are.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// The chat server: every service when they share one address (as `chat-server` does),
+    /// otherwise the chat service. `host:port` or `http(s)://host:port`.
+    #[arg(
+        long,
+        env = "CHAT_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    pub server: String,
+
+    /// The auth service, when it is not at --server.
+    #[arg(long, env = "CHAT_AUTH_SERVER", global = true)]
+    pub auth_server: Option<String>,
+
+    /// The saga orchestrator (used by send_message), when it is not at --server.
+    #[arg(long, env = "CHAT_SAGA_SERVER", global = true)]
+    pub saga_server: Option<String>,
+
+    /// Use TLS even when an address does not start with https:// (an address on port 443
+    /// uses TLS anyway).
+    #[arg(long, env = "CHAT_TLS", global = true)]
+    pub tls: bool,
+}
+
+/// A command, typed at the prompt or given on the command line.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Create an account (asks for the password when it is not given).
+    Register {
+        email: String,
+        /// 3 to 32 letters, digits, '_', '.', '-'.
+        username: String,
+        /// 8 to 72 bytes; asked for without echo when omitted.
+        password: Option<String>,
+    },
+
+    /// Log in and keep the session for later commands (asks for the password when it is
+    /// not given).
+    Login {
+        email: String,
+        /// Asked for without echo when omitted.
+        password: Option<String>,
+    },
+
+    /// End the session on the server and forget it here.
+    Logout,
+
+    /// Show who is logged in.
+    Whoami,
+
+    /// Create a chat with you and the given users (usernames or emails, comma-separated).
+    #[command(name = "create_chat", alias = "create-chat")]
+    CreateChat {
+        /// For example `bob,carol@example.com`.
+        members: String,
+        /// Optional title (the rest of the line).
+        title: Vec<String>,
+    },
+
+    /// Delete a chat you created, with all its messages.
+    #[command(name = "delete_chat", alias = "delete-chat")]
+    DeleteChat { chat_id: i64 },
+
+    /// List your chats, most recently active first.
+    #[command(alias = "list")]
+    Chats,
+
+    /// List the members of a chat.
+    Members { chat_id: i64 },
+
+    /// Send a message through the saga orchestrator; <from> (your email or username) must
+    /// be you. Members are notified by email.
+    #[command(name = "send_message", alias = "send-message")]
+    SendMessage {
+        chat_id: i64,
+        from: String,
+        /// The text (the rest of the line).
+        #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+        text: Vec<String>,
+    },
+
+    /// Send a message to a chat as yourself.
+    Send {
+        chat_id: i64,
+        /// The text (the rest of the line).
+        #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+        text: Vec<String>,
+    },
+
+    /// Show a chat's recent history, then new messages as they arrive. Lines you type are
+    /// sent to the chat; /leave or Ctrl-C returns. A dropped connection is resumed by itself.
+    Connect {
+        chat_id: i64,
+        /// How many earlier messages to show first.
+        #[arg(long, default_value_t = 20)]
+        history: u32,
+    },
+
+    /// Show the last <n> messages of a chat, oldest first.
+    History {
+        chat_id: i64,
+        #[arg(default_value_t = 20)]
+        n: u32,
+    },
+}
+
+/// A line typed at the prompt: a command, or `exit`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "",
+    no_binary_name = true,
+    disable_version_flag = true,
+    help_template = "Commands:\n{subcommands}\n\nType `help <command>` for its options."
+)]
+pub struct PromptLine {
+    #[command(subcommand)]
+    pub command: PromptCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PromptCommand {
+    #[command(flatten)]
+    Run(Command),
+    /// Leave the prompt.
+    #[command(alias = "quit")]
+    Exit,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn definitions_are_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        PromptLine::command().debug_assert();
+    }
+
+    #[test]
+    fn rest_of_line_arguments() {
+        let line = PromptLine::try_parse_from(["create_chat", "bob,carol", "Weekend", "plans"])
+            .expect("parse");
+        match line.command {
+            PromptCommand::Run(Command::CreateChat { members, title }) => {
+                assert_eq!(members, "bob,carol");
+                assert_eq!(title.join(" "), "Weekend plans");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let line = PromptLine::try_parse_from(["send", "3", "-1", "is", "fine"]).expect("parse");
+        assert!(matches!(
+            line.command,
+            PromptCommand::Run(Command::Send { chat_id: 3, ref text }) if text.join(" ") == "-1 is fine"
+        ));
+    }
+}

@@ -1,0 +1,438 @@
+//! What each command does: one async function per command, the same for the prompt and for
+//! one-shot use. A command prints its result and returns `Err` with a worded error; the
+//! caller prints the error and decides the exit code.
+
+use grpc_chat_proto::{
+    auth::v1::{LoginRequest, LogoutRequest, RegisterRequest},
+    chat::v1::{
+        CreateChatRequest, DeleteChatRequest, ListChatsRequest, ListMembersRequest,
+        ListMessagesRequest, SendMessageRequest,
+    },
+    saga::v1 as sagapb,
+};
+use tonic::{Code, Request};
+
+use crate::{
+    args::Command,
+    client::{authed_request, with_tokens, Client, Service, CALL_TIMEOUT},
+    connect,
+    error::{CliError, Op},
+    input::Input,
+    output::{chat_line, member_line, message_line, note, say},
+    session::Session,
+};
+
+/// The client and, once something needs it, the line reader.
+pub struct App {
+    pub client: Client,
+    input: Option<Input>,
+}
+
+impl App {
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            input: None,
+        }
+    }
+
+    pub fn with_input(client: Client, input: Input) -> Self {
+        Self {
+            client,
+            input: Some(input),
+        }
+    }
+
+    pub fn input(&mut self) -> &mut Input {
+        self.input.get_or_insert_with(Input::start)
+    }
+
+    pub async fn run(&mut self, command: Command) -> Result<(), CliError> {
+        match command {
+            Command::Register {
+                email,
+                username,
+                password,
+            } => self.register(email, username, password).await,
+            Command::Login { email, password } => self.login(email, password).await,
+            Command::Logout => self.logout().await,
+            Command::Whoami => self.whoami(),
+            Command::CreateChat { members, title } => {
+                self.create_chat(&members, title.join(" ")).await
+            }
+            Command::DeleteChat { chat_id } => self.delete_chat(chat_id).await,
+            Command::Chats => self.chats().await,
+            Command::Members { chat_id } => self.members(chat_id).await,
+            Command::SendMessage {
+                chat_id,
+                from,
+                text,
+            } => self.send_via_saga(chat_id, from, text.join(" ")).await,
+            Command::Send { chat_id, text } => {
+                let m = send(&mut self.client, chat_id, text.join(" ")).await?;
+                say(&format!("Sent to chat {chat_id} (message #{}).", m.seq));
+                Ok(())
+            }
+            Command::Connect { chat_id, history } => {
+                let input = self.input.get_or_insert_with(Input::start);
+                connect::run(&mut self.client, input, chat_id, history).await
+            }
+            Command::History { chat_id, n } => self.history(chat_id, n).await,
+        }
+    }
+
+    async fn password(&mut self, prompt: &str) -> Result<String, CliError> {
+        self.input()
+            .password(prompt)
+            .await
+            .ok_or_else(|| CliError::new("no password given"))
+    }
+
+    async fn register(
+        &mut self,
+        email: String,
+        username: String,
+        password: Option<String>,
+    ) -> Result<(), CliError> {
+        let password = match password {
+            Some(p) => p,
+            None => {
+                let p = self.password("Password: ").await?;
+                if self.input().interactive() && self.password("Repeat password: ").await? != p {
+                    return Err(CliError::new("the passwords do not match"));
+                }
+                p
+            }
+        };
+        let mut req = Request::new(RegisterRequest {
+            email: email.clone(),
+            username,
+            password,
+        });
+        req.set_timeout(CALL_TIMEOUT);
+        let user = self
+            .client
+            .auth
+            .register(req)
+            .await
+            .map_err(|s| self.client.error(&s, Service::Auth, Op::Other))?
+            .into_inner()
+            .user
+            .ok_or_else(|| CliError::new("the server sent no account"))?;
+        say(&format!(
+            "Registered {} ({}), user ID {}. Now run: login {email}",
+            user.username, user.email, user.id
+        ));
+        Ok(())
+    }
+
+    async fn login(&mut self, email: String, password: Option<String>) -> Result<(), CliError> {
+        let password = match password {
+            Some(p) => p,
+            None => self.password("Password: ").await?,
+        };
+        let mut req = Request::new(LoginRequest { email, password });
+        req.set_timeout(CALL_TIMEOUT);
+        let resp = self
+            .client
+            .auth
+            .login(req)
+            .await
+            .map_err(|s| self.client.error(&s, Service::Auth, Op::Login))?
+            .into_inner();
+        let (Some(user), Some(tokens)) = (resp.user, resp.tokens) else {
+            return Err(CliError::new("the server sent an incomplete login"));
+        };
+        // Logging in over an older session: end that one on the server too.
+        if let Some(old) = self.client.session().cloned() {
+            let _ = self
+                .client
+                .auth
+                .logout(LogoutRequest {
+                    refresh_token: old.refresh_token,
+                })
+                .await;
+        }
+        let session = with_tokens(
+            Session {
+                user_id: user.id,
+                email: user.email,
+                username: user.username,
+                access_token: String::new(),
+                access_expires_at: 0,
+                refresh_token: String::new(),
+                refresh_expires_at: 0,
+            },
+            tokens,
+        );
+        say(&format!(
+            "Logged in as {} ({}).",
+            session.username, session.email
+        ));
+        self.client.set_session(session)
+    }
+
+    async fn logout(&mut self) -> Result<(), CliError> {
+        let Some(session) = self.client.session().cloned() else {
+            say("Not logged in.");
+            return Ok(());
+        };
+        let mut req = Request::new(LogoutRequest {
+            refresh_token: session.refresh_token,
+        });
+        req.set_timeout(CALL_TIMEOUT);
+        let result = self.client.auth.logout(req).await;
+        self.client.forget_session()?;
+        match result {
+            Ok(_) => say("Logged out."),
+            // An unknown token: the session had already ended on the server.
+            Err(s) if s.code() == Code::Unauthenticated => say("Logged out."),
+            Err(s) => {
+                say("Logged out here.");
+                note(&format!(
+                    "warning: the server was not told ({})",
+                    self.client.error(&s, Service::Auth, Op::Other)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn whoami(&mut self) -> Result<(), CliError> {
+        let session = self.client.session().ok_or_else(CliError::not_logged_in)?;
+        say(&format!(
+            "{} ({}), user ID {}, on {}",
+            session.username, session.email, session.user_id, self.client.servers.auth.uri
+        ));
+        Ok(())
+    }
+
+    async fn create_chat(&mut self, members: &str, title: String) -> Result<(), CliError> {
+        let members: Vec<String> = members
+            .split(',')
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if members.is_empty() {
+            return Err(CliError::new(
+                "name at least one other member: create_chat <user1,user2,...> [title]",
+            ));
+        }
+        let chat = self.client.chat.clone();
+        let resp = self
+            .client
+            .authed(Service::Chat, Op::Other, |t| {
+                let mut chat = chat.clone();
+                let req = authed_request(
+                    CreateChatRequest {
+                        title: title.clone(),
+                        members: members.clone(),
+                    },
+                    &t,
+                );
+                async move { chat.create_chat(req).await }
+            })
+            .await?;
+        let chat = resp
+            .chat
+            .ok_or_else(|| CliError::new("the server sent no chat"))?;
+        say(&format!("Chat created, ID: {}", chat.id));
+        Ok(())
+    }
+
+    async fn delete_chat(&mut self, chat_id: i64) -> Result<(), CliError> {
+        let chat = self.client.chat.clone();
+        self.client
+            .authed(Service::Chat, Op::Chat(chat_id), |t| {
+                let mut chat = chat.clone();
+                let req = authed_request(DeleteChatRequest { chat_id }, &t);
+                async move { chat.delete_chat(req).await }
+            })
+            .await?;
+        say(&format!("Chat {chat_id} deleted."));
+        Ok(())
+    }
+
+    async fn chats(&mut self) -> Result<(), CliError> {
+        let chat = self.client.chat.clone();
+        let mut page_token = String::new();
+        let mut any = false;
+        loop {
+            let token = page_token.clone();
+            let page = self
+                .client
+                .authed(Service::Chat, Op::Other, |t| {
+                    let mut chat = chat.clone();
+                    let req = authed_request(
+                        ListChatsRequest {
+                            page_size: 100,
+                            page_token: token.clone(),
+                        },
+                        &t,
+                    );
+                    async move { chat.list_chats(req).await }
+                })
+                .await?;
+            for c in &page.chats {
+                any = true;
+                say(&chat_line(c));
+            }
+            if page.next_page_token.is_empty() || page.chats.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        if !any {
+            say("You have no chats yet. Create one: create_chat <user1,user2,...> [title]");
+        }
+        Ok(())
+    }
+
+    async fn members(&mut self, chat_id: i64) -> Result<(), CliError> {
+        let chat = self.client.chat.clone();
+        let resp = self
+            .client
+            .authed(Service::Chat, Op::Chat(chat_id), |t| {
+                let mut chat = chat.clone();
+                let req = authed_request(ListMembersRequest { chat_id }, &t);
+                async move { chat.list_members(req).await }
+            })
+            .await?;
+        for m in &resp.members {
+            say(&member_line(m));
+        }
+        Ok(())
+    }
+
+    async fn send_via_saga(
+        &mut self,
+        chat_id: i64,
+        from: String,
+        text: String,
+    ) -> Result<(), CliError> {
+        let saga = self.client.saga.clone();
+        let key = uuid::Uuid::new_v4().to_string();
+        let resp = self
+            .client
+            .authed(Service::Saga, Op::Chat(chat_id), |t| {
+                let mut saga = saga.clone();
+                let req = authed_request(
+                    sagapb::SendMessageRequest {
+                        chat_id,
+                        from: from.clone(),
+                        text: text.clone(),
+                        idempotency_key: key.clone(),
+                    },
+                    &t,
+                );
+                async move { saga.send_message(req).await }
+            })
+            .await?;
+        let saga = resp
+            .saga
+            .ok_or_else(|| CliError::new("the server sent no saga"))?;
+        match sagapb::SagaState::try_from(saga.state) {
+            Ok(sagapb::SagaState::Completed) => {
+                say(&format!(
+                    "Sent to chat {chat_id} (message #{}); members notified.",
+                    saga.message_seq
+                ));
+                Ok(())
+            }
+            Ok(sagapb::SagaState::Running) => {
+                say(&format!(
+                    "Sent to chat {chat_id} (message #{}); notifying members (saga {}).",
+                    saga.message_seq, saga.id
+                ));
+                Ok(())
+            }
+            _ => Err(CliError::new(format!(
+                "message not delivered: {}",
+                if saga.error.is_empty() {
+                    "the saga failed"
+                } else {
+                    &saga.error
+                }
+            ))),
+        }
+    }
+
+    async fn history(&mut self, chat_id: i64, n: u32) -> Result<(), CliError> {
+        let chat = self.client.chat.clone();
+        let mut wanted = n.max(1) as usize;
+        let mut before_seq = 0;
+        let mut newest_first = Vec::new();
+        while wanted > 0 {
+            let page_size = wanted.min(500) as i32;
+            let page = self
+                .client
+                .authed(Service::Chat, Op::Chat(chat_id), |t| {
+                    let mut chat = chat.clone();
+                    let req = authed_request(
+                        ListMessagesRequest {
+                            chat_id,
+                            page_size,
+                            after_seq: 0,
+                            before_seq,
+                        },
+                        &t,
+                    );
+                    async move { chat.list_messages(req).await }
+                })
+                .await?;
+            wanted = wanted.saturating_sub(page.messages.len());
+            if let Some(last) = page.messages.last() {
+                before_seq = last.seq;
+            }
+            let done = !page.has_more || page.messages.is_empty();
+            newest_first.extend(page.messages);
+            if done {
+                break;
+            }
+        }
+        if newest_first.is_empty() {
+            say(&format!("No messages in chat {chat_id} yet."));
+        }
+        for m in newest_first.iter().rev() {
+            say(&message_line(m));
+        }
+        Ok(())
+    }
+}
+
+/// Sends `text` to a chat as the logged-in user. A call that fails before reaching the
+/// server is tried once more with the same idempotency key, so it is stored at most once.
+pub async fn send(
+    client: &mut Client,
+    chat_id: i64,
+    text: String,
+) -> Result<grpc_chat_proto::chat::v1::Message, CliError> {
+    let chat = client.chat.clone();
+    let key = uuid::Uuid::new_v4().to_string();
+    let call = |t: String| {
+        let mut chat = chat.clone();
+        let req = authed_request(
+            SendMessageRequest {
+                chat_id,
+                text: text.clone(),
+                idempotency_key: key.clone(),
+                on_behalf_of_user_id: 0,
+            },
+            &t,
+        );
+        async move { chat.send_message(req).await }
+    };
+    let first = client.authed(Service::Chat, Op::Chat(chat_id), call).await;
+    let resp = match first {
+        Err(e) if e.message().starts_with("cannot reach") => {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            client
+                .authed(Service::Chat, Op::Chat(chat_id), call)
+                .await?
+        }
+        other => other?,
+    };
+    resp.message
+        .ok_or_else(|| CliError::new("the server sent no message"))
+}

@@ -1,0 +1,302 @@
+//! `connect`: a chat's history, then its live messages, while typed lines are sent to it.
+//!
+//! The server guarantees seq order with no gap and no duplicate within one stream; across a
+//! dropped stream the CLI keeps that promise itself. It remembers the last seq it printed,
+//! reopens the stream with `after_seq` set to it (backing off while the server is away) and
+//! skips anything at or below it, so a reconnect shows every missed message exactly once.
+//!
+//! The loop waits on three things at once: the stream (or the reconnect timer), the next
+//! typed line, and Ctrl-C. On leaving (`/leave`, Ctrl-C, end of input) it waits briefly
+//! until the history and the user's own sent messages have been shown, so piped use
+//! (`printf 'connect 3\nhi\n' | chat`) prints the same as typing does.
+
+use std::time::Duration;
+
+use grpc_chat_proto::chat::v1::{connect_response::Event, ConnectRequest, ConnectResponse};
+use tokio::time::{sleep_until, Instant};
+use tonic::{Code, Status, Streaming};
+
+use crate::{
+    client::{with_bearer, Client, Service},
+    commands::send,
+    error::{from_status, CliError, Op},
+    input::{Input, InputEvent},
+    output::{message_line, Printer},
+};
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(3);
+/// How long leaving waits for the user's own messages to come back over the stream.
+const DRAIN: Duration = Duration::from_secs(3);
+
+/// Why a stream could not be (re)opened.
+enum OpenError {
+    /// Try again later.
+    Transient(String),
+    /// Give up: not a member, logged out, ...
+    Fatal(CliError),
+}
+
+enum State {
+    Live(Box<Streaming<ConnectResponse>>),
+    Down { retry_at: Instant },
+}
+
+enum Ev {
+    Stream(Result<Option<ConnectResponse>, Status>),
+    Input(InputEvent),
+    Retry,
+    Leave,
+}
+
+/// What has been shown.
+#[derive(Default)]
+struct View {
+    last_seq: i64,
+    history_done: bool,
+    /// The highest seq of a message this session sent.
+    sent_max: i64,
+}
+
+pub async fn run(
+    client: &mut Client,
+    input: &mut Input,
+    chat_id: i64,
+    history: u32,
+) -> Result<(), CliError> {
+    let printer = input.printer();
+    let prompt = if input.interactive() {
+        format!("#{chat_id}> ")
+    } else {
+        String::new()
+    };
+    let mut view = View::default();
+    let mut state = match open(client, chat_id, 0, history).await {
+        Ok(s) => State::Live(Box::new(s)),
+        Err(OpenError::Fatal(e)) => return Err(e),
+        Err(OpenError::Transient(why)) => return Err(CliError::new(why)),
+    };
+    let mut backoff = FIRST_BACKOFF;
+    let mut outage = false;
+    let mut leave_by: Option<Instant> = None;
+
+    loop {
+        if let Some(deadline) = leave_by {
+            let caught_up = view.history_done && view.last_seq >= view.sent_max;
+            if caught_up || Instant::now() >= deadline || matches!(state, State::Down { .. }) {
+                return Ok(());
+            }
+        }
+        let leaving = leave_by.is_some();
+        let far = Instant::now() + Duration::from_secs(3600);
+        let ev = match &mut state {
+            State::Live(stream) => tokio::select! {
+                r = stream.message() => Ev::Stream(r),
+                l = input.next(&prompt), if !leaving => Ev::Input(l),
+                _ = tokio::signal::ctrl_c(), if !leaving => Ev::Leave,
+                _ = sleep_until(leave_by.unwrap_or(far)), if leaving => Ev::Leave,
+            },
+            State::Down { retry_at } => tokio::select! {
+                _ = sleep_until(*retry_at) => Ev::Retry,
+                l = input.next(&prompt), if !leaving => Ev::Input(l),
+                _ = tokio::signal::ctrl_c() => Ev::Leave,
+            },
+        };
+        match ev {
+            Ev::Leave => {
+                if leaving {
+                    return Ok(());
+                }
+                leave_by = Some(Instant::now() + DRAIN);
+            }
+            Ev::Input(InputEvent::Eof | InputEvent::Interrupted) => {
+                leave_by = Some(Instant::now() + DRAIN);
+            }
+            Ev::Input(InputEvent::Line(line)) => {
+                let text = match typed(&line) {
+                    Typed::Nothing => continue,
+                    Typed::Leave => {
+                        leave_by = Some(Instant::now() + DRAIN);
+                        continue;
+                    }
+                    Typed::Help => {
+                        printer.note(
+                            "Type a message and press Enter to send it. /leave returns to the prompt; start a message with // to send one that begins with /.",
+                        );
+                        continue;
+                    }
+                    Typed::Unknown(cmd) => {
+                        printer.note(&format!(
+                            "error: unknown command {cmd} (/leave returns, /help explains)"
+                        ));
+                        continue;
+                    }
+                    Typed::Text(t) => t,
+                };
+                match send(client, chat_id, text).await {
+                    Ok(m) => view.sent_max = view.sent_max.max(m.seq),
+                    Err(e) => printer.note(&format!("error: {e}")),
+                }
+            }
+            Ev::Stream(Ok(Some(resp))) => {
+                if outage {
+                    outage = false;
+                    printer.note("(reconnected)");
+                }
+                backoff = FIRST_BACKOFF;
+                match resp.event {
+                    Some(Event::Message(m)) if m.seq > view.last_seq => {
+                        view.last_seq = m.seq;
+                        printer.say(&message_line(&m));
+                    }
+                    Some(Event::Message(_)) => {}
+                    Some(Event::HistoryEnd(h)) => {
+                        view.last_seq = view.last_seq.max(h.last_seq);
+                        if !view.history_done {
+                            view.history_done = true;
+                            if input.interactive() {
+                                printer.note(&format!(
+                                    "(connected to chat {chat_id}: type to send, /leave to return)"
+                                ));
+                            }
+                        }
+                    }
+                    Some(Event::MessageDeleted(d)) => {
+                        printer.note(&format!("(message #{} was deleted)", d.seq));
+                    }
+                    Some(Event::ChatDeleted(_)) => {
+                        return Err(CliError::new(format!("chat {chat_id} was deleted")));
+                    }
+                    None => {}
+                }
+            }
+            Ev::Stream(Ok(None)) => {
+                lost(&printer, &mut outage, "the server closed the stream");
+                state = down(&mut backoff);
+            }
+            Ev::Stream(Err(status)) => {
+                if let Some(fatal) = fatal(client, &status, chat_id) {
+                    return Err(fatal);
+                }
+                let why = from_status(&status, Op::Chat(chat_id), client.address(Service::Chat));
+                lost(&printer, &mut outage, why.message());
+                state = down(&mut backoff);
+            }
+            Ev::Retry => {
+                let resume_limit = 500;
+                match open(client, chat_id, view.last_seq, resume_limit).await {
+                    Ok(s) => state = State::Live(Box::new(s)),
+                    Err(OpenError::Fatal(e)) => return Err(e),
+                    Err(OpenError::Transient(_)) => state = down(&mut backoff),
+                }
+            }
+        }
+    }
+}
+
+/// A stream error that ends `connect` instead of reconnecting.
+fn fatal(client: &Client, status: &Status, chat_id: i64) -> Option<CliError> {
+    match status.code() {
+        Code::NotFound if status.message().contains("deleted") => {
+            Some(CliError::new(format!("chat {chat_id} was deleted")))
+        }
+        Code::NotFound | Code::PermissionDenied | Code::InvalidArgument => {
+            Some(client.error(status, Service::Chat, Op::Chat(chat_id)))
+        }
+        // Anything else (a lagging client, a restarting server, an expired token) is cured
+        // by reopening, which also refreshes the token.
+        _ => None,
+    }
+}
+
+fn lost(printer: &Printer, outage: &mut bool, why: &str) {
+    if !*outage {
+        *outage = true;
+        printer.note(&format!("(connection lost: {why}; reconnecting...)"));
+    }
+}
+
+fn down(backoff: &mut Duration) -> State {
+    let retry_at = Instant::now() + *backoff;
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    State::Down { retry_at }
+}
+
+/// Opens the stream, refreshing the token once if the server rejects it.
+async fn open(
+    client: &mut Client,
+    chat_id: i64,
+    after_seq: i64,
+    history_limit: u32,
+) -> Result<Streaming<ConnectResponse>, OpenError> {
+    let request = |token: &str| {
+        with_bearer(
+            tonic::Request::new(ConnectRequest {
+                chat_id,
+                after_seq,
+                history_limit: history_limit.min(500) as i32,
+            }),
+            token,
+        )
+    };
+    let token = client.access_token().await.map_err(classify)?;
+    let mut chat = client.chat.clone();
+    let result = match chat.connect(request(&token)).await {
+        Err(s) if s.code() == Code::Unauthenticated => {
+            let token = client.refresh().await.map_err(classify)?;
+            chat.connect(request(&token)).await
+        }
+        other => other,
+    };
+    match result {
+        Ok(r) => Ok(r.into_inner()),
+        Err(s) => match fatal(client, &s, chat_id) {
+            Some(e) => Err(OpenError::Fatal(e)),
+            None if s.code() == Code::Unauthenticated => Err(OpenError::Fatal(client.error(
+                &s,
+                Service::Chat,
+                Op::Chat(chat_id),
+            ))),
+            None => Err(OpenError::Transient(
+                client
+                    .error(&s, Service::Chat, Op::Chat(chat_id))
+                    .to_string(),
+            )),
+        },
+    }
+}
+
+/// Token troubles are final; an unreachable auth server is worth retrying.
+fn classify(e: CliError) -> OpenError {
+    if e.message().starts_with("cannot reach") || e.message().contains("unavailable") {
+        OpenError::Transient(e.to_string())
+    } else {
+        OpenError::Fatal(e)
+    }
+}
+
+enum Typed {
+    Nothing,
+    Leave,
+    Help,
+    Unknown(String),
+    Text(String),
+}
+
+fn typed(line: &str) -> Typed {
+    let trimmed = line.trim();
+    if trimmed.is_empty() {
+        return Typed::Nothing;
+    }
+    if let Some(rest) = trimmed.strip_prefix("//") {
+        return Typed::Text(format!("/{rest}"));
+    }
+    match trimmed {
+        "/leave" | "/quit" | "/exit" => Typed::Leave,
+        "/help" | "/?" => Typed::Help,
+        _ if trimmed.starts_with('/') => {
+            Typed::Unknown(trimmed.split_whitespace().next().unwrap_or("").to_owned())
+        }
+        _ => Typed::Text(line.trim_end().to_owned()),
+    }
+}

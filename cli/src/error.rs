@@ -1,0 +1,182 @@
+//! Every failure the user sees, as one readable line.
+//!
+//! gRPC statuses are written for programs: a code, a terse message, sometimes a transport
+//! error chain. A person needs to know what went wrong in their terms ("you are not a member
+//! of chat 3", "cannot reach the server at ..."). So a status is never shown as it is: it is
+//! turned into a [`CliError`] here, with the context only the caller knows (which chat, which
+//! server, whether this was a login), and the CLI prints it as `error: <text>`.
+
+use std::fmt;
+
+use tonic::{Code, Status};
+
+/// A failure, already worded for the user: one line, no debug output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CliError(String);
+
+impl CliError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(one_line(&message.into()))
+    }
+
+    pub fn not_logged_in() -> Self {
+        Self::new("not logged in: run `login <email>` first")
+    }
+
+    pub fn session_expired() -> Self {
+        Self::new("your session has expired: run `login <email>` again")
+    }
+
+    /// The text without the `error: ` prefix.
+    pub fn message(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CliError {}
+
+/// What the failed call was about, for wording its error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Login: UNAUTHENTICATED means bad credentials.
+    Login,
+    /// A call about one chat: NOT_FOUND means the caller cannot see it.
+    Chat(i64),
+    /// Anything else.
+    Other,
+}
+
+/// Words `status`, returned by the service at `server` while doing `op`.
+pub fn from_status(status: &Status, op: Op, server: &str) -> CliError {
+    let msg = status.message().trim();
+    let text = match status.code() {
+        _ if is_transport_failure(status) => format!("cannot reach the server at {server}"),
+        Code::Unauthenticated if op == Op::Login => "wrong email or password".to_owned(),
+        Code::Unauthenticated => return CliError::session_expired(),
+        Code::NotFound => match op {
+            Op::Chat(id) if msg.starts_with("chat") && msg.ends_with("not found") => {
+                format!("you are not a member of chat {id} (or it does not exist)")
+            }
+            _ => or_default(msg, "not found"),
+        },
+        Code::InvalidArgument | Code::AlreadyExists | Code::FailedPrecondition => {
+            or_default(msg, "the server refused the request")
+        }
+        Code::PermissionDenied => or_default(msg, "you are not allowed to do that"),
+        Code::Aborted => format!("message not delivered: {}", or_default(msg, "aborted")),
+        Code::Unavailable => format!(
+            "the server at {server} is unavailable: {}",
+            or_default(msg, "try again later")
+        ),
+        Code::DeadlineExceeded => format!("the server at {server} did not answer in time"),
+        Code::ResourceExhausted => format!("the server is busy: {}", or_default(msg, "try again")),
+        Code::Unimplemented => {
+            format!("the server at {server} does not offer this service (check the server address)")
+        }
+        Code::Cancelled => "cancelled".to_owned(),
+        _ => format!("the server failed: {}", or_default(msg, "internal error")),
+    };
+    CliError::new(text)
+}
+
+/// Whether the call never reached a gRPC server: connection refused, DNS failure, TLS
+/// failure, a peer that does not speak HTTP/2. Tonic reports these as UNAVAILABLE or UNKNOWN
+/// with a transport error as the source, or with tell-tale messages.
+pub fn is_transport_failure(status: &Status) -> bool {
+    use std::error::Error as _;
+    if !matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+    ) {
+        return false;
+    }
+    let mut source = status.source();
+    while let Some(e) = source {
+        if e.downcast_ref::<tonic::transport::Error>().is_some() {
+            return true;
+        }
+        source = e.source();
+    }
+    let m = status.message().to_ascii_lowercase();
+    [
+        "tcp connect error",
+        "transport error",
+        "error trying to connect",
+        "connection refused",
+        "dns error",
+        "h2 protocol error",
+        "connection reset",
+        "broken pipe",
+        "invalid content-type",
+    ]
+    .iter()
+    .any(|needle| m.contains(needle))
+}
+
+fn or_default(msg: &str, default: &str) -> String {
+    if msg.is_empty() {
+        default.to_owned()
+    } else {
+        msg.to_owned()
+    }
+}
+
+/// Folds a multi-line text into one line.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERVER: &str = "http://127.0.0.1:50051";
+
+    #[test]
+    fn hidden_chat_reads_as_not_a_member() {
+        let e = from_status(&Status::not_found("chat 3 not found"), Op::Chat(3), SERVER);
+        assert_eq!(
+            e.message(),
+            "you are not a member of chat 3 (or it does not exist)"
+        );
+    }
+
+    #[test]
+    fn bad_login_is_plain() {
+        let e = from_status(
+            &Status::unauthenticated("invalid email or password"),
+            Op::Login,
+            SERVER,
+        );
+        assert_eq!(e.message(), "wrong email or password");
+    }
+
+    #[test]
+    fn refused_connection_names_the_server() {
+        let e = from_status(
+            &Status::unavailable("tcp connect error: Connection refused"),
+            Op::Other,
+            SERVER,
+        );
+        assert_eq!(
+            e.message(),
+            "cannot reach the server at http://127.0.0.1:50051"
+        );
+    }
+
+    #[test]
+    fn server_messages_pass_through_on_one_line() {
+        let e = from_status(
+            &Status::invalid_argument("password: too short\nemail: bad"),
+            Op::Other,
+            SERVER,
+        );
+        assert_eq!(e.message(), "password: too short email: bad");
+    }
+}

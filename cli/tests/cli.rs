@@ -1,0 +1,443 @@
+//! The `chat` binary driven as a person would: spawned as a process with its stdin fed and
+//! its output read, against real auth and chat services started by each test (each on its
+//! own database and NATS space, so tests run in parallel).
+
+use std::{process::Stdio, time::Duration};
+
+use chat_cli::session::{Session, SessionStore};
+use chat_testkit::{
+    chat_config, spawn_auth, spawn_auth_with, spawn_chat, TcpProxy, TestAuth, TestChat, TestDb,
+    TestNats,
+};
+use grpc_chat_proto::chat::v1 as pb;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines},
+    process::{Child, ChildStdout, Command},
+};
+
+/// Auth and chat services for one test.
+struct Stack {
+    auth: TestAuth,
+    chat: TestChat,
+    _db: TestDb,
+    _nats: TestNats,
+}
+
+impl Stack {
+    async fn new() -> Self {
+        Self::with_auth(spawn_auth().await).await
+    }
+
+    async fn with_auth(auth: TestAuth) -> Self {
+        let db = TestDb::new().await;
+        let nats = TestNats::new();
+        let chat = spawn_chat(chat_config(&auth, &db.url, &nats)).await;
+        Self {
+            auth,
+            chat,
+            _db: db,
+            _nats: nats,
+        }
+    }
+
+    /// A person at their own terminal (their own config directory).
+    fn user(&self) -> User {
+        User::new(
+            &format!("http://{}", self.auth.addr),
+            &format!("http://{}", self.chat.addr),
+        )
+    }
+}
+
+struct User {
+    auth: String,
+    chat: String,
+    dir: tempfile::TempDir,
+}
+
+#[derive(Debug)]
+struct Out {
+    ok: bool,
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl User {
+    fn new(auth: &str, chat: &str) -> Self {
+        Self {
+            auth: auth.to_owned(),
+            chat: chat.to_owned(),
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_chat"));
+        c.arg("--server")
+            .arg(&self.chat)
+            .arg("--auth-server")
+            .arg(&self.auth)
+            .args(args)
+            .env("CHAT_CONFIG_DIR", self.dir.path())
+            .env_remove("CHAT_SERVER")
+            .env_remove("CHAT_AUTH_SERVER")
+            .env_remove("CHAT_SAGA_SERVER")
+            .env_remove("CHAT_TLS")
+            .env("TZ", "UTC")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        c
+    }
+
+    /// Runs `chat <args>` with `stdin` as its input, to the end.
+    async fn run(&self, args: &[&str], stdin: &str) -> Out {
+        let mut child = self.command(args).spawn().expect("spawn chat");
+        let mut input = child.stdin.take().expect("stdin");
+        input
+            .write_all(stdin.as_bytes())
+            .await
+            .expect("write stdin");
+        drop(input);
+        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .expect("chat finished in time")
+            .expect("chat output");
+        Out {
+            ok: out.status.success(),
+            code: out.status.code(),
+            stdout: String::from_utf8(out.stdout).expect("utf-8 stdout"),
+            stderr: String::from_utf8(out.stderr).expect("utf-8 stderr"),
+        }
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args, "").await;
+        assert!(out.ok, "chat {args:?} failed: {out:?}");
+        out.stdout
+    }
+
+    fn session(&self) -> Option<Session> {
+        SessionStore::in_dir(self.dir.path().to_owned(), &self.auth)
+            .load()
+            .expect("session file")
+    }
+
+    fn save_session(&self, session: &Session) {
+        SessionStore::in_dir(self.dir.path().to_owned(), &self.auth)
+            .save(session)
+            .expect("save session");
+    }
+}
+
+/// A failure must be exactly one `error: ...` line on stderr, nothing on stdout, and a
+/// non-zero exit.
+fn assert_one_line_error(out: &Out, expected: &str) {
+    assert!(!out.ok, "expected a failure: {out:?}");
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(out.stderr, format!("error: {expected}\n"), "{out:?}");
+    assert_eq!(out.stdout, "", "{out:?}");
+}
+
+fn chat_id(created: &str) -> i64 {
+    created
+        .trim()
+        .strip_prefix("Chat created, ID: ")
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("not a created chat: {created:?}"))
+}
+
+/// The `[HH:MM] ` stamps removed, so lines compare exactly.
+fn unstamped(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .map(
+            |l| match l.strip_prefix('[').and_then(|r| r.split_once("] ")) {
+                Some((_, rest)) => rest.to_owned(),
+                None => l.to_owned(),
+            },
+        )
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_login_create_send_connect_and_read_history() {
+    let stack = Stack::new().await;
+    let (alice, bob) = (stack.user(), stack.user());
+
+    let out = alice
+        .ok(&["register", "alice@example.com", "alice", "alice-password"])
+        .await;
+    assert!(
+        out.starts_with("Registered alice (alice@example.com)"),
+        "{out}"
+    );
+    // The password read from stdin when it is not given.
+    let out = bob
+        .run(&["register", "bob@example.com", "bob"], "bob-password\n")
+        .await;
+    assert!(out.ok, "{out:?}");
+
+    let out = alice
+        .run(&["login", "alice@example.com"], "alice-password\n")
+        .await;
+    assert_eq!(out.stdout, "Logged in as alice (alice@example.com).\n");
+    bob.ok(&["login", "bob@example.com", "bob-password"]).await;
+    assert!(alice
+        .ok(&["whoami"])
+        .await
+        .starts_with("alice (alice@example.com), user ID "));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(alice.dir.path().join("session.json"))
+            .expect("session file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the token file is private");
+    }
+
+    let id = chat_id(&alice.ok(&["create_chat", "bob", "Weekend", "plans"]).await);
+    let out = alice.ok(&["send", &id.to_string(), "Привет, Боб 👋"]).await;
+    assert_eq!(out, format!("Sent to chat {id} (message #1).\n"));
+
+    // Bob at the prompt: lists his chats, connects, sees Alice's message, answers, leaves,
+    // reads the history.
+    let script = format!("chats\nconnect {id}\nhi alice — ça va? 🙂\n/leave\nhistory {id}\nexit\n");
+    let out = bob.run(&[], &script).await;
+    assert!(out.ok, "{out:?}");
+    assert_eq!(out.stderr, "", "{out:?}");
+    assert_eq!(
+        unstamped(&out.stdout),
+        vec![
+            format!("#{id}  Weekend plans  (2 members, 1 message)"),
+            "alice: Привет, Боб 👋".to_owned(),
+            "bob: hi alice — ça va? 🙂".to_owned(),
+            "alice: Привет, Боб 👋".to_owned(),
+            "bob: hi alice — ça va? 🙂".to_owned(),
+        ],
+        "{out:?}"
+    );
+    assert!(out.stdout.starts_with(&format!("#{id}")));
+    assert!(out
+        .stdout
+        .lines()
+        .nth(1)
+        .is_some_and(|l| l.starts_with('[')));
+
+    let out = alice.ok(&["history", &id.to_string(), "1"]).await;
+    assert_eq!(
+        unstamped(&out),
+        vec!["bob: hi alice — ça va? 🙂".to_owned()]
+    );
+
+    assert_eq!(alice.ok(&["logout"]).await, "Logged out.\n");
+    assert!(alice.session().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_one_line_with_a_failing_exit() {
+    let stack = Stack::new().await;
+    let alice = stack.user();
+    let carol = stack.auth.user("carol").await;
+
+    let out = alice
+        .run(&["login", "carol@example.com", "not-her-password"], "")
+        .await;
+    assert_one_line_error(&out, "wrong email or password");
+
+    let out = alice.run(&["chats"], "").await;
+    assert_one_line_error(&out, "not logged in: run `login <email>` first");
+
+    alice.ok(&["login", &carol.email, &carol.password]).await;
+    let out = alice.run(&["history", "999"], "").await;
+    assert_one_line_error(
+        &out,
+        "you are not a member of chat 999 (or it does not exist)",
+    );
+    let out = alice.run(&["send", "999", "hello?"], "").await;
+    assert_one_line_error(
+        &out,
+        "you are not a member of chat 999 (or it does not exist)",
+    );
+    let out = alice.run(&["connect", "999"], "").await;
+    assert_one_line_error(
+        &out,
+        "you are not a member of chat 999 (or it does not exist)",
+    );
+    let out = alice.run(&["create_chat", "nobody"], "").await;
+    assert_one_line_error(&out, "no such user: nobody");
+
+    // At the prompt, a failed command does not end the session, and the exit status is the
+    // last command's.
+    let out = alice.run(&[], "send 999 hi\nfrobnicate\nwhoami\n").await;
+    assert!(out.ok, "{out:?}");
+    assert_eq!(
+        out.stderr,
+        "error: you are not a member of chat 999 (or it does not exist)\n\
+         error: unrecognized subcommand 'frobnicate' (try `help`)\n"
+    );
+    assert!(out.stdout.starts_with("carol (carol@example.com)"));
+
+    // A malformed command line.
+    let out = alice.run(&["history", "three"], "").await;
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+    assert!(
+        out.stderr.starts_with("error: invalid value 'three'"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_is_down_is_named() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let addr = format!("http://127.0.0.1:{port}");
+    let user = User::new(&addr, &addr);
+    let out = user
+        .run(&["login", "alice@example.com", "alice-password"], "")
+        .await;
+    assert_one_line_error(&out, &format!("cannot reach the server at {addr}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_refreshed_by_themselves() {
+    // Access tokens that live 5 s: always within the CLI's refresh margin.
+    let auth = spawn_auth_with(auth_service::Settings {
+        access_ttl: Duration::from_secs(5),
+        ..chat_testkit::auth_settings()
+    })
+    .await;
+    let stack = Stack::with_auth(auth).await;
+    let dave = stack.auth.user("dave").await;
+    let user = stack.user();
+    user.ok(&["login", &dave.email, &dave.password]).await;
+    let first = user.session().expect("logged in");
+
+    // An access token about to expire is rotated before the call.
+    user.ok(&["chats"]).await;
+    let second = user.session().expect("still logged in");
+    assert_ne!(second.refresh_token, first.refresh_token);
+
+    // A token the server rejects is refreshed once and the call retried.
+    user.save_session(&Session {
+        access_token: "not-a-token".into(),
+        access_expires_at: second.access_expires_at + 3600,
+        ..second.clone()
+    });
+    user.ok(&["chats"]).await;
+    let third = user.session().expect("still logged in");
+    assert_ne!(third.refresh_token, second.refresh_token);
+
+    // A session revoked on the server ends with a clear message.
+    user.save_session(&Session {
+        access_token: "not-a-token".into(),
+        ..first
+    });
+    let out = user.run(&["chats"], "").await;
+    assert_one_line_error(&out, "your session has expired: run `login <email>` again");
+}
+
+/// Reads stdout lines until one ends with `suffix`; returns the lines read.
+async fn read_until(lines: &mut Lines<BufReader<ChildStdout>>, suffix: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let done = line.ends_with(suffix);
+            seen.push(line);
+            if done {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        matches!(found, Ok(true)),
+        "no line ending with {suffix:?}; saw {seen:?}"
+    );
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_resumes_after_a_dropped_connection_without_duplicates() {
+    let stack = Stack::new().await;
+    let (alice, bob) = (stack.auth.user("alice").await, stack.auth.user("bob").await);
+    let id = stack
+        .chat
+        .client
+        .clone()
+        .create_chat(alice.req(pb::CreateChatRequest {
+            title: String::new(),
+            members: vec![bob.username.clone()],
+        }))
+        .await
+        .expect("create chat")
+        .into_inner()
+        .chat
+        .expect("chat")
+        .id;
+    let say = |text: &str| {
+        let mut client = stack.chat.client.clone();
+        let req = alice.req(pb::SendMessageRequest {
+            chat_id: id,
+            text: text.into(),
+            ..Default::default()
+        });
+        async move { client.send_message(req).await.expect("send") }
+    };
+    say("one").await;
+
+    // Bob connects through a proxy that the test can cut.
+    let proxy = TcpProxy::start(stack.chat.addr).await;
+    let user = User::new(
+        &format!("http://{}", stack.auth.addr),
+        &format!("http://{}", proxy.addr),
+    );
+    user.ok(&["login", &bob.email, &bob.password]).await;
+    let mut child: Child = user
+        .command(&["connect", &id.to_string()])
+        .spawn()
+        .expect("spawn chat");
+    let stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut seen = read_until(&mut lines, "alice: one").await;
+
+    proxy.cut();
+    say("two").await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    say("three").await;
+    proxy.restore();
+    seen.extend(read_until(&mut lines, "alice: three").await);
+    say("four").await;
+    seen.extend(read_until(&mut lines, "alice: four").await);
+
+    // The end of input leaves.
+    drop(stdin);
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("chat left in time")
+        .expect("status");
+    assert!(status.success());
+    while let Ok(Some(line)) = lines.next_line().await {
+        seen.push(line);
+    }
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use tokio::io::AsyncReadExt;
+        let _ = e.read_to_string(&mut stderr).await;
+    }
+    assert_eq!(
+        unstamped(&seen.join("\n")),
+        ["alice: one", "alice: two", "alice: three", "alice: four"],
+        "stderr: {stderr}"
+    );
+    assert!(stderr.contains("reconnecting"), "{stderr}");
+    assert!(stderr.contains("(reconnected)"), "{stderr}");
+}
