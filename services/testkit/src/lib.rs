@@ -436,3 +436,58 @@ pub async fn spawn_notification(config: notification_service::Config) -> TestNot
         shutdown,
     }
 }
+
+/// A running saga-orchestrator.
+pub struct TestSaga {
+    pub addr: SocketAddr,
+    pub client:
+        grpc_chat_proto::saga::v1::saga_orchestrator_client::SagaOrchestratorClient<Channel>,
+    pub shutdown: Shutdown,
+}
+
+impl Drop for TestSaga {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+/// Orchestrator settings for tests: the given database and services (addresses, so a test
+/// can put a [`TcpProxy`] in between), a short notify deadline, lease and recovery sweep.
+pub fn saga_config(
+    auth: &TestAuth,
+    chat: SocketAddr,
+    notification: SocketAddr,
+    database_url: &str,
+) -> saga_orchestrator::Config {
+    saga_orchestrator::Config {
+        listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        database_url: database_url.to_owned(),
+        database_max_connections: 10,
+        auth_url: format!("http://{}", auth.addr),
+        chat_url: format!("http://{chat}"),
+        notification_url: format!("http://{notification}"),
+        service_secret: SecretString::from(SERVICE_SECRET),
+        notify_deadline: Duration::from_secs(10),
+        lease: Duration::from_secs(3),
+        recovery_interval: Duration::from_millis(200),
+    }
+}
+
+/// Starts an orchestrator with `config`.
+pub async fn spawn_saga(config: saga_orchestrator::Config) -> TestSaga {
+    init_logs();
+    let shutdown = Shutdown::new();
+    let app = saga_orchestrator::Application::build(config, shutdown.clone())
+        .await
+        .expect("build saga");
+    let addr = app.local_addr();
+    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let client = grpc_chat_proto::saga::v1::saga_orchestrator_client::SagaOrchestratorClient::new(
+        channel(addr).await,
+    );
+    TestSaga {
+        addr,
+        client,
+        shutdown,
+    }
+}

@@ -1,0 +1,84 @@
+//! The orchestrator's errors and the one place where they become gRPC statuses. A saga
+//! that ended badly answers with the code kept in its log, and every answer about a saga
+//! carries its id in the `saga-id` metadata, so a client can look it up with `GetSaga`.
+
+use tonic::{metadata::MetadataValue, Code, Status};
+
+use crate::domain::FailCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SagaError {
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        field: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    /// The saga ended without its message: bad input found by a step, or compensated.
+    #[error("{message}")]
+    Failed {
+        saga_id: uuid::Uuid,
+        code: FailCode,
+        message: String,
+    },
+    /// A service the saga needs did not answer; the saga is kept and resumed.
+    #[error("{message}")]
+    Unavailable {
+        saga_id: Option<uuid::Uuid>,
+        message: String,
+    },
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl SagaError {
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        SagaError::InvalidArgument {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+fn with_saga_id(mut status: Status, id: uuid::Uuid) -> Status {
+    if let Ok(v) = MetadataValue::try_from(id.to_string()) {
+        status.metadata_mut().insert("saga-id", v);
+    }
+    status
+}
+
+impl From<SagaError> for Status {
+    fn from(e: SagaError) -> Self {
+        match e {
+            SagaError::InvalidArgument { field, message } => {
+                chat_common::error::invalid_field(field, message)
+            }
+            SagaError::NotFound(m) => Status::not_found(m),
+            SagaError::Failed {
+                saga_id,
+                code,
+                message,
+            } => {
+                let code = match code {
+                    FailCode::InvalidArgument => Code::InvalidArgument,
+                    FailCode::PermissionDenied => Code::PermissionDenied,
+                    FailCode::NotFound => Code::NotFound,
+                    FailCode::Aborted => Code::Aborted,
+                };
+                with_saga_id(Status::new(code, message), saga_id)
+            }
+            SagaError::Unavailable { saga_id, message } => {
+                tracing::warn!(error = %message, "saga paused, it will be resumed");
+                let status = Status::unavailable(format!(
+                    "{message}; the saga is kept and will be finished"
+                ));
+                match saga_id {
+                    Some(id) => with_saga_id(status, id),
+                    None => status,
+                }
+            }
+            SagaError::Internal(e) => chat_common::error::internal(&e),
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! grpc-chat's SagaOrchestrator: sending a message as a saga (resolve the sender, store the
+//! message, have it notified) with a durable log, so that a failed notification is
+//! compensated by deleting the message and a crashed orchestrator's sagas are finished by
+//! the next one. It talks to the other services over gRPC only, with its service token.
+//!
+//! [`Application::build`] wires it for the binary and the tests.
+
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod orchestrator;
+pub mod service;
+pub mod store;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use chat_common::{
+    client::{lazy_channel, verifier_from_auth},
+    server,
+    service_token::ServiceCredential,
+    Shutdown, TokenVerifier,
+};
+use grpc_chat_proto::auth::v1::auth_service_client::AuthServiceClient;
+use grpc_chat_proto::chat::v1::chat_service_client::ChatServiceClient;
+use grpc_chat_proto::notification::v1::notification_service_client::NotificationServiceClient;
+use grpc_chat_proto::saga::v1::saga_orchestrator_server::SagaOrchestratorServer;
+
+pub use config::Config;
+pub use orchestrator::Orchestrator;
+pub use service::SagaApi;
+use store::postgres::{PgSagaStore, MIGRATOR};
+
+/// A bound, ready-to-run orchestrator.
+pub struct Application {
+    addr: SocketAddr,
+    listener: TcpListener,
+    orchestrator: Orchestrator,
+    verifier: TokenVerifier,
+    recovery_interval: std::time::Duration,
+}
+
+impl Application {
+    /// Connects to and migrates the saga database, loads AuthService's keys, and binds the
+    /// listener. The other services are reached lazily.
+    pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
+        let pool = chat_common::db::connect_and_migrate(
+            &config.database_url,
+            &MIGRATOR,
+            config.database_max_connections,
+        )
+        .await?;
+        let auth = AuthServiceClient::new(lazy_channel(&config.auth_url)?);
+        let chat = ChatServiceClient::new(lazy_channel(&config.chat_url)?);
+        let notification = NotificationServiceClient::new(lazy_channel(&config.notification_url)?);
+        let verifier = verifier_from_auth(&auth, &shutdown).await?;
+        let credential = ServiceCredential::new(
+            auth.clone(),
+            "saga-orchestrator",
+            config.service_secret.clone(),
+        );
+        let orchestrator = Orchestrator::new(
+            Arc::new(PgSagaStore::new(pool)),
+            auth,
+            chat,
+            notification,
+            credential,
+            config.notify_deadline,
+            config.lease,
+            shutdown,
+        );
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .with_context(|| format!("binding {}", config.listen_addr))?;
+        let addr = listener.local_addr()?;
+        Ok(Self {
+            addr,
+            listener,
+            orchestrator,
+            verifier,
+            recovery_interval: config.recovery_interval,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Resumes unfinished sagas (now and periodically) and serves until `shutdown`.
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        self.orchestrator.spawn_recovery(self.recovery_interval);
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<SagaOrchestratorServer<SagaApi>>()
+            .await;
+        let (reflection_v1, reflection_v1alpha) = server::reflection()?;
+        tracing::info!(addr = %self.addr, "saga-orchestrator serving");
+        let router = server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(SagaOrchestratorServer::with_interceptor(
+                SagaApi::new(self.orchestrator),
+                self.verifier.interceptor(),
+            ));
+        server::serve(router, self.listener, shutdown).await
+    }
+}
+
+/// Creates the database when missing and applies the migrations, then returns.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let pool = chat_common::db::connect_and_migrate(&config.database_url, &MIGRATOR, 1).await?;
+    pool.close().await;
+    tracing::info!("saga database migrated");
+    Ok(())
+}

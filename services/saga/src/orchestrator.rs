@@ -1,0 +1,560 @@
+//! The send-message saga: RESOLVE_SENDER → STORE_MESSAGE → NOTIFY, and COMPENSATE when
+//! NOTIFY fails for good.
+//!
+//! Each step is written to the log before it runs and after it ends, and each is safe to
+//! run twice: resolving is a read; storing uses the saga id as ChatService's idempotency
+//! key, so a resumed store returns the message stored before the crash; notifying is
+//! idempotent in NotificationService; deleting a deleted message succeeds. That is what
+//! lets an orchestrator that starts after a crash simply run an unfinished saga again from
+//! the step the log says it reached ([`Orchestrator::recover`]).
+//!
+//! A step that meets an unreachable service does not fail the saga: the saga is released
+//! and the caller told UNAVAILABLE; the recovery sweep picks it up again. The notify
+//! deadline counts from the first start of NOTIFY, so a notifier that stays down makes the
+//! saga compensate rather than wait forever. An orchestrator owns a saga through a lease
+//! that it renews while it drives it; another takes over only once the lease ran out.
+
+use std::{sync::Arc, time::Duration};
+
+use tonic::{transport::Channel, Code, Status};
+use uuid::Uuid;
+
+use chat_common::{service_token::ServiceCredential, Shutdown};
+use grpc_chat_proto::auth::v1::{
+    auth_service_client::AuthServiceClient, GetUserIdsByEmailsRequest,
+};
+use grpc_chat_proto::chat::v1::{
+    chat_service_client::ChatServiceClient, DeleteMessageRequest, SendMessageRequest,
+};
+use grpc_chat_proto::notification::v1::{
+    notification_service_client::NotificationServiceClient, DeliveryState, NotifyMessageRequest,
+};
+
+use crate::{
+    domain::{FailCode, SagaState, SendRequest, StepKind},
+    error::SagaError,
+    store::{Created, SagaRecord, SagaStore, StepResult},
+};
+
+/// How often a caller replaying an idempotency key looks whether the saga has ended.
+const POLL_EVERY: Duration = Duration::from_millis(50);
+/// The longest NotificationService lets one call wait.
+const MAX_NOTIFY_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+pub struct Orchestrator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn SagaStore>,
+    auth: AuthServiceClient<Channel>,
+    chat: ChatServiceClient<Channel>,
+    notification: NotificationServiceClient<Channel>,
+    credential: ServiceCredential,
+    notify_deadline: Duration,
+    lease: Duration,
+    shutdown: Shutdown,
+}
+
+/// How a step ended.
+enum Step<T> {
+    Done(T),
+    /// The saga cannot go on: bad input found, or notification failed.
+    Fail(FailCode, String),
+}
+
+/// A step that could not finish now; the saga is resumed later.
+struct Paused(String);
+
+type StepOutcome<T> = Result<Step<T>, Paused>;
+
+fn transient(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::ResourceExhausted
+            | Code::Unknown
+            | Code::Aborted
+            | Code::Internal
+            | Code::Unauthenticated
+    )
+}
+
+fn paused(what: &str, status: &Status) -> Paused {
+    Paused(format!(
+        "{what}: {} ({:?})",
+        status.message(),
+        status.code()
+    ))
+}
+
+impl Orchestrator {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Arc<dyn SagaStore>,
+        auth: AuthServiceClient<Channel>,
+        chat: ChatServiceClient<Channel>,
+        notification: NotificationServiceClient<Channel>,
+        credential: ServiceCredential,
+        notify_deadline: Duration,
+        lease: Duration,
+        shutdown: Shutdown,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                auth,
+                chat,
+                notification,
+                credential,
+                notify_deadline,
+                lease,
+                shutdown,
+            }),
+        }
+    }
+
+    /// Runs a new saga for `caller`, or returns the one its idempotency key names, and
+    /// answers with how it ended.
+    pub async fn send(&self, caller: i64, req: SendRequest) -> Result<SagaRecord, SagaError> {
+        let store = &self.inner.store;
+        let saga = match store.create(caller, &req, self.inner.lease).await? {
+            Created::New(saga) => {
+                metrics::counter!("saga_started_total").increment(1);
+                self.drive(saga).await?
+            }
+            Created::Existing(saga) => self.await_existing(saga).await?,
+        };
+        outcome(saga)
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<Option<SagaRecord>, SagaError> {
+        Ok(self.inner.store.get(id).await?)
+    }
+
+    /// A replayed idempotency key: wait for the saga's owner to end it, or take it over
+    /// when nobody owns it any more.
+    async fn await_existing(&self, mut saga: SagaRecord) -> Result<SagaRecord, SagaError> {
+        let store = &self.inner.store;
+        let give_up = tokio::time::Instant::now() + self.inner.notify_deadline * 2;
+        loop {
+            if saga.state.is_final() {
+                return Ok(saga);
+            }
+            if let Some(claimed) = store.claim(saga.id, self.inner.lease).await? {
+                return self.drive(claimed).await;
+            }
+            if tokio::time::Instant::now() > give_up {
+                return Ok(saga);
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+            saga = store
+                .get(saga.id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("saga {} vanished", saga.id))?;
+        }
+    }
+
+    /// Takes over unfinished sagas whose owner is gone, and drives each in its own task.
+    /// Returns how many it took.
+    pub async fn recover(&self) -> anyhow::Result<usize> {
+        let sagas = self
+            .inner
+            .store
+            .claim_unfinished(self.inner.lease, 32)
+            .await?;
+        let n = sagas.len();
+        for saga in sagas {
+            tracing::info!(saga_id = %saga.id, state = saga.state.as_str(), "resuming a saga");
+            metrics::counter!("saga_resumed_total").increment(1);
+            let this = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = this.drive(saga).await {
+                    tracing::warn!(error = %e, "a resumed saga paused again");
+                }
+            });
+        }
+        Ok(n)
+    }
+
+    /// Resumes unfinished sagas at start and every `every`, until shutdown.
+    pub fn spawn_recovery(&self, every: Duration) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = this.recover().await {
+                    tracing::warn!(error = ?e, "saga recovery failed");
+                }
+                tokio::select! {
+                    _ = this.inner.shutdown.wait() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        });
+    }
+
+    /// Drives a saga this orchestrator owns until it ends or pauses, renewing its lease.
+    async fn drive(&self, saga: SagaRecord) -> Result<SagaRecord, SagaError> {
+        let id = saga.id;
+        let heartbeat = {
+            let store = self.inner.store.clone();
+            let lease = self.inner.lease;
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(lease / 3).await;
+                    if let Err(e) = store.renew_lease(id, lease).await {
+                        tracing::warn!(saga_id = %id, error = %e, "renewing a saga lease failed");
+                    }
+                }
+            })
+        };
+        let result = self.run_steps(saga).await;
+        heartbeat.abort();
+        match result {
+            Ok(()) => {}
+            Err(Paused(message)) => {
+                self.inner.store.release(id).await?;
+                return Err(SagaError::Unavailable {
+                    saga_id: Some(id),
+                    message,
+                });
+            }
+        }
+        self.inner
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("saga {id} vanished").into())
+    }
+
+    /// The steps from where the log says the saga is. Store errors pause the saga too:
+    /// the log is the one thing the saga cannot go on without.
+    async fn run_steps(&self, saga: SagaRecord) -> Result<(), Paused> {
+        let store = &self.inner.store;
+        let log = |e: anyhow::Error| Paused(format!("saga log: {e:#}"));
+        let id = saga.id;
+        if saga.state == SagaState::Running {
+            let sender_id = match saga.sender_id {
+                Some(s) => s,
+                None => match self
+                    .step(
+                        id,
+                        StepKind::ResolveSender,
+                        self.resolve(&saga),
+                        StepResult::Sender,
+                    )
+                    .await?
+                {
+                    Step::Done(s) => s,
+                    Step::Fail(code, e) => return self.fail(id, code, &e).await,
+                },
+            };
+            self.check_shutdown()?;
+            let seq = match saga.message_seq {
+                Some(s) => s,
+                None => {
+                    match self
+                        .step(
+                            id,
+                            StepKind::StoreMessage,
+                            self.store_message(&saga, sender_id),
+                            StepResult::MessageSeq,
+                        )
+                        .await?
+                    {
+                        Step::Done(s) => s,
+                        Step::Fail(code, e) => return self.fail(id, code, &e).await,
+                    }
+                }
+            };
+            self.check_shutdown()?;
+            let started = store
+                .step_started(id, StepKind::Notify)
+                .await
+                .map_err(log)?;
+            match self.notify(saga.chat_id, seq, started).await {
+                Err(p) => {
+                    store
+                        .step_failed(id, StepKind::Notify, &p.0)
+                        .await
+                        .map_err(log)?;
+                    return Err(p);
+                }
+                Ok(Step::Done(())) => {
+                    store
+                        .step_succeeded(id, StepKind::Notify, StepResult::None)
+                        .await
+                        .map_err(log)?;
+                    store
+                        .set_state(id, SagaState::Completed, None)
+                        .await
+                        .map_err(log)?;
+                    metrics::counter!("saga_completed_total").increment(1);
+                    return Ok(());
+                }
+                Ok(Step::Fail(_, reason)) => {
+                    store
+                        .step_failed(id, StepKind::Notify, &reason)
+                        .await
+                        .map_err(log)?;
+                    let message = format!("notification failed: {reason}; the message was removed");
+                    store
+                        .set_state(
+                            id,
+                            SagaState::Compensating,
+                            Some((&message, FailCode::Aborted)),
+                        )
+                        .await
+                        .map_err(log)?;
+                }
+            }
+        }
+        // Compensating (now, or resumed): remove the message.
+        let seq = match store
+            .get(id)
+            .await
+            .map_err(log)?
+            .and_then(|s| s.message_seq)
+        {
+            Some(seq) => seq,
+            None => {
+                store
+                    .set_state(id, SagaState::Compensated, None)
+                    .await
+                    .map_err(log)?;
+                return Ok(());
+            }
+        };
+        match self
+            .step(
+                id,
+                StepKind::Compensate,
+                self.compensate(saga.chat_id, seq),
+                |()| StepResult::None,
+            )
+            .await?
+        {
+            Step::Done(()) | Step::Fail(..) => {}
+        }
+        store
+            .set_state(id, SagaState::Compensated, None)
+            .await
+            .map_err(log)?;
+        metrics::counter!("saga_compensated_total").increment(1);
+        Ok(())
+    }
+
+    fn check_shutdown(&self) -> Result<(), Paused> {
+        if self.inner.shutdown.is_triggered() {
+            Err(Paused("the orchestrator is shutting down".into()))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Logs a step around `work`.
+    async fn step<T>(
+        &self,
+        id: Uuid,
+        kind: StepKind,
+        work: impl std::future::Future<Output = StepOutcome<T>>,
+        result: fn(T) -> StepResult,
+    ) -> StepOutcome<T>
+    where
+        T: Copy,
+    {
+        let store = &self.inner.store;
+        let log = |e: anyhow::Error| Paused(format!("saga log: {e:#}"));
+        store.step_started(id, kind).await.map_err(log)?;
+        let outcome = work.await;
+        match &outcome {
+            Ok(Step::Done(v)) => {
+                store
+                    .step_succeeded(id, kind, result(*v))
+                    .await
+                    .map_err(log)?;
+            }
+            Ok(Step::Fail(_, e)) => store.step_failed(id, kind, e).await.map_err(log)?,
+            Err(Paused(e)) => store.step_failed(id, kind, e).await.map_err(log)?,
+        }
+        outcome
+    }
+
+    async fn fail(&self, id: Uuid, code: FailCode, error: &str) -> Result<(), Paused> {
+        self.inner
+            .store
+            .set_state(id, SagaState::Failed, Some((error, code)))
+            .await
+            .map_err(|e| Paused(format!("saga log: {e:#}")))?;
+        metrics::counter!("saga_failed_total").increment(1);
+        Ok(())
+    }
+
+    async fn token_request<T>(&self, message: T) -> Result<tonic::Request<T>, Paused> {
+        self.inner
+            .credential
+            .request(message)
+            .await
+            .map_err(|s| paused("service token", &s))
+    }
+
+    /// RESOLVE_SENDER: `from` names an account, and that account is the caller.
+    async fn resolve(&self, saga: &SagaRecord) -> StepOutcome<i64> {
+        let req = self
+            .token_request(GetUserIdsByEmailsRequest {
+                emails: vec![saga.sender.clone()],
+            })
+            .await?;
+        let resp = match self.inner.auth.clone().get_user_ids_by_emails(req).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == Code::InvalidArgument => {
+                return Ok(Step::Fail(
+                    FailCode::NotFound,
+                    format!("no user {:?}", saga.sender),
+                ))
+            }
+            Err(s) => return Err(paused("auth service", &s)),
+        };
+        let Some(user) = resp.users.first() else {
+            return Ok(Step::Fail(
+                FailCode::NotFound,
+                format!("no user {:?}", saga.sender),
+            ));
+        };
+        if user.user_id != saga.initiator_id {
+            return Ok(Step::Fail(
+                FailCode::PermissionDenied,
+                "`from` must be the authenticated caller".into(),
+            ));
+        }
+        Ok(Step::Done(user.user_id))
+    }
+
+    /// STORE_MESSAGE, keyed by the saga id so that running it again stores nothing new.
+    async fn store_message(&self, saga: &SagaRecord, sender_id: i64) -> StepOutcome<i64> {
+        let req = self
+            .token_request(SendMessageRequest {
+                chat_id: saga.chat_id,
+                text: saga.text.clone(),
+                idempotency_key: format!("saga:{}", saga.id),
+                on_behalf_of_user_id: sender_id,
+            })
+            .await?;
+        match self.inner.chat.clone().send_message(req).await {
+            Ok(r) => match r.into_inner().message {
+                Some(m) => Ok(Step::Done(m.seq)),
+                None => Err(Paused("chat service answered without the message".into())),
+            },
+            Err(s) if s.code() == Code::NotFound => Ok(Step::Fail(
+                FailCode::NotFound,
+                format!(
+                    "chat {} not found, or the sender is not a member",
+                    saga.chat_id
+                ),
+            )),
+            Err(s) if s.code() == Code::InvalidArgument => Ok(Step::Fail(
+                FailCode::InvalidArgument,
+                s.message().to_owned(),
+            )),
+            Err(s) if s.code() == Code::PermissionDenied => Ok(Step::Fail(
+                FailCode::PermissionDenied,
+                s.message().to_owned(),
+            )),
+            Err(s) => Err(paused("chat service", &s)),
+        }
+    }
+
+    /// NOTIFY: has the message's emails sent and waits for them, until the deadline that
+    /// counts from the step's first start.
+    async fn notify(
+        &self,
+        chat_id: i64,
+        seq: i64,
+        started: chrono::DateTime<chrono::Utc>,
+    ) -> StepOutcome<()> {
+        let deadline_at = started
+            + chrono::Duration::from_std(self.inner.notify_deadline)
+                .unwrap_or(chrono::Duration::seconds(30));
+        loop {
+            let left = (deadline_at - chrono::Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO);
+            if left.is_zero() {
+                return Ok(Step::Fail(
+                    FailCode::Aborted,
+                    "not delivered before the notification deadline".into(),
+                ));
+            }
+            let wait = left.min(MAX_NOTIFY_WAIT);
+            let mut req = self
+                .token_request(NotifyMessageRequest {
+                    chat_id,
+                    seq,
+                    timeout_ms: wait.as_millis().max(1) as i32,
+                })
+                .await?;
+            req.set_timeout(wait + Duration::from_secs(5));
+            let resp = match self.inner.notification.clone().notify_message(req).await {
+                Ok(r) => r.into_inner(),
+                Err(s) if s.code() == Code::NotFound => {
+                    return Ok(Step::Fail(
+                        FailCode::Aborted,
+                        "the message is gone before it was notified".into(),
+                    ))
+                }
+                Err(s) if transient(s.code()) => return Err(paused("notification service", &s)),
+                Err(s) => {
+                    return Ok(Step::Fail(
+                        FailCode::Aborted,
+                        format!("notification service: {}", s.message()),
+                    ))
+                }
+            };
+            match DeliveryState::try_from(resp.state) {
+                Ok(DeliveryState::Delivered) => return Ok(Step::Done(())),
+                Ok(DeliveryState::Failed) => {
+                    let reasons: Vec<String> = resp
+                        .deliveries
+                        .iter()
+                        .filter(|d| d.state == DeliveryState::Failed as i32)
+                        .map(|d| format!("user {}: {}", d.recipient_id, d.error))
+                        .collect();
+                    return Ok(Step::Fail(FailCode::Aborted, reasons.join("; ")));
+                }
+                // Still pending: ask again until the deadline.
+                _ => continue,
+            }
+        }
+    }
+
+    /// COMPENSATE: deletes the message; one already gone counts as deleted.
+    async fn compensate(&self, chat_id: i64, seq: i64) -> StepOutcome<()> {
+        let req = self
+            .token_request(DeleteMessageRequest { chat_id, seq })
+            .await?;
+        match self.inner.chat.clone().delete_message(req).await {
+            Ok(_) => Ok(Step::Done(())),
+            Err(s) if s.code() == Code::NotFound => Ok(Step::Done(())),
+            Err(s) => Err(paused("chat service", &s)),
+        }
+    }
+}
+
+/// How a saga that has stopped answers its caller.
+fn outcome(saga: SagaRecord) -> Result<SagaRecord, SagaError> {
+    match saga.state {
+        SagaState::Completed => Ok(saga),
+        SagaState::Failed | SagaState::Compensated => Err(SagaError::Failed {
+            saga_id: saga.id,
+            code: saga.error_code.unwrap_or(FailCode::Aborted),
+            message: saga.error.clone(),
+        }),
+        SagaState::Running | SagaState::Compensating => Err(SagaError::Unavailable {
+            saga_id: Some(saga.id),
+            message: "the saga has not finished yet".into(),
+        }),
+    }
+}

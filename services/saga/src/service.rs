@@ -1,0 +1,109 @@
+//! The gRPC face of the orchestrator. Callers are authenticated by the token interceptor;
+//! `SendMessage` runs for users (the `from` must be the caller), `GetSaga` shows a saga to
+//! its initiator or to a service.
+
+use tonic::{Request, Response, Status};
+
+use chat_common::Caller;
+use grpc_chat_proto::saga::v1::{self as pb, saga_orchestrator_server::SagaOrchestrator};
+
+use crate::{
+    domain::{SagaState, SendRequest, StepKind, StepState},
+    error::SagaError,
+    orchestrator::Orchestrator,
+    store::SagaRecord,
+};
+
+#[derive(Clone)]
+pub struct SagaApi {
+    orchestrator: Orchestrator,
+}
+
+impl SagaApi {
+    pub fn new(orchestrator: Orchestrator) -> Self {
+        Self { orchestrator }
+    }
+}
+
+fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn saga_to_pb(s: &SagaRecord) -> pb::Saga {
+    let state = match s.state {
+        SagaState::Running => pb::SagaState::Running,
+        SagaState::Completed => pb::SagaState::Completed,
+        SagaState::Compensating => pb::SagaState::Compensating,
+        SagaState::Compensated => pb::SagaState::Compensated,
+        SagaState::Failed => pb::SagaState::Failed,
+    };
+    pb::Saga {
+        id: s.id.to_string(),
+        state: state as i32,
+        chat_id: s.chat_id,
+        sender_id: s.sender_id.unwrap_or(0),
+        message_seq: s.message_seq.unwrap_or(0),
+        steps: s
+            .steps
+            .iter()
+            .map(|st| pb::SagaStep {
+                kind: match st.kind {
+                    StepKind::ResolveSender => pb::StepKind::ResolveSender,
+                    StepKind::StoreMessage => pb::StepKind::StoreMessage,
+                    StepKind::Notify => pb::StepKind::Notify,
+                    StepKind::Compensate => pb::StepKind::Compensate,
+                } as i32,
+                state: match st.state {
+                    StepState::Started => pb::StepState::Started,
+                    StepState::Succeeded => pb::StepState::Succeeded,
+                    StepState::Failed => pb::StepState::Failed,
+                } as i32,
+                started_at: Some(timestamp(st.started_at)),
+                finished_at: st.finished_at.map(timestamp),
+                error: st.error.clone(),
+            })
+            .collect(),
+        created_at: Some(timestamp(s.created_at)),
+        updated_at: Some(timestamp(s.updated_at)),
+        error: s.error.clone(),
+    }
+}
+
+#[tonic::async_trait]
+impl SagaOrchestrator for SagaApi {
+    #[tracing::instrument(skip_all, fields(chat_id = request.get_ref().chat_id))]
+    async fn send_message(
+        &self,
+        request: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageResponse>, Status> {
+        let (caller, _) = Caller::require_user(&request)?;
+        let req = request.into_inner();
+        let parsed = SendRequest::parse(req.chat_id, &req.from, req.text, &req.idempotency_key)?;
+        let saga = self.orchestrator.send(caller, parsed).await?;
+        Ok(Response::new(pb::SendMessageResponse {
+            saga: Some(saga_to_pb(&saga)),
+        }))
+    }
+
+    async fn get_saga(
+        &self,
+        request: Request<pb::GetSagaRequest>,
+    ) -> Result<Response<pb::GetSagaResponse>, Status> {
+        let caller = Caller::from_request(&request)?;
+        let id = uuid::Uuid::parse_str(request.get_ref().saga_id.trim())
+            .map_err(|_| SagaError::invalid("saga_id", "not a saga id (UUID)"))?;
+        let not_found = || SagaError::NotFound(format!("saga {id} not found"));
+        let saga = self.orchestrator.get(id).await?.ok_or_else(not_found)?;
+        if let Some(user) = caller.user_id() {
+            if user != saga.initiator_id {
+                return Err(not_found().into());
+            }
+        }
+        Ok(Response::new(pb::GetSagaResponse {
+            saga: Some(saga_to_pb(&saga)),
+        }))
+    }
+}

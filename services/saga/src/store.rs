@@ -1,0 +1,115 @@
+//! The saga log. The orchestrator talks to [`SagaStore`]; `postgres` implements it. Every
+//! write is one statement or one transaction, so the log never shows a step finished
+//! without its result (the sender id, the message seq) recorded with it.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::domain::{FailCode, SagaState, SendRequest, StepKind, StepState};
+
+pub mod postgres;
+
+#[derive(Debug, Clone)]
+pub struct StepRecord {
+    pub kind: StepKind,
+    pub state: StepState,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub error: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct SagaRecord {
+    pub id: Uuid,
+    pub initiator_id: i64,
+    pub chat_id: i64,
+    pub sender: String,
+    pub text: String,
+    pub sender_id: Option<i64>,
+    pub message_seq: Option<i64>,
+    pub state: SagaState,
+    pub error: String,
+    pub error_code: Option<FailCode>,
+    /// Until when an orchestrator owns it.
+    pub lease_until: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// In the order they started.
+    pub steps: Vec<StepRecord>,
+}
+
+impl SagaRecord {
+    pub fn step(&self, kind: StepKind) -> Option<&StepRecord> {
+        self.steps.iter().find(|s| s.kind == kind)
+    }
+}
+
+pub enum Created {
+    /// A new saga, leased to the caller.
+    New(SagaRecord),
+    /// The idempotency key matched this earlier saga.
+    Existing(SagaRecord),
+}
+
+/// What a step's success records on the saga.
+#[derive(Debug, Clone, Copy)]
+pub enum StepResult {
+    None,
+    Sender(i64),
+    MessageSeq(i64),
+}
+
+#[async_trait]
+pub trait SagaStore: Send + Sync + 'static {
+    /// Creates a running saga owned by the caller for `lease`, or returns the one with the
+    /// same initiator and idempotency key.
+    async fn create(
+        &self,
+        initiator_id: i64,
+        request: &SendRequest,
+        lease: Duration,
+    ) -> anyhow::Result<Created>;
+
+    async fn get(&self, id: Uuid) -> anyhow::Result<Option<SagaRecord>>;
+
+    /// Records that a step starts (or starts again, keeping its first start time).
+    async fn step_started(&self, id: Uuid, kind: StepKind) -> anyhow::Result<DateTime<Utc>>;
+
+    /// Records a step's success and its result.
+    async fn step_succeeded(
+        &self,
+        id: Uuid,
+        kind: StepKind,
+        result: StepResult,
+    ) -> anyhow::Result<()>;
+
+    /// Records a step's failure; a step may be started again after a transient failure.
+    async fn step_failed(&self, id: Uuid, kind: StepKind, error: &str) -> anyhow::Result<()>;
+
+    /// Moves the saga to `state`, with the reason for a failure.
+    async fn set_state(
+        &self,
+        id: Uuid,
+        state: SagaState,
+        error: Option<(&str, FailCode)>,
+    ) -> anyhow::Result<()>;
+
+    /// Extends the owner's lease.
+    async fn renew_lease(&self, id: Uuid, lease: Duration) -> anyhow::Result<()>;
+
+    /// Gives the saga up so that the next recovery sweep takes it.
+    async fn release(&self, id: Uuid) -> anyhow::Result<()>;
+
+    /// Takes over (for `lease`) up to `limit` unfinished sagas whose lease ran out.
+    async fn claim_unfinished(
+        &self,
+        lease: Duration,
+        limit: i64,
+    ) -> anyhow::Result<Vec<SagaRecord>>;
+
+    /// Takes over one saga if it is unfinished and its lease ran out.
+    async fn claim(&self, id: Uuid, lease: Duration) -> anyhow::Result<Option<SagaRecord>>;
+}
