@@ -47,6 +47,8 @@ enum Scenario {
     Send,
     /// Streams on replica B, sends to replica A: time from SendMessage to arrival on B.
     CrossReplica,
+    /// Concurrent logins at bcrypt cost 12 (the default): logins per second and latency.
+    Login,
     /// Every scenario.
     All,
 }
@@ -238,6 +240,72 @@ async fn cross_replica_scenario(s: &Setup, cli: &Cli) -> anyhow::Result<serde_js
     Ok(out)
 }
 
+/// `concurrency` clients logging in back to back against an auth service with the
+/// production bcrypt cost; bcrypt runs on the blocking pool, so this measures how many
+/// hashes the machine's cores sustain through the whole gRPC path.
+async fn login_scenario(cli: &Cli) -> anyhow::Result<serde_json::Value> {
+    let auth = chat_testkit::spawn_auth_with(auth_service::Settings {
+        bcrypt_cost: 12,
+        ..chat_testkit::auth_settings()
+    })
+    .await;
+    let user = auth.user("login-bench").await;
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let errors = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..cli.concurrency {
+        let (hist, errors, stop) = (hist.clone(), errors.clone(), stop.clone());
+        let mut client = auth.client.clone();
+        let (email, password) = (user.email.clone(), user.password.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+            while !stop.load(Ordering::Relaxed) {
+                let start = Instant::now();
+                let res = client
+                    .login(grpc_chat_proto::auth::v1::LoginRequest {
+                        email: email.clone(),
+                        password: password.clone(),
+                    })
+                    .await;
+                match res {
+                    Ok(_) => {
+                        let _ = local.record(start.elapsed().as_micros() as u64);
+                    }
+                    Err(e) => {
+                        eprintln!("login failed: {e}");
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            let _ = hist.lock().await.add(&local);
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(cli.duration)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await?;
+    }
+    if errors.load(Ordering::Relaxed) > 0 {
+        bail!("{} logins failed", errors.load(Ordering::Relaxed));
+    }
+    let h = hist.lock().await;
+    let mut out = serde_json::json!({
+        "scenario": "login",
+        "concurrency": cli.concurrency,
+        "messages": h.len(),
+        "messages_per_sec": (h.len() as f64 / started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        "bcrypt_cost": 12,
+    });
+    if let (Some(o), serde_json::Value::Object(p)) = (out.as_object_mut(), percentiles(&h)) {
+        o.extend(p);
+    }
+    Ok(out)
+}
+
 fn print_row(v: &serde_json::Value) {
     let get = |k: &str| {
         v.get(k)
@@ -269,6 +337,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if matches!(cli.scenario, Scenario::CrossReplica | Scenario::All) {
         print_row(&cross_replica_scenario(&setup, &cli).await?);
+    }
+    if matches!(cli.scenario, Scenario::Login | Scenario::All) {
+        print_row(&login_scenario(&cli).await?);
     }
     Ok(())
 }
