@@ -107,11 +107,13 @@ impl Notifier {
         let req = self
             .inner
             .credential
+            // Newest first, before seq + 1: the message itself when it is there. (Paging
+            // forward from seq - 1 would not do for seq 1: after_seq 0 means "newest".)
             .request(ListMessagesRequest {
                 chat_id,
                 page_size: 1,
-                after_seq: seq - 1,
-                before_seq: 0,
+                after_seq: 0,
+                before_seq: seq + 1,
             })
             .await
             .map_err(|s| NotificationError::from_call("service token", &s))?;
