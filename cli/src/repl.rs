@@ -19,7 +19,7 @@ pub async fn run(app: &mut App) -> bool {
     let interactive = app.input().interactive();
     if interactive {
         say(&format!(
-            "chat: connected to {} — type `help` for commands, `exit` to leave.",
+            "chat ({}): type `help` for commands, `exit` to leave.",
             app.client.servers.chat.uri
         ));
     }

@@ -440,4 +440,29 @@ async fn connect_resumes_after_a_dropped_connection_without_duplicates() {
     );
     assert!(stderr.contains("reconnecting"), "{stderr}");
     assert!(stderr.contains("(reconnected)"), "{stderr}");
+
+    // A chat deleted under a connected member ends `connect` with a one-line error.
+    let mut child = user
+        .command(&["connect", &id.to_string(), "--history", "1"])
+        .spawn()
+        .expect("spawn chat");
+    let _stdin = child.stdin.take();
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    read_until(&mut lines, "alice: four").await;
+    stack
+        .chat
+        .client
+        .clone()
+        .delete_chat(alice.req(pb::DeleteChatRequest { chat_id: id }))
+        .await
+        .expect("delete chat");
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("chat ended in time")
+        .expect("output");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("error: chat {id} was deleted\n")
+    );
 }
