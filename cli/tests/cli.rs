@@ -466,3 +466,59 @@ async fn connect_resumes_after_a_dropped_connection_without_duplicates() {
         format!("error: chat {id} was deleted\n")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_message_goes_through_the_saga_and_notifies_members() {
+    use chat_testkit::{
+        notification_config, saga_config, smtp::SmtpMode, smtp::TestSmtp, spawn_notification,
+        spawn_saga,
+    };
+    let stack = Stack::new().await;
+    let (notify_db, saga_db) = (TestDb::new().await, TestDb::new().await);
+    let smtp = TestSmtp::start(SmtpMode::Accept).await;
+    let notifier = spawn_notification(notification_config(
+        &stack.auth,
+        &stack.chat,
+        &notify_db.url,
+        &stack._nats,
+        smtp.addr,
+    ))
+    .await;
+    let saga = spawn_saga(saga_config(
+        &stack.auth,
+        stack.chat.addr,
+        notifier.addr,
+        &saga_db.url,
+    ))
+    .await;
+    let (alice, bob) = (stack.auth.user("alice").await, stack.auth.user("bob").await);
+    let user = stack.user();
+    let saga_addr = format!("http://{}", saga.addr);
+    let run = |args: &[&str]| {
+        let mut all = vec!["--saga-server", saga_addr.as_str()];
+        all.extend_from_slice(args);
+        let all: Vec<String> = all.into_iter().map(str::to_owned).collect();
+        let user = &user;
+        async move {
+            let args: Vec<&str> = all.iter().map(String::as_str).collect();
+            user.run(&args, "").await
+        }
+    };
+    assert!(run(&["login", &alice.email, &alice.password]).await.ok);
+    let out = run(&["create_chat", "bob"]).await;
+    let id = chat_id(&out.stdout).to_string();
+
+    let out = run(&["send_message", &id, "alice", "Сообщение через сагу 🚀"]).await;
+    assert!(out.ok, "{out:?}");
+    assert_eq!(
+        out.stdout,
+        format!("Sent to chat {id} (message #1); members notified.\n")
+    );
+    assert_eq!(smtp.wait_for(1).await.len(), 1);
+    assert_eq!(smtp.recipients(), vec![bob.email.clone()]);
+
+    let out = run(&["send_message", &id, "bob", "pretending"]).await;
+    assert!(!out.ok, "{out:?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+    assert!(out.stderr.starts_with("error: "), "{out:?}");
+}
