@@ -3,6 +3,7 @@
 //! serving with health and reflection, graceful shutdown, and the mapping of internal errors
 //! to a status that leaks nothing.
 
+pub mod binary;
 pub mod client;
 pub mod config;
 pub mod db;

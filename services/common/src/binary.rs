@@ -1,0 +1,35 @@
+//! What every service binary's `main` does, written once: read `.env`, start telemetry,
+//! load the configuration, answer `<binary> migrate` (apply migrations and exit, for a
+//! Kubernetes Job), serve metrics, and run until SIGTERM or Ctrl-C.
+
+use std::future::Future;
+
+use crate::{config, metrics, telemetry, Shutdown};
+
+/// Runs the binary `name`: `load` reads its configuration, `migrate` applies its
+/// migrations, `serve` builds and runs it until the given shutdown is triggered.
+pub async fn run<C, M, MF, S, SF>(
+    name: &str,
+    load: impl FnOnce() -> anyhow::Result<C>,
+    migrate: M,
+    serve: S,
+) -> anyhow::Result<()>
+where
+    M: FnOnce(C) -> MF,
+    MF: Future<Output = anyhow::Result<()>>,
+    S: FnOnce(C, Shutdown) -> SF,
+    SF: Future<Output = anyhow::Result<()>>,
+{
+    config::load_dotenv();
+    let _telemetry = telemetry::init(name)?;
+    let config = load()?;
+    if std::env::args().nth(1).as_deref() == Some("migrate") {
+        return migrate(config).await;
+    }
+    if let Some(addr) = config::metrics_addr()? {
+        metrics::install(addr)?;
+    }
+    let shutdown = Shutdown::new();
+    shutdown.on_signals();
+    serve(config, shutdown).await
+}
