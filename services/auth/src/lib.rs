@@ -14,7 +14,6 @@ pub mod store;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use anyhow::Context;
 use tokio::net::TcpListener;
 
 use chat_common::{server, Shutdown};
@@ -58,10 +57,7 @@ impl Application {
         )
         .await?;
         let api = AuthApi::new(Arc::new(PgUserStore::new(pool)), config.settings).await?;
-        let listener = TcpListener::bind(config.listen_addr)
-            .await
-            .with_context(|| format!("binding {}", config.listen_addr))?;
-        let addr = listener.local_addr()?;
+        let (listener, addr) = chat_common::server::bind(config.listen_addr).await?;
         Ok(Self {
             addr,
             listener,

@@ -15,7 +15,6 @@ pub mod store;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use anyhow::Context;
 use tokio::net::TcpListener;
 
 pub use chat_common::client::{lazy_channel, verifier_from_auth};
@@ -71,10 +70,7 @@ impl Application {
             directory::Directory::new(auth, credential),
             shutdown,
         );
-        let listener = TcpListener::bind(config.listen_addr)
-            .await
-            .with_context(|| format!("binding {}", config.listen_addr))?;
-        let addr = listener.local_addr()?;
+        let (listener, addr) = chat_common::server::bind(config.listen_addr).await?;
         Ok(Self {
             addr,
             listener,

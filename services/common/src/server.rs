@@ -65,3 +65,14 @@ where
         .await?;
     Ok(())
 }
+
+/// Binds the gRPC listener and returns it with the address it got (port 0 picks a free one).
+pub async fn bind(
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<(TcpListener, std::net::SocketAddr)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}

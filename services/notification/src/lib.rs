@@ -17,7 +17,6 @@ pub mod store;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use anyhow::Context;
 use async_nats::jetstream::consumer::PullConsumer;
 use tokio::net::TcpListener;
 
@@ -97,10 +96,7 @@ impl Application {
             config.delivery_lease,
             shutdown,
         );
-        let listener = TcpListener::bind(config.listen_addr)
-            .await
-            .with_context(|| format!("binding {}", config.listen_addr))?;
-        let addr = listener.local_addr()?;
+        let (listener, addr) = chat_common::server::bind(config.listen_addr).await?;
         Ok(Self {
             addr,
             listener,

@@ -14,7 +14,6 @@ pub mod store;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use anyhow::Context;
 use tokio::net::TcpListener;
 
 use chat_common::{
@@ -71,10 +70,7 @@ impl Application {
             config.lease,
             shutdown,
         );
-        let listener = TcpListener::bind(config.listen_addr)
-            .await
-            .with_context(|| format!("binding {}", config.listen_addr))?;
-        let addr = listener.local_addr()?;
+        let (listener, addr) = chat_common::server::bind(config.listen_addr).await?;
         Ok(Self {
             addr,
             listener,
