@@ -42,31 +42,101 @@ pub fn init_logs() {
     });
 }
 
-/// A database that exists for one test and is dropped with it.
+/// The storage engine a test's services run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+tokio::task_local! {
+    static BACKEND: Backend;
+}
+
+/// The backend of the running test: PostgreSQL unless the test runs inside
+/// [`with_backend`] (which [`backend_tests!`] does for its `sqlite` variants).
+pub fn backend() -> Backend {
+    BACKEND.try_with(|b| *b).unwrap_or(Backend::Postgres)
+}
+
+/// Runs `test` with every [`TestDb`] it creates on `backend`.
+pub async fn with_backend<F: std::future::Future>(backend: Backend, test: F) -> F::Output {
+    BACKEND.scope(backend, test).await
+}
+
+/// Runs each listed `async fn` (taking no arguments) twice, as `<name>::postgres` and
+/// `<name>::sqlite`: the whole service, end to end, on each storage engine.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    $crate::with_backend($crate::Backend::Postgres, super::$name()).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    $crate::with_backend($crate::Backend::Sqlite, super::$name()).await
+                }
+            }
+        )*
+    };
+}
+
+/// A database that exists for one test and is dropped with it: a fresh PostgreSQL
+/// database, or a fresh SQLite file, depending on the test's [`backend`].
 pub struct TestDb {
     pub name: String,
     pub url: String,
+    backend: Backend,
 }
 
 impl TestDb {
     pub async fn new() -> Self {
         let name = format!("grpcchat_test_{}", uuid::Uuid::new_v4().simple());
-        let admin = admin_url();
-        let mut conn = PgConnection::connect(&admin)
-            .await
-            .expect("PostgreSQL must run on 127.0.0.1:5432 (see README)");
-        conn.execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
-            .await
-            .expect("create test database");
-        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-        let url = format!("{base}/{name}");
-        Self { name, url }
+        match backend() {
+            Backend::Postgres => {
+                let admin = admin_url();
+                let mut conn = PgConnection::connect(&admin)
+                    .await
+                    .expect("PostgreSQL must run on 127.0.0.1:5432 (see README)");
+                conn.execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
+                    .await
+                    .expect("create test database");
+                let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+                let url = format!("{base}/{name}");
+                Self {
+                    name,
+                    url,
+                    backend: Backend::Postgres,
+                }
+            }
+            Backend::Sqlite => {
+                let path = sqlite_dir().join(format!("{name}.db"));
+                Self {
+                    url: chat_common::db::sqlite_url(&path),
+                    name,
+                    backend: Backend::Sqlite,
+                }
+            }
+        }
     }
+}
+
+fn sqlite_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join("grpcchat-tests")
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
+        if self.backend == Backend::Sqlite {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(sqlite_dir().join(format!("{name}.db{suffix}")));
+            }
+            return;
+        }
         let admin = admin_url();
         // Drop runs inside the test's runtime, which cannot be blocked on; a short-lived
         // thread with its own runtime removes the database.
