@@ -13,11 +13,19 @@
 # target directory between builds. protoc comes from the protoc-bin-vendored crate, so the
 # build needs no system packages beyond the Rust image. The runtime image is distroless
 # (glibc, CA certificates, no shell) and runs as uid 10001, the uid the operator's pod
-# security context expects.
+# security context expects. Nothing is downloaded besides crates and Debian packages.
+#
+# Health: the services answer grpc.health.v1, which Kubernetes probes natively. For docker
+# compose, which can only run a command inside the container, `--build-arg
+# HEALTHCHECK_TOOL=bash` adds Debian's statically linked bash (bash-static, 2 MB) so that
+# the compose health check can test that the gRPC port accepts connections
+# (`bash -c 'exec 3<>/dev/tcp/127.0.0.1/50051'`; a service binds it only once its
+# database is connected and migrated). The default, `none`, adds nothing: the images
+# Kubernetes runs have no shell.
 
 ARG RUST_IMAGE=rust:1-slim-bookworm
 ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
-ARG GRPC_HEALTH_PROBE_VERSION=v0.4.40
+ARG HEALTHCHECK_TOOL=none
 
 FROM ${RUST_IMAGE} AS chef
 RUN cargo install cargo-chef --locked --version ^0.1
@@ -37,17 +45,24 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked --workspace --bins \
     && mkdir -p /out \
-    && find target/release -maxdepth 1 -type f -executable -exec cp {} /out/ \;
+    && find target/release -maxdepth 1 -type f -executable -exec cp {} /out/ \; \
+    && mkdir -p /empty-data
 
-# `grpc_health_probe`, for health checks outside Kubernetes (docker compose); Kubernetes
-# itself probes with its built-in gRPC probe.
-FROM ${RUST_IMAGE} AS health-probe
-ARG GRPC_HEALTH_PROBE_VERSION
-ARG TARGETARCH=amd64
-ADD --chmod=755 https://github.com/grpc-ecosystem/grpc-health-probe/releases/download/${GRPC_HEALTH_PROBE_VERSION}/grpc_health_probe-linux-${TARGETARCH} /grpc_health_probe
+# What HEALTHCHECK_TOOL adds to the service images under /usr/local/bin.
+FROM scratch AS healthcheck-none
+WORKDIR /healthcheck
+
+FROM ${RUST_IMAGE} AS healthcheck-bash
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends bash-static \
+    && rm -rf /var/lib/apt/lists/* \
+    && mkdir -p /healthcheck \
+    && cp /bin/bash-static /healthcheck/bash
+
+FROM healthcheck-${HEALTHCHECK_TOOL} AS healthcheck
 
 FROM ${RUNTIME_IMAGE} AS base
-COPY --from=health-probe /grpc_health_probe /usr/local/bin/grpc_health_probe
+COPY --from=healthcheck /healthcheck/ /usr/local/bin/
 USER 10001:10001
 ENV LOG_FORMAT=json
 # gRPC and Prometheus.
@@ -69,9 +84,14 @@ FROM base AS saga-orchestrator
 COPY --from=builder /out/saga-orchestrator /usr/local/bin/app
 ENTRYPOINT ["/usr/local/bin/app"]
 
+# Every service in one process on one port, storing in an embedded database under /data
+# (mount a volume there: a new named volume takes the directory's owner, uid 10001).
 FROM base AS chat-server
+COPY --from=builder --chown=10001:10001 /empty-data /data
 COPY --from=builder /out/chat-server /usr/local/bin/app
+VOLUME /data
 ENTRYPOINT ["/usr/local/bin/app"]
+CMD ["--listen", "0.0.0.0:50051", "--data", "/data"]
 
 FROM base AS chat
 COPY --from=builder /out/chat /usr/local/bin/app
