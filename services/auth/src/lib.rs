@@ -12,7 +12,7 @@ pub mod keys;
 pub mod service;
 pub mod store;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
 
@@ -21,7 +21,6 @@ use grpc_chat_proto::auth::v1::auth_service_server::AuthServiceServer;
 
 pub use config::{Config, Settings};
 pub use service::AuthApi;
-use store::postgres::{PgUserStore, MIGRATOR};
 
 /// The gRPC service for `api`, with its health status set to serving.
 pub async fn grpc_service(
@@ -34,8 +33,7 @@ pub async fn grpc_service(
 
 /// Creates the database when missing and applies the migrations, then returns.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let pool = chat_common::db::connect_and_migrate(&config.database_url, &MIGRATOR, 1).await?;
-    pool.close().await;
+    store::migrate(&config.database_url).await?;
     tracing::info!("users database migrated");
     Ok(())
 }
@@ -50,13 +48,8 @@ pub struct Application {
 impl Application {
     /// Connects to and migrates the database, and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let pool = chat_common::db::connect_and_migrate(
-            &config.database_url,
-            &MIGRATOR,
-            config.database_max_connections,
-        )
-        .await?;
-        let api = AuthApi::new(Arc::new(PgUserStore::new(pool)), config.settings).await?;
+        let store = store::open(&config.database_url, config.database_max_connections).await?;
+        let api = AuthApi::new(store, config.settings).await?;
         let (listener, addr) = chat_common::server::bind(config.listen_addr).await?;
         Ok(Self {
             addr,

@@ -1,17 +1,45 @@
 //! Where accounts and refresh tokens live. The service logic talks to the [`UserStore`]
-//! trait; `postgres` implements it (an embedded backend can implement it too). Backends
-//! hold no logic: rotation rules live in the service, the store only makes each step
-//! atomic.
+//! trait; `postgres` implements it for the split deployment and `sqlite` for the embedded
+//! `chat-server`, and [`open`] picks one by the database URL. Backends hold no logic:
+//! rotation rules live in the service, the store only makes each step atomic.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use chat_common::Role;
+use chat_common::{
+    db::{Database, Migrations},
+    Role,
+};
 
 use crate::domain::{Email, Username};
 
 pub mod postgres;
+pub mod sqlite;
+
+const MIGRATIONS: Migrations = Migrations {
+    postgres: &postgres::MIGRATOR,
+    sqlite: &sqlite::MIGRATOR,
+};
+
+/// The store at `url` (`postgres://...` or `sqlite://...`) with at most `max_connections`,
+/// the database created when missing and migrated.
+pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<Arc<dyn UserStore>> {
+    let store: Arc<dyn UserStore> =
+        match Database::connect(url, MIGRATIONS, max_connections).await? {
+            Database::Postgres(pool) => Arc::new(postgres::PgUserStore::new(pool)),
+            Database::Sqlite(pool) => Arc::new(sqlite::SqliteUserStore::new(pool)),
+        };
+    Ok(store)
+}
+
+/// Creates the database at `url` when missing and applies the migrations, then returns.
+pub async fn migrate(url: &str) -> anyhow::Result<()> {
+    Database::connect(url, MIGRATIONS, 1).await?.close().await;
+    Ok(())
+}
 
 #[derive(Debug, Clone)]
 pub struct UserRecord {

@@ -1,4 +1,5 @@
-//! AuthService over real gRPC against a fresh PostgreSQL database per test.
+//! AuthService over real gRPC against a fresh database per test; every test runs twice,
+//! on PostgreSQL and on an SQLite file (`backend_tests!` at the end).
 
 use std::time::Duration;
 
@@ -38,7 +39,6 @@ async fn assert_status<T: std::fmt::Debug>(
     status
 }
 
-#[tokio::test]
 async fn register_then_login_returns_tokens_that_verify_with_the_published_key() {
     let app = spawn_auth().await;
     let mut c = app.client.clone();
@@ -94,7 +94,6 @@ async fn register_then_login_returns_tokens_that_verify_with_the_published_key()
     assert_eq!(lifetime, 900, "default access token lifetime is 15 minutes");
 }
 
-#[tokio::test]
 async fn register_rejects_bad_input_with_the_field_named() {
     let app = spawn_auth().await;
     let mut c = app.client.clone();
@@ -144,7 +143,6 @@ async fn register_rejects_bad_input_with_the_field_named() {
         .expect("nothing was stored by the failed attempts");
 }
 
-#[tokio::test]
 async fn duplicate_email_or_username_is_already_exists() {
     let app = spawn_auth().await;
     let mut c = app.client.clone();
@@ -167,7 +165,6 @@ async fn duplicate_email_or_username_is_already_exists() {
     .await;
 }
 
-#[tokio::test]
 async fn wrong_password_and_unknown_email_give_the_same_error() {
     let app = spawn_auth().await;
     let mut c = app.client.clone();
@@ -200,7 +197,6 @@ async fn wrong_password_and_unknown_email_give_the_same_error() {
     .await;
 }
 
-#[tokio::test]
 async fn refresh_rotates_and_reuse_revokes_the_family() {
     let app = spawn_auth().await;
     let mut c = app.client.clone();
@@ -262,7 +258,6 @@ async fn refresh_rotates_and_reuse_revokes_the_family() {
     .expect("a separate session still refreshes");
 }
 
-#[tokio::test]
 async fn concurrent_refreshes_of_one_token_let_exactly_one_through() {
     let app = spawn_auth().await;
     let user = app.user("frank").await;
@@ -286,7 +281,6 @@ async fn concurrent_refreshes_of_one_token_let_exactly_one_through() {
     assert_eq!(ok, 1, "a refresh token is single-use even under a race");
 }
 
-#[tokio::test]
 async fn logout_revokes_the_session() {
     let app = spawn_auth().await;
     let mut c = app.client.clone();
@@ -331,7 +325,6 @@ async fn logout_revokes_the_session() {
     .await;
 }
 
-#[tokio::test]
 async fn expired_tokens_are_refused() {
     let app = spawn_auth_with(auth_service::Settings {
         access_ttl: Duration::from_secs(1),
@@ -371,7 +364,6 @@ async fn expired_tokens_are_refused() {
     .await;
 }
 
-#[tokio::test]
 async fn check_access_answers_by_token_and_role() {
     let app = spawn_auth().await;
     let mut c = app.client.clone();
@@ -439,7 +431,6 @@ async fn check_access_answers_by_token_and_role() {
     .await;
 }
 
-#[tokio::test]
 async fn internal_lookups_need_a_service_token() {
     let app = spawn_auth().await;
     let mut c = app.client.clone();
@@ -535,7 +526,6 @@ async fn internal_lookups_need_a_service_token() {
     .await;
 }
 
-#[tokio::test]
 async fn service_tokens_need_the_shared_secret() {
     let app: TestAuth = spawn_auth().await;
     let mut c = app.client.clone();
@@ -572,7 +562,6 @@ async fn service_tokens_need_the_shared_secret() {
     assert_eq!(check.role, pb::Role::Service as i32);
 }
 
-#[tokio::test]
 async fn health_and_reflection_answer_standard_clients() {
     use tonic_health::pb::{
         health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
@@ -618,3 +607,18 @@ async fn health_and_reflection_answer_standard_clients() {
         assert!(names.contains(&s.to_string()), "{s} missing from {names:?}");
     }
 }
+
+chat_testkit::backend_tests!(
+    register_then_login_returns_tokens_that_verify_with_the_published_key,
+    register_rejects_bad_input_with_the_field_named,
+    duplicate_email_or_username_is_already_exists,
+    wrong_password_and_unknown_email_give_the_same_error,
+    refresh_rotates_and_reuse_revokes_the_family,
+    concurrent_refreshes_of_one_token_let_exactly_one_through,
+    logout_revokes_the_session,
+    expired_tokens_are_refused,
+    check_access_answers_by_token_and_role,
+    internal_lookups_need_a_service_token,
+    service_tokens_need_the_shared_secret,
+    health_and_reflection_answer_standard_clients,
+);

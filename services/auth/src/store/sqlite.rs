@@ -1,0 +1,271 @@
+//! The SQLite backend of [`UserStore`](super::UserStore), for the embedded `chat-server`.
+//!
+//! SQLite has one writer at a time: a rotation or revocation reads and writes inside one
+//! [`begin_write`] transaction, which holds the write lock from its first statement, so
+//! it is as atomic as PostgreSQL's `SELECT ... FOR UPDATE`. Times are stored as fixed-width
+//! RFC 3339 text ([`ts`]), which orders as text the way the times do.
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{sqlite::SqliteRow, QueryBuilder, Row, Sqlite, SqlitePool};
+use uuid::Uuid;
+
+use chat_common::db::begin_write;
+
+use super::{role_from_db, NewRefreshToken, Rotation, StoreError, UserRecord, UserStore};
+use crate::domain::{Email, Username};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite/users");
+
+pub struct SqliteUserStore {
+    pool: SqlitePool,
+}
+
+impl SqliteUserStore {
+    pub fn new(pool: SqlitePool) -> Self {
+        Self { pool }
+    }
+}
+
+/// `t` as the schema stores times: RFC 3339, UTC, always six fractional digits.
+fn ts(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+const USER_COLUMNS: &str = "id, email, username, password_hash, role, created_at";
+
+fn user_from_row(row: &SqliteRow) -> Result<UserRecord, sqlx::Error> {
+    let role: String = row.try_get("role")?;
+    Ok(UserRecord {
+        id: row.try_get("id")?,
+        email: row.try_get("email")?,
+        username: row.try_get("username")?,
+        password_hash: row.try_get("password_hash")?,
+        role: role_from_db(&role),
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// Pushes `column IN (?, ?, ...)`, one parameter per value of `values` (not empty). The
+/// service caps a lookup at 1000 values, far below SQLite's parameter limit.
+fn push_in<'a, T>(q: &mut QueryBuilder<'a, Sqlite>, column: &str, values: &[T])
+where
+    T: 'a + Copy + Send + sqlx::Encode<'a, Sqlite> + sqlx::Type<Sqlite>,
+{
+    q.push(column).push(" IN (");
+    let mut list = q.separated(", ");
+    for v in values {
+        list.push_bind(*v);
+    }
+    list.push_unseparated(")");
+}
+
+#[async_trait]
+impl UserStore for SqliteUserStore {
+    async fn insert_user(
+        &self,
+        email: &Email,
+        username: &Username,
+        password_hash: &str,
+    ) -> Result<UserRecord, StoreError> {
+        let res = sqlx::query(&format!(
+            "INSERT INTO users (email, username, password_hash, created_at) \
+             VALUES (?1, ?2, ?3, ?4) RETURNING {USER_COLUMNS}"
+        ))
+        .bind(email.as_str())
+        .bind(username.as_str())
+        .bind(password_hash)
+        .bind(ts(Utc::now()))
+        .fetch_one(&self.pool)
+        .await;
+        match res {
+            Ok(row) => Ok(user_from_row(&row).context("reading the new user")?),
+            // SQLite names the column: "UNIQUE constraint failed: users.username".
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                if db.message().contains("users.username") {
+                    Err(StoreError::UsernameTaken)
+                } else {
+                    Err(StoreError::EmailTaken)
+                }
+            }
+            Err(e) => Err(anyhow::Error::new(e).context("inserting a user").into()),
+        }
+    }
+
+    async fn user_by_email(&self, email: &Email) -> anyhow::Result<Option<UserRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE email = ?1"
+        ))
+        .bind(email.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .context("looking up a user by email")?;
+        Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    async fn users_by_refs(
+        &self,
+        emails: &[Email],
+        usernames: &[Username],
+    ) -> anyhow::Result<Vec<UserRecord>> {
+        let emails: Vec<&str> = emails.iter().map(Email::as_str).collect();
+        let usernames: Vec<&str> = usernames.iter().map(Username::as_str).collect();
+        if emails.is_empty() && usernames.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = QueryBuilder::new(format!("SELECT {USER_COLUMNS} FROM users WHERE "));
+        if !emails.is_empty() {
+            push_in(&mut q, "email", &emails);
+        }
+        if !usernames.is_empty() {
+            if !emails.is_empty() {
+                q.push(" OR ");
+            }
+            push_in(&mut q, "username", &usernames);
+        }
+        let rows = q
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .context("resolving users")?;
+        Ok(rows.iter().map(user_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn users_by_ids(&self, ids: &[i64]) -> anyhow::Result<Vec<UserRecord>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = QueryBuilder::new(format!("SELECT {USER_COLUMNS} FROM users WHERE "));
+        push_in(&mut q, "id", ids);
+        let rows = q
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .context("looking up users by id")?;
+        Ok(rows.iter().map(user_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn insert_refresh_token(&self, t: &NewRefreshToken) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO refresh_tokens \
+               (id, family_id, user_id, token_hash, created_at, expires_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(t.id)
+        .bind(t.family_id)
+        .bind(t.user_id)
+        .bind(&t.token_hash)
+        .bind(ts(Utc::now()))
+        .bind(ts(t.expires_at))
+        .execute(&self.pool)
+        .await
+        .context("storing a refresh token")?;
+        Ok(())
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        presented: &[u8],
+        mut next: NewRefreshToken,
+    ) -> anyhow::Result<Rotation> {
+        // The write lock is held from here to the commit: two concurrent rotations of one
+        // token run one after the other, and the second sees the token used, which is
+        // exactly reuse.
+        let mut tx = begin_write(&self.pool)
+            .await
+            .context("starting a transaction")?;
+        let now = Utc::now();
+        let row = sqlx::query(
+            "SELECT family_id, user_id, expires_at, used_at, revoked_at \
+             FROM refresh_tokens WHERE token_hash = ?1",
+        )
+        .bind(presented)
+        .fetch_optional(&mut *tx)
+        .await
+        .context("looking up a refresh token")?;
+        let Some(row) = row else {
+            return Ok(Rotation::Unknown);
+        };
+        let family_id: Uuid = row.try_get("family_id")?;
+        let user_id: i64 = row.try_get("user_id")?;
+        let expires_at: DateTime<Utc> = row.try_get("expires_at")?;
+        let used_at: Option<DateTime<Utc>> = row.try_get("used_at")?;
+        let revoked_at: Option<DateTime<Utc>> = row.try_get("revoked_at")?;
+
+        if revoked_at.is_some() {
+            return Ok(Rotation::Revoked);
+        }
+        if used_at.is_some() {
+            sqlx::query(
+                "UPDATE refresh_tokens SET revoked_at = ?2 \
+                 WHERE family_id = ?1 AND revoked_at IS NULL",
+            )
+            .bind(family_id)
+            .bind(ts(now))
+            .execute(&mut *tx)
+            .await
+            .context("revoking a reused token's family")?;
+            tx.commit().await.context("committing a revocation")?;
+            return Ok(Rotation::Reused);
+        }
+        if expires_at <= now {
+            return Ok(Rotation::Expired);
+        }
+        sqlx::query("UPDATE refresh_tokens SET used_at = ?2 WHERE token_hash = ?1")
+            .bind(presented)
+            .bind(ts(now))
+            .execute(&mut *tx)
+            .await
+            .context("marking a refresh token used")?;
+        next.family_id = family_id;
+        next.user_id = user_id;
+        sqlx::query(
+            "INSERT INTO refresh_tokens \
+               (id, family_id, user_id, token_hash, created_at, expires_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(next.id)
+        .bind(next.family_id)
+        .bind(next.user_id)
+        .bind(&next.token_hash)
+        .bind(ts(now))
+        .bind(ts(next.expires_at))
+        .execute(&mut *tx)
+        .await
+        .context("storing the rotated refresh token")?;
+        let user = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))
+            .bind(user_id)
+            .fetch_one(&mut *tx)
+            .await
+            .context("loading the token's user")?;
+        let user = user_from_row(&user)?;
+        tx.commit().await.context("committing a rotation")?;
+        Ok(Rotation::Rotated(user))
+    }
+
+    async fn revoke_family(&self, token_hash: &[u8]) -> anyhow::Result<bool> {
+        let mut tx = begin_write(&self.pool)
+            .await
+            .context("starting a transaction")?;
+        let family: Option<Uuid> =
+            sqlx::query_scalar("SELECT family_id FROM refresh_tokens WHERE token_hash = ?1")
+                .bind(token_hash)
+                .fetch_optional(&mut *tx)
+                .await
+                .context("looking up a refresh token")?;
+        let Some(family) = family else {
+            return Ok(false);
+        };
+        sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = ?2 WHERE family_id = ?1 AND revoked_at IS NULL",
+        )
+        .bind(family)
+        .bind(ts(Utc::now()))
+        .execute(&mut *tx)
+        .await
+        .context("revoking a token family")?;
+        tx.commit().await.context("committing a revocation")?;
+        Ok(true)
+    }
+}
