@@ -34,7 +34,6 @@ pub use config::{Config, EmailConfig};
 use email::{smtp::SmtpEmailSender, EmailSender, StubEmailSender};
 pub use notifier::Notifier;
 pub use service::NotificationApi;
-use store::postgres::{PgDeliveryStore, MIGRATOR};
 
 /// The sender `config` asks for.
 pub fn email_sender(config: &EmailConfig) -> anyhow::Result<Arc<dyn EmailSender>> {
@@ -64,19 +63,14 @@ impl Application {
         Self::build_with_sender(config, sender, shutdown).await
     }
 
-    /// Connects to PostgreSQL (migrating it), NATS (creating the consumer), AuthService and
+    /// Connects to its database (migrating it), NATS (creating the consumer), AuthService and
     /// ChatService, and binds the listener; emails go through `sender`.
     pub async fn build_with_sender(
         config: Config,
         sender: Arc<dyn EmailSender>,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
-        let pool = chat_common::db::connect_and_migrate(
-            &config.database_url,
-            &MIGRATOR,
-            config.database_max_connections,
-        )
-        .await?;
+        let store = store::open(&config.database_url, config.database_max_connections).await?;
         let auth = AuthServiceClient::new(lazy_channel(&config.auth_url)?);
         let chat = ChatServiceClient::new(lazy_channel(&config.chat_url)?);
         let verifier = verifier_from_auth(&auth, &shutdown).await?;
@@ -87,7 +81,7 @@ impl Application {
         );
         let consumer = consumer::connect(&config).await?;
         let notifier = Notifier::new(
-            Arc::new(PgDeliveryStore::new(pool)),
+            store,
             sender,
             chat,
             auth,
@@ -138,8 +132,7 @@ impl Application {
 
 /// Creates the database when missing and applies the migrations, then returns.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let pool = chat_common::db::connect_and_migrate(&config.database_url, &MIGRATOR, 1).await?;
-    pool.close().await;
+    store::migrate(&config.database_url).await?;
     tracing::info!("notification database migrated");
     Ok(())
 }

@@ -1,13 +1,40 @@
 //! Where deliveries are recorded. The notifier talks to [`DeliveryStore`]; `postgres`
-//! implements it. The store makes each step atomic (a message and its recipients recorded
-//! once; a delivery claimed by one sender at a time) and holds no policy.
+//! implements it for the split deployment and `sqlite` for the embedded `chat-server`, and
+//! [`open`] picks one by the database URL. The store makes each step atomic (a message and
+//! its recipients recorded once; a delivery claimed by one sender at a time) and holds no
+//! policy.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use chat_common::db::{Database, Migrations};
+
 pub mod postgres;
+pub mod sqlite;
+
+const MIGRATIONS: Migrations = Migrations {
+    postgres: &postgres::MIGRATOR,
+    sqlite: &sqlite::MIGRATOR,
+};
+
+/// The store at `url` (`postgres://...` or `sqlite://...`) with at most `max_connections`,
+/// the database created when missing and migrated.
+pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<Arc<dyn DeliveryStore>> {
+    let store: Arc<dyn DeliveryStore> =
+        match Database::connect(url, MIGRATIONS, max_connections).await? {
+            Database::Postgres(pool) => Arc::new(postgres::PgDeliveryStore::new(pool)),
+            Database::Sqlite(pool) => Arc::new(sqlite::SqliteDeliveryStore::new(pool)),
+        };
+    Ok(store)
+}
+
+/// Creates the database at `url` when missing and applies the migrations, then returns.
+pub async fn migrate(url: &str) -> anyhow::Result<()> {
+    Database::connect(url, MIGRATIONS, 1).await?.close().await;
+    Ok(())
+}
 
 /// A message as recorded for notification: enough to write its emails again later.
 #[derive(Debug, Clone)]

@@ -1,5 +1,6 @@
-//! NotificationService against real PostgreSQL, NATS, chat and auth services, and a real
-//! SMTP server in the test process.
+//! NotificationService against real NATS, chat and auth services, and a real SMTP server
+//! in the test process; every test runs twice, with the services storing in PostgreSQL and
+//! in SQLite files (`backend_tests!` at the end).
 
 use std::time::Duration;
 
@@ -104,7 +105,6 @@ impl World {
     }
 }
 
-#[tokio::test]
 async fn every_member_but_the_sender_gets_one_email_even_with_two_replicas() {
     let w = World::new(SmtpMode::Accept).await;
     let (_n1, n2) = (w.notifier().await, w.notifier().await);
@@ -162,7 +162,6 @@ async fn every_member_but_the_sender_gets_one_email_even_with_two_replicas() {
     );
 }
 
-#[tokio::test]
 async fn messages_sent_while_the_notifier_is_down_are_emailed_when_it_starts() {
     let w = World::new(SmtpMode::Accept).await;
     let (alice, bob) = (w.auth.user("alice").await, w.auth.user("bob").await);
@@ -174,7 +173,6 @@ async fn messages_sent_while_the_notifier_is_down_are_emailed_when_it_starts() {
     assert_eq!(mails[0].to, ["bob@example.com"]);
 }
 
-#[tokio::test]
 async fn a_refusing_server_is_recorded_as_a_permanent_failure() {
     let w = World::new(SmtpMode::RefusePermanently).await;
     let n = w.notifier().await;
@@ -189,7 +187,6 @@ async fn a_refusing_server_is_recorded_as_a_permanent_failure() {
     assert!(w.smtp.mails().is_empty());
 }
 
-#[tokio::test]
 async fn temporary_failures_are_retried_a_bounded_number_of_times() {
     let w = World::new(SmtpMode::RefuseTemporarily).await;
     let n = w.notifier().await;
@@ -206,7 +203,6 @@ async fn temporary_failures_are_retried_a_bounded_number_of_times() {
     assert_eq!(w.smtp.refused(), 3);
 }
 
-#[tokio::test]
 async fn a_server_that_recovers_between_tries_delivers() {
     let w = World::new(SmtpMode::RefuseTemporarily).await;
     let mut config = notification_config(&w.auth, &w.chat, &w.notify_db.url, &w.nats, w.smtp.addr);
@@ -225,7 +221,6 @@ async fn a_server_that_recovers_between_tries_delivers() {
     assert_eq!(w.smtp.wait_for(1).await.len(), 1);
 }
 
-#[tokio::test]
 async fn notify_message_sends_once_and_is_internal() {
     let w = World::new(SmtpMode::Accept).await;
     let n = w.notifier().await;
@@ -287,3 +282,12 @@ async fn notify_message_sends_once_and_is_internal() {
         .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
 }
+
+chat_testkit::backend_tests!(
+    every_member_but_the_sender_gets_one_email_even_with_two_replicas,
+    messages_sent_while_the_notifier_is_down_are_emailed_when_it_starts,
+    a_refusing_server_is_recorded_as_a_permanent_failure,
+    temporary_failures_are_retried_a_bounded_number_of_times,
+    a_server_that_recovers_between_tries_delivers,
+    notify_message_sends_once_and_is_internal,
+);

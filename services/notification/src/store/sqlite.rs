@@ -1,0 +1,244 @@
+//! The SQLite backend of [`DeliveryStore`](super::DeliveryStore), for the embedded
+//! `chat-server`.
+//!
+//! SQLite has one writer at a time: a claim is one `UPDATE ... RETURNING`, which takes the
+//! write lock before it reads, so two claimers never both take a delivery (what `SKIP
+//! LOCKED` gives on PostgreSQL); recording a message and its recipients is one
+//! [`begin_write`] transaction. Times are stored as fixed-width RFC 3339 text ([`ts`]),
+//! which orders as text the way the times do, so lease expiry can be compared in SQL.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{sqlite::SqliteRow, Row, SqlitePool};
+
+use chat_common::db::begin_write;
+
+use super::{DeliveryRecord, DeliveryState, DeliveryStore, MessageRecord, Recipient};
+
+pub static MIGRATOR: sqlx::migrate::Migrator =
+    sqlx::migrate!("../../migrations/sqlite/notification");
+
+pub struct SqliteDeliveryStore {
+    pool: SqlitePool,
+}
+
+impl SqliteDeliveryStore {
+    pub fn new(pool: SqlitePool) -> Self {
+        Self { pool }
+    }
+}
+
+/// `t` as the schema stores times: RFC 3339, UTC, always six fractional digits.
+fn ts(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// The end of a lease of `lease` starting `now`.
+fn lease_end(now: DateTime<Utc>, lease: Duration) -> anyhow::Result<String> {
+    let lease = chrono::TimeDelta::from_std(lease).context("lease out of range")?;
+    Ok(ts(now + lease))
+}
+
+const DELIVERY_COLUMNS: &str = "recipient_id, email, username, state, attempts, error, updated_at";
+
+fn delivery_from_row(row: &SqliteRow) -> anyhow::Result<DeliveryRecord> {
+    let state: String = row.try_get("state")?;
+    Ok(DeliveryRecord {
+        recipient: Recipient {
+            user_id: row.try_get("recipient_id")?,
+            email: row.try_get("email")?,
+            username: row.try_get("username")?,
+        },
+        state: DeliveryState::parse(&state)?,
+        attempts: row.try_get("attempts")?,
+        error: row.try_get("error")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+#[async_trait]
+impl DeliveryStore for SqliteDeliveryStore {
+    async fn is_recorded(&self, chat_id: i64, seq: i64) -> anyhow::Result<bool> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT seq FROM notified_messages WHERE chat_id = ?1 AND seq = ?2")
+                .bind(chat_id)
+                .bind(seq)
+                .fetch_optional(&self.pool)
+                .await
+                .context("reading a notified message")?;
+        Ok(found.is_some())
+    }
+
+    async fn record(&self, m: &MessageRecord, recipients: &[Recipient]) -> anyhow::Result<()> {
+        let now = ts(Utc::now());
+        let mut tx = begin_write(&self.pool)
+            .await
+            .context("starting a transaction")?;
+        let inserted = sqlx::query(
+            "INSERT INTO notified_messages \
+               (chat_id, seq, sender_id, sender_username, chat_title, text, sent_at, recorded_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+        )
+        .bind(m.chat_id)
+        .bind(m.seq)
+        .bind(m.sender_id)
+        .bind(&m.sender_username)
+        .bind(&m.chat_title)
+        .bind(&m.text)
+        .bind(ts(m.sent_at))
+        .bind(&now)
+        .execute(&mut *tx)
+        .await
+        .context("recording a message")?
+        .rows_affected();
+        if inserted == 1 {
+            for r in recipients {
+                sqlx::query(
+                    "INSERT INTO deliveries \
+                       (chat_id, seq, recipient_id, email, username, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+                )
+                .bind(m.chat_id)
+                .bind(m.seq)
+                .bind(r.user_id)
+                .bind(&r.email)
+                .bind(&r.username)
+                .bind(&now)
+                .execute(&mut *tx)
+                .await
+                .context("recording recipients")?;
+            }
+        }
+        tx.commit().await.context("committing a message record")?;
+        Ok(())
+    }
+
+    async fn message(&self, chat_id: i64, seq: i64) -> anyhow::Result<Option<MessageRecord>> {
+        let row = sqlx::query(
+            "SELECT chat_id, seq, sender_id, sender_username, chat_title, text, sent_at \
+             FROM notified_messages WHERE chat_id = ?1 AND seq = ?2",
+        )
+        .bind(chat_id)
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await
+        .context("reading a notified message")?;
+        row.map(|r| {
+            Ok(MessageRecord {
+                chat_id: r.try_get("chat_id")?,
+                seq: r.try_get("seq")?,
+                sender_id: r.try_get("sender_id")?,
+                sender_username: r.try_get("sender_username")?,
+                chat_title: r.try_get("chat_title")?,
+                text: r.try_get("text")?,
+                sent_at: r.try_get("sent_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn claim(
+        &self,
+        chat_id: i64,
+        seq: i64,
+        lease: Duration,
+    ) -> anyhow::Result<Vec<DeliveryRecord>> {
+        let now = Utc::now();
+        // One statement: it holds the write lock from its first read, so a concurrent
+        // claimer runs before or after it and finds these rows claimed.
+        let rows = sqlx::query(&format!(
+            "UPDATE deliveries SET state = 'sending', lease_until = ?3, updated_at = ?4 \
+             WHERE chat_id = ?1 AND seq = ?2 \
+               AND (state = 'pending' OR (state = 'sending' AND lease_until < ?4)) \
+             RETURNING {DELIVERY_COLUMNS}"
+        ))
+        .bind(chat_id)
+        .bind(seq)
+        .bind(lease_end(now, lease)?)
+        .bind(ts(now))
+        .fetch_all(&self.pool)
+        .await
+        .context("claiming deliveries")?;
+        rows.iter().map(delivery_from_row).collect()
+    }
+
+    async fn attempt_failed(
+        &self,
+        chat_id: i64,
+        seq: i64,
+        recipient_id: i64,
+        error: &str,
+        lease: Duration,
+    ) -> anyhow::Result<()> {
+        let now = Utc::now();
+        sqlx::query(
+            "UPDATE deliveries SET attempts = attempts + 1, error = ?4, \
+                lease_until = ?5, updated_at = ?6 \
+             WHERE chat_id = ?1 AND seq = ?2 AND recipient_id = ?3",
+        )
+        .bind(chat_id)
+        .bind(seq)
+        .bind(recipient_id)
+        .bind(error)
+        .bind(lease_end(now, lease)?)
+        .bind(ts(now))
+        .execute(&self.pool)
+        .await
+        .context("recording a failed attempt")?;
+        Ok(())
+    }
+
+    async fn finish(
+        &self,
+        chat_id: i64,
+        seq: i64,
+        recipient_id: i64,
+        error: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let state = match error {
+            None => DeliveryState::Delivered,
+            Some(_) => DeliveryState::Failed,
+        };
+        sqlx::query(
+            "UPDATE deliveries SET state = ?4, attempts = attempts + 1, \
+                error = COALESCE(?5, error), lease_until = NULL, updated_at = ?6 \
+             WHERE chat_id = ?1 AND seq = ?2 AND recipient_id = ?3",
+        )
+        .bind(chat_id)
+        .bind(seq)
+        .bind(recipient_id)
+        .bind(state.as_str())
+        .bind(error)
+        .bind(ts(Utc::now()))
+        .execute(&self.pool)
+        .await
+        .context("recording a delivery's outcome")?;
+        Ok(())
+    }
+
+    async fn deliveries(
+        &self,
+        chat_id: i64,
+        seq: i64,
+    ) -> anyhow::Result<Option<Vec<DeliveryRecord>>> {
+        if !self.is_recorded(chat_id, seq).await? {
+            return Ok(None);
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE chat_id = ?1 AND seq = ?2 \
+             ORDER BY recipient_id"
+        ))
+        .bind(chat_id)
+        .bind(seq)
+        .fetch_all(&self.pool)
+        .await
+        .context("reading deliveries")?;
+        rows.iter()
+            .map(delivery_from_row)
+            .collect::<anyhow::Result<_>>()
+            .map(Some)
+    }
+}
