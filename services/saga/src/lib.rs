@@ -12,7 +12,7 @@ pub mod orchestrator;
 pub mod service;
 pub mod store;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
 
@@ -30,7 +30,6 @@ use grpc_chat_proto::saga::v1::saga_orchestrator_server::SagaOrchestratorServer;
 pub use config::Config;
 pub use orchestrator::Orchestrator;
 pub use service::SagaApi;
-use store::postgres::{PgSagaStore, MIGRATOR};
 
 /// A bound, ready-to-run orchestrator.
 pub struct Application {
@@ -45,12 +44,7 @@ impl Application {
     /// Connects to and migrates the saga database, loads AuthService's keys, and binds the
     /// listener. The other services are reached lazily.
     pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
-        let pool = chat_common::db::connect_and_migrate(
-            &config.database_url,
-            &MIGRATOR,
-            config.database_max_connections,
-        )
-        .await?;
+        let store = store::open(&config.database_url, config.database_max_connections).await?;
         let auth = AuthServiceClient::new(lazy_channel(&config.auth_url)?);
         let chat = ChatServiceClient::new(lazy_channel(&config.chat_url)?);
         let notification = NotificationServiceClient::new(lazy_channel(&config.notification_url)?);
@@ -61,7 +55,7 @@ impl Application {
             config.service_secret.clone(),
         );
         let orchestrator = Orchestrator::new(
-            Arc::new(PgSagaStore::new(pool)),
+            store,
             auth,
             chat,
             notification,
@@ -107,8 +101,7 @@ impl Application {
 
 /// Creates the database when missing and applies the migrations, then returns.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let pool = chat_common::db::connect_and_migrate(&config.database_url, &MIGRATOR, 1).await?;
-    pool.close().await;
+    store::migrate(&config.database_url).await?;
     tracing::info!("saga database migrated");
     Ok(())
 }

@@ -1,16 +1,43 @@
-//! The saga log. The orchestrator talks to [`SagaStore`]; `postgres` implements it. Every
-//! write is one statement or one transaction, so the log never shows a step finished
-//! without its result (the sender id, the message seq) recorded with it.
+//! The saga log. The orchestrator talks to [`SagaStore`]; `postgres` implements it for
+//! the split deployment and `sqlite` for the embedded `chat-server`, and [`open`] picks
+//! one by the database URL. Every write is one statement or one transaction, so the log
+//! never shows a step finished without its result (the sender id, the message seq)
+//! recorded with it.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use chat_common::db::{Database, Migrations};
+
 use crate::domain::{FailCode, SagaState, SendRequest, StepKind, StepState};
 
 pub mod postgres;
+pub mod sqlite;
+
+const MIGRATIONS: Migrations = Migrations {
+    postgres: &postgres::MIGRATOR,
+    sqlite: &sqlite::MIGRATOR,
+};
+
+/// The store at `url` (`postgres://...` or `sqlite://...`) with at most `max_connections`,
+/// the database created when missing and migrated.
+pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<Arc<dyn SagaStore>> {
+    let store: Arc<dyn SagaStore> =
+        match Database::connect(url, MIGRATIONS, max_connections).await? {
+            Database::Postgres(pool) => Arc::new(postgres::PgSagaStore::new(pool)),
+            Database::Sqlite(pool) => Arc::new(sqlite::SqliteSagaStore::new(pool)),
+        };
+    Ok(store)
+}
+
+/// Creates the database at `url` when missing and applies the migrations, then returns.
+pub async fn migrate(url: &str) -> anyhow::Result<()> {
+    Database::connect(url, MIGRATIONS, 1).await?.close().await;
+    Ok(())
+}
 
 #[derive(Debug, Clone)]
 pub struct StepRecord {

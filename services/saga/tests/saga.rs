@@ -1,5 +1,6 @@
-//! SagaOrchestrator against real auth, chat and notification services, PostgreSQL, NATS
-//! and an SMTP server in the test process.
+//! SagaOrchestrator against real auth, chat and notification services, NATS and an SMTP
+//! server in the test process; every test runs twice, with the services storing in
+//! PostgreSQL and in SQLite files (`backend_tests!` at the end).
 
 use std::time::Duration;
 
@@ -163,7 +164,6 @@ async fn wait_state(saga: &TestSaga, user: &TestUser, id: &str, state: SagaState
     }
 }
 
-#[tokio::test]
 async fn a_message_is_stored_and_every_other_member_emailed() {
     let w = World::new(SmtpMode::Accept).await;
     let saga = w.orchestrator().await;
@@ -217,7 +217,6 @@ async fn a_message_is_stored_and_every_other_member_emailed() {
     );
 }
 
-#[tokio::test]
 async fn the_same_idempotency_key_returns_the_same_saga() {
     let w = World::new(SmtpMode::Accept).await;
     let saga = w.orchestrator().await;
@@ -238,7 +237,6 @@ async fn the_same_idempotency_key_returns_the_same_saga() {
     assert_eq!(w.smtp.mails().len(), 1);
 }
 
-#[tokio::test]
 async fn a_refusing_mail_server_makes_the_saga_remove_the_message() {
     let w = World::new(SmtpMode::RefusePermanently).await;
     let saga = w.orchestrator().await;
@@ -296,7 +294,6 @@ async fn a_refusing_mail_server_makes_the_saga_remove_the_message() {
     assert!(ok, "{seen:?}");
 }
 
-#[tokio::test]
 async fn bad_input_fails_cleanly_and_stores_nothing() {
     let w = World::new(SmtpMode::Accept).await;
     let saga = w.orchestrator().await;
@@ -360,7 +357,6 @@ async fn bad_input_fails_cleanly_and_stores_nothing() {
     assert_eq!(err.code(), Code::PermissionDenied);
 }
 
-#[tokio::test]
 async fn an_orchestrator_stopped_before_storing_resumes_at_start_up() {
     let w = World::new(SmtpMode::Accept).await;
     let chat_proxy = TcpProxy::start(w.chat.addr).await;
@@ -396,7 +392,6 @@ async fn an_orchestrator_stopped_before_storing_resumes_at_start_up() {
     assert_eq!(w.smtp.wait_for(1).await[0].to, ["bob@example.com"]);
 }
 
-#[tokio::test]
 async fn an_orchestrator_stopped_before_notifying_resumes_without_a_second_message() {
     let w = World::new(SmtpMode::Accept).await;
     let notify_proxy = TcpProxy::start(w.notifier.addr).await;
@@ -436,7 +431,6 @@ async fn an_orchestrator_stopped_before_notifying_resumes_without_a_second_messa
     assert_eq!(w.smtp.mails().len(), 1);
 }
 
-#[tokio::test]
 async fn a_notifier_down_past_the_deadline_makes_the_resumed_saga_compensate() {
     let w = World::new(SmtpMode::Accept).await;
     let notify_proxy = TcpProxy::start(w.notifier.addr).await;
@@ -456,3 +450,13 @@ async fn a_notifier_down_past_the_deadline_makes_the_resumed_saga_compensate() {
     assert!(s.error.contains("deadline"), "{s:?}");
     assert!(w.history(&bob, chat_id).await.is_empty());
 }
+
+chat_testkit::backend_tests!(
+    a_message_is_stored_and_every_other_member_emailed,
+    the_same_idempotency_key_returns_the_same_saga,
+    a_refusing_mail_server_makes_the_saga_remove_the_message,
+    bad_input_fails_cleanly_and_stores_nothing,
+    an_orchestrator_stopped_before_storing_resumes_at_start_up,
+    an_orchestrator_stopped_before_notifying_resumes_without_a_second_message,
+    a_notifier_down_past_the_deadline_makes_the_resumed_saga_compensate,
+);
