@@ -1,345 +1,434 @@
-//! `chat-bench`: drives real services with real load and prints what they sustain.
+//! `chat-bench`: drives a running grpc-chat system with real load and prints what it
+//! sustains, each figure beside the limit this machine sets for the same work.
 //!
-//! It starts its own AuthService and two ChatService replicas in this process, on the local
-//! PostgreSQL and NATS (a fresh database and subject space per run, as the tests do), and
-//! runs each scenario for a fixed time. Every figure comes with the command that produced
-//! it; a scenario that sees any error exits non-zero, so a failing system cannot report a
-//! figure. The client shares the machine with the servers: figures are for the whole
-//! system on this machine, not for the server alone.
+//! By default it starts `chat-server` itself (the binary next to its own executable): one
+//! process on SQLite files in a temporary directory for most scenarios, and two replicas on
+//! a fresh PostgreSQL database and NATS subject space for `cross-replica` (and, in `all`,
+//! for sends on PostgreSQL). `--server URL` drives a server someone else runs;
+//! `--in-process` runs the split services inside this process instead.
+//!
+//! Every scenario prints a table row and a JSON line, and exits non-zero when the system
+//! returned any error, so a failing system cannot report a figure. The client shares the
+//! machine with the server: figures are for the whole system on this machine.
 
-use std::{
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
-    },
-    time::{Duration, Instant},
-};
+mod client;
+mod limits;
+mod report;
+mod scenarios;
+mod system;
+
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use hdrhistogram::Histogram;
-use tokio::sync::Mutex;
 
-use chat_testkit::{
-    chat_config, spawn_auth, spawn_chat, TestAuth, TestChat, TestDb, TestNats, TestUser,
-};
-use grpc_chat_proto::chat::v1::{self as pb, connect_response::Event};
+use report::Row;
+use scenarios::Opts;
+use system::{Deployment, ServerOptions, Storage, System};
 
-#[derive(Parser)]
-#[command(about = "Load generator for grpc-chat")]
+#[derive(Parser, Debug)]
+#[command(about = "Load generator for grpc-chat: every figure beside its limit on this machine")]
 struct Cli {
     #[command(subcommand)]
     scenario: Scenario,
-    /// How long each scenario runs, in seconds.
+    /// How long each scenario (and each limit) runs, in seconds.
     #[arg(long, default_value_t = 10, global = true)]
     duration: u64,
-    /// Concurrent senders.
+    /// Concurrent clients (senders, logins; pgbench clients for the limit).
     #[arg(long, default_value_t = 16, global = true)]
     concurrency: usize,
     /// Chats the senders spread over.
     #[arg(long, default_value_t = 16, global = true)]
     chats: usize,
+    /// Message text size in bytes (NATS limits use the same payload size).
+    #[arg(long, default_value_t = 64, global = true)]
+    message_size: usize,
+    /// Stream counts for `fanout`, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "100,1000,10000",
+        global = true
+    )]
+    streams: Vec<usize>,
+    /// Idle streams for `streams`.
+    #[arg(long, default_value_t = 10_000, global = true)]
+    idle_streams: usize,
+    /// Drive a running server at this URL (e.g. http://127.0.0.1:50051) instead of
+    /// starting one.
+    #[arg(long, global = true)]
+    server: Option<String>,
+    /// A second replica of the same system, for `cross-replica` with `--server`.
+    #[arg(long, global = true, requires = "server")]
+    server_b: Option<String>,
+    /// The pid of the `--server` process, for `streams`' memory figure.
+    #[arg(long, global = true, requires = "server")]
+    server_pid: Option<u32>,
+    /// What the `--server` stores in, for the storage limit `send` is compared with.
+    #[arg(long, value_enum, default_value_t = Storage::Sqlite, global = true)]
+    storage: Storage,
+    /// Which storage the chat-server this bench starts uses for the single-server
+    /// scenarios (`postgres` starts two replicas on PostgreSQL + NATS).
+    #[arg(long, value_enum, default_value_t = Storage::Sqlite, global = true)]
+    backend: Storage,
+    /// The chat-server binary to start (default: next to chat-bench).
+    #[arg(long, global = true)]
+    server_bin: Option<PathBuf>,
+    /// Run the split services (auth, two chat replicas, notification, saga) inside this
+    /// process on PostgreSQL + NATS instead of starting chat-server. No memory figure.
+    #[arg(long, global = true, conflicts_with = "server")]
+    in_process: bool,
+    /// The server's bcrypt cost: given to servers this bench starts (as BCRYPT_COST), and
+    /// what the login limit hashes at.
+    #[arg(long, default_value_t = 12, global = true)]
+    bcrypt_cost: u32,
+    /// PostgreSQL to create scratch databases on (pgbench, replicated servers).
+    #[arg(
+        long,
+        env = "TEST_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        global = true
+    )]
+    database_url: String,
+    /// NATS for the replicated servers and the NATS limits.
+    #[arg(
+        long,
+        env = "TEST_NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        global = true
+    )]
+    nats_url: String,
+    /// Skip the limit measurements (scenarios only).
+    #[arg(long, global = true)]
+    no_limits: bool,
 }
 
-#[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
+#[derive(Subcommand, Clone, Copy, PartialEq, Eq, Debug)]
 enum Scenario {
-    /// N concurrent senders into M chats: messages stored per second and send latency.
+    /// N senders into M chats: messages stored per second and send latency; limit: the
+    /// storage engine's one-row commit rate (SQLite, or pgbench on PostgreSQL).
     Send,
-    /// Streams on replica B, sends to replica A: time from SendMessage to arrival on B.
+    /// The same load through SagaOrchestrator.SendMessage (stub email sender); limit:
+    /// direct sends.
+    Saga,
+    /// S streams on one chat, one sender: send→arrival per stream and deliveries per
+    /// second; limit: raw NATS fan-out to S subscriptions.
+    Fanout,
+    /// Streams on replica b, sends to replica a: send→arrival; limit: raw NATS round trip.
     CrossReplica,
-    /// Concurrent logins at bcrypt cost 12 (the default): logins per second and latency.
+    /// S idle streams: the server's resident memory per stream; target 10 KiB.
+    Streams,
+    /// Concurrent logins at the server's bcrypt cost; limit: bcrypt on every core.
     Login,
-    /// Every scenario.
+    /// Only the limits.
+    Limits,
+    /// Every scenario with its limit, then the whole table.
     All,
 }
 
-struct Setup {
-    _auth: TestAuth,
-    _db: TestDb,
-    _nats: TestNats,
-    a: TestChat,
-    b: TestChat,
-    users: Vec<TestUser>,
+/// Runs scenarios and limits, printing each row as it comes.
+struct Run {
+    cli: Cli,
+    opts: Opts,
+    rows: Vec<Row>,
 }
 
-async fn setup(senders: usize) -> anyhow::Result<Setup> {
-    let auth = spawn_auth().await;
-    let db = TestDb::new().await;
-    let nats = TestNats::new();
-    let mut config = chat_config(&auth, &db.url, &nats);
-    config.database_max_connections = 32;
-    let a = spawn_chat(config.clone()).await;
-    let b = spawn_chat(config).await;
-    let mut users = Vec::new();
-    for i in 0..senders.max(1) {
-        users.push(auth.user(&format!("bench{i}")).await);
+impl Run {
+    fn push(&mut self, row: Row) -> Row {
+        report::print_row(&row, self.rows.is_empty());
+        self.rows.push(row.clone());
+        row
     }
-    Ok(Setup {
-        _auth: auth,
-        _db: db,
-        _nats: nats,
-        a,
-        b,
-        users,
-    })
-}
 
-async fn create_chat(
-    chat: &TestChat,
-    owner: &TestUser,
-    members: &[TestUser],
-) -> anyhow::Result<i64> {
-    Ok(chat
-        .client
-        .clone()
-        .create_chat(owner.req(pb::CreateChatRequest {
-            title: "bench".into(),
-            members: members.iter().map(|m| m.username.clone()).collect(),
-        }))
-        .await?
-        .into_inner()
-        .chat
-        .context("no chat")?
-        .id)
-}
-
-fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    serde_json::json!({ "p50_ms": ms(0.5), "p99_ms": ms(0.99), "p999_ms": ms(0.999), "max_ms": h.max() as f64 / 1000.0 })
-}
-
-/// N senders, each sending to chat `i % M` back to back for `duration`.
-async fn send_scenario(s: &Setup, cli: &Cli) -> anyhow::Result<serde_json::Value> {
-    let owner = &s.users[0];
-    let mut chats = Vec::new();
-    for _ in 0..cli.chats.max(1) {
-        chats.push(create_chat(&s.a, owner, &s.users[1..]).await?);
+    fn limits(&self) -> bool {
+        !self.cli.no_limits
     }
-    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
-    let errors = Arc::new(AtomicU64::new(0));
-    let sent = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for i in 0..cli.concurrency {
-        let user = s.users[i % s.users.len()].clone();
-        let chat_id = chats[i % chats.len()];
-        let client = if i % 2 == 0 {
-            s.a.client.clone()
-        } else {
-            s.b.client.clone()
+
+    fn server_options(&self) -> anyhow::Result<ServerOptions> {
+        Ok(ServerOptions {
+            bin: match &self.cli.server_bin {
+                Some(b) => b.clone(),
+                None => system::default_server_bin()?,
+            },
+            bcrypt_cost: Some(self.cli.bcrypt_cost),
+            admin_url: self.cli.database_url.clone(),
+            nats_url: self.cli.nats_url.clone(),
+        })
+    }
+
+    /// The system the single-server scenarios run on.
+    async fn deploy_single(&self) -> anyhow::Result<Deployment> {
+        let c = &self.cli;
+        if let Some(url) = &c.server {
+            return Ok(Deployment::external(
+                url,
+                c.server_b.as_deref(),
+                c.server_pid,
+                c.storage,
+                c.bcrypt_cost,
+            ));
+        }
+        if c.in_process {
+            return Deployment::in_process(c.bcrypt_cost).await;
+        }
+        let opts = self.server_options()?;
+        match c.backend {
+            Storage::Sqlite => Deployment::embedded(&opts).await,
+            Storage::Postgres => Deployment::replicated(&opts).await,
+        }
+    }
+
+    /// Two replicas of one system: `current` if it has them, else two chat-servers on
+    /// PostgreSQL + NATS when this bench starts servers; `None` for a single `--server`.
+    async fn deploy_pair(&self, current: Option<Deployment>) -> anyhow::Result<Option<Deployment>> {
+        let current = match current {
+            None if self.cli.server.is_some() || self.cli.in_process => {
+                Some(self.deploy_single().await?)
+            }
+            other => other,
         };
-        let (hist, errors, sent, stop) = (hist.clone(), errors.clone(), sent.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let start = Instant::now();
-                let res = client
-                    .clone()
-                    .send_message(user.req(pb::SendMessageRequest {
-                        chat_id,
-                        text: format!("load message {n} from {}", user.username),
-                        ..Default::default()
-                    }))
-                    .await;
-                match res {
-                    Ok(_) => {
-                        let _ = local.record(start.elapsed().as_micros() as u64);
-                        sent.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        eprintln!("send failed: {e}");
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                n += 1;
+        if let Some(d) = current {
+            if d.systems.len() >= 2 {
+                return Ok(Some(d));
             }
-            let _ = hist.lock().await.add(&local);
-        }));
-    }
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(cli.duration)).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await?;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    if errors.load(Ordering::Relaxed) > 0 {
-        bail!("{} sends failed", errors.load(Ordering::Relaxed));
-    }
-    let count = sent.load(Ordering::Relaxed);
-    let h = hist.lock().await;
-    let mut out = serde_json::json!({
-        "scenario": "send",
-        "concurrency": cli.concurrency,
-        "chats": cli.chats,
-        "messages": count,
-        "messages_per_sec": (count as f64 / elapsed).round(),
-    });
-    if let (Some(o), serde_json::Value::Object(p)) = (out.as_object_mut(), percentiles(&h)) {
-        o.extend(p);
-    }
-    Ok(out)
-}
-
-/// One sender on A, one stream on B: the time from the start of SendMessage to the
-/// message's arrival on B's stream, one message in flight at a time.
-async fn cross_replica_scenario(s: &Setup, cli: &Cli) -> anyhow::Result<serde_json::Value> {
-    let (alice, bob) = (&s.users[0], s.users.get(1).unwrap_or(&s.users[0]));
-    let chat_id = create_chat(&s.a, alice, std::slice::from_ref(bob)).await?;
-    let mut stream =
-        s.b.client
-            .clone()
-            .connect(bob.req(pb::ConnectRequest {
-                chat_id,
-                ..Default::default()
-            }))
-            .await?
-            .into_inner();
-    // Wait for the end of (empty) history: from here on everything is live.
-    loop {
-        match stream.message().await?.context("stream ended")?.event {
-            Some(Event::HistoryEnd(_)) => break,
-            _ => continue,
-        }
-    }
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let deadline = Instant::now() + Duration::from_secs(cli.duration);
-    let mut client = s.a.client.clone();
-    while Instant::now() < deadline {
-        let start = Instant::now();
-        let sent = client
-            .send_message(alice.req(pb::SendMessageRequest {
-                chat_id,
-                text: "ping".into(),
-                ..Default::default()
-            }))
-            .await?
-            .into_inner()
-            .message
-            .context("no message")?;
-        loop {
-            let item = tokio::time::timeout(Duration::from_secs(10), stream.message())
-                .await
-                .context("message did not arrive on replica B within 10 s")??
-                .context("stream ended")?;
-            if let Some(Event::Message(m)) = item.event {
-                if m.seq == sent.seq {
-                    break;
-                }
+            if self.cli.server.is_some() {
+                return Ok(None);
             }
         }
-        hist.record(start.elapsed().as_micros() as u64)?;
+        Ok(Some(Deployment::replicated(&self.server_options()?).await?))
     }
-    let mut out = serde_json::json!({ "scenario": "cross-replica", "messages": hist.len() });
-    if let (Some(o), serde_json::Value::Object(p)) = (out.as_object_mut(), percentiles(&hist)) {
-        o.extend(p);
-    }
-    Ok(out)
-}
 
-/// `concurrency` clients logging in back to back against an auth service with the
-/// production bcrypt cost; bcrypt runs on the blocking pool, so this measures how many
-/// hashes the machine's cores sustain through the whole gRPC path.
-async fn login_scenario(cli: &Cli) -> anyhow::Result<serde_json::Value> {
-    let auth = chat_testkit::spawn_auth_with(auth_service::Settings {
-        bcrypt_cost: 12,
-        ..chat_testkit::auth_settings()
-    })
-    .await;
-    let user = auth.user("login-bench").await;
-    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
-    let errors = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for _ in 0..cli.concurrency {
-        let (hist, errors, stop) = (hist.clone(), errors.clone(), stop.clone());
-        let mut client = auth.client.clone();
-        let (email, password) = (user.email.clone(), user.password.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
-            while !stop.load(Ordering::Relaxed) {
-                let start = Instant::now();
-                let res = client
-                    .login(grpc_chat_proto::auth::v1::LoginRequest {
-                        email: email.clone(),
-                        password: password.clone(),
-                    })
-                    .await;
-                match res {
-                    Ok(_) => {
-                        let _ = local.record(start.elapsed().as_micros() as u64);
+    async fn storage_limit(&mut self, storage: Storage) -> anyhow::Result<Option<Row>> {
+        if !self.limits() {
+            return Ok(None);
+        }
+        let o = &self.opts;
+        let row = match storage {
+            Storage::Sqlite => {
+                limits::sqlite(o.concurrency, o.chats, o.duration, o.message_size).await?
+            }
+            Storage::Postgres => {
+                limits::pgbench(
+                    &self.cli.database_url,
+                    o.concurrency,
+                    o.chats,
+                    o.duration,
+                    o.message_size,
+                )
+                .await?
+            }
+        };
+        Ok(Some(self.push(row)))
+    }
+
+    async fn send(&mut self, name: &str, systems: &[System]) -> anyhow::Result<Row> {
+        let row = scenarios::send(name, systems, &self.opts).await?;
+        let limit = self.storage_limit(systems[0].storage).await?;
+        let what = match systems[0].storage {
+            Storage::Sqlite => "sqlite",
+            Storage::Postgres => "pgbench",
+        };
+        Ok(self.push(match limit {
+            Some(l) => row.against_rate(what, &l),
+            None => row,
+        }))
+    }
+
+    async fn saga(&mut self, system: &System, send: Option<Row>) -> anyhow::Result<()> {
+        let send = match send {
+            Some(s) => s,
+            None => self.send("send", std::slice::from_ref(system)).await?,
+        };
+        let row = scenarios::saga(system, &self.opts).await?;
+        self.push(row.against_rate("send", &send));
+        Ok(())
+    }
+
+    async fn fanout(&mut self, system: &System) -> anyhow::Result<()> {
+        for s in self.cli.streams.clone() {
+            let row = scenarios::fanout(system, s, &self.opts).await?;
+            let row = if self.limits() {
+                let o = &self.opts;
+                let l = self.push(
+                    limits::nats_fanout(&self.cli.nats_url, s, o.message_size, o.duration).await?,
+                );
+                row.against_rate("nats fanout", &l)
+            } else {
+                row
+            };
+            self.push(row);
+        }
+        Ok(())
+    }
+
+    async fn streams(&mut self, system: &System) -> anyhow::Result<()> {
+        let row = scenarios::streams(system, self.cli.idle_streams).await?;
+        self.push(row);
+        Ok(())
+    }
+
+    async fn login(&mut self, system: &System) -> anyhow::Result<()> {
+        let row = scenarios::login(system, &self.opts).await?;
+        let row = if self.limits() {
+            // A few seconds of bcrypt give a stable rate.
+            let l = self.push(
+                limits::bcrypt(
+                    system.bcrypt_cost,
+                    self.opts.duration.min(Duration::from_secs(5)),
+                )
+                .await?,
+            );
+            row.against_rate("bcrypt", &l)
+        } else {
+            row
+        };
+        self.push(row);
+        Ok(())
+    }
+
+    async fn cross_replica(&mut self, a: &System, b: &System) -> anyhow::Result<()> {
+        let row = scenarios::cross_replica(a, b, &self.opts).await?;
+        let row = if self.limits() {
+            let o = &self.opts;
+            let l =
+                self.push(limits::nats_rtt(&self.cli.nats_url, o.message_size, o.duration).await?);
+            row.against_p50("nats rtt", &l)
+        } else {
+            row
+        };
+        self.push(row);
+        Ok(())
+    }
+
+    async fn nats_rate(&mut self) -> anyhow::Result<()> {
+        let o = &self.opts;
+        let row = limits::nats_rate(&self.cli.nats_url, o.message_size, o.duration).await?;
+        self.push(row);
+        Ok(())
+    }
+
+    async fn run(&mut self) -> anyhow::Result<()> {
+        let scenario = self.cli.scenario;
+        let single = matches!(
+            scenario,
+            Scenario::Send
+                | Scenario::Saga
+                | Scenario::Fanout
+                | Scenario::Streams
+                | Scenario::Login
+                | Scenario::All
+        );
+        let mut deployment = None;
+        let mut send_row = None;
+        if single {
+            let d = self.deploy_single().await?;
+            let sys = d.systems[0].clone();
+            eprintln!("chat-bench: driving {} at {}", sys.label, sys.chat);
+            if matches!(scenario, Scenario::Send | Scenario::All) {
+                send_row = Some(self.send("send", std::slice::from_ref(&sys)).await?);
+            }
+            if matches!(scenario, Scenario::Saga | Scenario::All) {
+                self.saga(&sys, send_row.clone()).await?;
+            }
+            if matches!(scenario, Scenario::Fanout | Scenario::All) {
+                self.fanout(&sys).await?;
+            }
+            if matches!(scenario, Scenario::Streams | Scenario::All) {
+                self.streams(&sys).await?;
+            }
+            if matches!(scenario, Scenario::Login | Scenario::All) {
+                self.login(&sys).await?;
+            }
+            deployment = Some(d);
+        }
+        if matches!(scenario, Scenario::CrossReplica | Scenario::All) {
+            let already_replicated = deployment.as_ref().is_some_and(|d| d.systems.len() >= 2);
+            if !already_replicated {
+                // One server at a time on these two cores.
+                drop(deployment.take());
+            }
+            match self.deploy_pair(deployment.take()).await? {
+                Some(pair) => {
+                    let (a, b) = (pair.systems[0].clone(), pair.systems[1].clone());
+                    eprintln!(
+                        "chat-bench: driving two replicas: {} and {}",
+                        a.chat, b.chat
+                    );
+                    // Sends on the replicated system, when `send` above ran on another.
+                    if scenario == Scenario::All && send_row.is_some() && !already_replicated {
+                        self.send("send-replicated", &[a.clone(), b.clone()])
+                            .await?;
                     }
-                    Err(e) => {
-                        eprintln!("login failed: {e}");
-                        errors.fetch_add(1, Ordering::Relaxed);
+                    self.cross_replica(&a, &b).await?;
+                    deployment = Some(pair);
+                }
+                None => {
+                    if scenario == Scenario::CrossReplica {
+                        bail!("cross-replica needs two replicas: give --server-b URL too");
                     }
+                    eprintln!("chat-bench: cross-replica skipped: one --server and no --server-b");
                 }
             }
-            let _ = hist.lock().await.add(&local);
-        }));
+        }
+        drop(deployment);
+        if scenario == Scenario::Limits {
+            let o = self.opts.clone();
+            let l = limits::sqlite(o.concurrency, o.chats, o.duration, o.message_size).await?;
+            self.push(l);
+            let l = limits::pgbench(
+                &self.cli.database_url,
+                o.concurrency,
+                o.chats,
+                o.duration,
+                o.message_size,
+            )
+            .await?;
+            self.push(l);
+            let l = limits::nats_rtt(&self.cli.nats_url, o.message_size, o.duration).await?;
+            self.push(l);
+            for s in self.cli.streams.clone() {
+                let l =
+                    limits::nats_fanout(&self.cli.nats_url, s, o.message_size, o.duration).await?;
+                self.push(l);
+            }
+            let l = limits::bcrypt(self.cli.bcrypt_cost, o.duration.min(Duration::from_secs(5)))
+                .await?;
+            self.push(l);
+        }
+        if matches!(scenario, Scenario::Limits | Scenario::All) && self.limits() {
+            self.nats_rate().await?;
+        }
+        Ok(())
     }
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(cli.duration)).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await?;
-    }
-    if errors.load(Ordering::Relaxed) > 0 {
-        bail!("{} logins failed", errors.load(Ordering::Relaxed));
-    }
-    let h = hist.lock().await;
-    let mut out = serde_json::json!({
-        "scenario": "login",
-        "concurrency": cli.concurrency,
-        "messages": h.len(),
-        "messages_per_sec": (h.len() as f64 / started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
-        "bcrypt_cost": 12,
-    });
-    if let (Some(o), serde_json::Value::Object(p)) = (out.as_object_mut(), percentiles(&h)) {
-        o.extend(p);
-    }
-    Ok(out)
-}
-
-fn print_row(v: &serde_json::Value) {
-    let get = |k: &str| {
-        v.get(k)
-            .map(|x| x.to_string())
-            .unwrap_or_else(|| "-".into())
-    };
-    println!(
-        "{:<14} {:>10} {:>12} {:>9} {:>9} {:>9}",
-        get("scenario").trim_matches('"'),
-        get("messages"),
-        get("messages_per_sec"),
-        get("p50_ms"),
-        get("p99_ms"),
-        get("p999_ms"),
-    );
-    println!("{v}");
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let setup = setup(cli.concurrency.clamp(2, 64)).await?;
-    println!(
-        "{:<14} {:>10} {:>12} {:>9} {:>9} {:>9}",
-        "scenario", "messages", "msg/s", "p50 ms", "p99 ms", "p99.9 ms"
-    );
-    if matches!(cli.scenario, Scenario::Send | Scenario::All) {
-        print_row(&send_scenario(&setup, &cli).await?);
+    if cli.concurrency == 0 || cli.duration == 0 {
+        bail!("--concurrency and --duration must be at least 1");
     }
-    if matches!(cli.scenario, Scenario::CrossReplica | Scenario::All) {
-        print_row(&cross_replica_scenario(&setup, &cli).await?);
+    if cli.streams.contains(&0) || cli.idle_streams == 0 {
+        bail!("stream counts must be at least 1");
     }
-    if matches!(cli.scenario, Scenario::Login | Scenario::All) {
-        print_row(&login_scenario(&cli).await?);
+    let opts = Opts {
+        duration: Duration::from_secs(cli.duration),
+        concurrency: cli.concurrency,
+        chats: cli.chats.max(1),
+        message_size: cli.message_size,
+    };
+    let all = cli.scenario == Scenario::All;
+    let mut run = Run {
+        cli,
+        opts,
+        rows: Vec::new(),
+    };
+    let result = run.run().await;
+    if all || run.rows.len() > 2 {
+        println!();
+        report::print_table(&run.rows);
     }
-    Ok(())
+    result.context(
+        "chat-bench failed: no figure above this line is to be trusted for the failing scenario",
+    )
 }

@@ -1,0 +1,586 @@
+//! The scenarios: each drives a [`System`] for a fixed time and returns its [`Row`], or an
+//! error when the system failed any request (a run that saw an error reports no figure).
+
+use std::{
+    future::Future,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use tokio::task::JoinHandle;
+use tonic::{transport::Channel, Streaming};
+
+use grpc_chat_proto::{
+    auth::v1::{self as authpb, auth_service_client::AuthServiceClient},
+    chat::v1::{self as chatpb, chat_service_client::ChatServiceClient, connect_response::Event},
+    saga::v1::{self as sagapb, saga_orchestrator_client::SagaOrchestratorClient},
+};
+
+use crate::{
+    client::{self, channel, channels, create_chat, histogram, text_of_size, User},
+    report::Row,
+    system::System,
+};
+
+/// What every scenario is told.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub duration: Duration,
+    pub concurrency: usize,
+    pub chats: usize,
+    pub message_size: usize,
+}
+
+/// How many users the load is spread over: enough to be realistic, few enough that
+/// registering them at bcrypt cost 12 takes seconds, not minutes.
+fn user_count(concurrency: usize) -> usize {
+    concurrency.clamp(2, 8)
+}
+
+/// Channels per endpoint for unary load: a few HTTP/2 connections, as several clients
+/// would open.
+const LOAD_CHANNELS: usize = 4;
+
+/// The outcome of a closed-loop run.
+struct Load {
+    hist: Histogram<u64>,
+    count: u64,
+    elapsed: Duration,
+}
+
+/// Runs `concurrency` workers for `duration`, each calling its operation back to back
+/// (worker `i` gets `make(i)`), and records every call's latency. Fails when any call
+/// failed, after printing the first few errors.
+async fn closed_loop<F, Fut>(
+    what: &str,
+    concurrency: usize,
+    duration: Duration,
+    make: impl Fn(usize) -> F,
+) -> anyhow::Result<Load>
+where
+    F: FnMut(u64) -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for i in 0..concurrency.max(1) {
+        let mut op = make(i);
+        let errors = errors.clone();
+        let what = what.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut h = histogram()?;
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                match op(n).await {
+                    Ok(()) => h.record(t.elapsed().as_micros() as u64)?,
+                    Err(e) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) < 5 {
+                            eprintln!("{what} failed: {e:#}");
+                        }
+                    }
+                }
+                n += 1;
+            }
+            anyhow::Ok(h)
+        }));
+    }
+    let mut hist = histogram()?;
+    for t in tasks {
+        hist.add(t.await??)?;
+    }
+    let elapsed = started.elapsed();
+    let errors = errors.load(Ordering::Relaxed);
+    if errors > 0 {
+        bail!("{errors} of {} {what} calls failed", hist.len() + errors);
+    }
+    Ok(Load {
+        count: hist.len(),
+        hist,
+        elapsed,
+    })
+}
+
+/// Users and chats for unary load on `systems` (all replicas of one system).
+async fn chats_for_load(systems: &[System], opts: &Opts) -> anyhow::Result<(Vec<User>, Vec<i64>)> {
+    let first = systems.first().context("no system to drive")?;
+    let users = client::users(&first.auth, "s", user_count(opts.concurrency)).await?;
+    let mut chat = ChatServiceClient::new(channel(&first.chat).await?);
+    let mut chats = Vec::new();
+    for _ in 0..opts.chats.max(1) {
+        chats.push(create_chat(&mut chat, &users[0], &users).await?);
+    }
+    Ok((users, chats))
+}
+
+/// `send`: N senders into M chats through ChatService.SendMessage, spread over every
+/// replica in `systems`: messages stored per second and send latency.
+pub async fn send(name: &str, systems: &[System], opts: &Opts) -> anyhow::Result<Row> {
+    let (users, chats) = chats_for_load(systems, opts).await?;
+    let mut clients = Vec::new();
+    for s in systems {
+        for ch in channels(&s.chat, LOAD_CHANNELS).await? {
+            clients.push(ChatServiceClient::new(ch));
+        }
+    }
+    let size = opts.message_size;
+    let load = closed_loop("SendMessage", opts.concurrency, opts.duration, |i| {
+        let client = clients[i % clients.len()].clone();
+        let user = users[i % users.len()].clone();
+        let chat_id = chats[i % chats.len()];
+        move |n| {
+            let mut client = client.clone();
+            let req = user.req(chatpb::SendMessageRequest {
+                chat_id,
+                text: text_of_size(&format!("send {i} {n} "), size),
+                ..Default::default()
+            });
+            async move {
+                client.send_message(req).await?;
+                Ok(())
+            }
+        }
+    })
+    .await?;
+    Ok(Row::new(name, "msg", load.count)
+        .rate(load.count as f64 / load.elapsed.as_secs_f64())
+        .latencies(&load.hist)
+        .extra("concurrency", opts.concurrency)
+        .extra("chats", opts.chats)
+        .extra("replicas", systems.len())
+        .extra("message_bytes", size)
+        .note(label(systems)))
+}
+
+fn label(systems: &[System]) -> String {
+    match systems {
+        [one] => one.label.clone(),
+        many => format!("{} replicas: {}", many.len(), many[0].label),
+    }
+}
+
+/// `saga`: the same load through SagaOrchestrator.SendMessage (user → message →
+/// notification, with the server's stub email sender); every saga must complete.
+pub async fn saga(system: &System, opts: &Opts) -> anyhow::Result<Row> {
+    let systems = std::slice::from_ref(system);
+    let (users, chats) = chats_for_load(systems, opts).await?;
+    let clients: Vec<_> = channels(&system.saga, LOAD_CHANNELS)
+        .await?
+        .into_iter()
+        .map(SagaOrchestratorClient::new)
+        .collect();
+    let size = opts.message_size;
+    let load = closed_loop("saga SendMessage", opts.concurrency, opts.duration, |i| {
+        let client = clients[i % clients.len()].clone();
+        let user = users[i % users.len()].clone();
+        let chat_id = chats[i % chats.len()];
+        move |n| {
+            let mut client = client.clone();
+            let req = user.req(sagapb::SendMessageRequest {
+                chat_id,
+                from: user.username.clone(),
+                text: text_of_size(&format!("saga {i} {n} "), size),
+                idempotency_key: String::new(),
+            });
+            async move {
+                let saga = client
+                    .send_message(req)
+                    .await?
+                    .into_inner()
+                    .saga
+                    .context("no saga in the answer")?;
+                if saga.state != sagapb::SagaState::Completed as i32 {
+                    bail!(
+                        "saga {} ended in state {} ({})",
+                        saga.id,
+                        saga.state,
+                        saga.error
+                    );
+                }
+                Ok(())
+            }
+        }
+    })
+    .await?;
+    Ok(Row::new("saga", "saga", load.count)
+        .rate(load.count as f64 / load.elapsed.as_secs_f64())
+        .latencies(&load.hist)
+        .extra("concurrency", opts.concurrency)
+        .extra("chats", opts.chats)
+        .note(format!("{}, stub email sender", system.label)))
+}
+
+/// Opens a Connect stream and reads it up to the end of (empty) history: from there on
+/// every event is live.
+async fn open_stream(
+    client: &mut ChatServiceClient<Channel>,
+    user: &User,
+    chat_id: i64,
+) -> anyhow::Result<Streaming<chatpb::ConnectResponse>> {
+    let mut stream = client
+        .connect(user.req(chatpb::ConnectRequest {
+            chat_id,
+            ..Default::default()
+        }))
+        .await
+        .context("Connect")?
+        .into_inner();
+    loop {
+        let item = tokio::time::timeout(Duration::from_secs(60), stream.message())
+            .await
+            .context("no end of history within 60 s")?
+            .context("stream failed before the end of history")?
+            .context("stream ended before the end of history")?;
+        if let Some(Event::HistoryEnd(_)) = item.event {
+            return Ok(stream);
+        }
+    }
+}
+
+/// `s` streams on `chat_id`, over `s / STREAMS_PER_CHANNEL` channels, as `users` in turn,
+/// opened `in_flight` at a time. Returns the streams with their channel index, and the
+/// time it took.
+async fn open_streams(
+    system: &System,
+    users: &[User],
+    chat_id: i64,
+    s: usize,
+) -> anyhow::Result<(Vec<(usize, Streaming<chatpb::ConnectResponse>)>, Duration)> {
+    let n_channels = s.div_ceil(client::STREAMS_PER_CHANNEL).max(1);
+    let chans = channels(&system.chat, n_channels).await?;
+    let started = Instant::now();
+    let streams: Vec<_> = futures::stream::iter(0..s)
+        .map(|j| {
+            let c = j % n_channels;
+            let mut client = ChatServiceClient::new(chans[c].clone());
+            let user = users[j % users.len()].clone();
+            async move {
+                let stream = open_stream(&mut client, &user, chat_id)
+                    .await
+                    .with_context(|| format!("opening stream {j}"))?;
+                anyhow::Ok((c, stream))
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    Ok((streams, started.elapsed()))
+}
+
+/// Aborts the tasks when dropped (so an early return closes every stream).
+struct Tasks(Vec<JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// `fanout`: `s` streams on one chat and one sender. The sender sends, waits until the
+/// message has arrived on every stream, and sends the next: send→arrival per stream, and
+/// deliveries per second at one message in flight.
+pub async fn fanout(system: &System, s: usize, opts: &Opts) -> anyhow::Result<Row> {
+    let users = client::users(&system.auth, "f", 4).await?;
+    let mut sender = ChatServiceClient::new(channel(&system.chat).await?);
+    let chat_id = create_chat(&mut sender, &users[0], &users).await?;
+    let (streams, opened_in) = open_streams(system, &users[1..], chat_id, s).await?;
+    let n_channels = s.div_ceil(client::STREAMS_PER_CHANNEL).max(1);
+
+    struct Shared {
+        t0: Instant,
+        round: AtomicU64,
+        sent_at_us: AtomicU64,
+        arrived: AtomicUsize,
+        all_arrived: tokio::sync::Notify,
+        stopping: AtomicBool,
+        hists: Vec<std::sync::Mutex<Histogram<u64>>>,
+    }
+    let mut hists = Vec::new();
+    for _ in 0..n_channels {
+        hists.push(std::sync::Mutex::new(histogram()?));
+    }
+    let shared = Arc::new(Shared {
+        t0: Instant::now(),
+        round: AtomicU64::new(u64::MAX),
+        sent_at_us: AtomicU64::new(0),
+        arrived: AtomicUsize::new(0),
+        all_arrived: tokio::sync::Notify::new(),
+        stopping: AtomicBool::new(false),
+        hists,
+    });
+    let (err_tx, mut err_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut readers = Tasks(Vec::with_capacity(s));
+    for (c, mut stream) in streams {
+        let (shared, err_tx) = (shared.clone(), err_tx.clone());
+        readers.0.push(tokio::spawn(async move {
+            loop {
+                let item = stream.message().await;
+                if shared.stopping.load(Ordering::Relaxed) {
+                    return;
+                }
+                let m = match item {
+                    Ok(Some(chatpb::ConnectResponse {
+                        event: Some(Event::Message(m)),
+                    })) => m,
+                    Ok(Some(_)) => continue,
+                    Ok(None) => {
+                        let _ = err_tx.send("a stream ended".into());
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = err_tx.send(format!("a stream failed: {e}"));
+                        return;
+                    }
+                };
+                let now = shared.t0.elapsed().as_micros() as u64;
+                let k = m.text.split(' ').nth(1).and_then(|k| k.parse::<u64>().ok());
+                if k != Some(shared.round.load(Ordering::Acquire)) {
+                    let _ = err_tx.send(format!(
+                        "a stream got message {:?} during round {}",
+                        m.text.get(..20),
+                        shared.round.load(Ordering::Relaxed)
+                    ));
+                    return;
+                }
+                let sent = shared.sent_at_us.load(Ordering::Acquire);
+                if let Ok(mut h) = shared.hists[c].lock() {
+                    let _ = h.record(now.saturating_sub(sent).max(1));
+                }
+                if shared.arrived.fetch_add(1, Ordering::AcqRel) + 1 == s {
+                    shared.all_arrived.notify_one();
+                }
+            }
+        }));
+    }
+    drop(err_tx);
+
+    let mut rounds_hist = histogram()?;
+    let started = Instant::now();
+    let deadline = started + opts.duration;
+    let mut rounds = 0u64;
+    while Instant::now() < deadline {
+        shared.arrived.store(0, Ordering::Release);
+        shared.round.store(rounds, Ordering::Release);
+        let t = Instant::now();
+        shared
+            .sent_at_us
+            .store(shared.t0.elapsed().as_micros() as u64, Ordering::Release);
+        sender
+            .send_message(users[0].req(chatpb::SendMessageRequest {
+                chat_id,
+                text: text_of_size(&format!("fanout {rounds} "), opts.message_size),
+                ..Default::default()
+            }))
+            .await
+            .context("SendMessage")?;
+        tokio::select! {
+            _ = shared.all_arrived.notified() => {}
+            e = err_rx.recv() => bail!("{}", e.unwrap_or_else(|| "every stream ended".into())),
+            _ = tokio::time::sleep(Duration::from_secs(30)) => bail!(
+                "message {rounds} reached {} of {s} streams within 30 s",
+                shared.arrived.load(Ordering::Relaxed)
+            ),
+        }
+        rounds_hist.record(t.elapsed().as_micros() as u64)?;
+        rounds += 1;
+    }
+    let elapsed = started.elapsed();
+    shared.stopping.store(true, Ordering::Relaxed);
+    drop(readers);
+    let mut hist = histogram()?;
+    for h in &shared.hists {
+        if let Ok(h) = h.lock() {
+            hist.add(&*h)?;
+        }
+    }
+    let deliveries = hist.len();
+    if deliveries != rounds * s as u64 {
+        bail!("{deliveries} deliveries recorded for {rounds} messages to {s} streams",);
+    }
+    Ok(Row::new(format!("fanout/{s}"), "delivery", deliveries)
+        .rate(deliveries as f64 / elapsed.as_secs_f64())
+        .latencies(&hist)
+        .extra("streams", s)
+        .extra("messages", rounds)
+        .extra("channels", n_channels)
+        .extra(
+            "last_arrival_p99_ms",
+            rounds_hist.value_at_quantile(0.99) as f64 / 1000.0,
+        )
+        .extra("open_secs", opened_in.as_secs_f64())
+        .note(format!(
+            "{rounds} msgs; {s} streams opened at {:.0}/s",
+            s as f64 / opened_in.as_secs_f64()
+        )))
+}
+
+/// Resident memory of `pid` in KiB, from `/proc/<pid>/status`.
+pub fn vm_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/<pid>/status")
+}
+
+/// Target for idle streams (issue 7).
+pub const STREAM_KIB_TARGET: f64 = 10.0;
+
+/// `streams`: `s` idle streams on one chat: the server's resident memory before and after,
+/// and per stream.
+pub async fn streams(system: &System, s: usize) -> anyhow::Result<Row> {
+    let users = client::users(&system.auth, "i", 4).await?;
+    let mut chat = ChatServiceClient::new(channel(&system.chat).await?);
+    let chat_id = create_chat(&mut chat, &users[0], &users).await?;
+    // Warm the server's allocator and caches on a few streams first, so "before" is a
+    // running server and not a fresh one.
+    drop(open_streams(system, &users, chat_id, 10).await?);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = system.pid.map(vm_rss_kib).transpose()?;
+    let (opened, opened_in) = open_streams(system, &users, chat_id, s).await?;
+    let (err_tx, mut err_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let stopping = Arc::new(AtomicBool::new(false));
+    let mut holders = Tasks(Vec::with_capacity(s));
+    for (_, mut stream) in opened {
+        let (err_tx, stopping) = (err_tx.clone(), stopping.clone());
+        holders.0.push(tokio::spawn(async move {
+            let item = stream.message().await;
+            if !stopping.load(Ordering::Relaxed) {
+                let _ = err_tx.send(match item {
+                    Ok(Some(_)) => "an idle stream got an event".into(),
+                    Ok(None) => "an idle stream ended".into(),
+                    Err(e) => format!("an idle stream failed: {e}"),
+                });
+            }
+        }));
+    }
+    drop(err_tx);
+    // Let the server settle (buffers, lazily allocated state) before reading.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = system.pid.map(vm_rss_kib).transpose()?;
+    if let Ok(e) = err_rx.try_recv() {
+        bail!("{e}");
+    }
+    stopping.store(true, Ordering::Relaxed);
+    drop(holders);
+    let mut row = Row::new("streams", "stream", s as u64)
+        .extra("open_secs", opened_in.as_secs_f64())
+        .extra(
+            "opened_per_sec",
+            (s as f64 / opened_in.as_secs_f64()).round(),
+        );
+    match (before, after) {
+        (Some(b), Some(a)) => {
+            let per = a.saturating_sub(b) as f64 / s as f64;
+            row = row
+                .extra("rss_before_kib", b)
+                .extra("rss_after_kib", a)
+                .extra("kib_per_stream", (per * 100.0).round() / 100.0)
+                .note(format!(
+                    "RSS {:.0} → {:.0} MiB: {per:.1} KiB/stream; opened at {:.0}/s",
+                    b as f64 / 1024.0,
+                    a as f64 / 1024.0,
+                    s as f64 / opened_in.as_secs_f64()
+                ));
+            row.limit = Some(format!("target {STREAM_KIB_TARGET:.0} KiB/stream"));
+            row.ratio = Some(STREAM_KIB_TARGET / per.max(0.01));
+        }
+        _ => {
+            row = row.note("no server pid: memory not read (give --server-pid)");
+        }
+    }
+    Ok(row)
+}
+
+/// `cross-replica`: a stream on replica `b`, sends to replica `a`, one message in flight:
+/// the time from the start of SendMessage to the message's arrival on `b`.
+pub async fn cross_replica(a: &System, b: &System, opts: &Opts) -> anyhow::Result<Row> {
+    let users = client::users(&a.auth, "x", 2).await?;
+    let (alice, bob) = (&users[0], &users[1]);
+    let mut client = ChatServiceClient::new(channel(&a.chat).await?);
+    let chat_id = create_chat(&mut client, alice, &users).await?;
+    let mut on_b = ChatServiceClient::new(channel(&b.chat).await?);
+    let mut stream = open_stream(&mut on_b, bob, chat_id).await?;
+    let mut hist = histogram()?;
+    let deadline = Instant::now() + opts.duration;
+    let mut n = 0u64;
+    while Instant::now() < deadline {
+        let start = Instant::now();
+        let sent = client
+            .send_message(alice.req(chatpb::SendMessageRequest {
+                chat_id,
+                text: text_of_size(&format!("ping {n} "), opts.message_size),
+                ..Default::default()
+            }))
+            .await
+            .context("SendMessage on replica a")?
+            .into_inner()
+            .message
+            .context("no message in the answer")?;
+        loop {
+            let item = tokio::time::timeout(Duration::from_secs(10), stream.message())
+                .await
+                .context("message did not arrive on replica b within 10 s")?
+                .context("stream on replica b failed")?
+                .context("stream on replica b ended")?;
+            if let Some(Event::Message(m)) = item.event {
+                if m.seq == sent.seq {
+                    break;
+                }
+            }
+        }
+        hist.record(start.elapsed().as_micros() as u64)?;
+        n += 1;
+    }
+    Ok(Row::new("cross-replica", "msg", hist.len())
+        .latencies(&hist)
+        .note(format!(
+            "send on a, stream on b; {}",
+            label(&[a.clone(), b.clone()])
+        )))
+}
+
+/// `login`: `concurrency` clients logging in back to back at the server's bcrypt cost.
+pub async fn login(system: &System, opts: &Opts) -> anyhow::Result<Row> {
+    let user = client::users(&system.auth, "l", 1)
+        .await?
+        .pop()
+        .context("no user")?;
+    let ch = channel(&system.auth).await?;
+    let load = closed_loop("Login", opts.concurrency, opts.duration, |_| {
+        let client = AuthServiceClient::new(ch.clone());
+        let req = authpb::LoginRequest {
+            email: user.email.clone(),
+            password: user.password.clone(),
+        };
+        move |_| {
+            let mut client = client.clone();
+            let req = req.clone();
+            async move {
+                client.login(req).await?;
+                Ok(())
+            }
+        }
+    })
+    .await?;
+    Ok(Row::new("login", "login", load.count)
+        .rate(load.count as f64 / load.elapsed.as_secs_f64())
+        .latencies(&load.hist)
+        .extra("concurrency", opts.concurrency)
+        .extra("bcrypt_cost", system.bcrypt_cost)
+        .note(format!("bcrypt cost {}", system.bcrypt_cost)))
+}
