@@ -522,3 +522,95 @@ async fn send_message_goes_through_the_saga_and_notifies_members() {
     assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
     assert!(out.stderr.starts_with("error: "), "{out:?}");
 }
+
+/// The embedded `chat-server` (all four services on one port, SQLite, in-process events,
+/// the stub email sender), as a new user meets it: one address for everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_server_serves_the_whole_walkthrough() {
+    chat_testkit::init_logs();
+    let data = tempfile::tempdir().expect("data dir");
+    let mut config = chat_server::Config::embedded(
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        data.path().to_owned(),
+    );
+    config.bcrypt_cost = Some(4);
+    let shutdown = chat_common::Shutdown::new();
+    let server = chat_server::Server::build(config, shutdown.clone())
+        .await
+        .expect("build chat-server");
+    let url = format!("http://{}", server.local_addr());
+    let serving = tokio::spawn(server.run_until_stopped(shutdown.clone()));
+    let (alice, bob) = (User::new(&url, &url), User::new(&url, &url));
+
+    alice
+        .ok(&["register", "alice@example.com", "alice", "alice-password"])
+        .await;
+    bob.ok(&["register", "bob@example.com", "bob", "bob-password"])
+        .await;
+    let out = alice
+        .run(&["login", "alice@example.com", "wrong-password"], "")
+        .await;
+    assert_one_line_error(&out, "wrong email or password");
+    alice
+        .ok(&["login", "alice@example.com", "alice-password"])
+        .await;
+    bob.ok(&["login", "bob@example.com", "bob-password"]).await;
+
+    let id = chat_id(&alice.ok(&["create_chat", "bob", "Ужин"]).await).to_string();
+    let out = alice
+        .ok(&["send_message", &id, "alice", "Встречаемся в 8 🍝"])
+        .await;
+    assert_eq!(
+        out,
+        format!("Sent to chat {id} (message #1); members notified.\n")
+    );
+    let out = alice.run(&["history", "4242"], "").await;
+    assert_one_line_error(
+        &out,
+        "you are not a member of chat 4242 (or it does not exist)",
+    );
+
+    let out = bob
+        .run(&[], &format!("connect {id}\nи я 👍\n/leave\nexit\n"))
+        .await;
+    assert!(out.ok, "{out:?}");
+    assert_eq!(
+        unstamped(&out.stdout),
+        vec![
+            "alice: Встречаемся в 8 🍝".to_owned(),
+            "bob: и я 👍".to_owned()
+        ],
+        "{out:?}"
+    );
+
+    // Bob was emailed about Alice's message (through the saga), Alice about Bob's (through
+    // the event); the stub sender keeps them in the data directory.
+    let record = data.path().join("sent-emails.jsonl");
+    let mut emails = Vec::new();
+    for _ in 0..100 {
+        emails = std::fs::read_to_string(&record)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+            .collect();
+        if emails.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut to: Vec<&str> = emails.iter().filter_map(|e| e["to"].as_str()).collect();
+    to.sort_unstable();
+    assert_eq!(to, ["alice@example.com", "bob@example.com"], "{emails:?}");
+    assert!(emails.iter().any(|e| e["text"]
+        .as_str()
+        .is_some_and(|t| t.contains("Встречаемся в 8 🍝"))));
+
+    // The server stops; the client says so in one line.
+    shutdown.trigger();
+    serving
+        .await
+        .expect("server task")
+        .expect("server stopped cleanly");
+    let out = alice.run(&["chats"], "").await;
+    assert_one_line_error(&out, &format!("cannot reach the server at {url}"));
+}

@@ -215,10 +215,14 @@ impl EventBus for NatsBus {
 }
 
 /// Events inside one process, for the embedded server: nothing crosses a process, so
-/// nothing can be lost between publish and delivery.
+/// nothing can be lost between publish and delivery. Streams read a broadcast channel (a
+/// stream that falls behind is repaired from storage like after a NATS loss); the
+/// notifier, which has no storage to repair from, reads an unbounded tap instead, the
+/// in-process stand-in for the JetStream stream.
 pub struct LocalBus {
     tx: broadcast::Sender<ChatEvent>,
     reconnects: broadcast::Sender<()>,
+    tap: Option<tokio::sync::mpsc::UnboundedSender<ChatEvent>>,
 }
 
 impl Default for LocalBus {
@@ -226,13 +230,30 @@ impl Default for LocalBus {
         Self {
             tx: broadcast::channel(4096).0,
             reconnects: broadcast::channel(1).0,
+            tap: None,
         }
+    }
+}
+
+impl LocalBus {
+    /// A bus that also hands every published event, in order, to the returned receiver.
+    pub fn with_tap() -> (Self, tokio::sync::mpsc::UnboundedReceiver<ChatEvent>) {
+        let (tap, rx) = tokio::sync::mpsc::unbounded_channel();
+        let bus = Self {
+            tap: Some(tap),
+            ..Self::default()
+        };
+        (bus, rx)
     }
 }
 
 #[async_trait]
 impl EventBus for LocalBus {
     async fn publish(&self, event: &ChatEvent) -> anyhow::Result<()> {
+        if let Some(tap) = &self.tap {
+            // Fails only when the reader is gone (shutting down).
+            let _ = tap.send(event.clone());
+        }
         let _ = self.tx.send(event.clone());
         Ok(())
     }

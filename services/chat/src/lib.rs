@@ -16,6 +16,7 @@ pub mod store;
 use std::{net::SocketAddr, sync::Arc};
 
 use tokio::net::TcpListener;
+use tonic::{codegen::InterceptedService, service::Interceptor, transport::Channel};
 
 pub use chat_common::client::{lazy_channel, verifier_from_auth};
 use chat_common::{server, service_token::ServiceCredential, Shutdown, TokenVerifier};
@@ -24,7 +25,6 @@ use grpc_chat_proto::chat::v1::chat_service_server::ChatServiceServer;
 
 pub use config::Config;
 pub use service::ChatApi;
-use store::postgres::{PgChatStore, MIGRATOR};
 
 /// A bound, ready-to-run chat service.
 pub struct Application {
@@ -34,42 +34,60 @@ pub struct Application {
     verifier: TokenVerifier,
 }
 
-impl Application {
-    /// Connects to PostgreSQL (migrating it), NATS and AuthService, and binds the listener.
-    /// `shutdown` stops the streams and background tasks as well as the server.
-    pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
-        let pool = chat_common::db::connect_and_migrate(
-            &config.database_url,
-            &MIGRATOR,
-            config.database_max_connections,
+/// The service's logic on `bus`, calling AuthService through `auth`: what the split
+/// binary and the all-in-one `chat-server` both run.
+pub async fn build_api(
+    config: &Config,
+    bus: Arc<dyn events::EventBus>,
+    auth: AuthServiceClient<Channel>,
+    shutdown: Shutdown,
+) -> anyhow::Result<ChatApi> {
+    let store = store::open(&config.database_url, config.database_max_connections).await?;
+    let credential =
+        ServiceCredential::new(auth.clone(), "chat-service", config.service_secret.clone());
+    let hub = hub::Hub::new(
+        bus,
+        store.clone(),
+        config.stream_buffer,
+        config.catch_up_every,
+        shutdown.clone(),
+    );
+    Ok(ChatApi::new(
+        store,
+        hub,
+        directory::Directory::new(auth, credential),
+        shutdown,
+    ))
+}
+
+/// The NATS bus `config` names.
+pub async fn nats_bus(config: &Config) -> anyhow::Result<Arc<dyn events::EventBus>> {
+    Ok(Arc::new(
+        events::NatsBus::connect(
+            &config.nats_url,
+            &config.subject_prefix,
+            config.nats_stream.as_deref(),
         )
-        .await?;
-        let store = Arc::new(PgChatStore::new(pool));
-        let bus = Arc::new(
-            events::NatsBus::connect(
-                &config.nats_url,
-                &config.subject_prefix,
-                config.nats_stream.as_deref(),
-            )
-            .await?,
-        );
+        .await?,
+    ))
+}
+
+/// The gRPC service for `api`, every call checked by `verifier`.
+pub fn grpc_service(
+    api: ChatApi,
+    verifier: &TokenVerifier,
+) -> InterceptedService<ChatServiceServer<ChatApi>, impl Interceptor + Clone> {
+    ChatServiceServer::with_interceptor(api, verifier.interceptor())
+}
+
+impl Application {
+    /// Connects to the database (migrating it), NATS and AuthService, and binds the
+    /// listener. `shutdown` stops the streams and background tasks as well as the server.
+    pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
+        let bus = nats_bus(&config).await?;
         let auth = AuthServiceClient::new(lazy_channel(&config.auth_url)?);
         let verifier = verifier_from_auth(&auth, &shutdown).await?;
-        let credential =
-            ServiceCredential::new(auth.clone(), "chat-service", config.service_secret.clone());
-        let hub = hub::Hub::new(
-            bus,
-            store.clone(),
-            config.stream_buffer,
-            config.catch_up_every,
-            shutdown.clone(),
-        );
-        let api = ChatApi::new(
-            store,
-            hub,
-            directory::Directory::new(auth, credential),
-            shutdown,
-        );
+        let api = build_api(&config, bus, auth, shutdown).await?;
         let (listener, addr) = chat_common::server::bind(config.listen_addr).await?;
         Ok(Self {
             addr,
@@ -93,18 +111,14 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(ChatServiceServer::with_interceptor(
-                self.api,
-                self.verifier.interceptor(),
-            ));
+            .add_service(grpc_service(self.api, &self.verifier));
         server::serve(router, self.listener, shutdown).await
     }
 }
 
 /// Creates the database when missing and applies the migrations, then returns.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let pool = chat_common::db::connect_and_migrate(&config.database_url, &MIGRATOR, 1).await?;
-    pool.close().await;
+    store::migrate(&config.database_url).await?;
     tracing::info!("chat database migrated");
     Ok(())
 }

@@ -1,13 +1,39 @@
-//! Where chats and messages live. Service logic talks to [`ChatStore`]; `postgres`
-//! implements it. The store makes each step atomic (a message and its seq in one
+//! Where chats and messages live. Service logic talks to [`ChatStore`]; `postgres` and
+//! `sqlite` implement it, and [`open`] picks one by the database URL. The store makes each step atomic (a message and its seq in one
 //! transaction; the idempotency check under the chat's row lock) and holds no policy.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use chat_common::db::{Database, Migrations};
 use chrono::{DateTime, Utc};
 
 use crate::domain::{ChatId, IdempotencyKey, MessageText, Title};
 
 pub mod postgres;
+pub mod sqlite;
+
+/// Both engines' migrations of the chat database.
+pub const MIGRATIONS: Migrations = Migrations {
+    postgres: &postgres::MIGRATOR,
+    sqlite: &sqlite::MIGRATOR,
+};
+
+/// The store on `url` (`postgres://` or `sqlite://`), created and migrated when needed.
+pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<Arc<dyn ChatStore>> {
+    Ok(
+        match Database::connect(url, MIGRATIONS, max_connections).await? {
+            Database::Postgres(pool) => Arc::new(postgres::PgChatStore::new(pool)),
+            Database::Sqlite(pool) => Arc::new(sqlite::SqliteChatStore::new(pool).await?),
+        },
+    )
+}
+
+/// Creates the database when missing and applies the migrations, then returns.
+pub async fn migrate(url: &str) -> anyhow::Result<()> {
+    Database::connect(url, MIGRATIONS, 1).await?.close().await;
+    Ok(())
+}
 
 #[derive(Debug, Clone)]
 pub struct ChatRecord {

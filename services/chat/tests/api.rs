@@ -6,7 +6,6 @@ use grpc_chat_proto::chat::v1::{self as pb};
 use support::*;
 use tonic::Code;
 
-#[tokio::test]
 async fn create_list_and_members() {
     let w = World::new().await;
     let chat = w.replica().await;
@@ -93,7 +92,6 @@ async fn create_list_and_members() {
     assert!(err.message().contains("title"));
 }
 
-#[tokio::test]
 async fn list_chats_pages_by_recent_activity() {
     let w = World::new().await;
     let chat = w.replica().await;
@@ -134,7 +132,6 @@ async fn list_chats_pages_by_recent_activity() {
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 
-#[tokio::test]
 async fn messages_get_gapless_seqs_and_page_both_ways() {
     let w = World::new().await;
     let chat = w.replica().await;
@@ -197,7 +194,6 @@ async fn messages_get_gapless_seqs_and_page_both_ways() {
     );
 }
 
-#[tokio::test]
 async fn bad_texts_are_refused_and_nothing_is_stored() {
     let w = World::new().await;
     let chat = w.replica().await;
@@ -243,7 +239,6 @@ async fn bad_texts_are_refused_and_nothing_is_stored() {
     assert_eq!(send(&chat, &alice, id, "first").await.seq, 1);
 }
 
-#[tokio::test]
 async fn idempotent_retries_store_one_message() {
     let w = World::new().await;
     let chat = w.replica().await;
@@ -295,7 +290,6 @@ async fn idempotent_retries_store_one_message() {
     assert_eq!(all.messages.len(), 2);
 }
 
-#[tokio::test]
 async fn non_members_cannot_see_a_chat_exists() {
     let w = World::new().await;
     let chat = w.replica().await;
@@ -357,7 +351,6 @@ async fn non_members_cannot_see_a_chat_exists() {
     assert_eq!(e.code(), Code::Unauthenticated);
 }
 
-#[tokio::test]
 async fn deleting_messages_and_chats_is_restricted() {
     let w = World::new().await;
     let chat = w.replica().await;
@@ -420,7 +413,6 @@ async fn deleting_messages_and_chats_is_restricted() {
     );
 }
 
-#[tokio::test]
 async fn a_service_sends_on_behalf_of_a_member_only() {
     let w = World::new().await;
     let chat = w.replica().await;
@@ -469,3 +461,14 @@ async fn a_service_sends_on_behalf_of_a_member_only() {
     .await
     .unwrap();
 }
+
+chat_testkit::backend_tests!(
+    create_list_and_members,
+    list_chats_pages_by_recent_activity,
+    messages_get_gapless_seqs_and_page_both_ways,
+    bad_texts_are_refused_and_nothing_is_stored,
+    idempotent_retries_store_one_message,
+    non_members_cannot_see_a_chat_exists,
+    deleting_messages_and_chats_is_restricted,
+    a_service_sends_on_behalf_of_a_member_only,
+);

@@ -10,7 +10,6 @@ use grpc_chat_proto::chat::v1::{self as pb, connect_response::Event};
 use support::*;
 use tonic::Code;
 
-#[tokio::test]
 async fn two_replicas_every_stream_sees_every_message_once_in_order() {
     let w = World::new().await;
     let (a, b) = (w.replica().await, w.replica().await);
@@ -50,7 +49,6 @@ async fn two_replicas_every_stream_sees_every_message_once_in_order() {
     }
 }
 
-#[tokio::test]
 async fn history_and_live_meet_without_gap_or_duplicate() {
     let w = World::new().await;
     let (a, b) = (w.replica().await, w.replica().await);
@@ -89,7 +87,6 @@ async fn history_and_live_meet_without_gap_or_duplicate() {
     }
 }
 
-#[tokio::test]
 async fn a_resumed_stream_gets_exactly_what_it_missed() {
     let w = World::new().await;
     let a = w.replica().await;
@@ -124,7 +121,6 @@ async fn a_resumed_stream_gets_exactly_what_it_missed() {
     assert_contiguous(&read_until(&mut far, 1100).await, 4, 1100);
 }
 
-#[tokio::test]
 async fn deletions_reach_streams_and_a_deleted_chat_ends_them() {
     let w = World::new().await;
     let (a, b) = (w.replica().await, w.replica().await);
@@ -180,7 +176,6 @@ async fn deletions_reach_streams_and_a_deleted_chat_ends_them() {
     }
 }
 
-#[tokio::test]
 async fn a_slow_stream_is_cut_off_and_others_go_on() {
     let w = World::new().await;
     let mut config = w.config();
@@ -229,7 +224,6 @@ async fn a_slow_stream_is_cut_off_and_others_go_on() {
     assert_contiguous(&read_until(&mut resumed, TOTAL).await, last + 1, TOTAL);
 }
 
-#[tokio::test]
 async fn a_replica_that_loses_nats_fills_the_gap_from_the_database() {
     let w = World::new().await;
     let nats_addr: SocketAddr = chat_testkit::nats_url()
@@ -260,3 +254,12 @@ async fn a_replica_that_loses_nats_fills_the_gap_from_the_database() {
     send(&a, &alice, id, "after").await;
     assert_eq!(read_until(&mut on_b, 7).await, vec![7]);
 }
+
+chat_testkit::backend_tests!(
+    two_replicas_every_stream_sees_every_message_once_in_order,
+    history_and_live_meet_without_gap_or_duplicate,
+    a_resumed_stream_gets_exactly_what_it_missed,
+    deletions_reach_streams_and_a_deleted_chat_ends_them,
+    a_slow_stream_is_cut_off_and_others_go_on,
+    a_replica_that_loses_nats_fills_the_gap_from_the_database,
+);

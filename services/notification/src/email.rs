@@ -113,11 +113,39 @@ pub fn render(message: &MessageContent<'_>, to_address: &str, to_name: &str) -> 
 #[derive(Clone, Default)]
 pub struct StubEmailSender {
     sent: Arc<Mutex<Vec<Email>>>,
+    record: Option<std::path::PathBuf>,
 }
+
+/// Emails the stub keeps in memory; older ones are only in the record file, if any.
+const STUB_KEPT: usize = 1000;
 
 impl StubEmailSender {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A stub that also appends every email as one JSON line to `path`, so a person (or a
+    /// test driving another process) can see what would have been sent.
+    pub fn with_record_file(path: std::path::PathBuf) -> Self {
+        Self {
+            record: Some(path),
+            ..Self::default()
+        }
+    }
+
+    fn append_record(path: &std::path::Path, email: &Email) -> std::io::Result<()> {
+        use std::io::Write;
+        let line = serde_json::json!({
+            "to": email.to_address,
+            "to_name": email.to_name,
+            "subject": email.subject,
+            "text": email.text_body,
+        });
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        writeln!(file, "{line}")
     }
 
     /// Every email "sent" so far, oldest first.
@@ -133,10 +161,21 @@ impl StubEmailSender {
 impl EmailSender for StubEmailSender {
     async fn send(&self, email: &Email) -> Result<(), SendError> {
         tracing::info!(to = %email.to_address, subject = %email.subject, "stub email (not sent)");
-        match self.sent.lock() {
-            Ok(mut s) => s.push(email.clone()),
-            Err(poisoned) => poisoned.into_inner().push(email.clone()),
+        if let Some(path) = &self.record {
+            let (path, email) = (path.clone(), email.clone());
+            tokio::task::spawn_blocking(move || Self::append_record(&path, &email))
+                .await
+                .map_err(|e| SendError::Transient(format!("recording a stub email: {e}")))?
+                .map_err(|e| SendError::Transient(format!("recording a stub email: {e}")))?;
         }
+        let mut sent = match self.sent.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if sent.len() >= STUB_KEPT {
+            sent.remove(0);
+        }
+        sent.push(email.clone());
         Ok(())
     }
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod consumer;
 pub mod email;
 pub mod error;
+pub mod local;
 pub mod notifier;
 pub mod service;
 pub mod store;
@@ -19,6 +20,7 @@ use std::{net::SocketAddr, sync::Arc};
 
 use async_nats::jetstream::consumer::PullConsumer;
 use tokio::net::TcpListener;
+use tonic::{codegen::InterceptedService, service::Interceptor, transport::Channel};
 
 use chat_common::{
     client::{lazy_channel, verifier_from_auth},
@@ -50,7 +52,6 @@ pub fn email_sender(config: &EmailConfig) -> anyhow::Result<Arc<dyn EmailSender>
 pub struct Application {
     addr: SocketAddr,
     listener: TcpListener,
-    api: NotificationApi,
     notifier: Notifier,
     consumer: PullConsumer,
     verifier: TokenVerifier,
@@ -70,31 +71,15 @@ impl Application {
         sender: Arc<dyn EmailSender>,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
-        let store = store::open(&config.database_url, config.database_max_connections).await?;
         let auth = AuthServiceClient::new(lazy_channel(&config.auth_url)?);
         let chat = ChatServiceClient::new(lazy_channel(&config.chat_url)?);
         let verifier = verifier_from_auth(&auth, &shutdown).await?;
-        let credential = ServiceCredential::new(
-            auth.clone(),
-            "notification-service",
-            config.service_secret.clone(),
-        );
         let consumer = consumer::connect(&config).await?;
-        let notifier = Notifier::new(
-            store,
-            sender,
-            chat,
-            auth,
-            credential,
-            config.retry,
-            config.delivery_lease,
-            shutdown,
-        );
+        let notifier = build_notifier(&config, sender, auth, chat, shutdown).await?;
         let (listener, addr) = chat_common::server::bind(config.listen_addr).await?;
         Ok(Self {
             addr,
             listener,
-            api: NotificationApi::new(notifier.clone()),
             notifier,
             consumer,
             verifier,
@@ -109,7 +94,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
         tokio::spawn(consumer::run(
             self.consumer,
-            self.notifier,
+            self.notifier.clone(),
             shutdown.clone(),
         ));
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -122,10 +107,7 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(NotificationServiceServer::with_interceptor(
-                self.api,
-                self.verifier.interceptor(),
-            ));
+            .add_service(grpc_service(self.notifier, &self.verifier));
         server::serve(router, self.listener, shutdown).await
     }
 }
@@ -135,4 +117,42 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     store::migrate(&config.database_url).await?;
     tracing::info!("notification database migrated");
     Ok(())
+}
+
+/// The notifier on `config`'s database, emailing through `sender` and calling the other
+/// services through `auth` and `chat`: what the split binary and `chat-server` both run.
+pub async fn build_notifier(
+    config: &Config,
+    sender: Arc<dyn EmailSender>,
+    auth: AuthServiceClient<Channel>,
+    chat: ChatServiceClient<Channel>,
+    shutdown: Shutdown,
+) -> anyhow::Result<Notifier> {
+    let store = store::open(&config.database_url, config.database_max_connections).await?;
+    let credential = ServiceCredential::new(
+        auth.clone(),
+        "notification-service",
+        config.service_secret.clone(),
+    );
+    Ok(Notifier::new(
+        store,
+        sender,
+        chat,
+        auth,
+        credential,
+        config.retry,
+        config.delivery_lease,
+        shutdown,
+    ))
+}
+
+/// The gRPC service for `notifier`, every call checked by `verifier`.
+pub fn grpc_service(
+    notifier: Notifier,
+    verifier: &TokenVerifier,
+) -> InterceptedService<NotificationServiceServer<NotificationApi>, impl Interceptor + Clone> {
+    NotificationServiceServer::with_interceptor(
+        NotificationApi::new(notifier),
+        verifier.interceptor(),
+    )
 }

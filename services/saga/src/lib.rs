@@ -15,6 +15,7 @@ pub mod store;
 use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
+use tonic::{codegen::InterceptedService, service::Interceptor, transport::Channel};
 
 use chat_common::{
     client::{lazy_channel, verifier_from_auth},
@@ -44,26 +45,11 @@ impl Application {
     /// Connects to and migrates the saga database, loads AuthService's keys, and binds the
     /// listener. The other services are reached lazily.
     pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
-        let store = store::open(&config.database_url, config.database_max_connections).await?;
         let auth = AuthServiceClient::new(lazy_channel(&config.auth_url)?);
         let chat = ChatServiceClient::new(lazy_channel(&config.chat_url)?);
         let notification = NotificationServiceClient::new(lazy_channel(&config.notification_url)?);
         let verifier = verifier_from_auth(&auth, &shutdown).await?;
-        let credential = ServiceCredential::new(
-            auth.clone(),
-            "saga-orchestrator",
-            config.service_secret.clone(),
-        );
-        let orchestrator = Orchestrator::new(
-            store,
-            auth,
-            chat,
-            notification,
-            credential,
-            config.notify_deadline,
-            config.lease,
-            shutdown,
-        );
+        let orchestrator = build_orchestrator(&config, auth, chat, notification, shutdown).await?;
         let (listener, addr) = chat_common::server::bind(config.listen_addr).await?;
         Ok(Self {
             addr,
@@ -91,10 +77,7 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(SagaOrchestratorServer::with_interceptor(
-                SagaApi::new(self.orchestrator),
-                self.verifier.interceptor(),
-            ));
+            .add_service(grpc_service(self.orchestrator, &self.verifier));
         server::serve(router, self.listener, shutdown).await
     }
 }
@@ -104,4 +87,39 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     store::migrate(&config.database_url).await?;
     tracing::info!("saga database migrated");
     Ok(())
+}
+
+/// The orchestrator on `config`'s saga log, calling the other services through these
+/// clients: what the split binary and `chat-server` both run.
+pub async fn build_orchestrator(
+    config: &Config,
+    auth: AuthServiceClient<Channel>,
+    chat: ChatServiceClient<Channel>,
+    notification: NotificationServiceClient<Channel>,
+    shutdown: Shutdown,
+) -> anyhow::Result<Orchestrator> {
+    let store = store::open(&config.database_url, config.database_max_connections).await?;
+    let credential = ServiceCredential::new(
+        auth.clone(),
+        "saga-orchestrator",
+        config.service_secret.clone(),
+    );
+    Ok(Orchestrator::new(
+        store,
+        auth,
+        chat,
+        notification,
+        credential,
+        config.notify_deadline,
+        config.lease,
+        shutdown,
+    ))
+}
+
+/// The gRPC service for `orchestrator`, every call checked by `verifier`.
+pub fn grpc_service(
+    orchestrator: Orchestrator,
+    verifier: &TokenVerifier,
+) -> InterceptedService<SagaOrchestratorServer<SagaApi>, impl Interceptor + Clone> {
+    SagaOrchestratorServer::with_interceptor(SagaApi::new(orchestrator), verifier.interceptor())
 }

@@ -1,0 +1,370 @@
+//! The SQLite backend of [`ChatStore`](super::ChatStore), for the embedded server.
+//!
+//! SQLite has one writer at a time, so what PostgreSQL gets from the chat row lock comes
+//! from the write transaction itself: the idempotency check, the seq bump and the insert
+//! run inside one `BEGIN IMMEDIATE` on a dedicated writer connection, and commit or roll
+//! back whole. Reads go through the shared pool and never wait for the writer (WAL).
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chrono::Utc;
+use sqlx::{sqlite::SqliteRow, Row, SqlitePool};
+
+use super::{ChatCursor, ChatRecord, ChatStore, Inserted, MemberRecord, MessageRecord, NewMessage};
+use crate::domain::{ChatId, Title};
+use chat_common::db::{begin_write, from_micros, sqlite_writer};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite/chat");
+
+pub struct SqliteChatStore {
+    read: SqlitePool,
+    write: SqlitePool,
+}
+
+impl SqliteChatStore {
+    pub async fn new(pool: SqlitePool) -> anyhow::Result<Self> {
+        let write = sqlite_writer(&pool).await?;
+        Ok(Self { read: pool, write })
+    }
+}
+
+fn now_micros() -> i64 {
+    Utc::now().timestamp_micros()
+}
+
+const CHAT_COLUMNS: &str =
+    "c.id, c.title, c.creator_id, c.created_at, c.last_seq, c.last_activity_at, \
+     (SELECT count(*) FROM chat_members m WHERE m.chat_id = c.id) AS member_count";
+const MESSAGE_COLUMNS: &str =
+    "chat_id, seq, sender_id, sender_username, text, created_at, deleted_at IS NOT NULL AS deleted";
+
+fn chat_from_row(row: &SqliteRow) -> Result<ChatRecord, sqlx::Error> {
+    let member_count: i64 = row.try_get("member_count")?;
+    Ok(ChatRecord {
+        id: row.try_get("id")?,
+        title: row.try_get("title")?,
+        creator_id: row.try_get("creator_id")?,
+        created_at: from_micros(row.try_get("created_at")?),
+        last_seq: row.try_get("last_seq")?,
+        last_activity_at: from_micros(row.try_get("last_activity_at")?),
+        member_count: i32::try_from(member_count).unwrap_or(i32::MAX),
+    })
+}
+
+fn message_from_row(row: &SqliteRow) -> Result<MessageRecord, sqlx::Error> {
+    Ok(MessageRecord {
+        chat_id: row.try_get("chat_id")?,
+        seq: row.try_get("seq")?,
+        sender_id: row.try_get("sender_id")?,
+        sender_username: row.try_get("sender_username")?,
+        text: row.try_get("text")?,
+        created_at: from_micros(row.try_get("created_at")?),
+        deleted: row.try_get("deleted")?,
+    })
+}
+
+fn member_from_row(row: &SqliteRow) -> Result<MemberRecord, sqlx::Error> {
+    Ok(MemberRecord {
+        user_id: row.try_get("user_id")?,
+        username: row.try_get("username")?,
+        joined_at: from_micros(row.try_get("joined_at")?),
+    })
+}
+
+#[async_trait]
+impl ChatStore for SqliteChatStore {
+    async fn create_chat(
+        &self,
+        creator_id: i64,
+        title: &Title,
+        members: &[(i64, String)],
+    ) -> anyhow::Result<ChatRecord> {
+        let now = now_micros();
+        let mut tx = begin_write(&self.write)
+            .await
+            .context("starting a transaction")?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO chats (title, creator_id, created_at, last_activity_at) \
+             VALUES (?1, ?2, ?3, ?3) RETURNING id",
+        )
+        .bind(title.as_str())
+        .bind(creator_id)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .context("inserting a chat")?;
+        for (user_id, username) in members {
+            sqlx::query(
+                "INSERT INTO chat_members (chat_id, user_id, username, joined_at) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+            )
+            .bind(id)
+            .bind(user_id)
+            .bind(username)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .context("inserting chat members")?;
+        }
+        let row = sqlx::query(&format!(
+            "SELECT {CHAT_COLUMNS} FROM chats c WHERE c.id = ?1"
+        ))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await
+        .context("reading the new chat")?;
+        let chat = chat_from_row(&row)?;
+        tx.commit().await.context("committing a new chat")?;
+        Ok(chat)
+    }
+
+    async fn chat_for_member(
+        &self,
+        chat: ChatId,
+        user_id: i64,
+    ) -> anyhow::Result<Option<ChatRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {CHAT_COLUMNS} FROM chats c \
+             JOIN chat_members me ON me.chat_id = c.id AND me.user_id = ?2 WHERE c.id = ?1"
+        ))
+        .bind(chat.0)
+        .bind(user_id)
+        .fetch_optional(&self.read)
+        .await
+        .context("loading a chat for a member")?;
+        Ok(row.as_ref().map(chat_from_row).transpose()?)
+    }
+
+    async fn chat(&self, chat: ChatId) -> anyhow::Result<Option<ChatRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {CHAT_COLUMNS} FROM chats c WHERE c.id = ?1"
+        ))
+        .bind(chat.0)
+        .fetch_optional(&self.read)
+        .await
+        .context("loading a chat")?;
+        Ok(row.as_ref().map(chat_from_row).transpose()?)
+    }
+
+    async fn delete_chat(&self, chat: ChatId) -> anyhow::Result<bool> {
+        let mut tx = begin_write(&self.write)
+            .await
+            .context("starting a transaction")?;
+        let res = sqlx::query("DELETE FROM chats WHERE id = ?1")
+            .bind(chat.0)
+            .execute(&mut *tx)
+            .await
+            .context("deleting a chat")?;
+        tx.commit().await.context("committing a chat deletion")?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    async fn list_chats(
+        &self,
+        user_id: i64,
+        limit: i64,
+        cursor: Option<ChatCursor>,
+    ) -> anyhow::Result<Vec<ChatRecord>> {
+        let (micros, id) = cursor
+            .map(|c| (c.last_activity_micros, c.id))
+            .unwrap_or((i64::MAX, i64::MAX));
+        let rows = sqlx::query(&format!(
+            "SELECT {CHAT_COLUMNS} FROM chats c \
+             JOIN chat_members me ON me.chat_id = c.id AND me.user_id = ?1 \
+             WHERE (c.last_activity_at, c.id) < (?2, ?3) \
+             ORDER BY c.last_activity_at DESC, c.id DESC LIMIT ?4"
+        ))
+        .bind(user_id)
+        .bind(micros)
+        .bind(id)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await
+        .context("listing chats")?;
+        Ok(rows.iter().map(chat_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn list_members(&self, chat: ChatId) -> anyhow::Result<Vec<MemberRecord>> {
+        let rows = sqlx::query(
+            "SELECT user_id, username, joined_at FROM chat_members WHERE chat_id = ?1 \
+             ORDER BY joined_at, user_id",
+        )
+        .bind(chat.0)
+        .fetch_all(&self.read)
+        .await
+        .context("listing members")?;
+        Ok(rows.iter().map(member_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn member(&self, chat: ChatId, user_id: i64) -> anyhow::Result<Option<MemberRecord>> {
+        let row = sqlx::query(
+            "SELECT user_id, username, joined_at FROM chat_members \
+             WHERE chat_id = ?1 AND user_id = ?2",
+        )
+        .bind(chat.0)
+        .bind(user_id)
+        .fetch_optional(&self.read)
+        .await
+        .context("loading a member")?;
+        Ok(row.as_ref().map(member_from_row).transpose()?)
+    }
+
+    async fn insert_message(&self, msg: NewMessage<'_>) -> anyhow::Result<Inserted> {
+        let key = msg.idempotency_key.map(|k| k.as_str());
+        let now = now_micros();
+        let mut tx = begin_write(&self.write)
+            .await
+            .context("starting a transaction")?;
+        if let Some(key) = key {
+            let earlier = sqlx::query(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages \
+                 WHERE chat_id = ?1 AND sender_id = ?2 AND idempotency_key = ?3"
+            ))
+            .bind(msg.chat_id.0)
+            .bind(msg.sender_id)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await
+            .context("looking up an idempotency key")?;
+            if let Some(row) = earlier {
+                return Ok(Inserted::Duplicate(message_from_row(&row)?));
+            }
+        }
+        let seq: Option<i64> = sqlx::query_scalar(
+            "UPDATE chats SET last_seq = last_seq + 1, last_activity_at = ?3 \
+             WHERE id = ?1 AND EXISTS ( \
+                 SELECT 1 FROM chat_members WHERE chat_id = ?1 AND user_id = ?2) \
+             RETURNING last_seq",
+        )
+        .bind(msg.chat_id.0)
+        .bind(msg.sender_id)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await
+        .context("taking the next seq")?;
+        let Some(seq) = seq else {
+            return Ok(Inserted::NoChat);
+        };
+        let row = sqlx::query(&format!(
+            "INSERT INTO messages \
+             (chat_id, seq, sender_id, sender_username, text, idempotency_key, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING {MESSAGE_COLUMNS}"
+        ))
+        .bind(msg.chat_id.0)
+        .bind(seq)
+        .bind(msg.sender_id)
+        .bind(msg.sender_username)
+        .bind(msg.text.as_str())
+        .bind(key)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .context("inserting a message")?;
+        let message = message_from_row(&row)?;
+        tx.commit().await.context("committing a message")?;
+        Ok(Inserted::New(message))
+    }
+
+    async fn delete_message(
+        &self,
+        chat: ChatId,
+        seq: i64,
+    ) -> anyhow::Result<Option<MessageRecord>> {
+        let mut tx = begin_write(&self.write)
+            .await
+            .context("starting a transaction")?;
+        let row = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND seq = ?2"
+        ))
+        .bind(chat.0)
+        .bind(seq)
+        .fetch_optional(&mut *tx)
+        .await
+        .context("loading a message")?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let old = message_from_row(&row)?;
+        sqlx::query(
+            "UPDATE messages SET deleted_at = COALESCE(deleted_at, ?3), text = '' \
+             WHERE chat_id = ?1 AND seq = ?2",
+        )
+        .bind(chat.0)
+        .bind(seq)
+        .bind(now_micros())
+        .execute(&mut *tx)
+        .await
+        .context("deleting a message")?;
+        tx.commit().await.context("committing a message deletion")?;
+        Ok(Some(old))
+    }
+
+    async fn message(&self, chat: ChatId, seq: i64) -> anyhow::Result<Option<MessageRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND seq = ?2"
+        ))
+        .bind(chat.0)
+        .bind(seq)
+        .fetch_optional(&self.read)
+        .await
+        .context("loading a message")?;
+        Ok(row.as_ref().map(message_from_row).transpose()?)
+    }
+
+    async fn messages_after(
+        &self,
+        chat: ChatId,
+        after: i64,
+        upto: Option<i64>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<MessageRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages \
+             WHERE chat_id = ?1 AND seq > ?2 AND seq <= ?3 AND deleted_at IS NULL \
+             ORDER BY seq ASC LIMIT ?4"
+        ))
+        .bind(chat.0)
+        .bind(after)
+        .bind(upto.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await
+        .context("reading messages")?;
+        Ok(rows
+            .iter()
+            .map(message_from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn messages_before(
+        &self,
+        chat: ChatId,
+        before: Option<i64>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<MessageRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages \
+             WHERE chat_id = ?1 AND seq < ?2 AND deleted_at IS NULL \
+             ORDER BY seq DESC LIMIT ?3"
+        ))
+        .bind(chat.0)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await
+        .context("reading messages")?;
+        Ok(rows
+            .iter()
+            .map(message_from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn last_seq(&self, chat: ChatId) -> anyhow::Result<Option<i64>> {
+        let seq = sqlx::query_scalar("SELECT last_seq FROM chats WHERE id = ?1")
+            .bind(chat.0)
+            .fetch_optional(&self.read)
+            .await
+            .context("reading the chat's last seq")?;
+        Ok(seq)
+    }
+}

@@ -1,0 +1,250 @@
+//! `chat-server`: AuthService, ChatService, NotificationService and SagaOrchestrator in
+//! one process, on one port, so a person can run the whole system with one command.
+//!
+//! Nothing here is service logic: each service is built by its own crate's constructor,
+//! exactly as its split binary builds it, on the storage and event bus chosen here. By
+//! default that is an SQLite file per service under the data directory and the in-process
+//! `LocalBus` (with a tap feeding the notifier); with `--database-url` and `--nats-url` it
+//! is PostgreSQL and NATS, and several `chat-server`s are replicas of one system. The
+//! services still call each other over gRPC, on this process's own port, with service
+//! tokens, so the embedded server exercises the same paths as the split deployment.
+
+pub mod config;
+mod keys;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use secrecy::SecretString;
+use tokio::{net::TcpListener, sync::mpsc};
+
+use chat_common::{client::lazy_channel, server, Shutdown, TokenVerifier};
+use chat_service::events::{ChatEvent, EventBus, LocalBus};
+use grpc_chat_proto::auth::v1::auth_service_client::AuthServiceClient;
+use grpc_chat_proto::chat::v1::chat_service_client::ChatServiceClient;
+use grpc_chat_proto::notification::v1::notification_service_client::NotificationServiceClient;
+use notification_service::{email::StubEmailSender, EmailConfig, Notifier};
+use saga_orchestrator::Orchestrator;
+
+pub use config::{Args, Config, Storage};
+
+/// Where the notifier's events come from.
+enum EventSource {
+    /// The in-process bus's tap.
+    Local(mpsc::UnboundedReceiver<ChatEvent>),
+    /// The JetStream consumer shared with other replicas.
+    JetStream(Box<async_nats::jetstream::consumer::PullConsumer>),
+}
+
+/// A bound, ready-to-run server.
+pub struct Server {
+    addr: SocketAddr,
+    listener: TcpListener,
+    verifier: TokenVerifier,
+    auth: auth_service::AuthApi,
+    chat: chat_service::ChatApi,
+    notifier: Notifier,
+    events: EventSource,
+    orchestrator: Orchestrator,
+    recovery_interval: Duration,
+}
+
+/// The address this process reaches its own port on.
+fn loopback(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+/// The secret the services exchange for service tokens: `SERVICE_SECRET` when set, else a
+/// random one that lives as long as the process (only this process's services use it).
+fn service_secret() -> anyhow::Result<SecretString> {
+    Ok(match chat_common::config::secret_var("SERVICE_SECRET")? {
+        Some(s) if !s.is_empty() => SecretString::from(s),
+        _ => SecretString::from(hex::encode(rand::random::<[u8; 32]>())),
+    })
+}
+
+impl Server {
+    /// Binds the port, opens (and migrates) the four databases, connects NATS when asked,
+    /// and builds every service. Nothing is served until [`Server::run_until_stopped`].
+    pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create the data directory {}: {e}",
+                config.data_dir.display()
+            )
+        })?;
+        let (listener, addr) = server::bind(config.listen).await?;
+        let own_url = format!("http://{}", loopback(addr));
+        let secret = service_secret()?;
+        let channel = lazy_channel(&own_url)?;
+        let auth_client = AuthServiceClient::new(channel.clone());
+        let chat_client = ChatServiceClient::new(channel.clone());
+
+        let mut settings = auth_service::Settings::from_env()?;
+        if settings.signing_key_pem.is_none() {
+            settings.signing_key_pem = Some(keys::signing_key(&config.data_dir)?);
+        }
+        settings.service_secret = Some(secret.clone());
+        if let Some(cost) = config.bcrypt_cost {
+            settings.bcrypt_cost = cost;
+        }
+        let users = auth_service::store::open(&config.database_url("users"), 10).await?;
+        let auth = auth_service::AuthApi::new(users, settings).await?;
+        let verifier = auth.verifier();
+
+        let mut chat_config = chat_service::Config::from_env()?;
+        chat_config.database_url = config.database_url("chat");
+        chat_config.auth_url = own_url.clone();
+        chat_config.service_secret = secret.clone();
+        let (bus, tap): (Arc<dyn EventBus>, _) = match &config.nats_url {
+            Some(url) => {
+                chat_config.nats_url = url.clone();
+                (chat_service::nats_bus(&chat_config).await?, None)
+            }
+            None => {
+                let (bus, tap) = LocalBus::with_tap();
+                (Arc::new(bus), Some(tap))
+            }
+        };
+        let chat =
+            chat_service::build_api(&chat_config, bus, auth_client.clone(), shutdown.clone())
+                .await?;
+
+        let mut notify_config = notification_service::Config::from_env()?;
+        notify_config.database_url = config.database_url("notification");
+        notify_config.auth_url = own_url.clone();
+        notify_config.chat_url = own_url.clone();
+        notify_config.service_secret = secret.clone();
+        let smtp_asked =
+            std::env::var_os("EMAIL_SENDER").is_some() || std::env::var_os("SMTP_HOST").is_some();
+        let sender = match &notify_config.email {
+            EmailConfig::Smtp(_) if smtp_asked => {
+                notification_service::email_sender(&notify_config.email)?
+            }
+            _ => {
+                let record = config.data_dir.join("sent-emails.jsonl");
+                tracing::info!(record = %record.display(), "emails go to the stub sender");
+                Arc::new(StubEmailSender::with_record_file(record))
+            }
+        };
+        let notifier = notification_service::build_notifier(
+            &notify_config,
+            sender,
+            auth_client.clone(),
+            chat_client.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+        let events = match (tap, &config.nats_url) {
+            (Some(tap), _) => EventSource::Local(tap),
+            (None, Some(url)) => {
+                notify_config.nats_url = url.clone();
+                EventSource::JetStream(Box::new(
+                    notification_service::consumer::connect(&notify_config).await?,
+                ))
+            }
+            (None, None) => anyhow::bail!("no event source: neither in-process nor NATS"),
+        };
+
+        let mut saga_config = saga_orchestrator::Config::from_env()?;
+        saga_config.database_url = config.database_url("saga");
+        saga_config.service_secret = secret;
+        let orchestrator = saga_orchestrator::build_orchestrator(
+            &saga_config,
+            auth_client,
+            chat_client,
+            NotificationServiceClient::new(channel),
+            shutdown,
+        )
+        .await?;
+
+        Ok(Self {
+            addr,
+            listener,
+            verifier,
+            auth,
+            chat,
+            notifier,
+            events,
+            orchestrator,
+            recovery_interval: saga_config.recovery_interval,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves every service until `shutdown`, then drains open calls and streams.
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        match self.events {
+            EventSource::Local(tap) => {
+                tokio::spawn(notification_service::local::run(
+                    tap,
+                    self.notifier.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            EventSource::JetStream(consumer) => {
+                tokio::spawn(notification_service::consumer::run(
+                    *consumer,
+                    self.notifier.clone(),
+                    shutdown.clone(),
+                ));
+            }
+        }
+        self.orchestrator.spawn_recovery(self.recovery_interval);
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let auth = auth_service::grpc_service(self.auth, &health).await;
+        let chat = chat_service::grpc_service(self.chat, &self.verifier);
+        let notification = notification_service::grpc_service(self.notifier, &self.verifier);
+        let saga = saga_orchestrator::grpc_service(self.orchestrator, &self.verifier);
+        health.set_serving::<ChatServer>().await;
+        health.set_serving::<NotificationServer>().await;
+        health.set_serving::<SagaServer>().await;
+        let (reflection_v1, reflection_v1alpha) = server::reflection()?;
+        let router = server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(auth)
+            .add_service(chat)
+            .add_service(notification)
+            .add_service(saga);
+        tracing::info!(addr = %self.addr, "chat-server serving");
+        println!("chat-server listening on {}", self.addr);
+        server::serve(router, self.listener, shutdown).await
+    }
+}
+
+type ChatServer =
+    grpc_chat_proto::chat::v1::chat_service_server::ChatServiceServer<chat_service::ChatApi>;
+type NotificationServer =
+    grpc_chat_proto::notification::v1::notification_service_server::NotificationServiceServer<
+        notification_service::NotificationApi,
+    >;
+type SagaServer = grpc_chat_proto::saga::v1::saga_orchestrator_server::SagaOrchestratorServer<
+    saga_orchestrator::SagaApi,
+>;
+
+/// Creates every database when missing and applies the migrations, then returns.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    drop(auth_service::store::open(&config.database_url("users"), 1).await?);
+    chat_service::store::migrate(&config.database_url("chat")).await?;
+    drop(notification_service::store::open(&config.database_url("notification"), 1).await?);
+    drop(saga_orchestrator::store::open(&config.database_url("saga"), 1).await?);
+    tracing::info!("databases migrated");
+    Ok(())
+}

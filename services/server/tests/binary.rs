@@ -1,0 +1,314 @@
+//! The `chat-server` binary as an operator runs it: started as a process, talked to over
+//! gRPC on its one port, stopped and started again on the same data.
+
+use std::{
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use chat_common::service_token::with_bearer;
+use grpc_chat_proto::{
+    auth::v1::{self as authpb, auth_service_client::AuthServiceClient},
+    chat::v1::{self as chatpb, chat_service_client::ChatServiceClient, connect_response::Event},
+};
+use sqlx::{Connection, Executor, PgConnection};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+use tonic::transport::Channel;
+
+struct Running {
+    child: Child,
+    url: String,
+}
+
+/// Starts `chat-server` with `args` and waits for its "listening" line.
+async fn start(args: &[&str], env: &[(&str, &str)]) -> (Running, Duration) {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .args(["--listen", &listen])
+        .args(args)
+        .env("BCRYPT_COST", "4")
+        .env("METRICS_ADDR", "off")
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn chat-server");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("chat-server started in time")
+        .expect("read stdout")
+        .expect("a line");
+    let took = started.elapsed();
+    assert_eq!(line, format!("chat-server listening on {listen}"));
+    let running = Running {
+        child,
+        url: format!("http://{listen}"),
+    };
+    (running, took)
+}
+
+impl Running {
+    async fn channel(&self) -> Channel {
+        chat_testkit::channel(
+            self.url
+                .trim_start_matches("http://")
+                .parse()
+                .expect("addr"),
+        )
+        .await
+    }
+
+    /// SIGTERM, and the exit status.
+    async fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("pid");
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("stopped in time")
+            .expect("exit status")
+    }
+}
+
+async fn register_and_login(channel: Channel, name: &str) -> (i64, String) {
+    let mut auth = AuthServiceClient::new(channel.clone());
+    let email = format!("{name}@example.com");
+    let user = auth
+        .register(authpb::RegisterRequest {
+            email: email.clone(),
+            username: name.into(),
+            password: "a-long-password".into(),
+        })
+        .await
+        .expect("register")
+        .into_inner()
+        .user
+        .expect("user");
+    (
+        user.id,
+        login(AuthServiceClient::new(channel), &email).await,
+    )
+}
+
+async fn login(mut auth: AuthServiceClient<Channel>, email: &str) -> String {
+    auth.login(authpb::LoginRequest {
+        email: email.into(),
+        password: "a-long-password".into(),
+    })
+    .await
+    .expect("login")
+    .into_inner()
+    .tokens
+    .expect("tokens")
+    .access_token
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_and_tokens_survive_a_restart() {
+    let data = tempfile::tempdir().expect("data dir");
+    let dir = data.path().to_str().expect("utf-8 path");
+    let (server, took) = start(&["--data", dir], &[]).await;
+    eprintln!("chat-server on an empty data dir served after {took:?}");
+    let (_, token) = register_and_login(server.channel().await, "alice").await;
+    let mut chat = ChatServiceClient::new(server.channel().await);
+    let created = chat
+        .create_chat(with_bearer(
+            tonic::Request::new(chatpb::CreateChatRequest {
+                title: "notes".into(),
+                members: vec![],
+            }),
+            &token,
+        ))
+        .await
+        .expect("create chat")
+        .into_inner()
+        .chat
+        .expect("chat");
+    chat.send_message(with_bearer(
+        tonic::Request::new(chatpb::SendMessageRequest {
+            chat_id: created.id,
+            text: "remember the milk".into(),
+            ..Default::default()
+        }),
+        &token,
+    ))
+    .await
+    .expect("send");
+    assert!(server.stop().await.success(), "a clean exit on SIGTERM");
+
+    for file in [
+        "users.db",
+        "chat.db",
+        "notification.db",
+        "saga.db",
+        "signing-key.pem",
+    ] {
+        assert!(data.path().join(file).exists(), "{file} is kept");
+    }
+
+    let (server, took) = start(&["--data", dir], &[]).await;
+    eprintln!("chat-server on existing data served after {took:?}");
+    // The token from before the restart still verifies: the signing key was kept.
+    let mut chat = ChatServiceClient::new(server.channel().await);
+    let page = chat
+        .list_messages(with_bearer(
+            tonic::Request::new(chatpb::ListMessagesRequest {
+                chat_id: created.id,
+                ..Default::default()
+            }),
+            &token,
+        ))
+        .await
+        .expect("history after restart")
+        .into_inner();
+    let texts: Vec<_> = page.messages.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["remember the milk"]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_flags_are_refused_in_one_line() {
+    let out = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .args(["--database-url", "mysql://localhost/chat"])
+        .env("METRICS_ADDR", "off")
+        .output()
+        .await
+        .expect("run chat-server");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--database-url must be a postgres:// URL"),
+        "{stderr}"
+    );
+}
+
+/// Drops the databases a PostgreSQL-backed chat-server derived from `name`.
+struct PgDatabases(String);
+
+impl Drop for PgDatabases {
+    fn drop(&mut self) {
+        let name = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let mut conn = PgConnection::connect(&chat_testkit::admin_url())
+                    .await
+                    .expect("admin connection");
+                for service in ["users", "chat", "notification", "saga"] {
+                    let _ = conn
+                        .execute(
+                            format!(r#"DROP DATABASE IF EXISTS "{name}_{service}" WITH (FORCE)"#)
+                                .as_str(),
+                        )
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Two `chat-server`s on one PostgreSQL and one NATS are replicas of one system: a
+/// message sent to one reaches a stream held by the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_postgres_and_nats_are_replicas() {
+    let name = format!("grpcchat_test_{}", uuid::Uuid::new_v4().simple());
+    let _dbs = PgDatabases(name.clone());
+    let nats = chat_testkit::TestNats::new();
+    let admin = chat_testkit::admin_url();
+    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+    let database_url = format!("{base}/{name}");
+    let data = tempfile::tempdir().expect("data dir");
+    let dir = data.path().to_str().expect("utf-8 path");
+    let nats_url = chat_testkit::nats_url();
+    let args = [
+        "--data",
+        dir,
+        "--database-url",
+        &database_url,
+        "--nats-url",
+        &nats_url,
+    ];
+    let env = [
+        ("NATS_SUBJECT_PREFIX", nats.prefix.as_str()),
+        ("NATS_STREAM", nats.stream.as_str()),
+        ("NATS_CONSUMER", "notification"),
+    ];
+    let (a, _) = start(&args, &env).await;
+    let (b, _) = start(&args, &env).await;
+
+    let (_, alice) = register_and_login(a.channel().await, "alice").await;
+    // The same account and the same key on the other replica.
+    let alice_on_b = login(
+        AuthServiceClient::new(b.channel().await),
+        "alice@example.com",
+    )
+    .await;
+    let mut chat_a = ChatServiceClient::new(a.channel().await);
+    let mut chat_b = ChatServiceClient::new(b.channel().await);
+    let chat_id = chat_a
+        .create_chat(with_bearer(
+            tonic::Request::new(chatpb::CreateChatRequest::default()),
+            &alice,
+        ))
+        .await
+        .expect("create chat")
+        .into_inner()
+        .chat
+        .expect("chat")
+        .id;
+    let mut stream = chat_b
+        .connect(with_bearer(
+            tonic::Request::new(chatpb::ConnectRequest {
+                chat_id,
+                ..Default::default()
+            }),
+            &alice_on_b,
+        ))
+        .await
+        .expect("connect on b")
+        .into_inner();
+    // History ends first (empty), then the live message sent to the other replica.
+    let first = stream.message().await.expect("event").expect("open");
+    assert!(
+        matches!(first.event, Some(Event::HistoryEnd(_))),
+        "{first:?}"
+    );
+    chat_a
+        .send_message(with_bearer(
+            tonic::Request::new(chatpb::SendMessageRequest {
+                chat_id,
+                text: "через реплику".into(),
+                ..Default::default()
+            }),
+            &alice,
+        ))
+        .await
+        .expect("send on a");
+    let live = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("arrived in time")
+        .expect("event")
+        .expect("open");
+    match live.event {
+        Some(Event::Message(m)) => assert_eq!((m.seq, m.text.as_str()), (1, "через реплику")),
+        other => panic!("expected the message, got {other:?}"),
+    }
+    drop(stream);
+    a.stop().await;
+    b.stop().await;
+}
