@@ -284,17 +284,29 @@ pub async fn nats_rtt(url: &str, size: usize, duration: Duration) -> anyhow::Res
     let payload = bytes_of(size);
     let mut hist = histogram()?;
     let deadline = Instant::now() + duration;
+    // Core NATS is at most once: a message lost on the way is counted and sent again, not
+    // an error of the system under test; more than a few is.
+    let mut lost = 0u64;
     while Instant::now() < deadline {
         let t = Instant::now();
-        publisher.publish(subject.clone(), payload.clone()).await?;
-        tokio::time::timeout(Duration::from_secs(5), sub.next())
+        publisher
+            .publish(subject.clone(), payload.clone())
             .await
-            .context("NATS message not received within 5 s")?
-            .context("NATS subscription ended")?;
-        hist.record(t.elapsed().as_micros() as u64)?;
+            .context("NATS publish")?;
+        match tokio::time::timeout(Duration::from_secs(2), sub.next()).await {
+            Ok(Some(_)) => hist.record(t.elapsed().as_micros() as u64)?,
+            Ok(None) => bail!("NATS subscription ended"),
+            Err(_) => {
+                lost += 1;
+                if lost > 3 {
+                    bail!("NATS lost {lost} round-trip messages");
+                }
+            }
+        }
     }
     Ok(Row::new("limit:nats-rtt", "msg", hist.len())
         .latencies(&hist)
+        .extra("lost", lost)
         .extra("message_bytes", size)
         .note("core NATS publish→receipt, two connections, one in flight"))
 }
@@ -338,7 +350,10 @@ pub async fn nats_fanout(
     let mut readers = Vec::new();
     for j in 0..s {
         let c = j % n_conns;
-        let mut sub = conns[c].subscribe(subject.clone()).await?;
+        let mut sub = conns[c]
+            .subscribe(subject.clone())
+            .await
+            .context("NATS subscribe")?;
         let shared = shared.clone();
         readers.push(tokio::spawn(async move {
             while let Some(m) = sub.next().await {
@@ -361,7 +376,7 @@ pub async fn nats_fanout(
         }));
     }
     for c in &conns {
-        c.flush().await?;
+        c.flush().await.context("NATS flush")?;
     }
     let started = Instant::now();
     let deadline = started + duration;
@@ -378,7 +393,8 @@ pub async fn nats_fanout(
                     subject.clone(),
                     text_of_size(&format!("fanout {rounds} "), size).into(),
                 )
-                .await?;
+                .await
+                .context("NATS publish")?;
             tokio::time::timeout(Duration::from_secs(30), shared.all_arrived.notified())
                 .await
                 .with_context(|| {
