@@ -42,8 +42,9 @@ struct Inner {
     verifier: TokenVerifier,
     settings: Settings,
     /// A hash of a random password at the configured cost, verified against when the email
-    /// is unknown so that a login takes as long whether or not the account exists.
-    fallback_hash: String,
+    /// is unknown so that a login takes as long whether or not the account exists. Hashed
+    /// in the background from start-up (a second at the default cost), not before serving.
+    fallback_hash: Arc<tokio::sync::OnceCell<String>>,
 }
 
 impl AuthApi {
@@ -60,11 +61,8 @@ impl AuthApi {
                 .public_keys()
                 .map(|k| (k.kid.as_str(), k.pem.as_str())),
         )?;
-        let cost = settings.bcrypt_cost;
-        let fallback_hash =
-            spawn_blocking_with_tracing(move || bcrypt::hash(Uuid::new_v4().to_string(), cost))
-                .await??;
-        Ok(Self {
+        let fallback_hash = Arc::new(tokio::sync::OnceCell::new());
+        let api = Self {
             inner: Arc::new(Inner {
                 store,
                 signer,
@@ -72,7 +70,29 @@ impl AuthApi {
                 settings,
                 fallback_hash,
             }),
-        })
+        };
+        let warm = api.clone();
+        tokio::spawn(async move {
+            if let Err(e) = warm.fallback_hash().await {
+                tracing::warn!(error = %e, "hashing the fallback password failed; retried at login");
+            }
+        });
+        Ok(api)
+    }
+
+    async fn fallback_hash(&self) -> Result<String, AuthError> {
+        let cost = self.inner.settings.bcrypt_cost;
+        let hash = self
+            .inner
+            .fallback_hash
+            .get_or_try_init(|| async move {
+                spawn_blocking_with_tracing(move || bcrypt::hash(Uuid::new_v4().to_string(), cost))
+                    .await
+                    .map_err(|e| AuthError::Internal(e.into()))?
+                    .map_err(|e| AuthError::Internal(e.into()))
+            })
+            .await?;
+        Ok(hash.clone())
     }
 
     /// A verifier for the tokens this service signs (what other services build from
@@ -254,10 +274,10 @@ impl AuthService for AuthApi {
                 .map_err(AuthError::from)?,
             Err(_) => None,
         };
-        let hash = user
-            .as_ref()
-            .map(|u| u.password_hash.clone())
-            .unwrap_or_else(|| self.inner.fallback_hash.clone());
+        let hash = match &user {
+            Some(u) => u.password_hash.clone(),
+            None => self.fallback_hash().await?,
+        };
         let ok = self.verify_password(req.password, hash).await?;
         let user = match user {
             Some(u) if ok => u,
