@@ -222,6 +222,26 @@ async fn nats_connect(url: &str) -> anyhow::Result<async_nats::Client> {
         .with_context(|| format!("connecting to NATS at {url}"))
 }
 
+/// Returns once the server has processed everything `conn` sent before (its SUBs, in
+/// particular): the server handles a connection's protocol in order, so a message the
+/// connection publishes to itself arrives only after its earlier subscriptions took effect.
+/// (`flush` only writes the socket.)
+async fn synced(conn: &async_nats::Client) -> anyhow::Result<()> {
+    let inbox = conn.new_inbox();
+    let mut sub = conn
+        .subscribe(inbox.clone())
+        .await
+        .context("NATS subscribe")?;
+    conn.publish(inbox, bytes::Bytes::new())
+        .await
+        .context("NATS publish")?;
+    tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .context("NATS did not echo a connection's own message within 10 s")?
+        .context("NATS subscription ended")?;
+    Ok(())
+}
+
 /// Raw NATS: one publisher connection, one subscriber connection, `size`-byte messages
 /// published as fast as the subscriber keeps up (at most 20,000 ahead): messages per
 /// second from publish to receipt.
@@ -229,7 +249,7 @@ pub async fn nats_rate(url: &str, size: usize, duration: Duration) -> anyhow::Re
     let (publisher, subscriber) = (nats_connect(url).await?, nats_connect(url).await?);
     let subject = format!("bench.{}.rate", run_id());
     let mut sub = subscriber.subscribe(subject.clone()).await?;
-    subscriber.flush().await?;
+    synced(&subscriber).await?;
     let received = Arc::new(AtomicU64::new(0));
     let reader = {
         let received = received.clone();
@@ -280,7 +300,7 @@ pub async fn nats_rtt(url: &str, size: usize, duration: Duration) -> anyhow::Res
     let (publisher, subscriber) = (nats_connect(url).await?, nats_connect(url).await?);
     let subject = format!("bench.{}.rtt", run_id());
     let mut sub = subscriber.subscribe(subject.clone()).await?;
-    subscriber.flush().await?;
+    synced(&subscriber).await?;
     let payload = bytes_of(size);
     let mut hist = histogram()?;
     let deadline = Instant::now() + duration;
@@ -376,7 +396,7 @@ pub async fn nats_fanout(
         }));
     }
     for c in &conns {
-        c.flush().await.context("NATS flush")?;
+        synced(c).await?;
     }
     let started = Instant::now();
     let deadline = started + duration;
