@@ -140,6 +140,10 @@ impl Run {
         row
     }
 
+    fn starts_servers(&self) -> bool {
+        self.cli.server.is_none() && !self.cli.in_process
+    }
+
     fn limits(&self) -> bool {
         !self.cli.no_limits
     }
@@ -334,7 +338,14 @@ impl Run {
                 self.fanout(&sys).await?;
             }
             if matches!(scenario, Scenario::Streams | Scenario::All) {
-                self.streams(&sys).await?;
+                if self.starts_servers() && self.cli.backend == Storage::Sqlite {
+                    // A fresh server: one that already served other scenarios keeps their
+                    // memory in its allocator and would make streams look free.
+                    let fresh = self.deploy_single().await?;
+                    self.streams(&fresh.systems[0]).await?;
+                } else {
+                    self.streams(&sys).await?;
+                }
             }
             if matches!(scenario, Scenario::Login | Scenario::All) {
                 self.login(&sys).await?;

@@ -149,6 +149,11 @@ async fn start_server(
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "warn");
     }
+    // Metrics stay on (production serves them), each server on its own free port rather
+    // than the shared default 0.0.0.0:9090.
+    if std::env::var_os("METRICS_ADDR").is_none() {
+        cmd.env("METRICS_ADDR", format!("127.0.0.1:{}", free_port()?));
+    }
     if let Some(cost) = opts.bcrypt_cost {
         cmd.env("BCRYPT_COST", cost.to_string());
     }
