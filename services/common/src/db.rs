@@ -138,11 +138,6 @@ pub async fn begin_write(pool: &SqlitePool) -> sqlx::Result<Transaction<'static,
     pool.begin_with("BEGIN IMMEDIATE").await
 }
 
-/// Whether an SQLite error is a UNIQUE or PRIMARY KEY violation.
-pub fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
-}
-
 /// A pool of one connection on the same SQLite file as `pool`, for a store's writes: its
 /// writers then queue in order on the async side instead of polling SQLite's busy handler,
 /// which sleeps up to 100 ms between tries and leaves the lock idle meanwhile. Writes from
@@ -157,12 +152,8 @@ pub async fn sqlite_writer(pool: &SqlitePool) -> anyhow::Result<SqlitePool> {
         .context("opening the SQLite writer connection")
 }
 
-/// Microseconds since the Unix epoch, how the SQLite stores keep times (exact, sortable).
-pub fn to_micros(t: DateTime<Utc>) -> i64 {
-    t.timestamp_micros()
-}
-
-/// The time `micros` since the Unix epoch names.
+/// The time `micros` microseconds after the Unix epoch (how chat's SQLite store keeps
+/// times: exact and sortable).
 pub fn from_micros(micros: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(micros).unwrap_or_default()
 }

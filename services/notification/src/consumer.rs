@@ -23,9 +23,9 @@ use chat_service::events::ChatEvent;
 use crate::{error::NotificationError, notifier::Notifier, Config};
 
 /// Events processed at once by one replica.
-const CONCURRENCY: usize = 32;
+pub(crate) const CONCURRENCY: usize = 32;
 /// How long a failed event waits before it is redelivered.
-const RETRY_DELAY: Duration = Duration::from_secs(2);
+pub(crate) const RETRY_DELAY: Duration = Duration::from_secs(2);
 
 /// Connects to NATS and makes sure the stream and the durable consumer exist.
 pub async fn connect(config: &Config) -> anyhow::Result<PullConsumer> {
@@ -109,6 +109,10 @@ async fn handle(notifier: &Notifier, msg: jetstream::Message) {
     let ack = match ChatEvent::decode(&msg.payload) {
         Ok(ChatEvent::MessageCreated(m)) => match notifier.notify(&m).await {
             Ok(()) => AckKind::Ack,
+            Err(e) if e.is_final() => {
+                tracing::info!(chat_id = m.chat_id, seq = m.seq, error = %e, "nothing to notify");
+                AckKind::Ack
+            }
             Err(NotificationError::Unavailable(e)) => {
                 tracing::warn!(chat_id = m.chat_id, seq = m.seq, error = %e, "event will be retried");
                 AckKind::Nak(Some(RETRY_DELAY))

@@ -19,6 +19,15 @@ pub enum NotificationError {
 }
 
 impl NotificationError {
+    /// Whether trying the same event again can never succeed: the chat or message is gone,
+    /// or the event itself is malformed. Both event sources drop such an event.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            NotificationError::NotFound(_) | NotificationError::InvalidArgument { .. }
+        )
+    }
+
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         NotificationError::InvalidArgument {
             field,

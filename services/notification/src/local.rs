@@ -5,19 +5,17 @@
 //! when the process stops is not replayed at the next start (messages sent through the
 //! saga are unaffected, the saga asks for their notification itself).
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, Semaphore};
 
 use chat_common::Shutdown;
 use chat_service::events::ChatEvent;
 
-use crate::{error::NotificationError, notifier::Notifier};
-
-/// Events processed at once.
-const CONCURRENCY: usize = 32;
-/// How long a failed event waits before it is tried again.
-const RETRY_DELAY: Duration = Duration::from_secs(2);
+use crate::{
+    consumer::{CONCURRENCY, RETRY_DELAY},
+    notifier::Notifier,
+};
 
 /// Handles events from `events` until `shutdown` or until the bus is gone.
 pub async fn run(
@@ -45,12 +43,7 @@ pub async fn run(
             loop {
                 match notifier.notify(&message).await {
                     Ok(()) => break,
-                    // The chat or message is gone, or the event is malformed: nothing
-                    // to email, now or later.
-                    Err(
-                        e @ (NotificationError::NotFound(_)
-                        | NotificationError::InvalidArgument { .. }),
-                    ) => {
+                    Err(e) if e.is_final() => {
                         tracing::info!(chat_id = message.chat_id, seq = message.seq, error = %e,
                             "nothing to notify");
                         break;

@@ -146,15 +146,14 @@ impl Server {
             shutdown.clone(),
         )
         .await?;
-        let events = match (tap, &config.nats_url) {
-            (Some(tap), _) => EventSource::Local(tap),
-            (None, Some(url)) => {
-                notify_config.nats_url = url.clone();
+        let events = match tap {
+            Some(tap) => EventSource::Local(tap),
+            None => {
+                notify_config.nats_url = chat_config.nats_url.clone();
                 EventSource::JetStream(Box::new(
                     notification_service::consumer::connect(&notify_config).await?,
                 ))
             }
-            (None, None) => anyhow::bail!("no event source: neither in-process nor NATS"),
         };
 
         let mut saga_config = saga_orchestrator::Config::from_env()?;
