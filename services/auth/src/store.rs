@@ -30,7 +30,7 @@ pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<Arc<dyn Use
     let store: Arc<dyn UserStore> =
         match Database::connect(url, MIGRATIONS, max_connections).await? {
             Database::Postgres(pool) => Arc::new(postgres::PgUserStore::new(pool)),
-            Database::Sqlite(pool) => Arc::new(sqlite::SqliteUserStore::new(pool)),
+            Database::Sqlite(pool) => Arc::new(sqlite::SqliteUserStore::new(pool).await?),
         };
     Ok(store)
 }

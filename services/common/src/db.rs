@@ -17,6 +17,10 @@
 //! a deferred transaction that reads and then writes can fail with SQLITE_BUSY when two
 //! of them upgrade at once, an immediate one queues for the write lock up front.
 
+pub mod group;
+
+pub use group::{GroupWriter, WriteFuture};
+
 use std::{path::Path, str::FromStr, time::Duration};
 
 use anyhow::Context;

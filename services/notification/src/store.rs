@@ -25,7 +25,7 @@ pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<Arc<dyn Del
     let store: Arc<dyn DeliveryStore> =
         match Database::connect(url, MIGRATIONS, max_connections).await? {
             Database::Postgres(pool) => Arc::new(postgres::PgDeliveryStore::new(pool)),
-            Database::Sqlite(pool) => Arc::new(sqlite::SqliteDeliveryStore::new(pool)),
+            Database::Sqlite(pool) => Arc::new(sqlite::SqliteDeliveryStore::new(pool).await?),
         };
     Ok(store)
 }
@@ -138,6 +138,14 @@ pub trait DeliveryStore: Send + Sync + 'static {
         seq: i64,
         recipient_id: i64,
         error: Option<&str>,
+    ) -> anyhow::Result<()>;
+
+    /// Deliveries of one message that went out on their first try, recorded at once.
+    async fn finish_delivered(
+        &self,
+        chat_id: i64,
+        seq: i64,
+        recipient_ids: &[i64],
     ) -> anyhow::Result<()>;
 
     /// The message's deliveries; `None` when the message was never recorded.

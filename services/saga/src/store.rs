@@ -28,7 +28,7 @@ pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<Arc<dyn Sag
     let store: Arc<dyn SagaStore> =
         match Database::connect(url, MIGRATIONS, max_connections).await? {
             Database::Postgres(pool) => Arc::new(postgres::PgSagaStore::new(pool)),
-            Database::Sqlite(pool) => Arc::new(sqlite::SqliteSagaStore::new(pool)),
+            Database::Sqlite(pool) => Arc::new(sqlite::SqliteSagaStore::new(pool).await?),
         };
     Ok(store)
 }

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{sqlite::SqliteRow, QueryBuilder, Row, Sqlite, SqlitePool};
 use uuid::Uuid;
 
-use chat_common::db::begin_write;
+use chat_common::db::{begin_write, sqlite_writer};
 
 use super::{role_from_db, NewRefreshToken, Rotation, StoreError, UserRecord, UserStore};
 use crate::domain::{Email, Username};
@@ -20,11 +20,15 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/
 
 pub struct SqliteUserStore {
     pool: SqlitePool,
+    /// One connection for every write, so writers queue here instead of in SQLite's
+    /// busy handler (see [`sqlite_writer`]).
+    write: SqlitePool,
 }
 
 impl SqliteUserStore {
-    pub fn new(pool: SqlitePool) -> Self {
-        Self { pool }
+    pub async fn new(pool: SqlitePool) -> anyhow::Result<Self> {
+        let write = sqlite_writer(&pool).await?;
+        Ok(Self { pool, write })
     }
 }
 
@@ -77,7 +81,7 @@ impl UserStore for SqliteUserStore {
         .bind(username.as_str())
         .bind(password_hash)
         .bind(ts(Utc::now()))
-        .fetch_one(&self.pool)
+        .fetch_one(&self.write)
         .await;
         match res {
             Ok(row) => Ok(user_from_row(&row).context("reading the new user")?),
@@ -158,7 +162,7 @@ impl UserStore for SqliteUserStore {
         .bind(&t.token_hash)
         .bind(ts(Utc::now()))
         .bind(ts(t.expires_at))
-        .execute(&self.pool)
+        .execute(&self.write)
         .await
         .context("storing a refresh token")?;
         Ok(())
@@ -172,7 +176,7 @@ impl UserStore for SqliteUserStore {
         // The write lock is held from here to the commit: two concurrent rotations of one
         // token run one after the other, and the second sees the token used, which is
         // exactly reuse.
-        let mut tx = begin_write(&self.pool)
+        let mut tx = begin_write(&self.write)
             .await
             .context("starting a transaction")?;
         let now = Utc::now();
@@ -245,7 +249,7 @@ impl UserStore for SqliteUserStore {
     }
 
     async fn revoke_family(&self, token_hash: &[u8]) -> anyhow::Result<bool> {
-        let mut tx = begin_write(&self.pool)
+        let mut tx = begin_write(&self.write)
             .await
             .context("starting a transaction")?;
         let family: Option<Uuid> =

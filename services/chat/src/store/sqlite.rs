@@ -4,28 +4,101 @@
 //! from the write transaction itself: the idempotency check, the seq bump and the insert
 //! run inside one `BEGIN IMMEDIATE` on a dedicated writer connection, and commit or roll
 //! back whole. Reads go through the shared pool and never wait for the writer (WAL).
+//!
+//! Messages go through a [`GroupWriter`]: the messages of concurrent senders share one
+//! transaction and one fsync, each sender answered after the commit that holds its own.
+
+use std::sync::Arc;
 
 use anyhow::Context;
 use async_trait::async_trait;
 use chrono::Utc;
-use sqlx::{sqlite::SqliteRow, Row, SqlitePool};
+use sqlx::{sqlite::SqliteRow, Row, SqliteConnection, SqlitePool};
 
 use super::{ChatCursor, ChatRecord, ChatStore, Inserted, MemberRecord, MessageRecord, NewMessage};
 use crate::domain::{ChatId, Title};
-use chat_common::db::{begin_write, from_micros, sqlite_writer};
+use chat_common::db::{begin_write, from_micros, sqlite_writer, GroupWriter};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite/chat");
 
 pub struct SqliteChatStore {
     read: SqlitePool,
     write: SqlitePool,
+    messages: GroupWriter,
+}
+
+/// A message on its way to the writer.
+struct Pending {
+    chat_id: i64,
+    sender_id: i64,
+    sender_username: String,
+    text: String,
+    idempotency_key: Option<String>,
+    at: i64,
 }
 
 impl SqliteChatStore {
     pub async fn new(pool: SqlitePool) -> anyhow::Result<Self> {
         let write = sqlite_writer(&pool).await?;
-        Ok(Self { read: pool, write })
+        Ok(Self {
+            read: pool,
+            messages: GroupWriter::start(write.clone()),
+            write,
+        })
     }
+}
+
+/// The idempotency check, the seq bump and the insert of one message, inside the writer's
+/// transaction.
+async fn insert_one(conn: &mut SqliteConnection, msg: &Pending) -> anyhow::Result<Inserted> {
+    let now = msg.at;
+    let key = msg.idempotency_key.as_deref();
+    if let Some(key) = key {
+        let earlier = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages \
+             WHERE chat_id = ?1 AND sender_id = ?2 AND idempotency_key = ?3"
+        ))
+        .bind(msg.chat_id)
+        .bind(msg.sender_id)
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("looking up an idempotency key")?;
+        if let Some(row) = earlier {
+            return Ok(Inserted::Duplicate(message_from_row(&row)?));
+        }
+    }
+    let seq: Option<i64> = sqlx::query_scalar(
+        "UPDATE chats SET last_seq = last_seq + 1, last_activity_at = ?3 \
+         WHERE id = ?1 AND EXISTS ( \
+             SELECT 1 FROM chat_members WHERE chat_id = ?1 AND user_id = ?2) \
+         RETURNING last_seq",
+    )
+    .bind(msg.chat_id)
+    .bind(msg.sender_id)
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await
+    .context("taking the next seq")?;
+    let Some(seq) = seq else {
+        return Ok(Inserted::NoChat);
+    };
+    let row = sqlx::query(&format!(
+        "INSERT INTO messages \
+         (chat_id, seq, sender_id, sender_username, text, idempotency_key, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING {MESSAGE_COLUMNS}"
+    ))
+    .bind(msg.chat_id)
+    .bind(seq)
+    .bind(msg.sender_id)
+    .bind(&msg.sender_username)
+    .bind(&msg.text)
+    .bind(key)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await
+    .context("inserting a message")?;
+    Ok(Inserted::New(message_from_row(&row)?))
 }
 
 fn now_micros() -> i64 {
@@ -210,59 +283,20 @@ impl ChatStore for SqliteChatStore {
     }
 
     async fn insert_message(&self, msg: NewMessage<'_>) -> anyhow::Result<Inserted> {
-        let key = msg.idempotency_key.map(|k| k.as_str());
-        let now = now_micros();
-        let mut tx = begin_write(&self.write)
+        let pending = Arc::new(Pending {
+            chat_id: msg.chat_id.0,
+            sender_id: msg.sender_id,
+            sender_username: msg.sender_username.to_owned(),
+            text: msg.text.as_str().to_owned(),
+            idempotency_key: msg.idempotency_key.map(|k| k.as_str().to_owned()),
+            at: now_micros(),
+        });
+        self.messages
+            .write(move |conn| {
+                let msg = pending.clone();
+                Box::pin(async move { insert_one(conn, &msg).await })
+            })
             .await
-            .context("starting a transaction")?;
-        if let Some(key) = key {
-            let earlier = sqlx::query(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages \
-                 WHERE chat_id = ?1 AND sender_id = ?2 AND idempotency_key = ?3"
-            ))
-            .bind(msg.chat_id.0)
-            .bind(msg.sender_id)
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await
-            .context("looking up an idempotency key")?;
-            if let Some(row) = earlier {
-                return Ok(Inserted::Duplicate(message_from_row(&row)?));
-            }
-        }
-        let seq: Option<i64> = sqlx::query_scalar(
-            "UPDATE chats SET last_seq = last_seq + 1, last_activity_at = ?3 \
-             WHERE id = ?1 AND EXISTS ( \
-                 SELECT 1 FROM chat_members WHERE chat_id = ?1 AND user_id = ?2) \
-             RETURNING last_seq",
-        )
-        .bind(msg.chat_id.0)
-        .bind(msg.sender_id)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await
-        .context("taking the next seq")?;
-        let Some(seq) = seq else {
-            return Ok(Inserted::NoChat);
-        };
-        let row = sqlx::query(&format!(
-            "INSERT INTO messages \
-             (chat_id, seq, sender_id, sender_username, text, idempotency_key, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING {MESSAGE_COLUMNS}"
-        ))
-        .bind(msg.chat_id.0)
-        .bind(seq)
-        .bind(msg.sender_id)
-        .bind(msg.sender_username)
-        .bind(msg.text.as_str())
-        .bind(key)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await
-        .context("inserting a message")?;
-        let message = message_from_row(&row)?;
-        tx.commit().await.context("committing a message")?;
-        Ok(Inserted::New(message))
     }
 
     async fn delete_message(

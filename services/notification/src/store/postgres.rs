@@ -200,6 +200,26 @@ impl DeliveryStore for PgDeliveryStore {
         Ok(())
     }
 
+    async fn finish_delivered(
+        &self,
+        chat_id: i64,
+        seq: i64,
+        recipient_ids: &[i64],
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, \
+                lease_until = NULL, updated_at = now() \
+             WHERE chat_id = $1 AND seq = $2 AND recipient_id = ANY($3)",
+        )
+        .bind(chat_id)
+        .bind(seq)
+        .bind(recipient_ids)
+        .execute(&self.pool)
+        .await
+        .context("recording deliveries")?;
+        Ok(())
+    }
+
     async fn deliveries(
         &self,
         chat_id: i64,

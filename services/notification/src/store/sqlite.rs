@@ -3,31 +3,38 @@
 //!
 //! SQLite has one writer at a time: a claim is one `UPDATE ... RETURNING`, which takes the
 //! write lock before it reads, so two claimers never both take a delivery (what `SKIP
-//! LOCKED` gives on PostgreSQL); recording a message and its recipients is one
-//! [`begin_write`] transaction. Times are stored as fixed-width RFC 3339 text ([`ts`]),
-//! which orders as text the way the times do, so lease expiry can be compared in SQL.
+//! LOCKED` gives on PostgreSQL). Every write goes through a [`GroupWriter`]: recording a
+//! message and its recipients is one transaction, and the writes of concurrent messages
+//! share commits. Times are stored as fixed-width RFC 3339 text ([`ts`]), which orders as
+//! text the way the times do, so lease expiry can be compared in SQL.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{sqlite::SqliteRow, Row, SqlitePool};
+use sqlx::{sqlite::SqliteRow, QueryBuilder, Row, Sqlite, SqlitePool};
 
-use chat_common::db::begin_write;
+use chat_common::db::{sqlite_writer, GroupWriter};
 
 use super::{DeliveryRecord, DeliveryState, DeliveryStore, MessageRecord, Recipient};
+
+/// Recipients per INSERT: six parameters each, well inside SQLite's 32,766.
+const RECIPIENTS_PER_INSERT: usize = 1000;
 
 pub static MIGRATOR: sqlx::migrate::Migrator =
     sqlx::migrate!("../../migrations/sqlite/notification");
 
 pub struct SqliteDeliveryStore {
     pool: SqlitePool,
+    /// Every write goes through it: the records of concurrent messages share commits.
+    writer: GroupWriter,
 }
 
 impl SqliteDeliveryStore {
-    pub fn new(pool: SqlitePool) -> Self {
-        Self { pool }
+    pub async fn new(pool: SqlitePool) -> anyhow::Result<Self> {
+        let writer = GroupWriter::start(sqlite_writer(&pool).await?);
+        Ok(Self { pool, writer })
     }
 }
 
@@ -74,46 +81,58 @@ impl DeliveryStore for SqliteDeliveryStore {
 
     async fn record(&self, m: &MessageRecord, recipients: &[Recipient]) -> anyhow::Result<()> {
         let now = ts(Utc::now());
-        let mut tx = begin_write(&self.pool)
+        let record = Arc::new((m.clone(), recipients.to_vec()));
+        self.writer
+            .write(move |conn| {
+                let (record, now) = (record.clone(), now.clone());
+                Box::pin(async move {
+                    let (m, recipients) = &*record;
+                    let inserted = sqlx::query(
+                        "INSERT INTO notified_messages \
+                           (chat_id, seq, sender_id, sender_username, chat_title, text, sent_at, \
+                            recorded_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(m.chat_id)
+                    .bind(m.seq)
+                    .bind(m.sender_id)
+                    .bind(&m.sender_username)
+                    .bind(&m.chat_title)
+                    .bind(&m.text)
+                    .bind(ts(m.sent_at))
+                    .bind(&now)
+                    .execute(&mut *conn)
+                    .await
+                    .context("recording a message")?
+                    .rows_affected();
+                    // One statement for all recipients, in chunks within SQLite's limit on
+                    // bound parameters.
+                    if inserted == 1 {
+                        for chunk in recipients.chunks(RECIPIENTS_PER_INSERT) {
+                            let mut insert = QueryBuilder::<Sqlite>::new(
+                                "INSERT INTO deliveries \
+                                   (chat_id, seq, recipient_id, email, username, updated_at) ",
+                            );
+                            insert.push_values(chunk, |mut row, r| {
+                                row.push_bind(m.chat_id)
+                                    .push_bind(m.seq)
+                                    .push_bind(r.user_id)
+                                    .push_bind(&r.email)
+                                    .push_bind(&r.username)
+                                    .push_bind(&now);
+                            });
+                            insert.push(" ON CONFLICT DO NOTHING");
+                            insert
+                                .build()
+                                .execute(&mut *conn)
+                                .await
+                                .context("recording recipients")?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
             .await
-            .context("starting a transaction")?;
-        let inserted = sqlx::query(
-            "INSERT INTO notified_messages \
-               (chat_id, seq, sender_id, sender_username, chat_title, text, sent_at, recorded_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
-        )
-        .bind(m.chat_id)
-        .bind(m.seq)
-        .bind(m.sender_id)
-        .bind(&m.sender_username)
-        .bind(&m.chat_title)
-        .bind(&m.text)
-        .bind(ts(m.sent_at))
-        .bind(&now)
-        .execute(&mut *tx)
-        .await
-        .context("recording a message")?
-        .rows_affected();
-        if inserted == 1 {
-            for r in recipients {
-                sqlx::query(
-                    "INSERT INTO deliveries \
-                       (chat_id, seq, recipient_id, email, username, updated_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
-                )
-                .bind(m.chat_id)
-                .bind(m.seq)
-                .bind(r.user_id)
-                .bind(&r.email)
-                .bind(&r.username)
-                .bind(&now)
-                .execute(&mut *tx)
-                .await
-                .context("recording recipients")?;
-            }
-        }
-        tx.commit().await.context("committing a message record")?;
-        Ok(())
     }
 
     async fn message(&self, chat_id: i64, seq: i64) -> anyhow::Result<Option<MessageRecord>> {
@@ -147,22 +166,31 @@ impl DeliveryStore for SqliteDeliveryStore {
         lease: Duration,
     ) -> anyhow::Result<Vec<DeliveryRecord>> {
         let now = Utc::now();
+        let (until, at) = (lease_end(now, lease)?, ts(now));
         // One statement: it holds the write lock from its first read, so a concurrent
         // claimer runs before or after it and finds these rows claimed.
-        let rows = sqlx::query(&format!(
-            "UPDATE deliveries SET state = 'sending', lease_until = ?3, updated_at = ?4 \
-             WHERE chat_id = ?1 AND seq = ?2 \
-               AND (state = 'pending' OR (state = 'sending' AND lease_until < ?4)) \
-             RETURNING {DELIVERY_COLUMNS}"
-        ))
-        .bind(chat_id)
-        .bind(seq)
-        .bind(lease_end(now, lease)?)
-        .bind(ts(now))
-        .fetch_all(&self.pool)
-        .await
-        .context("claiming deliveries")?;
-        rows.iter().map(delivery_from_row).collect()
+        self.writer
+            .write(move |conn| {
+                let (until, at) = (until.clone(), at.clone());
+                Box::pin(async move {
+                    let rows = sqlx::query(&format!(
+                        "UPDATE deliveries SET state = 'sending', lease_until = ?3, \
+                            updated_at = ?4 \
+                         WHERE chat_id = ?1 AND seq = ?2 \
+                           AND (state = 'pending' OR (state = 'sending' AND lease_until < ?4)) \
+                         RETURNING {DELIVERY_COLUMNS}"
+                    ))
+                    .bind(chat_id)
+                    .bind(seq)
+                    .bind(until)
+                    .bind(at)
+                    .fetch_all(&mut *conn)
+                    .await
+                    .context("claiming deliveries")?;
+                    rows.iter().map(delivery_from_row).collect()
+                })
+            })
+            .await
     }
 
     async fn attempt_failed(
@@ -174,21 +202,29 @@ impl DeliveryStore for SqliteDeliveryStore {
         lease: Duration,
     ) -> anyhow::Result<()> {
         let now = Utc::now();
-        sqlx::query(
-            "UPDATE deliveries SET attempts = attempts + 1, error = ?4, \
-                lease_until = ?5, updated_at = ?6 \
-             WHERE chat_id = ?1 AND seq = ?2 AND recipient_id = ?3",
-        )
-        .bind(chat_id)
-        .bind(seq)
-        .bind(recipient_id)
-        .bind(error)
-        .bind(lease_end(now, lease)?)
-        .bind(ts(now))
-        .execute(&self.pool)
-        .await
-        .context("recording a failed attempt")?;
-        Ok(())
+        let (error, until, at) = (error.to_owned(), lease_end(now, lease)?, ts(now));
+        self.writer
+            .write(move |conn| {
+                let (error, until, at) = (error.clone(), until.clone(), at.clone());
+                Box::pin(async move {
+                    sqlx::query(
+                        "UPDATE deliveries SET attempts = attempts + 1, error = ?4, \
+                            lease_until = ?5, updated_at = ?6 \
+                         WHERE chat_id = ?1 AND seq = ?2 AND recipient_id = ?3",
+                    )
+                    .bind(chat_id)
+                    .bind(seq)
+                    .bind(recipient_id)
+                    .bind(error)
+                    .bind(until)
+                    .bind(at)
+                    .execute(&mut *conn)
+                    .await
+                    .context("recording a failed attempt")?;
+                    Ok(())
+                })
+            })
+            .await
     }
 
     async fn finish(
@@ -202,21 +238,60 @@ impl DeliveryStore for SqliteDeliveryStore {
             None => DeliveryState::Delivered,
             Some(_) => DeliveryState::Failed,
         };
-        sqlx::query(
-            "UPDATE deliveries SET state = ?4, attempts = attempts + 1, \
-                error = COALESCE(?5, error), lease_until = NULL, updated_at = ?6 \
-             WHERE chat_id = ?1 AND seq = ?2 AND recipient_id = ?3",
-        )
-        .bind(chat_id)
-        .bind(seq)
-        .bind(recipient_id)
-        .bind(state.as_str())
-        .bind(error)
-        .bind(ts(Utc::now()))
-        .execute(&self.pool)
-        .await
-        .context("recording a delivery's outcome")?;
-        Ok(())
+        let (error, at) = (error.map(str::to_owned), ts(Utc::now()));
+        self.writer
+            .write(move |conn| {
+                let (error, at) = (error.clone(), at.clone());
+                Box::pin(async move {
+                    sqlx::query(
+                        "UPDATE deliveries SET state = ?4, attempts = attempts + 1, \
+                            error = COALESCE(?5, error), lease_until = NULL, updated_at = ?6 \
+                         WHERE chat_id = ?1 AND seq = ?2 AND recipient_id = ?3",
+                    )
+                    .bind(chat_id)
+                    .bind(seq)
+                    .bind(recipient_id)
+                    .bind(state.as_str())
+                    .bind(error)
+                    .bind(at)
+                    .execute(&mut *conn)
+                    .await
+                    .context("recording a delivery's outcome")?;
+                    Ok(())
+                })
+            })
+            .await
+    }
+
+    async fn finish_delivered(
+        &self,
+        chat_id: i64,
+        seq: i64,
+        recipient_ids: &[i64],
+    ) -> anyhow::Result<()> {
+        let ids = serde_json::to_string(recipient_ids).context("listing recipients")?;
+        let at = ts(Utc::now());
+        self.writer
+            .write(move |conn| {
+                let (ids, at) = (ids.clone(), at.clone());
+                Box::pin(async move {
+                    sqlx::query(
+                        "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, \
+                            lease_until = NULL, updated_at = ?4 \
+                         WHERE chat_id = ?1 AND seq = ?2 \
+                           AND recipient_id IN (SELECT value FROM json_each(?3))",
+                    )
+                    .bind(chat_id)
+                    .bind(seq)
+                    .bind(ids)
+                    .bind(at)
+                    .execute(&mut *conn)
+                    .await
+                    .context("recording deliveries")?;
+                    Ok(())
+                })
+            })
+            .await
     }
 
     async fn deliveries(
