@@ -6,7 +6,10 @@
 //! title, the sender's name and the text are user input: they are stripped of control
 //! characters in the subject (no header tricks) and HTML-escaped in the HTML part.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+};
 
 use async_trait::async_trait;
 
@@ -112,7 +115,7 @@ pub fn render(message: &MessageContent<'_>, to_address: &str, to_name: &str) -> 
 /// (`EMAIL_SENDER=stub`) and tests.
 #[derive(Clone, Default)]
 pub struct StubEmailSender {
-    sent: Arc<Mutex<Vec<Email>>>,
+    sent: Arc<Mutex<VecDeque<Email>>>,
     record: Option<std::path::PathBuf>,
 }
 
@@ -151,8 +154,8 @@ impl StubEmailSender {
     /// Every email "sent" so far, oldest first.
     pub fn sent(&self) -> Vec<Email> {
         match self.sent.lock() {
-            Ok(s) => s.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
+            Ok(s) => s.iter().cloned().collect(),
+            Err(poisoned) => poisoned.into_inner().iter().cloned().collect(),
         }
     }
 }
@@ -173,9 +176,9 @@ impl EmailSender for StubEmailSender {
             Err(poisoned) => poisoned.into_inner(),
         };
         if sent.len() >= STUB_KEPT {
-            sent.remove(0);
+            sent.pop_front();
         }
-        sent.push(email.clone());
+        sent.push_back(email.clone());
         Ok(())
     }
 }

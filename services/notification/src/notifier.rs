@@ -2,16 +2,21 @@
 //! event (`consumer.rs`) and the saga's `NotifyMessage` call (`service.rs`).
 //!
 //! Either path first makes sure the message is recorded with its recipients (the members
-//! but the sender, with their emails, looked up once through ChatService and AuthService
-//! with this service's token), then claims whatever deliveries are not yet claimed and
+//! but the sender, with their emails, looked up through ChatService and AuthService with
+//! this service's token and kept per chat for a few seconds), then claims whatever deliveries are not yet claimed and
 //! sends them. Claims are rows updated in PostgreSQL, so two replicas, or the event and the
 //! saga arriving at once, never send the same email twice. A transient SMTP failure is
 //! retried with exponential backoff up to a bound; a permanent one, or running out of
 //! tries, is recorded as FAILED with its error, which `GetDeliveryStatus` reports.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use futures::StreamExt;
+use tokio::sync::broadcast;
 use tonic::{transport::Channel, Code};
 
 use chat_common::{service_token::ServiceCredential, Shutdown};
@@ -22,15 +27,16 @@ use grpc_chat_proto::chat::v1::{
 
 use crate::{
     config::RetryPolicy,
-    email::{render, EmailSender, MessageContent, SendError},
+    email::{render, Email, EmailSender, MessageContent, SendError},
     error::NotificationError,
     store::{DeliveryRecord, DeliveryState, DeliveryStore, MessageRecord, Recipient},
 };
 
 /// How many emails one replica sends at once for one message.
 const SEND_CONCURRENCY: usize = 8;
-/// How often a waiting status call looks at the records again.
-const POLL_EVERY: Duration = Duration::from_millis(25);
+/// How often a waiting status call looks at the records again when nothing in this
+/// process said they changed (another replica may be sending them).
+const POLL_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Clone)]
 pub struct Notifier {
@@ -46,6 +52,21 @@ struct Inner {
     retry: RetryPolicy,
     lease: Duration,
     shutdown: Shutdown,
+    /// `(chat_id, seq)` of every message whose claimed emails this process has just
+    /// finished sending, so a status call waiting on them looks again at once.
+    finished: broadcast::Sender<(i64, i64)>,
+    recipients: Mutex<HashMap<i64, CachedChat>>,
+}
+
+/// How long a chat's members and their emails are reused.
+const RECIPIENTS_TTL: Duration = Duration::from_secs(30);
+/// Most chats whose recipients are kept.
+const RECIPIENTS_CACHED: usize = 4096;
+
+struct CachedChat {
+    at: Instant,
+    title: String,
+    recipients: Arc<Vec<Recipient>>,
 }
 
 /// The overall state of a message's deliveries: final only when every one is.
@@ -81,6 +102,8 @@ impl Notifier {
                 retry,
                 lease,
                 shutdown,
+                finished: broadcast::channel(1024).0,
+                recipients: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -137,13 +160,29 @@ impl Notifier {
         timeout: Duration,
     ) -> Result<Option<Vec<DeliveryRecord>>, NotificationError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        // Listen before reading, so a finish between the read and the wait is not missed.
+        let mut finished = self.inner.finished.subscribe();
         loop {
             let found = self.inner.store.deliveries(chat_id, seq).await?;
             let done = matches!(&found, Some(d) if overall(d).is_final());
-            if done || tokio::time::Instant::now() + POLL_EVERY > deadline {
+            if done || tokio::time::Instant::now() >= deadline {
                 return Ok(found);
             }
-            tokio::time::sleep(POLL_EVERY).await;
+            let look_again = (tokio::time::Instant::now() + POLL_EVERY).min(deadline);
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(look_again) => break,
+                    m = finished.recv() => match m {
+                        Ok(m) if m != (chat_id, seq) => continue,
+                        // This message, or missed announcements that may include it.
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => {
+                            tokio::time::sleep_until(look_again).await;
+                            break;
+                        }
+                    },
+                }
+            }
         }
     }
 
@@ -152,12 +191,12 @@ impl Notifier {
         if store.is_recorded(m.chat_id, m.seq).await? {
             return Ok(());
         }
-        let (title, members) = self.members(m.chat_id).await?;
-        let others: Vec<i64> = members
-            .into_iter()
-            .filter(|id| *id != m.sender_id)
+        let (title, members) = self.chat_recipients(m.chat_id).await?;
+        let recipients: Vec<Recipient> = members
+            .iter()
+            .filter(|r| r.user_id != m.sender_id)
+            .cloned()
             .collect();
-        let recipients = self.emails(others).await?;
         let sent_at = m
             .created_at
             .as_ref()
@@ -178,6 +217,50 @@ impl Notifier {
             )
             .await?;
         Ok(())
+    }
+
+    /// The chat's title and every member with their email, from a short-lived cache: a
+    /// busy chat would otherwise cost two lookups in other services per message. Members
+    /// are set when a chat is created and accounts keep their email, so a cached entry
+    /// can only be stale for a chat deleted meanwhile, whose last messages then still get
+    /// their emails.
+    async fn chat_recipients(
+        &self,
+        chat_id: i64,
+    ) -> Result<(String, Arc<Vec<Recipient>>), NotificationError> {
+        if let Some(c) = self.recipients_cache().get(&chat_id) {
+            if c.at.elapsed() < RECIPIENTS_TTL {
+                return Ok((c.title.clone(), c.recipients.clone()));
+            }
+        }
+        let (title, members) = self.members(chat_id).await?;
+        if members.is_empty() {
+            return Ok((title, Arc::new(Vec::new())));
+        }
+        let recipients = Arc::new(self.emails(members).await?);
+        let mut cache = self.recipients_cache();
+        if cache.len() >= RECIPIENTS_CACHED {
+            cache.retain(|_, c| c.at.elapsed() < RECIPIENTS_TTL);
+            if cache.len() >= RECIPIENTS_CACHED / 2 {
+                cache.clear();
+            }
+        }
+        cache.insert(
+            chat_id,
+            CachedChat {
+                at: Instant::now(),
+                title: title.clone(),
+                recipients: recipients.clone(),
+            },
+        );
+        Ok((title, recipients))
+    }
+
+    fn recipients_cache(&self) -> std::sync::MutexGuard<'_, HashMap<i64, CachedChat>> {
+        self.inner
+            .recipients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// The chat's title and member ids; a chat that no longer exists has none to notify.
@@ -229,47 +312,79 @@ impl Notifier {
     }
 
     /// Claims and sends every delivery of the message that nobody else is sending.
+    ///
+    /// Every claimed email is tried once, `SEND_CONCURRENCY` at a time, and those that went
+    /// out are recorded together in one write; only the ones that failed go on, each on
+    /// its own, through retries and their own records.
     pub async fn send_claimable(&self, chat_id: i64, seq: i64) -> Result<(), NotificationError> {
         let store = &self.inner.store;
         let claimed = store.claim(chat_id, seq, self.inner.lease).await?;
         if claimed.is_empty() {
+            // Nothing left to send here (none, or another sender holds them); a waiter
+            // that was told before the message was recorded looks again.
+            let _ = self.inner.finished.send((chat_id, seq));
             return Ok(());
         }
         let message = store
             .message(chat_id, seq)
             .await?
             .ok_or_else(|| anyhow::anyhow!("deliveries without their message {chat_id}/{seq}"))?;
-        futures::stream::iter(claimed)
-            .for_each_concurrent(SEND_CONCURRENCY, |d| {
+        let tried: Vec<(DeliveryRecord, Email, Result<(), SendError>)> =
+            futures::stream::iter(claimed)
+                .map(|d| {
+                    let email = email_for(&message, &d);
+                    async move {
+                        let sent = self.inner.sender.send(&email).await;
+                        (d, email, sent)
+                    }
+                })
+                .buffer_unordered(SEND_CONCURRENCY)
+                .collect()
+                .await;
+        let mut delivered = Vec::new();
+        let mut failed = Vec::new();
+        for (d, email, sent) in tried {
+            match sent {
+                Ok(()) => delivered.push(d.recipient.user_id),
+                Err(e) => failed.push((d, email, e)),
+            }
+        }
+        if !delivered.is_empty() {
+            metrics::counter!("notification_emails_total", "outcome" => "delivered")
+                .increment(delivered.len() as u64);
+            // Not recorded means sent again once the claim runs out: at least once.
+            if let Err(e) = store.finish_delivered(chat_id, seq, &delivered).await {
+                tracing::error!(chat_id, seq, error = ?e, "recording deliveries failed");
+            }
+        }
+        futures::stream::iter(failed)
+            .for_each_concurrent(SEND_CONCURRENCY, |(d, email, first)| {
                 let message = &message;
                 async move {
-                    if let Err(e) = self.deliver(message, d).await {
+                    if let Err(e) = self.retry(message, d, email, first).await {
                         tracing::error!(chat_id, seq, error = ?e, "recording a delivery failed");
                     }
                 }
             })
             .await;
+        let _ = self.inner.finished.send((chat_id, seq));
         Ok(())
     }
 
-    /// Sends one claimed email with bounded retries and records the outcome.
-    async fn deliver(&self, m: &MessageRecord, d: DeliveryRecord) -> anyhow::Result<()> {
+    /// An email whose first try failed: bounded retries of a transient failure, then the
+    /// outcome recorded.
+    async fn retry(
+        &self,
+        m: &MessageRecord,
+        d: DeliveryRecord,
+        email: Email,
+        first: SendError,
+    ) -> anyhow::Result<()> {
         let inner = &self.inner;
         let r = &d.recipient;
-        let email = render(
-            &MessageContent {
-                chat_id: m.chat_id,
-                chat_title: &m.chat_title,
-                sender_username: &m.sender_username,
-                text: &m.text,
-            },
-            &r.email,
-            &r.username,
-        );
-        let mut attempt = d.attempts.max(0) as u32;
+        let mut attempt = d.attempts.max(0) as u32 + 1;
+        let mut outcome = Err(first);
         loop {
-            attempt += 1;
-            let outcome = inner.sender.send(&email).await;
             let error = match outcome {
                 Ok(()) => {
                     metrics::counter!("notification_emails_total", "outcome" => "delivered")
@@ -284,10 +399,13 @@ impl Notifier {
                         .attempt_failed(m.chat_id, m.seq, r.user_id, &e, inner.lease)
                         .await?;
                     tokio::select! {
-                        _ = tokio::time::sleep(inner.retry.pause_after(attempt)) => continue,
+                        _ = tokio::time::sleep(inner.retry.pause_after(attempt)) => {}
                         // The claim's lease runs out and the event's redelivery retries it.
                         _ = inner.shutdown.wait() => return Ok(()),
                     }
+                    attempt += 1;
+                    outcome = inner.sender.send(&email).await;
+                    continue;
                 }
                 Err(SendError::Transient(e)) => format!("gave up after {attempt} tries: {e}"),
             };
@@ -305,4 +423,18 @@ impl Notifier {
                 .await;
         }
     }
+}
+
+/// The email of one delivery.
+fn email_for(m: &MessageRecord, d: &DeliveryRecord) -> Email {
+    render(
+        &MessageContent {
+            chat_id: m.chat_id,
+            chat_title: &m.chat_title,
+            sender_username: &m.sender_username,
+            text: &m.text,
+        },
+        &d.recipient.email,
+        &d.recipient.username,
+    )
 }
