@@ -9,7 +9,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
@@ -179,11 +179,20 @@ struct Keys {
     by_kid: HashMap<String, DecodingKey>,
 }
 
+/// Most verified tokens remembered; past it the memory starts over.
+const VERIFIED_CACHE: usize = 16_384;
+
 /// Verifies access tokens with the issuer's public keys; cheap to clone.
+///
+/// An Ed25519 check costs tens of microseconds, and a client sends the same token with
+/// every call for its whole lifetime; so a token that verified is remembered, byte for byte,
+/// with its claims until it expires. Only an exact copy of a token that passed the full
+/// check skips the signature, and new keys (a rotation, a revoked key) forget them all.
 #[derive(Clone)]
 pub struct TokenVerifier {
     keys: Arc<RwLock<Keys>>,
     validation: Arc<Validation>,
+    verified: Arc<Mutex<HashMap<Box<str>, Claims>>>,
 }
 
 impl TokenVerifier {
@@ -199,7 +208,12 @@ impl TokenVerifier {
                 by_kid: HashMap::new(),
             })),
             validation: Arc::new(validation),
+            verified: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    fn verified(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Claims>> {
+        self.verified.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Replaces the key set with these `(kid, SPKI PEM)` pairs.
@@ -217,6 +231,7 @@ impl TokenVerifier {
             Ok(mut k) => k.by_kid = by_kid,
             Err(poisoned) => poisoned.into_inner().by_kid = by_kid,
         }
+        self.verified().clear();
         Ok(())
     }
 
@@ -263,6 +278,29 @@ impl TokenVerifier {
 
     /// Verifies a token and returns its claims.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let now = chrono::Utc::now().timestamp();
+        if let Some(claims) = self.verified().get(token) {
+            // The same expiry rule as the full check (no leeway).
+            return if claims.exp >= now {
+                Ok(claims.clone())
+            } else {
+                Err(TokenError::Expired)
+            };
+        }
+        let claims = self.verify_signed(token)?;
+        let mut verified = self.verified();
+        if verified.len() >= VERIFIED_CACHE {
+            verified.retain(|_, c| c.exp >= now);
+            if verified.len() >= VERIFIED_CACHE / 2 {
+                verified.clear();
+            }
+        }
+        verified.insert(token.into(), claims.clone());
+        Ok(claims)
+    }
+
+    /// The full check: signature by a known key, algorithm, issuer, audience, expiry.
+    fn verify_signed(&self, token: &str) -> Result<Claims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
         if header.alg != Algorithm::EdDSA {
             return Err(TokenError::Invalid);
@@ -320,4 +358,72 @@ pub fn bearer_token(metadata: &MetadataMap) -> Result<&str, Status> {
         return Err(Status::unauthenticated("empty access token"));
     }
     Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+
+    // A key pair made for these tests only.
+    const PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIGtCSgPYdhgQ8NNdViTUf4KtOF0szfN+jBQxl+2SA4yB\n-----END PRIVATE KEY-----\n";
+    const PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAaeJoSAkCreP++U5ZLpl1XBT8IbD67TuHEyBn0tgWt/s=\n-----END PUBLIC KEY-----\n";
+    const OTHER_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA1AVH5FhhqwATRqboITfJTQdEwCcLvoM9yoTqgqkajRc=\n-----END PUBLIC KEY-----\n";
+
+    fn token(kid: &str, exp: i64) -> String {
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            sub: "7".into(),
+            exp,
+            iat: now,
+            iss: "grpc-chat".into(),
+            aud: "grpc-chat".into(),
+            jti: "j".into(),
+            role: Role::User,
+            name: Some("alice".into()),
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(kid.into());
+        let key = EncodingKey::from_ed_pem(PRIVATE.as_bytes()).expect("test key");
+        encode(&header, &claims, &key).expect("signing")
+    }
+
+    fn verifier() -> TokenVerifier {
+        let v = TokenVerifier::new("grpc-chat", "grpc-chat");
+        v.set_keys([("k1", PUBLIC)]).expect("keys");
+        v
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires() {
+        let v = verifier();
+        let t = token("k1", chrono::Utc::now().timestamp() + 1);
+        assert_eq!(v.verify(&t).expect("valid").sub, "7");
+        assert_eq!(v.verify(&t).expect("valid again").sub, "7");
+        std::thread::sleep(Duration::from_millis(2100));
+        assert!(matches!(v.verify(&t), Err(TokenError::Expired)));
+    }
+
+    #[test]
+    fn new_keys_forget_tokens_verified_with_the_old_ones() {
+        let v = verifier();
+        let t = token("k1", chrono::Utc::now().timestamp() + 600);
+        v.verify(&t).expect("valid");
+        v.set_keys([("k1", OTHER_PUBLIC)]).expect("keys");
+        assert!(matches!(v.verify(&t), Err(TokenError::Invalid)));
+        v.set_keys([("k2", PUBLIC)]).expect("keys");
+        assert!(matches!(v.verify(&t), Err(TokenError::UnknownKey)));
+    }
+
+    #[test]
+    fn only_the_exact_token_is_remembered() {
+        let v = verifier();
+        let t = token("k1", chrono::Utc::now().timestamp() + 600);
+        v.verify(&t).expect("valid");
+        // Same header and claims, signature altered in its last character.
+        let mut forged = t.clone();
+        let last = forged.pop().expect("non-empty");
+        forged.push(if last == 'A' { 'B' } else { 'A' });
+        assert!(v.verify(&forged).is_err());
+    }
 }
