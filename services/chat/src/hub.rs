@@ -35,6 +35,9 @@ use crate::{
     store::ChatStore,
 };
 
+/// When to look at storage once more after the bus reconnected.
+const RECHECK_AFTER_RECONNECT: Duration = Duration::from_secs(1);
+
 /// How a subscription ended, as the stream must report it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
@@ -275,7 +278,17 @@ impl Hub {
         metrics::gauge!("chat_fanouts_active").increment(1.0);
         let mut tick = tokio::time::interval(self.catch_up_every);
         tick.tick().await;
+        // After a reconnect the client resubscribes in the background: an event published
+        // before the subscription is back is lost to us, and the catch-up at the reconnect
+        // may have run before it was committed. One more catch-up a moment later covers it.
+        let mut recheck: Option<tokio::time::Instant> = None;
         loop {
+            let recheck_due = async {
+                match recheck {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             let catch_up = tokio::select! {
                 _ = fanout.stop.wait() => break,
                 event = events.next() => match event {
@@ -306,7 +319,18 @@ impl Hub {
                         false
                     }
                 },
-                r = reconnects.recv() => r.is_ok() || matches!(r, Err(tokio::sync::broadcast::error::RecvError::Lagged(_))),
+                r = reconnects.recv() => {
+                    let reconnected = r.is_ok()
+                        || matches!(r, Err(tokio::sync::broadcast::error::RecvError::Lagged(_)));
+                    if reconnected {
+                        recheck = Some(tokio::time::Instant::now() + RECHECK_AFTER_RECONNECT);
+                    }
+                    reconnected
+                }
+                _ = recheck_due => {
+                    recheck = None;
+                    true
+                }
                 _ = tick.tick() => true,
             };
             if catch_up {

@@ -7,8 +7,6 @@ use std::{pin::Pin, sync::Arc};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use futures::Stream;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use chat_common::{error::invalid_field, Caller, Shutdown};
@@ -431,20 +429,15 @@ impl ChatService for ChatApi {
             .await
             .map_err(|e| ChatError::Unavailable(format!("live events are unavailable: {e}")))?;
 
-        let (tx, rx) = mpsc::channel::<Result<pb::ConnectResponse, Status>>(64);
+        // The stream itself is the state machine tonic polls: no task and no channel per
+        // stream, which is most of what an idle stream would otherwise keep in memory. A
+        // client that goes away drops it, and with it the subscription.
         let store = self.inner.store.clone();
         let shutdown = self.inner.shutdown.clone();
         let after_seq = req.after_seq;
-        tokio::spawn(async move {
-            metrics::gauge!("chat_streams_active").increment(1.0);
-            let send = |event: Event| {
-                let tx = tx.clone();
-                async move {
-                    tx.send(Ok(pb::ConnectResponse { event: Some(event) }))
-                        .await
-                        .is_ok()
-                }
-            };
+        let stream = async_stream::stream! {
+            let _active = ActiveStream::new();
+            let message = |m: pb::Message| Ok(pb::ConnectResponse { event: Some(Event::Message(m)) });
             let mut sent_upto = after_seq;
             let history = if after_seq > 0 {
                 store.messages_after(chat_id, after_seq, None, 500).await
@@ -460,18 +453,15 @@ impl ChatService for ChatApi {
             let mut batch = match history {
                 Ok(b) => b,
                 Err(e) => {
-                    let _ = tx.send(Err(chat_common::error::internal(&e))).await;
-                    metrics::gauge!("chat_streams_active").decrement(1.0);
+                    yield Err(chat_common::error::internal(&e));
                     return;
                 }
             };
-            'history: loop {
+            loop {
                 let full = batch.len() == 500 && after_seq > 0;
                 for m in &batch {
-                    if !send(Event::Message(message_to_pb(m))).await {
-                        break 'history;
-                    }
                     sent_upto = sent_upto.max(m.seq);
+                    yield message(message_to_pb(m));
                 }
                 if !full {
                     break;
@@ -479,68 +469,68 @@ impl ChatService for ChatApi {
                 batch = match store.messages_after(chat_id, sent_upto, None, 500).await {
                     Ok(b) => b,
                     Err(e) => {
-                        let _ = tx.send(Err(chat_common::error::internal(&e))).await;
-                        break;
+                        yield Err(chat_common::error::internal(&e));
+                        return;
                     }
                 };
             }
-            if send(Event::HistoryEnd(pb::HistoryEnd {
-                last_seq: sent_upto,
-            }))
-            .await
-            {
-                loop {
-                    let event = tokio::select! {
-                        _ = shutdown.wait() => {
-                            let _ = tx.send(Err(Status::unavailable("server is shutting down; reconnect"))).await;
-                            break;
-                        }
-                        _ = tx.closed() => break,
-                        e = sub.rx.recv() => e,
-                    };
-                    let Some(event) = event else {
-                        let status = match sub.ended() {
-                            Ended::Overflow => Status::resource_exhausted(format!(
-                                "stream fell behind; reconnect with after_seq={sent_upto}"
-                            )),
-                            Ended::Unavailable => Status::unavailable(format!(
-                                "live events interrupted; reconnect with after_seq={sent_upto}"
-                            )),
-                        };
-                        let _ = tx.send(Err(status)).await;
+            yield Ok(pb::ConnectResponse {
+                event: Some(Event::HistoryEnd(pb::HistoryEnd { last_seq: sent_upto })),
+            });
+            loop {
+                let event = tokio::select! {
+                    _ = shutdown.wait() => {
+                        yield Err(Status::unavailable("server is shutting down; reconnect"));
                         break;
-                    };
-                    match event.as_ref() {
-                        ChatEvent::MessageCreated(m) => {
-                            if m.seq <= sent_upto {
-                                continue;
-                            }
-                            sent_upto = m.seq;
-                            if !send(Event::Message(m.clone())).await {
-                                break;
-                            }
-                        }
-                        ChatEvent::ChatDeleted { chat_id } => {
-                            let _ = send(Event::ChatDeleted(pb::ChatDeleted { chat_id: *chat_id }))
-                                .await;
-                            let _ = tx
-                                .send(Err(Status::not_found(format!(
-                                    "chat {chat_id} was deleted"
-                                ))))
-                                .await;
-                            break;
-                        }
-                        e @ ChatEvent::MessageDeleted { .. } => {
-                            if tx.send(Ok(e.to_response())).await.is_err() {
-                                break;
-                            }
-                        }
                     }
+                    e = sub.rx.recv() => e,
+                };
+                let Some(event) = event else {
+                    yield Err(match sub.ended() {
+                        Ended::Overflow => Status::resource_exhausted(format!(
+                            "stream fell behind; reconnect with after_seq={sent_upto}"
+                        )),
+                        Ended::Unavailable => Status::unavailable(format!(
+                            "live events interrupted; reconnect with after_seq={sent_upto}"
+                        )),
+                    });
+                    break;
+                };
+                match event.as_ref() {
+                    ChatEvent::MessageCreated(m) => {
+                        if m.seq <= sent_upto {
+                            continue;
+                        }
+                        sent_upto = m.seq;
+                        yield message(m.clone());
+                    }
+                    ChatEvent::ChatDeleted { chat_id } => {
+                        yield Ok(pb::ConnectResponse {
+                            event: Some(Event::ChatDeleted(pb::ChatDeleted { chat_id: *chat_id })),
+                        });
+                        yield Err(Status::not_found(format!("chat {chat_id} was deleted")));
+                        break;
+                    }
+                    e @ ChatEvent::MessageDeleted { .. } => yield Ok(e.to_response()),
                 }
             }
-            drop(sub);
-            metrics::gauge!("chat_streams_active").decrement(1.0);
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Counts a live stream in `chat_streams_active` for as long as it exists.
+struct ActiveStream;
+
+impl ActiveStream {
+    fn new() -> Self {
+        metrics::gauge!("chat_streams_active").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        metrics::gauge!("chat_streams_active").decrement(1.0);
     }
 }
