@@ -26,6 +26,9 @@ use report::Row;
 use scenarios::Opts;
 use system::{Deployment, ServerOptions, Storage, System};
 
+/// Longest wait for a server to finish the background work a scenario left it.
+const SETTLE_LIMIT: Duration = Duration::from_secs(300);
+
 #[derive(Parser, Debug)]
 #[command(about = "Load generator for grpc-chat: every figure beside its limit on this machine")]
 struct Cli {
@@ -225,8 +228,27 @@ impl Run {
         Ok(Some(self.push(row)))
     }
 
+    /// Lets every server of `systems` finish what the scenario left it (see
+    /// [`system::settle`]) and notes on `row` how long that took.
+    async fn settle(&self, systems: &[System], row: Row) -> Row {
+        let mut longest = None;
+        for s in systems {
+            if let Some(t) = system::settle(s.pid, SETTLE_LIMIT).await {
+                longest = longest.max(Some(t));
+            }
+        }
+        match longest {
+            Some(t) if t >= Duration::from_secs(1) => {
+                let note = format!("{}; server busy {:.0} s after", row.note, t.as_secs_f64());
+                row.extra("settle_s", t.as_secs_f64()).note(note)
+            }
+            _ => row,
+        }
+    }
+
     async fn send(&mut self, name: &str, systems: &[System]) -> anyhow::Result<Row> {
         let row = scenarios::send(name, systems, &self.opts).await?;
+        let row = self.settle(systems, row).await;
         let limit = self.storage_limit(systems[0].storage).await?;
         let what = match systems[0].storage {
             Storage::Sqlite => "sqlite",
@@ -244,6 +266,7 @@ impl Run {
             None => self.send("send", std::slice::from_ref(system)).await?,
         };
         let row = scenarios::saga(system, &self.opts).await?;
+        let row = self.settle(std::slice::from_ref(system), row).await;
         self.push(row.against_rate("send", &send));
         Ok(())
     }
@@ -251,6 +274,7 @@ impl Run {
     async fn fanout(&mut self, system: &System) -> anyhow::Result<()> {
         for s in self.cli.streams.clone() {
             let row = scenarios::fanout(system, s, &self.opts).await?;
+            let row = self.settle(std::slice::from_ref(system), row).await;
             let row = if self.limits() {
                 let o = &self.opts;
                 let l = self.push(

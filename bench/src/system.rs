@@ -455,3 +455,39 @@ async fn delete_streams(nats_url: &str, prefix: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Waits until process `pid` is idle (under 5% of one core over half a second), at most
+/// `limit`, and returns how long that took; `None` when the pid is unknown or unreadable.
+///
+/// A load scenario leaves work behind in the server (every stored message owes an email to
+/// each other member, sent in the background), and the next scenario must not be measured
+/// against that backlog. How long it took to drain is itself a figure worth printing.
+pub async fn settle(pid: Option<u32>, limit: Duration) -> Option<Duration> {
+    const CLOCK_TICKS_PER_SEC: u64 = 100;
+    const SAMPLE: Duration = Duration::from_millis(500);
+    let pid = pid?;
+    let started = std::time::Instant::now();
+    let mut before = cpu_ticks(pid)?;
+    loop {
+        tokio::time::sleep(SAMPLE).await;
+        let now = cpu_ticks(pid)?;
+        let used = now.saturating_sub(before);
+        before = now;
+        // 5% of one core for half a second: 2.5 ticks.
+        if used * 20 * 2 <= CLOCK_TICKS_PER_SEC || started.elapsed() >= limit {
+            return Some(started.elapsed());
+        }
+    }
+}
+
+/// User plus system CPU time of `pid`, in clock ticks, from `/proc/<pid>/stat`.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces; the fields after its closing parenthesis don't.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After ")": state is field 3 of the man page, utime 14, stime 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
