@@ -116,7 +116,7 @@ pub fn render(message: &MessageContent<'_>, to_address: &str, to_name: &str) -> 
 #[derive(Clone, Default)]
 pub struct StubEmailSender {
     sent: Arc<Mutex<VecDeque<Email>>>,
-    record: Option<std::path::PathBuf>,
+    record: Option<std::sync::mpsc::Sender<String>>,
 }
 
 /// Emails the stub keeps in memory; older ones are only in the record file, if any.
@@ -129,26 +129,24 @@ impl StubEmailSender {
 
     /// A stub that also appends every email as one JSON line to `path`, so a person (or a
     /// test driving another process) can see what would have been sent.
+    ///
+    /// One thread of its own writes the file, whole lines at a time, and flushes whenever it
+    /// has nothing queued: a busy server "sends" tens of thousands of emails a second, and
+    /// a blocking task per email cost more than the rest of the delivery. The line is queued
+    /// when `send` returns and on disk a moment later; a file that cannot be written is
+    /// logged, since the record is a convenience and the email counts as sent.
     pub fn with_record_file(path: std::path::PathBuf) -> Self {
+        let (lines, queue) = std::sync::mpsc::channel::<String>();
+        let spawned = std::thread::Builder::new()
+            .name("stub-email-record".into())
+            .spawn(move || write_records(&path, queue));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "starting the stub email record writer failed");
+        }
         Self {
-            record: Some(path),
+            record: Some(lines),
             ..Self::default()
         }
-    }
-
-    fn append_record(path: &std::path::Path, email: &Email) -> std::io::Result<()> {
-        use std::io::Write;
-        let line = serde_json::json!({
-            "to": email.to_address,
-            "to_name": email.to_name,
-            "subject": email.subject,
-            "text": email.text_body,
-        });
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
-        writeln!(file, "{line}")
     }
 
     /// Every email "sent" so far, oldest first.
@@ -164,12 +162,15 @@ impl StubEmailSender {
 impl EmailSender for StubEmailSender {
     async fn send(&self, email: &Email) -> Result<(), SendError> {
         tracing::info!(to = %email.to_address, subject = %email.subject, "stub email (not sent)");
-        if let Some(path) = &self.record {
-            let (path, email) = (path.clone(), email.clone());
-            tokio::task::spawn_blocking(move || Self::append_record(&path, &email))
-                .await
-                .map_err(|e| SendError::Transient(format!("recording a stub email: {e}")))?
-                .map_err(|e| SendError::Transient(format!("recording a stub email: {e}")))?;
+        if let Some(lines) = &self.record {
+            let line = serde_json::json!({
+                "to": email.to_address,
+                "to_name": email.to_name,
+                "subject": email.subject,
+                "text": email.text_body,
+            });
+            // The writer only stops with the process.
+            let _ = lines.send(line.to_string());
         }
         let mut sent = match self.sent.lock() {
             Ok(s) => s,
@@ -183,9 +184,85 @@ impl EmailSender for StubEmailSender {
     }
 }
 
+/// Appends every queued line to `path` until the stub is dropped.
+fn write_records(path: &std::path::Path, queue: std::sync::mpsc::Receiver<String>) {
+    use std::io::Write;
+    let mut file = None;
+    while let Ok(first) = queue.recv() {
+        if file.is_none() {
+            match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                Ok(f) => file = Some(std::io::BufWriter::new(f)),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "opening the stub email record failed");
+                    continue;
+                }
+            }
+        }
+        let Some(out) = file.as_mut() else { continue };
+        let mut written = writeln!(out, "{first}");
+        while written.is_ok() {
+            match queue.try_recv() {
+                Ok(line) => written = writeln!(out, "{line}"),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = written.and_then(|()| out.flush()) {
+            tracing::error!(path = %path.display(), error = %e, "writing the stub email record failed");
+            file = None;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_stub_records_every_email_as_a_json_line() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("sent.jsonl");
+        let stub = StubEmailSender::with_record_file(path.clone());
+        let m = MessageContent {
+            chat_id: 1,
+            chat_title: "t",
+            sender_username: "alice",
+            text: "hi",
+        };
+        for to in ["a@example.com", "b@example.com", "c@example.com"] {
+            stub.send(&render(&m, to, "x")).await.expect("sent");
+        }
+        let mut lines = Vec::new();
+        for _ in 0..200 {
+            lines = std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_owned)
+                .collect();
+            if lines.len() >= 3 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let to: Vec<String> = lines
+            .iter()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).expect("JSON line")["to"].to_string()
+            })
+            .collect();
+        assert_eq!(
+            to,
+            [
+                "\"a@example.com\"",
+                "\"b@example.com\"",
+                "\"c@example.com\""
+            ]
+        );
+        assert_eq!(stub.sent().len(), 3);
+    }
 
     #[test]
     fn email_names_chat_and_sender_and_escapes_text() {
