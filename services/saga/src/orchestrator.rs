@@ -33,7 +33,7 @@ use grpc_chat_proto::notification::v1::{
 use crate::{
     domain::{FailCode, SagaState, SendRequest, StepKind},
     error::SagaError,
-    store::{Created, SagaRecord, SagaStore, StepResult},
+    store::{Created, SagaRecord, SagaStore, StepResult, Then},
 };
 
 /// How often a caller replaying an idempotency key looks whether the saga has ended.
@@ -231,50 +231,72 @@ impl Orchestrator {
     }
 
     /// The steps from where the log says the saga is. Store errors pause the saga too:
-    /// the log is the one thing the saga cannot go on without.
+    /// the log is the one thing the saga cannot go on without. A step's success is logged
+    /// together with the start of the next step (or the saga's end), in one write.
     async fn run_steps(&self, saga: SagaRecord) -> Result<(), Paused> {
         let store = &self.inner.store;
         let log = |e: anyhow::Error| Paused(format!("saga log: {e:#}"));
         let id = saga.id;
         if saga.state == SagaState::Running {
+            // Whether the step about to run was logged as started by the one before.
+            let mut started = false;
             let sender_id = match saga.sender_id {
                 Some(s) => s,
                 None => match self
-                    .step(
-                        id,
-                        StepKind::ResolveSender,
-                        self.resolve(&saga),
-                        StepResult::Sender,
-                    )
+                    .step(id, StepKind::ResolveSender, false, self.resolve(&saga))
                     .await?
                 {
-                    Step::Done(s) => s,
+                    Step::Done(s) => {
+                        store
+                            .step_succeeded(
+                                id,
+                                StepKind::ResolveSender,
+                                StepResult::Sender(s),
+                                Then::Start(StepKind::StoreMessage),
+                            )
+                            .await
+                            .map_err(log)?;
+                        started = true;
+                        s
+                    }
                     Step::Fail(code, e) => return self.fail(id, code, &e).await,
                 },
             };
             self.check_shutdown()?;
-            let seq = match saga.message_seq {
-                Some(s) => s,
-                None => {
-                    match self
-                        .step(
-                            id,
-                            StepKind::StoreMessage,
-                            self.store_message(&saga, sender_id),
-                            StepResult::MessageSeq,
-                        )
-                        .await?
-                    {
-                        Step::Done(s) => s,
-                        Step::Fail(code, e) => return self.fail(id, code, &e).await,
+            let (seq, notify_started) = match saga.message_seq {
+                Some(s) => (s, None),
+                None => match self
+                    .step(
+                        id,
+                        StepKind::StoreMessage,
+                        started,
+                        self.store_message(&saga, sender_id),
+                    )
+                    .await?
+                {
+                    Step::Done(s) => {
+                        let at = store
+                            .step_succeeded(
+                                id,
+                                StepKind::StoreMessage,
+                                StepResult::MessageSeq(s),
+                                Then::Start(StepKind::Notify),
+                            )
+                            .await
+                            .map_err(log)?;
+                        (s, at)
                     }
-                }
+                    Step::Fail(code, e) => return self.fail(id, code, &e).await,
+                },
             };
             self.check_shutdown()?;
-            let started = store
-                .step_started(id, StepKind::Notify)
-                .await
-                .map_err(log)?;
+            let started = match notify_started {
+                Some(at) => at,
+                None => store
+                    .step_started(id, StepKind::Notify)
+                    .await
+                    .map_err(log)?,
+            };
             match self.notify(saga.chat_id, seq, started).await {
                 Err(p) => {
                     store
@@ -285,11 +307,12 @@ impl Orchestrator {
                 }
                 Ok(Step::Done(())) => {
                     store
-                        .step_succeeded(id, StepKind::Notify, StepResult::None)
-                        .await
-                        .map_err(log)?;
-                    store
-                        .set_state(id, SagaState::Completed, None)
+                        .step_succeeded(
+                            id,
+                            StepKind::Notify,
+                            StepResult::None,
+                            Then::Finish(SagaState::Completed),
+                        )
                         .await
                         .map_err(log)?;
                     metrics::counter!("saga_completed_total").increment(1);
@@ -332,17 +355,28 @@ impl Orchestrator {
             .step(
                 id,
                 StepKind::Compensate,
+                false,
                 self.compensate(saga.chat_id, seq),
-                |()| StepResult::None,
             )
             .await?
         {
-            Step::Done(()) | Step::Fail(..) => {}
+            Step::Done(()) => {
+                store
+                    .step_succeeded(
+                        id,
+                        StepKind::Compensate,
+                        StepResult::None,
+                        Then::Finish(SagaState::Compensated),
+                    )
+                    .await
+                    .map_err(log)?;
+            }
+            Step::Fail(..) => store
+                .set_state(id, SagaState::Compensated, None)
+                .await
+                .map_err(log)
+                .map(|_| ())?,
         }
-        store
-            .set_state(id, SagaState::Compensated, None)
-            .await
-            .map_err(log)?;
         metrics::counter!("saga_compensated_total").increment(1);
         Ok(())
     }
@@ -355,30 +389,26 @@ impl Orchestrator {
         }
     }
 
-    /// Logs a step around `work`.
+    /// Logs a step around `work`: its start, unless the step before logged it, and its
+    /// failure. A success is for the caller to log, with what follows it.
     async fn step<T>(
         &self,
         id: Uuid,
         kind: StepKind,
+        started: bool,
         work: impl std::future::Future<Output = StepOutcome<T>>,
-        result: fn(T) -> StepResult,
-    ) -> StepOutcome<T>
-    where
-        T: Copy,
-    {
+    ) -> StepOutcome<T> {
         let store = &self.inner.store;
         let log = |e: anyhow::Error| Paused(format!("saga log: {e:#}"));
-        store.step_started(id, kind).await.map_err(log)?;
+        if !started {
+            store.step_started(id, kind).await.map_err(log)?;
+        }
         let outcome = work.await;
         match &outcome {
-            Ok(Step::Done(v)) => {
-                store
-                    .step_succeeded(id, kind, result(*v))
-                    .await
-                    .map_err(log)?;
+            Ok(Step::Done(_)) => {}
+            Ok(Step::Fail(_, e)) | Err(Paused(e)) => {
+                store.step_failed(id, kind, e).await.map_err(log)?
             }
-            Ok(Step::Fail(_, e)) => store.step_failed(id, kind, e).await.map_err(log)?,
-            Err(Paused(e)) => store.step_failed(id, kind, e).await.map_err(log)?,
         }
         outcome
     }

@@ -81,6 +81,15 @@ pub enum Created {
     Existing(SagaRecord),
 }
 
+/// What the log records with a step's success.
+#[derive(Debug, Clone, Copy)]
+pub enum Then {
+    /// The next step starts.
+    Start(StepKind),
+    /// The saga ends in this state.
+    Finish(SagaState),
+}
+
 /// What a step's success records on the saga.
 #[derive(Debug, Clone, Copy)]
 pub enum StepResult {
@@ -105,13 +114,16 @@ pub trait SagaStore: Send + Sync + 'static {
     /// Records that a step starts (or starts again, keeping its first start time).
     async fn step_started(&self, id: Uuid, kind: StepKind) -> anyhow::Result<DateTime<Utc>>;
 
-    /// Records a step's success and its result.
+    /// Records a step's success and its result and, in the same transaction, what follows:
+    /// the next step's start (whose first start time it returns) or the saga's end. One
+    /// write where the log would otherwise take two.
     async fn step_succeeded(
         &self,
         id: Uuid,
         kind: StepKind,
         result: StepResult,
-    ) -> anyhow::Result<()>;
+        then: Then,
+    ) -> anyhow::Result<Option<DateTime<Utc>>>;
 
     /// Records a step's failure; a step may be started again after a transient failure.
     async fn step_failed(&self, id: Uuid, kind: StepKind, error: &str) -> anyhow::Result<()>;

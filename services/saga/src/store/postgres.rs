@@ -5,10 +5,10 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{postgres::PgRow, PgPool, Row};
+use sqlx::{postgres::PgRow, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use super::{Created, SagaRecord, SagaStore, StepRecord, StepResult};
+use super::{Created, SagaRecord, SagaStore, StepRecord, StepResult, Then};
 use crate::domain::{FailCode, SagaState, SendRequest, StepKind, StepState};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/saga");
@@ -130,18 +130,8 @@ impl SagaStore for PgSagaStore {
     }
 
     async fn step_started(&self, id: Uuid, kind: StepKind) -> anyhow::Result<DateTime<Utc>> {
-        let started: DateTime<Utc> = sqlx::query_scalar(
-            "INSERT INTO saga_steps (saga_id, kind, state) VALUES ($1, $2, 'started') \
-             ON CONFLICT (saga_id, kind) DO UPDATE \
-               SET state = 'started', finished_at = NULL \
-             RETURNING started_at",
-        )
-        .bind(id)
-        .bind(kind.as_str())
-        .fetch_one(&self.pool)
-        .await
-        .context("recording a step start")?;
-        Ok(started)
+        let mut conn = self.pool.acquire().await.context("connecting")?;
+        start_step(&mut conn, id, kind).await
     }
 
     async fn step_succeeded(
@@ -149,7 +139,8 @@ impl SagaStore for PgSagaStore {
         id: Uuid,
         kind: StepKind,
         result: StepResult,
-    ) -> anyhow::Result<()> {
+        then: Then,
+    ) -> anyhow::Result<Option<DateTime<Utc>>> {
         let mut tx = self.pool.begin().await.context("starting a transaction")?;
         sqlx::query(
             "UPDATE saga_steps SET state = 'succeeded', finished_at = now(), error = '' \
@@ -175,8 +166,15 @@ impl SagaStore for PgSagaStore {
         .execute(&mut *tx)
         .await
         .context("recording a step's result")?;
+        let started = match then {
+            Then::Start(next) => Some(start_step(&mut tx, id, next).await?),
+            Then::Finish(state) => {
+                record_state(&mut tx, id, state, None).await?;
+                None
+            }
+        };
         tx.commit().await.context("committing a step")?;
-        Ok(())
+        Ok(started)
     }
 
     async fn step_failed(&self, id: Uuid, kind: StepKind, error: &str) -> anyhow::Result<()> {
@@ -199,21 +197,8 @@ impl SagaStore for PgSagaStore {
         state: SagaState,
         error: Option<(&str, FailCode)>,
     ) -> anyhow::Result<()> {
-        sqlx::query(
-            "UPDATE sagas SET state = $2, error = COALESCE($3, error), \
-                error_code = COALESCE($4, error_code), updated_at = now(), \
-                lease_until = CASE WHEN $5 THEN NULL ELSE lease_until END \
-             WHERE id = $1",
-        )
-        .bind(id)
-        .bind(state.as_str())
-        .bind(error.map(|(e, _)| e))
-        .bind(error.map(|(_, c)| c.as_str()))
-        .bind(state.is_final())
-        .execute(&self.pool)
-        .await
-        .context("recording a saga's state")?;
-        Ok(())
+        let mut conn = self.pool.acquire().await.context("connecting")?;
+        record_state(&mut conn, id, state, error).await
     }
 
     async fn renew_lease(&self, id: Uuid, lease: Duration) -> anyhow::Result<()> {
@@ -280,4 +265,47 @@ impl SagaStore for PgSagaStore {
             None => Ok(None),
         }
     }
+}
+
+/// Records that a step starts (or starts again, keeping its first start time).
+async fn start_step(
+    conn: &mut PgConnection,
+    id: Uuid,
+    kind: StepKind,
+) -> anyhow::Result<DateTime<Utc>> {
+    sqlx::query_scalar(
+        "INSERT INTO saga_steps (saga_id, kind, state) VALUES ($1, $2, 'started') \
+         ON CONFLICT (saga_id, kind) DO UPDATE \
+           SET state = 'started', finished_at = NULL \
+         RETURNING started_at",
+    )
+    .bind(id)
+    .bind(kind.as_str())
+    .fetch_one(conn)
+    .await
+    .context("recording a step start")
+}
+
+/// Moves the saga to `state`; a final state also ends its lease.
+async fn record_state(
+    conn: &mut PgConnection,
+    id: Uuid,
+    state: SagaState,
+    error: Option<(&str, FailCode)>,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE sagas SET state = $2, error = COALESCE($3, error), \
+            error_code = COALESCE($4, error_code), updated_at = now(), \
+            lease_until = CASE WHEN $5 THEN NULL ELSE lease_until END \
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(state.as_str())
+    .bind(error.map(|(e, _)| e))
+    .bind(error.map(|(_, c)| c.as_str()))
+    .bind(state.is_final())
+    .execute(conn)
+    .await
+    .context("recording a saga's state")?;
+    Ok(())
 }

@@ -14,12 +14,12 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{sqlite::SqliteRow, Row, SqlitePool};
+use sqlx::{sqlite::SqliteRow, Row, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use chat_common::db::{sqlite_writer, GroupWriter};
 
-use super::{Created, SagaRecord, SagaStore, StepRecord, StepResult};
+use super::{Created, SagaRecord, SagaStore, StepRecord, StepResult, Then};
 use crate::domain::{FailCode, SagaState, SendRequest, StepKind, StepState};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite/saga");
@@ -173,21 +173,7 @@ impl SagaStore for SqliteSagaStore {
         self.writer
             .write(move |conn| {
                 let at = at.clone();
-                Box::pin(async move {
-                    sqlx::query_scalar(
-                        "INSERT INTO saga_steps (saga_id, kind, state, started_at) \
-                         VALUES (?1, ?2, 'started', ?3) \
-                         ON CONFLICT (saga_id, kind) DO UPDATE \
-                           SET state = 'started', finished_at = NULL \
-                         RETURNING started_at",
-                    )
-                    .bind(id)
-                    .bind(kind.as_str())
-                    .bind(at)
-                    .fetch_one(&mut *conn)
-                    .await
-                    .context("recording a step start")
-                })
+                Box::pin(async move { start_step(conn, id, kind, &at).await })
             })
             .await
     }
@@ -197,7 +183,8 @@ impl SagaStore for SqliteSagaStore {
         id: Uuid,
         kind: StepKind,
         result: StepResult,
-    ) -> anyhow::Result<()> {
+        then: Then,
+    ) -> anyhow::Result<Option<DateTime<Utc>>> {
         let now = ts(Utc::now());
         let (sender_id, seq) = match result {
             StepResult::None => (None, None),
@@ -229,7 +216,13 @@ impl SagaStore for SqliteSagaStore {
                     .execute(&mut *conn)
                     .await
                     .context("recording a step's result")?;
-                    Ok(())
+                    match then {
+                        Then::Start(next) => Ok(Some(start_step(conn, id, next, &now).await?)),
+                        Then::Finish(state) => {
+                            record_state(conn, id, state, None, &now).await?;
+                            Ok(None)
+                        }
+                    }
                 })
             })
             .await
@@ -264,28 +257,14 @@ impl SagaStore for SqliteSagaStore {
         state: SagaState,
         error: Option<(&str, FailCode)>,
     ) -> anyhow::Result<()> {
-        let error = error.map(|(e, c)| (e.to_owned(), c.as_str()));
+        let error = error.map(|(e, c)| (e.to_owned(), c));
         let at = ts(Utc::now());
         self.writer
             .write(move |conn| {
                 let (error, at) = (error.clone(), at.clone());
                 Box::pin(async move {
-                    sqlx::query(
-                        "UPDATE sagas SET state = ?2, error = COALESCE(?3, error), \
-                            error_code = COALESCE(?4, error_code), updated_at = ?6, \
-                            lease_until = CASE WHEN ?5 THEN NULL ELSE lease_until END \
-                         WHERE id = ?1",
-                    )
-                    .bind(id)
-                    .bind(state.as_str())
-                    .bind(error.as_ref().map(|(e, _)| e.as_str()))
-                    .bind(error.as_ref().map(|(_, c)| *c))
-                    .bind(state.is_final())
-                    .bind(at)
-                    .execute(&mut *conn)
-                    .await
-                    .context("recording a saga's state")?;
-                    Ok(())
+                    let error = error.as_ref().map(|(e, c)| (e.as_str(), *c));
+                    record_state(conn, id, state, error, &at).await
                 })
             })
             .await
@@ -406,4 +385,52 @@ impl SagaStore for SqliteSagaStore {
             None => Ok(None),
         }
     }
+}
+
+/// Records that a step starts (or starts again, keeping its first start time).
+async fn start_step(
+    conn: &mut SqliteConnection,
+    id: Uuid,
+    kind: StepKind,
+    at: &str,
+) -> anyhow::Result<DateTime<Utc>> {
+    sqlx::query_scalar(
+        "INSERT INTO saga_steps (saga_id, kind, state, started_at) \
+         VALUES (?1, ?2, 'started', ?3) \
+         ON CONFLICT (saga_id, kind) DO UPDATE \
+           SET state = 'started', finished_at = NULL \
+         RETURNING started_at",
+    )
+    .bind(id)
+    .bind(kind.as_str())
+    .bind(at)
+    .fetch_one(conn)
+    .await
+    .context("recording a step start")
+}
+
+/// Moves the saga to `state`; a final state also ends its lease.
+async fn record_state(
+    conn: &mut SqliteConnection,
+    id: Uuid,
+    state: SagaState,
+    error: Option<(&str, FailCode)>,
+    at: &str,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE sagas SET state = ?2, error = COALESCE(?3, error), \
+            error_code = COALESCE(?4, error_code), updated_at = ?6, \
+            lease_until = CASE WHEN ?5 THEN NULL ELSE lease_until END \
+         WHERE id = ?1",
+    )
+    .bind(id)
+    .bind(state.as_str())
+    .bind(error.map(|(e, _)| e))
+    .bind(error.map(|(_, c)| c.as_str()))
+    .bind(state.is_final())
+    .bind(at)
+    .execute(conn)
+    .await
+    .context("recording a saga's state")?;
+    Ok(())
 }
