@@ -111,8 +111,19 @@ impl Notifier {
     /// Records (if new) and sends every email of `message`; returns once the claimed emails
     /// are delivered or failed for good.
     pub async fn notify(&self, message: &chatpb::Message) -> Result<(), NotificationError> {
-        self.ensure_recorded(message).await?;
-        self.send_claimable(message.chat_id, message.seq).await
+        let (recorded, new) = self.record(message).await?;
+        let (chat_id, seq) = (message.chat_id, message.seq);
+        let Some(claimed) = self.claim(chat_id, seq).await? else {
+            return Ok(());
+        };
+        // The first record wins: when this one was not it, send what was recorded.
+        let recorded = if new {
+            recorded
+        } else {
+            self.recorded(chat_id, seq).await?
+        };
+        self.send_claimed(recorded, claimed).await;
+        Ok(())
     }
 
     /// Whether the message is known here.
@@ -186,11 +197,12 @@ impl Notifier {
         }
     }
 
-    async fn ensure_recorded(&self, m: &chatpb::Message) -> Result<(), NotificationError> {
-        let store = &self.inner.store;
-        if store.is_recorded(m.chat_id, m.seq).await? {
-            return Ok(());
-        }
+    /// Records the message with its recipients unless it is recorded already; returns the
+    /// record as this call made it, and whether it was the first.
+    async fn record(
+        &self,
+        m: &chatpb::Message,
+    ) -> Result<(MessageRecord, bool), NotificationError> {
         let (title, members) = self.chat_recipients(m.chat_id).await?;
         let recipients: Vec<Recipient> = members
             .iter()
@@ -202,21 +214,17 @@ impl Notifier {
             .as_ref()
             .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
             .unwrap_or_else(chrono::Utc::now);
-        store
-            .record(
-                &MessageRecord {
-                    chat_id: m.chat_id,
-                    seq: m.seq,
-                    sender_id: m.sender_id,
-                    sender_username: m.sender_username.clone(),
-                    chat_title: title,
-                    text: m.text.clone(),
-                    sent_at,
-                },
-                &recipients,
-            )
-            .await?;
-        Ok(())
+        let record = MessageRecord {
+            chat_id: m.chat_id,
+            seq: m.seq,
+            sender_id: m.sender_id,
+            sender_username: m.sender_username.clone(),
+            chat_title: title,
+            text: m.text.clone(),
+            sent_at,
+        };
+        let new = self.inner.store.record(&record, &recipients).await?;
+        Ok((record, new))
     }
 
     /// The chat's title and every member with their email, from a short-lived cache: a
@@ -317,18 +325,48 @@ impl Notifier {
     /// out are recorded together in one write; only the ones that failed go on, each on
     /// its own, through retries and their own records.
     pub async fn send_claimable(&self, chat_id: i64, seq: i64) -> Result<(), NotificationError> {
-        let store = &self.inner.store;
-        let claimed = store.claim(chat_id, seq, self.inner.lease).await?;
-        if claimed.is_empty() {
-            // Nothing left to send here (none, or another sender holds them); a waiter
-            // that was told before the message was recorded looks again.
-            let _ = self.inner.finished.send((chat_id, seq));
+        let Some(claimed) = self.claim(chat_id, seq).await? else {
             return Ok(());
+        };
+        let message = self.recorded(chat_id, seq).await?;
+        self.send_claimed(message, claimed).await;
+        Ok(())
+    }
+
+    /// Claims the message's deliveries that nobody is sending; `None` when there are none,
+    /// after telling waiters to look again (there may be none left to send, or another
+    /// sender holds them).
+    async fn claim(
+        &self,
+        chat_id: i64,
+        seq: i64,
+    ) -> Result<Option<Vec<DeliveryRecord>>, NotificationError> {
+        let claimed = self
+            .inner
+            .store
+            .claim(chat_id, seq, self.inner.lease)
+            .await?;
+        if claimed.is_empty() {
+            let _ = self.inner.finished.send((chat_id, seq));
+            return Ok(None);
         }
-        let message = store
+        Ok(Some(claimed))
+    }
+
+    /// The message as recorded.
+    async fn recorded(&self, chat_id: i64, seq: i64) -> Result<MessageRecord, NotificationError> {
+        Ok(self
+            .inner
+            .store
             .message(chat_id, seq)
             .await?
-            .ok_or_else(|| anyhow::anyhow!("deliveries without their message {chat_id}/{seq}"))?;
+            .ok_or_else(|| anyhow::anyhow!("deliveries without their message {chat_id}/{seq}"))?)
+    }
+
+    /// Sends claimed deliveries and records their outcomes.
+    async fn send_claimed(&self, message: MessageRecord, claimed: Vec<DeliveryRecord>) {
+        let store = &self.inner.store;
+        let (chat_id, seq) = (message.chat_id, message.seq);
         let tried: Vec<(DeliveryRecord, Email, Result<(), SendError>)> =
             futures::stream::iter(claimed)
                 .map(|d| {
@@ -368,7 +406,6 @@ impl Notifier {
             })
             .await;
         let _ = self.inner.finished.send((chat_id, seq));
-        Ok(())
     }
 
     /// An email whose first try failed: bounded retries of a transient failure, then the

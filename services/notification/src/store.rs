@@ -105,9 +105,12 @@ pub trait DeliveryStore: Send + Sync + 'static {
     async fn is_recorded(&self, chat_id: i64, seq: i64) -> anyhow::Result<bool>;
 
     /// Records the message with its recipients, unless it was recorded already: the first
-    /// record wins, so every path works from the same recipients.
-    async fn record(&self, message: &MessageRecord, recipients: &[Recipient])
-        -> anyhow::Result<()>;
+    /// record wins, so every path works from the same recipients. True when this was it.
+    async fn record(
+        &self,
+        message: &MessageRecord,
+        recipients: &[Recipient],
+    ) -> anyhow::Result<bool>;
 
     /// The recorded message.
     async fn message(&self, chat_id: i64, seq: i64) -> anyhow::Result<Option<MessageRecord>>;

@@ -54,7 +54,7 @@ impl DeliveryStore for PgDeliveryStore {
         Ok(found.is_some())
     }
 
-    async fn record(&self, m: &MessageRecord, recipients: &[Recipient]) -> anyhow::Result<()> {
+    async fn record(&self, m: &MessageRecord, recipients: &[Recipient]) -> anyhow::Result<bool> {
         let mut tx = self.pool.begin().await.context("starting a transaction")?;
         let inserted = sqlx::query(
             "INSERT INTO notified_messages \
@@ -91,7 +91,7 @@ impl DeliveryStore for PgDeliveryStore {
             .context("recording recipients")?;
         }
         tx.commit().await.context("committing a message record")?;
-        Ok(())
+        Ok(inserted == 1)
     }
 
     async fn message(&self, chat_id: i64, seq: i64) -> anyhow::Result<Option<MessageRecord>> {

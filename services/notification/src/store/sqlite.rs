@@ -79,7 +79,7 @@ impl DeliveryStore for SqliteDeliveryStore {
         Ok(found.is_some())
     }
 
-    async fn record(&self, m: &MessageRecord, recipients: &[Recipient]) -> anyhow::Result<()> {
+    async fn record(&self, m: &MessageRecord, recipients: &[Recipient]) -> anyhow::Result<bool> {
         let now = ts(Utc::now());
         let record = Arc::new((m.clone(), recipients.to_vec()));
         self.writer
@@ -129,7 +129,7 @@ impl DeliveryStore for SqliteDeliveryStore {
                                 .context("recording recipients")?;
                         }
                     }
-                    Ok(())
+                    Ok(inserted == 1)
                 })
             })
             .await
