@@ -230,25 +230,38 @@ impl Run {
 
     /// Lets every server of `systems` finish what the scenario left it (see
     /// [`system::settle`]) and notes on `row` how long that took.
-    async fn settle(&self, systems: &[System], row: Row) -> Row {
+    ///
+    /// With `cpu_before` (the servers' CPU time when the scenario started, see
+    /// [`system::cpu_ticks`]) it also notes the servers' CPU time per counted unit, the
+    /// background work included: a steadier figure than a rate on a shared machine.
+    async fn settle(&self, systems: &[System], row: Row, cpu_before: Option<u64>) -> Row {
         let mut longest = None;
         for s in systems {
             if let Some(t) = system::settle(s.pid, SETTLE_LIMIT).await {
                 longest = longest.max(Some(t));
             }
         }
-        match longest {
+        let mut row = match longest {
             Some(t) if t >= Duration::from_secs(1) => {
                 let note = format!("{}; server busy {:.0} s after", row.note, t.as_secs_f64());
                 row.extra("settle_s", t.as_secs_f64()).note(note)
             }
             _ => row,
+        };
+        if let (Some(before), Some(after)) = (cpu_before, system::cpu_ticks(systems)) {
+            if row.count > 0 {
+                let us = after.saturating_sub(before) as f64 * 10_000.0 / row.count as f64;
+                let note = format!("{}; server CPU {us:.0} µs/{}", row.note, row.unit);
+                row = row.extra("server_cpu_us_per_unit", us).note(note);
+            }
         }
+        row
     }
 
     async fn send(&mut self, name: &str, systems: &[System]) -> anyhow::Result<Row> {
+        let cpu = system::cpu_ticks(systems);
         let row = scenarios::send(name, systems, &self.opts).await?;
-        let row = self.settle(systems, row).await;
+        let row = self.settle(systems, row, cpu).await;
         let limit = self.storage_limit(systems[0].storage).await?;
         let what = match systems[0].storage {
             Storage::Sqlite => "sqlite",
@@ -265,8 +278,10 @@ impl Run {
             Some(s) => s,
             None => self.send("send", std::slice::from_ref(system)).await?,
         };
+        let systems = std::slice::from_ref(system);
+        let cpu = system::cpu_ticks(systems);
         let row = scenarios::saga(system, &self.opts).await?;
-        let row = self.settle(std::slice::from_ref(system), row).await;
+        let row = self.settle(systems, row, cpu).await;
         self.push(row.against_rate("send", &send));
         Ok(())
     }
@@ -274,7 +289,7 @@ impl Run {
     async fn fanout(&mut self, system: &System) -> anyhow::Result<()> {
         for s in self.cli.streams.clone() {
             let row = scenarios::fanout(system, s, &self.opts).await?;
-            let row = self.settle(std::slice::from_ref(system), row).await;
+            let row = self.settle(std::slice::from_ref(system), row, None).await;
             let row = if self.limits() {
                 let o = &self.opts;
                 let l = self.push(

@@ -467,10 +467,10 @@ pub async fn settle(pid: Option<u32>, limit: Duration) -> Option<Duration> {
     const SAMPLE: Duration = Duration::from_millis(500);
     let pid = pid?;
     let started = std::time::Instant::now();
-    let mut before = cpu_ticks(pid)?;
+    let mut before = process_ticks(pid)?;
     loop {
         tokio::time::sleep(SAMPLE).await;
-        let now = cpu_ticks(pid)?;
+        let now = process_ticks(pid)?;
         let used = now.saturating_sub(before);
         before = now;
         // 5% of one core for half a second: 2.5 ticks.
@@ -480,8 +480,14 @@ pub async fn settle(pid: Option<u32>, limit: Duration) -> Option<Duration> {
     }
 }
 
+/// The CPU time all of `systems`' server processes have used, in clock ticks (10 ms);
+/// `None` when a pid is unknown (a server someone else runs, or the in-process one).
+pub fn cpu_ticks(systems: &[System]) -> Option<u64> {
+    systems.iter().map(|s| process_ticks(s.pid?)).sum()
+}
+
 /// User plus system CPU time of `pid`, in clock ticks, from `/proc/<pid>/stat`.
-fn cpu_ticks(pid: u32) -> Option<u64> {
+fn process_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces; the fields after its closing parenthesis don't.
     let rest = stat.rsplit_once(')')?.1;
