@@ -231,10 +231,10 @@ impl Run {
     /// Lets every server of `systems` finish what the scenario left it (see
     /// [`system::settle`]) and notes on `row` how long that took.
     ///
-    /// With `cpu_before` (the servers' CPU time when the scenario started, see
-    /// [`system::cpu_ticks`]) it also notes the servers' CPU time per counted unit, the
-    /// background work included: a steadier figure than a rate on a shared machine.
-    async fn settle(&self, systems: &[System], row: Row, cpu_before: Option<u64>) -> Row {
+    /// When the row knows the servers' CPU time at the start of its load
+    /// ([`Row::cpu_start`]), it also notes their CPU time per counted unit, the background
+    /// work included: a steadier figure than a rate on a shared machine.
+    async fn settle(&self, systems: &[System], row: Row) -> Row {
         let mut longest = None;
         for s in systems {
             if let Some(t) = system::settle(s.pid, SETTLE_LIMIT).await {
@@ -248,7 +248,7 @@ impl Run {
             }
             _ => row,
         };
-        if let (Some(before), Some(after)) = (cpu_before, system::cpu_ticks(systems)) {
+        if let (Some(before), Some(after)) = (row.cpu_start, system::cpu_ticks(systems)) {
             if row.count > 0 {
                 let us = after.saturating_sub(before) as f64 * 10_000.0 / row.count as f64;
                 let note = format!("{}; server CPU {us:.0} µs/{}", row.note, row.unit);
@@ -259,9 +259,8 @@ impl Run {
     }
 
     async fn send(&mut self, name: &str, systems: &[System]) -> anyhow::Result<Row> {
-        let cpu = system::cpu_ticks(systems);
         let row = scenarios::send(name, systems, &self.opts).await?;
-        let row = self.settle(systems, row, cpu).await;
+        let row = self.settle(systems, row).await;
         let limit = self.storage_limit(systems[0].storage).await?;
         let what = match systems[0].storage {
             Storage::Sqlite => "sqlite",
@@ -278,10 +277,8 @@ impl Run {
             Some(s) => s,
             None => self.send("send", std::slice::from_ref(system)).await?,
         };
-        let systems = std::slice::from_ref(system);
-        let cpu = system::cpu_ticks(systems);
         let row = scenarios::saga(system, &self.opts).await?;
-        let row = self.settle(systems, row, cpu).await;
+        let row = self.settle(std::slice::from_ref(system), row).await;
         self.push(row.against_rate("send", &send));
         Ok(())
     }
@@ -289,7 +286,7 @@ impl Run {
     async fn fanout(&mut self, system: &System) -> anyhow::Result<()> {
         for s in self.cli.streams.clone() {
             let row = scenarios::fanout(system, s, &self.opts).await?;
-            let row = self.settle(std::slice::from_ref(system), row, None).await;
+            let row = self.settle(std::slice::from_ref(system), row).await;
             let row = if self.limits() {
                 let o = &self.opts;
                 let l = self.push(

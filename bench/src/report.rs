@@ -26,6 +26,9 @@ pub struct Row {
     pub extra: Map<String, Value>,
     /// A short remark for the table's last column.
     pub note: String,
+    /// The servers' CPU time (clock ticks) when the measured load started, for the CPU
+    /// per unit once they have settled; not printed.
+    pub cpu_start: Option<u64>,
 }
 
 impl Row {
@@ -42,7 +45,13 @@ impl Row {
             ratio: None,
             extra: Map::new(),
             note: String::new(),
+            cpu_start: None,
         }
+    }
+
+    pub fn server_cpu_from(mut self, ticks: Option<u64>) -> Self {
+        self.cpu_start = ticks;
+        self
     }
 
     pub fn rate(mut self, per_sec: f64) -> Self {

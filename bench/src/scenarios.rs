@@ -25,7 +25,7 @@ use grpc_chat_proto::{
 use crate::{
     client::{self, channel, channels, create_chat, histogram, text_of_size, User},
     report::Row,
-    system::System,
+    system::{self, System},
 };
 
 /// What every scenario is told.
@@ -132,6 +132,7 @@ pub async fn send(name: &str, systems: &[System], opts: &Opts) -> anyhow::Result
         }
     }
     let size = opts.message_size;
+    let cpu_start = system::cpu_ticks(systems);
     let load = closed_loop("SendMessage", opts.concurrency, opts.duration, |i| {
         let client = clients[i % clients.len()].clone();
         let user = users[i % users.len()].clone();
@@ -151,6 +152,7 @@ pub async fn send(name: &str, systems: &[System], opts: &Opts) -> anyhow::Result
     })
     .await?;
     Ok(Row::new(name, "msg", load.count)
+        .server_cpu_from(cpu_start)
         .rate(load.count as f64 / load.elapsed.as_secs_f64())
         .latencies(&load.hist)
         .extra("concurrency", opts.concurrency)
@@ -178,6 +180,7 @@ pub async fn saga(system: &System, opts: &Opts) -> anyhow::Result<Row> {
         .map(SagaOrchestratorClient::new)
         .collect();
     let size = opts.message_size;
+    let cpu_start = system::cpu_ticks(systems);
     let load = closed_loop("saga SendMessage", opts.concurrency, opts.duration, |i| {
         let client = clients[i % clients.len()].clone();
         let user = users[i % users.len()].clone();
@@ -211,6 +214,7 @@ pub async fn saga(system: &System, opts: &Opts) -> anyhow::Result<Row> {
     })
     .await?;
     Ok(Row::new("saga", "saga", load.count)
+        .server_cpu_from(cpu_start)
         .rate(load.count as f64 / load.elapsed.as_secs_f64())
         .latencies(&load.hist)
         .extra("concurrency", opts.concurrency)
