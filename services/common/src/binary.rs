@@ -27,7 +27,16 @@ where
         return migrate(config).await;
     }
     if let Some(addr) = config::metrics_addr()? {
-        metrics::install(addr)?;
+        match metrics::install(addr) {
+            Ok(()) => {}
+            // The default port is taken (a second server on one machine): serve without
+            // metrics rather than not at all. A port someone asked for must work.
+            Err(e) if config::var("METRICS_ADDR").is_none() => tracing::warn!(
+                error = %e,
+                "serving without metrics; set METRICS_ADDR to a free address, or to off"
+            ),
+            Err(e) => return Err(e),
+        }
     }
     let shutdown = Shutdown::new();
     shutdown.on_signals();

@@ -178,6 +178,39 @@ async fn data_and_tokens_survive_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_machine_starts_without_the_default_metrics_port() {
+    // Held here, or already taken by someone else: either way the default port is busy.
+    let _held = std::net::TcpListener::bind("0.0.0.0:9090");
+    let data = tempfile::tempdir().expect("temp dir");
+    let dir = data.path().to_str().expect("utf-8 path");
+    // Empty means unset: the default metrics address applies.
+    let (server, _) = start(&["--data", dir], &[("METRICS_ADDR", "")]).await;
+    register_and_login(server.channel().await, "metrics").await;
+    assert!(server.stop().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metrics_port_asked_for_must_be_free() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let data = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .args(["--listen", "127.0.0.1:0", "--data"])
+        .arg(data.path())
+        .env("METRICS_ADDR", &addr)
+        .env("BCRYPT_COST", "4")
+        .output()
+        .await
+        .expect("run chat-server");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("metrics endpoint on {addr}")),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_flags_are_refused_in_one_line() {
     let out = Command::new(env!("CARGO_BIN_EXE_chat-server"))
         .args(["--database-url", "mysql://localhost/chat"])
