@@ -217,13 +217,19 @@ impl EventBus for NatsBus {
 /// Events inside one process, for the embedded server: nothing crosses a process, so
 /// nothing can be lost between publish and delivery. Streams read a broadcast channel (a
 /// stream that falls behind is repaired from storage like after a NATS loss); the
-/// notifier, which has no storage to repair from, reads an unbounded tap instead, the
-/// in-process stand-in for the JetStream stream.
+/// notifier, which has no storage to repair from, reads a tap instead, the in-process
+/// stand-in for the JetStream stream. The tap is bounded: when the notifier is that far
+/// behind, a publish waits for room, so a sender faster than the emails it causes slows
+/// down instead of growing the server's memory without end. The message is stored by then;
+/// only its answer waits.
 pub struct LocalBus {
     tx: broadcast::Sender<ChatEvent>,
     reconnects: broadcast::Sender<()>,
-    tap: Option<tokio::sync::mpsc::UnboundedSender<ChatEvent>>,
+    tap: Option<tokio::sync::mpsc::Sender<ChatEvent>>,
 }
+
+/// Events the tap holds for a notifier that is behind.
+pub const TAP_CAPACITY: usize = 65_536;
 
 impl Default for LocalBus {
     fn default() -> Self {
@@ -236,9 +242,10 @@ impl Default for LocalBus {
 }
 
 impl LocalBus {
-    /// A bus that also hands every published event, in order, to the returned receiver.
-    pub fn with_tap() -> (Self, tokio::sync::mpsc::UnboundedReceiver<ChatEvent>) {
-        let (tap, rx) = tokio::sync::mpsc::unbounded_channel();
+    /// A bus that also hands every published event, in order, to the returned receiver,
+    /// which holds up to `capacity` of them.
+    pub fn with_tap(capacity: usize) -> (Self, tokio::sync::mpsc::Receiver<ChatEvent>) {
+        let (tap, rx) = tokio::sync::mpsc::channel(capacity.max(1));
         let bus = Self {
             tap: Some(tap),
             ..Self::default()
@@ -250,11 +257,12 @@ impl LocalBus {
 #[async_trait]
 impl EventBus for LocalBus {
     async fn publish(&self, event: &ChatEvent) -> anyhow::Result<()> {
+        // Streams first: they are not held up by a notifier that is behind.
+        let _ = self.tx.send(event.clone());
         if let Some(tap) = &self.tap {
             // Fails only when the reader is gone (shutting down).
-            let _ = tap.send(event.clone());
+            let _ = tap.send(event.clone()).await;
         }
-        let _ = self.tx.send(event.clone());
         Ok(())
     }
 
@@ -285,6 +293,46 @@ impl EventBus for LocalBus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn message(seq: i64) -> ChatEvent {
+        ChatEvent::MessageCreated(pb::Message {
+            chat_id: 1,
+            seq,
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn a_full_tap_holds_the_publisher_back_and_loses_nothing() {
+        let (bus, mut tap) = LocalBus::with_tap(2);
+        let mut live = bus.subscribe(1).await.expect("subscribe");
+        bus.publish(&message(1)).await.expect("publish");
+        bus.publish(&message(2)).await.expect("publish");
+        let event = message(3);
+        let third = bus.publish(&event);
+        tokio::pin!(third);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), &mut third)
+                .await
+                .is_err(),
+            "a publish into a full tap waits"
+        );
+        // Streams are not held up by the tap.
+        for seq in 1..=3 {
+            match live.next().await {
+                Some(ChatEvent::MessageCreated(m)) => assert_eq!(m.seq, seq),
+                other => panic!("expected message {seq}, got {other:?}"),
+            }
+        }
+        assert!(matches!(tap.recv().await, Some(ChatEvent::MessageCreated(m)) if m.seq == 1));
+        tokio::time::timeout(Duration::from_secs(5), third)
+            .await
+            .expect("room made, the publish goes through")
+            .expect("publish");
+        for seq in 2..=3 {
+            assert!(matches!(tap.recv().await, Some(ChatEvent::MessageCreated(m)) if m.seq == seq));
+        }
+    }
 
     #[test]
     fn events_round_trip() {

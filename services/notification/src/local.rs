@@ -1,5 +1,5 @@
 //! The in-process event source of the all-in-one `chat-server`: chat-service's `LocalBus`
-//! hands every event to this task through an unbounded channel, in place of the JetStream
+//! hands every event to this task through a bounded channel, in place of the JetStream
 //! consumer. Handling is the same as `consumer.rs` (same notifier, same delivery records,
 //! same retry on a transient failure); what differs is durability: an event still queued
 //! when the process stops is not replayed at the next start (messages sent through the
@@ -18,11 +18,7 @@ use crate::{
 };
 
 /// Handles events from `events` until `shutdown` or until the bus is gone.
-pub async fn run(
-    mut events: mpsc::UnboundedReceiver<ChatEvent>,
-    notifier: Notifier,
-    shutdown: Shutdown,
-) {
+pub async fn run(mut events: mpsc::Receiver<ChatEvent>, notifier: Notifier, shutdown: Shutdown) {
     let permits = Arc::new(Semaphore::new(CONCURRENCY));
     loop {
         let event = tokio::select! {

@@ -34,7 +34,7 @@ pub use config::{Args, Config, Storage};
 /// Where the notifier's events come from.
 enum EventSource {
     /// The in-process bus's tap.
-    Local(mpsc::UnboundedReceiver<ChatEvent>),
+    Local(mpsc::Receiver<ChatEvent>),
     /// The JetStream consumer shared with other replicas.
     JetStream(Box<async_nats::jetstream::consumer::PullConsumer>),
 }
@@ -113,7 +113,7 @@ impl Server {
                 (chat_service::nats_bus(&chat_config).await?, None)
             }
             None => {
-                let (bus, tap) = LocalBus::with_tap();
+                let (bus, tap) = LocalBus::with_tap(chat_service::events::TAP_CAPACITY);
                 (Arc::new(bus), Some(tap))
             }
         };
