@@ -19,7 +19,7 @@
 
 pub mod group;
 
-pub use group::{GroupWriter, WriteFuture};
+pub use group::{Args, GroupWriter, WriteFuture};
 
 use std::{path::Path, str::FromStr, time::Duration};
 

@@ -17,7 +17,7 @@
 
 use anyhow::Context;
 use futures::future::BoxFuture;
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::{sqlite::SqliteArguments, Arguments as _, Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::begin_write;
@@ -64,6 +64,58 @@ impl GroupWriter {
         answer
             .await
             .map_err(|_| anyhow::anyhow!("the database writer stopped before committing"))?
+    }
+
+    /// Runs one statement with `args` in the next group (the common case of [`write`]);
+    /// returns the rows it changed. `what` names the statement in errors.
+    ///
+    /// [`write`]: GroupWriter::write
+    pub async fn execute(
+        &self,
+        sql: &'static str,
+        args: Args,
+        what: &'static str,
+    ) -> anyhow::Result<u64> {
+        if let Some(e) = args.error {
+            anyhow::bail!("{what}: an argument does not encode: {e}");
+        }
+        let values = args.values;
+        self.write(move |conn| {
+            let values = values.clone();
+            Box::pin(async move {
+                let done = sqlx::query_with(sql, values)
+                    .execute(&mut *conn)
+                    .await
+                    .context(what)?;
+                Ok(done.rows_affected())
+            })
+        })
+        .await
+    }
+}
+
+/// The owned arguments of one statement for [`GroupWriter::execute`], bound in order.
+#[derive(Clone, Default)]
+pub struct Args {
+    values: SqliteArguments<'static>,
+    error: Option<String>,
+}
+
+impl Args {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn bind<T>(mut self, value: T) -> Self
+    where
+        T: sqlx::Encode<'static, Sqlite> + sqlx::Type<Sqlite> + 'static,
+    {
+        if self.error.is_none() {
+            if let Err(e) = self.values.add(value) {
+                self.error = Some(e.to_string());
+            }
+        }
+        self
     }
 }
 
@@ -268,6 +320,33 @@ mod tests {
                 .expect("a good write must not fail with a bad one");
         }
         assert_eq!(stored(&pool).await, (1..=50).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn execute_binds_in_order_and_counts_the_rows_it_changed() {
+        let (_dir, pool, writer) = setup().await;
+        for k in 1..=3 {
+            insert(&writer, k, "x").await.expect("insert");
+        }
+        let changed = writer
+            .execute(
+                "UPDATE t SET v = ?1 WHERE k >= ?2",
+                Args::new().bind("y".to_owned()).bind(2_i64),
+                "updating",
+            )
+            .await
+            .expect("update");
+        assert_eq!(changed, 2);
+        let v: Vec<String> = sqlx::query_scalar("SELECT v FROM t ORDER BY k")
+            .fetch_all(&pool)
+            .await
+            .expect("read");
+        assert_eq!(v, ["x", "y", "y"]);
+        let err = writer
+            .execute("UPDATE t SET v = NULL", Args::new(), "clearing")
+            .await
+            .expect_err("NOT NULL");
+        assert!(format!("{err:#}").starts_with("clearing"), "{err:#}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

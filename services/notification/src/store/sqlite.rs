@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{sqlite::SqliteRow, QueryBuilder, Row, Sqlite, SqlitePool};
 
-use chat_common::db::{sqlite_writer, GroupWriter};
+use chat_common::db::{sqlite_writer, Args, GroupWriter};
 
 use super::{DeliveryRecord, DeliveryState, DeliveryStore, MessageRecord, Recipient};
 
@@ -202,29 +202,22 @@ impl DeliveryStore for SqliteDeliveryStore {
         lease: Duration,
     ) -> anyhow::Result<()> {
         let now = Utc::now();
-        let (error, until, at) = (error.to_owned(), lease_end(now, lease)?, ts(now));
         self.writer
-            .write(move |conn| {
-                let (error, until, at) = (error.clone(), until.clone(), at.clone());
-                Box::pin(async move {
-                    sqlx::query(
-                        "UPDATE deliveries SET attempts = attempts + 1, error = ?4, \
-                            lease_until = ?5, updated_at = ?6 \
-                         WHERE chat_id = ?1 AND seq = ?2 AND recipient_id = ?3",
-                    )
+            .execute(
+                "UPDATE deliveries SET attempts = attempts + 1, error = ?4, \
+                    lease_until = ?5, updated_at = ?6 \
+                 WHERE chat_id = ?1 AND seq = ?2 AND recipient_id = ?3",
+                Args::new()
                     .bind(chat_id)
                     .bind(seq)
                     .bind(recipient_id)
-                    .bind(error)
-                    .bind(until)
-                    .bind(at)
-                    .execute(&mut *conn)
-                    .await
-                    .context("recording a failed attempt")?;
-                    Ok(())
-                })
-            })
-            .await
+                    .bind(error.to_owned())
+                    .bind(lease_end(now, lease)?)
+                    .bind(ts(now)),
+                "recording a failed attempt",
+            )
+            .await?;
+        Ok(())
     }
 
     async fn finish(
@@ -238,29 +231,22 @@ impl DeliveryStore for SqliteDeliveryStore {
             None => DeliveryState::Delivered,
             Some(_) => DeliveryState::Failed,
         };
-        let (error, at) = (error.map(str::to_owned), ts(Utc::now()));
         self.writer
-            .write(move |conn| {
-                let (error, at) = (error.clone(), at.clone());
-                Box::pin(async move {
-                    sqlx::query(
-                        "UPDATE deliveries SET state = ?4, attempts = attempts + 1, \
-                            error = COALESCE(?5, error), lease_until = NULL, updated_at = ?6 \
-                         WHERE chat_id = ?1 AND seq = ?2 AND recipient_id = ?3",
-                    )
+            .execute(
+                "UPDATE deliveries SET state = ?4, attempts = attempts + 1, \
+                    error = COALESCE(?5, error), lease_until = NULL, updated_at = ?6 \
+                 WHERE chat_id = ?1 AND seq = ?2 AND recipient_id = ?3",
+                Args::new()
                     .bind(chat_id)
                     .bind(seq)
                     .bind(recipient_id)
                     .bind(state.as_str())
-                    .bind(error)
-                    .bind(at)
-                    .execute(&mut *conn)
-                    .await
-                    .context("recording a delivery's outcome")?;
-                    Ok(())
-                })
-            })
-            .await
+                    .bind(error.map(str::to_owned))
+                    .bind(ts(Utc::now())),
+                "recording a delivery's outcome",
+            )
+            .await?;
+        Ok(())
     }
 
     async fn finish_delivered(
@@ -270,28 +256,21 @@ impl DeliveryStore for SqliteDeliveryStore {
         recipient_ids: &[i64],
     ) -> anyhow::Result<()> {
         let ids = serde_json::to_string(recipient_ids).context("listing recipients")?;
-        let at = ts(Utc::now());
         self.writer
-            .write(move |conn| {
-                let (ids, at) = (ids.clone(), at.clone());
-                Box::pin(async move {
-                    sqlx::query(
-                        "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, \
-                            lease_until = NULL, updated_at = ?4 \
-                         WHERE chat_id = ?1 AND seq = ?2 \
-                           AND recipient_id IN (SELECT value FROM json_each(?3))",
-                    )
+            .execute(
+                "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, \
+                    lease_until = NULL, updated_at = ?4 \
+                 WHERE chat_id = ?1 AND seq = ?2 \
+                   AND recipient_id IN (SELECT value FROM json_each(?3))",
+                Args::new()
                     .bind(chat_id)
                     .bind(seq)
                     .bind(ids)
-                    .bind(at)
-                    .execute(&mut *conn)
-                    .await
-                    .context("recording deliveries")?;
-                    Ok(())
-                })
-            })
-            .await
+                    .bind(ts(Utc::now())),
+                "recording deliveries",
+            )
+            .await?;
+        Ok(())
     }
 
     async fn deliveries(

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{sqlite::SqliteRow, Row, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
-use chat_common::db::{sqlite_writer, GroupWriter};
+use chat_common::db::{sqlite_writer, Args, GroupWriter};
 
 use super::{Created, SagaRecord, SagaStore, StepRecord, StepResult, Then};
 use crate::domain::{FailCode, SagaState, SendRequest, StepKind, StepState};
@@ -70,7 +70,10 @@ impl SqliteSagaStore {
     }
 
     async fn with_steps(&self, row: &SqliteRow) -> anyhow::Result<SagaRecord> {
-        let mut saga = saga_from_row(row)?;
+        self.add_steps(saga_from_row(row)?).await
+    }
+
+    async fn add_steps(&self, mut saga: SagaRecord) -> anyhow::Result<SagaRecord> {
         saga.steps = self.steps(saga.id).await?;
         Ok(saga)
     }
@@ -229,26 +232,19 @@ impl SagaStore for SqliteSagaStore {
     }
 
     async fn step_failed(&self, id: Uuid, kind: StepKind, error: &str) -> anyhow::Result<()> {
-        let (error, at) = (error.to_owned(), ts(Utc::now()));
         self.writer
-            .write(move |conn| {
-                let (error, at) = (error.clone(), at.clone());
-                Box::pin(async move {
-                    sqlx::query(
-                        "UPDATE saga_steps SET state = 'failed', finished_at = ?4, error = ?3 \
-                         WHERE saga_id = ?1 AND kind = ?2",
-                    )
+            .execute(
+                "UPDATE saga_steps SET state = 'failed', finished_at = ?4, error = ?3 \
+                 WHERE saga_id = ?1 AND kind = ?2",
+                Args::new()
                     .bind(id)
                     .bind(kind.as_str())
-                    .bind(error)
-                    .bind(at)
-                    .execute(&mut *conn)
-                    .await
-                    .context("recording a step's failure")?;
-                    Ok(())
-                })
-            })
-            .await
+                    .bind(error.to_owned())
+                    .bind(ts(Utc::now())),
+                "recording a step's failure",
+            )
+            .await?;
+        Ok(())
     }
 
     async fn set_state(
@@ -271,42 +267,26 @@ impl SagaStore for SqliteSagaStore {
     }
 
     async fn renew_lease(&self, id: Uuid, lease: Duration) -> anyhow::Result<()> {
-        let until = lease_end(Utc::now(), lease)?;
         self.writer
-            .write(move |conn| {
-                let until = until.clone();
-                Box::pin(async move {
-                    sqlx::query(
-                        "UPDATE sagas SET lease_until = ?2 \
-                         WHERE id = ?1 AND state IN ('running', 'compensating')",
-                    )
-                    .bind(id)
-                    .bind(until)
-                    .execute(&mut *conn)
-                    .await
-                    .context("renewing a saga's lease")?;
-                    Ok(())
-                })
-            })
-            .await
+            .execute(
+                "UPDATE sagas SET lease_until = ?2 \
+                 WHERE id = ?1 AND state IN ('running', 'compensating')",
+                Args::new().bind(id).bind(lease_end(Utc::now(), lease)?),
+                "renewing a saga's lease",
+            )
+            .await?;
+        Ok(())
     }
 
     async fn release(&self, id: Uuid) -> anyhow::Result<()> {
-        let at = ts(Utc::now());
         self.writer
-            .write(move |conn| {
-                let at = at.clone();
-                Box::pin(async move {
-                    sqlx::query("UPDATE sagas SET lease_until = ?2 WHERE id = ?1")
-                        .bind(id)
-                        .bind(at)
-                        .execute(&mut *conn)
-                        .await
-                        .context("releasing a saga")?;
-                    Ok(())
-                })
-            })
-            .await
+            .execute(
+                "UPDATE sagas SET lease_until = ?2 WHERE id = ?1",
+                Args::new().bind(id).bind(ts(Utc::now())),
+                "releasing a saga",
+            )
+            .await?;
+        Ok(())
     }
 
     async fn claim_unfinished(
@@ -344,9 +324,8 @@ impl SagaStore for SqliteSagaStore {
             })
             .await?;
         let mut sagas = Vec::with_capacity(claimed.len());
-        for mut saga in claimed {
-            saga.steps = self.steps(saga.id).await?;
-            sagas.push(saga);
+        for saga in claimed {
+            sagas.push(self.add_steps(saga).await?);
         }
         // RETURNING gives no order; resume the oldest first, as they were chosen.
         sagas.sort_by_key(|s| s.created_at);
@@ -378,10 +357,7 @@ impl SagaStore for SqliteSagaStore {
             })
             .await?;
         match claimed {
-            Some(mut saga) => {
-                saga.steps = self.steps(saga.id).await?;
-                Ok(Some(saga))
-            }
+            Some(saga) => Ok(Some(self.add_steps(saga).await?)),
             None => Ok(None),
         }
     }
