@@ -3,6 +3,7 @@
 # for. Called by .ci/run; runs on its own too:
 #
 #   bash .ci/k8s-checks.sh [RENDERED_SAMPLE.yaml]
+#   bash .ci/k8s-checks.sh --print-kubectl      # install kubectl if needed, print its path
 #
 # RENDERED_SAMPLE is `chat-operator render k8s/sample-chatcluster.yaml` (default: the
 # checked-in operator/tests/expected/sample-rendered.yaml).
@@ -40,6 +41,10 @@ EOF
   rm -rf "$tmp"
 fi
 export PATH="$tools:$PATH"
+if [ "$rendered" = --print-kubectl ]; then
+  echo "$tools/kubectl"
+  exit 0
+fi
 PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --disable-pip-version-check \
   "starlark-pyo3==$STARLARK_PYO3_VERSION" kubernetes-validate pyyaml
 step "$(helm version --short), kubectl $(kubectl version --client | head -n 1 | awk '{print $3}')"

@@ -13,7 +13,11 @@ non-default values), builds k8s/ with `kubectl kustomize`, and then
     (`helm install --create-namespace` makes it). A difference fails with a diff.
   * variants: the non-default values land where they should (a Role instead of a
     ClusterRole for watchNamespace, no Lease RBAC without leader election, resources,
-    image, env, scheduling fields).
+    image, env, scheduling fields; no PodDisruptionBudget for one replica).
+  * ServiceMonitor: with metrics.serviceMonitor.enabled=true the chart renders one that
+    selects the metrics Service's labels and port, valid against the Prometheus
+    Operator's CRD schema (../shared/k8s-testenv/crds/, skipped when that is absent).
+  * the sample shipped with the chart (samples/chatcluster.yaml) is k8s/sample-chatcluster.yaml.
 
 The renders are written to OUTDIR (for kubernetes-validate). `helm` and `kubectl` are
 taken from PATH.
@@ -194,10 +198,73 @@ def variant(objs):
     expect(pod.get("nodeSelector") == {"kubernetes.io/os": "linux"}, "nodeSelector not applied")
     expect(pod.get("tolerations") == [{"key": "dedicated", "operator": "Exists"}],
            "tolerations not applied")
+    expect(not by_kind(objs, "PodDisruptionBudget"),
+           "replicaCount=1, yet a PodDisruptionBudget (minAvailable 1 would block drains)")
+    expect(not by_kind(objs, "ServiceMonitor"), "a ServiceMonitor although not enabled")
     ann = dep["spec"]["template"]["metadata"].get("annotations", {})
     expect(ann.get("example.com/team") == "chat" and ann.get("prometheus.io/scrape") == "true",
            "podAnnotations not merged with the Prometheus ones")
     print(f"variant: {len(objs)} objects checked ({', '.join(VARIANT_VALUES[:2])}, ...)")
+
+
+def strict(schema):
+    """Structural CRD schemas prune unknown fields; fail on them instead, as
+    kubernetes-validate --strict does for built-in kinds."""
+    if isinstance(schema, dict):
+        if ("properties" in schema and "additionalProperties" not in schema
+                and not schema.get("x-kubernetes-preserve-unknown-fields")):
+            schema["additionalProperties"] = False
+        for v in schema.values():
+            strict(v)
+    elif isinstance(schema, list):
+        for v in schema:
+            strict(v)
+    return schema
+
+
+def crd_schema(path):
+    crd = yaml.safe_load(path.read_text())
+    for version in crd["spec"]["versions"]:
+        if version["name"] == "v1":
+            return strict(version["schema"]["openAPIV3Schema"])
+    sys.exit(f"{path}: no v1 schema")
+
+
+def service_monitor(text):
+    objs = load(text, "chart (serviceMonitor)")
+    monitors = by_kind(objs, "ServiceMonitor")
+    if len(monitors) != 1:
+        fail(f"serviceMonitor enabled: {len(monitors)} ServiceMonitors rendered")
+        return
+    sm = next(iter(monitors.values()))
+    svc = objs.get(("Service", NAMESPACE, f"{RELEASE}-metrics"))
+    if svc is None:
+        fail("serviceMonitor: no Service chat-operator-metrics")
+        return
+    labels = svc["metadata"]["labels"]
+    sel = sm["spec"]["selector"]["matchLabels"]
+    expect(all(labels.get(k) == v for k, v in sel.items()),
+           f"ServiceMonitor selector {sel} does not match the Service's labels {labels}")
+    ports = {p["name"] for p in svc["spec"]["ports"]}
+    expect(all(e["port"] in ports for e in sm["spec"]["endpoints"]),
+           "ServiceMonitor endpoint port is not a port of the metrics Service")
+    expect(sm["metadata"]["labels"].get("release") == "prometheus",
+           "metrics.serviceMonitor.labels not applied")
+    crd = ROOT.parent / "shared" / "k8s-testenv" / "crds" / "monitoring.coreos.com_servicemonitors.yaml"
+    if not crd.exists():
+        print(f"serviceMonitor: {crd.name} not found, schema check skipped")
+        return
+    import jsonschema
+    errors = list(jsonschema.Draft7Validator(crd_schema(crd)).iter_errors(sm))
+    for e in errors:
+        fail(f"ServiceMonitor vs its CRD schema: {'/'.join(map(str, e.path))}: {e.message}")
+    print("serviceMonitor: rendered, selects the metrics Service, valid against its CRD")
+
+
+def sample():
+    shipped = (CHART / "samples" / "chatcluster.yaml").read_text()
+    expect(shipped == (ROOT / "k8s" / "sample-chatcluster.yaml").read_text(),
+           "charts/chat-operator/samples/chatcluster.yaml differs from k8s/sample-chatcluster.yaml")
 
 
 def main():
@@ -213,6 +280,9 @@ def main():
 
     equivalence(load(default_text, "chart"), load(manifests_text, "k8s/"))
     variant(load(variant_text, "chart (variant)"))
+    service_monitor(helm_template(["--set", "metrics.serviceMonitor.enabled=true",
+                                   "--set", "metrics.serviceMonitor.labels.release=prometheus"]))
+    sample()
     if failures:
         sys.exit(f"{len(failures)} chart check(s) failed")
 

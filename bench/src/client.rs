@@ -27,6 +27,22 @@ pub async fn channel(url: &str) -> anyhow::Result<Channel> {
         .with_context(|| format!("connecting to {url}"))
 }
 
+/// A channel to `url` whose connection comes from the local address `local` (another
+/// 127.x.y.z for a second client host on loopback).
+pub async fn channel_from(url: &str, local: &str) -> anyhow::Result<Channel> {
+    let local: std::net::IpAddr = local
+        .parse()
+        .with_context(|| format!("bad address {local}"))?;
+    Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("bad endpoint {url}"))?
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .local_address(Some(local))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {url} from {local}"))
+}
+
 /// `n` channels to `url`.
 pub async fn channels(url: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
     let mut out = Vec::with_capacity(n);
@@ -109,16 +125,22 @@ pub async fn create_chat(
     members: &[User],
 ) -> anyhow::Result<i64> {
     Ok(chat
-        .create_chat(
-            owner.req(chatpb::CreateChatRequest {
-                title: "bench".into(),
-                members: members
+        .create_chat(owner.req(chatpb::CreateChatRequest {
+            title: "bench".into(),
+            // A list naming no one is refused: a chat of the owner alone names it.
+            members: {
+                let others: Vec<String> = members
                     .iter()
                     .filter(|m| m.username != owner.username)
                     .map(|m| m.username.clone())
-                    .collect(),
-            }),
-        )
+                    .collect();
+                if others.is_empty() {
+                    vec![owner.username.clone()]
+                } else {
+                    others
+                }
+            },
+        }))
         .await
         .context("CreateChat")?
         .into_inner()

@@ -104,6 +104,10 @@ struct Cli {
     /// Skip the limit measurements (scenarios only).
     #[arg(long, global = true)]
     no_limits: bool,
+    /// For `guess`: each guess names a different unknown email instead of one account, so
+    /// only the per-address limit applies.
+    #[arg(long, global = true)]
+    spray: bool,
 }
 
 #[derive(Subcommand, Clone, Copy, PartialEq, Eq, Debug)]
@@ -123,6 +127,10 @@ enum Scenario {
     Streams,
     /// Concurrent logins at the server's bcrypt cost; limit: bcrypt on every core.
     Login,
+    /// Password guessing: N attackers send wrong passwords from one address while a user
+    /// logs in from another (127.0.0.2): guesses checked and refused per second, and the
+    /// user's login latency during the attack beside it alone. Not part of `all`.
+    Guess,
     /// Only the limits.
     Limits,
     /// Every scenario with its limit, then the whole table.
@@ -356,6 +364,7 @@ impl Run {
                 | Scenario::Fanout
                 | Scenario::Streams
                 | Scenario::Login
+                | Scenario::Guess
                 | Scenario::All
         );
         let mut deployment = None;
@@ -385,6 +394,10 @@ impl Run {
             }
             if matches!(scenario, Scenario::Login | Scenario::All) {
                 self.login(&sys).await?;
+            }
+            if scenario == Scenario::Guess {
+                let row = scenarios::guess(&sys, &self.opts, self.cli.spray).await?;
+                self.push(row);
             }
             deployment = Some(d);
         }

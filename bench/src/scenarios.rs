@@ -588,3 +588,132 @@ pub async fn login(system: &System, opts: &Opts) -> anyhow::Result<Row> {
         .extra("bcrypt_cost", system.bcrypt_cost)
         .note(format!("bcrypt cost {}", system.bcrypt_cost)))
 }
+
+/// The address the legitimate client of `guess` connects from: another loopback address
+/// than the attacker's 127.0.0.1, so per-address limits tell them apart as they would two
+/// hosts.
+const LEGIT_ADDRESS: &str = "127.0.0.2";
+
+/// `guess`: `concurrency` attackers send wrong-password logins back to back from one
+/// address, at one account (or, with `spray`, each at a different unknown email), while one
+/// legitimate user logs in back to back from another address. Counts the guesses the server
+/// answered (checked: UNAUTHENTICATED) and refused (RESOURCE_EXHAUSTED), and the legitimate
+/// login's latency during the attack, beside its latency alone. Fails on any other answer,
+/// and when the legitimate login is refused.
+pub async fn guess(system: &System, opts: &Opts, spray: bool) -> anyhow::Result<Row> {
+    let mut users = client::users(&system.auth, "g", 2).await?;
+    let (victim, legit) = match (users.pop(), users.pop()) {
+        (Some(v), Some(l)) => (v, l),
+        _ => bail!("no users"),
+    };
+    let legit_ch = client::channel_from(&system.auth, LEGIT_ADDRESS).await?;
+    let legit_login = move || {
+        let client = AuthServiceClient::new(legit_ch.clone());
+        let req = authpb::LoginRequest {
+            email: legit.email.clone(),
+            password: legit.password.clone(),
+        };
+        move |_| {
+            let mut client = client.clone();
+            let req = req.clone();
+            async move {
+                client.login(req).await.context("legitimate Login")?;
+                Ok(())
+            }
+        }
+    };
+    // The legitimate login alone first: what the attack is compared with.
+    let quiet = closed_loop(
+        "Login",
+        1,
+        opts.duration.min(Duration::from_secs(3)),
+        |_| legit_login(),
+    )
+    .await?;
+
+    let ch = channel(&system.auth).await?;
+    let checked = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let other = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut attackers = Vec::new();
+    for i in 0..opts.concurrency.max(1) {
+        let mut client = AuthServiceClient::new(ch.clone());
+        let (checked, refused, other, stop) = (
+            checked.clone(),
+            refused.clone(),
+            other.clone(),
+            stop.clone(),
+        );
+        let victim = victim.email.clone();
+        attackers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let email = if spray {
+                    format!("spray{i}-{n}@guess.example.com")
+                } else {
+                    victim.clone()
+                };
+                let req = authpb::LoginRequest {
+                    email,
+                    password: format!("guess-{i}-{n}"),
+                };
+                match client.login(req).await {
+                    Err(s) if s.code() == tonic::Code::Unauthenticated => &checked,
+                    Err(s) if s.code() == tonic::Code::ResourceExhausted => &refused,
+                    Err(s) => {
+                        if other.load(Ordering::Relaxed) < 5 {
+                            eprintln!("guess: unexpected answer: {s:?}");
+                        }
+                        &other
+                    }
+                    Ok(_) => &other,
+                }
+                .fetch_add(1, Ordering::Relaxed);
+                n += 1;
+            }
+        }));
+    }
+    let started = Instant::now();
+    let during = closed_loop("Login", 1, opts.duration, |_| legit_login()).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    for a in attackers {
+        a.await?;
+    }
+    let during = during?;
+    let other = other.load(Ordering::Relaxed);
+    if other > 0 {
+        bail!("{other} guesses were answered neither UNAUTHENTICATED nor RESOURCE_EXHAUSTED");
+    }
+    let (checked, refused) = (
+        checked.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed),
+    );
+    let secs = elapsed.as_secs_f64();
+    let quiet_p50 = quiet.hist.value_at_quantile(0.5) as f64 / 1000.0;
+    let name = if spray { "guess-spray" } else { "guess" };
+    Ok(Row::new(name, "guess", checked)
+        .rate(checked as f64 / secs)
+        .latencies(&during.hist)
+        .extra("refused", refused)
+        .extra("refused_per_s", refused as f64 / secs)
+        .extra("legit_logins", during.count)
+        .extra("quiet_login_p50_ms", quiet_p50)
+        .extra("concurrency", opts.concurrency)
+        .extra("bcrypt_cost", system.bcrypt_cost)
+        .note(format!(
+            "{} attackers at {}; wrong passwords checked {checked}, refused {refused} ({:.0}/s); \
+             latencies: a legitimate login from another address during the attack \
+             ({} logins), alone p50 {quiet_p50:.0} ms; bcrypt cost {}",
+            opts.concurrency,
+            if spray {
+                "a new email each"
+            } else {
+                "one account"
+            },
+            refused as f64 / secs,
+            during.count,
+            system.bcrypt_cost
+        )))
+}

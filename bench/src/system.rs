@@ -157,6 +157,11 @@ async fn start_server(
     if let Some(cost) = opts.bcrypt_cost {
         cmd.env("BCRYPT_COST", cost.to_string());
     }
+    // The bench registers all its users from one address, more than the default
+    // registration limit allows; the limits that `guess` measures stay as configured.
+    if std::env::var_os("RATE_LIMIT_REGISTER_PER_ADDRESS").is_none() {
+        cmd.env("RATE_LIMIT_REGISTER_PER_ADDRESS", "off");
+    }
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -338,6 +343,10 @@ impl Deployment {
         use chat_testkit::*;
         let auth = spawn_auth_with(auth_service::Settings {
             bcrypt_cost,
+            rate_limits: auth_service::RateLimits {
+                register_per_address: auth_service::Limit::OFF,
+                ..Default::default()
+            },
             ..auth_settings()
         })
         .await;

@@ -193,3 +193,15 @@ fn limits_alone() {
         row(&rows, name);
     }
 }
+
+#[test]
+fn guessing_one_account_is_refused_after_ten_wrong_passwords() {
+    let rows = run_bench(&["guess"]);
+    let g = row(&rows, "guess");
+    // The server's default: 10 failed logins per account in 5 minutes. Exactly ten guesses
+    // are checked, however many attackers race, and the rest are refused while the user
+    // from another address keeps logging in (the scenario fails if they are refused).
+    assert_eq!(g["count"], 10, "{g}");
+    assert!(g["refused"].as_u64().unwrap_or(0) > 0, "{g}");
+    assert!(g["legit_logins"].as_u64().unwrap_or(0) > 0, "{g}");
+}

@@ -15,6 +15,11 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     #[command(flatten)]
     pub servers: ServerArgs,
+    /// Start a trace for each command, which the services' work for it joins; prints the
+    /// trace id. With OTEL_EXPORTER_OTLP_ENDPOINT set, the command is exported as the
+    /// trace's root span.
+    #[arg(long, env = "CHAT_TRACE", global = true)]
+    pub trace: bool,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -126,6 +131,26 @@ pub enum Command {
         #[arg(default_value_t = 20)]
         n: u32,
     },
+}
+
+impl Command {
+    /// The command's name, as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Register { .. } => "register",
+            Command::Login { .. } => "login",
+            Command::Logout => "logout",
+            Command::Whoami => "whoami",
+            Command::CreateChat { .. } => "create_chat",
+            Command::DeleteChat { .. } => "delete_chat",
+            Command::Chats => "chats",
+            Command::Members { .. } => "members",
+            Command::SendMessage { .. } => "send_message",
+            Command::Send { .. } => "send",
+            Command::Connect { .. } => "connect",
+            Command::History { .. } => "history",
+        }
+    }
 }
 
 /// A line typed at the prompt: a command, or `exit`.

@@ -7,6 +7,8 @@
 //!
 //! Channels connect lazily: a command that needs only one service never waits on another,
 //! and an unreachable server shows up as the failing call's error, worded by `error.rs`.
+//! They carry the running command's trace context when `--trace` asked for one
+//! (`trace.rs`).
 
 use std::{future::Future, time::Duration};
 
@@ -25,6 +27,7 @@ use crate::{
     args::ServerArgs,
     error::{from_status, CliError, Op},
     session::{Session, SessionStore},
+    trace::{TracedChannel, Tracer},
 };
 
 /// How long a unary call may take before it is given up.
@@ -110,9 +113,11 @@ impl Servers {
 /// Connected service clients and the session.
 pub struct Client {
     pub servers: Servers,
-    pub auth: AuthServiceClient<Channel>,
-    pub chat: ChatServiceClient<Channel>,
-    pub saga: SagaOrchestratorClient<Channel>,
+    pub auth: AuthServiceClient<TracedChannel>,
+    pub chat: ChatServiceClient<TracedChannel>,
+    pub saga: SagaOrchestratorClient<TracedChannel>,
+    /// Starts each command's trace, with `--trace`.
+    pub tracer: Tracer,
     store: SessionStore,
     /// The session as this process last saw it; re-read from disk before refreshing.
     session: Option<Session>,
@@ -127,23 +132,26 @@ pub enum Service {
 }
 
 impl Client {
-    pub fn new(servers: Servers) -> Result<Self, CliError> {
+    /// Clients for `servers`; `trace`: start a trace for each command (`--trace`).
+    pub fn new(servers: Servers, trace: bool) -> Result<Self, CliError> {
         let store = SessionStore::for_server(&servers.auth.uri)?;
+        let tracer = Tracer::new(trace)?;
         let chat_channel = servers.chat.channel()?;
         let channel_for = |a: &Address| {
             if *a == servers.chat {
-                Ok(chat_channel.clone())
+                Ok(tracer.channel(chat_channel.clone()))
             } else {
-                a.channel()
+                Ok(tracer.channel(a.channel()?))
             }
         };
         let auth = AuthServiceClient::new(channel_for(&servers.auth)?);
         let saga = SagaOrchestratorClient::new(channel_for(&servers.saga)?);
         let session = store.load()?;
         Ok(Self {
-            chat: ChatServiceClient::new(chat_channel),
+            chat: ChatServiceClient::new(tracer.channel(chat_channel)),
             auth,
             saga,
+            tracer,
             store,
             session,
             servers,
@@ -190,23 +198,37 @@ impl Client {
         &mut self,
         service: Service,
         op: Op,
-        mut call: F,
+        call: F,
     ) -> Result<T, CliError>
+    where
+        F: FnMut(String) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        match self.authed_status(call).await? {
+            Ok(r) => Ok(r),
+            Err(s) => Err(self.error(&s, service, op)),
+        }
+    }
+
+    /// As [`Client::authed`], but a failed call's status is returned as it is, for a
+    /// command that must tell "not reached" from "accepted" from "refused" (the outer error:
+    /// no usable login).
+    pub async fn authed_status<T, F, Fut>(
+        &mut self,
+        mut call: F,
+    ) -> Result<Result<T, Status>, CliError>
     where
         F: FnMut(String) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let token = self.access_token().await?;
         match call(token).await {
-            Ok(r) => Ok(r.into_inner()),
+            Ok(r) => Ok(Ok(r.into_inner())),
             Err(s) if s.code() == Code::Unauthenticated => {
                 let token = self.refresh().await?;
-                call(token)
-                    .await
-                    .map(Response::into_inner)
-                    .map_err(|s| self.error(&s, service, op))
+                Ok(call(token).await.map(Response::into_inner))
             }
-            Err(s) => Err(self.error(&s, service, op)),
+            Err(s) => Ok(Err(s)),
         }
     }
 

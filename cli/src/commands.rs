@@ -16,11 +16,15 @@ use crate::{
     args::Command,
     client::{authed_request, with_tokens, Client, Service, CALL_TIMEOUT},
     connect,
-    error::{CliError, Op},
+    error::{is_transport_failure, saga_id, CliError, Op},
     input::Input,
     output::{chat_line, member_line, message_line, note, say},
+    pending::PendingSends,
     session::Session,
 };
+
+/// How long a send that did not reach the server waits before its one retry.
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The client and, once something needs it, the line reader.
 pub struct App {
@@ -47,7 +51,18 @@ impl App {
         self.input.get_or_insert_with(Input::start)
     }
 
+    /// Runs `command`, in a trace of its own with `--trace` (its id printed after it).
     pub async fn run(&mut self, command: Command) -> Result<(), CliError> {
+        let trace = self.client.tracer.start(command.name());
+        let result = self.run_command(command).await;
+        if let Some(trace) = trace {
+            note(&format!("trace id: {}", trace.trace_id));
+            self.client.tracer.end(trace);
+        }
+        result
+    }
+
+    async fn run_command(&mut self, command: Command) -> Result<(), CliError> {
         match command {
             Command::Register {
                 email,
@@ -305,6 +320,12 @@ impl App {
         Ok(())
     }
 
+    /// Sends through the saga, and tells which of three things happened: stored and
+    /// notified (or still being notified); accepted but not finished (the orchestrator kept
+    /// the saga, answering UNAVAILABLE with its id, because a service it needs is down); or
+    /// not sent (a final refusal). A call that did not reach the orchestrator, or lost its
+    /// connection, is tried once more with the same idempotency key, and the key is kept
+    /// until a final answer (`pending.rs`), so running the command again never sends twice.
     async fn send_via_saga(
         &mut self,
         chat_id: i64,
@@ -312,28 +333,57 @@ impl App {
         text: String,
     ) -> Result<(), CliError> {
         let saga = self.client.saga.clone();
-        let key = uuid::Uuid::new_v4().to_string();
-        let resp = self
-            .client
-            .authed(Service::Saga, Op::Chat(chat_id), |t| {
-                let mut saga = saga.clone();
-                let req = authed_request(
-                    sagapb::SendMessageRequest {
-                        chat_id,
-                        from: from.clone(),
-                        text: text.clone(),
-                        idempotency_key: key.clone(),
-                    },
-                    &t,
-                );
-                async move { saga.send_message(req).await }
-            })
-            .await?;
-        let saga = resp
-            .saga
-            .ok_or_else(|| CliError::new("the server sent no saga"))?;
+        let server = self.client.address(Service::Saga).to_owned();
+        let pending = PendingSends::in_dir(self.client.store().dir());
+        let what = format!("saga\n{server}\n{chat_id}\n{from}\n{text}");
+        let key = pending.key_for(&what)?;
+        let call = |t: String| {
+            let mut saga = saga.clone();
+            let req = authed_request(
+                sagapb::SendMessageRequest {
+                    chat_id,
+                    from: from.clone(),
+                    text: text.clone(),
+                    idempotency_key: key.clone(),
+                },
+                &t,
+            );
+            async move { saga.send_message(req).await }
+        };
+        let mut answer = self.client.authed_status(call).await?;
+        if matches!(&answer, Err(s) if is_transport_failure(s)) {
+            tokio::time::sleep(RETRY_PAUSE).await;
+            answer = self.client.authed_status(call).await?;
+        }
+        let op = Op::Chat(chat_id);
+        let saga = match answer {
+            Ok(resp) => resp
+                .saga
+                .ok_or_else(|| CliError::new("the server sent no saga"))?,
+            Err(s) if is_transport_failure(&s) || s.code() == Code::DeadlineExceeded => {
+                return Err(CliError::new(format!(
+                    "{}; the message may have been sent: run the same command again, it will not be sent twice",
+                    self.client.error(&s, Service::Saga, op)
+                )))
+            }
+            Err(s) if s.code() == Code::Unavailable => match saga_id(&s) {
+                Some(id) => {
+                    say(&format!(
+                        "Accepted, still in progress: saga {id} ({}). Run the same command again to see how it ended; it will not be sent twice.",
+                        s.message().trim()
+                    ));
+                    return Ok(());
+                }
+                None => return Err(self.client.error(&s, Service::Saga, op)),
+            },
+            Err(s) => {
+                pending.forget(&what);
+                return Err(self.client.error(&s, Service::Saga, op));
+            }
+        };
         match sagapb::SagaState::try_from(saga.state) {
             Ok(sagapb::SagaState::Completed) => {
+                pending.forget(&what);
                 say(&format!(
                     "Sent to chat {chat_id} (message #{}); members notified.",
                     saga.message_seq
@@ -347,14 +397,17 @@ impl App {
                 ));
                 Ok(())
             }
-            _ => Err(CliError::new(format!(
-                "message not delivered: {}",
-                if saga.error.is_empty() {
-                    "the saga failed"
-                } else {
-                    &saga.error
-                }
-            ))),
+            _ => {
+                pending.forget(&what);
+                Err(CliError::new(format!(
+                    "message not delivered: {}",
+                    if saga.error.is_empty() {
+                        "the saga failed"
+                    } else {
+                        &saga.error
+                    }
+                )))
+            }
         }
     }
 
@@ -402,14 +455,18 @@ impl App {
 }
 
 /// Sends `text` to a chat as the logged-in user. A call that fails before reaching the
-/// server is tried once more with the same idempotency key, so it is stored at most once.
+/// server (or loses its connection) is tried once more with the same idempotency key, so it
+/// is stored at most once; the key is kept until a final answer (`pending.rs`), so that
+/// running the command again after such a failure does not store it twice either.
 pub async fn send(
     client: &mut Client,
     chat_id: i64,
     text: String,
 ) -> Result<grpc_chat_proto::chat::v1::Message, CliError> {
     let chat = client.chat.clone();
-    let key = uuid::Uuid::new_v4().to_string();
+    let pending = PendingSends::in_dir(client.store().dir());
+    let what = format!("chat\n{}\n{chat_id}\n{text}", client.address(Service::Chat));
+    let key = pending.key_for(&what)?;
     let call = |t: String| {
         let mut chat = chat.clone();
         let req = authed_request(
@@ -423,16 +480,30 @@ pub async fn send(
         );
         async move { chat.send_message(req).await }
     };
-    let first = client.authed(Service::Chat, Op::Chat(chat_id), call).await;
-    let resp = match first {
-        Err(e) if e.message().starts_with("cannot reach") => {
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            client
-                .authed(Service::Chat, Op::Chat(chat_id), call)
-                .await?
+    let mut answer = client.authed_status(call).await?;
+    if matches!(&answer, Err(s) if is_transport_failure(s)) {
+        tokio::time::sleep(RETRY_PAUSE).await;
+        answer = client.authed_status(call).await?;
+    }
+    let op = Op::Chat(chat_id);
+    match answer {
+        Ok(resp) => {
+            pending.forget(&what);
+            resp.message
+                .ok_or_else(|| CliError::new("the server sent no message"))
         }
-        other => other?,
-    };
-    resp.message
-        .ok_or_else(|| CliError::new("the server sent no message"))
+        Err(s)
+            if is_transport_failure(&s)
+                || matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded) =>
+        {
+            Err(CliError::new(format!(
+                "{}; the message may have been sent: run the same command again, it will not be sent twice",
+                client.error(&s, Service::Chat, op)
+            )))
+        }
+        Err(s) => {
+            pending.forget(&what);
+            Err(client.error(&s, Service::Chat, op))
+        }
+    }
 }

@@ -85,17 +85,18 @@ pub fn from_status(status: &Status, op: Op, server: &str) -> CliError {
     CliError::new(text)
 }
 
-/// Whether the call never reached a gRPC server: connection refused, DNS failure, TLS
-/// failure, a peer that does not speak HTTP/2. Tonic reports these as UNAVAILABLE or UNKNOWN
-/// with a transport error as the source, or with tell-tale messages.
+/// Whether the call failed in this process's channel rather than being answered by a
+/// server: connection refused, DNS or TLS failure, a peer that does not speak HTTP/2, a
+/// connection lost mid-call. Tonic builds such a status itself, from the channel's
+/// transport error, which it keeps as the status's source; a status a server sent (its
+/// `grpc-status`) has no source. The message is never looked at: a server's own
+/// UNAVAILABLE may well quote a transport error of a call *it* made (the saga's "cannot
+/// reach the notifier"), and that server was reached.
+///
+/// A call that failed this way may still have been carried out (the connection broke after
+/// the request went out): a send is retried only with its idempotency key.
 pub fn is_transport_failure(status: &Status) -> bool {
     use std::error::Error as _;
-    if !matches!(
-        status.code(),
-        Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
-    ) {
-        return false;
-    }
     let mut source = status.source();
     while let Some(e) = source {
         if e.downcast_ref::<tonic::transport::Error>().is_some() {
@@ -103,20 +104,16 @@ pub fn is_transport_failure(status: &Status) -> bool {
         }
         source = e.source();
     }
-    let m = status.message().to_ascii_lowercase();
-    [
-        "tcp connect error",
-        "transport error",
-        "error trying to connect",
-        "connection refused",
-        "dns error",
-        "h2 protocol error",
-        "connection reset",
-        "broken pipe",
-        "invalid content-type",
-    ]
-    .iter()
-    .any(|needle| m.contains(needle))
+    false
+}
+
+/// The id of the saga an orchestrator's answer is about (its `saga-id` metadata).
+pub fn saga_id(status: &Status) -> Option<String> {
+    status
+        .metadata()
+        .get("saga-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 fn or_default(msg: &str, default: &str) -> String {
@@ -158,15 +155,17 @@ mod tests {
     }
 
     #[test]
-    fn refused_connection_names_the_server() {
-        let e = from_status(
-            &Status::unavailable("tcp connect error: Connection refused"),
-            Op::Other,
-            SERVER,
+    fn a_server_quoting_a_transport_error_was_reached() {
+        // The saga orchestrator's answer when *it* cannot reach the notifier.
+        let status = Status::unavailable(
+            "notification service: tcp connect error: Connection refused; the saga is kept",
         );
-        assert_eq!(
-            e.message(),
-            "cannot reach the server at http://127.0.0.1:50051"
+        assert!(!is_transport_failure(&status));
+        let e = from_status(&status, Op::Other, SERVER);
+        assert!(
+            e.message()
+                .starts_with("the server at http://127.0.0.1:50051 is unavailable: "),
+            "{e}"
         );
     }
 

@@ -4,7 +4,9 @@
 //! The pieces: `args` (the command line, shared by the prompt), `client` (connections,
 //! tokens kept fresh), `session` (the token file), `commands` (what each command does),
 //! `connect` (the live stream), `input` (reading lines beside a stream), `repl` (the prompt),
-//! `output` (how things look) and `error` (every failure as one readable line).
+//! `output` (how things look), `error` (every failure as one readable line), `pending`
+//! (the keys of sends whose outcome is not known yet) and `trace` (`--trace`: the trace a
+//! command starts).
 
 pub mod args;
 pub mod client;
@@ -13,8 +15,10 @@ pub mod connect;
 pub mod error;
 pub mod input;
 pub mod output;
+pub mod pending;
 pub mod repl;
 pub mod session;
+pub mod trace;
 
 use std::process::ExitCode;
 
@@ -25,7 +29,7 @@ use output::note;
 
 /// Runs one command, or the prompt when none is given.
 pub async fn run(cli: Cli) -> ExitCode {
-    let client = match Servers::from_args(&cli.servers).and_then(Client::new) {
+    let client = match Servers::from_args(&cli.servers).and_then(|s| Client::new(s, cli.trace)) {
         Ok(c) => c,
         Err(e) => {
             note(&format!("error: {e}"));
@@ -43,6 +47,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         },
         None => repl::run(&mut app).await,
     };
+    app.client.tracer.flush().await;
     if ok {
         ExitCode::SUCCESS
     } else {

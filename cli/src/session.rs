@@ -84,6 +84,11 @@ impl SessionStore {
         }
     }
 
+    /// The config directory the file is in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn path(&self) -> PathBuf {
         self.dir.join(FILE)
     }
@@ -154,37 +159,45 @@ impl SessionStore {
     /// never sees half a file and the tokens are never readable by others, not even briefly.
     fn write_file(&self, file: &SessionFile) -> Result<(), CliError> {
         self.ensure_dir()?;
-        let path = self.path();
-        let tmp = self
-            .dir
-            .join(format!("{FILE}.{}.tmp", uuid::Uuid::new_v4().simple()));
         let json = serde_json::to_vec_pretty(file)
             .map_err(|e| CliError::new(format!("cannot encode the session: {e}")))?;
-        let result = open_private(&tmp)
-            .and_then(|mut f| {
-                f.write_all(&json)?;
-                f.sync_all()
-            })
-            .and_then(|()| fs::rename(&tmp, &path));
-        if let Err(e) = result {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_error("cannot save the session", &path, &e));
-        }
-        Ok(())
+        write_private(&self.dir, FILE, &json)
+            .map_err(|e| io_error("cannot save the session", &self.path(), &e))
     }
 
     fn ensure_dir(&self) -> Result<(), CliError> {
-        let mut builder = fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            builder.mode(0o700);
-        }
-        builder
-            .create(&self.dir)
+        create_private_dir(&self.dir)
             .map_err(|e| io_error("cannot create the config directory", &self.dir, &e))
     }
+}
+
+/// Creates `dir` (and its parents) readable by its owner only, if it is missing.
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+/// Replaces `dir/name` with `bytes` at once: written to a private temporary file, synced,
+/// then renamed over it, so a crash leaves the old file or the new one, never half of one,
+/// and nobody else can read what the CLI keeps (tokens, chats and texts).
+pub(crate) fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+    let result = open_private(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .and_then(|()| fs::rename(&tmp, dir.join(name)));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Held while refreshing; removes the lock file when dropped.

@@ -523,6 +523,109 @@ async fn send_message_goes_through_the_saga_and_notifies_members() {
     assert!(out.stderr.starts_with("error: "), "{out:?}");
 }
 
+/// Defect: with the notifier down the orchestrator stored the message and answered
+/// UNAVAILABLE (quoting the "tcp connect error" of its own call to the notifier), and the CLI
+/// said it could not reach the server and failed; running the command again stored the
+/// message a second time. Now: "accepted, still in progress" with the saga's id, and the same
+/// command run again is the same saga, until it reports how it ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_accepted_while_the_notifier_is_down_is_in_progress_and_never_doubled() {
+    use chat_testkit::{
+        notification_config, saga_config, smtp::SmtpMode, smtp::TestSmtp, spawn_notification,
+        spawn_saga,
+    };
+    let stack = Stack::new().await;
+    let (notify_db, saga_db) = (TestDb::new().await, TestDb::new().await);
+    let smtp = TestSmtp::start(SmtpMode::Accept).await;
+    let notifier = spawn_notification(notification_config(
+        &stack.auth,
+        &stack.chat,
+        &notify_db.url,
+        &stack._nats,
+        smtp.addr,
+    ))
+    .await;
+    let notify_proxy = TcpProxy::start(notifier.addr).await;
+    notify_proxy.cut();
+    let mut config = saga_config(
+        &stack.auth,
+        stack.chat.addr,
+        notify_proxy.addr,
+        &saga_db.url,
+    );
+    config.notify_deadline = Duration::from_secs(60);
+    let saga = spawn_saga(config).await;
+    let (alice, bob) = (stack.auth.user("alice").await, stack.auth.user("bob").await);
+    let user = stack.user();
+    let saga_addr = format!("http://{}", saga.addr);
+    let run = |args: &[&str]| {
+        let mut all = vec!["--saga-server", saga_addr.as_str()];
+        all.extend_from_slice(args);
+        let all: Vec<String> = all.into_iter().map(str::to_owned).collect();
+        let user = &user;
+        async move {
+            let args: Vec<&str> = all.iter().map(String::as_str).collect();
+            user.run(&args, "").await
+        }
+    };
+    assert!(run(&["login", &alice.email, &alice.password]).await.ok);
+    let id = chat_id(&run(&["create_chat", "bob"]).await.stdout).to_string();
+    let send = ["send_message", id.as_str(), "alice", "only once"];
+    let saga_of = |out: &Out| {
+        assert!(out.ok, "{out:?}");
+        assert!(
+            out.stdout.starts_with("Accepted, still in progress: saga "),
+            "{out:?}"
+        );
+        out.stdout.split_whitespace().nth(4).map(str::to_owned)
+    };
+
+    let first = saga_of(&run(&send).await);
+    let again = saga_of(&run(&send).await);
+    assert_eq!(first, again);
+    let history = |n| {
+        let mut chat = stack.chat.client.clone();
+        let req = bob.req(pb::ListMessagesRequest {
+            chat_id: id.parse().expect("id"),
+            page_size: n,
+            ..Default::default()
+        });
+        async move {
+            let page = chat.list_messages(req).await.expect("history").into_inner();
+            page.messages
+                .into_iter()
+                .map(|m| m.text)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(history(10).await, vec!["only once"]);
+
+    // The notifier is back: the same command now tells how the saga ended.
+    notify_proxy.restore();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        let out = run(&send).await;
+        if out.stdout.starts_with("Sent to chat") {
+            break out;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{out:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        out.stdout,
+        format!("Sent to chat {id} (message #1); members notified.\n")
+    );
+    assert_eq!(history(10).await, vec!["only once"]);
+    assert_eq!(smtp.wait_for(1).await.len(), 1);
+    // Once it ended, the same text again is a new message.
+    let out = run(&send).await;
+    assert_eq!(
+        out.stdout,
+        format!("Sent to chat {id} (message #2); members notified.\n"),
+        "{out:?}"
+    );
+}
+
 /// The embedded `chat-server` (all four services on one port, SQLite, in-process events,
 /// the stub email sender), as a new user meets it: one address for everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,11 @@
 //! when it changed. [`error_policy`] requeues failures with exponential backoff per
 //! object, so an API error never becomes a hot loop or a crash.
 //!
+//! Objects are applied independently: the API server refusing one (an admission policy,
+//! an immutable field, a missing permission) is recorded as an [`Issue`] for the status and
+//! the pass goes on with the next, so what can be reconciled keeps moving. The only
+//! dependency is the migration gate below.
+//!
 //! Migrations gate rollouts: a component's Deployment is only applied once the migration
 //! Job for its image has succeeded (recorded as `migratedImage` in the status, so a
 //! cleaned-up Job is not re-run). Until then the old pods keep serving the old version.
@@ -22,30 +27,45 @@ use futures::{Future, StreamExt};
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, StatefulSet},
+        autoscaling::v2::HorizontalPodAutoscaler,
         batch::v1::Job,
-        core::v1::{ConfigMap, Secret, Service, ServiceAccount},
-        networking::v1::Ingress,
+        core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount},
+        events::v1::Event as K8sEvent,
+        networking::v1::{Ingress, NetworkPolicy},
         policy::v1::PodDisruptionBudget,
     },
+    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
+    jiff::Timestamp,
     NamespaceResourceScope,
 };
 use kube::{
-    api::{Api, DeleteParams, Patch, PatchParams},
-    runtime::{controller::Action, watcher, Controller},
+    api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
+    core::PartialObjectMeta,
+    runtime::{
+        controller::{self, Action},
+        reflector::ObjectRef,
+        watcher, Controller,
+    },
     Client, Resource, ResourceExt,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 use crate::{
     crd::{ChatCluster, ChatClusterStatus},
-    render::{self, Component},
+    observe, quantity,
+    render::{self, Component, Plain},
     secrets,
-    status::{self, Migration, Observed, Problem},
+    status::{self, Issue, IssueKind, Migration, Note, Observed},
 };
 
 /// Field manager of every write, and the prefix of the operator's labels.
 pub const MANAGER: &str = "chat-operator";
+
+/// Field manager that keeps an autoscaled Deployment's `replicas` while the operator
+/// lets go of it (see [`hand_over_replicas`]).
+pub const HANDOVER_MANAGER: &str = "chat-operator-handover";
 
 /// Label selector matching what the operator creates (what it watches besides clusters).
 pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=chat-operator";
@@ -60,6 +80,8 @@ pub enum Error {
     Generate(String),
     #[error("the ChatCluster has no namespace")]
     NoNamespace,
+    #[error("the API server refused {0} object(s); see the status")]
+    Refused(usize),
 }
 
 impl Error {
@@ -70,6 +92,7 @@ impl Error {
             Error::Render(_) => "render",
             Error::Generate(_) => "generate",
             Error::NoNamespace => "no_namespace",
+            Error::Refused(_) => "refused",
         }
     }
 }
@@ -77,16 +100,39 @@ impl Error {
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
+    /// This replica's identity: the Events' reporting instance.
+    instance: String,
     /// Consecutive failures per `namespace/name`, for the backoff of [`error_policy`].
     failures: Mutex<HashMap<String, u32>>,
+    /// The last status written per `namespace/name`: what the Events are computed
+    /// against, since the watch cache may not show our own write yet when the next
+    /// reconcile starts (which would tell the same change twice).
+    reported: Mutex<HashMap<String, ChatClusterStatus>>,
 }
 
 impl Context {
-    pub fn new(client: Client) -> Self {
+    /// `instance`: this replica's identity, as the Events' reporting instance.
+    pub fn new(client: Client, instance: Option<String>) -> Self {
         Self {
             client,
+            instance: instance.unwrap_or_else(|| MANAGER.into()),
             failures: Mutex::new(HashMap::new()),
+            reported: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The Events `next` is worth after what was last reported for `cluster`, and
+    /// remembers `next`.
+    fn notes(&self, cluster: &ChatCluster, next: &ChatClusterStatus) -> Vec<Note> {
+        let Ok(mut reported) = self.reported.lock() else {
+            return status::notes(cluster.status.as_ref(), next);
+        };
+        let previous = reported
+            .get(&key(cluster))
+            .cloned()
+            .or_else(|| cluster.status.clone());
+        reported.insert(key(cluster), next.clone());
+        status::notes(previous.as_ref(), next)
     }
 
     fn reset_failures(&self, key: &str) {
@@ -103,6 +149,43 @@ impl Context {
                 *n
             }
             Err(_) => 1,
+        }
+    }
+}
+
+/// Publishes `notes` as Events (`events.k8s.io/v1`) about `cluster`. They come from
+/// changes only (see [`status::notes`]), so each is created as it is; kube's `Recorder`
+/// is not used because it folds Events of the same reason into a series that keeps the
+/// first message. An Event that cannot be written is logged, never a reason to fail.
+async fn publish(ctx: &Context, cluster: &ChatCluster, notes: &[Note]) {
+    let Some(ns) = cluster.namespace() else {
+        return;
+    };
+    let api: Api<K8sEvent> = Api::namespaced(ctx.client.clone(), &ns);
+    for (i, note) in notes.iter().enumerate() {
+        let now = Timestamp::now();
+        let event = K8sEvent {
+            metadata: ObjectMeta {
+                name: Some(format!(
+                    "{}.{:x}{i}",
+                    cluster.name_any(),
+                    now.as_nanosecond()
+                )),
+                namespace: Some(ns.clone()),
+                ..ObjectMeta::default()
+            },
+            event_time: Some(MicroTime(now)),
+            type_: Some(if note.warning { "Warning" } else { "Normal" }.into()),
+            reason: Some(note.reason.clone()),
+            action: Some(note.action.clone()),
+            note: Some(status::truncate(&note.message, 1024)),
+            regarding: Some(cluster.object_ref(&())),
+            reporting_controller: Some(MANAGER.into()),
+            reporting_instance: Some(ctx.instance.clone()),
+            ..K8sEvent::default()
+        };
+        if let Err(error) = api.create(&PostParams::default(), &event).await {
+            tracing::warn!(%error, reason = %note.reason, "could not publish an Event");
         }
     }
 }
@@ -139,48 +222,67 @@ pub async fn reconcile(cluster: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<A
                 cluster.status.as_ref(),
                 cluster.meta().generation,
                 &[],
-                Some(&Problem::InvalidSpec(invalid.0.clone())),
+                &[Issue::new(IssueKind::InvalidSpec, invalid.0.clone())],
                 None,
                 &now(),
             );
             write_status(&ctx.client, &ns, &cluster, &status).await?;
+            publish(&ctx, &cluster, &ctx.notes(&cluster, &status)).await;
             tracing::warn!(cluster = %key(&cluster), %invalid, "invalid spec");
             // Nothing to retry: the next edit of the spec triggers a reconcile.
             Ok(Action::await_change())
         }
         Ok(()) => match apply_all(&ctx.client, &ns, &cluster).await {
-            Ok(observed) => {
+            Ok(pass) => {
                 let status = status::compute(
                     cluster.status.as_ref(),
                     cluster.meta().generation,
-                    &observed,
-                    None,
+                    &pass.observed,
+                    &pass.issues,
                     render::endpoint(&cluster.spec),
                     &now(),
                 );
                 write_status(&ctx.client, &ns, &cluster, &status).await?;
+                let mut notes = pass.notes.clone();
+                notes.extend(ctx.notes(&cluster, &status));
+                publish(&ctx, &cluster, &notes).await;
+                let refused = pass
+                    .issues
+                    .iter()
+                    .filter(|i| i.kind == IssueKind::ApplyFailed)
+                    .count();
                 let progressing = status::condition(&status, "Progressing")
                     .is_some_and(|c| c.status == "True")
                     || status::condition(&status, "Ready").is_some_and(|c| c.status != "True");
-                Ok(Action::requeue(if progressing {
-                    PROGRESS_POLL
+                if refused > 0 {
+                    // Retried with backoff by the error policy.
+                    Err(Error::Refused(refused))
                 } else {
-                    RESYNC
-                }))
+                    Ok(Action::requeue(if progressing {
+                        PROGRESS_POLL
+                    } else {
+                        RESYNC
+                    }))
+                }
             }
             Err(e) => {
                 // Report the failure where the user looks; the error policy retries.
+                let message = match &e {
+                    Error::Kube(k) => status::summarize(k),
+                    other => status::truncate(&other.to_string(), status::MAX_ERROR),
+                };
                 let status = status::compute(
                     cluster.status.as_ref(),
                     cluster.meta().generation,
                     &[],
-                    Some(&Problem::ReconcileError(e.to_string())),
+                    &[Issue::new(IssueKind::ReconcileError, message)],
                     render::endpoint(&cluster.spec),
                     &now(),
                 );
                 if let Err(status_err) = write_status(&ctx.client, &ns, &cluster, &status).await {
                     tracing::warn!(error = %status_err, "could not report the failure in the status");
                 }
+                publish(&ctx, &cluster, &ctx.notes(&cluster, &status)).await;
                 Err(e)
             }
         },
@@ -207,7 +309,7 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, Error>
+async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, kube::Error>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Serialize
@@ -218,7 +320,157 @@ where
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let name = obj.meta().name.clone().unwrap_or_default();
     let params = PatchParams::apply(MANAGER).force();
-    Ok(api.patch(&name, &params, &Patch::Apply(obj)).await?)
+    api.patch(&name, &params, &Patch::Apply(obj)).await
+}
+
+/// Server-side apply of an untyped object.
+async fn apply_plain(client: &Client, ns: &str, plain: &Plain) -> Result<(), kube::Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &plain.resource);
+    let params = PatchParams::apply(MANAGER).force();
+    api.patch(
+        &plain.object.name_any(),
+        &params,
+        &Patch::Apply(&plain.object),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Whether `manager` owns `spec.replicas` of `d` through server-side apply.
+fn applies_replicas(d: &Deployment, manager: &str) -> bool {
+    d.metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| {
+            m.manager.as_deref() == Some(manager) && m.operation.as_deref() == Some("Apply")
+        })
+        .any(|m| {
+            m.fields_v1
+                .as_ref()
+                .and_then(|f| f.0.get("f:spec"))
+                .and_then(|s| s.get("f:replicas"))
+                .is_some()
+        })
+}
+
+/// Before the operator first applies an autoscaled Deployment without `replicas`: a field
+/// that its only applier stops applying is removed, and the Deployment would fall back to
+/// one pod until the HPA scales it up again. So the current count is first applied by a
+/// second manager, which keeps owning it (the Kubernetes documentation's "transferring
+/// ownership" for HPAs); the HPA's later updates take it over.
+async fn hand_over_replicas(client: &Client, ns: &str, name: &str) -> Result<(), kube::Error> {
+    let Some(current) = get_opt::<Deployment>(client, ns, name).await? else {
+        return Ok(());
+    };
+    if !applies_replicas(&current, MANAGER) {
+        return Ok(());
+    }
+    let Some(replicas) = current.spec.as_ref().and_then(|s| s.replicas) else {
+        return Ok(());
+    };
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let patch = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas},
+    });
+    api.patch(
+        name,
+        &PatchParams::apply(HANDOVER_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletes the cluster's objects of kind `K` that are no longer rendered (`wanted`): the
+/// HorizontalPodAutoscalers of components no longer autoscaled, the NetworkPolicies once
+/// `spec.networkPolicy` is removed.
+async fn delete_stale<K>(
+    client: &Client,
+    ns: &str,
+    cluster: &ChatCluster,
+    wanted: &[String],
+    pass: &mut Pass,
+) where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let kind = K::kind(&());
+    let selector = format!(
+        "app.kubernetes.io/instance={},{MANAGED_SELECTOR}",
+        cluster.name_any()
+    );
+    let existing = match api
+        .list_metadata(&ListParams::default().labels(&selector))
+        .await
+    {
+        Ok(list) => list.items,
+        Err(error) => {
+            tracing::warn!(%error, %kind, "could not list the stale objects");
+            return;
+        }
+    };
+    for object in existing {
+        let name = object.name_any();
+        if wanted.contains(&name) {
+            continue;
+        }
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => pass.refused(&format!("{kind} {name}"), &e),
+        }
+    }
+}
+
+/// Deletes the services' PodMonitor once `spec.monitoring.podMonitor` is off. A 404 (no
+/// such PodMonitor, or no Prometheus Operator CRD in the cluster at all) is the usual
+/// answer and means there is nothing to do.
+async fn delete_pod_monitor(client: &Client, ns: &str, cluster: &ChatCluster, pass: &mut Pass) {
+    let resource = render::pod_monitor_resource();
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
+    let name = render::pod_monitor_name(cluster);
+    match api.delete(&name, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => pass.refused(&format!("PodMonitor {name}"), &e),
+    }
+}
+
+async fn get_opt<K>(client: &Client, ns: &str, name: &str) -> Result<Option<K>, kube::Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
+    Api::<K>::namespaced(client.clone(), ns).get_opt(name).await
+}
+
+/// What one pass over the desired objects observed of the workloads, every problem it
+/// met on the way, and what it did that is worth an Event.
+#[derive(Debug, Default)]
+pub struct Pass {
+    pub observed: Vec<Observed>,
+    pub issues: Vec<Issue>,
+    pub notes: Vec<Note>,
+}
+
+impl Pass {
+    /// Records that the API server refused a request about `object` (`Kind name`).
+    fn refused(&mut self, object: &str, error: &kube::Error) {
+        tracing::warn!(%object, %error, "the API server refused a request");
+        self.issues.push(Issue::new(
+            IssueKind::ApplyFailed,
+            format!("{object}: {}", status::summarize(error)),
+        ));
+    }
 }
 
 /// Writes the status when it differs from what the object carries.
@@ -247,6 +499,8 @@ async fn write_status(
 }
 
 /// Creates the generated Secret, or adds the keys it lacks; never changes existing keys.
+/// Also gives it, or takes away, its owner reference to the cluster, which follows the
+/// PostgreSQL volume policy ([`render::generated_secret_owned`]).
 async fn ensure_generated_secret(
     client: &Client,
     ns: &str,
@@ -257,9 +511,11 @@ async fn ensure_generated_secret(
     }
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let name = render::name(cluster, "generated");
-    let existing: BTreeMap<String, String> = api
-        .get_opt(&name)
-        .await?
+    let current = api.get_opt(&name).await?;
+    let owned_now = current
+        .as_ref()
+        .is_some_and(|s| !s.owner_references().is_empty());
+    let existing: BTreeMap<String, String> = current
         .and_then(|s| s.data)
         .unwrap_or_default()
         .into_iter()
@@ -267,8 +523,11 @@ async fn ensure_generated_secret(
         .collect();
     let filled =
         secrets::fill_missing(cluster, &existing).map_err(|e| Error::Generate(e.to_string()))?;
-    if let Some(data) = filled {
+    let ownership_changes =
+        owned_now != render::generated_secret_owned(&cluster.spec) && !existing.is_empty();
+    if filled.is_some() || ownership_changes {
         tracing::info!(secret = %name, "writing generated secrets");
+        let data = filled.unwrap_or(existing);
         let owner = render::owner_reference(cluster)?;
         apply(
             client,
@@ -300,6 +559,7 @@ fn deployment_observed(c: Component, image: &str, d: Option<&Deployment>) -> Obs
         rolled_out,
         migration: Migration::Done,
         migrated_image: Some(image.to_string()),
+        stalled: false,
     }
 }
 
@@ -316,6 +576,7 @@ fn stateful_set_observed(name: &str, s: &StatefulSet) -> Observed {
             && ready >= desired,
         migration: Migration::Done,
         migrated_image: None,
+        stalled: false,
     }
 }
 
@@ -340,51 +601,405 @@ pub fn job_state(job: &Job) -> Migration {
     }
 }
 
-/// Applies every desired object and returns what was observed of the workloads.
-pub async fn apply_all(
+/// The size a StatefulSet's volume claim template asks for.
+fn claim_size(template: &PersistentVolumeClaim) -> Option<String> {
+    template
+        .spec
+        .as_ref()?
+        .resources
+        .as_ref()?
+        .requests
+        .as_ref()?
+        .get("storage")
+        .map(|q| q.0.clone())
+}
+
+/// Applies a StatefulSet and grows its volumes; returns it as the API server has it.
+///
+/// `volumeClaimTemplates` are immutable, so an existing StatefulSet keeps the templates it
+/// was created with (the apply sends them back unchanged) and a bigger `storage` is applied
+/// to the claims themselves, as CloudNativePG and Strimzi do: the API server lets a bound
+/// claim grow when its StorageClass allows expansion. A refusal (a class without
+/// expansion) is reported, and the rest of the reconcile goes on. Shrinking and another
+/// class are refused by the CRD.
+async fn apply_stateful_set(
+    client: &Client,
+    ns: &str,
+    desired: &StatefulSet,
+    pass: &mut Pass,
+) -> Option<StatefulSet> {
+    let name = desired.name_any();
+    let live = match get_opt::<StatefulSet>(client, ns, &name).await {
+        Ok(live) => live,
+        Err(e) => {
+            pass.refused(&format!("StatefulSet {name}"), &e);
+            return None;
+        }
+    };
+    let wanted = desired
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_claim_templates.clone())
+        .unwrap_or_default();
+    let mut sts = desired.clone();
+    let existing_templates = live
+        .as_ref()
+        .and_then(|l| l.spec.as_ref())
+        .and_then(|s| s.volume_claim_templates.clone());
+    if let (Some(spec), Some(existing)) = (sts.spec.as_mut(), existing_templates) {
+        spec.volume_claim_templates = Some(
+            existing
+                .into_iter()
+                .map(|t| PersistentVolumeClaim {
+                    metadata: t.metadata,
+                    spec: t.spec,
+                    status: None,
+                })
+                .collect(),
+        );
+    }
+    let seen = match apply::<StatefulSet>(client, ns, &sts).await {
+        Ok(applied) => Some(applied),
+        Err(e) => {
+            pass.refused(&format!("StatefulSet {name}"), &e);
+            live
+        }
+    };
+    let replicas = seen
+        .as_ref()
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.replicas)
+        .unwrap_or(0);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    for template in &wanted {
+        let (Some(prefix), Some(size)) = (template.metadata.name.as_deref(), claim_size(template))
+        else {
+            continue;
+        };
+        for ordinal in 0..replicas {
+            let claim = format!("{prefix}-{name}-{ordinal}");
+            expand_claim(&claims, &claim, &size, pass).await;
+        }
+    }
+    seen
+}
+
+/// Grows the claim to `size` when it is bound and smaller.
+async fn expand_claim(
+    claims: &Api<PersistentVolumeClaim>,
+    claim: &str,
+    size: &str,
+    pass: &mut Pass,
+) {
+    let current = match claims.get_opt(claim).await {
+        Ok(Some(c)) => c,
+        // Not created yet: the StatefulSet controller makes it at the new size.
+        Ok(None) => return,
+        Err(e) => {
+            pass.refused(&format!("PersistentVolumeClaim {claim}"), &e);
+            return;
+        }
+    };
+    let bound = current.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+    let requested = claim_size(&current).unwrap_or_default();
+    let (Some(want), Some(have)) = (quantity::value(size), quantity::value(&requested)) else {
+        return;
+    };
+    // Only a bound claim can grow; an unbound one is looked at again on a later pass.
+    if want <= have || !bound {
+        return;
+    }
+    let patch = json!({"spec": {"resources": {"requests": {"storage": size}}}});
+    match claims
+        .patch(claim, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => pass.notes.push(Note::normal(
+            "VolumeExpanded",
+            "ExpandVolume",
+            format!("PersistentVolumeClaim {claim} asks for {size} (was {requested})"),
+        )),
+        Err(e) => pass.issues.push(Issue::new(
+            IssueKind::VolumeNotExpanded,
+            format!(
+                "PersistentVolumeClaim {claim} cannot grow from {requested} to {size}: {}",
+                status::summarize(&e)
+            ),
+        )),
+    }
+}
+
+/// Per component, a digest of the values of the Secret keys its pods read, for
+/// [`render::Inputs`]. A Secret or required key that does not exist is an issue (the pods
+/// cannot start) and part of the digest, so creating it rolls the pods. Components whose
+/// Secrets could not be read are returned apart, so a transient error never rolls pods.
+async fn secret_digests(
     client: &Client,
     ns: &str,
     cluster: &ChatCluster,
-) -> Result<Vec<Observed>, Error> {
-    let desired = render::desired(cluster)?;
-    ensure_generated_secret(client, ns, cluster).await?;
-    apply(client, ns, &desired.service_account).await?;
-    for cm in &desired.config_maps {
-        apply::<ConfigMap>(client, ns, cm).await?;
+    pass: &mut Pass,
+) -> (render::Inputs, Vec<Component>) {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let mut secrets: BTreeMap<String, Result<Option<Secret>, ()>> = BTreeMap::new();
+    for name in render::secret_names(cluster) {
+        let read = match api.get_opt(&name).await {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                pass.refused(&format!("Secret {name}"), &e);
+                Err(())
+            }
+        };
+        secrets.insert(name, read);
     }
-    for svc in &desired.services {
-        apply::<Service>(client, ns, svc).await?;
+    let mut inputs = render::Inputs::default();
+    let mut unreadable = Vec::new();
+    // (secret, key or None for the whole Secret) -> the components that need it
+    let mut missing: BTreeMap<(String, Option<String>), Vec<&'static str>> = BTreeMap::new();
+    'components: for c in Component::ALL {
+        let mut digest = Sha256::new();
+        for (name, key, optional) in render::secrets_read(cluster, c) {
+            let secret = match secrets.get(&name) {
+                Some(Ok(secret)) => secret.as_ref(),
+                _ => {
+                    unreadable.push(c);
+                    continue 'components;
+                }
+            };
+            let value = secret
+                .and_then(|s| s.data.as_ref())
+                .and_then(|d| d.get(&key));
+            digest.update(format!("{name}/{key}=").as_bytes());
+            match value {
+                Some(v) => digest.update(Sha256::digest(&v.0)),
+                None => {
+                    digest.update(b"<missing>");
+                    if !optional {
+                        let what = secret.is_some().then(|| key.clone());
+                        let readers = missing.entry((name.clone(), what)).or_default();
+                        if !readers.contains(&c.name()) {
+                            readers.push(c.name());
+                        }
+                    }
+                }
+            }
+            digest.update(b"\n");
+        }
+        inputs
+            .secret_digests
+            .insert(c, hex::encode(&digest.finalize()[..4]));
     }
-    let mut observed = Vec::new();
+    for ((name, key), readers) in missing {
+        let what = match key {
+            Some(key) => format!("Secret {name} has no key {key}"),
+            None => format!("Secret {name} does not exist"),
+        };
+        pass.issues.push(Issue::new(
+            IssueKind::SecretMissing,
+            format!("{what} ({} cannot start)", readers.join(", ")),
+        ));
+    }
+    (inputs, unreadable)
+}
+
+/// The cluster's migration Jobs (empty, with the refusal recorded, when they cannot be
+/// listed).
+async fn migration_jobs(
+    client: &Client,
+    ns: &str,
+    cluster: &ChatCluster,
+    pass: &mut Pass,
+) -> Vec<Job> {
+    let selector = format!(
+        "app.kubernetes.io/instance={},{MANAGED_SELECTOR}",
+        cluster.name_any()
+    );
+    let api: Api<Job> = Api::namespaced(client.clone(), ns);
+    match api.list(&ListParams::default().labels(&selector)).await {
+        Ok(list) => list.items,
+        Err(e) => {
+            pass.refused(&format!("the Jobs of {}", cluster.name_any()), &e);
+            Vec::new()
+        }
+    }
+}
+
+/// Brings one component's migration for `image` along: done when any Job of the
+/// component succeeded for that image; otherwise the Job for the current spec (`job`) is
+/// created if missing and its state returned. A Job is never patched (its template is
+/// immutable): a changed spec has a new Job name, and the component's older Jobs that did
+/// not succeed are deleted, so a fixed spec retries at once instead of wedging.
+async fn migrate(
+    client: &Client,
+    ns: &str,
+    job: &Job,
+    image: &str,
+    existing: &[Job],
+    pass: &mut Pass,
+) -> Migration {
+    let component = job
+        .labels()
+        .get("app.kubernetes.io/component")
+        .cloned()
+        .unwrap_or_default();
+    let mine: Vec<&Job> = existing
+        .iter()
+        .filter(|j| j.labels().get("app.kubernetes.io/component") == Some(&component))
+        .collect();
+    let done_for_image = mine.iter().any(|j| {
+        j.annotations()
+            .get(render::IMAGE_ANNOTATION)
+            .map(String::as_str)
+            == Some(image)
+            && job_state(j) == Migration::Done
+    });
+    if done_for_image {
+        return Migration::Done;
+    }
+    let name = job.name_any();
+    let state = match mine.iter().find(|j| j.name_any() == name) {
+        Some(current) => job_state(current),
+        None => match apply::<Job>(client, ns, job).await {
+            Ok(created) => {
+                pass.notes.push(Note::normal(
+                    "MigrationStarted",
+                    "Migrate",
+                    format!("Job {name} runs the database migrations for {image}"),
+                ));
+                job_state(&created)
+            }
+            Err(e) => {
+                pass.refused(&format!("Job {name}"), &e);
+                return Migration::Running;
+            }
+        },
+    };
+    let api: Api<Job> = Api::namespaced(client.clone(), ns);
+    for old in mine.iter().filter(|j| {
+        j.name_any() != name
+            && j.metadata.deletion_timestamp.is_none()
+            && job_state(j) != Migration::Done
+    }) {
+        let old_name = old.name_any();
+        match api.delete(&old_name, &DeleteParams::background()).await {
+            Ok(_) => {
+                tracing::info!(job = %old_name, replaced_by = %name, "deleted a superseded migration Job")
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => pass.refused(&format!("Job {old_name}"), &e),
+        }
+    }
+    state
+}
+
+/// Applies every desired object, each on its own, and returns what was observed of the
+/// workloads and every problem met. `Err` only for what stops the pass before it can
+/// apply anything (the spec cannot be rendered).
+pub async fn apply_all(client: &Client, ns: &str, cluster: &ChatCluster) -> Result<Pass, Error> {
+    // Renders once without the cluster's inputs first: a spec that cannot be rendered
+    // stops here, before anything is written.
+    render::desired(cluster)?;
+    let mut pass = Pass::default();
+    let generated = render::name(cluster, "generated");
+    match ensure_generated_secret(client, ns, cluster).await {
+        Ok(()) => {}
+        Err(Error::Kube(e)) => pass.refused(&format!("Secret {generated}"), &e),
+        Err(e) => return Err(e),
+    }
+    let (inputs, unreadable) = secret_digests(client, ns, cluster, &mut pass).await;
+    let desired = render::desired_with(cluster, &inputs)?;
+    let independent = desired.independent()?;
+    for plain in &independent {
+        if let Err(e) = apply_plain(client, ns, plain).await {
+            pass.refused(&plain.describe(), &e);
+        }
+    }
+
     for sts in &desired.stateful_sets {
-        let applied = apply::<StatefulSet>(client, ns, sts).await?;
-        let component = applied
+        let component = sts
             .labels()
             .get("app.kubernetes.io/component")
             .cloned()
             .unwrap_or_default();
-        observed.push(stateful_set_observed(&component, &applied));
+        let seen = apply_stateful_set(client, ns, sts, &mut pass).await;
+        pass.observed.push(match seen {
+            Some(s) => stateful_set_observed(&component, &s),
+            None => stateful_set_observed(&component, sts),
+        });
     }
 
     let previous = cluster.status.clone().unwrap_or_default();
+    let mut running_jobs = Vec::new();
+    // Listed once, when some component still has to migrate.
+    let mut jobs: Option<Vec<Job>> = None;
     for ((c, job), (_, deployment)) in desired.migrations.iter().zip(&desired.deployments) {
         let image = c.image(&cluster.spec);
         let already = previous
             .components
             .iter()
             .any(|s| s.name == c.name() && s.migrated_image.as_deref() == Some(&image));
+        if unreadable.contains(c) {
+            // Its Secrets could not be read: leave its Job and Deployment as they are
+            // rather than roll its pods on a guess; report what runs.
+            let current = get_opt::<Deployment>(client, ns, &deployment.name_any())
+                .await
+                .ok()
+                .flatten();
+            let mut o = deployment_observed(*c, &image, current.as_ref());
+            o.migrated_image = previous
+                .components
+                .iter()
+                .find(|s| s.name == c.name())
+                .and_then(|s| s.migrated_image.clone());
+            if !already {
+                o.migration = Migration::Running;
+            }
+            pass.observed.push(o);
+            continue;
+        }
         let migration = if already {
             Migration::Done
         } else {
-            job_state(&apply::<Job>(client, ns, job).await?)
+            if jobs.is_none() {
+                jobs = Some(migration_jobs(client, ns, cluster, &mut pass).await);
+            }
+            let existing = jobs.as_deref().unwrap_or_default();
+            migrate(client, ns, job, &image, existing, &mut pass).await
         };
+        let deployment_name = deployment.name_any();
         if migration == Migration::Done {
-            let applied = apply::<Deployment>(client, ns, deployment).await?;
-            observed.push(deployment_observed(*c, &image, Some(&applied)));
+            if c.autoscaling(&cluster.spec).is_some() {
+                if let Err(e) = hand_over_replicas(client, ns, &deployment_name).await {
+                    pass.refused(&format!("Deployment {deployment_name}"), &e);
+                }
+            }
+            let seen = match apply::<Deployment>(client, ns, deployment).await {
+                Ok(applied) => Some(applied),
+                Err(e) => {
+                    pass.refused(&format!("Deployment {deployment_name}"), &e);
+                    get_opt::<Deployment>(client, ns, &deployment_name)
+                        .await
+                        .ok()
+                        .flatten()
+                }
+            };
+            let mut o = deployment_observed(*c, &image, seen.as_ref());
+            if seen.is_none() {
+                o.replicas = c.replicas(&cluster.spec);
+            }
+            if let Some(issue) = seen.as_ref().and_then(observe::deployment_issue) {
+                o.stalled = true;
+                pass.issues.push(issue);
+            }
+            pass.observed.push(o);
         } else {
             // Keep the running version; report it as it is.
-            let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
-            let current = api.get_opt(&render::name(cluster, c.name())).await?;
+            let current = get_opt::<Deployment>(client, ns, &deployment_name)
+                .await
+                .ok()
+                .flatten();
+            if migration == Migration::Running {
+                running_jobs.push(job.name_any());
+            }
             let mut o = deployment_observed(*c, &image, current.as_ref());
             o.migrated_image = previous
                 .components
@@ -395,37 +1010,57 @@ pub async fn apply_all(
             if current.is_none() {
                 o.replicas = c.replicas(&cluster.spec);
             }
-            observed.push(o);
+            pass.observed.push(o);
         }
     }
-    for pdb in &desired.pdbs {
-        apply::<PodDisruptionBudget>(client, ns, pdb).await?;
+
+    let hpas: Vec<String> = desired.hpas.iter().map(|h| h.name_any()).collect();
+    delete_stale::<HorizontalPodAutoscaler>(client, ns, cluster, &hpas, &mut pass).await;
+    let policies: Vec<String> = desired
+        .network_policies
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    delete_stale::<NetworkPolicy>(client, ns, cluster, &policies, &mut pass).await;
+
+    if desired.pod_monitor.is_none() {
+        delete_pod_monitor(client, ns, cluster, &mut pass).await;
     }
-    match &desired.ingress {
-        Some(ingress) => {
-            apply::<Ingress>(client, ns, ingress).await?;
+
+    if desired.ingress.is_none() && previous.endpoint.is_some() {
+        // The ingress was removed from the spec.
+        let api: Api<Ingress> = Api::namespaced(client.clone(), ns);
+        match api
+            .delete(&cluster.name_any(), &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => pass.refused(&format!("Ingress {}", cluster.name_any()), &e),
         }
-        None if previous.endpoint.is_some() => {
-            // The ingress was removed from the spec.
-            let api: Api<Ingress> = Api::namespaced(client.clone(), ns);
-            match api
-                .delete(&cluster.name_any(), &DeleteParams::default())
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        None => {}
     }
-    Ok(observed)
+
+    // What the kubelet says about the pods: crash loops, images that cannot be pulled.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selector = format!(
+        "app.kubernetes.io/instance={},{MANAGED_SELECTOR}",
+        cluster.name_any()
+    );
+    match pods.list(&ListParams::default().labels(&selector)).await {
+        Ok(list) => pass
+            .issues
+            .extend(observe::pod_issues(&list.items, &running_jobs)),
+        Err(error) => tracing::warn!(%error, "could not list the pods"),
+    }
+    Ok(pass)
 }
 
-/// Runs the controller until `shutdown` resolves. `namespace`: watch only that one.
+/// Runs the controller until `shutdown` resolves. `namespace`: watch only that one;
+/// `identity`: this replica's name, on the Events it publishes.
 pub async fn run(
     client: Client,
     namespace: Option<String>,
+    identity: Option<String>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
@@ -438,29 +1073,70 @@ pub async fn run(
         }
     }
     let owned = || watcher::Config::default().labels(MANAGED_SELECTOR);
-    let ctx = Arc::new(Context::new(client.clone()));
-    Controller::new(
+    let ctx = Arc::new(Context::new(client.clone(), identity));
+    // A pod's status changing (crash loop, image pull) is a reason to look again; the
+    // pods carry the cluster's labels, not an owner reference to it.
+    let pod_owner = |pod: PartialObjectMeta<Pod>| {
+        let cluster = pod.labels().get("app.kubernetes.io/instance").cloned();
+        let ns = pod.namespace();
+        cluster.map(|name| {
+            let r = ObjectRef::<ChatCluster>::new(&name);
+            match ns {
+                Some(ns) => r.within(&ns),
+                None => r,
+            }
+        })
+    };
+    let controller = Controller::new(
         api::<ChatCluster>(&client, &namespace),
         watcher::Config::default(),
-    )
-    .owns(api::<Deployment>(&client, &namespace), owned())
-    .owns(api::<StatefulSet>(&client, &namespace), owned())
-    .owns(api::<Job>(&client, &namespace), owned())
-    .owns(api::<Service>(&client, &namespace), owned())
-    .owns(api::<ConfigMap>(&client, &namespace), owned())
-    .owns(api::<Secret>(&client, &namespace), owned())
-    .owns(api::<ServiceAccount>(&client, &namespace), owned())
-    .owns(api::<PodDisruptionBudget>(&client, &namespace), owned())
-    .owns(api::<Ingress>(&client, &namespace), owned())
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|res| async move {
-        match res {
-            Ok((obj, _)) => tracing::debug!(object = %obj.name, "reconciled"),
-            Err(e) => tracing::debug!(error = %e, "reconcile did not complete"),
-        }
-    })
-    .await;
+    );
+    // A Secret the pods read (the generated one, or a user's: SMTP, signing key,
+    // database URL) changing must roll them: every Secret is watched, metadata only,
+    // and mapped to the clusters that read it.
+    let clusters = controller.store();
+    let readers = move |secret: PartialObjectMeta<Secret>| {
+        let name = secret.name_any();
+        let ns = secret.namespace();
+        clusters
+            .state()
+            .into_iter()
+            .filter(|c| c.namespace() == ns && render::secret_names(c).contains(&name))
+            .map(|c| ObjectRef::from_obj(&*c))
+            .collect::<Vec<_>>()
+    };
+    controller
+        // Many objects change at once during a rollout: one reconcile for a burst.
+        .with_config(controller::Config::default().debounce(Duration::from_millis(500)))
+        .owns(api::<Deployment>(&client, &namespace), owned())
+        .owns(api::<StatefulSet>(&client, &namespace), owned())
+        .owns(api::<Job>(&client, &namespace), owned())
+        .owns(api::<Service>(&client, &namespace), owned())
+        .owns(api::<ConfigMap>(&client, &namespace), owned())
+        .watches(
+            api::<PartialObjectMeta<Secret>>(&client, &namespace),
+            watcher::Config::default(),
+            readers,
+        )
+        .owns(api::<ServiceAccount>(&client, &namespace), owned())
+        .owns(api::<PodDisruptionBudget>(&client, &namespace), owned())
+        .owns(api::<Ingress>(&client, &namespace), owned())
+        .owns(api::<HorizontalPodAutoscaler>(&client, &namespace), owned())
+        .owns(api::<NetworkPolicy>(&client, &namespace), owned())
+        .watches(
+            api::<PartialObjectMeta<Pod>>(&client, &namespace),
+            owned(),
+            pod_owner,
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(object = %obj.name, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile did not complete"),
+            }
+        })
+        .await;
 }
 
 #[cfg(test)]
@@ -497,7 +1173,7 @@ mod tests {
                 "spec": spec,
             }),
         );
-        (server, Arc::new(Context::new(client)))
+        (server, Arc::new(Context::new(client, None)))
     }
 
     fn cluster(server: &FakeApiServer) -> Arc<ChatCluster> {
@@ -562,11 +1238,14 @@ mod tests {
         assert_eq!(action, Action::requeue(PROGRESS_POLL));
 
         let log = server.log();
+        // The generated Secret first, then it is read back (for the digest of what the
+        // pods read), then the objects.
         assert_eq!(
-            log[..3],
+            log[..4],
             [
                 format!("GET {}", path("v1", "secrets", "demo-generated")),
                 format!("PATCH {}", path("v1", "secrets", "demo-generated")),
+                format!("GET {}", path("v1", "secrets", "demo-generated")),
                 format!("PATCH {}", path("v1", "serviceaccounts", "demo")),
             ]
         );
@@ -589,7 +1268,15 @@ mod tests {
         );
         assert_eq!(condition(&server, "Ready").0, "False");
         assert_eq!(condition(&server, "Degraded").0, "False");
-        assert_eq!(log.last().unwrap(), &format!("PATCH {CLUSTER}/status"));
+        // The status is written, then the Events: four migrations started, and Migrating.
+        let status_write = log
+            .iter()
+            .position(|l| l == &format!("PATCH {CLUSTER}/status"))
+            .expect("the status is written");
+        assert_eq!(
+            log[status_write + 1..],
+            vec!["POST /apis/events.k8s.io/v1/namespaces/chat/events".to_string(); 5]
+        );
     }
 
     #[tokio::test]
@@ -720,11 +1407,13 @@ mod tests {
         let (server, ctx) = setup(json!({"version": "1.0.0"}));
         server.fail("/statefulsets/", 403);
         let err = reconcile_once(&server, &ctx).await.unwrap_err();
-        assert!(matches!(err, Error::Kube(_)));
+        assert!(matches!(err, Error::Refused(2)), "{err}");
         assert_eq!(
             condition(&server, "Degraded"),
-            ("True".into(), "ReconcileError".into())
+            ("True".into(), "ApplyFailed".into())
         );
+        // The rest of the pass went on: the migrations were started.
+        assert_eq!(job_paths(&server).len(), 4);
         let c = cluster(&server);
         assert_eq!(
             error_policy(c.clone(), &err, ctx.clone()),
@@ -748,6 +1437,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_missing_secret_is_degraded_and_creating_it_rolls_the_readers() {
+        let (server, ctx) = setup(json!({"version": "1.0.0", "smtp": {"secretName": "mail"}}));
+        steady(&server, &ctx).await;
+        let c = cluster(&server);
+        let degraded = status::condition(c.status.as_ref().unwrap(), "Degraded").unwrap();
+        assert_eq!(degraded.reason, "SecretMissing");
+        assert_eq!(
+            degraded.message,
+            "Secret mail does not exist (notification cannot start)"
+        );
+        let annotation = |s: &FakeApiServer, d: &str| {
+            s.get(&deployment_path(d)).unwrap()["spec"]["template"]["metadata"]["annotations"]
+                [render::SECRETS_ANNOTATION]
+                .clone()
+        };
+        let (notification, chat) = (
+            annotation(&server, "demo-notification"),
+            annotation(&server, "demo-chat"),
+        );
+        server.put(
+            &path("v1", "secrets", "mail"),
+            json!({"metadata": {"name": "mail", "namespace": NS},
+                   "data": {"host": "aG9zdA==", "port": "NTg3", "tls": "bm9uZQ==", "from": "YUBi"}}),
+        );
+        reconcile_once(&server, &ctx).await.unwrap();
+        assert_ne!(annotation(&server, "demo-notification"), notification);
+        assert_eq!(annotation(&server, "demo-chat"), chat);
+        assert_eq!(condition(&server, "Degraded").0, "False");
+    }
+
+    #[tokio::test]
+    async fn a_stale_cache_does_not_tell_a_change_twice() {
+        let (server, ctx) = setup(json!({"version": "1.0.0"}));
+        let stale = cluster(&server);
+        reconcile(stale.clone(), ctx.clone()).await.unwrap();
+        let events =
+            |s: &FakeApiServer| s.paths().iter().filter(|p| p.contains("/events/")).count();
+        let first = events(&server);
+        assert!(first > 0);
+        // The next reconcile still sees the object without the status just written.
+        reconcile(stale, ctx.clone()).await.unwrap();
+        assert_eq!(events(&server), first);
+    }
+
+    #[tokio::test]
     async fn an_invalid_spec_is_reported_and_not_applied() {
         let (server, ctx) = setup(json!({
             "version": "1.0.0",
@@ -759,7 +1493,22 @@ mod tests {
             condition(&server, "Degraded"),
             ("True".into(), "InvalidSpec".into())
         );
-        assert_eq!(server.log(), [format!("PATCH {CLUSTER}/status")]);
+        // Nothing applied: the status and a Warning event only.
+        assert_eq!(
+            server.log(),
+            [
+                format!("PATCH {CLUSTER}/status"),
+                "POST /apis/events.k8s.io/v1/namespaces/chat/events".to_string()
+            ]
+        );
+        let event = server
+            .paths()
+            .into_iter()
+            .find(|p| p.contains("/events/"))
+            .and_then(|p| server.get(&p))
+            .unwrap();
+        assert_eq!(event["type"], "Warning");
+        assert_eq!(event["reason"], "InvalidSpec");
     }
 
     #[tokio::test]
@@ -779,5 +1528,27 @@ mod tests {
         reconcile_once(&server, &ctx).await.unwrap();
         assert!(server.get(&ingress).is_none());
         assert_eq!(cluster(&server).status.clone().unwrap().endpoint, None);
+    }
+
+    #[tokio::test]
+    async fn the_pod_monitor_is_applied_and_deleted_once_turned_off() {
+        let (server, ctx) = setup(json!({"version": "1.0.0",
+                                         "monitoring": {"podMonitor": true}}));
+        steady(&server, &ctx).await;
+        let monitor = path("monitoring.coreos.com/v1", "podmonitors", "demo-services");
+        let applied = server.get(&monitor).expect("PodMonitor applied");
+        assert_eq!(applied["kind"], "PodMonitor");
+        assert_eq!(applied["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
+        server.edit(CLUSTER, |c| {
+            c["spec"]["monitoring"]["podMonitor"] = json!(false);
+        });
+        reconcile_once(&server, &ctx).await.unwrap();
+        assert!(server.get(&monitor).is_none());
+        // Off from the start (the Prometheus Operator need not even be installed): the
+        // delete's 404 is no failure.
+        let (server, ctx) = setup(json!({"version": "1.0.0"}));
+        steady(&server, &ctx).await;
+        assert!(server.get(&monitor).is_none());
+        assert_ne!(condition(&server, "Degraded").0, "True");
     }
 }

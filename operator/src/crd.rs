@@ -6,19 +6,46 @@
 //! exactly what the reconcile can read. Every field has a default where one makes sense,
 //! so the smallest useful object is `spec: {version: "0.1.0"}`. Choices that are "one of"
 //! (managed or external PostgreSQL/NATS) are two optional fields rather than a Rust enum,
-//! because Kubernetes structural schemas cannot express untagged unions; the reconcile
-//! rejects an object that sets both ([`ChatClusterSpec::validate`]).
+//! because Kubernetes structural schemas cannot express untagged unions.
+//!
+//! Whatever would only fail later (a Job name over 63 characters, an unknown pull policy,
+//! a size that is not a quantity, both `managed` and `external`) is refused by the API
+//! server at `kubectl apply`: enums, patterns and bounds from the types, and CEL rules
+//! (`x-kubernetes-validations`, through kube's `KubeSchema` derive) for what a schema
+//! cannot say. [`ChatClusterSpec::validate`] repeats the checks the reconcile depends on,
+//! for objects stored before the CRD had them.
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
-use kube::CustomResource;
+use k8s_openapi::api::{core::v1::ResourceRequirements, networking::v1::NetworkPolicyPeer};
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+/// The longest `ChatCluster` name: the longest derived name is the migration Job
+/// `<name>-notification-migrate-<8 hex>` (30 more characters), and the Job controller
+/// copies a Job's name into a pod label, whose values are at most 63 characters.
+pub const MAX_NAME_LENGTH: usize = 33;
+
+/// CEL: a string is a positive Kubernetes quantity (`10Gi`, `500M`).
+const POSITIVE_QUANTITY: &str = "isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))";
+
+/// CEL transition rule: a volume size only grows (volumes are expanded, never shrunk,
+/// as CloudNativePG and Strimzi do).
+const NO_SHRINK: &str = "!isQuantity(self) || !isQuantity(oldSelf) || \
+     quantity(self).compareTo(quantity(oldSelf)) >= 0";
+const NO_SHRINK_MESSAGE: &str =
+    "storage cannot shrink: a volume can only be expanded (make a new cluster to move to a smaller one)";
+
+/// CEL transition rule: the StorageClass of the volumes stays what it was.
+const SAME_STORAGE_CLASS: &str = "has(self.storageClassName) == has(oldSelf.storageClassName) && \
+     (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)";
+const STORAGE_CLASS_FIXED: &str =
+    "storageClassName cannot change: a volume keeps the class it was created with";
 
 /// API group of the operator's resources.
 pub const GROUP: &str = "grpcchat.dev";
 
 /// Desired state of a grpc-chat installation.
-#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     doc = "A grpc-chat installation: its four services, PostgreSQL, NATS, email, keys and ingress.",
     group = "grpcchat.dev",
@@ -32,11 +59,22 @@ pub const GROUP: &str = "grpcchat.dev";
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new("self.metadata.name.size() <= 33").message(
+        "metadata.name must be at most 33 characters: the operator derives the names and \
+         labels of its objects (at most 63 characters) from it"
+    ),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message(
+        "metadata.name must be a DNS label that starts with a letter (it names Services)"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ChatClusterSpec {
     /// Version of the services: the image tag of every component unless overridden.
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+    )]
     pub version: String,
     /// Where the service images come from.
     #[serde(default)]
@@ -73,6 +111,14 @@ pub struct ChatClusterSpec {
     /// Public gRPC entry point for AuthService, ChatService and SagaOrchestrator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<IngressSpec>,
+    /// NetworkPolicies letting each workload be reached only by what needs it. Absent:
+    /// none (every pod reachable from every namespace, as Kubernetes does by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicySpec>,
+    /// Prometheus Operator objects for the services' metrics. Absent: none (the pods carry
+    /// the `prometheus.io/*` annotations either way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<MonitoringSpec>,
     /// `RUST_LOG` of every service.
     #[serde(default = "default_log_level")]
     pub log_level: String,
@@ -91,10 +137,11 @@ fn default_log_level() -> String {
 pub struct ImagesSpec {
     /// Registry and path prefix: images are `<repository>/<binary>:<version>`.
     #[serde(default = "default_repository")]
+    #[schemars(length(min = 1, max = 512))]
     pub repository: String,
     /// `imagePullPolicy` of every container.
-    #[serde(default = "default_pull_policy")]
-    pub pull_policy: String,
+    #[serde(default)]
+    pub pull_policy: PullPolicy,
     /// Names of Secrets used to pull the images.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pull_secrets: Vec<String>,
@@ -104,7 +151,7 @@ impl Default for ImagesSpec {
     fn default() -> Self {
         Self {
             repository: default_repository(),
-            pull_policy: default_pull_policy(),
+            pull_policy: PullPolicy::default(),
             pull_secrets: Vec::new(),
         }
     }
@@ -114,8 +161,13 @@ fn default_repository() -> String {
     "ghcr.io/grpc-chat".into()
 }
 
-fn default_pull_policy() -> String {
-    "IfNotPresent".into()
+/// A container's `imagePullPolicy`.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum PullPolicy {
+    Always,
+    #[default]
+    IfNotPresent,
+    Never,
 }
 
 /// What every service component takes.
@@ -132,6 +184,10 @@ pub struct ComponentSpec {
     /// CPU and memory of the service container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Scale on CPU with a HorizontalPodAutoscaler instead of a fixed `replicas` (which is
+    /// then ignored: the HPA owns the Deployment's replicas). Needs `resources.requests.cpu`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
 }
 
 impl Default for ComponentSpec {
@@ -140,8 +196,32 @@ impl Default for ComponentSpec {
             replicas: default_replicas(),
             image: None,
             resources: None,
+            autoscaling: None,
         }
     }
+}
+
+/// A HorizontalPodAutoscaler (`autoscaling/v2`) on the component's Deployment.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.maxReplicas >= self.minReplicas")
+    .message("autoscaling: maxReplicas must be at least minReplicas"))]
+pub struct AutoscalingSpec {
+    /// Fewest pods; 2 keeps the service up while one pod is replaced.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1))]
+    pub min_replicas: i32,
+    /// Most pods.
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+    /// Average CPU use, in percent of the pods' CPU request, that the HPA keeps them at.
+    #[serde(default = "default_cpu_target")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization_percentage: i32,
+}
+
+fn default_cpu_target() -> i32 {
+    75
 }
 
 fn default_replicas() -> i32 {
@@ -157,18 +237,28 @@ pub struct AuthSpec {
     /// `BCRYPT_COST` (4 to 31); absent: the service's default (12).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 4, max = 31))]
-    pub bcrypt_cost: Option<u32>,
+    pub bcrypt_cost: Option<i32>,
     /// `ACCESS_TOKEN_TTL_SECS`; absent: the service's default (900).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub access_token_ttl_secs: Option<u64>,
+    #[schemars(range(min = 1))]
+    pub access_token_ttl_secs: Option<i64>,
     /// `REFRESH_TOKEN_TTL_SECS`; absent: the service's default (30 days).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refresh_token_ttl_secs: Option<u64>,
+    #[schemars(range(min = 1))]
+    pub refresh_token_ttl_secs: Option<i64>,
+    /// During a signing-key rotation: the retired key's public half (SPKI PEM), still
+    /// accepted for tokens it signed (`JWT_PREVIOUS_PUBLIC_KEY`). For the generated key:
+    /// `{name: <cluster>-generated, key: jwt-public-key}`. Remove it once the access-token
+    /// lifetime has passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_public_key: Option<SecretKeySelector>,
 }
 
 /// PostgreSQL: set `managed` or `external`, not both; neither means managed with defaults.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.managed) && has(self.external))")
+    .message("spec.postgres: set managed or external, not both"))]
 pub struct PostgresSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub managed: Option<ManagedPostgres>,
@@ -177,14 +267,19 @@ pub struct PostgresSpec {
 }
 
 /// A single-instance PostgreSQL StatefulSet run by the operator.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(SAME_STORAGE_CLASS).message(STORAGE_CLASS_FIXED))]
 pub struct ManagedPostgres {
     /// PostgreSQL image.
     #[serde(default = "default_postgres_image")]
+    #[schemars(length(min = 1, max = 512))]
     pub image: String,
     /// Size of the data volume.
     #[serde(default = "default_postgres_storage")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(POSITIVE_QUANTITY).message("storage must be a positive quantity, such as 10Gi"))]
+    #[x_kube(validation = Rule::new(NO_SHRINK).message(NO_SHRINK_MESSAGE))]
     pub storage: String,
     /// StorageClass of the data volume; absent: the cluster's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -249,8 +344,10 @@ pub struct ExternalPostgres {
 }
 
 /// NATS: set `managed` or `external`, not both; neither means managed with defaults.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.managed) && has(self.external))")
+    .message("spec.nats: set managed or external, not both"))]
 pub struct NatsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub managed: Option<ManagedNats>,
@@ -259,17 +356,25 @@ pub struct NatsSpec {
 }
 
 /// A NATS cluster with JetStream, run by the operator as a StatefulSet.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(SAME_STORAGE_CLASS).message(STORAGE_CLASS_FIXED))]
 pub struct ManagedNats {
     #[serde(default = "default_nats_image")]
+    #[schemars(length(min = 1, max = 512))]
     pub image: String,
     /// Cluster size: 1, or 3 and more for a JetStream cluster that survives a node.
     #[serde(default = "default_nats_replicas")]
     #[schemars(range(min = 1))]
+    #[x_kube(validation = Rule::new("self == 1 || self >= 3").message(
+        "replicas must be 1, or 3 or more: JetStream needs a majority of its nodes"
+    ))]
     pub replicas: i32,
     /// Size of each node's JetStream volume.
     #[serde(default = "default_nats_storage")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(POSITIVE_QUANTITY).message("storage must be a positive quantity, such as 1Gi"))]
+    #[x_kube(validation = Rule::new(NO_SHRINK).message(NO_SHRINK_MESSAGE))]
     pub storage: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
@@ -310,6 +415,7 @@ fn default_nats_storage() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct ExternalNats {
     /// `NATS_URL` of the services, e.g. `nats://nats.messaging:4222`.
+    #[schemars(length(min = 1, max = 1024))]
     pub url: String,
 }
 
@@ -319,6 +425,7 @@ pub struct ExternalNats {
 pub struct SmtpSpec {
     /// Secret with keys `host`, `port`, `tls` (`none`, `starttls` or `tls`), `from`, and
     /// optionally `username` and `password`.
+    #[schemars(length(min = 1, max = 253))]
     pub secret_name: String,
 }
 
@@ -326,7 +433,11 @@ pub struct SmtpSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeySelector {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
+    /// Key in the Secret's data.
+    #[schemars(length(min = 1, max = 253))]
     pub key: String,
 }
 
@@ -334,7 +445,11 @@ pub struct SecretKeySelector {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IngressSpec {
-    /// Host name clients connect to.
+    /// Host name clients connect to (a DNS name, no wildcard).
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub host: String,
     /// IngressClass; absent: the cluster's default. The gRPC annotations written are
     /// ingress-nginx's.
@@ -346,6 +461,39 @@ pub struct IngressSpec {
     /// Extra annotations, e.g. for cert-manager.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+/// Who may reach what, when NetworkPolicies are rendered: PostgreSQL only from the
+/// services (and their migrations), NATS only from chat and notification (and its own
+/// cluster), the services' gRPC port only from each other, and the public services' gRPC
+/// port from the entry point.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Sources allowed to the public services' gRPC port: the ingress controller's or the
+    /// Gateway's pods, e.g. `[{namespaceSelector: {matchLabels:
+    /// {kubernetes.io/metadata.name: gateway-system}}}]`. Empty: any source (what a
+    /// `LoadBalancer` Service needs, whose clients are outside the cluster).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entry_point_from: Vec<NetworkPolicyPeer>,
+    /// Sources allowed to scrape the metrics ports (Prometheus). Empty: any source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics_from: Vec<NetworkPolicyPeer>,
+}
+
+/// What Prometheus is told to scrape.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitoringSpec {
+    /// A `monitoring.coreos.com/v1` PodMonitor `<name>-services` scraping the `metrics`
+    /// port of the four services' pods. Needs the Prometheus Operator's CRDs in the
+    /// cluster; turning it off deletes the PodMonitor.
+    #[serde(default)]
+    pub pod_monitor: bool,
+    /// Extra labels of the PodMonitor, e.g. the ones a Prometheus' `podMonitorSelector`
+    /// matches.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Observed state, written only by the operator.
@@ -419,16 +567,34 @@ impl ChatClusterSpec {
         if self.version.trim().is_empty() {
             return Err(InvalidSpec("spec.version must not be empty".into()));
         }
-        for (name, replicas) in [
-            ("auth", self.auth.component.replicas),
-            ("chat", self.chat.replicas),
-            ("notification", self.notification.replicas),
-            ("saga", self.saga.replicas),
+        for (name, component) in [
+            ("auth", &self.auth.component),
+            ("chat", &self.chat),
+            ("notification", &self.notification),
+            ("saga", &self.saga),
         ] {
-            if replicas < 0 {
+            if component.replicas < 0 {
                 return Err(InvalidSpec(format!(
                     "spec.{name}.replicas must not be negative"
                 )));
+            }
+            if let Some(a) = &component.autoscaling {
+                if a.min_replicas < 1 || a.max_replicas < a.min_replicas {
+                    return Err(InvalidSpec(format!(
+                        "spec.{name}.autoscaling: need 1 <= minReplicas <= maxReplicas"
+                    )));
+                }
+                let cpu_request = component
+                    .resources
+                    .as_ref()
+                    .and_then(|r| r.requests.as_ref())
+                    .is_some_and(|r| r.contains_key("cpu"));
+                if !cpu_request {
+                    return Err(InvalidSpec(format!(
+                        "spec.{name}.autoscaling scales on CPU use relative to the CPU request: \
+                         set spec.{name}.resources.requests.cpu"
+                    )));
+                }
             }
         }
         Ok(())

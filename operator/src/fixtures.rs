@@ -50,6 +50,16 @@ fn merge(into: &mut Value, patch: &Value) {
     }
 }
 
+/// `/api/v1/namespaces/<ns>/<plural>` or `/apis/<group>/<version>/namespaces/<ns>/<plural>`.
+fn is_collection(path: &str) -> bool {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.first() {
+        Some(&"api") => segments.len() == 5 && segments[2] == "namespaces",
+        Some(&"apis") => segments.len() == 6 && segments[3] == "namespaces",
+        _ => false,
+    }
+}
+
 fn status_body(code: u16, reason: &str) -> Value {
     json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {},
@@ -99,6 +109,24 @@ impl FakeApiServer {
         match method.as_str() {
             "GET" => match st.objects.get(&path) {
                 Some(o) => (StatusCode::OK, o.clone()),
+                // A collection: every object stored right under it (selectors ignored).
+                None if is_collection(&path) => {
+                    let prefix = format!("{path}/");
+                    let items: Vec<Value> = st
+                        .objects
+                        .iter()
+                        .filter(|(p, _)| {
+                            p.strip_prefix(&prefix)
+                                .is_some_and(|rest| !rest.contains('/'))
+                        })
+                        .map(|(_, o)| o.clone())
+                        .collect();
+                    (
+                        StatusCode::OK,
+                        json!({"apiVersion": "v1", "kind": "List",
+                               "metadata": {"resourceVersion": "1"}, "items": items}),
+                    )
+                }
                 None => (StatusCode::NOT_FOUND, status_body(404, "NotFound")),
             },
             "PATCH" => {

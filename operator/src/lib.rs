@@ -3,7 +3,9 @@
 //! - [`crd`]: the resource's types, from which the CRD schema is generated;
 //! - [`render`]: the desired objects as pure functions of a spec (what `render` prints);
 //! - [`secrets`]: generation of the keys and passwords the operator owns;
-//! - [`status`]: the conditions, computed from observations;
+//! - [`status`]: the conditions, computed from observations, and the Events they are worth;
+//! - [`observe`]: problems read from pods and the workloads' controllers;
+//! - [`quantity`]: Kubernetes quantities as numbers (volume sizes);
 //! - [`controller`]: the reconcile loop that applies and observes;
 //! - [`leader`]: Lease-based leader election, so only one replica reconciles;
 //! - [`telemetry`]: logs, traces, and the health/metrics endpoint.
@@ -11,6 +13,8 @@
 pub mod controller;
 pub mod crd;
 pub mod leader;
+pub mod observe;
+pub mod quantity;
 pub mod render;
 pub mod secrets;
 pub mod status;

@@ -84,7 +84,13 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     let stop = stop_on_signals();
     if !args.leader_election {
         tracing::info!(namespace = ?args.watch_namespace, "reconciling (leader election off)");
-        controller::run(client, args.watch_namespace, stop.wait_owned()).await;
+        controller::run(
+            client,
+            args.watch_namespace,
+            args.identity,
+            stop.wait_owned(),
+        )
+        .await;
         http.abort();
         return Ok(());
     }
@@ -124,7 +130,13 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
                 }
             }
         };
-        controller::run(client.clone(), args.watch_namespace.clone(), lost).await;
+        controller::run(
+            client.clone(),
+            args.watch_namespace.clone(),
+            Some(identity.clone()),
+            lost,
+        )
+        .await;
         holder.abort();
         metrics::gauge!("chat_operator_leader").set(0.0);
         if stop.is_set() {

@@ -23,19 +23,23 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, StatefulSet},
+        autoscaling::v2::HorizontalPodAutoscaler,
         batch::v1::Job,
         core::v1::{ConfigMap, Secret, Service, ServiceAccount},
-        networking::v1::Ingress,
+        networking::v1::{Ingress, NetworkPolicy},
         policy::v1::PodDisruptionBudget,
     },
     apimachinery::pkg::apis::meta::v1::OwnerReference,
 };
-use kube::{Resource, ResourceExt};
+use kube::{
+    core::{ApiResource, DynamicObject, GroupVersionKind},
+    Resource, ResourceExt,
+};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::crd::{ChatCluster, ChatClusterSpec, ManagedNats, ManagedPostgres};
+use crate::crd::{ChatCluster, ChatClusterSpec, ManagedNats, ManagedPostgres, VolumePolicy};
 
 /// gRPC port of every service (`LISTEN_ADDR`).
 pub const GRPC_PORT: i32 = 50051;
@@ -49,6 +53,9 @@ pub const POSTGRES_USER: &str = "chat";
 /// Keys of the `<name>-generated` Secret.
 pub mod keys {
     pub const SIGNING_KEY: &str = "jwt-signing-key";
+    /// The public half of the generated signing key (SPKI PEM), for a key rotation's
+    /// `auth.previousPublicKey`.
+    pub const PUBLIC_KEY: &str = "jwt-public-key";
     pub const SERVICE_SECRET: &str = "service-secret";
     pub const POSTGRES_PASSWORD: &str = "postgres-password";
     pub const POSTGRES_URL: &str = "postgres-url";
@@ -68,7 +75,7 @@ pub enum RenderError {
 }
 
 /// One of the four services.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Component {
     Auth,
     Chat,
@@ -124,13 +131,22 @@ impl Component {
         }
     }
 
+    /// Pods wanted: the spec's count, or the autoscaler's minimum when it scales.
     pub fn replicas(self, spec: &ChatClusterSpec) -> i32 {
+        if let Some(a) = self.autoscaling(spec) {
+            return a.min_replicas;
+        }
         match self {
             Component::Auth => spec.auth.component.replicas,
             Component::Chat => spec.chat.replicas,
             Component::Notification => spec.notification.replicas,
             Component::Saga => spec.saga.replicas,
         }
+    }
+
+    /// The component's autoscaling, when the HPA (not the spec) sets its replicas.
+    pub fn autoscaling(self, spec: &ChatClusterSpec) -> Option<&crate::crd::AutoscalingSpec> {
+        self.spec(spec).autoscaling.as_ref()
     }
 
     fn spec(self, spec: &ChatClusterSpec) -> &crate::crd::ComponentSpec {
@@ -155,7 +171,10 @@ impl Component {
     }
 }
 
-/// Everything the reconcile applies, in the order it applies it.
+/// Everything the reconcile applies. The [`Desired::independent`] objects are applied one
+/// by one, each on its own; the StatefulSets, migration Jobs and Deployments have their own
+/// steps (immutable fields, gating). A new kind of plain object needs a field here and a
+/// line in `independent`.
 #[derive(Clone, Debug)]
 pub struct Desired {
     pub service_account: ServiceAccount,
@@ -166,10 +185,74 @@ pub struct Desired {
     pub migrations: Vec<(Component, Job)>,
     pub deployments: Vec<(Component, Deployment)>,
     pub pdbs: Vec<PodDisruptionBudget>,
+    /// One per autoscaled component.
+    pub hpas: Vec<HorizontalPodAutoscaler>,
+    /// Empty unless `spec.networkPolicy` is set.
+    pub network_policies: Vec<NetworkPolicy>,
     pub ingress: Option<Ingress>,
+    /// The Prometheus Operator PodMonitor, when `spec.monitoring.podMonitor` is set.
+    pub pod_monitor: Option<Plain>,
+}
+
+/// An object applied as rendered and on its own: nothing waits for it and its failure
+/// holds nothing else back. Kept untyped so that any kind (including other projects'
+/// custom resources) is applied the same way.
+#[derive(Clone, Debug)]
+pub struct Plain {
+    pub resource: ApiResource,
+    pub object: DynamicObject,
+}
+
+impl Plain {
+    /// Erases a typed object.
+    pub fn of<K>(object: &K) -> Result<Self, RenderError>
+    where
+        K: Resource<DynamicType = ()> + serde::Serialize,
+    {
+        let invalid = |source| RenderError::Invalid {
+            kind: "object",
+            source,
+        };
+        let value = serde_json::to_value(object).map_err(invalid)?;
+        Ok(Self {
+            resource: ApiResource::erase::<K>(&()),
+            object: serde_json::from_value(value).map_err(invalid)?,
+        })
+    }
+
+    /// `Kind name`, as the status and the events name it.
+    pub fn describe(&self) -> String {
+        format!("{} {}", self.resource.kind, self.object.name_any())
+    }
 }
 
 impl Desired {
+    /// The objects that are applied independently of each other and of the workloads'
+    /// gating, in the order they are applied.
+    pub fn independent(&self) -> Result<Vec<Plain>, RenderError> {
+        let mut out = vec![Plain::of(&self.service_account)?];
+        for cm in &self.config_maps {
+            out.push(Plain::of(cm)?);
+        }
+        for svc in &self.services {
+            out.push(Plain::of(svc)?);
+        }
+        for pdb in &self.pdbs {
+            out.push(Plain::of(pdb)?);
+        }
+        for hpa in &self.hpas {
+            out.push(Plain::of(hpa)?);
+        }
+        for policy in &self.network_policies {
+            out.push(Plain::of(policy)?);
+        }
+        if let Some(ingress) = &self.ingress {
+            out.push(Plain::of(ingress)?);
+        }
+        out.extend(self.pod_monitor.clone());
+        Ok(out)
+    }
+
     /// Every object as JSON, for `chat-operator render`.
     pub fn to_values(&self, generated_secret: &Secret) -> Vec<Value> {
         fn v<T: serde::Serialize>(o: &T) -> Value {
@@ -182,7 +265,10 @@ impl Desired {
         out.extend(self.migrations.iter().map(|(_, j)| v(j)));
         out.extend(self.deployments.iter().map(|(_, d)| v(d)));
         out.extend(self.pdbs.iter().map(v));
+        out.extend(self.hpas.iter().map(v));
+        out.extend(self.network_policies.iter().map(v));
         out.extend(self.ingress.iter().map(v));
+        out.extend(self.pod_monitor.iter().map(|p| v(&p.object)));
         out
     }
 }
@@ -242,8 +328,56 @@ pub fn short_hash(input: &str) -> String {
     hex::encode(&digest[..4])
 }
 
-/// Renders every object of `cluster`.
+/// What rendering needs from the cluster besides the spec.
+#[derive(Clone, Debug, Default)]
+pub struct Inputs {
+    /// Per component, a digest of the Secret values its pods read ([`secrets_read`]): on
+    /// the pod template, so a changed Secret rolls exactly the pods that read it. Absent
+    /// (as in `chat-operator render`, which reads no Secret): no annotation.
+    pub secret_digests: BTreeMap<Component, String>,
+}
+
+/// Pod-template annotation: the digest of the Secret values the pods read.
+pub const SECRETS_ANNOTATION: &str = "grpcchat.dev/secrets-hash";
+
+/// Every `(Secret, key, optional)` a component's pods read, from its environment.
+pub fn secrets_read(cluster: &ChatCluster, c: Component) -> Vec<(String, String, bool)> {
+    let mut refs: Vec<(String, String, bool)> = env(cluster, c)
+        .iter()
+        .filter_map(|e| {
+            let r = e.get("valueFrom")?.get("secretKeyRef")?;
+            Some((
+                r.get("name")?.as_str()?.to_string(),
+                r.get("key")?.as_str()?.to_string(),
+                r.get("optional").and_then(Value::as_bool).unwrap_or(false),
+            ))
+        })
+        .collect();
+    refs.sort();
+    refs.dedup();
+    refs
+}
+
+/// The names of every Secret the cluster's pods read (what the operator watches).
+pub fn secret_names(cluster: &ChatCluster) -> Vec<String> {
+    let mut names: Vec<String> = Component::ALL
+        .into_iter()
+        .flat_map(|c| secrets_read(cluster, c))
+        .map(|(name, _, _)| name)
+        .collect();
+    names.push(name(cluster, "generated"));
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Renders every object of `cluster`, without what only a cluster knows ([`Inputs`]).
 pub fn desired(cluster: &ChatCluster) -> Result<Desired, RenderError> {
+    desired_with(cluster, &Inputs::default())
+}
+
+/// Renders every object of `cluster`.
+pub fn desired_with(cluster: &ChatCluster, inputs: &Inputs) -> Result<Desired, RenderError> {
     let owner = owner_reference(cluster)?;
     let spec = &cluster.spec;
     let config = config_map(cluster, &owner)?;
@@ -267,10 +401,15 @@ pub fn desired(cluster: &ChatCluster) -> Result<Desired, RenderError> {
 
     let mut migrations = Vec::new();
     let mut deployments = Vec::new();
+    let mut hpas = Vec::new();
     for c in Component::ALL {
+        if let Some(a) = c.autoscaling(spec) {
+            hpas.push(hpa(cluster, c, a, &owner)?);
+        }
         services.push(service(cluster, c, &owner)?);
-        migrations.push((c, migration_job(cluster, c, &owner)?));
-        deployments.push((c, deployment(cluster, c, &config_hash, &owner)?));
+        let secrets = inputs.secret_digests.get(&c).map(String::as_str);
+        migrations.push((c, migration_job(cluster, c, secrets, &owner)?));
+        deployments.push((c, deployment(cluster, c, &config_hash, secrets, &owner)?));
         pdbs.push(pdb(cluster, c.name(), &owner)?);
     }
 
@@ -282,7 +421,10 @@ pub fn desired(cluster: &ChatCluster) -> Result<Desired, RenderError> {
         migrations,
         deployments,
         pdbs,
+        hpas,
+        network_policies: network_policies(cluster, &owner)?,
         ingress: ingress(cluster, &owner)?,
+        pod_monitor: pod_monitor(cluster, &owner)?,
     })
 }
 
@@ -323,6 +465,16 @@ pub fn config_map(cluster: &ChatCluster, owner: &OwnerReference) -> Result<Confi
     )
 }
 
+/// Whether the generated Secret belongs to the ChatCluster (and is deleted with it). Not
+/// when the managed PostgreSQL keeps its volume (`volumePolicy: Retain`): its password is
+/// part of the retained data directory (`POSTGRES_PASSWORD` only applies at initdb), so the
+/// Secret outlives the ChatCluster with the volume, and a ChatCluster re-created with the
+/// same name finds both.
+pub fn generated_secret_owned(spec: &ChatClusterSpec) -> bool {
+    spec.managed_postgres()
+        .is_none_or(|pg| pg.volume_policy == VolumePolicy::Delete)
+}
+
 /// The Secret holding what the operator generated. `data` is the generated values (the
 /// reconcile passes what it read back or created; `render` passes placeholders).
 pub fn generated_secret(
@@ -330,12 +482,18 @@ pub fn generated_secret(
     owner: &OwnerReference,
     data: &BTreeMap<String, String>,
 ) -> Result<Secret, RenderError> {
+    let mut metadata = metadata(cluster, name(cluster, "generated"), "secrets", owner);
+    if !generated_secret_owned(&cluster.spec) {
+        if let Some(m) = metadata.as_object_mut() {
+            m.remove("ownerReferences");
+        }
+    }
     typed(
         "Secret",
         json!({
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": metadata(cluster, name(cluster, "generated"), "secrets", owner),
+            "metadata": metadata,
             "type": "Opaque",
             "stringData": data,
         }),
@@ -347,6 +505,7 @@ pub fn generated_keys(spec: &ChatClusterSpec) -> Vec<&'static str> {
     let mut k = Vec::new();
     if spec.signing_key.is_none() {
         k.push(keys::SIGNING_KEY);
+        k.push(keys::PUBLIC_KEY);
     }
     if spec.service_secret.is_none() {
         k.push(keys::SERVICE_SECRET);
@@ -439,6 +598,14 @@ pub fn env(cluster: &ChatCluster, c: Component) -> Vec<Value> {
                     false,
                 )),
             }
+            if let Some(p) = &spec.auth.previous_public_key {
+                env.push(secret_env(
+                    "JWT_PREVIOUS_PUBLIC_KEY",
+                    &p.name,
+                    &p.key,
+                    false,
+                ));
+            }
             if let Some(cost) = spec.auth.bcrypt_cost {
                 env.push(value_env("BCRYPT_COST", cost.to_string()));
             }
@@ -451,10 +618,12 @@ pub fn env(cluster: &ChatCluster, c: Component) -> Vec<Value> {
         }
         Component::Chat => {
             env.push(value_env("NATS_URL", nats_url));
+            env.extend(stream_env(spec));
             env.push(value_env("AUTH_URL", url(Component::Auth)));
         }
         Component::Notification => {
             env.push(value_env("NATS_URL", nats_url));
+            env.extend(stream_env(spec));
             env.push(value_env("AUTH_URL", url(Component::Auth)));
             env.push(value_env("CHAT_URL", url(Component::Chat)));
             match &spec.smtp {
@@ -476,6 +645,43 @@ pub fn env(cluster: &ChatCluster, c: Component) -> Vec<Value> {
             env.push(value_env("CHAT_URL", url(Component::Chat)));
             env.push(value_env("NOTIFICATION_URL", url(Component::Notification)));
         }
+    }
+    env
+}
+
+/// Copies of the events stream kept by a managed NATS of `nats_replicas` servers: three
+/// survive the loss of one, more only slow every write down.
+pub fn stream_replicas(nats_replicas: i32) -> i32 {
+    nats_replicas.clamp(1, 3)
+}
+
+/// `max_file_store` of each managed NATS server: 90% of its volume, leaving room for the
+/// filesystem's own overhead. `None` when the size is not a quantity (the CRD refuses those).
+pub fn nats_max_file_store(nats: &ManagedNats) -> Option<u64> {
+    let bytes = crate::quantity::value(&nats.storage)?;
+    (bytes >= 1.0).then_some((bytes * 0.9) as u64)
+}
+
+/// `max_bytes` of the events stream: 75% of a server's `max_file_store`, leaving room
+/// for consumer state and the JetStream cluster's own logs. Every replica holds a full copy,
+/// so the limit is per server.
+pub fn stream_max_bytes(nats: &ManagedNats) -> Option<u64> {
+    nats_max_file_store(nats).map(|b| b / 4 * 3)
+}
+
+/// The events stream's settings (`NATS_STREAM_*`), the same for the two services that
+/// create it. A managed NATS is known: replicas follow its size and limits its volume; for
+/// an external one the services' defaults apply.
+fn stream_env(spec: &ChatClusterSpec) -> Vec<Value> {
+    let Some(nats) = spec.managed_nats() else {
+        return Vec::new();
+    };
+    let mut env = vec![value_env(
+        "NATS_STREAM_REPLICAS",
+        stream_replicas(nats.replicas).to_string(),
+    )];
+    if let Some(max_bytes) = stream_max_bytes(&nats) {
+        env.push(value_env("NATS_STREAM_MAX_BYTES", max_bytes.to_string()));
     }
     env
 }
@@ -563,65 +769,106 @@ fn service_pod_spec(cluster: &ChatCluster, c: Component, migrate: bool) -> Value
     pod
 }
 
-/// A service's Deployment. `config_hash` is put on the pod template so a ConfigMap
-/// change rolls the pods.
+/// A service's Deployment. `config_hash` (and `secrets`, the digest of the Secret values
+/// it reads) are put on the pod template so a ConfigMap or Secret change rolls the pods.
 pub fn deployment(
     cluster: &ChatCluster,
     c: Component,
     config_hash: &str,
+    secrets: Option<&str>,
     owner: &OwnerReference,
 ) -> Result<Deployment, RenderError> {
     let spec = &cluster.spec;
     let mut pod_labels = labels(cluster, c.name());
     pod_labels.insert("app.kubernetes.io/version".into(), spec.version.clone());
+    let mut annotations = json!({
+        "grpcchat.dev/config-hash": config_hash,
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": METRICS_PORT.to_string(),
+        "prometheus.io/path": "/metrics",
+    });
+    if let Some(digest) = secrets {
+        annotations[SECRETS_ANNOTATION] = json!(digest);
+    }
+    let mut deployment_spec = json!({
+        "selector": {"matchLabels": selector_labels(cluster, c.name())},
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+        },
+        "template": {
+            "metadata": {"labels": pod_labels, "annotations": annotations},
+            "spec": service_pod_spec(cluster, c, false),
+        },
+    });
+    // Autoscaled: `replicas` is left out, so the operator does not own it and the HPA's
+    // changes stand (see `controller::hand_over_replicas`).
+    if c.autoscaling(spec).is_none() {
+        deployment_spec["replicas"] = json!(c.replicas(spec));
+    }
     typed(
         "Deployment",
         json!({
             "apiVersion": "apps/v1",
             "kind": "Deployment",
             "metadata": metadata(cluster, name(cluster, c.name()), c.name(), owner),
+            "spec": deployment_spec,
+        }),
+    )
+}
+
+/// The HorizontalPodAutoscaler of an autoscaled component: CPU use relative to the pods'
+/// request, within the spec's bounds. Named like the Deployment it scales.
+pub fn hpa(
+    cluster: &ChatCluster,
+    c: Component,
+    a: &crate::crd::AutoscalingSpec,
+    owner: &OwnerReference,
+) -> Result<HorizontalPodAutoscaler, RenderError> {
+    typed(
+        "HorizontalPodAutoscaler",
+        json!({
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": metadata(cluster, name(cluster, c.name()), c.name(), owner),
             "spec": {
-                "replicas": c.replicas(spec),
-                "selector": {"matchLabels": selector_labels(cluster, c.name())},
-                "strategy": {
-                    "type": "RollingUpdate",
-                    "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+                "scaleTargetRef": {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "name": name(cluster, c.name()),
                 },
-                "template": {
-                    "metadata": {
-                        "labels": pod_labels,
-                        "annotations": {
-                            "grpcchat.dev/config-hash": config_hash,
-                            "prometheus.io/scrape": "true",
-                            "prometheus.io/port": METRICS_PORT.to_string(),
-                            "prometheus.io/path": "/metrics",
+                "minReplicas": a.min_replicas,
+                "maxReplicas": a.max_replicas,
+                "metrics": [{
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": a.target_cpu_utilization_percentage,
                         },
                     },
-                    "spec": service_pod_spec(cluster, c, false),
-                },
+                }],
             },
         }),
     )
 }
 
-/// Name of the migration Job for the component's current image: a new image gets a new
-/// Job, the same image reuses the finished one.
-pub fn migration_job_name(cluster: &ChatCluster, c: Component) -> String {
-    name(
-        cluster,
-        &format!(
-            "{}-migrate-{}",
-            c.name(),
-            short_hash(&c.image(&cluster.spec))
-        ),
-    )
-}
+/// Annotation of a migration Job: the image it migrates for.
+pub const IMAGE_ANNOTATION: &str = "grpcchat.dev/image";
 
 /// The Job that runs `<binary> migrate` (creates the database when missing and applies
 /// its migrations) before the component's Deployment gets the new image.
+///
+/// A Job's pod template is immutable, so the Job is never changed once created: its name
+/// ends with a digest of its whole spec, and a spec edit (resources, env, a Secret
+/// reference) makes a new Job that replaces an unfinished one, instead of a refused patch
+/// that would wedge the reconcile. `secrets` (the digest of the Secret values it reads)
+/// is on its pod template too, so a fixed Secret retries a failed migration.
 pub fn migration_job(
     cluster: &ChatCluster,
     c: Component,
+    secrets: Option<&str>,
     owner: &OwnerReference,
 ) -> Result<Job, RenderError> {
     let component = format!("{}-migrate", c.name());
@@ -630,22 +877,42 @@ pub fn migration_job(
         "app.kubernetes.io/version".into(),
         cluster.spec.version.clone(),
     );
+    let image = c.image(&cluster.spec);
+    let mut template_metadata = json!({"labels": pod_labels});
+    if let Some(digest) = secrets {
+        template_metadata["annotations"] = json!({SECRETS_ANNOTATION: digest});
+    }
+    let spec = json!({
+        // Retries cover a database that is still starting.
+        "backoffLimit": 10,
+        "template": {
+            "metadata": template_metadata,
+            "spec": service_pod_spec(cluster, c, true),
+        },
+    });
+    let digest = short_hash(&format!("{image}\n{spec}"));
+    let mut metadata = metadata(
+        cluster,
+        name(cluster, &format!("{}-migrate-{digest}", c.name())),
+        &component,
+        owner,
+    );
+    metadata["annotations"] = json!({IMAGE_ANNOTATION: image});
     typed(
         "Job",
         json!({
             "apiVersion": "batch/v1",
             "kind": "Job",
-            "metadata": metadata(cluster, migration_job_name(cluster, c), &component, owner),
-            "spec": {
-                // Retries cover a database that is still starting.
-                "backoffLimit": 10,
-                "template": {
-                    "metadata": {"labels": pod_labels},
-                    "spec": service_pod_spec(cluster, c, true),
-                },
-            },
+            "metadata": metadata,
+            "spec": spec,
         }),
     )
+}
+
+/// The name of the component's migration Job for the current spec.
+pub fn migration_job_name(cluster: &ChatCluster, c: Component) -> Result<String, RenderError> {
+    let owner = owner_reference(cluster)?;
+    Ok(migration_job(cluster, c, None, &owner)?.name_any())
 }
 
 /// The in-cluster Service of a component.
@@ -694,7 +961,199 @@ pub fn pdb(
     )
 }
 
+/// `app.kubernetes.io/component` values of the four services' pods; with `migrations`,
+/// also of their migration Jobs' pods.
+fn service_components(migrations: bool) -> Vec<String> {
+    let mut names: Vec<String> = Component::ALL
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect();
+    if migrations {
+        names.extend(
+            Component::ALL
+                .iter()
+                .map(|c| format!("{}-migrate", c.name())),
+        );
+    }
+    names
+}
+
+/// A peer: this cluster's pods whose component is one of `components`.
+fn pods_of(cluster: &ChatCluster, components: &[String]) -> Value {
+    json!({"podSelector": {
+        "matchLabels": {"app.kubernetes.io/instance": cluster.name_any()},
+        "matchExpressions": [{
+            "key": "app.kubernetes.io/component",
+            "operator": "In",
+            "values": components,
+        }],
+    }})
+}
+
+/// An ingress rule for `ports` from `from`; with no peers, from any source.
+fn allow(ports: &[i32], from: Vec<Value>) -> Value {
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(|p| json!({"protocol": "TCP", "port": p}))
+        .collect();
+    let mut rule = json!({"ports": ports});
+    if !from.is_empty() {
+        rule["from"] = json!(from);
+    }
+    rule
+}
+
+/// The NetworkPolicies of `spec.networkPolicy` (ingress only: what may reach each
+/// workload). Policies add up, so each one names one group of pods and who may reach them:
+/// - the services: gRPC from each other, metrics from `metricsFrom`;
+/// - the public services (auth, chat, saga): gRPC from `entryPointFrom`;
+/// - a managed PostgreSQL: port 5432 from the services and their migrations only;
+/// - a managed NATS: clients (4222) from chat and notification only, routes (6222) from
+///   its own pods, monitoring (8222) from `metricsFrom`.
+///
+/// NATS has no authentication and PostgreSQL one shared password: without these, any
+/// pod of any namespace could read every chat event or the databases.
+pub fn network_policies(
+    cluster: &ChatCluster,
+    owner: &OwnerReference,
+) -> Result<Vec<NetworkPolicy>, RenderError> {
+    let Some(np) = &cluster.spec.network_policy else {
+        return Ok(Vec::new());
+    };
+    let peers = |peers: &[k8s_openapi::api::networking::v1::NetworkPolicyPeer]| -> Vec<Value> {
+        peers
+            .iter()
+            .map(|p| serde_json::to_value(p).unwrap_or(Value::Null))
+            .collect()
+    };
+    let metrics_from = peers(&np.metrics_from);
+    let selector = |components: &[String]| pods_of(cluster, components)["podSelector"].clone();
+    let policy =
+        |suffix: &str, pods: Value, rules: Vec<Value>| -> Result<NetworkPolicy, RenderError> {
+            typed(
+                "NetworkPolicy",
+                json!({
+                    "apiVersion": "networking.k8s.io/v1",
+                    "kind": "NetworkPolicy",
+                    "metadata": metadata(cluster, name(cluster, suffix), "network-policy", owner),
+                    "spec": {"podSelector": pods, "policyTypes": ["Ingress"], "ingress": rules},
+                }),
+            )
+        };
+    let services = service_components(false);
+    let public: Vec<String> = Component::ALL
+        .iter()
+        .filter(|c| c.public_grpc_service().is_some())
+        .map(|c| c.name().to_string())
+        .collect();
+    let mut out = vec![
+        policy(
+            "services",
+            selector(&services),
+            vec![
+                allow(&[GRPC_PORT], vec![pods_of(cluster, &services)]),
+                allow(&[METRICS_PORT], metrics_from.clone()),
+            ],
+        )?,
+        policy(
+            "public",
+            selector(&public),
+            vec![allow(&[GRPC_PORT], peers(&np.entry_point_from))],
+        )?,
+    ];
+    if cluster.spec.managed_postgres().is_some() {
+        out.push(policy(
+            "postgres",
+            selector(&["postgres".to_string()]),
+            vec![allow(
+                &[5432],
+                vec![pods_of(cluster, &service_components(true))],
+            )],
+        )?);
+    }
+    if cluster.spec.managed_nats().is_some() {
+        let nats = ["nats".to_string()];
+        out.push(policy(
+            "nats",
+            selector(&nats),
+            vec![
+                allow(
+                    &[4222],
+                    vec![pods_of(
+                        cluster,
+                        &[
+                            Component::Chat.name().into(),
+                            Component::Notification.name().into(),
+                        ],
+                    )],
+                ),
+                allow(&[6222], vec![pods_of(cluster, &nats)]),
+                allow(&[8222], metrics_from),
+            ],
+        )?);
+    }
+    Ok(out)
+}
+
 /// The Ingress routing each public gRPC service by its path prefix to its Service.
+/// The Prometheus Operator's PodMonitor kind (`monitoring.coreos.com/v1`).
+pub fn pod_monitor_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "monitoring.coreos.com",
+        "v1",
+        "PodMonitor",
+    ))
+}
+
+/// Name of the PodMonitor of the services.
+pub fn pod_monitor_name(cluster: &ChatCluster) -> String {
+    name(cluster, "services")
+}
+
+/// The PodMonitor that has the Prometheus Operator scrape the four services' `metrics`
+/// port, when `spec.monitoring.podMonitor` is set. A PodMonitor rather than a
+/// ServiceMonitor: every pod is a target whether or not it is Ready, so a pod that fails
+/// its readiness probe still reports why. Other projects' kind, so kept untyped.
+pub fn pod_monitor(
+    cluster: &ChatCluster,
+    owner: &OwnerReference,
+) -> Result<Option<Plain>, RenderError> {
+    let Some(monitoring) = cluster.spec.monitoring.as_ref().filter(|m| m.pod_monitor) else {
+        return Ok(None);
+    };
+    let mut meta = metadata(cluster, pod_monitor_name(cluster), "monitoring", owner);
+    for (k, v) in &monitoring.labels {
+        // The operator's own labels win: they select what it prunes.
+        if meta["labels"].get(k).is_none() {
+            meta["labels"][k] = json!(v);
+        }
+    }
+    let components: Vec<&str> = Component::ALL.iter().map(|c| c.name()).collect();
+    let value = json!({
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PodMonitor",
+        "metadata": meta,
+        "spec": {
+            "selector": {
+                "matchLabels": {
+                    "app.kubernetes.io/name": "grpc-chat",
+                    "app.kubernetes.io/instance": cluster.name_any(),
+                },
+                "matchExpressions": [{
+                    "key": "app.kubernetes.io/component",
+                    "operator": "In",
+                    "values": components,
+                }],
+            },
+            "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics"}],
+        },
+    });
+    Ok(Some(Plain {
+        resource: pod_monitor_resource(),
+        object: typed("PodMonitor", value)?,
+    }))
+}
+
 pub fn ingress(
     cluster: &ChatCluster,
     owner: &OwnerReference,
@@ -864,12 +1323,22 @@ pub fn postgres_stateful_set(
     )
 }
 
-/// `nats.conf`: JetStream on a volume, and a cluster with static routes to every
-/// StatefulSet pod when there is more than one.
+/// Where a NATS server writes its pid, for the preStop hook's lame-duck signal.
+const NATS_PID_FILE: &str = "/var/run/nats/nats.pid";
+
+/// `nats.conf`: JetStream on a volume it may fill to [`nats_max_file_store`], and a cluster
+/// with static routes to every StatefulSet pod when there is more than one. A server
+/// stopped by Kubernetes first enters lame-duck mode (the preStop hook signals it through
+/// the pid file): it stops accepting clients and hands its streams' leadership over during
+/// `lame_duck_duration`, instead of vanishing under them.
 pub fn nats_config(cluster: &ChatCluster, nats: &ManagedNats) -> String {
-    let mut conf = String::from(
-        "server_name: $POD_NAME\nlisten: 0.0.0.0:4222\nhttp: 0.0.0.0:8222\nlame_duck_duration: 30s\n\
-         jetstream {\n  store_dir: /data\n}\n",
+    let max_file_store = nats_max_file_store(nats)
+        .map(|b| format!("  max_file_store: {b}\n"))
+        .unwrap_or_default();
+    let mut conf = format!(
+        "server_name: $POD_NAME\nlisten: 0.0.0.0:4222\nhttp: 0.0.0.0:8222\n\
+         pid_file: {NATS_PID_FILE}\nlame_duck_duration: 30s\nlame_duck_grace_period: 10s\n\
+         jetstream {{\n  store_dir: /data\n{max_file_store}}}\n",
     );
     if nats.replicas > 1 {
         let headless = name(cluster, "nats-headless");
@@ -969,10 +1438,17 @@ pub fn nats_stateful_set(
         "startupProbe": probe("/healthz", 2, 90),
         "readinessProbe": probe("/healthz?js-enabled-only=true", 5, 3),
         "livenessProbe": probe("/healthz?js-enabled-only=true", 15, 3),
+        // Lame duck: clients are moved off and leadership handed over before SIGTERM.
+        // `--signal` returns at once, so the hook waits out the lame-duck period itself.
+        "lifecycle": {"preStop": {"exec": {"command": [
+            "/bin/sh", "-c",
+            format!("nats-server --signal ldm={NATS_PID_FILE} && sleep 40"),
+        ]}}},
         "securityContext": restricted_container_security(),
         "volumeMounts": [
             {"name": "data", "mountPath": "/data"},
             {"name": "config", "mountPath": "/etc/nats"},
+            {"name": "run", "mountPath": "/var/run/nats"},
         ],
     });
     if let Some(r) = &nats.resources {
@@ -1005,7 +1481,10 @@ pub fn nats_stateful_set(
                         "securityContext": pod_security(1000),
                         "terminationGracePeriodSeconds": 60,
                         "containers": [container],
-                        "volumes": [{"name": "config", "configMap": {"name": name(cluster, "nats")}}],
+                        "volumes": [
+                            {"name": "config", "configMap": {"name": name(cluster, "nats")}},
+                            {"name": "run", "emptyDir": {}},
+                        ],
                         "topologySpreadConstraints": [{
                             "maxSkew": 1,
                             "topologyKey": "kubernetes.io/hostname",
@@ -1059,11 +1538,82 @@ mod tests {
         assert_eq!(values.len(), 1 + 1 + 2 + 7 + 2 + 4 + 4 + 5 + 1);
         for v in values {
             let m = &v["metadata"];
+            if v["kind"] == "Secret" {
+                // Kept with the retained database volume (see the test below).
+                assert!(m.get("ownerReferences").is_none());
+                continue;
+            }
             assert_eq!(m["namespace"], "chat", "{v}");
             assert_eq!(m["ownerReferences"][0]["uid"], "u-1");
             assert_eq!(m["ownerReferences"][0]["kind"], "ChatCluster");
             assert_eq!(m["ownerReferences"][0]["controller"], true);
             assert_eq!(m["labels"]["app.kubernetes.io/managed-by"], "chat-operator");
+        }
+    }
+
+    #[test]
+    fn the_pod_monitor_scrapes_the_metrics_port_of_the_four_services_only() {
+        let c = cluster(json!({"version": "1.0.0"}));
+        assert!(desired(&c).unwrap().pod_monitor.is_none());
+        let c = cluster(json!({"version": "1.0.0", "nats": {"managed": {}},
+                               "monitoring": {"podMonitor": true,
+                                              "labels": {"release": "prometheus",
+                                                         "app.kubernetes.io/managed-by": "x"}}}));
+        let d = desired(&c).unwrap();
+        let plain = d.pod_monitor.clone().expect("a PodMonitor");
+        assert_eq!(plain.resource.plural, "podmonitors");
+        assert_eq!(plain.resource.api_version, "monitoring.coreos.com/v1");
+        let m = serde_json::to_value(&plain.object).unwrap();
+        assert_eq!(m["metadata"]["name"], "demo-services");
+        assert_eq!(m["metadata"]["labels"]["release"], "prometheus");
+        assert_eq!(
+            m["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "chat-operator"
+        );
+        assert!(d
+            .independent()
+            .unwrap()
+            .iter()
+            .any(|p| p.describe() == "PodMonitor demo-services"));
+        let selector = &m["spec"]["selector"];
+        let selects = |labels: &BTreeMap<String, String>| {
+            selector["matchLabels"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str())
+                && selector["matchExpressions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|e| {
+                        let values = e["values"].as_array().unwrap();
+                        labels
+                            .get(e["key"].as_str().unwrap())
+                            .is_some_and(|l| values.iter().any(|v| v == l))
+                    })
+        };
+        let port = m["spec"]["podMetricsEndpoints"][0]["port"]
+            .as_str()
+            .unwrap();
+        for (comp, dep) in &d.deployments {
+            let template = &dep.spec.as_ref().unwrap().template;
+            let labels = template.metadata.as_ref().unwrap().labels.clone().unwrap();
+            assert!(selects(&labels), "{comp:?} is not selected");
+            let ports = template.spec.as_ref().unwrap().containers[0]
+                .ports
+                .clone()
+                .unwrap();
+            assert!(
+                ports.iter().any(|p| p.name.as_deref() == Some(port)),
+                "{comp:?}"
+            );
+        }
+        // NATS has its own metrics; its pods are not the services'.
+        for sts in &d.stateful_sets {
+            let template = &sts.spec.as_ref().unwrap().template;
+            let labels = template.metadata.as_ref().unwrap().labels.clone().unwrap();
+            assert!(!selects(&labels), "{} is selected", sts.name_any());
         }
     }
 
@@ -1238,7 +1788,7 @@ mod tests {
         );
         assert_eq!(
             generated_keys(&c.spec),
-            [keys::SIGNING_KEY, keys::SERVICE_SECRET]
+            [keys::SIGNING_KEY, keys::PUBLIC_KEY, keys::SERVICE_SECRET]
         );
     }
 
@@ -1372,6 +1922,65 @@ mod tests {
     }
 
     #[test]
+    fn the_events_stream_follows_the_managed_nats() {
+        let env = |spec: Value, c| env_of(deployment_of(&desired(&cluster(spec)).unwrap(), c));
+        for (nats_replicas, stream) in [(1, "1"), (3, "3"), (5, "3")] {
+            let spec = json!({"version": "1", "nats": {"managed": {"replicas": nats_replicas}}});
+            for c in [Component::Chat, Component::Notification] {
+                assert_eq!(
+                    env(spec.clone(), c)["NATS_STREAM_REPLICAS"]["value"],
+                    stream
+                );
+            }
+        }
+        // 10Gi volume: the server may fill 90% of it, the stream 75% of that.
+        let c = cluster(json!({"version": "1", "nats": {"managed": {"storage": "10Gi"}}}));
+        let nats = c.spec.managed_nats().unwrap();
+        let store = (10.0 * 1024f64.powi(3) * 0.9) as u64;
+        assert!(nats_config(&c, &nats).contains(&format!("max_file_store: {store}")));
+        assert_eq!(
+            env_of(deployment_of(&desired(&c).unwrap(), Component::Chat))["NATS_STREAM_MAX_BYTES"]
+                ["value"],
+            (store / 4 * 3).to_string()
+        );
+        // External NATS: the services' defaults.
+        let ext = json!({"version": "1", "nats": {"external": {"url": "nats://x:4222"}}});
+        assert!(!env(ext, Component::Chat).contains_key("NATS_STREAM_REPLICAS"));
+        // Lame duck on the way out.
+        let sts = nats_stateful_set(&c, &nats, &owner_reference(&c).unwrap()).unwrap();
+        let v = serde_json::to_value(&sts).unwrap();
+        let hook = v["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]["exec"]
+            ["command"][2]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            hook.contains("--signal ldm=/var/run/nats/nats.pid"),
+            "{hook}"
+        );
+        assert!(nats_config(&c, &nats).contains("pid_file: /var/run/nats/nats.pid"));
+    }
+
+    #[test]
+    fn the_generated_secret_is_kept_with_a_retained_database_volume() {
+        let owners = |spec: Value| {
+            let c = cluster(spec);
+            let s = generated_secret(&c, &owner_reference(&c).unwrap(), &BTreeMap::new()).unwrap();
+            s.metadata.owner_references.unwrap_or_default().len()
+        };
+        assert_eq!(owners(json!({"version": "1"})), 0, "Retain is the default");
+        assert_eq!(
+            owners(json!({"version": "1", "postgres": {"managed": {"volumePolicy": "Delete"}}})),
+            1
+        );
+        assert_eq!(
+            owners(json!({"version": "1",
+                "postgres": {"external": {"urlSecret": {"name": "db", "key": "url"}}}})),
+            1
+        );
+    }
+
+    #[test]
     fn volume_policy_becomes_the_pvc_retention_policy() {
         let c = cluster(
             json!({"version": "1.0.0", "postgres": {"managed": {"volumePolicy": "Delete", "storage": "20Gi"}}}),
@@ -1406,16 +2015,100 @@ mod tests {
     }
 
     #[test]
-    fn a_new_image_gets_a_new_migration_job() {
-        let a = cluster(json!({"version": "1.0.0"}));
-        let b = cluster(json!({"version": "1.1.0"}));
-        assert_ne!(
-            migration_job_name(&a, Component::Auth),
-            migration_job_name(&b, Component::Auth)
+    fn the_secrets_a_component_reads_are_digested_onto_its_pod_template() {
+        let c = cluster(json!({"version": "1.0.0", "smtp": {"secretName": "mail"},
+            "auth": {"previousPublicKey": {"name": "old-key", "key": "pub"}}}));
+        let read = |comp| secrets_read(&c, comp);
+        assert_eq!(
+            read(Component::Auth),
+            [
+                (
+                    "demo-generated".to_string(),
+                    "jwt-signing-key".to_string(),
+                    false
+                ),
+                ("demo-generated".into(), "postgres-url".into(), false),
+                ("demo-generated".into(), "service-secret".into(), false),
+                ("old-key".into(), "pub".into(), false),
+            ]
+        );
+        assert!(read(Component::Notification).contains(&(
+            "mail".to_string(),
+            "password".to_string(),
+            true
+        )));
+        assert!(!read(Component::Chat).iter().any(|(n, _, _)| n == "mail"));
+        assert_eq!(secret_names(&c), ["demo-generated", "mail", "old-key"]);
+
+        let inputs = Inputs {
+            secret_digests: BTreeMap::from([(Component::Auth, "abc123".to_string())]),
+        };
+        let d = desired_with(&c, &inputs).unwrap();
+        let auth = deployment_of(&d, Component::Auth);
+        let annotations = auth
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            annotations.annotations.as_ref().unwrap()[SECRETS_ANNOTATION],
+            "abc123"
         );
         assert_eq!(
-            migration_job_name(&a, Component::Auth),
-            migration_job_name(&a.clone(), Component::Auth)
+            env_of(auth)["JWT_PREVIOUS_PUBLIC_KEY"]["valueFrom"]["secretKeyRef"],
+            json!({"name": "old-key", "key": "pub", "optional": false})
+        );
+        // The migration Job follows the digest too: a fixed Secret retries it.
+        let plain = desired(&c).unwrap();
+        let job = |d: &Desired| d.migrations[0].1.name_any();
+        assert_ne!(job(&d), job(&plain));
+    }
+
+    #[test]
+    fn the_longest_accepted_name_fits_every_derived_name_and_label() {
+        let name = "a".repeat(crate::crd::MAX_NAME_LENGTH);
+        let mut c = cluster(json!({"version": "1.0.0", "ingress": {"host": "chat.example.com"}}));
+        c.metadata.name = Some(name.clone());
+        let d = desired(&c).unwrap();
+        let secret = generated_secret(&c, &owner_reference(&c).unwrap(), &BTreeMap::new()).unwrap();
+        for v in d.to_values(&secret) {
+            let object = v["metadata"]["name"].as_str().unwrap();
+            // Services are DNS labels; the Job controller copies a Job's name into a label.
+            assert!(object.len() <= 63, "{object}");
+            for (_, label) in v["metadata"]["labels"].as_object().unwrap() {
+                assert!(label.as_str().unwrap().len() <= 63, "{label}");
+            }
+        }
+        for c2 in Component::ALL {
+            assert!(migration_job_name(&c, c2).unwrap().len() <= 63);
+        }
+        // The StatefulSet controller labels pods `<statefulset>-<revision hash of 10>`.
+        for sts in &d.stateful_sets {
+            assert!(sts.metadata.name.as_ref().unwrap().len() + 11 <= 63);
+        }
+    }
+
+    #[test]
+    fn a_changed_job_spec_gets_a_new_migration_job() {
+        let a = cluster(json!({"version": "1.0.0"}));
+        let b = cluster(json!({"version": "1.1.0"}));
+        let c = cluster(
+            json!({"version": "1.0.0", "auth": {"resources": {"requests": {"cpu": "200m"}}}}),
+        );
+        let job = |x: &ChatCluster, comp| migration_job_name(x, comp).unwrap();
+        assert_ne!(job(&a, Component::Auth), job(&b, Component::Auth));
+        assert_ne!(job(&a, Component::Auth), job(&c, Component::Auth));
+        // Only what the Job's pod carries counts.
+        assert_eq!(job(&a, Component::Chat), job(&c, Component::Chat));
+        assert_eq!(job(&a, Component::Auth), job(&a.clone(), Component::Auth));
+        let rendered =
+            migration_job(&b, Component::Auth, None, &owner_reference(&b).unwrap()).unwrap();
+        assert_eq!(
+            rendered.annotations()[IMAGE_ANNOTATION],
+            "ghcr.io/grpc-chat/auth-service:1.1.0"
         );
     }
 }

@@ -8,7 +8,10 @@
 
 use std::collections::BTreeMap;
 
-use ed25519_dalek::{pkcs8::EncodePrivateKey, SigningKey};
+use ed25519_dalek::{
+    pkcs8::{spki::der::pem::LineEnding, DecodePrivateKey, EncodePrivateKey, EncodePublicKey},
+    SigningKey,
+};
 use rand::{distributions::Alphanumeric, rngs::OsRng, Rng};
 
 use crate::{
@@ -19,8 +22,17 @@ use crate::{
 /// A fresh Ed25519 private key as PKCS#8 PEM (what `JWT_SIGNING_KEY` takes).
 pub fn signing_key_pem() -> Result<String, ed25519_dalek::pkcs8::Error> {
     let key = SigningKey::generate(&mut OsRng);
-    let pem = key.to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)?;
+    let pem = key.to_pkcs8_pem(LineEnding::LF)?;
     Ok(pem.to_string())
+}
+
+/// The public half of a PKCS#8 PEM Ed25519 private key, as SPKI PEM (what
+/// `JWT_PREVIOUS_PUBLIC_KEY` takes).
+pub fn public_key_pem(private_pem: &str) -> Result<String, ed25519_dalek::pkcs8::Error> {
+    let key = SigningKey::from_pkcs8_pem(private_pem)?;
+    key.verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(ed25519_dalek::pkcs8::Error::from)
 }
 
 /// A random alphanumeric string: URL-safe, so it can sit in a database URL unescaped.
@@ -46,6 +58,17 @@ pub fn fill_missing(
         }
         let value = match key {
             keys::SIGNING_KEY => signing_key_pem()?,
+            keys::PUBLIC_KEY => {
+                let private = match data.get(keys::SIGNING_KEY) {
+                    Some(p) => p.clone(),
+                    None => {
+                        let p = signing_key_pem()?;
+                        data.insert(keys::SIGNING_KEY.into(), p.clone());
+                        p
+                    }
+                };
+                public_key_pem(&private)?
+            }
             keys::POSTGRES_URL => {
                 let password = match data.get(keys::POSTGRES_PASSWORD) {
                     Some(p) => p.clone(),
@@ -69,7 +92,7 @@ pub fn fill_missing(
 mod tests {
     use super::*;
     use crate::crd::{ChatClusterSpec, SecretKeySelector};
-    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    use ed25519_dalek::pkcs8::DecodePublicKey;
 
     fn cluster(spec: ChatClusterSpec) -> ChatCluster {
         let mut c = ChatCluster::new("demo", spec);
@@ -97,12 +120,17 @@ mod tests {
         assert_eq!(
             names,
             [
+                keys::PUBLIC_KEY,
                 keys::SIGNING_KEY,
                 keys::POSTGRES_PASSWORD,
                 keys::POSTGRES_URL,
                 keys::SERVICE_SECRET
             ]
         );
+        // The public key is the signing key's.
+        let key = SigningKey::from_pkcs8_pem(&data[keys::SIGNING_KEY]).unwrap();
+        let public = ed25519_dalek::VerifyingKey::from_public_key_pem(&data[keys::PUBLIC_KEY]);
+        assert_eq!(public.unwrap(), key.verifying_key());
         assert_eq!(
             data[keys::POSTGRES_URL],
             format!(
@@ -122,6 +150,19 @@ mod tests {
         let refilled = fill_missing(&c, &partial).unwrap().unwrap();
         assert_eq!(refilled[keys::SIGNING_KEY], first[keys::SIGNING_KEY]);
         assert_ne!(refilled[keys::SERVICE_SECRET], first[keys::SERVICE_SECRET]);
+    }
+
+    #[test]
+    fn an_older_generated_secret_gets_the_public_key_of_its_signing_key() {
+        let c = cluster(spec());
+        let mut old = fill_missing(&c, &BTreeMap::new()).unwrap().unwrap();
+        old.remove(keys::PUBLIC_KEY);
+        let filled = fill_missing(&c, &old).unwrap().unwrap();
+        assert_eq!(filled[keys::SIGNING_KEY], old[keys::SIGNING_KEY]);
+        assert_eq!(
+            filled[keys::PUBLIC_KEY],
+            public_key_pem(&old[keys::SIGNING_KEY]).unwrap()
+        );
     }
 
     #[test]

@@ -4,13 +4,23 @@
 //! Three conditions, as the Kubernetes API conventions suggest:
 //! - `Ready`: every workload has all its desired pods ready and nothing is failing;
 //! - `Progressing`: a migration or a rollout is under way;
-//! - `Degraded`: something needs a person (invalid spec, a failed migration, or the API
-//!   server refusing our writes); the reconcile keeps retrying with backoff meanwhile.
+//! - `Degraded`: something needs a person (an [`Issue`]: an invalid spec, an object the
+//!   API server refused, a failed migration...); the reconcile keeps retrying meanwhile.
+//!
+//! A reconcile pass collects every issue instead of stopping at the first, so one refused
+//! object never hides the others; `Degraded` names the most serious kind and lists them
+//! all in a message bounded to [`MAX_MESSAGE`] bytes (API errors are first reduced to a
+//! sentence by [`summarize`]: a 422 can carry a 15 KB dump of the object).
 //!
 //! `lastTransitionTime` only moves when a condition's status changes, so reconciling an
 //! unchanged cluster writes an identical status (and the operator skips the write).
 
 use crate::crd::{ChatClusterStatus, ComponentStatus, Condition};
+
+/// The longest condition message, in bytes.
+pub const MAX_MESSAGE: usize = 512;
+/// The longest summary of one API error, in bytes.
+pub const MAX_ERROR: usize = 200;
 
 /// How far a component's database migration for its current image has come.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,22 +42,177 @@ pub struct Observed {
     pub migration: Migration,
     /// Image whose migrations are known to have completed.
     pub migrated_image: Option<String>,
+    /// Its controller gave up on the rollout (a Deployment past its progress deadline).
+    pub stalled: bool,
 }
 
-/// What went wrong outside the workloads.
+/// Kinds of problems, most serious first: `Degraded.reason` is the first present.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IssueKind {
+    /// The spec cannot be reconciled at all.
+    InvalidSpec,
+    /// The reconcile failed before it could apply anything.
+    ReconcileError,
+    /// The API server refused an object.
+    ApplyFailed,
+    /// A Secret (or key) the pods read does not exist.
+    SecretMissing,
+    /// A migration Job ran out of retries.
+    MigrationFailed,
+    /// A migration Job's pod cannot start (image, configuration).
+    MigrationStuck,
+    /// A Deployment's controller gave up on the rollout.
+    RolloutStuck,
+    /// Pods that cannot start or keep crashing.
+    PodsFailing,
+    /// A volume could not be grown to the size the spec asks for.
+    VolumeNotExpanded,
+}
+
+impl IssueKind {
+    /// The condition reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IssueKind::InvalidSpec => "InvalidSpec",
+            IssueKind::ReconcileError => "ReconcileError",
+            IssueKind::ApplyFailed => "ApplyFailed",
+            IssueKind::SecretMissing => "SecretMissing",
+            IssueKind::MigrationFailed => "MigrationFailed",
+            IssueKind::MigrationStuck => "MigrationStuck",
+            IssueKind::RolloutStuck => "RolloutStuck",
+            IssueKind::PodsFailing => "PodsFailing",
+            IssueKind::VolumeNotExpanded => "VolumeNotExpanded",
+        }
+    }
+
+    /// Whether the spec could not be fully applied (then `observedGeneration` stays).
+    fn blocks_observation(self) -> bool {
+        matches!(
+            self,
+            IssueKind::InvalidSpec | IssueKind::ReconcileError | IssueKind::ApplyFailed
+        )
+    }
+}
+
+/// Something that needs a person, in one sentence.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Problem {
-    InvalidSpec(String),
-    ReconcileError(String),
+pub struct Issue {
+    pub kind: IssueKind,
+    pub message: String,
 }
 
-/// The status for `generation` given the observations (empty when `problem` stopped the
-/// apply early: the previous component statuses are then kept).
+impl Issue {
+    pub fn new(kind: IssueKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// `text` cut to at most `max` bytes on a character boundary, marked with `…` when cut.
+pub fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", text[..end].trim_end())
+}
+
+/// `parts` joined with `; ` within [`MAX_MESSAGE`] bytes: as many whole parts as fit,
+/// then how many were left out.
+pub fn bounded(parts: &[String]) -> String {
+    let mut out = String::new();
+    for (i, part) in parts.iter().enumerate() {
+        let sep = if out.is_empty() { "" } else { "; " };
+        let rest = parts.len() - i - 1;
+        let tail = if rest > 0 {
+            format!("; and {rest} more")
+        } else {
+            String::new()
+        };
+        if out.len() + sep.len() + part.len() + tail.len() <= MAX_MESSAGE {
+            out.push_str(sep);
+            out.push_str(part);
+            continue;
+        }
+        if out.is_empty() {
+            // Not even the first fits whole: cut it.
+            let left = format!("; and {} more", parts.len() - 1);
+            let room = MAX_MESSAGE - if parts.len() > 1 { left.len() } else { 0 };
+            out = truncate(part, room);
+            if parts.len() > 1 {
+                out.push_str(&left);
+            }
+        } else {
+            out.push_str(&format!("; and {} more", parts.len() - i));
+        }
+        return out;
+    }
+    out
+}
+
+/// One sentence about why the API server refused a request: the reason and, per cause,
+/// the field and the last part of its message (a 422 puts a dump of the whole object
+/// between them), at most [`MAX_ERROR`] bytes.
+pub fn summarize(error: &kube::Error) -> String {
+    let text = match error {
+        kube::Error::Api(status) => {
+            let causes: Vec<String> = status
+                .details
+                .as_ref()
+                .map(|d| {
+                    d.causes
+                        .iter()
+                        .map(|c| {
+                            // "Invalid value: <the value, maybe a whole object>: <why>".
+                            let detail = match c.message.strip_prefix("Invalid value: ") {
+                                Some(rest) => rest.rsplit(": ").next().unwrap_or(rest),
+                                None => &c.message,
+                            };
+                            if c.field.is_empty() {
+                                detail.to_string()
+                            } else {
+                                format!("{}: {detail}", c.field)
+                            }
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let what = match status.code {
+                403 => "forbidden",
+                404 => "not found",
+                409 => "conflict",
+                422 => "invalid",
+                _ => "refused",
+            };
+            if causes.is_empty() {
+                // "<kind> \"<name>\" is forbidden: <why>": the object is named elsewhere.
+                let why = status
+                    .message
+                    .split_once(": ")
+                    .map(|(_, why)| why)
+                    .unwrap_or(&status.message);
+                format!("{what}: {why}")
+            } else {
+                format!("{what}: {}", causes.join(", "))
+            }
+        }
+        other => other.to_string(),
+    };
+    truncate(&text, MAX_ERROR)
+}
+
+/// The status for `generation` given the observations and the issues found (observations
+/// empty when nothing could be applied: the previous component statuses are then kept).
 pub fn compute(
     previous: Option<&ChatClusterStatus>,
     generation: Option<i64>,
     observed: &[Observed],
-    problem: Option<&Problem>,
+    issues: &[Issue],
     endpoint: Option<String>,
     now: &str,
 ) -> ChatClusterStatus {
@@ -65,13 +230,15 @@ pub fn compute(
             .collect()
     };
 
-    let failed_migrations: Vec<String> = observed
-        .iter()
-        .filter_map(|o| match &o.migration {
-            Migration::Failed(why) => Some(format!("{}: {why}", o.name)),
-            _ => None,
-        })
-        .collect();
+    let mut issues: Vec<Issue> = issues.to_vec();
+    issues.extend(observed.iter().filter_map(|o| match &o.migration {
+        Migration::Failed(why) => Some(Issue::new(
+            IssueKind::MigrationFailed,
+            format!("{}: {why}", o.name),
+        )),
+        _ => None,
+    }));
+    issues.sort_by_key(|i| i.kind);
     let migrating: Vec<&str> = observed
         .iter()
         .filter(|o| o.migration == Migration::Running)
@@ -79,7 +246,12 @@ pub fn compute(
         .collect();
     let rolling: Vec<&str> = observed
         .iter()
-        .filter(|o| !o.rolled_out && o.migration == Migration::Done)
+        .filter(|o| !o.rolled_out && !o.stalled && o.migration == Migration::Done)
+        .map(|o| o.name.as_str())
+        .collect();
+    let stalled: Vec<&str> = observed
+        .iter()
+        .filter(|o| !o.rolled_out && o.stalled)
         .map(|o| o.name.as_str())
         .collect();
     let unready: Vec<String> = components
@@ -88,15 +260,11 @@ pub fn compute(
         .map(|c| format!("{} {}/{}", c.name, c.ready_replicas, c.replicas))
         .collect();
 
-    let degraded = match problem {
-        Some(Problem::InvalidSpec(m)) => cond("Degraded", true, "InvalidSpec", m),
-        Some(Problem::ReconcileError(m)) => cond("Degraded", true, "ReconcileError", m),
-        None if !failed_migrations.is_empty() => cond(
-            "Degraded",
-            true,
-            "MigrationFailed",
-            &failed_migrations.join("; "),
-        ),
+    let degraded = match issues.first() {
+        Some(first) => {
+            let messages: Vec<String> = issues.iter().map(|i| i.message.clone()).collect();
+            cond("Degraded", true, first.kind.as_str(), &bounded(&messages))
+        }
         None => cond("Degraded", false, "AsExpected", "no problem observed"),
     };
     let progressing = if !migrating.is_empty() {
@@ -113,6 +281,14 @@ pub fn compute(
             "RollingOut",
             &format!("rolling out {}", rolling.join(", ")),
         )
+    } else if !stalled.is_empty() {
+        // As the Deployment controller says it: nothing is progressing any more.
+        cond(
+            "Progressing",
+            false,
+            "ProgressDeadlineExceeded",
+            &format!("the rollout of {} stopped progressing", stalled.join(", ")),
+        )
     } else {
         cond(
             "Progressing",
@@ -121,7 +297,7 @@ pub fn compute(
             "every workload runs its spec",
         )
     };
-    let ready = if problem.is_some() || !failed_migrations.is_empty() {
+    let ready = if !issues.is_empty() {
         cond("Ready", false, "Degraded", &degraded.1)
     } else if components.is_empty() {
         cond("Ready", false, "Pending", "nothing observed yet")
@@ -132,7 +308,7 @@ pub fn compute(
             "Ready",
             false,
             "ComponentsNotReady",
-            &format!("waiting for {}", waiting.join(", ")),
+            &bounded(&[format!("waiting for {}", waiting.join(", "))]),
         )
     } else {
         cond(
@@ -162,16 +338,86 @@ pub fn compute(
         })
         .collect();
 
+    let unapplied = issues.iter().any(|i| i.kind.blocks_observation());
     ChatClusterStatus {
-        observed_generation: match problem {
-            // A spec that could not be applied has not been observed.
-            Some(_) => previous.and_then(|p| p.observed_generation),
-            None => generation,
+        // A spec that could not be (fully) applied has not been observed.
+        observed_generation: if unapplied {
+            previous.and_then(|p| p.observed_generation)
+        } else {
+            generation
         },
         conditions,
         components,
         endpoint,
     }
+}
+
+/// An Event to publish about the ChatCluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    pub warning: bool,
+    /// CamelCase, as `kubectl describe` shows it.
+    pub reason: String,
+    /// What the operator did or saw (`Reconcile`, `Migrate`, ...).
+    pub action: String,
+    /// One bounded sentence.
+    pub message: String,
+}
+
+impl Note {
+    pub fn normal(reason: &str, action: &str, message: impl Into<String>) -> Self {
+        Self {
+            warning: false,
+            reason: reason.into(),
+            action: action.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn warning(reason: &str, action: &str, message: impl Into<String>) -> Self {
+        Self {
+            warning: true,
+            ..Self::normal(reason, action, message)
+        }
+    }
+}
+
+/// The Events that the change from `previous` to `next` is worth: a new or changed
+/// problem (Warning, with the `Degraded` reason and message), its end, and the progress
+/// milestones. An unchanged status is worth none, so a steady reconcile is silent.
+pub fn notes(previous: Option<&ChatClusterStatus>, next: &ChatClusterStatus) -> Vec<Note> {
+    let old = |t: &str| previous.and_then(|p| condition(p, t));
+    let new = |t: &str| condition(next, t);
+    let mut out = Vec::new();
+    if let Some(d) = new("Degraded") {
+        let before = old("Degraded");
+        let was = before.is_some_and(|b| b.status == "True");
+        if d.status == "True"
+            && before.is_none_or(|b| {
+                b.status != "True" || b.reason != d.reason || b.message != d.message
+            })
+        {
+            out.push(Note::warning(&d.reason, "Reconcile", d.message.clone()));
+        } else if d.status != "True" && was {
+            out.push(Note::normal(
+                "Recovered",
+                "Reconcile",
+                "no problem observed any more",
+            ));
+        }
+    }
+    if let Some(p) = new("Progressing") {
+        let changed = old("Progressing").is_none_or(|b| b.reason != p.reason);
+        if p.status == "True" && changed {
+            out.push(Note::normal(&p.reason, "Reconcile", p.message.clone()));
+        }
+    }
+    if let Some(r) = new("Ready") {
+        if r.status == "True" && old("Ready").is_none_or(|b| b.status != "True") {
+            out.push(Note::normal("Ready", "Reconcile", r.message.clone()));
+        }
+    }
+    out
 }
 
 /// (type, message, status, reason)
@@ -202,6 +448,7 @@ mod tests {
             rolled_out: ready == replicas,
             migration,
             migrated_image: None,
+            stalled: false,
         }
     }
 
@@ -219,7 +466,7 @@ mod tests {
                 obs("auth", 2, 2, Migration::Done),
                 obs("chat", 1, 1, Migration::Done),
             ],
-            None,
+            &[],
             None,
             "t0",
         );
@@ -242,7 +489,7 @@ mod tests {
             None,
             Some(1),
             &[obs("auth", 2, 0, Migration::Running)],
-            None,
+            &[],
             None,
             "t0",
         );
@@ -265,7 +512,7 @@ mod tests {
                 2,
                 Migration::Failed("BackoffLimitExceeded".into()),
             )],
-            None,
+            &[],
             None,
             "t0",
         );
@@ -274,6 +521,8 @@ mod tests {
             ("True".into(), "MigrationFailed".into())
         );
         assert_eq!(get(&s, "Ready").0, "False");
+        // A migration failure does not stop the spec from being observed.
+        assert_eq!(s.observed_generation, Some(1));
     }
 
     #[test]
@@ -282,7 +531,7 @@ mod tests {
             None,
             Some(1),
             &[obs("auth", 1, 1, Migration::Done)],
-            None,
+            &[],
             None,
             "t0",
         );
@@ -290,7 +539,7 @@ mod tests {
             Some(&before),
             Some(2),
             &[],
-            Some(&Problem::ReconcileError("forbidden".into())),
+            &[Issue::new(IssueKind::ReconcileError, "forbidden")],
             None,
             "t1",
         );
@@ -304,16 +553,141 @@ mod tests {
     }
 
     #[test]
+    fn every_issue_is_listed_under_the_most_serious_reason() {
+        let s = compute(
+            None,
+            Some(2),
+            &[obs(
+                "chat",
+                2,
+                2,
+                Migration::Failed("job demo-chat-migrate-1 failed".into()),
+            )],
+            &[Issue::new(
+                IssueKind::ApplyFailed,
+                "StatefulSet demo-nats: forbidden: no",
+            )],
+            None,
+            "t0",
+        );
+        let degraded = condition(&s, "Degraded").unwrap();
+        assert_eq!(degraded.reason, "ApplyFailed");
+        assert_eq!(
+            degraded.message,
+            "StatefulSet demo-nats: forbidden: no; chat: job demo-chat-migrate-1 failed"
+        );
+        assert_eq!(s.observed_generation, None, "not fully applied");
+    }
+
+    #[test]
+    fn messages_are_bounded_and_say_what_was_left_out() {
+        let parts: Vec<String> = (0..100)
+            .map(|i| format!("Deployment demo-{i}: forbidden: quota exceeded"))
+            .collect();
+        let m = bounded(&parts);
+        assert!(m.len() <= MAX_MESSAGE, "{}", m.len());
+        assert!(m.starts_with("Deployment demo-0: "));
+        assert!(m.ends_with(" more"), "{m}");
+        let huge = ["x".repeat(20_000)];
+        assert!(bounded(&huge).len() <= MAX_MESSAGE);
+        assert_eq!(truncate("héllo", 5), "h…");
+        assert_eq!(truncate("hello", 5), "hello");
+    }
+
+    /// The shape of the 422 the API server answers a changed Job template with: the whole
+    /// pod template, dumped, between the field and "field is immutable".
+    #[test]
+    fn an_immutable_field_error_becomes_one_sentence() {
+        let dump = format!(
+            "{{\"labels\":{{}},\"Spec\":{{{}}}}}",
+            "\"X\":null,".repeat(2000)
+        );
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": 422, "reason": "Invalid",
+            "message": format!("Job.batch \"demo-auth-migrate-1\" is invalid: spec.template: Invalid value: {dump}: field is immutable"),
+            "details": {"name": "demo-auth-migrate-1", "group": "batch", "kind": "Job",
+                "causes": [{"reason": "FieldValueInvalid", "field": "spec.template",
+                    "message": format!("Invalid value: {dump}: field is immutable")}]},
+        }))
+        .unwrap();
+        let s = summarize(&kube::Error::Api(Box::new(status)));
+        assert_eq!(s, "invalid: spec.template: field is immutable");
+
+        let denied: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": 403, "reason": "Forbidden",
+            "message": "statefulsets.apps \"demo-postgres\" is forbidden: images must come from ghcr.io",
+        }))
+        .unwrap();
+        assert_eq!(
+            summarize(&kube::Error::Api(Box::new(denied))),
+            "forbidden: images must come from ghcr.io"
+        );
+    }
+
+    #[test]
+    fn a_stalled_rollout_stops_progressing() {
+        let mut o = obs("chat", 2, 1, Migration::Done);
+        o.stalled = true;
+        let s = compute(None, Some(1), &[o], &[], None, "t0");
+        assert_eq!(
+            get(&s, "Progressing"),
+            ("False".into(), "ProgressDeadlineExceeded".into())
+        );
+    }
+
+    #[test]
+    fn events_follow_changes_and_a_steady_status_is_silent() {
+        let ready = compute(
+            None,
+            Some(1),
+            &[obs("auth", 1, 1, Migration::Done)],
+            &[],
+            None,
+            "t0",
+        );
+        let first = notes(None, &ready);
+        assert_eq!(
+            first.iter().map(|n| n.reason.as_str()).collect::<Vec<_>>(),
+            ["Ready"]
+        );
+        assert!(notes(Some(&ready), &ready).is_empty());
+
+        let broken = compute(
+            Some(&ready),
+            Some(1),
+            &[obs("auth", 1, 1, Migration::Done)],
+            &[Issue::new(
+                IssueKind::PodsFailing,
+                "auth: pod x CrashLoopBackOff",
+            )],
+            None,
+            "t1",
+        );
+        let n = notes(Some(&ready), &broken);
+        assert_eq!(
+            n,
+            [Note::warning(
+                "PodsFailing",
+                "Reconcile",
+                "auth: pod x CrashLoopBackOff"
+            )]
+        );
+        assert!(notes(Some(&broken), &broken).is_empty());
+        let healed = notes(Some(&broken), &ready);
+        assert_eq!(healed[0].reason, "Recovered");
+    }
+
+    #[test]
     fn transition_time_moves_only_when_status_changes() {
         let o = [obs("auth", 1, 1, Migration::Done)];
-        let a = compute(None, Some(1), &o, None, None, "t0");
-        let b = compute(Some(&a), Some(1), &o, None, None, "t1");
+        let a = compute(None, Some(1), &o, &[], None, "t0");
+        let b = compute(Some(&a), Some(1), &o, &[], None, "t1");
         assert_eq!(a, b, "an unchanged cluster yields an identical status");
         let c = compute(
             Some(&b),
             Some(1),
             &[obs("auth", 1, 0, Migration::Done)],
-            None,
+            &[],
             None,
             "t2",
         );

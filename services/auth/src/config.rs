@@ -13,12 +13,22 @@
 //! | `JWT_SIGNING_KEY` (or `JWT_SIGNING_KEY_FILE`) | generated, with a warning | Ed25519 PKCS#8 PEM |
 //! | `JWT_PREVIOUS_PUBLIC_KEY` (or `_FILE`) | none | a retired key's public PEM, still accepted during a rotation |
 //! | `SERVICE_SECRET` (or `SERVICE_SECRET_FILE`) | none: service tokens disabled | pre-shared secret for `IssueServiceToken` |
+//! | `RATE_LIMIT_LOGIN_PER_ACCOUNT` | `10/300` | failed logins per account (email) per window: `<count>/<seconds>`, or `off` |
+//! | `RATE_LIMIT_LOGIN_PER_ADDRESS` | `30/60` | failed logins per client address per window |
+//! | `RATE_LIMIT_REGISTER_PER_ADDRESS` | `20/600` | registrations per client address per window |
+//! | `RATE_LIMIT_SERVICE_TOKEN_PER_ADDRESS` | `10/60` | wrong service secrets per client address per window |
+//! | `RATE_LIMIT_TRUSTED_PROXIES` | none | comma-separated IPs or networks (`10.0.0.0/8`) whose `x-forwarded-for` names the client |
+//!
+//! The rate limits are counted in the `users` database, so they hold across replicas; see
+//! [`crate::limits`].
 
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Result;
-use chat_common::config::{parse_or, secret_var, secs_or, var_or};
+use chat_common::config::{parse_or, secret_var, secs_or, var, var_or};
 use secrecy::SecretString;
+
+use crate::limits::{IpNet, Limit, RateLimits};
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/users";
 
@@ -43,6 +53,7 @@ pub struct Settings {
     pub signing_key_pem: Option<SecretString>,
     pub previous_public_key_pem: Option<String>,
     pub service_secret: Option<SecretString>,
+    pub rate_limits: RateLimits,
 }
 
 impl Default for Settings {
@@ -57,6 +68,7 @@ impl Default for Settings {
             signing_key_pem: None,
             previous_public_key_pem: None,
             service_secret: None,
+            rate_limits: RateLimits::default(),
         }
     }
 }
@@ -78,8 +90,36 @@ impl Settings {
             signing_key_pem: secret_var("JWT_SIGNING_KEY")?.map(SecretString::from),
             previous_public_key_pem: secret_var("JWT_PREVIOUS_PUBLIC_KEY")?,
             service_secret: secret_var("SERVICE_SECRET")?.map(SecretString::from),
+            rate_limits: rate_limits_from_env(d.rate_limits)?,
         })
     }
+}
+
+fn limit_or(name: &str, default: Limit) -> Result<Limit> {
+    match var(name) {
+        None => Ok(default),
+        Some(v) => {
+            Limit::parse(&v).map_err(|e| anyhow::anyhow!("{name}={v:?} is not valid: {e:#}"))
+        }
+    }
+}
+
+fn rate_limits_from_env(d: RateLimits) -> Result<RateLimits> {
+    let trusted_proxies = match var("RATE_LIMIT_TRUSTED_PROXIES") {
+        None => d.trusted_proxies,
+        Some(v) => IpNet::parse_list(&v)
+            .map_err(|e| anyhow::anyhow!("RATE_LIMIT_TRUSTED_PROXIES={v:?} is not valid: {e:#}"))?,
+    };
+    Ok(RateLimits {
+        login_per_account: limit_or("RATE_LIMIT_LOGIN_PER_ACCOUNT", d.login_per_account)?,
+        login_per_address: limit_or("RATE_LIMIT_LOGIN_PER_ADDRESS", d.login_per_address)?,
+        register_per_address: limit_or("RATE_LIMIT_REGISTER_PER_ADDRESS", d.register_per_address)?,
+        service_token_per_address: limit_or(
+            "RATE_LIMIT_SERVICE_TOKEN_PER_ADDRESS",
+            d.service_token_per_address,
+        )?,
+        trusted_proxies,
+    })
 }
 
 impl Config {

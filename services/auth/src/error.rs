@@ -3,7 +3,14 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use chat_common::guard::truncate;
+
 use crate::{domain::FieldError, store::StoreError};
+
+/// Most field errors one answer lists.
+const MAX_VIOLATIONS: usize = 10;
+/// Longest message of one field error, in bytes.
+const MAX_FIELD_MESSAGE: usize = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -21,6 +28,12 @@ pub enum AuthError {
     PermissionDenied(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// Over a rate limit (see `limits`): answered with the delay after which a retry can pass.
+    #[error("{message}; try again in {} s", crate::limits::whole_secs(*retry_after))]
+    RateLimited {
+        message: &'static str,
+        retry_after: std::time::Duration,
+    },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -45,14 +58,23 @@ impl From<AuthError> for Status {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::InvalidInput(fields) => {
-                let message = fields
+                // Bounded whatever the input: at most MAX_VIOLATIONS fields, each message
+                // cut, so that an error always fits in the headers of any connection.
+                let shown = &fields[..fields.len().min(MAX_VIOLATIONS)];
+                let mut message = shown
                     .iter()
-                    .map(|f| format!("{}: {}", f.field, f.message))
+                    .map(|f| format!("{}: {}", f.field, truncate(&f.message, MAX_FIELD_MESSAGE)))
                     .collect::<Vec<_>>()
                     .join("; ");
+                if fields.len() > shown.len() {
+                    message.push_str(&format!("; and {} more", fields.len() - shown.len()));
+                }
                 let mut details = ErrorDetails::new();
-                for f in &fields {
-                    details.add_bad_request_violation(f.field, f.message.clone());
+                for f in shown {
+                    details.add_bad_request_violation(
+                        f.field,
+                        truncate(&f.message, MAX_FIELD_MESSAGE),
+                    );
                 }
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }
@@ -64,6 +86,15 @@ impl From<AuthError> for Status {
             }
             AuthError::PermissionDenied(m) => Status::permission_denied(m),
             AuthError::FailedPrecondition(m) => Status::failed_precondition(m),
+            AuthError::RateLimited { retry_after, .. } => {
+                // RetryInfo in whole seconds, as the message says.
+                let delay = std::time::Duration::from_secs(crate::limits::whole_secs(retry_after));
+                Status::with_error_details(
+                    Code::ResourceExhausted,
+                    e.to_string(),
+                    ErrorDetails::with_retry_info(Some(delay)),
+                )
+            }
             AuthError::Internal(e) => chat_common::error::internal(&e),
         }
     }

@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ed25519_dalek::{
-    pkcs8::{spki::der::pem::LineEnding, DecodePrivateKey, EncodePrivateKey, EncodePublicKey},
+    pkcs8::{
+        spki::der::pem::LineEnding, DecodePrivateKey, EncodePrivateKey, EncodePublicKey,
+        KeypairBytes,
+    },
     SigningKey,
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -57,9 +60,7 @@ impl TokenSigner {
                 SigningKey::from_bytes(&seed)
             }
         };
-        let private_pem = signing
-            .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|e| anyhow::anyhow!("encoding the signing key: {e}"))?;
+        let private_pem = private_key_pem(&signing)?;
         let public_pem = signing
             .verifying_key()
             .to_public_key_pem(LineEnding::LF)
@@ -144,8 +145,42 @@ pub fn hash_refresh_token(token: &str) -> Vec<u8> {
 pub fn generate_private_key_pem() -> anyhow::Result<String> {
     let mut seed = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seed);
-    let pem = SigningKey::from_bytes(&seed)
+    private_key_pem(&SigningKey::from_bytes(&seed))
+}
+
+/// `key` as RFC 8410's PKCS#8 v1 (`BEGIN PRIVATE KEY`, the seed alone): the form OpenSSL 3
+/// and Python's `cryptography` read. `SigningKey::to_pkcs8_pem` writes v2 with the public
+/// key inside, which they refuse.
+pub fn private_key_pem(key: &SigningKey) -> anyhow::Result<String> {
+    let v1 = KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    };
+    let pem = v1
         .to_pkcs8_pem(LineEnding::LF)
         .map_err(|e| anyhow::anyhow!("encoding the key: {e}"))?;
     Ok(pem.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_are_pkcs8_v1_and_read_back() {
+        use base64::Engine;
+        let pem = generate_private_key_pem().unwrap();
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{pem}");
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap();
+        let key = SigningKey::from_pkcs8_pem(&pem).unwrap();
+        // RFC 8410's v1 form: version 0, the Ed25519 OID, the 32-byte seed, nothing more.
+        let mut want = hex::decode("302e020100300506032b657004220420").unwrap();
+        want.extend_from_slice(&key.to_bytes());
+        assert_eq!(der, want);
+        // A second, independent parser (ring, inside jsonwebtoken) reads it too.
+        assert!(EncodingKey::from_ed_pem(pem.as_bytes()).is_ok());
+    }
 }

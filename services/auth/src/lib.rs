@@ -9,6 +9,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod keys;
+pub mod limits;
 pub mod service;
 pub mod store;
 
@@ -16,19 +17,28 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
 
-use chat_common::{server, Shutdown};
+use chat_common::{
+    db::{fail_fast, Guarded},
+    server, Shutdown,
+};
 use grpc_chat_proto::auth::v1::auth_service_server::AuthServiceServer;
 
 pub use config::{Config, Settings};
+pub use limits::{Limit, RateLimits};
 pub use service::AuthApi;
 
-/// The gRPC service for `api`, with its health status set to serving.
+/// The methods that never touch the users database: they answer during its outage.
+pub const WITHOUT_STORAGE: &[&str] = &["CheckAccess", "GetPublicKeys"];
+
+/// The gRPC service for `api`, with its health status set to serving, answering
+/// UNAVAILABLE at once while the database on `database_url` is known to be down.
 pub async fn grpc_service(
     api: AuthApi,
     health: &tonic_health::server::HealthReporter,
-) -> AuthServiceServer<AuthApi> {
+    database_url: &str,
+) -> Guarded<AuthServiceServer<AuthApi>> {
     health.set_serving::<AuthServiceServer<AuthApi>>().await;
-    AuthServiceServer::new(api)
+    fail_fast(database_url, WITHOUT_STORAGE, AuthServiceServer::new(api))
 }
 
 /// Creates the database when missing and applies the migrations, then returns.
@@ -43,6 +53,8 @@ pub struct Application {
     addr: SocketAddr,
     listener: TcpListener,
     api: AuthApi,
+    /// Whose reachability the health service reports.
+    database_url: String,
 }
 
 impl Application {
@@ -55,6 +67,7 @@ impl Application {
             addr,
             listener,
             api,
+            database_url: config.database_url,
         })
     }
 
@@ -69,8 +82,17 @@ impl Application {
     /// Serves until `shutdown` is triggered, then drains open calls.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let (health, health_service) = tonic_health::server::health_reporter();
-        let auth = grpc_service(self.api, &health).await;
-        let (reflection_v1, reflection_v1alpha) = server::reflection()?;
+        let auth = grpc_service(self.api, &health, &self.database_url).await;
+        chat_common::db::StorageHealth::of(&self.database_url).report(
+            health.clone(),
+            vec![
+                <AuthServiceServer<AuthApi> as tonic::server::NamedService>::NAME.into(),
+                String::new(),
+            ],
+        );
+        let (reflection_v1, reflection_v1alpha) = server::reflection(&[<AuthServiceServer<
+            AuthApi,
+        > as tonic::server::NamedService>::NAME])?;
         tracing::info!(addr = %self.addr, "auth-service serving");
         let router = server::builder()
             .add_service(health_service)

@@ -1,9 +1,14 @@
 //! The AuthService RPCs. Handlers parse the request into domain types, call the store, and
 //! turn the outcome into a response; every error goes through `AuthError` into a status.
 //! bcrypt runs on the blocking pool: at cost 12 one hash takes a few hundred milliseconds,
-//! which would stall every other call on an async worker.
+//! which would stall every other call on an async worker. `Login`, `Register` and
+//! `IssueServiceToken` count each attempt against their rate limits (`limits`) before any
+//! bcrypt or secret comparison, so a refused attempt costs no bcrypt.
 
-use std::sync::Arc;
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
 
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
@@ -20,6 +25,7 @@ use crate::{
     domain::{Email, FieldError, Password, UserRef, Username},
     error::AuthError,
     keys::{hash_refresh_token, new_refresh_token, TokenSigner},
+    limits::{client_address, Limiter, Scope},
     store::{NewRefreshToken, Rotation, UserRecord, UserStore},
 };
 
@@ -45,6 +51,9 @@ struct Inner {
     /// is unknown so that a login takes as long whether or not the account exists. Hashed
     /// in the background from start-up (a second at the default cost), not before serving.
     fallback_hash: Arc<tokio::sync::OnceCell<String>>,
+    limiter: Limiter,
+    /// bcrypt hashes and verifications run for requests (not the fallback hash).
+    bcrypt_runs: AtomicU64,
 }
 
 impl AuthApi {
@@ -62,9 +71,12 @@ impl AuthApi {
                 .map(|k| (k.kid.as_str(), k.pem.as_str())),
         )?;
         let fallback_hash = Arc::new(tokio::sync::OnceCell::new());
+        let limiter = Limiter::new(store.clone());
         let api = Self {
             inner: Arc::new(Inner {
                 store,
+                limiter,
+                bcrypt_runs: AtomicU64::new(0),
                 signer,
                 verifier,
                 settings,
@@ -101,7 +113,24 @@ impl AuthApi {
         self.inner.verifier.clone()
     }
 
+    /// How many bcrypt hashes and verifications requests have run (the start-up fallback
+    /// hash is not counted): what a refused attempt must not add to.
+    pub fn bcrypt_runs(&self) -> u64 {
+        self.inner.bcrypt_runs.load(Ordering::Relaxed)
+    }
+
+    /// The address `request` is rate-limited as, as a key subject.
+    fn client_key<T>(&self, request: &Request<T>) -> String {
+        client_address(
+            request.remote_addr(),
+            request.metadata(),
+            &self.inner.settings.rate_limits.trusted_proxies,
+        )
+        .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
+    }
+
     async fn hash_password(&self, password: Password) -> Result<String, AuthError> {
+        self.inner.bcrypt_runs.fetch_add(1, Ordering::Relaxed);
         let cost = self.inner.settings.bcrypt_cost;
         let hash = spawn_blocking_with_tracing(move || bcrypt::hash(password.expose(), cost))
             .await
@@ -111,6 +140,7 @@ impl AuthApi {
     }
 
     async fn verify_password(&self, password: String, hash: String) -> Result<bool, AuthError> {
+        self.inner.bcrypt_runs.fetch_add(1, Ordering::Relaxed);
         let ok = spawn_blocking_with_tracing(move || bcrypt::verify(password, &hash))
             .await
             .map_err(|e| anyhow::anyhow!("bcrypt task failed: {e}"))?
@@ -211,6 +241,7 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let address = self.client_key(&request);
         let req = request.into_inner();
         let mut errors = Vec::new();
         let email = Email::parse(&req.email).map_err(|e| errors.push(e)).ok();
@@ -223,6 +254,13 @@ impl AuthService for AuthApi {
         let (Some(email), Some(username), Some(password)) = (email, username, password) else {
             return Err(AuthError::InvalidInput(errors).into());
         };
+        // Every well-formed attempt costs a bcrypt, so every one counts.
+        let limit = self.inner.settings.rate_limits.register_per_address;
+        let _counted = self
+            .inner
+            .limiter
+            .count(&[(Scope::Register, limit, address.as_str())])
+            .await?;
         let hash = self.hash_password(password).await?;
         let user = self
             .inner
@@ -241,6 +279,7 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
+        let address = self.client_key(&request);
         let req = request.into_inner();
         if req.email.trim().is_empty() {
             return Err(AuthError::from(FieldError {
@@ -265,14 +304,32 @@ impl AuthService for AuthApi {
         }
         // A malformed email cannot belong to an account: same answer as a wrong password,
         // after the same work.
-        let user = match Email::parse(&req.email) {
-            Ok(email) => self
+        let email = Email::parse(&req.email).ok();
+        // Counted before any lookup or bcrypt, for known and unknown emails alike (so the
+        // limit says nothing about which accounts exist); taken back when the password is
+        // right, so only failures count.
+        let limits = &self.inner.settings.rate_limits;
+        let mut checks = vec![(
+            Scope::LoginAddress,
+            limits.login_per_address,
+            address.as_str(),
+        )];
+        if let Some(email) = &email {
+            checks.push((
+                Scope::LoginAccount,
+                limits.login_per_account,
+                email.as_str(),
+            ));
+        }
+        let counted = self.inner.limiter.count(&checks).await?;
+        let user = match &email {
+            Some(email) => self
                 .inner
                 .store
-                .user_by_email(&email)
+                .user_by_email(email)
                 .await
                 .map_err(AuthError::from)?,
-            Err(_) => None,
+            None => None,
         };
         let hash = match &user {
             Some(u) => u.password_hash.clone(),
@@ -283,6 +340,7 @@ impl AuthService for AuthApi {
             Some(u) if ok => u,
             _ => return Err(AuthError::BadCredentials.into()),
         };
+        self.inner.limiter.uncount(counted).await;
         let tokens = self.issue_tokens(&user, Uuid::new_v4()).await?;
         tracing::info!(user_id = user.id, "user logged in");
         Ok(Response::new(pb::LoginResponse {
@@ -414,6 +472,11 @@ impl AuthService for AuthApi {
             Ok(c) => c,
             Err(e) => return Ok(Response::new(denied(e.to_string()))),
         };
+        // The same test every service applies to a caller: a signed token whose subject
+        // is not a user id (or `service:<name>`) is refused everywhere, so here too.
+        if let Err(s) = Caller::try_from(claims.clone()) {
+            return Ok(Response::new(denied(s.message().to_owned())));
+        }
         let allowed = match (claims.role, action) {
             (Role::Service, _) => true,
             (_, pb::Action::Internal) => false,
@@ -451,12 +514,8 @@ impl AuthService for AuthApi {
         }
         let mut parsed = Vec::with_capacity(req.emails.len());
         for raw in &req.emails {
-            let r = UserRef::parse(raw).map_err(|e| {
-                AuthError::from(FieldError {
-                    field: "emails",
-                    message: format!("{raw:?}: {} {}", e.field, e.message),
-                })
-            })?;
+            // The error quotes at most the start of the value (see `domain::echo`).
+            let r = UserRef::parse_as("emails", raw).map_err(AuthError::from)?;
             parsed.push((raw, r));
         }
         let emails: Vec<Email> = parsed
@@ -554,6 +613,7 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::IssueServiceTokenRequest>,
     ) -> Result<Response<pb::IssueServiceTokenResponse>, Status> {
+        let address = self.client_key(&request);
         let req = request.into_inner();
         let name = req.service_name.trim();
         if name.is_empty()
@@ -574,6 +634,13 @@ impl AuthService for AuthApi {
             )
             .into());
         };
+        // Wrong secrets count; a right one is taken back.
+        let limit = self.inner.settings.rate_limits.service_token_per_address;
+        let counted = self
+            .inner
+            .limiter
+            .count(&[(Scope::ServiceToken, limit, address.as_str())])
+            .await?;
         // Compare digests in constant time, so neither content nor length leaks.
         let want = Sha256::digest(secret.expose_secret().as_bytes());
         let got = Sha256::digest(req.secret.as_bytes());
@@ -581,6 +648,7 @@ impl AuthService for AuthApi {
             tracing::warn!(service = name, "service token refused: wrong secret");
             return Err(AuthError::Unauthenticated("wrong service secret".into()).into());
         }
+        self.inner.limiter.uncount(counted).await;
         let (token, exp) = self
             .inner
             .signer

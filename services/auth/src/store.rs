@@ -118,6 +118,28 @@ pub trait UserStore: Send + Sync + 'static {
 
     /// Revokes the family of the token with this hash; false when no such token exists.
     async fn revoke_family(&self, token_hash: &[u8]) -> anyhow::Result<bool>;
+
+    /// Counts one event against the rate-limit `key`, atomically (concurrent callers on any
+    /// replica each see a distinct count): when the key's window ended at or before `now`
+    /// (or it has none), a new window ending at `new_reset_at` starts with this event.
+    /// Returns the events counted in the current window, this one included, and its end.
+    async fn hit_rate_limit(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+        new_reset_at: DateTime<Utc>,
+    ) -> anyhow::Result<(i64, DateTime<Utc>)>;
+
+    /// The events counted against `key` in its window and the window's end, if it has a
+    /// row; a read only, for refusing an attempt that is over its limit without a write.
+    async fn rate_limit(&self, key: &str) -> anyhow::Result<Option<(i64, DateTime<Utc>)>>;
+
+    /// Takes back one event counted against `key` (an attempt that turned out not to count,
+    /// such as a login with the right password).
+    async fn unhit_rate_limit(&self, key: &str) -> anyhow::Result<()>;
+
+    /// Deletes the rate-limit rows whose window ended at or before `now`; returns how many.
+    async fn prune_rate_limits(&self, now: DateTime<Utc>) -> anyhow::Result<u64>;
 }
 
 pub(crate) fn role_from_db(s: &str) -> Role {

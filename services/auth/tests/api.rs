@@ -596,16 +596,13 @@ async fn health_and_reflection_answer_standard_clients() {
     let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
         panic!("unexpected reflection answer");
     };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for s in [
-        "grpcchat.auth.v1.AuthService",
-        "grpcchat.chat.v1.ChatService",
-        "grpcchat.notification.v1.NotificationService",
-        "grpcchat.saga.v1.SagaOrchestrator",
-        "grpc.health.v1.Health",
-    ] {
-        assert!(names.contains(&s.to_string()), "{s} missing from {names:?}");
-    }
+    // What this server serves, not every contract of the project.
+    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["grpc.health.v1.Health", "grpcchat.auth.v1.AuthService"]
+    );
 }
 
 chat_testkit::backend_tests!(

@@ -8,6 +8,7 @@
 //! | `NATS_URL` | `nats://127.0.0.1:4222` | NATS server |
 //! | `NATS_SUBJECT_PREFIX` | `chat` | events go to `<prefix>.<chat_id>.<kind>` |
 //! | `NATS_STREAM` | `CHAT_EVENTS` | JetStream stream that keeps events for the notifier; `off` publishes on core NATS only |
+//! | `NATS_STREAM_REPLICAS`, `NATS_STREAM_MAX_BYTES`, `NATS_STREAM_MAX_AGE` | `1`, `-1`, `7d` | the stream's copies and limits ([`chat_common::event_stream`]); an existing stream is updated to them |
 //! | `AUTH_URL` | `http://127.0.0.1:50051` | AuthService, for public keys and user lookups |
 //! | `SERVICE_SECRET` (or `_FILE`) | required for `CreateChat` | shared secret for this service's service token |
 //! | `STREAM_BUFFER` | `1024` | events buffered per stream before a slow stream is cut off |
@@ -16,7 +17,10 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Result;
-use chat_common::config::{parse_or, secret_var, secs_or, var, var_or};
+use chat_common::{
+    config::{parse_or, secret_var, secs_or, var, var_or},
+    event_stream::StreamSettings,
+};
 use secrecy::SecretString;
 
 #[derive(Debug, Clone)]
@@ -27,6 +31,8 @@ pub struct Config {
     pub nats_url: String,
     pub subject_prefix: String,
     pub nats_stream: Option<String>,
+    /// Replicas and limits of `nats_stream`, shared with notification-service.
+    pub nats_stream_settings: StreamSettings,
     pub auth_url: String,
     pub service_secret: SecretString,
     pub stream_buffer: usize,
@@ -47,6 +53,7 @@ impl Config {
             nats_url: var_or("NATS_URL", "nats://127.0.0.1:4222"),
             subject_prefix: var_or("NATS_SUBJECT_PREFIX", "chat"),
             nats_stream,
+            nats_stream_settings: StreamSettings::from_env()?,
             auth_url: var_or("AUTH_URL", "http://127.0.0.1:50051"),
             service_secret: SecretString::from(secret_var("SERVICE_SECRET")?.unwrap_or_default()),
             stream_buffer: parse_or("STREAM_BUFFER", 1024)?,

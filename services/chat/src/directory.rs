@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 
-use tonic::{transport::Channel, Code};
+use tonic::Code;
 
-use chat_common::service_token::ServiceCredential;
+use chat_common::{client::TracedChannel, service_token::ServiceCredential};
 use grpc_chat_proto::auth::v1::{
     auth_service_client::AuthServiceClient, GetUserIdsByEmailsRequest,
 };
@@ -14,12 +14,12 @@ use crate::error::ChatError;
 
 #[derive(Clone)]
 pub struct Directory {
-    client: AuthServiceClient<Channel>,
+    client: AuthServiceClient<TracedChannel>,
     credential: ServiceCredential,
 }
 
 impl Directory {
-    pub fn new(client: AuthServiceClient<Channel>, credential: ServiceCredential) -> Self {
+    pub fn new(client: AuthServiceClient<TracedChannel>, credential: ServiceCredential) -> Self {
         Self { client, credential }
     }
 
@@ -37,10 +37,14 @@ impl Directory {
             .map_err(|s| ChatError::Unavailable(format!("auth service: {}", s.message())))?;
         let resp = match self.client.clone().get_user_ids_by_emails(req).await {
             Ok(r) => r.into_inner(),
+            // The identifiers were parsed by the same rules before the call; a refusal
+            // still means these users cannot be found, never that auth is down.
             Err(s) if s.code() == Code::InvalidArgument => {
-                return Err(ChatError::UsersNotFound(
-                    s.message().trim_start_matches("emails: ").to_owned(),
-                ))
+                tracing::warn!(status = ?s, "auth refused identifiers chat accepted");
+                return Err(ChatError::UsersNotFound(vec![s
+                    .message()
+                    .trim_start_matches("emails: ")
+                    .to_owned()]));
             }
             Err(s) => {
                 tracing::warn!(status = ?s, "resolving users failed");
@@ -50,7 +54,7 @@ impl Directory {
             }
         };
         if !resp.not_found.is_empty() {
-            return Err(ChatError::UsersNotFound(resp.not_found.join(", ")));
+            return Err(ChatError::UsersNotFound(resp.not_found));
         }
         let mut by_id: HashMap<i64, String> = HashMap::new();
         for u in resp.users {

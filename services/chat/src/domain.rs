@@ -1,65 +1,29 @@
 //! Input parsed once at the gRPC edge: after parsing, a `MessageText` is known to be
 //! non-blank and within limits, a `ChatId` positive, and so on; storage never re-checks.
+//! The rules other services share (text, keys, ids, how users are named) are
+//! `chat_common::domain`'s, so the saga cannot drift from them; what only chats have
+//! (titles, member lists) is here.
 
-use chat_common::error::invalid_field;
-use tonic::Status;
+use chat_common::domain::FieldError;
+pub use chat_common::domain::{page_size, seq, ChatId, IdempotencyKey, MessageText, UserRef};
 
-/// A chat id: positive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ChatId(pub i64);
-
-impl ChatId {
-    pub fn parse(raw: i64) -> Result<Self, Status> {
-        if raw <= 0 {
-            return Err(invalid_field("chat_id", "must be a positive chat id"));
-        }
-        Ok(Self(raw))
-    }
-}
-
-impl std::fmt::Display for ChatId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// A message's text: 1 to 4096 characters, not only whitespace, no NUL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MessageText(String);
-
-impl MessageText {
-    pub const MAX_CHARS: usize = 4096;
-
-    pub fn parse(raw: String) -> Result<Self, Status> {
-        if raw.trim().is_empty() {
-            return Err(invalid_field("text", "must not be empty"));
-        }
-        if raw.chars().count() > Self::MAX_CHARS {
-            return Err(invalid_field("text", "must be at most 4096 characters"));
-        }
-        if raw.contains('\0') {
-            return Err(invalid_field("text", "must not contain NUL characters"));
-        }
-        Ok(Self(raw))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
+/// Most members a chat may be created with.
+pub const MAX_MEMBERS: usize = 1000;
 
 /// A chat title: at most 200 characters, trimmed, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Title(String);
 
 impl Title {
-    pub fn parse(raw: &str) -> Result<Self, Status> {
+    pub const MAX_CHARS: usize = 200;
+
+    pub fn parse(raw: &str) -> Result<Self, FieldError> {
         let t = raw.trim();
-        if t.chars().count() > 200 {
-            return Err(invalid_field("title", "must be at most 200 characters"));
+        if t.len() > 4 * Self::MAX_CHARS || t.chars().count() > Self::MAX_CHARS {
+            return Err(FieldError::new("title", "must be at most 200 characters"));
         }
         if t.chars().any(char::is_control) {
-            return Err(invalid_field(
+            return Err(FieldError::new(
                 "title",
                 "must not contain control characters",
             ));
@@ -72,38 +36,32 @@ impl Title {
     }
 }
 
-/// An optional idempotency key: at most 128 characters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdempotencyKey(String);
-
-impl IdempotencyKey {
-    pub fn parse(raw: &str) -> Result<Option<Self>, Status> {
-        if raw.is_empty() {
-            return Ok(None);
-        }
-        if raw.chars().count() > 128 {
-            return Err(invalid_field(
-                "idempotency_key",
-                "must be at most 128 characters",
-            ));
-        }
-        Ok(Some(Self(raw.to_owned())))
+/// The other members a chat is created with: 1 to [`MAX_MEMBERS`] distinct users, each an
+/// email or a username (blank entries ignored). Their normalised forms, sorted.
+pub fn members(raw: &[String]) -> Result<Vec<String>, FieldError> {
+    // Counted before parsing anything, so a huge list costs nothing.
+    if raw.len() > MAX_MEMBERS {
+        return Err(FieldError::new(
+            "members",
+            format!("at most {MAX_MEMBERS} members"),
+        ));
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-/// A page size within `1..=max`, `default` for 0.
-pub fn page_size(field: &str, raw: i32, default: i64, max: i64) -> Result<i64, Status> {
-    match raw {
-        0 => Ok(default),
-        n if n < 0 || i64::from(n) > max => {
-            Err(invalid_field(field, format!("must be between 1 and {max}")))
+    let mut out = Vec::with_capacity(raw.len());
+    for m in raw {
+        if m.trim().is_empty() {
+            continue;
         }
-        n => Ok(i64::from(n)),
+        out.push(UserRef::parse_as("members", m)?.as_str().to_owned());
     }
+    if out.is_empty() {
+        return Err(FieldError::new(
+            "members",
+            "name at least one other member (email or username)",
+        ));
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -111,22 +69,63 @@ mod tests {
     use super::*;
 
     #[test]
-    fn texts() {
-        assert!(MessageText::parse("привет 👋".into()).is_ok());
-        assert!(MessageText::parse("   \n".into()).is_err());
-        assert!(MessageText::parse("".into()).is_err());
-        assert!(MessageText::parse("я".repeat(4096)).is_ok());
-        assert!(MessageText::parse("я".repeat(4097)).is_err());
-        assert!(MessageText::parse("a\0b".into()).is_err());
+    fn titles() {
+        assert_eq!(Title::parse("  plans ").unwrap().as_str(), "plans");
+        assert!(Title::parse(&"t".repeat(201)).is_err());
+        assert!(Title::parse("a\0b").is_err());
     }
 
     #[test]
-    fn ids_and_pages() {
-        assert!(ChatId::parse(0).is_err());
-        assert!(ChatId::parse(-3).is_err());
-        assert_eq!(page_size("page_size", 0, 50, 500).unwrap(), 50);
-        assert!(page_size("page_size", 501, 50, 500).is_err());
-        assert!(IdempotencyKey::parse(&"k".repeat(129)).is_err());
-        assert_eq!(IdempotencyKey::parse("").unwrap(), None);
+    fn member_lists() {
+        assert!(members(&[]).is_err());
+        assert!(members(&[" ".into()]).is_err());
+        assert_eq!(
+            members(&["Bob".into(), "bob".into(), "alice@example.com".into()]).unwrap(),
+            vec!["alice@example.com".to_owned(), "bob".to_owned()]
+        );
+        let e = members(&["x".repeat(9000)]).unwrap_err();
+        assert!(e.message.len() < 200, "{}", e.message);
+        assert!(members(&vec!["bob".to_owned(); MAX_MEMBERS + 1]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn titles(raw in prop_oneof![any::<String>(), (0usize..1000).prop_map(|n| "t".repeat(n))]) {
+            match Title::parse(&raw) {
+                Ok(t) => {
+                    prop_assert_eq!(Title::parse(t.as_str()), Ok(t.clone()));
+                    prop_assert!(!t.as_str().contains('\0'));
+                }
+                Err(e) => {
+                    prop_assert_eq!(e.field, "title");
+                    prop_assert!(e.message.len() < 300);
+                }
+            }
+        }
+
+        #[test]
+        fn member_lists(raw in prop::collection::vec(
+            prop_oneof![any::<String>(), "[a-z0-9@. ]{0,12}", Just("x".repeat(9000))],
+            0..30,
+        )) {
+            match members(&raw) {
+                Ok(list) => {
+                    prop_assert!(!list.is_empty() && list.len() <= raw.len());
+                    // Normalised names parse to themselves, once each.
+                    prop_assert_eq!(members(&list), Ok(list.clone()));
+                }
+                Err(e) => {
+                    prop_assert_eq!(e.field, "members");
+                    prop_assert!(e.message.len() < 300, "{}", e.message);
+                }
+            }
+        }
     }
 }

@@ -9,14 +9,33 @@ pub enum ChatError {
     ChatNotFound(i64),
     #[error("message {seq} not found in chat {chat_id}")]
     MessageNotFound { chat_id: i64, seq: i64 },
-    #[error("no such user: {0}")]
-    UsersNotFound(String),
+    /// Users that match no account (at most [`SHOWN_USERS`] are named).
+    #[error("{}", users_not_found(.0))]
+    UsersNotFound(Vec<String>),
     #[error("{0}")]
     PermissionDenied(String),
     #[error("{0}")]
     Unavailable(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+/// Most unknown users one answer names: a list of a thousand would be larger than a
+/// client's default limits.
+pub const SHOWN_USERS: usize = 10;
+
+fn users_not_found(users: &[String]) -> String {
+    // Names chat parsed first (at most 254 characters each), or auth's bounded message.
+    let shown: Vec<String> = users
+        .iter()
+        .take(SHOWN_USERS)
+        .map(|u| chat_common::guard::truncate(u, 256))
+        .collect();
+    let mut message = format!("no such user: {}", shown.join(", "));
+    if users.len() > shown.len() {
+        message.push_str(&format!(" and {} more", users.len() - shown.len()));
+    }
+    message
 }
 
 impl From<ChatError> for Status {

@@ -7,6 +7,10 @@
 //! protobuf-encoded. When a JetStream stream is configured it captures `<prefix>.>` and
 //! publishes wait for its acknowledgement, so consumers that were down (notification)
 //! get every event later.
+//!
+//! An event carries the trace context of the operation that published it (W3C headers on
+//! NATS, the context itself in process), and subscribers receive it in an [`Envelope`], so
+//! that what they do with the event (fan-out, emails) is part of the send's trace.
 
 use std::{
     pin::Pin,
@@ -19,6 +23,12 @@ use async_trait::async_trait;
 use futures::{Stream, StreamExt};
 use prost::Message as _;
 use tokio::sync::broadcast;
+use tracing::{field::Empty, Instrument, Span};
+
+use chat_common::{
+    event_stream::{self, StreamSettings},
+    trace::{self, Parent},
+};
 
 use grpc_chat_proto::chat::v1::{self as pb, connect_response::Event};
 
@@ -82,7 +92,88 @@ impl ChatEvent {
     }
 }
 
-pub type EventStream = Pin<Box<dyn Stream<Item = ChatEvent> + Send>>;
+/// An event as subscribers receive it, with the trace context it was published in.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub event: ChatEvent,
+    /// The publisher's span (empty when tracing is off).
+    pub parent: Parent,
+    /// On the in-process tap only: to be called once the event is handled, so that its
+    /// outbox row is removed (until then a restart publishes it again).
+    pub handled: Option<Handled>,
+}
+
+/// Tells the outbox that the consumer of a bus that is not durable handled an event.
+#[derive(Debug, Clone)]
+pub struct Handled {
+    pub(crate) tx: tokio::sync::mpsc::UnboundedSender<crate::store::EventId>,
+    pub(crate) id: crate::store::EventId,
+}
+
+impl Handled {
+    /// The event is handled (or there was nothing to do with it): its row may go.
+    pub fn done(self) {
+        // Gone only when the service stops: the row stays and is published again.
+        let _ = self.tx.send(self.id);
+    }
+}
+
+pub type EventStream = Pin<Box<dyn Stream<Item = Envelope> + Send>>;
+
+/// The producer span of publishing `event` to `destination` over `system` (`nats`, or
+/// `in-process`), after the OpenTelemetry messaging conventions.
+fn publish_span(system: &'static str, destination: &str, event: &ChatEvent) -> Span {
+    let span = chat_common::otel_span!(
+        "publish",
+        otel.name = format!("publish {}", event.kind()),
+        otel.kind = "producer",
+        messaging.system = system,
+        messaging.operation.type = "send",
+        messaging.destination.name = destination,
+        chat.id = event.chat_id(),
+        message.seq = Empty,
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+    );
+    if let ChatEvent::MessageCreated(m) = event {
+        span.record("message.seq", m.seq);
+    }
+    span
+}
+
+/// The consumer span of handling one new message's event (`operation`: `process`,
+/// `deliver`), the child of the span that published it, as the messaging conventions have
+/// it for an event handled on its own. `Span::none()` when tracing is off.
+pub fn process_span(operation: &'static str, message: &pb::Message, parent: &Parent) -> Span {
+    if !trace::enabled() {
+        return Span::none();
+    }
+    let span = tracing::info_span!(
+        "process",
+        otel.name = format!("{operation} message_created"),
+        otel.kind = "consumer",
+        messaging.operation.type = "process",
+        messaging.operation.name = operation,
+        chat.id = message.chat_id,
+        message.seq = message.seq,
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+    );
+    parent.adopt(&span);
+    span
+}
+
+/// Runs a publish inside its span, recording a failure on it.
+async fn traced_publish(
+    span: Span,
+    publish: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let result = publish.instrument(span.clone()).await;
+    if let Err(e) = &result {
+        trace::record_error(&span, e);
+    }
+    result
+}
 
 #[async_trait]
 pub trait EventBus: Send + Sync + 'static {
@@ -92,6 +183,20 @@ pub trait EventBus: Send + Sync + 'static {
     async fn subscribe(&self, chat_id: i64) -> anyhow::Result<EventStream>;
     /// Fires each time the bus reconnects after a loss, when events may have been missed.
     fn reconnects(&self) -> broadcast::Receiver<()>;
+
+    /// Whether a successful publish means every consumer gets the event even if this
+    /// process stops right after (JetStream has stored it). When not, the outbox keeps the
+    /// row until the consumer reports it handled (`publish_handled`).
+    fn durable(&self) -> bool {
+        true
+    }
+
+    /// Publishes an event whose consumer calls `handled` once it handled it. Only buses
+    /// that are not [`durable`](EventBus::durable) pass `handled` on.
+    async fn publish_handled(&self, event: &ChatEvent, handled: Handled) -> anyhow::Result<()> {
+        let _ = handled;
+        self.publish(event).await
+    }
 }
 
 /// NATS, optionally with a JetStream stream that keeps the events.
@@ -104,8 +209,13 @@ pub struct NatsBus {
 
 impl NatsBus {
     /// Connects to `url`. With `stream` set, makes sure a JetStream stream of that name
-    /// captures `<prefix>.>` and publishes through it.
-    pub async fn connect(url: &str, prefix: &str, stream: Option<&str>) -> anyhow::Result<Self> {
+    /// captures `<prefix>.>` with those settings (see [`chat_common::event_stream`]) and
+    /// publishes through it.
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        stream: Option<(&str, &StreamSettings)>,
+    ) -> anyhow::Result<Self> {
         let (reconnects, _) = broadcast::channel(16);
         let tx = reconnects.clone();
         // The client re-subscribes after it reports Connected; a flush (PING/PONG, ordered
@@ -143,17 +253,9 @@ impl NatsBus {
         let _ = cell.set(client.clone());
         let jetstream = match stream {
             None => None,
-            Some(name) => {
+            Some((name, settings)) => {
                 let js = async_nats::jetstream::new(client.clone());
-                js.get_or_create_stream(async_nats::jetstream::stream::Config {
-                    name: name.to_owned(),
-                    subjects: vec![format!("{prefix}.>")],
-                    max_age: Duration::from_secs(7 * 24 * 3600),
-                    storage: async_nats::jetstream::stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| anyhow::anyhow!("creating JetStream stream {name}: {e}"))?;
+                event_stream::ensure(&js, name, prefix, settings).await?;
                 Some(js)
             }
         };
@@ -175,21 +277,34 @@ impl EventBus for NatsBus {
     async fn publish(&self, event: &ChatEvent) -> anyhow::Result<()> {
         let subject = format!("{}.{}.{}", self.prefix, event.chat_id(), event.kind());
         let payload = bytes::Bytes::from(event.encode());
-        match &self.jetstream {
-            Some(js) => {
-                js.publish(subject, payload)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("publishing to JetStream: {e}"))?
-                    .await
-                    .map_err(|e| anyhow::anyhow!("JetStream did not acknowledge: {e}"))?;
-            }
-            None => self
-                .client
-                .publish(subject, payload)
-                .await
+        let span = publish_span("nats", &subject, event);
+        let parent = Parent::of(&span);
+        // Headers only when there is a trace to carry: without, the message is as before.
+        let headers = parent.is_some().then(|| {
+            let mut headers = async_nats::HeaderMap::new();
+            parent.inject(|name, value| headers.insert(name, value));
+            headers
+        });
+        traced_publish(span, async move {
+            match &self.jetstream {
+                Some(js) => {
+                    let sent = match headers {
+                        Some(h) => js.publish_with_headers(subject, h, payload).await,
+                        None => js.publish(subject, payload).await,
+                    };
+                    sent.map_err(|e| anyhow::anyhow!("publishing to JetStream: {e}"))?
+                        .await
+                        .map_err(|e| anyhow::anyhow!("JetStream did not acknowledge: {e}"))?;
+                }
+                None => match headers {
+                    Some(h) => self.client.publish_with_headers(subject, h, payload).await,
+                    None => self.client.publish(subject, payload).await,
+                }
                 .map_err(|e| anyhow::anyhow!("publishing to NATS: {e}"))?,
-        }
-        Ok(())
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn subscribe(&self, chat_id: i64) -> anyhow::Result<EventStream> {
@@ -200,7 +315,13 @@ impl EventBus for NatsBus {
             .map_err(|e| anyhow::anyhow!("subscribing to NATS: {e}"))?;
         Ok(Box::pin(sub.filter_map(|msg| async move {
             match ChatEvent::decode(&msg.payload) {
-                Ok(e) => Some(e),
+                Ok(event) => Some(Envelope {
+                    event,
+                    parent: Parent::extract(|name| {
+                        msg.headers.as_ref()?.get(name).map(|v| v.as_str())
+                    }),
+                    handled: None,
+                }),
                 Err(e) => {
                     tracing::warn!(subject = %msg.subject, error = %e, "ignoring a malformed event");
                     None
@@ -218,14 +339,16 @@ impl EventBus for NatsBus {
 /// nothing can be lost between publish and delivery. Streams read a broadcast channel (a
 /// stream that falls behind is repaired from storage like after a NATS loss); the
 /// notifier, which has no storage to repair from, reads a tap instead, the in-process
-/// stand-in for the JetStream stream. The tap is bounded: when the notifier is that far
+/// stand-in for the JetStream stream. What the tap holds is lost if the process stops, so
+/// an event's outbox row stays until the notifier reports it handled, and the next start
+/// publishes what is left (`outbox.rs`). The tap is bounded: when the notifier is that far
 /// behind, a publish waits for room, so a sender faster than the emails it causes slows
 /// down instead of growing the server's memory without end. The message is stored by then;
 /// only its answer waits.
 pub struct LocalBus {
-    tx: broadcast::Sender<ChatEvent>,
+    tx: broadcast::Sender<Envelope>,
     reconnects: broadcast::Sender<()>,
-    tap: Option<tokio::sync::mpsc::Sender<ChatEvent>>,
+    tap: Option<tokio::sync::mpsc::Sender<Envelope>>,
 }
 
 /// Events the tap holds for a notifier that is behind.
@@ -244,7 +367,7 @@ impl Default for LocalBus {
 impl LocalBus {
     /// A bus that also hands every published event, in order, to the returned receiver,
     /// which holds up to `capacity` of them.
-    pub fn with_tap(capacity: usize) -> (Self, tokio::sync::mpsc::Receiver<ChatEvent>) {
+    pub fn with_tap(capacity: usize) -> (Self, tokio::sync::mpsc::Receiver<Envelope>) {
         let (tap, rx) = tokio::sync::mpsc::channel(capacity.max(1));
         let bus = Self {
             tap: Some(tap),
@@ -254,16 +377,57 @@ impl LocalBus {
     }
 }
 
+impl LocalBus {
+    async fn publish_with(
+        &self,
+        event: &ChatEvent,
+        handled: Option<Handled>,
+    ) -> anyhow::Result<()> {
+        let span = publish_span("in-process", "in-process", event);
+        let envelope = Envelope {
+            event: event.clone(),
+            parent: Parent::of(&span),
+            handled: None,
+        };
+        traced_publish(span, async move {
+            // Streams first: they are not held up by a notifier that is behind.
+            let _ = self.tx.send(envelope.clone());
+            match &self.tap {
+                // Fails only when the reader is gone (shutting down): the row stays.
+                Some(tap) => {
+                    let _ = tap
+                        .send(Envelope {
+                            handled,
+                            ..envelope
+                        })
+                        .await;
+                }
+                None => {
+                    if let Some(handled) = handled {
+                        handled.done();
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
 #[async_trait]
 impl EventBus for LocalBus {
     async fn publish(&self, event: &ChatEvent) -> anyhow::Result<()> {
-        // Streams first: they are not held up by a notifier that is behind.
-        let _ = self.tx.send(event.clone());
-        if let Some(tap) = &self.tap {
-            // Fails only when the reader is gone (shutting down).
-            let _ = tap.send(event.clone()).await;
-        }
-        Ok(())
+        self.publish_with(event, None).await
+    }
+
+    /// With a tap, an event is handled when the notifier says so: until then it lives
+    /// only in this process's memory.
+    fn durable(&self) -> bool {
+        self.tap.is_none()
+    }
+
+    async fn publish_handled(&self, event: &ChatEvent, handled: Handled) -> anyhow::Result<()> {
+        self.publish_with(event, Some(handled)).await
     }
 
     async fn subscribe(&self, chat_id: i64) -> anyhow::Result<EventStream> {
@@ -273,7 +437,7 @@ impl EventBus for LocalBus {
             let reconnects = reconnects.clone();
             async move {
                 match e {
-                    Ok(e) if e.chat_id() == chat_id => Some(e),
+                    Ok(e) if e.event.chat_id() == chat_id => Some(e),
                     Ok(_) => None,
                     // Lagged: events were skipped; the hub's gap check refills from storage.
                     Err(_) => {
@@ -319,18 +483,22 @@ mod tests {
         );
         // Streams are not held up by the tap.
         for seq in 1..=3 {
-            match live.next().await {
+            match live.next().await.map(|e| e.event) {
                 Some(ChatEvent::MessageCreated(m)) => assert_eq!(m.seq, seq),
                 other => panic!("expected message {seq}, got {other:?}"),
             }
         }
-        assert!(matches!(tap.recv().await, Some(ChatEvent::MessageCreated(m)) if m.seq == 1));
+        let seq_of = |e: Option<Envelope>| match e.map(|e| e.event) {
+            Some(ChatEvent::MessageCreated(m)) => Some(m.seq),
+            _ => None,
+        };
+        assert_eq!(seq_of(tap.recv().await), Some(1));
         tokio::time::timeout(Duration::from_secs(5), third)
             .await
             .expect("room made, the publish goes through")
             .expect("publish");
         for seq in 2..=3 {
-            assert!(matches!(tap.recv().await, Some(ChatEvent::MessageCreated(m)) if m.seq == seq));
+            assert_eq!(seq_of(tap.recv().await), Some(seq));
         }
     }
 

@@ -9,10 +9,20 @@
 //! asks storage whether anything newer exists, so a loss is repaired even when no later
 //! event arrives.
 //!
+//! A stream never advances past a seq it has not delivered. When the missing messages
+//! cannot be read (the database is unreachable), the repair is tried again for at most
+//! [`REPAIR_BUDGET`] (every stream of the chat waits meanwhile), and then the fan-out
+//! ends the chat's streams with UNAVAILABLE: each tells its client the last seq it
+//! delivered, and the client resumes from storage with `after_seq`. Skipping ahead instead
+//! would lose the message for good, since later catch-ups only look past `last_seq`.
+//!
 //! A stream that does not keep up is not waited for: delivery uses `try_send` into the
 //! stream's bounded buffer, and a full buffer cuts that stream off (it ends with
 //! RESOURCE_EXHAUSTED and the client resumes from its last seq). Nothing here holds a lock
 //! across an `.await`.
+//!
+//! Delivering a live message is a span in the trace of the send that published it (with the
+//! number of streams reached), when traces are exported.
 
 use std::{
     collections::HashMap,
@@ -26,17 +36,21 @@ use std::{
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
-use chat_common::Shutdown;
+use chat_common::{trace, Shutdown};
 
 use crate::{
     domain::ChatId,
-    events::{ChatEvent, EventBus},
+    events::{process_span, ChatEvent, Envelope, EventBus},
     service::message_to_pb,
     store::ChatStore,
 };
 
 /// When to look at storage once more after the bus reconnected.
 const RECHECK_AFTER_RECONNECT: Duration = Duration::from_secs(1);
+
+/// How long a gap repair (or catch-up) may take, retries included, before the fan-out
+/// gives up: every stream of the chat waits for it.
+pub const REPAIR_BUDGET: Duration = Duration::from_secs(2);
 
 /// How a subscription ended, as the stream must report it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,7 +211,8 @@ impl Hub {
     }
 
     /// Delivers to every subscriber without waiting; a full buffer cuts its stream off.
-    fn deliver(&self, fanout: &Fanout, event: ChatEvent) {
+    /// Returns how many streams it reached.
+    fn deliver(&self, fanout: &Fanout, event: ChatEvent) -> usize {
         let event = Arc::new(event);
         let mut subs = lock(&fanout.subscribers);
         subs.retain(|s| match s.tx.try_send(event.clone()) {
@@ -209,6 +224,7 @@ impl Hub {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         });
+        subs.len()
     }
 
     /// Delivers every stored message after `last_seq` up to `upto` (by default the chat's
@@ -249,6 +265,33 @@ impl Hub {
         }
         *last_seq = (*last_seq).max(upto);
         Ok(true)
+    }
+
+    /// Delivers the stored messages after `last_seq` up to `upto`, trying again for at
+    /// most [`REPAIR_BUDGET`] in all when storage fails, so that one repair never holds
+    /// the chat's fan-out back for longer. On error, `last_seq` is the last seq actually
+    /// delivered (a part of the gap may have been), never beyond.
+    async fn repair(&self, fanout: &Fanout, last_seq: &mut i64, upto: i64) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + REPAIR_BUDGET;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let attempt =
+                tokio::time::timeout_at(deadline, self.fill(fanout, last_seq, Some(upto))).await;
+            let error = match attempt {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => e,
+                Err(_) => {
+                    anyhow::anyhow!("reading the missing messages took over {REPAIR_BUDGET:?}")
+                }
+            };
+            let now = tokio::time::Instant::now();
+            if now + pause >= deadline {
+                return Err(error);
+            }
+            tracing::debug!(chat_id = fanout.chat_id, error = ?error, "filling a gap failed; trying again");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
     }
 
     async fn run(self: Arc<Self>, fanout: Arc<Fanout>) {
@@ -296,26 +339,40 @@ impl Hub {
                         tracing::warn!(chat_id = chat.0, "event subscription ended");
                         break;
                     }
-                    Some(ChatEvent::MessageCreated(m)) => {
+                    Some(Envelope { event: ChatEvent::MessageCreated(m), parent, .. }) => {
                         if m.seq <= last_seq {
                             continue;
                         }
                         if m.seq > last_seq + 1 {
                             metrics::counter!("chat_event_gaps_total").increment(1);
-                            if let Err(e) = self.fill(&fanout, &mut last_seq, Some(m.seq - 1)).await {
-                                tracing::warn!(chat_id = chat.0, error = ?e, "filling a gap failed");
+                            if let Err(e) = self.repair(&fanout, &mut last_seq, m.seq - 1).await {
+                                // Delivering m now would skip what the repair could not
+                                // read, for good: end the streams instead, each tells its
+                                // client to resume from the last seq it delivered.
+                                tracing::warn!(
+                                    chat_id = chat.0,
+                                    delivered_upto = last_seq,
+                                    missing_upto = m.seq - 1,
+                                    error = ?e,
+                                    "filling a gap failed; ending the chat's streams so they resume from storage"
+                                );
+                                metrics::counter!("chat_gap_repairs_failed_total").increment(1);
+                                break;
                             }
                         }
                         last_seq = m.seq;
-                        self.deliver(&fanout, ChatEvent::MessageCreated(m));
+                        let span = process_span("deliver", &m, &parent);
+                        let streams =
+                            span.in_scope(|| self.deliver(&fanout, ChatEvent::MessageCreated(m)));
+                        trace::set_attribute(&span, "recipient_count", streams as i64);
                         false
                     }
-                    Some(e @ ChatEvent::ChatDeleted { .. }) => {
+                    Some(Envelope { event: e @ ChatEvent::ChatDeleted { .. }, .. }) => {
                         self.deliver(&fanout, e);
                         break;
                     }
-                    Some(e) => {
-                        self.deliver(&fanout, e);
+                    Some(Envelope { event, .. }) => {
+                        self.deliver(&fanout, event);
                         false
                     }
                 },
@@ -334,13 +391,20 @@ impl Hub {
                 _ = tick.tick() => true,
             };
             if catch_up {
-                match self.fill(&fanout, &mut last_seq, None).await {
-                    Ok(true) => {}
-                    Ok(false) => {
+                // Bounded like a repair, so that an unreachable database does not hold
+                // the chat's live events back; a failed catch-up is tried again at the
+                // next tick, and a later event's gap check repairs or ends the streams.
+                let fill = self.fill(&fanout, &mut last_seq, None);
+                match tokio::time::timeout(REPAIR_BUDGET, fill).await {
+                    Ok(Ok(true)) => {}
+                    Ok(Ok(false)) => {
                         self.deliver(&fanout, ChatEvent::ChatDeleted { chat_id: chat.0 });
                         break;
                     }
-                    Err(e) => tracing::warn!(chat_id = chat.0, error = ?e, "catching up failed"),
+                    Ok(Err(e)) => {
+                        tracing::warn!(chat_id = chat.0, error = ?e, "catching up failed")
+                    }
+                    Err(_) => tracing::warn!(chat_id = chat.0, "catching up timed out"),
                 }
             }
         }

@@ -10,16 +10,22 @@ pub mod domain;
 pub mod error;
 pub mod events;
 pub mod hub;
+pub mod outbox;
 pub mod service;
 pub mod store;
 
 use std::{net::SocketAddr, sync::Arc};
 
 use tokio::net::TcpListener;
-use tonic::{codegen::InterceptedService, service::Interceptor, transport::Channel};
+use tonic::{codegen::InterceptedService, service::Interceptor};
 
-pub use chat_common::client::{lazy_channel, verifier_from_auth};
-use chat_common::{server, service_token::ServiceCredential, Shutdown, TokenVerifier};
+pub use chat_common::client::{lazy_channel, verifier_from_auth, TracedChannel};
+use chat_common::{
+    db::{fail_fast, Guarded},
+    server,
+    service_token::ServiceCredential,
+    Shutdown, TokenVerifier,
+};
 use grpc_chat_proto::auth::v1::auth_service_client::AuthServiceClient;
 use grpc_chat_proto::chat::v1::chat_service_server::ChatServiceServer;
 
@@ -32,6 +38,8 @@ pub struct Application {
     listener: TcpListener,
     api: ChatApi,
     verifier: TokenVerifier,
+    /// Whose reachability the health service reports.
+    database_url: String,
 }
 
 /// The service's logic on `bus`, calling AuthService through `auth`: what the split
@@ -39,7 +47,7 @@ pub struct Application {
 pub async fn build_api(
     config: &Config,
     bus: Arc<dyn events::EventBus>,
-    auth: AuthServiceClient<Channel>,
+    auth: AuthServiceClient<TracedChannel>,
     shutdown: Shutdown,
 ) -> anyhow::Result<ChatApi> {
     let store = store::open(&config.database_url, config.database_max_connections).await?;
@@ -66,18 +74,27 @@ pub async fn nats_bus(config: &Config) -> anyhow::Result<Arc<dyn events::EventBu
         events::NatsBus::connect(
             &config.nats_url,
             &config.subject_prefix,
-            config.nats_stream.as_deref(),
+            config
+                .nats_stream
+                .as_deref()
+                .map(|name| (name, &config.nats_stream_settings)),
         )
         .await?,
     ))
 }
 
-/// The gRPC service for `api`, every call checked by `verifier`.
+/// The gRPC service for `api`, every call checked by `verifier`, then answered UNAVAILABLE
+/// at once while the database on `database_url` is known to be down (every method
+/// needs it).
 pub fn grpc_service(
     api: ChatApi,
     verifier: &TokenVerifier,
-) -> InterceptedService<ChatServiceServer<ChatApi>, impl Interceptor + Clone> {
-    ChatServiceServer::with_interceptor(api, verifier.interceptor())
+    database_url: &str,
+) -> InterceptedService<Guarded<ChatServiceServer<ChatApi>>, impl Interceptor + Clone> {
+    InterceptedService::new(
+        fail_fast(database_url, &[], ChatServiceServer::new(api)),
+        verifier.interceptor(),
+    )
 }
 
 impl Application {
@@ -94,6 +111,7 @@ impl Application {
             listener,
             api,
             verifier,
+            database_url: config.database_url,
         })
     }
 
@@ -105,13 +123,22 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<ChatServiceServer<ChatApi>>().await;
-        let (reflection_v1, reflection_v1alpha) = server::reflection()?;
+        chat_common::db::StorageHealth::of(&self.database_url).report(
+            health.clone(),
+            vec![
+                <ChatServiceServer<ChatApi> as tonic::server::NamedService>::NAME.into(),
+                String::new(),
+            ],
+        );
+        let (reflection_v1, reflection_v1alpha) = server::reflection(&[<ChatServiceServer<
+            ChatApi,
+        > as tonic::server::NamedService>::NAME])?;
         tracing::info!(addr = %self.addr, "chat-service serving");
         let router = server::builder()
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(grpc_service(self.api, &self.verifier));
+            .add_service(grpc_service(self.api, &self.verifier, &self.database_url));
         server::serve(router, self.listener, shutdown).await
     }
 }

@@ -8,6 +8,7 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use futures::Stream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use chat_common::{error::invalid_field, Caller, Shutdown};
 use grpc_chat_proto::chat::v1::{
@@ -16,15 +17,13 @@ use grpc_chat_proto::chat::v1::{
 
 use crate::{
     directory::Directory,
-    domain::{page_size, ChatId, IdempotencyKey, MessageText, Title},
+    domain::{self, page_size, ChatId, IdempotencyKey, MessageText, Title},
     error::ChatError,
     events::ChatEvent,
     hub::{Ended, Hub},
+    outbox::Outbox,
     store::{ChatCursor, ChatRecord, ChatStore, Inserted, MessageRecord, NewMessage},
 };
-
-/// Most members a chat may be created with.
-const MAX_MEMBERS: usize = 1000;
 
 #[derive(Clone)]
 pub struct ChatApi {
@@ -34,6 +33,7 @@ pub struct ChatApi {
 struct Inner {
     store: Arc<dyn ChatStore>,
     hub: Arc<Hub>,
+    outbox: Arc<Outbox>,
     directory: Directory,
     shutdown: Shutdown,
 }
@@ -95,10 +95,12 @@ impl ChatApi {
         directory: Directory,
         shutdown: Shutdown,
     ) -> Self {
+        let outbox = Outbox::start(store.clone(), hub.bus().clone(), shutdown.clone());
         Self {
             inner: Arc::new(Inner {
                 store,
                 hub,
+                outbox,
                 directory,
                 shutdown,
             }),
@@ -114,8 +116,9 @@ impl ChatApi {
         found.ok_or(ChatError::ChatNotFound(chat.0))
     }
 
-    /// Publishes an event to every replica. A failure is logged, not returned: the change
-    /// is committed, and streams repair missed events from storage (see `hub.rs`).
+    /// Publishes an event that has no outbox row (a chat's deletion) to every replica. A
+    /// failure is logged, not returned: the change is committed, and open streams of the
+    /// chat find it gone at their next catch-up (see `hub.rs`).
     async fn publish(&self, event: ChatEvent) {
         if let Err(e) = self.inner.hub.bus().publish(&event).await {
             metrics::counter!("chat_publish_failures_total").increment(1);
@@ -136,20 +139,7 @@ impl ChatService for ChatApi {
         let (user_id, username) = Caller::require_user(&request)?;
         let req = request.into_inner();
         let title = Title::parse(&req.title)?;
-        let mut identifiers: Vec<String> = req
-            .members
-            .iter()
-            .map(|m| m.trim().to_owned())
-            .filter(|m| !m.is_empty())
-            .collect();
-        identifiers.sort();
-        identifiers.dedup();
-        if identifiers.len() > MAX_MEMBERS {
-            return Err(invalid_field(
-                "members",
-                format!("at most {MAX_MEMBERS} members"),
-            ));
-        }
+        let identifiers = domain::members(&req.members)?;
         let mut members = self.inner.directory.resolve(&identifiers).await?;
         members.retain(|(id, _)| *id != user_id);
         members.insert(0, (user_id, username));
@@ -290,6 +280,15 @@ impl ChatService for ChatApi {
                 (member.user_id, member.username)
             }
         };
+        let write = chat_common::otel_span!(
+            "store",
+            otel.name = "insert_message",
+            db.operation.name = "insert_message",
+            chat.id = chat_id.0,
+            message.seq = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
         let inserted = self
             .inner
             .store
@@ -300,16 +299,24 @@ impl ChatService for ChatApi {
                 text: &text,
                 idempotency_key: key.as_ref(),
             })
+            .instrument(write.clone())
             .await
+            .inspect_err(|e| chat_common::trace::record_error(&write, e))
             .map_err(ChatError::from)?;
-        let (message, duplicate) = match inserted {
-            Inserted::New(m) => (message_to_pb(&m), false),
-            Inserted::Duplicate(m) => (message_to_pb(&m), true),
+        if let Inserted::New(m, _) | Inserted::Duplicate(m) = &inserted {
+            write.record("message.seq", m.seq);
+        }
+        let (message, event) = match inserted {
+            Inserted::New(m, event) => (message_to_pb(&m), Some(event)),
+            Inserted::Duplicate(m) => (message_to_pb(&m), None),
             Inserted::NoChat => return Err(ChatError::ChatNotFound(chat_id.0).into()),
         };
-        if !duplicate {
+        let duplicate = event.is_none();
+        if let Some(event) = event {
             metrics::counter!("chat_messages_stored_total").increment(1);
-            self.publish(ChatEvent::MessageCreated(message.clone()))
+            self.inner
+                .outbox
+                .publish(&ChatEvent::MessageCreated(message.clone()), event)
                 .await;
         }
         Ok(Response::new(pb::SendMessageResponse {
@@ -352,20 +359,18 @@ impl ChatService for ChatApi {
         if message.deleted {
             return Ok(Response::new(pb::DeleteMessageResponse {}));
         }
-        if let Some(before) = self
+        let deleted = self
             .inner
             .store
             .delete_message(chat_id, req.seq)
             .await
-            .map_err(ChatError::from)?
-        {
-            if !before.deleted {
-                self.publish(ChatEvent::MessageDeleted {
-                    chat_id: chat_id.0,
-                    seq: req.seq,
-                })
-                .await;
-            }
+            .map_err(ChatError::from)?;
+        if let Some(event) = deleted.and_then(|d| d.event) {
+            let deletion = ChatEvent::MessageDeleted {
+                chat_id: chat_id.0,
+                seq: req.seq,
+            };
+            self.inner.outbox.publish(&deletion, event).await;
         }
         Ok(Response::new(pb::DeleteMessageResponse {}))
     }
@@ -532,5 +537,31 @@ impl ActiveStream {
 impl Drop for ActiveStream {
     fn drop(&mut self) {
         metrics::gauge!("chat_streams_active").decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any page token is refused or read; never a panic, never another code.
+        #[test]
+        fn page_tokens(raw in prop_oneof![any::<String>(), "[A-Za-z0-9_-]{0,40}"]) {
+            if let Err(s) = decode_cursor(&raw) {
+                prop_assert_eq!(s.code(), tonic::Code::InvalidArgument);
+            }
+        }
+
+        /// A token this service hands out reads back as the cursor it was made from.
+        #[test]
+        fn page_tokens_round_trip(micros in any::<i64>(), id in any::<i64>()) {
+            let raw = format!("{micros}:{id}");
+            let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+            let cursor = decode_cursor(&token).unwrap().unwrap();
+            prop_assert_eq!((cursor.last_activity_micros, cursor.id), (micros, id));
+        }
     }
 }

@@ -1,8 +1,9 @@
 //! Where chats and messages live. Service logic talks to [`ChatStore`]; `postgres` and
 //! `sqlite` implement it, and [`open`] picks one by the database URL. The store makes each step atomic (a message and its seq in one
-//! transaction; the idempotency check under the chat's row lock) and holds no policy.
+//! transaction; the idempotency check under the chat's row lock; a change and the outbox
+//! row of its event in one transaction) and holds no policy.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chat_common::db::{Database, Migrations};
@@ -80,9 +81,56 @@ pub struct ChatCursor {
     pub id: i64,
 }
 
+/// The id of an outbox row: the event of a change, written in the change's transaction
+/// (see `outbox.rs`).
+pub type EventId = i64;
+
+/// What an outbox row announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    MessageCreated,
+    MessageDeleted,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::MessageCreated => "message_created",
+            EventKind::MessageDeleted => "message_deleted",
+        }
+    }
+
+    pub fn parse(kind: &str) -> anyhow::Result<Self> {
+        match kind {
+            "message_created" => Ok(EventKind::MessageCreated),
+            "message_deleted" => Ok(EventKind::MessageDeleted),
+            other => anyhow::bail!("unknown outbox event kind {other:?}"),
+        }
+    }
+}
+
+/// An outbox row a relay has claimed for publishing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    pub id: EventId,
+    pub chat_id: i64,
+    pub seq: i64,
+    pub kind: EventKind,
+}
+
+/// A message deletion that changed something.
+#[derive(Debug)]
+pub struct Deleted {
+    /// The message as it was.
+    pub before: MessageRecord,
+    /// The deletion's event, when the message was live until now.
+    pub event: Option<EventId>,
+}
+
 #[derive(Debug)]
 pub enum Inserted {
-    New(MessageRecord),
+    /// Stored, with the outbox row of its event.
+    New(MessageRecord, EventId),
     /// The idempotency key matched this earlier message.
     Duplicate(MessageRecord),
     /// The chat does not exist (any more), or the sender is not a member.
@@ -125,14 +173,14 @@ pub trait ChatStore: Send + Sync + 'static {
     /// The member's username, when `user_id` is a member.
     async fn member(&self, chat: ChatId, user_id: i64) -> anyhow::Result<Option<MemberRecord>>;
 
-    /// Stores a message with the chat's next seq when the sender is a member, or returns
-    /// the earlier message with the same idempotency key from the same sender.
+    /// Stores a message with the chat's next seq when the sender is a member, and the
+    /// outbox row of its event in the same transaction; or returns the earlier message
+    /// with the same idempotency key from the same sender.
     async fn insert_message(&self, msg: NewMessage<'_>) -> anyhow::Result<Inserted>;
 
-    /// Marks a message deleted and clears its text. Returns the message as it was, or
-    /// None when there is no such message.
-    async fn delete_message(&self, chat: ChatId, seq: i64)
-        -> anyhow::Result<Option<MessageRecord>>;
+    /// Marks a message deleted and clears its text, with an outbox row for the deletion's
+    /// event when it was live. None when there is no such message.
+    async fn delete_message(&self, chat: ChatId, seq: i64) -> anyhow::Result<Option<Deleted>>;
 
     /// A message, deleted or not.
     async fn message(&self, chat: ChatId, seq: i64) -> anyhow::Result<Option<MessageRecord>>;
@@ -156,4 +204,21 @@ pub trait ChatStore: Send + Sync + 'static {
 
     /// The chat's newest seq, or None when the chat does not exist.
     async fn last_seq(&self, chat: ChatId) -> anyhow::Result<Option<i64>>;
+
+    /// Claims, for `claim_for`, up to `limit` outbox rows older than `older_than` that no
+    /// relay holds a claim on, oldest first.
+    async fn claim_events(
+        &self,
+        older_than: Duration,
+        claim_for: Duration,
+        limit: i64,
+    ) -> anyhow::Result<Vec<OutboxEvent>>;
+
+    /// Removes outbox rows whose events were published.
+    async fn events_published(&self, ids: &[EventId]) -> anyhow::Result<()>;
+}
+
+/// A duration in whole milliseconds for SQL, saturating.
+pub(crate) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

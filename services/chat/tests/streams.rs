@@ -263,3 +263,129 @@ chat_testkit::backend_tests!(
     a_slow_stream_is_cut_off_and_others_go_on,
     a_replica_that_loses_nats_fills_the_gap_from_the_database,
 );
+
+/// `url` with its `host:port` replaced by `addr`.
+fn via(url: &str, addr: SocketAddr) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (userinfo, rest) = rest.split_once('@').map_or(("", rest), |(u, r)| (u, r));
+    let path = rest.split_once('/').map_or("", |(_, p)| p);
+    let at = if userinfo.is_empty() { "" } else { "@" };
+    format!("{scheme}://{userinfo}{at}{addr}/{path}")
+}
+
+/// A replica whose gap repair cannot read the database (its database link is cut while
+/// a later event arrives) must not deliver the later message over the hole: its stream
+/// ends UNAVAILABLE naming the last seq it delivered, and resuming from there gives every
+/// message. (Before, the stream went on with `[1, 3, 4, ...]` and 2 was lost for good.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_that_cannot_be_read_ends_the_stream_and_resuming_gives_every_message() {
+    let w = World::new().await;
+    let nats_addr: SocketAddr = chat_testkit::nats_url()
+        .trim_start_matches("nats://")
+        .parse()
+        .unwrap();
+    let nats_link = TcpProxy::start(nats_addr).await;
+    let pg_addr: SocketAddr = tokio::net::lookup_host(
+        chat_testkit::admin_url()
+            .split_once('@')
+            .and_then(|(_, r)| r.split_once('/'))
+            .map(|(h, _)| h.to_owned())
+            .unwrap(),
+    )
+    .await
+    .unwrap()
+    .next()
+    .unwrap();
+    let db_link = TcpProxy::start(pg_addr).await;
+    let a = w.replica().await;
+    let mut config_b = w.config();
+    config_b.nats_url = format!("nats://{}", nats_link.addr);
+    config_b.database_url = via(&w.db.url, db_link.addr);
+    config_b.catch_up_every = Duration::from_secs(60);
+    let b = spawn_chat(config_b).await;
+    let (alice, bob) = (w.user("alice").await, w.user("bob").await);
+    let id = create_chat(&a, &alice, &[&bob]).await;
+    let mut on_b = connect(&b, &bob, id, 0).await;
+    send(&a, &alice, id, "one").await;
+    assert_eq!(read_until(&mut on_b, 1).await, vec![1]);
+
+    // B misses 2's event, then loses its database; its NATS link comes back.
+    nats_link.cut();
+    send(&a, &alice, id, "two: B misses its event").await;
+    db_link.cut();
+    nats_link.restore();
+
+    // Later messages keep coming until B's stream shows what it does with the gap.
+    let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+    let sender = {
+        let a_client = a.client.clone();
+        let alice = alice.clone();
+        tokio::spawn(async move {
+            let mut last = 2;
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => return last,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+                last = a_client
+                    .clone()
+                    .send_message(alice.req(pb::SendMessageRequest {
+                        chat_id: id,
+                        text: format!("later {}", last + 1),
+                        ..Default::default()
+                    }))
+                    .await
+                    .expect("send via A")
+                    .into_inner()
+                    .message
+                    .expect("message")
+                    .seq;
+            }
+        })
+    };
+    let mut seqs = vec![1];
+    let ended = loop {
+        let item = tokio::time::timeout(Duration::from_secs(30), on_b.message())
+            .await
+            .expect("B's stream neither delivers nor ends");
+        match item {
+            Ok(Some(pb::ConnectResponse {
+                event: Some(Event::Message(m)),
+            })) => {
+                seqs.push(m.seq);
+                if seqs.len() >= 5 {
+                    break None;
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("stream ended without a status"),
+            Err(status) => break Some(status),
+        }
+    };
+    let delivered = *seqs.last().unwrap();
+    assert_contiguous(&seqs, 1, delivered);
+    if let Some(status) = &ended {
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            status.message().contains(&format!("after_seq={delivered}")),
+            "{status:?}"
+        );
+    }
+
+    // Resuming from what was delivered brings every message, once the database is back.
+    db_link.restore();
+    stop_tx.send_replace(true);
+    let last = sender.await.unwrap();
+    // B answers UNAVAILABLE at once while it knows its database is down; a client waits for
+    // it to serve again (readiness) before reconnecting.
+    let healed = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !chat_testkit::fault::health_serving(b.addr, "grpcchat.chat.v1.ChatService").await {
+        assert!(
+            tokio::time::Instant::now() < healed,
+            "B never served again after its database came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut resumed = connect(&b, &bob, id, delivered).await;
+    assert_contiguous(&read_until(&mut resumed, last).await, delivered + 1, last);
+}

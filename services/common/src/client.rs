@@ -1,29 +1,32 @@
 //! Reaching the other services: a lazily connected channel (so a service starts even when
-//! the one it calls is not up yet, and reconnects by itself) and a token verifier loaded
-//! from AuthService's public keys. Every service that calls another or checks tokens
+//! the one it calls is not up yet, and reconnects by itself) that carries each call's trace
+//! context, and a token verifier loaded from AuthService's public keys. Every service that calls another or checks tokens
 //! builds these the same way, so they live here.
 
 use std::time::Duration;
 
 use anyhow::Context;
 use grpc_chat_proto::auth::v1::{auth_service_client::AuthServiceClient, GetPublicKeysRequest};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
+pub use crate::trace::TracedChannel;
 use crate::{Shutdown, TokenVerifier};
 
-/// A lazily connected channel to `url`.
-pub fn lazy_channel(url: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("invalid URL {url}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30))
-        .connect_lazy())
+/// A lazily connected channel to `url`, passing trace context on (see `trace.rs`).
+pub fn lazy_channel(url: &str) -> anyhow::Result<TracedChannel> {
+    Ok(TracedChannel::new(
+        Endpoint::from_shared(url.to_owned())
+            .with_context(|| format!("invalid URL {url}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .connect_lazy(),
+    ))
 }
 
 /// A verifier loaded with AuthService's keys, retried for up to a minute while auth starts.
 /// The keys are then refreshed every five minutes until `shutdown`.
 pub async fn verifier_from_auth(
-    auth: &AuthServiceClient<Channel>,
+    auth: &AuthServiceClient<TracedChannel>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<TokenVerifier> {
     let mut client = auth.clone();

@@ -10,23 +10,59 @@
 //! and sqlx's migrator takes an advisory lock, so several replicas starting at once apply
 //! each migration exactly once.
 //!
+//! Both: a database that a newer version of the service has migrated further is accepted
+//! (sqlx's `ignore_missing`), so a rollback to the previous version, or an old pod that
+//! restarts during a rollout, still starts; that is safe because migrations are
+//! expand/contract (docs/migrations.md). Migrations this version knows are still checked
+//! against what was applied.
+//!
 //! SQLite: the file (and its directory) is created when missing; WAL journal so readers do
 //! not block the writer; `synchronous=FULL` so a commit that returned survives a power
 //! loss, since "stored" must mean stored; a busy timeout so concurrent writers wait rather
 //! than fail. Writers start their transactions with [`begin_write`] (`BEGIN IMMEDIATE`):
 //! a deferred transaction that reads and then writes can fail with SQLITE_BUSY when two
 //! of them upgrade at once, an immediate one queues for the write lock up front.
+//!
+//! A database outage is a transient failure, and callers are told so: [`is_unavailable`]
+//! recognises a lost or refused connection, a pool that could not get one in time, a
+//! server shutting down and a locked SQLite file anywhere in an error's chain, and
+//! `crate::error::internal` answers those UNAVAILABLE (retry with the same idempotency key)
+//! instead of INTERNAL (which says "do not retry", although the write may have committed).
+//! A PostgreSQL pool waits at most [`ACQUIRE_TIMEOUT`] for a connection, so calls made
+//! while the server is down fail within that, not after sqlx's default 30 s (or the 10 s
+//! used before). A monitor probes each pool ([`StorageHealth`]); services report it on
+//! the gRPC health service (NOT_SERVING while storage is unreachable, so readiness probes
+//! drain the replica) and go back to SERVING by themselves when it returns: the pool
+//! reconnects on its own, nothing is restarted. While it is down, [`FailFastLayer`] answers
+//! calls that need storage UNAVAILABLE at once instead of after the acquire timeout.
+//!
+//! Every service's pool reports how many of its connections are in use
+//! (`db_pool_connections`, sampled every few seconds) beside its maximum
+//! (`db_pool_max_connections`), so that a pool running out, which shows to callers only as
+//! slow calls and then timeouts, can be seen and alerted on before.
 
+pub mod fail_fast;
 pub mod group;
 
+pub use fail_fast::{fail_fast, FailFast, FailFastLayer, Guarded, STORAGE_UNAVAILABLE};
 pub use group::{Args, GroupWriter, WriteFuture};
 
-use std::{path::Path, str::FromStr, time::Duration};
+use std::{
+    collections::HashMap,
+    path::Path,
+    str::FromStr,
+    sync::{Mutex, OnceLock},
+    time::Duration,
+};
+
+use tokio::sync::watch;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use sqlx::{
-    migrate::{MigrateDatabase, Migrator},
+    error::BoxDynError,
+    migrate::{MigrateDatabase, Migration, MigrationSource, Migrator},
     postgres::PgPoolOptions,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
     PgPool, Postgres, Sqlite, SqlitePool, Transaction,
@@ -56,15 +92,43 @@ impl Database {
     ) -> anyhow::Result<Self> {
         if is_sqlite(url) {
             let pool = connect_sqlite(url, max_connections).await?;
-            migrations
-                .sqlite
+            tolerant(migrations.sqlite)
+                .await?
                 .run(&pool)
                 .await
                 .context("applying migrations")?;
+            watch_pool(pool.clone(), database_label(url));
+            StorageHealth::monitor(Self::Sqlite(pool.clone()), url);
             Ok(Self::Sqlite(pool))
         } else {
             let pool = connect_and_migrate(url, migrations.postgres, max_connections).await?;
+            watch_pool(pool.clone(), database_label(url));
+            StorageHealth::monitor(Self::Postgres(pool.clone()), url);
             Ok(Self::Postgres(pool))
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Self::Postgres(p) => p.is_closed(),
+            Self::Sqlite(p) => p.is_closed(),
+        }
+    }
+
+    /// Every connection open and in use.
+    fn is_saturated(&self) -> bool {
+        let (size, idle, max) = match self {
+            Self::Postgres(p) => (p.size(), p.num_idle(), p.options().get_max_connections()),
+            Self::Sqlite(p) => (p.size(), p.num_idle(), p.options().get_max_connections()),
+        };
+        size >= max && idle == 0
+    }
+
+    /// One round trip to the database.
+    async fn ping(&self) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Postgres(p) => sqlx::query("SELECT 1").execute(p).await.map(drop),
+            Self::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.map(drop),
         }
     }
 
@@ -106,12 +170,33 @@ pub async fn connect_and_migrate(
     }
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect(url)
         .await
         .context("connecting to PostgreSQL")?;
-    migrator.run(&pool).await.context("applying migrations")?;
+    tolerant(migrator)
+        .await?
+        .run(&pool)
+        .await
+        .context("applying migrations")?;
     Ok(pool)
+}
+
+/// `migrator`'s migrations, tolerating applied ones it does not know (a newer version's).
+async fn tolerant(migrator: &Migrator) -> anyhow::Result<Migrator> {
+    /// The migrations of an existing migrator, as a source for a new one.
+    #[derive(Debug)]
+    struct Known(Vec<Migration>);
+    impl MigrationSource<'static> for Known {
+        fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, BoxDynError>> {
+            Box::pin(async move { Ok(self.0) })
+        }
+    }
+    let mut tolerant = Migrator::new(Known(migrator.iter().cloned().collect()))
+        .await
+        .context("copying the migrations")?;
+    tolerant.set_ignore_missing(true);
+    Ok(tolerant)
 }
 
 /// A pool on the SQLite file `url` names, created (with its directory) when missing.
@@ -137,6 +222,202 @@ pub async fn connect_sqlite(url: &str, max_connections: u32) -> anyhow::Result<S
     Ok(pool)
 }
 
+/// The longest a call waits for a PostgreSQL connection. While the server is down, sqlx
+/// keeps trying to connect until this passes, so it is how long a call made during an
+/// outage takes to answer UNAVAILABLE; a healthy pool that stays exhausted this long is
+/// overloaded, and UNAVAILABLE (try again) is the right answer there too.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether `err` (anywhere in its chain) says the database cannot be reached right now:
+/// a transient failure that a retry may overcome, not a fault of the request or a bug.
+pub fn is_unavailable(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<sqlx::Error>()
+            .is_some_and(sqlx_unavailable)
+    })
+}
+
+fn sqlx_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // A connection that broke mid-message shows as a protocol error.
+        sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| unavailable_code(&code)),
+        _ => false,
+    }
+}
+
+/// Database error codes that mean "not now": PostgreSQL's connection exceptions (class
+/// 08), shutdowns and start-ups in progress (57P01-57P03), too many connections (53300);
+/// SQLite's busy, locked, I/O and cannot-open results (by primary code, the low byte).
+fn unavailable_code(code: &str) -> bool {
+    if code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300") {
+        return true;
+    }
+    match code.parse::<i32>() {
+        // SQLITE_BUSY, SQLITE_LOCKED, SQLITE_IOERR, SQLITE_CANTOPEN
+        Ok(n) => matches!(n & 0xff, 5 | 6 | 10 | 14),
+        Err(_) => false,
+    }
+}
+
+/// Whether a service's database answers, as a monitor of its pool last found it.
+///
+/// [`Database::connect`] starts one monitor per pool and registers it under the pool's
+/// URL, where the service that opened the pool finds it ([`StorageHealth::of`]) to report
+/// it on its gRPC health service. Keyed by URL so that services sharing a process (the
+/// embedded server, tests) each see their own database.
+#[derive(Clone)]
+pub struct StorageHealth {
+    up: watch::Receiver<bool>,
+}
+
+/// How often a monitor probes its pool while the database answers, and while it does not.
+const PROBE_EVERY_UP: Duration = Duration::from_millis(1000);
+const PROBE_EVERY_DOWN: Duration = Duration::from_millis(250);
+
+fn registry() -> &'static Mutex<HashMap<String, StorageHealth>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<String, StorageHealth>>> = OnceLock::new();
+    REGISTRY.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+impl StorageHealth {
+    /// The monitor of the pool opened on `url`; always up when none was opened.
+    pub fn of(url: &str) -> Self {
+        let registry = registry().lock().unwrap_or_else(|p| p.into_inner());
+        registry.get(url).cloned().unwrap_or_else(|| Self {
+            up: watch::channel(true).1,
+        })
+    }
+
+    pub fn is_up(&self) -> bool {
+        *self.up.borrow()
+    }
+
+    /// Waits for the next change, returning the new state; None once the monitor stopped.
+    pub async fn changed(&mut self) -> Option<bool> {
+        self.up.changed().await.ok()?;
+        Some(*self.up.borrow_and_update())
+    }
+
+    /// Probes `pool` with `SELECT 1` until it is closed, publishing whether it answers.
+    /// A pool whose every connection is busy is not probed (it is in use, so the database
+    /// answered a moment ago), so that load is not mistaken for an outage.
+    fn monitor(pool: Database, url: &str) {
+        let (tx, rx) = watch::channel(true);
+        registry()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(url.to_owned(), Self { up: rx });
+        let label = database_label(url);
+        let url = url.to_owned();
+        tokio::spawn(async move {
+            let gauge = metrics::gauge!("db_up", "database" => label.clone());
+            gauge.set(1.0);
+            while !pool.is_closed() {
+                let every = if *tx.borrow() {
+                    PROBE_EVERY_UP
+                } else {
+                    PROBE_EVERY_DOWN
+                };
+                tokio::time::sleep(every).await;
+                if pool.is_saturated() || pool.is_closed() {
+                    continue;
+                }
+                let probe =
+                    tokio::time::timeout(ACQUIRE_TIMEOUT + Duration::from_secs(1), pool.ping())
+                        .await;
+                let up = match probe {
+                    Ok(Ok(_)) => true,
+                    Ok(Err(e)) => {
+                        let e = anyhow::Error::from(e);
+                        if !is_unavailable(&e) {
+                            tracing::warn!(database = %label, error = %format!("{e:#}"), "storage probe failed");
+                        }
+                        false
+                    }
+                    Err(_) => false,
+                };
+                if tx.send_if_modified(|was| std::mem::replace(was, up) != up) {
+                    gauge.set(if up { 1.0 } else { 0.0 });
+                    if up {
+                        tracing::info!(database = %label, "storage reachable again");
+                    } else {
+                        tracing::warn!(database = %label, "storage unreachable");
+                    }
+                }
+            }
+            let mut registry = registry().lock().unwrap_or_else(|p| p.into_inner());
+            if registry
+                .get(&url)
+                .is_some_and(|h| h.up.same_channel(&tx.subscribe()))
+            {
+                registry.remove(&url);
+            }
+        });
+    }
+
+    /// Keeps `services` (gRPC health names; "" is the whole server) at `reporter` in step
+    /// with this storage: NOT_SERVING while it is unreachable, SERVING again when it
+    /// answers. Runs until the monitor stops.
+    pub fn report(mut self, reporter: tonic_health::server::HealthReporter, services: Vec<String>) {
+        use tonic_health::ServingStatus;
+        tokio::spawn(async move {
+            let mut up = self.is_up();
+            loop {
+                let status = if up {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                for service in &services {
+                    reporter.set_service_status(service, status).await;
+                }
+                match self.changed().await {
+                    Some(now) => up = now,
+                    None => return,
+                }
+            }
+        });
+    }
+}
+
+/// How often a pool's use is sampled.
+const POOL_SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
+/// The database a URL names, as metrics label it: the path's last segment without query
+/// (`chat`), or an SQLite file's stem.
+fn database_label(url: &str) -> String {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    let last = path.rsplit('/').next().unwrap_or(path);
+    last.strip_suffix(".db").unwrap_or(last).to_owned()
+}
+
+/// Reports `pool`'s connections as gauges labelled `database`, until the pool is closed.
+/// The task holds a handle, so an unclosed pool lives as long as the runtime: a service's
+/// pool does anyway, and a pool opened only to migrate is closed.
+fn watch_pool<DB: sqlx::Database>(pool: sqlx::Pool<DB>, database: String) {
+    let max = f64::from(pool.options().get_max_connections());
+    metrics::gauge!("db_pool_max_connections", "database" => database.clone()).set(max);
+    tokio::spawn(async move {
+        let in_use = metrics::gauge!("db_pool_connections", "database" => database.clone(), "state" => "in_use");
+        let idle =
+            metrics::gauge!("db_pool_connections", "database" => database, "state" => "idle");
+        while !pool.is_closed() {
+            let open = pool.size();
+            let free = u32::try_from(pool.num_idle()).unwrap_or(open);
+            in_use.set(f64::from(open.saturating_sub(free)));
+            idle.set(f64::from(free));
+            tokio::time::sleep(POOL_SAMPLE_EVERY).await;
+        }
+    });
+}
+
 /// A write transaction on SQLite that holds the write lock from its first statement.
 pub async fn begin_write(pool: &SqlitePool) -> sqlx::Result<Transaction<'static, Sqlite>> {
     pool.begin_with("BEGIN IMMEDIATE").await
@@ -160,4 +441,85 @@ pub async fn sqlite_writer(pool: &SqlitePool) -> anyhow::Result<SqlitePool> {
 /// times: exact and sortable).
 pub fn from_micros(micros: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unreachable_postgres_is_unavailable_not_internal() {
+        // Nothing listens on port 1: sqlx retries until the acquire timeout.
+        let pool = PgPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(300))
+            .connect_lazy("postgres://postgres@127.0.0.1:1/none")
+            .expect("lazy pool");
+        let err = sqlx::query("SELECT 1")
+            .execute(&pool)
+            .await
+            .expect_err("down");
+        let err = anyhow::Error::from(err).context("reading a chat");
+        assert!(is_unavailable(&err), "{err:?}");
+        assert_eq!(
+            crate::error::internal(&err).code(),
+            tonic::Code::Unavailable
+        );
+        let bug = anyhow::Error::from(sqlx::Error::RowNotFound).context("reading a chat");
+        assert!(!is_unavailable(&bug));
+        assert_eq!(crate::error::internal(&bug).code(), tonic::Code::Internal);
+    }
+
+    #[tokio::test]
+    async fn a_locked_sqlite_file_is_unavailable_not_internal() {
+        let dir = tempfile::tempdir().expect("dir");
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("locked.db"))
+            .create_if_missing(true)
+            .busy_timeout(Duration::ZERO);
+        let holder = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .expect("open");
+        sqlx::query("CREATE TABLE t (x INTEGER)")
+            .execute(&holder)
+            .await
+            .expect("create");
+        let mut lock = holder.begin_with("BEGIN EXCLUSIVE").await.expect("lock");
+        sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut *lock)
+            .await
+            .expect("insert under the lock");
+        let other = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .expect("open");
+        let err = sqlx::query("INSERT INTO t VALUES (2)")
+            .execute(&other)
+            .await
+            .expect_err("the file is locked");
+        let err = anyhow::Error::from(err).context("storing a message");
+        assert!(is_unavailable(&err), "{err:?}");
+        assert_eq!(
+            crate::error::internal(&err).code(),
+            tonic::Code::Unavailable
+        );
+    }
+
+    #[test]
+    fn databases_are_labelled_by_name() {
+        assert_eq!(
+            database_label("postgres://postgres@127.0.0.1:5432/chat"),
+            "chat"
+        );
+        assert_eq!(
+            database_label("postgres://u:p@db:5432/users?sslmode=require"),
+            "users"
+        );
+        assert_eq!(
+            database_label("sqlite:///var/lib/grpc-chat/saga.db"),
+            "saga"
+        );
+    }
 }

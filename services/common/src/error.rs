@@ -5,15 +5,30 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-/// An INTERNAL status that says nothing of the cause; the cause goes to the log.
+/// Longest field description an INVALID_ARGUMENT carries, in bytes.
+pub const MAX_DESCRIPTION: usize = 256;
+
+/// The status of an unexpected error, saying nothing of the cause (which goes to the log):
+/// UNAVAILABLE when the database could not be reached (a retry may succeed, and a write
+/// in flight may have committed, so the client retries with the same idempotency key),
+/// INTERNAL otherwise. Every crate's error mapping ends here, so this is the one place
+/// where a storage outage becomes a retryable status.
 pub fn internal(err: &anyhow::Error) -> Status {
+    if crate::db::is_unavailable(err) {
+        tracing::warn!(error = ?err, "storage unavailable");
+        metrics::counter!("storage_unavailable_errors_total").increment(1);
+        return Status::unavailable(crate::db::STORAGE_UNAVAILABLE);
+    }
     tracing::error!(error = ?err, "internal error");
     Status::internal("internal error; it has been logged")
 }
 
 /// INVALID_ARGUMENT naming the field at fault, with a BadRequest detail.
+/// The description is cut to [`MAX_DESCRIPTION`] bytes: callers quote client input in it.
 pub fn invalid_field(field: &str, description: impl Into<String>) -> Status {
-    let description = description.into();
+    let description = crate::guard::truncate(&description.into(), MAX_DESCRIPTION);
+    let field = crate::guard::truncate(field, 64);
+    let field = field.as_str();
     let details = ErrorDetails::with_bad_request_violation(field, description.clone());
     Status::with_error_details(
         Code::InvalidArgument,

@@ -1,19 +1,26 @@
 //! What every grpc-chat service really shares, written once: reading configuration from the
-//! environment, telemetry, the access-token check, the service credential for internal calls,
-//! serving with health and reflection, graceful shutdown, and the mapping of internal errors
-//! to a status that leaks nothing.
+//! environment, telemetry and the trace context that crosses services, the access-token
+//! check, the service credential for internal calls, serving with health and reflection,
+//! graceful shutdown, the one definition of the JetStream events stream, and the mapping of internal errors to a status that leaks nothing.
 
 pub mod binary;
 pub mod client;
 pub mod config;
 pub mod db;
+pub mod domain;
 pub mod error;
+pub mod event_stream;
+pub mod guard;
 pub mod metrics;
 pub mod server;
 pub mod service_token;
 pub mod shutdown;
 pub mod telemetry;
 pub mod token;
+pub mod trace;
+
+#[doc(hidden)]
+pub use tracing as __tracing;
 
 pub use shutdown::Shutdown;
 pub use token::{Caller, Claims, Role, TokenVerifier};

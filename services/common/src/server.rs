@@ -1,6 +1,9 @@
 //! Serving a tonic router the same way in every binary and test: on an already bound
 //! listener (so tests bind port 0 and learn the port before serving), with gRPC health and
-//! reflection, request metrics, and a graceful stop that lets open calls finish.
+//! reflection, request metrics, a span per call that continues the caller's trace
+//! ([`crate::trace::ServerLayer`]), statuses kept safe to send ([`crate::guard`]: a request
+//! that does not decode is INVALID_ARGUMENT, no status is too large for the connection), and
+//! a graceful stop that lets open calls finish.
 
 use std::time::Duration;
 
@@ -10,20 +13,33 @@ use tonic::transport::{
     Server,
 };
 
-use crate::{metrics::MetricsLayer, Shutdown};
+use tower::layer::util::{Identity, Stack};
+
+use crate::{guard::StatusGuardLayer, metrics::MetricsLayer, trace::ServerLayer, Shutdown};
+
+/// The layers every server runs its services under (the guard innermost, so metrics and
+/// traces see the status the client gets).
+pub type Layers = Stack<StatusGuardLayer, Stack<ServerLayer, Stack<MetricsLayer, Identity>>>;
 
 /// A server builder with the settings every service uses.
-pub fn builder(
-) -> tonic::transport::Server<tower::layer::util::Stack<MetricsLayer, tower::layer::util::Identity>>
-{
+pub fn builder() -> tonic::transport::Server<Layers> {
     Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(MetricsLayer)
+        .layer(ServerLayer)
+        .layer(StatusGuardLayer)
 }
 
-/// The reflection service for every grpc-chat contract (v1 and v1alpha, for older tools).
-pub fn reflection() -> anyhow::Result<(
+/// The gRPC health service's full name, listed by every server's reflection.
+pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+
+/// The reflection service (v1 and v1alpha, for older tools), listing `services` (full
+/// names, such as `grpcchat.auth.v1.AuthService`) and health: what this server serves,
+/// not every contract the project has.
+pub fn reflection(
+    services: &[&str],
+) -> anyhow::Result<(
     tonic_reflection::server::v1::ServerReflectionServer<
         impl tonic_reflection::server::v1::ServerReflection,
     >,
@@ -31,14 +47,18 @@ pub fn reflection() -> anyhow::Result<(
         impl tonic_reflection::server::v1alpha::ServerReflection,
     >,
 )> {
-    let v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(grpc_chat_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(grpc_chat_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let configure = || {
+        let mut b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(grpc_chat_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name(HEALTH_SERVICE);
+        for name in services {
+            b = b.with_service_name(*name);
+        }
+        b
+    };
+    let v1 = configure().build_v1()?;
+    let v1alpha = configure().build_v1alpha()?;
     Ok((v1, v1alpha))
 }
 

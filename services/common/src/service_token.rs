@@ -7,10 +7,11 @@
 
 use std::{sync::Arc, time::Duration};
 
+use crate::trace::TracedChannel;
 use grpc_chat_proto::auth::v1::{auth_service_client::AuthServiceClient, IssueServiceTokenRequest};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Mutex;
-use tonic::{metadata::MetadataValue, transport::Channel, Request, Status};
+use tonic::{metadata::MetadataValue, Request, Status};
 
 struct Cached {
     token: String,
@@ -20,14 +21,14 @@ struct Cached {
 /// Fetches and caches this service's token; cheap to clone.
 #[derive(Clone)]
 pub struct ServiceCredential {
-    client: AuthServiceClient<Channel>,
+    client: AuthServiceClient<TracedChannel>,
     name: String,
     secret: SecretString,
     cached: Arc<Mutex<Option<Cached>>>,
 }
 
 impl ServiceCredential {
-    pub fn new(client: AuthServiceClient<Channel>, name: &str, secret: SecretString) -> Self {
+    pub fn new(client: AuthServiceClient<TracedChannel>, name: &str, secret: SecretString) -> Self {
         Self {
             client,
             name: name.to_owned(),

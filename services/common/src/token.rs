@@ -13,10 +13,11 @@ use std::{
     time::Duration,
 };
 
+use crate::trace::TracedChannel;
 use grpc_chat_proto::auth::v1::{self as pb, auth_service_client::AuthServiceClient};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
-use tonic::{metadata::MetadataMap, transport::Channel, Request, Status};
+use tonic::{metadata::MetadataMap, Request, Status};
 
 /// What a token's holder is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,6 +168,8 @@ pub enum TokenError {
     Invalid,
     #[error("token was issued for another issuer or audience")]
     WrongIssuerOrAudience,
+    #[error("token is issued in the future; check the clocks")]
+    IssuedInTheFuture,
 }
 
 impl From<TokenError> for Status {
@@ -178,6 +181,9 @@ impl From<TokenError> for Status {
 struct Keys {
     by_kid: HashMap<String, DecodingKey>,
 }
+
+/// How far in the future a token's `iat` may be (clock drift between hosts), in seconds.
+pub const IAT_LEEWAY_SECS: i64 = 60;
 
 /// Most verified tokens remembered; past it the memory starts over.
 const VERIFIED_CACHE: usize = 16_384;
@@ -238,7 +244,7 @@ impl TokenVerifier {
     /// Loads the keys from AuthService's `GetPublicKeys`.
     pub async fn refresh_from(
         &self,
-        client: &mut AuthServiceClient<Channel>,
+        client: &mut AuthServiceClient<TracedChannel>,
     ) -> anyhow::Result<()> {
         let resp = client
             .get_public_keys(pb::GetPublicKeysRequest {})
@@ -256,7 +262,7 @@ impl TokenVerifier {
     /// and retried at the next tick; the old keys stay in use.
     pub fn spawn_refresh(
         &self,
-        mut client: AuthServiceClient<Channel>,
+        mut client: AuthServiceClient<TracedChannel>,
         every: Duration,
         shutdown: crate::Shutdown,
     ) {
@@ -319,6 +325,11 @@ impl TokenVerifier {
                 _ => TokenError::Invalid,
             }
         })?;
+        // A token from the future was not issued by a clock we trust: allow the drift
+        // between two hosts' clocks, no more.
+        if data.claims.iat > chrono::Utc::now().timestamp() + IAT_LEEWAY_SECS {
+            return Err(TokenError::IssuedInTheFuture);
+        }
         Ok(data.claims)
     }
 
@@ -371,11 +382,14 @@ mod tests {
     const OTHER_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA1AVH5FhhqwATRqboITfJTQdEwCcLvoM9yoTqgqkajRc=\n-----END PUBLIC KEY-----\n";
 
     fn token(kid: &str, exp: i64) -> String {
-        let now = chrono::Utc::now().timestamp();
+        token_issued(kid, chrono::Utc::now().timestamp(), exp)
+    }
+
+    fn token_issued(kid: &str, iat: i64, exp: i64) -> String {
         let claims = Claims {
             sub: "7".into(),
             exp,
-            iat: now,
+            iat,
             iss: "grpc-chat".into(),
             aud: "grpc-chat".into(),
             jti: "j".into(),
@@ -425,5 +439,18 @@ mod tests {
         let last = forged.pop().expect("non-empty");
         forged.push(if last == 'A' { 'B' } else { 'A' });
         assert!(v.verify(&forged).is_err());
+    }
+
+    #[test]
+    fn a_token_from_the_future_is_refused_beyond_the_leeway() {
+        let v = verifier();
+        let now = chrono::Utc::now().timestamp();
+        let drifted = token_issued("k1", now + 30, now + 600);
+        assert!(v.verify(&drifted).is_ok(), "30 s of clock drift is allowed");
+        let tomorrow = token_issued("k1", now + 86_400, now + 90_000);
+        assert!(matches!(
+            v.verify(&tomorrow),
+            Err(TokenError::IssuedInTheFuture)
+        ));
     }
 }

@@ -9,6 +9,7 @@
 //! | `NATS_URL` | `nats://127.0.0.1:4222` | NATS server |
 //! | `NATS_SUBJECT_PREFIX` | `chat` | chat events are `<prefix>.<chat_id>.<kind>` |
 //! | `NATS_STREAM` | `CHAT_EVENTS` | the JetStream stream chat-service publishes into |
+//! | `NATS_STREAM_REPLICAS`, `NATS_STREAM_MAX_BYTES`, `NATS_STREAM_MAX_AGE` | `1`, `-1`, `7d` | the stream's copies and limits ([`chat_common::event_stream`]): set them as for chat-service |
 //! | `NATS_CONSUMER` | `notification` | durable consumer shared by every replica |
 //! | `NATS_ACK_WAIT_SECS` | `60` | an unacknowledged event is redelivered after this |
 //! | `AUTH_URL` | `http://127.0.0.1:50051` | AuthService: keys, service token, emails |
@@ -29,7 +30,10 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{bail, Result};
-use chat_common::config::{parse_or, secret_var, secs_or, var, var_or};
+use chat_common::{
+    config::{parse_or, secret_var, secs_or, var, var_or},
+    event_stream::StreamSettings,
+};
 use secrecy::SecretString;
 
 /// How the mail server connection is secured.
@@ -107,6 +111,8 @@ pub struct Config {
     pub nats_url: String,
     pub subject_prefix: String,
     pub nats_stream: String,
+    /// Replicas and limits of `nats_stream`, shared with chat-service.
+    pub nats_stream_settings: StreamSettings,
     pub nats_consumer: String,
     pub ack_wait: Duration,
     pub auth_url: String,
@@ -145,6 +151,7 @@ impl Config {
             nats_url: var_or("NATS_URL", "nats://127.0.0.1:4222"),
             subject_prefix: var_or("NATS_SUBJECT_PREFIX", "chat"),
             nats_stream: var_or("NATS_STREAM", "CHAT_EVENTS"),
+            nats_stream_settings: StreamSettings::from_env()?,
             nats_consumer: var_or("NATS_CONSUMER", "notification"),
             ack_wait: secs_or("NATS_ACK_WAIT_SECS", Duration::from_secs(60))?,
             auth_url: var_or("AUTH_URL", "http://127.0.0.1:50051"),

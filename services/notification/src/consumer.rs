@@ -5,6 +5,9 @@
 //! delay and comes back, and one whose replica died comes back after `ack_wait`. Events
 //! published while no replica runs wait in the stream. Duplicates that redelivery may cause
 //! are absorbed by the delivery records (see `notifier.rs`).
+//!
+//! Handling an event is a span continuing the trace whose context the event carries in its
+//! headers: the emails of a message sent through the saga are part of the saga's trace.
 
 use std::{sync::Arc, time::Duration};
 
@@ -16,9 +19,14 @@ use async_nats::jetstream::{
 };
 use futures::StreamExt;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
-use chat_common::Shutdown;
-use chat_service::events::ChatEvent;
+use chat_common::{
+    event_stream,
+    trace::{self, Parent},
+    Shutdown,
+};
+use chat_service::events::{process_span, ChatEvent};
 
 use crate::{error::NotificationError, notifier::Notifier, Config};
 
@@ -26,6 +34,20 @@ use crate::{error::NotificationError, notifier::Notifier, Config};
 pub(crate) const CONCURRENCY: usize = 32;
 /// How long a failed event waits before it is redelivered.
 pub(crate) const RETRY_DELAY: Duration = Duration::from_secs(2);
+/// How long a stop waits for the events being handled: an email on its way is recorded,
+/// a retry waiting for its next try gives its claim back, and the event is settled
+/// (acknowledged, or left to come again) before the process exits.
+pub(crate) const DRAIN: Duration = Duration::from_secs(5);
+
+/// Waits, up to [`DRAIN`], until every handler has given its permit back.
+pub(crate) async fn drain(permits: &Semaphore) {
+    if tokio::time::timeout(DRAIN, permits.acquire_many(CONCURRENCY as u32))
+        .await
+        .is_err()
+    {
+        tracing::warn!("events still being handled at exit; they come again");
+    }
+}
 
 /// Connects to NATS and makes sure the stream and the durable consumer exist.
 pub async fn connect(config: &Config) -> anyhow::Result<PullConsumer> {
@@ -36,18 +58,15 @@ pub async fn connect(config: &Config) -> anyhow::Result<PullConsumer> {
         .await
         .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
     let js = jetstream::new(client);
-    // chat-service creates the stream too; whichever starts first makes it, with the same
-    // subjects, so the notifier never misses events published before it first ran.
-    let stream = js
-        .get_or_create_stream(jetstream::stream::Config {
-            name: config.nats_stream.clone(),
-            subjects: vec![format!("{}.>", config.subject_prefix)],
-            max_age: Duration::from_secs(7 * 24 * 3600),
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("opening JetStream stream {}: {e}", config.nats_stream))?;
+    // chat-service creates the stream too; whichever starts first makes it, from the one
+    // shared definition, so the notifier never misses events published before it first ran.
+    let stream = event_stream::ensure(
+        &js,
+        &config.nats_stream,
+        &config.subject_prefix,
+        &config.nats_stream_settings,
+    )
+    .await?;
     let consumer = stream
         .get_or_create_consumer(
             &config.nats_consumer,
@@ -66,9 +85,20 @@ pub async fn connect(config: &Config) -> anyhow::Result<PullConsumer> {
     Ok(consumer)
 }
 
-/// Pulls and handles events until `shutdown`; reopens the pull after errors.
+/// Pulls and handles events until `shutdown`, then lets the events being handled settle
+/// (see [`DRAIN`]); reopens the pull after errors.
 pub async fn run(consumer: PullConsumer, notifier: Notifier, shutdown: Shutdown) {
     let permits = Arc::new(Semaphore::new(CONCURRENCY));
+    pull(consumer, notifier, &shutdown, &permits).await;
+    drain(&permits).await;
+}
+
+async fn pull(
+    consumer: PullConsumer,
+    notifier: Notifier,
+    shutdown: &Shutdown,
+    permits: &Arc<Semaphore>,
+) {
     while !shutdown.is_triggered() {
         let mut messages = match consumer.messages().await {
             Ok(m) => m,
@@ -107,21 +137,35 @@ pub async fn run(consumer: PullConsumer, notifier: Notifier, shutdown: Shutdown)
 
 async fn handle(notifier: &Notifier, msg: jetstream::Message) {
     let ack = match ChatEvent::decode(&msg.payload) {
-        Ok(ChatEvent::MessageCreated(m)) => match notifier.notify(&m).await {
-            Ok(()) => AckKind::Ack,
-            Err(e) if e.is_final() => {
-                tracing::info!(chat_id = m.chat_id, seq = m.seq, error = %e, "nothing to notify");
-                AckKind::Ack
+        Ok(ChatEvent::MessageCreated(m)) => {
+            let parent =
+                Parent::extract(|name| msg.headers.as_ref()?.get(name).map(|v| v.as_str()));
+            let span = process_span("process", &m, &parent);
+            let notified = notifier.notify(&m).instrument(span.clone()).await;
+            let _entered = span.enter();
+            match notified {
+                Ok(()) => AckKind::Ack,
+                Err(e) if e.is_final() => {
+                    tracing::info!(chat_id = m.chat_id, seq = m.seq, error = %e, "nothing to notify");
+                    AckKind::Ack
+                }
+                Err(NotificationError::Held(e)) => {
+                    tracing::debug!(chat_id = m.chat_id, seq = m.seq, reason = %e,
+                        "emails held elsewhere; the event comes again");
+                    AckKind::Nak(Some(RETRY_DELAY))
+                }
+                Err(NotificationError::Unavailable(e)) => {
+                    trace::record_error(&span, &e);
+                    tracing::warn!(chat_id = m.chat_id, seq = m.seq, error = %e, "event will be retried");
+                    AckKind::Nak(Some(RETRY_DELAY))
+                }
+                Err(e) => {
+                    trace::record_error(&span, &e);
+                    tracing::error!(chat_id = m.chat_id, seq = m.seq, error = ?e, "event will be retried");
+                    AckKind::Nak(Some(RETRY_DELAY))
+                }
             }
-            Err(NotificationError::Unavailable(e)) => {
-                tracing::warn!(chat_id = m.chat_id, seq = m.seq, error = %e, "event will be retried");
-                AckKind::Nak(Some(RETRY_DELAY))
-            }
-            Err(e) => {
-                tracing::error!(chat_id = m.chat_id, seq = m.seq, error = ?e, "event will be retried");
-                AckKind::Nak(Some(RETRY_DELAY))
-            }
-        },
+        }
         // Another kind on a filtered subject: nothing to email.
         Ok(_) => AckKind::Ack,
         Err(e) => {

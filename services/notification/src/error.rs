@@ -14,6 +14,11 @@ pub enum NotificationError {
     /// A service this one needs (chat, auth) did not answer; worth retrying.
     #[error("{0}")]
     Unavailable(String),
+    /// Another sender holds the message's emails (the saga's NotifyMessage, another
+    /// replica, or a process whose lease has not run out): not a failure, but the event is
+    /// not done until that sender is; it comes again later.
+    #[error("{0}")]
+    Held(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -26,6 +31,12 @@ impl NotificationError {
             self,
             NotificationError::NotFound(_) | NotificationError::InvalidArgument { .. }
         )
+    }
+
+    /// Whether this is a failure worth marking on a span and warning about; an event whose
+    /// emails another sender holds only waits for it.
+    pub fn is_failure(&self) -> bool {
+        !matches!(self, NotificationError::Held(_))
     }
 
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
@@ -62,6 +73,7 @@ impl From<NotificationError> for Status {
             NotificationError::Unavailable(m) => {
                 chat_common::error::unavailable("a dependency", &m)
             }
+            NotificationError::Held(m) => Status::unavailable(m),
             NotificationError::Internal(e) => chat_common::error::internal(&e),
         }
     }

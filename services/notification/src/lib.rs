@@ -20,10 +20,10 @@ use std::{net::SocketAddr, sync::Arc};
 
 use async_nats::jetstream::consumer::PullConsumer;
 use tokio::net::TcpListener;
-use tonic::{codegen::InterceptedService, service::Interceptor, transport::Channel};
+use tonic::{codegen::InterceptedService, service::Interceptor};
 
 use chat_common::{
-    client::{lazy_channel, verifier_from_auth},
+    client::{lazy_channel, verifier_from_auth, TracedChannel},
     server,
     service_token::ServiceCredential,
     Shutdown, TokenVerifier,
@@ -55,6 +55,8 @@ pub struct Application {
     notifier: Notifier,
     consumer: PullConsumer,
     verifier: TokenVerifier,
+    /// Whose reachability the health service reports.
+    database_url: String,
 }
 
 impl Application {
@@ -83,6 +85,7 @@ impl Application {
             notifier,
             consumer,
             verifier,
+            database_url: config.database_url,
         })
     }
 
@@ -92,7 +95,7 @@ impl Application {
 
     /// Consumes events and serves until `shutdown` is triggered.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        tokio::spawn(consumer::run(
+        let events = tokio::spawn(consumer::run(
             self.consumer,
             self.notifier.clone(),
             shutdown.clone(),
@@ -101,14 +104,33 @@ impl Application {
         health
             .set_serving::<NotificationServiceServer<NotificationApi>>()
             .await;
-        let (reflection_v1, reflection_v1alpha) = server::reflection()?;
+        chat_common::db::StorageHealth::of(&self.database_url).report(
+            health.clone(),
+            vec![
+                <NotificationServiceServer<NotificationApi> as tonic::server::NamedService>::NAME
+                    .into(),
+                String::new(),
+            ],
+        );
+        let (reflection_v1, reflection_v1alpha) = server::reflection(&[
+            <NotificationServiceServer<NotificationApi> as tonic::server::NamedService>::NAME,
+        ])?;
         tracing::info!(addr = %self.addr, "notification-service serving");
         let router = server::builder()
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(grpc_service(self.notifier, &self.verifier));
-        server::serve(router, self.listener, shutdown).await
+            .add_service(grpc_service(
+                self.notifier,
+                &self.verifier,
+                &self.database_url,
+            ));
+        let served = server::serve(router, self.listener, shutdown).await;
+        // Events being handled settle before the exit: no claim is left behind.
+        if let Err(e) = events.await {
+            tracing::error!(error = %e, "the event consumer failed");
+        }
+        served
     }
 }
 
@@ -124,8 +146,8 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
 pub async fn build_notifier(
     config: &Config,
     sender: Arc<dyn EmailSender>,
-    auth: AuthServiceClient<Channel>,
-    chat: ChatServiceClient<Channel>,
+    auth: AuthServiceClient<TracedChannel>,
+    chat: ChatServiceClient<TracedChannel>,
     shutdown: Shutdown,
 ) -> anyhow::Result<Notifier> {
     let store = store::open(&config.database_url, config.database_max_connections).await?;
@@ -146,13 +168,23 @@ pub async fn build_notifier(
     ))
 }
 
-/// The gRPC service for `notifier`, every call checked by `verifier`.
+/// The gRPC service for `notifier`, every call checked by `verifier`, then answered
+/// UNAVAILABLE at once while the database on `database_url` is known to be down (every
+/// method needs it).
 pub fn grpc_service(
     notifier: Notifier,
     verifier: &TokenVerifier,
-) -> InterceptedService<NotificationServiceServer<NotificationApi>, impl Interceptor + Clone> {
-    NotificationServiceServer::with_interceptor(
-        NotificationApi::new(notifier),
+    database_url: &str,
+) -> InterceptedService<
+    chat_common::db::Guarded<NotificationServiceServer<NotificationApi>>,
+    impl Interceptor + Clone,
+> {
+    InterceptedService::new(
+        chat_common::db::fail_fast(
+            database_url,
+            &[],
+            NotificationServiceServer::new(NotificationApi::new(notifier)),
+        ),
         verifier.interceptor(),
     )
 }

@@ -5,9 +5,23 @@
 //! but the sender, with their emails, looked up through ChatService and AuthService with
 //! this service's token and kept per chat for a few seconds), then claims whatever deliveries are not yet claimed and
 //! sends them. Claims are rows updated in PostgreSQL, so two replicas, or the event and the
-//! saga arriving at once, never send the same email twice. A transient SMTP failure is
+//! saga arriving at once, never send the same email twice. An event is done only once every
+//! delivery is final: deliveries held by another sender (which may have died, leaving its
+//! claim until the lease runs out) or given back by a retry cut short at shutdown make the
+//! event come again, so no email is dropped with it. A transient SMTP failure is
 //! retried with exponential backoff up to a bound; a permanent one, or running out of
 //! tries, is recorded as FAILED with its error, which `GetDeliveryStatus` reports.
+//!
+//! An event can outlive its message: the saga removes a message whose notification failed
+//! or ran past its deadline, possibly while every notifier was down and its event waited in
+//! the stream. So before emails are claimed, and again before every retry, the message is
+//! looked up in ChatService; a message that is gone has its unsent deliveries cancelled
+//! (recorded FAILED, "cancelled: ..."), never emailed. Only an email already handed to the
+//! mail server when the message is removed still goes out.
+//!
+//! When traces are exported, notifying a message is a `notify` span (with the number of
+//! recipients) and every email attempt an `email` span of its own, failed with the SMTP
+//! error when it failed, so a trace shows which email took long or failed and why.
 
 use std::{
     collections::HashMap,
@@ -17,9 +31,10 @@ use std::{
 
 use futures::StreamExt;
 use tokio::sync::broadcast;
-use tonic::{transport::Channel, Code};
+use tonic::Code;
+use tracing::{field::Empty, Instrument, Span};
 
-use chat_common::{service_token::ServiceCredential, Shutdown};
+use chat_common::{client::TracedChannel, service_token::ServiceCredential, trace, Shutdown};
 use grpc_chat_proto::auth::v1::{auth_service_client::AuthServiceClient, GetUserEmailsRequest};
 use grpc_chat_proto::chat::v1::{
     self as chatpb, chat_service_client::ChatServiceClient, ListMembersRequest, ListMessagesRequest,
@@ -32,6 +47,8 @@ use crate::{
     store::{DeliveryRecord, DeliveryState, DeliveryStore, MessageRecord, Recipient},
 };
 
+/// The error recorded on a delivery whose message was removed before it was emailed.
+const CANCELLED: &str = "cancelled: the message was removed before it was emailed";
 /// How many emails one replica sends at once for one message.
 const SEND_CONCURRENCY: usize = 8;
 /// How often a waiting status call looks at the records again when nothing in this
@@ -46,8 +63,8 @@ pub struct Notifier {
 struct Inner {
     store: Arc<dyn DeliveryStore>,
     sender: Arc<dyn EmailSender>,
-    chat: ChatServiceClient<Channel>,
-    auth: AuthServiceClient<Channel>,
+    chat: ChatServiceClient<TracedChannel>,
+    auth: AuthServiceClient<TracedChannel>,
     credential: ServiceCredential,
     retry: RetryPolicy,
     lease: Duration,
@@ -85,8 +102,8 @@ impl Notifier {
     pub fn new(
         store: Arc<dyn DeliveryStore>,
         sender: Arc<dyn EmailSender>,
-        chat: ChatServiceClient<Channel>,
-        auth: AuthServiceClient<Channel>,
+        chat: ChatServiceClient<TracedChannel>,
+        auth: AuthServiceClient<TracedChannel>,
         credential: ServiceCredential,
         retry: RetryPolicy,
         lease: Duration,
@@ -108,13 +125,61 @@ impl Notifier {
         }
     }
 
-    /// Records (if new) and sends every email of `message`; returns once the claimed emails
-    /// are delivered or failed for good.
+    /// Records (if new) and sends every email of `message`, an event's copy that may have
+    /// been removed since; returns once the claimed emails are delivered or failed for good.
     pub async fn notify(&self, message: &chatpb::Message) -> Result<(), NotificationError> {
+        self.notify_traced(message, false).await
+    }
+
+    /// As [`Notifier::notify`], for a message just read from ChatService, by a caller who
+    /// then waits for the deliveries: `Ok` too when another sender holds them.
+    pub async fn notify_fetched(&self, message: &chatpb::Message) -> Result<(), NotificationError> {
+        self.notify_traced(message, true).await
+    }
+
+    async fn notify_traced(
+        &self,
+        message: &chatpb::Message,
+        fetched: bool,
+    ) -> Result<(), NotificationError> {
+        let span = chat_common::otel_span!(
+            "notify",
+            otel.name = "notify message",
+            chat.id = message.chat_id,
+            message.seq = message.seq,
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+        );
+        let result = self
+            .notify_in_span(message, fetched)
+            .instrument(span.clone())
+            .await;
+        if let Err(e) = &result {
+            if !e.is_final() && e.is_failure() {
+                trace::record_error(&span, e);
+            }
+        }
+        result
+    }
+
+    async fn notify_in_span(
+        &self,
+        message: &chatpb::Message,
+        fetched: bool,
+    ) -> Result<(), NotificationError> {
         let (recorded, new) = self.record(message).await?;
         let (chat_id, seq) = (message.chat_id, message.seq);
+        if !fetched && !self.still_there(chat_id, seq).await? {
+            return self.cancel(chat_id, seq).await;
+        }
         let Some(claimed) = self.claim(chat_id, seq).await? else {
-            return Ok(());
+            // A caller of NotifyMessage waits for the holder (`wait_final`); an event is
+            // not done until the deliveries are.
+            return if fetched {
+                Ok(())
+            } else {
+                self.settled(chat_id, seq).await
+            };
         };
         // The first record wins: when this one was not it, send what was recorded.
         let recorded = if new {
@@ -123,7 +188,26 @@ impl Notifier {
             self.recorded(chat_id, seq).await?
         };
         self.send_claimed(recorded, claimed).await;
+        if !fetched && self.inner.shutdown.is_triggered() {
+            // Retries cut short by the shutdown gave their claims back: not done.
+            return self.settled(chat_id, seq).await;
+        }
         Ok(())
+    }
+
+    /// Whether the event is done with: every delivery of the message is final. A delivery
+    /// that is not, and that this call could not claim, is held by another sender; that
+    /// sender may be a process that died, whose claim only runs out with its lease. So the
+    /// event is not done: it comes again (JetStream redelivery, the in-process retry) until
+    /// the holder finished or its claim ran out and this process takes the delivery over.
+    async fn settled(&self, chat_id: i64, seq: i64) -> Result<(), NotificationError> {
+        match self.inner.store.deliveries(chat_id, seq).await? {
+            Some(d) if !overall(&d).is_final() => Err(NotificationError::Held(format!(
+                "emails of message {seq} of chat {chat_id} are not settled yet: another \
+                 sender holds them, or this one is stopping"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Whether the message is known here.
@@ -138,6 +222,8 @@ impl Notifier {
         seq: i64,
     ) -> Result<chatpb::Message, NotificationError> {
         let not_found = || NotificationError::NotFound(format!("message {seq} of chat {chat_id}"));
+        // No message has the largest seq there is; and `seq + 1` must not overflow.
+        let before_seq = seq.checked_add(1).ok_or_else(not_found)?;
         let req = self
             .inner
             .credential
@@ -147,7 +233,7 @@ impl Notifier {
                 chat_id,
                 page_size: 1,
                 after_seq: 0,
-                before_seq: seq + 1,
+                before_seq,
             })
             .await
             .map_err(|s| NotificationError::from_call("service token", &s))?;
@@ -160,6 +246,43 @@ impl Notifier {
             .into_iter()
             .find(|m| m.seq == seq)
             .ok_or_else(not_found)
+    }
+
+    /// Whether the message still exists in ChatService (false: deleted, or its chat is).
+    async fn still_there(&self, chat_id: i64, seq: i64) -> Result<bool, NotificationError> {
+        match self.fetch_message(chat_id, seq).await {
+            Ok(_) => Ok(true),
+            Err(NotificationError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The message is gone: every delivery nobody is sending is cancelled, so no email about
+    /// it goes out later (a redelivered event finds them final).
+    async fn cancel(&self, chat_id: i64, seq: i64) -> Result<(), NotificationError> {
+        let claimed = self
+            .inner
+            .store
+            .claim(chat_id, seq, self.inner.lease)
+            .await?;
+        for d in &claimed {
+            self.inner
+                .store
+                .finish(chat_id, seq, d.recipient.user_id, Some(CANCELLED))
+                .await?;
+        }
+        if !claimed.is_empty() {
+            metrics::counter!("notification_emails_total", "outcome" => "cancelled")
+                .increment(claimed.len() as u64);
+            tracing::info!(
+                chat_id,
+                seq,
+                cancelled = claimed.len(),
+                "the message was removed: its emails are cancelled"
+            );
+        }
+        let _ = self.inner.finished.send((chat_id, seq));
+        Ok(())
     }
 
     /// The deliveries once final, or as they are when `timeout` runs out; `None` when the
@@ -223,6 +346,7 @@ impl Notifier {
             text: m.text.clone(),
             sent_at,
         };
+        trace::set_attribute(&Span::current(), "recipient_count", recipients.len() as i64);
         let new = self.inner.store.record(&record, &recipients).await?;
         Ok((record, new))
     }
@@ -325,6 +449,9 @@ impl Notifier {
     /// out are recorded together in one write; only the ones that failed go on, each on
     /// its own, through retries and their own records.
     pub async fn send_claimable(&self, chat_id: i64, seq: i64) -> Result<(), NotificationError> {
+        if !self.still_there(chat_id, seq).await? {
+            return self.cancel(chat_id, seq).await;
+        }
         let Some(claimed) = self.claim(chat_id, seq).await? else {
             return Ok(());
         };
@@ -371,8 +498,10 @@ impl Notifier {
             futures::stream::iter(claimed)
                 .map(|d| {
                     let email = email_for(&message, &d);
+                    let message = &message;
                     async move {
-                        let sent = self.inner.sender.send(&email).await;
+                        let attempt = d.attempts.max(0) as u32 + 1;
+                        let sent = self.send(message, &d, &email, attempt).await;
                         (d, email, sent)
                     }
                 })
@@ -437,11 +566,27 @@ impl Notifier {
                         .await?;
                     tokio::select! {
                         _ = tokio::time::sleep(inner.retry.pause_after(attempt)) => {}
-                        // The claim's lease runs out and the event's redelivery retries it.
-                        _ = inner.shutdown.wait() => return Ok(()),
+                        // Given back, so the event's redelivery (after the restart, or on
+                        // another replica) sends it without waiting for the lease.
+                        _ = inner.shutdown.wait() => {
+                            return inner.store.release(m.chat_id, m.seq, r.user_id).await;
+                        }
                     }
                     attempt += 1;
-                    outcome = inner.sender.send(&email).await;
+                    outcome = match self.still_there(m.chat_id, m.seq).await {
+                        Ok(true) => self.send(m, &d, &email, attempt).await,
+                        Ok(false) => {
+                            metrics::counter!("notification_emails_total", "outcome" => "cancelled")
+                                .increment(1);
+                            return inner
+                                .store
+                                .finish(m.chat_id, m.seq, r.user_id, Some(CANCELLED))
+                                .await;
+                        }
+                        Err(e) => Err(SendError::Transient(format!(
+                            "cannot tell whether the message still exists: {e}"
+                        ))),
+                    };
                     continue;
                 }
                 Err(SendError::Transient(e)) => format!("gave up after {attempt} tries: {e}"),
@@ -459,6 +604,33 @@ impl Notifier {
                 .finish(m.chat_id, m.seq, r.user_id, Some(&error))
                 .await;
         }
+    }
+}
+
+impl Notifier {
+    /// One attempt at one email, in a span of its own.
+    async fn send(
+        &self,
+        m: &MessageRecord,
+        d: &DeliveryRecord,
+        email: &Email,
+        attempt: u32,
+    ) -> Result<(), SendError> {
+        let span = chat_common::otel_span!(
+            "email",
+            otel.name = "email send",
+            chat.id = m.chat_id,
+            message.seq = m.seq,
+            recipient.id = d.recipient.user_id,
+            email.attempt = attempt,
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+        );
+        let sent = self.inner.sender.send(email).instrument(span.clone()).await;
+        if let Err(e) = &sent {
+            trace::record_error(&span, e);
+        }
+        sent
     }
 }
 

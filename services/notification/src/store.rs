@@ -134,6 +134,11 @@ pub trait DeliveryStore: Send + Sync + 'static {
         lease: Duration,
     ) -> anyhow::Result<()>;
 
+    /// Gives a claimed delivery back unsent, as its sender stops between two tries: the next
+    /// sender (another replica, or this process after its restart) takes it at once
+    /// instead of after the lease. No email of it is on its way when this is called.
+    async fn release(&self, chat_id: i64, seq: i64, recipient_id: i64) -> anyhow::Result<()>;
+
     /// The delivery ended: delivered (`error` None) or failed for good.
     async fn finish(
         &self,

@@ -283,7 +283,48 @@ async fn notify_message_sends_once_and_is_internal() {
     assert_eq!(unknown.code(), Code::NotFound);
 }
 
+/// `seq + 1` on `i64::MAX` overflowed: INTERNAL in release builds, a panic in debug.
+async fn the_largest_sequence_numbers_are_not_found_not_a_crash() {
+    let w = World::new(SmtpMode::Accept).await;
+    let n = w.notifier().await;
+    let (alice, bob) = (w.auth.user("alice").await, w.auth.user("bob").await);
+    let chat_id = w.chat_of(&alice, &[&bob]).await;
+    w.send(&alice, chat_id, "hello").await;
+    let token = w.auth.service_token("saga-orchestrator").await;
+    for seq in [i64::MAX, i64::MAX - 1] {
+        let err = n
+            .client
+            .clone()
+            .notify_message(with_bearer(
+                tonic::Request::new(pb::NotifyMessageRequest {
+                    chat_id,
+                    seq,
+                    timeout_ms: 1000,
+                }),
+                &token,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "seq {seq}: {err:?}");
+        let err = n
+            .client
+            .clone()
+            .get_delivery_status(with_bearer(
+                tonic::Request::new(pb::GetDeliveryStatusRequest {
+                    chat_id,
+                    seq,
+                    wait_timeout_ms: 0,
+                }),
+                &token,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "seq {seq}: {err:?}");
+    }
+}
+
 chat_testkit::backend_tests!(
+    the_largest_sequence_numbers_are_not_found_not_a_crash,
     every_member_but_the_sender_gets_one_email_even_with_two_replicas,
     messages_sent_while_the_notifier_is_down_are_emailed_when_it_starts,
     a_refusing_server_is_recorded_as_a_permanent_failure,

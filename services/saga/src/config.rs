@@ -10,7 +10,7 @@
 //! | `NOTIFICATION_URL` | `http://127.0.0.1:50053` | NotificationService |
 //! | `SERVICE_SECRET` (or `_FILE`) | required | exchanged for this service's service token |
 //! | `NOTIFY_DEADLINE_SECS` | `30` | how long the notify step may take before the saga compensates |
-//! | `SAGA_LEASE_SECS` | `30` | how long a saga stays owned by an orchestrator that stopped renewing it |
+//! | `SAGA_LEASE_SECS` | `10` | how long a saga stays owned by an orchestrator that stopped renewing it (shorter than the notify deadline, so a crashed orchestrator's sagas are usually taken over in time) |
 //! | `SAGA_RECOVERY_INTERVAL_SECS` | `10` | how often unfinished sagas without an owner are resumed |
 
 use std::{net::SocketAddr, time::Duration};
@@ -46,7 +46,7 @@ impl Config {
             notification_url: var_or("NOTIFICATION_URL", "http://127.0.0.1:50053"),
             service_secret: SecretString::from(secret_var("SERVICE_SECRET")?.unwrap_or_default()),
             notify_deadline: secs_or("NOTIFY_DEADLINE_SECS", Duration::from_secs(30))?,
-            lease: secs_or("SAGA_LEASE_SECS", Duration::from_secs(30))?,
+            lease: secs_or("SAGA_LEASE_SECS", Duration::from_secs(10))?,
             recovery_interval: secs_or("SAGA_RECOVERY_INTERVAL_SECS", Duration::from_secs(10))?,
         })
     }

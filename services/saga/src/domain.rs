@@ -1,6 +1,8 @@
 //! The saga's vocabulary, and the request parsed once at the gRPC edge: after
 //! [`SendRequest::parse`] the orchestrator never checks its input again.
 
+use chat_common::domain::{ChatId, FieldError, IdempotencyKey, MessageText, UserRef};
+
 use crate::error::SagaError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,14 +89,13 @@ impl SagaState {
     }
 }
 
-pub const MAX_TEXT_CHARS: usize = 4096;
-pub const MAX_KEY_CHARS: usize = 128;
-
-/// A valid `SendMessage` request.
+/// A valid `SendMessage` request, by the rules ChatService and AuthService apply
+/// (`chat_common::domain`): checked before the saga is logged, so a request that could
+/// never succeed is refused at once and nothing is written for it.
 #[derive(Debug, Clone)]
 pub struct SendRequest {
     pub chat_id: i64,
-    /// Email or username, trimmed.
+    /// Email or username, normalised.
     pub from: String,
     pub text: String,
     pub idempotency_key: Option<String>,
@@ -107,36 +108,22 @@ impl SendRequest {
         text: String,
         idempotency_key: &str,
     ) -> Result<Self, SagaError> {
-        if chat_id <= 0 {
-            return Err(SagaError::invalid("chat_id", "must be a positive chat id"));
-        }
-        let from = from.trim();
-        if from.is_empty() {
+        let field = |e: FieldError| SagaError::invalid(e.field, e.message);
+        let chat_id = ChatId::parse(chat_id).map_err(field)?;
+        if from.trim().is_empty() {
             return Err(SagaError::invalid(
                 "from",
                 "name the sender (email or username)",
             ));
         }
-        if text.trim().is_empty() {
-            return Err(SagaError::invalid("text", "must not be empty"));
-        }
-        if text.chars().count() > MAX_TEXT_CHARS {
-            return Err(SagaError::invalid(
-                "text",
-                format!("at most {MAX_TEXT_CHARS} characters"),
-            ));
-        }
-        if idempotency_key.chars().count() > MAX_KEY_CHARS {
-            return Err(SagaError::invalid(
-                "idempotency_key",
-                format!("at most {MAX_KEY_CHARS} characters"),
-            ));
-        }
+        let from = UserRef::parse_as("from", from).map_err(field)?;
+        let text = MessageText::parse(text).map_err(field)?;
+        let idempotency_key = IdempotencyKey::parse(idempotency_key).map_err(field)?;
         Ok(Self {
-            chat_id,
-            from: from.to_owned(),
-            text,
-            idempotency_key: (!idempotency_key.is_empty()).then(|| idempotency_key.to_owned()),
+            chat_id: chat_id.0,
+            from: from.as_str().to_owned(),
+            text: text.into_string(),
+            idempotency_key: idempotency_key.map(|k| k.as_str().to_owned()),
         })
     }
 }
@@ -153,6 +140,10 @@ mod tests {
         assert!(SendRequest::parse(1, "alice", " \n".into(), "").is_err());
         assert!(SendRequest::parse(1, "alice", "x".repeat(4097), "").is_err());
         assert!(SendRequest::parse(1, "alice", "hi".into(), &"k".repeat(129)).is_err());
+        assert!(SendRequest::parse(1, "al\0ce", "hi".into(), "").is_err());
+        assert!(SendRequest::parse(1, "alice", "h\0i".into(), "").is_err());
+        assert!(SendRequest::parse(1, "alice", "hi".into(), "\0").is_err());
+        assert!(SendRequest::parse(1, &"x".repeat(9000), "hi".into(), "").is_err());
         let r = SendRequest::parse(1, " alice ", "hi".into(), "").unwrap();
         assert_eq!(r.from, "alice");
         assert_eq!(r.idempotency_key, None);
@@ -164,5 +155,46 @@ mod tests {
             assert_eq!(StepKind::parse(s.as_str()).unwrap(), s);
         }
         assert!(SagaState::parse("nope").is_err());
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[a-z0-9@. \\x00]{0,12}",
+            (0usize..5000).prop_map(|n| "x".repeat(n)),
+        ]
+    }
+
+    proptest! {
+        /// Any request is refused with a field error or parsed into values that parse
+        /// again to themselves; nothing in between reaches the saga log.
+        #[test]
+        fn send_requests(chat_id in any::<i64>(), from in text(), body in text(), key in text()) {
+            match SendRequest::parse(chat_id, &from, body.clone(), &key) {
+                Ok(r) => {
+                    let again = SendRequest::parse(
+                        r.chat_id,
+                        &r.from,
+                        r.text.clone(),
+                        r.idempotency_key.as_deref().unwrap_or(""),
+                    )
+                    .unwrap();
+                    prop_assert_eq!((&again.from, &again.text), (&r.from, &r.text));
+                    prop_assert!(!r.text.contains('\0') && !r.from.contains('\0'));
+                }
+                Err(SagaError::InvalidArgument { field, message }) => {
+                    prop_assert!(["chat_id", "from", "text", "idempotency_key"].contains(&field));
+                    prop_assert!(message.len() < 300, "{}", message);
+                }
+                Err(other) => prop_assert!(false, "not a field error: {other:?}"),
+            }
+        }
     }
 }

@@ -15,10 +15,10 @@ pub mod store;
 use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
-use tonic::{codegen::InterceptedService, service::Interceptor, transport::Channel};
+use tonic::{codegen::InterceptedService, service::Interceptor};
 
 use chat_common::{
-    client::{lazy_channel, verifier_from_auth},
+    client::{lazy_channel, verifier_from_auth, TracedChannel},
     server,
     service_token::ServiceCredential,
     Shutdown, TokenVerifier,
@@ -39,6 +39,8 @@ pub struct Application {
     orchestrator: Orchestrator,
     verifier: TokenVerifier,
     recovery_interval: std::time::Duration,
+    /// Whose reachability the health service reports.
+    database_url: String,
 }
 
 impl Application {
@@ -57,6 +59,7 @@ impl Application {
             orchestrator,
             verifier,
             recovery_interval: config.recovery_interval,
+            database_url: config.database_url,
         })
     }
 
@@ -71,13 +74,26 @@ impl Application {
         health
             .set_serving::<SagaOrchestratorServer<SagaApi>>()
             .await;
-        let (reflection_v1, reflection_v1alpha) = server::reflection()?;
+        chat_common::db::StorageHealth::of(&self.database_url).report(
+            health.clone(),
+            vec![
+                <SagaOrchestratorServer<SagaApi> as tonic::server::NamedService>::NAME.into(),
+                String::new(),
+            ],
+        );
+        let (reflection_v1, reflection_v1alpha) = server::reflection(&[<SagaOrchestratorServer<
+            SagaApi,
+        > as tonic::server::NamedService>::NAME])?;
         tracing::info!(addr = %self.addr, "saga-orchestrator serving");
         let router = server::builder()
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(grpc_service(self.orchestrator, &self.verifier));
+            .add_service(grpc_service(
+                self.orchestrator,
+                &self.verifier,
+                &self.database_url,
+            ));
         server::serve(router, self.listener, shutdown).await
     }
 }
@@ -93,9 +109,9 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
 /// clients: what the split binary and `chat-server` both run.
 pub async fn build_orchestrator(
     config: &Config,
-    auth: AuthServiceClient<Channel>,
-    chat: ChatServiceClient<Channel>,
-    notification: NotificationServiceClient<Channel>,
+    auth: AuthServiceClient<TracedChannel>,
+    chat: ChatServiceClient<TracedChannel>,
+    notification: NotificationServiceClient<TracedChannel>,
     shutdown: Shutdown,
 ) -> anyhow::Result<Orchestrator> {
     let store = store::open(&config.database_url, config.database_max_connections).await?;
@@ -116,10 +132,23 @@ pub async fn build_orchestrator(
     ))
 }
 
-/// The gRPC service for `orchestrator`, every call checked by `verifier`.
+/// The gRPC service for `orchestrator`, every call checked by `verifier`, then answered
+/// UNAVAILABLE at once while the database on `database_url` is known to be down (every
+/// method needs it).
 pub fn grpc_service(
     orchestrator: Orchestrator,
     verifier: &TokenVerifier,
-) -> InterceptedService<SagaOrchestratorServer<SagaApi>, impl Interceptor + Clone> {
-    SagaOrchestratorServer::with_interceptor(SagaApi::new(orchestrator), verifier.interceptor())
+    database_url: &str,
+) -> InterceptedService<
+    chat_common::db::Guarded<SagaOrchestratorServer<SagaApi>>,
+    impl Interceptor + Clone,
+> {
+    InterceptedService::new(
+        chat_common::db::fail_fast(
+            database_url,
+            &[],
+            SagaOrchestratorServer::new(SagaApi::new(orchestrator)),
+        ),
+        verifier.interceptor(),
+    )
 }

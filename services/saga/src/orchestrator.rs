@@ -11,15 +11,24 @@
 //! A step that meets an unreachable service does not fail the saga: the saga is released
 //! and the caller told UNAVAILABLE; the recovery sweep picks it up again. The notify
 //! deadline counts from the first start of NOTIFY, so a notifier that stays down makes the
-//! saga compensate rather than wait forever. An orchestrator owns a saga through a lease
+//! saga compensate rather than wait forever; but a deadline that has passed is never the
+//! whole answer: the notifier is asked for the real outcome first, so a saga resumed after
+//! a crash (often after its deadline, since the successor waits for the lease) completes
+//! when its emails went out meanwhile. An orchestrator owns a saga through a lease
 //! that it renews while it drives it; another takes over only once the lease ran out.
+//!
+//! When traces are exported, driving a saga is a `saga` span (the child of the call that
+//! started it, or a root of its own when the recovery sweep resumed it) and each step a
+//! child span of it, marked failed with the step's error; the calls a step makes to the
+//! other services continue the trace there.
 
 use std::{sync::Arc, time::Duration};
 
-use tonic::{transport::Channel, Code, Status};
+use tonic::{Code, Status};
+use tracing::{field::Empty, Instrument, Span};
 use uuid::Uuid;
 
-use chat_common::{service_token::ServiceCredential, Shutdown};
+use chat_common::{client::TracedChannel, service_token::ServiceCredential, trace, Shutdown};
 use grpc_chat_proto::auth::v1::{
     auth_service_client::AuthServiceClient, GetUserIdsByEmailsRequest,
 };
@@ -40,6 +49,8 @@ use crate::{
 const POLL_EVERY: Duration = Duration::from_millis(50);
 /// The longest NotificationService lets one call wait.
 const MAX_NOTIFY_WAIT: Duration = Duration::from_secs(60);
+/// How long the last look after the notify deadline may wait for emails being sent.
+const LAST_LOOK: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct Orchestrator {
@@ -48,9 +59,9 @@ pub struct Orchestrator {
 
 struct Inner {
     store: Arc<dyn SagaStore>,
-    auth: AuthServiceClient<Channel>,
-    chat: ChatServiceClient<Channel>,
-    notification: NotificationServiceClient<Channel>,
+    auth: AuthServiceClient<TracedChannel>,
+    chat: ChatServiceClient<TracedChannel>,
+    notification: NotificationServiceClient<TracedChannel>,
     credential: ServiceCredential,
     notify_deadline: Duration,
     lease: Duration,
@@ -83,6 +94,33 @@ fn transient(code: Code) -> bool {
     )
 }
 
+/// The span of one step of saga `id` (`seq`: the message's, once known).
+fn step_span(id: Uuid, kind: StepKind, seq: Option<i64>) -> Span {
+    chat_common::otel_span!(
+        "saga_step",
+        otel.name = format!("saga {}", kind.as_str()),
+        saga.id = %id,
+        saga.step = kind.as_str(),
+        message.seq = seq,
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+    )
+}
+
+/// Runs a step's work inside `span`, marking the span failed when the step failed or
+/// paused.
+async fn traced<T>(
+    span: Span,
+    work: impl std::future::Future<Output = StepOutcome<T>>,
+) -> StepOutcome<T> {
+    let outcome = work.instrument(span.clone()).await;
+    match &outcome {
+        Ok(Step::Done(_)) => {}
+        Ok(Step::Fail(_, e)) | Err(Paused(e)) => trace::record_error(&span, e),
+    }
+    outcome
+}
+
 fn paused(what: &str, status: &Status) -> Paused {
     Paused(format!(
         "{what}: {} ({:?})",
@@ -95,9 +133,9 @@ impl Orchestrator {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<dyn SagaStore>,
-        auth: AuthServiceClient<Channel>,
-        chat: ChatServiceClient<Channel>,
-        notification: NotificationServiceClient<Channel>,
+        auth: AuthServiceClient<TracedChannel>,
+        chat: ChatServiceClient<TracedChannel>,
+        notification: NotificationServiceClient<TracedChannel>,
         credential: ServiceCredential,
         notify_deadline: Duration,
         lease: Duration,
@@ -199,6 +237,15 @@ impl Orchestrator {
     /// Drives a saga this orchestrator owns until it ends or pauses, renewing its lease.
     async fn drive(&self, saga: SagaRecord) -> Result<SagaRecord, SagaError> {
         let id = saga.id;
+        let span = chat_common::otel_span!(
+            "saga",
+            otel.name = "saga send_message",
+            saga.id = %id,
+            chat.id = saga.chat_id,
+            saga.state = Empty,
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+        );
         let heartbeat = {
             let store = self.inner.store.clone();
             let lease = self.inner.lease;
@@ -211,11 +258,12 @@ impl Orchestrator {
                 }
             })
         };
-        let result = self.run_steps(saga).await;
+        let result = self.run_steps(saga).instrument(span.clone()).await;
         heartbeat.abort();
         match result {
             Ok(()) => {}
             Err(Paused(message)) => {
+                trace::record_error(&span, &message);
                 self.inner.store.release(id).await?;
                 return Err(SagaError::Unavailable {
                     saga_id: Some(id),
@@ -223,11 +271,17 @@ impl Orchestrator {
                 });
             }
         }
-        self.inner
+        let saga = self
+            .inner
             .store
             .get(id)
             .await?
-            .ok_or_else(|| anyhow::anyhow!("saga {id} vanished").into())
+            .ok_or_else(|| anyhow::anyhow!("saga {id} vanished"))?;
+        span.record("saga.state", saga.state.as_str());
+        if matches!(saga.state, SagaState::Failed | SagaState::Compensated) {
+            trace::record_error(&span, &saga.error);
+        }
+        Ok(saga)
     }
 
     /// The steps from where the log says the saga is. Store errors pause the saga too:
@@ -243,7 +297,13 @@ impl Orchestrator {
             let sender_id = match saga.sender_id {
                 Some(s) => s,
                 None => match self
-                    .step(id, StepKind::ResolveSender, false, self.resolve(&saga))
+                    .step(
+                        id,
+                        StepKind::ResolveSender,
+                        None,
+                        false,
+                        self.resolve(&saga),
+                    )
                     .await?
                 {
                     Step::Done(s) => {
@@ -269,6 +329,7 @@ impl Orchestrator {
                     .step(
                         id,
                         StepKind::StoreMessage,
+                        None,
                         started,
                         self.store_message(&saga, sender_id),
                     )
@@ -297,7 +358,8 @@ impl Orchestrator {
                     .await
                     .map_err(log)?,
             };
-            match self.notify(saga.chat_id, seq, started).await {
+            let notify = self.notify(saga.chat_id, seq, started);
+            match traced(step_span(id, StepKind::Notify, Some(seq)), notify).await {
                 Err(p) => {
                     store
                         .step_failed(id, StepKind::Notify, &p.0)
@@ -355,6 +417,7 @@ impl Orchestrator {
             .step(
                 id,
                 StepKind::Compensate,
+                Some(seq),
                 false,
                 self.compensate(saga.chat_id, seq),
             )
@@ -390,11 +453,13 @@ impl Orchestrator {
     }
 
     /// Logs a step around `work`: its start, unless the step before logged it, and its
-    /// failure. A success is for the caller to log, with what follows it.
+    /// failure. A success is for the caller to log, with what follows it. `seq` is the
+    /// message's, when known, for the step's span.
     async fn step<T>(
         &self,
         id: Uuid,
         kind: StepKind,
+        seq: Option<i64>,
         started: bool,
         work: impl std::future::Future<Output = StepOutcome<T>>,
     ) -> StepOutcome<T> {
@@ -403,7 +468,7 @@ impl Orchestrator {
         if !started {
             store.step_started(id, kind).await.map_err(log)?;
         }
-        let outcome = work.await;
+        let outcome = traced(step_span(id, kind, seq), work).await;
         match &outcome {
             Ok(Step::Done(_)) => {}
             Ok(Step::Fail(_, e)) | Err(Paused(e)) => {
@@ -440,10 +505,17 @@ impl Orchestrator {
             .await?;
         let resp = match self.inner.auth.clone().get_user_ids_by_emails(req).await {
             Ok(r) => r.into_inner(),
-            Err(s) if s.code() == Code::InvalidArgument => {
+            // Auth refusing the name is an answer, not an outage: asking again in ten
+            // seconds would get the same answer for ever.
+            Err(s)
+                if matches!(
+                    s.code(),
+                    Code::InvalidArgument | Code::NotFound | Code::OutOfRange
+                ) =>
+            {
                 return Ok(Step::Fail(
                     FailCode::NotFound,
-                    format!("no user {:?}", saga.sender),
+                    format!("no user {}", chat_common::domain::echo(&saga.sender)),
                 ))
             }
             Err(s) => return Err(paused("auth service", &s)),
@@ -451,7 +523,7 @@ impl Orchestrator {
         let Some(user) = resp.users.first() else {
             return Ok(Step::Fail(
                 FailCode::NotFound,
-                format!("no user {:?}", saga.sender),
+                format!("no user {}", chat_common::domain::echo(&saga.sender)),
             ));
         };
         if user.user_id != saga.initiator_id {
@@ -475,7 +547,10 @@ impl Orchestrator {
             .await?;
         match self.inner.chat.clone().send_message(req).await {
             Ok(r) => match r.into_inner().message {
-                Some(m) => Ok(Step::Done(m.seq)),
+                Some(m) => {
+                    Span::current().record("message.seq", m.seq);
+                    Ok(Step::Done(m.seq))
+                }
                 None => Err(Paused("chat service answered without the message".into())),
             },
             Err(s) if s.code() == Code::NotFound => Ok(Step::Fail(
@@ -493,12 +568,25 @@ impl Orchestrator {
                 FailCode::PermissionDenied,
                 s.message().to_owned(),
             )),
+            // Any other answer that is not an outage will not change by asking again.
+            Err(s) if !transient(s.code()) => Ok(Step::Fail(
+                FailCode::InvalidArgument,
+                format!("chat service refused the message: {}", s.message()),
+            )),
             Err(s) => Err(paused("chat service", &s)),
         }
     }
 
     /// NOTIFY: has the message's emails sent and waits for them, until the deadline that
     /// counts from the step's first start.
+    ///
+    /// The deadline never decides alone: once it has passed (a notifier that stayed down,
+    /// or an orchestrator that crashed and whose successor took the saga over only after
+    /// its lease ran out), the notifier is asked once more for the real outcome, and only a
+    /// message whose emails are still not delivered then is compensated. NotifyMessage is
+    /// idempotent, so that last look sends nothing twice; it also sends whatever the event
+    /// path has not sent yet, so a message that can still be delivered is delivered rather
+    /// than removed.
     async fn notify(
         &self,
         chat_id: i64,
@@ -508,17 +596,22 @@ impl Orchestrator {
         let deadline_at = started
             + chrono::Duration::from_std(self.inner.notify_deadline)
                 .unwrap_or(chrono::Duration::seconds(30));
+        let too_late = || {
+            Ok(Step::Fail(
+                FailCode::Aborted,
+                "not delivered before the notification deadline".into(),
+            ))
+        };
         loop {
             let left = (deadline_at - chrono::Utc::now())
                 .to_std()
                 .unwrap_or(Duration::ZERO);
-            if left.is_zero() {
-                return Ok(Step::Fail(
-                    FailCode::Aborted,
-                    "not delivered before the notification deadline".into(),
-                ));
-            }
-            let wait = left.min(MAX_NOTIFY_WAIT);
+            let last_look = left.is_zero();
+            let wait = if last_look {
+                LAST_LOOK
+            } else {
+                left.min(MAX_NOTIFY_WAIT)
+            };
             let mut req = self
                 .token_request(NotifyMessageRequest {
                     chat_id,
@@ -534,6 +627,14 @@ impl Orchestrator {
                         FailCode::Aborted,
                         "the message is gone before it was notified".into(),
                     ))
+                }
+                // Past the deadline with no way to learn more: the message is removed,
+                // and a notifier that comes back later checks that a message still exists
+                // before it emails about it.
+                Err(s) if transient(s.code()) && last_look => {
+                    tracing::warn!(chat_id, seq, error = %s.message(),
+                        "the notifier cannot tell the outcome after the deadline");
+                    return too_late();
                 }
                 Err(s) if transient(s.code()) => return Err(paused("notification service", &s)),
                 Err(s) => {
@@ -554,6 +655,7 @@ impl Orchestrator {
                         .collect();
                     return Ok(Step::Fail(FailCode::Aborted, reasons.join("; ")));
                 }
+                _ if last_look => return too_late(),
                 // Still pending: ask again until the deadline.
                 _ => continue,
             }

@@ -451,7 +451,315 @@ async fn a_notifier_down_past_the_deadline_makes_the_resumed_saga_compensate() {
     assert!(w.history(&bob, chat_id).await.is_empty());
 }
 
+/// An orchestrator on a tokio runtime of its own, in a thread of its own, so that a test
+/// can crash it: [`CrashableSaga::crash`] drops the runtime, and with it every task and
+/// socket, without any graceful shutdown (the leases of its sagas are left behind, as a
+/// killed process leaves them).
+struct CrashableSaga {
+    kill: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    client: pb::saga_orchestrator_client::SagaOrchestratorClient<tonic::transport::Channel>,
+}
+
+impl CrashableSaga {
+    async fn start(config: saga_orchestrator::Config) -> Self {
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let (kill, killed) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let shutdown = chat_common::Shutdown::new();
+                let app = saga_orchestrator::Application::build(config, shutdown.clone())
+                    .await
+                    .expect("build saga");
+                let _ = addr_tx.send(app.local_addr());
+                tokio::spawn(app.run_until_stopped(shutdown));
+            });
+            let _ = killed.recv();
+            drop(rt);
+        });
+        let addr = addr_rx.await.expect("orchestrator address");
+        let client = pb::saga_orchestrator_client::SagaOrchestratorClient::new(
+            chat_testkit::channel(addr).await,
+        );
+        Self {
+            kill: Some(kill),
+            thread: Some(thread),
+            client,
+        }
+    }
+
+    /// Kills it: every task stops where it is.
+    fn crash(&mut self) {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for CrashableSaga {
+    fn drop(&mut self) {
+        self.crash();
+    }
+}
+
+/// A peer that accepts connections and never answers: calls to it hang until their
+/// timeout, as calls to a service stuck mid-flight do.
+async fn black_hole() -> std::net::SocketAddr {
+    let listener = chat_testkit::free_listener().await;
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    addr
+}
+
+/// Defect: a saga resumed after a crash was compensated because its notify deadline had
+/// passed (the successor waits for the lease, as long as the deadline by default), without
+/// asking whether its emails had gone out; they had.
+async fn sagas_resumed_after_a_crash_end_with_the_truth() {
+    const SAGAS: usize = 12;
+    let w = World::new(SmtpMode::Accept).await;
+    let (alice, bob) = (w.auth.user("alice").await, w.auth.user("bob").await);
+    let chat_id = w.chat_of(&alice, &[&bob]).await;
+    // The lease as long as the deadline, as in the defaults that showed the defect. The
+    // first orchestrator's NotifyMessage calls hang (it is caught mid-flight in NOTIFY), while
+    // the notifier emails every message from its event.
+    let mut config = w.config();
+    config.notify_deadline = Duration::from_secs(6);
+    config.lease = Duration::from_secs(6);
+    let mut first_config = config.clone();
+    first_config.notification_url = format!("http://{}", black_hole().await);
+    let mut first = CrashableSaga::start(first_config).await;
+
+    let key = |i: usize| format!("crash-{i}");
+    let text = |i: usize| format!("crash text {i:02}");
+    for i in 0..SAGAS {
+        let mut client = first.client.clone();
+        let req = alice.req(request(chat_id, "alice", &text(i), &key(i)));
+        tokio::spawn(async move { client.send_message(req).await });
+    }
+    w.smtp.wait_for(SAGAS).await;
+    // One more whose email is refused for good: its truth is "not delivered".
+    w.smtp.set_mode(SmtpMode::RefusePermanently);
+    {
+        let mut client = first.client.clone();
+        let req = alice.req(request(chat_id, "alice", "refused text", "refused"));
+        tokio::spawn(async move { client.send_message(req).await });
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while w.smtp.refused() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no email refused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.crash();
+
+    let second = spawn_saga(config).await;
+    let mut completed = 0;
+    for i in 0..SAGAS {
+        let s = send(
+            &second,
+            &alice,
+            request(chat_id, "alice", &text(i), &key(i)),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("saga {i} after the crash: {e:?}"));
+        assert_eq!(s.state, SagaState::Completed as i32, "{s:?}");
+        completed += 1;
+    }
+    assert_eq!(completed, SAGAS);
+    let err = send(
+        &second,
+        &alice,
+        request(chat_id, "alice", "refused text", "refused"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::Aborted, "{err:?}");
+    let s = get(&second, &alice, &saga_id(&err)).await.unwrap();
+    assert_eq!(s.state, SagaState::Compensated as i32, "{s:?}");
+    assert!(s.error.contains("refused"), "{s:?}");
+
+    // Every delivered message kept, each emailed once; the refused one removed.
+    let mut history = w.history(&bob, chat_id).await;
+    history.sort();
+    assert_eq!(history, (0..SAGAS).map(text).collect::<Vec<_>>());
+    let mails = w.smtp.mails();
+    for i in 0..SAGAS {
+        let n = mails.iter().filter(|m| m.data.contains(&text(i))).count();
+        assert_eq!(n, 1, "emails about message {i}");
+    }
+    assert_eq!(mails.len(), SAGAS);
+}
+
+/// Defect: with every notifier down, a saga compensated (its message deleted), and when a
+/// notifier came back it emailed every member about the deleted message from its event.
+async fn no_email_about_a_message_the_saga_removed() {
+    let w = World::new(SmtpMode::Accept).await;
+    let (alice, bob, carol) = (
+        w.auth.user("alice").await,
+        w.auth.user("bob").await,
+        w.auth.user("carol").await,
+    );
+    let chat_id = w.chat_of(&alice, &[&bob, &carol]).await;
+    // Every notifier down: the one running stops, the orchestrator cannot reach any.
+    w.notifier.shutdown.trigger();
+    let notify_proxy = TcpProxy::start(w.notifier.addr).await;
+    notify_proxy.cut();
+    let mut config = w.config();
+    config.notification_url = format!("http://{}", notify_proxy.addr);
+    config.notify_deadline = Duration::from_millis(500);
+    let saga = spawn_saga(config).await;
+
+    let err = send(&saga, &alice, request(chat_id, "alice", "doomed text", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let s = wait_state(&saga, &alice, &saga_id(&err), SagaState::Compensated).await;
+    assert_eq!(s.message_seq, 1);
+    // A message sent straight to the chat meanwhile is owed its emails.
+    let kept = w
+        .chat
+        .client
+        .clone()
+        .send_message(alice.req(chatpb::SendMessageRequest {
+            chat_id,
+            text: "kept text".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("send")
+        .into_inner()
+        .message
+        .expect("message");
+    assert_eq!(w.history(&bob, chat_id).await, vec!["kept text"]);
+
+    // A notifier comes back and works through the events that waited.
+    let (_, notify_db) = &w._dbs;
+    let notifier = chat_testkit::spawn_notification(chat_testkit::notification_config(
+        &w.auth,
+        &w.chat,
+        &notify_db.url,
+        &w._nats,
+        w.smtp.addr,
+    ))
+    .await;
+    let token = w.auth.service_token("test").await;
+    let settled = |seq: i64| {
+        let mut client = notifier.client.clone();
+        let token = token.clone();
+        async move {
+            // Events handed to the stopped notifier come back after its ack wait.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+            loop {
+                let r = client
+                    .get_delivery_status(chat_common::service_token::with_bearer(
+                        tonic::Request::new(
+                            grpc_chat_proto::notification::v1::GetDeliveryStatusRequest {
+                                chat_id,
+                                seq,
+                                wait_timeout_ms: 1000,
+                            },
+                        ),
+                        &token,
+                    ))
+                    .await;
+                match r {
+                    Ok(r)
+                        if r.get_ref().state
+                            != grpc_chat_proto::notification::v1::DeliveryState::Pending as i32 =>
+                    {
+                        return r.into_inner();
+                    }
+                    _ => {}
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "message {seq} never settled: {r:?}"
+                );
+            }
+        }
+    };
+    let doomed = settled(1).await;
+    let kept_status = settled(kept.seq).await;
+    assert_eq!(
+        kept_status.state,
+        grpc_chat_proto::notification::v1::DeliveryState::Delivered as i32
+    );
+    assert_eq!(
+        doomed.state,
+        grpc_chat_proto::notification::v1::DeliveryState::Failed as i32,
+        "{doomed:?}"
+    );
+    assert!(
+        doomed
+            .deliveries
+            .iter()
+            .all(|d| d.error.contains("cancelled")),
+        "{doomed:?}"
+    );
+    let mails = w.smtp.mails();
+    assert!(
+        mails.iter().all(|m| !m.data.contains("doomed")),
+        "an email about the removed message: {mails:?}"
+    );
+    assert_eq!(
+        w.smtp.recipients(),
+        ["bob@example.com", "carol@example.com"]
+    );
+}
+
+/// NUL (which PostgreSQL refuses to store) and oversized values are refused by the rules
+/// chat and auth apply, before the saga is logged: no saga, no retries for ever.
+async fn hostile_input_is_refused_before_the_saga_is_logged() {
+    let w = World::new(SmtpMode::Accept).await;
+    let saga = w.orchestrator().await;
+    let (alice, bob) = (w.auth.user("alice").await, w.auth.user("bob").await);
+    let chat_id = w.chat_of(&alice, &[&bob]).await;
+    let huge = "x".repeat(9000);
+    let long_text = "y".repeat(4097);
+    let cases = [
+        (request(chat_id, "al\0ice", "hi", ""), "from"),
+        (request(chat_id, "alice", "h\0i", ""), "text"),
+        (request(chat_id, "alice", "hi", "\0"), "idempotency_key"),
+        (request(chat_id, &huge, "hi", ""), "from"),
+        (
+            request(chat_id, &format!("{huge}@example.com"), "hi", ""),
+            "from",
+        ),
+        (request(chat_id, "alice", &long_text, ""), "text"),
+        (
+            request(chat_id, "alice", "hi", &"k".repeat(129)),
+            "idempotency_key",
+        ),
+        (request(i64::MAX, "alice", "\0", ""), "text"),
+    ];
+    for (req, field) in cases {
+        let err = send(&saga, &alice, req.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().starts_with(field), "{}", err.message());
+        assert!(err.message().len() < 300, "{}", err.message());
+        assert!(
+            err.metadata().get("saga-id").is_none(),
+            "no saga was logged"
+        );
+    }
+    assert_eq!(chat_testkit::count_rows(&w.saga_db.url, "sagas").await, 0);
+    assert!(w.history(&alice, chat_id).await.is_empty());
+}
+
 chat_testkit::backend_tests!(
+    hostile_input_is_refused_before_the_saga_is_logged,
     a_message_is_stored_and_every_other_member_emailed,
     the_same_idempotency_key_returns_the_same_saga,
     a_refusing_mail_server_makes_the_saga_remove_the_message,
@@ -459,4 +767,6 @@ chat_testkit::backend_tests!(
     an_orchestrator_stopped_before_storing_resumes_at_start_up,
     an_orchestrator_stopped_before_notifying_resumes_without_a_second_message,
     a_notifier_down_past_the_deadline_makes_the_resumed_saga_compensate,
+    sagas_resumed_after_a_crash_end_with_the_truth,
+    no_email_about_a_message_the_saga_removed,
 );

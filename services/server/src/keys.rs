@@ -72,4 +72,28 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
     }
+
+    /// The saved key is one other tools read: OpenSSL 3 (when it is installed here).
+    #[test]
+    fn the_saved_key_is_readable_by_openssl() {
+        let dir = tempfile::tempdir().unwrap();
+        signing_key(dir.path()).unwrap();
+        let path = dir.path().join(FILE);
+        let pem = std::fs::read_to_string(&path).unwrap();
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"), "{pem}");
+        match std::process::Command::new("openssl")
+            .args(["pkey", "-noout", "-in"])
+            .arg(&path)
+            .output()
+        {
+            Ok(out) => assert!(
+                out.status.success(),
+                "openssl pkey refused the key: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => {
+                eprintln!("openssl is not installed ({e}); only our own parsers checked the key")
+            }
+        }
+    }
 }

@@ -20,9 +20,10 @@ use std::{
 
 use secrecy::SecretString;
 use tokio::{net::TcpListener, sync::mpsc};
+use tonic::server::NamedService;
 
 use chat_common::{client::lazy_channel, server, Shutdown, TokenVerifier};
-use chat_service::events::{ChatEvent, EventBus, LocalBus};
+use chat_service::events::{Envelope, EventBus, LocalBus};
 use grpc_chat_proto::auth::v1::auth_service_client::AuthServiceClient;
 use grpc_chat_proto::chat::v1::chat_service_client::ChatServiceClient;
 use grpc_chat_proto::notification::v1::notification_service_client::NotificationServiceClient;
@@ -34,7 +35,7 @@ pub use config::{Args, Config, Storage};
 /// Where the notifier's events come from.
 enum EventSource {
     /// The in-process bus's tap.
-    Local(mpsc::Receiver<ChatEvent>),
+    Local(mpsc::Receiver<Envelope>),
     /// The JetStream consumer shared with other replicas.
     JetStream(Box<async_nats::jetstream::consumer::PullConsumer>),
 }
@@ -50,6 +51,8 @@ pub struct Server {
     events: EventSource,
     orchestrator: Orchestrator,
     recovery_interval: Duration,
+    /// Each service's gRPC health name with the database whose reachability it reports.
+    storage: Vec<(&'static str, String)>,
 }
 
 /// The address this process reaches its own port on.
@@ -178,6 +181,15 @@ impl Server {
             events,
             orchestrator,
             recovery_interval: saga_config.recovery_interval,
+            storage: vec![
+                (AuthServer::NAME, config.database_url("users")),
+                (ChatServer::NAME, config.database_url("chat")),
+                (
+                    NotificationServer::NAME,
+                    config.database_url("notification"),
+                ),
+                (SagaServer::NAME, config.database_url("saga")),
+            ],
         })
     }
 
@@ -187,33 +199,55 @@ impl Server {
 
     /// Serves every service until `shutdown`, then drains open calls and streams.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        match self.events {
-            EventSource::Local(tap) => {
-                tokio::spawn(notification_service::local::run(
-                    tap,
-                    self.notifier.clone(),
-                    shutdown.clone(),
-                ));
-            }
-            EventSource::JetStream(consumer) => {
-                tokio::spawn(notification_service::consumer::run(
-                    *consumer,
-                    self.notifier.clone(),
-                    shutdown.clone(),
-                ));
-            }
-        }
+        let events = match self.events {
+            EventSource::Local(tap) => tokio::spawn(notification_service::local::run(
+                tap,
+                self.notifier.clone(),
+                shutdown.clone(),
+            )),
+            EventSource::JetStream(consumer) => tokio::spawn(notification_service::consumer::run(
+                *consumer,
+                self.notifier.clone(),
+                shutdown.clone(),
+            )),
+        };
         self.orchestrator.spawn_recovery(self.recovery_interval);
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        let auth = auth_service::grpc_service(self.auth, &health).await;
-        let chat = chat_service::grpc_service(self.chat, &self.verifier);
-        let notification = notification_service::grpc_service(self.notifier, &self.verifier);
-        let saga = saga_orchestrator::grpc_service(self.orchestrator, &self.verifier);
+        // Each service answers UNAVAILABLE at once while its own database is down.
+        let url = |name: &str| {
+            self.storage
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, url)| url.clone())
+                .unwrap_or_default()
+        };
+        let auth = auth_service::grpc_service(self.auth, &health, &url(AuthServer::NAME)).await;
+        let chat = chat_service::grpc_service(self.chat, &self.verifier, &url(ChatServer::NAME));
+        let notification = notification_service::grpc_service(
+            self.notifier,
+            &self.verifier,
+            &url(NotificationServer::NAME),
+        );
+        let saga = saga_orchestrator::grpc_service(
+            self.orchestrator,
+            &self.verifier,
+            &url(SagaServer::NAME),
+        );
         health.set_serving::<ChatServer>().await;
         health.set_serving::<NotificationServer>().await;
         health.set_serving::<SagaServer>().await;
-        let (reflection_v1, reflection_v1alpha) = server::reflection()?;
+        // Each service NOT_SERVING while its database is unreachable; the server as a
+        // whole ("") stays SERVING, since the others may still work.
+        for (name, url) in &self.storage {
+            chat_common::db::StorageHealth::of(url).report(health.clone(), vec![(*name).into()]);
+        }
+        let (reflection_v1, reflection_v1alpha) = server::reflection(&[
+            <AuthServer as tonic::server::NamedService>::NAME,
+            <ChatServer as tonic::server::NamedService>::NAME,
+            <NotificationServer as tonic::server::NamedService>::NAME,
+            <SagaServer as tonic::server::NamedService>::NAME,
+        ])?;
         let router = server::builder()
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -224,10 +258,17 @@ impl Server {
             .add_service(saga);
         tracing::info!(addr = %self.addr, "chat-server serving");
         println!("chat-server listening on {}", self.addr);
-        server::serve(router, self.listener, shutdown).await
+        let served = server::serve(router, self.listener, shutdown).await;
+        // Events being handled settle before the exit: no claim is left behind.
+        if let Err(e) = events.await {
+            tracing::error!(error = %e, "the event handler failed");
+        }
+        served
     }
 }
 
+type AuthServer =
+    grpc_chat_proto::auth::v1::auth_service_server::AuthServiceServer<auth_service::AuthApi>;
 type ChatServer =
     grpc_chat_proto::chat::v1::chat_service_server::ChatServiceServer<chat_service::ChatApi>;
 type NotificationServer =

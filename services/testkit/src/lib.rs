@@ -2,7 +2,12 @@
 //! PostgreSQL database (so tests run in parallel and never see each other's rows) and real
 //! services on port 0, with connected tonic clients. Tests then read like user stories.
 
+pub mod fault;
+pub mod fuzz;
+pub mod otlp;
 pub mod smtp;
+
+pub use fault::{FaultProxy, PrivateNats, PrivatePostgres, ServiceProcess, StopMode, TcpProxy};
 
 use std::{net::SocketAddr, sync::Once, time::Duration};
 
@@ -25,6 +30,9 @@ pub fn admin_url() -> String {
 pub fn nats_url() -> String {
     std::env::var("TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
+
+/// The longest status message a well-behaved server sends (its status guard cuts at 1 KiB).
+pub const MAX_STATUS_MESSAGE: usize = 2048;
 
 /// The shared secret test services exchange for service tokens.
 pub const SERVICE_SECRET: &str = "test-service-secret";
@@ -90,6 +98,8 @@ pub struct TestDb {
     pub name: String,
     pub url: String,
     backend: Backend,
+    /// Whether it is removed on drop (not for a database on a test's private server).
+    owned: bool,
 }
 
 impl TestDb {
@@ -110,6 +120,7 @@ impl TestDb {
                     name,
                     url,
                     backend: Backend::Postgres,
+                    owned: true,
                 }
             }
             Backend::Sqlite => {
@@ -118,6 +129,7 @@ impl TestDb {
                     url: chat_common::db::sqlite_url(&path),
                     name,
                     backend: Backend::Sqlite,
+                    owned: true,
                 }
             }
         }
@@ -128,8 +140,25 @@ fn sqlite_dir() -> std::path::PathBuf {
     std::env::temp_dir().join("grpcchat-tests")
 }
 
+impl TestDb {
+    /// A PostgreSQL database at `url` that the test does not own (on a
+    /// [`PrivatePostgres`], which goes away as a whole): created by the service that opens
+    /// it, never dropped.
+    pub fn external(url: String) -> Self {
+        Self {
+            name: url.rsplit('/').next().unwrap_or_default().to_owned(),
+            url,
+            backend: Backend::Postgres,
+            owned: false,
+        }
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         let name = self.name.clone();
         if self.backend == Backend::Sqlite {
             for suffix in ["", "-wal", "-shm"] {
@@ -158,6 +187,27 @@ impl Drop for TestDb {
             }
         })
         .join();
+    }
+}
+
+/// How many rows `table` of the database at `url` (PostgreSQL or SQLite) holds: what a
+/// test reads to show a refused request stored nothing.
+pub async fn count_rows(url: &str, table: &str) -> i64 {
+    let q = format!("SELECT count(*) FROM {table}");
+    if url.starts_with("sqlite:") {
+        let mut c = sqlx::SqliteConnection::connect(url)
+            .await
+            .expect("open sqlite");
+        sqlx::query_scalar(&q)
+            .fetch_one(&mut c)
+            .await
+            .expect("count")
+    } else {
+        let mut c = PgConnection::connect(url).await.expect("connect postgres");
+        sqlx::query_scalar(&q)
+            .fetch_one(&mut c)
+            .await
+            .expect("count")
     }
 }
 
@@ -193,9 +243,18 @@ pub async fn spawn_auth() -> TestAuth {
     spawn_auth_with(auth_settings()).await
 }
 
+/// An auth service on `database_url` (created when missing), not on a fresh test database:
+/// for a test that runs its own PostgreSQL.
+pub async fn spawn_auth_on(database_url: String) -> TestAuth {
+    spawn_auth_in(TestDb::external(database_url), auth_settings()).await
+}
+
 pub async fn spawn_auth_with(settings: auth_service::Settings) -> TestAuth {
+    spawn_auth_in(TestDb::new().await, settings).await
+}
+
+async fn spawn_auth_in(db: TestDb, settings: auth_service::Settings) -> TestAuth {
     init_logs();
-    let db = TestDb::new().await;
     let config = auth_service::Config {
         listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         database_url: db.url.clone(),
@@ -237,38 +296,44 @@ impl TestUser {
     }
 }
 
+/// Registers `username` (email `<username>@example.com`, password `<username>-password`)
+/// through `client` and logs in: for tests that reach auth through a server they started
+/// themselves rather than a [`TestAuth`].
+pub async fn register_user(mut client: AuthServiceClient<Channel>, username: &str) -> TestUser {
+    let email = format!("{username}@example.com");
+    let password = format!("{username}-password");
+    let reg = client
+        .register(authpb::RegisterRequest {
+            email: email.clone(),
+            username: username.into(),
+            password: password.clone(),
+        })
+        .await
+        .expect("register")
+        .into_inner();
+    let login = client
+        .login(authpb::LoginRequest {
+            email: email.clone(),
+            password: password.clone(),
+        })
+        .await
+        .expect("login")
+        .into_inner();
+    let tokens = login.tokens.expect("tokens");
+    TestUser {
+        id: reg.user.expect("user").id,
+        email,
+        username: username.into(),
+        password,
+        access_token: tokens.access_token,
+        refresh_token: tokens.refresh_token,
+    }
+}
+
 impl TestAuth {
     /// Registers `username` (email `<username>@example.com`) and logs in.
     pub async fn user(&self, username: &str) -> TestUser {
-        let email = format!("{username}@example.com");
-        let password = format!("{username}-password");
-        let mut c = self.client.clone();
-        let reg = c
-            .register(authpb::RegisterRequest {
-                email: email.clone(),
-                username: username.into(),
-                password: password.clone(),
-            })
-            .await
-            .expect("register")
-            .into_inner();
-        let login = c
-            .login(authpb::LoginRequest {
-                email: email.clone(),
-                password: password.clone(),
-            })
-            .await
-            .expect("login")
-            .into_inner();
-        let tokens = login.tokens.expect("tokens");
-        TestUser {
-            id: reg.user.expect("user").id,
-            email,
-            username: username.into(),
-            password,
-            access_token: tokens.access_token,
-            refresh_token: tokens.refresh_token,
-        }
+        register_user(self.client.clone(), username).await
     }
 
     /// A service token, as an internal caller holds.
@@ -354,6 +419,7 @@ pub fn chat_config(auth: &TestAuth, database_url: &str, nats: &TestNats) -> chat
         nats_url: nats_url(),
         subject_prefix: nats.prefix.clone(),
         nats_stream: Some(nats.stream.clone()),
+        nats_stream_settings: Default::default(),
         auth_url: format!("http://{}", auth.addr),
         service_secret: SecretString::from(SERVICE_SECRET),
         stream_buffer: 1024,
@@ -382,53 +448,6 @@ pub async fn spawn_chat(config: chat_service::Config) -> TestChat {
 impl Drop for TestChat {
     fn drop(&mut self) {
         self.shutdown.trigger();
-    }
-}
-
-/// A TCP proxy that a test can cut (closing every connection and refusing new ones) and
-/// restore, to play a network failure between a service and NATS.
-pub struct TcpProxy {
-    pub addr: SocketAddr,
-    up: tokio::sync::watch::Sender<bool>,
-}
-
-impl TcpProxy {
-    pub async fn start(target: SocketAddr) -> Self {
-        let listener = free_listener().await;
-        let addr = listener.local_addr().expect("addr");
-        let (up, _) = tokio::sync::watch::channel(true);
-        let up_rx = up.subscribe();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                let mut up = up_rx.clone();
-                if !*up.borrow() {
-                    drop(inbound);
-                    continue;
-                }
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = up.wait_for(|u| !*u) => {}
-                    }
-                });
-            }
-        });
-        Self { addr, up }
-    }
-
-    /// Cuts every connection and refuses new ones.
-    pub fn cut(&self) {
-        let _ = self.up.send(false);
-    }
-
-    pub fn restore(&self) {
-        let _ = self.up.send(true);
     }
 }
 
@@ -465,6 +484,7 @@ pub fn notification_config(
         nats_url: nats_url(),
         subject_prefix: nats.prefix.clone(),
         nats_stream: nats.stream.clone(),
+        nats_stream_settings: Default::default(),
         nats_consumer: "notification".into(),
         ack_wait: Duration::from_secs(10),
         auth_url: format!("http://{}", auth.addr),

@@ -272,4 +272,55 @@ impl UserStore for SqliteUserStore {
         tx.commit().await.context("committing a revocation")?;
         Ok(true)
     }
+
+    async fn hit_rate_limit(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+        new_reset_at: DateTime<Utc>,
+    ) -> anyhow::Result<(i64, DateTime<Utc>)> {
+        // One statement on the one writer connection: hits are counted one after the other.
+        let row = sqlx::query(
+            "INSERT INTO rate_limits (key, hits, reset_at) VALUES (?1, 1, ?3) \
+             ON CONFLICT (key) DO UPDATE SET \
+               hits = CASE WHEN rate_limits.reset_at <= ?2 THEN 1 ELSE rate_limits.hits + 1 END, \
+               reset_at = CASE WHEN rate_limits.reset_at <= ?2 THEN ?3 ELSE rate_limits.reset_at END \
+             RETURNING hits, reset_at",
+        )
+        .bind(key)
+        .bind(ts(now))
+        .bind(ts(new_reset_at))
+        .fetch_one(&self.write)
+        .await
+        .context("counting a rate-limited event")?;
+        Ok((row.try_get("hits")?, row.try_get("reset_at")?))
+    }
+
+    async fn rate_limit(&self, key: &str) -> anyhow::Result<Option<(i64, DateTime<Utc>)>> {
+        let row = sqlx::query("SELECT hits, reset_at FROM rate_limits WHERE key = ?1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .context("reading a rate limit")?;
+        row.map(|r| Ok((r.try_get("hits")?, r.try_get("reset_at")?)))
+            .transpose()
+    }
+
+    async fn unhit_rate_limit(&self, key: &str) -> anyhow::Result<()> {
+        sqlx::query("UPDATE rate_limits SET hits = hits - 1 WHERE key = ?1 AND hits > 0")
+            .bind(key)
+            .execute(&self.write)
+            .await
+            .context("taking back a rate-limited event")?;
+        Ok(())
+    }
+
+    async fn prune_rate_limits(&self, now: DateTime<Utc>) -> anyhow::Result<u64> {
+        let done = sqlx::query("DELETE FROM rate_limits WHERE reset_at <= ?1")
+            .bind(ts(now))
+            .execute(&self.write)
+            .await
+            .context("pruning rate limits")?;
+        Ok(done.rows_affected())
+    }
 }

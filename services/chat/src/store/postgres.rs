@@ -4,7 +4,12 @@ use anyhow::Context;
 use async_trait::async_trait;
 use sqlx::{postgres::PgRow, PgPool, Row};
 
-use super::{ChatCursor, ChatRecord, ChatStore, Inserted, MemberRecord, MessageRecord, NewMessage};
+use std::time::Duration;
+
+use super::{
+    millis, ChatCursor, ChatRecord, ChatStore, Deleted, EventId, EventKind, Inserted, MemberRecord,
+    MessageRecord, NewMessage, OutboxEvent,
+};
 use crate::domain::{ChatId, Title};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/chat");
@@ -186,17 +191,23 @@ impl ChatStore for PgChatStore {
     async fn insert_message(&self, msg: NewMessage<'_>) -> anyhow::Result<Inserted> {
         // One statement, one round trip: the UPDATE takes the chat's row lock (ordering
         // concurrent senders on any replica) and the next seq, only when the sender is a
-        // member; the INSERT stores the message under that seq. As a single statement it
-        // commits or rolls back whole, so a failed insert never leaves a gap.
+        // member; the INSERT stores the message under that seq, and the outbox row of its
+        // event. As a single statement it commits or rolls back whole, so a failed insert
+        // never leaves a gap, and a stored message always has its event.
         let res = sqlx::query(&format!(
             "WITH next AS ( \
                  UPDATE chats SET last_seq = last_seq + 1, last_activity_at = now() \
                  WHERE id = $1 AND EXISTS ( \
                      SELECT 1 FROM chat_members WHERE chat_id = $1 AND user_id = $2) \
-                 RETURNING last_seq) \
-             INSERT INTO messages (chat_id, seq, sender_id, sender_username, text, idempotency_key) \
-             SELECT $1, next.last_seq, $2, $3, $4, $5 FROM next \
-             RETURNING {MESSAGE_COLUMNS}"
+                 RETURNING last_seq), \
+             ins AS ( \
+                 INSERT INTO messages (chat_id, seq, sender_id, sender_username, text, idempotency_key) \
+                 SELECT $1, next.last_seq, $2, $3, $4, $5 FROM next \
+                 RETURNING {MESSAGE_COLUMNS}), \
+             event AS ( \
+                 INSERT INTO outbox (chat_id, seq, kind) \
+                 SELECT chat_id, seq, 'message_created' FROM ins RETURNING id) \
+             SELECT ins.*, event.id AS event_id FROM ins, event"
         ))
         .bind(msg.chat_id.0)
         .bind(msg.sender_id)
@@ -206,7 +217,10 @@ impl ChatStore for PgChatStore {
         .fetch_optional(&self.pool)
         .await;
         match res {
-            Ok(Some(row)) => Ok(Inserted::New(message_from_row(&row)?)),
+            Ok(Some(row)) => Ok(Inserted::New(
+                message_from_row(&row)?,
+                row.try_get("event_id")?,
+            )),
             Ok(None) => Ok(Inserted::NoChat),
             // The idempotency key was used before (or by a concurrent retry that won):
             // the statement rolled back whole; answer with the first message.
@@ -230,24 +244,32 @@ impl ChatStore for PgChatStore {
         }
     }
 
-    async fn delete_message(
-        &self,
-        chat: ChatId,
-        seq: i64,
-    ) -> anyhow::Result<Option<MessageRecord>> {
+    async fn delete_message(&self, chat: ChatId, seq: i64) -> anyhow::Result<Option<Deleted>> {
+        // One statement: the deletion and, when the message was live, its event's row.
         let row = sqlx::query(
-            "UPDATE messages m SET deleted_at = COALESCE(m.deleted_at, now()), text = '' \
-             FROM messages old WHERE m.chat_id = $1 AND m.seq = $2 \
-             AND old.chat_id = m.chat_id AND old.seq = m.seq \
-             RETURNING old.chat_id, old.seq, old.sender_id, old.sender_username, old.text, \
-             old.created_at, old.deleted_at IS NOT NULL AS deleted",
+            "WITH del AS ( \
+                 UPDATE messages m SET deleted_at = COALESCE(m.deleted_at, now()), text = '' \
+                 FROM messages old WHERE m.chat_id = $1 AND m.seq = $2 \
+                 AND old.chat_id = m.chat_id AND old.seq = m.seq \
+                 RETURNING old.chat_id, old.seq, old.sender_id, old.sender_username, old.text, \
+                 old.created_at, old.deleted_at IS NOT NULL AS deleted), \
+             event AS ( \
+                 INSERT INTO outbox (chat_id, seq, kind) \
+                 SELECT chat_id, seq, 'message_deleted' FROM del WHERE NOT deleted RETURNING id) \
+             SELECT del.*, (SELECT id FROM event) AS event_id FROM del",
         )
         .bind(chat.0)
         .bind(seq)
         .fetch_optional(&self.pool)
         .await
         .context("deleting a message")?;
-        Ok(row.as_ref().map(message_from_row).transpose()?)
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        Ok(Some(Deleted {
+            before: message_from_row(&row)?,
+            event: row.try_get("event_id")?,
+        }))
     }
 
     async fn message(&self, chat: ChatId, seq: i64) -> anyhow::Result<Option<MessageRecord>> {
@@ -317,5 +339,50 @@ impl ChatStore for PgChatStore {
             .await
             .context("reading the chat's last seq")?;
         Ok(seq)
+    }
+
+    async fn claim_events(
+        &self,
+        older_than: Duration,
+        claim_for: Duration,
+        limit: i64,
+    ) -> anyhow::Result<Vec<OutboxEvent>> {
+        let rows = sqlx::query(
+            "UPDATE outbox SET claimed_until = now() + $2 * interval '1 millisecond' \
+             WHERE id IN ( \
+                 SELECT id FROM outbox \
+                 WHERE created_at < now() - $1 * interval '1 millisecond' \
+                 AND (claimed_until IS NULL OR claimed_until < now()) \
+                 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, chat_id, seq, kind",
+        )
+        .bind(millis(older_than) as f64)
+        .bind(millis(claim_for) as f64)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .context("claiming outbox rows")?;
+        let mut events = rows
+            .iter()
+            .map(|row| {
+                Ok(OutboxEvent {
+                    id: row.try_get("id")?,
+                    chat_id: row.try_get("chat_id")?,
+                    seq: row.try_get("seq")?,
+                    kind: EventKind::parse(row.try_get("kind")?)?,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        events.sort_by_key(|e| e.id);
+        Ok(events)
+    }
+
+    async fn events_published(&self, ids: &[EventId]) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+            .bind(ids)
+            .execute(&self.pool)
+            .await
+            .context("removing published outbox rows")?;
+        Ok(())
     }
 }

@@ -8,14 +8,17 @@
 //! Messages go through a [`GroupWriter`]: the messages of concurrent senders share one
 //! transaction and one fsync, each sender answered after the commit that holds its own.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use async_trait::async_trait;
 use chrono::Utc;
 use sqlx::{sqlite::SqliteRow, Row, SqliteConnection, SqlitePool};
 
-use super::{ChatCursor, ChatRecord, ChatStore, Inserted, MemberRecord, MessageRecord, NewMessage};
+use super::{
+    millis, ChatCursor, ChatRecord, ChatStore, Deleted, EventId, EventKind, Inserted, MemberRecord,
+    MessageRecord, NewMessage, OutboxEvent,
+};
 use crate::domain::{ChatId, Title};
 use chat_common::db::{begin_write, from_micros, sqlite_writer, GroupWriter};
 
@@ -48,8 +51,8 @@ impl SqliteChatStore {
     }
 }
 
-/// The idempotency check, the seq bump and the insert of one message, inside the writer's
-/// transaction.
+/// The idempotency check, the seq bump, the insert of one message and the outbox row of its
+/// event, inside the writer's transaction.
 async fn insert_one(conn: &mut SqliteConnection, msg: &Pending) -> anyhow::Result<Inserted> {
     let now = msg.at;
     let key = msg.idempotency_key.as_deref();
@@ -98,7 +101,17 @@ async fn insert_one(conn: &mut SqliteConnection, msg: &Pending) -> anyhow::Resul
     .fetch_one(&mut *conn)
     .await
     .context("inserting a message")?;
-    Ok(Inserted::New(message_from_row(&row)?))
+    let event: i64 = sqlx::query_scalar(
+        "INSERT INTO outbox (chat_id, seq, kind, created_at) \
+         VALUES (?1, ?2, 'message_created', ?3) RETURNING id",
+    )
+    .bind(msg.chat_id)
+    .bind(seq)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await
+    .context("writing a message's event to the outbox")?;
+    Ok(Inserted::New(message_from_row(&row)?, event))
 }
 
 fn now_micros() -> i64 {
@@ -299,11 +312,8 @@ impl ChatStore for SqliteChatStore {
             .await
     }
 
-    async fn delete_message(
-        &self,
-        chat: ChatId,
-        seq: i64,
-    ) -> anyhow::Result<Option<MessageRecord>> {
+    async fn delete_message(&self, chat: ChatId, seq: i64) -> anyhow::Result<Option<Deleted>> {
+        let now = now_micros();
         let mut tx = begin_write(&self.write)
             .await
             .context("starting a transaction")?;
@@ -318,19 +328,34 @@ impl ChatStore for SqliteChatStore {
         let Some(row) = row else {
             return Ok(None);
         };
-        let old = message_from_row(&row)?;
+        let before = message_from_row(&row)?;
         sqlx::query(
             "UPDATE messages SET deleted_at = COALESCE(deleted_at, ?3), text = '' \
              WHERE chat_id = ?1 AND seq = ?2",
         )
         .bind(chat.0)
         .bind(seq)
-        .bind(now_micros())
+        .bind(now)
         .execute(&mut *tx)
         .await
         .context("deleting a message")?;
+        let event = if before.deleted {
+            None
+        } else {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO outbox (chat_id, seq, kind, created_at) \
+                 VALUES (?1, ?2, 'message_deleted', ?3) RETURNING id",
+            )
+            .bind(chat.0)
+            .bind(seq)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .context("writing a deletion's event to the outbox")?;
+            Some(id)
+        };
         tx.commit().await.context("committing a message deletion")?;
-        Ok(Some(old))
+        Ok(Some(Deleted { before, event }))
     }
 
     async fn message(&self, chat: ChatId, seq: i64) -> anyhow::Result<Option<MessageRecord>> {
@@ -400,5 +425,64 @@ impl ChatStore for SqliteChatStore {
             .await
             .context("reading the chat's last seq")?;
         Ok(seq)
+    }
+
+    async fn claim_events(
+        &self,
+        older_than: Duration,
+        claim_for: Duration,
+        limit: i64,
+    ) -> anyhow::Result<Vec<OutboxEvent>> {
+        let now = now_micros();
+        let micros = |d: Duration| millis(d).saturating_mul(1000);
+        let mut tx = begin_write(&self.write)
+            .await
+            .context("starting a transaction")?;
+        let rows = sqlx::query(
+            "UPDATE outbox SET claimed_until = ?2 \
+             WHERE id IN ( \
+                 SELECT id FROM outbox \
+                 WHERE created_at < ?1 AND (claimed_until IS NULL OR claimed_until < ?3) \
+                 ORDER BY id LIMIT ?4) \
+             RETURNING id, chat_id, seq, kind",
+        )
+        .bind(now.saturating_sub(micros(older_than)))
+        .bind(now.saturating_add(micros(claim_for)))
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
+        .context("claiming outbox rows")?;
+        tx.commit().await.context("committing outbox claims")?;
+        let mut events = rows
+            .iter()
+            .map(|row| {
+                Ok(OutboxEvent {
+                    id: row.try_get("id")?,
+                    chat_id: row.try_get("chat_id")?,
+                    seq: row.try_get("seq")?,
+                    kind: EventKind::parse(row.try_get("kind")?)?,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        events.sort_by_key(|e| e.id);
+        Ok(events)
+    }
+
+    async fn events_published(&self, ids: &[EventId]) -> anyhow::Result<()> {
+        let mut tx = begin_write(&self.write)
+            .await
+            .context("starting a transaction")?;
+        for id in ids {
+            sqlx::query("DELETE FROM outbox WHERE id = ?1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .context("removing published outbox rows")?;
+        }
+        tx.commit()
+            .await
+            .context("committing the removal of published outbox rows")?;
+        Ok(())
     }
 }

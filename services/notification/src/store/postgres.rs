@@ -173,6 +173,20 @@ impl DeliveryStore for PgDeliveryStore {
         Ok(())
     }
 
+    async fn release(&self, chat_id: i64, seq: i64, recipient_id: i64) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE deliveries SET state = 'pending', lease_until = NULL, updated_at = now() \
+             WHERE chat_id = $1 AND seq = $2 AND recipient_id = $3 AND state = 'sending'",
+        )
+        .bind(chat_id)
+        .bind(seq)
+        .bind(recipient_id)
+        .execute(&self.pool)
+        .await
+        .context("releasing a delivery")?;
+        Ok(())
+    }
+
     async fn finish(
         &self,
         chat_id: i64,

@@ -220,6 +220,22 @@ impl DeliveryStore for SqliteDeliveryStore {
         Ok(())
     }
 
+    async fn release(&self, chat_id: i64, seq: i64, recipient_id: i64) -> anyhow::Result<()> {
+        self.writer
+            .execute(
+                "UPDATE deliveries SET state = 'pending', lease_until = NULL, updated_at = ?4 \
+                 WHERE chat_id = ?1 AND seq = ?2 AND recipient_id = ?3 AND state = 'sending'",
+                Args::new()
+                    .bind(chat_id)
+                    .bind(seq)
+                    .bind(recipient_id)
+                    .bind(ts(Utc::now())),
+                "releasing a delivery",
+            )
+            .await?;
+        Ok(())
+    }
+
     async fn finish(
         &self,
         chat_id: i64,

@@ -1,0 +1,313 @@
+//! Issue 15, the production topology: what the operator renders for a production
+//! cluster, checked against a real API server (and, for other projects' kinds, their real
+//! CRDs from `../shared/k8s-testenv/crds/`).
+
+use std::time::Duration;
+
+use k8s_openapi::api::{
+    apps::v1::{Deployment, StatefulSet},
+    autoscaling::v2::HorizontalPodAutoscaler,
+    core::v1::ConfigMap,
+    networking::v1::NetworkPolicy,
+};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use serde_json::json;
+
+use crate::support::*;
+
+/// `NATS_STREAM_REPLICAS` of a component's Deployment, once it exists.
+async fn stream_replicas(w: &World, deployment: &str) -> Option<String> {
+    let d = w.deployment(deployment).await?;
+    env_of(&d, "NATS_STREAM_REPLICAS")?["value"]
+        .as_str()
+        .map(str::to_string)
+}
+
+#[tokio::test]
+async fn i15_stream_replicas_follow_nats_replicas() {
+    if !enabled("issue 15: stream replicas") {
+        return;
+    }
+    let w = World::new(Plane::shared(), "i15-stream").await;
+    let spec = json!({"version": "1.0.0", "nats": {"managed": {"replicas": 1, "storage": "2Gi"}}});
+    w.apply_cluster("js", spec).await;
+    w.complete_migrations("js", 4).await;
+    for c in ["chat", "notification"] {
+        let name = format!("js-{c}");
+        let replicas = eventually(&format!("{name}'s stream replicas"), SETTLE, || async {
+            stream_replicas(&w, &name).await
+        })
+        .await;
+        assert_eq!(replicas, "1", "{name}");
+    }
+    // The server's store is bounded by its volume, and it leaves in lame-duck mode.
+    let conf = w
+        .api::<ConfigMap>()
+        .get("js-nats")
+        .await
+        .expect("NATS config");
+    let conf = &conf.data.expect("data")["nats.conf"];
+    assert!(conf.contains("max_file_store: 1932735283"), "{conf}");
+    let sts = w.api::<StatefulSet>().get("js-nats").await.expect("NATS");
+    let sts = serde_json::to_value(&sts).expect("json");
+    let hook = &sts["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"];
+    assert!(hook.to_string().contains("ldm="), "{hook}");
+
+    // Growing NATS to a cluster gives the stream three copies (not five).
+    w.patch_spec("js", json!({"nats": {"managed": {"replicas": 5}}}))
+        .await;
+    for c in ["chat", "notification"] {
+        let name = format!("js-{c}");
+        eventually(
+            &format!("{name}'s stream replicas to be 3"),
+            SETTLE,
+            || async { (stream_replicas(&w, &name).await.as_deref() == Some("3")).then_some(()) },
+        )
+        .await;
+    }
+}
+
+/// `spec.replicas` of Deployment `name`.
+async fn deployment_replicas(w: &World, name: &str) -> Option<i32> {
+    w.deployment(name).await?.spec?.replicas
+}
+
+#[tokio::test]
+async fn i15_an_autoscaled_component_is_not_fought() {
+    if !enabled("issue 15: autoscaling") {
+        return;
+    }
+    let w = World::new(Plane::shared(), "i15-hpa").await;
+    let cpu = json!({"requests": {"cpu": "100m"}});
+    w.bring_up(
+        "as",
+        json!({"version": "1.0.0", "chat": {"replicas": 3, "resources": cpu}}),
+    )
+    .await;
+    assert_eq!(deployment_replicas(&w, "as-chat").await, Some(3));
+
+    // Autoscaling switched on: an HPA, and the pods running now are kept (the Deployment
+    // does not fall back to one pod when the operator stops applying `replicas`).
+    w.patch_spec(
+        "as",
+        json!({"chat": {"autoscaling": {"minReplicas": 2, "maxReplicas": 6}}}),
+    )
+    .await;
+    let hpa = eventually("HorizontalPodAutoscaler as-chat", SETTLE, || async {
+        w.api::<HorizontalPodAutoscaler>()
+            .get_opt("as-chat")
+            .await
+            .expect("reading the HPA")
+    })
+    .await;
+    let spec = hpa.spec.expect("HPA spec");
+    assert_eq!(spec.scale_target_ref.name, "as-chat");
+    assert_eq!(spec.min_replicas, Some(2));
+    assert_eq!(spec.max_replicas, 6);
+    let target = &spec.metrics.expect("metrics")[0]
+        .resource
+        .clone()
+        .expect("a resource metric");
+    assert_eq!(target.name, "cpu");
+    assert_eq!(target.target.average_utilization, Some(75));
+    w.settle(Duration::from_secs(2)).await;
+    assert_eq!(deployment_replicas(&w, "as-chat").await, Some(3));
+
+    // The HPA scales (through the scale subresource, as its controller does) ...
+    w.api::<Deployment>()
+        .patch_scale(
+            "as-chat",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"replicas": 5}})),
+        )
+        .await
+        .expect("scaling as the HPA does");
+    // ... and later reconciles, including ones that change the chat Deployment, keep it.
+    w.patch_spec(
+        "as",
+        json!({"auth": {"replicas": 3}, "chat": {"resources": {"requests": {"cpu": "200m"}}}}),
+    )
+    .await;
+    eventually("auth at 3 replicas", SETTLE, || async {
+        (deployment_replicas(&w, "as-auth").await == Some(3)).then_some(())
+    })
+    .await;
+    eventually("the chat pods' new CPU request", SETTLE, || async {
+        let d = w.deployment("as-chat").await?;
+        let cpu = serde_json::to_value(&d).ok()?["spec"]["template"]["spec"]["containers"][0]
+            ["resources"]["requests"]["cpu"]
+            .clone();
+        (cpu == "200m").then_some(())
+    })
+    .await;
+    w.settle(Duration::from_secs(2)).await;
+    assert_eq!(
+        deployment_replicas(&w, "as-chat").await,
+        Some(5),
+        "the operator undid the HPA's scaling"
+    );
+
+    // Switched off again: the HPA goes and the spec's count applies.
+    w.patch_spec("as", json!({"chat": {"autoscaling": null}}))
+        .await;
+    eventually("the HPA to be deleted", SETTLE, || async {
+        w.api::<HorizontalPodAutoscaler>()
+            .get_opt("as-chat")
+            .await
+            .expect("reading the HPA")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    eventually("chat back at 3 replicas", SETTLE, || async {
+        (deployment_replicas(&w, "as-chat").await == Some(3)).then_some(())
+    })
+    .await;
+}
+
+/// The peers of the ingress rules of NetworkPolicy `name` allowed to `port`.
+fn peers_to(policy: &NetworkPolicy, port: i32) -> Vec<serde_json::Value> {
+    let spec = policy.spec.as_ref().expect("a NetworkPolicy spec");
+    spec.ingress
+        .iter()
+        .flatten()
+        .filter(|rule| {
+            rule.ports.iter().flatten().any(|p| {
+                p.port == Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(port))
+            })
+        })
+        .flat_map(|rule| rule.from.clone().unwrap_or_default())
+        .map(|peer| serde_json::to_value(peer).expect("json"))
+        .collect()
+}
+
+#[tokio::test]
+async fn i15_network_policies_let_only_what_needs_it_through() {
+    if !enabled("issue 15: network policies") {
+        return;
+    }
+    let w = World::new(Plane::shared(), "i15-netpol").await;
+    let gateway = json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway-system"}}});
+    w.apply_cluster(
+        "np",
+        json!({"version": "1.0.0", "networkPolicy": {"entryPointFrom": [gateway]}}),
+    )
+    .await;
+    let api = w.api::<NetworkPolicy>();
+    let get = |name: &'static str| {
+        let api = api.clone();
+        async move {
+            eventually(&format!("NetworkPolicy {name}"), SETTLE, || async {
+                api.get_opt(name).await.expect("reading a NetworkPolicy")
+            })
+            .await
+        }
+    };
+    let components = |peer: &serde_json::Value| -> Vec<String> {
+        assert_eq!(
+            peer["podSelector"]["matchLabels"]["app.kubernetes.io/instance"], "np",
+            "{peer}"
+        );
+        assert!(
+            peer.get("namespaceSelector").is_none(),
+            "only this namespace: {peer}"
+        );
+        let mut v: Vec<String> =
+            serde_json::from_value(peer["podSelector"]["matchExpressions"][0]["values"].clone())
+                .expect("component values");
+        v.sort();
+        v
+    };
+
+    // PostgreSQL: from the services and their migrations only.
+    let pg = get("np-postgres").await;
+    let from = peers_to(&pg, 5432);
+    assert_eq!(from.len(), 1, "{from:?}");
+    let mut expected: Vec<String> = ["auth", "chat", "notification", "saga"]
+        .iter()
+        .flat_map(|c| [c.to_string(), format!("{c}-migrate")])
+        .collect();
+    expected.sort();
+    assert_eq!(components(&from[0]), expected);
+    let selected = serde_json::to_value(&pg.spec.as_ref().unwrap().pod_selector).unwrap();
+    assert_eq!(
+        selected["matchExpressions"][0]["values"],
+        json!(["postgres"]),
+        "{selected}"
+    );
+
+    // NATS clients: chat and notification only; routes from NATS itself.
+    let nats = get("np-nats").await;
+    let from = peers_to(&nats, 4222);
+    assert_eq!(from.len(), 1, "{from:?}");
+    assert_eq!(components(&from[0]), ["chat", "notification"]);
+    assert_eq!(components(&peers_to(&nats, 6222)[0]), ["nats"]);
+
+    // The public services' gRPC port from the entry point; notification is not public.
+    let public = get("np-public").await;
+    assert_eq!(peers_to(&public, 50051), [gateway]);
+    let selected = serde_json::to_value(&public.spec.as_ref().unwrap().pod_selector).unwrap();
+    assert_eq!(
+        selected["matchExpressions"][0]["values"],
+        json!(["auth", "chat", "saga"])
+    );
+    // Between the services: gRPC from each other.
+    let services = get("np-services").await;
+    assert_eq!(
+        components(&peers_to(&services, 50051)[0]),
+        ["auth", "chat", "notification", "saga"]
+    );
+
+    // Removed from the spec: the policies go.
+    w.patch_spec("np", json!({"networkPolicy": null})).await;
+    eventually("the NetworkPolicies to be deleted", SETTLE, || async {
+        let left = api
+            .list(&Default::default())
+            .await
+            .expect("listing NetworkPolicies")
+            .items;
+        left.is_empty().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn i15_the_pod_monitor_is_accepted_by_the_prometheus_operator_crd() {
+    if !enabled("issue 15: PodMonitor") {
+        return;
+    }
+    let w = World::new(Plane::shared(), "i15-podmonitor").await;
+    install_crd(w.plane, "monitoring.coreos.com_podmonitors.yaml");
+    let spec = json!({"version": "1.0.0",
+                      "monitoring": {"podMonitor": true, "labels": {"release": "prometheus"}}});
+    w.apply_cluster("pm", spec).await;
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        w.client.clone(),
+        &w.ns,
+        &chat_operator::render::pod_monitor_resource(),
+    );
+    // Applied by the operator and stored as rendered: the CRD's schema prunes what it
+    // does not know, so a field it dropped would be missing here.
+    let stored = eventually("the PodMonitor", SETTLE, || async {
+        api.get_opt("pm-services").await.ok().flatten()
+    })
+    .await;
+    let stored = serde_json::to_value(&stored).expect("json");
+    assert_eq!(stored["metadata"]["labels"]["release"], "prometheus");
+    assert_eq!(
+        stored["spec"]["podMetricsEndpoints"],
+        json!([{"port": "metrics", "path": "/metrics"}])
+    );
+    assert_eq!(
+        stored["spec"]["selector"]["matchExpressions"][0]["values"],
+        json!(["auth", "chat", "notification", "saga"])
+    );
+
+    // Turned off: the operator deletes it.
+    w.patch_spec("pm", json!({"monitoring": {"podMonitor": false}}))
+        .await;
+    eventually("the PodMonitor to be deleted", SETTLE, || async {
+        matches!(api.get_opt("pm-services").await, Ok(None)).then_some(())
+    })
+    .await;
+}

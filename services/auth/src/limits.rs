@@ -1,0 +1,452 @@
+//! Rate limits that slow down guessing: passwords at `Login`, the service secret at
+//! `IssueServiceToken`, and account creation at `Register`.
+//!
+//! Why it is shaped this way:
+//! - **Counted in the auth database**, not in a map in the process: every replica counts
+//!   into the same rows (table `rate_limits`), so N replicas still allow the limit once,
+//!   not N times. Each count is one atomic upsert, so concurrent attempts on any replica
+//!   see distinct counts and none slips past the limit.
+//! - **Counted before the expensive work**: an attempt is counted first and refused when
+//!   over the limit, so a refused attempt costs no bcrypt; one already over its limit is
+//!   refused after a single read, so a stream of refused attempts writes nothing. An attempt
+//!   that turns out not to count (a login with the right password, a service token issued)
+//!   is taken back afterwards, so limits on failures count only failures; a refused attempt
+//!   is taken back too, so hammering a limit does not keep it closed for longer.
+//! - **Fixed windows** per key: the first counted event opens a window of the limit's
+//!   length, events in it are counted, the first event after it opens a new one. The retry
+//!   delay given to a refused caller is the time left in the window.
+//! - **Keys** are a scope and a subject: the lower-cased email for the per-account login
+//!   limit (whether or not the account exists, so the limit does not reveal which do), the
+//!   client's IP address for the others. Ended windows are deleted at most once a minute
+//!   per replica, so the table holds only keys active in the last window.
+//!
+//! The client address is the TCP peer's. Behind a proxy every client would share the
+//! proxy's address, so the operator can list trusted proxies (`RATE_LIMIT_TRUSTED_PROXIES`):
+//! for a call from one of them the address is the right-most `x-forwarded-for` entry that
+//! is not itself a trusted proxy. Headers from anyone else are ignored (a client could
+//! write any address there).
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::{
+        atomic::{AtomicI64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, Utc};
+use tonic::metadata::MetadataMap;
+
+use crate::{error::AuthError, store::UserStore};
+
+/// How often a replica deletes ended windows.
+const PRUNE_EVERY_SECS: i64 = 60;
+
+/// At most `max` counted events per `window` for one key; `max == 0` turns the limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub max: u32,
+    pub window: Duration,
+}
+
+impl Limit {
+    pub const OFF: Limit = Limit {
+        max: 0,
+        window: Duration::ZERO,
+    };
+
+    pub const fn new(max: u32, window_secs: u64) -> Self {
+        Limit {
+            max,
+            window: Duration::from_secs(window_secs),
+        }
+    }
+
+    pub fn is_off(&self) -> bool {
+        self.max == 0 || self.window.is_zero()
+    }
+
+    /// `"<max>/<seconds>"` (e.g. `10/300`: ten per five minutes), or `off` (or `0`).
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("off") || s == "0" {
+            return Ok(Limit::OFF);
+        }
+        let (max, secs) = s
+            .split_once('/')
+            .context("must be <count>/<seconds> (e.g. 10/300) or off")?;
+        let max: u32 = max.trim().parse().context("the count must be a number")?;
+        let secs: u64 = secs
+            .trim()
+            .trim_end_matches('s')
+            .parse()
+            .context("the window must be a number of seconds")?;
+        if max > 0 && secs == 0 {
+            bail!("the window must be at least one second");
+        }
+        Ok(Limit::new(max, secs))
+    }
+}
+
+/// The rate limits of the auth service (see `config` for the variables and defaults).
+#[derive(Debug, Clone)]
+pub struct RateLimits {
+    /// Failed logins per account (email), whatever the address.
+    pub login_per_account: Limit,
+    /// Failed logins per client address, whatever the account.
+    pub login_per_address: Limit,
+    /// Registrations (every well-formed attempt: each costs a bcrypt) per client address.
+    pub register_per_address: Limit,
+    /// `IssueServiceToken` calls with a wrong secret per client address.
+    pub service_token_per_address: Limit,
+    /// Proxies whose `x-forwarded-for` header names the client (none by default).
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            login_per_account: Limit::new(10, 300),
+            login_per_address: Limit::new(30, 60),
+            register_per_address: Limit::new(20, 600),
+            service_token_per_address: Limit::new(10, 60),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+impl RateLimits {
+    /// Every limit off (for tools that must not be limited, e.g. a load generator's setup).
+    pub fn off() -> Self {
+        Self {
+            login_per_account: Limit::OFF,
+            login_per_address: Limit::OFF,
+            register_per_address: Limit::OFF,
+            service_token_per_address: Limit::OFF,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// An IP network (`10.0.0.0/8`, `fd00::/8`) or a single address (`192.0.2.1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        let s = s.trim();
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .with_context(|| format!("{s:?} is not an IP address or network"))?;
+        let addr = addr.to_canonical();
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .with_context(|| format!("{s:?}: the prefix length must be 0 to {max}"))?,
+        };
+        Ok(Self { addr, prefix })
+    }
+
+    /// A comma-separated list, as `RATE_LIMIT_TRUSTED_PROXIES` holds it.
+    pub fn parse_list(s: &str) -> anyhow::Result<Vec<Self>> {
+        s.split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(IpNet::parse)
+            .collect()
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                prefix_eq(&net.octets(), &ip.octets(), self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                prefix_eq(&net.octets(), &ip.octets(), self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Whether the first `bits` bits of `a` and `b` are equal.
+fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
+    let bits = usize::from(bits);
+    let (whole, rest) = (bits / 8, bits % 8);
+    if a[..whole] != b[..whole] {
+        return false;
+    }
+    if rest == 0 {
+        return true;
+    }
+    let mask = 0xffu8 << (8 - rest);
+    (a[whole] & mask) == (b[whole] & mask)
+}
+
+/// The address a call is counted against: the TCP peer's, or, when the peer is a trusted
+/// proxy, the right-most `x-forwarded-for` entry that is not a trusted proxy. `None` when
+/// the transport has no peer address.
+pub fn client_address(
+    peer: Option<SocketAddr>,
+    metadata: &MetadataMap,
+    trusted: &[IpNet],
+) -> Option<IpAddr> {
+    let peer = peer?.ip().to_canonical();
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(peer) {
+        return Some(peer);
+    }
+    let mut client = peer;
+    // Every x-forwarded-for header, in order, each a comma-separated list; read from the
+    // right (the entry the nearest proxy added) until an address no trusted proxy has.
+    let entries: Vec<&str> = metadata
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    for entry in entries.iter().rev() {
+        match entry.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip.to_canonical();
+                if !is_trusted(client) {
+                    break;
+                }
+            }
+            // Something this service cannot read: stop at the last address it could.
+            Err(_) => break,
+        }
+    }
+    Some(client)
+}
+
+/// What a limit protects; names the key's scope, the metric label and the refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    LoginAccount,
+    LoginAddress,
+    Register,
+    ServiceToken,
+}
+
+impl Scope {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::LoginAccount => "login-account",
+            Scope::LoginAddress => "login-address",
+            Scope::Register => "register-address",
+            Scope::ServiceToken => "service-token-address",
+        }
+    }
+
+    /// What the caller did too often, for the refusal's message.
+    pub fn refusal(self) -> &'static str {
+        match self {
+            Scope::LoginAccount => "too many failed logins for this account",
+            Scope::LoginAddress => "too many failed logins from this address",
+            Scope::Register => "too many registrations from this address",
+            Scope::ServiceToken => "too many wrong service secrets from this address",
+        }
+    }
+}
+
+/// Counts attempts against the limits in the store.
+pub(crate) struct Limiter {
+    store: Arc<dyn UserStore>,
+    /// When this replica next deletes ended windows (Unix seconds).
+    next_prune: AtomicI64,
+}
+
+/// Events counted for one attempt. Dropping it leaves them counted; [`Limiter::uncount`]
+/// takes them back.
+#[must_use = "an attempt is either left counted or taken back with Limiter::uncount"]
+pub(crate) struct Counted {
+    keys: Vec<String>,
+}
+
+impl Limiter {
+    pub fn new(store: Arc<dyn UserStore>) -> Self {
+        Self {
+            store,
+            next_prune: AtomicI64::new(0),
+        }
+    }
+
+    /// Counts one attempt against each `(scope, limit, subject)`, in order; when one is
+    /// over its limit, takes back what this attempt counted and refuses it with the time
+    /// left in that window. Limits that are off are skipped.
+    pub async fn count(&self, checks: &[(Scope, Limit, &str)]) -> Result<Counted, AuthError> {
+        let now = Utc::now();
+        self.maybe_prune(now).await;
+        let checks: Vec<(Scope, Limit, String)> = checks
+            .iter()
+            .filter(|(_, limit, _)| !limit.is_off())
+            .map(|&(scope, limit, subject)| (scope, limit, format!("{}:{subject}", scope.name())))
+            .collect();
+        // A read first: an attempt already over a limit is refused without writing, which
+        // is what an attacker's stream of attempts mostly is.
+        for (scope, limit, key) in &checks {
+            if let Some((hits, reset_at)) = self.store.rate_limit(key).await? {
+                if reset_at > now && hits >= i64::from(limit.max) {
+                    return Err(refuse(*scope, reset_at - now));
+                }
+            }
+        }
+        // Then the counts themselves, which decide (the read above may be stale).
+        let mut counted = Counted { keys: Vec::new() };
+        for (scope, limit, key) in checks {
+            let window = chrono::Duration::from_std(limit.window).map_err(anyhow::Error::from)?;
+            let (hits, reset_at) = self.store.hit_rate_limit(&key, now, now + window).await?;
+            counted.keys.push(key);
+            if hits > i64::from(limit.max) {
+                self.uncount(counted).await;
+                return Err(refuse(scope, reset_at - now));
+            }
+        }
+        Ok(counted)
+    }
+
+    /// Takes back the events of `counted`. A failure only leaves them counted (logged).
+    pub async fn uncount(&self, counted: Counted) {
+        for key in &counted.keys {
+            if let Err(e) = self.store.unhit_rate_limit(key).await {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "taking back a rate-limit count failed"
+                );
+            }
+        }
+    }
+
+    /// Deletes ended windows when this replica has not for a minute. One replica's prune
+    /// is enough for all; several pruning is harmless.
+    async fn maybe_prune(&self, now: DateTime<Utc>) {
+        let next = self.next_prune.load(Ordering::Relaxed);
+        if now.timestamp() < next {
+            return;
+        }
+        let claimed = self.next_prune.compare_exchange(
+            next,
+            now.timestamp() + PRUNE_EVERY_SECS,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        if claimed.is_err() {
+            return; // another call of this replica prunes now
+        }
+        match self.store.prune_rate_limits(now).await {
+            Ok(n) if n > 0 => tracing::debug!(rows = n, "pruned ended rate-limit windows"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "pruning rate limits failed"),
+        }
+    }
+}
+
+/// The refusal of an attempt over the limit of `scope`, `left` before its window ends.
+fn refuse(scope: Scope, left: chrono::Duration) -> AuthError {
+    let retry_after = left.to_std().unwrap_or(Duration::ZERO);
+    tracing::debug!(limit = scope.name(), ?retry_after, "rate limited");
+    metrics::counter!("auth_rate_limited_total", "limit" => scope.name()).increment(1);
+    AuthError::RateLimited {
+        message: scope.refusal(),
+        retry_after,
+    }
+}
+
+/// Rounds a retry delay up to whole seconds, at least one, for people to read.
+pub fn whole_secs(d: Duration) -> u64 {
+    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    s.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_parse() {
+        assert_eq!(Limit::parse("10/300").unwrap(), Limit::new(10, 300));
+        assert_eq!(Limit::parse(" 5 / 60s ").unwrap(), Limit::new(5, 60));
+        assert!(Limit::parse("off").unwrap().is_off());
+        assert!(Limit::parse("0").unwrap().is_off());
+        assert!(Limit::parse("10").is_err());
+        assert!(Limit::parse("10/0").is_err());
+        assert!(Limit::parse("x/10").is_err());
+    }
+
+    #[test]
+    fn networks_contain_their_addresses() {
+        let net = IpNet::parse("10.1.0.0/16").unwrap();
+        assert!(net.contains("10.1.200.3".parse().unwrap()));
+        assert!(net.contains("::ffff:10.1.0.9".parse().unwrap()));
+        assert!(!net.contains("10.2.0.1".parse().unwrap()));
+        let one = IpNet::parse("192.0.2.1").unwrap();
+        assert!(one.contains("192.0.2.1".parse().unwrap()));
+        assert!(!one.contains("192.0.2.2".parse().unwrap()));
+        let v6 = IpNet::parse("fd00::/8").unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!(!v6.contains("fe80::1".parse().unwrap()));
+        assert!(IpNet::parse("10.0.0.0/33").is_err());
+        assert!(IpNet::parse("nonsense").is_err());
+        assert_eq!(IpNet::parse_list(" 10.0.0.0/8, ,::1").unwrap().len(), 2);
+    }
+
+    fn xff(values: &[&str]) -> MetadataMap {
+        let mut m = MetadataMap::new();
+        for v in values {
+            m.append("x-forwarded-for", v.parse().unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn forwarded_for_is_read_only_from_trusted_proxies() {
+        let proxy: SocketAddr = "10.0.0.5:4000".parse().unwrap();
+        let stranger: SocketAddr = "198.51.100.9:4000".parse().unwrap();
+        let trusted = IpNet::parse_list("10.0.0.0/8").unwrap();
+        let m = xff(&["203.0.113.1, 10.0.0.7"]);
+        // From a stranger the header is ignored.
+        assert_eq!(
+            client_address(Some(stranger), &m, &trusted),
+            Some(stranger.ip())
+        );
+        // From a trusted proxy: the right-most entry that is not a trusted proxy.
+        assert_eq!(
+            client_address(Some(proxy), &m, &trusted),
+            Some("203.0.113.1".parse().unwrap())
+        );
+        // A client cannot hide behind a forged left-most entry.
+        let forged = xff(&["1.2.3.4", "203.0.113.1"]);
+        assert_eq!(
+            client_address(Some(proxy), &forged, &trusted),
+            Some("203.0.113.1".parse().unwrap())
+        );
+        // No header, or no trusted proxies configured: the peer.
+        assert_eq!(
+            client_address(Some(proxy), &MetadataMap::new(), &trusted),
+            Some(proxy.ip())
+        );
+        assert_eq!(client_address(Some(proxy), &m, &[]), Some(proxy.ip()));
+        assert_eq!(client_address(None, &m, &trusted), None);
+    }
+
+    #[test]
+    fn retry_delays_round_up() {
+        assert_eq!(whole_secs(Duration::from_millis(1)), 1);
+        assert_eq!(whole_secs(Duration::ZERO), 1);
+        assert_eq!(whole_secs(Duration::from_millis(59_001)), 60);
+        assert_eq!(whole_secs(Duration::from_secs(60)), 60);
+    }
+}
