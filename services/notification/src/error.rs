@@ -11,6 +11,8 @@ pub enum NotificationError {
     },
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
     /// A service this one needs (chat, auth) did not answer; worth retrying.
     #[error("{0}")]
     Unavailable(String),
@@ -70,6 +72,7 @@ impl From<NotificationError> for Status {
                 chat_common::error::invalid_field(field, message)
             }
             NotificationError::NotFound(m) => Status::not_found(m),
+            NotificationError::AlreadyExists(m) => Status::already_exists(m),
             NotificationError::Unavailable(m) => {
                 chat_common::error::unavailable("a dependency", &m)
             }

@@ -156,7 +156,7 @@ pub async fn build_notifier(
         "notification-service",
         config.service_secret.clone(),
     );
-    Ok(Notifier::new(
+    let notifier = Notifier::new(
         store,
         sender,
         chat,
@@ -165,7 +165,10 @@ pub async fn build_notifier(
         config.retry,
         config.delivery_lease,
         shutdown,
-    ))
+    );
+    // Direct emails have no event to come again: the sweeper finds those left unsent.
+    notifier.start_email_sweeper();
+    Ok(notifier)
 }
 
 /// The gRPC service for `notifier`, every call checked by `verifier`, then answered

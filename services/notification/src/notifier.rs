@@ -23,6 +23,8 @@
 //! recipients) and every email attempt an `email` span of its own, failed with the SMTP
 //! error when it failed, so a trace shows which email took long or failed and why.
 
+mod direct;
+
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},

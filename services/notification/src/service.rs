@@ -1,13 +1,16 @@
 //! The gRPC face of the notifier: the orchestrator asks whether a message's emails went
-//! out (`GetDeliveryStatus`) or has them sent now (`NotifyMessage`). Both are internal:
-//! service tokens only.
+//! out (`GetDeliveryStatus`) or has them sent now (`NotifyMessage`); other services send
+//! one email (`SendEmail`, `GetEmailStatus`). All are internal: service tokens only.
 
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use chat_common::Caller;
+use chat_common::{
+    domain::{Email, IdempotencyKey},
+    Caller,
+};
 use grpc_chat_proto::notification::v1::{
     self as pb, notification_service_server::NotificationService,
 };
@@ -15,8 +18,13 @@ use grpc_chat_proto::notification::v1::{
 use crate::{
     error::NotificationError,
     notifier::{overall, Notifier},
-    store::{DeliveryRecord, DeliveryState},
+    store::{DeliveryRecord, DeliveryState, DirectEmailRecord, NewEmail},
 };
+
+/// Longest subject of a direct email, in characters.
+const MAX_SUBJECT_CHARS: usize = 200;
+/// Longest body of a direct email, in characters.
+const MAX_BODY_CHARS: usize = 65_536;
 
 /// The longest a caller may ask us to wait.
 const MAX_WAIT_MS: i32 = 60_000;
@@ -50,13 +58,81 @@ fn deliveries_to_pb(deliveries: &[DeliveryRecord]) -> (i32, Vec<pb::Delivery>) {
             state: state_to_pb(d.state) as i32,
             attempts: d.attempts,
             error: d.error.clone(),
-            updated_at: Some(prost_types::Timestamp {
-                seconds: d.updated_at.timestamp(),
-                nanos: d.updated_at.timestamp_subsec_nanos() as i32,
-            }),
+            updated_at: Some(timestamp(d.updated_at)),
         })
         .collect();
     (state, list)
+}
+
+fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn email_to_pb(e: &DirectEmailRecord) -> pb::EmailStatus {
+    pb::EmailStatus {
+        email_id: e.id,
+        state: state_to_pb(e.state) as i32,
+        attempts: e.attempts,
+        error: e.error.clone(),
+        updated_at: Some(timestamp(e.updated_at)),
+    }
+}
+
+/// A direct email as asked for, checked once here: one plausible address, a one-line
+/// subject (a line break there would let a caller write mail headers), a bounded body, a
+/// required key.
+fn parse_email(req: pb::SendEmailRequest) -> Result<NewEmail, NotificationError> {
+    let to = Email::parse_as("to", &req.to)
+        .map_err(|e| NotificationError::invalid(e.field, e.message))?;
+    let subject = req.subject;
+    if subject.trim().is_empty() {
+        return Err(NotificationError::invalid("subject", "must not be empty"));
+    }
+    if subject.len() > 4 * MAX_SUBJECT_CHARS || subject.chars().count() > MAX_SUBJECT_CHARS {
+        return Err(NotificationError::invalid(
+            "subject",
+            format!("must be at most {MAX_SUBJECT_CHARS} characters"),
+        ));
+    }
+    if subject.chars().any(char::is_control) {
+        return Err(NotificationError::invalid(
+            "subject",
+            "must be one line, without control characters",
+        ));
+    }
+    let body = req.body;
+    if body.trim().is_empty() {
+        return Err(NotificationError::invalid("body", "must not be empty"));
+    }
+    if body.len() > 4 * MAX_BODY_CHARS || body.chars().count() > MAX_BODY_CHARS {
+        return Err(NotificationError::invalid(
+            "body",
+            format!("must be at most {MAX_BODY_CHARS} characters"),
+        ));
+    }
+    if body.contains('\0') {
+        return Err(NotificationError::invalid(
+            "body",
+            "must not contain NUL characters",
+        ));
+    }
+    let key = IdempotencyKey::parse(&req.idempotency_key)
+        .map_err(|e| NotificationError::invalid(e.field, e.message))?
+        .ok_or_else(|| {
+            NotificationError::invalid(
+                "idempotency_key",
+                "is required: a retried call with the same key sends nothing twice",
+            )
+        })?;
+    Ok(NewEmail {
+        idempotency_key: key.as_str().to_owned(),
+        to_address: to.to_string(),
+        subject,
+        body,
+    })
 }
 
 fn check_ids(chat_id: i64, seq: i64) -> Result<(), NotificationError> {
@@ -149,6 +225,50 @@ impl NotificationService for NotificationApi {
         Ok(Response::new(pb::NotifyMessageResponse {
             state,
             deliveries,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn send_email(
+        &self,
+        request: Request<pb::SendEmailRequest>,
+    ) -> Result<Response<pb::SendEmailResponse>, Status> {
+        Caller::require_service(&request)?;
+        let req = request.into_inner();
+        let wait = wait_ms("wait_timeout_ms", req.wait_timeout_ms, 0)?;
+        let email = parse_email(req)?;
+        let recorded = self.notifier.send_email(email).await?;
+        let email = if wait.is_zero() {
+            recorded
+        } else {
+            self.notifier
+                .wait_email(recorded.id, wait)
+                .await?
+                .unwrap_or(recorded)
+        };
+        Ok(Response::new(pb::SendEmailResponse {
+            email: Some(email_to_pb(&email)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(email_id = request.get_ref().email_id))]
+    async fn get_email_status(
+        &self,
+        request: Request<pb::GetEmailStatusRequest>,
+    ) -> Result<Response<pb::GetEmailStatusResponse>, Status> {
+        Caller::require_service(&request)?;
+        let req = request.into_inner();
+        if req.email_id <= 0 {
+            return Err(NotificationError::invalid("email_id", "must be positive").into());
+        }
+        let wait = wait_ms("wait_timeout_ms", req.wait_timeout_ms, 0)?;
+        let email = self
+            .notifier
+            .wait_email(req.email_id, wait)
+            .await?
+            .ok_or_else(|| NotificationError::NotFound(format!("no email {}", req.email_id)))?;
+        Ok(Response::new(pb::GetEmailStatusResponse {
+            email: Some(email_to_pb(&email)),
         }))
     }
 }

@@ -99,6 +99,26 @@ pub struct DeliveryRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+/// An email asked for with SendEmail, before it is recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEmail {
+    pub idempotency_key: String,
+    pub to_address: String,
+    pub subject: String,
+    pub body: String,
+}
+
+/// A direct email as recorded.
+#[derive(Debug, Clone)]
+pub struct DirectEmailRecord {
+    pub id: i64,
+    pub email: NewEmail,
+    pub state: DeliveryState,
+    pub attempts: i32,
+    pub error: String,
+    pub updated_at: DateTime<Utc>,
+}
+
 #[async_trait]
 pub trait DeliveryStore: Send + Sync + 'static {
     /// Whether the message has been recorded (by any replica, on any path).
@@ -162,4 +182,40 @@ pub trait DeliveryStore: Send + Sync + 'static {
         chat_id: i64,
         seq: i64,
     ) -> anyhow::Result<Option<Vec<DeliveryRecord>>>;
+
+    /// Records a direct email unless one with its idempotency key exists; returns the
+    /// recorded one and whether this call recorded it.
+    async fn create_email(&self, email: &NewEmail) -> anyhow::Result<(DirectEmailRecord, bool)>;
+
+    /// The direct email `id`.
+    async fn email(&self, id: i64) -> anyhow::Result<Option<DirectEmailRecord>>;
+
+    /// Claims direct email `id` for `lease` when it is pending or its claim has expired.
+    async fn claim_email(
+        &self,
+        id: i64,
+        lease: Duration,
+    ) -> anyhow::Result<Option<DirectEmailRecord>>;
+
+    /// Claims up to `limit` direct emails that are pending or whose claim has expired:
+    /// those whose sender stopped or died.
+    async fn claim_due_emails(
+        &self,
+        lease: Duration,
+        limit: i64,
+    ) -> anyhow::Result<Vec<DirectEmailRecord>>;
+
+    /// A try of a direct email failed and another follows.
+    async fn email_attempt_failed(
+        &self,
+        id: i64,
+        error: &str,
+        lease: Duration,
+    ) -> anyhow::Result<()>;
+
+    /// Gives a claimed direct email back unsent (its sender is stopping).
+    async fn release_email(&self, id: i64) -> anyhow::Result<()>;
+
+    /// The direct email ended: delivered (`error` None) or failed for good.
+    async fn finish_email(&self, id: i64, error: Option<&str>) -> anyhow::Result<()>;
 }

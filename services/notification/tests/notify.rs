@@ -323,6 +323,235 @@ async fn the_largest_sequence_numbers_are_not_found_not_a_crash() {
     }
 }
 
+/// A SendEmail request from a service, with `key`.
+fn email_req(key: &str, to: &str, subject: &str, body: &str, wait_ms: i32) -> pb::SendEmailRequest {
+    pb::SendEmailRequest {
+        to: to.into(),
+        subject: subject.into(),
+        body: body.into(),
+        idempotency_key: key.into(),
+        wait_timeout_ms: wait_ms,
+    }
+}
+
+async fn send_email(
+    n: &TestNotification,
+    token: &str,
+    req: pb::SendEmailRequest,
+) -> Result<pb::EmailStatus, tonic::Status> {
+    n.client
+        .clone()
+        .send_email(with_bearer(tonic::Request::new(req), token))
+        .await
+        .map(|r| r.into_inner().email.expect("email"))
+}
+
+async fn email_status(
+    n: &TestNotification,
+    token: &str,
+    email_id: i64,
+    wait_timeout_ms: i32,
+) -> Result<pb::EmailStatus, tonic::Status> {
+    n.client
+        .clone()
+        .get_email_status(with_bearer(
+            tonic::Request::new(pb::GetEmailStatusRequest {
+                email_id,
+                wait_timeout_ms,
+            }),
+            token,
+        ))
+        .await
+        .map(|r| r.into_inner().email.expect("email"))
+}
+
+async fn send_email_sends_once_per_key_and_is_internal() {
+    let w = World::new(SmtpMode::Accept).await;
+    let n = w.notifier().await;
+    let token = w.auth.service_token("saga-orchestrator").await;
+    let req = || {
+        email_req(
+            "welcome-7",
+            "Carol@Example.com",
+            "Welcome",
+            "Hello Carol.",
+            10_000,
+        )
+    };
+    let first = send_email(&n, &token, req()).await.expect("send");
+    assert_eq!(first.state, DeliveryState::Delivered as i32, "{first:?}");
+    assert_eq!(first.attempts, 1);
+    // A retried call: the same record, nothing sent again.
+    let again = send_email(&n, &token, req()).await.expect("send again");
+    assert_eq!(again.email_id, first.email_id);
+    assert_eq!(again.state, DeliveryState::Delivered as i32);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mails = w.smtp.mails();
+    assert_eq!(mails.len(), 1, "one email for one key");
+    assert_eq!(mails[0].to, vec!["carol@example.com".to_string()]);
+    assert!(
+        mails[0].data.contains("Subject: Welcome"),
+        "{}",
+        mails[0].data
+    );
+    assert!(mails[0].data.contains("Hello Carol."), "{}", mails[0].data);
+    let status = email_status(&n, &token, first.email_id, 0)
+        .await
+        .expect("status");
+    assert_eq!(status.state, DeliveryState::Delivered as i32);
+
+    // The same key for another email is refused, not sent.
+    let other = send_email(
+        &n,
+        &token,
+        email_req("welcome-7", "carol@example.com", "Welcome", "Other text", 0),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(other.code(), Code::AlreadyExists, "{other:?}");
+
+    // Bad input: a clear INVALID_ARGUMENT naming the field, nothing sent.
+    for (req, field) in [
+        (email_req("k1", "not-an-address", "s", "b", 0), "to"),
+        (
+            email_req("k2", "a@example.com", "Hi\r\nBcc: x@evil.test", "b", 0),
+            "subject",
+        ),
+        (email_req("k3", "a@example.com", "", "b", 0), "subject"),
+        (
+            email_req("k4", "a@example.com", &"s".repeat(201), "b", 0),
+            "subject",
+        ),
+        (email_req("k5", "a@example.com", "s", " ", 0), "body"),
+        (email_req("k6", "a@example.com", "s", "a\0b", 0), "body"),
+        (
+            email_req("k7", "a@example.com", "s", &"b".repeat(65_537), 0),
+            "body",
+        ),
+        (
+            email_req("", "a@example.com", "s", "b", 0),
+            "idempotency_key",
+        ),
+        (
+            email_req("k8", "a@example.com", "s", "b", 60_001),
+            "wait_timeout_ms",
+        ),
+    ] {
+        let err = send_email(&n, &token, req).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(err.message().contains(field), "{field}: {err:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(w.smtp.mails().len(), 1, "nothing refused was sent");
+
+    // Service callers only.
+    let alice = w.auth.user("alice").await;
+    let as_user = n
+        .client
+        .clone()
+        .send_email(alice.req(email_req("k9", "a@example.com", "s", "b", 0)))
+        .await
+        .unwrap_err();
+    assert_eq!(as_user.code(), Code::PermissionDenied, "{as_user:?}");
+    let anonymous = n
+        .client
+        .clone()
+        .send_email(tonic::Request::new(email_req(
+            "k9",
+            "a@example.com",
+            "s",
+            "b",
+            0,
+        )))
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated, "{anonymous:?}");
+    let as_user = n
+        .client
+        .clone()
+        .get_email_status(alice.req(pb::GetEmailStatusRequest {
+            email_id: first.email_id,
+            wait_timeout_ms: 0,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(as_user.code(), Code::PermissionDenied, "{as_user:?}");
+    assert_eq!(
+        email_status(&n, &token, first.email_id + 1000, 0)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        email_status(&n, &token, 0, 0).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+}
+
+async fn send_email_retries_and_records_failures() {
+    let w = World::new(SmtpMode::RefuseTemporarily).await;
+    let n = w.notifier().await;
+    let token = w.auth.service_token("saga-orchestrator").await;
+    let s = send_email(
+        &n,
+        &token,
+        email_req("t1", "a@example.com", "s", "b", 15_000),
+    )
+    .await
+    .expect("send");
+    assert_eq!(s.state, DeliveryState::Failed as i32, "{s:?}");
+    assert_eq!(s.attempts, 3, "{s:?}");
+    assert!(s.error.contains("gave up after 3 tries"), "{s:?}");
+    assert_eq!(w.smtp.refused(), 3);
+
+    w.smtp.set_mode(SmtpMode::RefusePermanently);
+    let s = send_email(
+        &n,
+        &token,
+        email_req("t2", "a@example.com", "s", "b", 15_000),
+    )
+    .await
+    .expect("send");
+    assert_eq!(s.state, DeliveryState::Failed as i32, "{s:?}");
+    assert_eq!(s.attempts, 1, "5xx is not retried: {s:?}");
+    assert!(s.error.contains("refused"), "{s:?}");
+    assert!(w.smtp.mails().is_empty());
+}
+
+/// An email whose sender stops between two tries is given back and sent by the next
+/// notifier's sweeper: recorded before it is tried, never lost with the process.
+async fn an_email_left_by_a_stopped_notifier_is_sent_by_the_next() {
+    let w = World::new(SmtpMode::RefuseTemporarily).await;
+    let mut config = notification_config(&w.auth, &w.chat, &w.notify_db.url, &w.nats, w.smtp.addr);
+    config.retry.max_attempts = 50;
+    config.retry.backoff = Duration::from_secs(30);
+    config.retry.max_backoff = Duration::from_secs(30);
+    let first = spawn_notification(config).await;
+    let token = w.auth.service_token("saga-orchestrator").await;
+    let sent = send_email(
+        &first,
+        &token,
+        email_req("left", "a@example.com", "s", "b", 0),
+    )
+    .await
+    .expect("send");
+    assert_eq!(sent.state, DeliveryState::Pending as i32, "{sent:?}");
+    while w.smtp.refused() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(first);
+    w.smtp.set_mode(SmtpMode::Accept);
+    let next = w.notifier().await;
+    let s = email_status(&next, &token, sent.email_id, 20_000)
+        .await
+        .expect("status");
+    assert_eq!(s.state, DeliveryState::Delivered as i32, "{s:?}");
+    assert_eq!(s.attempts, 2, "one refused try, one delivered: {s:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(w.smtp.mails().len(), 1);
+}
+
 chat_testkit::backend_tests!(
     the_largest_sequence_numbers_are_not_found_not_a_crash,
     every_member_but_the_sender_gets_one_email_even_with_two_replicas,
@@ -331,4 +560,7 @@ chat_testkit::backend_tests!(
     temporary_failures_are_retried_a_bounded_number_of_times,
     a_server_that_recovers_between_tries_delivers,
     notify_message_sends_once_and_is_internal,
+    send_email_sends_once_per_key_and_is_internal,
+    send_email_retries_and_records_failures,
+    an_email_left_by_a_stopped_notifier_is_sent_by_the_next,
 );

@@ -52,6 +52,14 @@ pub const RPCS: &[(&str, bool)] = &[
         "/grpcchat.notification.v1.NotificationService/NotifyMessage",
         false,
     ),
+    (
+        "/grpcchat.notification.v1.NotificationService/SendEmail",
+        false,
+    ),
+    (
+        "/grpcchat.notification.v1.NotificationService/GetEmailStatus",
+        false,
+    ),
     ("/grpcchat.saga.v1.SagaOrchestrator/SendMessage", false),
     ("/grpcchat.saga.v1.SagaOrchestrator/GetSaga", false),
 ];

@@ -6,7 +6,10 @@ use anyhow::Context;
 use async_trait::async_trait;
 use sqlx::{postgres::PgRow, PgPool, Row};
 
-use super::{DeliveryRecord, DeliveryState, DeliveryStore, MessageRecord, Recipient};
+use super::{
+    DeliveryRecord, DeliveryState, DeliveryStore, DirectEmailRecord, MessageRecord, NewEmail,
+    Recipient,
+};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/notification");
 
@@ -39,6 +42,26 @@ fn delivery_from_row(row: &PgRow) -> anyhow::Result<DeliveryRecord> {
 
 fn lease_secs(lease: Duration) -> f64 {
     lease.as_secs_f64()
+}
+
+const EMAIL_COLUMNS: &str =
+    "id, idempotency_key, to_address, subject, body, state, attempts, error, updated_at";
+
+fn email_from_row(row: &PgRow) -> anyhow::Result<DirectEmailRecord> {
+    let state: String = row.try_get("state")?;
+    Ok(DirectEmailRecord {
+        id: row.try_get("id")?,
+        email: NewEmail {
+            idempotency_key: row.try_get("idempotency_key")?,
+            to_address: row.try_get("to_address")?,
+            subject: row.try_get("subject")?,
+            body: row.try_get("body")?,
+        },
+        state: DeliveryState::parse(&state)?,
+        attempts: row.try_get("attempts")?,
+        error: row.try_get("error")?,
+        updated_at: row.try_get("updated_at")?,
+    })
 }
 
 #[async_trait]
@@ -255,5 +278,138 @@ impl DeliveryStore for PgDeliveryStore {
             .map(delivery_from_row)
             .collect::<anyhow::Result<_>>()
             .map(Some)
+    }
+
+    async fn create_email(&self, email: &NewEmail) -> anyhow::Result<(DirectEmailRecord, bool)> {
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO direct_emails (idempotency_key, to_address, subject, body) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (idempotency_key) DO NOTHING \
+             RETURNING {EMAIL_COLUMNS}"
+        ))
+        .bind(&email.idempotency_key)
+        .bind(&email.to_address)
+        .bind(&email.subject)
+        .bind(&email.body)
+        .fetch_optional(&self.pool)
+        .await
+        .context("recording an email")?;
+        if let Some(row) = inserted {
+            return Ok((email_from_row(&row)?, true));
+        }
+        let row = sqlx::query(&format!(
+            "SELECT {EMAIL_COLUMNS} FROM direct_emails WHERE idempotency_key = $1"
+        ))
+        .bind(&email.idempotency_key)
+        .fetch_one(&self.pool)
+        .await
+        .context("reading an email")?;
+        Ok((email_from_row(&row)?, false))
+    }
+
+    async fn email(&self, id: i64) -> anyhow::Result<Option<DirectEmailRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {EMAIL_COLUMNS} FROM direct_emails WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .context("reading an email")?;
+        row.as_ref().map(email_from_row).transpose()
+    }
+
+    async fn claim_email(
+        &self,
+        id: i64,
+        lease: Duration,
+    ) -> anyhow::Result<Option<DirectEmailRecord>> {
+        let mut claimed = self.claim_emails(Some(id), lease, 1).await?;
+        Ok(claimed.pop())
+    }
+
+    async fn claim_due_emails(
+        &self,
+        lease: Duration,
+        limit: i64,
+    ) -> anyhow::Result<Vec<DirectEmailRecord>> {
+        self.claim_emails(None, lease, limit).await
+    }
+
+    async fn email_attempt_failed(
+        &self,
+        id: i64,
+        error: &str,
+        lease: Duration,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE direct_emails SET attempts = attempts + 1, error = $2, \
+                lease_until = now() + make_interval(secs => $3), updated_at = now() \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(error)
+        .bind(lease_secs(lease))
+        .execute(&self.pool)
+        .await
+        .context("recording a failed attempt")?;
+        Ok(())
+    }
+
+    async fn release_email(&self, id: i64) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE direct_emails SET state = 'pending', lease_until = NULL, updated_at = now() \
+             WHERE id = $1 AND state = 'sending'",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .context("releasing an email")?;
+        Ok(())
+    }
+
+    async fn finish_email(&self, id: i64, error: Option<&str>) -> anyhow::Result<()> {
+        let state = match error {
+            None => DeliveryState::Delivered,
+            Some(_) => DeliveryState::Failed,
+        };
+        sqlx::query(
+            "UPDATE direct_emails SET state = $2, attempts = attempts + 1, \
+                error = COALESCE($3, error), lease_until = NULL, updated_at = now() \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(state.as_str())
+        .bind(error)
+        .execute(&self.pool)
+        .await
+        .context("recording an email's outcome")?;
+        Ok(())
+    }
+}
+
+impl PgDeliveryStore {
+    /// Claims email `id` (or, with `None`, any) that is pending or whose claim expired;
+    /// SKIP LOCKED lets concurrent claimers take different rows.
+    async fn claim_emails(
+        &self,
+        id: Option<i64>,
+        lease: Duration,
+        limit: i64,
+    ) -> anyhow::Result<Vec<DirectEmailRecord>> {
+        let rows = sqlx::query(&format!(
+            "UPDATE direct_emails SET state = 'sending', \
+                lease_until = now() + make_interval(secs => $2), updated_at = now() \
+             WHERE id IN (SELECT id FROM direct_emails \
+                WHERE ($1::BIGINT IS NULL OR id = $1) \
+                  AND (state = 'pending' OR (state = 'sending' AND lease_until < now())) \
+                ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             RETURNING {EMAIL_COLUMNS}"
+        ))
+        .bind(id)
+        .bind(lease_secs(lease))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .context("claiming emails")?;
+        rows.iter().map(email_from_row).collect()
     }
 }

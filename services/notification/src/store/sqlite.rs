@@ -17,7 +17,10 @@ use sqlx::{sqlite::SqliteRow, QueryBuilder, Row, Sqlite, SqlitePool};
 
 use chat_common::db::{sqlite_writer, Args, GroupWriter};
 
-use super::{DeliveryRecord, DeliveryState, DeliveryStore, MessageRecord, Recipient};
+use super::{
+    DeliveryRecord, DeliveryState, DeliveryStore, DirectEmailRecord, MessageRecord, NewEmail,
+    Recipient,
+};
 
 /// Recipients per INSERT: six parameters each, well inside SQLite's 32,766.
 const RECIPIENTS_PER_INSERT: usize = 1000;
@@ -58,6 +61,26 @@ fn delivery_from_row(row: &SqliteRow) -> anyhow::Result<DeliveryRecord> {
             user_id: row.try_get("recipient_id")?,
             email: row.try_get("email")?,
             username: row.try_get("username")?,
+        },
+        state: DeliveryState::parse(&state)?,
+        attempts: row.try_get("attempts")?,
+        error: row.try_get("error")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+const EMAIL_COLUMNS: &str =
+    "id, idempotency_key, to_address, subject, body, state, attempts, error, updated_at";
+
+fn email_from_row(row: &SqliteRow) -> anyhow::Result<DirectEmailRecord> {
+    let state: String = row.try_get("state")?;
+    Ok(DirectEmailRecord {
+        id: row.try_get("id")?,
+        email: NewEmail {
+            idempotency_key: row.try_get("idempotency_key")?,
+            to_address: row.try_get("to_address")?,
+            subject: row.try_get("subject")?,
+            body: row.try_get("body")?,
         },
         state: DeliveryState::parse(&state)?,
         attempts: row.try_get("attempts")?,
@@ -310,5 +333,161 @@ impl DeliveryStore for SqliteDeliveryStore {
             .map(delivery_from_row)
             .collect::<anyhow::Result<_>>()
             .map(Some)
+    }
+
+    async fn create_email(&self, email: &NewEmail) -> anyhow::Result<(DirectEmailRecord, bool)> {
+        let now = ts(Utc::now());
+        let email = Arc::new(email.clone());
+        self.writer
+            .write(move |conn| {
+                let (email, now) = (email.clone(), now.clone());
+                Box::pin(async move {
+                    let inserted = sqlx::query(
+                        "INSERT INTO direct_emails \
+                           (idempotency_key, to_address, subject, body, created_at, updated_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(&email.idempotency_key)
+                    .bind(&email.to_address)
+                    .bind(&email.subject)
+                    .bind(&email.body)
+                    .bind(&now)
+                    .execute(&mut *conn)
+                    .await
+                    .context("recording an email")?
+                    .rows_affected();
+                    let row = sqlx::query(&format!(
+                        "SELECT {EMAIL_COLUMNS} FROM direct_emails WHERE idempotency_key = ?1"
+                    ))
+                    .bind(&email.idempotency_key)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .context("reading an email")?;
+                    Ok((email_from_row(&row)?, inserted == 1))
+                })
+            })
+            .await
+    }
+
+    async fn email(&self, id: i64) -> anyhow::Result<Option<DirectEmailRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {EMAIL_COLUMNS} FROM direct_emails WHERE id = ?1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .context("reading an email")?;
+        row.as_ref().map(email_from_row).transpose()
+    }
+
+    async fn claim_email(
+        &self,
+        id: i64,
+        lease: Duration,
+    ) -> anyhow::Result<Option<DirectEmailRecord>> {
+        let mut claimed = self.claim_emails(Some(id), lease, 1).await?;
+        Ok(claimed.pop())
+    }
+
+    async fn claim_due_emails(
+        &self,
+        lease: Duration,
+        limit: i64,
+    ) -> anyhow::Result<Vec<DirectEmailRecord>> {
+        self.claim_emails(None, lease, limit).await
+    }
+
+    async fn email_attempt_failed(
+        &self,
+        id: i64,
+        error: &str,
+        lease: Duration,
+    ) -> anyhow::Result<()> {
+        let now = Utc::now();
+        self.writer
+            .execute(
+                "UPDATE direct_emails SET attempts = attempts + 1, error = ?2, \
+                    lease_until = ?3, updated_at = ?4 WHERE id = ?1",
+                Args::new()
+                    .bind(id)
+                    .bind(error.to_owned())
+                    .bind(lease_end(now, lease)?)
+                    .bind(ts(now)),
+                "recording a failed attempt",
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn release_email(&self, id: i64) -> anyhow::Result<()> {
+        self.writer
+            .execute(
+                "UPDATE direct_emails SET state = 'pending', lease_until = NULL, updated_at = ?2 \
+                 WHERE id = ?1 AND state = 'sending'",
+                Args::new().bind(id).bind(ts(Utc::now())),
+                "releasing an email",
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn finish_email(&self, id: i64, error: Option<&str>) -> anyhow::Result<()> {
+        let state = match error {
+            None => DeliveryState::Delivered,
+            Some(_) => DeliveryState::Failed,
+        };
+        self.writer
+            .execute(
+                "UPDATE direct_emails SET state = ?2, attempts = attempts + 1, \
+                    error = COALESCE(?3, error), lease_until = NULL, updated_at = ?4 \
+                 WHERE id = ?1",
+                Args::new()
+                    .bind(id)
+                    .bind(state.as_str())
+                    .bind(error.map(str::to_owned))
+                    .bind(ts(Utc::now())),
+                "recording an email's outcome",
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+impl SqliteDeliveryStore {
+    /// Claims email `id` (or, with `None`, any) that is pending or whose claim expired.
+    async fn claim_emails(
+        &self,
+        id: Option<i64>,
+        lease: Duration,
+        limit: i64,
+    ) -> anyhow::Result<Vec<DirectEmailRecord>> {
+        let now = Utc::now();
+        let (until, at) = (lease_end(now, lease)?, ts(now));
+        // One statement, as for deliveries: it holds the write lock from its first read.
+        self.writer
+            .write(move |conn| {
+                let (until, at) = (until.clone(), at.clone());
+                Box::pin(async move {
+                    let rows = sqlx::query(&format!(
+                        "UPDATE direct_emails SET state = 'sending', lease_until = ?2, \
+                            updated_at = ?3 \
+                         WHERE id IN (SELECT id FROM direct_emails \
+                            WHERE (?1 IS NULL OR id = ?1) \
+                              AND (state = 'pending' \
+                                   OR (state = 'sending' AND lease_until < ?3)) \
+                            ORDER BY id LIMIT ?4) \
+                         RETURNING {EMAIL_COLUMNS}"
+                    ))
+                    .bind(id)
+                    .bind(until)
+                    .bind(at)
+                    .bind(limit)
+                    .fetch_all(&mut *conn)
+                    .await
+                    .context("claiming emails")?;
+                    rows.iter().map(email_from_row).collect()
+                })
+            })
+            .await
     }
 }
