@@ -58,6 +58,7 @@ pub enum Command {
     /// order, `register <username> <email> [password]`, works too: an email has an '@' and
     /// a username cannot.
     Register {
+        /// For example alice@example.com.
         email: String,
         /// 3 to 32 letters, digits, '_', '.', '-'.
         username: String,
@@ -77,8 +78,8 @@ pub enum Command {
         password: Option<String>,
     },
 
-    /// Get a fresh access token now. Never needed: every command renews the token by
-    /// itself before it expires. Kept for the original CLI's users.
+    /// Show that an access token is ready, renewing it when it is about to expire. Never
+    /// needed: every command does this by itself. Kept for the original CLI's users.
     #[command(name = "get_access", alias = "get-access")]
     GetAccess,
 
