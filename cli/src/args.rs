@@ -132,7 +132,7 @@ pub enum Command {
     /// sent to the chat; /leave or Ctrl-C returns. A dropped connection is resumed by itself.
     Connect {
         chat_id: i64,
-        /// How many earlier messages to show first.
+        /// How many earlier messages to show first (0: none, only new ones).
         #[arg(long, default_value_t = 20)]
         history: u32,
     },

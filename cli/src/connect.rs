@@ -73,7 +73,10 @@ pub async fn run(
         String::new()
     };
     let mut view = View::default();
-    let mut state = match open(client, chat_id, 0, history).await {
+    // The server reads a history_limit of 0 as "its default" (50): `--history 0` asks for
+    // one and shows none of it, so that it means what it says.
+    let quiet_history = history == 0;
+    let mut state = match open(client, chat_id, 0, history.max(1)).await {
         Ok(s) => State::Live(Box::new(s)),
         Err(OpenError::Fatal(e)) => return Err(e),
         Err(OpenError::Transient(why)) => return Err(CliError::new(why)),
@@ -149,7 +152,9 @@ pub async fn run(
                 match resp.event {
                     Some(Event::Message(m)) if m.seq > view.last_seq => {
                         view.last_seq = m.seq;
-                        printer.say(&message_line(&m));
+                        if view.history_done || !quiet_history {
+                            printer.say(&message_line(&m));
+                        }
                     }
                     Some(Event::Message(_)) => {}
                     Some(Event::HistoryEnd(h)) => {

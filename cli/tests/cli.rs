@@ -913,6 +913,16 @@ async fn a_newcomers_papercuts() {
         unstamped(&alice.ok(&["history", &id]).await),
         ["alice: one", "alice: two"]
     );
+    // `connect --history 0` shows no history (the server's 0 means its default, 50).
+    let out = alice
+        .run(&[], &format!("connect {id} --history 0\n/leave\nexit\n"))
+        .await;
+    assert!(out.ok, "{out:?}");
+    assert_eq!(out.stdout, "", "{out:?}");
+    let out = alice
+        .run(&[], &format!("connect {id} --history 1\n/leave\nexit\n"))
+        .await;
+    assert_eq!(unstamped(&out.stdout), ["alice: two"], "{out:?}");
 
     // A TZ that names no zone: UTC, said once on stderr.
     let out = alice
