@@ -54,13 +54,20 @@ pub struct ServerArgs {
 /// A command, typed at the prompt or given on the command line.
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
-    /// Create an account (asks for the password when it is not given).
+    /// Create an account (asks for the password when it is not given). The original CLI's
+    /// order, `register <username> <email> [password]`, works too: an email has an '@' and
+    /// a username cannot.
     Register {
+        /// For example alice@example.com.
         email: String,
         /// 3 to 32 letters, digits, '_', '.', '-'.
         username: String,
         /// 8 to 72 bytes; asked for without echo when omitted.
         password: Option<String>,
+        /// The original CLI's role: there are no roles here, so it is refused with the
+        /// form to use.
+        #[arg(hide = true)]
+        role: Option<String>,
     },
 
     /// Log in and keep the session for later commands (asks for the password when it is
@@ -70,6 +77,11 @@ pub enum Command {
         /// Asked for without echo when omitted.
         password: Option<String>,
     },
+
+    /// Show that an access token is ready, renewing it when it is about to expire. Never
+    /// needed: every command does this by itself. Kept for the original CLI's users.
+    #[command(name = "get_access", alias = "get-access")]
+    GetAccess,
 
     /// End the session on the server and forget it here.
     Logout,
@@ -120,7 +132,7 @@ pub enum Command {
     /// sent to the chat; /leave or Ctrl-C returns. A dropped connection is resumed by itself.
     Connect {
         chat_id: i64,
-        /// How many earlier messages to show first.
+        /// How many earlier messages to show first (0: none, only new ones).
         #[arg(long, default_value_t = 20)]
         history: u32,
     },
@@ -128,6 +140,7 @@ pub enum Command {
     /// Show the last <n> messages of a chat, oldest first.
     History {
         chat_id: i64,
+        /// How many of the latest messages: 1 or more.
         #[arg(default_value_t = 20)]
         n: u32,
     },
@@ -139,6 +152,7 @@ impl Command {
         match self {
             Command::Register { .. } => "register",
             Command::Login { .. } => "login",
+            Command::GetAccess => "get_access",
             Command::Logout => "logout",
             Command::Whoami => "whoami",
             Command::CreateChat { .. } => "create_chat",

@@ -68,8 +68,18 @@ impl App {
                 email,
                 username,
                 password,
-            } => self.register(email, username, password).await,
+                role,
+            } => {
+                if role.is_some() {
+                    return Err(CliError::new(
+                        "there are no roles here: register <email> <username> [password]",
+                    ));
+                }
+                let (email, username) = email_first(email, username);
+                self.register(email, username, password).await
+            }
             Command::Login { email, password } => self.login(email, password).await,
+            Command::GetAccess => self.get_access().await,
             Command::Logout => self.logout().await,
             Command::Whoami => self.whoami(),
             Command::CreateChat { members, title } => {
@@ -185,6 +195,21 @@ impl App {
             session.username, session.email
         ));
         self.client.set_session(session)
+    }
+
+    /// The original CLI's `get_access`: there, logging in gave only a refresh token and
+    /// this fetched the access token. Here `login` keeps both and every command renews the
+    /// access token when it is about to expire; this does the same (renewing only when
+    /// due) and says that it is never needed.
+    async fn get_access(&mut self) -> Result<(), CliError> {
+        self.client.access_token().await?;
+        let session = self.client.session().ok_or_else(CliError::not_logged_in)?;
+        say(&format!(
+            "Access token ready for {}, valid until {}. No need to run this: every command gets and renews it by itself.",
+            session.username,
+            crate::output::time_of(session.access_expires_at)
+        ));
+        Ok(())
     }
 
     async fn logout(&mut self) -> Result<(), CliError> {
@@ -412,8 +437,15 @@ impl App {
     }
 
     async fn history(&mut self, chat_id: i64, n: u32) -> Result<(), CliError> {
+        // 0 used to show one message. It is not "all" either (a chat's whole history can
+        // be long): say what the number means.
+        if n == 0 {
+            return Err(CliError::new(format!(
+                "history {chat_id} 0: <n> is how many of the latest messages to show, at least 1 (default 20)"
+            )));
+        }
         let chat = self.client.chat.clone();
-        let mut wanted = n.max(1) as usize;
+        let mut wanted = n as usize;
         let mut before_seq = 0;
         let mut newest_first = Vec::new();
         while wanted > 0 {
@@ -505,5 +537,40 @@ pub async fn send(
             pending.forget(&what);
             Err(client.error(&s, Service::Chat, op))
         }
+    }
+}
+
+/// `register`'s two words in our order, email first, whichever order they were typed in:
+/// the original CLI took `register <name> <email> ...`. An email always has an '@' and a
+/// username never does (`Username::parse`), so the order is never ambiguous; anything
+/// else is left as typed for the server to judge.
+fn email_first(first: String, second: String) -> (String, String) {
+    if !first.contains('@') && second.contains('@') {
+        (second, first)
+    } else {
+        (first, second)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::email_first;
+
+    #[test]
+    fn register_takes_the_name_first_too() {
+        let ours = ("alice@example.com".to_owned(), "alice".to_owned());
+        assert_eq!(
+            email_first("alice".into(), "alice@example.com".into()),
+            ours
+        );
+        assert_eq!(
+            email_first("alice@example.com".into(), "alice".into()),
+            ours
+        );
+        // Two emails, or none: as typed, and the server says which field is wrong.
+        assert_eq!(
+            email_first("a@x.org".into(), "b@x.org".into()),
+            ("a@x.org".to_owned(), "b@x.org".to_owned())
+        );
     }
 }

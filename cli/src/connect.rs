@@ -19,7 +19,7 @@ use tonic::{Code, Status, Streaming};
 use crate::{
     client::{with_bearer, Client, Service},
     commands::send,
-    error::{from_status, CliError, Op},
+    error::{CliError, Op},
     input::{Input, InputEvent},
     output::{message_line, Printer},
 };
@@ -64,6 +64,8 @@ pub async fn run(
     chat_id: i64,
     history: u32,
 ) -> Result<(), CliError> {
+    // The time zone's warning, if any, before the prompt and the stream start printing.
+    crate::output::zone();
     let printer = input.printer();
     let prompt = if input.interactive() {
         format!("#{chat_id}> ")
@@ -71,7 +73,10 @@ pub async fn run(
         String::new()
     };
     let mut view = View::default();
-    let mut state = match open(client, chat_id, 0, history).await {
+    // The server reads a history_limit of 0 as "its default" (50): `--history 0` asks for
+    // one and shows none of it, so that it means what it says.
+    let quiet_history = history == 0;
+    let mut state = match open(client, chat_id, 0, history.max(1)).await {
         Ok(s) => State::Live(Box::new(s)),
         Err(OpenError::Fatal(e)) => return Err(e),
         Err(OpenError::Transient(why)) => return Err(CliError::new(why)),
@@ -147,7 +152,9 @@ pub async fn run(
                 match resp.event {
                     Some(Event::Message(m)) if m.seq > view.last_seq => {
                         view.last_seq = m.seq;
-                        printer.say(&message_line(&m));
+                        if view.history_done || !quiet_history {
+                            printer.say(&message_line(&m));
+                        }
                     }
                     Some(Event::Message(_)) => {}
                     Some(Event::HistoryEnd(h)) => {
@@ -171,15 +178,14 @@ pub async fn run(
                 }
             }
             Ev::Stream(Ok(None)) => {
-                lost(&printer, &mut outage, "the server closed the stream");
+                lost(&printer, &mut outage, view.last_seq);
                 state = down(&mut backoff);
             }
             Ev::Stream(Err(status)) => {
                 if let Some(fatal) = fatal(client, &status, chat_id) {
                     return Err(fatal);
                 }
-                let why = from_status(&status, Op::Chat(chat_id), client.address(Service::Chat));
-                lost(&printer, &mut outage, why.message());
+                lost(&printer, &mut outage, view.last_seq);
                 state = down(&mut backoff);
             }
             Ev::Retry => {
@@ -209,10 +215,24 @@ fn fatal(client: &Client, status: &Status, chat_id: i64) -> Option<CliError> {
     }
 }
 
-fn lost(printer: &Printer, outage: &mut bool, why: &str) {
+/// Says once per outage that the live messages stopped and that they will come back by
+/// themselves. Whatever the status said ("live events interrupted; reconnect with
+/// after_seq=3", a transport error) is for programs, and this loop already does what it
+/// asks: the line says it in a person's words.
+fn lost(printer: &Printer, outage: &mut bool, last_seq: i64) {
     if !*outage {
         *outage = true;
-        printer.note(&format!("(connection lost: {why}; reconnecting...)"));
+        printer.note(&lost_notice(last_seq));
+    }
+}
+
+fn lost_notice(last_seq: i64) -> String {
+    if last_seq > 0 {
+        format!(
+            "(connection to live messages lost; reconnecting by itself and catching up after message #{last_seq}...)"
+        )
+    } else {
+        "(connection to live messages lost; reconnecting by itself...)".to_owned()
     }
 }
 

@@ -1,10 +1,11 @@
 //! Every failure the user sees, as one readable line.
 //!
 //! gRPC statuses are written for programs: a code, a terse message, sometimes a transport
-//! error chain. A person needs to know what went wrong in their terms ("you are not a member
-//! of chat 3", "cannot reach the server at ..."). So a status is never shown as it is: it is
-//! turned into a [`CliError`] here, with the context only the caller knows (which chat, which
-//! server, whether this was a login), and the CLI prints it as `error: <text>`.
+//! error chain. A person needs to know what went wrong in their terms ("chat 3 does not
+//! exist or you are not a member of it", "cannot reach the server at ..."). So a status is
+//! never shown as it is: it is turned into a [`CliError`] here, with the context only the
+//! caller knows (which chat, which server, whether this was a login), and the CLI prints it
+//! as `error: <text>`.
 
 use std::fmt;
 
@@ -59,10 +60,11 @@ pub fn from_status(status: &Status, op: Op, server: &str) -> CliError {
         _ if is_transport_failure(status) => format!("cannot reach the server at {server}"),
         Code::Unauthenticated if op == Op::Login => "wrong email or password".to_owned(),
         Code::Unauthenticated => return CliError::session_expired(),
+        // The chat service words an unknown chat and a non-member the same in every RPC
+        // (and the saga passes it on): shown as it is. An older server's terse
+        // "chat 3 not found" gets the same sentence.
         Code::NotFound => match op {
-            Op::Chat(id) if msg.starts_with("chat") && msg.ends_with("not found") => {
-                format!("you are not a member of chat {id} (or it does not exist)")
-            }
+            Op::Chat(id) if msg == format!("chat {id} not found") => hidden_chat(id),
             _ => or_default(msg, "not found"),
         },
         Code::InvalidArgument | Code::AlreadyExists | Code::FailedPrecondition => {
@@ -83,6 +85,12 @@ pub fn from_status(status: &Status, op: Op, server: &str) -> CliError {
         _ => format!("the server failed: {}", or_default(msg, "internal error")),
     };
     CliError::new(text)
+}
+
+/// The one sentence for a chat the caller cannot see: it does not exist, or they are not
+/// a member (which of the two is not revealed). The chat service's own wording.
+pub fn hidden_chat(id: i64) -> String {
+    format!("chat {id} does not exist or you are not a member of it")
 }
 
 /// Whether the call failed in this process's channel rather than being answered by a
@@ -136,12 +144,16 @@ mod tests {
     const SERVER: &str = "http://127.0.0.1:50051";
 
     #[test]
-    fn hidden_chat_reads_as_not_a_member() {
-        let e = from_status(&Status::not_found("chat 3 not found"), Op::Chat(3), SERVER);
-        assert_eq!(
-            e.message(),
-            "you are not a member of chat 3 (or it does not exist)"
-        );
+    fn hidden_chat_reads_the_same_from_every_server() {
+        let wording = "chat 3 does not exist or you are not a member of it";
+        for status in [
+            Status::not_found(wording),
+            // An older chat service.
+            Status::not_found("chat 3 not found"),
+        ] {
+            let e = from_status(&status, Op::Chat(3), SERVER);
+            assert_eq!(e.message(), wording);
+        }
     }
 
     #[test]

@@ -4,7 +4,11 @@ use std::process::ExitCode;
 
 use clap::{error::ErrorKind, Parser};
 
-use chat_cli::{args::Cli, output::note, repl::clap_error_line};
+use chat_cli::{
+    args::Cli,
+    output::note,
+    repl::{clap_error_line, clap_usage},
+};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -22,6 +26,9 @@ fn main() -> ExitCode {
                 "error: {} (see `chat --help`)",
                 clap_error_line(&e)
             ));
+            if let Some(usage) = clap_usage(&e) {
+                note(&usage);
+            }
             return ExitCode::from(2);
         }
     };

@@ -6,12 +6,13 @@
 //! retitle the reader's terminal.
 
 use std::{
+    ffi::OsStr,
     io::Write,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
 };
 
-use chrono::{DateTime, Local, TimeZone};
 use grpc_chat_proto::chat::v1::{Chat, Member, Message};
+use jiff::{tz::TimeZone, Timestamp, Zoned};
 
 /// One chat message: `[13:45] alice: hi` (with the date when it is not from today).
 /// Continuation lines of a multi-line text are indented under the first.
@@ -19,8 +20,7 @@ pub fn message_line(m: &Message) -> String {
     let when = m
         .created_at
         .as_ref()
-        .and_then(|t| Local.timestamp_opt(t.seconds, 0).single())
-        .map(|t| stamp(t, Local::now()))
+        .map(|t| time_of(t.seconds))
         .unwrap_or_else(|| "--:--".to_owned());
     let prefix = format!("[{when}] {}: ", clean(&m.sender_username));
     let pad = " ".repeat(prefix.chars().count());
@@ -28,11 +28,62 @@ pub fn message_line(m: &Message) -> String {
     format!("{prefix}{text}")
 }
 
-fn stamp(t: DateTime<Local>, now: DateTime<Local>) -> String {
-    if t.date_naive() == now.date_naive() {
-        t.format("%H:%M").to_string()
+/// A moment (Unix seconds) in the shown zone: `13:45` today, `2026-12-05 13:45` before.
+pub fn time_of(unix_seconds: i64) -> String {
+    match Timestamp::from_second(unix_seconds) {
+        Ok(t) => stamp(
+            &t.to_zoned(zone().clone()),
+            &Timestamp::now().to_zoned(zone().clone()),
+        ),
+        Err(_) => "--:--".to_owned(),
+    }
+}
+
+fn stamp(t: &Zoned, now: &Zoned) -> String {
+    if t.date() == now.date() {
+        t.strftime("%H:%M").to_string()
     } else {
-        t.format("%Y-%m-%d %H:%M").to_string()
+        t.strftime("%Y-%m-%d %H:%M").to_string()
+    }
+}
+
+/// The zone times are shown in: `TZ` when it is set, else the system's (`/etc/localtime`).
+/// A `TZ` that names no zone, or a system without one, means UTC, and that is said once
+/// on stderr: a silent UTC reads as the wrong time with nothing to tell why.
+pub fn zone() -> &'static TimeZone {
+    static ZONE: OnceLock<TimeZone> = OnceLock::new();
+    ZONE.get_or_init(|| {
+        let tz = std::env::var_os("TZ");
+        let (zone, warning) = resolve_zone(tz.as_deref(), TimeZone::try_system());
+        if let Some(warning) = warning {
+            note(&warning);
+        }
+        zone
+    })
+}
+
+/// The zone for a `TZ` value (`None`: unset) and what looking the system zone up gave,
+/// with the warning to print when it falls back to UTC.
+fn resolve_zone(
+    tz: Option<&OsStr>,
+    system: Result<TimeZone, jiff::Error>,
+) -> (TimeZone, Option<String>) {
+    match (system, tz) {
+        (Ok(zone), _) => (zone, None),
+        (Err(_), Some(tz)) => (
+            TimeZone::UTC,
+            Some(format!(
+                "warning: TZ={:?} is not a time zone known here; times are shown in UTC",
+                tz.to_string_lossy()
+            )),
+        ),
+        (Err(_), None) => (
+            TimeZone::UTC,
+            Some(
+                "warning: this system's time zone is not known and TZ is not set; times are shown in UTC"
+                    .to_owned(),
+            ),
+        ),
     }
 }
 
@@ -137,9 +188,12 @@ mod tests {
 
     #[test]
     fn message_of_today() {
-        let now = Local::now();
-        let line = message_line(&msg("Привет 👋", now.timestamp()));
-        assert_eq!(line, format!("[{}] alice: Привет 👋", now.format("%H:%M")));
+        let now = Timestamp::now().to_zoned(zone().clone());
+        let line = message_line(&msg("Привет 👋", now.timestamp().as_second()));
+        assert_eq!(
+            line,
+            format!("[{}] alice: Привет 👋", now.strftime("%H:%M"))
+        );
     }
 
     #[test]
@@ -150,11 +204,28 @@ mod tests {
 
     #[test]
     fn escapes_are_removed_and_lines_indented() {
-        let now = Local::now().timestamp();
+        let now = Timestamp::now().as_second();
         let line = message_line(&msg("a\u{1b}[31mred\nnext", now));
         assert!(
             line.ends_with("alice: a[31mred\n               next"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn an_unknown_zone_is_utc_and_said() {
+        let bad = TimeZone::get("Invalid/Zone");
+        assert!(bad.is_err());
+        let (zone, warning) = resolve_zone(Some(OsStr::new("Invalid/Zone")), bad);
+        assert_eq!(zone, TimeZone::UTC);
+        assert_eq!(
+            warning.as_deref(),
+            Some("warning: TZ=\"Invalid/Zone\" is not a time zone known here; times are shown in UTC")
+        );
+        let (_, warning) = resolve_zone(None, TimeZone::get("Invalid/Zone"));
+        assert!(warning.is_some_and(|w| w.contains("UTC")));
+        let (zone, warning) = resolve_zone(None, Ok(TimeZone::fixed(jiff::tz::offset(9))));
+        assert_eq!(zone, TimeZone::fixed(jiff::tz::offset(9)));
+        assert_eq!(warning, None);
     }
 }

@@ -54,6 +54,9 @@ pub async fn run(app: &mut App) -> bool {
             }
             Err(e) => {
                 note(&format!("error: {} (try `help`)", clap_error_line(&e)));
+                if let Some(usage) = clap_usage(&e) {
+                    note(&usage);
+                }
                 ok = false;
                 continue;
             }
@@ -79,13 +82,57 @@ pub async fn run(app: &mut App) -> bool {
     }
 }
 
-/// The first line of a clap error, without its `error: ` prefix.
+/// A clap error as one line, without its `error: ` prefix. The arguments clap lists on
+/// the lines below its first (the missing ones) are joined into it: alone, the first line
+/// reads "the following required arguments were not provided:" and names none.
 pub fn clap_error_line(e: &clap::Error) -> String {
     let rendered = e.render().to_string();
-    let first = rendered.lines().next().unwrap_or("invalid command");
-    first
-        .strip_prefix("error: ")
-        .unwrap_or(first)
-        .trim()
-        .to_owned()
+    let mut lines = rendered.lines();
+    let first = lines.next().unwrap_or("invalid command");
+    let first = first.strip_prefix("error: ").unwrap_or(first).trim();
+    let listed: Vec<&str> = lines
+        .take_while(|l| l.starts_with("  "))
+        .map(str::trim)
+        .collect();
+    if listed.is_empty() {
+        first.to_owned()
+    } else {
+        format!("{first} {}", listed.join(" "))
+    }
+}
+
+/// The command's usage line (`Usage: chat send_message <CHAT_ID> <FROM> <TEXT>...`) when
+/// arguments are missing: the shortest way to show what to type.
+pub fn clap_usage(e: &clap::Error) -> Option<String> {
+    if e.kind() != ErrorKind::MissingRequiredArgument {
+        return None;
+    }
+    let rendered = e.render().to_string();
+    rendered
+        .lines()
+        .find(|l| l.starts_with("Usage:"))
+        .map(|l| l.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_arguments_are_named_with_the_usage() {
+        let e = PromptLine::try_parse_from(["send_message", "1"]).expect_err("incomplete");
+        assert_eq!(
+            clap_error_line(&e),
+            "the following required arguments were not provided: <FROM> <TEXT>..."
+        );
+        let usage = clap_usage(&e).expect("usage");
+        assert!(
+            usage.starts_with("Usage:")
+                && usage.contains("send_message <CHAT_ID> <FROM> <TEXT>..."),
+            "{usage}"
+        );
+        let e = PromptLine::try_parse_from(["frobnicate"]).expect_err("unknown");
+        assert_eq!(clap_error_line(&e), "unrecognized subcommand 'frobnicate'");
+        assert_eq!(clap_usage(&e), None);
+    }
 }

@@ -5,7 +5,9 @@ use tonic::Status;
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
     /// No such chat, or the caller is not a member: the same answer, so ids cannot be probed.
-    #[error("chat {0} not found")]
+    /// Every RPC words it the same (and the saga and the CLI pass it on as it is), so a
+    /// person meets one sentence whichever command they ran.
+    #[error("chat {0} does not exist or you are not a member of it")]
     ChatNotFound(i64),
     #[error("message {seq} not found in chat {chat_id}")]
     MessageNotFound { chat_id: i64, seq: i64 },

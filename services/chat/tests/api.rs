@@ -333,7 +333,10 @@ async fn non_members_cannot_see_a_chat_exists() {
         ];
         for e in errs {
             assert_eq!(e.code(), Code::NotFound, "{e:?}");
-            assert_eq!(e.message(), format!("chat {chat_id} not found"));
+            assert_eq!(
+                e.message(),
+                format!("chat {chat_id} does not exist or you are not a member of it")
+            );
         }
     }
     // No token, a bad token.

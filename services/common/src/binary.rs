@@ -20,10 +20,30 @@ where
     S: FnOnce(C, Shutdown) -> SF,
     SF: Future<Output = anyhow::Result<()>>,
 {
+    let wants_migrate = std::env::args().nth(1).as_deref() == Some("migrate");
+    run_as(name, wants_migrate, load, migrate, serve).await
+}
+
+/// [`run`], with the binary having parsed its own command line: `migrate` says whether it
+/// was asked to migrate (`chat-server --data DIR migrate` has the subcommand after a flag,
+/// where [`run`]'s look at the first argument does not find it).
+pub async fn run_as<C, M, MF, S, SF>(
+    name: &str,
+    migrate_only: bool,
+    load: impl FnOnce() -> anyhow::Result<C>,
+    migrate: M,
+    serve: S,
+) -> anyhow::Result<()>
+where
+    M: FnOnce(C) -> MF,
+    MF: Future<Output = anyhow::Result<()>>,
+    S: FnOnce(C, Shutdown) -> SF,
+    SF: Future<Output = anyhow::Result<()>>,
+{
     config::load_dotenv();
     let _telemetry = telemetry::init(name)?;
     let config = load()?;
-    if std::env::args().nth(1).as_deref() == Some("migrate") {
+    if migrate_only {
         return migrate(config).await;
     }
     if let Some(addr) = config::metrics_addr()? {

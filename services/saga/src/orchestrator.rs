@@ -553,13 +553,11 @@ impl Orchestrator {
                 }
                 None => Err(Paused("chat service answered without the message".into())),
             },
-            Err(s) if s.code() == Code::NotFound => Ok(Step::Fail(
-                FailCode::NotFound,
-                format!(
-                    "chat {} not found, or the sender is not a member",
-                    saga.chat_id
-                ),
-            )),
+            // The chat service's own words ("chat 3 does not exist or you are not a member
+            // of it"): the sender is the caller, and the same sentence as every other command.
+            Err(s) if s.code() == Code::NotFound => {
+                Ok(Step::Fail(FailCode::NotFound, s.message().to_owned()))
+            }
             Err(s) if s.code() == Code::InvalidArgument => Ok(Step::Fail(
                 FailCode::InvalidArgument,
                 s.message().to_owned(),

@@ -340,6 +340,20 @@ async fn bad_input_fails_cleanly_and_stores_nothing() {
         let err = send(&saga, user, req.clone()).await.unwrap_err();
         assert_eq!(err.code(), code, "{req:?}: {err:?}");
     }
+    // A chat the sender cannot see: the chat service's one sentence, passed on as it is
+    // (the CLI shows the same words for every command).
+    for (user, chat, from) in [
+        (&alice, chat_id + 1000, "alice"),
+        (&carol, chat_id, "carol"),
+    ] {
+        let err = send(&saga, user, request(chat, from, "hi", ""))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.message(),
+            format!("chat {chat} does not exist or you are not a member of it")
+        );
+    }
     assert!(w.history(&alice, chat_id).await.is_empty());
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(w.smtp.mails().is_empty());

@@ -26,17 +26,23 @@ use clap::{Parser, Subcommand};
     version
 )]
 pub struct Args {
+    // The flags are global so that they may come before or after `migrate`.
     /// Address of the gRPC port every service answers on.
-    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "LISTEN_ADDR",
+        default_value = "127.0.0.1:50051",
+        global = true
+    )]
     pub listen: SocketAddr,
     /// Directory for the SQLite files, the signing key and the stub's email record.
-    #[arg(long, env = "CHAT_DATA_DIR")]
+    #[arg(long, env = "CHAT_DATA_DIR", global = true)]
     pub data: Option<PathBuf>,
     /// Store in PostgreSQL instead of SQLite (postgres://user@host:port/name).
-    #[arg(long, env = "CHAT_DATABASE_URL")]
+    #[arg(long, env = "CHAT_DATABASE_URL", global = true)]
     pub database_url: Option<String>,
     /// Carry events over NATS (nats://host:port) instead of in-process.
-    #[arg(long, env = "CHAT_NATS_URL")]
+    #[arg(long, env = "CHAT_NATS_URL", global = true)]
     pub nats_url: Option<String>,
     #[command(subcommand)]
     pub command: Option<Command>,

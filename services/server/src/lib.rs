@@ -30,7 +30,7 @@ use grpc_chat_proto::notification::v1::notification_service_client::Notification
 use notification_service::{email::StubEmailSender, EmailConfig, Notifier};
 use saga_orchestrator::Orchestrator;
 
-pub use config::{Args, Config, Storage};
+pub use config::{Args, Command, Config, Storage};
 
 /// Where the notifier's events come from.
 enum EventSource {
@@ -287,4 +287,25 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     drop(saga_orchestrator::store::open(&config.database_url("saga"), 1).await?);
     tracing::info!("databases migrated");
     Ok(())
+}
+
+/// What [`migrate`] did, for `chat-server migrate` to print: which databases, where
+/// (without credentials).
+pub fn migrated(config: &Config) -> String {
+    const SERVICES: [&str; 4] = ["users", "chat", "notification", "saga"];
+    match &config.storage {
+        Storage::Sqlite(dir) => format!(
+            "migrated the SQLite databases {} in {}",
+            SERVICES.map(|s| format!("{s}.db")).join(", "),
+            dir.display()
+        ),
+        Storage::Postgres(_) => {
+            let names = SERVICES.map(|s| {
+                let url = config.database_url(s);
+                let path = url.split('?').next().unwrap_or_default();
+                path.rsplit('/').next().unwrap_or_default().to_owned()
+            });
+            format!("migrated the PostgreSQL databases {}", names.join(", "))
+        }
+    }
 }

@@ -1,11 +1,22 @@
+//! `chat-server`: serve all four services (the default), or `chat-server migrate` to apply
+//! the migrations and exit. The command line is parsed here, once, so the subcommand is
+//! found wherever the global flags are (`--data DIR migrate` and `migrate --data DIR`).
+
 use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    chat_common::binary::run(
+    let args = chat_server::Args::parse();
+    let migrate_only = matches!(args.command, Some(chat_server::Command::Migrate));
+    chat_common::binary::run_as(
         "chat-server",
-        || chat_server::Config::from_args(chat_server::Args::parse()),
-        |config| async move { chat_server::migrate(&config).await },
+        migrate_only,
+        || chat_server::Config::from_args(args),
+        |config| async move {
+            chat_server::migrate(&config).await?;
+            println!("{}", chat_server::migrated(&config));
+            Ok(())
+        },
         |config, shutdown| async move {
             let server = chat_server::Server::build(config, shutdown.clone()).await?;
             server.run_until_stopped(shutdown).await

@@ -426,3 +426,50 @@ async fn two_servers_on_postgres_and_nats_are_replicas() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Issue 16: `chat-server --data DIR migrate` started serving (the subcommand clap parsed
+/// was never read) and `chat-server migrate --data DIR` was refused. Both migrate, say what
+/// they did and exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_runs_with_the_flags_before_or_after_it() {
+    for flags_first in [true, false] {
+        let data = tempfile::tempdir().expect("data dir");
+        let dir = data.path().join("new");
+        let dir = dir.to_str().expect("utf-8 path");
+        let flags = ["--data", dir, "--listen", "127.0.0.1:0"];
+        let mut args: Vec<&str> = flags.to_vec();
+        if flags_first {
+            args.push("migrate");
+        } else {
+            args.insert(0, "migrate");
+        }
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            Command::new(env!("CARGO_BIN_EXE_chat-server"))
+                .args(&args)
+                .env("METRICS_ADDR", "off")
+                .env("RUST_LOG", "warn")
+                .env_remove("CHAT_DATABASE_URL")
+                .env_remove("CHAT_NATS_URL")
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("chat-server {args:?} did not exit: it serves"))
+        .expect("run chat-server");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!(
+                "migrated the SQLite databases users.db, chat.db, notification.db, saga.db in {dir}\n"
+            ),
+            "{args:?}"
+        );
+        for db in ["users", "chat", "notification", "saga"] {
+            assert!(
+                data.path().join("new").join(format!("{db}.db")).exists(),
+                "{args:?}: no {db}.db"
+            );
+        }
+    }
+}
