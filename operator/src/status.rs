@@ -349,6 +349,8 @@ pub fn compute(
         conditions,
         components,
         endpoint,
+        // The load balancers' addresses, filled in by the reconcile that read them.
+        endpoints: Default::default(),
     }
 }
 
