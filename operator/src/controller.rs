@@ -1045,6 +1045,21 @@ pub async fn apply_all(client: &Client, ns: &str, cluster: &ChatCluster) -> Resu
         }
     }
     pass.endpoints = load_balancer_endpoints(client, ns, cluster).await;
+    if !desired.grpc_routes.is_empty() && !not_served.contains(&&desired.grpc_routes[0].resource) {
+        let routes: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), ns, &render::grpc_route_resource());
+        for route in &desired.grpc_routes {
+            match routes.get_opt(&route.object.name_any()).await {
+                Ok(Some(seen)) => pass.issues.extend(
+                    serde_json::to_value(&seen)
+                        .ok()
+                        .and_then(|v| observe::route_issue(&v)),
+                ),
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "could not read a GRPCRoute"),
+            }
+        }
+    }
 
     for sts in &desired.stateful_sets {
         let component = sts
@@ -1787,6 +1802,31 @@ mod tests {
         assert!(server.get(&path("v1", "services", "demo-chat")).is_some());
         let status = cluster(&server).status.clone().unwrap();
         assert_eq!((status.endpoint, status.endpoints.len()), (None, 0));
+    }
+
+    #[tokio::test]
+    async fn a_route_its_gateway_refused_is_degraded() {
+        let (server, ctx) = setup(json!({"version": "1.0.0",
+            "gateway": {"host": "chat.example.com", "parentRef": {"name": "public"}}}));
+        steady(&server, &ctx).await;
+        assert_eq!(condition(&server, "Degraded").0, "False");
+        // Play the Gateway implementation.
+        server.edit(
+            &path("gateway.networking.k8s.io/v1", "grpcroutes", "demo-saga"),
+            |r| {
+                r["status"] = json!({"parents": [{"parentRef": {"name": "public"},
+                    "controllerName": "example.com/gw",
+                    "conditions": [{"type": "Accepted", "status": "False",
+                                    "reason": "NoMatchingListenerHostname",
+                                    "message": "no listener for chat.example.com"}]}]});
+            },
+        );
+        reconcile_once(&server, &ctx).await.unwrap();
+        assert_eq!(
+            condition(&server, "Degraded"),
+            ("True".into(), "RouteNotAccepted".into())
+        );
+        assert!(degraded_message(&server).contains("GRPCRoute demo-saga is not accepted"));
     }
 
     #[tokio::test]

@@ -393,6 +393,32 @@ async fn i15_the_gateway_api_objects_are_accepted_by_the_upstream_crds_and_prune
         degraded_message(&c)
     );
 
+    // The Gateway implementation (played) refuses a route: the endpoint does not work,
+    // and the status says why, in its words.
+    routes
+        .patch_status(
+            "gw-auth",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"parents": [{
+                "parentRef": {"name": "gw", "sectionName": "grpc"},
+                "controllerName": "example.com/gateway-controller",
+                "conditions": [{"type": "Accepted", "status": "False",
+                                "reason": "NotAllowedByListeners",
+                                "message": "the listener does not allow this namespace",
+                                "lastTransitionTime": now()}],
+            }]}})),
+        )
+        .await
+        .expect("a route status, as a Gateway implementation writes it");
+    let c = w
+        .wait_condition("gw", "Degraded", "True", "RouteNotAccepted")
+        .await;
+    assert!(
+        degraded_message(&c).contains("GRPCRoute gw-auth is not accepted by Gateway gw"),
+        "{}",
+        degraded_message(&c)
+    );
+
     // Attached to the platform's Gateway instead: the operator's own Gateway goes.
     w.patch_spec(
         "gw",
