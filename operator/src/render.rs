@@ -1321,6 +1321,9 @@ pub fn load_balancer_name(cluster: &ChatCluster, c: Component) -> String {
 /// `spec.loadBalancer`. A layer-4 load balancer sees no gRPC service name, so one address
 /// cannot serve three Deployments: each public service gets its own, and the CLI is given
 /// the three (`--server`, `--auth-server`, `--saga-server`; `status.endpoints`).
+/// `externalTrafficPolicy: Local` keeps the client's address (with `Cluster`, nodes
+/// forward with their own), which auth's per-address rate limits count by; the load
+/// balancer then sends only to nodes that run a pod, by the Service's health-check port.
 pub fn load_balancers(
     cluster: &ChatCluster,
     owner: &OwnerReference,
@@ -1338,6 +1341,7 @@ pub fn load_balancers(
             }
             let mut svc_spec = json!({
                 "type": "LoadBalancer",
+                "externalTrafficPolicy": "Local",
                 "selector": selector_labels(cluster, c.name()),
                 "ports": [{"name": "grpc", "port": spec.port, "targetPort": "grpc",
                            "protocol": "TCP", "appProtocol": "kubernetes.io/h2c"}],
@@ -2496,6 +2500,7 @@ mod tests {
         );
         let chat = &lbs[1];
         assert_eq!(chat["spec"]["type"], "LoadBalancer");
+        assert_eq!(chat["spec"]["externalTrafficPolicy"], "Local");
         assert_eq!(
             chat["spec"]["selector"]["app.kubernetes.io/component"],
             "chat"

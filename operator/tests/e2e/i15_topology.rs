@@ -470,6 +470,7 @@ async fn i15_load_balancers_report_their_addresses_and_go_when_turned_off() {
         .await;
         let spec = svc.spec.expect("spec");
         assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+        assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
         assert_eq!(
             spec.selector.expect("selector")["app.kubernetes.io/component"],
             component
