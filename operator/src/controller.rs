@@ -1191,11 +1191,13 @@ pub async fn apply_all(client: &Client, ns: &str, cluster: &ChatCluster) -> Resu
         .iter()
         .map(|g| g.object.name_any())
         .collect();
+    let ingress: Vec<String> = desired.ingress.iter().map(|i| i.name_any()).collect();
     for (resource, wanted) in [
         (
             kube::core::ApiResource::erase::<Service>(&()),
             load_balancers,
         ),
+        (kube::core::ApiResource::erase::<Ingress>(&()), ingress),
         (render::gateway_resource(), gateway),
         (render::grpc_route_resource(), names(&desired.grpc_routes)),
     ] {
@@ -1203,7 +1205,8 @@ pub async fn apply_all(client: &Client, ns: &str, cluster: &ChatCluster) -> Resu
     }
 
     if desired.ingress.is_none() && previous.endpoint.is_some() {
-        // The ingress was removed from the spec.
+        // The ingress was removed from the spec (by name: an Ingress applied by an older
+        // operator is labelled `ingress`, not `entry-point`).
         let api: Api<Ingress> = Api::namespaced(client.clone(), ns);
         match api
             .delete(&cluster.name_any(), &DeleteParams::default())
