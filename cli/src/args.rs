@@ -49,6 +49,11 @@ pub struct ServerArgs {
     /// uses TLS anyway).
     #[arg(long, env = "CHAT_TLS", global = true)]
     pub tls: bool,
+
+    /// PEM file of a certificate authority to trust for TLS server addresses, besides the
+    /// system's: for a server whose certificate a private CA signed.
+    #[arg(long, env = "CHAT_CA_CERT", value_name = "FILE", global = true)]
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 /// A command, typed at the prompt or given on the command line.

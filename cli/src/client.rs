@@ -19,7 +19,7 @@ use grpc_chat_proto::{
 };
 use tonic::{
     metadata::MetadataValue,
-    transport::{Channel, ClientTlsConfig, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
     Code, Request, Response, Status,
 };
 
@@ -70,7 +70,7 @@ impl Address {
         Ok(Self { uri, tls })
     }
 
-    fn channel(&self) -> Result<Channel, CliError> {
+    fn channel(&self, ca: Option<&Certificate>) -> Result<Channel, CliError> {
         let invalid = |_| CliError::new(format!("{} is not a valid server address", self.uri));
         let mut endpoint = Endpoint::from_shared(self.uri.clone())
             .map_err(invalid)?
@@ -79,20 +79,44 @@ impl Address {
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10));
         if self.tls {
+            let mut tls = ClientTlsConfig::new().with_enabled_roots();
+            if let Some(ca) = ca {
+                tls = tls.ca_certificate(ca.clone());
+            }
             endpoint = endpoint
-                .tls_config(ClientTlsConfig::new().with_enabled_roots())
+                .tls_config(tls)
                 .map_err(|e| CliError::new(format!("cannot set up TLS for {}: {e}", self.uri)))?;
         }
         Ok(endpoint.connect_lazy())
     }
 }
 
-/// The three service addresses.
+/// The three service addresses, and the private CA to trust for them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Servers {
     pub chat: Address,
     pub auth: Address,
     pub saga: Address,
+    /// `--ca-cert`: PEM certificates trusted for TLS besides the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+/// Reads `--ca-cert`: a PEM file with at least one certificate. Read once at start-up, so
+/// a wrong path fails the command at once rather than as a TLS error later.
+fn read_ca(path: &std::path::Path) -> Result<Vec<u8>, CliError> {
+    let pem = std::fs::read(path).map_err(|e| {
+        CliError::new(format!(
+            "cannot read the CA certificate {}: {e}",
+            path.display()
+        ))
+    })?;
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(CliError::new(format!(
+            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        )));
+    }
+    Ok(pem)
 }
 
 impl Servers {
@@ -106,6 +130,7 @@ impl Servers {
             auth: or_main(&args.auth_server)?,
             saga: or_main(&args.saga_server)?,
             chat,
+            ca_pem: args.ca_cert.as_deref().map(read_ca).transpose()?,
         })
     }
 }
@@ -136,12 +161,13 @@ impl Client {
     pub fn new(servers: Servers, trace: bool) -> Result<Self, CliError> {
         let store = SessionStore::for_server(&servers.auth.uri)?;
         let tracer = Tracer::new(trace)?;
-        let chat_channel = servers.chat.channel()?;
+        let ca = servers.ca_pem.as_ref().map(Certificate::from_pem);
+        let chat_channel = servers.chat.channel(ca.as_ref())?;
         let channel_for = |a: &Address| {
             if *a == servers.chat {
                 Ok(tracer.channel(chat_channel.clone()))
             } else {
-                Ok(tracer.channel(a.channel()?))
+                Ok(tracer.channel(a.channel(ca.as_ref())?))
             }
         };
         let auth = AuthServiceClient::new(channel_for(&servers.auth)?);

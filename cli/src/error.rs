@@ -57,7 +57,13 @@ pub enum Op {
 pub fn from_status(status: &Status, op: Op, server: &str) -> CliError {
     let msg = status.message().trim();
     let text = match status.code() {
-        _ if is_transport_failure(status) => format!("cannot reach the server at {server}"),
+        _ if is_transport_failure(status) => match untrusted_certificate(status) {
+            Some(why) => format!(
+                "cannot reach the server at {server}: its TLS certificate is not trusted \
+                 ({why}); if a private CA signed it, pass that CA with --ca-cert FILE"
+            ),
+            None => format!("cannot reach the server at {server}"),
+        },
         Code::Unauthenticated if op == Op::Login => "wrong email or password".to_owned(),
         Code::Unauthenticated => return CliError::session_expired(),
         // The chat service words an unknown chat and a non-member the same in every RPC
@@ -113,6 +119,22 @@ pub fn is_transport_failure(status: &Status) -> bool {
         source = e.source();
     }
     false
+}
+
+/// The certificate error in a transport failure's causes (rustls words it "invalid peer
+/// certificate: UnknownIssuer"), when the TLS handshake failed on the server's
+/// certificate: the one transport failure a flag (`--ca-cert`) cures, so it is named.
+pub fn untrusted_certificate(status: &Status) -> Option<String> {
+    use std::error::Error as _;
+    let mut source = status.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if text.contains("certificate") {
+            return Some(text);
+        }
+        source = e.source();
+    }
+    None
 }
 
 /// The id of the saga an orchestrator's answer is about (its `saga-id` metadata).

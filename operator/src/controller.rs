@@ -234,14 +234,17 @@ pub async fn reconcile(cluster: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<A
         }
         Ok(()) => match apply_all(&ctx.client, &ns, &cluster).await {
             Ok(pass) => {
-                let status = status::compute(
+                let endpoint = render::endpoint(&cluster.spec)
+                    .or_else(|| pass.endpoints.get(Component::Chat.name()).cloned());
+                let mut status = status::compute(
                     cluster.status.as_ref(),
                     cluster.meta().generation,
                     &pass.observed,
                     &pass.issues,
-                    render::endpoint(&cluster.spec),
+                    endpoint,
                     &now(),
                 );
+                status.endpoints = pass.endpoints.clone();
                 write_status(&ctx.client, &ns, &cluster, &status).await?;
                 let mut notes = pass.notes.clone();
                 notes.extend(ctx.notes(&cluster, &status));
@@ -271,14 +274,21 @@ pub async fn reconcile(cluster: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<A
                     Error::Kube(k) => status::summarize(k),
                     other => status::truncate(&other.to_string(), status::MAX_ERROR),
                 };
-                let status = status::compute(
+                // The load balancers' addresses as last seen: nothing was read this time.
+                let previous = cluster
+                    .status
+                    .as_ref()
+                    .filter(|_| cluster.spec.load_balancer.is_some());
+                let mut status = status::compute(
                     cluster.status.as_ref(),
                     cluster.meta().generation,
                     &[],
                     &[Issue::new(IssueKind::ReconcileError, message)],
-                    render::endpoint(&cluster.spec),
+                    render::endpoint(&cluster.spec)
+                        .or_else(|| previous.and_then(|p| p.endpoint.clone())),
                     &now(),
                 );
+                status.endpoints = previous.map(|p| p.endpoints.clone()).unwrap_or_default();
                 if let Err(status_err) = write_status(&ctx.client, &ns, &cluster, &status).await {
                     tracing::warn!(error = %status_err, "could not report the failure in the status");
                 }
@@ -443,6 +453,87 @@ async fn delete_pod_monitor(client: &Client, ns: &str, cluster: &ChatCluster, pa
     }
 }
 
+/// Deletes the cluster's entry-point objects of kind `resource` (labelled
+/// [`render::ENTRY_POINT`]) that are not `wanted`. A 404 on the list (the kind's CRD is not
+/// installed, as the Gateway API's often is not) means there is nothing to delete.
+async fn delete_unwanted_entry_points(
+    client: &Client,
+    ns: &str,
+    cluster: &ChatCluster,
+    resource: &kube::core::ApiResource,
+    wanted: &[String],
+    pass: &mut Pass,
+) {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, resource);
+    let instance = cluster.name_any();
+    let selector = format!(
+        "app.kubernetes.io/instance={instance},{MANAGED_SELECTOR},\
+         app.kubernetes.io/component={}",
+        render::ENTRY_POINT
+    );
+    let existing = match api
+        .list_metadata(&ListParams::default().labels(&selector))
+        .await
+    {
+        Ok(list) => list.items,
+        Err(kube::Error::Api(e)) if e.code == 404 => return,
+        Err(error) => {
+            tracing::warn!(%error, kind = %resource.kind, "could not list the entry point's objects");
+            return;
+        }
+    };
+    for object in existing {
+        let name = object.name_any();
+        let labels = object.labels();
+        // The selector again, for an API server (or a fake of one) that ignored it.
+        let mine = labels.get("app.kubernetes.io/instance") == Some(&instance)
+            && labels
+                .get("app.kubernetes.io/component")
+                .map(String::as_str)
+                == Some(render::ENTRY_POINT)
+            && labels
+                .get("app.kubernetes.io/managed-by")
+                .map(String::as_str)
+                == Some("chat-operator");
+        if !mine || wanted.contains(&name) {
+            continue;
+        }
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {
+                tracing::info!(kind = %resource.kind, %name, "deleted an entry point object no longer wanted")
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => pass.refused(&format!("{} {name}", resource.kind), &e),
+        }
+    }
+}
+
+/// Where the `LoadBalancer` Services of `spec.loadBalancer` are reached, from their
+/// status as the API server has it; empty without `spec.loadBalancer` or before the
+/// cloud's controller assigned addresses.
+async fn load_balancer_endpoints(
+    client: &Client,
+    ns: &str,
+    cluster: &ChatCluster,
+) -> BTreeMap<String, String> {
+    if cluster.spec.load_balancer.is_none() {
+        return BTreeMap::new();
+    }
+    let mut services = Vec::new();
+    for c in Component::ALL
+        .into_iter()
+        .filter(|c| c.public_grpc_service().is_some())
+    {
+        let name = render::load_balancer_name(cluster, c);
+        match get_opt::<Service>(client, ns, &name).await {
+            Ok(Some(svc)) => services.push((c, svc)),
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, service = %name, "could not read a load balancer"),
+        }
+    }
+    render::load_balancer_endpoints(&services)
+}
+
 async fn get_opt<K>(client: &Client, ns: &str, name: &str) -> Result<Option<K>, kube::Error>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
@@ -460,9 +551,40 @@ pub struct Pass {
     pub observed: Vec<Observed>,
     pub issues: Vec<Issue>,
     pub notes: Vec<Note>,
+    /// The addresses the `LoadBalancer` Services have been given, per public service.
+    pub endpoints: BTreeMap<String, String>,
 }
 
 impl Pass {
+    /// Records that applying `plain` failed. A 404 on an apply means the API server does
+    /// not know the kind: another project's CRD is not installed. Said in those words,
+    /// with what to install, rather than as a bare "not found".
+    fn apply_failed(&mut self, plain: &Plain, error: &kube::Error) {
+        let not_served = matches!(error, kube::Error::Api(e) if e.code == 404);
+        if !not_served || plain.resource.group.is_empty() {
+            return self.refused(&plain.describe(), error);
+        }
+        let crds = match plain.resource.group.as_str() {
+            "gateway.networking.k8s.io" => {
+                "the Gateway API CRDs (standard channel, v1.1 or later) and a Gateway API \
+                 implementation, or remove spec.gateway"
+            }
+            "monitoring.coreos.com" => {
+                "the Prometheus Operator's CRDs, or turn spec.monitoring.podMonitor off"
+            }
+            _ => "the CRD that defines it",
+        };
+        let message = format!(
+            "{}: the cluster does not serve {} {}: install {crds}",
+            plain.describe(),
+            plain.resource.api_version,
+            plain.resource.kind,
+        );
+        tracing::warn!(object = %plain.describe(), "the kind is not served");
+        self.issues
+            .push(Issue::new(IssueKind::ApplyFailed, message));
+    }
+
     /// Records that the API server refused a request about `object` (`Kind name`).
     fn refused(&mut self, object: &str, error: &kube::Error) {
         tracing::warn!(%object, %error, "the API server refused a request");
@@ -908,9 +1030,34 @@ pub async fn apply_all(client: &Client, ns: &str, cluster: &ChatCluster) -> Resu
     let (inputs, unreadable) = secret_digests(client, ns, cluster, &mut pass).await;
     let desired = render::desired_with(cluster, &inputs)?;
     let independent = desired.independent()?;
+    // Kinds the API server answered 404 for: their other objects are not tried (one
+    // message per missing CRD).
+    let mut not_served: Vec<&kube::core::ApiResource> = Vec::new();
     for plain in &independent {
+        if not_served.contains(&&plain.resource) {
+            continue;
+        }
         if let Err(e) = apply_plain(client, ns, plain).await {
-            pass.refused(&plain.describe(), &e);
+            if matches!(&e, kube::Error::Api(ae) if ae.code == 404) {
+                not_served.push(&plain.resource);
+            }
+            pass.apply_failed(plain, &e);
+        }
+    }
+    pass.endpoints = load_balancer_endpoints(client, ns, cluster).await;
+    if !desired.grpc_routes.is_empty() && !not_served.contains(&&desired.grpc_routes[0].resource) {
+        let routes: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), ns, &render::grpc_route_resource());
+        for route in &desired.grpc_routes {
+            match routes.get_opt(&route.object.name_any()).await {
+                Ok(Some(seen)) => pass.issues.extend(
+                    serde_json::to_value(&seen)
+                        .ok()
+                        .and_then(|v| observe::route_issue(&v)),
+                ),
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "could not read a GRPCRoute"),
+            }
         }
     }
 
@@ -1026,9 +1173,40 @@ pub async fn apply_all(client: &Client, ns: &str, cluster: &ChatCluster) -> Resu
     if desired.pod_monitor.is_none() {
         delete_pod_monitor(client, ns, cluster, &mut pass).await;
     }
+    // The entry point's objects that the spec no longer asks for: another entry point was
+    // chosen, or none.
+    let names = |objects: &[Plain]| {
+        objects
+            .iter()
+            .map(|p| p.object.name_any())
+            .collect::<Vec<_>>()
+    };
+    let load_balancers: Vec<String> = desired
+        .load_balancers
+        .iter()
+        .map(|s| s.name_any())
+        .collect();
+    let gateway: Vec<String> = desired
+        .gateway
+        .iter()
+        .map(|g| g.object.name_any())
+        .collect();
+    let ingress: Vec<String> = desired.ingress.iter().map(|i| i.name_any()).collect();
+    for (resource, wanted) in [
+        (
+            kube::core::ApiResource::erase::<Service>(&()),
+            load_balancers,
+        ),
+        (kube::core::ApiResource::erase::<Ingress>(&()), ingress),
+        (render::gateway_resource(), gateway),
+        (render::grpc_route_resource(), names(&desired.grpc_routes)),
+    ] {
+        delete_unwanted_entry_points(client, ns, cluster, &resource, &wanted, &mut pass).await;
+    }
 
     if desired.ingress.is_none() && previous.endpoint.is_some() {
-        // The ingress was removed from the spec.
+        // The ingress was removed from the spec (by name: an Ingress applied by an older
+        // operator is labelled `ingress`, not `entry-point`).
         let api: Api<Ingress> = Api::namespaced(client.clone(), ns);
         match api
             .delete(&cluster.name_any(), &DeleteParams::default())
@@ -1513,14 +1691,14 @@ mod tests {
 
     #[tokio::test]
     async fn removing_the_ingress_deletes_it() {
-        let (server, ctx) =
-            setup(json!({"version": "1.0.0", "ingress": {"host": "chat.example.com"}}));
+        let (server, ctx) = setup(json!({"version": "1.0.0",
+            "ingress": {"host": "chat.example.com", "tlsSecretName": "chat-tls"}}));
         steady(&server, &ctx).await;
         let ingress = path("networking.k8s.io/v1", "ingresses", "demo");
         assert!(server.get(&ingress).is_some());
         assert_eq!(
             cluster(&server).status.clone().unwrap().endpoint.as_deref(),
-            Some("chat.example.com:80")
+            Some("chat.example.com:443")
         );
         server.edit(CLUSTER, |c| {
             c["spec"].as_object_mut().unwrap().remove("ingress");
@@ -1550,5 +1728,131 @@ mod tests {
         steady(&server, &ctx).await;
         assert!(server.get(&monitor).is_none());
         assert_ne!(condition(&server, "Degraded").0, "True");
+    }
+
+    fn degraded_message(server: &FakeApiServer) -> String {
+        let c = cluster(server);
+        let status = c.status.as_ref().unwrap();
+        status::condition(status, "Degraded")
+            .unwrap()
+            .message
+            .clone()
+    }
+
+    #[tokio::test]
+    async fn the_gateway_and_its_routes_are_applied_and_pruned_when_another_entry_point_is_chosen()
+    {
+        let (server, ctx) = setup(json!({"version": "1.0.0",
+            "gateway": {"host": "chat.example.com", "gatewayClassName": "eg",
+                        "tlsSecretName": "chat-tls"}}));
+        steady(&server, &ctx).await;
+        let gw = path("gateway.networking.k8s.io/v1", "gateways", "demo");
+        let route = |c: &str| {
+            path(
+                "gateway.networking.k8s.io/v1",
+                "grpcroutes",
+                &format!("demo-{c}"),
+            )
+        };
+        assert_eq!(server.get(&gw).expect("Gateway applied")["kind"], "Gateway");
+        for c in ["auth", "chat", "saga"] {
+            assert!(server.get(&route(c)).is_some(), "{c}");
+        }
+        assert!(server.get(&route("notification")).is_none());
+        let status = cluster(&server).status.clone().unwrap();
+        assert_eq!(status.endpoint.as_deref(), Some("chat.example.com:443"));
+        assert!(status.endpoints.is_empty());
+
+        // To load balancers: the Gateway and the routes go, the Services come.
+        server.edit(CLUSTER, |c| {
+            c["spec"].as_object_mut().unwrap().remove("gateway");
+            c["spec"]["loadBalancer"] = json!({});
+        });
+        reconcile_once(&server, &ctx).await.unwrap();
+        assert!(server.get(&gw).is_none());
+        for c in ["auth", "chat", "saga"] {
+            assert!(server.get(&route(c)).is_none(), "{c}");
+            let lb = server
+                .get(&path("v1", "services", &format!("demo-{c}-public")))
+                .expect("LoadBalancer Service");
+            assert_eq!(lb["spec"]["type"], "LoadBalancer");
+        }
+        // No address yet: no endpoint. The cloud's controller assigns them.
+        assert_eq!(cluster(&server).status.clone().unwrap().endpoint, None);
+        for (c, ip) in [
+            ("auth", "203.0.113.1"),
+            ("chat", "203.0.113.2"),
+            ("saga", "203.0.113.3"),
+        ] {
+            server.edit(&path("v1", "services", &format!("demo-{c}-public")), |s| {
+                s["status"] = json!({"loadBalancer": {"ingress": [{"ip": ip}]}});
+            });
+        }
+        reconcile_once(&server, &ctx).await.unwrap();
+        let status = cluster(&server).status.clone().unwrap();
+        assert_eq!(status.endpoint.as_deref(), Some("203.0.113.2:50051"));
+        assert_eq!(status.endpoints["auth"], "203.0.113.1:50051");
+        assert_eq!(status.endpoints["saga"], "203.0.113.3:50051");
+
+        // Off: the Services go, and the cluster's own Services stay.
+        server.edit(CLUSTER, |c| {
+            c["spec"].as_object_mut().unwrap().remove("loadBalancer");
+        });
+        reconcile_once(&server, &ctx).await.unwrap();
+        assert!(server
+            .get(&path("v1", "services", "demo-chat-public"))
+            .is_none());
+        assert!(server.get(&path("v1", "services", "demo-chat")).is_some());
+        let status = cluster(&server).status.clone().unwrap();
+        assert_eq!((status.endpoint, status.endpoints.len()), (None, 0));
+    }
+
+    #[tokio::test]
+    async fn a_route_its_gateway_refused_is_degraded() {
+        let (server, ctx) = setup(json!({"version": "1.0.0",
+            "gateway": {"host": "chat.example.com", "parentRef": {"name": "public"}}}));
+        steady(&server, &ctx).await;
+        assert_eq!(condition(&server, "Degraded").0, "False");
+        // Play the Gateway implementation.
+        server.edit(
+            &path("gateway.networking.k8s.io/v1", "grpcroutes", "demo-saga"),
+            |r| {
+                r["status"] = json!({"parents": [{"parentRef": {"name": "public"},
+                    "controllerName": "example.com/gw",
+                    "conditions": [{"type": "Accepted", "status": "False",
+                                    "reason": "NoMatchingListenerHostname",
+                                    "message": "no listener for chat.example.com"}]}]});
+            },
+        );
+        reconcile_once(&server, &ctx).await.unwrap();
+        assert_eq!(
+            condition(&server, "Degraded"),
+            ("True".into(), "RouteNotAccepted".into())
+        );
+        assert!(degraded_message(&server).contains("GRPCRoute demo-saga is not accepted"));
+    }
+
+    #[tokio::test]
+    async fn a_gateway_api_that_is_not_installed_is_reported_not_a_wedge() {
+        let (server, ctx) = setup(json!({"version": "1.0.0",
+            "gateway": {"host": "chat.example.com",
+                        "parentRef": {"name": "shared", "namespace": "gateways"}}}));
+        // The API server answers 404 for a kind it does not serve.
+        server.fail("/apis/gateway.networking.k8s.io/", 404);
+        assert!(reconcile_once(&server, &ctx).await.is_err());
+        let message = degraded_message(&server);
+        assert!(
+            message.contains(
+                "GRPCRoute demo-auth: the cluster does not serve \
+                 gateway.networking.k8s.io/v1 GRPCRoute"
+            ) && message.contains("install the Gateway API CRDs"),
+            "{message}"
+        );
+        assert!(
+            !message.contains("demo-saga"),
+            "one message per kind: {message}"
+        );
+        // Everything else went on: the migrations started.
+        assert_eq!(job_paths(&server).len(), 4);
     }
 }

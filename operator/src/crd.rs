@@ -1,5 +1,5 @@
 //! The `ChatCluster` custom resource: one object that describes a whole grpc-chat
-//! installation (the four services, their PostgreSQL and NATS, email, keys, ingress).
+//! installation (the four services, their PostgreSQL and NATS, email, keys, entry point).
 //!
 //! The Rust types are the source of truth: the CRD's structural schema is generated from
 //! them (`chat-operator crd`, checked in as `k8s/crd.yaml`), so the API server validates
@@ -41,13 +41,25 @@ const SAME_STORAGE_CLASS: &str = "has(self.storageClassName) == has(oldSelf.stor
 const STORAGE_CLASS_FIXED: &str =
     "storageClassName cannot change: a volume keeps the class it was created with";
 
+/// CEL: at most one public entry point.
+const ONE_ENTRY_POINT: &str = "!has(self.spec) || [has(self.spec.gateway), \
+     has(self.spec.loadBalancer), has(self.spec.ingress)].filter(x, x).size() <= 1";
+const ONE_ENTRY_POINT_MESSAGE: &str =
+    "set at most one entry point: spec.gateway, spec.loadBalancer or spec.ingress";
+
+/// CEL: an Ingress has TLS (ingress-nginx cannot serve gRPC over cleartext HTTP/2).
+const INGRESS_NEEDS_TLS: &str = "has(self.tlsSecretName)";
+const INGRESS_NEEDS_TLS_MESSAGE: &str =
+    "ingress needs tlsSecretName: ingress-nginx cannot serve gRPC over cleartext HTTP/2 \
+     (h2c); without TLS use spec.gateway or spec.loadBalancer";
+
 /// API group of the operator's resources.
 pub const GROUP: &str = "grpcchat.dev";
 
 /// Desired state of a grpc-chat installation.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
-    doc = "A grpc-chat installation: its four services, PostgreSQL, NATS, email, keys and ingress.",
+    doc = "A grpc-chat installation: its four services, PostgreSQL, NATS, email, keys and entry point.",
     group = "grpcchat.dev",
     version = "v1alpha1",
     kind = "ChatCluster",
@@ -66,7 +78,8 @@ pub const GROUP: &str = "grpcchat.dev";
     ),
     validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message(
         "metadata.name must be a DNS label that starts with a letter (it names Services)"
-    )
+    ),
+    validation = Rule::new(ONE_ENTRY_POINT).message(ONE_ENTRY_POINT_MESSAGE)
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ChatClusterSpec {
@@ -108,7 +121,16 @@ pub struct ChatClusterSpec {
     /// the signing key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_secret: Option<SecretKeySelector>,
-    /// Public gRPC entry point for AuthService, ChatService and SagaOrchestrator.
+    /// Public gRPC entry point through the Gateway API (recommended): one `GRPCRoute` per
+    /// public service, attached to an existing Gateway or to one the operator renders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewaySpec>,
+    /// Public gRPC entry point as `LoadBalancer` Services, one per public service (a
+    /// layer-4 load balancer cannot route by gRPC service, so each gets its own address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancerSpec>,
+    /// Public gRPC entry point as an ingress-nginx `Ingress` (legacy: ingress-nginx is
+    /// retired). Needs TLS: ingress-nginx does not serve gRPC over cleartext HTTP/2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<IngressSpec>,
     /// NetworkPolicies letting each workload be reached only by what needs it. Absent:
@@ -441,9 +463,102 @@ pub struct SecretKeySelector {
     pub key: String,
 }
 
-/// The Ingress in front of the public services.
+/// The Gateway API entry point: a `GRPCRoute` per public service (AuthService,
+/// ChatService, SagaOrchestrator) for `host`, attached either to a Gateway the platform
+/// team runs (`parentRef`, the production form) or to a `Gateway` the operator renders
+/// (`gatewayClassName`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.parentRef) != has(self.gatewayClassName)").message(
+    "gateway: set parentRef (attach the routes to an existing Gateway) or gatewayClassName \
+     (the operator renders its own Gateway), exactly one"
+))]
+#[x_kube(validation = Rule::new("!has(self.parentRef) || !has(self.tlsSecretName)").message(
+    "gateway.tlsSecretName is for the Gateway the operator renders; with parentRef, TLS is \
+     configured on that Gateway's listener"
+))]
+pub struct GatewaySpec {
+    /// Host name clients connect to (a DNS name, no wildcard): the routes' `hostnames`, the
+    /// rendered listener's `hostname` and the TLS server name.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub host: String,
+    /// An existing Gateway to attach the routes to. It must allow routes from this
+    /// namespace (`allowedRoutes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_ref: Option<GatewayParentRef>,
+    /// GatewayClass of the `Gateway` `<name>` the operator renders, when there is no
+    /// `parentRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub gateway_class_name: Option<String>,
+    /// Secret (`kubernetes.io/tls`) with the certificate for `host`, for the rendered
+    /// Gateway: an HTTPS listener on port 443. Absent: an HTTP listener on port 80, which
+    /// Gateway API implementations serve as cleartext HTTP/2 (h2c) for GRPCRoutes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub tls_secret_name: Option<String>,
+    /// Extra annotations of the rendered Gateway (e.g. cert-manager's).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+/// A Gateway the routes attach to (a Gateway API `ParentReference`).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+pub struct GatewayParentRef {
+    /// Name of the Gateway.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Its namespace; absent: the ChatCluster's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+    /// The listener to attach to; absent: every listener that accepts the routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub section_name: Option<String>,
+    /// The listener port clients connect to: selects listeners and is the port of
+    /// `status.endpoint`. Absent: every listener; the endpoint says 443 (an HTTPS
+    /// listener, as production Gateways have).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+}
+
+/// `LoadBalancer` Services in front of the public services: `<name>-auth-public`,
+/// `<name>-chat-public` and `<name>-saga-public`, each on its own address (what the
+/// cloud's load balancer controller assigns), reported in `status.endpoints`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancerSpec {
+    /// Port of each Service. The traffic is the services' own cleartext HTTP/2 (h2c)
+    /// unless the load balancer terminates TLS (cloud annotations, then usually 443; the
+    /// `chat` CLI uses TLS for port 443).
+    #[serde(default = "default_load_balancer_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// `spec.loadBalancerClass`; absent: the cluster's default load balancer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// Client address ranges allowed (`spec.loadBalancerSourceRanges`); empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_ranges: Vec<String>,
+    /// Annotations of the Services (the cloud's load balancer options).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+fn default_load_balancer_port() -> i32 {
+    crate::render::GRPC_PORT
+}
+
+/// The ingress-nginx Ingress in front of the public services (legacy; TLS only).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(INGRESS_NEEDS_TLS).message(INGRESS_NEEDS_TLS_MESSAGE))]
 pub struct IngressSpec {
     /// Host name clients connect to (a DNS name, no wildcard).
     #[schemars(
@@ -455,7 +570,8 @@ pub struct IngressSpec {
     /// ingress-nginx's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class_name: Option<String>,
-    /// Secret with the TLS certificate for `host`; absent: plaintext (h2c) on port 80.
+    /// Secret with the TLS certificate for `host`. Required (kept optional in the type
+    /// so that objects stored before it was can still be read and reported).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_secret_name: Option<String>,
     /// Extra annotations, e.g. for cert-manager.
@@ -509,9 +625,16 @@ pub struct ChatClusterStatus {
     /// One entry per workload: the four services, PostgreSQL and NATS when managed.
     #[serde(default)]
     pub components: Vec<ComponentStatus>,
-    /// Where clients connect (`host:port` of the ingress), when there is an ingress.
+    /// Where clients connect (`host:port`; the `chat` CLI's `--server`), once the entry
+    /// point has an address: every public service there (gateway, ingress), or the
+    /// ChatService's (loadBalancer, see `endpoints`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// Per public service (`auth`, `chat`, `saga`), its `host:port`, when each has its own
+    /// address (loadBalancer): `chat --server <chat> --auth-server <auth> --saga-server
+    /// <saga>`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub endpoints: std::collections::BTreeMap<String, String>,
 }
 
 /// A standard Kubernetes condition (`metav1.Condition`'s shape).
@@ -564,6 +687,30 @@ impl ChatClusterSpec {
                 "spec.nats: set managed or external, not both".into(),
             ));
         }
+        let entry_points = [
+            self.gateway.is_some(),
+            self.load_balancer.is_some(),
+            self.ingress.is_some(),
+        ];
+        if entry_points.iter().filter(|set| **set).count() > 1 {
+            return Err(InvalidSpec(ONE_ENTRY_POINT_MESSAGE.into()));
+        }
+        if self
+            .ingress
+            .as_ref()
+            .is_some_and(|i| i.tls_secret_name.is_none())
+        {
+            return Err(InvalidSpec(
+                INGRESS_NEEDS_TLS_MESSAGE.replace("ingress needs", "spec.ingress needs"),
+            ));
+        }
+        if let Some(g) = &self.gateway {
+            if g.parent_ref.is_some() == g.gateway_class_name.is_some() {
+                return Err(InvalidSpec(
+                    "spec.gateway: set parentRef or gatewayClassName, exactly one".into(),
+                ));
+            }
+        }
         if self.version.trim().is_empty() {
             return Err(InvalidSpec("spec.version must not be empty".into()));
         }
@@ -615,6 +762,57 @@ impl ChatClusterSpec {
             (Some(m), _) => Some(m.clone()),
             (None, Some(_)) => None,
             (None, None) => Some(ManagedNats::default()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(value: serde_json::Value) -> ChatClusterSpec {
+        serde_json::from_value(value).expect("spec")
+    }
+
+    #[test]
+    fn one_entry_point_and_an_ingress_only_with_tls() {
+        let gateway = serde_json::json!({"host": "chat.example.com", "gatewayClassName": "eg"});
+        let tls_ingress = serde_json::json!({"host": "chat.example.com", "tlsSecretName": "t"});
+        assert_eq!(
+            spec(serde_json::json!({"version": "1", "gateway": gateway})).validate(),
+            Ok(())
+        );
+        assert_eq!(
+            spec(serde_json::json!({"version": "1", "ingress": tls_ingress})).validate(),
+            Ok(())
+        );
+        let two = spec(serde_json::json!({"version": "1", "gateway": gateway, "loadBalancer": {}}));
+        assert_eq!(
+            two.validate(),
+            Err(InvalidSpec(ONE_ENTRY_POINT_MESSAGE.into()))
+        );
+        let plain =
+            spec(serde_json::json!({"version": "1", "ingress": {"host": "chat.example.com"}}));
+        let err = plain.validate().expect_err("an ingress without TLS");
+        assert!(
+            err.0.starts_with("spec.ingress needs tlsSecretName"),
+            "{err}"
+        );
+        let neither = spec(serde_json::json!({"version": "1", "gateway": {"host": "h"}}));
+        assert!(neither.validate().is_err());
+    }
+
+    #[test]
+    fn the_entry_point_rules_are_in_the_crd() {
+        let crd = serde_json::to_string(&<ChatCluster as kube::CustomResourceExt>::crd())
+            .expect("CRD as JSON");
+        for rule in [
+            ONE_ENTRY_POINT,
+            INGRESS_NEEDS_TLS,
+            "has(self.parentRef) != has(self.gatewayClassName)",
+        ] {
+            let quoted = serde_json::to_string(rule).expect("rule");
+            assert!(crd.contains(&quoted), "{rule}");
         }
     }
 }

@@ -1,6 +1,6 @@
 //! What the workloads' own controllers and the kubelet say about them, turned into
 //! [`Issue`]s: pods that cannot start or keep crashing, rollouts past their progress
-//! deadline, migration Jobs whose pod never starts.
+//! deadline, migration Jobs whose pod never starts, GRPCRoutes a Gateway refused.
 //!
 //! Without this the status only counted ready replicas, so a crash-looping service or an
 //! image that cannot be pulled left `Progressing=True` and `Degraded=False` forever. Pure
@@ -24,6 +24,44 @@ pub const STUCK_REASONS: &[&str] = &[
     "CreateContainerError",
     "RunContainerError",
 ];
+
+/// What the Gateway implementation says of a GRPCRoute (`status.parents[]`): a parent that
+/// did not accept it (`Accepted=False`: the listener does not allow the namespace, the
+/// hostname does not match, no such listener) or cannot use its backend
+/// (`ResolvedRefs=False`). The rendered `status.endpoint` does not work then, so it is
+/// `Degraded`, in the gateway's words. A route without status (no implementation has
+/// looked at it yet) is no issue.
+pub fn route_issue(route: &serde_json::Value) -> Option<Issue> {
+    let name = route["metadata"]["name"].as_str().unwrap_or_default();
+    let parents = route["status"]["parents"].as_array()?;
+    parents.iter().find_map(|parent| {
+        let conditions = parent["conditions"].as_array()?;
+        let refused = conditions.iter().find(|c| {
+            c["status"] == "False" && (c["type"] == "Accepted" || c["type"] == "ResolvedRefs")
+        })?;
+        let gateway = &parent["parentRef"];
+        let gateway = match gateway["namespace"].as_str() {
+            Some(ns) => format!("{ns}/{}", gateway["name"].as_str().unwrap_or_default()),
+            None => gateway["name"].as_str().unwrap_or_default().to_string(),
+        };
+        let what = if refused["type"] == "Accepted" {
+            "is not accepted by"
+        } else {
+            "cannot reach its backend through"
+        };
+        Some(Issue::new(
+            IssueKind::RouteNotAccepted,
+            truncate(
+                &format!(
+                    "GRPCRoute {name} {what} Gateway {gateway}: {}: {}",
+                    refused["reason"].as_str().unwrap_or_default(),
+                    refused["message"].as_str().unwrap_or_default()
+                ),
+                200,
+            ),
+        ))
+    })
+}
 
 /// The label the Job controller puts on a Job's pods.
 pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
@@ -133,6 +171,44 @@ pub fn deployment_issue(d: &Deployment) -> Option<Issue> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_route_refused_by_its_gateway_is_an_issue_in_the_gateways_words() {
+        use serde_json::json;
+        let route = |conditions: serde_json::Value| {
+            json!({"metadata": {"name": "demo-chat"}, "status": {"parents": [{
+                "controllerName": "example.com/gateway",
+                "parentRef": {"name": "public", "namespace": "infra"},
+                "conditions": conditions,
+            }]}})
+        };
+        assert_eq!(
+            super::route_issue(&json!({"metadata": {"name": "demo-chat"}})),
+            None
+        );
+        let accepted = route(
+            json!([{"type": "Accepted", "status": "True", "reason": "Accepted"},
+                                    {"type": "ResolvedRefs", "status": "True"}]),
+        );
+        assert_eq!(super::route_issue(&accepted), None);
+        let refused = route(json!([{"type": "Accepted", "status": "False",
+                                    "reason": "NotAllowedByListeners",
+                                    "message": "namespace chat is not allowed"}]));
+        let issue = super::route_issue(&refused).expect("an issue");
+        assert_eq!(issue.kind, super::IssueKind::RouteNotAccepted);
+        assert_eq!(
+            issue.message,
+            "GRPCRoute demo-chat is not accepted by Gateway infra/public: \
+             NotAllowedByListeners: namespace chat is not allowed"
+        );
+        let unresolved = route(json!([{"type": "Accepted", "status": "True"},
+                                      {"type": "ResolvedRefs", "status": "False",
+                                       "reason": "BackendNotFound", "message": "no Service"}]));
+        assert!(super::route_issue(&unresolved)
+            .expect("an issue")
+            .message
+            .contains("cannot reach its backend"));
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -189,7 +189,14 @@ pub struct Desired {
     pub hpas: Vec<HorizontalPodAutoscaler>,
     /// Empty unless `spec.networkPolicy` is set.
     pub network_policies: Vec<NetworkPolicy>,
+    /// The ingress-nginx Ingress, with `spec.ingress`.
     pub ingress: Option<Ingress>,
+    /// The Gateway the operator runs itself, with `spec.gateway.gatewayClassName`.
+    pub gateway: Option<Plain>,
+    /// One GRPCRoute per public service, with `spec.gateway`.
+    pub grpc_routes: Vec<Plain>,
+    /// One `LoadBalancer` Service per public service, with `spec.loadBalancer`.
+    pub load_balancers: Vec<Service>,
     /// The Prometheus Operator PodMonitor, when `spec.monitoring.podMonitor` is set.
     pub pod_monitor: Option<Plain>,
 }
@@ -246,9 +253,15 @@ impl Desired {
         for policy in &self.network_policies {
             out.push(Plain::of(policy)?);
         }
+        for svc in &self.load_balancers {
+            out.push(Plain::of(svc)?);
+        }
         if let Some(ingress) = &self.ingress {
             out.push(Plain::of(ingress)?);
         }
+        // The Gateway before its routes, so that they attach at once.
+        out.extend(self.gateway.clone());
+        out.extend(self.grpc_routes.iter().cloned());
         out.extend(self.pod_monitor.clone());
         Ok(out)
     }
@@ -267,7 +280,10 @@ impl Desired {
         out.extend(self.pdbs.iter().map(v));
         out.extend(self.hpas.iter().map(v));
         out.extend(self.network_policies.iter().map(v));
+        out.extend(self.load_balancers.iter().map(v));
         out.extend(self.ingress.iter().map(v));
+        out.extend(self.gateway.iter().map(|p| v(&p.object)));
+        out.extend(self.grpc_routes.iter().map(|p| v(&p.object)));
         out.extend(self.pod_monitor.iter().map(|p| v(&p.object)));
         out
     }
@@ -424,6 +440,9 @@ pub fn desired_with(cluster: &ChatCluster, inputs: &Inputs) -> Result<Desired, R
         hpas,
         network_policies: network_policies(cluster, &owner)?,
         ingress: ingress(cluster, &owner)?,
+        gateway: gateway(cluster, &owner)?,
+        grpc_routes: grpc_routes(cluster, &owner)?,
+        load_balancers: load_balancers(cluster, &owner)?,
         pod_monitor: pod_monitor(cluster, &owner)?,
     })
 }
@@ -1095,7 +1114,6 @@ pub fn network_policies(
     Ok(out)
 }
 
-/// The Ingress routing each public gRPC service by its path prefix to its Service.
 /// The Prometheus Operator's PodMonitor kind (`monitoring.coreos.com/v1`).
 pub fn pod_monitor_resource() -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk(
@@ -1154,6 +1172,228 @@ pub fn pod_monitor(
     }))
 }
 
+/// `app.kubernetes.io/component` of the entry point's objects (Gateway, GRPCRoutes,
+/// `LoadBalancer` Services, Ingress): what the reconcile selects to prune them.
+pub const ENTRY_POINT: &str = "entry-point";
+
+/// The Gateway API's `Gateway` kind (`gateway.networking.k8s.io/v1`).
+pub fn gateway_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "gateway.networking.k8s.io",
+        "v1",
+        "Gateway",
+    ))
+}
+
+/// The Gateway API's `GRPCRoute` kind (`gateway.networking.k8s.io/v1`).
+pub fn grpc_route_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "gateway.networking.k8s.io",
+        "v1",
+        "GRPCRoute",
+    ))
+}
+
+/// Name of the rendered Gateway's only listener, which the routes attach to.
+pub const GATEWAY_LISTENER: &str = "grpc";
+
+/// The `Gateway` `<name>` the operator runs itself (`spec.gateway.gatewayClassName`): one
+/// listener for `host`, HTTPS on 443 with `tlsSecretName`, else HTTP on 80 (which
+/// Gateway API implementations serve to GRPCRoutes as cleartext HTTP/2). It accepts
+/// GRPCRoutes of its own namespace only. Other projects' kind, so kept untyped.
+pub fn gateway(
+    cluster: &ChatCluster,
+    owner: &OwnerReference,
+) -> Result<Option<Plain>, RenderError> {
+    let Some(spec) = &cluster.spec.gateway else {
+        return Ok(None);
+    };
+    let Some(class) = &spec.gateway_class_name else {
+        return Ok(None);
+    };
+    let mut listener = json!({
+        "name": GATEWAY_LISTENER,
+        "hostname": spec.host,
+        "protocol": "HTTP",
+        "port": 80,
+        "allowedRoutes": {
+            "namespaces": {"from": "Same"},
+            "kinds": [{"group": "gateway.networking.k8s.io", "kind": "GRPCRoute"}],
+        },
+    });
+    if let Some(tls) = &spec.tls_secret_name {
+        listener["protocol"] = json!("HTTPS");
+        listener["port"] = json!(443);
+        listener["tls"] = json!({
+            "mode": "Terminate",
+            "certificateRefs": [{"group": "", "kind": "Secret", "name": tls}],
+        });
+    }
+    let mut meta = metadata(cluster, cluster.name_any(), ENTRY_POINT, owner);
+    if !spec.annotations.is_empty() {
+        meta["annotations"] = json!(spec.annotations);
+    }
+    let value = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": meta,
+        "spec": {"gatewayClassName": class, "listeners": [listener]},
+    });
+    Ok(Some(Plain {
+        resource: gateway_resource(),
+        object: typed("Gateway", value)?,
+    }))
+}
+
+/// One `GRPCRoute` `<name>-<component>` per public service, with `spec.gateway`: requests
+/// for `host` whose gRPC service is the component's go to its Service's `grpc` port
+/// (which declares `appProtocol: kubernetes.io/h2c`, so the gateway speaks cleartext
+/// HTTP/2 to the pods). One route per service rather than one with three rules: each
+/// reports its own acceptance in its status, and a conflict on one leaves the others up.
+pub fn grpc_routes(
+    cluster: &ChatCluster,
+    owner: &OwnerReference,
+) -> Result<Vec<Plain>, RenderError> {
+    let Some(spec) = &cluster.spec.gateway else {
+        return Ok(Vec::new());
+    };
+    let parent = match &spec.parent_ref {
+        Some(p) => {
+            let mut parent = json!({
+                "group": "gateway.networking.k8s.io",
+                "kind": "Gateway",
+                "name": p.name,
+            });
+            if let Some(ns) = &p.namespace {
+                parent["namespace"] = json!(ns);
+            }
+            if let Some(section) = &p.section_name {
+                parent["sectionName"] = json!(section);
+            }
+            if let Some(port) = p.port {
+                parent["port"] = json!(port);
+            }
+            parent
+        }
+        None => json!({
+            "group": "gateway.networking.k8s.io",
+            "kind": "Gateway",
+            "name": cluster.name_any(),
+            "sectionName": GATEWAY_LISTENER,
+        }),
+    };
+    Component::ALL
+        .into_iter()
+        .filter_map(|c| c.public_grpc_service().map(|svc| (c, svc)))
+        .map(|(c, svc)| {
+            let value = json!({
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "GRPCRoute",
+                "metadata": metadata(cluster, name(cluster, c.name()), ENTRY_POINT, owner),
+                "spec": {
+                    "parentRefs": [parent],
+                    "hostnames": [spec.host],
+                    "rules": [{
+                        "matches": [{"method": {"type": "Exact", "service": svc}}],
+                        "backendRefs": [{
+                            "group": "",
+                            "kind": "Service",
+                            "name": name(cluster, c.name()),
+                            "port": GRPC_PORT,
+                        }],
+                    }],
+                },
+            });
+            Ok(Plain {
+                resource: grpc_route_resource(),
+                object: typed("GRPCRoute", value)?,
+            })
+        })
+        .collect()
+}
+
+/// Name of the `LoadBalancer` Service of a public component.
+pub fn load_balancer_name(cluster: &ChatCluster, c: Component) -> String {
+    name(cluster, &format!("{}-public", c.name()))
+}
+
+/// One `LoadBalancer` Service `<name>-<component>-public` per public service, with
+/// `spec.loadBalancer`. A layer-4 load balancer sees no gRPC service name, so one address
+/// cannot serve three Deployments: each public service gets its own, and the CLI is given
+/// the three (`--server`, `--auth-server`, `--saga-server`; `status.endpoints`).
+/// `externalTrafficPolicy: Local` keeps the client's address (with `Cluster`, nodes
+/// forward with their own), which auth's per-address rate limits count by; the load
+/// balancer then sends only to nodes that run a pod, by the Service's health-check port.
+pub fn load_balancers(
+    cluster: &ChatCluster,
+    owner: &OwnerReference,
+) -> Result<Vec<Service>, RenderError> {
+    let Some(spec) = &cluster.spec.load_balancer else {
+        return Ok(Vec::new());
+    };
+    Component::ALL
+        .into_iter()
+        .filter(|c| c.public_grpc_service().is_some())
+        .map(|c| {
+            let mut meta = metadata(cluster, load_balancer_name(cluster, c), ENTRY_POINT, owner);
+            if !spec.annotations.is_empty() {
+                meta["annotations"] = json!(spec.annotations);
+            }
+            let mut svc_spec = json!({
+                "type": "LoadBalancer",
+                "externalTrafficPolicy": "Local",
+                "selector": selector_labels(cluster, c.name()),
+                "ports": [{"name": "grpc", "port": spec.port, "targetPort": "grpc",
+                           "protocol": "TCP", "appProtocol": "kubernetes.io/h2c"}],
+            });
+            if let Some(class) = &spec.class_name {
+                svc_spec["loadBalancerClass"] = json!(class);
+            }
+            if !spec.source_ranges.is_empty() {
+                svc_spec["loadBalancerSourceRanges"] = json!(spec.source_ranges);
+            }
+            typed(
+                "Service",
+                json!({"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": svc_spec}),
+            )
+        })
+        .collect()
+}
+
+/// Where each public service is reached through its `LoadBalancer` Service, from the
+/// Services as the API server has them (`status.loadBalancer.ingress`, which the cloud's
+/// controller fills in): `(auth, chat, saga)` names to `host:port`, only those that have an
+/// address yet.
+pub fn load_balancer_endpoints(services: &[(Component, Service)]) -> BTreeMap<String, String> {
+    services
+        .iter()
+        .filter_map(|(c, svc)| {
+            let ingress = svc
+                .status
+                .as_ref()?
+                .load_balancer
+                .as_ref()?
+                .ingress
+                .as_ref()?
+                .first()?;
+            let host = ingress
+                .hostname
+                .clone()
+                .filter(|h| !h.is_empty())
+                .or_else(|| ingress.ip.clone().filter(|ip| !ip.is_empty()))?;
+            let port = svc.spec.as_ref()?.ports.as_ref()?.first().map(|p| p.port)?;
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host
+            };
+            Some((c.name().to_string(), format!("{host}:{port}")))
+        })
+        .collect()
+}
+
+/// The Ingress routing each public gRPC service by its path prefix to its Service
+/// (ingress-nginx's gRPC annotations; TLS only).
 pub fn ingress(
     cluster: &ChatCluster,
     owner: &OwnerReference,
@@ -1192,7 +1432,7 @@ pub fn ingress(
             })
         })
         .collect();
-    let mut metadata = metadata(cluster, cluster.name_any(), "ingress", owner);
+    let mut metadata = metadata(cluster, cluster.name_any(), ENTRY_POINT, owner);
     metadata["annotations"] = json!(annotations);
     let mut ingress_spec = json!({
         "rules": [{"host": spec.host, "http": {"paths": paths}}],
@@ -1215,8 +1455,19 @@ pub fn ingress(
     .map(Some)
 }
 
-/// Where clients connect, when the cluster has an Ingress.
+/// Where clients connect, when that follows from the spec (gateway, ingress): the host
+/// name, which TLS and the routes' `hostnames` need (an address would match neither), and
+/// the listener's port. A `LoadBalancer`'s addresses are only known once assigned
+/// ([`load_balancer_endpoints`]).
 pub fn endpoint(spec: &ChatClusterSpec) -> Option<String> {
+    if let Some(g) = &spec.gateway {
+        let port = match &g.parent_ref {
+            Some(p) => p.port.unwrap_or(443),
+            None if g.tls_secret_name.is_some() => 443,
+            None => 80,
+        };
+        return Some(format!("{}:{port}", g.host));
+    }
     spec.ingress.as_ref().map(|i| {
         let port = if i.tls_secret_name.is_some() { 443 } else { 80 };
         format!("{}:{port}", i.host)
@@ -1531,7 +1782,8 @@ mod tests {
 
     #[test]
     fn every_object_is_owned_labelled_and_namespaced() {
-        let c = cluster(json!({"version": "1.0.0", "ingress": {"host": "chat.example.com"}}));
+        let c = cluster(json!({"version": "1.0.0",
+            "ingress": {"host": "chat.example.com", "tlsSecretName": "chat-tls"}}));
         let d = desired(&c).unwrap();
         let secret = generated_secret(&c, &owner_reference(&c).unwrap(), &BTreeMap::new()).unwrap();
         let values = d.to_values(&secret);
@@ -2070,7 +2322,11 @@ mod tests {
     #[test]
     fn the_longest_accepted_name_fits_every_derived_name_and_label() {
         let name = "a".repeat(crate::crd::MAX_NAME_LENGTH);
-        let mut c = cluster(json!({"version": "1.0.0", "ingress": {"host": "chat.example.com"}}));
+        // Every entry point at once (the CRD allows one): the names of all of them.
+        let mut c = cluster(json!({"version": "1.0.0",
+            "ingress": {"host": "chat.example.com", "tlsSecretName": "tls"},
+            "loadBalancer": {},
+            "gateway": {"host": "chat.example.com", "gatewayClassName": "eg"}}));
         c.metadata.name = Some(name.clone());
         let d = desired(&c).unwrap();
         let secret = generated_secret(&c, &owner_reference(&c).unwrap(), &BTreeMap::new()).unwrap();
@@ -2110,5 +2366,199 @@ mod tests {
             rendered.annotations()[IMAGE_ANNOTATION],
             "ghcr.io/grpc-chat/auth-service:1.1.0"
         );
+    }
+
+    /// The `(matched gRPC service, backend Service)` of each route, and its parentRef.
+    fn routes(d: &Desired) -> Vec<(String, String, Value)> {
+        d.grpc_routes
+            .iter()
+            .map(|r| {
+                let v = serde_json::to_value(&r.object).unwrap();
+                let rule = &v["spec"]["rules"][0];
+                assert_eq!(v["spec"]["hostnames"], json!(["chat.example.com"]), "{v}");
+                assert_eq!(rule["matches"][0]["method"]["type"], "Exact");
+                assert_eq!(rule["backendRefs"][0]["port"], GRPC_PORT);
+                assert_eq!(
+                    v["metadata"]["labels"]["app.kubernetes.io/component"],
+                    ENTRY_POINT
+                );
+                assert_eq!(v["spec"]["parentRefs"].as_array().unwrap().len(), 1);
+                (
+                    rule["matches"][0]["method"]["service"]
+                        .as_str()
+                        .unwrap()
+                        .into(),
+                    rule["backendRefs"][0]["name"].as_str().unwrap().into(),
+                    v["spec"]["parentRefs"][0].clone(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_rendered_gateway_serves_the_public_services_with_tls_or_h2c() {
+        let c = cluster(json!({"version": "1.0.0",
+            "gateway": {"host": "chat.example.com", "gatewayClassName": "eg",
+                        "tlsSecretName": "chat-tls"}}));
+        let d = desired(&c).unwrap();
+        let gw = serde_json::to_value(&d.gateway.as_ref().unwrap().object).unwrap();
+        assert_eq!(gw["kind"], "Gateway");
+        assert_eq!(gw["spec"]["gatewayClassName"], "eg");
+        let listener = &gw["spec"]["listeners"][0];
+        assert_eq!(listener["protocol"], "HTTPS");
+        assert_eq!(listener["port"], 443);
+        assert_eq!(listener["hostname"], "chat.example.com");
+        assert_eq!(listener["tls"]["certificateRefs"][0]["name"], "chat-tls");
+        assert_eq!(listener["allowedRoutes"]["kinds"][0]["kind"], "GRPCRoute");
+        let parent = json!({"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                            "name": "demo", "sectionName": GATEWAY_LISTENER});
+        assert_eq!(
+            routes(&d),
+            [
+                (
+                    "grpcchat.auth.v1.AuthService".to_string(),
+                    "demo-auth".to_string(),
+                    parent.clone()
+                ),
+                (
+                    "grpcchat.chat.v1.ChatService".into(),
+                    "demo-chat".into(),
+                    parent.clone()
+                ),
+                (
+                    "grpcchat.saga.v1.SagaOrchestrator".into(),
+                    "demo-saga".into(),
+                    parent
+                ),
+            ]
+        );
+        assert_eq!(endpoint(&c.spec).as_deref(), Some("chat.example.com:443"));
+        assert!(d.ingress.is_none() && d.load_balancers.is_empty());
+        // In the order applied: the Gateway, then its routes.
+        let kinds: Vec<String> = d
+            .independent()
+            .unwrap()
+            .iter()
+            .map(|p| p.resource.kind.clone())
+            .filter(|k| k == "Gateway" || k == "GRPCRoute")
+            .collect();
+        assert_eq!(kinds, ["Gateway", "GRPCRoute", "GRPCRoute", "GRPCRoute"]);
+
+        // Without TLS: cleartext HTTP/2 on port 80.
+        let c = cluster(json!({"version": "1.0.0",
+            "gateway": {"host": "chat.example.com", "gatewayClassName": "eg"}}));
+        let gw = serde_json::to_value(&desired(&c).unwrap().gateway.unwrap().object).unwrap();
+        let listener = &gw["spec"]["listeners"][0];
+        assert_eq!(
+            (listener["protocol"].as_str(), listener["port"].as_i64()),
+            (Some("HTTP"), Some(80))
+        );
+        assert!(listener.get("tls").is_none());
+        assert_eq!(endpoint(&c.spec).as_deref(), Some("chat.example.com:80"));
+    }
+
+    #[test]
+    fn routes_attach_to_an_existing_gateway_without_rendering_one() {
+        let c = cluster(json!({"version": "1.0.0",
+            "gateway": {"host": "chat.example.com",
+                        "parentRef": {"name": "public", "namespace": "gateways",
+                                      "sectionName": "https"}}}));
+        let d = desired(&c).unwrap();
+        assert!(d.gateway.is_none());
+        let parent = json!({"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                            "name": "public", "namespace": "gateways", "sectionName": "https"});
+        let r = routes(&d);
+        assert_eq!(r.len(), 3);
+        assert!(r.iter().all(|(_, _, p)| *p == parent), "{r:?}");
+        assert_eq!(endpoint(&c.spec).as_deref(), Some("chat.example.com:443"));
+        // A listener on another port: the routes pick it and the endpoint says it.
+        let c = cluster(json!({"version": "1.0.0",
+            "gateway": {"host": "chat.example.com", "parentRef": {"name": "public", "port": 8443}}}));
+        assert_eq!(routes(&desired(&c).unwrap())[0].2["port"], 8443);
+        assert_eq!(endpoint(&c.spec).as_deref(), Some("chat.example.com:8443"));
+    }
+
+    #[test]
+    fn load_balancers_give_each_public_service_its_own_address() {
+        let c = cluster(json!({"version": "1.0.0",
+            "loadBalancer": {"port": 443, "className": "metallb", "sourceRanges": ["10.0.0.0/8"],
+                             "annotations": {"example.com/internal": "true"}}}));
+        let d = desired(&c).unwrap();
+        assert_eq!(endpoint(&c.spec), None);
+        let lbs: Vec<Value> = d
+            .load_balancers
+            .iter()
+            .map(|s| serde_json::to_value(s).unwrap())
+            .collect();
+        let names: Vec<&str> = lbs
+            .iter()
+            .map(|s| s["metadata"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["demo-auth-public", "demo-chat-public", "demo-saga-public"]
+        );
+        let chat = &lbs[1];
+        assert_eq!(chat["spec"]["type"], "LoadBalancer");
+        assert_eq!(chat["spec"]["externalTrafficPolicy"], "Local");
+        assert_eq!(
+            chat["spec"]["selector"]["app.kubernetes.io/component"],
+            "chat"
+        );
+        assert_eq!(
+            chat["spec"]["selector"]["app.kubernetes.io/instance"],
+            "demo"
+        );
+        assert_eq!(
+            chat["spec"]["ports"],
+            json!([{"name": "grpc", "port": 443, "targetPort": "grpc", "protocol": "TCP",
+                    "appProtocol": "kubernetes.io/h2c"}])
+        );
+        assert_eq!(chat["spec"]["loadBalancerClass"], "metallb");
+        assert_eq!(
+            chat["spec"]["loadBalancerSourceRanges"],
+            json!(["10.0.0.0/8"])
+        );
+        assert_eq!(
+            chat["metadata"]["annotations"]["example.com/internal"],
+            "true"
+        );
+
+        // Addresses as the cloud's controller reports them; one still pending.
+        let with = |i: usize, ingress: Value| -> (Component, Service) {
+            let mut s = d.load_balancers[i].clone();
+            s.status = Some(
+                serde_json::from_value(json!({"loadBalancer": {"ingress": ingress}})).unwrap(),
+            );
+            (Component::ALL[[0, 1, 3][i]], s)
+        };
+        let found = load_balancer_endpoints(&[
+            with(
+                0,
+                json!([{"hostname": "lb.example.net", "ip": "192.0.2.1"}]),
+            ),
+            with(1, json!([{"ip": "2001:db8::1"}])),
+            with(2, json!([])),
+        ]);
+        assert_eq!(
+            found,
+            BTreeMap::from([
+                ("auth".to_string(), "lb.example.net:443".to_string()),
+                ("chat".to_string(), "[2001:db8::1]:443".to_string()),
+            ])
+        );
+    }
+
+    #[test]
+    fn the_in_cluster_services_tell_gateways_to_speak_h2c() {
+        let c = cluster(json!({"version": "1.0.0"}));
+        for svc in desired(&c).unwrap().services.iter().filter(|s| {
+            Component::ALL
+                .iter()
+                .any(|c| s.name_any() == format!("demo-{}", c.name()))
+        }) {
+            let grpc = &svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
+            assert_eq!(grpc.app_protocol.as_deref(), Some("kubernetes.io/h2c"));
+        }
     }
 }

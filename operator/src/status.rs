@@ -67,6 +67,8 @@ pub enum IssueKind {
     PodsFailing,
     /// A volume could not be grown to the size the spec asks for.
     VolumeNotExpanded,
+    /// A Gateway did not accept a GRPCRoute, or cannot reach its backend.
+    RouteNotAccepted,
 }
 
 impl IssueKind {
@@ -82,6 +84,7 @@ impl IssueKind {
             IssueKind::RolloutStuck => "RolloutStuck",
             IssueKind::PodsFailing => "PodsFailing",
             IssueKind::VolumeNotExpanded => "VolumeNotExpanded",
+            IssueKind::RouteNotAccepted => "RouteNotAccepted",
         }
     }
 
@@ -349,6 +352,8 @@ pub fn compute(
         conditions,
         components,
         endpoint,
+        // The load balancers' addresses, filled in by the reconcile that read them.
+        endpoints: Default::default(),
     }
 }
 

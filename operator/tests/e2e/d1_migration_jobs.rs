@@ -28,7 +28,7 @@ async fn d1_a_spec_edit_during_a_migration_replaces_the_job_instead_of_wedging()
     w.patch_spec(
         "demo",
         json!({"auth": {"resources": {"requests": {"cpu": "200m"}}},
-               "ingress": {"host": "chat.example.com"}}),
+               "ingress": {"host": "chat.example.com", "tlsSecretName": "chat-tls"}}),
     )
     .await;
     eventually("the Ingress is applied meanwhile", SETTLE, || async {

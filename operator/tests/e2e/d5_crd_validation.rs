@@ -49,7 +49,7 @@ async fn d5_the_crd_refuses_what_would_fail_later() {
             "bcryptCost",
         ),
         (
-            json!({"version": "1", "ingress": {"host": "Not A Host"}}),
+            json!({"version": "1", "ingress": {"host": "Not A Host", "tlsSecretName": "t"}}),
             "host",
         ),
         (

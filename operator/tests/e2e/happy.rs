@@ -175,7 +175,8 @@ async fn a_second_reconcile_writes_nothing_and_drift_is_repaired() {
     let w = World::new(Plane::shared(), "happy-noop").await;
     w.bring_up(
         "demo",
-        json!({"version": "1.0.0", "ingress": {"host": "chat.example.com"}}),
+        json!({"version": "1.0.0",
+               "ingress": {"host": "chat.example.com", "tlsSecretName": "chat-tls"}}),
     )
     .await;
     w.settle(Duration::from_secs(3)).await;

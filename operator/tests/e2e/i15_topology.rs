@@ -7,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::{
     apps::v1::{Deployment, StatefulSet},
     autoscaling::v2::HorizontalPodAutoscaler,
-    core::v1::ConfigMap,
+    core::v1::{ConfigMap, Service},
     networking::v1::NetworkPolicy,
 };
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
@@ -310,4 +310,263 @@ async fn i15_the_pod_monitor_is_accepted_by_the_prometheus_operator_crd() {
         matches!(api.get_opt("pm-services").await, Ok(None)).then_some(())
     })
     .await;
+}
+
+/// A stored object of another project's kind, once it exists.
+async fn stored(api: &Api<DynamicObject>, name: &str) -> serde_json::Value {
+    let object = eventually(
+        &format!("{} {name}", api.resource_url()),
+        SETTLE,
+        || async { api.get_opt(name).await.ok().flatten() },
+    )
+    .await;
+    serde_json::to_value(&object).expect("json")
+}
+
+#[tokio::test]
+async fn i15_the_gateway_api_objects_are_accepted_by_the_upstream_crds_and_pruned() {
+    if !enabled("issue 15: Gateway API entry point") {
+        return;
+    }
+    let w = World::new(Plane::shared(), "i15-gateway").await;
+    install_crd(w.plane, "gateway.networking.k8s.io_gateways.yaml");
+    install_crd(w.plane, "gateway.networking.k8s.io_grpcroutes.yaml");
+    let gateways: Api<DynamicObject> = Api::namespaced_with(
+        w.client.clone(),
+        &w.ns,
+        &chat_operator::render::gateway_resource(),
+    );
+    let routes: Api<DynamicObject> = Api::namespaced_with(
+        w.client.clone(),
+        &w.ns,
+        &chat_operator::render::grpc_route_resource(),
+    );
+    let spec = json!({"version": "1.0.0",
+        "gateway": {"host": "chat.example.com", "gatewayClassName": "eg",
+                    "tlsSecretName": "chat-tls"}});
+    w.apply_cluster("gw", spec).await;
+
+    // Stored as rendered: the CRDs' schemas prune what they do not know, so a field they
+    // dropped would be missing here, and their CEL rules would have refused a bad one.
+    let gateway = stored(&gateways, "gw").await;
+    let listener = &gateway["spec"]["listeners"][0];
+    assert_eq!(gateway["spec"]["gatewayClassName"], "eg");
+    assert_eq!(listener["protocol"], "HTTPS", "{listener}");
+    assert_eq!(listener["port"], 443);
+    assert_eq!(listener["hostname"], "chat.example.com");
+    assert_eq!(listener["tls"]["mode"], "Terminate");
+    assert_eq!(listener["tls"]["certificateRefs"][0]["name"], "chat-tls");
+    assert_eq!(listener["allowedRoutes"]["kinds"][0]["kind"], "GRPCRoute");
+    for (component, service) in [
+        ("auth", "grpcchat.auth.v1.AuthService"),
+        ("chat", "grpcchat.chat.v1.ChatService"),
+        ("saga", "grpcchat.saga.v1.SagaOrchestrator"),
+    ] {
+        let route = stored(&routes, &format!("gw-{component}")).await;
+        let spec = &route["spec"];
+        assert_eq!(spec["hostnames"], json!(["chat.example.com"]), "{route}");
+        assert_eq!(spec["parentRefs"][0]["name"], "gw");
+        assert_eq!(spec["parentRefs"][0]["sectionName"], "grpc");
+        let rule = &spec["rules"][0];
+        assert_eq!(rule["matches"][0]["method"]["service"], service, "{rule}");
+        assert_eq!(rule["matches"][0]["method"]["type"], "Exact");
+        assert_eq!(rule["backendRefs"][0]["name"], format!("gw-{component}"));
+        assert_eq!(rule["backendRefs"][0]["port"], 50051);
+    }
+    assert!(
+        matches!(routes.get_opt("gw-notification").await, Ok(None)),
+        "notification is not public"
+    );
+    let c = w
+        .wait_for("gw", "the endpoint", |c| {
+            c.status.as_ref().and_then(|s| s.endpoint.clone()).is_some()
+        })
+        .await;
+    assert_eq!(
+        c.status.as_ref().and_then(|s| s.endpoint.as_deref()),
+        Some("chat.example.com:443")
+    );
+    assert_ne!(
+        condition_of(&c, "Degraded").map(|d| d.status.as_str()),
+        Some("True"),
+        "{}",
+        degraded_message(&c)
+    );
+
+    // The Gateway implementation (played) refuses a route: the endpoint does not work,
+    // and the status says why, in its words.
+    routes
+        .patch_status(
+            "gw-auth",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"parents": [{
+                "parentRef": {"name": "gw", "sectionName": "grpc"},
+                "controllerName": "example.com/gateway-controller",
+                "conditions": [{"type": "Accepted", "status": "False",
+                                "reason": "NotAllowedByListeners",
+                                "message": "the listener does not allow this namespace",
+                                "lastTransitionTime": now()}],
+            }]}})),
+        )
+        .await
+        .expect("a route status, as a Gateway implementation writes it");
+    let c = w
+        .wait_condition("gw", "Degraded", "True", "RouteNotAccepted")
+        .await;
+    assert!(
+        degraded_message(&c).contains("GRPCRoute gw-auth is not accepted by Gateway gw"),
+        "{}",
+        degraded_message(&c)
+    );
+
+    // Attached to the platform's Gateway instead: the operator's own Gateway goes.
+    w.patch_spec(
+        "gw",
+        json!({"gateway": {"gatewayClassName": null, "tlsSecretName": null,
+                           "parentRef": {"name": "public", "namespace": "infra",
+                                         "sectionName": "https"}}}),
+    )
+    .await;
+    eventually("the rendered Gateway to be deleted", SETTLE, || async {
+        matches!(gateways.get_opt("gw").await, Ok(None)).then_some(())
+    })
+    .await;
+    let route = eventually("the routes to follow the parentRef", SETTLE, || async {
+        let r = serde_json::to_value(routes.get("gw-chat").await.ok()?).ok()?;
+        (r["spec"]["parentRefs"][0]["name"] == "public").then_some(r)
+    })
+    .await;
+    assert_eq!(route["spec"]["parentRefs"][0]["namespace"], "infra");
+    assert_eq!(route["spec"]["parentRefs"][0]["sectionName"], "https");
+
+    // Another entry point: the routes go.
+    w.patch_spec("gw", json!({"gateway": null, "loadBalancer": {}}))
+        .await;
+    eventually("the GRPCRoutes to be deleted", SETTLE, || async {
+        let left = routes.list(&Default::default()).await.ok()?.items;
+        left.is_empty().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn i15_load_balancers_report_their_addresses_and_go_when_turned_off() {
+    if !enabled("issue 15: LoadBalancer entry point") {
+        return;
+    }
+    let w = World::new(Plane::shared(), "i15-lb").await;
+    w.apply_cluster("lb", json!({"version": "1.0.0", "loadBalancer": {}}))
+        .await;
+    let services = w.api::<Service>();
+    for (component, ip) in [
+        ("auth", "192.0.2.10"),
+        ("chat", "192.0.2.11"),
+        ("saga", "192.0.2.12"),
+    ] {
+        let name = format!("lb-{component}-public");
+        let svc = eventually(&format!("Service {name}"), SETTLE, || async {
+            services.get_opt(&name).await.ok().flatten()
+        })
+        .await;
+        let spec = svc.spec.expect("spec");
+        assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+        assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
+        assert_eq!(
+            spec.selector.expect("selector")["app.kubernetes.io/component"],
+            component
+        );
+        let port = &spec.ports.expect("ports")[0];
+        assert_eq!(
+            (port.port, port.app_protocol.as_deref()),
+            (50051, Some("kubernetes.io/h2c"))
+        );
+        // Play the cloud's load balancer controller.
+        services
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"loadBalancer": {"ingress": [{"ip": ip}]}}})),
+            )
+            .await
+            .expect("assigning an address");
+    }
+    let c = w
+        .wait_for("lb", "the three addresses", |c| {
+            c.status.as_ref().is_some_and(|s| s.endpoints.len() == 3)
+        })
+        .await;
+    let status = c.status.expect("status");
+    assert_eq!(status.endpoint.as_deref(), Some("192.0.2.11:50051"));
+    assert_eq!(status.endpoints["auth"], "192.0.2.10:50051");
+    assert_eq!(status.endpoints["saga"], "192.0.2.12:50051");
+
+    w.patch_spec("lb", json!({"loadBalancer": null})).await;
+    eventually(
+        "the LoadBalancer Services to be deleted",
+        SETTLE,
+        || async {
+            let left = services.list(&Default::default()).await.ok()?.items;
+            let public = left
+                .iter()
+                .filter(|s| {
+                    s.metadata
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| n.ends_with("-public"))
+                })
+                .count();
+            // The cluster's own Services stay.
+            (public == 0
+                && left
+                    .iter()
+                    .any(|s| s.metadata.name.as_deref() == Some("lb-chat")))
+            .then_some(())
+        },
+    )
+    .await;
+    w.wait_for("lb", "no endpoint", |c| {
+        c.status
+            .as_ref()
+            .is_some_and(|s| s.endpoint.is_none() && s.endpoints.is_empty())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn i15_the_crd_refuses_an_ingress_without_tls_and_two_entry_points() {
+    if !enabled("issue 15: entry point validation") {
+        return;
+    }
+    let w = World::bare(Plane::shared(), "i15-entry-validation").await;
+    let gateway = json!({"host": "chat.example.com", "gatewayClassName": "eg"});
+    for (spec, expected) in [
+        (
+            json!({"version": "1", "ingress": {"host": "chat.example.com"}}),
+            "ingress needs tlsSecretName",
+        ),
+        (
+            json!({"version": "1", "gateway": gateway, "loadBalancer": {}}),
+            "at most one entry point",
+        ),
+        (
+            json!({"version": "1", "gateway": {"host": "chat.example.com"}}),
+            "exactly one",
+        ),
+        (
+            json!({"version": "1", "gateway": {"host": "chat.example.com",
+                   "parentRef": {"name": "public"}, "tlsSecretName": "t"}}),
+            "configured on that Gateway's listener",
+        ),
+    ] {
+        let refused = w.dry_run("demo", spec.clone()).expect_err("refused");
+        assert!(refused.contains(expected), "{spec}: {refused}");
+    }
+    for spec in [
+        json!({"version": "1", "gateway": gateway}),
+        json!({"version": "1", "loadBalancer": {"port": 443}}),
+        json!({"version": "1", "ingress": {"host": "chat.example.com", "tlsSecretName": "t"}}),
+    ] {
+        w.dry_run("demo", spec.clone())
+            .unwrap_or_else(|e| panic!("{spec}: {e}"));
+    }
 }
