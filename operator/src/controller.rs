@@ -539,6 +539,57 @@ async fn ensure_generated_secret(
     Ok(())
 }
 
+/// Creates the Secret of each service's PostgreSQL role ([`render::role_secret_name`])
+/// with a random password when it is missing; a password that exists (generated or set
+/// by a person rotating it) is never changed. Its owner reference follows the same rule
+/// as the generated Secret's. API errors are recorded and the pass goes on.
+async fn ensure_role_secrets(
+    client: &Client,
+    ns: &str,
+    cluster: &ChatCluster,
+    pass: &mut Pass,
+) -> Result<(), Error> {
+    if !render::per_service_roles(&cluster.spec) {
+        return Ok(());
+    }
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let owner = render::owner_reference(cluster)?;
+    let owned = render::generated_secret_owned(&cluster.spec);
+    for c in Component::ALL {
+        let name = render::role_secret_name(cluster, c);
+        let current = match api.get_opt(&name).await {
+            Ok(s) => s,
+            Err(e) => {
+                pass.refused(&format!("Secret {name}"), &e);
+                continue;
+            }
+        };
+        let value = |key: &str| {
+            current
+                .as_ref()
+                .and_then(|s| s.data.as_ref())
+                .and_then(|d| d.get(key))
+                .and_then(|v| String::from_utf8(v.0.clone()).ok())
+        };
+        let password = value("password").filter(|p| !p.is_empty());
+        let owned_now = current
+            .as_ref()
+            .is_some_and(|s| !s.owner_references().is_empty());
+        let up_to_date = password.is_some()
+            && value("username").as_deref() == Some(c.role())
+            && owned_now == owned;
+        if up_to_date {
+            continue;
+        }
+        let password = password.unwrap_or_else(|| secrets::random_token(32));
+        let secret = render::postgres_role_secret(cluster, &owner, c, &password)?;
+        if let Err(e) = apply(client, ns, &secret).await {
+            pass.refused(&format!("Secret {name}"), &e);
+        }
+    }
+    Ok(())
+}
+
 fn deployment_observed(c: Component, image: &str, d: Option<&Deployment>) -> Observed {
     let desired = d
         .and_then(|d| d.spec.as_ref())
@@ -905,12 +956,30 @@ pub async fn apply_all(client: &Client, ns: &str, cluster: &ChatCluster) -> Resu
         Err(Error::Kube(e)) => pass.refused(&format!("Secret {generated}"), &e),
         Err(e) => return Err(e),
     }
+    ensure_role_secrets(client, ns, cluster, &mut pass).await?;
     let (inputs, unreadable) = secret_digests(client, ns, cluster, &mut pass).await;
     let desired = render::desired_with(cluster, &inputs)?;
     let independent = desired.independent()?;
     for plain in &independent {
-        if let Err(e) = apply_plain(client, ns, plain).await {
-            pass.refused(&plain.describe(), &e);
+        match apply_plain(client, ns, plain).await {
+            Ok(()) => {}
+            // Another project's kind whose CRD is not installed: say so, rather than a
+            // bare "not found"; the rest of the pass goes on.
+            Err(kube::Error::Api(e)) if e.code == 404 && !plain.resource.group.is_empty() => {
+                let r = &plain.resource;
+                let message = format!(
+                    "{}: the cluster does not serve {}/{} {} (install its CRD and operator, \
+                     or change the spec)",
+                    plain.describe(),
+                    r.group,
+                    r.version,
+                    r.kind
+                );
+                tracing::warn!(%message, "a kind is not installed");
+                pass.issues
+                    .push(Issue::new(IssueKind::ApplyFailed, message));
+            }
+            Err(e) => pass.refused(&plain.describe(), &e),
         }
     }
 
@@ -1026,6 +1095,8 @@ pub async fn apply_all(client: &Client, ns: &str, cluster: &ChatCluster) -> Resu
     if desired.pod_monitor.is_none() {
         delete_pod_monitor(client, ns, cluster, &mut pass).await;
     }
+    // The CloudNativePG Cluster is never deleted when the spec moves away from it: its
+    // volumes hold the data. It goes with the ChatCluster (owner reference).
 
     if desired.ingress.is_none() && previous.endpoint.is_some() {
         // The ingress was removed from the spec.
@@ -1549,6 +1620,60 @@ mod tests {
         let (server, ctx) = setup(json!({"version": "1.0.0"}));
         steady(&server, &ctx).await;
         assert!(server.get(&monitor).is_none());
+        assert_ne!(condition(&server, "Degraded").0, "True");
+    }
+
+    #[tokio::test]
+    async fn cloud_native_pg_gets_role_secrets_and_a_missing_crd_is_said_not_wedged() {
+        let (server, ctx) = setup(json!({"version": "1.0.0",
+                                         "postgres": {"cloudNativePG": {}}}));
+        // No CloudNativePG in the cluster: the API server does not know the kind.
+        server.fail("postgresql.cnpg.io", 404);
+        // Reported as refused (retried with backoff), not an error that stops the pass.
+        assert!(matches!(
+            reconcile_once(&server, &ctx).await,
+            Err(Error::Refused(1))
+        ));
+        let c = cluster(&server);
+        let degraded = status::condition(c.status.as_ref().unwrap(), "Degraded").unwrap();
+        assert_eq!(degraded.status, "True");
+        assert!(
+            degraded
+                .message
+                .contains("does not serve postgresql.cnpg.io/v1 Cluster"),
+            "{}",
+            degraded.message
+        );
+        // The rest of the pass went on: the services' migrations started.
+        assert_eq!(job_paths(&server).len(), 4);
+        // One basic-auth Secret per service role, each with its own password, kept.
+        let mut passwords = Vec::new();
+        for c in Component::ALL {
+            let p = path("v1", "secrets", &format!("demo-postgres-{}", c.name()));
+            let secret = server.get(&p).expect("a role Secret");
+            assert_eq!(secret["type"], "kubernetes.io/basic-auth");
+            let value = |key: &str| {
+                use base64::Engine;
+                let encoded = secret["data"][key].as_str().unwrap();
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .unwrap();
+                String::from_utf8(bytes).unwrap()
+            };
+            assert_eq!(value("username"), c.role());
+            passwords.push(value("password"));
+        }
+        passwords.sort();
+        passwords.dedup();
+        assert_eq!(passwords.len(), 4);
+
+        // Installed: the Cluster is applied and the problem is gone.
+        server.heal();
+        steady(&server, &ctx).await;
+        let applied = server
+            .get(&path("postgresql.cnpg.io/v1", "clusters", "demo-postgres"))
+            .expect("Cluster applied");
+        assert_eq!(applied["spec"]["instances"], 3);
         assert_ne!(condition(&server, "Degraded").0, "True");
     }
 }

@@ -121,6 +121,17 @@ impl Component {
         }
     }
 
+    /// The PostgreSQL role the service logs in as, owner of its database and nothing
+    /// else (CloudNativePG and single-pod modes).
+    pub fn role(self) -> &'static str {
+        match self {
+            Component::Auth => "auth_service",
+            Component::Chat => "chat_service",
+            Component::Notification => "notification_service",
+            Component::Saga => "saga_service",
+        }
+    }
+
     /// The fully qualified gRPC service routed to it by the Ingress, for public ones.
     pub fn public_grpc_service(self) -> Option<&'static str> {
         match self {
@@ -192,6 +203,8 @@ pub struct Desired {
     pub ingress: Option<Ingress>,
     /// The Prometheus Operator PodMonitor, when `spec.monitoring.podMonitor` is set.
     pub pod_monitor: Option<Plain>,
+    /// The CloudNativePG `Cluster`, when `spec.postgres.cloudNativePG` is set.
+    pub postgres_cluster: Option<Plain>,
 }
 
 /// An object applied as rendered and on its own: nothing waits for it and its failure
@@ -250,6 +263,7 @@ impl Desired {
             out.push(Plain::of(ingress)?);
         }
         out.extend(self.pod_monitor.clone());
+        out.extend(self.postgres_cluster.clone());
         Ok(out)
     }
 
@@ -269,6 +283,7 @@ impl Desired {
         out.extend(self.network_policies.iter().map(v));
         out.extend(self.ingress.iter().map(v));
         out.extend(self.pod_monitor.iter().map(|p| v(&p.object)));
+        out.extend(self.postgres_cluster.iter().map(|p| v(&p.object)));
         out
     }
 }
@@ -425,6 +440,7 @@ pub fn desired_with(cluster: &ChatCluster, inputs: &Inputs) -> Result<Desired, R
         network_policies: network_policies(cluster, &owner)?,
         ingress: ingress(cluster, &owner)?,
         pod_monitor: pod_monitor(cluster, &owner)?,
+        postgres_cluster: cnpg_cluster(cluster, &owner)?,
     })
 }
 
@@ -525,6 +541,166 @@ pub fn managed_postgres_url(cluster: &ChatCluster, password: &str) -> String {
     )
 }
 
+/// Whether each service logs in to PostgreSQL as its own role ([`Component::role`]),
+/// whose password is in its own Secret ([`role_secret_name`]): with CloudNativePG. An
+/// external server keeps the one URL it is given.
+pub fn per_service_roles(spec: &ChatClusterSpec) -> bool {
+    spec.cloud_native_pg().is_some()
+}
+
+/// Host the services reach PostgreSQL at when they log in as their own roles.
+fn role_postgres_host(cluster: &ChatCluster) -> Option<String> {
+    if !per_service_roles(&cluster.spec) {
+        return None;
+    }
+    // `-rw` is CloudNativePG's Service of the current primary.
+    Some(name(cluster, "postgres-rw"))
+}
+
+/// The `kubernetes.io/basic-auth` Secret (`username`, `password`) of a service's
+/// PostgreSQL role: what CloudNativePG sets the role's password from
+/// (`managed.roles[].passwordSecret`) and what the service's `DATABASE_URL` is built from.
+pub fn role_secret_name(cluster: &ChatCluster, c: Component) -> String {
+    name(cluster, &format!("postgres-{}", c.name()))
+}
+
+/// The Secret of a service's PostgreSQL role; `password` is what the reconcile generated
+/// or read back. Labelled `cnpg.io/reload` so that CloudNativePG applies a changed
+/// password to the role (a rotation). Owned like the generated Secret.
+pub fn postgres_role_secret(
+    cluster: &ChatCluster,
+    owner: &OwnerReference,
+    c: Component,
+    password: &str,
+) -> Result<Secret, RenderError> {
+    let mut metadata = metadata(cluster, role_secret_name(cluster, c), "secrets", owner);
+    metadata["labels"]["cnpg.io/reload"] = json!("true");
+    if !generated_secret_owned(&cluster.spec) {
+        if let Some(m) = metadata.as_object_mut() {
+            m.remove("ownerReferences");
+        }
+    }
+    typed(
+        "Secret",
+        json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": metadata,
+            "type": "kubernetes.io/basic-auth",
+            "stringData": {"username": c.role(), "password": password},
+        }),
+    )
+}
+
+/// CloudNativePG's `Cluster` kind (`postgresql.cnpg.io/v1`).
+pub fn cnpg_cluster_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "postgresql.cnpg.io",
+        "v1",
+        "Cluster",
+    ))
+}
+
+/// The CloudNativePG `Cluster` for `spec.postgres.cloudNativePG`: `instances` PostgreSQL
+/// pods (a primary and streaming replicas, failed over by CloudNativePG), TLS, and
+/// optionally backups to an object store. Other projects' kind, so kept untyped.
+///
+/// Each service gets a role owning only its database. `initdb` creates the chat database
+/// and its owner (CloudNativePG's "application" database, password from its Secret); the
+/// other three roles are created with `LOGIN` and their databases by `postInitSQL`, once,
+/// at bootstrap, and `managed.roles` then keeps every role's password equal to its Secret
+/// for as long as the Cluster lives (CloudNativePG adopts a role that exists). `CONNECT` on
+/// each database is revoked from `PUBLIC`, so a role reaches its own database only. No
+/// superuser access is enabled: nothing of ours needs it.
+pub fn cnpg_cluster(
+    cluster: &ChatCluster,
+    owner: &OwnerReference,
+) -> Result<Option<Plain>, RenderError> {
+    let Some(cnpg) = cluster.spec.cloud_native_pg() else {
+        return Ok(None);
+    };
+    let app = Component::Chat;
+    let others: Vec<Component> = Component::ALL.into_iter().filter(|c| *c != app).collect();
+    let mut post_init = Vec::new();
+    for c in &others {
+        post_init.push(format!("CREATE ROLE {} LOGIN", c.role()));
+        post_init.push(format!(
+            "CREATE DATABASE {} OWNER {}",
+            c.database(),
+            c.role()
+        ));
+        post_init.push(format!(
+            "REVOKE ALL ON DATABASE {} FROM PUBLIC",
+            c.database()
+        ));
+    }
+    let roles: Vec<Value> = others
+        .iter()
+        .map(|c| {
+            json!({
+                "name": c.role(),
+                "ensure": "present",
+                "login": true,
+                "passwordSecret": {"name": role_secret_name(cluster, *c)},
+            })
+        })
+        .collect();
+    let mut storage = json!({"size": cnpg.storage.size});
+    if let Some(class) = &cnpg.storage.storage_class {
+        storage["storageClass"] = json!(class);
+    }
+    let mut spec = json!({
+        "instances": cnpg.instances,
+        "storage": storage,
+        "enableSuperuserAccess": false,
+        "bootstrap": {"initdb": {
+            "database": app.database(),
+            "owner": app.role(),
+            "secret": {"name": role_secret_name(cluster, app)},
+            "postInitSQL": post_init,
+            "postInitApplicationSQL": [
+                format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", app.database()),
+            ],
+        }},
+        "managed": {"roles": roles},
+        "inheritedMetadata": {"labels": labels(cluster, "postgres")},
+    });
+    if let Some(image) = &cnpg.image_name {
+        spec["imageName"] = json!(image);
+    }
+    if let Some(r) = &cnpg.resources {
+        spec["resources"] = json!(r);
+    }
+    if let Some(b) = &cnpg.backup {
+        let mut store = json!({"destinationPath": b.destination_path});
+        if let Some(url) = &b.endpoint_url {
+            store["endpointURL"] = json!(url);
+        }
+        store["s3Credentials"] = match (&b.access_key_id, &b.secret_access_key) {
+            (Some(id), Some(key)) => json!({
+                "accessKeyId": {"name": id.name, "key": id.key},
+                "secretAccessKey": {"name": key.name, "key": key.key},
+            }),
+            _ => json!({"inheritFromIAMRole": true}),
+        };
+        let mut backup = json!({"barmanObjectStore": store});
+        if let Some(r) = &b.retention_policy {
+            backup["retentionPolicy"] = json!(r);
+        }
+        spec["backup"] = backup;
+    }
+    let value = json!({
+        "apiVersion": "postgresql.cnpg.io/v1",
+        "kind": "Cluster",
+        "metadata": metadata(cluster, name(cluster, "postgres"), "postgres", owner),
+        "spec": spec,
+    });
+    Ok(Some(Plain {
+        resource: cnpg_cluster_resource(),
+        object: typed("Cluster", value)?,
+    }))
+}
+
 fn secret_env(name: &str, secret: &str, key: &str, optional: bool) -> Value {
     json!({
         "name": name,
@@ -540,12 +716,6 @@ fn value_env(name: &str, value: impl Into<String>) -> Value {
 pub fn env(cluster: &ChatCluster, c: Component) -> Vec<Value> {
     let spec = &cluster.spec;
     let generated = name(cluster, "generated");
-    let url = |c: Component| format!("http://{}:{GRPC_PORT}", name(cluster, c.name()));
-    let nats_url = match &spec.nats.external {
-        Some(ext) if spec.nats.managed.is_none() => ext.url.clone(),
-        _ => format!("nats://{}:4222", name(cluster, "nats")),
-    };
-
     let mut env = vec![
         value_env("LISTEN_ADDR", format!("0.0.0.0:{GRPC_PORT}")),
         value_env("METRICS_ADDR", format!("0.0.0.0:{METRICS_PORT}")),
@@ -558,6 +728,29 @@ pub fn env(cluster: &ChatCluster, c: Component) -> Vec<Value> {
             keys::SERVICE_SECRET,
             false,
         )),
+    }
+    if let Some(host) = role_postgres_host(cluster) {
+        // The service's own role; Kubernetes expands `$(POSTGRES_PASSWORD)` from the
+        // variable defined just before. Generated passwords are alphanumeric, so they
+        // need no URL encoding.
+        env.push(secret_env(
+            "POSTGRES_PASSWORD",
+            &role_secret_name(cluster, c),
+            "password",
+            false,
+        ));
+        let mut url = format!(
+            "postgres://{}:$(POSTGRES_PASSWORD)@{host}:5432/{}",
+            c.role(),
+            c.database()
+        );
+        if spec.cloud_native_pg().is_some() {
+            // CloudNativePG serves TLS only (with its own CA, hence no `verify-full`).
+            url.push_str("?sslmode=require");
+        }
+        env.push(value_env("DATABASE_URL", url));
+        component_env(cluster, c, &mut env);
+        return env;
     }
     // Kubernetes expands `$(POSTGRES_URL)` from the variable defined just before.
     let params = match (&spec.postgres.external, spec.managed_postgres()) {
@@ -586,7 +779,19 @@ pub fn env(cluster: &ChatCluster, c: Component) -> Vec<Value> {
         database_url.push_str(p.trim_start_matches('?'));
     }
     env.push(value_env("DATABASE_URL", database_url));
+    component_env(cluster, c, &mut env);
+    env
+}
 
+/// The part of [`env`] that depends on the component.
+fn component_env(cluster: &ChatCluster, c: Component, env: &mut Vec<Value>) {
+    let spec = &cluster.spec;
+    let generated = name(cluster, "generated");
+    let url = |c: Component| format!("http://{}:{GRPC_PORT}", name(cluster, c.name()));
+    let nats_url = match &spec.nats.external {
+        Some(ext) if spec.nats.managed.is_none() => ext.url.clone(),
+        _ => format!("nats://{}:4222", name(cluster, "nats")),
+    };
     match c {
         Component::Auth => {
             match &spec.signing_key {
@@ -646,7 +851,6 @@ pub fn env(cluster: &ChatCluster, c: Component) -> Vec<Value> {
             env.push(value_env("NOTIFICATION_URL", url(Component::Notification)));
         }
     }
-    env
 }
 
 /// Copies of the events stream kept by a managed NATS of `nats_replicas` servers: three
@@ -1790,6 +1994,142 @@ mod tests {
             generated_keys(&c.spec),
             [keys::SIGNING_KEY, keys::PUBLIC_KEY, keys::SERVICE_SECRET]
         );
+    }
+
+    #[test]
+    fn cloud_native_pg_renders_a_cluster_with_a_role_per_service() {
+        let c = cluster(json!({
+            "version": "1.0.0",
+            "postgres": {"cloudNativePG": {
+                "storage": {"size": "20Gi", "storageClass": "fast"},
+                "backup": {
+                    "destinationPath": "s3://backups/chat",
+                    "endpointURL": "https://minio.example:9000",
+                    "accessKeyId": {"name": "s3", "key": "id"},
+                    "secretAccessKey": {"name": "s3", "key": "secret"},
+                    "retentionPolicy": "30d",
+                },
+            }},
+        }));
+        let d = desired(&c).unwrap();
+        // No single-pod PostgreSQL, and no shared superuser password.
+        assert_eq!(d.stateful_sets.len(), 1, "only NATS");
+        assert!(!d.services.iter().any(|s| s.name_any() == "demo-postgres"));
+        assert_eq!(
+            generated_keys(&c.spec),
+            [keys::SIGNING_KEY, keys::PUBLIC_KEY, keys::SERVICE_SECRET]
+        );
+
+        let pg = d.postgres_cluster.as_ref().expect("a CNPG Cluster");
+        assert_eq!(pg.resource.api_version, "postgresql.cnpg.io/v1");
+        assert_eq!(pg.describe(), "Cluster demo-postgres");
+        let o = serde_json::to_value(&pg.object).unwrap();
+        assert_eq!(o["metadata"]["ownerReferences"][0]["uid"], "u-1");
+        let spec = &o["spec"];
+        assert_eq!(spec["instances"], 3);
+        assert_eq!(
+            spec["storage"],
+            json!({"size": "20Gi", "storageClass": "fast"})
+        );
+        assert_eq!(spec["enableSuperuserAccess"], false);
+        let initdb = &spec["bootstrap"]["initdb"];
+        assert_eq!(initdb["database"], "chat");
+        assert_eq!(initdb["owner"], "chat_service");
+        assert_eq!(initdb["secret"]["name"], "demo-postgres-chat");
+        let sql: Vec<&str> = initdb["postInitSQL"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(
+            sql.contains(&"CREATE DATABASE users OWNER auth_service"),
+            "{sql:?}"
+        );
+        assert!(
+            sql.contains(&"CREATE DATABASE saga OWNER saga_service"),
+            "{sql:?}"
+        );
+        assert!(sql.contains(&"REVOKE ALL ON DATABASE notification FROM PUBLIC"));
+        let roles = spec["managed"]["roles"].as_array().unwrap();
+        let names: Vec<&str> = roles.iter().map(|r| r["name"].as_str().unwrap()).collect();
+        assert_eq!(
+            names,
+            ["auth_service", "notification_service", "saga_service"]
+        );
+        assert_eq!(roles[0]["passwordSecret"]["name"], "demo-postgres-auth");
+        assert!(roles
+            .iter()
+            .all(|r| r["login"] == true && r.get("superuser").is_none()));
+        let store = &spec["backup"]["barmanObjectStore"];
+        assert_eq!(store["destinationPath"], "s3://backups/chat");
+        assert_eq!(store["endpointURL"], "https://minio.example:9000");
+        assert_eq!(
+            store["s3Credentials"]["secretAccessKey"],
+            json!({"name": "s3", "key": "secret"})
+        );
+        assert_eq!(spec["backup"]["retentionPolicy"], "30d");
+
+        // Each service logs in as its own role, to the primary, over TLS.
+        for component in Component::ALL {
+            let env = env_of(deployment_of(&d, component));
+            assert_eq!(
+                env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"],
+                json!({"name": format!("demo-postgres-{}", component.name()),
+                       "key": "password", "optional": false})
+            );
+            assert_eq!(
+                env["DATABASE_URL"]["value"],
+                format!(
+                    "postgres://{}:$(POSTGRES_PASSWORD)@demo-postgres-rw:5432/{}?sslmode=require",
+                    component.role(),
+                    component.database()
+                )
+            );
+            assert!(!env.contains_key("POSTGRES_URL"));
+        }
+        // The role Secrets are what CloudNativePG reads.
+        let owner = owner_reference(&c).unwrap();
+        let secret = postgres_role_secret(&c, &owner, Component::Saga, "pw").unwrap();
+        assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/basic-auth"));
+        assert_eq!(secret.labels()["cnpg.io/reload"], "true");
+        let data = secret.string_data.unwrap();
+        assert_eq!(data["username"], "saga_service");
+        assert_eq!(data["password"], "pw");
+    }
+
+    #[test]
+    fn cloud_native_pg_without_credentials_uses_the_pods_iam_role() {
+        let c = cluster(json!({
+            "version": "1.0.0",
+            "postgres": {"cloudNativePG": {"instances": 2, "backup": {"destinationPath": "s3://b/c"}}},
+        }));
+        let d = desired(&c).unwrap();
+        let o = serde_json::to_value(&d.postgres_cluster.unwrap().object).unwrap();
+        assert_eq!(o["spec"]["instances"], 2);
+        assert_eq!(o["spec"]["storage"], json!({"size": "10Gi"}));
+        assert_eq!(
+            o["spec"]["backup"]["barmanObjectStore"]["s3Credentials"],
+            json!({"inheritFromIAMRole": true})
+        );
+        assert!(o["spec"]["backup"].get("retentionPolicy").is_none());
+        // The other modes render no Cluster.
+        assert!(desired(&cluster(json!({"version": "1.0.0"})))
+            .unwrap()
+            .postgres_cluster
+            .is_none());
+    }
+
+    #[test]
+    fn only_one_postgres_mode_is_accepted() {
+        let c = cluster(json!({
+            "version": "1.0.0",
+            "postgres": {"cloudNativePG": {}, "managed": {}},
+        }));
+        assert!(c.spec.validate().is_err());
+        let c = cluster(json!({"version": "1.0.0", "postgres": {"cloudNativePG": {}}}));
+        c.spec.validate().unwrap();
+        assert!(c.spec.managed_postgres().is_none());
     }
 
     #[test]
