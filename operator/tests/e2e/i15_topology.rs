@@ -311,3 +311,168 @@ async fn i15_the_pod_monitor_is_accepted_by_the_prometheus_operator_crd() {
     })
     .await;
 }
+
+/// `stored` has everything `expected` has (the API server adds the CRD's defaults).
+fn assert_has(stored: &serde_json::Value, expected: &serde_json::Value) {
+    match (stored, expected) {
+        (serde_json::Value::Object(s), serde_json::Value::Object(e)) => {
+            for (k, v) in e {
+                let got = s
+                    .get(k)
+                    .unwrap_or_else(|| panic!("{k} missing from {stored}"));
+                assert_has(got, v);
+            }
+        }
+        (serde_json::Value::Array(s), serde_json::Value::Array(e)) => {
+            assert_eq!(s.len(), e.len(), "{stored} vs {expected}");
+            for (s, e) in s.iter().zip(e) {
+                assert_has(s, e);
+            }
+        }
+        _ => assert_eq!(stored, expected),
+    }
+}
+
+#[tokio::test]
+async fn i15_cloud_native_pg_is_a_cluster_the_real_crd_accepts_and_the_services_use_it() {
+    if !enabled("issue 15: CloudNativePG") {
+        return;
+    }
+    let w = World::new(Plane::shared(), "i15-cnpg").await;
+    install_crd(w.plane, "postgresql.cnpg.io_clusters.yaml");
+    let spec = json!({"version": "1.0.0", "postgres": {"cloudNativePG": {
+        "instances": 3,
+        "storage": {"size": "5Gi", "storageClass": "fast"},
+        "imageName": "ghcr.io/cloudnative-pg/postgresql:17",
+        "backup": {
+            "destinationPath": "s3://backups/chat",
+            "endpointURL": "https://minio.example:9000",
+            "accessKeyId": {"name": "s3", "key": "id"},
+            "secretAccessKey": {"name": "s3", "key": "secret"},
+            "retentionPolicy": "30d",
+        },
+    }}});
+    w.apply_cluster("pg", spec).await;
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        w.client.clone(),
+        &w.ns,
+        &chat_operator::render::cnpg_cluster_resource(),
+    );
+    // Applied by the operator and stored as rendered: the CRD's schema prunes what it
+    // does not know and refuses what it cannot validate, so a misspelt field would be
+    // missing here (or the Cluster absent).
+    let stored = eventually("the CloudNativePG Cluster", SETTLE, || async {
+        api.get_opt("pg-postgres").await.ok().flatten()
+    })
+    .await;
+    let stored = serde_json::to_value(&stored).expect("json");
+    assert_eq!(
+        stored["metadata"]["ownerReferences"][0]["kind"],
+        "ChatCluster"
+    );
+    let spec = &stored["spec"];
+    assert_eq!(spec["instances"], 3);
+    assert_eq!(spec["imageName"], "ghcr.io/cloudnative-pg/postgresql:17");
+    assert_has(
+        &spec["storage"],
+        &json!({"size": "5Gi", "storageClass": "fast"}),
+    );
+    assert_eq!(spec["enableSuperuserAccess"], false);
+    let initdb = &spec["bootstrap"]["initdb"];
+    assert_eq!(initdb["database"], "chat");
+    assert_eq!(initdb["owner"], "chat_service");
+    assert_eq!(initdb["secret"], json!({"name": "pg-postgres-chat"}));
+    let post_init = initdb["postInitSQL"].to_string();
+    for (db, role) in [
+        ("users", "auth_service"),
+        ("notification", "notification_service"),
+        ("saga", "saga_service"),
+    ] {
+        assert!(
+            post_init.contains(&format!("CREATE DATABASE {db} OWNER {role}")),
+            "{post_init}"
+        );
+    }
+    assert_has(
+        &spec["managed"]["roles"],
+        &json!([
+            {"name": "auth_service", "ensure": "present", "login": true,
+             "passwordSecret": {"name": "pg-postgres-auth"}},
+            {"name": "notification_service", "ensure": "present", "login": true,
+             "passwordSecret": {"name": "pg-postgres-notification"}},
+            {"name": "saga_service", "ensure": "present", "login": true,
+             "passwordSecret": {"name": "pg-postgres-saga"}},
+        ]),
+    );
+    assert_has(
+        &spec["backup"],
+        &json!({"retentionPolicy": "30d", "barmanObjectStore": {
+            "destinationPath": "s3://backups/chat",
+            "endpointURL": "https://minio.example:9000",
+            "s3Credentials": {
+                "accessKeyId": {"name": "s3", "key": "id"},
+                "secretAccessKey": {"name": "s3", "key": "secret"},
+            },
+        }}),
+    );
+    // No single-pod PostgreSQL beside it.
+    assert!(w
+        .api::<StatefulSet>()
+        .get_opt("pg-postgres")
+        .await
+        .expect("reading")
+        .is_none());
+
+    // One basic-auth Secret per role, each with its own password.
+    let mut passwords = Vec::new();
+    for (c, role) in [
+        ("auth", "auth_service"),
+        ("chat", "chat_service"),
+        ("notification", "notification_service"),
+        ("saga", "saga_service"),
+    ] {
+        let name = format!("pg-postgres-{c}");
+        let secret = eventually(&format!("Secret {name}"), SETTLE, || async {
+            w.secret(&name).await
+        })
+        .await;
+        assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/basic-auth"));
+        assert_eq!(secret_value(&secret, "username"), role);
+        let password = secret_value(&secret, "password");
+        assert!(password.len() >= 32, "{name}: a short password");
+        passwords.push(password);
+    }
+    passwords.sort();
+    passwords.dedup();
+    assert_eq!(passwords.len(), 4, "the roles share a password");
+
+    // The services (and their migrations) log in as their own role to the primary.
+    w.complete_migrations("pg", 4).await;
+    for (c, role, db) in [
+        ("auth", "auth_service", "users"),
+        ("chat", "chat_service", "chat"),
+        ("notification", "notification_service", "notification"),
+        ("saga", "saga_service", "saga"),
+    ] {
+        let name = format!("pg-{c}");
+        let d = eventually(&format!("Deployment {name}"), SETTLE, || async {
+            w.deployment(&name).await
+        })
+        .await;
+        assert_eq!(
+            env_of(&d, "POSTGRES_PASSWORD").expect("POSTGRES_PASSWORD")["valueFrom"]
+                ["secretKeyRef"],
+            json!({"name": format!("pg-postgres-{c}"), "key": "password", "optional": false})
+        );
+        assert_eq!(
+            env_of(&d, "DATABASE_URL").expect("DATABASE_URL")["value"],
+            format!(
+                "postgres://{role}:$(POSTGRES_PASSWORD)@pg-postgres-rw:5432/{db}?sslmode=require"
+            )
+        );
+        assert!(
+            env_of(&d, "POSTGRES_URL").is_none(),
+            "{name} reads a shared URL"
+        );
+    }
+}

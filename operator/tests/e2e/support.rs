@@ -82,6 +82,20 @@ pub fn install_crd(plane: &Plane, file: &str) {
         .kubectl()
         .args(["apply", "--server-side", "--force-conflicts", "-f"])
         .arg(&path));
+    // Right after the apply the CRD may have no conditions yet, which `kubectl wait`
+    // reports as an error rather than waiting: retry for a while.
+    for _ in 0..40 {
+        let out = plane
+            .kubectl()
+            .args(["wait", "--for=condition=Established", "--timeout=60s", "-f"])
+            .arg(&path)
+            .output()
+            .unwrap_or_else(|e| panic!("running kubectl wait: {e}"));
+        if out.status.success() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
     run(plane
         .kubectl()
         .args(["wait", "--for=condition=Established", "--timeout=60s", "-f"])
