@@ -1,0 +1,107 @@
+//! chat-service reaches a NATS server that requires a user and password, as the
+//! operator's managed NATS does: the credentials come in `NATS_URL`
+//! (`nats://user:password@host:port`), and the subject permissions the operator grants
+//! chat-service are enough to create the events stream, publish into it and receive live
+//! events. A wrong password never connects.
+
+use std::time::Duration;
+
+use chat_common::event_stream::StreamSettings;
+use chat_service::events::{ChatEvent, EventBus, NatsBus};
+use chat_testkit::PrivateNats;
+use futures::StreamExt;
+
+/// The user the operator's managed NATS gives chat-service (see the operator's
+/// `nats_config`), with a fixed password.
+const CONFIG: &str = r#"
+authorization {
+  users: [
+    {user: chat, password: "chat-pass", permissions: {
+      publish: {allow: ["chat.>", "$JS.API.>"]},
+      subscribe: {allow: ["chat.>", "_INBOX.>"]}
+    }},
+    {user: other, password: "other-pass", permissions: {
+      publish: {allow: ["other.>"]},
+      subscribe: {allow: ["other.>", "_INBOX.>"]}
+    }}
+  ]
+}
+"#;
+
+fn url(nats: &PrivateNats, user: &str, password: &str) -> String {
+    format!("nats://{user}:{password}@{}", nats.addr())
+}
+
+#[tokio::test]
+async fn chat_connects_with_the_credentials_in_its_url_and_its_permissions_suffice() {
+    let nats = PrivateNats::start_with_config(CONFIG)
+        .await
+        .expect("a nats-server requiring authentication");
+    let settings = StreamSettings::default();
+    let bus = tokio::time::timeout(
+        Duration::from_secs(20),
+        NatsBus::connect(
+            &url(&nats, "chat", "chat-pass"),
+            "chat",
+            Some(("CHAT_EVENTS", &settings)),
+        ),
+    )
+    .await
+    .expect("connecting in time")
+    .expect("connecting as chat, and creating the stream");
+
+    let mut events = bus.subscribe(7).await.expect("subscribing");
+    bus.publish(&ChatEvent::ChatDeleted { chat_id: 7 })
+        .await
+        .expect("publishing into the stream");
+    let got = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("the event in time")
+        .expect("an event");
+    assert_eq!(got.event, ChatEvent::ChatDeleted { chat_id: 7 });
+}
+
+#[tokio::test]
+async fn a_wrong_password_or_a_user_without_permission_does_not_get_in() {
+    let nats = PrivateNats::start_with_config(CONFIG)
+        .await
+        .expect("a nats-server requiring authentication");
+    let settings = StreamSettings::default();
+    // The connection is made in the background and retried (the server may be
+    // starting): making the stream, which needs it, never succeeds.
+    let wrong = tokio::time::timeout(
+        Duration::from_secs(3),
+        NatsBus::connect(
+            &url(&nats, "chat", "nope"),
+            "chat",
+            Some(("CHAT_EVENTS", &settings)),
+        ),
+    )
+    .await;
+    assert!(!matches!(wrong, Ok(Ok(_))), "a wrong password connected");
+    // Without credentials: refused too.
+    let anonymous = tokio::time::timeout(
+        Duration::from_secs(3),
+        NatsBus::connect(
+            &format!("nats://{}", nats.addr()),
+            "chat",
+            Some(("CHAT_EVENTS", &settings)),
+        ),
+    )
+    .await;
+    assert!(!matches!(anonymous, Ok(Ok(_))), "no credentials connected");
+    // Another user is authenticated but may not create chat's stream.
+    let other = tokio::time::timeout(
+        Duration::from_secs(10),
+        NatsBus::connect(
+            &url(&nats, "other", "other-pass"),
+            "chat",
+            Some(("CHAT_EVENTS", &settings)),
+        ),
+    )
+    .await;
+    assert!(
+        !matches!(other, Ok(Ok(_))),
+        "a user without permission made the stream"
+    );
+}
