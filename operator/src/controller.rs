@@ -839,6 +839,25 @@ async fn secret_digests(
             .secret_digests
             .insert(c, hex::encode(&digest.finalize()[..4]));
     }
+    if render::per_service_roles(&cluster.spec) {
+        let mut digest = Sha256::new();
+        let mut complete = true;
+        for c in Component::ALL {
+            let password = secrets
+                .get(&render::role_secret_name(cluster, c))
+                .and_then(|s| s.as_ref().ok())
+                .and_then(Option::as_ref)
+                .and_then(|s| s.data.as_ref())
+                .and_then(|d| d.get("password"));
+            match password {
+                Some(p) => digest.update(Sha256::digest(&p.0)),
+                None => complete = false,
+            }
+        }
+        if complete {
+            inputs.roles_digest = Some(hex::encode(&digest.finalize()[..4]));
+        }
+    }
     for ((name, key), readers) in missing {
         let what = match key {
             Some(key) => format!("Secret {name} has no key {key}"),
@@ -1000,6 +1019,33 @@ pub async fn apply_all(client: &Client, ns: &str, cluster: &ChatCluster) -> Resu
     let mut running_jobs = Vec::new();
     // Listed once, when some component still has to migrate.
     let mut jobs: Option<Vec<Job>> = None;
+    // The single-pod PostgreSQL's roles come first: until its Job has succeeded for the
+    // current spec and passwords, no Deployment changes (their DATABASE_URL names a role
+    // that may not exist yet, or a password not yet set). The migrations run beside it:
+    // they log in as the roles, so they fail and are retried until the roles exist.
+    let roles_ready = match &desired.postgres_roles {
+        None => true,
+        Some(job) => {
+            let existing = migration_jobs(client, ns, cluster, &mut pass).await;
+            let name = job.name_any();
+            let state = migrate(client, ns, job, &name, &existing, &mut pass).await;
+            jobs = Some(existing);
+            match state {
+                Migration::Done => true,
+                Migration::Running => {
+                    running_jobs.push(name);
+                    false
+                }
+                Migration::Failed(why) => {
+                    pass.issues.push(Issue::new(
+                        IssueKind::MigrationFailed,
+                        format!("Job {name} (the services' PostgreSQL roles) failed: {why}"),
+                    ));
+                    false
+                }
+            }
+        }
+    };
     for ((c, job), (_, deployment)) in desired.migrations.iter().zip(&desired.deployments) {
         let image = c.image(&cluster.spec);
         let already = previous
@@ -1033,6 +1079,10 @@ pub async fn apply_all(client: &Client, ns: &str, cluster: &ChatCluster) -> Resu
             }
             let existing = jobs.as_deref().unwrap_or_default();
             migrate(client, ns, job, &image, existing, &mut pass).await
+        };
+        let migration = match migration {
+            Migration::Done if !roles_ready => Migration::Running,
+            other => other,
         };
         let deployment_name = deployment.name_any();
         if migration == Migration::Done {
@@ -1262,7 +1312,16 @@ mod tests {
         (c.status.clone(), c.reason.clone())
     }
 
+    /// The migration Jobs.
     fn job_paths(server: &FakeApiServer) -> Vec<String> {
+        all_job_paths(server)
+            .into_iter()
+            .filter(|p| p.contains("-migrate-"))
+            .collect()
+    }
+
+    /// The migration Jobs and the PostgreSQL roles Jobs.
+    fn all_job_paths(server: &FakeApiServer) -> Vec<String> {
         server
             .paths()
             .into_iter()
@@ -1270,9 +1329,9 @@ mod tests {
             .collect()
     }
 
-    /// Plays the Job controller: every migration Job succeeds.
+    /// Plays the Job controller: every Job succeeds.
     fn succeed_jobs(server: &FakeApiServer) {
-        for p in job_paths(server) {
+        for p in all_job_paths(server) {
             server.edit(&p, |j| j["status"] = json!({"succeeded": 1}));
         }
     }
@@ -1309,17 +1368,20 @@ mod tests {
         assert_eq!(action, Action::requeue(PROGRESS_POLL));
 
         let log = server.log();
-        // The generated Secret first, then it is read back (for the digest of what the
-        // pods read), then the objects.
-        assert_eq!(
-            log[..4],
-            [
-                format!("GET {}", path("v1", "secrets", "demo-generated")),
-                format!("PATCH {}", path("v1", "secrets", "demo-generated")),
-                format!("GET {}", path("v1", "secrets", "demo-generated")),
-                format!("PATCH {}", path("v1", "serviceaccounts", "demo")),
-            ]
-        );
+        // The generated Secret first, then each service's PostgreSQL role Secret, then
+        // they are read back (for the digest of what the pods read), then the objects.
+        let mut expected = vec![
+            format!("GET {}", path("v1", "secrets", "demo-generated")),
+            format!("PATCH {}", path("v1", "secrets", "demo-generated")),
+        ];
+        for c in Component::ALL {
+            let role = path("v1", "secrets", &format!("demo-postgres-{}", c.name()));
+            expected.push(format!("GET {role}"));
+            expected.push(format!("PATCH {role}"));
+        }
+        expected.push(format!("GET {}", path("v1", "secrets", "demo-generated")));
+        assert_eq!(log[..expected.len()], expected);
+        assert!(log.contains(&format!("PATCH {}", path("v1", "serviceaccounts", "demo"))));
         let secret: Secret = serde_json::from_value(
             server
                 .get(&path("v1", "secrets", "demo-generated"))
@@ -1339,14 +1401,15 @@ mod tests {
         );
         assert_eq!(condition(&server, "Ready").0, "False");
         assert_eq!(condition(&server, "Degraded").0, "False");
-        // The status is written, then the Events: four migrations started, and Migrating.
+        // The status is written, then the Events: the roles Job and four migrations
+        // started, and Migrating.
         let status_write = log
             .iter()
             .position(|l| l == &format!("PATCH {CLUSTER}/status"))
             .expect("the status is written");
         assert_eq!(
             log[status_write + 1..],
-            vec!["POST /apis/events.k8s.io/v1/namespaces/chat/events".to_string(); 5]
+            vec!["POST /apis/events.k8s.io/v1/namespaces/chat/events".to_string(); 6]
         );
     }
 

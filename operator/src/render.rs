@@ -205,6 +205,9 @@ pub struct Desired {
     pub pod_monitor: Option<Plain>,
     /// The CloudNativePG `Cluster`, when `spec.postgres.cloudNativePG` is set.
     pub postgres_cluster: Option<Plain>,
+    /// The single-pod PostgreSQL's roles Job ([`postgres_roles_job`]): the migrations
+    /// and Deployments wait for it.
+    pub postgres_roles: Option<Job>,
 }
 
 /// An object applied as rendered and on its own: nothing waits for it and its failure
@@ -276,6 +279,7 @@ impl Desired {
         out.extend(self.config_maps.iter().map(v));
         out.extend(self.services.iter().map(v));
         out.extend(self.stateful_sets.iter().map(v));
+        out.extend(self.postgres_roles.iter().map(v));
         out.extend(self.migrations.iter().map(|(_, j)| v(j)));
         out.extend(self.deployments.iter().map(|(_, d)| v(d)));
         out.extend(self.pdbs.iter().map(v));
@@ -350,6 +354,9 @@ pub struct Inputs {
     /// the pod template, so a changed Secret rolls exactly the pods that read it. Absent
     /// (as in `chat-operator render`, which reads no Secret): no annotation.
     pub secret_digests: BTreeMap<Component, String>,
+    /// A digest of the services' PostgreSQL role passwords: on the roles Job, so that a
+    /// changed password (a rotation) runs it again.
+    pub roles_digest: Option<String>,
 }
 
 /// Pod-template annotation: the digest of the Secret values the pods read.
@@ -403,9 +410,16 @@ pub fn desired_with(cluster: &ChatCluster, inputs: &Inputs) -> Result<Desired, R
     let mut stateful_sets = Vec::new();
     let mut pdbs = Vec::new();
 
+    let mut postgres_roles = None;
     if let Some(pg) = spec.managed_postgres() {
         services.push(postgres_service(cluster, &owner)?);
         stateful_sets.push(postgres_stateful_set(cluster, &pg, &owner)?);
+        postgres_roles = Some(postgres_roles_job(
+            cluster,
+            &pg,
+            inputs.roles_digest.as_deref(),
+            &owner,
+        )?);
     }
     if let Some(nats) = spec.managed_nats() {
         config_maps.push(nats_config_map(cluster, &nats, &owner)?);
@@ -441,6 +455,7 @@ pub fn desired_with(cluster: &ChatCluster, inputs: &Inputs) -> Result<Desired, R
         ingress: ingress(cluster, &owner)?,
         pod_monitor: pod_monitor(cluster, &owner)?,
         postgres_cluster: cnpg_cluster(cluster, &owner)?,
+        postgres_roles,
     })
 }
 
@@ -542,19 +557,22 @@ pub fn managed_postgres_url(cluster: &ChatCluster, password: &str) -> String {
 }
 
 /// Whether each service logs in to PostgreSQL as its own role ([`Component::role`]),
-/// whose password is in its own Secret ([`role_secret_name`]): with CloudNativePG. An
-/// external server keeps the one URL it is given.
+/// whose password is in its own Secret ([`role_secret_name`]): with CloudNativePG and
+/// the single-pod PostgreSQL. An external server keeps the one URL it is given.
 pub fn per_service_roles(spec: &ChatClusterSpec) -> bool {
-    spec.cloud_native_pg().is_some()
+    spec.cloud_native_pg().is_some() || spec.managed_postgres().is_some()
 }
 
 /// Host the services reach PostgreSQL at when they log in as their own roles.
 fn role_postgres_host(cluster: &ChatCluster) -> Option<String> {
-    if !per_service_roles(&cluster.spec) {
-        return None;
+    if cluster.spec.cloud_native_pg().is_some() {
+        // `-rw` is CloudNativePG's Service of the current primary.
+        return Some(name(cluster, "postgres-rw"));
     }
-    // `-rw` is CloudNativePG's Service of the current primary.
-    Some(name(cluster, "postgres-rw"))
+    cluster
+        .spec
+        .managed_postgres()
+        .map(|_| name(cluster, "postgres"))
 }
 
 /// The `kubernetes.io/basic-auth` Secret (`username`, `password`) of a service's
@@ -1269,10 +1287,11 @@ pub fn network_policies(
         out.push(policy(
             "postgres",
             selector(&["postgres".to_string()]),
-            vec![allow(
-                &[5432],
-                vec![pods_of(cluster, &service_components(true))],
-            )],
+            vec![allow(&[5432], {
+                let mut sources = service_components(true);
+                sources.push(POSTGRES_ROLES.to_string());
+                vec![pods_of(cluster, &sources)]
+            })],
         )?);
     }
     if cluster.spec.managed_nats().is_some() {
@@ -1527,6 +1546,126 @@ pub fn postgres_stateful_set(
     )
 }
 
+/// `app.kubernetes.io/component` of the single-pod PostgreSQL's roles Job.
+pub const POSTGRES_ROLES: &str = "postgres-roles";
+
+/// The psql script of [`postgres_roles_job`]. Each statement is idempotent, so the Job
+/// can run any number of times: on a new server, on one created by an older operator
+/// (whose databases and tables the shared superuser owns), and after a password rotation.
+fn postgres_roles_sql() -> String {
+    let mut sql = String::from("\\set ON_ERROR_STOP on\n");
+    for c in Component::ALL {
+        let (role, db) = (c.role(), c.database());
+        sql.push_str(&format!(
+            "SELECT 'CREATE ROLE {role}' WHERE NOT EXISTS \
+             (SELECT FROM pg_roles WHERE rolname = '{role}') \\gexec\n\
+             ALTER ROLE {role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE \
+             PASSWORD :'{role}';\n\
+             SELECT 'CREATE DATABASE {db} OWNER {role}' WHERE NOT EXISTS \
+             (SELECT FROM pg_database WHERE datname = '{db}') \\gexec\n\
+             ALTER DATABASE {db} OWNER TO {role};\n\
+             REVOKE ALL ON DATABASE {db} FROM PUBLIC;\n\
+             \\connect {db}\n\
+             ALTER SCHEMA public OWNER TO {role};\n\
+             SELECT format('ALTER TABLE %I.%I OWNER TO {role}', n.nspname, c.relname) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'f') \
+             AND c.relowner <> '{role}'::regrole \\gexec\n\
+             SELECT format('ALTER SEQUENCE %I.%I OWNER TO {role}', n.nspname, c.relname) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'public' AND c.relkind = 'S' \
+             AND c.relowner <> '{role}'::regrole AND NOT EXISTS (SELECT FROM pg_depend d \
+             WHERE d.objid = c.oid AND d.deptype IN ('a', 'i')) \\gexec\n\
+             SELECT format('ALTER ROUTINE %s OWNER TO {role}', p.oid::regprocedure) \
+             FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+             WHERE n.nspname = 'public' AND p.proowner <> '{role}'::regrole \\gexec\n\
+             SELECT format('ALTER TYPE %I.%I OWNER TO {role}', n.nspname, t.typname) \
+             FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
+             WHERE n.nspname = 'public' AND t.typtype IN ('e', 'd') \
+             AND t.typowner <> '{role}'::regrole \\gexec\n\
+             \\connect postgres\n"
+        ));
+    }
+    sql
+}
+
+/// The Job that gives each service its own PostgreSQL role in the single-pod PostgreSQL:
+/// creates the role and its database when missing, sets the role's password from its
+/// Secret, and makes it the owner of its database and everything in it. It runs `psql`
+/// from the PostgreSQL image as the superuser, the only place the superuser password is
+/// read besides the server itself, before any migration: the migrations and Deployments
+/// wait for it (see the controller). Like a migration Job, its name ends with a digest of
+/// its spec (and `secrets`, the digest of the passwords), so a changed password reruns it.
+pub fn postgres_roles_job(
+    cluster: &ChatCluster,
+    pg: &ManagedPostgres,
+    secrets: Option<&str>,
+    owner: &OwnerReference,
+) -> Result<Job, RenderError> {
+    let generated = name(cluster, "generated");
+    let mut env = vec![
+        value_env("PGHOST", name(cluster, "postgres")),
+        value_env("PGUSER", POSTGRES_USER),
+        value_env("PGDATABASE", "postgres"),
+        secret_env("PGPASSWORD", &generated, keys::POSTGRES_PASSWORD, false),
+    ];
+    let mut args = String::from("exec psql -X -q");
+    for c in Component::ALL {
+        let var = format!("{}_PASSWORD", c.role().to_uppercase());
+        env.push(secret_env(
+            &var,
+            &role_secret_name(cluster, c),
+            "password",
+            false,
+        ));
+        args.push_str(&format!(" -v \"{}=${var}\"", c.role()));
+    }
+    args.push_str(" <<'SQL'\n");
+    args.push_str(&postgres_roles_sql());
+    args.push_str("SQL\n");
+    let mut container = json!({
+        "name": "roles",
+        "image": pg.image,
+        "command": ["/bin/sh", "-c", args],
+        "env": env,
+        "securityContext": restricted_container_security(),
+    });
+    if let Some(r) = &pg.resources {
+        container["resources"] = json!(r);
+    }
+    let mut template_metadata = json!({"labels": labels(cluster, POSTGRES_ROLES)});
+    if let Some(digest) = secrets {
+        template_metadata["annotations"] = json!({SECRETS_ANNOTATION: digest});
+    }
+    let spec = json!({
+        // Retries cover a server that is still starting.
+        "backoffLimit": 20,
+        "template": {
+            "metadata": template_metadata,
+            "spec": {
+                "restartPolicy": "Never",
+                "automountServiceAccountToken": false,
+                "securityContext": pod_security(70),
+                "containers": [container],
+            },
+        },
+    });
+    let digest = short_hash(&spec.to_string());
+    let job_name = name(cluster, &format!("{POSTGRES_ROLES}-{digest}"));
+    let mut metadata = metadata(cluster, job_name.clone(), POSTGRES_ROLES, owner);
+    // What the controller's "done" check compares (see `controller::migrate`).
+    metadata["annotations"] = json!({IMAGE_ANNOTATION: job_name});
+    typed(
+        "Job",
+        json!({
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": metadata,
+            "spec": spec,
+        }),
+    )
+}
+
 /// Where a NATS server writes its pid, for the preStop hook's lame-duck signal.
 const NATS_PID_FILE: &str = "/var/run/nats/nats.pid";
 
@@ -1739,7 +1878,8 @@ mod tests {
         let d = desired(&c).unwrap();
         let secret = generated_secret(&c, &owner_reference(&c).unwrap(), &BTreeMap::new()).unwrap();
         let values = d.to_values(&secret);
-        assert_eq!(values.len(), 1 + 1 + 2 + 7 + 2 + 4 + 4 + 5 + 1);
+        // ... + the PostgreSQL roles Job + ...
+        assert_eq!(values.len(), 1 + 1 + 2 + 7 + 2 + 1 + 4 + 4 + 5 + 1);
         for v in values {
             let m = &v["metadata"];
             if v["kind"] == "Secret" {
@@ -1913,14 +2053,29 @@ mod tests {
             saga["NOTIFICATION_URL"]["value"],
             "http://demo-notification:50051"
         );
-        assert_eq!(saga["DATABASE_URL"]["value"], "$(POSTGRES_URL)/saga");
+        // Each service logs in as its own role, not as the server's superuser.
+        assert_eq!(
+            saga["DATABASE_URL"]["value"],
+            "postgres://saga_service:$(POSTGRES_PASSWORD)@demo-postgres:5432/saga"
+        );
+        assert_eq!(
+            saga["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"],
+            json!({"name": "demo-postgres-saga", "key": "password", "optional": false})
+        );
+        assert!(!saga.contains_key("POSTGRES_URL"));
 
         let chat = env_of(deployment_of(&d, Component::Chat));
         assert_eq!(chat["NATS_URL"]["value"], "nats://demo-nats:4222");
-        assert_eq!(chat["DATABASE_URL"]["value"], "$(POSTGRES_URL)/chat");
+        assert_eq!(
+            chat["DATABASE_URL"]["value"],
+            "postgres://chat_service:$(POSTGRES_PASSWORD)@demo-postgres:5432/chat"
+        );
 
         let auth = env_of(deployment_of(&d, Component::Auth));
-        assert_eq!(auth["DATABASE_URL"]["value"], "$(POSTGRES_URL)/users");
+        assert_eq!(
+            auth["DATABASE_URL"]["value"],
+            "postgres://auth_service:$(POSTGRES_PASSWORD)@demo-postgres:5432/users"
+        );
         assert_eq!(
             auth["JWT_SIGNING_KEY"]["valueFrom"]["secretKeyRef"],
             json!({"name": "demo-generated", "key": "jwt-signing-key", "optional": false})
@@ -1941,7 +2096,7 @@ mod tests {
                 "service-secret"
             );
             assert_eq!(env["LISTEN_ADDR"]["value"], "0.0.0.0:50051");
-            // $(POSTGRES_URL) only expands when it is defined before DATABASE_URL.
+            // $(POSTGRES_PASSWORD) only expands when it is defined before DATABASE_URL.
             let names: Vec<String> = dep
                 .spec
                 .as_ref()
@@ -1958,7 +2113,7 @@ mod tests {
                 .map(|e| e.name)
                 .collect();
             let pos = |n: &str| names.iter().position(|x| x == n).unwrap();
-            assert!(pos("POSTGRES_URL") < pos("DATABASE_URL"), "{comp:?}");
+            assert!(pos("POSTGRES_PASSWORD") < pos("DATABASE_URL"), "{comp:?}");
         }
         // No secret value is inlined anywhere.
         let all = serde_json::to_string(&d.to_values(&Secret::default())).unwrap();
@@ -2367,8 +2522,8 @@ mod tests {
                     "jwt-signing-key".to_string(),
                     false
                 ),
-                ("demo-generated".into(), "postgres-url".into(), false),
                 ("demo-generated".into(), "service-secret".into(), false),
+                ("demo-postgres-auth".into(), "password".into(), false),
                 ("old-key".into(), "pub".into(), false),
             ]
         );
@@ -2378,10 +2533,22 @@ mod tests {
             true
         )));
         assert!(!read(Component::Chat).iter().any(|(n, _, _)| n == "mail"));
-        assert_eq!(secret_names(&c), ["demo-generated", "mail", "old-key"]);
+        assert_eq!(
+            secret_names(&c),
+            [
+                "demo-generated",
+                "demo-postgres-auth",
+                "demo-postgres-chat",
+                "demo-postgres-notification",
+                "demo-postgres-saga",
+                "mail",
+                "old-key"
+            ]
+        );
 
         let inputs = Inputs {
             secret_digests: BTreeMap::from([(Component::Auth, "abc123".to_string())]),
+            roles_digest: None,
         };
         let d = desired_with(&c, &inputs).unwrap();
         let auth = deployment_of(&d, Component::Auth);

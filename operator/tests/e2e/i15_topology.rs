@@ -10,7 +10,10 @@ use k8s_openapi::api::{
     core::v1::ConfigMap,
     networking::v1::NetworkPolicy,
 };
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::{
+    api::{Api, DynamicObject, Patch, PatchParams},
+    ResourceExt,
+};
 use serde_json::json;
 
 use crate::support::*;
@@ -226,6 +229,7 @@ async fn i15_network_policies_let_only_what_needs_it_through() {
     let mut expected: Vec<String> = ["auth", "chat", "notification", "saga"]
         .iter()
         .flat_map(|c| [c.to_string(), format!("{c}-migrate")])
+        .chain(["postgres-roles".to_string()])
         .collect();
     expected.sort();
     assert_eq!(components(&from[0]), expected);
@@ -475,4 +479,78 @@ async fn i15_cloud_native_pg_is_a_cluster_the_real_crd_accepts_and_the_services_
             "{name} reads a shared URL"
         );
     }
+}
+
+#[tokio::test]
+async fn i15_the_single_pod_postgres_gives_each_service_its_own_role_first() {
+    if !enabled("issue 15: PostgreSQL roles") {
+        return;
+    }
+    let w = World::new(Plane::shared(), "i15-pgroles").await;
+    w.apply_cluster("roles", json!({"version": "1.0.0"})).await;
+    // The roles Job runs psql as the superuser, with each role's password from its
+    // Secret; it is the only reader of the superuser password besides the server.
+    let roles = eventually("the PostgreSQL roles Job", SETTLE, || async {
+        w.all_jobs("roles").await.into_iter().find(is_roles_job)
+    })
+    .await;
+    let job = serde_json::to_value(&roles).expect("json");
+    let container = &job["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "postgres:17-alpine");
+    let env: Vec<serde_json::Value> = container["env"].as_array().expect("env").clone();
+    let secret_of = |name: &str| {
+        env.iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["valueFrom"]["secretKeyRef"].clone())
+            .unwrap_or_else(|| panic!("{name} in {env:?}"))
+    };
+    assert_eq!(
+        secret_of("PGPASSWORD"),
+        json!({"name": "roles-generated", "key": "postgres-password", "optional": false})
+    );
+    assert_eq!(
+        secret_of("SAGA_SERVICE_PASSWORD"),
+        json!({"name": "roles-postgres-saga", "key": "password", "optional": false})
+    );
+    let script = container["command"][2].as_str().expect("script");
+    assert!(
+        script.contains("ALTER DATABASE users OWNER TO auth_service"),
+        "{script}"
+    );
+    assert!(
+        script.contains("REVOKE ALL ON DATABASE chat FROM PUBLIC"),
+        "{script}"
+    );
+
+    // The migrations run beside it, but no Deployment exists until it has succeeded.
+    let migrations = w.wait_unfinished_jobs_only("roles", 4).await;
+    for j in &migrations {
+        w.complete_job(&j.name_any()).await;
+    }
+    w.settle(Duration::from_secs(2)).await;
+    assert!(
+        w.deployment("roles-auth").await.is_none(),
+        "a Deployment before its role exists"
+    );
+    w.complete_job(&roles.name_any()).await;
+    let auth = eventually("Deployment roles-auth", SETTLE, || async {
+        w.deployment("roles-auth").await
+    })
+    .await;
+    assert_eq!(
+        env_of(&auth, "DATABASE_URL").expect("DATABASE_URL")["value"],
+        "postgres://auth_service:$(POSTGRES_PASSWORD)@roles-postgres:5432/users"
+    );
+    assert_eq!(
+        env_of(&auth, "POSTGRES_PASSWORD").expect("POSTGRES_PASSWORD")["valueFrom"]["secretKeyRef"]
+            ["name"],
+        "roles-postgres-auth"
+    );
+    // The role Secrets are kept with the retained volume, like the generated one.
+    let secret = w.secret("roles-postgres-auth").await.expect("role Secret");
+    assert!(secret
+        .metadata
+        .owner_references
+        .unwrap_or_default()
+        .is_empty());
 }
