@@ -59,6 +59,10 @@ pub mod keys {
     pub const SERVICE_SECRET: &str = "service-secret";
     pub const POSTGRES_PASSWORD: &str = "postgres-password";
     pub const POSTGRES_URL: &str = "postgres-url";
+    /// Password of chat-service's user on the managed NATS.
+    pub const NATS_CHAT_PASSWORD: &str = "nats-chat-password";
+    /// Password of notification-service's user on the managed NATS.
+    pub const NATS_NOTIFICATION_PASSWORD: &str = "nats-notification-password";
 }
 
 /// Why rendering failed: a bug in this module (caught by its tests) or an owner without
@@ -545,6 +549,10 @@ pub fn generated_keys(spec: &ChatClusterSpec) -> Vec<&'static str> {
         k.push(keys::POSTGRES_PASSWORD);
         k.push(keys::POSTGRES_URL);
     }
+    if spec.managed_nats().is_some() {
+        k.push(keys::NATS_CHAT_PASSWORD);
+        k.push(keys::NATS_NOTIFICATION_PASSWORD);
+    }
     k
 }
 
@@ -806,9 +814,22 @@ fn component_env(cluster: &ChatCluster, c: Component, env: &mut Vec<Value>) {
     let spec = &cluster.spec;
     let generated = name(cluster, "generated");
     let url = |c: Component| format!("http://{}:{GRPC_PORT}", name(cluster, c.name()));
-    let nats_url = match &spec.nats.external {
-        Some(ext) if spec.nats.managed.is_none() => ext.url.clone(),
-        _ => format!("nats://{}:4222", name(cluster, "nats")),
+    // The managed NATS requires each of its two clients to log in as its own user; the
+    // kubelet expands `$(NATS_PASSWORD)` from the variable pushed just before NATS_URL.
+    let nats_env = |user: Component, env: &mut Vec<Value>| match &spec.nats.external {
+        Some(ext) if spec.nats.managed.is_none() => env.push(value_env("NATS_URL", &ext.url)),
+        _ => {
+            let (_, key) = nats_user(user).unwrap_or(("", ""));
+            env.push(secret_env("NATS_PASSWORD", &generated, key, false));
+            env.push(value_env(
+                "NATS_URL",
+                format!(
+                    "nats://{}:$(NATS_PASSWORD)@{}:4222",
+                    user.name(),
+                    name(cluster, "nats")
+                ),
+            ));
+        }
     };
     match c {
         Component::Auth => {
@@ -840,12 +861,12 @@ fn component_env(cluster: &ChatCluster, c: Component, env: &mut Vec<Value>) {
             }
         }
         Component::Chat => {
-            env.push(value_env("NATS_URL", nats_url));
+            nats_env(Component::Chat, env);
             env.extend(stream_env(spec));
             env.push(value_env("AUTH_URL", url(Component::Auth)));
         }
         Component::Notification => {
-            env.push(value_env("NATS_URL", nats_url));
+            nats_env(Component::Notification, env);
             env.extend(stream_env(spec));
             env.push(value_env("AUTH_URL", url(Component::Auth)));
             env.push(value_env("CHAT_URL", url(Component::Chat)));
@@ -1666,6 +1687,58 @@ pub fn postgres_roles_job(
     )
 }
 
+/// The managed NATS user of a component that uses NATS, and the generated Secret key of
+/// its password; `None` for the components that do not use NATS.
+pub fn nats_user(c: Component) -> Option<(&'static str, &'static str)> {
+    match c {
+        Component::Chat => Some(("NATS_CHAT_PASSWORD", keys::NATS_CHAT_PASSWORD)),
+        Component::Notification => Some((
+            "NATS_NOTIFICATION_PASSWORD",
+            keys::NATS_NOTIFICATION_PASSWORD,
+        )),
+        Component::Auth | Component::Saga => None,
+    }
+}
+
+/// The `authorization` block of the managed NATS: a user per client, allowed only the
+/// subjects it uses. chat-service publishes and subscribes the events (`chat.>`) and
+/// creates or updates the events stream (`$JS.API.>`); notification-service only reads
+/// the stream through its durable consumer (`$JS.API.>` for the consumer and its pulls,
+/// `$JS.ACK.>` for acknowledgements). Both get replies on `_INBOX.>`. The passwords are
+/// not in the file: nats-server reads `$NATS_*_PASSWORD` from its environment, which
+/// comes from the generated Secret, so the ConfigMap holds no secret.
+fn nats_authorization() -> String {
+    let user = |c: Component, publish: &[&str], subscribe: &[&str]| {
+        let (var, _) = nats_user(c).unwrap_or(("", ""));
+        let list = |s: &[&str]| {
+            s.iter()
+                .map(|x| format!("\"{x}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "    {{user: {}, password: ${var}, permissions: {{\n      \
+             publish: {{allow: [{}]}},\n      subscribe: {{allow: [{}]}}\n    }}}}\n",
+            c.name(),
+            list(publish),
+            list(subscribe),
+        )
+    };
+    format!(
+        "authorization {{\n  users: [\n{}{}  ]\n}}\n",
+        user(
+            Component::Chat,
+            &["chat.>", "$JS.API.>"],
+            &["chat.>", "_INBOX.>"]
+        ),
+        user(
+            Component::Notification,
+            &["$JS.API.>", "$JS.ACK.>"],
+            &["_INBOX.>"]
+        ),
+    )
+}
+
 /// Where a NATS server writes its pid, for the preStop hook's lame-duck signal.
 const NATS_PID_FILE: &str = "/var/run/nats/nats.pid";
 
@@ -1681,7 +1754,8 @@ pub fn nats_config(cluster: &ChatCluster, nats: &ManagedNats) -> String {
     let mut conf = format!(
         "server_name: $POD_NAME\nlisten: 0.0.0.0:4222\nhttp: 0.0.0.0:8222\n\
          pid_file: {NATS_PID_FILE}\nlame_duck_duration: 30s\nlame_duck_grace_period: 10s\n\
-         jetstream {{\n  store_dir: /data\n{max_file_store}}}\n",
+         jetstream {{\n  store_dir: /data\n{max_file_store}}}\n{}",
+        nats_authorization(),
     );
     if nats.replicas > 1 {
         let headless = name(cluster, "nats-headless");
@@ -1772,7 +1846,11 @@ pub fn nats_stateful_set(
         "name": "nats",
         "image": nats.image,
         "args": ["--config", "/etc/nats/nats.conf"],
-        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            secret_env("NATS_CHAT_PASSWORD", &name(cluster, "generated"), keys::NATS_CHAT_PASSWORD, false),
+            secret_env("NATS_NOTIFICATION_PASSWORD", &name(cluster, "generated"), keys::NATS_NOTIFICATION_PASSWORD, false),
+        ],
         "ports": [
             {"name": "client", "containerPort": 4222, "protocol": "TCP"},
             {"name": "cluster", "containerPort": 6222, "protocol": "TCP"},
@@ -2064,8 +2142,29 @@ mod tests {
         );
         assert!(!saga.contains_key("POSTGRES_URL"));
 
+        // chat and notification log in to NATS as their own users.
         let chat = env_of(deployment_of(&d, Component::Chat));
-        assert_eq!(chat["NATS_URL"]["value"], "nats://demo-nats:4222");
+        assert_eq!(
+            chat["NATS_URL"]["value"],
+            "nats://chat:$(NATS_PASSWORD)@demo-nats:4222"
+        );
+        assert_eq!(
+            chat["NATS_PASSWORD"]["valueFrom"]["secretKeyRef"],
+            json!({"name": "demo-generated", "key": "nats-chat-password", "optional": false})
+        );
+        let note = env_of(deployment_of(&d, Component::Notification));
+        assert_eq!(
+            note["NATS_URL"]["value"],
+            "nats://notification:$(NATS_PASSWORD)@demo-nats:4222"
+        );
+        assert_eq!(
+            note["NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"],
+            "nats-notification-password"
+        );
+        assert!(
+            !saga.contains_key("NATS_PASSWORD"),
+            "saga does not use NATS"
+        );
         assert_eq!(
             chat["DATABASE_URL"]["value"],
             "postgres://chat_service:$(POSTGRES_PASSWORD)@demo-postgres:5432/chat"
@@ -2172,7 +2271,13 @@ mod tests {
         assert!(!d.services.iter().any(|s| s.name_any() == "demo-postgres"));
         assert_eq!(
             generated_keys(&c.spec),
-            [keys::SIGNING_KEY, keys::PUBLIC_KEY, keys::SERVICE_SECRET]
+            [
+                keys::SIGNING_KEY,
+                keys::PUBLIC_KEY,
+                keys::SERVICE_SECRET,
+                keys::NATS_CHAT_PASSWORD,
+                keys::NATS_NOTIFICATION_PASSWORD
+            ]
         );
 
         let pg = d.postgres_cluster.as_ref().expect("a CNPG Cluster");
@@ -2251,6 +2356,45 @@ mod tests {
         let data = secret.string_data.unwrap();
         assert_eq!(data["username"], "saga_service");
         assert_eq!(data["password"], "pw");
+    }
+
+    #[test]
+    fn managed_nats_requires_a_user_per_client_with_only_its_subjects() {
+        let c = cluster(json!({"version": "1.0.0"}));
+        let nats = c.spec.managed_nats().unwrap();
+        let conf = nats_config(&c, &nats);
+        // No password in the ConfigMap: nats-server reads them from its environment.
+        assert!(
+            conf.contains("{user: chat, password: $NATS_CHAT_PASSWORD"),
+            "{conf}"
+        );
+        assert!(conf.contains("{user: notification, password: $NATS_NOTIFICATION_PASSWORD"));
+        assert!(conf.contains("publish: {allow: [\"$JS.API.>\", \"$JS.ACK.>\"]}"));
+        let d = desired(&c).unwrap();
+        let sts = serde_json::to_value(
+            d.stateful_sets
+                .iter()
+                .find(|s| s.name_any() == "demo-nats")
+                .unwrap(),
+        )
+        .unwrap();
+        let env = &sts["spec"]["template"]["spec"]["containers"][0]["env"];
+        assert_eq!(
+            env[1],
+            json!({"name": "NATS_CHAT_PASSWORD", "valueFrom": {"secretKeyRef":
+                {"name": "demo-generated", "key": "nats-chat-password", "optional": false}}})
+        );
+        assert_eq!(
+            env[2]["valueFrom"]["secretKeyRef"]["key"],
+            "nats-notification-password"
+        );
+        // An external NATS is reached as configured.
+        let ext = cluster(json!({"version": "1.0.0",
+                                 "nats": {"external": {"url": "nats://u:p@nats.x:4222"}}}));
+        let d = desired(&ext).unwrap();
+        let chat = env_of(deployment_of(&d, Component::Chat));
+        assert_eq!(chat["NATS_URL"]["value"], "nats://u:p@nats.x:4222");
+        assert!(!chat.contains_key("NATS_PASSWORD"));
     }
 
     #[test]

@@ -554,3 +554,75 @@ async fn i15_the_single_pod_postgres_gives_each_service_its_own_role_first() {
         .unwrap_or_default()
         .is_empty());
 }
+
+#[tokio::test]
+async fn i15_the_managed_nats_requires_each_client_to_log_in_as_itself() {
+    if !enabled("issue 15: NATS authentication") {
+        return;
+    }
+    let w = World::new(Plane::shared(), "i15-natsauth").await;
+    w.apply_cluster("na", json!({"version": "1.0.0"})).await;
+    // The passwords are generated into the generated Secret, one per user.
+    let secret = eventually("Secret na-generated", SETTLE, || async {
+        w.secret("na-generated").await
+    })
+    .await;
+    let chat_password = secret_value(&secret, "nats-chat-password");
+    let notification_password = secret_value(&secret, "nats-notification-password");
+    assert!(chat_password.len() >= 32 && notification_password.len() >= 32);
+    assert_ne!(chat_password, notification_password);
+
+    // The server's configuration names the users, not their passwords.
+    let conf = eventually("ConfigMap na-nats", SETTLE, || async {
+        w.api::<ConfigMap>().get_opt("na-nats").await.ok().flatten()
+    })
+    .await;
+    let conf = &conf.data.expect("data")["nats.conf"];
+    assert!(conf.contains("authorization {"), "{conf}");
+    assert!(
+        conf.contains("{user: chat, password: $NATS_CHAT_PASSWORD"),
+        "{conf}"
+    );
+    assert!(
+        !conf.contains(&chat_password),
+        "a password in the ConfigMap"
+    );
+    let sts = w.api::<StatefulSet>().get("na-nats").await.expect("NATS");
+    let sts = serde_json::to_value(&sts).expect("json");
+    let server_env = sts["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    for key in ["nats-chat-password", "nats-notification-password"] {
+        assert!(server_env.contains(key), "{server_env}");
+    }
+
+    // Each NATS client reads its own password, and only those two read one.
+    w.complete_migrations("na", 4).await;
+    for (c, key) in [
+        ("chat", Some("nats-chat-password")),
+        ("notification", Some("nats-notification-password")),
+        ("auth", None),
+        ("saga", None),
+    ] {
+        let name = format!("na-{c}");
+        let d = eventually(&format!("Deployment {name}"), SETTLE, || async {
+            w.deployment(&name).await
+        })
+        .await;
+        match key {
+            Some(key) => {
+                assert_eq!(
+                    env_of(&d, "NATS_PASSWORD").expect("NATS_PASSWORD")["valueFrom"]
+                        ["secretKeyRef"],
+                    json!({"name": "na-generated", "key": key, "optional": false})
+                );
+                assert_eq!(
+                    env_of(&d, "NATS_URL").expect("NATS_URL")["value"],
+                    format!("nats://{c}:$(NATS_PASSWORD)@na-nats:4222")
+                );
+            }
+            None => {
+                assert!(env_of(&d, "NATS_PASSWORD").is_none(), "{name}");
+                assert!(env_of(&d, "NATS_URL").is_none(), "{name}");
+            }
+        }
+    }
+}
