@@ -12,11 +12,16 @@
 //! Wiring, in one place:
 //! - every service gets `LISTEN_ADDR`/`METRICS_ADDR`, the shared ConfigMap (`RUST_LOG`,
 //!   `LOG_FORMAT`, `OTEL_EXPORTER_OTLP_ENDPOINT`), `SERVICE_SECRET` and a `DATABASE_URL` built
-//!   by Kubernetes from `$(POSTGRES_URL)` (a secret key) and its database name, so no secret
-//!   is ever inlined in a manifest;
+//!   by Kubernetes from a secret key: its own role's `$(POSTGRES_PASSWORD)` with the managed
+//!   or CloudNativePG PostgreSQL (least privilege: a service reaches only its database),
+//!   `$(POSTGRES_URL)` and its database name with an external one; so no secret is ever
+//!   inlined in a manifest;
+//! - chat and notification log in to the managed NATS as their own users
+//!   (`$(NATS_PASSWORD)` in `NATS_URL`), each allowed only the subjects it uses;
 //! - service URLs are the in-cluster Services `http://<name>-<component>:50051`;
-//! - generated secrets (signing key, service secret, PostgreSQL password) live in the
-//!   `<name>-generated` Secret, which the reconcile creates once and never rotates.
+//! - generated secrets (signing key, service secret, PostgreSQL superuser password, NATS
+//!   passwords) live in the `<name>-generated` Secret, and each PostgreSQL role's password
+//!   in `<name>-postgres-<component>`; the reconcile creates them once and never rotates.
 
 use std::collections::BTreeMap;
 
@@ -47,7 +52,7 @@ pub const GRPC_PORT: i32 = 50051;
 pub const METRICS_PORT: i32 = 9090;
 /// User and group the service images run as (see the Dockerfile).
 pub const SERVICE_UID: i64 = 10001;
-/// Role of the managed PostgreSQL; it owns (and creates) the four databases.
+/// Superuser of the managed PostgreSQL: only the server and the roles Job use it.
 pub const POSTGRES_USER: &str = "chat";
 
 /// Keys of the `<name>-generated` Secret.
@@ -1498,8 +1503,9 @@ pub fn postgres_service(
     )
 }
 
-/// A single PostgreSQL instance with a persistent volume. The services create their
-/// databases in it, so it needs no init scripts.
+/// A single PostgreSQL instance with a persistent volume. The roles Job
+/// ([`postgres_roles_job`]) creates the services' roles and databases in it, so it needs
+/// no init scripts (which would run only on an empty volume).
 pub fn postgres_stateful_set(
     cluster: &ChatCluster,
     pg: &ManagedPostgres,
