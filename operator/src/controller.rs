@@ -930,11 +930,13 @@ async fn migrate(
         Some(current) => job_state(current),
         None => match apply::<Job>(client, ns, job).await {
             Ok(created) => {
-                pass.notes.push(Note::normal(
-                    "MigrationStarted",
-                    "Migrate",
-                    format!("Job {name} runs the database migrations for {image}"),
-                ));
+                let what = if component == render::POSTGRES_ROLES {
+                    format!("Job {name} sets up the services' PostgreSQL roles")
+                } else {
+                    format!("Job {name} runs the database migrations for {image}")
+                };
+                pass.notes
+                    .push(Note::normal("MigrationStarted", "Migrate", what));
                 job_state(&created)
             }
             Err(e) => {

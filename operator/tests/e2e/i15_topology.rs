@@ -587,7 +587,14 @@ async fn i15_the_managed_nats_requires_each_client_to_log_in_as_itself() {
         !conf.contains(&chat_password),
         "a password in the ConfigMap"
     );
-    let sts = w.api::<StatefulSet>().get("na-nats").await.expect("NATS");
+    let sts = eventually("StatefulSet na-nats", SETTLE, || async {
+        w.api::<StatefulSet>()
+            .get_opt("na-nats")
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
     let sts = serde_json::to_value(&sts).expect("json");
     let server_env = sts["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
     for key in ["nats-chat-password", "nats-notification-password"] {
