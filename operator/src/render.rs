@@ -680,6 +680,11 @@ pub fn cnpg_cluster(
     if let Some(class) = &cnpg.storage.storage_class {
         storage["storageClass"] = json!(class);
     }
+    // What CloudNativePG creates (pods, volumes, Services) is recognisably this cluster's
+    // PostgreSQL, but not `managed-by` this operator: it is CloudNativePG's, and the
+    // operator's label selectors (pruning, pod observation) leave it alone.
+    let mut inherited = selector_labels(cluster, "postgres");
+    inherited.insert("app.kubernetes.io/part-of".into(), "grpc-chat".into());
     let mut spec = json!({
         "instances": cnpg.instances,
         "storage": storage,
@@ -694,7 +699,7 @@ pub fn cnpg_cluster(
             ],
         }},
         "managed": {"roles": roles},
-        "inheritedMetadata": {"labels": labels(cluster, "postgres")},
+        "inheritedMetadata": {"labels": inherited},
     });
     if let Some(image) = &cnpg.image_name {
         spec["imageName"] = json!(image);
@@ -2298,6 +2303,9 @@ mod tests {
             json!({"size": "20Gi", "storageClass": "fast"})
         );
         assert_eq!(spec["enableSuperuserAccess"], false);
+        let inherited = &spec["inheritedMetadata"]["labels"];
+        assert_eq!(inherited["app.kubernetes.io/component"], "postgres");
+        assert!(inherited.get("app.kubernetes.io/managed-by").is_none());
         let initdb = &spec["bootstrap"]["initdb"];
         assert_eq!(initdb["database"], "chat");
         assert_eq!(initdb["owner"], "chat_service");
