@@ -5,11 +5,12 @@
 //! them (`chat-operator crd`, checked in as `k8s/crd.yaml`), so the API server validates
 //! exactly what the reconcile can read. Every field has a default where one makes sense,
 //! so the smallest useful object is `spec: {version: "0.1.0"}`. Choices that are "one of"
-//! (managed or external PostgreSQL/NATS) are two optional fields rather than a Rust enum,
-//! because Kubernetes structural schemas cannot express untagged unions.
+//! (PostgreSQL managed, CloudNativePG or external; NATS managed or external) are optional
+//! fields with a CEL rule rather than a Rust enum, because Kubernetes structural schemas
+//! cannot express untagged unions.
 //!
 //! Whatever would only fail later (a Job name over 63 characters, an unknown pull policy,
-//! a size that is not a quantity, both `managed` and `external`) is refused by the API
+//! a size that is not a quantity, two PostgreSQL modes at once) is refused by the API
 //! server at `kubectl apply`: enums, patterns and bounds from the types, and CEL rules
 //! (`x-kubernetes-validations`, through kube's `KubeSchema` derive) for what a schema
 //! cannot say. [`ChatClusterSpec::validate`] repeats the checks the reconcile depends on,
