@@ -839,6 +839,25 @@ async fn secret_digests(
             .secret_digests
             .insert(c, hex::encode(&digest.finalize()[..4]));
     }
+    if cluster.spec.managed_nats().is_some() {
+        let generated = secrets
+            .get(&render::name(cluster, "generated"))
+            .and_then(|s| s.as_ref().ok())
+            .and_then(Option::as_ref)
+            .and_then(|s| s.data.as_ref());
+        if let Some(data) = generated {
+            let mut digest = Sha256::new();
+            for key in [
+                render::keys::NATS_CHAT_PASSWORD,
+                render::keys::NATS_NOTIFICATION_PASSWORD,
+            ] {
+                if let Some(v) = data.get(key) {
+                    digest.update(Sha256::digest(&v.0));
+                }
+            }
+            inputs.nats_digest = Some(hex::encode(&digest.finalize()[..4]));
+        }
+    }
     if render::per_service_roles(&cluster.spec) {
         let mut digest = Sha256::new();
         let mut complete = true;
@@ -1004,13 +1023,23 @@ pub async fn apply_all(client: &Client, ns: &str, cluster: &ChatCluster) -> Resu
         }
     }
 
+    // Without the NATS passwords' digest (the generated Secret could not be read), the
+    // NATS StatefulSet is left as it is rather than rolled on a guess.
+    let nats_unknown = cluster.spec.managed_nats().is_some() && inputs.nats_digest.is_none();
     for sts in &desired.stateful_sets {
         let component = sts
             .labels()
             .get("app.kubernetes.io/component")
             .cloned()
             .unwrap_or_default();
-        let seen = apply_stateful_set(client, ns, sts, &mut pass).await;
+        let seen = if nats_unknown && component == "nats" {
+            get_opt::<StatefulSet>(client, ns, &sts.name_any())
+                .await
+                .ok()
+                .flatten()
+        } else {
+            apply_stateful_set(client, ns, sts, &mut pass).await
+        };
         pass.observed.push(match seen {
             Some(s) => stateful_set_observed(&component, &s),
             None => stateful_set_observed(&component, sts),

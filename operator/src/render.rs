@@ -366,6 +366,9 @@ pub struct Inputs {
     /// A digest of the services' PostgreSQL role passwords: on the roles Job, so that a
     /// changed password (a rotation) runs it again.
     pub roles_digest: Option<String>,
+    /// A digest of the managed NATS users' passwords: on the NATS pod template, so that
+    /// a changed password restarts the servers, which read it only at start.
+    pub nats_digest: Option<String>,
 }
 
 /// Pod-template annotation: the digest of the Secret values the pods read.
@@ -433,7 +436,12 @@ pub fn desired_with(cluster: &ChatCluster, inputs: &Inputs) -> Result<Desired, R
     if let Some(nats) = spec.managed_nats() {
         config_maps.push(nats_config_map(cluster, &nats, &owner)?);
         services.extend(nats_services(cluster, &owner)?);
-        stateful_sets.push(nats_stateful_set(cluster, &nats, &owner)?);
+        stateful_sets.push(nats_stateful_set(
+            cluster,
+            &nats,
+            inputs.nats_digest.as_deref(),
+            &owner,
+        )?);
         pdbs.push(pdb(cluster, "nats", &owner)?);
     }
 
@@ -1844,6 +1852,7 @@ pub fn nats_services(
 pub fn nats_stateful_set(
     cluster: &ChatCluster,
     nats: &ManagedNats,
+    secrets: Option<&str>,
     owner: &OwnerReference,
 ) -> Result<StatefulSet, RenderError> {
     let probe = |path: &str, period: i32, failures: i32| {
@@ -1887,6 +1896,10 @@ pub fn nats_stateful_set(
         container["resources"] = json!(r);
     }
     let config_hash = short_hash(&nats_config(cluster, nats));
+    let mut annotations = json!({"grpcchat.dev/config-hash": config_hash});
+    if let Some(digest) = secrets {
+        annotations[SECRETS_ANNOTATION] = json!(digest);
+    }
     typed(
         "StatefulSet",
         json!({
@@ -1906,7 +1919,7 @@ pub fn nats_stateful_set(
                 "template": {
                     "metadata": {
                         "labels": labels(cluster, "nats"),
-                        "annotations": {"grpcchat.dev/config-hash": config_hash},
+                        "annotations": annotations,
                     },
                     "spec": {
                         "automountServiceAccountToken": false,
@@ -2600,7 +2613,7 @@ mod tests {
         let ext = json!({"version": "1", "nats": {"external": {"url": "nats://x:4222"}}});
         assert!(!env(ext, Component::Chat).contains_key("NATS_STREAM_REPLICAS"));
         // Lame duck on the way out.
-        let sts = nats_stateful_set(&c, &nats, &owner_reference(&c).unwrap()).unwrap();
+        let sts = nats_stateful_set(&c, &nats, None, &owner_reference(&c).unwrap()).unwrap();
         let v = serde_json::to_value(&sts).unwrap();
         let hook = v["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]["exec"]
             ["command"][2]
@@ -2707,6 +2720,7 @@ mod tests {
         let inputs = Inputs {
             secret_digests: BTreeMap::from([(Component::Auth, "abc123".to_string())]),
             roles_digest: None,
+            nats_digest: Some("def456".to_string()),
         };
         let d = desired_with(&c, &inputs).unwrap();
         let auth = deployment_of(&d, Component::Auth);
@@ -2730,6 +2744,15 @@ mod tests {
         let plain = desired(&c).unwrap();
         let job = |d: &Desired| d.migrations[0].1.name_any();
         assert_ne!(job(&d), job(&plain));
+        // The NATS servers read their users' passwords at start: a change restarts them.
+        let nats = |d: &Desired| {
+            let sts = d.stateful_sets.iter().find(|s| s.name_any() == "demo-nats");
+            serde_json::to_value(sts.unwrap()).unwrap()["spec"]["template"]["metadata"]
+                ["annotations"][SECRETS_ANNOTATION]
+                .clone()
+        };
+        assert_eq!(nats(&d), "def456");
+        assert_eq!(nats(&plain), Value::Null);
     }
 
     #[test]
