@@ -572,6 +572,10 @@ impl Pass {
             "monitoring.coreos.com" => {
                 "the Prometheus Operator's CRDs, or turn spec.monitoring.podMonitor off"
             }
+            "postgresql.cnpg.io" => {
+                "CloudNativePG (its CRDs and operator), or choose spec.postgres.managed or \
+                 external"
+            }
             _ => "the CRD that defines it",
         };
         let message = format!(
@@ -657,6 +661,57 @@ async fn ensure_generated_secret(
             &render::generated_secret(cluster, &owner, &data)?,
         )
         .await?;
+    }
+    Ok(())
+}
+
+/// Creates the Secret of each service's PostgreSQL role ([`render::role_secret_name`])
+/// with a random password when it is missing; a password that exists (generated or set
+/// by a person rotating it) is never changed. Its owner reference follows the same rule
+/// as the generated Secret's. API errors are recorded and the pass goes on.
+async fn ensure_role_secrets(
+    client: &Client,
+    ns: &str,
+    cluster: &ChatCluster,
+    pass: &mut Pass,
+) -> Result<(), Error> {
+    if !render::per_service_roles(&cluster.spec) {
+        return Ok(());
+    }
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let owner = render::owner_reference(cluster)?;
+    let owned = render::generated_secret_owned(&cluster.spec);
+    for c in Component::ALL {
+        let name = render::role_secret_name(cluster, c);
+        let current = match api.get_opt(&name).await {
+            Ok(s) => s,
+            Err(e) => {
+                pass.refused(&format!("Secret {name}"), &e);
+                continue;
+            }
+        };
+        let value = |key: &str| {
+            current
+                .as_ref()
+                .and_then(|s| s.data.as_ref())
+                .and_then(|d| d.get(key))
+                .and_then(|v| String::from_utf8(v.0.clone()).ok())
+        };
+        let password = value("password").filter(|p| !p.is_empty());
+        let owned_now = current
+            .as_ref()
+            .is_some_and(|s| !s.owner_references().is_empty());
+        let up_to_date = password.is_some()
+            && value("username").as_deref() == Some(c.role())
+            && owned_now == owned;
+        if up_to_date {
+            continue;
+        }
+        let password = password.unwrap_or_else(|| secrets::random_token(32));
+        let secret = render::postgres_role_secret(cluster, &owner, c, &password)?;
+        if let Err(e) = apply(client, ns, &secret).await {
+            pass.refused(&format!("Secret {name}"), &e);
+        }
     }
     Ok(())
 }
@@ -910,6 +965,44 @@ async fn secret_digests(
             .secret_digests
             .insert(c, hex::encode(&digest.finalize()[..4]));
     }
+    if cluster.spec.managed_nats().is_some() {
+        let generated = secrets
+            .get(&render::name(cluster, "generated"))
+            .and_then(|s| s.as_ref().ok())
+            .and_then(Option::as_ref)
+            .and_then(|s| s.data.as_ref());
+        if let Some(data) = generated {
+            let mut digest = Sha256::new();
+            for key in [
+                render::keys::NATS_CHAT_PASSWORD,
+                render::keys::NATS_NOTIFICATION_PASSWORD,
+            ] {
+                if let Some(v) = data.get(key) {
+                    digest.update(Sha256::digest(&v.0));
+                }
+            }
+            inputs.nats_digest = Some(hex::encode(&digest.finalize()[..4]));
+        }
+    }
+    if render::per_service_roles(&cluster.spec) {
+        let mut digest = Sha256::new();
+        let mut complete = true;
+        for c in Component::ALL {
+            let password = secrets
+                .get(&render::role_secret_name(cluster, c))
+                .and_then(|s| s.as_ref().ok())
+                .and_then(Option::as_ref)
+                .and_then(|s| s.data.as_ref())
+                .and_then(|d| d.get("password"));
+            match password {
+                Some(p) => digest.update(Sha256::digest(&p.0)),
+                None => complete = false,
+            }
+        }
+        if complete {
+            inputs.roles_digest = Some(hex::encode(&digest.finalize()[..4]));
+        }
+    }
     for ((name, key), readers) in missing {
         let what = match key {
             Some(key) => format!("Secret {name} has no key {key}"),
@@ -982,11 +1075,13 @@ async fn migrate(
         Some(current) => job_state(current),
         None => match apply::<Job>(client, ns, job).await {
             Ok(created) => {
-                pass.notes.push(Note::normal(
-                    "MigrationStarted",
-                    "Migrate",
-                    format!("Job {name} runs the database migrations for {image}"),
-                ));
+                let what = if component == render::POSTGRES_ROLES {
+                    format!("Job {name} sets up the services' PostgreSQL roles")
+                } else {
+                    format!("Job {name} runs the database migrations for {image}")
+                };
+                pass.notes
+                    .push(Note::normal("MigrationStarted", "Migrate", what));
                 job_state(&created)
             }
             Err(e) => {
@@ -1027,6 +1122,7 @@ pub async fn apply_all(client: &Client, ns: &str, cluster: &ChatCluster) -> Resu
         Err(Error::Kube(e)) => pass.refused(&format!("Secret {generated}"), &e),
         Err(e) => return Err(e),
     }
+    ensure_role_secrets(client, ns, cluster, &mut pass).await?;
     let (inputs, unreadable) = secret_digests(client, ns, cluster, &mut pass).await;
     let desired = render::desired_with(cluster, &inputs)?;
     let independent = desired.independent()?;
@@ -1061,13 +1157,23 @@ pub async fn apply_all(client: &Client, ns: &str, cluster: &ChatCluster) -> Resu
         }
     }
 
+    // Without the NATS passwords' digest (the generated Secret could not be read), the
+    // NATS StatefulSet is left as it is rather than rolled on a guess.
+    let nats_unknown = cluster.spec.managed_nats().is_some() && inputs.nats_digest.is_none();
     for sts in &desired.stateful_sets {
         let component = sts
             .labels()
             .get("app.kubernetes.io/component")
             .cloned()
             .unwrap_or_default();
-        let seen = apply_stateful_set(client, ns, sts, &mut pass).await;
+        let seen = if nats_unknown && component == "nats" {
+            get_opt::<StatefulSet>(client, ns, &sts.name_any())
+                .await
+                .ok()
+                .flatten()
+        } else {
+            apply_stateful_set(client, ns, sts, &mut pass).await
+        };
         pass.observed.push(match seen {
             Some(s) => stateful_set_observed(&component, &s),
             None => stateful_set_observed(&component, sts),
@@ -1078,6 +1184,33 @@ pub async fn apply_all(client: &Client, ns: &str, cluster: &ChatCluster) -> Resu
     let mut running_jobs = Vec::new();
     // Listed once, when some component still has to migrate.
     let mut jobs: Option<Vec<Job>> = None;
+    // The single-pod PostgreSQL's roles come first: until its Job has succeeded for the
+    // current spec and passwords, no Deployment changes (their DATABASE_URL names a role
+    // that may not exist yet, or a password not yet set). The migrations run beside it:
+    // they log in as the roles, so they fail and are retried until the roles exist.
+    let roles_ready = match &desired.postgres_roles {
+        None => true,
+        Some(job) => {
+            let existing = migration_jobs(client, ns, cluster, &mut pass).await;
+            let name = job.name_any();
+            let state = migrate(client, ns, job, &name, &existing, &mut pass).await;
+            jobs = Some(existing);
+            match state {
+                Migration::Done => true,
+                Migration::Running => {
+                    running_jobs.push(name);
+                    false
+                }
+                Migration::Failed(why) => {
+                    pass.issues.push(Issue::new(
+                        IssueKind::MigrationFailed,
+                        format!("Job {name} (the services' PostgreSQL roles) failed: {why}"),
+                    ));
+                    false
+                }
+            }
+        }
+    };
     for ((c, job), (_, deployment)) in desired.migrations.iter().zip(&desired.deployments) {
         let image = c.image(&cluster.spec);
         let already = previous
@@ -1111,6 +1244,10 @@ pub async fn apply_all(client: &Client, ns: &str, cluster: &ChatCluster) -> Resu
             }
             let existing = jobs.as_deref().unwrap_or_default();
             migrate(client, ns, job, &image, existing, &mut pass).await
+        };
+        let migration = match migration {
+            Migration::Done if !roles_ready => Migration::Running,
+            other => other,
         };
         let deployment_name = deployment.name_any();
         if migration == Migration::Done {
@@ -1203,6 +1340,8 @@ pub async fn apply_all(client: &Client, ns: &str, cluster: &ChatCluster) -> Resu
     ] {
         delete_unwanted_entry_points(client, ns, cluster, &resource, &wanted, &mut pass).await;
     }
+    // The CloudNativePG Cluster is never deleted when the spec moves away from it: its
+    // volumes hold the data. It goes with the ChatCluster (owner reference).
 
     if desired.ingress.is_none() && previous.endpoint.is_some() {
         // The ingress was removed from the spec (by name: an Ingress applied by an older
@@ -1369,7 +1508,16 @@ mod tests {
         (c.status.clone(), c.reason.clone())
     }
 
+    /// The migration Jobs.
     fn job_paths(server: &FakeApiServer) -> Vec<String> {
+        all_job_paths(server)
+            .into_iter()
+            .filter(|p| p.contains("-migrate-"))
+            .collect()
+    }
+
+    /// The migration Jobs and the PostgreSQL roles Jobs.
+    fn all_job_paths(server: &FakeApiServer) -> Vec<String> {
         server
             .paths()
             .into_iter()
@@ -1377,9 +1525,9 @@ mod tests {
             .collect()
     }
 
-    /// Plays the Job controller: every migration Job succeeds.
+    /// Plays the Job controller: every Job succeeds.
     fn succeed_jobs(server: &FakeApiServer) {
-        for p in job_paths(server) {
+        for p in all_job_paths(server) {
             server.edit(&p, |j| j["status"] = json!({"succeeded": 1}));
         }
     }
@@ -1416,17 +1564,20 @@ mod tests {
         assert_eq!(action, Action::requeue(PROGRESS_POLL));
 
         let log = server.log();
-        // The generated Secret first, then it is read back (for the digest of what the
-        // pods read), then the objects.
-        assert_eq!(
-            log[..4],
-            [
-                format!("GET {}", path("v1", "secrets", "demo-generated")),
-                format!("PATCH {}", path("v1", "secrets", "demo-generated")),
-                format!("GET {}", path("v1", "secrets", "demo-generated")),
-                format!("PATCH {}", path("v1", "serviceaccounts", "demo")),
-            ]
-        );
+        // The generated Secret first, then each service's PostgreSQL role Secret, then
+        // they are read back (for the digest of what the pods read), then the objects.
+        let mut expected = vec![
+            format!("GET {}", path("v1", "secrets", "demo-generated")),
+            format!("PATCH {}", path("v1", "secrets", "demo-generated")),
+        ];
+        for c in Component::ALL {
+            let role = path("v1", "secrets", &format!("demo-postgres-{}", c.name()));
+            expected.push(format!("GET {role}"));
+            expected.push(format!("PATCH {role}"));
+        }
+        expected.push(format!("GET {}", path("v1", "secrets", "demo-generated")));
+        assert_eq!(log[..expected.len()], expected);
+        assert!(log.contains(&format!("PATCH {}", path("v1", "serviceaccounts", "demo"))));
         let secret: Secret = serde_json::from_value(
             server
                 .get(&path("v1", "secrets", "demo-generated"))
@@ -1446,14 +1597,15 @@ mod tests {
         );
         assert_eq!(condition(&server, "Ready").0, "False");
         assert_eq!(condition(&server, "Degraded").0, "False");
-        // The status is written, then the Events: four migrations started, and Migrating.
+        // The status is written, then the Events: the roles Job and four migrations
+        // started, and Migrating.
         let status_write = log
             .iter()
             .position(|l| l == &format!("PATCH {CLUSTER}/status"))
             .expect("the status is written");
         assert_eq!(
             log[status_write + 1..],
-            vec!["POST /apis/events.k8s.io/v1/namespaces/chat/events".to_string(); 5]
+            vec!["POST /apis/events.k8s.io/v1/namespaces/chat/events".to_string(); 6]
         );
     }
 
@@ -1854,5 +2006,59 @@ mod tests {
         );
         // Everything else went on: the migrations started.
         assert_eq!(job_paths(&server).len(), 4);
+    }
+
+    #[tokio::test]
+    async fn cloud_native_pg_gets_role_secrets_and_a_missing_crd_is_said_not_wedged() {
+        let (server, ctx) = setup(json!({"version": "1.0.0",
+                                         "postgres": {"cloudNativePG": {}}}));
+        // No CloudNativePG in the cluster: the API server does not know the kind.
+        server.fail("postgresql.cnpg.io", 404);
+        // Reported as refused (retried with backoff), not an error that stops the pass.
+        assert!(matches!(
+            reconcile_once(&server, &ctx).await,
+            Err(Error::Refused(1))
+        ));
+        let c = cluster(&server);
+        let degraded = status::condition(c.status.as_ref().unwrap(), "Degraded").unwrap();
+        assert_eq!(degraded.status, "True");
+        assert!(
+            degraded
+                .message
+                .contains("does not serve postgresql.cnpg.io/v1 Cluster"),
+            "{}",
+            degraded.message
+        );
+        // The rest of the pass went on: the services' migrations started.
+        assert_eq!(job_paths(&server).len(), 4);
+        // One basic-auth Secret per service role, each with its own password, kept.
+        let mut passwords = Vec::new();
+        for c in Component::ALL {
+            let p = path("v1", "secrets", &format!("demo-postgres-{}", c.name()));
+            let secret = server.get(&p).expect("a role Secret");
+            assert_eq!(secret["type"], "kubernetes.io/basic-auth");
+            let value = |key: &str| {
+                use base64::Engine;
+                let encoded = secret["data"][key].as_str().unwrap();
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .unwrap();
+                String::from_utf8(bytes).unwrap()
+            };
+            assert_eq!(value("username"), c.role());
+            passwords.push(value("password"));
+        }
+        passwords.sort();
+        passwords.dedup();
+        assert_eq!(passwords.len(), 4);
+
+        // Installed: the Cluster is applied and the problem is gone.
+        server.heal();
+        steady(&server, &ctx).await;
+        let applied = server
+            .get(&path("postgresql.cnpg.io/v1", "clusters", "demo-postgres"))
+            .expect("Cluster applied");
+        assert_eq!(applied["spec"]["instances"], 3);
+        assert_ne!(condition(&server, "Degraded").0, "True");
     }
 }

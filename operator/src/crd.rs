@@ -5,11 +5,12 @@
 //! them (`chat-operator crd`, checked in as `k8s/crd.yaml`), so the API server validates
 //! exactly what the reconcile can read. Every field has a default where one makes sense,
 //! so the smallest useful object is `spec: {version: "0.1.0"}`. Choices that are "one of"
-//! (managed or external PostgreSQL/NATS) are two optional fields rather than a Rust enum,
-//! because Kubernetes structural schemas cannot express untagged unions.
+//! (PostgreSQL managed, CloudNativePG or external; NATS managed or external) are optional
+//! fields with a CEL rule rather than a Rust enum, because Kubernetes structural schemas
+//! cannot express untagged unions.
 //!
 //! Whatever would only fail later (a Job name over 63 characters, an unknown pull policy,
-//! a size that is not a quantity, both `managed` and `external`) is refused by the API
+//! a size that is not a quantity, two PostgreSQL modes at once) is refused by the API
 //! server at `kubectl apply`: enums, patterns and bounds from the types, and CEL rules
 //! (`x-kubernetes-validations`, through kube's `KubeSchema` derive) for what a schema
 //! cannot say. [`ChatClusterSpec::validate`] repeats the checks the reconcile depends on,
@@ -276,16 +277,121 @@ pub struct AuthSpec {
     pub previous_public_key: Option<SecretKeySelector>,
 }
 
-/// PostgreSQL: set `managed` or `external`, not both; neither means managed with defaults.
+/// PostgreSQL: set at most one of `managed`, `cloudNativePG` and `external`; none means
+/// managed with defaults.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!(has(self.managed) && has(self.external))")
-    .message("spec.postgres: set managed or external, not both"))]
+#[x_kube(validation = Rule::new(
+    "[has(self.managed), has(self.external), has(self.cloudNativePG)].filter(x, x).size() <= 1"
+).message(POSTGRES_ONE_MODE))]
 pub struct PostgresSpec {
+    /// One PostgreSQL pod run by the operator: for development and trials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub managed: Option<ManagedPostgres>,
+    /// An existing server the operator does not run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<ExternalPostgres>,
+    /// A CloudNativePG `Cluster` (replicated, failover, TLS, backups): for production.
+    /// Needs the CloudNativePG operator in the cluster.
+    #[serde(
+        default,
+        rename = "cloudNativePG",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cloud_native_pg: Option<CloudNativePg>,
+}
+
+const POSTGRES_ONE_MODE: &str =
+    "spec.postgres: set only one of managed, cloudNativePG and external";
+
+/// A PostgreSQL cluster run by CloudNativePG: a primary and streaming replicas with
+/// automated failover, TLS, and (optionally) continuous backup to an object store.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CloudNativePg {
+    /// Number of PostgreSQL instances (one primary, the rest replicas); 3 survives the
+    /// loss of a node with a replica left.
+    #[serde(default = "default_cnpg_instances")]
+    #[schemars(range(min = 1))]
+    pub instances: i32,
+    /// The volume of each instance.
+    #[serde(default)]
+    pub storage: CnpgStorage,
+    /// Operand image (`imageName` of the Cluster); absent: CloudNativePG's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image_name: Option<String>,
+    /// CPU and memory of each instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Continuous backup (base backups and WAL archive) to an object store; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<CnpgBackup>,
+}
+
+impl Default for CloudNativePg {
+    fn default() -> Self {
+        Self {
+            instances: default_cnpg_instances(),
+            storage: CnpgStorage::default(),
+            image_name: None,
+            resources: None,
+            backup: None,
+        }
+    }
+}
+
+fn default_cnpg_instances() -> i32 {
+    3
+}
+
+/// The volume of each CloudNativePG instance.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CnpgStorage {
+    /// Size of each instance's volume (CloudNativePG expands volumes, never shrinks them).
+    #[serde(default = "default_postgres_storage")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(POSITIVE_QUANTITY).message("storage must be a positive quantity, such as 10Gi"))]
+    #[x_kube(validation = Rule::new(NO_SHRINK).message(NO_SHRINK_MESSAGE))]
+    pub size: String,
+    /// StorageClass; absent: the cluster's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
+}
+
+impl Default for CnpgStorage {
+    fn default() -> Self {
+        Self {
+            size: default_postgres_storage(),
+            storage_class: None,
+        }
+    }
+}
+
+/// Backups to an S3-compatible object store through Barman (the Cluster's
+/// `backup.barmanObjectStore`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CnpgBackup {
+    /// Where the backups go, e.g. `s3://backups/chat`.
+    #[schemars(length(min = 1, max = 1024))]
+    pub destination_path: String,
+    /// The object store's endpoint when it is not AWS S3, e.g. `https://minio.example:9000`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "endpointURL")]
+    pub endpoint_url: Option<String>,
+    /// The access key id (a Secret key); absent with `secretAccessKey` absent: the pods'
+    /// IAM role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<SecretKeySelector>,
+    /// The secret access key (a Secret key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<SecretKeySelector>,
+    /// How long backups and WAL are kept, e.g. `30d` (days, weeks or months).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[1-9][0-9]*[dwm]$"))]
+    pub retention_policy: Option<String>,
 }
 
 /// A single-instance PostgreSQL StatefulSet run by the operator.
@@ -677,10 +783,14 @@ pub struct InvalidSpec(pub String);
 impl ChatClusterSpec {
     /// Checks what the schema cannot express.
     pub fn validate(&self) -> Result<(), InvalidSpec> {
-        if self.postgres.managed.is_some() && self.postgres.external.is_some() {
-            return Err(InvalidSpec(
-                "spec.postgres: set managed or external, not both".into(),
-            ));
+        let pg = &self.postgres;
+        let modes = [
+            pg.managed.is_some(),
+            pg.external.is_some(),
+            pg.cloud_native_pg.is_some(),
+        ];
+        if modes.into_iter().filter(|m| *m).count() > 1 {
+            return Err(InvalidSpec(POSTGRES_ONE_MODE.into()));
         }
         if self.nats.managed.is_some() && self.nats.external.is_some() {
             return Err(InvalidSpec(
@@ -747,12 +857,22 @@ impl ChatClusterSpec {
         Ok(())
     }
 
-    /// The managed PostgreSQL settings, or `None` when an external server is used.
+    /// The managed (single-pod) PostgreSQL settings, or `None` when an external server or
+    /// CloudNativePG is used.
     pub fn managed_postgres(&self) -> Option<ManagedPostgres> {
+        let pg = &self.postgres;
+        match (&pg.managed, &pg.external, &pg.cloud_native_pg) {
+            (Some(m), _, _) => Some(m.clone()),
+            (None, None, None) => Some(ManagedPostgres::default()),
+            _ => None,
+        }
+    }
+
+    /// The CloudNativePG settings, when PostgreSQL is a CloudNativePG `Cluster`.
+    pub fn cloud_native_pg(&self) -> Option<&CloudNativePg> {
         match (&self.postgres.managed, &self.postgres.external) {
-            (Some(m), _) => Some(m.clone()),
-            (None, Some(_)) => None,
-            (None, None) => Some(ManagedPostgres::default()),
+            (None, None) => self.postgres.cloud_native_pg.as_ref(),
+            _ => None,
         }
     }
 

@@ -67,7 +67,14 @@ pub fn render_yaml(input: &str) -> anyhow::Result<String> {
             .map(|k| (k.to_string(), RENDER_GENERATED.to_string()))
             .collect();
         let secret = render::generated_secret(&cluster, &owner, &placeholders)?;
-        for object in desired.to_values(&secret) {
+        let mut objects = desired.to_values(&secret);
+        if render::per_service_roles(&cluster.spec) {
+            for c in render::Component::ALL {
+                let role = render::postgres_role_secret(&cluster, &owner, c, RENDER_GENERATED)?;
+                objects.insert(2, serde_json::to_value(&role)?);
+            }
+        }
+        for object in objects {
             out.push_str("---\n");
             out.push_str(&serde_yaml::to_string(&object)?);
         }

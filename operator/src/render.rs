@@ -12,11 +12,16 @@
 //! Wiring, in one place:
 //! - every service gets `LISTEN_ADDR`/`METRICS_ADDR`, the shared ConfigMap (`RUST_LOG`,
 //!   `LOG_FORMAT`, `OTEL_EXPORTER_OTLP_ENDPOINT`), `SERVICE_SECRET` and a `DATABASE_URL` built
-//!   by Kubernetes from `$(POSTGRES_URL)` (a secret key) and its database name, so no secret
-//!   is ever inlined in a manifest;
+//!   by Kubernetes from a secret key: its own role's `$(POSTGRES_PASSWORD)` with the managed
+//!   or CloudNativePG PostgreSQL (least privilege: a service reaches only its database),
+//!   `$(POSTGRES_URL)` and its database name with an external one; so no secret is ever
+//!   inlined in a manifest;
+//! - chat and notification log in to the managed NATS as their own users
+//!   (`$(NATS_PASSWORD)` in `NATS_URL`), each allowed only the subjects it uses;
 //! - service URLs are the in-cluster Services `http://<name>-<component>:50051`;
-//! - generated secrets (signing key, service secret, PostgreSQL password) live in the
-//!   `<name>-generated` Secret, which the reconcile creates once and never rotates.
+//! - generated secrets (signing key, service secret, PostgreSQL superuser password, NATS
+//!   passwords) live in the `<name>-generated` Secret, and each PostgreSQL role's password
+//!   in `<name>-postgres-<component>`; the reconcile creates them once and never rotates.
 
 use std::collections::BTreeMap;
 
@@ -47,7 +52,7 @@ pub const GRPC_PORT: i32 = 50051;
 pub const METRICS_PORT: i32 = 9090;
 /// User and group the service images run as (see the Dockerfile).
 pub const SERVICE_UID: i64 = 10001;
-/// Role of the managed PostgreSQL; it owns (and creates) the four databases.
+/// Superuser of the managed PostgreSQL: only the server and the roles Job use it.
 pub const POSTGRES_USER: &str = "chat";
 
 /// Keys of the `<name>-generated` Secret.
@@ -59,6 +64,10 @@ pub mod keys {
     pub const SERVICE_SECRET: &str = "service-secret";
     pub const POSTGRES_PASSWORD: &str = "postgres-password";
     pub const POSTGRES_URL: &str = "postgres-url";
+    /// Password of chat-service's user on the managed NATS.
+    pub const NATS_CHAT_PASSWORD: &str = "nats-chat-password";
+    /// Password of notification-service's user on the managed NATS.
+    pub const NATS_NOTIFICATION_PASSWORD: &str = "nats-notification-password";
 }
 
 /// Why rendering failed: a bug in this module (caught by its tests) or an owner without
@@ -118,6 +127,17 @@ impl Component {
             Component::Chat => "chat",
             Component::Notification => "notification",
             Component::Saga => "saga",
+        }
+    }
+
+    /// The PostgreSQL role the service logs in as, owner of its database and nothing
+    /// else (CloudNativePG and single-pod modes).
+    pub fn role(self) -> &'static str {
+        match self {
+            Component::Auth => "auth_service",
+            Component::Chat => "chat_service",
+            Component::Notification => "notification_service",
+            Component::Saga => "saga_service",
         }
     }
 
@@ -199,6 +219,11 @@ pub struct Desired {
     pub load_balancers: Vec<Service>,
     /// The Prometheus Operator PodMonitor, when `spec.monitoring.podMonitor` is set.
     pub pod_monitor: Option<Plain>,
+    /// The CloudNativePG `Cluster`, when `spec.postgres.cloudNativePG` is set.
+    pub postgres_cluster: Option<Plain>,
+    /// The single-pod PostgreSQL's roles Job ([`postgres_roles_job`]): the migrations
+    /// and Deployments wait for it.
+    pub postgres_roles: Option<Job>,
 }
 
 /// An object applied as rendered and on its own: nothing waits for it and its failure
@@ -263,6 +288,7 @@ impl Desired {
         out.extend(self.gateway.clone());
         out.extend(self.grpc_routes.iter().cloned());
         out.extend(self.pod_monitor.clone());
+        out.extend(self.postgres_cluster.clone());
         Ok(out)
     }
 
@@ -275,6 +301,7 @@ impl Desired {
         out.extend(self.config_maps.iter().map(v));
         out.extend(self.services.iter().map(v));
         out.extend(self.stateful_sets.iter().map(v));
+        out.extend(self.postgres_roles.iter().map(v));
         out.extend(self.migrations.iter().map(|(_, j)| v(j)));
         out.extend(self.deployments.iter().map(|(_, d)| v(d)));
         out.extend(self.pdbs.iter().map(v));
@@ -285,6 +312,7 @@ impl Desired {
         out.extend(self.gateway.iter().map(|p| v(&p.object)));
         out.extend(self.grpc_routes.iter().map(|p| v(&p.object)));
         out.extend(self.pod_monitor.iter().map(|p| v(&p.object)));
+        out.extend(self.postgres_cluster.iter().map(|p| v(&p.object)));
         out
     }
 }
@@ -351,6 +379,12 @@ pub struct Inputs {
     /// the pod template, so a changed Secret rolls exactly the pods that read it. Absent
     /// (as in `chat-operator render`, which reads no Secret): no annotation.
     pub secret_digests: BTreeMap<Component, String>,
+    /// A digest of the services' PostgreSQL role passwords: on the roles Job, so that a
+    /// changed password (a rotation) runs it again.
+    pub roles_digest: Option<String>,
+    /// A digest of the managed NATS users' passwords: on the NATS pod template, so that
+    /// a changed password restarts the servers, which read it only at start.
+    pub nats_digest: Option<String>,
 }
 
 /// Pod-template annotation: the digest of the Secret values the pods read.
@@ -404,14 +438,26 @@ pub fn desired_with(cluster: &ChatCluster, inputs: &Inputs) -> Result<Desired, R
     let mut stateful_sets = Vec::new();
     let mut pdbs = Vec::new();
 
+    let mut postgres_roles = None;
     if let Some(pg) = spec.managed_postgres() {
         services.push(postgres_service(cluster, &owner)?);
         stateful_sets.push(postgres_stateful_set(cluster, &pg, &owner)?);
+        postgres_roles = Some(postgres_roles_job(
+            cluster,
+            &pg,
+            inputs.roles_digest.as_deref(),
+            &owner,
+        )?);
     }
     if let Some(nats) = spec.managed_nats() {
         config_maps.push(nats_config_map(cluster, &nats, &owner)?);
         services.extend(nats_services(cluster, &owner)?);
-        stateful_sets.push(nats_stateful_set(cluster, &nats, &owner)?);
+        stateful_sets.push(nats_stateful_set(
+            cluster,
+            &nats,
+            inputs.nats_digest.as_deref(),
+            &owner,
+        )?);
         pdbs.push(pdb(cluster, "nats", &owner)?);
     }
 
@@ -444,6 +490,8 @@ pub fn desired_with(cluster: &ChatCluster, inputs: &Inputs) -> Result<Desired, R
         grpc_routes: grpc_routes(cluster, &owner)?,
         load_balancers: load_balancers(cluster, &owner)?,
         pod_monitor: pod_monitor(cluster, &owner)?,
+        postgres_cluster: cnpg_cluster(cluster, &owner)?,
+        postgres_roles,
     })
 }
 
@@ -533,6 +581,10 @@ pub fn generated_keys(spec: &ChatClusterSpec) -> Vec<&'static str> {
         k.push(keys::POSTGRES_PASSWORD);
         k.push(keys::POSTGRES_URL);
     }
+    if spec.managed_nats().is_some() {
+        k.push(keys::NATS_CHAT_PASSWORD);
+        k.push(keys::NATS_NOTIFICATION_PASSWORD);
+    }
     k
 }
 
@@ -542,6 +594,174 @@ pub fn managed_postgres_url(cluster: &ChatCluster, password: &str) -> String {
         "postgres://{POSTGRES_USER}:{password}@{}:5432",
         name(cluster, "postgres")
     )
+}
+
+/// Whether each service logs in to PostgreSQL as its own role ([`Component::role`]),
+/// whose password is in its own Secret ([`role_secret_name`]): with CloudNativePG and
+/// the single-pod PostgreSQL. An external server keeps the one URL it is given.
+pub fn per_service_roles(spec: &ChatClusterSpec) -> bool {
+    spec.cloud_native_pg().is_some() || spec.managed_postgres().is_some()
+}
+
+/// Host the services reach PostgreSQL at when they log in as their own roles.
+fn role_postgres_host(cluster: &ChatCluster) -> Option<String> {
+    if cluster.spec.cloud_native_pg().is_some() {
+        // `-rw` is CloudNativePG's Service of the current primary.
+        return Some(name(cluster, "postgres-rw"));
+    }
+    cluster
+        .spec
+        .managed_postgres()
+        .map(|_| name(cluster, "postgres"))
+}
+
+/// The `kubernetes.io/basic-auth` Secret (`username`, `password`) of a service's
+/// PostgreSQL role: what CloudNativePG sets the role's password from
+/// (`managed.roles[].passwordSecret`) and what the service's `DATABASE_URL` is built from.
+pub fn role_secret_name(cluster: &ChatCluster, c: Component) -> String {
+    name(cluster, &format!("postgres-{}", c.name()))
+}
+
+/// The Secret of a service's PostgreSQL role; `password` is what the reconcile generated
+/// or read back. Labelled `cnpg.io/reload` so that CloudNativePG applies a changed
+/// password to the role (a rotation). Owned like the generated Secret.
+pub fn postgres_role_secret(
+    cluster: &ChatCluster,
+    owner: &OwnerReference,
+    c: Component,
+    password: &str,
+) -> Result<Secret, RenderError> {
+    let mut metadata = metadata(cluster, role_secret_name(cluster, c), "secrets", owner);
+    metadata["labels"]["cnpg.io/reload"] = json!("true");
+    if !generated_secret_owned(&cluster.spec) {
+        if let Some(m) = metadata.as_object_mut() {
+            m.remove("ownerReferences");
+        }
+    }
+    typed(
+        "Secret",
+        json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": metadata,
+            "type": "kubernetes.io/basic-auth",
+            "stringData": {"username": c.role(), "password": password},
+        }),
+    )
+}
+
+/// CloudNativePG's `Cluster` kind (`postgresql.cnpg.io/v1`).
+pub fn cnpg_cluster_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "postgresql.cnpg.io",
+        "v1",
+        "Cluster",
+    ))
+}
+
+/// The CloudNativePG `Cluster` for `spec.postgres.cloudNativePG`: `instances` PostgreSQL
+/// pods (a primary and streaming replicas, failed over by CloudNativePG), TLS, and
+/// optionally backups to an object store. Other projects' kind, so kept untyped.
+///
+/// Each service gets a role owning only its database. `initdb` creates the chat database
+/// and its owner (CloudNativePG's "application" database, password from its Secret); the
+/// other three roles are created with `LOGIN` and their databases by `postInitSQL`, once,
+/// at bootstrap, and `managed.roles` then keeps every role's password equal to its Secret
+/// for as long as the Cluster lives (CloudNativePG adopts a role that exists). `CONNECT` on
+/// each database is revoked from `PUBLIC`, so a role reaches its own database only. No
+/// superuser access is enabled: nothing of ours needs it.
+pub fn cnpg_cluster(
+    cluster: &ChatCluster,
+    owner: &OwnerReference,
+) -> Result<Option<Plain>, RenderError> {
+    let Some(cnpg) = cluster.spec.cloud_native_pg() else {
+        return Ok(None);
+    };
+    let app = Component::Chat;
+    let others: Vec<Component> = Component::ALL.into_iter().filter(|c| *c != app).collect();
+    let mut post_init = Vec::new();
+    for c in &others {
+        post_init.push(format!("CREATE ROLE {} LOGIN", c.role()));
+        post_init.push(format!(
+            "CREATE DATABASE {} OWNER {}",
+            c.database(),
+            c.role()
+        ));
+        post_init.push(format!(
+            "REVOKE ALL ON DATABASE {} FROM PUBLIC",
+            c.database()
+        ));
+    }
+    let roles: Vec<Value> = others
+        .iter()
+        .map(|c| {
+            json!({
+                "name": c.role(),
+                "ensure": "present",
+                "login": true,
+                "passwordSecret": {"name": role_secret_name(cluster, *c)},
+            })
+        })
+        .collect();
+    let mut storage = json!({"size": cnpg.storage.size});
+    if let Some(class) = &cnpg.storage.storage_class {
+        storage["storageClass"] = json!(class);
+    }
+    // What CloudNativePG creates (pods, volumes, Services) is recognisably this cluster's
+    // PostgreSQL, but not `managed-by` this operator: it is CloudNativePG's, and the
+    // operator's label selectors (pruning, pod observation) leave it alone.
+    let mut inherited = selector_labels(cluster, "postgres");
+    inherited.insert("app.kubernetes.io/part-of".into(), "grpc-chat".into());
+    let mut spec = json!({
+        "instances": cnpg.instances,
+        "storage": storage,
+        "enableSuperuserAccess": false,
+        "bootstrap": {"initdb": {
+            "database": app.database(),
+            "owner": app.role(),
+            "secret": {"name": role_secret_name(cluster, app)},
+            "postInitSQL": post_init,
+            "postInitApplicationSQL": [
+                format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", app.database()),
+            ],
+        }},
+        "managed": {"roles": roles},
+        "inheritedMetadata": {"labels": inherited},
+    });
+    if let Some(image) = &cnpg.image_name {
+        spec["imageName"] = json!(image);
+    }
+    if let Some(r) = &cnpg.resources {
+        spec["resources"] = json!(r);
+    }
+    if let Some(b) = &cnpg.backup {
+        let mut store = json!({"destinationPath": b.destination_path});
+        if let Some(url) = &b.endpoint_url {
+            store["endpointURL"] = json!(url);
+        }
+        store["s3Credentials"] = match (&b.access_key_id, &b.secret_access_key) {
+            (Some(id), Some(key)) => json!({
+                "accessKeyId": {"name": id.name, "key": id.key},
+                "secretAccessKey": {"name": key.name, "key": key.key},
+            }),
+            _ => json!({"inheritFromIAMRole": true}),
+        };
+        let mut backup = json!({"barmanObjectStore": store});
+        if let Some(r) = &b.retention_policy {
+            backup["retentionPolicy"] = json!(r);
+        }
+        spec["backup"] = backup;
+    }
+    let value = json!({
+        "apiVersion": "postgresql.cnpg.io/v1",
+        "kind": "Cluster",
+        "metadata": metadata(cluster, name(cluster, "postgres"), "postgres", owner),
+        "spec": spec,
+    });
+    Ok(Some(Plain {
+        resource: cnpg_cluster_resource(),
+        object: typed("Cluster", value)?,
+    }))
 }
 
 fn secret_env(name: &str, secret: &str, key: &str, optional: bool) -> Value {
@@ -559,12 +779,6 @@ fn value_env(name: &str, value: impl Into<String>) -> Value {
 pub fn env(cluster: &ChatCluster, c: Component) -> Vec<Value> {
     let spec = &cluster.spec;
     let generated = name(cluster, "generated");
-    let url = |c: Component| format!("http://{}:{GRPC_PORT}", name(cluster, c.name()));
-    let nats_url = match &spec.nats.external {
-        Some(ext) if spec.nats.managed.is_none() => ext.url.clone(),
-        _ => format!("nats://{}:4222", name(cluster, "nats")),
-    };
-
     let mut env = vec![
         value_env("LISTEN_ADDR", format!("0.0.0.0:{GRPC_PORT}")),
         value_env("METRICS_ADDR", format!("0.0.0.0:{METRICS_PORT}")),
@@ -577,6 +791,29 @@ pub fn env(cluster: &ChatCluster, c: Component) -> Vec<Value> {
             keys::SERVICE_SECRET,
             false,
         )),
+    }
+    if let Some(host) = role_postgres_host(cluster) {
+        // The service's own role; Kubernetes expands `$(POSTGRES_PASSWORD)` from the
+        // variable defined just before. Generated passwords are alphanumeric, so they
+        // need no URL encoding.
+        env.push(secret_env(
+            "POSTGRES_PASSWORD",
+            &role_secret_name(cluster, c),
+            "password",
+            false,
+        ));
+        let mut url = format!(
+            "postgres://{}:$(POSTGRES_PASSWORD)@{host}:5432/{}",
+            c.role(),
+            c.database()
+        );
+        if spec.cloud_native_pg().is_some() {
+            // CloudNativePG serves TLS only (with its own CA, hence no `verify-full`).
+            url.push_str("?sslmode=require");
+        }
+        env.push(value_env("DATABASE_URL", url));
+        component_env(cluster, c, &mut env);
+        return env;
     }
     // Kubernetes expands `$(POSTGRES_URL)` from the variable defined just before.
     let params = match (&spec.postgres.external, spec.managed_postgres()) {
@@ -605,7 +842,32 @@ pub fn env(cluster: &ChatCluster, c: Component) -> Vec<Value> {
         database_url.push_str(p.trim_start_matches('?'));
     }
     env.push(value_env("DATABASE_URL", database_url));
+    component_env(cluster, c, &mut env);
+    env
+}
 
+/// The part of [`env`] that depends on the component.
+fn component_env(cluster: &ChatCluster, c: Component, env: &mut Vec<Value>) {
+    let spec = &cluster.spec;
+    let generated = name(cluster, "generated");
+    let url = |c: Component| format!("http://{}:{GRPC_PORT}", name(cluster, c.name()));
+    // The managed NATS requires each of its two clients to log in as its own user; the
+    // kubelet expands `$(NATS_PASSWORD)` from the variable pushed just before NATS_URL.
+    let nats_env = |user: Component, env: &mut Vec<Value>| match &spec.nats.external {
+        Some(ext) if spec.nats.managed.is_none() => env.push(value_env("NATS_URL", &ext.url)),
+        _ => {
+            let (_, key) = nats_user(user).unwrap_or(("", ""));
+            env.push(secret_env("NATS_PASSWORD", &generated, key, false));
+            env.push(value_env(
+                "NATS_URL",
+                format!(
+                    "nats://{}:$(NATS_PASSWORD)@{}:4222",
+                    user.name(),
+                    name(cluster, "nats")
+                ),
+            ));
+        }
+    };
     match c {
         Component::Auth => {
             match &spec.signing_key {
@@ -636,12 +898,12 @@ pub fn env(cluster: &ChatCluster, c: Component) -> Vec<Value> {
             }
         }
         Component::Chat => {
-            env.push(value_env("NATS_URL", nats_url));
+            nats_env(Component::Chat, env);
             env.extend(stream_env(spec));
             env.push(value_env("AUTH_URL", url(Component::Auth)));
         }
         Component::Notification => {
-            env.push(value_env("NATS_URL", nats_url));
+            nats_env(Component::Notification, env);
             env.extend(stream_env(spec));
             env.push(value_env("AUTH_URL", url(Component::Auth)));
             env.push(value_env("CHAT_URL", url(Component::Chat)));
@@ -665,7 +927,6 @@ pub fn env(cluster: &ChatCluster, c: Component) -> Vec<Value> {
             env.push(value_env("NOTIFICATION_URL", url(Component::Notification)));
         }
     }
-    env
 }
 
 /// Copies of the events stream kept by a managed NATS of `nats_replicas` servers: three
@@ -1084,10 +1345,11 @@ pub fn network_policies(
         out.push(policy(
             "postgres",
             selector(&["postgres".to_string()]),
-            vec![allow(
-                &[5432],
-                vec![pods_of(cluster, &service_components(true))],
-            )],
+            vec![allow(&[5432], {
+                let mut sources = service_components(true);
+                sources.push(POSTGRES_ROLES.to_string());
+                vec![pods_of(cluster, &sources)]
+            })],
         )?);
     }
     if cluster.spec.managed_nats().is_some() {
@@ -1505,8 +1767,9 @@ pub fn postgres_service(
     )
 }
 
-/// A single PostgreSQL instance with a persistent volume. The services create their
-/// databases in it, so it needs no init scripts.
+/// A single PostgreSQL instance with a persistent volume. The roles Job
+/// ([`postgres_roles_job`]) creates the services' roles and databases in it, so it needs
+/// no init scripts (which would run only on an empty volume).
 pub fn postgres_stateful_set(
     cluster: &ChatCluster,
     pg: &ManagedPostgres,
@@ -1574,6 +1837,178 @@ pub fn postgres_stateful_set(
     )
 }
 
+/// `app.kubernetes.io/component` of the single-pod PostgreSQL's roles Job.
+pub const POSTGRES_ROLES: &str = "postgres-roles";
+
+/// The psql script of [`postgres_roles_job`]. Each statement is idempotent, so the Job
+/// can run any number of times: on a new server, on one created by an older operator
+/// (whose databases and tables the shared superuser owns), and after a password rotation.
+fn postgres_roles_sql() -> String {
+    let mut sql = String::from("\\set ON_ERROR_STOP on\n");
+    for c in Component::ALL {
+        let (role, db) = (c.role(), c.database());
+        sql.push_str(&format!(
+            "SELECT 'CREATE ROLE {role}' WHERE NOT EXISTS \
+             (SELECT FROM pg_roles WHERE rolname = '{role}') \\gexec\n\
+             ALTER ROLE {role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE \
+             PASSWORD :'{role}';\n\
+             SELECT 'CREATE DATABASE {db} OWNER {role}' WHERE NOT EXISTS \
+             (SELECT FROM pg_database WHERE datname = '{db}') \\gexec\n\
+             ALTER DATABASE {db} OWNER TO {role};\n\
+             REVOKE ALL ON DATABASE {db} FROM PUBLIC;\n\
+             \\connect {db}\n\
+             ALTER SCHEMA public OWNER TO {role};\n\
+             SELECT format('ALTER TABLE %I.%I OWNER TO {role}', n.nspname, c.relname) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'f') \
+             AND c.relowner <> '{role}'::regrole \\gexec\n\
+             SELECT format('ALTER SEQUENCE %I.%I OWNER TO {role}', n.nspname, c.relname) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'public' AND c.relkind = 'S' \
+             AND c.relowner <> '{role}'::regrole AND NOT EXISTS (SELECT FROM pg_depend d \
+             WHERE d.objid = c.oid AND d.deptype IN ('a', 'i')) \\gexec\n\
+             SELECT format('ALTER ROUTINE %s OWNER TO {role}', p.oid::regprocedure) \
+             FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+             WHERE n.nspname = 'public' AND p.proowner <> '{role}'::regrole \\gexec\n\
+             SELECT format('ALTER TYPE %I.%I OWNER TO {role}', n.nspname, t.typname) \
+             FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
+             WHERE n.nspname = 'public' AND t.typtype IN ('e', 'd') \
+             AND t.typowner <> '{role}'::regrole \\gexec\n\
+             \\connect postgres\n"
+        ));
+    }
+    sql
+}
+
+/// The Job that gives each service its own PostgreSQL role in the single-pod PostgreSQL:
+/// creates the role and its database when missing, sets the role's password from its
+/// Secret, and makes it the owner of its database and everything in it. It runs `psql`
+/// from the PostgreSQL image as the superuser, the only place the superuser password is
+/// read besides the server itself, before any migration: the migrations and Deployments
+/// wait for it (see the controller). Like a migration Job, its name ends with a digest of
+/// its spec (and `secrets`, the digest of the passwords), so a changed password reruns it.
+pub fn postgres_roles_job(
+    cluster: &ChatCluster,
+    pg: &ManagedPostgres,
+    secrets: Option<&str>,
+    owner: &OwnerReference,
+) -> Result<Job, RenderError> {
+    let generated = name(cluster, "generated");
+    let mut env = vec![
+        value_env("PGHOST", name(cluster, "postgres")),
+        value_env("PGUSER", POSTGRES_USER),
+        value_env("PGDATABASE", "postgres"),
+        secret_env("PGPASSWORD", &generated, keys::POSTGRES_PASSWORD, false),
+    ];
+    let mut args = String::from("exec psql -X -q");
+    for c in Component::ALL {
+        let var = format!("{}_PASSWORD", c.role().to_uppercase());
+        env.push(secret_env(
+            &var,
+            &role_secret_name(cluster, c),
+            "password",
+            false,
+        ));
+        args.push_str(&format!(" -v \"{}=${var}\"", c.role()));
+    }
+    args.push_str(" <<'SQL'\n");
+    args.push_str(&postgres_roles_sql());
+    args.push_str("SQL\n");
+    let mut container = json!({
+        "name": "roles",
+        "image": pg.image,
+        "command": ["/bin/sh", "-c", args],
+        "env": env,
+        "securityContext": restricted_container_security(),
+    });
+    if let Some(r) = &pg.resources {
+        container["resources"] = json!(r);
+    }
+    let mut template_metadata = json!({"labels": labels(cluster, POSTGRES_ROLES)});
+    if let Some(digest) = secrets {
+        template_metadata["annotations"] = json!({SECRETS_ANNOTATION: digest});
+    }
+    let spec = json!({
+        // Retries cover a server that is still starting.
+        "backoffLimit": 20,
+        "template": {
+            "metadata": template_metadata,
+            "spec": {
+                "restartPolicy": "Never",
+                "automountServiceAccountToken": false,
+                "securityContext": pod_security(70),
+                "containers": [container],
+            },
+        },
+    });
+    let digest = short_hash(&spec.to_string());
+    let job_name = name(cluster, &format!("{POSTGRES_ROLES}-{digest}"));
+    let mut metadata = metadata(cluster, job_name.clone(), POSTGRES_ROLES, owner);
+    // What the controller's "done" check compares (see `controller::migrate`).
+    metadata["annotations"] = json!({IMAGE_ANNOTATION: job_name});
+    typed(
+        "Job",
+        json!({
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": metadata,
+            "spec": spec,
+        }),
+    )
+}
+
+/// The managed NATS user of a component that uses NATS, and the generated Secret key of
+/// its password; `None` for the components that do not use NATS.
+pub fn nats_user(c: Component) -> Option<(&'static str, &'static str)> {
+    match c {
+        Component::Chat => Some(("NATS_CHAT_PASSWORD", keys::NATS_CHAT_PASSWORD)),
+        Component::Notification => Some((
+            "NATS_NOTIFICATION_PASSWORD",
+            keys::NATS_NOTIFICATION_PASSWORD,
+        )),
+        Component::Auth | Component::Saga => None,
+    }
+}
+
+/// The `authorization` block of the managed NATS: a user per client, allowed only the
+/// subjects it uses. chat-service publishes and subscribes the events (`chat.>`) and
+/// creates or updates the events stream (`$JS.API.>`); notification-service only reads
+/// the stream through its durable consumer (`$JS.API.>` for the consumer and its pulls,
+/// `$JS.ACK.>` for acknowledgements). Both get replies on `_INBOX.>`. The passwords are
+/// not in the file: nats-server reads `$NATS_*_PASSWORD` from its environment, which
+/// comes from the generated Secret, so the ConfigMap holds no secret.
+fn nats_authorization() -> String {
+    let user = |c: Component, publish: &[&str], subscribe: &[&str]| {
+        let (var, _) = nats_user(c).unwrap_or(("", ""));
+        let list = |s: &[&str]| {
+            s.iter()
+                .map(|x| format!("\"{x}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "    {{user: {}, password: ${var}, permissions: {{\n      \
+             publish: {{allow: [{}]}},\n      subscribe: {{allow: [{}]}}\n    }}}}\n",
+            c.name(),
+            list(publish),
+            list(subscribe),
+        )
+    };
+    format!(
+        "authorization {{\n  users: [\n{}{}  ]\n}}\n",
+        user(
+            Component::Chat,
+            &["chat.>", "$JS.API.>"],
+            &["chat.>", "_INBOX.>"]
+        ),
+        user(
+            Component::Notification,
+            &["$JS.API.>", "$JS.ACK.>"],
+            &["_INBOX.>"]
+        ),
+    )
+}
+
 /// Where a NATS server writes its pid, for the preStop hook's lame-duck signal.
 const NATS_PID_FILE: &str = "/var/run/nats/nats.pid";
 
@@ -1589,7 +2024,8 @@ pub fn nats_config(cluster: &ChatCluster, nats: &ManagedNats) -> String {
     let mut conf = format!(
         "server_name: $POD_NAME\nlisten: 0.0.0.0:4222\nhttp: 0.0.0.0:8222\n\
          pid_file: {NATS_PID_FILE}\nlame_duck_duration: 30s\nlame_duck_grace_period: 10s\n\
-         jetstream {{\n  store_dir: /data\n{max_file_store}}}\n",
+         jetstream {{\n  store_dir: /data\n{max_file_store}}}\n{}",
+        nats_authorization(),
     );
     if nats.replicas > 1 {
         let headless = name(cluster, "nats-headless");
@@ -1667,6 +2103,7 @@ pub fn nats_services(
 pub fn nats_stateful_set(
     cluster: &ChatCluster,
     nats: &ManagedNats,
+    secrets: Option<&str>,
     owner: &OwnerReference,
 ) -> Result<StatefulSet, RenderError> {
     let probe = |path: &str, period: i32, failures: i32| {
@@ -1680,7 +2117,11 @@ pub fn nats_stateful_set(
         "name": "nats",
         "image": nats.image,
         "args": ["--config", "/etc/nats/nats.conf"],
-        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            secret_env("NATS_CHAT_PASSWORD", &name(cluster, "generated"), keys::NATS_CHAT_PASSWORD, false),
+            secret_env("NATS_NOTIFICATION_PASSWORD", &name(cluster, "generated"), keys::NATS_NOTIFICATION_PASSWORD, false),
+        ],
         "ports": [
             {"name": "client", "containerPort": 4222, "protocol": "TCP"},
             {"name": "cluster", "containerPort": 6222, "protocol": "TCP"},
@@ -1706,6 +2147,10 @@ pub fn nats_stateful_set(
         container["resources"] = json!(r);
     }
     let config_hash = short_hash(&nats_config(cluster, nats));
+    let mut annotations = json!({"grpcchat.dev/config-hash": config_hash});
+    if let Some(digest) = secrets {
+        annotations[SECRETS_ANNOTATION] = json!(digest);
+    }
     typed(
         "StatefulSet",
         json!({
@@ -1725,7 +2170,7 @@ pub fn nats_stateful_set(
                 "template": {
                     "metadata": {
                         "labels": labels(cluster, "nats"),
-                        "annotations": {"grpcchat.dev/config-hash": config_hash},
+                        "annotations": annotations,
                     },
                     "spec": {
                         "automountServiceAccountToken": false,
@@ -1787,7 +2232,8 @@ mod tests {
         let d = desired(&c).unwrap();
         let secret = generated_secret(&c, &owner_reference(&c).unwrap(), &BTreeMap::new()).unwrap();
         let values = d.to_values(&secret);
-        assert_eq!(values.len(), 1 + 1 + 2 + 7 + 2 + 4 + 4 + 5 + 1);
+        // ... + the PostgreSQL roles Job + ...
+        assert_eq!(values.len(), 1 + 1 + 2 + 7 + 2 + 1 + 4 + 4 + 5 + 1);
         for v in values {
             let m = &v["metadata"];
             if v["kind"] == "Secret" {
@@ -1961,14 +2407,50 @@ mod tests {
             saga["NOTIFICATION_URL"]["value"],
             "http://demo-notification:50051"
         );
-        assert_eq!(saga["DATABASE_URL"]["value"], "$(POSTGRES_URL)/saga");
+        // Each service logs in as its own role, not as the server's superuser.
+        assert_eq!(
+            saga["DATABASE_URL"]["value"],
+            "postgres://saga_service:$(POSTGRES_PASSWORD)@demo-postgres:5432/saga"
+        );
+        assert_eq!(
+            saga["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"],
+            json!({"name": "demo-postgres-saga", "key": "password", "optional": false})
+        );
+        assert!(!saga.contains_key("POSTGRES_URL"));
 
+        // chat and notification log in to NATS as their own users.
         let chat = env_of(deployment_of(&d, Component::Chat));
-        assert_eq!(chat["NATS_URL"]["value"], "nats://demo-nats:4222");
-        assert_eq!(chat["DATABASE_URL"]["value"], "$(POSTGRES_URL)/chat");
+        assert_eq!(
+            chat["NATS_URL"]["value"],
+            "nats://chat:$(NATS_PASSWORD)@demo-nats:4222"
+        );
+        assert_eq!(
+            chat["NATS_PASSWORD"]["valueFrom"]["secretKeyRef"],
+            json!({"name": "demo-generated", "key": "nats-chat-password", "optional": false})
+        );
+        let note = env_of(deployment_of(&d, Component::Notification));
+        assert_eq!(
+            note["NATS_URL"]["value"],
+            "nats://notification:$(NATS_PASSWORD)@demo-nats:4222"
+        );
+        assert_eq!(
+            note["NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"],
+            "nats-notification-password"
+        );
+        assert!(
+            !saga.contains_key("NATS_PASSWORD"),
+            "saga does not use NATS"
+        );
+        assert_eq!(
+            chat["DATABASE_URL"]["value"],
+            "postgres://chat_service:$(POSTGRES_PASSWORD)@demo-postgres:5432/chat"
+        );
 
         let auth = env_of(deployment_of(&d, Component::Auth));
-        assert_eq!(auth["DATABASE_URL"]["value"], "$(POSTGRES_URL)/users");
+        assert_eq!(
+            auth["DATABASE_URL"]["value"],
+            "postgres://auth_service:$(POSTGRES_PASSWORD)@demo-postgres:5432/users"
+        );
         assert_eq!(
             auth["JWT_SIGNING_KEY"]["valueFrom"]["secretKeyRef"],
             json!({"name": "demo-generated", "key": "jwt-signing-key", "optional": false})
@@ -1989,7 +2471,7 @@ mod tests {
                 "service-secret"
             );
             assert_eq!(env["LISTEN_ADDR"]["value"], "0.0.0.0:50051");
-            // $(POSTGRES_URL) only expands when it is defined before DATABASE_URL.
+            // $(POSTGRES_PASSWORD) only expands when it is defined before DATABASE_URL.
             let names: Vec<String> = dep
                 .spec
                 .as_ref()
@@ -2006,7 +2488,7 @@ mod tests {
                 .map(|e| e.name)
                 .collect();
             let pos = |n: &str| names.iter().position(|x| x == n).unwrap();
-            assert!(pos("POSTGRES_URL") < pos("DATABASE_URL"), "{comp:?}");
+            assert!(pos("POSTGRES_PASSWORD") < pos("DATABASE_URL"), "{comp:?}");
         }
         // No secret value is inlined anywhere.
         let all = serde_json::to_string(&d.to_values(&Secret::default())).unwrap();
@@ -2042,6 +2524,190 @@ mod tests {
             generated_keys(&c.spec),
             [keys::SIGNING_KEY, keys::PUBLIC_KEY, keys::SERVICE_SECRET]
         );
+    }
+
+    #[test]
+    fn cloud_native_pg_renders_a_cluster_with_a_role_per_service() {
+        let c = cluster(json!({
+            "version": "1.0.0",
+            "postgres": {"cloudNativePG": {
+                "storage": {"size": "20Gi", "storageClass": "fast"},
+                "backup": {
+                    "destinationPath": "s3://backups/chat",
+                    "endpointURL": "https://minio.example:9000",
+                    "accessKeyId": {"name": "s3", "key": "id"},
+                    "secretAccessKey": {"name": "s3", "key": "secret"},
+                    "retentionPolicy": "30d",
+                },
+            }},
+        }));
+        let d = desired(&c).unwrap();
+        // No single-pod PostgreSQL, and no shared superuser password.
+        assert_eq!(d.stateful_sets.len(), 1, "only NATS");
+        assert!(!d.services.iter().any(|s| s.name_any() == "demo-postgres"));
+        assert_eq!(
+            generated_keys(&c.spec),
+            [
+                keys::SIGNING_KEY,
+                keys::PUBLIC_KEY,
+                keys::SERVICE_SECRET,
+                keys::NATS_CHAT_PASSWORD,
+                keys::NATS_NOTIFICATION_PASSWORD
+            ]
+        );
+
+        let pg = d.postgres_cluster.as_ref().expect("a CNPG Cluster");
+        assert_eq!(pg.resource.api_version, "postgresql.cnpg.io/v1");
+        assert_eq!(pg.describe(), "Cluster demo-postgres");
+        let o = serde_json::to_value(&pg.object).unwrap();
+        assert_eq!(o["metadata"]["ownerReferences"][0]["uid"], "u-1");
+        let spec = &o["spec"];
+        assert_eq!(spec["instances"], 3);
+        assert_eq!(
+            spec["storage"],
+            json!({"size": "20Gi", "storageClass": "fast"})
+        );
+        assert_eq!(spec["enableSuperuserAccess"], false);
+        let inherited = &spec["inheritedMetadata"]["labels"];
+        assert_eq!(inherited["app.kubernetes.io/component"], "postgres");
+        assert!(inherited.get("app.kubernetes.io/managed-by").is_none());
+        let initdb = &spec["bootstrap"]["initdb"];
+        assert_eq!(initdb["database"], "chat");
+        assert_eq!(initdb["owner"], "chat_service");
+        assert_eq!(initdb["secret"]["name"], "demo-postgres-chat");
+        let sql: Vec<&str> = initdb["postInitSQL"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(
+            sql.contains(&"CREATE DATABASE users OWNER auth_service"),
+            "{sql:?}"
+        );
+        assert!(
+            sql.contains(&"CREATE DATABASE saga OWNER saga_service"),
+            "{sql:?}"
+        );
+        assert!(sql.contains(&"REVOKE ALL ON DATABASE notification FROM PUBLIC"));
+        let roles = spec["managed"]["roles"].as_array().unwrap();
+        let names: Vec<&str> = roles.iter().map(|r| r["name"].as_str().unwrap()).collect();
+        assert_eq!(
+            names,
+            ["auth_service", "notification_service", "saga_service"]
+        );
+        assert_eq!(roles[0]["passwordSecret"]["name"], "demo-postgres-auth");
+        assert!(roles
+            .iter()
+            .all(|r| r["login"] == true && r.get("superuser").is_none()));
+        let store = &spec["backup"]["barmanObjectStore"];
+        assert_eq!(store["destinationPath"], "s3://backups/chat");
+        assert_eq!(store["endpointURL"], "https://minio.example:9000");
+        assert_eq!(
+            store["s3Credentials"]["secretAccessKey"],
+            json!({"name": "s3", "key": "secret"})
+        );
+        assert_eq!(spec["backup"]["retentionPolicy"], "30d");
+
+        // Each service logs in as its own role, to the primary, over TLS.
+        for component in Component::ALL {
+            let env = env_of(deployment_of(&d, component));
+            assert_eq!(
+                env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"],
+                json!({"name": format!("demo-postgres-{}", component.name()),
+                       "key": "password", "optional": false})
+            );
+            assert_eq!(
+                env["DATABASE_URL"]["value"],
+                format!(
+                    "postgres://{}:$(POSTGRES_PASSWORD)@demo-postgres-rw:5432/{}?sslmode=require",
+                    component.role(),
+                    component.database()
+                )
+            );
+            assert!(!env.contains_key("POSTGRES_URL"));
+        }
+        // The role Secrets are what CloudNativePG reads.
+        let owner = owner_reference(&c).unwrap();
+        let secret = postgres_role_secret(&c, &owner, Component::Saga, "pw").unwrap();
+        assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/basic-auth"));
+        assert_eq!(secret.labels()["cnpg.io/reload"], "true");
+        let data = secret.string_data.unwrap();
+        assert_eq!(data["username"], "saga_service");
+        assert_eq!(data["password"], "pw");
+    }
+
+    #[test]
+    fn managed_nats_requires_a_user_per_client_with_only_its_subjects() {
+        let c = cluster(json!({"version": "1.0.0"}));
+        let nats = c.spec.managed_nats().unwrap();
+        let conf = nats_config(&c, &nats);
+        // No password in the ConfigMap: nats-server reads them from its environment.
+        assert!(
+            conf.contains("{user: chat, password: $NATS_CHAT_PASSWORD"),
+            "{conf}"
+        );
+        assert!(conf.contains("{user: notification, password: $NATS_NOTIFICATION_PASSWORD"));
+        assert!(conf.contains("publish: {allow: [\"$JS.API.>\", \"$JS.ACK.>\"]}"));
+        let d = desired(&c).unwrap();
+        let sts = serde_json::to_value(
+            d.stateful_sets
+                .iter()
+                .find(|s| s.name_any() == "demo-nats")
+                .unwrap(),
+        )
+        .unwrap();
+        let env = &sts["spec"]["template"]["spec"]["containers"][0]["env"];
+        assert_eq!(
+            env[1],
+            json!({"name": "NATS_CHAT_PASSWORD", "valueFrom": {"secretKeyRef":
+                {"name": "demo-generated", "key": "nats-chat-password", "optional": false}}})
+        );
+        assert_eq!(
+            env[2]["valueFrom"]["secretKeyRef"]["key"],
+            "nats-notification-password"
+        );
+        // An external NATS is reached as configured.
+        let ext = cluster(json!({"version": "1.0.0",
+                                 "nats": {"external": {"url": "nats://u:p@nats.x:4222"}}}));
+        let d = desired(&ext).unwrap();
+        let chat = env_of(deployment_of(&d, Component::Chat));
+        assert_eq!(chat["NATS_URL"]["value"], "nats://u:p@nats.x:4222");
+        assert!(!chat.contains_key("NATS_PASSWORD"));
+    }
+
+    #[test]
+    fn cloud_native_pg_without_credentials_uses_the_pods_iam_role() {
+        let c = cluster(json!({
+            "version": "1.0.0",
+            "postgres": {"cloudNativePG": {"instances": 2, "backup": {"destinationPath": "s3://b/c"}}},
+        }));
+        let d = desired(&c).unwrap();
+        let o = serde_json::to_value(&d.postgres_cluster.unwrap().object).unwrap();
+        assert_eq!(o["spec"]["instances"], 2);
+        assert_eq!(o["spec"]["storage"], json!({"size": "10Gi"}));
+        assert_eq!(
+            o["spec"]["backup"]["barmanObjectStore"]["s3Credentials"],
+            json!({"inheritFromIAMRole": true})
+        );
+        assert!(o["spec"]["backup"].get("retentionPolicy").is_none());
+        // The other modes render no Cluster.
+        assert!(desired(&cluster(json!({"version": "1.0.0"})))
+            .unwrap()
+            .postgres_cluster
+            .is_none());
+    }
+
+    #[test]
+    fn only_one_postgres_mode_is_accepted() {
+        let c = cluster(json!({
+            "version": "1.0.0",
+            "postgres": {"cloudNativePG": {}, "managed": {}},
+        }));
+        assert!(c.spec.validate().is_err());
+        let c = cluster(json!({"version": "1.0.0", "postgres": {"cloudNativePG": {}}}));
+        c.spec.validate().unwrap();
+        assert!(c.spec.managed_postgres().is_none());
     }
 
     #[test]
@@ -2199,7 +2865,7 @@ mod tests {
         let ext = json!({"version": "1", "nats": {"external": {"url": "nats://x:4222"}}});
         assert!(!env(ext, Component::Chat).contains_key("NATS_STREAM_REPLICAS"));
         // Lame duck on the way out.
-        let sts = nats_stateful_set(&c, &nats, &owner_reference(&c).unwrap()).unwrap();
+        let sts = nats_stateful_set(&c, &nats, None, &owner_reference(&c).unwrap()).unwrap();
         let v = serde_json::to_value(&sts).unwrap();
         let hook = v["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]["exec"]
             ["command"][2]
@@ -2279,8 +2945,8 @@ mod tests {
                     "jwt-signing-key".to_string(),
                     false
                 ),
-                ("demo-generated".into(), "postgres-url".into(), false),
                 ("demo-generated".into(), "service-secret".into(), false),
+                ("demo-postgres-auth".into(), "password".into(), false),
                 ("old-key".into(), "pub".into(), false),
             ]
         );
@@ -2290,10 +2956,23 @@ mod tests {
             true
         )));
         assert!(!read(Component::Chat).iter().any(|(n, _, _)| n == "mail"));
-        assert_eq!(secret_names(&c), ["demo-generated", "mail", "old-key"]);
+        assert_eq!(
+            secret_names(&c),
+            [
+                "demo-generated",
+                "demo-postgres-auth",
+                "demo-postgres-chat",
+                "demo-postgres-notification",
+                "demo-postgres-saga",
+                "mail",
+                "old-key"
+            ]
+        );
 
         let inputs = Inputs {
             secret_digests: BTreeMap::from([(Component::Auth, "abc123".to_string())]),
+            roles_digest: None,
+            nats_digest: Some("def456".to_string()),
         };
         let d = desired_with(&c, &inputs).unwrap();
         let auth = deployment_of(&d, Component::Auth);
@@ -2317,6 +2996,15 @@ mod tests {
         let plain = desired(&c).unwrap();
         let job = |d: &Desired| d.migrations[0].1.name_any();
         assert_ne!(job(&d), job(&plain));
+        // The NATS servers read their users' passwords at start: a change restarts them.
+        let nats = |d: &Desired| {
+            let sts = d.stateful_sets.iter().find(|s| s.name_any() == "demo-nats");
+            serde_json::to_value(sts.unwrap()).unwrap()["spec"]["template"]["metadata"]
+                ["annotations"][SECRETS_ANNOTATION]
+                .clone()
+        };
+        assert_eq!(nats(&d), "def456");
+        assert_eq!(nats(&plain), Value::Null);
     }
 
     #[test]

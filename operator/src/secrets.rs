@@ -1,5 +1,7 @@
 //! Generation of the secrets the operator owns: the token signing key, the service
-//! secret and the managed PostgreSQL password.
+//! secret, the managed PostgreSQL superuser password and the managed NATS users'
+//! passwords. (Each service's PostgreSQL role password has a Secret of its own, which
+//! CloudNativePG reads: see `controller::ensure_role_secrets`.)
 //!
 //! They are generated once, stored in the `<name>-generated` Secret, and then only read:
 //! regenerating a signing key would invalidate every issued token, and regenerating the
@@ -122,6 +124,8 @@ mod tests {
             [
                 keys::PUBLIC_KEY,
                 keys::SIGNING_KEY,
+                keys::NATS_CHAT_PASSWORD,
+                keys::NATS_NOTIFICATION_PASSWORD,
                 keys::POSTGRES_PASSWORD,
                 keys::POSTGRES_URL,
                 keys::SERVICE_SECRET
@@ -180,6 +184,9 @@ mod tests {
                 key: "url".into(),
             },
             params: None,
+        });
+        s.nats.external = Some(crate::crd::ExternalNats {
+            url: "nats://nats.messaging:4222".into(),
         });
         assert_eq!(fill_missing(&cluster(s), &BTreeMap::new()).unwrap(), None);
     }

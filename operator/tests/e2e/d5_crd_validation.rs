@@ -25,7 +25,15 @@ async fn d5_the_crd_refuses_what_would_fail_later() {
         (
             json!({"version": "1", "postgres": {"managed": {},
                    "external": {"urlSecret": {"name": "db", "key": "url"}}}}),
-            "managed or external",
+            "set only one of managed, cloudNativePG and external",
+        ),
+        (
+            json!({"version": "1", "postgres": {"cloudNativePG": {}, "managed": {}}}),
+            "set only one of managed, cloudNativePG and external",
+        ),
+        (
+            json!({"version": "1", "postgres": {"cloudNativePG": {"storage": {"size": "big"}}}}),
+            "quantity",
         ),
         (
             json!({"version": "1", "images": {"pullPolicy": "Sometimes"}}),

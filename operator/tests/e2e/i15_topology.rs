@@ -10,7 +10,10 @@ use k8s_openapi::api::{
     core::v1::{ConfigMap, Service},
     networking::v1::NetworkPolicy,
 };
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::{
+    api::{Api, DynamicObject, Patch, PatchParams},
+    ResourceExt,
+};
 use serde_json::json;
 
 use crate::support::*;
@@ -226,6 +229,7 @@ async fn i15_network_policies_let_only_what_needs_it_through() {
     let mut expected: Vec<String> = ["auth", "chat", "notification", "saga"]
         .iter()
         .flat_map(|c| [c.to_string(), format!("{c}-migrate")])
+        .chain(["postgres-roles".to_string()])
         .collect();
     expected.sort();
     assert_eq!(components(&from[0]), expected);
@@ -568,5 +572,323 @@ async fn i15_the_crd_refuses_an_ingress_without_tls_and_two_entry_points() {
     ] {
         w.dry_run("demo", spec.clone())
             .unwrap_or_else(|e| panic!("{spec}: {e}"));
+    }
+}
+
+/// `stored` has everything `expected` has (the API server adds the CRD's defaults).
+fn assert_has(stored: &serde_json::Value, expected: &serde_json::Value) {
+    match (stored, expected) {
+        (serde_json::Value::Object(s), serde_json::Value::Object(e)) => {
+            for (k, v) in e {
+                let got = s
+                    .get(k)
+                    .unwrap_or_else(|| panic!("{k} missing from {stored}"));
+                assert_has(got, v);
+            }
+        }
+        (serde_json::Value::Array(s), serde_json::Value::Array(e)) => {
+            assert_eq!(s.len(), e.len(), "{stored} vs {expected}");
+            for (s, e) in s.iter().zip(e) {
+                assert_has(s, e);
+            }
+        }
+        _ => assert_eq!(stored, expected),
+    }
+}
+
+#[tokio::test]
+async fn i15_cloud_native_pg_is_a_cluster_the_real_crd_accepts_and_the_services_use_it() {
+    if !enabled("issue 15: CloudNativePG") {
+        return;
+    }
+    let w = World::new(Plane::shared(), "i15-cnpg").await;
+    install_crd(w.plane, "postgresql.cnpg.io_clusters.yaml");
+    let spec = json!({"version": "1.0.0", "postgres": {"cloudNativePG": {
+        "instances": 3,
+        "storage": {"size": "5Gi", "storageClass": "fast"},
+        "imageName": "ghcr.io/cloudnative-pg/postgresql:17",
+        "backup": {
+            "destinationPath": "s3://backups/chat",
+            "endpointURL": "https://minio.example:9000",
+            "accessKeyId": {"name": "s3", "key": "id"},
+            "secretAccessKey": {"name": "s3", "key": "secret"},
+            "retentionPolicy": "30d",
+        },
+    }}});
+    w.apply_cluster("pg", spec).await;
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        w.client.clone(),
+        &w.ns,
+        &chat_operator::render::cnpg_cluster_resource(),
+    );
+    // Applied by the operator and stored as rendered: the CRD's schema prunes what it
+    // does not know and refuses what it cannot validate, so a misspelt field would be
+    // missing here (or the Cluster absent).
+    let stored = eventually("the CloudNativePG Cluster", SETTLE, || async {
+        api.get_opt("pg-postgres").await.ok().flatten()
+    })
+    .await;
+    let stored = serde_json::to_value(&stored).expect("json");
+    assert_eq!(
+        stored["metadata"]["ownerReferences"][0]["kind"],
+        "ChatCluster"
+    );
+    let spec = &stored["spec"];
+    assert_eq!(spec["instances"], 3);
+    assert_eq!(spec["imageName"], "ghcr.io/cloudnative-pg/postgresql:17");
+    assert_has(
+        &spec["storage"],
+        &json!({"size": "5Gi", "storageClass": "fast"}),
+    );
+    assert_eq!(spec["enableSuperuserAccess"], false);
+    let initdb = &spec["bootstrap"]["initdb"];
+    assert_eq!(initdb["database"], "chat");
+    assert_eq!(initdb["owner"], "chat_service");
+    assert_eq!(initdb["secret"], json!({"name": "pg-postgres-chat"}));
+    let post_init = initdb["postInitSQL"].to_string();
+    for (db, role) in [
+        ("users", "auth_service"),
+        ("notification", "notification_service"),
+        ("saga", "saga_service"),
+    ] {
+        assert!(
+            post_init.contains(&format!("CREATE DATABASE {db} OWNER {role}")),
+            "{post_init}"
+        );
+    }
+    assert_has(
+        &spec["managed"]["roles"],
+        &json!([
+            {"name": "auth_service", "ensure": "present", "login": true,
+             "passwordSecret": {"name": "pg-postgres-auth"}},
+            {"name": "notification_service", "ensure": "present", "login": true,
+             "passwordSecret": {"name": "pg-postgres-notification"}},
+            {"name": "saga_service", "ensure": "present", "login": true,
+             "passwordSecret": {"name": "pg-postgres-saga"}},
+        ]),
+    );
+    assert_has(
+        &spec["backup"],
+        &json!({"retentionPolicy": "30d", "barmanObjectStore": {
+            "destinationPath": "s3://backups/chat",
+            "endpointURL": "https://minio.example:9000",
+            "s3Credentials": {
+                "accessKeyId": {"name": "s3", "key": "id"},
+                "secretAccessKey": {"name": "s3", "key": "secret"},
+            },
+        }}),
+    );
+    // No single-pod PostgreSQL beside it.
+    assert!(w
+        .api::<StatefulSet>()
+        .get_opt("pg-postgres")
+        .await
+        .expect("reading")
+        .is_none());
+
+    // One basic-auth Secret per role, each with its own password.
+    let mut passwords = Vec::new();
+    for (c, role) in [
+        ("auth", "auth_service"),
+        ("chat", "chat_service"),
+        ("notification", "notification_service"),
+        ("saga", "saga_service"),
+    ] {
+        let name = format!("pg-postgres-{c}");
+        let secret = eventually(&format!("Secret {name}"), SETTLE, || async {
+            w.secret(&name).await
+        })
+        .await;
+        assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/basic-auth"));
+        assert_eq!(secret_value(&secret, "username"), role);
+        let password = secret_value(&secret, "password");
+        assert!(password.len() >= 32, "{name}: a short password");
+        passwords.push(password);
+    }
+    passwords.sort();
+    passwords.dedup();
+    assert_eq!(passwords.len(), 4, "the roles share a password");
+
+    // The services (and their migrations) log in as their own role to the primary.
+    w.complete_migrations("pg", 4).await;
+    for (c, role, db) in [
+        ("auth", "auth_service", "users"),
+        ("chat", "chat_service", "chat"),
+        ("notification", "notification_service", "notification"),
+        ("saga", "saga_service", "saga"),
+    ] {
+        let name = format!("pg-{c}");
+        let d = eventually(&format!("Deployment {name}"), SETTLE, || async {
+            w.deployment(&name).await
+        })
+        .await;
+        assert_eq!(
+            env_of(&d, "POSTGRES_PASSWORD").expect("POSTGRES_PASSWORD")["valueFrom"]
+                ["secretKeyRef"],
+            json!({"name": format!("pg-postgres-{c}"), "key": "password", "optional": false})
+        );
+        assert_eq!(
+            env_of(&d, "DATABASE_URL").expect("DATABASE_URL")["value"],
+            format!(
+                "postgres://{role}:$(POSTGRES_PASSWORD)@pg-postgres-rw:5432/{db}?sslmode=require"
+            )
+        );
+        assert!(
+            env_of(&d, "POSTGRES_URL").is_none(),
+            "{name} reads a shared URL"
+        );
+    }
+}
+
+#[tokio::test]
+async fn i15_the_single_pod_postgres_gives_each_service_its_own_role_first() {
+    if !enabled("issue 15: PostgreSQL roles") {
+        return;
+    }
+    let w = World::new(Plane::shared(), "i15-pgroles").await;
+    w.apply_cluster("roles", json!({"version": "1.0.0"})).await;
+    // The roles Job runs psql as the superuser, with each role's password from its
+    // Secret; it is the only reader of the superuser password besides the server.
+    let roles = eventually("the PostgreSQL roles Job", SETTLE, || async {
+        w.all_jobs("roles").await.into_iter().find(is_roles_job)
+    })
+    .await;
+    let job = serde_json::to_value(&roles).expect("json");
+    let container = &job["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "postgres:17-alpine");
+    let env: Vec<serde_json::Value> = container["env"].as_array().expect("env").clone();
+    let secret_of = |name: &str| {
+        env.iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["valueFrom"]["secretKeyRef"].clone())
+            .unwrap_or_else(|| panic!("{name} in {env:?}"))
+    };
+    assert_eq!(
+        secret_of("PGPASSWORD"),
+        json!({"name": "roles-generated", "key": "postgres-password", "optional": false})
+    );
+    assert_eq!(
+        secret_of("SAGA_SERVICE_PASSWORD"),
+        json!({"name": "roles-postgres-saga", "key": "password", "optional": false})
+    );
+    let script = container["command"][2].as_str().expect("script");
+    assert!(
+        script.contains("ALTER DATABASE users OWNER TO auth_service"),
+        "{script}"
+    );
+    assert!(
+        script.contains("REVOKE ALL ON DATABASE chat FROM PUBLIC"),
+        "{script}"
+    );
+
+    // The migrations run beside it, but no Deployment exists until it has succeeded.
+    let migrations = w.wait_unfinished_jobs_only("roles", 4).await;
+    for j in &migrations {
+        w.complete_job(&j.name_any()).await;
+    }
+    w.settle(Duration::from_secs(2)).await;
+    assert!(
+        w.deployment("roles-auth").await.is_none(),
+        "a Deployment before its role exists"
+    );
+    w.complete_job(&roles.name_any()).await;
+    let auth = eventually("Deployment roles-auth", SETTLE, || async {
+        w.deployment("roles-auth").await
+    })
+    .await;
+    assert_eq!(
+        env_of(&auth, "DATABASE_URL").expect("DATABASE_URL")["value"],
+        "postgres://auth_service:$(POSTGRES_PASSWORD)@roles-postgres:5432/users"
+    );
+    assert_eq!(
+        env_of(&auth, "POSTGRES_PASSWORD").expect("POSTGRES_PASSWORD")["valueFrom"]["secretKeyRef"]
+            ["name"],
+        "roles-postgres-auth"
+    );
+    // The role Secrets are kept with the retained volume, like the generated one.
+    let secret = w.secret("roles-postgres-auth").await.expect("role Secret");
+    assert!(secret
+        .metadata
+        .owner_references
+        .unwrap_or_default()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn i15_the_managed_nats_requires_each_client_to_log_in_as_itself() {
+    if !enabled("issue 15: NATS authentication") {
+        return;
+    }
+    let w = World::new(Plane::shared(), "i15-natsauth").await;
+    w.apply_cluster("na", json!({"version": "1.0.0"})).await;
+    // The passwords are generated into the generated Secret, one per user.
+    let secret = eventually("Secret na-generated", SETTLE, || async {
+        w.secret("na-generated").await
+    })
+    .await;
+    let chat_password = secret_value(&secret, "nats-chat-password");
+    let notification_password = secret_value(&secret, "nats-notification-password");
+    assert!(chat_password.len() >= 32 && notification_password.len() >= 32);
+    assert_ne!(chat_password, notification_password);
+
+    // The server's configuration names the users, not their passwords.
+    let conf = eventually("ConfigMap na-nats", SETTLE, || async {
+        w.api::<ConfigMap>().get_opt("na-nats").await.ok().flatten()
+    })
+    .await;
+    let conf = &conf.data.expect("data")["nats.conf"];
+    assert!(conf.contains("authorization {"), "{conf}");
+    assert!(
+        conf.contains("{user: chat, password: $NATS_CHAT_PASSWORD"),
+        "{conf}"
+    );
+    assert!(
+        !conf.contains(&chat_password),
+        "a password in the ConfigMap"
+    );
+    let sts = eventually("StatefulSet na-nats", SETTLE, || async {
+        w.api::<StatefulSet>()
+            .get_opt("na-nats")
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    let sts = serde_json::to_value(&sts).expect("json");
+    let server_env = sts["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    for key in ["nats-chat-password", "nats-notification-password"] {
+        assert!(server_env.contains(key), "{server_env}");
+    }
+
+    // Each NATS client reads its own password, and only those two read one.
+    w.complete_migrations("na", 4).await;
+    for (c, key) in [
+        ("chat", Some("nats-chat-password")),
+        ("notification", Some("nats-notification-password")),
+        ("auth", None),
+        ("saga", None),
+    ] {
+        let name = format!("na-{c}");
+        let d = eventually(&format!("Deployment {name}"), SETTLE, || async {
+            w.deployment(&name).await
+        })
+        .await;
+        match key {
+            Some(key) => {
+                assert_eq!(
+                    env_of(&d, "NATS_PASSWORD").expect("NATS_PASSWORD")["valueFrom"]
+                        ["secretKeyRef"],
+                    json!({"name": "na-generated", "key": key, "optional": false})
+                );
+                assert_eq!(
+                    env_of(&d, "NATS_URL").expect("NATS_URL")["value"],
+                    format!("nats://{c}:$(NATS_PASSWORD)@na-nats:4222")
+                );
+            }
+            None => {
+                assert!(env_of(&d, "NATS_PASSWORD").is_none(), "{name}");
+                assert!(env_of(&d, "NATS_URL").is_none(), "{name}");
+            }
+        }
     }
 }

@@ -82,6 +82,20 @@ pub fn install_crd(plane: &Plane, file: &str) {
         .kubectl()
         .args(["apply", "--server-side", "--force-conflicts", "-f"])
         .arg(&path));
+    // Right after the apply the CRD may have no conditions yet, which `kubectl wait`
+    // reports as an error rather than waiting: retry for a while.
+    for _ in 0..40 {
+        let out = plane
+            .kubectl()
+            .args(["wait", "--for=condition=Established", "--timeout=60s", "-f"])
+            .arg(&path)
+            .output()
+            .unwrap_or_else(|e| panic!("running kubectl wait: {e}"));
+        if out.status.success() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
     run(plane
         .kubectl()
         .args(["wait", "--for=condition=Established", "--timeout=60s", "-f"])
@@ -579,7 +593,17 @@ impl World {
         }
     }
 
+    /// The cluster's migration Jobs (not its PostgreSQL roles Jobs).
     pub async fn jobs(&self, cluster: &str) -> Vec<Job> {
+        self.all_jobs(cluster)
+            .await
+            .into_iter()
+            .filter(|j| !is_roles_job(j))
+            .collect()
+    }
+
+    /// Every Job of the cluster: migrations and PostgreSQL roles.
+    pub async fn all_jobs(&self, cluster: &str) -> Vec<Job> {
         self.api::<Job>()
             .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={cluster}")))
             .await
@@ -587,10 +611,45 @@ impl World {
             .items
     }
 
+    /// Plays the Job controller for the single-pod PostgreSQL's roles Jobs: every
+    /// unfinished one succeeds.
+    pub async fn complete_roles_jobs(&self, cluster: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        for j in self.all_jobs(cluster).await {
+            if is_roles_job(&j) && !job_finished(&j) && j.metadata.deletion_timestamp.is_none() {
+                self.complete_job(&j.name_any()).await;
+                names.push(j.name_any());
+            }
+        }
+        names
+    }
+
+    /// Waits until `n` migration Jobs exist that have not finished, and returns them,
+    /// leaving the PostgreSQL roles Job alone.
+    pub async fn wait_unfinished_jobs_only(&self, cluster: &str, n: usize) -> Vec<Job> {
+        eventually(
+            &format!("{n} unfinished migration Jobs"),
+            SETTLE,
+            || async {
+                let jobs: Vec<Job> = self
+                    .jobs(cluster)
+                    .await
+                    .into_iter()
+                    .filter(|j| !job_finished(j) && j.metadata.deletion_timestamp.is_none())
+                    .collect();
+                (jobs.len() == n).then_some(jobs)
+            },
+        )
+        .await
+    }
+
     /// Waits until `n` migration Jobs exist that have not finished, and returns them.
+    /// Plays the Job controller for the PostgreSQL roles Job on the way: it succeeds as
+    /// soon as it exists (the tests about it complete it themselves, through `all_jobs`).
     pub async fn wait_unfinished_jobs(&self, cluster: &str, n: usize) -> Vec<Job> {
         let deadline = Instant::now() + SETTLE;
         loop {
+            self.complete_roles_jobs(cluster).await;
             let jobs: Vec<Job> = self
                 .jobs(cluster)
                 .await
@@ -645,9 +704,11 @@ impl World {
             .unwrap_or_else(|e| panic!("failing Job {job}: {e}"));
     }
 
-    /// Waits for the cluster's `n` migration Jobs and completes them.
+    /// Waits for the cluster's `n` migration Jobs and completes them (and its PostgreSQL
+    /// roles Job, which is created in the same pass and holds the Deployments back).
     pub async fn complete_migrations(&self, cluster: &str, n: usize) -> Vec<String> {
         let jobs = self.wait_unfinished_jobs(cluster, n).await;
+        self.complete_roles_jobs(cluster).await;
         let mut names = Vec::new();
         for j in jobs {
             self.complete_job(&j.name_any()).await;
@@ -812,6 +873,14 @@ pub fn condition_of<'a>(
         .conditions
         .iter()
         .find(|x| x.type_ == type_)
+}
+
+/// Whether `job` is a PostgreSQL roles Job (not a migration).
+pub fn is_roles_job(job: &Job) -> bool {
+    job.labels()
+        .get("app.kubernetes.io/component")
+        .map(String::as_str)
+        == Some(chat_operator::render::POSTGRES_ROLES)
 }
 
 pub fn job_finished(job: &Job) -> bool {

@@ -5,7 +5,7 @@
 //! | `LISTEN_ADDR` | `0.0.0.0:50052` | gRPC address |
 //! | `DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/chat` | the `chat` database (created when missing) |
 //! | `DATABASE_MAX_CONNECTIONS` | `20` | pool size |
-//! | `NATS_URL` | `nats://127.0.0.1:4222` | NATS server |
+//! | `NATS_URL` | `nats://127.0.0.1:4222` | NATS server; `nats://user:password@host:4222` (percent-encoded) logs in as that user ([`chat_common::nats`]) |
 //! | `NATS_SUBJECT_PREFIX` | `chat` | events go to `<prefix>.<chat_id>.<kind>` |
 //! | `NATS_STREAM` | `CHAT_EVENTS` | JetStream stream that keeps events for the notifier; `off` publishes on core NATS only |
 //! | `NATS_STREAM_REPLICAS`, `NATS_STREAM_MAX_BYTES`, `NATS_STREAM_MAX_AGE` | `1`, `-1`, `7d` | the stream's copies and limits ([`chat_common::event_stream`]); an existing stream is updated to them |

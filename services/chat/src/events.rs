@@ -223,7 +223,9 @@ impl NatsBus {
         // so no event falls between the catch-up and the restored subscription.
         let cell: Arc<OnceLock<async_nats::Client>> = Arc::new(OnceLock::new());
         let callback_cell = cell.clone();
-        let client = async_nats::ConnectOptions::new()
+        let address = chat_common::nats::NatsAddress::parse(url);
+        let client = address
+            .apply(async_nats::ConnectOptions::new())
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
             .event_callback(move |event| {
@@ -247,9 +249,9 @@ impl NatsBus {
                     }
                 }
             })
-            .connect(url)
+            .connect(address.url.as_str())
             .await
-            .with_context(|| format!("connecting to NATS at {url}"))?;
+            .with_context(|| format!("connecting to NATS at {}", address.url))?;
         let _ = cell.set(client.clone());
         let jetstream = match stream {
             None => None,

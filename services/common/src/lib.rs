@@ -12,6 +12,7 @@ pub mod error;
 pub mod event_stream;
 pub mod guard;
 pub mod metrics;
+pub mod nats;
 pub mod server;
 pub mod service_token;
 pub mod shutdown;

@@ -6,7 +6,7 @@
 //! | `LISTEN_ADDR` | `0.0.0.0:50053` | gRPC address |
 //! | `DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/notification` | delivery records (created when missing) |
 //! | `DATABASE_MAX_CONNECTIONS` | `10` | pool size |
-//! | `NATS_URL` | `nats://127.0.0.1:4222` | NATS server |
+//! | `NATS_URL` | `nats://127.0.0.1:4222` | NATS server; `nats://user:password@host:4222` (percent-encoded) logs in as that user ([`chat_common::nats`]) |
 //! | `NATS_SUBJECT_PREFIX` | `chat` | chat events are `<prefix>.<chat_id>.<kind>` |
 //! | `NATS_STREAM` | `CHAT_EVENTS` | the JetStream stream chat-service publishes into |
 //! | `NATS_STREAM_REPLICAS`, `NATS_STREAM_MAX_BYTES`, `NATS_STREAM_MAX_AGE` | `1`, `-1`, `7d` | the stream's copies and limits ([`chat_common::event_stream`]): set them as for chat-service |

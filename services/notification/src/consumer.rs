@@ -51,12 +51,14 @@ pub(crate) async fn drain(permits: &Semaphore) {
 
 /// Connects to NATS and makes sure the stream and the durable consumer exist.
 pub async fn connect(config: &Config) -> anyhow::Result<PullConsumer> {
-    let client = async_nats::ConnectOptions::new()
+    let address = chat_common::nats::NatsAddress::parse(&config.nats_url);
+    let client = address
+        .apply(async_nats::ConnectOptions::new())
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
-        .connect(&config.nats_url)
+        .connect(address.url.as_str())
         .await
-        .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+        .with_context(|| format!("connecting to NATS at {}", address.url))?;
     let js = jetstream::new(client);
     // chat-service creates the stream too; whichever starts first makes it, from the one
     // shared definition, so the notifier never misses events published before it first ran.

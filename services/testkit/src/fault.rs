@@ -200,6 +200,8 @@ pub struct PrivateNats {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// A configuration file (`-c`), for a server that requires authentication.
+    config: Option<PathBuf>,
 }
 
 impl PrivateNats {
@@ -215,6 +217,24 @@ impl PrivateNats {
             port: free_port(),
             dir: tempfile::tempdir().context("a store directory")?,
             child: None,
+            config: None,
+        };
+        nats.launch().await?;
+        Ok(nats)
+    }
+
+    /// Like [`PrivateNats::start`], with `config` (nats-server configuration syntax, e.g.
+    /// an `authorization` block) as its configuration file; the address and store set by
+    /// [`PrivateNats::start`] win over the file's.
+    pub async fn start_with_config(config: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir().context("a store directory")?;
+        let path = dir.path().join("nats.conf");
+        std::fs::write(&path, config).context("writing nats.conf")?;
+        let mut nats = Self {
+            port: free_port(),
+            dir,
+            child: None,
+            config: Some(path),
         };
         nats.launch().await?;
         Ok(nats)
@@ -238,7 +258,11 @@ impl PrivateNats {
             .create(true)
             .append(true)
             .open(self.log())?;
-        let child = Command::new(Self::binary())
+        let mut command = Command::new(Self::binary());
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .args([
                 "-a",
                 "127.0.0.1",
