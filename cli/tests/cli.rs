@@ -987,3 +987,51 @@ async fn connect_says_in_words_that_it_catches_up_after_a_server_restart() {
          (reconnected)\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edit_message_fixes_a_line_everywhere_it_is_shown() {
+    let stack = Stack::new().await;
+    let (alice, bob) = (stack.user(), stack.user());
+    alice
+        .ok(&["register", "alice@example.com", "alice", "alice-password"])
+        .await;
+    bob.ok(&["register", "bob@example.com", "bob", "bob-password"])
+        .await;
+    alice
+        .ok(&["login", "alice@example.com", "alice-password"])
+        .await;
+    bob.ok(&["login", "bob@example.com", "bob-password"]).await;
+    let id = chat_id(&alice.ok(&["create_chat", "bob"]).await).to_string();
+    alice.ok(&["send", &id, "helo", "bob"]).await;
+
+    // Bob watches the chat live.
+    let mut child: Child = bob.command(&["connect", &id]).spawn().expect("spawn chat");
+    let stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    read_until(&mut lines, "alice: helo bob").await;
+
+    let out = alice.ok(&["edit_message", &id, "1", "hello", "bob"]).await;
+    assert_eq!(out, format!("Edited message #1 in chat {id}.\n"));
+    let seen = read_until(&mut lines, "alice: hello bob (edited)").await;
+    assert_eq!(unstamped(&seen.join("\n")), ["alice: hello bob (edited)"]);
+    drop(stdin);
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+
+    // The same edit again (`edit` for short) changes nothing, and says so.
+    let out = alice.ok(&["edit", &id, "1", "hello", "bob"]).await;
+    assert_eq!(
+        out,
+        format!("Message #1 in chat {id} already says that; nothing changed.\n")
+    );
+    // Only the sender may.
+    let out = bob.run(&["edit", &id, "1", "bob's words"], "").await;
+    assert_one_line_error(&out, "only the message's sender may edit it");
+    // Text rules as for send.
+    let out = alice.run(&["edit", &id, "1", " "], "").await;
+    assert!(!out.ok, "{out:?}");
+    let out = alice.run(&["edit", &id, "9", "nothing there"], "").await;
+    assert_one_line_error(&out, &format!("message 9 not found in chat {id}"));
+
+    let out = bob.ok(&["history", &id]).await;
+    assert_eq!(unstamped(&out), ["alice: hello bob (edited)"]);
+}
