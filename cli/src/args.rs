@@ -133,6 +133,19 @@ pub enum Command {
         text: Vec<String>,
     },
 
+    /// Replace the text of a message you sent (its number is the one `send` printed, or
+    /// `history` shows). The server allows it for a while after sending (15 minutes by
+    /// default); history then shows the message as "(edited)".
+    #[command(name = "edit_message", visible_alias = "edit", alias = "edit-message")]
+    EditMessage {
+        chat_id: i64,
+        /// The message's number in the chat.
+        seq: i64,
+        /// The new text (the rest of the line).
+        #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+        text: Vec<String>,
+    },
+
     /// Show a chat's recent history, then new messages as they arrive. Lines you type are
     /// sent to the chat; /leave or Ctrl-C returns. A dropped connection is resumed by itself.
     Connect {
@@ -166,6 +179,7 @@ impl Command {
             Command::Members { .. } => "members",
             Command::SendMessage { .. } => "send_message",
             Command::Send { .. } => "send",
+            Command::EditMessage { .. } => "edit_message",
             Command::Connect { .. } => "connect",
             Command::History { .. } => "history",
         }
@@ -216,6 +230,11 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+        let line = PromptLine::try_parse_from(["edit", "3", "7", "new", "words"]).expect("parse");
+        assert!(matches!(
+            line.command,
+            PromptCommand::Run(Command::EditMessage { chat_id: 3, seq: 7, ref text }) if text.join(" ") == "new words"
+        ));
         let line = PromptLine::try_parse_from(["send", "3", "-1", "is", "fine"]).expect("parse");
         assert!(matches!(
             line.command,

@@ -5,8 +5,8 @@
 use grpc_chat_proto::{
     auth::v1::{LoginRequest, LogoutRequest, RegisterRequest},
     chat::v1::{
-        CreateChatRequest, DeleteChatRequest, ListChatsRequest, ListMembersRequest,
-        ListMessagesRequest, SendMessageRequest,
+        CreateChatRequest, DeleteChatRequest, EditMessageRequest, ListChatsRequest,
+        ListMembersRequest, ListMessagesRequest, SendMessageRequest,
     },
     saga::v1 as sagapb,
 };
@@ -97,6 +97,9 @@ impl App {
                 let m = send(&mut self.client, chat_id, text.join(" ")).await?;
                 say(&format!("Sent to chat {chat_id} (message #{}).", m.seq));
                 Ok(())
+            }
+            Command::EditMessage { chat_id, seq, text } => {
+                self.edit_message(chat_id, seq, text.join(" ")).await
             }
             Command::Connect { chat_id, history } => {
                 let input = self.input.get_or_insert_with(Input::start);
@@ -291,6 +294,35 @@ impl App {
             })
             .await?;
         say(&format!("Chat {chat_id} deleted."));
+        Ok(())
+    }
+
+    /// Edits a message. Repeating it is harmless: the server answers an edit that changes
+    /// nothing with `unchanged`, so a retry after a lost answer is said as done.
+    async fn edit_message(&mut self, chat_id: i64, seq: i64, text: String) -> Result<(), CliError> {
+        let chat = self.client.chat.clone();
+        let resp = self
+            .client
+            .authed(Service::Chat, Op::Chat(chat_id), |t| {
+                let mut chat = chat.clone();
+                let req = authed_request(
+                    EditMessageRequest {
+                        chat_id,
+                        seq,
+                        text: text.clone(),
+                    },
+                    &t,
+                );
+                async move { chat.edit_message(req).await }
+            })
+            .await?;
+        if resp.unchanged {
+            say(&format!(
+                "Message #{seq} in chat {chat_id} already says that; nothing changed."
+            ));
+        } else {
+            say(&format!("Edited message #{seq} in chat {chat_id}."));
+        }
         Ok(())
     }
 

@@ -168,6 +168,15 @@ pub async fn run(
                             }
                         }
                     }
+                    // A message already shown was edited: shown again, as it is now
+                    // (its line says "(edited)").
+                    Some(Event::MessageEdited(e)) => {
+                        if let Some(m) = e.message.filter(|m| m.seq <= view.last_seq) {
+                            if view.history_done || !quiet_history {
+                                printer.say(&message_line(&m));
+                            }
+                        }
+                    }
                     Some(Event::MessageDeleted(d)) => {
                         printer.note(&format!("(message #{} was deleted)", d.seq));
                     }

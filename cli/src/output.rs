@@ -14,8 +14,9 @@ use std::{
 use grpc_chat_proto::chat::v1::{Chat, Member, Message};
 use jiff::{tz::TimeZone, Timestamp, Zoned};
 
-/// One chat message: `[13:45] alice: hi` (with the date when it is not from today).
-/// Continuation lines of a multi-line text are indented under the first.
+/// One chat message: `[13:45] alice: hi` (with the date when it is not from today), and
+/// ` (edited)` after the text of an edited one. Continuation lines of a multi-line text
+/// are indented under the first.
 pub fn message_line(m: &Message) -> String {
     let when = m
         .created_at
@@ -25,7 +26,12 @@ pub fn message_line(m: &Message) -> String {
     let prefix = format!("[{when}] {}: ", clean(&m.sender_username));
     let pad = " ".repeat(prefix.chars().count());
     let text = clean_multiline(&m.text).replace('\n', &format!("\n{pad}"));
-    format!("{prefix}{text}")
+    let edited = if m.edited_at.is_some() {
+        " (edited)"
+    } else {
+        ""
+    };
+    format!("{prefix}{text}{edited}")
 }
 
 /// A moment (Unix seconds) in the shown zone: `13:45` today, `2026-12-05 13:45` before.
@@ -183,7 +189,20 @@ mod tests {
             sender_username: "alice".into(),
             text: text.into(),
             created_at: Some(prost_types::Timestamp { seconds, nanos: 0 }),
+            edited_at: None,
         }
+    }
+
+    #[test]
+    fn an_edited_message_says_so() {
+        let now = Timestamp::now().as_second();
+        let mut m = msg("fixed", now);
+        assert!(message_line(&m).ends_with("alice: fixed"));
+        m.edited_at = Some(prost_types::Timestamp {
+            seconds: now,
+            nanos: 0,
+        });
+        assert!(message_line(&m).ends_with("alice: fixed (edited)"));
     }
 
     #[test]

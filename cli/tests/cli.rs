@@ -987,3 +987,114 @@ async fn connect_says_in_words_that_it_catches_up_after_a_server_restart() {
          (reconnected)\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edit_message_fixes_a_line_everywhere_it_is_shown() {
+    let stack = Stack::new().await;
+    let (alice, bob) = (stack.user(), stack.user());
+    alice
+        .ok(&["register", "alice@example.com", "alice", "alice-password"])
+        .await;
+    bob.ok(&["register", "bob@example.com", "bob", "bob-password"])
+        .await;
+    alice
+        .ok(&["login", "alice@example.com", "alice-password"])
+        .await;
+    bob.ok(&["login", "bob@example.com", "bob-password"]).await;
+    let id = chat_id(&alice.ok(&["create_chat", "bob"]).await).to_string();
+    alice.ok(&["send", &id, "helo", "bob"]).await;
+
+    // Bob watches the chat live.
+    let mut child: Child = bob.command(&["connect", &id]).spawn().expect("spawn chat");
+    let stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    read_until(&mut lines, "alice: helo bob").await;
+
+    let out = alice.ok(&["edit_message", &id, "1", "hello", "bob"]).await;
+    assert_eq!(out, format!("Edited message #1 in chat {id}.\n"));
+    let seen = read_until(&mut lines, "alice: hello bob (edited)").await;
+    assert_eq!(unstamped(&seen.join("\n")), ["alice: hello bob (edited)"]);
+    drop(stdin);
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+
+    // The same edit again (`edit` for short) changes nothing, and says so.
+    let out = alice.ok(&["edit", &id, "1", "hello", "bob"]).await;
+    assert_eq!(
+        out,
+        format!("Message #1 in chat {id} already says that; nothing changed.\n")
+    );
+    // Only the sender may.
+    let out = bob.run(&["edit", &id, "1", "bob's words"], "").await;
+    assert_one_line_error(&out, "only the message's sender may edit it");
+    // Text rules as for send.
+    let out = alice.run(&["edit", &id, "1", " "], "").await;
+    assert!(!out.ok, "{out:?}");
+    let out = alice.run(&["edit", &id, "9", "nothing there"], "").await;
+    assert_one_line_error(&out, &format!("message 9 not found in chat {id}"));
+
+    let out = bob.ok(&["history", &id]).await;
+    assert_eq!(unstamped(&out), ["alice: hello bob (edited)"]);
+}
+
+/// Reads the embedded server's stub email record until it holds `n` emails.
+async fn emails(data: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    let record = data.join("sent-emails.jsonl");
+    let mut emails = Vec::new();
+    for _ in 0..100 {
+        emails = std::fs::read_to_string(&record)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+            .collect();
+        if emails.len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    emails
+}
+
+/// Issue 16, item 6, on the embedded server (SQLite, in-process events): an edit reaches a
+/// live `connect`, history shows it, and nobody is emailed about it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_server_edits_without_emailing() {
+    chat_testkit::init_logs();
+    let server = Embedded::start().await;
+    let (alice, bob) = (server.user(), server.user());
+    alice
+        .ok(&["register", "alice@example.com", "alice", "alice-password"])
+        .await;
+    bob.ok(&["register", "bob@example.com", "bob", "bob-password"])
+        .await;
+    alice
+        .ok(&["login", "alice@example.com", "alice-password"])
+        .await;
+    bob.ok(&["login", "bob@example.com", "bob-password"]).await;
+    let id = chat_id(&alice.ok(&["create_chat", "bob"]).await).to_string();
+    alice.ok(&["send", &id, "at 7"]).await;
+    assert_eq!(emails(server.data.path(), 1).await.len(), 1);
+
+    let mut child: Child = bob.command(&["connect", &id]).spawn().expect("spawn chat");
+    let stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    read_until(&mut lines, "alice: at 7").await;
+    alice.ok(&["edit_message", &id, "1", "at 8"]).await;
+    read_until(&mut lines, "alice: at 8 (edited)").await;
+    drop(stdin);
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+
+    // Events reach the notifier in order: once the next message's email is out, the
+    // edit's turn has passed.
+    alice.ok(&["send", &id, "see you"]).await;
+    let sent = emails(server.data.path(), 2).await;
+    let texts: Vec<&str> = sent.iter().filter_map(|e| e["text"].as_str()).collect();
+    assert_eq!(texts.len(), 2, "{sent:?}");
+    assert!(texts.iter().all(|t| !t.contains("at 8")), "{sent:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let record = std::fs::read_to_string(server.data.path().join("sent-emails.jsonl"))
+        .expect("the email record");
+    assert_eq!(record.lines().count(), 2, "{record}");
+
+    let out = bob.ok(&["history", &id]).await;
+    assert_eq!(unstamped(&out), ["alice: at 8 (edited)", "alice: see you"]);
+}

@@ -13,6 +13,7 @@
 //! | `SERVICE_SECRET` (or `_FILE`) | required for `CreateChat` | shared secret for this service's service token |
 //! | `STREAM_BUFFER` | `1024` | events buffered per stream before a slow stream is cut off |
 //! | `CATCH_UP_INTERVAL_SECS` | `5` | how often a chat's fan-out checks storage for missed messages |
+//! | `MESSAGE_EDIT_WINDOW_SECS` | `900` | how long after sending a sender may edit a message; `0`: no limit |
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -37,6 +38,8 @@ pub struct Config {
     pub service_secret: SecretString,
     pub stream_buffer: usize,
     pub catch_up_every: Duration,
+    /// How long after sending a message its sender may edit it; None: no limit.
+    pub edit_window: Option<Duration>,
 }
 
 impl Config {
@@ -58,6 +61,11 @@ impl Config {
             service_secret: SecretString::from(secret_var("SERVICE_SECRET")?.unwrap_or_default()),
             stream_buffer: parse_or("STREAM_BUFFER", 1024)?,
             catch_up_every: secs_or("CATCH_UP_INTERVAL_SECS", Duration::from_secs(5))?,
+            edit_window: Some(secs_or(
+                "MESSAGE_EDIT_WINDOW_SECS",
+                Duration::from_secs(900),
+            )?)
+            .filter(|w| !w.is_zero()),
         })
     }
 }

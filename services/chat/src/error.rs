@@ -16,6 +16,9 @@ pub enum ChatError {
     UsersNotFound(Vec<String>),
     #[error("{0}")]
     PermissionDenied(String),
+    /// The call is well formed but the state forbids it now (an edit window that passed).
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error("{0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -47,6 +50,7 @@ impl From<ChatError> for Status {
             | ChatError::MessageNotFound { .. }
             | ChatError::UsersNotFound(_) => Status::not_found(e.to_string()),
             ChatError::PermissionDenied(m) => Status::permission_denied(m),
+            ChatError::FailedPrecondition(m) => Status::failed_precondition(m),
             ChatError::Unavailable(m) => Status::unavailable(m),
             ChatError::Internal(e) => chat_common::error::internal(&e),
         }

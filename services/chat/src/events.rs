@@ -36,14 +36,21 @@ use grpc_chat_proto::chat::v1::{self as pb, connect_response::Event};
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChatEvent {
     MessageCreated(pb::Message),
-    MessageDeleted { chat_id: i64, seq: i64 },
-    ChatDeleted { chat_id: i64 },
+    MessageDeleted {
+        chat_id: i64,
+        seq: i64,
+    },
+    /// A message's text was replaced: the message as it is after the edit.
+    MessageEdited(pb::Message),
+    ChatDeleted {
+        chat_id: i64,
+    },
 }
 
 impl ChatEvent {
     pub fn chat_id(&self) -> i64 {
         match self {
-            ChatEvent::MessageCreated(m) => m.chat_id,
+            ChatEvent::MessageCreated(m) | ChatEvent::MessageEdited(m) => m.chat_id,
             ChatEvent::MessageDeleted { chat_id, .. } | ChatEvent::ChatDeleted { chat_id } => {
                 *chat_id
             }
@@ -54,6 +61,7 @@ impl ChatEvent {
         match self {
             ChatEvent::MessageCreated(_) => "message_created",
             ChatEvent::MessageDeleted { .. } => "message_deleted",
+            ChatEvent::MessageEdited(_) => "message_edited",
             ChatEvent::ChatDeleted { .. } => "chat_deleted",
         }
     }
@@ -67,6 +75,9 @@ impl ChatEvent {
                     seq: *seq,
                 })
             }
+            ChatEvent::MessageEdited(m) => Event::MessageEdited(pb::MessageEdited {
+                message: Some(m.clone()),
+            }),
             ChatEvent::ChatDeleted { chat_id } => {
                 Event::ChatDeleted(pb::ChatDeleted { chat_id: *chat_id })
             }
@@ -87,7 +98,12 @@ impl ChatEvent {
                 seq: d.seq,
             }),
             Some(Event::ChatDeleted(d)) => Ok(ChatEvent::ChatDeleted { chat_id: d.chat_id }),
-            Some(Event::HistoryEnd(_)) | None => anyhow::bail!("not a chat event"),
+            Some(Event::MessageEdited(pb::MessageEdited { message: Some(m) })) => {
+                Ok(ChatEvent::MessageEdited(m))
+            }
+            Some(Event::MessageEdited(_)) | Some(Event::HistoryEnd(_)) | None => {
+                anyhow::bail!("not a chat event")
+            }
         }
     }
 }
@@ -135,7 +151,7 @@ fn publish_span(system: &'static str, destination: &str, event: &ChatEvent) -> S
         otel.status_code = Empty,
         otel.status_description = Empty,
     );
-    if let ChatEvent::MessageCreated(m) = event {
+    if let ChatEvent::MessageCreated(m) | ChatEvent::MessageEdited(m) = event {
         span.record("message.seq", m.seq);
     }
     span
@@ -514,6 +530,16 @@ mod tests {
                 ..Default::default()
             }),
             ChatEvent::MessageDeleted { chat_id: 3, seq: 7 },
+            ChatEvent::MessageEdited(pb::Message {
+                chat_id: 3,
+                seq: 7,
+                text: "исправлено".into(),
+                edited_at: Some(prost_types::Timestamp {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
             ChatEvent::ChatDeleted { chat_id: 3 },
         ];
         for e in events {

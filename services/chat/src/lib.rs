@@ -64,6 +64,7 @@ pub async fn build_api(
         store,
         hub,
         directory::Directory::new(auth, credential),
+        config.edit_window,
         shutdown,
     ))
 }

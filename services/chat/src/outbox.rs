@@ -1,7 +1,7 @@
 //! The transactional outbox: how an event reaches the bus even when publishing it fails
 //! after the change was committed, or the process dies in between.
 //!
-//! The store writes each message's (and each deletion's) outbox row in the change's own
+//! The store writes each message's (and each deletion's and edit's) outbox row in the change's own
 //! transaction, so a committed change always has its event somewhere. The replica that
 //! made the change publishes it at once ([`Outbox::publish`]); once the bus has it for good
 //! (JetStream acknowledged it) the row is removed, in batches, off the request's path.
@@ -161,6 +161,13 @@ impl Outbox {
                 .await?
                 .filter(|m| !m.deleted)
                 .map(|m| ChatEvent::MessageCreated(message_to_pb(&m))),
+            // The text as it is now: a later edit's event carries the same.
+            EventKind::MessageEdited => self
+                .store
+                .message(ChatId(row.chat_id), row.seq)
+                .await?
+                .filter(|m| !m.deleted)
+                .map(|m| ChatEvent::MessageEdited(message_to_pb(&m))),
             EventKind::MessageDeleted => Some(ChatEvent::MessageDeleted {
                 chat_id: row.chat_id,
                 seq: row.seq,

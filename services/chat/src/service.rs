@@ -2,7 +2,7 @@
 //! always in the request; membership is checked against storage on every call, and a
 //! non-member is told the chat does not exist.
 
-use std::{pin::Pin, sync::Arc};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
@@ -22,7 +22,7 @@ use crate::{
     events::ChatEvent,
     hub::{Ended, Hub},
     outbox::Outbox,
-    store::{ChatCursor, ChatRecord, ChatStore, Inserted, MessageRecord, NewMessage},
+    store::{ChatCursor, ChatRecord, ChatStore, Edited, Inserted, MessageRecord, NewMessage},
 };
 
 #[derive(Clone)]
@@ -35,6 +35,8 @@ struct Inner {
     hub: Arc<Hub>,
     outbox: Arc<Outbox>,
     directory: Directory,
+    /// How long after sending a sender may edit a message; None: no limit.
+    edit_window: Option<Duration>,
     shutdown: Shutdown,
 }
 
@@ -53,6 +55,7 @@ pub(crate) fn message_to_pb(m: &MessageRecord) -> pb::Message {
         sender_username: m.sender_username.clone(),
         text: m.text.clone(),
         created_at: Some(timestamp(m.created_at)),
+        edited_at: m.edited_at.map(timestamp),
     }
 }
 
@@ -93,6 +96,7 @@ impl ChatApi {
         store: Arc<dyn ChatStore>,
         hub: Arc<Hub>,
         directory: Directory,
+        edit_window: Option<Duration>,
         shutdown: Shutdown,
     ) -> Self {
         let outbox = Outbox::start(store.clone(), hub.bus().clone(), shutdown.clone());
@@ -102,6 +106,7 @@ impl ChatApi {
                 hub,
                 outbox,
                 directory,
+                edit_window,
                 shutdown,
             }),
         }
@@ -375,6 +380,84 @@ impl ChatService for ChatApi {
         Ok(Response::new(pb::DeleteMessageResponse {}))
     }
 
+    #[tracing::instrument(skip_all, fields(chat_id = request.get_ref().chat_id, seq = request.get_ref().seq))]
+    async fn edit_message(
+        &self,
+        request: Request<pb::EditMessageRequest>,
+    ) -> Result<Response<pb::EditMessageResponse>, Status> {
+        let caller = Caller::from_request(&request)?;
+        let req = request.into_inner();
+        let chat_id = ChatId::parse(req.chat_id)?;
+        if req.seq <= 0 {
+            return Err(invalid_field("seq", "must be a positive sequence number"));
+        }
+        let text = MessageText::parse(req.text)?;
+        self.visible_chat(&caller, chat_id).await?;
+        let not_found = || ChatError::MessageNotFound {
+            chat_id: chat_id.0,
+            seq: req.seq,
+        };
+        let message = self
+            .inner
+            .store
+            .message(chat_id, req.seq)
+            .await
+            .map_err(ChatError::from)?
+            .filter(|m| !m.deleted)
+            .ok_or_else(not_found)?;
+        let is_sender = matches!(caller, Caller::User { id, .. } if id == message.sender_id);
+        if !is_sender {
+            return Err(ChatError::PermissionDenied(
+                "only the message's sender may edit it".into(),
+            )
+            .into());
+        }
+        let unchanged = |m: &MessageRecord| {
+            Response::new(pb::EditMessageResponse {
+                message: Some(message_to_pb(m)),
+                unchanged: true,
+            })
+        };
+        // A retry of an edit that went through: the same answer, whatever the time.
+        if message.text == text.as_str() {
+            return Ok(unchanged(&message));
+        }
+        if let Some(window) = self.inner.edit_window {
+            let age = Utc::now().signed_duration_since(message.created_at);
+            if age.to_std().is_ok_and(|age| age > window) {
+                return Err(ChatError::FailedPrecondition(format!(
+                    "message {} can no longer be edited: messages can be edited for {} s after they are sent",
+                    req.seq,
+                    window.as_secs()
+                ))
+                .into());
+            }
+        }
+        let edited = self
+            .inner
+            .store
+            .edit_message(chat_id, req.seq, &text)
+            .await
+            .map_err(ChatError::from)?;
+        match edited {
+            Edited::Changed(m, event) => {
+                let message = message_to_pb(&m);
+                metrics::counter!("chat_messages_edited_total").increment(1);
+                self.inner
+                    .outbox
+                    .publish(&ChatEvent::MessageEdited(message.clone()), event)
+                    .await;
+                Ok(Response::new(pb::EditMessageResponse {
+                    message: Some(message),
+                    unchanged: false,
+                }))
+            }
+            Edited::Unchanged(m) => Ok(unchanged(&m)),
+            // Deleted since it was read.
+            Edited::NotFound => Err(not_found().into()),
+        }
+    }
+
     #[tracing::instrument(skip_all)]
     async fn list_messages(
         &self,
@@ -515,6 +598,13 @@ impl ChatService for ChatApi {
                         });
                         yield Err(Status::not_found(format!("chat {chat_id} was deleted")));
                         break;
+                    }
+                    // Only for a message this stream sent: one it has yet to send is
+                    // read from storage with its new text.
+                    e @ ChatEvent::MessageEdited(m) => {
+                        if m.seq <= sent_upto {
+                            yield Ok(e.to_response());
+                        }
                     }
                     e @ ChatEvent::MessageDeleted { .. } => yield Ok(e.to_response()),
                 }

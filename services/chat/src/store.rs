@@ -62,6 +62,8 @@ pub struct MessageRecord {
     pub sender_username: String,
     pub text: String,
     pub created_at: DateTime<Utc>,
+    /// When the text was last replaced by an edit; None when it never was.
+    pub edited_at: Option<DateTime<Utc>>,
     pub deleted: bool,
 }
 
@@ -90,6 +92,7 @@ pub type EventId = i64;
 pub enum EventKind {
     MessageCreated,
     MessageDeleted,
+    MessageEdited,
 }
 
 impl EventKind {
@@ -97,6 +100,7 @@ impl EventKind {
         match self {
             EventKind::MessageCreated => "message_created",
             EventKind::MessageDeleted => "message_deleted",
+            EventKind::MessageEdited => "message_edited",
         }
     }
 
@@ -104,6 +108,7 @@ impl EventKind {
         match kind {
             "message_created" => Ok(EventKind::MessageCreated),
             "message_deleted" => Ok(EventKind::MessageDeleted),
+            "message_edited" => Ok(EventKind::MessageEdited),
             other => anyhow::bail!("unknown outbox event kind {other:?}"),
         }
     }
@@ -125,6 +130,17 @@ pub struct Deleted {
     pub before: MessageRecord,
     /// The deletion's event, when the message was live until now.
     pub event: Option<EventId>,
+}
+
+/// What an edit did.
+#[derive(Debug)]
+pub enum Edited {
+    /// The text was replaced (and `edited_at` set), with the outbox row of its event.
+    Changed(MessageRecord, EventId),
+    /// The message already had this text: nothing was written.
+    Unchanged(MessageRecord),
+    /// No such message, or it is deleted.
+    NotFound,
 }
 
 #[derive(Debug)]
@@ -181,6 +197,15 @@ pub trait ChatStore: Send + Sync + 'static {
     /// Marks a message deleted and clears its text, with an outbox row for the deletion's
     /// event when it was live. None when there is no such message.
     async fn delete_message(&self, chat: ChatId, seq: i64) -> anyhow::Result<Option<Deleted>>;
+
+    /// Replaces a live message's text and sets its `edited_at`, with an outbox row for the
+    /// edit's event, in one transaction; nothing when the text is already `text`.
+    async fn edit_message(
+        &self,
+        chat: ChatId,
+        seq: i64,
+        text: &MessageText,
+    ) -> anyhow::Result<Edited>;
 
     /// A message, deleted or not.
     async fn message(&self, chat: ChatId, seq: i64) -> anyhow::Result<Option<MessageRecord>>;

@@ -18,7 +18,7 @@ use chat_service::{
     events::{ChatEvent, EventBus, LocalBus},
     hub::{Ended, Hub, Subscription},
     store::{
-        self, ChatCursor, ChatRecord, ChatStore, Deleted, EventId, Inserted, MemberRecord,
+        self, ChatCursor, ChatRecord, ChatStore, Deleted, Edited, EventId, Inserted, MemberRecord,
         MessageRecord, NewMessage, OutboxEvent,
     },
 };
@@ -79,6 +79,14 @@ impl ChatStore for FlakyStore {
     }
     async fn delete_message(&self, chat: ChatId, seq: i64) -> anyhow::Result<Option<Deleted>> {
         self.inner.delete_message(chat, seq).await
+    }
+    async fn edit_message(
+        &self,
+        chat: ChatId,
+        seq: i64,
+        text: &MessageText,
+    ) -> anyhow::Result<Edited> {
+        self.inner.edit_message(chat, seq, text).await
     }
     async fn message(&self, chat: ChatId, seq: i64) -> anyhow::Result<Option<MessageRecord>> {
         self.inner.message(chat, seq).await
@@ -199,6 +207,7 @@ impl Rig {
             sender_username: m.sender_username.clone(),
             text: m.text.clone(),
             created_at: None,
+            edited_at: None,
         });
         self.bus.publish(&event).await.expect("publish");
     }

@@ -35,7 +35,7 @@ async fn next(folder: &str, extra: &str, dir: &Path) -> &'static Migrator {
         std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
     }
     std::fs::write(
-        dir.join(format!("{NEXT_VERSION}_messages_edited_at.sql")),
+        dir.join(format!("{NEXT_VERSION}_messages_pinned_at.sql")),
         extra,
     )
     .unwrap();
@@ -109,7 +109,7 @@ async fn an_older_version_starts_on_a_newer_schema_postgres() {
     rollback(
         &url,
         "migrations/chat",
-        "ALTER TABLE messages ADD COLUMN edited_at TIMESTAMPTZ;",
+        "ALTER TABLE messages ADD COLUMN pinned_at TIMESTAMPTZ;",
     )
     .await;
     use sqlx::migrate::MigrateDatabase;
@@ -123,7 +123,7 @@ async fn an_older_version_starts_on_a_newer_schema_sqlite() {
     rollback(
         &url,
         "migrations/sqlite/chat",
-        "ALTER TABLE messages ADD COLUMN edited_at INTEGER;",
+        "ALTER TABLE messages ADD COLUMN pinned_at INTEGER;",
     )
     .await;
 }

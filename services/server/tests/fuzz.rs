@@ -40,6 +40,8 @@ struct Counts {
     users: i64,
     chats: i64,
     messages: i64,
+    /// Messages with an edit.
+    edited: i64,
     sagas: i64,
 }
 
@@ -62,6 +64,11 @@ fn assert_stored_only_what_was_accepted(before: Counts, after: Counts, report: &
     assert!(
         after.messages <= before.messages + sent,
         "messages: {before:?} -> {after:?}, {sent} sent"
+    );
+    let edits = report.ok("ChatService/EditMessage") as i64;
+    assert!(
+        after.edited <= before.edited + edits,
+        "edited messages: {before:?} -> {after:?}, {edits} edits accepted"
     );
     assert_eq!(
         after.sagas,
@@ -204,6 +211,7 @@ async fn counts(users: &str, chat: &str, saga: &str) -> Counts {
         users: count_rows(users, "users").await,
         chats: count_rows(chat, "chats").await,
         messages: count_rows(chat, "messages").await,
+        edited: count_rows(chat, "messages WHERE edited_at IS NOT NULL").await,
         sagas: count_rows(saga, "sagas").await,
     }
 }

@@ -696,6 +696,13 @@ pub fn chat_service_env(config: &chat_service::Config) -> Vec<(String, String)> 
             "CATCH_UP_INTERVAL_SECS",
             config.catch_up_every.as_secs().max(1).to_string(),
         ),
+        (
+            "MESSAGE_EDIT_WINDOW_SECS",
+            config
+                .edit_window
+                .map_or(0, |w| w.as_secs().max(1))
+                .to_string(),
+        ),
     ];
     env.push((
         "RUST_LOG",

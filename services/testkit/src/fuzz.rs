@@ -42,6 +42,7 @@ pub const RPCS: &[(&str, bool)] = &[
     ("/grpcchat.chat.v1.ChatService/ListMembers", false),
     ("/grpcchat.chat.v1.ChatService/SendMessage", false),
     ("/grpcchat.chat.v1.ChatService/DeleteMessage", false),
+    ("/grpcchat.chat.v1.ChatService/EditMessage", false),
     ("/grpcchat.chat.v1.ChatService/ListMessages", false),
     ("/grpcchat.chat.v1.ChatService/Connect", true),
     (

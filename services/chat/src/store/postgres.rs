@@ -7,10 +7,10 @@ use sqlx::{postgres::PgRow, PgPool, Row};
 use std::time::Duration;
 
 use super::{
-    millis, ChatCursor, ChatRecord, ChatStore, Deleted, EventId, EventKind, Inserted, MemberRecord,
-    MessageRecord, NewMessage, OutboxEvent,
+    millis, ChatCursor, ChatRecord, ChatStore, Deleted, Edited, EventId, EventKind, Inserted,
+    MemberRecord, MessageRecord, NewMessage, OutboxEvent,
 };
-use crate::domain::{ChatId, Title};
+use crate::domain::{ChatId, MessageText, Title};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/chat");
 
@@ -28,7 +28,8 @@ const CHAT_COLUMNS: &str =
     "c.id, c.title, c.creator_id, c.created_at, c.last_seq, c.last_activity_at, \
      (SELECT count(*)::int FROM chat_members m WHERE m.chat_id = c.id) AS member_count";
 const MESSAGE_COLUMNS: &str =
-    "chat_id, seq, sender_id, sender_username, text, created_at, deleted_at IS NOT NULL AS deleted";
+    "chat_id, seq, sender_id, sender_username, text, created_at, edited_at, \
+     deleted_at IS NOT NULL AS deleted";
 
 fn chat_from_row(row: &PgRow) -> Result<ChatRecord, sqlx::Error> {
     Ok(ChatRecord {
@@ -50,6 +51,7 @@ fn message_from_row(row: &PgRow) -> Result<MessageRecord, sqlx::Error> {
         sender_username: row.try_get("sender_username")?,
         text: row.try_get("text")?,
         created_at: row.try_get("created_at")?,
+        edited_at: row.try_get("edited_at")?,
         deleted: row.try_get("deleted")?,
     })
 }
@@ -252,7 +254,7 @@ impl ChatStore for PgChatStore {
                  FROM messages old WHERE m.chat_id = $1 AND m.seq = $2 \
                  AND old.chat_id = m.chat_id AND old.seq = m.seq \
                  RETURNING old.chat_id, old.seq, old.sender_id, old.sender_username, old.text, \
-                 old.created_at, old.deleted_at IS NOT NULL AS deleted), \
+                 old.created_at, old.edited_at, old.deleted_at IS NOT NULL AS deleted), \
              event AS ( \
                  INSERT INTO outbox (chat_id, seq, kind) \
                  SELECT chat_id, seq, 'message_deleted' FROM del WHERE NOT deleted RETURNING id) \
@@ -270,6 +272,54 @@ impl ChatStore for PgChatStore {
             before: message_from_row(&row)?,
             event: row.try_get("event_id")?,
         }))
+    }
+
+    async fn edit_message(
+        &self,
+        chat: ChatId,
+        seq: i64,
+        text: &MessageText,
+    ) -> anyhow::Result<Edited> {
+        // The row lock orders concurrent edits (and a concurrent deletion) of one message.
+        let mut tx = self.pool.begin().await.context("starting a transaction")?;
+        let row = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = $1 AND seq = $2 FOR UPDATE"
+        ))
+        .bind(chat.0)
+        .bind(seq)
+        .fetch_optional(&mut *tx)
+        .await
+        .context("loading a message to edit")?;
+        let Some(row) = row else {
+            return Ok(Edited::NotFound);
+        };
+        let current = message_from_row(&row)?;
+        if current.deleted {
+            return Ok(Edited::NotFound);
+        }
+        if current.text == text.as_str() {
+            return Ok(Edited::Unchanged(current));
+        }
+        let row = sqlx::query(&format!(
+            "UPDATE messages SET text = $3, edited_at = now() \
+             WHERE chat_id = $1 AND seq = $2 RETURNING {MESSAGE_COLUMNS}"
+        ))
+        .bind(chat.0)
+        .bind(seq)
+        .bind(text.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .context("editing a message")?;
+        let event: i64 = sqlx::query_scalar(
+            "INSERT INTO outbox (chat_id, seq, kind) VALUES ($1, $2, 'message_edited') RETURNING id",
+        )
+        .bind(chat.0)
+        .bind(seq)
+        .fetch_one(&mut *tx)
+        .await
+        .context("writing an edit's event to the outbox")?;
+        tx.commit().await.context("committing a message edit")?;
+        Ok(Edited::Changed(message_from_row(&row)?, event))
     }
 
     async fn message(&self, chat: ChatId, seq: i64) -> anyhow::Result<Option<MessageRecord>> {

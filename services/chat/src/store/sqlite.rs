@@ -16,10 +16,10 @@ use chrono::Utc;
 use sqlx::{sqlite::SqliteRow, Row, SqliteConnection, SqlitePool};
 
 use super::{
-    millis, ChatCursor, ChatRecord, ChatStore, Deleted, EventId, EventKind, Inserted, MemberRecord,
-    MessageRecord, NewMessage, OutboxEvent,
+    millis, ChatCursor, ChatRecord, ChatStore, Deleted, Edited, EventId, EventKind, Inserted,
+    MemberRecord, MessageRecord, NewMessage, OutboxEvent,
 };
-use crate::domain::{ChatId, Title};
+use crate::domain::{ChatId, MessageText, Title};
 use chat_common::db::{begin_write, from_micros, sqlite_writer, GroupWriter};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite/chat");
@@ -122,7 +122,8 @@ const CHAT_COLUMNS: &str =
     "c.id, c.title, c.creator_id, c.created_at, c.last_seq, c.last_activity_at, \
      (SELECT count(*) FROM chat_members m WHERE m.chat_id = c.id) AS member_count";
 const MESSAGE_COLUMNS: &str =
-    "chat_id, seq, sender_id, sender_username, text, created_at, deleted_at IS NOT NULL AS deleted";
+    "chat_id, seq, sender_id, sender_username, text, created_at, edited_at, \
+     deleted_at IS NOT NULL AS deleted";
 
 fn chat_from_row(row: &SqliteRow) -> Result<ChatRecord, sqlx::Error> {
     let member_count: i64 = row.try_get("member_count")?;
@@ -145,6 +146,7 @@ fn message_from_row(row: &SqliteRow) -> Result<MessageRecord, sqlx::Error> {
         sender_username: row.try_get("sender_username")?,
         text: row.try_get("text")?,
         created_at: from_micros(row.try_get("created_at")?),
+        edited_at: row.try_get::<Option<i64>, _>("edited_at")?.map(from_micros),
         deleted: row.try_get("deleted")?,
     })
 }
@@ -356,6 +358,59 @@ impl ChatStore for SqliteChatStore {
         };
         tx.commit().await.context("committing a message deletion")?;
         Ok(Some(Deleted { before, event }))
+    }
+
+    async fn edit_message(
+        &self,
+        chat: ChatId,
+        seq: i64,
+        text: &MessageText,
+    ) -> anyhow::Result<Edited> {
+        let now = now_micros();
+        let mut tx = begin_write(&self.write)
+            .await
+            .context("starting a transaction")?;
+        let row = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND seq = ?2"
+        ))
+        .bind(chat.0)
+        .bind(seq)
+        .fetch_optional(&mut *tx)
+        .await
+        .context("loading a message to edit")?;
+        let Some(row) = row else {
+            return Ok(Edited::NotFound);
+        };
+        let current = message_from_row(&row)?;
+        if current.deleted {
+            return Ok(Edited::NotFound);
+        }
+        if current.text == text.as_str() {
+            return Ok(Edited::Unchanged(current));
+        }
+        let row = sqlx::query(&format!(
+            "UPDATE messages SET text = ?3, edited_at = ?4 \
+             WHERE chat_id = ?1 AND seq = ?2 RETURNING {MESSAGE_COLUMNS}"
+        ))
+        .bind(chat.0)
+        .bind(seq)
+        .bind(text.as_str())
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .context("editing a message")?;
+        let event: i64 = sqlx::query_scalar(
+            "INSERT INTO outbox (chat_id, seq, kind, created_at) \
+             VALUES (?1, ?2, 'message_edited', ?3) RETURNING id",
+        )
+        .bind(chat.0)
+        .bind(seq)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .context("writing an edit's event to the outbox")?;
+        tx.commit().await.context("committing a message edit")?;
+        Ok(Edited::Changed(message_from_row(&row)?, event))
     }
 
     async fn message(&self, chat: ChatId, seq: i64) -> anyhow::Result<Option<MessageRecord>> {
