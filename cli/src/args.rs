@@ -107,7 +107,8 @@ pub enum Command {
     #[command(name = "delete_chat", alias = "delete-chat")]
     DeleteChat { chat_id: i64 },
 
-    /// List your chats, most recently active first.
+    /// List your chats, most recently active first, with how many messages in each you
+    /// have not read (others' messages after your read marker: see `mark_read`).
     #[command(alias = "list")]
     Chats,
 
@@ -146,6 +147,16 @@ pub enum Command {
         text: Vec<String>,
     },
 
+    /// Mark a chat read up to message <seq> (default: its newest message), so that `chats`
+    /// counts only the messages after it as unread. `connect` does this by itself for the
+    /// messages it shows. A marker never moves back: an older <seq> changes nothing.
+    #[command(name = "mark_read", alias = "mark-read", alias = "read")]
+    MarkRead {
+        chat_id: i64,
+        /// The newest message you have read (its number in the chat); default: the latest.
+        seq: Option<i64>,
+    },
+
     /// Show a chat's recent history, then new messages as they arrive. Lines you type are
     /// sent to the chat; /leave or Ctrl-C returns. A dropped connection is resumed by itself.
     Connect {
@@ -180,6 +191,7 @@ impl Command {
             Command::SendMessage { .. } => "send_message",
             Command::Send { .. } => "send",
             Command::EditMessage { .. } => "edit_message",
+            Command::MarkRead { .. } => "mark_read",
             Command::Connect { .. } => "connect",
             Command::History { .. } => "history",
         }

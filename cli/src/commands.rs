@@ -6,7 +6,7 @@ use grpc_chat_proto::{
     auth::v1::{LoginRequest, LogoutRequest, RegisterRequest},
     chat::v1::{
         CreateChatRequest, DeleteChatRequest, EditMessageRequest, ListChatsRequest,
-        ListMembersRequest, ListMessagesRequest, SendMessageRequest,
+        ListMembersRequest, ListMessagesRequest, MarkReadRequest, SendMessageRequest,
     },
     saga::v1 as sagapb,
 };
@@ -106,6 +106,7 @@ impl App {
                 connect::run(&mut self.client, input, chat_id, history).await
             }
             Command::History { chat_id, n } => self.history(chat_id, n).await,
+            Command::MarkRead { chat_id, seq } => self.mark_read(chat_id, seq).await,
         }
     }
 
@@ -361,6 +362,36 @@ impl App {
         Ok(())
     }
 
+    /// Moves the read marker to `seq`, or to the chat's newest message. Repeating it is
+    /// harmless: the marker never moves back, and the answer says where it stands.
+    async fn mark_read(&mut self, chat_id: i64, seq: Option<i64>) -> Result<(), CliError> {
+        let seq = match seq {
+            Some(seq) => seq,
+            None => {
+                let chat = self.client.chat.clone();
+                self.client
+                    .authed(Service::Chat, Op::Chat(chat_id), |t| {
+                        let mut chat = chat.clone();
+                        let req = authed_request(ListMembersRequest { chat_id }, &t);
+                        async move { chat.list_members(req).await }
+                    })
+                    .await?
+                    .chat
+                    .ok_or_else(|| CliError::new("the server sent no chat"))?
+                    .last_seq
+            }
+        };
+        let stored = mark_read(&mut self.client, chat_id, seq).await?;
+        if stored > seq {
+            say(&format!(
+                "Chat {chat_id} was already read up to message #{stored}; nothing changed."
+            ));
+        } else {
+            say(&format!("Chat {chat_id} read up to message #{stored}."));
+        }
+        Ok(())
+    }
+
     async fn members(&mut self, chat_id: i64) -> Result<(), CliError> {
         let chat = self.client.chat.clone();
         let resp = self
@@ -522,6 +553,20 @@ impl App {
 /// server (or loses its connection) is tried once more with the same idempotency key, so it
 /// is stored at most once; the key is kept until a final answer (`pending.rs`), so that
 /// running the command again after such a failure does not store it twice either.
+/// Moves the caller's read marker in `chat_id` forward to `seq`; returns the marker as the
+/// server stored it (higher than `seq` when it was already past it).
+pub async fn mark_read(client: &mut Client, chat_id: i64, seq: i64) -> Result<i64, CliError> {
+    let chat = client.chat.clone();
+    let resp = client
+        .authed(Service::Chat, Op::Chat(chat_id), |t| {
+            let mut chat = chat.clone();
+            let req = authed_request(MarkReadRequest { chat_id, seq }, &t);
+            async move { chat.mark_read(req).await }
+        })
+        .await?;
+    Ok(resp.last_read_seq)
+}
+
 pub async fn send(
     client: &mut Client,
     chat_id: i64,

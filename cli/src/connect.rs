@@ -9,6 +9,10 @@
 //! typed line, and Ctrl-C. On leaving (`/leave`, Ctrl-C, end of input) it waits briefly
 //! until the history and the user's own sent messages have been shown, so piped use
 //! (`printf 'connect 3\nhi\n' | chat`) prints the same as typing does.
+//!
+//! Messages it shows are marked read on the server (`MarkRead`), batched: at most one call
+//! per [`MARK_EVERY`] while messages arrive, and one more on the way out for the rest.
+//! Only shown messages count: `--history 0` marks nothing of the history it hides.
 
 use std::time::Duration;
 
@@ -18,7 +22,7 @@ use tonic::{Code, Status, Streaming};
 
 use crate::{
     client::{with_bearer, Client, Service},
-    commands::send,
+    commands::{mark_read, send},
     error::{CliError, Op},
     input::{Input, InputEvent},
     output::{message_line, Printer},
@@ -28,6 +32,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(3);
 /// How long leaving waits for the user's own messages to come back over the stream.
 const DRAIN: Duration = Duration::from_secs(3);
+/// How often, at most, shown messages are marked read while they arrive.
+const MARK_EVERY: Duration = Duration::from_secs(1);
 
 /// Why a stream could not be (re)opened.
 enum OpenError {
@@ -47,6 +53,7 @@ enum Ev {
     Input(InputEvent),
     Retry,
     Leave,
+    Mark,
 }
 
 /// What has been shown.
@@ -58,11 +65,66 @@ struct View {
     sent_max: i64,
 }
 
+/// The read marker this session moves as it shows messages.
+#[derive(Default)]
+struct Marks {
+    /// The highest seq shown.
+    shown: i64,
+    /// The highest seq the server has been told of.
+    marked: i64,
+    /// When the next call is due, while shown messages wait to be marked.
+    due: Option<Instant>,
+    /// Whether a failed call was reported (once is enough).
+    warned: bool,
+}
+
+impl Marks {
+    fn shown(&mut self, seq: i64) {
+        self.shown = self.shown.max(seq);
+        if self.shown > self.marked && self.due.is_none() {
+            self.due = Some(Instant::now() + MARK_EVERY);
+        }
+    }
+
+    /// Tells the server what was shown since the last call. A failure is said once and
+    /// left for the next call (a later message, or leaving) to make good.
+    async fn flush(&mut self, client: &mut Client, printer: &Printer, chat_id: i64) {
+        self.due = None;
+        if self.shown <= self.marked {
+            return;
+        }
+        match mark_read(client, chat_id, self.shown).await {
+            Ok(stored) => self.marked = stored.max(self.shown),
+            Err(e) if !self.warned => {
+                self.warned = true;
+                printer.note(&format!("(could not mark messages read: {e})"));
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 pub async fn run(
     client: &mut Client,
     input: &mut Input,
     chat_id: i64,
     history: u32,
+) -> Result<(), CliError> {
+    let mut marks = Marks::default();
+    let result = stream(client, input, chat_id, history, &mut marks).await;
+    // Ended by an error (the chat deleted, no longer a member): nothing left to mark.
+    if result.is_ok() {
+        marks.flush(client, &input.printer(), chat_id).await;
+    }
+    result
+}
+
+async fn stream(
+    client: &mut Client,
+    input: &mut Input,
+    chat_id: i64,
+    history: u32,
+    marks: &mut Marks,
 ) -> Result<(), CliError> {
     // The time zone's warning, if any, before the prompt and the stream start printing.
     crate::output::zone();
@@ -100,6 +162,7 @@ pub async fn run(
                 l = input.next(&prompt), if !leaving => Ev::Input(l),
                 _ = tokio::signal::ctrl_c(), if !leaving => Ev::Leave,
                 _ = sleep_until(leave_by.unwrap_or(far)), if leaving => Ev::Leave,
+                _ = sleep_until(marks.due.unwrap_or(far)), if marks.due.is_some() => Ev::Mark,
             },
             State::Down { retry_at } => tokio::select! {
                 _ = sleep_until(*retry_at) => Ev::Retry,
@@ -108,6 +171,7 @@ pub async fn run(
             },
         };
         match ev {
+            Ev::Mark => marks.flush(client, &printer, chat_id).await,
             Ev::Leave => {
                 if leaving {
                     return Ok(());
@@ -154,6 +218,7 @@ pub async fn run(
                         view.last_seq = m.seq;
                         if view.history_done || !quiet_history {
                             printer.say(&message_line(&m));
+                            marks.shown(m.seq);
                         }
                     }
                     Some(Event::Message(_)) => {}

@@ -73,9 +73,10 @@ pub fn from_status(status: &Status, op: Op, server: &str) -> CliError {
             Op::Chat(id) if msg == format!("chat {id} not found") => hidden_chat(id),
             _ => or_default(msg, "not found"),
         },
-        Code::InvalidArgument | Code::AlreadyExists | Code::FailedPrecondition => {
-            or_default(msg, "the server refused the request")
-        }
+        Code::InvalidArgument
+        | Code::AlreadyExists
+        | Code::FailedPrecondition
+        | Code::OutOfRange => or_default(msg, "the server refused the request"),
         Code::PermissionDenied => or_default(msg, "you are not allowed to do that"),
         Code::Aborted => format!("message not delivered: {}", or_default(msg, "aborted")),
         Code::Unavailable => format!(

@@ -102,11 +102,12 @@ pub fn chat_line(c: &Chat) -> String {
     };
     let plural = |n: i64, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
     format!(
-        "#{}  {}  ({}, {})",
+        "#{}  {}  ({}, {}, {} unread)",
         c.id,
         title,
         plural(c.member_count.into(), "member"),
-        plural(c.last_seq, "message")
+        plural(c.last_seq, "message"),
+        c.unread_count
     )
 }
 

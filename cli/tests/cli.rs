@@ -232,7 +232,7 @@ async fn register_login_create_send_connect_and_read_history() {
     assert_eq!(
         unstamped(&out.stdout),
         vec![
-            format!("#{id}  Weekend plans  (2 members, 1 message)"),
+            format!("#{id}  Weekend plans  (2 members, 1 message, 1 unread)"),
             "alice: Привет, Боб 👋".to_owned(),
             "bob: hi alice — ça va? 🙂".to_owned(),
             "alice: Привет, Боб 👋".to_owned(),
@@ -1097,4 +1097,104 @@ async fn the_embedded_server_edits_without_emailing() {
 
     let out = bob.ok(&["history", &id]).await;
     assert_eq!(unstamped(&out), ["alice: at 8 (edited)", "alice: see you"]);
+}
+
+/// Issue 16, item 7: `chats` counts each chat's unread messages (others' messages after
+/// the read marker), `mark_read` moves the marker forward only, and `connect` marks what it
+/// shows, while it runs and on leaving. `alice` and `bob` are registered and logged in.
+async fn read_markers_walkthrough(alice: &User, bob: &User) {
+    let id = chat_id(&alice.ok(&["create_chat", "bob"]).await);
+    let ids = id.to_string();
+    for text in ["one", "two", "three"] {
+        alice.ok(&["send", &ids, text]).await;
+    }
+    let listed = |unread: i64, messages: i64| {
+        format!("#{id}  (no title)  (2 members, {messages} messages, {unread} unread)\n")
+    };
+    assert_eq!(bob.ok(&["chats"]).await, listed(3, 3));
+    assert_eq!(alice.ok(&["chats"]).await, listed(0, 3), "own messages");
+
+    let out = bob.ok(&["mark_read", &ids, "1"]).await;
+    assert_eq!(out, format!("Chat {id} read up to message #1.\n"));
+    assert_eq!(bob.ok(&["chats"]).await, listed(2, 3));
+    let out = bob.ok(&["mark_read", &ids, "0"]).await;
+    assert_eq!(
+        out,
+        format!("Chat {id} was already read up to message #1; nothing changed.\n")
+    );
+    let out = bob.run(&["mark_read", &ids, "9"], "").await;
+    assert_one_line_error(
+        &out,
+        &format!("seq 9 is beyond the newest message of chat {id} (seq 3)"),
+    );
+    let out = bob.run(&["mark_read", &(id + 1000).to_string()], "").await;
+    assert_one_line_error(
+        &out,
+        &format!(
+            "chat {} does not exist or you are not a member of it",
+            id + 1000
+        ),
+    );
+
+    // A live connect marks what it shows while it runs, not only when it ends.
+    let mut child: Child = bob.command(&["connect", &ids]).spawn().expect("spawn chat");
+    let stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    read_until(&mut lines, "alice: three").await;
+    alice.ok(&["send", &ids, "four"]).await;
+    read_until(&mut lines, "alice: four").await;
+    let mut seen = String::new();
+    for _ in 0..50 {
+        seen = bob.ok(&["chats"]).await;
+        if seen == listed(0, 4) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, listed(0, 4), "connect marked what it showed");
+    drop(stdin);
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+
+    // History shown by a short connect is marked on the way out.
+    alice.ok(&["send", &ids, "five"]).await;
+    assert_eq!(bob.ok(&["chats"]).await, listed(1, 5));
+    let out = bob.run(&["connect", &ids, "--history", "1"], "").await;
+    assert!(out.ok, "{out:?}");
+    assert_eq!(unstamped(&out.stdout), ["alice: five"], "{out:?}");
+    assert_eq!(bob.ok(&["chats"]).await, listed(0, 5));
+
+    // Without a seq: up to the newest message.
+    alice.ok(&["send", &ids, "six"]).await;
+    let out = bob.ok(&["mark_read", &ids]).await;
+    assert_eq!(out, format!("Chat {id} read up to message #6.\n"));
+    assert_eq!(bob.ok(&["chats"]).await, listed(0, 6));
+}
+
+async fn registered_pair(alice: &User, bob: &User) {
+    alice
+        .ok(&["register", "alice@example.com", "alice", "alice-password"])
+        .await;
+    bob.ok(&["register", "bob@example.com", "bob", "bob-password"])
+        .await;
+    alice
+        .ok(&["login", "alice@example.com", "alice-password"])
+        .await;
+    bob.ok(&["login", "bob@example.com", "bob-password"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chats_count_unread_and_connect_marks_what_it_shows() {
+    let stack = Stack::new().await;
+    let (alice, bob) = (stack.user(), stack.user());
+    registered_pair(&alice, &bob).await;
+    read_markers_walkthrough(&alice, &bob).await;
+}
+
+/// The same on the embedded server (SQLite).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_server_counts_unread() {
+    let server = Embedded::start().await;
+    let (alice, bob) = (server.user(), server.user());
+    registered_pair(&alice, &bob).await;
+    read_markers_walkthrough(&alice, &bob).await;
 }

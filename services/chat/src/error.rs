@@ -19,6 +19,9 @@ pub enum ChatError {
     /// The call is well formed but the state forbids it now (an edit window that passed).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A value beyond what exists yet (a read marker past the chat's newest message).
+    #[error("{0}")]
+    OutOfRange(String),
     #[error("{0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -51,6 +54,7 @@ impl From<ChatError> for Status {
             | ChatError::UsersNotFound(_) => Status::not_found(e.to_string()),
             ChatError::PermissionDenied(m) => Status::permission_denied(m),
             ChatError::FailedPrecondition(m) => Status::failed_precondition(m),
+            ChatError::OutOfRange(m) => Status::out_of_range(m),
             ChatError::Unavailable(m) => Status::unavailable(m),
             ChatError::Internal(e) => chat_common::error::internal(&e),
         }

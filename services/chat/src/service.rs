@@ -67,6 +67,8 @@ fn chat_to_pb(c: &ChatRecord) -> pb::Chat {
         created_at: Some(timestamp(c.created_at)),
         last_seq: c.last_seq,
         member_count: c.member_count,
+        last_read_seq: c.last_read_seq,
+        unread_count: c.unread_count,
     }
 }
 
@@ -456,6 +458,45 @@ impl ChatService for ChatApi {
             // Deleted since it was read.
             Edited::NotFound => Err(not_found().into()),
         }
+    }
+
+    #[tracing::instrument(skip_all, fields(chat_id = request.get_ref().chat_id, seq = request.get_ref().seq))]
+    async fn mark_read(
+        &self,
+        request: Request<pb::MarkReadRequest>,
+    ) -> Result<Response<pb::MarkReadResponse>, Status> {
+        let (user_id, _) = Caller::require_user(&request)?;
+        let req = request.into_inner();
+        let chat_id = ChatId::parse(req.chat_id)?;
+        if req.seq < 0 {
+            return Err(invalid_field("seq", "sequence numbers are not negative"));
+        }
+        let chat = self
+            .inner
+            .store
+            .chat_for_member(chat_id, user_id)
+            .await
+            .map_err(ChatError::from)?
+            .ok_or(ChatError::ChatNotFound(chat_id.0))?;
+        // last_seq only grows, so a seq within it now is within it at the update too.
+        if req.seq > chat.last_seq {
+            return Err(ChatError::OutOfRange(format!(
+                "seq {} is beyond the newest message of chat {} (seq {})",
+                req.seq, chat_id.0, chat.last_seq
+            ))
+            .into());
+        }
+        let stored = self
+            .inner
+            .store
+            .mark_read(chat_id, user_id, req.seq)
+            .await
+            .map_err(ChatError::from)?
+            // Left the chat (or it was deleted) since it was read.
+            .ok_or(ChatError::ChatNotFound(chat_id.0))?;
+        Ok(Response::new(pb::MarkReadResponse {
+            last_read_seq: stored,
+        }))
     }
 
     #[tracing::instrument(skip_all)]

@@ -45,6 +45,10 @@ pub struct ChatRecord {
     pub last_seq: i64,
     pub last_activity_at: DateTime<Utc>,
     pub member_count: i32,
+    /// The asking member's read marker (0 where no member asks: see `READ_COLUMNS`).
+    pub last_read_seq: i64,
+    /// The asking member's live messages after `last_read_seq` that others sent.
+    pub unread_count: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -226,6 +230,10 @@ pub trait ChatStore: Send + Sync + 'static {
         before: Option<i64>,
         limit: i64,
     ) -> anyhow::Result<Vec<MessageRecord>>;
+
+    /// Moves `user_id`'s read marker in `chat` forward to `seq` (a lower `seq` leaves it
+    /// as it is) and returns the marker as stored; None when `user_id` is not a member.
+    async fn mark_read(&self, chat: ChatId, user_id: i64, seq: i64) -> anyhow::Result<Option<i64>>;
 
     /// The chat's newest seq, or None when the chat does not exist.
     async fn last_seq(&self, chat: ChatId) -> anyhow::Result<Option<i64>>;

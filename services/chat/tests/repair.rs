@@ -88,6 +88,9 @@ impl ChatStore for FlakyStore {
     ) -> anyhow::Result<Edited> {
         self.inner.edit_message(chat, seq, text).await
     }
+    async fn mark_read(&self, chat: ChatId, user_id: i64, seq: i64) -> anyhow::Result<Option<i64>> {
+        self.inner.mark_read(chat, user_id, seq).await
+    }
     async fn message(&self, chat: ChatId, seq: i64) -> anyhow::Result<Option<MessageRecord>> {
         self.inner.message(chat, seq).await
     }

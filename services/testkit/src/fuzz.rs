@@ -43,6 +43,7 @@ pub const RPCS: &[(&str, bool)] = &[
     ("/grpcchat.chat.v1.ChatService/SendMessage", false),
     ("/grpcchat.chat.v1.ChatService/DeleteMessage", false),
     ("/grpcchat.chat.v1.ChatService/EditMessage", false),
+    ("/grpcchat.chat.v1.ChatService/MarkRead", false),
     ("/grpcchat.chat.v1.ChatService/ListMessages", false),
     ("/grpcchat.chat.v1.ChatService/Connect", true),
     (

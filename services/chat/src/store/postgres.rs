@@ -27,6 +27,14 @@ impl PgChatStore {
 const CHAT_COLUMNS: &str =
     "c.id, c.title, c.creator_id, c.created_at, c.last_seq, c.last_activity_at, \
      (SELECT count(*)::int FROM chat_members m WHERE m.chat_id = c.id) AS member_count";
+/// The caller's read marker and unread count, for queries that join the caller's
+/// membership row as `me`: one correlated count per chat row, inside the same query (the
+/// primary key (chat_id, seq) bounds it to the chat's messages after the marker).
+const READ_COLUMNS: &str = "me.last_read_seq, \
+     (SELECT count(*) FROM messages u WHERE u.chat_id = c.id AND u.seq > me.last_read_seq \
+      AND u.deleted_at IS NULL AND u.sender_id <> me.user_id) AS unread_count";
+/// The same columns where no member asks (a service caller, a new chat).
+const NO_READ_COLUMNS: &str = "0::bigint AS last_read_seq, 0::bigint AS unread_count";
 const MESSAGE_COLUMNS: &str =
     "chat_id, seq, sender_id, sender_username, text, created_at, edited_at, \
      deleted_at IS NOT NULL AS deleted";
@@ -40,6 +48,8 @@ fn chat_from_row(row: &PgRow) -> Result<ChatRecord, sqlx::Error> {
         last_seq: row.try_get("last_seq")?,
         last_activity_at: row.try_get("last_activity_at")?,
         member_count: row.try_get("member_count")?,
+        last_read_seq: row.try_get("last_read_seq")?,
+        unread_count: row.try_get("unread_count")?,
     })
 }
 
@@ -94,7 +104,7 @@ impl ChatStore for PgChatStore {
         .await
         .context("inserting chat members")?;
         let row = sqlx::query(&format!(
-            "SELECT {CHAT_COLUMNS} FROM chats c WHERE c.id = $1"
+            "SELECT {CHAT_COLUMNS}, {NO_READ_COLUMNS} FROM chats c WHERE c.id = $1"
         ))
         .bind(id)
         .fetch_one(&mut *tx)
@@ -111,7 +121,7 @@ impl ChatStore for PgChatStore {
         user_id: i64,
     ) -> anyhow::Result<Option<ChatRecord>> {
         let row = sqlx::query(&format!(
-            "SELECT {CHAT_COLUMNS} FROM chats c \
+            "SELECT {CHAT_COLUMNS}, {READ_COLUMNS} FROM chats c \
              JOIN chat_members me ON me.chat_id = c.id AND me.user_id = $2 WHERE c.id = $1"
         ))
         .bind(chat.0)
@@ -124,7 +134,7 @@ impl ChatStore for PgChatStore {
 
     async fn chat(&self, chat: ChatId) -> anyhow::Result<Option<ChatRecord>> {
         let row = sqlx::query(&format!(
-            "SELECT {CHAT_COLUMNS} FROM chats c WHERE c.id = $1"
+            "SELECT {CHAT_COLUMNS}, {NO_READ_COLUMNS} FROM chats c WHERE c.id = $1"
         ))
         .bind(chat.0)
         .fetch_optional(&self.pool)
@@ -152,7 +162,7 @@ impl ChatStore for PgChatStore {
             .map(|c| (c.last_activity_micros, c.id))
             .unwrap_or((i64::MAX, i64::MAX));
         let rows = sqlx::query(&format!(
-            "SELECT {CHAT_COLUMNS} FROM chats c \
+            "SELECT {CHAT_COLUMNS}, {READ_COLUMNS} FROM chats c \
              JOIN chat_members me ON me.chat_id = c.id AND me.user_id = $1 \
              WHERE (floor(extract(epoch FROM c.last_activity_at) * 1000000)::bigint, c.id) < ($2, $3) \
              ORDER BY c.last_activity_at DESC, c.id DESC LIMIT $4"
@@ -380,6 +390,20 @@ impl ChatStore for PgChatStore {
             .iter()
             .map(message_from_row)
             .collect::<Result<_, _>>()?)
+    }
+
+    async fn mark_read(&self, chat: ChatId, user_id: i64, seq: i64) -> anyhow::Result<Option<i64>> {
+        let stored = sqlx::query_scalar(
+            "UPDATE chat_members SET last_read_seq = GREATEST(last_read_seq, $3) \
+             WHERE chat_id = $1 AND user_id = $2 RETURNING last_read_seq",
+        )
+        .bind(chat.0)
+        .bind(user_id)
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await
+        .context("moving a read marker")?;
+        Ok(stored)
     }
 
     async fn last_seq(&self, chat: ChatId) -> anyhow::Result<Option<i64>> {
