@@ -169,7 +169,7 @@ async fn admin_only_calls_follow_the_granted_role_not_the_token() {
         &service,
     );
     assert_eq!(code(c.get_user(req).await), Code::PermissionDenied);
-    // No RPC takes a role: Register ignores none, and a new account is a user.
+    // No RPC takes a role: a new account is a user.
     let carol = app.user("carol").await;
     let me = c
         .get_user(carol.req(pb::GetUserRequest { user_id: 0 }))
