@@ -477,7 +477,53 @@ async fn deleting_ones_own_account_needs_the_password_and_ends_everything() {
     app.user("alice").await;
 }
 
+/// `auth-service admin grant|revoke EMAIL` as an operator runs it: on the database of
+/// `DATABASE_URL`, says what it did and exits; a bad command line or an unknown email fails.
+async fn the_admin_subcommand_grants_and_revokes() {
+    let app = spawn_auth().await;
+    let alice = app.user("alice").await;
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_auth-service"))
+            .args(args)
+            .env("DATABASE_URL", &app.db.url)
+            .env("RUST_LOG", "warn")
+            .env("METRICS_ADDR", "off")
+            .output()
+            .expect("run auth-service")
+    };
+    let out = run(&["admin", "grant", "alice@example.com"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("now has the role admin"),
+        "{out:?}"
+    );
+    let mut c = app.client.clone();
+    let me = c
+        .get_user(alice.req(pb::GetUserRequest { user_id: 0 }))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(me.role, pb::Role::Admin as i32);
+    for bad in [
+        &["admin", "grant"][..],
+        &["admin", "promote", "alice@example.com"],
+        &["admin", "grant", "nobody@example.com"],
+    ] {
+        assert!(!run(bad).status.success(), "{bad:?}");
+    }
+    assert!(run(&["admin", "revoke", "alice@example.com"])
+        .status
+        .success());
+    assert_eq!(
+        code(c.list_users(alice.req(list(0, "", ""))).await),
+        Code::PermissionDenied
+    );
+}
+
 chat_testkit::backend_tests!(
+    the_admin_subcommand_grants_and_revokes,
     admin_only_calls_follow_the_granted_role_not_the_token,
     list_users_pages_and_filters_by_prefix,
     update_user_changes_names_and_refuses_taken_ones,
