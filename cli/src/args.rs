@@ -69,8 +69,8 @@ pub enum Command {
         username: String,
         /// 8 to 72 bytes; asked for without echo when omitted.
         password: Option<String>,
-        /// The original CLI's role: there are no roles here, so it is refused with the
-        /// form to use.
+        /// The original CLI's role: a role is never chosen at registration (an operator
+        /// grants admin on the server), so it is refused with the form to use.
         #[arg(hide = true)]
         role: Option<String>,
     },
@@ -91,8 +91,29 @@ pub enum Command {
     /// End the session on the server and forget it here.
     Logout,
 
-    /// Show who is logged in.
+    /// Show who is logged in, as the server knows the account (role included).
     Whoami,
+
+    /// List the accounts (administrators only), optionally only those whose username or
+    /// email starts with <prefix>.
+    Users { prefix: Option<String> },
+
+    /// Change your password (asks for both when they are not given). Every other session
+    /// of your account is logged out; this one stays logged in.
+    Passwd {
+        /// Your current password; asked for without echo when omitted.
+        current: Option<String>,
+        /// The new password, 8 to 72 bytes; asked for (twice) without echo when omitted.
+        new: Option<String>,
+    },
+
+    /// Delete your account for good (asks for your password when it is not given). Your
+    /// sessions end; messages you sent stay.
+    #[command(name = "delete_account", alias = "delete-account")]
+    DeleteAccount {
+        /// Your current password; asked for without echo when omitted.
+        password: Option<String>,
+    },
 
     /// Create a chat with you and the given users (usernames or emails, comma-separated).
     #[command(name = "create_chat", alias = "create-chat")]
@@ -184,6 +205,9 @@ impl Command {
             Command::GetAccess => "get_access",
             Command::Logout => "logout",
             Command::Whoami => "whoami",
+            Command::Users { .. } => "users",
+            Command::Passwd { .. } => "passwd",
+            Command::DeleteAccount { .. } => "delete_account",
             Command::CreateChat { .. } => "create_chat",
             Command::DeleteChat { .. } => "delete_chat",
             Command::Chats => "chats",

@@ -3,7 +3,10 @@
 //! caller prints the error and decides the exit code.
 
 use grpc_chat_proto::{
-    auth::v1::{LoginRequest, LogoutRequest, RegisterRequest},
+    auth::v1::{
+        DeleteUserRequest, GetUserRequest, ListUsersRequest, LoginRequest, LogoutRequest,
+        RegisterRequest, Role, UpdateUserRequest,
+    },
     chat::v1::{
         CreateChatRequest, DeleteChatRequest, EditMessageRequest, ListChatsRequest,
         ListMembersRequest, ListMessagesRequest, MarkReadRequest, SendMessageRequest,
@@ -72,7 +75,8 @@ impl App {
             } => {
                 if role.is_some() {
                     return Err(CliError::new(
-                        "there are no roles here: register <email> <username> [password]",
+                        "a role is not chosen at registration (an operator grants admin on the \
+                         server): register <email> <username> [password]",
                     ));
                 }
                 let (email, username) = email_first(email, username);
@@ -81,7 +85,10 @@ impl App {
             Command::Login { email, password } => self.login(email, password).await,
             Command::GetAccess => self.get_access().await,
             Command::Logout => self.logout().await,
-            Command::Whoami => self.whoami(),
+            Command::Whoami => self.whoami().await,
+            Command::Users { prefix } => self.users(prefix.unwrap_or_default()).await,
+            Command::Passwd { current, new } => self.passwd(current, new).await,
+            Command::DeleteAccount { password } => self.delete_account(password).await,
             Command::CreateChat { members, title } => {
                 self.create_chat(&members, title.join(" ")).await
             }
@@ -242,11 +249,158 @@ impl App {
         Ok(())
     }
 
-    fn whoami(&mut self) -> Result<(), CliError> {
-        let session = self.client.session().ok_or_else(CliError::not_logged_in)?;
+    async fn whoami(&mut self) -> Result<(), CliError> {
+        let auth = self.client.auth.clone();
+        let user = self
+            .client
+            .authed(Service::Auth, Op::Other, |t| {
+                let mut auth = auth.clone();
+                let req = authed_request(GetUserRequest { user_id: 0 }, &t);
+                async move { auth.get_user(req).await }
+            })
+            .await?
+            .user
+            .ok_or_else(|| CliError::new("the server sent no account"))?;
         say(&format!(
-            "{} ({}), user ID {}, on {}",
-            session.username, session.email, session.user_id, self.client.servers.auth.uri
+            "{} ({}), user ID {}, role {}, on {}",
+            user.username,
+            user.email,
+            user.id,
+            role_name(user.role),
+            self.client.servers.auth.uri
+        ));
+        Ok(())
+    }
+
+    async fn users(&mut self, prefix: String) -> Result<(), CliError> {
+        let auth = self.client.auth.clone();
+        let mut page_token = String::new();
+        let mut any = false;
+        loop {
+            let token = page_token.clone();
+            let page = self
+                .client
+                .authed(Service::Auth, Op::Other, |t| {
+                    let mut auth = auth.clone();
+                    let req = authed_request(
+                        ListUsersRequest {
+                            page_size: 100,
+                            page_token: token.clone(),
+                            prefix: prefix.clone(),
+                        },
+                        &t,
+                    );
+                    async move { auth.list_users(req).await }
+                })
+                .await?;
+            for u in &page.users {
+                any = true;
+                say(&format!(
+                    "{:>6}  {}  {}  {}",
+                    u.id,
+                    u.username,
+                    u.email,
+                    role_name(u.role)
+                ));
+            }
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        if !any {
+            say("No accounts match.");
+        }
+        Ok(())
+    }
+
+    /// The answer of a call that checks the current password, made once with the session's
+    /// access token: no refresh-and-retry on UNAUTHENTICATED, which here means a wrong
+    /// password (said as the server words it) and a retry would count twice against the
+    /// rate limit.
+    async fn password_checked<T>(
+        &mut self,
+        result: Result<tonic::Response<T>, tonic::Status>,
+    ) -> Result<T, CliError> {
+        match result {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) if s.code() == Code::Unauthenticated => Err(CliError::new(s.message())),
+            Err(s) => Err(self.client.error(&s, Service::Auth, Op::Other)),
+        }
+    }
+
+    async fn passwd(
+        &mut self,
+        current: Option<String>,
+        new: Option<String>,
+    ) -> Result<(), CliError> {
+        let session = self
+            .client
+            .session()
+            .cloned()
+            .ok_or_else(CliError::not_logged_in)?;
+        let current = match current {
+            Some(p) => p,
+            None => self.password("Current password: ").await?,
+        };
+        let new = match new {
+            Some(p) => p,
+            None => {
+                let p = self.password("New password: ").await?;
+                if self.input().interactive() && self.password("Repeat new password: ").await? != p
+                {
+                    return Err(CliError::new("the passwords do not match"));
+                }
+                p
+            }
+        };
+        let token = self.client.access_token().await?;
+        let mut auth = self.client.auth.clone();
+        let result = auth
+            .update_user(authed_request(
+                UpdateUserRequest {
+                    new_password: Some(new),
+                    current_password: current,
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await;
+        let resp = self.password_checked(result).await?;
+        let tokens = resp
+            .tokens
+            .ok_or_else(|| CliError::new("the server sent no new tokens"))?;
+        self.client.set_session(with_tokens(session, tokens))?;
+        say("Password changed. Every other session of this account is logged out.");
+        Ok(())
+    }
+
+    async fn delete_account(&mut self, password: Option<String>) -> Result<(), CliError> {
+        let session = self
+            .client
+            .session()
+            .cloned()
+            .ok_or_else(CliError::not_logged_in)?;
+        let password = match password {
+            Some(p) => p,
+            None => self.password("Password (to delete your account): ").await?,
+        };
+        let token = self.client.access_token().await?;
+        let mut auth = self.client.auth.clone();
+        let result = auth
+            .delete_user(authed_request(
+                DeleteUserRequest {
+                    user_id: 0,
+                    current_password: password,
+                },
+                &token,
+            ))
+            .await;
+        self.password_checked(result).await?;
+        self.client.forget_session()?;
+        say(&format!(
+            "Deleted the account {} ({}). You are logged out.",
+            session.username, session.email
         ));
         Ok(())
     }
@@ -614,6 +768,15 @@ pub async fn send(
             pending.forget(&what);
             Err(client.error(&s, Service::Chat, op))
         }
+    }
+}
+
+/// A role as the CLI shows it.
+fn role_name(role: i32) -> &'static str {
+    match Role::try_from(role) {
+        Ok(Role::Admin) => "admin",
+        Ok(Role::Service) => "service",
+        _ => "user",
     }
 }
 

@@ -836,7 +836,7 @@ async fn the_original_clis_register_and_get_access_work() {
         .await;
     assert_one_line_error(
         &out,
-        "there are no roles here: register <email> <username> [password]",
+        "a role is not chosen at registration (an operator grants admin on the server): register <email> <username> [password]",
     );
 
     let out = alice.run(&["get_access"], "").await;
@@ -1197,4 +1197,106 @@ async fn the_embedded_server_counts_unread() {
     let (alice, bob) = (server.user(), server.user());
     registered_pair(&alice, &bob).await;
     read_markers_walkthrough(&alice, &bob).await;
+}
+
+/// Issue 16, user management: `whoami` asks the server (role included), `users` is for
+/// administrators (granted by the operator), `passwd` reads both passwords from stdin, keeps
+/// this session and ends the others, and `delete_account` ends the account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whoami_users_passwd_and_delete_account() {
+    let stack = Stack::new().await;
+    let (alice, laptop, bob) = (stack.user(), stack.user(), stack.user());
+    alice
+        .ok(&["register", "alice@example.com", "alice", "alice-password"])
+        .await;
+    bob.ok(&["register", "bob@example.com", "bob", "bob-password"])
+        .await;
+    alice
+        .ok(&["login", "alice@example.com", "alice-password"])
+        .await;
+    laptop
+        .ok(&["login", "alice@example.com", "alice-password"])
+        .await;
+    bob.ok(&["login", "bob@example.com", "bob-password"]).await;
+
+    let out = alice.ok(&["whoami"]).await;
+    assert!(
+        out.starts_with("alice (alice@example.com), user ID ") && out.contains(", role user, on "),
+        "{out}"
+    );
+    assert_one_line_error(
+        &alice.run(&["users"], "").await,
+        "only administrators may list users",
+    );
+    auth_service::admin::set_role(
+        &stack.auth.db.url,
+        auth_service::admin::AdminAction::Grant,
+        "alice@example.com",
+    )
+    .await
+    .expect("grant");
+    assert!(alice.ok(&["whoami"]).await.contains(", role admin, on "));
+    let out = alice.ok(&["users"]).await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].ends_with("alice  alice@example.com  admin"),
+        "{out}"
+    );
+    assert!(lines[1].ends_with("bob  bob@example.com  user"), "{out}");
+    assert_eq!(alice.ok(&["users", "bo"]).await.lines().count(), 1);
+    assert_eq!(alice.ok(&["users", "zz"]).await, "No accounts match.\n");
+
+    // A wrong current password is said as such, and changes nothing.
+    let out = alice
+        .run(&["passwd"], "wrong-password\nnew-password-1\n")
+        .await;
+    assert_one_line_error(&out, "the current password is wrong");
+    let out = alice
+        .run(&["passwd"], "alice-password\nnew-password-1\n")
+        .await;
+    assert!(out.ok, "{out:?}");
+    assert_eq!(
+        out.stdout,
+        "Password changed. Every other session of this account is logged out.\n"
+    );
+    // This session goes on, across a refresh of its new tokens.
+    let mut session = alice.session().expect("session kept");
+    session.access_expires_at = 0;
+    alice.save_session(&session);
+    assert!(alice.ok(&["whoami"]).await.starts_with("alice "));
+    // The laptop's session ended: its refresh token was revoked.
+    let mut session = laptop.session().expect("laptop session");
+    session.access_expires_at = 0;
+    laptop.save_session(&session);
+    let out = laptop.run(&["whoami"], "").await;
+    assert!(!out.ok, "{out:?}");
+    // The new password logs in, the old one no more.
+    laptop
+        .ok(&["login", "alice@example.com", "new-password-1"])
+        .await;
+    assert!(
+        !laptop
+            .run(&["login", "alice@example.com", "alice-password"], "")
+            .await
+            .ok
+    );
+
+    // bob deletes his account: logged out here, cannot log in again.
+    assert_one_line_error(
+        &bob.run(&["delete_account", "not-it"], "").await,
+        "the current password is wrong",
+    );
+    let out = bob.run(&["delete_account"], "bob-password\n").await;
+    assert!(out.ok, "{out:?}");
+    assert_eq!(
+        out.stdout,
+        "Deleted the account bob (bob@example.com). You are logged out.\n"
+    );
+    assert!(bob.session().is_none());
+    assert_one_line_error(
+        &bob.run(&["login", "bob@example.com", "bob-password"], "")
+            .await,
+        "wrong email or password",
+    );
 }

@@ -28,6 +28,8 @@ pub enum AuthError {
     PermissionDenied(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    #[error("{0}")]
+    NotFound(String),
     /// Over a rate limit (see `limits`): answered with the delay after which a retry can pass.
     #[error("{message}; try again in {} s", crate::limits::whole_secs(*retry_after))]
     RateLimited {
@@ -86,6 +88,7 @@ impl From<AuthError> for Status {
             }
             AuthError::PermissionDenied(m) => Status::permission_denied(m),
             AuthError::FailedPrecondition(m) => Status::failed_precondition(m),
+            AuthError::NotFound(m) => Status::not_found(m),
             AuthError::RateLimited { retry_after, .. } => {
                 // RetryInfo in whole seconds, as the message says.
                 let delay = std::time::Duration::from_secs(crate::limits::whole_secs(retry_after));

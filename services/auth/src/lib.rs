@@ -5,6 +5,7 @@
 //! all-in-one server and the tests all go through it (or through [`AuthApi`] directly when
 //! they bring their own storage and listener).
 
+pub mod admin;
 pub mod config;
 pub mod domain;
 pub mod error;

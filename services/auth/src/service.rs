@@ -26,7 +26,7 @@ use crate::{
     error::AuthError,
     keys::{hash_refresh_token, new_refresh_token, TokenSigner},
     limits::{client_address, Limiter, Scope},
-    store::{NewRefreshToken, Rotation, UserRecord, UserStore},
+    store::{NewRefreshToken, Rotation, UserChange, UserRecord, UserStore},
 };
 
 /// Most identifiers or ids one internal lookup may carry.
@@ -35,6 +35,11 @@ const MAX_LOOKUP: usize = 1000;
 const MAX_TOKEN_LEN: usize = 8192;
 /// Longest password accepted at login (bcrypt reads 72 bytes; anything longer never matched).
 const MAX_LOGIN_PASSWORD: usize = 1024;
+/// ListUsers' page size when none is asked for, and the most it answers.
+const DEFAULT_PAGE_SIZE: i64 = 50;
+const MAX_PAGE_SIZE: i64 = 100;
+/// Longest ListUsers prefix (the longest email).
+const MAX_PREFIX: usize = 254;
 
 /// The state behind the RPCs; cheap to clone.
 #[derive(Clone)]
@@ -175,6 +180,68 @@ impl AuthApi {
             })
             .await?;
         Ok(token_pair(access, access_exp, refresh, refresh_exp))
+    }
+
+    /// The calling user's account as stored now (its role included: admin checks read the
+    /// role from here, never from the token, so a grant or revoke takes effect at once).
+    /// PERMISSION_DENIED for a service token, UNAUTHENTICATED when the account is gone.
+    async fn caller_account(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<UserRecord, Status> {
+        let id = match self.inner.verifier.authenticate(metadata)? {
+            Caller::User { id, .. } => id,
+            Caller::Service { .. } => {
+                return Err(AuthError::PermissionDenied(
+                    "this call must be made on behalf of a user".into(),
+                )
+                .into())
+            }
+        };
+        self.inner
+            .store
+            .user_by_id(id)
+            .await
+            .map_err(AuthError::from)?
+            .ok_or_else(|| {
+                AuthError::Unauthenticated("this account no longer exists".into()).into()
+            })
+    }
+
+    /// Checks `password` against `user`'s, counted against the failed-login limits of the
+    /// account and of `address` (a right password is taken back), so that a stolen access
+    /// token cannot be used to guess the password faster than a login could.
+    async fn check_current_password(
+        &self,
+        address: &str,
+        user: &UserRecord,
+        password: String,
+    ) -> Result<(), AuthError> {
+        if password.is_empty() {
+            return Err(FieldError::new("current_password", "is required").into());
+        }
+        if password.len() > MAX_LOGIN_PASSWORD {
+            return Err(FieldError::new("current_password", "is too long").into());
+        }
+        let limits = &self.inner.settings.rate_limits;
+        let counted = self
+            .inner
+            .limiter
+            .count(&[
+                (Scope::LoginAddress, limits.login_per_address, address),
+                (Scope::LoginAccount, limits.login_per_account, &user.email),
+            ])
+            .await?;
+        if !self
+            .verify_password(password, user.password_hash.clone())
+            .await?
+        {
+            return Err(AuthError::Unauthenticated(
+                "the current password is wrong".into(),
+            ));
+        }
+        self.inner.limiter.uncount(counted).await;
+        Ok(())
     }
 
     fn require_service(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
@@ -663,5 +730,210 @@ impl AuthService for AuthApi {
             access_token: token,
             expires_at: Some(timestamp(exp)),
         }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_user(
+        &self,
+        request: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::GetUserResponse>, Status> {
+        let me = self.caller_account(request.metadata()).await?;
+        let id = request.into_inner().user_id;
+        if id == 0 || id == me.id {
+            return Ok(Response::new(pb::GetUserResponse {
+                user: Some(user_to_pb(&me)),
+            }));
+        }
+        if me.role != Role::Admin {
+            return Err(AuthError::PermissionDenied(
+                "only administrators may look at other accounts".into(),
+            )
+            .into());
+        }
+        let user = self
+            .inner
+            .store
+            .user_by_id(id)
+            .await
+            .map_err(AuthError::from)?
+            .ok_or_else(|| AuthError::NotFound(format!("no user has the id {id}")))?;
+        Ok(Response::new(pb::GetUserResponse {
+            user: Some(user_to_pb(&user)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        let me = self.caller_account(request.metadata()).await?;
+        if me.role != Role::Admin {
+            return Err(
+                AuthError::PermissionDenied("only administrators may list users".into()).into(),
+            );
+        }
+        let req = request.into_inner();
+        let mut errors = Vec::new();
+        let page_size = match i64::from(req.page_size) {
+            0 => DEFAULT_PAGE_SIZE,
+            n if (1..=MAX_PAGE_SIZE).contains(&n) => n,
+            _ => {
+                errors.push(FieldError::new(
+                    "page_size",
+                    format!("must be 0 (the default, {DEFAULT_PAGE_SIZE}) to {MAX_PAGE_SIZE}"),
+                ));
+                DEFAULT_PAGE_SIZE
+            }
+        };
+        let after_id = if req.page_token.is_empty() {
+            0
+        } else {
+            match req.page_token.parse::<i64>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    errors.push(FieldError::new(
+                        "page_token",
+                        "is not a next_page_token this service gave",
+                    ));
+                    0
+                }
+            }
+        };
+        let prefix = req.prefix.trim().to_lowercase();
+        if prefix.len() > MAX_PREFIX {
+            errors.push(FieldError::new(
+                "prefix",
+                format!("must be at most {MAX_PREFIX} bytes long"),
+            ));
+        }
+        if !errors.is_empty() {
+            return Err(AuthError::InvalidInput(errors).into());
+        }
+        // One more than asked: whether there is a next page, without a second query.
+        let mut users = self
+            .inner
+            .store
+            .list_users(after_id, &prefix, page_size + 1)
+            .await
+            .map_err(AuthError::from)?;
+        let next_page_token = if users.len() as i64 > page_size {
+            users.truncate(page_size as usize);
+            users.last().map(|u| u.id.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListUsersResponse {
+            users: users.iter().map(user_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn update_user(
+        &self,
+        request: Request<pb::UpdateUserRequest>,
+    ) -> Result<Response<pb::UpdateUserResponse>, Status> {
+        let me = self.caller_account(request.metadata()).await?;
+        let address = self.client_key(&request);
+        let req = request.into_inner();
+        let mut errors = Vec::new();
+        let username = req
+            .username
+            .as_deref()
+            .map(|u| Username::parse(u).map_err(|e| errors.push(e)).ok())
+            .unwrap_or(None);
+        let email = req
+            .email
+            .as_deref()
+            .map(|e| Email::parse(e).map_err(|e| errors.push(e)).ok())
+            .unwrap_or(None);
+        let password = req
+            .new_password
+            .map(|p| {
+                Password::parse(p)
+                    .map_err(|mut e| {
+                        e.field = "new_password";
+                        errors.push(e)
+                    })
+                    .ok()
+            })
+            .unwrap_or(None);
+        if !errors.is_empty() {
+            return Err(AuthError::InvalidInput(errors).into());
+        }
+        if username.is_none() && email.is_none() && password.is_none() {
+            return Err(AuthError::from(FieldError::new(
+                "username",
+                "nothing to change: give a username, an email or a new_password",
+            ))
+            .into());
+        }
+        self.check_current_password(&address, &me, req.current_password)
+            .await?;
+        let password_hash = match password {
+            Some(p) => Some(self.hash_password(p).await?),
+            None => None,
+        };
+        let password_changed = password_hash.is_some();
+        let user = self
+            .inner
+            .store
+            .update_user(
+                me.id,
+                &UserChange {
+                    email,
+                    username,
+                    password_hash,
+                },
+            )
+            .await
+            .map_err(AuthError::from)?
+            .ok_or_else(|| AuthError::Unauthenticated("this account no longer exists".into()))?;
+        let tokens = if password_changed {
+            tracing::info!(user_id = user.id, "password changed; sessions revoked");
+            Some(self.issue_tokens(&user, Uuid::new_v4()).await?)
+        } else {
+            None
+        };
+        tracing::info!(user_id = user.id, "user updated");
+        Ok(Response::new(pb::UpdateUserResponse {
+            user: Some(user_to_pb(&user)),
+            tokens,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn delete_user(
+        &self,
+        request: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<pb::DeleteUserResponse>, Status> {
+        let me = self.caller_account(request.metadata()).await?;
+        let address = self.client_key(&request);
+        let req = request.into_inner();
+        let target = if req.user_id == 0 || req.user_id == me.id {
+            // One's own account: the password, so that a stolen access token cannot.
+            self.check_current_password(&address, &me, req.current_password)
+                .await?;
+            me.id
+        } else if me.role == Role::Admin {
+            req.user_id
+        } else {
+            return Err(AuthError::PermissionDenied(
+                "only administrators may delete other accounts".into(),
+            )
+            .into());
+        };
+        if !self
+            .inner
+            .store
+            .delete_user(target)
+            .await
+            .map_err(AuthError::from)?
+        {
+            return Err(AuthError::NotFound(format!("no user has the id {target}")).into());
+        }
+        tracing::info!(user_id = target, by = me.id, "user deleted");
+        Ok(Response::new(pb::DeleteUserResponse {}))
     }
 }

@@ -51,6 +51,15 @@ pub struct UserRecord {
     pub created_at: DateTime<Utc>,
 }
 
+/// What an update changes of a user; `None` keeps the current value.
+#[derive(Debug, Clone, Default)]
+pub struct UserChange {
+    pub email: Option<Email>,
+    pub username: Option<Username>,
+    /// A new bcrypt hash: the user's refresh tokens are revoked with the change.
+    pub password_hash: Option<String>,
+}
+
 /// A refresh token to store.
 #[derive(Debug, Clone)]
 pub struct NewRefreshToken {
@@ -104,6 +113,35 @@ pub trait UserStore: Send + Sync + 'static {
     ) -> anyhow::Result<Vec<UserRecord>>;
 
     async fn users_by_ids(&self, ids: &[i64]) -> anyhow::Result<Vec<UserRecord>>;
+
+    /// The user with this id, if any.
+    async fn user_by_id(&self, id: i64) -> anyhow::Result<Option<UserRecord>>;
+
+    /// Up to `limit` users with ids above `after_id`, in id order, whose username or email
+    /// starts with `prefix` (every user when it is empty).
+    async fn list_users(
+        &self,
+        after_id: i64,
+        prefix: &str,
+        limit: i64,
+    ) -> anyhow::Result<Vec<UserRecord>>;
+
+    /// Sets the role of the user with this email; `None` when there is no such user.
+    /// Only the operator's `admin grant|revoke` command calls it, never an RPC.
+    async fn set_role(&self, email: &Email, role: Role) -> anyhow::Result<Option<UserRecord>>;
+
+    /// Changes what is given of the user's email, username and password hash; when the
+    /// password changes, every refresh token of the user is revoked in the same
+    /// transaction. `Ok(None)` when the user does not exist (any more).
+    async fn update_user(
+        &self,
+        id: i64,
+        change: &UserChange,
+    ) -> Result<Option<UserRecord>, StoreError>;
+
+    /// Deletes the user and (by cascade) every refresh token of theirs; false when no such
+    /// user exists.
+    async fn delete_user(&self, id: i64) -> anyhow::Result<bool>;
 
     async fn insert_refresh_token(&self, token: &NewRefreshToken) -> anyhow::Result<()>;
 

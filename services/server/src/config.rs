@@ -52,6 +52,20 @@ pub struct Args {
 pub enum Command {
     /// Create the databases and apply migrations, then exit.
     Migrate,
+    /// Manage administrators in the users database, then exit (the only way anyone
+    /// becomes an administrator: nothing over the API can).
+    Admin {
+        #[command(subcommand)]
+        action: AdminCommand,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum AdminCommand {
+    /// Make the account with this email an administrator.
+    Grant { email: String },
+    /// Make the account with this email a plain user again.
+    Revoke { email: String },
 }
 
 /// Where the services keep their data.

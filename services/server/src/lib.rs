@@ -30,7 +30,7 @@ use grpc_chat_proto::notification::v1::notification_service_client::Notification
 use notification_service::{email::StubEmailSender, EmailConfig, Notifier};
 use saga_orchestrator::Orchestrator;
 
-pub use config::{Args, Command, Config, Storage};
+pub use config::{AdminCommand, Args, Command, Config, Storage};
 
 /// Where the notifier's events come from.
 enum EventSource {
@@ -287,6 +287,17 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     drop(saga_orchestrator::store::open(&config.database_url("saga"), 1).await?);
     tracing::info!("databases migrated");
     Ok(())
+}
+
+/// Runs `chat-server admin grant|revoke EMAIL` against the users database (migrating it
+/// first) and says what was done.
+pub async fn admin(config: &Config, command: &AdminCommand) -> anyhow::Result<String> {
+    use auth_service::admin::AdminAction;
+    let (action, email) = match command {
+        AdminCommand::Grant { email } => (AdminAction::Grant, email),
+        AdminCommand::Revoke { email } => (AdminAction::Revoke, email),
+    };
+    auth_service::admin::set_role(&config.database_url("users"), action, email).await
 }
 
 /// What [`migrate`] did, for `chat-server migrate` to print: which databases, where

@@ -473,3 +473,71 @@ async fn migrate_runs_with_the_flags_before_or_after_it() {
         }
     }
 }
+
+/// Issue 16: the first administrator is made by an operator, on the server's data:
+/// `chat-server admin grant EMAIL` says what it did and exits, the account logs in as an
+/// admin; an unknown email fails without changing anything; `admin revoke` undoes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_grant_and_revoke_set_the_role_of_an_account() {
+    let data = tempfile::tempdir().expect("data dir");
+    let dir = data.path().to_str().expect("utf-8 path");
+    let (server, _) = start(&["--data", dir], &[]).await;
+    let auth = AuthServiceClient::new(server.channel().await);
+    chat_testkit::register_user(auth.clone(), "alice").await;
+    let admin = |args: &[&str]| {
+        let mut all = vec!["--data", dir];
+        all.extend_from_slice(args);
+        let all: Vec<String> = all.into_iter().map(String::from).collect();
+        async move {
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                Command::new(env!("CARGO_BIN_EXE_chat-server"))
+                    .args(&all)
+                    .env("METRICS_ADDR", "off")
+                    .env("RUST_LOG", "warn")
+                    .env_remove("CHAT_DATABASE_URL")
+                    .env_remove("CHAT_NATS_URL")
+                    .kill_on_drop(true)
+                    .output(),
+            )
+            .await
+            .expect("chat-server admin exits")
+            .expect("run chat-server admin")
+        }
+    };
+    let role = |mut auth: AuthServiceClient<Channel>| async move {
+        auth.login(authpb::LoginRequest {
+            email: "alice@example.com".into(),
+            password: "alice-password".into(),
+        })
+        .await
+        .expect("login")
+        .into_inner()
+        .user
+        .expect("user")
+        .role
+    };
+    assert_eq!(role(auth.clone()).await, authpb::Role::User as i32);
+
+    let out = admin(&["admin", "grant", "Alice@Example.com"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with("alice@example.com (user 1, alice) now has the role admin"),
+        "{said}"
+    );
+    assert_eq!(role(auth.clone()).await, authpb::Role::Admin as i32);
+
+    let out = admin(&["admin", "grant", "nobody@example.com"]).await;
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("no account has the email nobody@example.com"),
+        "{out:?}"
+    );
+
+    let out = admin(&["admin", "revoke", "alice@example.com"]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(role(auth.clone()).await, authpb::Role::User as i32);
+    assert!(server.stop().await.success());
+}

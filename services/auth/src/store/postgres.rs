@@ -6,8 +6,11 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use super::{role_from_db, NewRefreshToken, Rotation, StoreError, UserRecord, UserStore};
+use super::{
+    role_from_db, NewRefreshToken, Rotation, StoreError, UserChange, UserRecord, UserStore,
+};
 use crate::domain::{Email, Username};
+use chat_common::Role;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/users");
 
@@ -100,6 +103,102 @@ impl UserStore for PgUserStore {
         .await
         .context("looking up users by id")?;
         Ok(rows.iter().map(user_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn user_by_id(&self, id: i64) -> anyhow::Result<Option<UserRecord>> {
+        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .context("looking up a user by id")?;
+        Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    async fn list_users(
+        &self,
+        after_id: i64,
+        prefix: &str,
+        limit: i64,
+    ) -> anyhow::Result<Vec<UserRecord>> {
+        // substr rather than LIKE: the prefix is matched literally, '%' and '_' included.
+        let rows = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE id > $1 AND ($2 = '' \
+               OR substr(username, 1, length($2)) = $2 OR substr(email, 1, length($2)) = $2) \
+             ORDER BY id LIMIT $3"
+        ))
+        .bind(after_id)
+        .bind(prefix)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .context("listing users")?;
+        Ok(rows.iter().map(user_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn set_role(&self, email: &Email, role: Role) -> anyhow::Result<Option<UserRecord>> {
+        let row = sqlx::query(&format!(
+            "UPDATE users SET role = $2 WHERE email = $1 RETURNING {USER_COLUMNS}"
+        ))
+        .bind(email.as_str())
+        .bind(role.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .context("setting a user's role")?;
+        Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    async fn update_user(
+        &self,
+        id: i64,
+        change: &UserChange,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        let mut tx = self.pool.begin().await.context("starting a transaction")?;
+        let res = sqlx::query(&format!(
+            "UPDATE users SET email = COALESCE($2, email), username = COALESCE($3, username), \
+               password_hash = COALESCE($4, password_hash) \
+             WHERE id = $1 RETURNING {USER_COLUMNS}"
+        ))
+        .bind(id)
+        .bind(change.email.as_ref().map(Email::as_str))
+        .bind(change.username.as_ref().map(Username::as_str))
+        .bind(change.password_hash.as_deref())
+        .fetch_optional(&mut *tx)
+        .await;
+        let row = match res {
+            Ok(row) => row,
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                return match db.constraint() {
+                    Some("users_username_key") => Err(StoreError::UsernameTaken),
+                    _ => Err(StoreError::EmailTaken),
+                }
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("updating a user").into()),
+        };
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let user = user_from_row(&row).context("reading the updated user")?;
+        if change.password_hash.is_some() {
+            sqlx::query(
+                "UPDATE refresh_tokens SET revoked_at = now() \
+                 WHERE user_id = $1 AND revoked_at IS NULL",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .context("revoking a user's sessions")?;
+        }
+        tx.commit().await.context("committing a user update")?;
+        Ok(Some(user))
+    }
+
+    async fn delete_user(&self, id: i64) -> anyhow::Result<bool> {
+        let done = sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .context("deleting a user")?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn insert_refresh_token(&self, t: &NewRefreshToken) -> anyhow::Result<()> {
