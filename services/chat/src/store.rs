@@ -100,6 +100,25 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind this version writes and can publish.
+    pub const ALL: [EventKind; 3] = [
+        EventKind::MessageCreated,
+        EventKind::MessageDeleted,
+        EventKind::MessageEdited,
+    ];
+
+    /// The names of [`EventKind::ALL`], as a JSON array: the relay claims only rows of
+    /// these kinds, so rows a newer version wrote (seen after a rollback) wait for a
+    /// replica that knows them instead of failing every batch they are in.
+    pub fn known_json() -> String {
+        // The names are fixed identifiers: nothing in them needs escaping.
+        let names: Vec<String> = Self::ALL
+            .iter()
+            .map(|k| format!("\"{}\"", k.as_str()))
+            .collect();
+        format!("[{}]", names.join(","))
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::MessageCreated => "message_created",

@@ -427,12 +427,14 @@ impl ChatStore for PgChatStore {
                  SELECT id FROM outbox \
                  WHERE created_at < now() - $1 * interval '1 millisecond' \
                  AND (claimed_until IS NULL OR claimed_until < now()) \
+                 AND kind IN (SELECT jsonb_array_elements_text($4::jsonb)) \
                  ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
              RETURNING id, chat_id, seq, kind",
         )
         .bind(millis(older_than) as f64)
         .bind(millis(claim_for) as f64)
         .bind(limit)
+        .bind(EventKind::known_json())
         .fetch_all(&self.pool)
         .await
         .context("claiming outbox rows")?;

@@ -526,6 +526,7 @@ impl ChatStore for SqliteChatStore {
              WHERE id IN ( \
                  SELECT id FROM outbox \
                  WHERE created_at < ?1 AND (claimed_until IS NULL OR claimed_until < ?3) \
+                   AND kind IN (SELECT value FROM json_each(?5)) \
                  ORDER BY id LIMIT ?4) \
              RETURNING id, chat_id, seq, kind",
         )
@@ -533,6 +534,7 @@ impl ChatStore for SqliteChatStore {
         .bind(now.saturating_add(micros(claim_for)))
         .bind(now)
         .bind(limit)
+        .bind(EventKind::known_json())
         .fetch_all(&mut *tx)
         .await
         .context("claiming outbox rows")?;
