@@ -91,19 +91,16 @@ async fn register_and_login(channel: Channel, name: &str) -> (i64, String) {
     (user.id, user.access_token)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn data_and_tokens_survive_a_restart() {
-    let data = tempfile::tempdir().expect("data dir");
-    let dir = data.path().to_str().expect("utf-8 path");
-    let (server, took) = start(&["--data", dir], &[]).await;
-    eprintln!("chat-server on an empty data dir served after {took:?}");
+/// Registers alice and bob, creates a chat of the two titled `title` and has alice send
+/// `text` in it; returns alice's access token and the chat.
+async fn alice_writes_to_bob(server: &Running, title: &str, text: &str) -> (String, chatpb::Chat) {
     let (_, token) = register_and_login(server.channel().await, "alice").await;
     register_and_login(server.channel().await, "bob").await;
     let mut chat = ChatServiceClient::new(server.channel().await);
     let created = chat
         .create_chat(with_bearer(
             tonic::Request::new(chatpb::CreateChatRequest {
-                title: "notes".into(),
+                title: title.into(),
                 members: vec!["bob".into()],
             }),
             &token,
@@ -116,13 +113,23 @@ async fn data_and_tokens_survive_a_restart() {
     chat.send_message(with_bearer(
         tonic::Request::new(chatpb::SendMessageRequest {
             chat_id: created.id,
-            text: "remember the milk".into(),
+            text: text.into(),
             ..Default::default()
         }),
         &token,
     ))
     .await
     .expect("send");
+    (token, created)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_and_tokens_survive_a_restart() {
+    let data = tempfile::tempdir().expect("data dir");
+    let dir = data.path().to_str().expect("utf-8 path");
+    let (server, took) = start(&["--data", dir], &[]).await;
+    eprintln!("chat-server on an empty data dir served after {took:?}");
+    let (token, created) = alice_writes_to_bob(&server, "notes", "remember the milk").await;
     assert!(server.stop().await.success(), "a clean exit on SIGTERM");
 
     for file in [
@@ -200,32 +207,7 @@ async fn queued_email_goes_out_after_the_restart(stop: Stop) {
     let data = tempfile::tempdir().expect("data dir");
     let dir = data.path().to_str().expect("utf-8 path");
     let (server, _) = start(&["--data", dir], &env).await;
-    let (_, token) = register_and_login(server.channel().await, "alice").await;
-    register_and_login(server.channel().await, "bob").await;
-    let mut chat = ChatServiceClient::new(server.channel().await);
-    let created = chat
-        .create_chat(with_bearer(
-            tonic::Request::new(chatpb::CreateChatRequest {
-                title: "plans".into(),
-                members: vec!["bob".into()],
-            }),
-            &token,
-        ))
-        .await
-        .expect("create chat")
-        .into_inner()
-        .chat
-        .expect("chat");
-    chat.send_message(with_bearer(
-        tonic::Request::new(chatpb::SendMessageRequest {
-            chat_id: created.id,
-            text: "see you at noon".into(),
-            ..Default::default()
-        }),
-        &token,
-    ))
-    .await
-    .expect("send");
+    alice_writes_to_bob(&server, "plans", "see you at noon").await;
     // The notifier is at it: the mail server refused a try.
     let deadline = Instant::now() + Duration::from_secs(20);
     while smtp.refused() == 0 {
