@@ -6,7 +6,7 @@
 //! | `DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/chat` | the `chat` database (created when missing) |
 //! | `DATABASE_MAX_CONNECTIONS` | `20` | pool size |
 //! | `NATS_URL` | `nats://127.0.0.1:4222` | NATS server; `nats://user:password@host:4222` (percent-encoded) logs in as that user ([`chat_common::nats`]) |
-//! | `NATS_SUBJECT_PREFIX` | `chat` | events go to `<prefix>.<chat_id>.<kind>` |
+//! | `NATS_SUBJECT_PREFIX` | `chat` | events go to `<prefix>.<chat_id>.<kind>`; typing and presence, never stored, to `<prefix>_live.<chat_id>.<kind>` (core NATS, outside the stream) |
 //! | `NATS_STREAM` | `CHAT_EVENTS` | JetStream stream that keeps events for the notifier; `off` publishes on core NATS only |
 //! | `NATS_STREAM_REPLICAS`, `NATS_STREAM_MAX_BYTES`, `NATS_STREAM_MAX_AGE` | `1`, `-1`, `7d` | the stream's copies and limits ([`chat_common::event_stream`]); an existing stream is updated to them |
 //! | `AUTH_URL` | `http://127.0.0.1:50051` | AuthService, for public keys and user lookups |
@@ -14,6 +14,7 @@
 //! | `STREAM_BUFFER` | `1024` | events buffered per stream before a slow stream is cut off |
 //! | `CATCH_UP_INTERVAL_SECS` | `5` | how often a chat's fan-out checks storage for missed messages |
 //! | `MESSAGE_EDIT_WINDOW_SECS` | `900` | how long after sending a sender may edit a message; `0`: no limit |
+//! | `PRESENCE_HEARTBEAT_SECS` | `10` | how often a replica repeats who is online through it; a replica's word expires after three of these (how long a crashed replica's users still show online) |
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -40,6 +41,8 @@ pub struct Config {
     pub catch_up_every: Duration,
     /// How long after sending a message its sender may edit it; None: no limit.
     pub edit_window: Option<Duration>,
+    /// How often a replica repeats each chat's online users (`presence.rs`).
+    pub presence_heartbeat: Duration,
 }
 
 impl Config {
@@ -66,6 +69,8 @@ impl Config {
                 Duration::from_secs(900),
             )?)
             .filter(|w| !w.is_zero()),
+            presence_heartbeat: secs_or("PRESENCE_HEARTBEAT_SECS", Duration::from_secs(10))?
+                .max(Duration::from_secs(1)),
         })
     }
 }
