@@ -359,6 +359,7 @@ async fn open(
                 chat_id,
                 after_seq,
                 history_limit: history_limit.min(500) as i32,
+                typing_and_presence: true,
             }),
             token,
         )

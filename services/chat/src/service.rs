@@ -579,6 +579,7 @@ impl ChatService for ChatApi {
         let store = self.inner.store.clone();
         let shutdown = self.inner.shutdown.clone();
         let after_seq = req.after_seq;
+        let live = req.typing_and_presence;
         // The caller is online in the chat for as long as the stream exists.
         let presence = self.inner.hub.presence().clone();
         let stream = async_stream::stream! {
@@ -627,11 +628,16 @@ impl ChatService for ChatApi {
             yield Ok(pb::ConnectResponse {
                 event: Some(Event::HistoryEnd(pb::HistoryEnd { last_seq: sent_upto })),
             });
-            let (online, snapshot_at) = sub.online().await;
-            let me_named = me.as_ref().map(|(id, name)| (*id, name.as_str()));
-            yield Ok(pb::ConnectResponse {
-                event: Some(Event::Presence(presence::snapshot(chat_id.0, online, me_named))),
-            });
+            // Presence changes up to the snapshot's are in it.
+            let mut snapshot_at = 0;
+            if live {
+                let (online, at) = sub.online().await;
+                snapshot_at = at;
+                let me_named = me.as_ref().map(|(id, name)| (*id, name.as_str()));
+                yield Ok(pb::ConnectResponse {
+                    event: Some(Event::Presence(presence::snapshot(chat_id.0, online, me_named))),
+                });
+            }
             loop {
                 let event = tokio::select! {
                     _ = shutdown.wait() => {
@@ -674,8 +680,11 @@ impl ChatService for ChatApi {
                         }
                     }
                     e @ ChatEvent::MessageDeleted { .. } => yield Ok(e.to_response()),
-                    ChatEvent::Live(live) => {
-                        if let Some(event) = live.for_stream(caller_id, snapshot_at) {
+                    ChatEvent::Live(e) => {
+                        if !live {
+                            continue;
+                        }
+                        if let Some(event) = e.for_stream(caller_id, snapshot_at) {
                             yield Ok(pb::ConnectResponse { event: Some(event) });
                         }
                     }

@@ -23,6 +23,31 @@ use tonic::{transport::Channel, Code, Streaming};
 
 type Stream = Streaming<pb::ConnectResponse>;
 
+/// A stream that asks for typing and presence (as the CLI's connect does).
+async fn connect(chat: &TestChat, user: &TestUser, chat_id: i64, after_seq: i64) -> Stream {
+    connect_with(chat, user, chat_id, after_seq, true).await
+}
+
+async fn connect_with(
+    chat: &TestChat,
+    user: &TestUser,
+    chat_id: i64,
+    after_seq: i64,
+    typing_and_presence: bool,
+) -> Stream {
+    chat.client
+        .clone()
+        .connect(user.req(pb::ConnectRequest {
+            chat_id,
+            after_seq,
+            history_limit: 500,
+            typing_and_presence,
+        }))
+        .await
+        .expect("connect")
+        .into_inner()
+}
+
 /// The next event that is not a message, within `wait`.
 async fn next_live(stream: &mut Stream, wait: Duration) -> Option<Event> {
     let deadline = tokio::time::Instant::now() + wait;
@@ -316,7 +341,7 @@ async fn a_replica_that_vanishes_without_a_goodbye_expires() {
 }
 
 #[tokio::test]
-async fn in_one_process_typing_and_presence_use_the_local_bus_and_skip_the_tap() {
+async fn in_one_process_typing_and_presence_use_the_local_bus_skip_the_tap_and_are_opt_in() {
     let w = World::new().await;
     let config = w.config();
     let shutdown = Shutdown::new();
@@ -348,8 +373,12 @@ async fn in_one_process_typing_and_presence_use_the_local_bus_and_skip_the_tap()
         shutdown,
     };
 
-    let (alice, bob) = (w.user("alice").await, w.user("bob").await);
-    let id = create_chat(&chat, &alice, &[&bob]).await;
+    let (alice, bob, carol) = (
+        w.user("alice").await,
+        w.user("bob").await,
+        w.user("carol").await,
+    );
+    let id = create_chat(&chat, &alice, &[&bob, &carol]).await;
     let mut bobs = connect(&chat, &bob, id, 0).await;
     assert_eq!(opened(&mut bobs).await, ["bob"]);
     let mut alices = connect(&chat, &alice, id, 0).await;
@@ -358,11 +387,29 @@ async fn in_one_process_typing_and_presence_use_the_local_bus_and_skip_the_tap()
         next_change(&mut bobs, Duration::from_secs(10)).await,
         Some(("alice".into(), true))
     );
+    // A stream that did not ask for typing and presence gets none of it, and still makes
+    // its user online.
+    let mut carols = connect_with(&chat, &carol, id, 0, false).await;
+    loop {
+        let item = carols.message().await.expect("ok").expect("open");
+        if let Some(Event::HistoryEnd(_)) = item.event {
+            break;
+        }
+    }
+    assert_eq!(
+        next_change(&mut bobs, Duration::from_secs(10)).await,
+        Some(("carol".into(), true))
+    );
     assert!(typing(&chat.client, &alice, id).await.expect("typing"));
     assert_eq!(next_typing(&mut bobs).await, "alice");
     assert!(typers(&mut alices, Duration::from_millis(500))
         .await
         .is_empty());
+    assert_eq!(
+        next_live(&mut carols, Duration::from_millis(500)).await,
+        None,
+        "no snapshot, no change, no typing on a stream that did not ask"
+    );
     drop(alices);
     assert_eq!(
         next_change(&mut bobs, Duration::from_secs(10)).await,
