@@ -6,11 +6,12 @@ use std::{process::Stdio, time::Duration};
 
 use chat_cli::session::SessionStore;
 use chat_testkit::{chat_config, spawn_auth, spawn_chat, TestAuth, TestChat, TestDb, TestNats};
-use grpc_chat_proto::chat::v1 as pb;
+use grpc_chat_proto::chat::v1::{self as pb, chat_service_client::ChatServiceClient};
 use tokio::{
     io::{AsyncBufRead, AsyncBufReadExt, BufReader, Lines},
     process::Command,
 };
+use tonic::transport::Channel;
 
 struct Stack {
     auth: TestAuth,
@@ -97,9 +98,39 @@ async fn connect_shows_who_is_online_and_who_is_typing() {
         _db: db,
         _nats: nats,
     };
+    online_and_typing(
+        &format!("http://{}", stack.auth.addr),
+        &format!("http://{}", stack.chat.addr),
+        stack.chat.client.clone(),
+    )
+    .await;
+}
+
+/// The same on the all-in-one `chat-server` (SQLite, events in process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_shows_who_is_online_and_who_is_typing_on_the_embedded_server() {
+    chat_testkit::init_logs();
+    let data = tempfile::tempdir().expect("data dir");
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let mut config = chat_server::Config::embedded(addr, data.path().to_owned());
+    config.bcrypt_cost = Some(4);
+    let shutdown = chat_common::Shutdown::new();
+    let server = chat_server::Server::build(config, shutdown.clone())
+        .await
+        .expect("build chat-server");
+    tokio::spawn(server.run_until_stopped(shutdown.clone()));
+    let url = format!("http://{addr}");
+    let client = ChatServiceClient::new(chat_testkit::channel(addr).await);
+    online_and_typing(&url, &url, client).await;
+    shutdown.trigger();
+}
+
+async fn online_and_typing(auth: &str, chat: &str, client: ChatServiceClient<Channel>) {
     let user = || User {
-        auth: format!("http://{}", stack.auth.addr),
-        chat: format!("http://{}", stack.chat.addr),
+        auth: auth.to_owned(),
+        chat: chat.to_owned(),
         dir: tempfile::tempdir().expect("tempdir"),
     };
     let (alice, bob) = (user(), user());
@@ -131,9 +162,7 @@ async fn connect_shows_who_is_online_and_who_is_typing() {
     read_until(&mut bob_err, "(online: alice, bob)").await;
 
     // Alice types (as her terminal's connect would tell the server).
-    let typed = stack
-        .chat
-        .client
+    let typed = client
         .clone()
         .send_typing(chat_common::service_token::with_bearer(
             tonic::Request::new(pb::SendTypingRequest {
