@@ -260,6 +260,8 @@ async fn stream(
                         }
                     }
                     // The stream's own user is told by the status that follows.
+                    Some(Event::MemberRemoved(r))
+                        if client.session().map(|s| s.user_id) == Some(r.user_id) => {}
                     Some(Event::MemberRemoved(r)) => {
                         let who = view
                             .names
