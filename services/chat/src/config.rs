@@ -14,6 +14,7 @@
 //! | `STREAM_BUFFER` | `1024` | events buffered per stream before a slow stream is cut off |
 //! | `CATCH_UP_INTERVAL_SECS` | `5` | how often a chat's fan-out checks storage for missed messages |
 //! | `MESSAGE_EDIT_WINDOW_SECS` | `900` | how long after sending a sender may edit a message; `0`: no limit |
+//! | `ACCOUNT_DELETIONS_POLL_SECS` | `5` | how often deleted accounts are asked of AuthService and applied (memberships end) |
 //! | `PRESENCE_HEARTBEAT_SECS` | `10` | how often a replica repeats who is online through it; a replica's word expires after three of these (how long a crashed replica's users still show online) |
 
 use std::{net::SocketAddr, time::Duration};
@@ -41,6 +42,8 @@ pub struct Config {
     pub catch_up_every: Duration,
     /// How long after sending a message its sender may edit it; None: no limit.
     pub edit_window: Option<Duration>,
+    /// How often to apply the accounts AuthService deleted (`deletions.rs`).
+    pub deletions_every: Duration,
     /// How often a replica repeats each chat's online users (`presence.rs`).
     pub presence_heartbeat: Duration,
 }
@@ -69,6 +72,8 @@ impl Config {
                 Duration::from_secs(900),
             )?)
             .filter(|w| !w.is_zero()),
+            deletions_every: secs_or("ACCOUNT_DELETIONS_POLL_SECS", Duration::from_secs(5))?
+                .max(Duration::from_millis(100)),
             presence_heartbeat: secs_or("PRESENCE_HEARTBEAT_SECS", Duration::from_secs(10))?
                 .max(Duration::from_secs(1)),
         })

@@ -19,6 +19,9 @@ pub enum ChatError {
     /// The call is well formed but the state forbids it now (an edit window that passed).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A limit the call would pass (a chat's most members).
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// A value beyond what exists yet (a read marker past the chat's newest message).
     #[error("{0}")]
     OutOfRange(String),
@@ -55,6 +58,7 @@ impl From<ChatError> for Status {
             ChatError::PermissionDenied(m) => Status::permission_denied(m),
             ChatError::FailedPrecondition(m) => Status::failed_precondition(m),
             ChatError::OutOfRange(m) => Status::out_of_range(m),
+            ChatError::ResourceExhausted(m) => Status::resource_exhausted(m),
             ChatError::Unavailable(m) => Status::unavailable(m),
             ChatError::Internal(e) => chat_common::error::internal(&e),
         }

@@ -2,7 +2,7 @@
 //! in-process channel in the embedded server. Only the hub (`hub.rs`) uses it.
 //!
 //! Subjects are `<prefix>.<chat_id>.<kind>` with kind `message_created`,
-//! `message_deleted` or `chat_deleted` (prefix `chat` by default; tests use their own so
+//! `message_deleted`, `message_edited`, `chat_deleted`, `member_added` or `member_removed` (prefix `chat` by default; tests use their own so
 //! they can share one NATS). The payload is the `ConnectResponse` a stream would send,
 //! protobuf-encoded. When a JetStream stream is configured it captures `<prefix>.>` and
 //! publishes wait for its acknowledgement, so consumers that were down (notification)
@@ -54,6 +54,16 @@ pub enum ChatEvent {
     ChatDeleted {
         chat_id: i64,
     },
+    /// A user became a member.
+    MemberAdded {
+        chat_id: i64,
+        member: pb::Member,
+    },
+    /// A member left or was removed.
+    MemberRemoved {
+        chat_id: i64,
+        user_id: i64,
+    },
     /// Typing and presence: never stored, off the stored subjects (see the module doc).
     Live(LiveEvent),
 }
@@ -62,9 +72,10 @@ impl ChatEvent {
     pub fn chat_id(&self) -> i64 {
         match self {
             ChatEvent::MessageCreated(m) | ChatEvent::MessageEdited(m) => m.chat_id,
-            ChatEvent::MessageDeleted { chat_id, .. } | ChatEvent::ChatDeleted { chat_id } => {
-                *chat_id
-            }
+            ChatEvent::MessageDeleted { chat_id, .. }
+            | ChatEvent::ChatDeleted { chat_id }
+            | ChatEvent::MemberAdded { chat_id, .. }
+            | ChatEvent::MemberRemoved { chat_id, .. } => *chat_id,
             ChatEvent::Live(e) => e.chat_id(),
         }
     }
@@ -75,6 +86,8 @@ impl ChatEvent {
             ChatEvent::MessageDeleted { .. } => "message_deleted",
             ChatEvent::MessageEdited(_) => "message_edited",
             ChatEvent::ChatDeleted { .. } => "chat_deleted",
+            ChatEvent::MemberAdded { .. } => "member_added",
+            ChatEvent::MemberRemoved { .. } => "member_removed",
             ChatEvent::Live(e) => e.kind(),
         }
     }
@@ -93,6 +106,16 @@ impl ChatEvent {
             }),
             ChatEvent::ChatDeleted { chat_id } => {
                 Event::ChatDeleted(pb::ChatDeleted { chat_id: *chat_id })
+            }
+            ChatEvent::MemberAdded { chat_id, member } => Event::MemberAdded(pb::MemberAdded {
+                chat_id: *chat_id,
+                member: Some(member.clone()),
+            }),
+            ChatEvent::MemberRemoved { chat_id, user_id } => {
+                Event::MemberRemoved(pb::MemberRemoved {
+                    chat_id: *chat_id,
+                    user_id: *user_id,
+                })
             }
             ChatEvent::Live(e) => {
                 return pb::ConnectResponse {
@@ -119,7 +142,18 @@ impl ChatEvent {
             Some(Event::MessageEdited(pb::MessageEdited { message: Some(m) })) => {
                 Ok(ChatEvent::MessageEdited(m))
             }
-            Some(Event::MessageEdited(_)) | Some(Event::HistoryEnd(_)) | None => {
+            Some(Event::MemberAdded(pb::MemberAdded {
+                chat_id,
+                member: Some(member),
+            })) => Ok(ChatEvent::MemberAdded { chat_id, member }),
+            Some(Event::MemberRemoved(r)) => Ok(ChatEvent::MemberRemoved {
+                chat_id: r.chat_id,
+                user_id: r.user_id,
+            }),
+            Some(Event::MessageEdited(_))
+            | Some(Event::MemberAdded(_))
+            | Some(Event::HistoryEnd(_))
+            | None => {
                 anyhow::bail!("not a chat event")
             }
             // Never published on the stored subjects.
@@ -622,6 +656,18 @@ mod tests {
                 ..Default::default()
             }),
             ChatEvent::ChatDeleted { chat_id: 3 },
+            ChatEvent::MemberAdded {
+                chat_id: 3,
+                member: pb::Member {
+                    user_id: 9,
+                    username: "carol".into(),
+                    joined_at: None,
+                },
+            },
+            ChatEvent::MemberRemoved {
+                chat_id: 3,
+                user_id: 9,
+            },
         ];
         for e in events {
             assert_eq!(ChatEvent::decode(&e.encode()).unwrap(), e);
