@@ -7,7 +7,10 @@
 --
 -- user_deletions_applied remembers how far this database has applied the auth service's
 -- list of deleted accounts (AuthService.ListDeletedUsers): one row, the last tombstone id
--- applied. Applying is idempotent, so replicas may race on it.
+-- applied. Applying is idempotent, so replicas may race on it. deleted_users keeps the
+-- accounts applied, so that a deleted account's access token (valid for minutes) cannot
+-- create a chat or invite, and recent deletions are applied again in case a membership
+-- was committed while the first pass ran.
 --
 -- Expand only: a nullable column and a new table, neither read nor written by the
 -- previous version.
@@ -20,3 +23,8 @@ CREATE TABLE user_deletions_applied (
 );
 
 INSERT INTO user_deletions_applied (id, last_deletion) VALUES (1, 0);
+
+CREATE TABLE deleted_users (
+    user_id    BIGINT PRIMARY KEY,
+    deleted_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);

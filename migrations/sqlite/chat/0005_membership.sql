@@ -9,3 +9,9 @@ CREATE TABLE user_deletions_applied (
 );
 
 INSERT INTO user_deletions_applied (id, last_deletion) VALUES (1, 0);
+
+-- deleted_at in microseconds since the epoch.
+CREATE TABLE deleted_users (
+    user_id    INTEGER PRIMARY KEY,
+    deleted_at INTEGER NOT NULL
+);

@@ -16,6 +16,9 @@ pub enum ChatError {
     UsersNotFound(Vec<String>),
     #[error("{0}")]
     PermissionDenied(String),
+    /// The caller's account was deleted; its access token has not expired yet.
+    #[error("this account has been deleted")]
+    AccountDeleted,
     /// The call is well formed but the state forbids it now (an edit window that passed).
     #[error("{0}")]
     FailedPrecondition(String),
@@ -56,6 +59,7 @@ impl From<ChatError> for Status {
             | ChatError::MessageNotFound { .. }
             | ChatError::UsersNotFound(_) => Status::not_found(e.to_string()),
             ChatError::PermissionDenied(m) => Status::permission_denied(m),
+            ChatError::AccountDeleted => Status::unauthenticated(e.to_string()),
             ChatError::FailedPrecondition(m) => Status::failed_precondition(m),
             ChatError::OutOfRange(m) => Status::out_of_range(m),
             ChatError::ResourceExhausted(m) => Status::resource_exhausted(m),

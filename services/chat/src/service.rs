@@ -145,6 +145,15 @@ impl ChatApi {
         found.ok_or(ChatError::ChatNotFound(chat.0))
     }
 
+    /// Refuses a user whose account was deleted (see `deletions.rs`): for the calls that
+    /// make memberships, which nothing else would stop.
+    async fn require_account(&self, user_id: i64) -> Result<(), ChatError> {
+        if self.inner.store.is_deleted(user_id).await? {
+            return Err(ChatError::AccountDeleted);
+        }
+        Ok(())
+    }
+
     /// Publishes an event that has no outbox row (a chat's deletion) to every replica.
     async fn publish(&self, event: ChatEvent) {
         members::publish_direct(self.inner.hub.bus().as_ref(), &event).await;
@@ -176,6 +185,7 @@ impl ChatService for ChatApi {
         let req = request.into_inner();
         let title = Title::parse(&req.title)?;
         let identifiers = domain::members(&req.members)?;
+        self.require_account(user_id).await?;
         let mut members = self.inner.directory.resolve(&identifiers).await?;
         members.retain(|(id, _)| *id != user_id);
         members.insert(0, (user_id, username));
@@ -530,6 +540,7 @@ impl ChatService for ChatApi {
         let req = request.into_inner();
         let chat_id = ChatId::parse(req.chat_id)?;
         let identifiers = domain::members(&req.members)?;
+        self.require_account(user_id).await?;
         let mut chat = self
             .inner
             .store

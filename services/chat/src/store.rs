@@ -317,6 +317,15 @@ pub trait ChatStore: Send + Sync + 'static {
     /// stay); returns how many messages changed.
     async fn forget_sender(&self, user_id: i64) -> anyhow::Result<u64>;
 
+    /// Records that `user_id`'s account is deleted (idempotent).
+    async fn mark_deleted(&self, user_id: i64) -> anyhow::Result<()>;
+
+    /// Whether `user_id`'s account is recorded as deleted.
+    async fn is_deleted(&self, user_id: i64) -> anyhow::Result<bool>;
+
+    /// Accounts recorded as deleted less than `within` ago.
+    async fn deleted_within(&self, within: Duration) -> anyhow::Result<Vec<i64>>;
+
     /// The id of the last account deletion applied to this database (0: none).
     async fn applied_deletion(&self) -> anyhow::Result<i64>;
 

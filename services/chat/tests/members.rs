@@ -94,6 +94,18 @@ async fn next_event(stream: &mut Streaming<pb::ConnectResponse>) -> Result<Event
     }
 }
 
+async fn a_send(chat: &TestChat, user: &TestUser, chat_id: i64) -> Result<(), tonic::Status> {
+    chat.client
+        .clone()
+        .send_message(user.req(pb::SendMessageRequest {
+            chat_id,
+            text: "anyone?".into(),
+            ..Default::default()
+        }))
+        .await
+        .map(|_| ())
+}
+
 async fn members_come_and_go_and_streams_follow() {
     let w = World::new().await;
     let (a, b) = (w.replica().await, w.replica().await);
@@ -322,6 +334,23 @@ async fn a_deleted_account_leaves_every_chat() {
     assert_eq!(owner(&chat, &alice, second).await, alice.id);
     assert_eq!(member_ids(&chat, &alice, first).await, vec![alice.id]);
 
+    // His access token has not expired, but it makes no membership any more.
+    let e = chat
+        .client
+        .clone()
+        .create_chat(bob.req(pb::CreateChatRequest {
+            title: "after".into(),
+            members: vec!["alice".into()],
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert_eq!(e.message(), "this account has been deleted");
+    let e = invite(&chat, &bob, first, &["alice"]).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    let e = a_send(&chat, &bob, first).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+
     // His message stays, without his name; hers keeps hers.
     let history = chat
         .client
@@ -354,7 +383,58 @@ async fn a_deleted_account_leaves_every_chat() {
     );
 }
 
+/// A membership of a deleted account committed after its deletion was applied (a request
+/// that passed the account check just before) is ended by the next poll, which applies
+/// recent deletions again.
+async fn a_membership_that_slipped_past_a_deletion_is_ended_at_the_next_poll() {
+    let w = World::new().await;
+    let chat = w.replica().await;
+    let (alice, bob) = (w.user("alice").await, w.user("bob").await);
+    let id = create_chat(&chat, &alice, &[&bob]).await;
+    w.auth
+        .client
+        .clone()
+        .delete_user(bob.req(authpb::DeleteUserRequest {
+            user_id: 0,
+            current_password: bob.password.clone(),
+        }))
+        .await
+        .expect("bob deletes his account");
+    for _ in 0..100 {
+        if member_ids(&chat, &alice, id).await == vec![alice.id] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(member_ids(&chat, &alice, id).await, vec![alice.id]);
+
+    // The race, played by hand: the store makes bob a member after all.
+    let store = chat_service::store::open(&w.db.url, 1)
+        .await
+        .expect("store");
+    let late = chat_service::domain::Title::parse("late").expect("title");
+    let late = store
+        .create_chat(
+            bob.id,
+            &late,
+            &[(bob.id, "bob".into()), (alice.id, "alice".into())],
+        )
+        .await
+        .expect("create");
+    let mut gone = false;
+    for _ in 0..100 {
+        if member_ids(&chat, &alice, late.id).await == vec![alice.id] {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "bob's late membership is ended");
+    assert_eq!(owner(&chat, &alice, late.id).await, alice.id);
+}
+
 chat_testkit::backend_tests!(
+    a_membership_that_slipped_past_a_deletion_is_ended_at_the_next_poll,
     members_come_and_go_and_streams_follow,
     owners_hand_on_and_the_last_to_leave_deletes_the_chat,
     administrators_remove_members_of_any_chat,

@@ -150,6 +150,15 @@ impl ChatStore for FlakyStore {
     async fn forget_sender(&self, user_id: i64) -> anyhow::Result<u64> {
         self.inner.forget_sender(user_id).await
     }
+    async fn mark_deleted(&self, user_id: i64) -> anyhow::Result<()> {
+        self.inner.mark_deleted(user_id).await
+    }
+    async fn is_deleted(&self, user_id: i64) -> anyhow::Result<bool> {
+        self.inner.is_deleted(user_id).await
+    }
+    async fn deleted_within(&self, within: Duration) -> anyhow::Result<Vec<i64>> {
+        self.inner.deleted_within(within).await
+    }
     async fn applied_deletion(&self) -> anyhow::Result<i64> {
         self.inner.applied_deletion().await
     }

@@ -556,6 +556,37 @@ impl ChatStore for PgChatStore {
         Ok(done.rows_affected())
     }
 
+    async fn mark_deleted(&self, user_id: i64) -> anyhow::Result<()> {
+        sqlx::query("INSERT INTO deleted_users (user_id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(user_id)
+            .execute(&self.pool)
+            .await
+            .context("recording a deleted account")?;
+        Ok(())
+    }
+
+    async fn is_deleted(&self, user_id: i64) -> anyhow::Result<bool> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT user_id FROM deleted_users WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await
+                .context("looking up a deleted account")?;
+        Ok(found.is_some())
+    }
+
+    async fn deleted_within(&self, within: Duration) -> anyhow::Result<Vec<i64>> {
+        let ids = sqlx::query_scalar(
+            "SELECT user_id FROM deleted_users \
+             WHERE deleted_at > now() - $1 * interval '1 millisecond' ORDER BY user_id",
+        )
+        .bind(millis(within) as f64)
+        .fetch_all(&self.pool)
+        .await
+        .context("listing recently deleted accounts")?;
+        Ok(ids)
+    }
+
     async fn applied_deletion(&self) -> anyhow::Result<i64> {
         let id =
             sqlx::query_scalar("SELECT last_deletion FROM user_deletions_applied WHERE id = 1")

@@ -657,6 +657,44 @@ impl ChatStore for SqliteChatStore {
         Ok(done.rows_affected())
     }
 
+    async fn mark_deleted(&self, user_id: i64) -> anyhow::Result<()> {
+        let mut tx = begin_write(&self.write)
+            .await
+            .context("starting a transaction")?;
+        sqlx::query(
+            "INSERT INTO deleted_users (user_id, deleted_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+        )
+        .bind(user_id)
+        .bind(now_micros())
+        .execute(&mut *tx)
+        .await
+        .context("recording a deleted account")?;
+        tx.commit().await.context("committing a deleted account")?;
+        Ok(())
+    }
+
+    async fn is_deleted(&self, user_id: i64) -> anyhow::Result<bool> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT user_id FROM deleted_users WHERE user_id = ?1")
+                .bind(user_id)
+                .fetch_optional(&self.read)
+                .await
+                .context("looking up a deleted account")?;
+        Ok(found.is_some())
+    }
+
+    async fn deleted_within(&self, within: Duration) -> anyhow::Result<Vec<i64>> {
+        let since = now_micros().saturating_sub(millis(within).saturating_mul(1000));
+        let ids = sqlx::query_scalar(
+            "SELECT user_id FROM deleted_users WHERE deleted_at > ?1 ORDER BY user_id",
+        )
+        .bind(since)
+        .fetch_all(&self.read)
+        .await
+        .context("listing recently deleted accounts")?;
+        Ok(ids)
+    }
+
     async fn applied_deletion(&self) -> anyhow::Result<i64> {
         let id =
             sqlx::query_scalar("SELECT last_deletion FROM user_deletions_applied WHERE id = 1")
