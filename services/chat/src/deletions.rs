@@ -38,7 +38,7 @@ pub(crate) struct Deletions {
 impl Deletions {
     /// Polls every `every` until `shutdown`.
     pub fn start(self, every: Duration, shutdown: Shutdown) {
-        tokio::spawn(async move {
+        shutdown.clone().spawn(async move {
             loop {
                 match self.apply_new().await {
                     Ok(0) => {}

@@ -247,7 +247,7 @@ impl Hub {
         if start {
             let hub = self.clone();
             let f = fanout.clone();
-            tokio::spawn(async move { hub.run(f).await });
+            self.shutdown.spawn(async move { hub.run(f).await });
         }
         let mut ready = fanout.ready.subscribe();
         let ok = ready

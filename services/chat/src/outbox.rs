@@ -61,13 +61,13 @@ impl Outbox {
         shutdown: Shutdown,
     ) -> Arc<Self> {
         let (published, rx) = mpsc::unbounded_channel();
-        tokio::spawn(remove_published(store.clone(), rx, shutdown.clone()));
+        shutdown.spawn(remove_published(store.clone(), rx, shutdown.clone()));
         let outbox = Arc::new(Self {
             store,
             bus,
             published,
         });
-        tokio::spawn(outbox.clone().relay(shutdown));
+        shutdown.spawn(outbox.clone().relay(shutdown.clone()));
         outbox
     }
 

@@ -1,6 +1,7 @@
 //! What every service binary's `main` does, written once: read `.env`, start telemetry,
 //! load the configuration, answer `<binary> migrate` (apply migrations and exit, for a
-//! Kubernetes Job), serve metrics, and run until SIGTERM or Ctrl-C.
+//! Kubernetes Job), serve metrics, and run until SIGTERM or Ctrl-C, then wait (a bounded
+//! time) for the background tasks the service spawned through its `Shutdown`.
 
 use std::future::Future;
 
@@ -60,5 +61,13 @@ where
     }
     let shutdown = Shutdown::new();
     shutdown.on_signals();
-    serve(config, shutdown).await
+    let served = serve(config, shutdown.clone()).await;
+    // The server has stopped taking calls: let background work in flight (an outbox
+    // removal, an email being sent, a saga step) finish, within the deadline.
+    shutdown.finish(BACKGROUND_DEADLINE).await;
+    served
 }
+
+/// How long a stopping binary waits for its background tasks: well inside Kubernetes'
+/// default 30 s grace period, after the server's own drain.
+pub const BACKGROUND_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);

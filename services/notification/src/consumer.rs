@@ -129,7 +129,7 @@ async fn pull(
                 return;
             };
             let notifier = notifier.clone();
-            tokio::spawn(async move {
+            notifier.clone().spawn(async move {
                 handle(&notifier, msg).await;
                 drop(permit);
             });

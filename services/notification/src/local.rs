@@ -59,7 +59,7 @@ async fn receive(
             return;
         };
         let (notifier, shutdown) = (notifier.clone(), shutdown.clone());
-        tokio::spawn(
+        shutdown.clone().spawn(
             async move {
                 loop {
                     match notifier.notify(&message).await {

@@ -100,6 +100,15 @@ pub fn overall(deliveries: &[DeliveryRecord]) -> DeliveryState {
 }
 
 impl Notifier {
+    /// Spawns work the binary waits for at shutdown (see [`Shutdown::spawn`]).
+    pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.inner.shutdown.spawn(task)
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<dyn DeliveryStore>,

@@ -198,13 +198,13 @@ impl NotificationService for NotificationApi {
         // email off halfway; the records tell the outcome to whoever asks next.
         let work = if notifier.is_recorded(req.chat_id, req.seq).await? {
             let n = notifier.clone();
-            tokio::spawn(
+            notifier.spawn(
                 async move { n.send_claimable(req.chat_id, req.seq).await }.in_current_span(),
             )
         } else {
             let message = notifier.fetch_message(req.chat_id, req.seq).await?;
             let n = notifier.clone();
-            tokio::spawn(async move { n.notify_fetched(&message).await }.in_current_span())
+            notifier.spawn(async move { n.notify_fetched(&message).await }.in_current_span())
         };
         match tokio::time::timeout(wait, work).await {
             Ok(Ok(Ok(()))) | Err(_) => {}

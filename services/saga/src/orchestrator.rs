@@ -209,7 +209,7 @@ impl Orchestrator {
             tracing::info!(saga_id = %saga.id, state = saga.state.as_str(), "resuming a saga");
             metrics::counter!("saga_resumed_total").increment(1);
             let this = self.clone();
-            tokio::spawn(async move {
+            self.inner.shutdown.spawn(async move {
                 if let Err(e) = this.drive(saga).await {
                     tracing::warn!(error = %e, "a resumed saga paused again");
                 }
@@ -221,7 +221,7 @@ impl Orchestrator {
     /// Resumes unfinished sagas at start and every `every`, until shutdown.
     pub fn spawn_recovery(&self, every: Duration) {
         let this = self.clone();
-        tokio::spawn(async move {
+        self.inner.shutdown.spawn(async move {
             loop {
                 if let Err(e) = this.recover().await {
                     tracing::warn!(error = ?e, "saga recovery failed");

@@ -50,7 +50,7 @@ impl Notifier {
             // the record tells the outcome to whoever asks next.
             let n = self.clone();
             let id = record.id;
-            tokio::spawn(
+            self.spawn(
                 async move {
                     if let Err(e) = n.send_direct(id).await {
                         tracing::warn!(email_id = id, error = %e, "sending an email failed; the sweeper retries it");
@@ -106,7 +106,7 @@ impl Notifier {
     /// (given back by a sender that stopped, or whose sender's lease ran out).
     pub fn start_email_sweeper(&self) {
         let n = self.clone();
-        tokio::spawn(async move {
+        self.spawn(async move {
             loop {
                 tokio::select! {
                     _ = n.inner.shutdown.wait() => return,
@@ -120,8 +120,9 @@ impl Notifier {
                 {
                     Ok(claimed) => {
                         for email in claimed {
-                            let n = n.clone();
-                            tokio::spawn(async move {
+                            let sender = n.clone();
+                            n.spawn(async move {
+                                let n = sender;
                                 let id = email.id;
                                 if let Err(e) = n.send_claimed_email(email).await {
                                     tracing::warn!(email_id = id, error = %e, "sending an email failed; the sweeper retries it");
