@@ -277,7 +277,8 @@ impl Presence {
                 break id;
             }
         };
-        tokio::spawn(announce(bus, settings, replica, rx, shutdown));
+        // Tracked: a stopping binary waits for it, so the goodbyes go out before it exits.
+        shutdown.spawn(announce(bus, settings, replica, rx, shutdown.clone()));
         Arc::new(Self {
             tx,
             replica,
