@@ -16,7 +16,10 @@
 
 use std::time::Duration;
 
-use grpc_chat_proto::chat::v1::{connect_response::Event, ConnectRequest, ConnectResponse};
+use grpc_chat_proto::{
+    chat::v1::{connect_response::Event, ConnectRequest, ConnectResponse},
+    reasons,
+};
 use tokio::time::{sleep_until, Instant};
 use tonic::{Code, Status, Streaming};
 
@@ -298,14 +301,15 @@ async fn stream(
 
 /// A stream error that ends `connect` instead of reconnecting.
 fn fatal(client: &Client, status: &Status, chat_id: i64) -> Option<CliError> {
-    match status.code() {
-        Code::NotFound if status.message().contains("deleted") => {
+    let reason = reasons::reason(status);
+    match (status.code(), reason.as_deref()) {
+        (_, Some(reasons::CHAT_DELETED)) => {
             Some(CliError::new(format!("chat {chat_id} was deleted")))
         }
-        Code::NotFound if status.message().contains("no longer a member") => Some(CliError::new(
-            format!("you are no longer a member of chat {chat_id}"),
-        )),
-        Code::NotFound | Code::PermissionDenied | Code::InvalidArgument => {
+        (_, Some(reasons::MEMBERSHIP_ENDED)) => Some(CliError::new(format!(
+            "you are no longer a member of chat {chat_id}"
+        ))),
+        (Code::NotFound | Code::PermissionDenied | Code::InvalidArgument, _) => {
             Some(client.error(status, Service::Chat, Op::Chat(chat_id)))
         }
         // Anything else (a lagging client, a restarting server, an expired token) is cured

@@ -7,10 +7,13 @@ use std::{pin::Pin, sync::Arc, time::Duration};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use futures::Stream;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
-use chat_common::{error::invalid_field, Caller, Shutdown};
+use chat_common::{
+    error::{invalid_field, reasons, with_reason},
+    Caller, Shutdown,
+};
 use grpc_chat_proto::chat::v1::{
     self as pb, chat_service_server::ChatService, connect_response::Event,
 };
@@ -756,9 +759,11 @@ impl ChatService for ChatApi {
                 };
                 let Some(event) = event else {
                     yield Err(match sub.ended() {
-                        Ended::Overflow => Status::resource_exhausted(format!(
-                            "stream fell behind; reconnect with after_seq={sent_upto}"
-                        )),
+                        Ended::Overflow => with_reason(
+                            Code::ResourceExhausted,
+                            format!("stream fell behind; reconnect with after_seq={sent_upto}"),
+                            reasons::STREAM_BEHIND,
+                        ),
                         Ended::Unavailable => Status::unavailable(format!(
                             "live events interrupted; reconnect with after_seq={sent_upto}"
                         )),
@@ -777,7 +782,11 @@ impl ChatService for ChatApi {
                         yield Ok(pb::ConnectResponse {
                             event: Some(Event::ChatDeleted(pb::ChatDeleted { chat_id: *chat_id })),
                         });
-                        yield Err(Status::not_found(format!("chat {chat_id} was deleted")));
+                        yield Err(with_reason(
+                            Code::NotFound,
+                            format!("chat {chat_id} was deleted"),
+                            reasons::CHAT_DELETED,
+                        ));
                         break;
                     }
                     // Only for a message this stream sent: one it has yet to send is
@@ -792,9 +801,11 @@ impl ChatService for ChatApi {
                     e @ ChatEvent::MemberRemoved { user_id, .. } => {
                         yield Ok(e.to_response());
                         if Some(*user_id) == me {
-                            yield Err(Status::not_found(format!(
-                                "you are no longer a member of chat {}", chat_id.0
-                            )));
+                            yield Err(with_reason(
+                                Code::NotFound,
+                                format!("you are no longer a member of chat {}", chat_id.0),
+                                reasons::MEMBERSHIP_ENDED,
+                            ));
                             break;
                         }
                     }
