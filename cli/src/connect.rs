@@ -25,7 +25,7 @@ use crate::{
     commands::{mark_read, send},
     error::{CliError, Op},
     input::{Input, InputEvent},
-    output::{message_line, Printer},
+    output::{message_line, preview_line, Printer},
 };
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -48,6 +48,9 @@ enum State {
     Down { retry_at: Instant },
 }
 
+// One at a time, moved once from the select into the match: its size costs nothing,
+// and boxing the common case (a stream item) would allocate for each.
+#[allow(clippy::large_enum_variant)]
 enum Ev {
     Stream(Result<Option<ConnectResponse>, Status>),
     Input(InputEvent),
@@ -242,6 +245,21 @@ async fn stream(
                             }
                         }
                     }
+                    // A link preview of a message already shown: under it when it is the
+                    // last one shown, else naming it.
+                    Some(Event::MessagePreviewed(p)) if p.seq <= view.last_seq => {
+                        if let Some(preview) = p.link_preview {
+                            if view.history_done || !quiet_history {
+                                let line = preview_line(&preview);
+                                if p.seq == view.last_seq {
+                                    printer.say(&line);
+                                } else {
+                                    printer.say(&format!("  (#{}){}", p.seq, &line[1..]));
+                                }
+                            }
+                        }
+                    }
+                    Some(Event::MessagePreviewed(_)) => {}
                     Some(Event::MessageDeleted(d)) => {
                         printer.note(&format!("(message #{} was deleted)", d.seq));
                     }

@@ -2,8 +2,8 @@
 //! in-process channel in the embedded server. Only the hub (`hub.rs`) uses it.
 //!
 //! Subjects are `<prefix>.<chat_id>.<kind>` with kind `message_created`,
-//! `message_deleted` or `chat_deleted` (prefix `chat` by default; tests use their own so
-//! they can share one NATS). The payload is the `ConnectResponse` a stream would send,
+//! `message_deleted`, `message_edited`, `message_previewed` or `chat_deleted` (prefix
+//! `chat` by default; tests use their own so they can share one NATS). The payload is the `ConnectResponse` a stream would send,
 //! protobuf-encoded. When a JetStream stream is configured it captures `<prefix>.>` and
 //! publishes wait for its acknowledgement, so consumers that were down (notification)
 //! get every event later.
@@ -45,6 +45,12 @@ pub enum ChatEvent {
     ChatDeleted {
         chat_id: i64,
     },
+    /// A message got its link preview (stored with it by then).
+    MessagePreviewed {
+        chat_id: i64,
+        seq: i64,
+        preview: pb::LinkPreview,
+    },
 }
 
 impl ChatEvent {
@@ -54,6 +60,7 @@ impl ChatEvent {
             ChatEvent::MessageDeleted { chat_id, .. } | ChatEvent::ChatDeleted { chat_id } => {
                 *chat_id
             }
+            ChatEvent::MessagePreviewed { chat_id, .. } => *chat_id,
         }
     }
 
@@ -63,6 +70,7 @@ impl ChatEvent {
             ChatEvent::MessageDeleted { .. } => "message_deleted",
             ChatEvent::MessageEdited(_) => "message_edited",
             ChatEvent::ChatDeleted { .. } => "chat_deleted",
+            ChatEvent::MessagePreviewed { .. } => "message_previewed",
         }
     }
 
@@ -81,6 +89,15 @@ impl ChatEvent {
             ChatEvent::ChatDeleted { chat_id } => {
                 Event::ChatDeleted(pb::ChatDeleted { chat_id: *chat_id })
             }
+            ChatEvent::MessagePreviewed {
+                chat_id,
+                seq,
+                preview,
+            } => Event::MessagePreviewed(pb::MessagePreviewed {
+                chat_id: *chat_id,
+                seq: *seq,
+                link_preview: Some(preview.clone()),
+            }),
         };
         pb::ConnectResponse { event: Some(event) }
     }
@@ -101,7 +118,19 @@ impl ChatEvent {
             Some(Event::MessageEdited(pb::MessageEdited { message: Some(m) })) => {
                 Ok(ChatEvent::MessageEdited(m))
             }
-            Some(Event::MessageEdited(_)) | Some(Event::HistoryEnd(_)) | None => {
+            Some(Event::MessagePreviewed(pb::MessagePreviewed {
+                chat_id,
+                seq,
+                link_preview: Some(preview),
+            })) => Ok(ChatEvent::MessagePreviewed {
+                chat_id,
+                seq,
+                preview,
+            }),
+            Some(Event::MessageEdited(_))
+            | Some(Event::MessagePreviewed(_))
+            | Some(Event::HistoryEnd(_))
+            | None => {
                 anyhow::bail!("not a chat event")
             }
         }
@@ -541,6 +570,15 @@ mod tests {
                 ..Default::default()
             }),
             ChatEvent::ChatDeleted { chat_id: 3 },
+            ChatEvent::MessagePreviewed {
+                chat_id: 3,
+                seq: 7,
+                preview: pb::LinkPreview {
+                    url: "https://example.com/".into(),
+                    title: "Example".into(),
+                    ..Default::default()
+                },
+            },
         ];
         for e in events {
             assert_eq!(ChatEvent::decode(&e.encode()).unwrap(), e);

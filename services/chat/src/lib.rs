@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod hub;
 pub mod outbox;
+pub mod preview;
 pub mod service;
 pub mod store;
 
@@ -66,6 +67,11 @@ pub async fn build_api(
         directory::Directory::new(auth, credential),
         config.edit_window,
         shutdown,
+        config
+            .link_previews
+            .as_ref()
+            .map(preview::LinkPreviews::new)
+            .transpose()?,
     ))
 }
 

@@ -1,8 +1,9 @@
 //! The transactional outbox: how an event reaches the bus even when publishing it fails
 //! after the change was committed, or the process dies in between.
 //!
-//! The store writes each message's (and each deletion's and edit's) outbox row in the change's own
-//! transaction, so a committed change always has its event somewhere. The replica that
+//! The store writes each message's (and each deletion's, edit's and link preview's)
+//! outbox row in the change's own transaction, so a committed change always has its event
+//! somewhere. The replica that
 //! made the change publishes it at once ([`Outbox::publish`]); once the bus has it for good
 //! (JetStream acknowledged it) the row is removed, in batches, off the request's path.
 //! A row whose publish failed (NATS unreachable, JetStream not acknowledging) or whose
@@ -29,6 +30,7 @@ use chat_common::Shutdown;
 use crate::{
     domain::ChatId,
     events::{ChatEvent, EventBus, Handled},
+    preview::preview_to_pb,
     service::message_to_pb,
     store::{ChatStore, EventId, EventKind, OutboxEvent},
 };
@@ -172,6 +174,18 @@ impl Outbox {
                 chat_id: row.chat_id,
                 seq: row.seq,
             }),
+            // The preview as it is now: none when an edit cleared it since.
+            EventKind::MessagePreviewed => self
+                .store
+                .message(ChatId(row.chat_id), row.seq)
+                .await?
+                .filter(|m| !m.deleted)
+                .and_then(|m| m.link_preview)
+                .map(|p| ChatEvent::MessagePreviewed {
+                    chat_id: row.chat_id,
+                    seq: row.seq,
+                    preview: preview_to_pb(&p),
+                }),
         })
     }
 }

@@ -133,6 +133,16 @@ impl ChatStore for FlakyStore {
     async fn events_published(&self, ids: &[EventId]) -> anyhow::Result<()> {
         self.inner.events_published(ids).await
     }
+
+    async fn set_link_preview(
+        &self,
+        chat: ChatId,
+        seq: i64,
+        text: &str,
+        preview: &link_preview::Preview,
+    ) -> anyhow::Result<Option<EventId>> {
+        self.inner.set_link_preview(chat, seq, text, preview).await
+    }
 }
 
 struct Rig {
@@ -211,6 +221,7 @@ impl Rig {
             text: m.text.clone(),
             created_at: None,
             edited_at: None,
+            link_preview: None,
         });
         self.bus.publish(&event).await.expect("publish");
     }

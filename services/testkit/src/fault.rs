@@ -704,6 +704,10 @@ pub fn chat_service_env(config: &chat_service::Config) -> Vec<(String, String)> 
                 .to_string(),
         ),
     ];
+    // A subprocess gets previews only as the environment says: none here.
+    if config.link_previews.is_none() {
+        env.push(("LINK_PREVIEWS", "off".into()));
+    }
     env.push((
         "RUST_LOG",
         std::env::var("RUST_LOG").unwrap_or("warn".into()),
