@@ -18,7 +18,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use url::{Host, Url};
 
-use crate::{addr, html, FetchError, Previewer};
+use crate::{addr, host_key, html, FetchError, Previewer};
 
 /// Where one hop goes, after the checks.
 struct Target {
@@ -56,7 +56,7 @@ impl Previewer {
         let mut url = start.clone();
         let mut redirects = 0;
         loop {
-            *at = url.host_str().unwrap_or_default().to_owned();
+            *at = host_key(&url);
             let target = self.target(&url).await?;
             at.clone_from(&target.host);
             match self.get(&target, &url).await? {
@@ -84,11 +84,7 @@ impl Previewer {
             return Err(unsupported());
         }
         let host = url.host().ok_or_else(unsupported)?;
-        let name = match &host {
-            Host::Domain(d) => d.trim_end_matches('.').to_ascii_lowercase(),
-            Host::Ipv4(ip) => ip.to_string(),
-            Host::Ipv6(ip) => ip.to_string(),
-        };
+        let name = host_key(url);
         let allow = &self.settings.allow_hosts;
         if !allow.is_empty() && !allow.iter().any(|p| p.matches(&name)) {
             return Err(FetchError::NotAllowed(name));

@@ -204,8 +204,7 @@ impl Previewer {
         if let Some(cached) = self.urls.get(&key) {
             return cached;
         }
-        let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
-        if let Some(failed) = self.hosts.get(&host) {
+        if let Some(failed) = self.hosts.get(&host_key(url)) {
             return Err(failed);
         }
         let result = self.fetch(url).await;
@@ -220,7 +219,7 @@ impl Previewer {
 
     /// Fetches `url` now, without the caches.
     pub async fn fetch(&self, url: &Url) -> Result<Preview, FetchError> {
-        let mut at = url.host_str().unwrap_or_default().to_owned();
+        let mut at = host_key(url);
         let fetched = tokio::time::timeout(self.settings.timeout, self.follow(url, &mut at)).await;
         let (page_url, meta) = match fetched {
             Ok(r) => r?,
@@ -266,6 +265,17 @@ pub fn certificates_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>,
 #[derive(Debug, thiserror::Error)]
 #[error("not PEM certificates: {0}")]
 pub struct PemError(String);
+
+/// A URL's host as the allowlist, the pins and the host cache know it: lowercase, no
+/// trailing dot, IPv6 without brackets.
+pub(crate) fn host_key(url: &Url) -> String {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.trim_end_matches('.').to_ascii_lowercase(),
+        Some(url::Host::Ipv4(ip)) => ip.to_string(),
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        None => String::new(),
+    }
+}
 
 /// The cache key of a URL: as serialized, without its fragment.
 fn cache_key(url: &Url) -> String {
@@ -382,6 +392,14 @@ mod tests {
             found("https://u@x.example https://ok.example"),
             Some("https://ok.example/".into())
         );
+    }
+
+    #[test]
+    fn host_keys() {
+        let key = |u: &str| host_key(&Url::parse(u).expect("a URL"));
+        assert_eq!(key("https://Example.COM./a"), "example.com");
+        assert_eq!(key("https://[::1]:8443/"), "::1");
+        assert_eq!(key("https://0x7f.1/"), "127.0.0.1");
     }
 
     #[test]
