@@ -236,10 +236,91 @@ async fn previews_can_be_off() {
     assert!(site.requests().is_empty());
 }
 
+/// Replica A loses NATS, stores a message with a link and then its preview (both
+/// publishes fail), and stops: bob's stream on replica B gets the message and then the
+/// preview, both published from the outbox (B's catch-up is too slow to be the one).
+async fn a_preview_a_replica_could_not_publish_reaches_streams() {
+    let w = World::new().await;
+    let site = TestSite::start("preview.test").await;
+    site.route("/page", Reply::Html(og_page("Kept", "in the outbox", "S")));
+    let nats_addr: std::net::SocketAddr = chat_testkit::nats_url()
+        .trim_start_matches("nats://")
+        .parse()
+        .expect("NATS address");
+    let proxy = chat_testkit::TcpProxy::start(nats_addr).await;
+    let mut config_a = w.config();
+    config_a.nats_url = format!("nats://{}", proxy.addr);
+    config_a.link_previews = Some(PreviewConfig {
+        settings: site.settings(),
+        concurrency: 4,
+    });
+    let a = chat_testkit::spawn_chat(config_a).await;
+    let mut config_b = w.config();
+    config_b.catch_up_every = Duration::from_secs(600);
+    let b = chat_testkit::spawn_chat(config_b).await;
+    let (alice, bob) = (w.user("alice").await, w.user("bob").await);
+    let id = create_chat(&a, &alice, &[&bob]).await;
+    let first = send(&a, &alice, id, "before the outage").await;
+    let mut on_b = connect(&b, &bob, id, 0).await;
+    assert_eq!(read_until(&mut on_b, first.seq).await, vec![first.seq]);
+
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let m = send(&a, &alice, id, &site.url("/page")).await;
+    // Stored (B reads the same database) before A goes.
+    let stored = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let h = history(&b, &bob, id).await;
+            if let Some(p) = h
+                .iter()
+                .find(|x| x.seq == m.seq)
+                .and_then(|x| x.link_preview.clone())
+            {
+                return p;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the preview is stored within 60 s");
+    assert_eq!(stored.title, "Kept");
+    a.shutdown.trigger();
+    drop(a);
+
+    // The relay publishes each row as the message is now: the message's own event may
+    // already carry the preview (when B's relay reaches the preview's row first, while
+    // A's claim on the message's row runs out, that row's event is dropped by the stream
+    // as it has not sent the seq yet), or the preview follows as MESSAGE_PREVIEWED.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    let got = loop {
+        let item = tokio::time::timeout_at(deadline, on_b.message())
+            .await
+            .unwrap_or_else(|_| panic!("no preview within 60 s; saw {seen:?}"))
+            .expect("stream ok")
+            .expect("stream open");
+        match item.event {
+            Some(Event::Message(x)) => {
+                seen.push(x.seq);
+                if let Some(p) = x.link_preview.filter(|_| x.seq == m.seq) {
+                    break p;
+                }
+            }
+            Some(Event::MessagePreviewed(p)) if p.seq == m.seq => {
+                assert_eq!(seen, vec![m.seq], "the message first, from the outbox");
+                break p.link_preview.expect("the preview");
+            }
+            _ => {}
+        }
+    };
+    assert_eq!(got, stored);
+}
+
 chat_testkit::backend_tests!(
     a_link_gets_a_preview_on_streams_and_in_history,
     a_slow_page_does_not_slow_the_send,
     a_private_address_gets_no_preview_and_nothing_breaks,
     an_edit_clears_the_preview_and_previews_anew,
     previews_can_be_off,
+    a_preview_a_replica_could_not_publish_reaches_streams,
 );
