@@ -136,6 +136,25 @@ pub enum Command {
     /// List the members of a chat.
     Members { chat_id: i64 },
 
+    /// Add users to a chat you are in (usernames or emails, comma-separated).
+    Invite {
+        chat_id: i64,
+        /// For example `dave,erin@example.com`.
+        members: String,
+    },
+
+    /// Remove a member from a chat (its owner or an administrator may); the member's open
+    /// `connect` ends at once.
+    Kick {
+        chat_id: i64,
+        /// The member's username (as `members` shows it) or user id.
+        member: String,
+    },
+
+    /// Leave a chat. When you own it, the member who joined earliest owns it after you;
+    /// when you are the last member, the chat is deleted.
+    Leave { chat_id: i64 },
+
     /// Send a message through the saga orchestrator; <from> (your email or username) must
     /// be you. Members are notified by email.
     #[command(name = "send_message", alias = "send-message")]
@@ -212,6 +231,9 @@ impl Command {
             Command::DeleteChat { .. } => "delete_chat",
             Command::Chats => "chats",
             Command::Members { .. } => "members",
+            Command::Invite { .. } => "invite",
+            Command::Kick { .. } => "kick",
+            Command::Leave { .. } => "leave",
             Command::SendMessage { .. } => "send_message",
             Command::Send { .. } => "send",
             Command::EditMessage { .. } => "edit_message",

@@ -8,8 +8,9 @@ use grpc_chat_proto::{
         RegisterRequest, Role, UpdateUserRequest,
     },
     chat::v1::{
-        CreateChatRequest, DeleteChatRequest, EditMessageRequest, ListChatsRequest,
-        ListMembersRequest, ListMessagesRequest, MarkReadRequest, SendMessageRequest,
+        AddMembersRequest, CreateChatRequest, DeleteChatRequest, EditMessageRequest,
+        LeaveChatRequest, ListChatsRequest, ListMembersRequest, ListMessagesRequest,
+        MarkReadRequest, RemoveMemberRequest, SendMessageRequest,
     },
     saga::v1 as sagapb,
 };
@@ -95,6 +96,9 @@ impl App {
             Command::DeleteChat { chat_id } => self.delete_chat(chat_id).await,
             Command::Chats => self.chats().await,
             Command::Members { chat_id } => self.members(chat_id).await,
+            Command::Invite { chat_id, members } => self.invite(chat_id, members).await,
+            Command::Kick { chat_id, member } => self.kick(chat_id, member).await,
+            Command::Leave { chat_id } => self.leave(chat_id).await,
             Command::SendMessage {
                 chat_id,
                 from,
@@ -559,6 +563,92 @@ impl App {
         for m in &resp.members {
             say(&member_line(m));
         }
+        Ok(())
+    }
+
+    async fn invite(&mut self, chat_id: i64, members: String) -> Result<(), CliError> {
+        let members: Vec<String> = members
+            .split(',')
+            .map(|m| m.trim().to_owned())
+            .filter(|m| !m.is_empty())
+            .collect();
+        let chat = self.client.chat.clone();
+        let resp = self
+            .client
+            .authed(Service::Chat, Op::Chat(chat_id), |t| {
+                let mut chat = chat.clone();
+                let req = authed_request(
+                    AddMembersRequest {
+                        chat_id,
+                        members: members.clone(),
+                    },
+                    &t,
+                );
+                async move { chat.add_members(req).await }
+            })
+            .await?;
+        let count = resp.chat.map_or(0, |c| c.member_count);
+        if resp.added.is_empty() {
+            say(&format!(
+                "Everyone named is already in chat {chat_id} ({count} members)."
+            ));
+        } else {
+            let names: Vec<&str> = resp.added.iter().map(|m| m.username.as_str()).collect();
+            say(&format!(
+                "Added {} to chat {chat_id} ({count} members).",
+                names.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
+    async fn kick(&mut self, chat_id: i64, member: String) -> Result<(), CliError> {
+        let chat = self.client.chat.clone();
+        let listed = self
+            .client
+            .authed(Service::Chat, Op::Chat(chat_id), |t| {
+                let mut chat = chat.clone();
+                let req = authed_request(ListMembersRequest { chat_id }, &t);
+                async move { chat.list_members(req).await }
+            })
+            .await?;
+        let wanted = member.trim();
+        let found = listed
+            .members
+            .iter()
+            .find(|m| m.username.eq_ignore_ascii_case(wanted) || m.user_id.to_string() == wanted);
+        let Some(found) = found else {
+            return Err(CliError::new(format!(
+                "{wanted} is not a member of chat {chat_id} (`members {chat_id}` lists them)"
+            )));
+        };
+        let (user_id, name) = (found.user_id, found.username.clone());
+        let resp = self
+            .client
+            .authed(Service::Chat, Op::Chat(chat_id), |t| {
+                let mut chat = chat.clone();
+                let req = authed_request(RemoveMemberRequest { chat_id, user_id }, &t);
+                async move { chat.remove_member(req).await }
+            })
+            .await?;
+        if resp.removed {
+            say(&format!("Removed {name} from chat {chat_id}."));
+        } else {
+            say(&format!("{name} had already left chat {chat_id}."));
+        }
+        Ok(())
+    }
+
+    async fn leave(&mut self, chat_id: i64) -> Result<(), CliError> {
+        let chat = self.client.chat.clone();
+        self.client
+            .authed(Service::Chat, Op::Chat(chat_id), |t| {
+                let mut chat = chat.clone();
+                let req = authed_request(LeaveChatRequest { chat_id }, &t);
+                async move { chat.leave_chat(req).await }
+            })
+            .await?;
+        say(&format!("You left chat {chat_id}."));
         Ok(())
     }
 

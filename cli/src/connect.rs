@@ -25,7 +25,7 @@ use crate::{
     commands::{mark_read, send},
     error::{CliError, Op},
     input::{Input, InputEvent},
-    output::{message_line, preview_line, Printer},
+    output::{clean, message_line, preview_line, Printer},
 };
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -66,6 +66,8 @@ struct View {
     history_done: bool,
     /// The highest seq of a message this session sent.
     sent_max: i64,
+    /// Members' names by user id, from the messages and joins seen, to name who leaves.
+    names: std::collections::HashMap<i64, String>,
 }
 
 /// The read marker this session moves as it shows messages.
@@ -219,6 +221,9 @@ async fn stream(
                 match resp.event {
                     Some(Event::Message(m)) if m.seq > view.last_seq => {
                         view.last_seq = m.seq;
+                        if !m.sender_deleted {
+                            view.names.insert(m.sender_id, m.sender_username.clone());
+                        }
                         if view.history_done || !quiet_history {
                             printer.say(&message_line(&m));
                             marks.shown(m.seq);
@@ -266,6 +271,23 @@ async fn stream(
                     Some(Event::ChatDeleted(_)) => {
                         return Err(CliError::new(format!("chat {chat_id} was deleted")));
                     }
+                    Some(Event::MemberAdded(a)) => {
+                        if let Some(m) = a.member {
+                            printer.note(&format!("({} joined the chat)", clean(&m.username)));
+                            view.names.insert(m.user_id, m.username);
+                        }
+                    }
+                    // The stream's own user is told by the status that follows.
+                    Some(Event::MemberRemoved(r))
+                        if client.session().map(|s| s.user_id) == Some(r.user_id) => {}
+                    Some(Event::MemberRemoved(r)) => {
+                        let who = view
+                            .names
+                            .get(&r.user_id)
+                            .map(|n| clean(n))
+                            .unwrap_or_else(|| format!("user #{}", r.user_id));
+                        printer.note(&format!("({who} left the chat)"));
+                    }
                     None => {}
                 }
             }
@@ -298,6 +320,9 @@ fn fatal(client: &Client, status: &Status, chat_id: i64) -> Option<CliError> {
         Code::NotFound if status.message().contains("deleted") => {
             Some(CliError::new(format!("chat {chat_id} was deleted")))
         }
+        Code::NotFound if status.message().contains("no longer a member") => Some(CliError::new(
+            format!("you are no longer a member of chat {chat_id}"),
+        )),
         Code::NotFound | Code::PermissionDenied | Code::InvalidArgument => {
             Some(client.error(status, Service::Chat, Op::Chat(chat_id)))
         }

@@ -24,7 +24,12 @@ pub fn message_line(m: &Message) -> String {
         .as_ref()
         .map(|t| time_of(t.seconds))
         .unwrap_or_else(|| "--:--".to_owned());
-    let prefix = format!("[{when}] {}: ", clean(&m.sender_username));
+    let sender = if m.sender_deleted {
+        "(deleted user)".to_owned()
+    } else {
+        clean(&m.sender_username)
+    };
+    let prefix = format!("[{when}] {sender}: ");
     let pad = " ".repeat(prefix.chars().count());
     let text = clean_multiline(&m.text).replace('\n', &format!("\n{pad}"));
     let edited = if m.edited_at.is_some() {
@@ -218,7 +223,7 @@ mod tests {
             text: text.into(),
             created_at: Some(prost_types::Timestamp { seconds, nanos: 0 }),
             edited_at: None,
-            link_preview: None,
+            ..Default::default()
         }
     }
 

@@ -1301,6 +1301,142 @@ async fn whoami_users_passwd_and_delete_account() {
     );
 }
 
+/// Reads `lines` (a `connect`'s stderr, where its notices go) until one ends with `suffix`.
+async fn notice_until(lines: &mut Lines<BufReader<tokio::process::ChildStderr>>, suffix: &str) {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let done = line.ends_with(suffix);
+            seen.push(line);
+            if done {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        matches!(found, Ok(true)),
+        "no notice ending with {suffix:?}; saw {seen:?}"
+    );
+}
+
+/// Issue 16, item 5 and the end of item 1: `invite`, `kick` and `leave`; a kicked member's
+/// `connect` ends with a sentence that says so while other members' `connect` shows who
+/// joins and leaves; a deleted account's messages stay, shown as from "(deleted user)".
+async fn membership_walkthrough(alice: &User, bob: &User, carol: &User) {
+    let id = chat_id(&alice.ok(&["create_chat", "bob"]).await);
+    let ids = id.to_string();
+    alice.ok(&["send", &ids, "hello"]).await;
+    let mut bobs = bob.command(&["connect", &ids]).spawn().expect("spawn chat");
+    let bob_stdin = bobs.stdin.take().expect("stdin");
+    let mut bob_out = BufReader::new(bobs.stdout.take().expect("stdout")).lines();
+    let mut bob_notes = BufReader::new(bobs.stderr.take().expect("stderr")).lines();
+    read_until(&mut bob_out, "alice: hello").await;
+
+    assert_eq!(
+        alice.ok(&["invite", &ids, "carol"]).await,
+        format!("Added carol to chat {id} (3 members).\n")
+    );
+    notice_until(&mut bob_notes, "(carol joined the chat)").await;
+    assert_eq!(
+        alice.ok(&["invite", &ids, "carol,bob"]).await,
+        format!("Everyone named is already in chat {id} (3 members).\n")
+    );
+    assert_one_line_error(
+        &bob.run(&["kick", &ids, "carol"], "").await,
+        "only the chat's owner or an administrator may remove other members",
+    );
+    assert_one_line_error(
+        &alice.run(&["kick", &ids, "nobody"], "").await,
+        &format!("nobody is not a member of chat {id} (`members {id}` lists them)"),
+    );
+
+    // Carol is kicked while she watches: her connect ends, saying why.
+    let mut carols = carol
+        .command(&["connect", &ids])
+        .spawn()
+        .expect("spawn chat");
+    let _carol_stdin = carols.stdin.take().expect("stdin");
+    let mut carol_out = BufReader::new(carols.stdout.take().expect("stdout")).lines();
+    read_until(&mut carol_out, "alice: hello").await;
+    assert_eq!(
+        alice.ok(&["kick", &ids, "carol"]).await,
+        format!("Removed carol from chat {id}.\n")
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(20), carols.wait_with_output())
+        .await
+        .expect("carol's connect ends")
+        .expect("output");
+    assert!(!ended.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&ended.stderr).trim_end(),
+        format!("error: you are no longer a member of chat {id}")
+    );
+    notice_until(&mut bob_notes, "(carol left the chat)").await;
+    assert_one_line_error(
+        &carol.run(&["send", &ids, "still here?"], "").await,
+        &format!("chat {id} does not exist or you are not a member of it"),
+    );
+    drop(bob_stdin);
+    let _ = tokio::time::timeout(Duration::from_secs(10), bobs.wait()).await;
+
+    // Bob leaves; alice still owns the chat and sees one member.
+    assert_eq!(
+        bob.ok(&["leave", &ids]).await,
+        format!("You left chat {id}.\n")
+    );
+    let members = alice.ok(&["members", &ids]).await;
+    assert_eq!(members.lines().count(), 1, "{members}");
+
+    // Carol comes back, writes, and deletes her account: her message stays, nameless.
+    alice.ok(&["invite", &ids, "carol"]).await;
+    carol.ok(&["send", &ids, "carol was here"]).await;
+    carol.ok(&["delete_account", "carol-password"]).await;
+    let mut history = Vec::new();
+    for _ in 0..150 {
+        history = unstamped(&alice.ok(&["history", &ids, "10"]).await);
+        if history.iter().any(|l| l.starts_with("(deleted user)")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        history,
+        ["alice: hello", "(deleted user): carol was here"],
+        "the deletion is applied within a poll"
+    );
+    let members = alice.ok(&["members", &ids]).await;
+    assert_eq!(members.lines().count(), 1, "{members}");
+}
+
+async fn registered_three(alice: &User, bob: &User, carol: &User) {
+    registered_pair(alice, bob).await;
+    carol
+        .ok(&["register", "carol@example.com", "carol", "carol-password"])
+        .await;
+    carol
+        .ok(&["login", "carol@example.com", "carol-password"])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invite_kick_leave_and_a_deleted_account() {
+    let stack = Stack::new().await;
+    let (alice, bob, carol) = (stack.user(), stack.user(), stack.user());
+    registered_three(&alice, &bob, &carol).await;
+    membership_walkthrough(&alice, &bob, &carol).await;
+}
+
+/// The same on the embedded server (SQLite, in-process events).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_server_invites_kicks_and_forgets_deleted_accounts() {
+    let server = Embedded::start().await;
+    let (alice, bob, carol) = (server.user(), server.user(), server.user());
+    registered_three(&alice, &bob, &carol).await;
+    membership_walkthrough(&alice, &bob, &carol).await;
+}
+
 /// Link previews: `connect` shows a message's preview on the line under it (live, or from
 /// history), and `history` does too. The page is a local HTTPS site the chat service is
 /// pointed at (its name pinned to loopback, its CA trusted).

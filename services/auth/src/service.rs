@@ -936,4 +936,38 @@ impl AuthService for AuthApi {
         tracing::info!(user_id = target, by = me.id, "user deleted");
         Ok(Response::new(pb::DeleteUserResponse {}))
     }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_deleted_users(
+        &self,
+        request: Request<pb::ListDeletedUsersRequest>,
+    ) -> Result<Response<pb::ListDeletedUsersResponse>, Status> {
+        self.require_service(request.metadata())?;
+        let req = request.into_inner();
+        let limit = chat_common::domain::page_size("page_size", req.page_size, 100, 1000)
+            .map_err(AuthError::from)?;
+        if req.after_id < 0 {
+            return Err(AuthError::from(FieldError::new(
+                "after_id",
+                "must not be negative (0 lists every deletion)",
+            ))
+            .into());
+        }
+        let deleted = self
+            .inner
+            .store
+            .deletions_after(req.after_id, limit)
+            .await
+            .map_err(AuthError::from)?;
+        Ok(Response::new(pb::ListDeletedUsersResponse {
+            deleted: deleted
+                .into_iter()
+                .map(|d| pb::DeletedUser {
+                    id: d.id,
+                    user_id: d.user_id,
+                    deleted_at: Some(timestamp(d.deleted_at)),
+                })
+                .collect(),
+        }))
+    }
 }

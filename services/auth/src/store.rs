@@ -60,6 +60,15 @@ pub struct UserChange {
     pub password_hash: Option<String>,
 }
 
+/// The tombstone of a deleted account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deletion {
+    /// Grows with each deletion: readers keep the last one they applied.
+    pub id: i64,
+    pub user_id: i64,
+    pub deleted_at: DateTime<Utc>,
+}
+
 /// A refresh token to store.
 #[derive(Debug, Clone)]
 pub struct NewRefreshToken {
@@ -139,9 +148,13 @@ pub trait UserStore: Send + Sync + 'static {
         change: &UserChange,
     ) -> Result<Option<UserRecord>, StoreError>;
 
-    /// Deletes the user and (by cascade) every refresh token of theirs; false when no such
-    /// user exists.
+    /// Deletes the user and (by cascade) every refresh token of theirs, and records the
+    /// deletion's tombstone in the same transaction; false when no such user exists.
     async fn delete_user(&self, id: i64) -> anyhow::Result<bool>;
+
+    /// Tombstones of deleted accounts with an id above `after`, oldest first, at most
+    /// `limit`.
+    async fn deletions_after(&self, after: i64, limit: i64) -> anyhow::Result<Vec<Deletion>>;
 
     async fn insert_refresh_token(&self, token: &NewRefreshToken) -> anyhow::Result<()>;
 

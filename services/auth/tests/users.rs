@@ -522,6 +522,83 @@ async fn the_admin_subcommand_grants_and_revokes() {
     );
 }
 
+/// Every deletion leaves a tombstone, listed to services only, oldest first, from where a
+/// reader stopped.
+async fn deletions_are_listed_to_services_in_order() {
+    let app = spawn_auth().await;
+    let mut c = app.client.clone();
+    let (alice, bob, carol) = (
+        app.user("alice").await,
+        app.user("bob").await,
+        app.user("carol").await,
+    );
+    let service = app.service_token("chat-service").await;
+    let listed = |after_id: i64, page_size: i32| {
+        let mut c = app.client.clone();
+        let service = service.clone();
+        async move {
+            c.list_deleted_users(chat_common::service_token::with_bearer(
+                tonic::Request::new(pb::ListDeletedUsersRequest {
+                    after_id,
+                    page_size,
+                }),
+                &service,
+            ))
+            .await
+            .map(|r| r.into_inner().deleted)
+        }
+    };
+    assert!(listed(0, 0).await.expect("list").is_empty());
+    for user in [&carol, &alice] {
+        c.delete_user(user.req(pb::DeleteUserRequest {
+            user_id: 0,
+            current_password: user.password.clone(),
+        }))
+        .await
+        .expect("delete");
+    }
+    let all = listed(0, 0).await.expect("list");
+    assert_eq!(
+        all.iter().map(|d| d.user_id).collect::<Vec<_>>(),
+        vec![carol.id, alice.id]
+    );
+    assert!(all[0].id < all[1].id && all.iter().all(|d| d.deleted_at.is_some()));
+    let rest = listed(all[0].id, 1).await.expect("list");
+    assert_eq!(
+        rest.iter().map(|d| d.user_id).collect::<Vec<_>>(),
+        vec![alice.id]
+    );
+    assert!(listed(all[1].id, 0).await.expect("list").is_empty());
+    // A failed deletion leaves no tombstone.
+    assert_eq!(
+        code(
+            c.delete_user(bob.req(pb::DeleteUserRequest {
+                user_id: 0,
+                current_password: "wrong password".into(),
+            }))
+            .await
+        ),
+        Code::Unauthenticated
+    );
+    assert_eq!(listed(0, 0).await.expect("list").len(), 2);
+
+    assert_eq!(
+        listed(-1, 0).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        listed(0, 1001).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            c.list_deleted_users(bob.req(pb::ListDeletedUsersRequest::default()))
+                .await
+        ),
+        Code::PermissionDenied
+    );
+}
+
 chat_testkit::backend_tests!(
     the_admin_subcommand_grants_and_revokes,
     admin_only_calls_follow_the_granted_role_not_the_token,
@@ -530,4 +607,5 @@ chat_testkit::backend_tests!(
     a_password_change_needs_the_current_one_and_ends_other_sessions,
     wrong_current_passwords_are_rate_limited_like_logins,
     deleting_ones_own_account_needs_the_password_and_ends_everything,
+    deletions_are_listed_to_services_in_order,
 );

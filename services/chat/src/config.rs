@@ -14,6 +14,7 @@
 //! | `STREAM_BUFFER` | `1024` | events buffered per stream before a slow stream is cut off |
 //! | `CATCH_UP_INTERVAL_SECS` | `5` | how often a chat's fan-out checks storage for missed messages |
 //! | `MESSAGE_EDIT_WINDOW_SECS` | `900` | how long after sending a sender may edit a message; `0`: no limit |
+//! | `ACCOUNT_DELETIONS_POLL_SECS` | `5` | how often deleted accounts are asked of AuthService and applied (memberships end) |
 //! | `LINK_PREVIEWS` | `on` | `off`: no previews at all |
 //! | `LINK_PREVIEW_ALLOW_HOSTS` | (any public host) | comma-separated hosts; when set, only these are fetched (every redirect hop too); `*.example.com` means its subdomains |
 //! | `LINK_PREVIEW_TIMEOUT_MS` | `5000` | the whole fetch: DNS, connect, TLS, redirects, body |
@@ -52,6 +53,8 @@ pub struct Config {
     pub catch_up_every: Duration,
     /// How long after sending a message its sender may edit it; None: no limit.
     pub edit_window: Option<Duration>,
+    /// How often to apply the accounts AuthService deleted (`deletions.rs`).
+    pub deletions_every: Duration,
     /// Link previews of messages' URLs (`preview.rs`); None: off.
     pub link_previews: Option<PreviewConfig>,
 }
@@ -80,6 +83,8 @@ impl Config {
                 Duration::from_secs(900),
             )?)
             .filter(|w| !w.is_zero()),
+            deletions_every: secs_or("ACCOUNT_DELETIONS_POLL_SECS", Duration::from_secs(5))?
+                .max(Duration::from_millis(100)),
             link_previews: PreviewConfig::from_env()?,
         })
     }

@@ -1,5 +1,5 @@
-//! Resolving usernames and emails to users through AuthService, with this service's
-//! service token.
+//! Resolving usernames and emails to users, and learning of deleted accounts, through
+//! AuthService, with this service's service token.
 
 use std::collections::HashMap;
 
@@ -7,7 +7,8 @@ use tonic::Code;
 
 use chat_common::{client::TracedChannel, service_token::ServiceCredential};
 use grpc_chat_proto::auth::v1::{
-    auth_service_client::AuthServiceClient, GetUserIdsByEmailsRequest,
+    auth_service_client::AuthServiceClient, DeletedUser, GetUserIdsByEmailsRequest,
+    ListDeletedUsersRequest,
 };
 
 use crate::error::ChatError;
@@ -61,5 +62,26 @@ impl Directory {
             by_id.insert(u.user_id, u.username);
         }
         Ok(by_id.into_iter().collect())
+    }
+
+    /// Account deletions after the one with id `after`, oldest first, at most `limit`.
+    pub async fn deleted_users(&self, after: i64, limit: i32) -> anyhow::Result<Vec<DeletedUser>> {
+        let req = self
+            .credential
+            .request(ListDeletedUsersRequest {
+                after_id: after,
+                page_size: limit,
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("service token: {}", s.message()))?;
+        let resp = self
+            .client
+            .clone()
+            .list_deleted_users(req)
+            .await
+            .map_err(|s| {
+                anyhow::anyhow!("listing deleted accounts: {:?}: {}", s.code(), s.message())
+            })?;
+        Ok(resp.into_inner().deleted)
     }
 }

@@ -16,9 +16,15 @@ pub enum ChatError {
     UsersNotFound(Vec<String>),
     #[error("{0}")]
     PermissionDenied(String),
+    /// The caller's account was deleted; its access token has not expired yet.
+    #[error("this account has been deleted")]
+    AccountDeleted,
     /// The call is well formed but the state forbids it now (an edit window that passed).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A limit the call would pass (a chat's most members).
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// A value beyond what exists yet (a read marker past the chat's newest message).
     #[error("{0}")]
     OutOfRange(String),
@@ -53,8 +59,10 @@ impl From<ChatError> for Status {
             | ChatError::MessageNotFound { .. }
             | ChatError::UsersNotFound(_) => Status::not_found(e.to_string()),
             ChatError::PermissionDenied(m) => Status::permission_denied(m),
+            ChatError::AccountDeleted => Status::unauthenticated(e.to_string()),
             ChatError::FailedPrecondition(m) => Status::failed_precondition(m),
             ChatError::OutOfRange(m) => Status::out_of_range(m),
+            ChatError::ResourceExhausted(m) => Status::resource_exhausted(m),
             ChatError::Unavailable(m) => Status::unavailable(m),
             ChatError::Internal(e) => chat_common::error::internal(&e),
         }

@@ -2,8 +2,9 @@
 //! in-process channel in the embedded server. Only the hub (`hub.rs`) uses it.
 //!
 //! Subjects are `<prefix>.<chat_id>.<kind>` with kind `message_created`,
-//! `message_deleted`, `message_edited`, `message_previewed` or `chat_deleted` (prefix
-//! `chat` by default; tests use their own so they can share one NATS). The payload is the `ConnectResponse` a stream would send,
+//! `message_deleted`, `message_edited`, `chat_deleted`, `member_added`, `member_removed`
+//! or `message_previewed` (prefix `chat` by default; tests use their own so they can share
+//! one NATS). The payload is the `ConnectResponse` a stream would send,
 //! protobuf-encoded. When a JetStream stream is configured it captures `<prefix>.>` and
 //! publishes wait for its acknowledgement, so consumers that were down (notification)
 //! get every event later.
@@ -45,6 +46,16 @@ pub enum ChatEvent {
     ChatDeleted {
         chat_id: i64,
     },
+    /// A user became a member.
+    MemberAdded {
+        chat_id: i64,
+        member: pb::Member,
+    },
+    /// A member left or was removed.
+    MemberRemoved {
+        chat_id: i64,
+        user_id: i64,
+    },
     /// A message got its link preview (stored with it by then).
     MessagePreviewed {
         chat_id: i64,
@@ -57,10 +68,11 @@ impl ChatEvent {
     pub fn chat_id(&self) -> i64 {
         match self {
             ChatEvent::MessageCreated(m) | ChatEvent::MessageEdited(m) => m.chat_id,
-            ChatEvent::MessageDeleted { chat_id, .. } | ChatEvent::ChatDeleted { chat_id } => {
-                *chat_id
-            }
-            ChatEvent::MessagePreviewed { chat_id, .. } => *chat_id,
+            ChatEvent::MessageDeleted { chat_id, .. }
+            | ChatEvent::ChatDeleted { chat_id }
+            | ChatEvent::MemberAdded { chat_id, .. }
+            | ChatEvent::MemberRemoved { chat_id, .. }
+            | ChatEvent::MessagePreviewed { chat_id, .. } => *chat_id,
         }
     }
 
@@ -70,6 +82,8 @@ impl ChatEvent {
             ChatEvent::MessageDeleted { .. } => "message_deleted",
             ChatEvent::MessageEdited(_) => "message_edited",
             ChatEvent::ChatDeleted { .. } => "chat_deleted",
+            ChatEvent::MemberAdded { .. } => "member_added",
+            ChatEvent::MemberRemoved { .. } => "member_removed",
             ChatEvent::MessagePreviewed { .. } => "message_previewed",
         }
     }
@@ -88,6 +102,16 @@ impl ChatEvent {
             }),
             ChatEvent::ChatDeleted { chat_id } => {
                 Event::ChatDeleted(pb::ChatDeleted { chat_id: *chat_id })
+            }
+            ChatEvent::MemberAdded { chat_id, member } => Event::MemberAdded(pb::MemberAdded {
+                chat_id: *chat_id,
+                member: Some(member.clone()),
+            }),
+            ChatEvent::MemberRemoved { chat_id, user_id } => {
+                Event::MemberRemoved(pb::MemberRemoved {
+                    chat_id: *chat_id,
+                    user_id: *user_id,
+                })
             }
             ChatEvent::MessagePreviewed {
                 chat_id,
@@ -118,6 +142,14 @@ impl ChatEvent {
             Some(Event::MessageEdited(pb::MessageEdited { message: Some(m) })) => {
                 Ok(ChatEvent::MessageEdited(m))
             }
+            Some(Event::MemberAdded(pb::MemberAdded {
+                chat_id,
+                member: Some(member),
+            })) => Ok(ChatEvent::MemberAdded { chat_id, member }),
+            Some(Event::MemberRemoved(r)) => Ok(ChatEvent::MemberRemoved {
+                chat_id: r.chat_id,
+                user_id: r.user_id,
+            }),
             Some(Event::MessagePreviewed(pb::MessagePreviewed {
                 chat_id,
                 seq,
@@ -128,6 +160,7 @@ impl ChatEvent {
                 preview,
             }),
             Some(Event::MessageEdited(_))
+            | Some(Event::MemberAdded(_))
             | Some(Event::MessagePreviewed(_))
             | Some(Event::HistoryEnd(_))
             | None => {
@@ -570,6 +603,18 @@ mod tests {
                 ..Default::default()
             }),
             ChatEvent::ChatDeleted { chat_id: 3 },
+            ChatEvent::MemberAdded {
+                chat_id: 3,
+                member: pb::Member {
+                    user_id: 9,
+                    username: "carol".into(),
+                    joined_at: None,
+                },
+            },
+            ChatEvent::MemberRemoved {
+                chat_id: 3,
+                user_id: 9,
+            },
             ChatEvent::MessagePreviewed {
                 chat_id: 3,
                 seq: 7,

@@ -7,7 +7,8 @@
 //! and when an event skips ahead (a message lost while NATS was away) it first reads the
 //! missing messages from storage. After a bus reconnect, and every `catch_up_every`, it also
 //! asks storage whether anything newer exists, so a loss is repaired even when no later
-//! event arrives.
+//! event arrives. After a reconnect it also checks that each stream's user is still a
+//! member, so a removal whose event was lost still ends the removed member's stream.
 //!
 //! A stream never advances past a seq it has not delivered. When the missing messages
 //! cannot be read (the database is unreachable), the repair is tried again for at most
@@ -81,6 +82,8 @@ struct Fanout {
 
 struct Subscriber {
     id: u64,
+    /// The member the stream is for (None: a service caller).
+    user_id: Option<i64>,
     tx: mpsc::Sender<Arc<ChatEvent>>,
     overflow: Arc<AtomicBool>,
 }
@@ -145,7 +148,13 @@ impl Hub {
 
     /// Registers a stream on `chat`. Returns once the replica is subscribed to the chat's
     /// events, so that everything committed after this call reaches the subscription.
-    pub async fn join(self: &Arc<Self>, chat: ChatId) -> anyhow::Result<Subscription> {
+    /// `user_id` is the member the stream is for (None for a service caller): after a bus
+    /// loss, the hub checks that they still are one (see [`Hub::check_members`]).
+    pub async fn join(
+        self: &Arc<Self>,
+        chat: ChatId,
+        user_id: Option<i64>,
+    ) -> anyhow::Result<Subscription> {
         let (tx, rx) = mpsc::channel(self.buffer);
         let overflow = Arc::new(AtomicBool::new(false));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -166,6 +175,7 @@ impl Hub {
             };
             lock(&fanout.subscribers).push(Subscriber {
                 id,
+                user_id,
                 tx,
                 overflow: overflow.clone(),
             });
@@ -267,6 +277,41 @@ impl Hub {
         Ok(true)
     }
 
+    /// Announces the removal of every stream's member who is no longer one: after a bus
+    /// loss, a `MemberRemoved` event may have been missed, and a removed member's stream
+    /// must not go on. Each removal reaches every stream of the chat (others may have
+    /// missed it too; clients take a second one as a no-op).
+    async fn check_members(&self, fanout: &Fanout) -> anyhow::Result<()> {
+        let watched: Vec<i64> = {
+            let subs = lock(&fanout.subscribers);
+            let mut ids: Vec<i64> = subs.iter().filter_map(|s| s.user_id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        };
+        if watched.is_empty() {
+            return Ok(());
+        }
+        let members: std::collections::HashSet<i64> = self
+            .store
+            .list_members(ChatId(fanout.chat_id))
+            .await?
+            .into_iter()
+            .map(|m| m.user_id)
+            .collect();
+        for user_id in watched.into_iter().filter(|u| !members.contains(u)) {
+            metrics::counter!("chat_missed_removals_total").increment(1);
+            self.deliver(
+                fanout,
+                ChatEvent::MemberRemoved {
+                    chat_id: fanout.chat_id,
+                    user_id,
+                },
+            );
+        }
+        Ok(())
+    }
+
     /// Delivers the stored messages after `last_seq` up to `upto`, trying again for at
     /// most [`REPAIR_BUDGET`] in all when storage fails, so that one repair never holds
     /// the chat's fan-out back for longer. On error, `last_seq` is the last seq actually
@@ -325,6 +370,8 @@ impl Hub {
         // before the subscription is back is lost to us, and the catch-up at the reconnect
         // may have run before it was committed. One more catch-up a moment later covers it.
         let mut recheck: Option<tokio::time::Instant> = None;
+        // Whether streams' members must be checked (after a bus loss; until it succeeds).
+        let mut members_due = false;
         loop {
             let recheck_due = async {
                 match recheck {
@@ -381,15 +428,30 @@ impl Hub {
                         || matches!(r, Err(tokio::sync::broadcast::error::RecvError::Lagged(_)));
                     if reconnected {
                         recheck = Some(tokio::time::Instant::now() + RECHECK_AFTER_RECONNECT);
+                        members_due = true;
                     }
                     reconnected
                 }
                 _ = recheck_due => {
                     recheck = None;
+                    members_due = true;
                     true
                 }
                 _ = tick.tick() => true,
             };
+            if members_due {
+                // Only after a loss: member events come through the outbox, so they are
+                // missed only while the bus is away.
+                match tokio::time::timeout(REPAIR_BUDGET, self.check_members(&fanout)).await {
+                    Ok(Ok(())) => members_due = false,
+                    Ok(Err(e)) => {
+                        tracing::warn!(chat_id = chat.0, error = ?e, "checking members failed; trying again")
+                    }
+                    Err(_) => {
+                        tracing::warn!(chat_id = chat.0, "checking members timed out; trying again")
+                    }
+                }
+            }
             if catch_up {
                 // Bounded like a repair, so that an unreachable database does not hold
                 // the chat's live events back; a failed catch-up is tried again at the

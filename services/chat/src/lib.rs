@@ -5,11 +5,13 @@
 //! [`Application::build`] wires the service for the binary and the tests.
 
 pub mod config;
+mod deletions;
 pub mod directory;
 pub mod domain;
 pub mod error;
 pub mod events;
 pub mod hub;
+mod members;
 pub mod outbox;
 pub mod preview;
 pub mod service;
@@ -66,6 +68,7 @@ pub async fn build_api(
         hub,
         directory::Directory::new(auth, credential),
         config.edit_window,
+        config.deletions_every,
         shutdown,
         config
             .link_previews

@@ -1,11 +1,11 @@
 //! The transactional outbox: how an event reaches the bus even when publishing it fails
 //! after the change was committed, or the process dies in between.
 //!
-//! The store writes each message's (and each deletion's, edit's and link preview's)
-//! outbox row in the change's own transaction, so a committed change always has its event
-//! somewhere. The replica that
-//! made the change publishes it at once ([`Outbox::publish`]); once the bus has it for good
-//! (JetStream acknowledged it) the row is removed, in batches, off the request's path.
+//! The store writes each message's (and each deletion's, edit's, membership change's and
+//! link preview's) outbox row in the change's own transaction, so a committed change always
+//! has its event somewhere. The replica that made the change publishes it at once
+//! ([`Outbox::publish`]); once the bus has it for good (JetStream acknowledged it) the row
+//! is removed, in batches, off the request's path.
 //! A row whose publish failed (NATS unreachable, JetStream not acknowledging) or whose
 //! replica died stays, and the relay of every replica publishes rows older than
 //! [`GRACE`] that no other relay has claimed: every [`POLL`] while the bus is NATS, so an
@@ -31,7 +31,7 @@ use crate::{
     domain::ChatId,
     events::{ChatEvent, EventBus, Handled},
     preview::preview_to_pb,
-    service::message_to_pb,
+    service::{member_to_pb, message_to_pb},
     store::{ChatStore, EventId, EventKind, OutboxEvent},
 };
 
@@ -173,6 +173,20 @@ impl Outbox {
             EventKind::MessageDeleted => Some(ChatEvent::MessageDeleted {
                 chat_id: row.chat_id,
                 seq: row.seq,
+            }),
+            // Still a member: announced as they are now. Gone since: their removal's own
+            // row announces that.
+            EventKind::MemberAdded => self
+                .store
+                .member(ChatId(row.chat_id), row.user_id)
+                .await?
+                .map(|m| ChatEvent::MemberAdded {
+                    chat_id: row.chat_id,
+                    member: member_to_pb(m),
+                }),
+            EventKind::MemberRemoved => Some(ChatEvent::MemberRemoved {
+                chat_id: row.chat_id,
+                user_id: row.user_id,
             }),
             // The preview as it is now: none when an edit cleared it since.
             EventKind::MessagePreviewed => self

@@ -21,9 +21,13 @@ use crate::{
     error::ChatError,
     events::ChatEvent,
     hub::{Ended, Hub},
+    members,
     outbox::Outbox,
     preview::{preview_to_pb, LinkPreviews, Services},
-    store::{ChatCursor, ChatRecord, ChatStore, Edited, Inserted, MessageRecord, NewMessage},
+    store::{
+        Added, ChatCursor, ChatRecord, ChatStore, Edited, Inserted, MemberRecord, MessageRecord,
+        NewMessage,
+    },
 };
 
 #[derive(Clone)]
@@ -59,7 +63,16 @@ pub(crate) fn message_to_pb(m: &MessageRecord) -> pb::Message {
         text: m.text.clone(),
         created_at: Some(timestamp(m.created_at)),
         edited_at: m.edited_at.map(timestamp),
+        sender_deleted: m.sender_username.is_empty(),
         link_preview: m.link_preview.as_ref().map(preview_to_pb),
+    }
+}
+
+pub(crate) fn member_to_pb(m: MemberRecord) -> pb::Member {
+    pb::Member {
+        user_id: m.user_id,
+        username: m.username,
+        joined_at: Some(timestamp(m.joined_at)),
     }
 }
 
@@ -103,10 +116,18 @@ impl ChatApi {
         hub: Arc<Hub>,
         directory: Directory,
         edit_window: Option<Duration>,
+        deletions_every: Duration,
         shutdown: Shutdown,
         previews: Option<LinkPreviews>,
     ) -> Self {
         let outbox = Outbox::start(store.clone(), hub.bus().clone(), shutdown.clone());
+        crate::deletions::Deletions {
+            store: store.clone(),
+            outbox: outbox.clone(),
+            bus: hub.bus().clone(),
+            directory: directory.clone(),
+        }
+        .start(deletions_every, shutdown.clone());
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -142,14 +163,30 @@ impl ChatApi {
         found.ok_or(ChatError::ChatNotFound(chat.0))
     }
 
-    /// Publishes an event that has no outbox row (a chat's deletion) to every replica. A
-    /// failure is logged, not returned: the change is committed, and open streams of the
-    /// chat find it gone at their next catch-up (see `hub.rs`).
-    async fn publish(&self, event: ChatEvent) {
-        if let Err(e) = self.inner.hub.bus().publish(&event).await {
-            metrics::counter!("chat_publish_failures_total").increment(1);
-            tracing::error!(chat_id = event.chat_id(), kind = event.kind(), error = %e, "publishing an event failed");
+    /// Refuses a user whose account was deleted (see `deletions.rs`): for the calls that
+    /// make memberships, which nothing else would stop.
+    async fn require_account(&self, user_id: i64) -> Result<(), ChatError> {
+        if self.inner.store.is_deleted(user_id).await? {
+            return Err(ChatError::AccountDeleted);
         }
+        Ok(())
+    }
+
+    /// Publishes an event that has no outbox row (a chat's deletion) to every replica.
+    async fn publish(&self, event: ChatEvent) {
+        members::publish_direct(self.inner.hub.bus().as_ref(), &event).await;
+    }
+
+    /// Removes `user_id` from `chat` and announces it: see [`members::remove`].
+    async fn remove(&self, chat: ChatId, user_id: i64) -> Result<bool, ChatError> {
+        members::remove(
+            self.inner.store.as_ref(),
+            &self.inner.outbox,
+            self.inner.hub.bus().as_ref(),
+            chat,
+            user_id,
+        )
+        .await
     }
 }
 
@@ -166,6 +203,7 @@ impl ChatService for ChatApi {
         let req = request.into_inner();
         let title = Title::parse(&req.title)?;
         let identifiers = domain::members(&req.members)?;
+        self.require_account(user_id).await?;
         let mut members = self.inner.directory.resolve(&identifiers).await?;
         members.retain(|(id, _)| *id != user_id);
         members.insert(0, (user_id, username));
@@ -253,14 +291,7 @@ impl ChatService for ChatApi {
             .await
             .map_err(ChatError::from)?;
         Ok(Response::new(pb::ListMembersResponse {
-            members: members
-                .into_iter()
-                .map(|m| pb::Member {
-                    user_id: m.user_id,
-                    username: m.username,
-                    joined_at: Some(timestamp(m.joined_at)),
-                })
-                .collect(),
+            members: members.into_iter().map(member_to_pb).collect(),
             chat: Some(chat_to_pb(&chat)),
         }))
     }
@@ -520,6 +551,114 @@ impl ChatService for ChatApi {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(chat_id = request.get_ref().chat_id))]
+    async fn add_members(
+        &self,
+        request: Request<pb::AddMembersRequest>,
+    ) -> Result<Response<pb::AddMembersResponse>, Status> {
+        let (user_id, _) = Caller::require_user(&request)?;
+        let req = request.into_inner();
+        let chat_id = ChatId::parse(req.chat_id)?;
+        let identifiers = domain::members(&req.members)?;
+        self.require_account(user_id).await?;
+        let mut chat = self
+            .inner
+            .store
+            .chat_for_member(chat_id, user_id)
+            .await
+            .map_err(ChatError::from)?
+            .ok_or(ChatError::ChatNotFound(chat_id.0))?;
+        let mut users = self.inner.directory.resolve(&identifiers).await?;
+        users.sort();
+        let added = self
+            .inner
+            .store
+            .add_members(chat_id, &users, domain::MAX_MEMBERS as i64)
+            .await
+            .map_err(ChatError::from)?;
+        let (added, count) = match added {
+            Added::Members(added, count) => (added, count),
+            Added::TooMany { members } => {
+                return Err(ChatError::ResourceExhausted(format!(
+                    "chat {} has {members} members; a chat has at most {}",
+                    chat_id.0,
+                    domain::MAX_MEMBERS
+                ))
+                .into())
+            }
+            // Deleted since it was read.
+            Added::NoChat => return Err(ChatError::ChatNotFound(chat_id.0).into()),
+        };
+        let mut out = Vec::with_capacity(added.len());
+        for (member, event) in added {
+            let member = member_to_pb(member);
+            let announce = ChatEvent::MemberAdded {
+                chat_id: chat_id.0,
+                member: member.clone(),
+            };
+            self.inner.outbox.publish(&announce, event).await;
+            out.push(member);
+        }
+        tracing::info!(chat_id = chat_id.0, added = out.len(), "members added");
+        chat.member_count = i32::try_from(count).unwrap_or(i32::MAX);
+        Ok(Response::new(pb::AddMembersResponse {
+            added: out,
+            chat: Some(chat_to_pb(&chat)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(chat_id = request.get_ref().chat_id, user_id = request.get_ref().user_id))]
+    async fn remove_member(
+        &self,
+        request: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+        let caller = Caller::from_request(&request)?;
+        let req = request.into_inner();
+        let chat_id = ChatId::parse(req.chat_id)?;
+        if req.user_id <= 0 {
+            return Err(invalid_field("user_id", "must be a positive user id"));
+        }
+        // Administrators may act on any chat; everyone else only on their own.
+        let chat = match &caller {
+            Caller::User {
+                role: chat_common::Role::Admin,
+                ..
+            } => self
+                .inner
+                .store
+                .chat(chat_id)
+                .await
+                .map_err(ChatError::from)?
+                .ok_or(ChatError::ChatNotFound(chat_id.0))?,
+            _ => self.visible_chat(&caller, chat_id).await?,
+        };
+        if let Caller::User { id, role, .. } = &caller {
+            let allowed =
+                *id == req.user_id || *id == chat.creator_id || *role == chat_common::Role::Admin;
+            if !allowed {
+                return Err(ChatError::PermissionDenied(
+                    "only the chat's owner or an administrator may remove other members".into(),
+                )
+                .into());
+            }
+        }
+        let removed = self.remove(chat_id, req.user_id).await?;
+        Ok(Response::new(pb::RemoveMemberResponse { removed }))
+    }
+
+    #[tracing::instrument(skip_all, fields(chat_id = request.get_ref().chat_id))]
+    async fn leave_chat(
+        &self,
+        request: Request<pb::LeaveChatRequest>,
+    ) -> Result<Response<pb::LeaveChatResponse>, Status> {
+        let (user_id, _) = Caller::require_user(&request)?;
+        let chat_id = ChatId::parse(request.get_ref().chat_id)?;
+        if !self.remove(chat_id, user_id).await? {
+            return Err(ChatError::ChatNotFound(chat_id.0).into());
+        }
+        Ok(Response::new(pb::LeaveChatResponse {}))
+    }
+
     #[tracing::instrument(skip_all)]
     async fn list_messages(
         &self,
@@ -569,13 +708,14 @@ impl ChatService for ChatApi {
         }
         let history_limit = page_size("history_limit", req.history_limit, 50, 500)?;
         self.visible_chat(&caller, chat_id).await?;
+        let me = caller.user_id();
 
         // Join first, read history second: whatever is committed after the join arrives
         // live, whatever before is in the history, and the overlap is dropped by seq.
         let mut sub = self
             .inner
             .hub
-            .join(chat_id)
+            .join(chat_id, me)
             .await
             .map_err(|e| ChatError::Unavailable(format!("live events are unavailable: {e}")))?;
 
@@ -669,6 +809,16 @@ impl ChatService for ChatApi {
                         }
                     }
                     e @ ChatEvent::MessageDeleted { .. } => yield Ok(e.to_response()),
+                    e @ ChatEvent::MemberAdded { .. } => yield Ok(e.to_response()),
+                    e @ ChatEvent::MemberRemoved { user_id, .. } => {
+                        yield Ok(e.to_response());
+                        if Some(*user_id) == me {
+                            yield Err(Status::not_found(format!(
+                                "you are no longer a member of chat {}", chat_id.0
+                            )));
+                            break;
+                        }
+                    }
                     // Like an edit: only for a message this stream sent (one it has yet
                     // to send is read from storage with its preview).
                     e @ ChatEvent::MessagePreviewed { seq, .. } => {

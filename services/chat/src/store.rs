@@ -100,15 +100,22 @@ pub enum EventKind {
     MessageCreated,
     MessageDeleted,
     MessageEdited,
+    /// A user became a member (the row's `user_id`).
+    MemberAdded,
+    /// A member left or was removed (the row's `user_id`).
+    MemberRemoved,
+    /// A message got its link preview.
     MessagePreviewed,
 }
 
 impl EventKind {
     /// Every kind this version writes and can publish.
-    pub const ALL: [EventKind; 4] = [
+    pub const ALL: [EventKind; 6] = [
         EventKind::MessageCreated,
         EventKind::MessageDeleted,
         EventKind::MessageEdited,
+        EventKind::MemberAdded,
+        EventKind::MemberRemoved,
         EventKind::MessagePreviewed,
     ];
 
@@ -129,6 +136,8 @@ impl EventKind {
             EventKind::MessageCreated => "message_created",
             EventKind::MessageDeleted => "message_deleted",
             EventKind::MessageEdited => "message_edited",
+            EventKind::MemberAdded => "member_added",
+            EventKind::MemberRemoved => "member_removed",
             EventKind::MessagePreviewed => "message_previewed",
         }
     }
@@ -138,6 +147,8 @@ impl EventKind {
             "message_created" => Ok(EventKind::MessageCreated),
             "message_deleted" => Ok(EventKind::MessageDeleted),
             "message_edited" => Ok(EventKind::MessageEdited),
+            "member_added" => Ok(EventKind::MemberAdded),
+            "member_removed" => Ok(EventKind::MemberRemoved),
             "message_previewed" => Ok(EventKind::MessagePreviewed),
             other => anyhow::bail!("unknown outbox event kind {other:?}"),
         }
@@ -149,8 +160,11 @@ impl EventKind {
 pub struct OutboxEvent {
     pub id: EventId,
     pub chat_id: i64,
+    /// The message's seq (message events; 0 for member events).
     pub seq: i64,
     pub kind: EventKind,
+    /// The member (member events; 0 for message events).
+    pub user_id: i64,
 }
 
 /// A message deletion that changed something.
@@ -171,6 +185,34 @@ pub enum Edited {
     Unchanged(MessageRecord),
     /// No such message, or it is deleted.
     NotFound,
+}
+
+/// What adding members did.
+#[derive(Debug)]
+pub enum Added {
+    /// These users were not members and now are, each with the outbox row of its event
+    /// (users who already were members are left out), and the chat's member count after.
+    Members(Vec<(MemberRecord, EventId)>, i64),
+    /// The chat would have more than the limit of members: nothing was added.
+    TooMany { members: i64 },
+    /// The chat does not exist (any more).
+    NoChat,
+}
+
+/// What removing a member did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Removed {
+    /// The member is gone, with the outbox row of its event, and the new owner when the
+    /// owner was removed.
+    Member {
+        event: EventId,
+        new_owner: Option<i64>,
+    },
+    /// It was the last member: the chat is deleted with it (no member event: the caller
+    /// publishes the chat's deletion).
+    ChatDeleted,
+    /// The user was not a member, or there is no such chat.
+    NotMember,
 }
 
 #[derive(Debug)]
@@ -260,6 +302,43 @@ pub trait ChatStore: Send + Sync + 'static {
     /// Moves `user_id`'s read marker in `chat` forward to `seq` (a lower `seq` leaves it
     /// as it is) and returns the marker as stored; None when `user_id` is not a member.
     async fn mark_read(&self, chat: ChatId, user_id: i64, seq: i64) -> anyhow::Result<Option<i64>>;
+
+    /// Adds the members who are not members yet, each with a `member_added` outbox row, in
+    /// one transaction that holds the chat's row lock; nothing when the chat would have
+    /// more than `max_members` members.
+    async fn add_members(
+        &self,
+        chat: ChatId,
+        members: &[(i64, String)],
+        max_members: i64,
+    ) -> anyhow::Result<Added>;
+
+    /// Removes a member (and their read marker) with a `member_removed` outbox row, under
+    /// the chat's row lock: an owner who goes hands the chat to the member who joined
+    /// earliest, and the last member to go deletes the chat.
+    async fn remove_member(&self, chat: ChatId, user_id: i64) -> anyhow::Result<Removed>;
+
+    /// The chats `user_id` is a member of.
+    async fn chats_of(&self, user_id: i64) -> anyhow::Result<Vec<ChatId>>;
+
+    /// Forgets the name of a deleted account on every message it sent (the messages
+    /// stay); returns how many messages changed.
+    async fn forget_sender(&self, user_id: i64) -> anyhow::Result<u64>;
+
+    /// Records that `user_id`'s account is deleted (idempotent).
+    async fn mark_deleted(&self, user_id: i64) -> anyhow::Result<()>;
+
+    /// Whether `user_id`'s account is recorded as deleted.
+    async fn is_deleted(&self, user_id: i64) -> anyhow::Result<bool>;
+
+    /// Accounts recorded as deleted less than `within` ago.
+    async fn deleted_within(&self, within: Duration) -> anyhow::Result<Vec<i64>>;
+
+    /// The id of the last account deletion applied to this database (0: none).
+    async fn applied_deletion(&self) -> anyhow::Result<i64>;
+
+    /// Records that account deletions up to `id` are applied (never moves back).
+    async fn set_applied_deletion(&self, id: i64) -> anyhow::Result<()>;
 
     /// The chat's newest seq, or None when the chat does not exist.
     async fn last_seq(&self, chat: ChatId) -> anyhow::Result<Option<i64>>;

@@ -24,8 +24,8 @@ use std::{
 
 use chat_testkit::{
     chat_config, fault::chat_service_env, fault::free_port, fault::health_status, spawn_auth,
-    spawn_auth_on, spawn_chat, PrivateNats, PrivatePostgres, ServiceProcess, StopMode, TestDb,
-    TestNats, TestUser,
+    spawn_auth_on, spawn_chat, FaultProxy, PrivateNats, PrivatePostgres, ServiceProcess, StopMode,
+    TestDb, TestNats, TestUser,
 };
 use grpc_chat_proto::chat::v1::{
     self as pb, chat_service_client::ChatServiceClient, connect_response::Event,
@@ -613,4 +613,60 @@ async fn a_database_outage_answers_unavailable_fast_and_heals_by_itself() {
     );
     assert_eq!((lost, duplicated), (0, 0));
     assert!(unavailable > 0, "the sender met the outage");
+}
+
+/// A member removed while a replica's NATS link is cut: the replica never receives the
+/// MemberRemoved event, yet the removed member's stream there must not go on. After the
+/// link is back, the replica's fan-out checks its streams' members and ends that stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_missed_while_nats_was_away_still_ends_the_removed_members_stream() {
+    let nats_server = PrivateNats::start().await.expect("private nats");
+    let link = FaultProxy::start(nats_server.addr()).await;
+    let auth = spawn_auth().await;
+    let db = TestDb::new().await;
+    let nats = TestNats::new();
+    let mut config = chat_config(&auth, &db.url, &nats);
+    config.nats_url = nats_server.url();
+    config.database_max_connections = 5;
+    let a = spawn_chat(config.clone()).await;
+    config.nats_url = format!("nats://{}", link.addr);
+    let b = spawn_chat(config).await;
+    let (alice, bob) = (auth.user("alice").await, auth.user("bob").await);
+    let chat_id = chat_of_two(&a.client, &alice, &bob, "the link goes away").await;
+    let mut bobs = support::connect(&b, &bob, chat_id, 0).await;
+    // Past the history: the stream is live on replica b.
+    loop {
+        let item = bobs.message().await.expect("stream").expect("open");
+        if matches!(item.event, Some(Event::HistoryEnd(_))) {
+            break;
+        }
+    }
+
+    link.cut();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.client
+        .clone()
+        .remove_member(alice.req(pb::RemoveMemberRequest {
+            chat_id,
+            user_id: bob.id,
+        }))
+        .await
+        .expect("remove bob");
+    // The event is published (and acknowledged) while b cannot hear it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    link.restore();
+
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match bobs.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("bob's stream ends once b is back on NATS");
+    assert_eq!(ended.code(), Code::NotFound, "{ended:?}");
+    assert!(ended.message().contains("no longer a member"), "{ended:?}");
 }

@@ -18,8 +18,8 @@ use chat_service::{
     events::{ChatEvent, EventBus, LocalBus},
     hub::{Ended, Hub, Subscription},
     store::{
-        self, ChatCursor, ChatRecord, ChatStore, Deleted, Edited, EventId, Inserted, MemberRecord,
-        MessageRecord, NewMessage, OutboxEvent,
+        self, Added, ChatCursor, ChatRecord, ChatStore, Deleted, Edited, EventId, Inserted,
+        MemberRecord, MessageRecord, NewMessage, OutboxEvent, Removed,
     },
 };
 use chat_testkit::TestDb;
@@ -133,6 +133,38 @@ impl ChatStore for FlakyStore {
     async fn events_published(&self, ids: &[EventId]) -> anyhow::Result<()> {
         self.inner.events_published(ids).await
     }
+    async fn add_members(
+        &self,
+        chat: ChatId,
+        members: &[(i64, String)],
+        max_members: i64,
+    ) -> anyhow::Result<Added> {
+        self.inner.add_members(chat, members, max_members).await
+    }
+    async fn remove_member(&self, chat: ChatId, user_id: i64) -> anyhow::Result<Removed> {
+        self.inner.remove_member(chat, user_id).await
+    }
+    async fn chats_of(&self, user_id: i64) -> anyhow::Result<Vec<ChatId>> {
+        self.inner.chats_of(user_id).await
+    }
+    async fn forget_sender(&self, user_id: i64) -> anyhow::Result<u64> {
+        self.inner.forget_sender(user_id).await
+    }
+    async fn mark_deleted(&self, user_id: i64) -> anyhow::Result<()> {
+        self.inner.mark_deleted(user_id).await
+    }
+    async fn is_deleted(&self, user_id: i64) -> anyhow::Result<bool> {
+        self.inner.is_deleted(user_id).await
+    }
+    async fn deleted_within(&self, within: Duration) -> anyhow::Result<Vec<i64>> {
+        self.inner.deleted_within(within).await
+    }
+    async fn applied_deletion(&self) -> anyhow::Result<i64> {
+        self.inner.applied_deletion().await
+    }
+    async fn set_applied_deletion(&self, id: i64) -> anyhow::Result<()> {
+        self.inner.set_applied_deletion(id).await
+    }
 
     async fn set_link_preview(
         &self,
@@ -221,7 +253,7 @@ impl Rig {
             text: m.text.clone(),
             created_at: None,
             edited_at: None,
-            link_preview: None,
+            ..Default::default()
         });
         self.bus.publish(&event).await.expect("publish");
     }
@@ -247,7 +279,7 @@ async fn drain(sub: &mut Subscription, quiet: Duration) -> (Vec<i64>, bool) {
 async fn a_repair_that_cannot_read_ends_the_streams_instead_of_skipping() {
     let rig = Rig::new().await;
     let first = rig.store_only("one").await;
-    let mut sub = rig.hub.join(rig.chat).await.expect("join");
+    let mut sub = rig.hub.join(rig.chat, None).await.expect("join");
     rig.publish(&first).await;
     // Seq 1 was committed before the join: the fan-out starts past it.
     let _lost = rig.store_only("two: its event is lost").await;
@@ -272,7 +304,7 @@ async fn a_repair_that_cannot_read_ends_the_streams_instead_of_skipping() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repair_that_fails_for_a_moment_delivers_every_seq_in_order() {
     let rig = Rig::new().await;
-    let mut sub = rig.hub.join(rig.chat).await.expect("join");
+    let mut sub = rig.hub.join(rig.chat, None).await.expect("join");
     let first = rig.store_only("one").await;
     rig.publish(&first).await;
     let _lost = rig.store_only("two: its event is lost").await;

@@ -703,6 +703,10 @@ pub fn chat_service_env(config: &chat_service::Config) -> Vec<(String, String)> 
                 .map_or(0, |w| w.as_secs().max(1))
                 .to_string(),
         ),
+        (
+            "ACCOUNT_DELETIONS_POLL_SECS",
+            config.deletions_every.as_secs().max(1).to_string(),
+        ),
     ];
     // A subprocess gets previews only as the environment says: none here.
     if config.link_previews.is_none() {

@@ -40,6 +40,7 @@ pub const RPCS: &[(&str, bool)] = &[
     ("/grpcchat.auth.v1.AuthService/ListUsers", false),
     ("/grpcchat.auth.v1.AuthService/UpdateUser", false),
     ("/grpcchat.auth.v1.AuthService/DeleteUser", false),
+    ("/grpcchat.auth.v1.AuthService/ListDeletedUsers", false),
     ("/grpcchat.chat.v1.ChatService/CreateChat", false),
     ("/grpcchat.chat.v1.ChatService/DeleteChat", false),
     ("/grpcchat.chat.v1.ChatService/ListChats", false),
@@ -48,6 +49,9 @@ pub const RPCS: &[(&str, bool)] = &[
     ("/grpcchat.chat.v1.ChatService/DeleteMessage", false),
     ("/grpcchat.chat.v1.ChatService/EditMessage", false),
     ("/grpcchat.chat.v1.ChatService/MarkRead", false),
+    ("/grpcchat.chat.v1.ChatService/AddMembers", false),
+    ("/grpcchat.chat.v1.ChatService/RemoveMember", false),
+    ("/grpcchat.chat.v1.ChatService/LeaveChat", false),
     ("/grpcchat.chat.v1.ChatService/ListMessages", false),
     ("/grpcchat.chat.v1.ChatService/Connect", true),
     (

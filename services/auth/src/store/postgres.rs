@@ -7,7 +7,8 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::{
-    role_from_db, NewRefreshToken, Rotation, StoreError, UserChange, UserRecord, UserStore,
+    role_from_db, Deletion, NewRefreshToken, Rotation, StoreError, UserChange, UserRecord,
+    UserStore,
 };
 use crate::domain::{Email, Username};
 use chat_common::Role;
@@ -193,12 +194,36 @@ impl UserStore for PgUserStore {
     }
 
     async fn delete_user(&self, id: i64) -> anyhow::Result<bool> {
-        let done = sqlx::query("DELETE FROM users WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .context("deleting a user")?;
-        Ok(done.rows_affected() > 0)
+        // One statement: the account and its tombstone, or neither.
+        let tombstone: Option<i64> = sqlx::query_scalar(
+            "WITH del AS (DELETE FROM users WHERE id = $1 RETURNING id) \
+             INSERT INTO user_deletions (user_id) SELECT id FROM del RETURNING id",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .context("deleting a user")?;
+        Ok(tombstone.is_some())
+    }
+
+    async fn deletions_after(&self, after: i64, limit: i64) -> anyhow::Result<Vec<Deletion>> {
+        let rows = sqlx::query(
+            "SELECT id, user_id, deleted_at FROM user_deletions WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .context("reading deleted accounts")?;
+        rows.iter()
+            .map(|r| {
+                Ok(Deletion {
+                    id: r.try_get("id")?,
+                    user_id: r.try_get("user_id")?,
+                    deleted_at: r.try_get("deleted_at")?,
+                })
+            })
+            .collect()
     }
 
     async fn insert_refresh_token(&self, t: &NewRefreshToken) -> anyhow::Result<()> {

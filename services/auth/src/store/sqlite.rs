@@ -14,7 +14,8 @@ use uuid::Uuid;
 use chat_common::db::{begin_write, sqlite_writer};
 
 use super::{
-    role_from_db, NewRefreshToken, Rotation, StoreError, UserChange, UserRecord, UserStore,
+    role_from_db, Deletion, NewRefreshToken, Rotation, StoreError, UserChange, UserRecord,
+    UserStore,
 };
 use crate::domain::{Email, Username};
 use chat_common::Role;
@@ -260,8 +261,37 @@ impl UserStore for SqliteUserStore {
             .execute(&mut *tx)
             .await
             .context("deleting a user")?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query("INSERT INTO user_deletions (user_id, deleted_at) VALUES (?1, ?2)")
+            .bind(id)
+            .bind(ts(Utc::now()))
+            .execute(&mut *tx)
+            .await
+            .context("recording a user deletion")?;
         tx.commit().await.context("committing a user deletion")?;
-        Ok(done.rows_affected() > 0)
+        Ok(true)
+    }
+
+    async fn deletions_after(&self, after: i64, limit: i64) -> anyhow::Result<Vec<Deletion>> {
+        let rows = sqlx::query(
+            "SELECT id, user_id, deleted_at FROM user_deletions WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .context("reading deleted accounts")?;
+        rows.iter()
+            .map(|r| {
+                Ok(Deletion {
+                    id: r.try_get("id")?,
+                    user_id: r.try_get("user_id")?,
+                    deleted_at: r.try_get("deleted_at")?,
+                })
+            })
+            .collect()
     }
 
     async fn insert_refresh_token(&self, t: &NewRefreshToken) -> anyhow::Result<()> {

@@ -7,8 +7,8 @@ use sqlx::{postgres::PgRow, PgPool, Row};
 use std::time::Duration;
 
 use super::{
-    millis, preview_of, ChatCursor, ChatRecord, ChatStore, Deleted, Edited, EventId, EventKind,
-    Inserted, MemberRecord, MessageRecord, NewMessage, OutboxEvent,
+    millis, preview_of, Added, ChatCursor, ChatRecord, ChatStore, Deleted, Edited, EventId,
+    EventKind, Inserted, MemberRecord, MessageRecord, NewMessage, OutboxEvent, Removed,
 };
 use crate::domain::{ChatId, MessageText, Title};
 use link_preview::Preview;
@@ -423,6 +423,207 @@ impl ChatStore for PgChatStore {
         Ok(stored)
     }
 
+    async fn add_members(
+        &self,
+        chat: ChatId,
+        members: &[(i64, String)],
+        max_members: i64,
+    ) -> anyhow::Result<Added> {
+        let mut tx = self.pool.begin().await.context("starting a transaction")?;
+        // The chat's row lock orders this with removals and other additions, so the count
+        // below stays true until the commit.
+        let locked: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM chats WHERE id = $1 FOR UPDATE")
+                .bind(chat.0)
+                .fetch_optional(&mut *tx)
+                .await
+                .context("locking a chat")?;
+        if locked.is_none() {
+            return Ok(Added::NoChat);
+        }
+        let ids: Vec<i64> = members.iter().map(|(id, _)| *id).collect();
+        let names: Vec<&str> = members.iter().map(|(_, n)| n.as_str()).collect();
+        let rows = sqlx::query(
+            "INSERT INTO chat_members (chat_id, user_id, username) \
+             SELECT $1, * FROM UNNEST($2::bigint[], $3::text[]) ON CONFLICT DO NOTHING \
+             RETURNING user_id, username, joined_at",
+        )
+        .bind(chat.0)
+        .bind(&ids)
+        .bind(&names)
+        .fetch_all(&mut *tx)
+        .await
+        .context("adding chat members")?;
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM chat_members WHERE chat_id = $1")
+            .bind(chat.0)
+            .fetch_one(&mut *tx)
+            .await
+            .context("counting chat members")?;
+        if count > max_members {
+            tx.rollback().await.context("rolling back an addition")?;
+            return Ok(Added::TooMany {
+                members: count - rows.len() as i64,
+            });
+        }
+        let added: Vec<MemberRecord> =
+            rows.iter().map(member_from_row).collect::<Result<_, _>>()?;
+        let added_ids: Vec<i64> = added.iter().map(|m| m.user_id).collect();
+        let events: Vec<(i64, i64)> = sqlx::query_as(
+            "INSERT INTO outbox (chat_id, seq, kind, user_id) \
+             SELECT $1, 0, 'member_added', u FROM UNNEST($2::bigint[]) AS t(u) \
+             RETURNING user_id, id",
+        )
+        .bind(chat.0)
+        .bind(&added_ids)
+        .fetch_all(&mut *tx)
+        .await
+        .context("writing member events to the outbox")?;
+        tx.commit().await.context("committing new members")?;
+        let events: std::collections::HashMap<i64, i64> = events.into_iter().collect();
+        let added = added
+            .into_iter()
+            .filter_map(|m| events.get(&m.user_id).map(|&event| (m, event)))
+            .collect();
+        Ok(Added::Members(added, count))
+    }
+
+    async fn remove_member(&self, chat: ChatId, user_id: i64) -> anyhow::Result<Removed> {
+        let mut tx = self.pool.begin().await.context("starting a transaction")?;
+        let owner: Option<i64> =
+            sqlx::query_scalar("SELECT creator_id FROM chats WHERE id = $1 FOR UPDATE")
+                .bind(chat.0)
+                .fetch_optional(&mut *tx)
+                .await
+                .context("locking a chat")?;
+        let Some(owner) = owner else {
+            return Ok(Removed::NotMember);
+        };
+        let gone = sqlx::query("DELETE FROM chat_members WHERE chat_id = $1 AND user_id = $2")
+            .bind(chat.0)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .context("removing a chat member")?;
+        if gone.rows_affected() == 0 {
+            return Ok(Removed::NotMember);
+        }
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT user_id FROM chat_members WHERE chat_id = $1 \
+             ORDER BY joined_at, user_id LIMIT 1",
+        )
+        .bind(chat.0)
+        .fetch_optional(&mut *tx)
+        .await
+        .context("finding the next owner")?;
+        let Some(next) = next else {
+            sqlx::query("DELETE FROM chats WHERE id = $1")
+                .bind(chat.0)
+                .execute(&mut *tx)
+                .await
+                .context("deleting a chat without members")?;
+            tx.commit()
+                .await
+                .context("committing a chat's last removal")?;
+            return Ok(Removed::ChatDeleted);
+        };
+        let new_owner = (owner == user_id).then_some(next);
+        if let Some(next) = new_owner {
+            sqlx::query("UPDATE chats SET creator_id = $2 WHERE id = $1")
+                .bind(chat.0)
+                .bind(next)
+                .execute(&mut *tx)
+                .await
+                .context("handing a chat to its next owner")?;
+        }
+        let event: i64 = sqlx::query_scalar(
+            "INSERT INTO outbox (chat_id, seq, kind, user_id) \
+             VALUES ($1, 0, 'member_removed', $2) RETURNING id",
+        )
+        .bind(chat.0)
+        .bind(user_id)
+        .fetch_one(&mut *tx)
+        .await
+        .context("writing a removal's event to the outbox")?;
+        tx.commit().await.context("committing a member's removal")?;
+        Ok(Removed::Member { event, new_owner })
+    }
+
+    async fn chats_of(&self, user_id: i64) -> anyhow::Result<Vec<ChatId>> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT chat_id FROM chat_members WHERE user_id = $1 ORDER BY chat_id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await
+        .context("listing a user's chats")?;
+        Ok(ids.into_iter().map(ChatId).collect())
+    }
+
+    async fn forget_sender(&self, user_id: i64) -> anyhow::Result<u64> {
+        // No index on sender_id (it would cost every send): account deletions are rare,
+        // and this runs off any request's path.
+        let done = sqlx::query(
+            "UPDATE messages SET sender_username = '' \
+             WHERE sender_id = $1 AND sender_username <> ''",
+        )
+        .bind(user_id)
+        .execute(&self.pool)
+        .await
+        .context("forgetting a deleted sender's name")?;
+        Ok(done.rows_affected())
+    }
+
+    async fn mark_deleted(&self, user_id: i64) -> anyhow::Result<()> {
+        sqlx::query("INSERT INTO deleted_users (user_id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(user_id)
+            .execute(&self.pool)
+            .await
+            .context("recording a deleted account")?;
+        Ok(())
+    }
+
+    async fn is_deleted(&self, user_id: i64) -> anyhow::Result<bool> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT user_id FROM deleted_users WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await
+                .context("looking up a deleted account")?;
+        Ok(found.is_some())
+    }
+
+    async fn deleted_within(&self, within: Duration) -> anyhow::Result<Vec<i64>> {
+        let ids = sqlx::query_scalar(
+            "SELECT user_id FROM deleted_users \
+             WHERE deleted_at > now() - $1 * interval '1 millisecond' ORDER BY user_id",
+        )
+        .bind(millis(within) as f64)
+        .fetch_all(&self.pool)
+        .await
+        .context("listing recently deleted accounts")?;
+        Ok(ids)
+    }
+
+    async fn applied_deletion(&self) -> anyhow::Result<i64> {
+        let id =
+            sqlx::query_scalar("SELECT last_deletion FROM user_deletions_applied WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await
+                .context("reading the last applied account deletion")?;
+        Ok(id)
+    }
+
+    async fn set_applied_deletion(&self, id: i64) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE user_deletions_applied SET last_deletion = GREATEST(last_deletion, $1) WHERE id = 1",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .context("recording applied account deletions")?;
+        Ok(())
+    }
+
     async fn last_seq(&self, chat: ChatId) -> anyhow::Result<Option<i64>> {
         let seq = sqlx::query_scalar("SELECT last_seq FROM chats WHERE id = $1")
             .bind(chat.0)
@@ -446,7 +647,7 @@ impl ChatStore for PgChatStore {
                  AND (claimed_until IS NULL OR claimed_until < now()) \
                  AND kind IN (SELECT jsonb_array_elements_text($4::jsonb)) \
                  ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
-             RETURNING id, chat_id, seq, kind",
+             RETURNING id, chat_id, seq, kind, COALESCE(user_id, 0) AS user_id",
         )
         .bind(millis(older_than) as f64)
         .bind(millis(claim_for) as f64)
@@ -463,6 +664,7 @@ impl ChatStore for PgChatStore {
                     chat_id: row.try_get("chat_id")?,
                     seq: row.try_get("seq")?,
                     kind: EventKind::parse(row.try_get("kind")?)?,
+                    user_id: row.try_get("user_id")?,
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;

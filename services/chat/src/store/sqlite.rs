@@ -16,8 +16,8 @@ use chrono::Utc;
 use sqlx::{sqlite::SqliteRow, Row, SqliteConnection, SqlitePool};
 
 use super::{
-    millis, preview_of, ChatCursor, ChatRecord, ChatStore, Deleted, Edited, EventId, EventKind,
-    Inserted, MemberRecord, MessageRecord, NewMessage, OutboxEvent,
+    millis, preview_of, Added, ChatCursor, ChatRecord, ChatStore, Deleted, Edited, EventId,
+    EventKind, Inserted, MemberRecord, MessageRecord, NewMessage, OutboxEvent, Removed,
 };
 use crate::domain::{ChatId, MessageText, Title};
 use chat_common::db::{begin_write, from_micros, sqlite_writer, GroupWriter};
@@ -516,6 +516,226 @@ impl ChatStore for SqliteChatStore {
         Ok(stored)
     }
 
+    async fn add_members(
+        &self,
+        chat: ChatId,
+        members: &[(i64, String)],
+        max_members: i64,
+    ) -> anyhow::Result<Added> {
+        let now = now_micros();
+        let mut tx = begin_write(&self.write)
+            .await
+            .context("starting a transaction")?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM chats WHERE id = ?1")
+            .bind(chat.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .context("loading a chat")?;
+        if exists.is_none() {
+            return Ok(Added::NoChat);
+        }
+        let mut added = Vec::new();
+        for (user_id, username) in members {
+            let row = sqlx::query(
+                "INSERT INTO chat_members (chat_id, user_id, username, joined_at) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING \
+                 RETURNING user_id, username, joined_at",
+            )
+            .bind(chat.0)
+            .bind(user_id)
+            .bind(username)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await
+            .context("adding chat members")?;
+            if let Some(row) = row {
+                added.push(member_from_row(&row)?);
+            }
+        }
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM chat_members WHERE chat_id = ?1")
+            .bind(chat.0)
+            .fetch_one(&mut *tx)
+            .await
+            .context("counting chat members")?;
+        if count > max_members {
+            tx.rollback().await.context("rolling back an addition")?;
+            return Ok(Added::TooMany {
+                members: count - added.len() as i64,
+            });
+        }
+        let mut with_events = Vec::with_capacity(added.len());
+        for member in added {
+            let event: i64 = sqlx::query_scalar(
+                "INSERT INTO outbox (chat_id, seq, kind, created_at, user_id) \
+                 VALUES (?1, 0, 'member_added', ?2, ?3) RETURNING id",
+            )
+            .bind(chat.0)
+            .bind(now)
+            .bind(member.user_id)
+            .fetch_one(&mut *tx)
+            .await
+            .context("writing member events to the outbox")?;
+            with_events.push((member, event));
+        }
+        tx.commit().await.context("committing new members")?;
+        Ok(Added::Members(with_events, count))
+    }
+
+    async fn remove_member(&self, chat: ChatId, user_id: i64) -> anyhow::Result<Removed> {
+        let now = now_micros();
+        let mut tx = begin_write(&self.write)
+            .await
+            .context("starting a transaction")?;
+        let owner: Option<i64> = sqlx::query_scalar("SELECT creator_id FROM chats WHERE id = ?1")
+            .bind(chat.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .context("loading a chat")?;
+        let Some(owner) = owner else {
+            return Ok(Removed::NotMember);
+        };
+        let gone = sqlx::query("DELETE FROM chat_members WHERE chat_id = ?1 AND user_id = ?2")
+            .bind(chat.0)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .context("removing a chat member")?;
+        if gone.rows_affected() == 0 {
+            return Ok(Removed::NotMember);
+        }
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT user_id FROM chat_members WHERE chat_id = ?1 \
+             ORDER BY joined_at, user_id LIMIT 1",
+        )
+        .bind(chat.0)
+        .fetch_optional(&mut *tx)
+        .await
+        .context("finding the next owner")?;
+        let Some(next) = next else {
+            sqlx::query("DELETE FROM chats WHERE id = ?1")
+                .bind(chat.0)
+                .execute(&mut *tx)
+                .await
+                .context("deleting a chat without members")?;
+            tx.commit()
+                .await
+                .context("committing a chat's last removal")?;
+            return Ok(Removed::ChatDeleted);
+        };
+        let new_owner = (owner == user_id).then_some(next);
+        if let Some(next) = new_owner {
+            sqlx::query("UPDATE chats SET creator_id = ?2 WHERE id = ?1")
+                .bind(chat.0)
+                .bind(next)
+                .execute(&mut *tx)
+                .await
+                .context("handing a chat to its next owner")?;
+        }
+        let event: i64 = sqlx::query_scalar(
+            "INSERT INTO outbox (chat_id, seq, kind, created_at, user_id) \
+             VALUES (?1, 0, 'member_removed', ?2, ?3) RETURNING id",
+        )
+        .bind(chat.0)
+        .bind(now)
+        .bind(user_id)
+        .fetch_one(&mut *tx)
+        .await
+        .context("writing a removal's event to the outbox")?;
+        tx.commit().await.context("committing a member's removal")?;
+        Ok(Removed::Member { event, new_owner })
+    }
+
+    async fn chats_of(&self, user_id: i64) -> anyhow::Result<Vec<ChatId>> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT chat_id FROM chat_members WHERE user_id = ?1 ORDER BY chat_id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.read)
+        .await
+        .context("listing a user's chats")?;
+        Ok(ids.into_iter().map(ChatId).collect())
+    }
+
+    async fn forget_sender(&self, user_id: i64) -> anyhow::Result<u64> {
+        let mut tx = begin_write(&self.write)
+            .await
+            .context("starting a transaction")?;
+        let done = sqlx::query(
+            "UPDATE messages SET sender_username = '' \
+             WHERE sender_id = ?1 AND sender_username <> ''",
+        )
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .context("forgetting a deleted sender's name")?;
+        tx.commit().await.context("committing a forgotten sender")?;
+        Ok(done.rows_affected())
+    }
+
+    async fn mark_deleted(&self, user_id: i64) -> anyhow::Result<()> {
+        let mut tx = begin_write(&self.write)
+            .await
+            .context("starting a transaction")?;
+        sqlx::query(
+            "INSERT INTO deleted_users (user_id, deleted_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+        )
+        .bind(user_id)
+        .bind(now_micros())
+        .execute(&mut *tx)
+        .await
+        .context("recording a deleted account")?;
+        tx.commit().await.context("committing a deleted account")?;
+        Ok(())
+    }
+
+    async fn is_deleted(&self, user_id: i64) -> anyhow::Result<bool> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT user_id FROM deleted_users WHERE user_id = ?1")
+                .bind(user_id)
+                .fetch_optional(&self.read)
+                .await
+                .context("looking up a deleted account")?;
+        Ok(found.is_some())
+    }
+
+    async fn deleted_within(&self, within: Duration) -> anyhow::Result<Vec<i64>> {
+        let since = now_micros().saturating_sub(millis(within).saturating_mul(1000));
+        let ids = sqlx::query_scalar(
+            "SELECT user_id FROM deleted_users WHERE deleted_at > ?1 ORDER BY user_id",
+        )
+        .bind(since)
+        .fetch_all(&self.read)
+        .await
+        .context("listing recently deleted accounts")?;
+        Ok(ids)
+    }
+
+    async fn applied_deletion(&self) -> anyhow::Result<i64> {
+        let id =
+            sqlx::query_scalar("SELECT last_deletion FROM user_deletions_applied WHERE id = 1")
+                .fetch_one(&self.read)
+                .await
+                .context("reading the last applied account deletion")?;
+        Ok(id)
+    }
+
+    async fn set_applied_deletion(&self, id: i64) -> anyhow::Result<()> {
+        let mut tx = begin_write(&self.write)
+            .await
+            .context("starting a transaction")?;
+        sqlx::query(
+            "UPDATE user_deletions_applied SET last_deletion = max(last_deletion, ?1) WHERE id = 1",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .context("recording applied account deletions")?;
+        tx.commit()
+            .await
+            .context("committing applied account deletions")?;
+        Ok(())
+    }
+
     async fn last_seq(&self, chat: ChatId) -> anyhow::Result<Option<i64>> {
         let seq = sqlx::query_scalar("SELECT last_seq FROM chats WHERE id = ?1")
             .bind(chat.0)
@@ -543,7 +763,7 @@ impl ChatStore for SqliteChatStore {
                  WHERE created_at < ?1 AND (claimed_until IS NULL OR claimed_until < ?3) \
                    AND kind IN (SELECT value FROM json_each(?5)) \
                  ORDER BY id LIMIT ?4) \
-             RETURNING id, chat_id, seq, kind",
+             RETURNING id, chat_id, seq, kind, COALESCE(user_id, 0) AS user_id",
         )
         .bind(now.saturating_sub(micros(older_than)))
         .bind(now.saturating_add(micros(claim_for)))
@@ -562,6 +782,7 @@ impl ChatStore for SqliteChatStore {
                     chat_id: row.try_get("chat_id")?,
                     seq: row.try_get("seq")?,
                     kind: EventKind::parse(row.try_get("kind")?)?,
+                    user_id: row.try_get("user_id")?,
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
