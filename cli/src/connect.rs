@@ -25,7 +25,7 @@ use crate::{
     commands::{mark_read, send},
     error::{CliError, Op},
     input::{Input, InputEvent},
-    output::{clean, message_line, preview_line, Printer},
+    output::{clean, message_line, preview_event_line, Printer},
 };
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -255,12 +255,7 @@ async fn stream(
                     Some(Event::MessagePreviewed(p)) if p.seq <= view.last_seq => {
                         if let Some(preview) = p.link_preview {
                             if view.history_done || !quiet_history {
-                                let line = preview_line(&preview);
-                                if p.seq == view.last_seq {
-                                    printer.say(&line);
-                                } else {
-                                    printer.say(&format!("  (#{}){}", p.seq, &line[1..]));
-                                }
+                                printer.say(&preview_event_line(p.seq, view.last_seq, &preview));
                             }
                         }
                     }

@@ -44,6 +44,21 @@ pub fn message_line(m: &Message) -> String {
     }
 }
 
+/// The line of a link preview that arrives on a stream for message `seq`, when the newest
+/// message shown is `last_seq`: under its message when that is the newest, else naming it
+/// (`  (#3) ↳ ...`).
+pub fn preview_event_line(seq: i64, last_seq: i64, p: &LinkPreview) -> String {
+    let line = preview_line(p);
+    if seq == last_seq {
+        line
+    } else {
+        format!(
+            "  (#{seq}){}",
+            line.trim_start_matches(' ').replacen('↳', " ↳", 1)
+        )
+    }
+}
+
 /// A message's link preview, the line under it: `  ↳ Site — Title: description`, each
 /// part left out when the page did not say, the description cut to one screen line.
 pub fn preview_line(p: &LinkPreview) -> String {
@@ -255,6 +270,13 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(preview_line(&long).chars().count(), 4 + 200 + 1);
+        let p = LinkPreview {
+            title: "T".into(),
+            site_name: "S".into(),
+            ..Default::default()
+        };
+        assert_eq!(preview_event_line(3, 3, &p), "  ↳ S — T");
+        assert_eq!(preview_event_line(2, 3, &p), "  (#2) ↳ S — T");
     }
 
     #[test]
