@@ -18,8 +18,9 @@
 //! - an optional allowlist of hosts ([`Settings::allow_hosts`]).
 //!
 //! Results are cached per URL (a preview, or the reason there is none) and failures per
-//! host (a host that is refused, unreachable or too slow is left alone for a while), so a
-//! chat full of links to one slow site does not tie up the fetcher.
+//! host (a host that is refused, unreachable or too slow is left alone for a while), and
+//! callers asking for a URL that is being fetched wait for that fetch, so a chat full of
+//! links to one slow site does not tie up the fetcher.
 //!
 //! For tests, and for an operator who deliberately wants previews of an internal site,
 //! [`Settings::resolve`] pins host names to addresses (like curl's `--resolve`): a pinned
@@ -34,9 +35,15 @@ pub mod html;
 #[cfg(feature = "test-site")]
 pub mod test_site;
 
-use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use rustls::pki_types::CertificateDer;
+use tokio::sync::OnceCell;
 pub use url::Url;
 
 use cache::TtlCache;
@@ -169,7 +176,13 @@ pub struct Previewer {
     tls: tokio_rustls::TlsConnector,
     urls: TtlCache<Result<Preview, FetchError>>,
     hosts: TtlCache<FetchError>,
+    /// Fetches under way, by URL: a second message with the same link waits for the
+    /// first fetch instead of starting its own.
+    inflight: Mutex<HashMap<String, Shared>>,
 }
+
+/// The result of one fetch, awaited by every caller that asked for its URL meanwhile.
+type Shared = Arc<OnceCell<Result<Preview, FetchError>>>;
 
 impl Previewer {
     pub fn new(settings: Settings) -> Result<Self, rustls::Error> {
@@ -190,6 +203,7 @@ impl Previewer {
             hosts: TtlCache::new(settings.host_ttl, settings.cache_entries),
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
             settings,
+            inflight: Mutex::default(),
         })
     }
 
@@ -198,7 +212,8 @@ impl Previewer {
     }
 
     /// The preview of `url`, from the cache when it is there; a failure (why there is no
-    /// preview) is cached too, and a host that failed answers from the host cache.
+    /// preview) is cached too, and a host that failed answers from the host cache. Callers
+    /// that ask for a URL being fetched share that fetch.
     pub async fn preview(&self, url: &Url) -> Result<Preview, FetchError> {
         let key = cache_key(url);
         if let Some(cached) = self.urls.get(&key) {
@@ -207,14 +222,30 @@ impl Previewer {
         if let Some(failed) = self.hosts.get(&host_key(url)) {
             return Err(failed);
         }
-        let result = self.fetch(url).await;
-        if let Err(e) = &result {
-            if let Some(host) = e.failed_host() {
-                self.hosts.insert(host.to_owned(), e.clone());
-            }
+        let cell = self.inflight().entry(key.clone()).or_default().clone();
+        let result = cell
+            .get_or_init(|| async {
+                let result = self.fetch(url).await;
+                if let Err(e) = &result {
+                    if let Some(host) = e.failed_host() {
+                        self.hosts.insert(host.to_owned(), e.clone());
+                    }
+                }
+                self.urls.insert(key.clone(), result.clone());
+                result
+            })
+            .await
+            .clone();
+        let mut inflight = self.inflight();
+        if inflight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            inflight.remove(&key);
         }
-        self.urls.insert(key, result.clone());
         result
+    }
+
+    fn inflight(&self) -> std::sync::MutexGuard<'_, HashMap<String, Shared>> {
+        // Nothing panics while holding it; if something did, the map is still whole.
+        self.inflight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Fetches `url` now, without the caches.

@@ -299,6 +299,26 @@ async fn the_caches_spare_the_site() {
 }
 
 #[tokio::test]
+async fn concurrent_previews_of_one_url_share_a_fetch() {
+    let site = site().await;
+    site.route(
+        "/slow",
+        Reply::Delayed(
+            Duration::from_millis(500),
+            Box::new(Reply::Html(og_page("Once", "for all", "S"))),
+        ),
+    );
+    let p = previewer(site.settings());
+    let u = url(&site.url("/slow"));
+    // Polled together: the first starts the fetch, the others wait for it.
+    let results = futures::future::join_all((0..5).map(|_| p.preview(&u))).await;
+    for r in results {
+        assert_eq!(r.map(|p| p.title), Ok("Once".into()));
+    }
+    assert_eq!(site.requests(), vec!["/slow"]);
+}
+
+#[tokio::test]
 async fn the_allowlist_is_checked_on_every_hop() {
     let site = site().await;
     let other = TestSite::start("other.test").await;
