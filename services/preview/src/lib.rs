@@ -52,8 +52,8 @@ use cache::TtlCache;
 /// does not say.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Preview {
-    /// The URL as found in the message (not where redirects ended), so clients can match
-    /// the preview to the link.
+    /// The URL as found in the message, normalized by [`Url`] (lowercase scheme and host,
+    /// no fragment), not where redirects ended: so clients can match it to the link.
     pub url: String,
     pub title: String,
     pub description: String,
