@@ -28,7 +28,7 @@ use crate::{
     commands::{mark_read, send},
     error::{CliError, Op},
     input::{Input, InputEvent},
-    output::{clean, message_line, Printer},
+    output::{clean, message_line, preview_event_line, Printer},
 };
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -51,6 +51,9 @@ enum State {
     Down { retry_at: Instant },
 }
 
+// One at a time, moved once from the select into the match: its size costs nothing,
+// and boxing the common case (a stream item) would allocate for each.
+#[allow(clippy::large_enum_variant)]
 enum Ev {
     Stream(Result<Option<ConnectResponse>, Status>),
     Input(InputEvent),
@@ -250,6 +253,16 @@ async fn stream(
                             }
                         }
                     }
+                    // A link preview of a message already shown: under it when it is the
+                    // last one shown, else naming it.
+                    Some(Event::MessagePreviewed(p)) if p.seq <= view.last_seq => {
+                        if let Some(preview) = p.link_preview {
+                            if view.history_done || !quiet_history {
+                                printer.say(&preview_event_line(p.seq, view.last_seq, &preview));
+                            }
+                        }
+                    }
+                    Some(Event::MessagePreviewed(_)) => {}
                     Some(Event::MessageDeleted(d)) => {
                         printer.note(&format!("(message #{} was deleted)", d.seq));
                     }

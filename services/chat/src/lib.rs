@@ -13,6 +13,7 @@ pub mod events;
 pub mod hub;
 mod members;
 pub mod outbox;
+pub mod preview;
 pub mod service;
 pub mod store;
 
@@ -69,6 +70,11 @@ pub async fn build_api(
         config.edit_window,
         config.deletions_every,
         shutdown,
+        config
+            .link_previews
+            .as_ref()
+            .map(preview::LinkPreviews::new)
+            .transpose()?,
     ))
 }
 

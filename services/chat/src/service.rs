@@ -26,6 +26,7 @@ use crate::{
     hub::{Ended, Hub},
     members,
     outbox::Outbox,
+    preview::{preview_to_pb, LinkPreviews, Services},
     store::{
         Added, ChatCursor, ChatRecord, ChatStore, Edited, Inserted, MemberRecord, MessageRecord,
         NewMessage,
@@ -45,6 +46,8 @@ struct Inner {
     /// How long after sending a sender may edit a message; None: no limit.
     edit_window: Option<Duration>,
     shutdown: Shutdown,
+    /// Link previews, when they are on.
+    previews: Option<LinkPreviews>,
 }
 
 pub(crate) fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
@@ -64,6 +67,7 @@ pub(crate) fn message_to_pb(m: &MessageRecord) -> pb::Message {
         created_at: Some(timestamp(m.created_at)),
         edited_at: m.edited_at.map(timestamp),
         sender_deleted: m.sender_username.is_empty(),
+        link_preview: m.link_preview.as_ref().map(preview_to_pb),
     }
 }
 
@@ -117,6 +121,7 @@ impl ChatApi {
         edit_window: Option<Duration>,
         deletions_every: Duration,
         shutdown: Shutdown,
+        previews: Option<LinkPreviews>,
     ) -> Self {
         let outbox = Outbox::start(store.clone(), hub.bus().clone(), shutdown.clone());
         crate::deletions::Deletions {
@@ -134,7 +139,21 @@ impl ChatApi {
                 directory,
                 edit_window,
                 shutdown,
+                previews,
             }),
+        }
+    }
+
+    /// Starts the link preview of a message just stored (or just edited), when previews
+    /// are on; never waits for it.
+    fn preview_later(&self, chat: ChatId, seq: i64, text: &str) {
+        if let Some(previews) = &self.inner.previews {
+            let services = Services {
+                store: self.inner.store.clone(),
+                outbox: self.inner.outbox.clone(),
+                shutdown: self.inner.shutdown.clone(),
+            };
+            previews.schedule(&services, chat, seq, text);
         }
     }
 
@@ -359,6 +378,7 @@ impl ChatService for ChatApi {
                 .outbox
                 .publish(&ChatEvent::MessageCreated(message.clone()), event)
                 .await;
+            self.preview_later(chat_id, message.seq, &message.text);
         }
         Ok(Response::new(pb::SendMessageResponse {
             message: Some(message),
@@ -483,6 +503,7 @@ impl ChatService for ChatApi {
                     .outbox
                     .publish(&ChatEvent::MessageEdited(message.clone()), event)
                     .await;
+                self.preview_later(chat_id, message.seq, &message.text);
                 Ok(Response::new(pb::EditMessageResponse {
                     message: Some(message),
                     unchanged: false,
@@ -807,6 +828,13 @@ impl ChatService for ChatApi {
                                 reasons::MEMBERSHIP_ENDED,
                             ));
                             break;
+                        }
+                    }
+                    // Like an edit: only for a message this stream sent (one it has yet
+                    // to send is read from storage with its preview).
+                    e @ ChatEvent::MessagePreviewed { seq, .. } => {
+                        if *seq <= sent_upto {
+                            yield Ok(e.to_response());
                         }
                     }
                 }
