@@ -144,7 +144,7 @@ impl LinkPreviews {
             services.shutdown.clone(),
         );
         let text = text.to_owned();
-        tokio::spawn(async move {
+        shutdown.clone().spawn(async move {
             let _permit = permit;
             let work = async {
                 let preview = match previewer.preview(&url).await {
