@@ -19,7 +19,10 @@
 
 use std::time::Duration;
 
-use grpc_chat_proto::chat::v1::{connect_response::Event, ConnectRequest, ConnectResponse};
+use grpc_chat_proto::{
+    chat::v1::{connect_response::Event, ConnectRequest, ConnectResponse},
+    reasons,
+};
 use tokio::time::{sleep_until, Instant};
 use tonic::{Code, Status, Streaming};
 
@@ -29,7 +32,7 @@ use crate::{
     error::{CliError, Op},
     input::{Input, InputEvent},
     live::{send_typing, Live},
-    output::{clean, message_line, Printer},
+    output::{clean, message_line, preview_event_line, Printer},
 };
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -52,6 +55,9 @@ enum State {
     Down { retry_at: Instant },
 }
 
+// One at a time, moved once from the select into the match: its size costs nothing,
+// and boxing the common case (a stream item) would allocate for each.
+#[allow(clippy::large_enum_variant)]
 enum Ev {
     Stream(Result<Option<ConnectResponse>, Status>),
     Input(InputEvent),
@@ -267,6 +273,16 @@ async fn stream(
                             }
                         }
                     }
+                    // A link preview of a message already shown: under it when it is the
+                    // last one shown, else naming it.
+                    Some(Event::MessagePreviewed(p)) if p.seq <= view.last_seq => {
+                        if let Some(preview) = p.link_preview {
+                            if view.history_done || !quiet_history {
+                                printer.say(&preview_event_line(p.seq, view.last_seq, &preview));
+                            }
+                        }
+                    }
+                    Some(Event::MessagePreviewed(_)) => {}
                     Some(Event::MessageDeleted(d)) => {
                         printer.note(&format!("(message #{} was deleted)", d.seq));
                     }
@@ -328,14 +344,15 @@ async fn stream(
 
 /// A stream error that ends `connect` instead of reconnecting.
 fn fatal(client: &Client, status: &Status, chat_id: i64) -> Option<CliError> {
-    match status.code() {
-        Code::NotFound if status.message().contains("deleted") => {
+    let reason = reasons::reason(status);
+    match (status.code(), reason.as_deref()) {
+        (_, Some(reasons::CHAT_DELETED)) => {
             Some(CliError::new(format!("chat {chat_id} was deleted")))
         }
-        Code::NotFound if status.message().contains("no longer a member") => Some(CliError::new(
-            format!("you are no longer a member of chat {chat_id}"),
-        )),
-        Code::NotFound | Code::PermissionDenied | Code::InvalidArgument => {
+        (_, Some(reasons::MEMBERSHIP_ENDED)) => Some(CliError::new(format!(
+            "you are no longer a member of chat {chat_id}"
+        ))),
+        (Code::NotFound | Code::PermissionDenied | Code::InvalidArgument, _) => {
             Some(client.error(status, Service::Chat, Op::Chat(chat_id)))
         }
         // Anything else (a lagging client, a restarting server, an expired token) is cured

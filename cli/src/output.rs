@@ -11,12 +11,13 @@ use std::{
     sync::{Arc, Mutex, OnceLock},
 };
 
-use grpc_chat_proto::chat::v1::{Chat, Member, Message};
+use grpc_chat_proto::chat::v1::{Chat, LinkPreview, Member, Message};
 use jiff::{tz::TimeZone, Timestamp, Zoned};
 
 /// One chat message: `[13:45] alice: hi` (with the date when it is not from today), and
 /// ` (edited)` after the text of an edited one. Continuation lines of a multi-line text
-/// are indented under the first.
+/// are indented under the first; a link preview follows on a line of its own
+/// ([`preview_line`]).
 pub fn message_line(m: &Message) -> String {
     let when = m
         .created_at
@@ -36,7 +37,48 @@ pub fn message_line(m: &Message) -> String {
     } else {
         ""
     };
-    format!("{prefix}{text}{edited}")
+    let line = format!("{prefix}{text}{edited}");
+    match &m.link_preview {
+        Some(p) => format!("{line}\n{}", preview_line(p)),
+        None => line,
+    }
+}
+
+/// The line of a link preview that arrives on a stream for message `seq`, when the newest
+/// message shown is `last_seq`: under its message when that is the newest, else naming it
+/// (`  (#3) ↳ ...`).
+pub fn preview_event_line(seq: i64, last_seq: i64, p: &LinkPreview) -> String {
+    let line = preview_line(p);
+    if seq == last_seq {
+        line
+    } else {
+        format!(
+            "  (#{seq}){}",
+            line.trim_start_matches(' ').replacen('↳', " ↳", 1)
+        )
+    }
+}
+
+/// A message's link preview, the line under it: `  ↳ Site — Title: description`, each
+/// part left out when the page did not say, the description cut to one screen line.
+pub fn preview_line(p: &LinkPreview) -> String {
+    let head: Vec<String> = [&p.site_name, &p.title]
+        .into_iter()
+        .map(|s| clean(s.trim()))
+        .filter(|s| !s.is_empty())
+        .collect();
+    let head = head.join(" — ");
+    let mut description: String = clean(p.description.trim()).chars().take(200).collect();
+    if p.description.chars().count() > 200 {
+        description.push('…');
+    }
+    let body = match (head.is_empty(), description.is_empty()) {
+        (false, false) => format!("{head}: {description}"),
+        (false, true) => head,
+        (true, false) => description,
+        (true, true) => clean(&p.url),
+    };
+    format!("  ↳ {body}")
 }
 
 /// A moment (Unix seconds) in the shown zone: `13:45` today, `2026-12-05 13:45` before.
@@ -198,6 +240,43 @@ mod tests {
             edited_at: None,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_link_preview_goes_under_its_message() {
+        let now = Timestamp::now().as_second();
+        let mut m = msg("see https://example.com/a", now);
+        m.link_preview = Some(LinkPreview {
+            url: "https://example.com/a".into(),
+            title: "A \u{1b}[2Jtitle".into(),
+            description: "What it says".into(),
+            image_url: String::new(),
+            site_name: "Example".into(),
+        });
+        let line = message_line(&m);
+        assert!(
+            line.ends_with(
+                "alice: see https://example.com/a\n  ↳ Example — A [2Jtitle: What it says"
+            ),
+            "{line}"
+        );
+        let only_title = LinkPreview {
+            title: "T".into(),
+            ..Default::default()
+        };
+        assert_eq!(preview_line(&only_title), "  ↳ T");
+        let long = LinkPreview {
+            description: "d".repeat(500),
+            ..Default::default()
+        };
+        assert_eq!(preview_line(&long).chars().count(), 4 + 200 + 1);
+        let p = LinkPreview {
+            title: "T".into(),
+            site_name: "S".into(),
+            ..Default::default()
+        };
+        assert_eq!(preview_event_line(3, 3, &p), "  ↳ S — T");
+        assert_eq!(preview_event_line(2, 3, &p), "  (#2) ↳ S — T");
     }
 
     #[test]

@@ -1444,3 +1444,50 @@ async fn the_embedded_server_invites_kicks_and_forgets_deleted_accounts() {
     registered_three(&alice, &bob, &carol).await;
     membership_walkthrough(&alice, &bob, &carol).await;
 }
+
+/// Link previews: `connect` shows a message's preview on the line under it (live, or from
+/// history), and `history` does too. The page is a local HTTPS site the chat service is
+/// pointed at (its name pinned to loopback, its CA trusted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_and_history_show_a_links_preview() {
+    use link_preview::test_site::{og_page, Reply, TestSite};
+
+    let site = TestSite::start("preview.test").await;
+    site.route(
+        "/post",
+        Reply::Html(og_page("Rust 2027", "What is new", "The Blog")),
+    );
+    let auth = spawn_auth().await;
+    let db = TestDb::new().await;
+    let nats = TestNats::new();
+    let mut config = chat_config(&auth, &db.url, &nats);
+    config.link_previews = Some(chat_service::preview::PreviewConfig {
+        settings: site.settings(),
+        concurrency: 4,
+    });
+    let stack = Stack {
+        chat: spawn_chat(config).await,
+        auth,
+        _db: db,
+        _nats: nats,
+    };
+    let (alice, bob) = (stack.user(), stack.user());
+    registered_pair(&alice, &bob).await;
+    let id = chat_id(&alice.ok(&["create_chat", "bob"]).await).to_string();
+    let url = site.url("/post");
+
+    let mut child: Child = bob.command(&["connect", &id]).spawn().expect("spawn chat");
+    let stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    alice.ok(&["send", &id, "look", &url]).await;
+    let seen = read_until(&mut lines, "What is new").await;
+    let want = [
+        format!("alice: look {url}"),
+        "  ↳ The Blog — Rust 2027: What is new".to_owned(),
+    ];
+    assert_eq!(unstamped(&seen.join("\n")), want);
+    drop(stdin);
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+
+    assert_eq!(unstamped(&bob.ok(&["history", &id]).await), want);
+}

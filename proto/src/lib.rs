@@ -26,5 +26,34 @@ pub mod saga {
     }
 }
 
+/// Why a call failed, for programs: the `google.rpc.ErrorInfo` reasons the services attach
+/// to the statuses a client acts on (domain [`reasons::DOMAIN`]). The message beside them
+/// is for people and may be reworded; these words are part of the API like the RPC names.
+pub mod reasons {
+    use tonic_types::StatusExt;
+
+    /// The `domain` of every reason here.
+    pub const DOMAIN: &str = "grpcchat.dev";
+
+    /// NOT_FOUND: no such chat, or the caller is not a member.
+    pub const CHAT_NOT_FOUND: &str = "CHAT_NOT_FOUND";
+    /// NOT_FOUND ending a stream: the chat was deleted while it was open.
+    pub const CHAT_DELETED: &str = "CHAT_DELETED";
+    /// NOT_FOUND ending a stream: its user left the chat or was removed from it.
+    pub const MEMBERSHIP_ENDED: &str = "MEMBERSHIP_ENDED";
+    /// UNAUTHENTICATED: the token's account has been deleted.
+    pub const ACCOUNT_DELETED: &str = "ACCOUNT_DELETED";
+    /// RESOURCE_EXHAUSTED: the chat would have more members than allowed.
+    pub const CHAT_FULL: &str = "CHAT_FULL";
+    /// RESOURCE_EXHAUSTED ending a stream: the client fell behind; resume with `after_seq`.
+    pub const STREAM_BEHIND: &str = "STREAM_BEHIND";
+
+    /// The reason `status` carries, when it has one of this system's.
+    pub fn reason(status: &tonic::Status) -> Option<String> {
+        let info = status.get_details_error_info()?;
+        (info.domain == DOMAIN).then_some(info.reason)
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every contract, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("grpcchat_descriptor");

@@ -15,6 +15,16 @@
 //! | `CATCH_UP_INTERVAL_SECS` | `5` | how often a chat's fan-out checks storage for missed messages |
 //! | `MESSAGE_EDIT_WINDOW_SECS` | `900` | how long after sending a sender may edit a message; `0`: no limit |
 //! | `ACCOUNT_DELETIONS_POLL_SECS` | `5` | how often deleted accounts are asked of AuthService and applied (memberships end) |
+//! | `LINK_PREVIEWS` | `on` | `off`: no previews at all |
+//! | `LINK_PREVIEW_ALLOW_HOSTS` | (any public host) | comma-separated hosts; when set, only these are fetched (every redirect hop too); `*.example.com` means its subdomains |
+//! | `LINK_PREVIEW_TIMEOUT_MS` | `5000` | the whole fetch: DNS, connect, TLS, redirects, body |
+//! | `LINK_PREVIEW_MAX_BYTES` | `524288` | most body bytes read (reading stops early at `</head>`) |
+//! | `LINK_PREVIEW_MAX_REDIRECTS` | `3` | redirects followed, each checked as a new URL |
+//! | `LINK_PREVIEW_CACHE_TTL_SECS` | `3600` | how long a URL's preview (or its lack of one) is reused; `0`: no cache |
+//! | `LINK_PREVIEW_HOST_TTL_SECS` | `600` | how long a host that was refused, unreachable or too slow is left alone |
+//! | `LINK_PREVIEW_CONCURRENCY` | `16` | fetches at once; more are dropped |
+//! | `LINK_PREVIEW_RESOLVE` | (none) | `host=ip,...`: pins hosts to addresses, skipping DNS and the public-address check and allowing any port. For tests and deliberately internal sites only: anything pinned can be fetched by any user who links to it |
+//! | `LINK_PREVIEW_CA_FILE` | (none) | PEM file of roots trusted besides the public ones (a test's CA, an internal site's) |
 //! | `PRESENCE_HEARTBEAT_SECS` | `10` | how often a replica repeats who is online through it; a replica's word expires after three of these (how long a crashed replica's users still show online) |
 
 use std::{net::SocketAddr, time::Duration};
@@ -25,6 +35,8 @@ use chat_common::{
     event_stream::StreamSettings,
 };
 use secrecy::SecretString;
+
+use crate::preview::PreviewConfig;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -44,6 +56,8 @@ pub struct Config {
     pub edit_window: Option<Duration>,
     /// How often to apply the accounts AuthService deleted (`deletions.rs`).
     pub deletions_every: Duration,
+    /// Link previews of messages' URLs (`preview.rs`); None: off.
+    pub link_previews: Option<PreviewConfig>,
     /// How often a replica repeats each chat's online users (`presence.rs`).
     pub presence_heartbeat: Duration,
 }
@@ -74,6 +88,7 @@ impl Config {
             .filter(|w| !w.is_zero()),
             deletions_every: secs_or("ACCOUNT_DELETIONS_POLL_SECS", Duration::from_secs(5))?
                 .max(Duration::from_millis(100)),
+            link_previews: PreviewConfig::from_env()?,
             presence_heartbeat: secs_or("PRESENCE_HEARTBEAT_SECS", Duration::from_secs(10))?
                 .max(Duration::from_secs(1)),
         })

@@ -1,6 +1,7 @@
 //! The chat service's errors and the one place where they become gRPC statuses.
 
-use tonic::Status;
+use chat_common::error::{reasons, with_reason};
+use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
@@ -55,14 +56,23 @@ fn users_not_found(users: &[String]) -> String {
 impl From<ChatError> for Status {
     fn from(e: ChatError) -> Self {
         match e {
-            ChatError::ChatNotFound(_)
-            | ChatError::MessageNotFound { .. }
-            | ChatError::UsersNotFound(_) => Status::not_found(e.to_string()),
+            ChatError::ChatNotFound(_) => {
+                with_reason(Code::NotFound, e.to_string(), reasons::CHAT_NOT_FOUND)
+            }
+            ChatError::MessageNotFound { .. } | ChatError::UsersNotFound(_) => {
+                Status::not_found(e.to_string())
+            }
             ChatError::PermissionDenied(m) => Status::permission_denied(m),
-            ChatError::AccountDeleted => Status::unauthenticated(e.to_string()),
+            ChatError::AccountDeleted => with_reason(
+                Code::Unauthenticated,
+                e.to_string(),
+                reasons::ACCOUNT_DELETED,
+            ),
             ChatError::FailedPrecondition(m) => Status::failed_precondition(m),
             ChatError::OutOfRange(m) => Status::out_of_range(m),
-            ChatError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            ChatError::ResourceExhausted(m) => {
+                with_reason(Code::ResourceExhausted, m, reasons::CHAT_FULL)
+            }
             ChatError::Unavailable(m) => Status::unavailable(m),
             ChatError::Internal(e) => chat_common::error::internal(&e),
         }

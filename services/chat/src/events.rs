@@ -2,8 +2,9 @@
 //! in-process channel in the embedded server. Only the hub (`hub.rs`) uses it.
 //!
 //! Subjects are `<prefix>.<chat_id>.<kind>` with kind `message_created`,
-//! `message_deleted`, `message_edited`, `chat_deleted`, `member_added` or `member_removed` (prefix `chat` by default; tests use their own so
-//! they can share one NATS). The payload is the `ConnectResponse` a stream would send,
+//! `message_deleted`, `message_edited`, `chat_deleted`, `member_added`, `member_removed`
+//! or `message_previewed` (prefix `chat` by default; tests use their own so they can share
+//! one NATS). The payload is the `ConnectResponse` a stream would send,
 //! protobuf-encoded. When a JetStream stream is configured it captures `<prefix>.>` and
 //! publishes wait for its acknowledgement, so consumers that were down (notification)
 //! get every event later.
@@ -64,6 +65,12 @@ pub enum ChatEvent {
         chat_id: i64,
         user_id: i64,
     },
+    /// A message got its link preview (stored with it by then).
+    MessagePreviewed {
+        chat_id: i64,
+        seq: i64,
+        preview: pb::LinkPreview,
+    },
     /// Typing and presence: never stored, off the stored subjects (see the module doc).
     Live(LiveEvent),
 }
@@ -75,7 +82,8 @@ impl ChatEvent {
             ChatEvent::MessageDeleted { chat_id, .. }
             | ChatEvent::ChatDeleted { chat_id }
             | ChatEvent::MemberAdded { chat_id, .. }
-            | ChatEvent::MemberRemoved { chat_id, .. } => *chat_id,
+            | ChatEvent::MemberRemoved { chat_id, .. }
+            | ChatEvent::MessagePreviewed { chat_id, .. } => *chat_id,
             ChatEvent::Live(e) => e.chat_id(),
         }
     }
@@ -88,6 +96,7 @@ impl ChatEvent {
             ChatEvent::ChatDeleted { .. } => "chat_deleted",
             ChatEvent::MemberAdded { .. } => "member_added",
             ChatEvent::MemberRemoved { .. } => "member_removed",
+            ChatEvent::MessagePreviewed { .. } => "message_previewed",
             ChatEvent::Live(e) => e.kind(),
         }
     }
@@ -117,6 +126,15 @@ impl ChatEvent {
                     user_id: *user_id,
                 })
             }
+            ChatEvent::MessagePreviewed {
+                chat_id,
+                seq,
+                preview,
+            } => Event::MessagePreviewed(pb::MessagePreviewed {
+                chat_id: *chat_id,
+                seq: *seq,
+                link_preview: Some(preview.clone()),
+            }),
             ChatEvent::Live(e) => {
                 return pb::ConnectResponse {
                     event: e.to_event(),
@@ -150,8 +168,18 @@ impl ChatEvent {
                 chat_id: r.chat_id,
                 user_id: r.user_id,
             }),
+            Some(Event::MessagePreviewed(pb::MessagePreviewed {
+                chat_id,
+                seq,
+                link_preview: Some(preview),
+            })) => Ok(ChatEvent::MessagePreviewed {
+                chat_id,
+                seq,
+                preview,
+            }),
             Some(Event::MessageEdited(_))
             | Some(Event::MemberAdded(_))
+            | Some(Event::MessagePreviewed(_))
             | Some(Event::HistoryEnd(_))
             | None => {
                 anyhow::bail!("not a chat event")
@@ -667,6 +695,15 @@ mod tests {
             ChatEvent::MemberRemoved {
                 chat_id: 3,
                 user_id: 9,
+            },
+            ChatEvent::MessagePreviewed {
+                chat_id: 3,
+                seq: 7,
+                preview: pb::LinkPreview {
+                    url: "https://example.com/".into(),
+                    title: "Example".into(),
+                    ..Default::default()
+                },
             },
         ];
         for e in events {

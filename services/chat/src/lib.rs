@@ -14,6 +14,7 @@ pub mod hub;
 mod members;
 pub mod outbox;
 pub mod presence;
+pub mod preview;
 pub mod service;
 pub mod store;
 
@@ -73,6 +74,11 @@ pub async fn build_api(
         config.edit_window,
         config.deletions_every,
         shutdown,
+        config
+            .link_previews
+            .as_ref()
+            .map(preview::LinkPreviews::new)
+            .transpose()?,
     ))
 }
 

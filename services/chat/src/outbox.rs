@@ -1,11 +1,11 @@
 //! The transactional outbox: how an event reaches the bus even when publishing it fails
 //! after the change was committed, or the process dies in between.
 //!
-//! The store writes each message's (and each deletion's, edit's and membership change's)
-//! outbox row in the change's own transaction, so a committed change always has its event
-//! somewhere. The replica that made the change publishes it at once ([`Outbox::publish`]);
-//! once the bus has it for good (JetStream acknowledged it) the row is removed, in batches,
-//! off the request's path.
+//! The store writes each message's (and each deletion's, edit's, membership change's and
+//! link preview's) outbox row in the change's own transaction, so a committed change always
+//! has its event somewhere. The replica that made the change publishes it at once
+//! ([`Outbox::publish`]); once the bus has it for good (JetStream acknowledged it) the row
+//! is removed, in batches, off the request's path.
 //! A row whose publish failed (NATS unreachable, JetStream not acknowledging) or whose
 //! replica died stays, and the relay of every replica publishes rows older than
 //! [`GRACE`] that no other relay has claimed: every [`POLL`] while the bus is NATS, so an
@@ -30,6 +30,7 @@ use chat_common::Shutdown;
 use crate::{
     domain::ChatId,
     events::{ChatEvent, EventBus, Handled},
+    preview::preview_to_pb,
     service::{member_to_pb, message_to_pb},
     store::{ChatStore, EventId, EventKind, OutboxEvent},
 };
@@ -187,6 +188,18 @@ impl Outbox {
                 chat_id: row.chat_id,
                 user_id: row.user_id,
             }),
+            // The preview as it is now: none when an edit cleared it since.
+            EventKind::MessagePreviewed => self
+                .store
+                .message(ChatId(row.chat_id), row.seq)
+                .await?
+                .filter(|m| !m.deleted)
+                .and_then(|m| m.link_preview)
+                .map(|p| ChatEvent::MessagePreviewed {
+                    chat_id: row.chat_id,
+                    seq: row.seq,
+                    preview: preview_to_pb(&p),
+                }),
         })
     }
 }

@@ -7,10 +7,13 @@ use std::{pin::Pin, sync::Arc, time::Duration};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use futures::Stream;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
-use chat_common::{error::invalid_field, Caller, Shutdown};
+use chat_common::{
+    error::{invalid_field, reasons, with_reason},
+    Caller, Shutdown,
+};
 use grpc_chat_proto::chat::v1::{
     self as pb, chat_service_server::ChatService, connect_response::Event,
 };
@@ -24,6 +27,7 @@ use crate::{
     members,
     outbox::Outbox,
     presence::{self, LiveEvent},
+    preview::{preview_to_pb, LinkPreviews, Services},
     store::{
         Added, ChatCursor, ChatRecord, ChatStore, Edited, Inserted, MemberRecord, MessageRecord,
         NewMessage,
@@ -43,6 +47,8 @@ struct Inner {
     /// How long after sending a sender may edit a message; None: no limit.
     edit_window: Option<Duration>,
     shutdown: Shutdown,
+    /// Link previews, when they are on.
+    previews: Option<LinkPreviews>,
 }
 
 pub(crate) fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
@@ -62,6 +68,7 @@ pub(crate) fn message_to_pb(m: &MessageRecord) -> pb::Message {
         created_at: Some(timestamp(m.created_at)),
         edited_at: m.edited_at.map(timestamp),
         sender_deleted: m.sender_username.is_empty(),
+        link_preview: m.link_preview.as_ref().map(preview_to_pb),
     }
 }
 
@@ -115,6 +122,7 @@ impl ChatApi {
         edit_window: Option<Duration>,
         deletions_every: Duration,
         shutdown: Shutdown,
+        previews: Option<LinkPreviews>,
     ) -> Self {
         let outbox = Outbox::start(store.clone(), hub.bus().clone(), shutdown.clone());
         crate::deletions::Deletions {
@@ -132,7 +140,21 @@ impl ChatApi {
                 directory,
                 edit_window,
                 shutdown,
+                previews,
             }),
+        }
+    }
+
+    /// Starts the link preview of a message just stored (or just edited), when previews
+    /// are on; never waits for it.
+    fn preview_later(&self, chat: ChatId, seq: i64, text: &str) {
+        if let Some(previews) = &self.inner.previews {
+            let services = Services {
+                store: self.inner.store.clone(),
+                outbox: self.inner.outbox.clone(),
+                shutdown: self.inner.shutdown.clone(),
+            };
+            previews.schedule(&services, chat, seq, text);
         }
     }
 
@@ -357,6 +379,7 @@ impl ChatService for ChatApi {
                 .outbox
                 .publish(&ChatEvent::MessageCreated(message.clone()), event)
                 .await;
+            self.preview_later(chat_id, message.seq, &message.text);
         }
         Ok(Response::new(pb::SendMessageResponse {
             message: Some(message),
@@ -481,6 +504,7 @@ impl ChatService for ChatApi {
                     .outbox
                     .publish(&ChatEvent::MessageEdited(message.clone()), event)
                     .await;
+                self.preview_later(chat_id, message.seq, &message.text);
                 Ok(Response::new(pb::EditMessageResponse {
                     message: Some(message),
                     unchanged: false,
@@ -788,9 +812,11 @@ impl ChatService for ChatApi {
                 };
                 let Some(event) = event else {
                     yield Err(match sub.ended() {
-                        Ended::Overflow => Status::resource_exhausted(format!(
-                            "stream fell behind; reconnect with after_seq={sent_upto}"
-                        )),
+                        Ended::Overflow => with_reason(
+                            Code::ResourceExhausted,
+                            format!("stream fell behind; reconnect with after_seq={sent_upto}"),
+                            reasons::STREAM_BEHIND,
+                        ),
                         Ended::Unavailable => Status::unavailable(format!(
                             "live events interrupted; reconnect with after_seq={sent_upto}"
                         )),
@@ -809,7 +835,11 @@ impl ChatService for ChatApi {
                         yield Ok(pb::ConnectResponse {
                             event: Some(Event::ChatDeleted(pb::ChatDeleted { chat_id: *chat_id })),
                         });
-                        yield Err(Status::not_found(format!("chat {chat_id} was deleted")));
+                        yield Err(with_reason(
+                            Code::NotFound,
+                            format!("chat {chat_id} was deleted"),
+                            reasons::CHAT_DELETED,
+                        ));
                         break;
                     }
                     // Only for a message this stream sent: one it has yet to send is
@@ -824,10 +854,19 @@ impl ChatService for ChatApi {
                     e @ ChatEvent::MemberRemoved { user_id, .. } => {
                         yield Ok(e.to_response());
                         if Some(*user_id) == me {
-                            yield Err(Status::not_found(format!(
-                                "you are no longer a member of chat {}", chat_id.0
-                            )));
+                            yield Err(with_reason(
+                                Code::NotFound,
+                                format!("you are no longer a member of chat {}", chat_id.0),
+                                reasons::MEMBERSHIP_ENDED,
+                            ));
                             break;
+                        }
+                    }
+                    // Like an edit: only for a message this stream sent (one it has yet
+                    // to send is read from storage with its preview).
+                    e @ ChatEvent::MessagePreviewed { seq, .. } => {
+                        if *seq <= sent_upto {
+                            yield Ok(e.to_response());
                         }
                     }
                     ChatEvent::Live(e) => {

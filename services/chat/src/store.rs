@@ -10,6 +10,7 @@ use chat_common::db::{Database, Migrations};
 use chrono::{DateTime, Utc};
 
 use crate::domain::{ChatId, IdempotencyKey, MessageText, Title};
+use link_preview::Preview;
 
 pub mod postgres;
 pub mod sqlite;
@@ -69,6 +70,8 @@ pub struct MessageRecord {
     /// When the text was last replaced by an edit; None when it never was.
     pub edited_at: Option<DateTime<Utc>>,
     pub deleted: bool,
+    /// The preview of the text's first https URL, once fetched (see `preview.rs`).
+    pub link_preview: Option<Preview>,
 }
 
 /// A message to store.
@@ -101,16 +104,19 @@ pub enum EventKind {
     MemberAdded,
     /// A member left or was removed (the row's `user_id`).
     MemberRemoved,
+    /// A message got its link preview.
+    MessagePreviewed,
 }
 
 impl EventKind {
     /// Every kind this version writes and can publish.
-    pub const ALL: [EventKind; 5] = [
+    pub const ALL: [EventKind; 6] = [
         EventKind::MessageCreated,
         EventKind::MessageDeleted,
         EventKind::MessageEdited,
         EventKind::MemberAdded,
         EventKind::MemberRemoved,
+        EventKind::MessagePreviewed,
     ];
 
     /// The names of [`EventKind::ALL`], as a JSON array: the relay claims only rows of
@@ -132,6 +138,7 @@ impl EventKind {
             EventKind::MessageEdited => "message_edited",
             EventKind::MemberAdded => "member_added",
             EventKind::MemberRemoved => "member_removed",
+            EventKind::MessagePreviewed => "message_previewed",
         }
     }
 
@@ -142,6 +149,7 @@ impl EventKind {
             "message_edited" => Ok(EventKind::MessageEdited),
             "member_added" => Ok(EventKind::MemberAdded),
             "member_removed" => Ok(EventKind::MemberRemoved),
+            "message_previewed" => Ok(EventKind::MessagePreviewed),
             other => anyhow::bail!("unknown outbox event kind {other:?}"),
         }
     }
@@ -346,6 +354,32 @@ pub trait ChatStore: Send + Sync + 'static {
 
     /// Removes outbox rows whose events were published.
     async fn events_published(&self, ids: &[EventId]) -> anyhow::Result<()>;
+
+    /// Stores a message's link preview, with an outbox row for its event, in one
+    /// transaction; only while the message is live and its text is still `text` (the one
+    /// the preview was made for: an edit since then clears the preview and asks for a new
+    /// one). None when nothing was stored.
+    async fn set_link_preview(
+        &self,
+        chat: ChatId,
+        seq: i64,
+        text: &str,
+        preview: &Preview,
+    ) -> anyhow::Result<Option<EventId>>;
+}
+
+/// A link preview from its columns (`preview_url`, `preview_title`,
+/// `preview_description`, `preview_image_url`, `preview_site_name`, in that order); None
+/// when it has none (no URL).
+pub(crate) fn preview_of(columns: [Option<String>; 5]) -> Option<Preview> {
+    let [url, title, description, image_url, site_name] = columns;
+    Some(Preview {
+        url: url?,
+        title: title.unwrap_or_default(),
+        description: description.unwrap_or_default(),
+        image_url: image_url.unwrap_or_default(),
+        site_name: site_name.unwrap_or_default(),
+    })
 }
 
 /// A duration in whole milliseconds for SQL, saturating.

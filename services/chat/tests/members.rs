@@ -165,6 +165,10 @@ async fn members_come_and_go_and_streams_follow() {
     let end = next_event(&mut carols).await.expect_err("the stream ends");
     assert_eq!(end.code(), Code::NotFound, "{end:?}");
     assert!(end.message().contains("no longer a member"), "{end:?}");
+    assert_eq!(
+        grpc_chat_proto::reasons::reason(&end).as_deref(),
+        Some(grpc_chat_proto::reasons::MEMBERSHIP_ENDED)
+    );
     match next_event(&mut bobs).await.expect("event") {
         Event::MemberRemoved(r) => assert_eq!(r.user_id, carol.id),
         other => panic!("expected carol's removal, got {other:?}"),
@@ -346,6 +350,10 @@ async fn a_deleted_account_leaves_every_chat() {
         .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     assert_eq!(e.message(), "this account has been deleted");
+    assert_eq!(
+        grpc_chat_proto::reasons::reason(&e).as_deref(),
+        Some(grpc_chat_proto::reasons::ACCOUNT_DELETED)
+    );
     let e = invite(&chat, &bob, first, &["alice"]).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     let e = a_send(&chat, &bob, first).await.unwrap_err();

@@ -165,6 +165,16 @@ impl ChatStore for FlakyStore {
     async fn set_applied_deletion(&self, id: i64) -> anyhow::Result<()> {
         self.inner.set_applied_deletion(id).await
     }
+
+    async fn set_link_preview(
+        &self,
+        chat: ChatId,
+        seq: i64,
+        text: &str,
+        preview: &link_preview::Preview,
+    ) -> anyhow::Result<Option<EventId>> {
+        self.inner.set_link_preview(chat, seq, text, preview).await
+    }
 }
 
 struct Rig {

@@ -1,6 +1,9 @@
 //! Helpers for the one place in each crate where errors become statuses. Internal errors are
 //! logged with their whole chain and answered with a generic message; field errors carry a
-//! `google.rpc.BadRequest` detail naming the field, so clients can point at it.
+//! `google.rpc.BadRequest` detail naming the field, so clients can point at it; errors a
+//! client acts on carry a `google.rpc.ErrorInfo` reason ([`reasons`]), so that clients tell
+//! them apart by a fixed word rather than by the message, which is for people and may be
+//! reworded.
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -41,4 +44,34 @@ pub fn invalid_field(field: &str, description: impl Into<String>) -> Status {
 pub fn unavailable(what: &str, err: &dyn std::fmt::Display) -> Status {
     tracing::warn!(error = %err, "{what} unavailable");
     Status::unavailable(format!("{what} is unavailable, try again"))
+}
+
+pub use grpc_chat_proto::reasons::{self, reason, DOMAIN as REASON_DOMAIN};
+
+/// A status of `code` with `message` for people and `reason` for programs.
+pub fn with_reason(code: Code, message: impl Into<String>, reason: &str) -> Status {
+    let details = ErrorDetails::with_error_info(
+        reason,
+        REASON_DOMAIN,
+        std::collections::HashMap::<String, String>::new(),
+    );
+    Status::with_error_details(code, message, details)
+}
+
+#[cfg(test)]
+mod reason_tests {
+    use super::*;
+
+    #[test]
+    fn reasons_survive_the_wire_form() {
+        let status = with_reason(Code::NotFound, "chat 3 was deleted", reasons::CHAT_DELETED);
+        // What a client decodes: the status rebuilt from its header form.
+        let mut headers = http::HeaderMap::new();
+        status.add_header(&mut headers).expect("headers");
+        let received = Status::from_header_map(&headers).expect("a status");
+        assert_eq!(received.code(), Code::NotFound);
+        assert_eq!(received.message(), "chat 3 was deleted");
+        assert_eq!(reason(&received).as_deref(), Some(reasons::CHAT_DELETED));
+        assert_eq!(reason(&Status::not_found("plain")), None);
+    }
 }

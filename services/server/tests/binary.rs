@@ -523,3 +523,60 @@ async fn admin_grant_and_revoke_set_the_role_of_an_account() {
     assert_eq!(role(auth.clone()).await, authpb::Role::User as i32);
     assert!(server.stop().await.success());
 }
+
+/// Link previews set up by the environment, as an operator would: `LINK_PREVIEW_RESOLVE`
+/// pins a test site's name to loopback and `LINK_PREVIEW_CA_FILE` trusts its CA (PEM);
+/// previews are on by default. A message with the site's URL gets its preview stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_previews_are_configured_by_the_environment() {
+    use link_preview::test_site::{og_page, Reply, TestSite};
+
+    let site = TestSite::start("preview.test").await;
+    site.route(
+        "/post",
+        Reply::Html(og_page("From the environment", "configured", "Env")),
+    );
+    let data = tempfile::tempdir().expect("data dir");
+    let dir = data.path().to_str().expect("utf-8 path");
+    let etc = tempfile::tempdir().expect("a directory for the CA");
+    let ca = etc.path().join("ca.pem");
+    std::fs::write(&ca, &site.ca_pem).expect("write the CA");
+    let (server, _) = start(
+        &["--data", dir],
+        &[
+            ("LINK_PREVIEW_RESOLVE", "preview.test=127.0.0.1"),
+            ("LINK_PREVIEW_CA_FILE", ca.to_str().expect("utf-8 path")),
+        ],
+    )
+    .await;
+    let url = site.url("/post");
+    let (token, chat) = alice_writes_to_bob(&server, "links", &format!("see {url}")).await;
+    let mut client = ChatServiceClient::new(server.channel().await);
+    let preview = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let messages = client
+                .list_messages(with_bearer(
+                    tonic::Request::new(chatpb::ListMessagesRequest {
+                        chat_id: chat.id,
+                        ..Default::default()
+                    }),
+                    &token,
+                ))
+                .await
+                .expect("list messages")
+                .into_inner()
+                .messages;
+            if let Some(p) = messages.into_iter().find_map(|m| m.link_preview) {
+                return p;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("a preview within 30 s");
+    assert_eq!(preview.url, url);
+    assert_eq!(preview.title, "From the environment");
+    assert_eq!(preview.site_name, "Env");
+    assert_eq!(site.requests(), vec!["/post"]);
+    assert!(server.stop().await.success());
+}

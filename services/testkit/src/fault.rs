@@ -708,6 +708,10 @@ pub fn chat_service_env(config: &chat_service::Config) -> Vec<(String, String)> 
             config.deletions_every.as_secs().max(1).to_string(),
         ),
     ];
+    // A subprocess gets previews only as the environment says: none here.
+    if config.link_previews.is_none() {
+        env.push(("LINK_PREVIEWS", "off".into()));
+    }
     env.push((
         "RUST_LOG",
         std::env::var("RUST_LOG").unwrap_or("warn".into()),

@@ -426,6 +426,8 @@ pub fn chat_config(auth: &TestAuth, database_url: &str, nats: &TestNats) -> chat
         catch_up_every: Duration::from_secs(5),
         edit_window: Some(Duration::from_secs(900)),
         deletions_every: Duration::from_millis(200),
+        // Off unless a test points them at a site of its own (link_preview::test_site).
+        link_previews: None,
         presence_heartbeat: Duration::from_secs(10),
     }
 }

@@ -7,10 +7,11 @@ use sqlx::{postgres::PgRow, PgPool, Row};
 use std::time::Duration;
 
 use super::{
-    millis, Added, ChatCursor, ChatRecord, ChatStore, Deleted, Edited, EventId, EventKind,
-    Inserted, MemberRecord, MessageRecord, NewMessage, OutboxEvent, Removed,
+    millis, preview_of, Added, ChatCursor, ChatRecord, ChatStore, Deleted, Edited, EventId,
+    EventKind, Inserted, MemberRecord, MessageRecord, NewMessage, OutboxEvent, Removed,
 };
 use crate::domain::{ChatId, MessageText, Title};
+use link_preview::Preview;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/chat");
 
@@ -37,7 +38,12 @@ const READ_COLUMNS: &str = "me.last_read_seq, \
 const NO_READ_COLUMNS: &str = "0::bigint AS last_read_seq, 0::bigint AS unread_count";
 const MESSAGE_COLUMNS: &str =
     "chat_id, seq, sender_id, sender_username, text, created_at, edited_at, \
-     deleted_at IS NOT NULL AS deleted";
+     deleted_at IS NOT NULL AS deleted, \
+     preview_url, preview_title, preview_description, preview_image_url, preview_site_name";
+
+/// An edit's text has a preview of its own to come, not the old text's.
+const CLEAR_PREVIEW: &str = "preview_url = NULL, preview_title = NULL, \
+     preview_description = NULL, preview_image_url = NULL, preview_site_name = NULL";
 
 fn chat_from_row(row: &PgRow) -> Result<ChatRecord, sqlx::Error> {
     Ok(ChatRecord {
@@ -63,6 +69,13 @@ fn message_from_row(row: &PgRow) -> Result<MessageRecord, sqlx::Error> {
         created_at: row.try_get("created_at")?,
         edited_at: row.try_get("edited_at")?,
         deleted: row.try_get("deleted")?,
+        link_preview: preview_of([
+            row.try_get("preview_url")?,
+            row.try_get("preview_title")?,
+            row.try_get("preview_description")?,
+            row.try_get("preview_image_url")?,
+            row.try_get("preview_site_name")?,
+        ]),
     })
 }
 
@@ -260,11 +273,15 @@ impl ChatStore for PgChatStore {
         // One statement: the deletion and, when the message was live, its event's row.
         let row = sqlx::query(
             "WITH del AS ( \
-                 UPDATE messages m SET deleted_at = COALESCE(m.deleted_at, now()), text = '' \
+                 UPDATE messages m SET deleted_at = COALESCE(m.deleted_at, now()), text = '', \
+                 preview_url = NULL, preview_title = NULL, preview_description = NULL, \
+                 preview_image_url = NULL, preview_site_name = NULL \
                  FROM messages old WHERE m.chat_id = $1 AND m.seq = $2 \
                  AND old.chat_id = m.chat_id AND old.seq = m.seq \
                  RETURNING old.chat_id, old.seq, old.sender_id, old.sender_username, old.text, \
-                 old.created_at, old.edited_at, old.deleted_at IS NOT NULL AS deleted), \
+                 old.created_at, old.edited_at, old.deleted_at IS NOT NULL AS deleted, \
+                 old.preview_url, old.preview_title, old.preview_description, \
+                 old.preview_image_url, old.preview_site_name), \
              event AS ( \
                  INSERT INTO outbox (chat_id, seq, kind) \
                  SELECT chat_id, seq, 'message_deleted' FROM del WHERE NOT deleted RETURNING id) \
@@ -311,7 +328,7 @@ impl ChatStore for PgChatStore {
             return Ok(Edited::Unchanged(current));
         }
         let row = sqlx::query(&format!(
-            "UPDATE messages SET text = $3, edited_at = now() \
+            "UPDATE messages SET text = $3, edited_at = now(), {CLEAR_PREVIEW} \
              WHERE chat_id = $1 AND seq = $2 RETURNING {MESSAGE_COLUMNS}"
         ))
         .bind(chat.0)
@@ -662,5 +679,36 @@ impl ChatStore for PgChatStore {
             .await
             .context("removing published outbox rows")?;
         Ok(())
+    }
+
+    async fn set_link_preview(
+        &self,
+        chat: ChatId,
+        seq: i64,
+        text: &str,
+        preview: &Preview,
+    ) -> anyhow::Result<Option<EventId>> {
+        // One statement: the preview and its event's row, or neither.
+        let event = sqlx::query_scalar(
+            "WITH upd AS ( \
+                 UPDATE messages SET preview_url = $4, preview_title = $5, \
+                 preview_description = $6, preview_image_url = $7, preview_site_name = $8 \
+                 WHERE chat_id = $1 AND seq = $2 AND text = $3 AND deleted_at IS NULL \
+                 RETURNING chat_id, seq) \
+             INSERT INTO outbox (chat_id, seq, kind) \
+             SELECT chat_id, seq, 'message_previewed' FROM upd RETURNING id",
+        )
+        .bind(chat.0)
+        .bind(seq)
+        .bind(text)
+        .bind(&preview.url)
+        .bind(&preview.title)
+        .bind(&preview.description)
+        .bind(&preview.image_url)
+        .bind(&preview.site_name)
+        .fetch_optional(&self.pool)
+        .await
+        .context("storing a link preview")?;
+        Ok(event)
     }
 }

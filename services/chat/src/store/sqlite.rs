@@ -16,11 +16,12 @@ use chrono::Utc;
 use sqlx::{sqlite::SqliteRow, Row, SqliteConnection, SqlitePool};
 
 use super::{
-    millis, Added, ChatCursor, ChatRecord, ChatStore, Deleted, Edited, EventId, EventKind,
-    Inserted, MemberRecord, MessageRecord, NewMessage, OutboxEvent, Removed,
+    millis, preview_of, Added, ChatCursor, ChatRecord, ChatStore, Deleted, Edited, EventId,
+    EventKind, Inserted, MemberRecord, MessageRecord, NewMessage, OutboxEvent, Removed,
 };
 use crate::domain::{ChatId, MessageText, Title};
 use chat_common::db::{begin_write, from_micros, sqlite_writer, GroupWriter};
+use link_preview::Preview;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite/chat");
 
@@ -131,7 +132,12 @@ const READ_COLUMNS: &str = "me.last_read_seq, \
 const NO_READ_COLUMNS: &str = "0 AS last_read_seq, 0 AS unread_count";
 const MESSAGE_COLUMNS: &str =
     "chat_id, seq, sender_id, sender_username, text, created_at, edited_at, \
-     deleted_at IS NOT NULL AS deleted";
+     deleted_at IS NOT NULL AS deleted, \
+     preview_url, preview_title, preview_description, preview_image_url, preview_site_name";
+
+/// An edit's text has a preview of its own to come, not the old text's.
+const CLEAR_PREVIEW: &str = "preview_url = NULL, preview_title = NULL, \
+     preview_description = NULL, preview_image_url = NULL, preview_site_name = NULL";
 
 fn chat_from_row(row: &SqliteRow) -> Result<ChatRecord, sqlx::Error> {
     let member_count: i64 = row.try_get("member_count")?;
@@ -158,6 +164,13 @@ fn message_from_row(row: &SqliteRow) -> Result<MessageRecord, sqlx::Error> {
         created_at: from_micros(row.try_get("created_at")?),
         edited_at: row.try_get::<Option<i64>, _>("edited_at")?.map(from_micros),
         deleted: row.try_get("deleted")?,
+        link_preview: preview_of([
+            row.try_get("preview_url")?,
+            row.try_get("preview_title")?,
+            row.try_get("preview_description")?,
+            row.try_get("preview_image_url")?,
+            row.try_get("preview_site_name")?,
+        ]),
     })
 }
 
@@ -342,7 +355,9 @@ impl ChatStore for SqliteChatStore {
         };
         let before = message_from_row(&row)?;
         sqlx::query(
-            "UPDATE messages SET deleted_at = COALESCE(deleted_at, ?3), text = '' \
+            "UPDATE messages SET deleted_at = COALESCE(deleted_at, ?3), text = '', \
+             preview_url = NULL, preview_title = NULL, preview_description = NULL, \
+             preview_image_url = NULL, preview_site_name = NULL \
              WHERE chat_id = ?1 AND seq = ?2",
         )
         .bind(chat.0)
@@ -399,7 +414,7 @@ impl ChatStore for SqliteChatStore {
             return Ok(Edited::Unchanged(current));
         }
         let row = sqlx::query(&format!(
-            "UPDATE messages SET text = ?3, edited_at = ?4 \
+            "UPDATE messages SET text = ?3, edited_at = ?4, {CLEAR_PREVIEW} \
              WHERE chat_id = ?1 AND seq = ?2 RETURNING {MESSAGE_COLUMNS}"
         ))
         .bind(chat.0)
@@ -790,5 +805,49 @@ impl ChatStore for SqliteChatStore {
             .await
             .context("committing the removal of published outbox rows")?;
         Ok(())
+    }
+
+    async fn set_link_preview(
+        &self,
+        chat: ChatId,
+        seq: i64,
+        text: &str,
+        preview: &Preview,
+    ) -> anyhow::Result<Option<EventId>> {
+        let now = now_micros();
+        let mut tx = begin_write(&self.write)
+            .await
+            .context("starting a transaction")?;
+        let updated = sqlx::query(
+            "UPDATE messages SET preview_url = ?4, preview_title = ?5, \
+             preview_description = ?6, preview_image_url = ?7, preview_site_name = ?8 \
+             WHERE chat_id = ?1 AND seq = ?2 AND text = ?3 AND deleted_at IS NULL",
+        )
+        .bind(chat.0)
+        .bind(seq)
+        .bind(text)
+        .bind(&preview.url)
+        .bind(&preview.title)
+        .bind(&preview.description)
+        .bind(&preview.image_url)
+        .bind(&preview.site_name)
+        .execute(&mut *tx)
+        .await
+        .context("storing a link preview")?;
+        if updated.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let event: i64 = sqlx::query_scalar(
+            "INSERT INTO outbox (chat_id, seq, kind, created_at) \
+             VALUES (?1, ?2, 'message_previewed', ?3) RETURNING id",
+        )
+        .bind(chat.0)
+        .bind(seq)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .context("writing a preview's event to the outbox")?;
+        tx.commit().await.context("committing a link preview")?;
+        Ok(Some(event))
     }
 }
