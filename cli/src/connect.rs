@@ -13,6 +13,9 @@
 //! Messages it shows are marked read on the server (`MarkRead`), batched: at most one call
 //! per [`MARK_EVERY`] while messages arrive, and one more on the way out for the rest.
 //! Only shown messages count: `--history 0` marks nothing of the history it hides.
+//!
+//! Typing and presence (who is typing, who is online) are notices; `live.rs` decides
+//! which, and this loop also tells the server when the user types at the terminal.
 
 use std::time::Duration;
 
@@ -28,6 +31,7 @@ use crate::{
     commands::{mark_read, send},
     error::{CliError, Op},
     input::{Input, InputEvent},
+    live::{send_typing, Live},
     output::{clean, message_line, preview_event_line, Printer},
 };
 
@@ -60,6 +64,8 @@ enum Ev {
     Retry,
     Leave,
     Mark,
+    /// The user edited the line at the terminal.
+    Typed,
 }
 
 /// What has been shown.
@@ -119,7 +125,10 @@ pub async fn run(
     history: u32,
 ) -> Result<(), CliError> {
     let mut marks = Marks::default();
+    let keys = input.keys();
+    keys.arm(true);
     let result = stream(client, input, chat_id, history, &mut marks).await;
+    keys.arm(false);
     // Ended by an error (the chat deleted, no longer a member): nothing left to mark.
     if result.is_ok() {
         marks.flush(client, &input.printer(), chat_id).await;
@@ -143,6 +152,8 @@ async fn stream(
         String::new()
     };
     let mut view = View::default();
+    let mut live = Live::default();
+    let keys = input.keys();
     // The server reads a history_limit of 0 as "its default" (50): `--history 0` asks for
     // one and shows none of it, so that it means what it says.
     let quiet_history = history == 0;
@@ -171,6 +182,7 @@ async fn stream(
                 _ = tokio::signal::ctrl_c(), if !leaving => Ev::Leave,
                 _ = sleep_until(leave_by.unwrap_or(far)), if leaving => Ev::Leave,
                 _ = sleep_until(marks.due.unwrap_or(far)), if marks.due.is_some() => Ev::Mark,
+                _ = keys.typed(), if !leaving => Ev::Typed,
             },
             State::Down { retry_at } => tokio::select! {
                 _ = sleep_until(*retry_at) => Ev::Retry,
@@ -180,6 +192,12 @@ async fn stream(
         };
         match ev {
             Ev::Mark => marks.flush(client, &printer, chat_id).await,
+            Ev::Typed => {
+                // Best effort: a typing notice that does not go out is no loss.
+                if live.tell(Instant::now()) {
+                    let _ = send_typing(client, chat_id).await;
+                }
+            }
             Ev::Leave => {
                 if leaving {
                     return Ok(());
@@ -210,6 +228,7 @@ async fn stream(
                     }
                     Typed::Text(t) => t,
                 };
+                live.sent();
                 match send(client, chat_id, text).await {
                     Ok(m) => view.sent_max = view.sent_max.max(m.seq),
                     Err(e) => printer.note(&format!("error: {e}")),
@@ -227,6 +246,7 @@ async fn stream(
                         if !m.sender_deleted {
                             view.names.insert(m.sender_id, m.sender_username.clone());
                         }
+                        live.spoke(m.sender_id);
                         if view.history_done || !quiet_history {
                             printer.say(&message_line(&m));
                             marks.shown(m.seq);
@@ -287,6 +307,16 @@ async fn stream(
                         printer.note(&format!("({who} left the chat)"));
                     }
                     None => {}
+                    Some(Event::Typing(t)) => {
+                        if let Some(notice) = live.typing(&t, Instant::now()) {
+                            printer.note(&notice);
+                        }
+                    }
+                    Some(Event::Presence(p)) => {
+                        if let Some(notice) = live.presence(&p) {
+                            printer.note(&notice);
+                        }
+                    }
                 }
             }
             Ev::Stream(Ok(None)) => {
@@ -371,6 +401,7 @@ async fn open(
                 chat_id,
                 after_seq,
                 history_limit: history_limit.min(500) as i32,
+                typing_and_presence: true,
             }),
             token,
         )

@@ -9,13 +9,21 @@
 //! next prompt. At a terminal it uses rustyline (editing, history, Ctrl-C as a key); when
 //! stdin is a pipe or a file it reads plain lines and prints no prompt, so scripts and tests
 //! can drive the CLI.
+//!
+//! At a terminal the editor also reports typing: its hint hook runs after every edit of
+//! the line, and while `connect` has armed [`KeysTyped`] a non-empty line that is not a
+//! `/command` wakes it (`connect` then tells the server, at most every few seconds).
+//! Piped input types nothing.
 
 use std::{
     io::{BufRead, IsTerminal},
-    sync::mpsc as std_mpsc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc as std_mpsc, Arc,
+    },
 };
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::output::Printer;
 
@@ -39,7 +47,55 @@ pub struct Input {
     eof: bool,
     interactive: bool,
     printer: Printer,
+    keys: Arc<KeysTyped>,
 }
+
+/// Wakes whoever armed it when the user edits the line at the terminal.
+#[derive(Default)]
+pub struct KeysTyped {
+    armed: AtomicBool,
+    typed: Notify,
+}
+
+impl KeysTyped {
+    /// Starts (true) or stops (false) reporting typing.
+    pub fn arm(&self, on: bool) {
+        self.armed.store(on, Ordering::Release);
+    }
+
+    /// Resolves at the next edit after arming (or one made since the last call).
+    pub async fn typed(&self) {
+        self.typed.notified().await
+    }
+
+    fn edited(&self, line: &str) {
+        let trimmed = line.trim_start();
+        if self.armed.load(Ordering::Acquire) && !trimmed.is_empty() && !trimmed.starts_with('/') {
+            self.typed.notify_one();
+        }
+    }
+}
+
+/// The editor's helper: nothing but the hint hook, which never hints and reports typing.
+struct TypingHelper(Arc<KeysTyped>);
+
+impl rustyline::hint::Hinter for TypingHelper {
+    type Hint = String;
+
+    fn hint(&self, line: &str, _pos: usize, _ctx: &rustyline::Context<'_>) -> Option<String> {
+        self.0.edited(line);
+        None
+    }
+}
+
+impl rustyline::completion::Completer for TypingHelper {
+    type Candidate = String;
+}
+impl rustyline::highlight::Highlighter for TypingHelper {}
+impl rustyline::validate::Validator for TypingHelper {}
+impl rustyline::Helper for TypingHelper {}
+
+type LineEditor = rustyline::Editor<TypingHelper, rustyline::history::DefaultHistory>;
 
 impl Input {
     /// Starts the reader thread.
@@ -48,8 +104,12 @@ impl Input {
         let (tx, events) = mpsc::unbounded_channel();
         let interactive = std::io::stdin().is_terminal();
         let mut printer = Printer::default();
+        let keys = Arc::new(KeysTyped::default());
         let editor = if interactive {
-            rustyline::DefaultEditor::new().ok()
+            LineEditor::new().ok().map(|mut e| {
+                e.set_helper(Some(TypingHelper(keys.clone())));
+                e
+            })
         } else {
             None
         };
@@ -69,7 +129,13 @@ impl Input {
             eof: false,
             interactive,
             printer,
+            keys,
         }
+    }
+
+    /// Typing at the terminal (never fires for piped input).
+    pub fn keys(&self) -> Arc<KeysTyped> {
+        self.keys.clone()
     }
 
     /// Whether a person is typing at a terminal (prompts shown, passwords read without echo).
@@ -119,7 +185,7 @@ impl Input {
 }
 
 fn read_with_editor(
-    mut editor: rustyline::DefaultEditor,
+    mut editor: LineEditor,
     requests: std_mpsc::Receiver<String>,
     events: mpsc::UnboundedSender<InputEvent>,
 ) {

@@ -3,7 +3,8 @@
 //!
 //! The pieces: `args` (the command line, shared by the prompt), `client` (connections,
 //! tokens kept fresh), `session` (the token file), `commands` (what each command does),
-//! `connect` (the live stream), `input` (reading lines beside a stream), `repl` (the prompt),
+//! `connect` (the live stream), `live` (typing and presence in it), `input` (reading lines
+//! beside a stream), `repl` (the prompt),
 //! `output` (how things look), `error` (every failure as one readable line), `pending`
 //! (the keys of sends whose outcome is not known yet) and `trace` (`--trace`: the trace a
 //! command starts).
@@ -14,6 +15,7 @@ pub mod commands;
 pub mod connect;
 pub mod error;
 pub mod input;
+pub mod live;
 pub mod output;
 pub mod pending;
 pub mod repl;

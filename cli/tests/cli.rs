@@ -1369,9 +1369,17 @@ async fn membership_walkthrough(alice: &User, bob: &User, carol: &User) {
         .expect("carol's connect ends")
         .expect("output");
     assert!(!ended.status.success());
+    // The error is the last line; before it only notices (who is online, typing).
+    let stderr = String::from_utf8_lossy(&ended.stderr);
+    let mut lines: Vec<&str> = stderr.trim_end().lines().collect();
     assert_eq!(
-        String::from_utf8_lossy(&ended.stderr).trim_end(),
-        format!("error: you are no longer a member of chat {id}")
+        lines.pop(),
+        Some(format!("error: you are no longer a member of chat {id}").as_str()),
+        "{stderr}"
+    );
+    assert!(
+        lines.iter().all(|l| l.starts_with('(') && l.ends_with(')')),
+        "{stderr}"
     );
     notice_until(&mut bob_notes, "(carol left the chat)").await;
     assert_one_line_error(

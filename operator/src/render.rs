@@ -1971,8 +1971,9 @@ pub fn nats_user(c: Component) -> Option<(&'static str, &'static str)> {
 }
 
 /// The `authorization` block of the managed NATS: a user per client, allowed only the
-/// subjects it uses. chat-service publishes and subscribes the events (`chat.>`) and
-/// creates or updates the events stream (`$JS.API.>`); notification-service only reads
+/// subjects it uses. chat-service publishes and subscribes the events (`chat.>`) and the
+/// typing and presence events that are never stored (`chat_live.>`, outside the stream),
+/// and creates or updates the events stream (`$JS.API.>`); notification-service only reads
 /// the stream through its durable consumer (`$JS.API.>` for the consumer and its pulls,
 /// `$JS.ACK.>` for acknowledgements). Both get replies on `_INBOX.>`. The passwords are
 /// not in the file: nats-server reads `$NATS_*_PASSWORD` from its environment, which
@@ -1998,8 +1999,8 @@ fn nats_authorization() -> String {
         "authorization {{\n  users: [\n{}{}  ]\n}}\n",
         user(
             Component::Chat,
-            &["chat.>", "$JS.API.>"],
-            &["chat.>", "_INBOX.>"]
+            &["chat.>", "chat_live.>", "$JS.API.>"],
+            &["chat.>", "chat_live.>", "_INBOX.>"]
         ),
         user(
             Component::Notification,
@@ -2649,6 +2650,11 @@ mod tests {
         );
         assert!(conf.contains("{user: notification, password: $NATS_NOTIFICATION_PASSWORD"));
         assert!(conf.contains("publish: {allow: [\"$JS.API.>\", \"$JS.ACK.>\"]}"));
+        // Typing and presence travel outside the stream, on `chat_live.>`.
+        assert!(
+            conf.contains("subscribe: {allow: [\"chat.>\", \"chat_live.>\", \"_INBOX.>\"]}"),
+            "{conf}"
+        );
         let d = desired(&c).unwrap();
         let sts = serde_json::to_value(
             d.stateful_sets

@@ -6,7 +6,7 @@
 //! | `DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/chat` | the `chat` database (created when missing) |
 //! | `DATABASE_MAX_CONNECTIONS` | `20` | pool size |
 //! | `NATS_URL` | `nats://127.0.0.1:4222` | NATS server; `nats://user:password@host:4222` (percent-encoded) logs in as that user ([`chat_common::nats`]) |
-//! | `NATS_SUBJECT_PREFIX` | `chat` | events go to `<prefix>.<chat_id>.<kind>` |
+//! | `NATS_SUBJECT_PREFIX` | `chat` | events go to `<prefix>.<chat_id>.<kind>`; typing and presence, never stored, to `<prefix>_live.<chat_id>.<kind>` (core NATS, outside the stream) |
 //! | `NATS_STREAM` | `CHAT_EVENTS` | JetStream stream that keeps events for the notifier; `off` publishes on core NATS only |
 //! | `NATS_STREAM_REPLICAS`, `NATS_STREAM_MAX_BYTES`, `NATS_STREAM_MAX_AGE` | `1`, `-1`, `7d` | the stream's copies and limits ([`chat_common::event_stream`]); an existing stream is updated to them |
 //! | `AUTH_URL` | `http://127.0.0.1:50051` | AuthService, for public keys and user lookups |
@@ -25,6 +25,7 @@
 //! | `LINK_PREVIEW_CONCURRENCY` | `16` | fetches at once; more are dropped |
 //! | `LINK_PREVIEW_RESOLVE` | (none) | `host=ip,...`: pins hosts to addresses, skipping DNS and the public-address check and allowing any port. For tests and deliberately internal sites only: anything pinned can be fetched by any user who links to it |
 //! | `LINK_PREVIEW_CA_FILE` | (none) | PEM file of roots trusted besides the public ones (a test's CA, an internal site's) |
+//! | `PRESENCE_HEARTBEAT_SECS` | `10` | how often a replica repeats who is online through it; a replica's word expires after three of these (how long a crashed replica's users still show online) |
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -57,6 +58,8 @@ pub struct Config {
     pub deletions_every: Duration,
     /// Link previews of messages' URLs (`preview.rs`); None: off.
     pub link_previews: Option<PreviewConfig>,
+    /// How often a replica repeats each chat's online users (`presence.rs`).
+    pub presence_heartbeat: Duration,
 }
 
 impl Config {
@@ -86,6 +89,8 @@ impl Config {
             deletions_every: secs_or("ACCOUNT_DELETIONS_POLL_SECS", Duration::from_secs(5))?
                 .max(Duration::from_millis(100)),
             link_previews: PreviewConfig::from_env()?,
+            presence_heartbeat: secs_or("PRESENCE_HEARTBEAT_SECS", Duration::from_secs(10))?
+                .max(Duration::from_secs(1)),
         })
     }
 }

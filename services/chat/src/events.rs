@@ -9,6 +9,13 @@
 //! publishes wait for its acknowledgement, so consumers that were down (notification)
 //! get every event later.
 //!
+//! Ephemeral events (typing, presence: [`ChatEvent::Live`], see `presence.rs`) go to
+//! `<prefix>_live.<chat_id>.<kind>` instead (kind `typing`, `presence` or
+//! `presence_query`), always with a core NATS publish: outside `<prefix>.>`, so the
+//! JetStream stream never stores them and the notifier never sees them. Their payloads are
+//! protobuf too (`Typing`, and `presence.rs`'s `Beat` and `Query`). In process they share
+//! the streams' channel but never reach the notifier's tap.
+//!
 //! An event carries the trace context of the operation that published it (W3C headers on
 //! NATS, the context itself in process), and subscribers receive it in an [`Envelope`], so
 //! that what they do with the event (fan-out, emails) is part of the send's trace.
@@ -32,6 +39,8 @@ use chat_common::{
 };
 
 use grpc_chat_proto::chat::v1::{self as pb, connect_response::Event};
+
+use crate::presence::LiveEvent;
 
 /// One live event of a chat.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +71,8 @@ pub enum ChatEvent {
         seq: i64,
         preview: pb::LinkPreview,
     },
+    /// Typing and presence: never stored, off the stored subjects (see the module doc).
+    Live(LiveEvent),
 }
 
 impl ChatEvent {
@@ -73,6 +84,7 @@ impl ChatEvent {
             | ChatEvent::MemberAdded { chat_id, .. }
             | ChatEvent::MemberRemoved { chat_id, .. }
             | ChatEvent::MessagePreviewed { chat_id, .. } => *chat_id,
+            ChatEvent::Live(e) => e.chat_id(),
         }
     }
 
@@ -85,6 +97,7 @@ impl ChatEvent {
             ChatEvent::MemberAdded { .. } => "member_added",
             ChatEvent::MemberRemoved { .. } => "member_removed",
             ChatEvent::MessagePreviewed { .. } => "message_previewed",
+            ChatEvent::Live(e) => e.kind(),
         }
     }
 
@@ -122,6 +135,11 @@ impl ChatEvent {
                 seq: *seq,
                 link_preview: Some(preview.clone()),
             }),
+            ChatEvent::Live(e) => {
+                return pb::ConnectResponse {
+                    event: e.to_event(),
+                }
+            }
         };
         pb::ConnectResponse { event: Some(event) }
     }
@@ -165,6 +183,10 @@ impl ChatEvent {
             | Some(Event::HistoryEnd(_))
             | None => {
                 anyhow::bail!("not a chat event")
+            }
+            // Never published on the stored subjects.
+            Some(Event::Typing(_)) | Some(Event::Presence(_)) => {
+                anyhow::bail!("an ephemeral event on a stored subject")
             }
         }
     }
@@ -286,6 +308,51 @@ pub struct NatsBus {
 }
 
 impl NatsBus {
+    /// The subject of an ephemeral event: outside `<prefix>.>`, which the stream keeps.
+    fn live_subject(&self, chat_id: i64, kind: &str) -> String {
+        format!("{}_live.{chat_id}.{kind}", self.prefix)
+    }
+
+    /// Publishes an ephemeral event with a core publish: never JetStream.
+    async fn publish_live(&self, event: &LiveEvent) -> anyhow::Result<()> {
+        let Some(payload) = event.encode() else {
+            anyhow::bail!("a {} event is not published", event.kind());
+        };
+        self.client
+            .publish(
+                self.live_subject(event.chat_id(), event.kind()),
+                payload.into(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("publishing to NATS: {e}"))
+    }
+
+    /// The ephemeral events of a chat, as [`ChatEvent::Live`].
+    async fn subscribe_live(
+        &self,
+        chat_id: i64,
+    ) -> anyhow::Result<impl Stream<Item = Envelope> + Send + 'static> {
+        let sub = self
+            .client
+            .subscribe(self.live_subject(chat_id, "*"))
+            .await
+            .map_err(|e| anyhow::anyhow!("subscribing to NATS: {e}"))?;
+        Ok(sub.filter_map(|msg| async move {
+            let kind = msg.subject.rsplit('.').next().unwrap_or_default();
+            match LiveEvent::decode(kind, &msg.payload) {
+                Ok(event) => Some(Envelope {
+                    event: ChatEvent::Live(event),
+                    parent: Parent::default(),
+                    handled: None,
+                }),
+                Err(e) => {
+                    tracing::warn!(subject = %msg.subject, error = %e, "ignoring a malformed live event");
+                    None
+                }
+            }
+        }))
+    }
+
     /// Connects to `url`. With `stream` set, makes sure a JetStream stream of that name
     /// captures `<prefix>.>` with those settings (see [`chat_common::event_stream`]) and
     /// publishes through it.
@@ -355,6 +422,9 @@ impl NatsBus {
 #[async_trait]
 impl EventBus for NatsBus {
     async fn publish(&self, event: &ChatEvent) -> anyhow::Result<()> {
+        if let ChatEvent::Live(live) = event {
+            return self.publish_live(live).await;
+        }
         let subject = format!("{}.{}.{}", self.prefix, event.chat_id(), event.kind());
         let payload = bytes::Bytes::from(event.encode());
         let span = publish_span("nats", &subject, event);
@@ -393,7 +463,8 @@ impl EventBus for NatsBus {
             .subscribe(format!("{}.{}.*", self.prefix, chat_id))
             .await
             .map_err(|e| anyhow::anyhow!("subscribing to NATS: {e}"))?;
-        Ok(Box::pin(sub.filter_map(|msg| async move {
+        let live = self.subscribe_live(chat_id).await?;
+        let stored = sub.filter_map(|msg| async move {
             match ChatEvent::decode(&msg.payload) {
                 Ok(event) => Some(Envelope {
                     event,
@@ -407,7 +478,8 @@ impl EventBus for NatsBus {
                     None
                 }
             }
-        })))
+        });
+        Ok(Box::pin(futures::stream::select(stored, live)))
     }
 
     fn reconnects(&self) -> broadcast::Receiver<()> {
@@ -497,6 +569,15 @@ impl LocalBus {
 #[async_trait]
 impl EventBus for LocalBus {
     async fn publish(&self, event: &ChatEvent) -> anyhow::Result<()> {
+        if let ChatEvent::Live(_) = event {
+            // To the streams only: the notifier's tap is for stored events.
+            let _ = self.tx.send(Envelope {
+                event: event.clone(),
+                parent: Parent::default(),
+                handled: None,
+            });
+            return Ok(());
+        }
         self.publish_with(event, None).await
     }
 

@@ -22,6 +22,13 @@
 //! RESOURCE_EXHAUSTED and the client resumes from its last seq). Nothing here holds a lock
 //! across an `.await`.
 //!
+//! Typing and presence (`presence.rs`) pass through the same fan-out: typing events go
+//! to every stream; replicas' presence beats update the fan-out's [`Roster`], and only a
+//! change of the chat's online set reaches the streams, numbered, delivered while the
+//! roster is held: a stream that takes its snapshot ([`Subscription::online`]) then drops
+//! the changes up to the snapshot's number. A fan-out that starts asks the replicas for
+//! their beats and has snapshots wait [`PRESENCE_SETTLE`] for the answers.
+//!
 //! Delivering a live message is a span in the trace of the send that published it (with the
 //! number of streams reached), when traces are exported.
 
@@ -42,6 +49,7 @@ use chat_common::{trace, Shutdown};
 use crate::{
     domain::ChatId,
     events::{process_span, ChatEvent, Envelope, EventBus},
+    presence::{LiveEvent, Presence, PresenceSettings, Query, Roster},
     service::message_to_pb,
     store::ChatStore,
 };
@@ -52,6 +60,10 @@ const RECHECK_AFTER_RECONNECT: Duration = Duration::from_secs(1);
 /// How long a gap repair (or catch-up) may take, retries included, before the fan-out
 /// gives up: every stream of the chat waits for it.
 pub const REPAIR_BUDGET: Duration = Duration::from_secs(2);
+
+/// How long a fan-out that just started waits for the replicas' presence answers before
+/// its first streams take their snapshot (their live events wait as long, queued).
+pub const PRESENCE_SETTLE: Duration = Duration::from_millis(250);
 
 /// How a subscription ended, as the stream must report it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +82,8 @@ pub struct Hub {
     catch_up_every: Duration,
     shutdown: Shutdown,
     next_id: AtomicU64,
+    /// This replica's streams, announced to every replica.
+    presence: Arc<Presence>,
 }
 
 struct Fanout {
@@ -78,6 +92,8 @@ struct Fanout {
     /// `Some(true)` once subscribed to the bus, `Some(false)` when that failed.
     ready: watch::Sender<Option<bool>>,
     stop: Shutdown,
+    /// Who is online in the chat, by the replicas' beats.
+    roster: Mutex<Roster>,
 }
 
 struct Subscriber {
@@ -108,6 +124,19 @@ impl Subscription {
     }
 }
 
+impl Subscription {
+    /// The chat's online members now, and the number of the last presence change, which
+    /// (with every earlier one) the stream has queued already. Right after the fan-out
+    /// started, waits first (at most [`PRESENCE_SETTLE`]) for the replicas' answers.
+    pub async fn online(&self) -> (Vec<grpc_chat_proto::chat::v1::OnlineMember>, u64) {
+        let settled_at = lock(&self.fanout.roster).settled_at();
+        if let Some(at) = settled_at {
+            tokio::time::sleep_until(at).await;
+        }
+        lock(&self.fanout.roster).online()
+    }
+}
+
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.hub.leave(&self.fanout, self.id);
@@ -126,6 +155,26 @@ impl Hub {
         catch_up_every: Duration,
         shutdown: Shutdown,
     ) -> Arc<Self> {
+        Self::with_presence(
+            bus,
+            store,
+            buffer,
+            catch_up_every,
+            shutdown,
+            PresenceSettings::default(),
+        )
+    }
+
+    /// As [`Hub::new`], with presence announced as `presence` says.
+    pub fn with_presence(
+        bus: Arc<dyn EventBus>,
+        store: Arc<dyn ChatStore>,
+        buffer: usize,
+        catch_up_every: Duration,
+        shutdown: Shutdown,
+        presence: PresenceSettings,
+    ) -> Arc<Self> {
+        let presence = Presence::start(bus.clone(), presence, shutdown.clone());
         Arc::new(Self {
             bus,
             store,
@@ -134,7 +183,13 @@ impl Hub {
             catch_up_every,
             shutdown,
             next_id: AtomicU64::new(1),
+            presence,
         })
+    }
+
+    /// This replica's presence (and typing limiter).
+    pub fn presence(&self) -> &Arc<Presence> {
+        &self.presence
     }
 
     pub fn bus(&self) -> &Arc<dyn EventBus> {
@@ -168,6 +223,7 @@ impl Hub {
                         subscribers: Mutex::new(Vec::new()),
                         ready: watch::channel(None).0,
                         stop: self.shutdown.child(),
+                        roster: Mutex::new(Roster::new(chat.0, self.presence.settings().ttl())),
                     });
                     chats.insert(chat.0, f.clone());
                     (f, true)
@@ -362,8 +418,22 @@ impl Hub {
                 return;
             }
         };
+        // A new fan-out knows no one online yet: the replicas with streams here answer
+        // (the query is published below), and the first snapshots wait for them.
+        lock(&fanout.roster).asked(tokio::time::Instant::now() + PRESENCE_SETTLE);
         let _ = fanout.ready.send(Some(true));
         metrics::gauge!("chat_fanouts_active").increment(1.0);
+        if let Err(e) = self
+            .bus
+            .publish(&ChatEvent::Live(LiveEvent::Query(Query {
+                chat_id: chat.0,
+            })))
+            .await
+        {
+            tracing::warn!(chat_id = chat.0, error = %e, "asking for presence failed; heartbeats will tell");
+        }
+        let mut presence_check = tokio::time::interval(self.presence.settings().check_every());
+        presence_check.tick().await;
         let mut tick = tokio::time::interval(self.catch_up_every);
         tick.tick().await;
         // After a reconnect the client resubscribes in the background: an event published
@@ -418,6 +488,10 @@ impl Hub {
                         self.deliver(&fanout, e);
                         break;
                     }
+                    Some(Envelope { event: ChatEvent::Live(live), .. }) => {
+                        self.live(&fanout, live);
+                        false
+                    }
                     Some(Envelope { event, .. }) => {
                         self.deliver(&fanout, event);
                         false
@@ -438,6 +512,13 @@ impl Hub {
                     true
                 }
                 _ = tick.tick() => true,
+                _ = presence_check.tick() => {
+                    let mut roster = lock(&fanout.roster);
+                    for change in roster.expire(tokio::time::Instant::now()) {
+                        self.deliver(&fanout, ChatEvent::Live(change));
+                    }
+                    false
+                }
             };
             if members_due {
                 // Only after a loss: member events come through the outbox, so they are
@@ -472,6 +553,26 @@ impl Hub {
         }
         metrics::gauge!("chat_fanouts_active").decrement(1.0);
         self.close(&fanout);
+    }
+
+    /// An ephemeral event: typing goes to every stream (each drops its own user's), a
+    /// beat to the roster (its changes to every stream), a query to this replica's
+    /// presence, which answers it if it has streams on the chat.
+    fn live(&self, fanout: &Fanout, event: LiveEvent) {
+        match event {
+            e @ LiveEvent::Typing(_) => {
+                self.deliver(fanout, ChatEvent::Live(e));
+            }
+            LiveEvent::Beat(beat) => {
+                let mut roster = lock(&fanout.roster);
+                for change in roster.apply(beat, tokio::time::Instant::now()) {
+                    self.deliver(fanout, ChatEvent::Live(change));
+                }
+            }
+            LiveEvent::Query(q) => self.presence.announce(q.chat_id),
+            // Made by fan-outs, never published: nothing to do with one from the bus.
+            LiveEvent::Changed(..) => {}
+        }
     }
 
     /// Ends every stream of a fan-out that stopped and forgets it.

@@ -13,6 +13,7 @@ pub mod events;
 pub mod hub;
 mod members;
 pub mod outbox;
+pub mod presence;
 pub mod preview;
 pub mod service;
 pub mod store;
@@ -56,12 +57,15 @@ pub async fn build_api(
     let store = store::open(&config.database_url, config.database_max_connections).await?;
     let credential =
         ServiceCredential::new(auth.clone(), "chat-service", config.service_secret.clone());
-    let hub = hub::Hub::new(
+    let hub = hub::Hub::with_presence(
         bus,
         store.clone(),
         config.stream_buffer,
         config.catch_up_every,
         shutdown.clone(),
+        presence::PresenceSettings {
+            heartbeat: config.presence_heartbeat,
+        },
     );
     Ok(ChatApi::new(
         store,

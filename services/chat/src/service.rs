@@ -26,6 +26,7 @@ use crate::{
     hub::{Ended, Hub},
     members,
     outbox::Outbox,
+    presence::{self, LiveEvent},
     preview::{preview_to_pb, LinkPreviews, Services},
     store::{
         Added, ChatCursor, ChatRecord, ChatStore, Edited, Inserted, MemberRecord, MessageRecord,
@@ -712,6 +713,21 @@ impl ChatService for ChatApi {
         let history_limit = page_size("history_limit", req.history_limit, 50, 500)?;
         self.visible_chat(&caller, chat_id).await?;
         let me = caller.user_id();
+        // The caller's name, for presence (tokens from before names were in them have none).
+        let who = match &caller {
+            Caller::User { id, username, .. } if username.is_empty() => {
+                let member = self
+                    .inner
+                    .store
+                    .member(chat_id, *id)
+                    .await
+                    .map_err(ChatError::from)?
+                    .ok_or(ChatError::ChatNotFound(chat_id.0))?;
+                Some((*id, member.username))
+            }
+            Caller::User { id, username, .. } => Some((*id, username.clone())),
+            Caller::Service { .. } => None,
+        };
 
         // Join first, read history second: whatever is committed after the join arrives
         // live, whatever before is in the history, and the overlap is dropped by seq.
@@ -728,8 +744,14 @@ impl ChatService for ChatApi {
         let store = self.inner.store.clone();
         let shutdown = self.inner.shutdown.clone();
         let after_seq = req.after_seq;
+        let live = req.typing_and_presence;
+        // The caller is online in the chat for as long as the stream exists.
+        let presence = self.inner.hub.presence().clone();
         let stream = async_stream::stream! {
             let _active = ActiveStream::new();
+            let _here = who
+                .as_ref()
+                .map(|(id, name)| presence.enter(chat_id.0, *id, name.clone()));
             let message = |m: pb::Message| Ok(pb::ConnectResponse { event: Some(Event::Message(m)) });
             let mut sent_upto = after_seq;
             let history = if after_seq > 0 {
@@ -770,6 +792,16 @@ impl ChatService for ChatApi {
             yield Ok(pb::ConnectResponse {
                 event: Some(Event::HistoryEnd(pb::HistoryEnd { last_seq: sent_upto })),
             });
+            // Presence changes up to the snapshot's are in it.
+            let mut snapshot_at = 0;
+            if live {
+                let (online, at) = sub.online().await;
+                snapshot_at = at;
+                let me_named = who.as_ref().map(|(id, name)| (*id, name.as_str()));
+                yield Ok(pb::ConnectResponse {
+                    event: Some(Event::Presence(presence::snapshot(chat_id.0, online, me_named))),
+                });
+            }
             loop {
                 let event = tokio::select! {
                     _ = shutdown.wait() => {
@@ -837,10 +869,57 @@ impl ChatService for ChatApi {
                             yield Ok(e.to_response());
                         }
                     }
+                    ChatEvent::Live(e) => {
+                        if !live {
+                            continue;
+                        }
+                        if let Some(event) = e.for_stream(me, snapshot_at) {
+                            yield Ok(pb::ConnectResponse { event: Some(event) });
+                        }
+                    }
                 }
             }
         };
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    #[tracing::instrument(skip_all, fields(chat_id = request.get_ref().chat_id))]
+    async fn send_typing(
+        &self,
+        request: Request<pb::SendTypingRequest>,
+    ) -> Result<Response<pb::SendTypingResponse>, Status> {
+        let (user_id, username) = Caller::require_user(&request)?;
+        let chat_id = ChatId::parse(request.get_ref().chat_id)?;
+        let member = self
+            .inner
+            .store
+            .member(chat_id, user_id)
+            .await
+            .map_err(ChatError::from)?
+            .ok_or(ChatError::ChatNotFound(chat_id.0))?;
+        let presence = self.inner.hub.presence();
+        if !presence.typing().allow(user_id, chat_id.0) {
+            return Ok(Response::new(pb::SendTypingResponse { forwarded: false }));
+        }
+        let username = if username.is_empty() {
+            member.username
+        } else {
+            username
+        };
+        let typing = ChatEvent::Live(LiveEvent::Typing(pb::Typing {
+            chat_id: chat_id.0,
+            user_id,
+            username,
+        }));
+        if let Err(e) = self.inner.hub.bus().publish(&typing).await {
+            tracing::warn!(chat_id = chat_id.0, error = %e, "publishing a typing event failed");
+            return Err(ChatError::Unavailable(
+                "the typing event could not be passed on; try again".into(),
+            )
+            .into());
+        }
+        metrics::counter!("chat_typing_forwarded_total").increment(1);
+        Ok(Response::new(pb::SendTypingResponse { forwarded: true }))
     }
 }
 

@@ -137,6 +137,7 @@ async fn follow(
                 chat_id,
                 after_seq: last(&seen),
                 history_limit: 500,
+                ..Default::default()
             }))
             .await;
         let mut stream = match connected {

@@ -7,9 +7,13 @@
 use std::time::Duration;
 
 use chat_common::event_stream::StreamSettings;
-use chat_service::events::{ChatEvent, EventBus, NatsBus};
+use chat_service::{
+    events::{ChatEvent, EventBus, NatsBus},
+    presence::LiveEvent,
+};
 use chat_testkit::PrivateNats;
 use futures::StreamExt;
+use grpc_chat_proto::chat::v1::Typing;
 
 /// The users the operator's managed NATS gives chat-service and notification-service
 /// (see the operator's `nats_config`: the same permissions), with fixed passwords.
@@ -17,8 +21,8 @@ const CONFIG: &str = r#"
 authorization {
   users: [
     {user: chat, password: "chat-pass", permissions: {
-      publish: {allow: ["chat.>", "$JS.API.>"]},
-      subscribe: {allow: ["chat.>", "_INBOX.>"]}
+      publish: {allow: ["chat.>", "chat_live.>", "$JS.API.>"]},
+      subscribe: {allow: ["chat.>", "chat_live.>", "_INBOX.>"]}
     }},
     {user: notification, password: "notification-pass", permissions: {
       publish: {allow: ["$JS.API.>", "$JS.ACK.>"]},
@@ -63,6 +67,21 @@ async fn chat_connects_with_the_credentials_in_its_url_and_its_permissions_suffi
         .expect("the event in time")
         .expect("an event");
     assert_eq!(got.event, ChatEvent::ChatDeleted { chat_id: 7 });
+
+    // Typing and presence, on their own subjects outside the stream, get through too.
+    let typing = ChatEvent::Live(LiveEvent::Typing(Typing {
+        chat_id: 7,
+        user_id: 1,
+        username: "alice".into(),
+    }));
+    bus.publish(&typing)
+        .await
+        .expect("publishing a typing event");
+    let got = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("the typing event in time")
+        .expect("an event");
+    assert_eq!(got.event, typing);
 }
 
 #[tokio::test]

@@ -250,6 +250,7 @@ async fn a_refusing_mail_server_makes_the_saga_remove_the_message() {
             chat_id,
             after_seq: 0,
             history_limit: 10,
+            ..Default::default()
         }))
         .await
         .expect("connect")

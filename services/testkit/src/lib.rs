@@ -428,6 +428,7 @@ pub fn chat_config(auth: &TestAuth, database_url: &str, nats: &TestNats) -> chat
         deletions_every: Duration::from_millis(200),
         // Off unless a test points them at a site of its own (link_preview::test_site).
         link_previews: None,
+        presence_heartbeat: Duration::from_secs(10),
     }
 }
 

@@ -85,6 +85,7 @@ pub async fn connect(
             chat_id,
             after_seq,
             history_limit: 500,
+            ..Default::default()
         }))
         .await
         .expect("connect")
