@@ -5,6 +5,7 @@
 //! `IssueServiceToken` count each attempt against their rate limits (`limits`) before any
 //! bcrypt or secret comparison, so a refused attempt costs no bcrypt.
 
+use chat_common::convert::timestamp;
 use std::sync::{
     atomic::{AtomicU64, Ordering},
     Arc,
@@ -266,13 +267,6 @@ fn token_pair(
         refresh_token: refresh,
         refresh_expires_at: Some(timestamp(refresh_exp)),
         token_type: "Bearer".into(),
-    }
-}
-
-pub(crate) fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
     }
 }
 

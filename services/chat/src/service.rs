@@ -2,10 +2,11 @@
 //! always in the request; membership is checked against storage on every call, and a
 //! non-member is told the chat does not exist.
 
+use chat_common::convert::timestamp;
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use base64::Engine as _;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures::Stream;
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
@@ -49,13 +50,6 @@ struct Inner {
     shutdown: Shutdown,
     /// Link previews, when they are on.
     previews: Option<LinkPreviews>,
-}
-
-pub(crate) fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
 }
 
 pub(crate) fn message_to_pb(m: &MessageRecord) -> pb::Message {

@@ -6,6 +6,7 @@
 pub mod binary;
 pub mod client;
 pub mod config;
+pub mod convert;
 pub mod db;
 pub mod domain;
 pub mod error;

@@ -2,6 +2,7 @@
 //! out (`GetDeliveryStatus`) or has them sent now (`NotifyMessage`); other services send
 //! one email (`SendEmail`, `GetEmailStatus`). All are internal: service tokens only.
 
+use chat_common::convert::timestamp;
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
@@ -62,13 +63,6 @@ fn deliveries_to_pb(deliveries: &[DeliveryRecord]) -> (i32, Vec<pb::Delivery>) {
         })
         .collect();
     (state, list)
-}
-
-fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
 }
 
 fn email_to_pb(e: &DirectEmailRecord) -> pb::EmailStatus {

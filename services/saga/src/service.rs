@@ -2,6 +2,7 @@
 //! `SendMessage` runs for users (the `from` must be the caller), `GetSaga` shows a saga to
 //! its initiator or to a service.
 
+use chat_common::convert::timestamp;
 use tonic::{Request, Response, Status};
 
 use chat_common::Caller;
@@ -22,13 +23,6 @@ pub struct SagaApi {
 impl SagaApi {
     pub fn new(orchestrator: Orchestrator) -> Self {
         Self { orchestrator }
-    }
-}
-
-fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
     }
 }
 
