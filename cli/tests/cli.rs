@@ -11,8 +11,8 @@ use chat_testkit::{
 };
 use grpc_chat_proto::chat::v1 as pb;
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines},
-    process::{Child, ChildStdout, Command},
+    io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader, Lines},
+    process::{Child, Command},
 };
 
 /// Auth and chat services for one test.
@@ -363,8 +363,9 @@ async fn tokens_are_refreshed_by_themselves() {
     assert_one_line_error(&out, "your session has expired: run `login <email>` again");
 }
 
-/// Reads stdout lines until one ends with `suffix`; returns the lines read.
-async fn read_until(lines: &mut Lines<BufReader<ChildStdout>>, suffix: &str) -> Vec<String> {
+/// Reads lines (a `connect`'s stdout, or its stderr where notices go) until one ends with
+/// `suffix`; returns them all.
+async fn read_until<R: AsyncBufRead + Unpin>(lines: &mut Lines<R>, suffix: &str) -> Vec<String> {
     let mut seen = Vec::new();
     let found = tokio::time::timeout(Duration::from_secs(20), async {
         while let Ok(Some(line)) = lines.next_line().await {
@@ -1301,26 +1302,6 @@ async fn whoami_users_passwd_and_delete_account() {
     );
 }
 
-/// Reads `lines` (a `connect`'s stderr, where its notices go) until one ends with `suffix`.
-async fn notice_until(lines: &mut Lines<BufReader<tokio::process::ChildStderr>>, suffix: &str) {
-    let mut seen = Vec::new();
-    let found = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let done = line.ends_with(suffix);
-            seen.push(line);
-            if done {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert!(
-        matches!(found, Ok(true)),
-        "no notice ending with {suffix:?}; saw {seen:?}"
-    );
-}
-
 /// Issue 16, item 5 and the end of item 1: `invite`, `kick` and `leave`; a kicked member's
 /// `connect` ends with a sentence that says so while other members' `connect` shows who
 /// joins and leaves; a deleted account's messages stay, shown as from "(deleted user)".
@@ -1338,7 +1319,7 @@ async fn membership_walkthrough(alice: &User, bob: &User, carol: &User) {
         alice.ok(&["invite", &ids, "carol"]).await,
         format!("Added carol to chat {id} (3 members).\n")
     );
-    notice_until(&mut bob_notes, "(carol joined the chat)").await;
+    read_until(&mut bob_notes, "(carol joined the chat)").await;
     assert_eq!(
         alice.ok(&["invite", &ids, "carol,bob"]).await,
         format!("Everyone named is already in chat {id} (3 members).\n")
@@ -1381,7 +1362,7 @@ async fn membership_walkthrough(alice: &User, bob: &User, carol: &User) {
         lines.iter().all(|l| l.starts_with('(') && l.ends_with(')')),
         "{stderr}"
     );
-    notice_until(&mut bob_notes, "(carol left the chat)").await;
+    read_until(&mut bob_notes, "(carol left the chat)").await;
     assert_one_line_error(
         &carol.run(&["send", &ids, "still here?"], "").await,
         &format!("chat {id} does not exist or you are not a member of it"),
