@@ -3,6 +3,7 @@
 //! check, the service credential for internal calls, serving with health and reflection,
 //! graceful shutdown, the one definition of the JetStream events stream, and the mapping of internal errors to a status that leaks nothing.
 
+pub mod batch;
 pub mod binary;
 pub mod client;
 pub mod config;
