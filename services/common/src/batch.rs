@@ -170,15 +170,13 @@ mod tests {
     use std::sync::Mutex;
 
     type Log = Arc<Mutex<Vec<Vec<i64>>>>;
+    type Answer = BoxFuture<'static, anyhow::Result<Vec<i64>>>;
 
     /// A handler that records each batch and fails any batch holding a negative item.
-    fn recording() -> (
-        Log,
-        impl Fn(Vec<i64>) -> BoxFuture<'static, anyhow::Result<Vec<i64>>>,
-    ) {
+    fn recording() -> (Log, impl Fn(Vec<i64>) -> Answer) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
-        let handler = move |items: Vec<i64>| -> BoxFuture<'static, anyhow::Result<Vec<i64>>> {
+        let handler = move |items: Vec<i64>| -> Answer {
             let log = log.clone();
             Box::pin(async move {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
