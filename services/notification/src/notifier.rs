@@ -3,8 +3,10 @@
 //!
 //! Either path first makes sure the message is recorded with its recipients (the members
 //! but the sender, with their emails, looked up through ChatService and AuthService with
-//! this service's token and kept per chat for a few seconds), then claims whatever deliveries are not yet claimed and
-//! sends them. Claims are rows updated in PostgreSQL, so two replicas, or the event and the
+//! this service's token and kept per chat for a few seconds) and, in the same write,
+//! claims whatever deliveries are not yet claimed; then it sends them. On PostgreSQL the
+//! records and claims of concurrent messages share one statement, and so do their
+//! outcomes (see `store/postgres.rs`). Claims are rows updated in PostgreSQL, so two replicas, or the event and the
 //! saga arriving at once, never send the same email twice. An event is done only once every
 //! delivery is final: deliveries held by another sender (which may have died, leaving its
 //! claim until the lease runs out) or given back by a retry cut short at shutdown make the
@@ -14,7 +16,7 @@
 //!
 //! An event can outlive its message: the saga removes a message whose notification failed
 //! or ran past its deadline, possibly while every notifier was down and its event waited in
-//! the stream. So before emails are claimed, and again before every retry, the message is
+//! the stream. So before emails are sent, and again before every retry, the message is
 //! looked up in ChatService; a message that is gone has its unsent deliveries cancelled
 //! (recorded FAILED, "cancelled: ..."), never emailed. Only an email already handed to the
 //! mail server when the message is removed still goes out.
@@ -53,9 +55,13 @@ use crate::{
 const CANCELLED: &str = "cancelled: the message was removed before it was emailed";
 /// How many emails one replica sends at once for one message.
 const SEND_CONCURRENCY: usize = 8;
-/// How often a waiting status call looks at the records again when nothing in this
-/// process said they changed (another replica may be sending them).
+/// How often, at most, a waiting status call looks at the records again when nothing in
+/// this process said they changed (another replica may be sending them).
 const POLL_EVERY: Duration = Duration::from_millis(100);
+/// Its first look again: the other sender usually finishes within milliseconds (the
+/// saga's call and the message's event race for the same emails), so the pause starts
+/// short and doubles up to [`POLL_EVERY`].
+const FIRST_POLL: Duration = Duration::from_millis(4);
 
 #[derive(Clone)]
 pub struct Notifier {
@@ -178,12 +184,13 @@ impl Notifier {
         message: &chatpb::Message,
         fetched: bool,
     ) -> Result<(), NotificationError> {
-        let (recorded, new) = self.record(message).await?;
+        let (recorded, new, claimed) = self.record(message).await?;
         let (chat_id, seq) = (message.chat_id, message.seq);
         if !fetched && !self.still_there(chat_id, seq).await? {
-            return self.cancel(chat_id, seq).await;
+            return self.cancel(chat_id, seq, claimed).await;
         }
-        let Some(claimed) = self.claim(chat_id, seq).await? else {
+        if claimed.is_empty() {
+            let _ = self.inner.finished.send((chat_id, seq));
             // A caller of NotifyMessage waits for the holder (`wait_final`); an event is
             // not done until the deliveries are.
             return if fetched {
@@ -191,7 +198,7 @@ impl Notifier {
             } else {
                 self.settled(chat_id, seq).await
             };
-        };
+        }
         // The first record wins: when this one was not it, send what was recorded.
         let recorded = if new {
             recorded
@@ -268,14 +275,21 @@ impl Notifier {
         }
     }
 
-    /// The message is gone: every delivery nobody is sending is cancelled, so no email about
-    /// it goes out later (a redelivered event finds them final).
-    async fn cancel(&self, chat_id: i64, seq: i64) -> Result<(), NotificationError> {
-        let claimed = self
-            .inner
-            .store
-            .claim(chat_id, seq, self.inner.lease)
-            .await?;
+    /// The message is gone: every delivery nobody is sending (`claimed`, and any this call
+    /// can still claim) is cancelled, so no email about it goes out later (a redelivered
+    /// event finds them final).
+    async fn cancel(
+        &self,
+        chat_id: i64,
+        seq: i64,
+        mut claimed: Vec<DeliveryRecord>,
+    ) -> Result<(), NotificationError> {
+        claimed.extend(
+            self.inner
+                .store
+                .claim(chat_id, seq, self.inner.lease)
+                .await?,
+        );
         for d in &claimed {
             self.inner
                 .store
@@ -307,13 +321,15 @@ impl Notifier {
         let deadline = tokio::time::Instant::now() + timeout;
         // Listen before reading, so a finish between the read and the wait is not missed.
         let mut finished = self.inner.finished.subscribe();
+        let mut pause = FIRST_POLL;
         loop {
             let found = self.inner.store.deliveries(chat_id, seq).await?;
             let done = matches!(&found, Some(d) if overall(d).is_final());
             if done || tokio::time::Instant::now() >= deadline {
                 return Ok(found);
             }
-            let look_again = (tokio::time::Instant::now() + POLL_EVERY).min(deadline);
+            let look_again = (tokio::time::Instant::now() + pause).min(deadline);
+            pause = (pause * 2).min(POLL_EVERY);
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep_until(look_again) => break,
@@ -331,12 +347,13 @@ impl Notifier {
         }
     }
 
-    /// Records the message with its recipients unless it is recorded already; returns the
-    /// record as this call made it, and whether it was the first.
+    /// Records the message with its recipients unless it is recorded already, and claims
+    /// its deliveries that nobody is sending; returns the record as this call made it,
+    /// whether it was the first, and the claimed deliveries.
     async fn record(
         &self,
         m: &chatpb::Message,
-    ) -> Result<(MessageRecord, bool), NotificationError> {
+    ) -> Result<(MessageRecord, bool, Vec<DeliveryRecord>), NotificationError> {
         let (title, members) = self.chat_recipients(m.chat_id).await?;
         let recipients: Vec<Recipient> = members
             .iter()
@@ -358,8 +375,12 @@ impl Notifier {
             sent_at,
         };
         trace::set_attribute(&Span::current(), "recipient_count", recipients.len() as i64);
-        let new = self.inner.store.record(&record, &recipients).await?;
-        Ok((record, new))
+        let (new, claimed) = self
+            .inner
+            .store
+            .record_and_claim(&record, &recipients, self.inner.lease)
+            .await?;
+        Ok((record, new, claimed))
     }
 
     /// The chat's title and every member with their email, from a short-lived cache: a
@@ -461,7 +482,7 @@ impl Notifier {
     /// its own, through retries and their own records.
     pub async fn send_claimable(&self, chat_id: i64, seq: i64) -> Result<(), NotificationError> {
         if !self.still_there(chat_id, seq).await? {
-            return self.cancel(chat_id, seq).await;
+            return self.cancel(chat_id, seq, Vec::new()).await;
         }
         let Some(claimed) = self.claim(chat_id, seq).await? else {
             return Ok(());

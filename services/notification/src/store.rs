@@ -124,13 +124,25 @@ pub trait DeliveryStore: Send + Sync + 'static {
     /// Whether the message has been recorded (by any replica, on any path).
     async fn is_recorded(&self, chat_id: i64, seq: i64) -> anyhow::Result<bool>;
 
-    /// Records the message with its recipients, unless it was recorded already: the first
-    /// record wins, so every path works from the same recipients. True when this was it.
-    async fn record(
+    /// Records the message with its recipients, unless it was recorded already (the first
+    /// record wins, so every path works from the same recipients), and claims for `lease`
+    /// every delivery of it that is pending or whose claim has expired: a new record's
+    /// deliveries are claimed as they are created. Returns whether this call recorded the
+    /// message, and what it claimed; those deliveries are sent by the caller and by no one
+    /// else.
+    ///
+    /// Neither the record nor the claim is an outcome anyone is told about: if the database
+    /// loses them in a crash, the message's event (unacknowledged until its deliveries are
+    /// final) or the saga's retried call records them again. So a store may commit them
+    /// without waiting for the disk; the outcomes ([`DeliveryStore::finish`] and
+    /// [`DeliveryStore::finish_delivered`]) it must commit durably, and a durable commit
+    /// also makes every earlier one durable.
+    async fn record_and_claim(
         &self,
         message: &MessageRecord,
         recipients: &[Recipient],
-    ) -> anyhow::Result<bool>;
+        lease: Duration,
+    ) -> anyhow::Result<(bool, Vec<DeliveryRecord>)>;
 
     /// The recorded message.
     async fn message(&self, chat_id: i64, seq: i64) -> anyhow::Result<Option<MessageRecord>>;

@@ -1,10 +1,13 @@
 //! The PostgreSQL backend of [`DeliveryStore`](super::DeliveryStore).
 
-use std::time::Duration;
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sqlx::{postgres::PgRow, PgPool, Row};
+
+use chat_common::batch::Batcher;
 
 use super::{
     DeliveryRecord, DeliveryState, DeliveryStore, DirectEmailRecord, MessageRecord, NewEmail,
@@ -13,14 +16,249 @@ use super::{
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/notification");
 
+/// Most messages recorded, or outcomes written, in one statement.
+const MAX_BATCH: usize = 128;
+/// Batches in the database at once. Two: while one commits, the next one forms; more
+/// would only split the same callers into smaller batches.
+const IN_FLIGHT: usize = 2;
+
 pub struct PgDeliveryStore {
     pool: PgPool,
+    /// Records and claims of concurrent messages, one statement per batch.
+    records: Batcher<RecordItem, (bool, Vec<DeliveryRecord>)>,
+    /// First-try deliveries of concurrent messages, one statement per batch.
+    delivered: Batcher<DeliveredItem, ()>,
 }
 
 impl PgDeliveryStore {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        let records = {
+            let pool = pool.clone();
+            Batcher::start("notification_record", MAX_BATCH, IN_FLIGHT, move |items| {
+                record_and_claim(pool.clone(), items)
+            })
+        };
+        let delivered = {
+            let pool = pool.clone();
+            Batcher::start(
+                "notification_delivered",
+                MAX_BATCH,
+                IN_FLIGHT,
+                move |items| finish_delivered(pool.clone(), items),
+            )
+        };
+        Self {
+            pool,
+            records,
+            delivered,
+        }
     }
+}
+
+/// One message to record with its recipients and claim.
+#[derive(Clone)]
+struct RecordItem {
+    message: Arc<MessageRecord>,
+    recipients: Arc<Vec<Recipient>>,
+    lease: Duration,
+}
+
+/// Recipients of one message whose email went out on the first try.
+#[derive(Clone)]
+struct DeliveredItem {
+    chat_id: i64,
+    seq: i64,
+    recipient_ids: Arc<Vec<i64>>,
+}
+
+/// Records and claims a batch of messages in one statement, committed without waiting for
+/// the disk (see [`DeliveryStore::record_and_claim`] for why that is safe): the messages
+/// that are new and their deliveries, created claimed; and, for the messages recorded
+/// before, the deliveries that are pending or whose claim ran out (`SKIP LOCKED`: what a
+/// concurrent claimer holds is left to it). Rows inserted by the statement are not in its
+/// snapshot, so the second part never sees the first part's deliveries.
+///
+/// A message twice in one batch (its event and the saga's call at once) is recorded by
+/// the first item; the second claims nothing, as if it had come just after.
+async fn record_and_claim(
+    pool: PgPool,
+    items: Vec<RecordItem>,
+) -> anyhow::Result<Vec<(bool, Vec<DeliveryRecord>)>> {
+    // The first item of each message does the work; later ones of the same message get
+    // nothing.
+    let mut first = HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        first
+            .entry((item.message.chat_id, item.message.seq))
+            .or_insert(i);
+    }
+    let lease = items.iter().map(|i| i.lease).max().unwrap_or_default();
+    let mut m = MessageColumns::default();
+    let mut r = RecipientColumns::default();
+    for (i, item) in items.iter().enumerate() {
+        let msg = &item.message;
+        if first.get(&(msg.chat_id, msg.seq)) != Some(&i) {
+            continue;
+        }
+        m.push(msg);
+        for rc in item.recipients.iter() {
+            r.push(msg.chat_id, msg.seq, rc);
+        }
+    }
+    let mut tx = pool.begin().await.context("starting a transaction")?;
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await
+        .context("relaxing the commit of a claim")?;
+    let rows = sqlx::query(
+        "WITH msg AS ( \
+             INSERT INTO notified_messages \
+               (chat_id, seq, sender_id, sender_username, chat_title, text, sent_at) \
+             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], \
+                                  $5::text[], $6::text[], $7::timestamptz[]) \
+             ON CONFLICT DO NOTHING RETURNING chat_id, seq), \
+         fresh AS ( \
+             INSERT INTO deliveries \
+               (chat_id, seq, recipient_id, email, username, state, lease_until) \
+             SELECT r.chat_id, r.seq, r.recipient_id, r.email, r.username, 'sending', \
+                    now() + make_interval(secs => $13) \
+             FROM UNNEST($8::bigint[], $9::bigint[], $10::bigint[], $11::text[], $12::text[]) \
+                  AS r(chat_id, seq, recipient_id, email, username) \
+             JOIN msg USING (chat_id, seq) \
+             ON CONFLICT DO NOTHING \
+             RETURNING chat_id, seq, recipient_id, email, username, state, attempts, error, \
+                       updated_at), \
+         due AS ( \
+             SELECT d.chat_id, d.seq, d.recipient_id FROM deliveries d \
+             JOIN UNNEST($1::bigint[], $2::bigint[]) AS k(chat_id, seq) \
+               ON d.chat_id = k.chat_id AND d.seq = k.seq \
+             WHERE d.state = 'pending' OR (d.state = 'sending' AND d.lease_until < now()) \
+             FOR UPDATE OF d SKIP LOCKED), \
+         taken AS ( \
+             UPDATE deliveries d SET state = 'sending', \
+                lease_until = now() + make_interval(secs => $13), updated_at = now() \
+             FROM due WHERE d.chat_id = due.chat_id AND d.seq = due.seq \
+               AND d.recipient_id = due.recipient_id \
+             RETURNING d.chat_id, d.seq, d.recipient_id, d.email, d.username, d.state, \
+                       d.attempts, d.error, d.updated_at) \
+         SELECT true AS recorded, chat_id, seq, NULL::bigint AS recipient_id, NULL AS email, \
+                NULL AS username, NULL AS state, NULL::int AS attempts, NULL AS error, \
+                NULL::timestamptz AS updated_at FROM msg \
+         UNION ALL SELECT false, * FROM fresh \
+         UNION ALL SELECT false, * FROM taken",
+    )
+    .bind(&m.chat_ids)
+    .bind(&m.seqs)
+    .bind(&m.sender_ids)
+    .bind(&m.sender_usernames)
+    .bind(&m.chat_titles)
+    .bind(&m.texts)
+    .bind(&m.sent_ats)
+    .bind(&r.chat_ids)
+    .bind(&r.seqs)
+    .bind(&r.user_ids)
+    .bind(&r.emails)
+    .bind(&r.usernames)
+    .bind(lease_secs(lease))
+    .fetch_all(&mut *tx)
+    .await
+    .context("recording messages and claiming their deliveries")?;
+    tx.commit().await.context("committing message records")?;
+    let mut out: HashMap<(i64, i64), (bool, Vec<DeliveryRecord>)> = HashMap::new();
+    for row in &rows {
+        let key = (row.try_get("chat_id")?, row.try_get("seq")?);
+        let entry = out.entry(key).or_default();
+        if row.try_get("recorded")? {
+            entry.0 = true;
+        } else {
+            entry.1.push(delivery_from_row(row)?);
+        }
+    }
+    Ok(items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let key = (item.message.chat_id, item.message.seq);
+            match first.get(&key) {
+                Some(&f) if f == i => {
+                    let (new, mut claimed) = out.remove(&key).unwrap_or_default();
+                    claimed.sort_by_key(|d| d.recipient.user_id);
+                    (new, claimed)
+                }
+                _ => (false, Vec::new()),
+            }
+        })
+        .collect())
+}
+
+/// The messages of a batch, column by column, for `UNNEST`.
+#[derive(Default)]
+struct MessageColumns<'a> {
+    chat_ids: Vec<i64>,
+    seqs: Vec<i64>,
+    sender_ids: Vec<i64>,
+    sender_usernames: Vec<&'a str>,
+    chat_titles: Vec<&'a str>,
+    texts: Vec<&'a str>,
+    sent_ats: Vec<DateTime<Utc>>,
+}
+
+impl<'a> MessageColumns<'a> {
+    fn push(&mut self, m: &'a MessageRecord) {
+        self.chat_ids.push(m.chat_id);
+        self.seqs.push(m.seq);
+        self.sender_ids.push(m.sender_id);
+        self.sender_usernames.push(&m.sender_username);
+        self.chat_titles.push(&m.chat_title);
+        self.texts.push(&m.text);
+        self.sent_ats.push(m.sent_at);
+    }
+}
+
+/// The recipients of a batch's messages, column by column, for `UNNEST`.
+#[derive(Default)]
+struct RecipientColumns<'a> {
+    chat_ids: Vec<i64>,
+    seqs: Vec<i64>,
+    user_ids: Vec<i64>,
+    emails: Vec<&'a str>,
+    usernames: Vec<&'a str>,
+}
+
+impl<'a> RecipientColumns<'a> {
+    fn push(&mut self, chat_id: i64, seq: i64, r: &'a Recipient) {
+        self.chat_ids.push(chat_id);
+        self.seqs.push(seq);
+        self.user_ids.push(r.user_id);
+        self.emails.push(&r.email);
+        self.usernames.push(&r.username);
+    }
+}
+
+/// Records the first-try deliveries of a batch of messages in one statement, committed
+/// durably: a delivery recorded here is never sent again.
+async fn finish_delivered(pool: PgPool, items: Vec<DeliveredItem>) -> anyhow::Result<Vec<()>> {
+    let (mut chat_ids, mut seqs, mut recipient_ids) = (Vec::new(), Vec::new(), Vec::new());
+    for item in &items {
+        for id in item.recipient_ids.iter() {
+            chat_ids.push(item.chat_id);
+            seqs.push(item.seq);
+            recipient_ids.push(*id);
+        }
+    }
+    sqlx::query(
+        "UPDATE deliveries d SET state = 'delivered', attempts = d.attempts + 1, \
+            lease_until = NULL, updated_at = now() \
+         FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) AS f(chat_id, seq, recipient_id) \
+         WHERE d.chat_id = f.chat_id AND d.seq = f.seq AND d.recipient_id = f.recipient_id",
+    )
+    .bind(&chat_ids)
+    .bind(&seqs)
+    .bind(&recipient_ids)
+    .execute(&pool)
+    .await
+    .context("recording deliveries")?;
+    Ok(vec![(); items.len()])
 }
 
 const DELIVERY_COLUMNS: &str = "recipient_id, email, username, state, attempts, error, updated_at";
@@ -77,44 +315,19 @@ impl DeliveryStore for PgDeliveryStore {
         Ok(found.is_some())
     }
 
-    async fn record(&self, m: &MessageRecord, recipients: &[Recipient]) -> anyhow::Result<bool> {
-        let mut tx = self.pool.begin().await.context("starting a transaction")?;
-        let inserted = sqlx::query(
-            "INSERT INTO notified_messages \
-               (chat_id, seq, sender_id, sender_username, chat_title, text, sent_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-        )
-        .bind(m.chat_id)
-        .bind(m.seq)
-        .bind(m.sender_id)
-        .bind(&m.sender_username)
-        .bind(&m.chat_title)
-        .bind(&m.text)
-        .bind(m.sent_at)
-        .execute(&mut *tx)
-        .await
-        .context("recording a message")?
-        .rows_affected();
-        if inserted == 1 && !recipients.is_empty() {
-            let ids: Vec<i64> = recipients.iter().map(|r| r.user_id).collect();
-            let emails: Vec<&str> = recipients.iter().map(|r| r.email.as_str()).collect();
-            let names: Vec<&str> = recipients.iter().map(|r| r.username.as_str()).collect();
-            sqlx::query(
-                "INSERT INTO deliveries (chat_id, seq, recipient_id, email, username) \
-                 SELECT $1, $2, * FROM UNNEST($3::bigint[], $4::text[], $5::text[]) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(m.chat_id)
-            .bind(m.seq)
-            .bind(&ids)
-            .bind(&emails)
-            .bind(&names)
-            .execute(&mut *tx)
+    async fn record_and_claim(
+        &self,
+        message: &MessageRecord,
+        recipients: &[Recipient],
+        lease: Duration,
+    ) -> anyhow::Result<(bool, Vec<DeliveryRecord>)> {
+        self.records
+            .run(RecordItem {
+                message: Arc::new(message.clone()),
+                recipients: Arc::new(recipients.to_vec()),
+                lease,
+            })
             .await
-            .context("recording recipients")?;
-        }
-        tx.commit().await.context("committing a message record")?;
-        Ok(inserted == 1)
     }
 
     async fn message(&self, chat_id: i64, seq: i64) -> anyhow::Result<Option<MessageRecord>> {
@@ -243,18 +456,13 @@ impl DeliveryStore for PgDeliveryStore {
         seq: i64,
         recipient_ids: &[i64],
     ) -> anyhow::Result<()> {
-        sqlx::query(
-            "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, \
-                lease_until = NULL, updated_at = now() \
-             WHERE chat_id = $1 AND seq = $2 AND recipient_id = ANY($3)",
-        )
-        .bind(chat_id)
-        .bind(seq)
-        .bind(recipient_ids)
-        .execute(&self.pool)
-        .await
-        .context("recording deliveries")?;
-        Ok(())
+        self.delivered
+            .run(DeliveredItem {
+                chat_id,
+                seq,
+                recipient_ids: Arc::new(recipient_ids.to_vec()),
+            })
+            .await
     }
 
     async fn deliveries(

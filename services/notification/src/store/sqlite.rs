@@ -13,7 +13,7 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{sqlite::SqliteRow, QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::{sqlite::SqliteRow, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 
 use chat_common::db::{sqlite_writer, Args, GroupWriter};
 
@@ -89,6 +89,37 @@ fn email_from_row(row: &SqliteRow) -> anyhow::Result<DirectEmailRecord> {
     })
 }
 
+/// Claims until `until` the deliveries of a message that are pending or whose claim ran out
+/// before `at`. One statement: it holds the write lock from its first read, so a concurrent
+/// claimer runs before or after it and finds these rows claimed.
+async fn claim_on(
+    conn: &mut SqliteConnection,
+    chat_id: i64,
+    seq: i64,
+    until: &str,
+    at: &str,
+) -> anyhow::Result<Vec<DeliveryRecord>> {
+    let rows = sqlx::query(&format!(
+        "UPDATE deliveries SET state = 'sending', lease_until = ?3, updated_at = ?4 \
+         WHERE chat_id = ?1 AND seq = ?2 \
+           AND (state = 'pending' OR (state = 'sending' AND lease_until < ?4)) \
+         RETURNING {DELIVERY_COLUMNS}"
+    ))
+    .bind(chat_id)
+    .bind(seq)
+    .bind(until)
+    .bind(at)
+    .fetch_all(&mut *conn)
+    .await
+    .context("claiming deliveries")?;
+    let mut claimed = rows
+        .iter()
+        .map(delivery_from_row)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    claimed.sort_by_key(|d| d.recipient.user_id);
+    Ok(claimed)
+}
+
 #[async_trait]
 impl DeliveryStore for SqliteDeliveryStore {
     async fn is_recorded(&self, chat_id: i64, seq: i64) -> anyhow::Result<bool> {
@@ -102,12 +133,19 @@ impl DeliveryStore for SqliteDeliveryStore {
         Ok(found.is_some())
     }
 
-    async fn record(&self, m: &MessageRecord, recipients: &[Recipient]) -> anyhow::Result<bool> {
-        let now = ts(Utc::now());
+    async fn record_and_claim(
+        &self,
+        m: &MessageRecord,
+        recipients: &[Recipient],
+        lease: Duration,
+    ) -> anyhow::Result<(bool, Vec<DeliveryRecord>)> {
+        let at = Utc::now();
+        let (now, until) = (ts(at), lease_end(at, lease)?);
         let record = Arc::new((m.clone(), recipients.to_vec()));
+        // One write: the record (when new) and the claim share the commit.
         self.writer
             .write(move |conn| {
-                let (record, now) = (record.clone(), now.clone());
+                let (record, now, until) = (record.clone(), now.clone(), until.clone());
                 Box::pin(async move {
                     let (m, recipients) = &*record;
                     let inserted = sqlx::query(
@@ -152,7 +190,8 @@ impl DeliveryStore for SqliteDeliveryStore {
                                 .context("recording recipients")?;
                         }
                     }
-                    Ok(inserted == 1)
+                    let claimed = claim_on(conn, m.chat_id, m.seq, &until, &now).await?;
+                    Ok((inserted == 1, claimed))
                 })
             })
             .await
@@ -190,28 +229,10 @@ impl DeliveryStore for SqliteDeliveryStore {
     ) -> anyhow::Result<Vec<DeliveryRecord>> {
         let now = Utc::now();
         let (until, at) = (lease_end(now, lease)?, ts(now));
-        // One statement: it holds the write lock from its first read, so a concurrent
-        // claimer runs before or after it and finds these rows claimed.
         self.writer
             .write(move |conn| {
                 let (until, at) = (until.clone(), at.clone());
-                Box::pin(async move {
-                    let rows = sqlx::query(&format!(
-                        "UPDATE deliveries SET state = 'sending', lease_until = ?3, \
-                            updated_at = ?4 \
-                         WHERE chat_id = ?1 AND seq = ?2 \
-                           AND (state = 'pending' OR (state = 'sending' AND lease_until < ?4)) \
-                         RETURNING {DELIVERY_COLUMNS}"
-                    ))
-                    .bind(chat_id)
-                    .bind(seq)
-                    .bind(until)
-                    .bind(at)
-                    .fetch_all(&mut *conn)
-                    .await
-                    .context("claiming deliveries")?;
-                    rows.iter().map(delivery_from_row).collect()
-                })
+                Box::pin(async move { claim_on(conn, chat_id, seq, &until, &at).await })
             })
             .await
     }
