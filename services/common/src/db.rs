@@ -168,22 +168,7 @@ pub async fn connect_and_migrate(
             }
         }
     }
-    let pool = PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        // sqlx would ping every connection it hands out: a round trip per query, a third
-        // of the database work of a send. A connection in steady use is known good; one
-        // that sat idle (through a database restart, say) is pinged, and dropped for a
-        // fresh one when the ping fails.
-        .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
-            Box::pin(async move {
-                if meta.idle_for < PING_IF_IDLE_FOR {
-                    return Ok(true);
-                }
-                Ok(sqlx::Connection::ping(conn).await.is_ok())
-            })
-        })
+    let pool = pg_pool_options(max_connections)
         .connect(url)
         .await
         .context("connecting to PostgreSQL")?;
@@ -193,6 +178,38 @@ pub async fn connect_and_migrate(
         .await
         .context("applying migrations")?;
     Ok(pool)
+}
+
+/// How every PostgreSQL pool is set up: bounded, failing fast, and pinging only a
+/// connection that sat idle. sqlx would ping every connection it hands out: a round trip
+/// per query, a third of the database work of a send. A connection in steady use is known
+/// good; one that sat idle (through a database restart, say) is pinged, and dropped for a
+/// fresh one when the ping fails.
+fn pg_pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections.max(1))
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for < PING_IF_IDLE_FOR {
+                    return Ok(true);
+                }
+                Ok(sqlx::Connection::ping(conn).await.is_ok())
+            })
+        })
+}
+
+/// A second pool on `pool`'s database whose commits do not wait for the disk
+/// (`synchronous_commit = off`), for writes that are redone if a crash loses them: a
+/// claim, a step of a saga that its recovery runs again. Such a commit is visible at once
+/// and durable within a fraction of a second; a later durable commit on any connection
+/// makes it durable too, since the log is flushed in order. Connects lazily.
+pub fn relaxed_commits(pool: &PgPool, max_connections: u32) -> PgPool {
+    let options = (*pool.connect_options())
+        .clone()
+        .options([("synchronous_commit", "off")]);
+    pg_pool_options(max_connections).connect_lazy_with(options)
 }
 
 /// `migrator`'s migrations, tolerating applied ones it does not know (a newer version's).

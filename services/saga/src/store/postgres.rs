@@ -13,13 +13,22 @@ use crate::domain::{FailCode, SagaState, SendRequest, StepKind, StepState};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/saga");
 
+/// The saga log on PostgreSQL. Writes that the saga's recovery redoes (a step's start, a
+/// success followed by the next step) commit without waiting for the disk (`relaxed`): a
+/// crash that loses them sends the saga back a step, and every step is idempotent (the
+/// message is keyed by the saga's id). The saga's creation, which anchors the caller's
+/// idempotency key to that id, and every final state commit durably, and a durable commit
+/// makes the relaxed ones before it durable too.
 pub struct PgSagaStore {
     pool: PgPool,
+    relaxed: PgPool,
 }
 
 impl PgSagaStore {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        let relaxed =
+            chat_common::db::relaxed_commits(&pool, pool.options().get_max_connections() / 2);
+        Self { pool, relaxed }
     }
 
     async fn steps(&self, id: Uuid) -> anyhow::Result<Vec<StepRecord>> {
@@ -130,7 +139,7 @@ impl SagaStore for PgSagaStore {
     }
 
     async fn step_started(&self, id: Uuid, kind: StepKind) -> anyhow::Result<DateTime<Utc>> {
-        let mut conn = self.pool.acquire().await.context("connecting")?;
+        let mut conn = self.relaxed.acquire().await.context("connecting")?;
         start_step(&mut conn, id, kind).await
     }
 
@@ -141,40 +150,48 @@ impl SagaStore for PgSagaStore {
         result: StepResult,
         then: Then,
     ) -> anyhow::Result<Option<DateTime<Utc>>> {
-        let mut tx = self.pool.begin().await.context("starting a transaction")?;
-        sqlx::query(
-            "UPDATE saga_steps SET state = 'succeeded', finished_at = now(), error = '' \
-             WHERE saga_id = $1 AND kind = $2",
-        )
-        .bind(id)
-        .bind(kind.as_str())
-        .execute(&mut *tx)
-        .await
-        .context("recording a step's success")?;
         let (sender_id, seq) = match result {
             StepResult::None => (None, None),
             StepResult::Sender(s) => (Some(s), None),
             StepResult::MessageSeq(s) => (None, Some(s)),
         };
-        sqlx::query(
-            "UPDATE sagas SET sender_id = COALESCE($2, sender_id), \
-                message_seq = COALESCE($3, message_seq), updated_at = now() WHERE id = $1",
+        let (next, end, pool) = match then {
+            Then::Start(next) => (Some(next.as_str()), None, &self.relaxed),
+            Then::Finish(state) => (None, Some(state), &self.pool),
+        };
+        // One statement: the step's success, its result, and the next step's start or the
+        // saga's end, committed together.
+        let started: Option<DateTime<Utc>> = sqlx::query_scalar(
+            "WITH done AS ( \
+                 UPDATE saga_steps SET state = 'succeeded', finished_at = now(), error = '' \
+                 WHERE saga_id = $1 AND kind = $2), \
+             saga AS ( \
+                 UPDATE sagas SET sender_id = COALESCE($3, sender_id), \
+                    message_seq = COALESCE($4, message_seq), state = COALESCE($6, state), \
+                    lease_until = CASE WHEN $7 THEN NULL ELSE lease_until END, \
+                    updated_at = now() \
+                 WHERE id = $1), \
+             next AS ( \
+                 INSERT INTO saga_steps (saga_id, kind, state) \
+                 SELECT $1, $5, 'started' WHERE $5::text IS NOT NULL \
+                 ON CONFLICT (saga_id, kind) DO UPDATE SET state = 'started', finished_at = NULL \
+                 RETURNING started_at) \
+             SELECT (SELECT started_at FROM next)",
         )
         .bind(id)
+        .bind(kind.as_str())
         .bind(sender_id)
         .bind(seq)
-        .execute(&mut *tx)
+        .bind(next)
+        .bind(end.map(SagaState::as_str))
+        .bind(end.is_some_and(SagaState::is_final))
+        .fetch_one(pool)
         .await
-        .context("recording a step's result")?;
-        let started = match then {
-            Then::Start(next) => Some(start_step(&mut tx, id, next).await?),
-            Then::Finish(state) => {
-                record_state(&mut tx, id, state, None).await?;
-                None
-            }
-        };
-        tx.commit().await.context("committing a step")?;
-        Ok(started)
+        .context("recording a step's success")?;
+        match (next, started) {
+            (Some(_), None) => anyhow::bail!("the next step of saga {id} was not recorded"),
+            _ => Ok(started),
+        }
     }
 
     async fn step_failed(&self, id: Uuid, kind: StepKind, error: &str) -> anyhow::Result<()> {
