@@ -33,7 +33,8 @@ pub struct PgDeliveryStore {
 impl PgDeliveryStore {
     pub fn new(pool: PgPool) -> Self {
         let records = {
-            let pool = pool.clone();
+            // Records and claims are redone when lost (see `record_and_claim`).
+            let pool = chat_common::db::relaxed_commits(&pool, IN_FLIGHT as u32);
             Batcher::start("notification_record", MAX_BATCH, IN_FLIGHT, move |items| {
                 record_and_claim(pool.clone(), items)
             })
@@ -71,8 +72,8 @@ struct DeliveredItem {
     recipient_ids: Arc<Vec<i64>>,
 }
 
-/// Records and claims a batch of messages in one statement, committed without waiting for
-/// the disk (see [`DeliveryStore::record_and_claim`] for why that is safe): the messages
+/// Records and claims a batch of messages in one statement on `pool`, whose commits do not
+/// wait for the disk (see [`DeliveryStore::record_and_claim`] for why that is safe): the messages
 /// that are new and their deliveries, created claimed; and, for the messages recorded
 /// before, the deliveries that are pending or whose claim ran out (`SKIP LOCKED`: what a
 /// concurrent claimer holds is left to it). Rows inserted by the statement are not in its
@@ -105,11 +106,6 @@ async fn record_and_claim(
             r.push(msg.chat_id, msg.seq, rc);
         }
     }
-    let mut tx = pool.begin().await.context("starting a transaction")?;
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut *tx)
-        .await
-        .context("relaxing the commit of a claim")?;
     let rows = sqlx::query(
         "WITH msg AS ( \
              INSERT INTO notified_messages \
@@ -160,10 +156,9 @@ async fn record_and_claim(
     .bind(&r.emails)
     .bind(&r.usernames)
     .bind(lease_secs(lease))
-    .fetch_all(&mut *tx)
+    .fetch_all(&pool)
     .await
     .context("recording messages and claiming their deliveries")?;
-    tx.commit().await.context("committing message records")?;
     let mut out: HashMap<(i64, i64), (bool, Vec<DeliveryRecord>)> = HashMap::new();
     for row in &rows {
         let key = (row.try_get("chat_id")?, row.try_get("seq")?);
