@@ -26,8 +26,9 @@ pub struct PgSagaStore {
 
 impl PgSagaStore {
     pub fn new(pool: PgPool) -> Self {
-        let relaxed =
-            chat_common::db::relaxed_commits(&pool, pool.options().get_max_connections() / 2);
+        // A third of the pool's size (at least two): its statements are short single ones.
+        let size = (pool.options().get_max_connections() / 3).max(2);
+        let relaxed = chat_common::db::relaxed_commits(&pool, size);
         Self { pool, relaxed }
     }
 
