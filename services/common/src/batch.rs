@@ -14,7 +14,9 @@
 //! stored. Handlers therefore must be idempotent over a failed transaction: they may only
 //! touch the database, in one transaction that either commits or leaves nothing. Outcomes
 //! that belong to one item (not a member, a duplicate key answered with the first
-//! message) are part of that item's output, not an error of the batch.
+//! message) are part of that item's output, not an error of the batch. A batch that failed
+//! because the database is out of reach is not rerun: every caller gets an UNAVAILABLE
+//! error at once rather than one acquire timeout after another.
 //!
 //! `in_flight` batches may be in the database at once, so a batch that waits for a lock
 //! does not hold up callers whose work does not need it; 1 gives the classic group commit.
@@ -143,6 +145,17 @@ where
                 let _ = p.reply.send(Err(e));
             }
         }
+        Err(e) if crate::db::is_unavailable(&e) => {
+            // The database is out of reach: each item alone would meet the same outage, one
+            // acquire timeout after another. Every caller is told so at once, in an error
+            // that still reads as "unavailable" (UNAVAILABLE on the wire, retry).
+            let text = format!("{e:#}");
+            let mut original = Some(e);
+            for p in batch {
+                let e = original.take().unwrap_or_else(|| unavailable(&text));
+                let _ = p.reply.send(Err(e));
+            }
+        }
         Err(e) => {
             tracing::warn!(batch = name, items = count, error = ?e,
                 "a batch failed; running its items one by one");
@@ -158,6 +171,15 @@ where
             }
         }
     }
+}
+
+/// A copy of an outage's error for another caller of the same batch.
+fn unavailable(text: &str) -> anyhow::Error {
+    anyhow::Error::new(sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        text.to_owned(),
+    )))
+    .context("the database did not answer a batch this call was in")
 }
 
 fn unreachable_output(name: &str) -> anyhow::Error {
@@ -243,6 +265,40 @@ mod tests {
             batches.ends_with(&[vec![2], vec![-3], vec![4]]),
             "{batches:?}"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_outage_fails_the_whole_batch_at_once_as_unavailable() {
+        let runs = Arc::new(Mutex::new(Vec::new()));
+        let log = runs.clone();
+        let batcher = Batcher::start("test", 64, 1, move |items: Vec<i64>| {
+            let log = log.clone();
+            async move {
+                log.lock().expect("log").push(items.len());
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                Err::<Vec<i64>, _>(anyhow::Error::new(sqlx::Error::PoolTimedOut).context("x"))
+            }
+        });
+        let first = {
+            let b = batcher.clone();
+            tokio::spawn(async move { b.run(0).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let calls: Vec<_> = (1..=5)
+            .map(|i| {
+                let b = batcher.clone();
+                tokio::spawn(async move { b.run(i).await })
+            })
+            .collect();
+        let mut errors = vec![first.await.expect("task").expect_err("down")];
+        for c in calls {
+            errors.push(c.await.expect("task").expect_err("down"));
+        }
+        for e in &errors {
+            assert!(crate::db::is_unavailable(e), "{e:#}");
+        }
+        // One run for the lone first call, one for the five: none item by item.
+        assert_eq!(*runs.lock().expect("log"), vec![1, 5]);
     }
 
     #[tokio::test]
