@@ -1,0 +1,106 @@
+//! The notifier when its own database goes away: a private PostgreSQL (the shared one is
+//! never stopped) holds the delivery records, and is stopped while messages keep coming.
+//! Events that could not be recorded are not lost with the outage: they come again, and
+//! once the database is back every email goes out, each exactly once.
+
+use std::{collections::HashMap, time::Duration};
+
+use chat_testkit::{
+    chat_config,
+    fault::{PrivatePostgres, StopMode},
+    notification_config,
+    smtp::{SmtpMode, TestSmtp},
+    spawn_auth, spawn_chat, spawn_notification, TestDb, TestNats,
+};
+use grpc_chat_proto::chat::v1 as chatpb;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emails_of_messages_sent_while_the_notifier_database_was_down_go_out_once_after() {
+    let mut pg = PrivatePostgres::start().await.expect("private postgres");
+    let auth = spawn_auth().await;
+    let chat_db = TestDb::new().await;
+    let nats = TestNats::new();
+    let chat = spawn_chat(chat_config(&auth, &chat_db.url, &nats)).await;
+    let smtp = TestSmtp::start(SmtpMode::Accept).await;
+    let mut config = notification_config(&auth, &chat, &pg.url("notify"), &nats, smtp.addr);
+    config.database_max_connections = 4;
+    let _notifier = spawn_notification(config).await;
+
+    let (alice, bob, carol) = (
+        auth.user("alice").await,
+        auth.user("bob").await,
+        auth.user("carol").await,
+    );
+    let chat_id = chat
+        .client
+        .clone()
+        .create_chat(alice.req(chatpb::CreateChatRequest {
+            title: "outage".into(),
+            members: vec![bob.username.clone(), carol.username.clone()],
+        }))
+        .await
+        .expect("create chat")
+        .into_inner()
+        .chat
+        .expect("chat")
+        .id;
+    let send = |text: String| {
+        let client = chat.client.clone();
+        let req = alice.req(chatpb::SendMessageRequest {
+            chat_id,
+            text,
+            ..Default::default()
+        });
+        async move {
+            client
+                .clone()
+                .send_message(req)
+                .await
+                .expect("send")
+                .into_inner()
+        }
+    };
+    // Concurrent sends, so that the notifier records them in shared batches.
+    let before: Vec<_> = (0..10).map(|i| send(format!("before {i}"))).collect();
+    futures::future::join_all(before).await;
+    smtp.wait_for(20).await;
+
+    pg.stop(StopMode::Immediate).await.expect("stop postgres");
+    let during: Vec<_> = (0..10).map(|i| send(format!("during {i}"))).collect();
+    futures::future::join_all(during).await;
+    // Long enough for every event to be tried, and refused, at least once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        smtp.mails().len(),
+        20,
+        "nothing can be recorded, so nothing is sent"
+    );
+
+    pg.start_again().await.expect("start postgres");
+    let mails = smtp.wait_for(40).await;
+    // Give a duplicate, if any were to come, the time to arrive (a redelivery waits 2 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mails_now = smtp.mails();
+    assert_eq!(mails_now.len(), 40, "each email once");
+    let mut per_recipient: HashMap<String, usize> = HashMap::new();
+    for m in &mails {
+        *per_recipient.entry(m.to.join(",")).or_default() += 1;
+    }
+    assert_eq!(
+        per_recipient.get("bob@example.com"),
+        Some(&20),
+        "{per_recipient:?}"
+    );
+    assert_eq!(
+        per_recipient.get("carol@example.com"),
+        Some(&20),
+        "{per_recipient:?}"
+    );
+    for i in 0..10 {
+        for phase in ["before", "during"] {
+            let text = format!("{phase} {i}");
+            let n = mails_now.iter().filter(|m| m.data.contains(&text)).count();
+            assert_eq!(n, 2, "{text:?} emailed to bob and carol once each");
+        }
+    }
+}
