@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "chat", version)]
 pub struct Cli {
+    /// Where the services are.
     #[command(flatten)]
     pub servers: ServerArgs,
     /// Start a trace for each command, which the services' work for it joins; prints the
@@ -20,6 +21,7 @@ pub struct Cli {
     /// trace's root span.
     #[arg(long, env = "CHAT_TRACE", global = true)]
     pub trace: bool,
+    /// The command to run once; none opens the prompt.
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -78,6 +80,7 @@ pub enum Command {
     /// Log in and keep the session for later commands (asks for the password when it is
     /// not given).
     Login {
+        /// Your account's email address.
         email: String,
         /// Asked for without echo when omitted.
         password: Option<String>,
@@ -96,7 +99,10 @@ pub enum Command {
 
     /// List the accounts (administrators only), optionally only those whose username or
     /// email starts with <prefix>.
-    Users { prefix: Option<String> },
+    Users {
+        /// Only accounts whose username or email starts with this.
+        prefix: Option<String>,
+    },
 
     /// Change your password (asks for both when they are not given). Every other session
     /// of your account is logged out; this one stays logged in.
@@ -126,7 +132,10 @@ pub enum Command {
 
     /// Delete a chat you created, with all its messages.
     #[command(name = "delete_chat", alias = "delete-chat")]
-    DeleteChat { chat_id: i64 },
+    DeleteChat {
+        /// The chat's number, as `chats` shows it (`#3`).
+        chat_id: i64,
+    },
 
     /// List your chats, most recently active first, with how many messages in each you
     /// have not read (others' messages after your read marker: see `mark_read`).
@@ -134,10 +143,14 @@ pub enum Command {
     Chats,
 
     /// List the members of a chat.
-    Members { chat_id: i64 },
+    Members {
+        /// The chat's number, as `chats` shows it (`#3`).
+        chat_id: i64,
+    },
 
     /// Add users to a chat you are in (usernames or emails, comma-separated).
     Invite {
+        /// The chat's number, as `chats` shows it (`#3`).
         chat_id: i64,
         /// For example `dave,erin@example.com`.
         members: String,
@@ -146,6 +159,7 @@ pub enum Command {
     /// Remove a member from a chat (its owner or an administrator may); the member's open
     /// `connect` ends at once.
     Kick {
+        /// The chat's number, as `chats` shows it (`#3`).
         chat_id: i64,
         /// The member's username (as `members` shows it) or user id.
         member: String,
@@ -153,13 +167,18 @@ pub enum Command {
 
     /// Leave a chat. When you own it, the member who joined earliest owns it after you;
     /// when you are the last member, the chat is deleted.
-    Leave { chat_id: i64 },
+    Leave {
+        /// The chat's number, as `chats` shows it (`#3`).
+        chat_id: i64,
+    },
 
     /// Send a message through the saga orchestrator; <from> (your email or username) must
     /// be you. Members are notified by email.
     #[command(name = "send_message", alias = "send-message")]
     SendMessage {
+        /// The chat's number, as `chats` shows it (`#3`).
         chat_id: i64,
+        /// Your email or username.
         from: String,
         /// The text (the rest of the line).
         #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
@@ -168,6 +187,7 @@ pub enum Command {
 
     /// Send a message to a chat as yourself.
     Send {
+        /// The chat's number, as `chats` shows it (`#3`).
         chat_id: i64,
         /// The text (the rest of the line).
         #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
@@ -179,6 +199,7 @@ pub enum Command {
     /// default); history then shows the message as "(edited)".
     #[command(name = "edit_message", visible_alias = "edit", alias = "edit-message")]
     EditMessage {
+        /// The chat's number, as `chats` shows it (`#3`).
         chat_id: i64,
         /// The message's number in the chat.
         seq: i64,
@@ -192,6 +213,7 @@ pub enum Command {
     /// messages it shows. A marker never moves back: an older <seq> changes nothing.
     #[command(name = "mark_read", alias = "mark-read", alias = "read")]
     MarkRead {
+        /// The chat's number, as `chats` shows it (`#3`).
         chat_id: i64,
         /// The newest message you have read (its number in the chat); default: the latest.
         seq: Option<i64>,
@@ -200,6 +222,7 @@ pub enum Command {
     /// Show a chat's recent history, then new messages as they arrive. Lines you type are
     /// sent to the chat; /leave or Ctrl-C returns. A dropped connection is resumed by itself.
     Connect {
+        /// The chat's number, as `chats` shows it (`#3`).
         chat_id: i64,
         /// How many earlier messages to show first (0: none, only new ones).
         #[arg(long, default_value_t = 20)]
@@ -208,6 +231,7 @@ pub enum Command {
 
     /// Show the last <n> messages of a chat, oldest first.
     History {
+        /// The chat's number, as `chats` shows it (`#3`).
         chat_id: i64,
         /// How many of the latest messages: 1 or more.
         #[arg(default_value_t = 20)]
@@ -253,12 +277,15 @@ impl Command {
     help_template = "Commands:\n{subcommands}\n\nType `help <command>` for its options."
 )]
 pub struct PromptLine {
+    /// The command on the line.
     #[command(subcommand)]
     pub command: PromptCommand,
 }
 
+/// What a prompt line may say: any [`Command`], or `exit`.
 #[derive(Debug, Subcommand)]
 pub enum PromptCommand {
+    /// A command, as on the command line.
     #[command(flatten)]
     Run(Command),
     /// Leave the prompt.

@@ -41,6 +41,7 @@ const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
 pub struct Address {
     /// With scheme: `http://host:port` or `https://host:port`.
     pub uri: String,
+    /// Whether connections use TLS.
     pub tls: bool,
 }
 
@@ -94,8 +95,11 @@ impl Address {
 /// The three service addresses, and the private CA to trust for them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Servers {
+    /// The chat service.
     pub chat: Address,
+    /// The auth service (`--auth-server`, else the chat server's address).
     pub auth: Address,
+    /// The saga orchestrator (`--saga-server`, else the chat server's address).
     pub saga: Address,
     /// `--ca-cert`: PEM certificates trusted for TLS besides the system's roots.
     pub ca_pem: Option<Vec<u8>>,
@@ -120,6 +124,9 @@ fn read_ca(path: &std::path::Path) -> Result<Vec<u8>, CliError> {
 }
 
 impl Servers {
+    /// Reads the addresses of the command line: `--auth-server` and `--saga-server` default to
+    /// `--server` (an empty one counts as unset), and `--ca-cert` is read now. Fails on an address
+    /// that does not parse or a CA file that cannot be read or holds no certificate.
     pub fn from_args(args: &ServerArgs) -> Result<Self, CliError> {
         let chat = Address::parse(&args.server, args.tls)?;
         let or_main = |a: &Option<String>| match a {
@@ -137,9 +144,13 @@ impl Servers {
 
 /// Connected service clients and the session.
 pub struct Client {
+    /// The addresses the clients were made for.
     pub servers: Servers,
+    /// AuthService.
     pub auth: AuthServiceClient<TracedChannel>,
+    /// ChatService.
     pub chat: ChatServiceClient<TracedChannel>,
+    /// SagaOrchestrator.
     pub saga: SagaOrchestratorClient<TracedChannel>,
     /// Starts each command's trace, with `--trace`.
     pub tracer: Tracer,
@@ -151,8 +162,11 @@ pub struct Client {
 /// Which service a call goes to, for naming it in errors.
 #[derive(Debug, Clone, Copy)]
 pub enum Service {
+    /// AuthService.
     Auth,
+    /// ChatService.
     Chat,
+    /// SagaOrchestrator.
     Saga,
 }
 
@@ -184,6 +198,7 @@ impl Client {
         })
     }
 
+    /// The address `service` is called at, for messages such as "cannot reach the server at ...".
     pub fn address(&self, service: Service) -> &str {
         match service {
             Service::Auth => &self.servers.auth.uri,
@@ -197,10 +212,12 @@ impl Client {
         from_status(status, op, self.address(service))
     }
 
+    /// The session loaded at start-up or since kept; `None` when not logged in.
     pub fn session(&self) -> Option<&Session> {
         self.session.as_ref()
     }
 
+    /// Where the session is kept.
     pub fn store(&self) -> &SessionStore {
         &self.store
     }

@@ -32,11 +32,14 @@ const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The client and, once something needs it, the line reader.
 pub struct App {
+    /// The connections and the session.
     pub client: Client,
     input: Option<Input>,
 }
 
 impl App {
+    /// An app that starts reading stdin only when a command first needs a line (a password,
+    /// `connect`).
     pub fn new(client: Client) -> Self {
         Self {
             client,
@@ -44,6 +47,7 @@ impl App {
         }
     }
 
+    /// An app that reads lines from `input` (the prompt's reader, shared by every command it runs).
     pub fn with_input(client: Client, input: Input) -> Self {
         Self {
             client,
@@ -51,6 +55,7 @@ impl App {
         }
     }
 
+    /// The line reader, started on first use.
     pub fn input(&mut self) -> &mut Input {
         self.input.get_or_insert_with(Input::start)
     }
@@ -811,6 +816,9 @@ pub async fn mark_read(client: &mut Client, chat_id: i64, seq: i64) -> Result<i6
     Ok(resp.last_read_seq)
 }
 
+/// Sends `text` to the chat as the logged-in user, with an idempotency key kept on disk until the
+/// outcome is known ([`PendingSends`]), so that retrying a send whose answer was lost does not post
+/// it twice.
 pub async fn send(
     client: &mut Client,
     chat_id: i64,

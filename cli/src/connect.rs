@@ -118,6 +118,9 @@ impl Marks {
     }
 }
 
+/// `connect`: shows the last `history` messages, then new ones as they arrive, and sends the lines
+/// typed, until `/leave` or Ctrl-C; messages shown are marked read as it goes. A dropped stream is
+/// resumed; an error that ends it (the chat deleted, the user removed) is returned.
 pub async fn run(
     client: &mut Client,
     input: &mut Input,

@@ -16,14 +16,18 @@ use tonic::{Code, Status};
 pub struct CliError(String);
 
 impl CliError {
+    /// An error with this text, squeezed onto one line.
     pub fn new(message: impl Into<String>) -> Self {
         Self(one_line(&message.into()))
     }
 
+    /// Said when a command needs a session and there is none.
     pub fn not_logged_in() -> Self {
         Self::new("not logged in: run `login <email>` first")
     }
 
+    /// Said when the server no longer accepts the session (its tokens expired or were revoked):
+    /// only a new login helps.
     pub fn session_expired() -> Self {
         Self::new("your session has expired: run `login <email>` again")
     }

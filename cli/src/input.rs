@@ -30,6 +30,7 @@ use crate::output::Printer;
 /// What the user did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InputEvent {
+    /// A line the user entered.
     Line(String),
     /// Ctrl-C at the prompt.
     Interrupted,

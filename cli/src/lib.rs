@@ -9,6 +9,8 @@
 //! (the keys of sends whose outcome is not known yet) and `trace` (`--trace`: the trace a
 //! command starts).
 
+#![warn(missing_docs)]
+
 pub mod args;
 pub mod client;
 pub mod commands;

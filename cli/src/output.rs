@@ -140,7 +140,7 @@ fn resolve_zone(
     }
 }
 
-/// One line of `chats`: `#3  Weekend plans  (3 members, 12 messages)`.
+/// One line of `chats`: `#3  Weekend plans  (3 members, 12 messages, 2 unread)`.
 pub fn chat_line(c: &Chat) -> String {
     let title = if c.title.trim().is_empty() {
         "(no title)".to_owned()
@@ -158,6 +158,7 @@ pub fn chat_line(c: &Chat) -> String {
     )
 }
 
+/// One line of `members`: `alice (user ID 7)`.
 pub fn member_line(m: &Member) -> String {
     format!("{} (user ID {})", clean(&m.username), m.user_id)
 }
@@ -196,18 +197,21 @@ pub struct Printer {
 }
 
 impl Printer {
+    /// Prints through rustyline's external printer (at a terminal, while the prompt is reading).
     pub fn external(p: Box<dyn rustyline::ExternalPrinter + Send>) -> Self {
         Self {
             external: Some(Arc::new(Mutex::new(p))),
         }
     }
 
+    /// Writes a result line (stdout), above the line being typed when there is one.
     pub fn say(&self, line: &str) {
         if !self.external_print(line) {
             say(line);
         }
     }
 
+    /// Writes a notice (stderr), above the line being typed when there is one.
     pub fn note(&self, line: &str) {
         if !self.external_print(line) {
             note(line);

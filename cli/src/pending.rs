@@ -45,6 +45,7 @@ pub struct PendingSends {
 }
 
 impl PendingSends {
+    /// The pending sends recorded in `dir` (the session's config directory).
     pub fn in_dir(dir: &Path) -> Self {
         Self {
             path: dir.join(FILE),

@@ -25,12 +25,17 @@ use crate::error::CliError;
 /// A logged-in user and their tokens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
+    /// The user's id, as auth assigned it.
     pub user_id: i64,
+    /// The email the user logged in with.
     pub email: String,
+    /// The username, as auth knows it.
     pub username: String,
+    /// The current access token, sent with every call.
     pub access_token: String,
     /// Unix seconds.
     pub access_expires_at: i64,
+    /// Exchanged for a new pair when the access token is about to expire.
     pub refresh_token: String,
     /// Unix seconds.
     pub refresh_expires_at: i64,
@@ -77,6 +82,7 @@ impl SessionStore {
         Ok(Self::in_dir(dir, key))
     }
 
+    /// The store in `dir` for the auth server at `key`; nothing is read or created yet.
     pub fn in_dir(dir: PathBuf, key: &str) -> Self {
         Self {
             dir,
@@ -89,20 +95,25 @@ impl SessionStore {
         &self.dir
     }
 
+    /// The path of the session file.
     pub fn path(&self) -> PathBuf {
         self.dir.join(FILE)
     }
 
+    /// This server's session, if the file holds one; a missing file is no session.
     pub fn load(&self) -> Result<Option<Session>, CliError> {
         Ok(self.read_file()?.sessions.remove(&self.key))
     }
 
+    /// Keeps `session` as this server's, replacing the one before; sessions of other servers in the
+    /// file are kept.
     pub fn save(&self, session: &Session) -> Result<(), CliError> {
         let mut file = self.read_file()?;
         file.sessions.insert(self.key.clone(), session.clone());
         self.write_file(&file)
     }
 
+    /// Forgets this server's session; other servers' sessions are kept.
     pub fn clear(&self) -> Result<(), CliError> {
         let mut file = self.read_file()?;
         if file.sessions.remove(&self.key).is_some() {
@@ -226,6 +237,7 @@ fn io_error(what: &str, path: &Path, e: &std::io::Error) -> CliError {
     CliError::new(format!("{what} {}: {e}", path.display()))
 }
 
+/// Now, in seconds since the Unix epoch (0 when the clock is before it).
 pub fn now_unix() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

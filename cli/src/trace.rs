@@ -70,6 +70,7 @@ pub struct Tracer {
 
 /// The trace of one command, until [`Tracer::end`].
 pub struct CommandTrace {
+    /// The trace's id, 32 hex digits as in `traceparent`, printed after the command.
     pub trace_id: String,
     span: Option<Span>,
 }

@@ -11,7 +11,9 @@ use crate::{domain::Email, store};
 /// The operator's verb: make an account an administrator, or a plain user again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdminAction {
+    /// Make the account an administrator.
     Grant,
+    /// Make the account a plain user again.
     Revoke,
 }
 

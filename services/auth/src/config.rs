@@ -30,13 +30,20 @@ use secrecy::SecretString;
 
 use crate::limits::{IpNet, Limit, RateLimits};
 
+/// `DATABASE_URL` when unset: the `users` database of a local PostgreSQL.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/users";
 
+/// The split binary's configuration: where to listen, the database, and the service [`Settings`].
+/// The table in the module documentation lists the variables.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// `LISTEN_ADDR`; port 0 picks a free port (see [`crate::Application::local_addr`]).
     pub listen_addr: SocketAddr,
+    /// `DATABASE_URL`: `postgres://...` or `sqlite://...`; the database is created when missing.
     pub database_url: String,
+    /// `DATABASE_MAX_CONNECTIONS`: the pool size.
     pub database_max_connections: u32,
+    /// What the service logic needs, besides its storage.
     pub settings: Settings,
 }
 
@@ -44,15 +51,28 @@ pub struct Config {
 /// the embedded server.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// bcrypt work factor, 4 to 31; each step doubles the time of a login and a registration.
     pub bcrypt_cost: u32,
+    /// How long an access token is valid.
     pub access_ttl: Duration,
+    /// How long a refresh token is valid, from its issue (each rotation issues a new one).
     pub refresh_ttl: Duration,
+    /// How long a service token (from `IssueServiceToken`) is valid.
     pub service_token_ttl: Duration,
+    /// The `iss` claim of every token issued; verifiers must expect the same.
     pub issuer: String,
+    /// The `aud` claim of every token issued; verifiers must expect the same.
     pub audience: String,
+    /// Ed25519 PKCS#8 PEM private key; `None` generates a key per process (development only: tokens
+    /// die with it, and replicas do not accept each other's).
     pub signing_key_pem: Option<SecretString>,
+    /// A retired key's public PEM, still published by `GetPublicKeys` during a key rotation so that
+    /// tokens it signed keep verifying until they expire.
     pub previous_public_key_pem: Option<String>,
+    /// The pre-shared secret for `IssueServiceToken`; `None` disables service tokens (the call
+    /// fails with FAILED_PRECONDITION).
     pub service_secret: Option<SecretString>,
+    /// Rate limits on logins, registrations and service-token requests.
     pub rate_limits: RateLimits,
 }
 
@@ -74,6 +94,9 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// Reads the variables of the module documentation's table, defaults for those unset; fails on
+    /// a malformed value (a `BCRYPT_COST` out of range, a bad duration or rate limit) rather than
+    /// guessing.
     pub fn from_env() -> Result<Self> {
         let d = Settings::default();
         let bcrypt_cost: u32 = parse_or("BCRYPT_COST", d.bcrypt_cost)?;
@@ -123,6 +146,8 @@ fn rate_limits_from_env(d: RateLimits) -> Result<RateLimits> {
 }
 
 impl Config {
+    /// Reads the whole configuration from the environment; see [`Settings::from_env`] for what
+    /// fails.
     pub fn from_env() -> Result<Self> {
         Ok(Self {
             listen_addr: parse_or("LISTEN_ADDR", SocketAddr::from(([0, 0, 0, 0], 50051)))?,

@@ -9,13 +9,17 @@ use secrecy::{ExposeSecret, SecretString};
 
 pub use chat_common::domain::{echo, Email, FieldError, UserRef, Username};
 
-/// A new password: 8 to 72 bytes (bcrypt ignores what lies beyond 72). Never printed.
+/// A new password: at least 8 characters and at most 72 bytes (bcrypt ignores what lies
+/// beyond 72). Never printed.
 pub struct Password(SecretString);
 
 impl Password {
+    /// Fewest characters a password may have.
     pub const MIN_CHARS: usize = 8;
+    /// Most bytes a password may have: bcrypt ignores whatever lies beyond 72.
     pub const MAX_BYTES: usize = 72;
 
+    /// Checks the length only; the value is never trimmed (spaces count as typed).
     pub fn parse(raw: String) -> Result<Self, FieldError> {
         let err = |m: &str| FieldError::new("password", m);
         if raw.chars().count() < Self::MIN_CHARS {
@@ -27,6 +31,7 @@ impl Password {
         Ok(Self(SecretString::from(raw)))
     }
 
+    /// The password in clear, for hashing or verifying; never log it.
     pub fn expose(&self) -> &str {
         self.0.expose_secret()
     }

@@ -12,30 +12,47 @@ const MAX_VIOLATIONS: usize = 10;
 /// Longest message of one field error, in bytes.
 const MAX_FIELD_MESSAGE: usize = 200;
 
+/// Everything an auth call can fail with; `From<AuthError> for Status` below is the only place
+/// these become status codes.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
+    /// Fields that failed to parse: INVALID_ARGUMENT with a `BadRequest` violation per field (at
+    /// most ten shown).
     #[error("invalid input")]
     InvalidInput(Vec<FieldError>),
+    /// Another account has this email: ALREADY_EXISTS.
     #[error("an account with this email already exists")]
     EmailTaken,
+    /// Another account has this username: ALREADY_EXISTS.
     #[error("this username is already taken")]
     UsernameTaken,
+    /// UNAUTHENTICATED, with one message for an unknown email and a wrong password, so the answer
+    /// does not reveal which accounts exist.
     #[error("invalid email or password")]
     BadCredentials,
+    /// UNAUTHENTICATED, with this message (an unknown refresh token, a deleted account, a wrong
+    /// service secret).
     #[error("{0}")]
     Unauthenticated(String),
+    /// PERMISSION_DENIED, with this message.
     #[error("{0}")]
     PermissionDenied(String),
+    /// FAILED_PRECONDITION, with this message (e.g. service tokens are not configured).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// NOT_FOUND, with this message.
     #[error("{0}")]
     NotFound(String),
     /// Over a rate limit (see `limits`): answered with the delay after which a retry can pass.
     #[error("{message}; try again in {} s", crate::limits::whole_secs(*retry_after))]
     RateLimited {
+        /// What was done too often (a [`crate::limits::Scope::refusal`]).
         message: &'static str,
+        /// How long until the window ends; sent as `RetryInfo`, rounded up to whole seconds.
         retry_after: std::time::Duration,
     },
+    /// Anything unexpected (storage, bcrypt, signing): logged with its cause, answered INTERNAL
+    /// with a generic message.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }

@@ -25,16 +25,22 @@ use chat_common::{Claims, Role};
 /// An extra public key still accepted by verifiers (the previous key during a rotation).
 #[derive(Debug, Clone)]
 pub struct PublicKeyInfo {
+    /// The key id: the first 16 hex digits of the PEM's SHA-256, as in a token's `kid` header.
     pub kid: String,
+    /// The SPKI public key, PEM.
     pub pem: String,
 }
 
+/// Signs access tokens with the configured Ed25519 key and knows every public key verifiers should
+/// accept.
 pub struct TokenSigner {
     kid: String,
     encoding: EncodingKey,
     public: PublicKeyInfo,
     extra_public: Vec<PublicKeyInfo>,
+    /// The `iss` claim it puts in every token.
     pub issuer: String,
+    /// The `aud` claim it puts in every token.
     pub audience: String,
 }
 

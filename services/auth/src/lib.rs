@@ -5,6 +5,8 @@
 //! all-in-one server and the tests all go through it (or through [`AuthApi`] directly when
 //! they bring their own storage and listener).
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod config;
 pub mod domain;
@@ -72,10 +74,13 @@ impl Application {
         })
     }
 
+    /// The address actually bound (the real port when the configuration asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
+    /// The service logic, for callers that also need it in-process (the tests' direct calls, the
+    /// embedded server).
     pub fn api(&self) -> &AuthApi {
         &self.api
     }

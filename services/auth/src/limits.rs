@@ -47,16 +47,20 @@ const PRUNE_EVERY_SECS: i64 = 60;
 /// At most `max` counted events per `window` for one key; `max == 0` turns the limit off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit {
+    /// Events allowed per window; 0 turns the limit off.
     pub max: u32,
+    /// The window's length, from the first event counted in it; zero turns the limit off.
     pub window: Duration,
 }
 
 impl Limit {
+    /// No limit.
     pub const OFF: Limit = Limit {
         max: 0,
         window: Duration::ZERO,
     };
 
+    /// `max` events per `window_secs` seconds.
     pub const fn new(max: u32, window_secs: u64) -> Self {
         Limit {
             max,
@@ -64,6 +68,7 @@ impl Limit {
         }
     }
 
+    /// True when nothing is limited (`max` or the window is zero).
     pub fn is_off(&self) -> bool {
         self.max == 0 || self.window.is_zero()
     }
@@ -138,6 +143,8 @@ pub struct IpNet {
 }
 
 impl IpNet {
+    /// One network (`10.0.0.0/8`) or address (`192.0.2.1`, a network of one); surrounding
+    /// whitespace is ignored, and an IPv4-mapped IPv6 address counts as the IPv4 address.
     pub fn parse(s: &str) -> anyhow::Result<Self> {
         let s = s.trim();
         let (addr, prefix) = match s.split_once('/') {
@@ -168,6 +175,7 @@ impl IpNet {
             .collect()
     }
 
+    /// Whether `ip` is in this network (IPv4-mapped IPv6 addresses compare as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
@@ -235,13 +243,18 @@ pub fn client_address(
 /// What a limit protects; names the key's scope, the metric label and the refusal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
+    /// Failed logins per account (email).
     LoginAccount,
+    /// Failed logins per client address.
     LoginAddress,
+    /// Registrations per client address.
     Register,
+    /// Wrong service secrets per client address.
     ServiceToken,
 }
 
 impl Scope {
+    /// The scope's part of the key and its metric label, e.g. `login-account`.
     pub fn name(self) -> &'static str {
         match self {
             Scope::LoginAccount => "login-account",

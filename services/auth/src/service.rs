@@ -63,6 +63,8 @@ struct Inner {
 }
 
 impl AuthApi {
+    /// Builds the signer from the settings' keys (failing on a malformed PEM) and starts hashing
+    /// the fallback password in the background; nothing is served yet.
     pub async fn new(store: Arc<dyn UserStore>, settings: Settings) -> anyhow::Result<Self> {
         let signer = TokenSigner::new(
             settings.signing_key_pem.as_ref().map(|s| s.expose_secret()),

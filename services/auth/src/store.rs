@@ -41,20 +41,29 @@ pub async fn migrate(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An account as stored.
 #[derive(Debug, Clone)]
 pub struct UserRecord {
+    /// The user id: positive, never reused.
     pub id: i64,
+    /// The lower-cased email.
     pub email: String,
+    /// The lower-cased username.
     pub username: String,
+    /// The bcrypt hash of the password.
     pub password_hash: String,
+    /// Unknown role names in the database read as [`Role::User`].
     pub role: Role,
+    /// When the account was registered.
     pub created_at: DateTime<Utc>,
 }
 
 /// What an update changes of a user; `None` keeps the current value.
 #[derive(Debug, Clone, Default)]
 pub struct UserChange {
+    /// A new email; `None` keeps the current one.
     pub email: Option<Email>,
+    /// A new username; `None` keeps the current one.
     pub username: Option<Username>,
     /// A new bcrypt hash: the user's refresh tokens are revoked with the change.
     pub password_hash: Option<String>,
@@ -65,17 +74,27 @@ pub struct UserChange {
 pub struct Deletion {
     /// Grows with each deletion: readers keep the last one they applied.
     pub id: i64,
+    /// The deleted account's id.
     pub user_id: i64,
+    /// When it was deleted.
     pub deleted_at: DateTime<Utc>,
 }
 
 /// A refresh token to store.
 #[derive(Debug, Clone)]
 pub struct NewRefreshToken {
+    /// A fresh random id.
     pub id: Uuid,
+    /// The family the token belongs to: a login starts a family and each rotation adds to it, so a
+    /// reused token revokes every token descended from the same login.
     pub family_id: Uuid,
+    /// The user it was issued to. For a rotation the store fills it (and `family_id`) in from the
+    /// presented token.
     pub user_id: i64,
+    /// SHA-256 of the token ([`crate::keys::hash_refresh_token`]); the token itself is never
+    /// stored.
     pub token_hash: Vec<u8>,
+    /// After this the token no longer rotates.
     pub expires_at: DateTime<Utc>,
 }
 
@@ -86,6 +105,7 @@ pub enum Rotation {
     Rotated(UserRecord),
     /// No such token.
     Unknown,
+    /// The token's expiry has passed.
     Expired,
     /// Its family was revoked earlier (logout or reuse).
     Revoked,
@@ -93,18 +113,28 @@ pub enum Rotation {
     Reused,
 }
 
+/// What a write to the users database can fail with that a caller must tell apart: a uniqueness
+/// conflict answers ALREADY_EXISTS, the rest is internal.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Another account has this email.
     #[error("email already registered")]
     EmailTaken,
+    /// Another account has this username.
     #[error("username already taken")]
     UsernameTaken,
+    /// Anything else (connection, SQL): internal.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
 
+/// Storage of accounts, refresh tokens and rate-limit counters, one implementation per database
+/// engine. Emails and usernames arrive parsed and lower-cased; implementations compare them as
+/// given.
 #[async_trait]
 pub trait UserStore: Send + Sync + 'static {
+    /// Stores a new account with role user; [`StoreError::EmailTaken`] or
+    /// [`StoreError::UsernameTaken`] when another account has either.
     async fn insert_user(
         &self,
         email: &Email,
@@ -112,6 +142,7 @@ pub trait UserStore: Send + Sync + 'static {
         password_hash: &str,
     ) -> Result<UserRecord, StoreError>;
 
+    /// The account with this (lower-cased) email, if any.
     async fn user_by_email(&self, email: &Email) -> anyhow::Result<Option<UserRecord>>;
 
     /// Users named by any of these emails or usernames.
@@ -121,6 +152,7 @@ pub trait UserStore: Send + Sync + 'static {
         usernames: &[Username],
     ) -> anyhow::Result<Vec<UserRecord>>;
 
+    /// The users with these ids; ids with no user are left out, order not guaranteed.
     async fn users_by_ids(&self, ids: &[i64]) -> anyhow::Result<Vec<UserRecord>>;
 
     /// The user with this id, if any.
@@ -156,10 +188,12 @@ pub trait UserStore: Send + Sync + 'static {
     /// `limit`.
     async fn deletions_after(&self, after: i64, limit: i64) -> anyhow::Result<Vec<Deletion>>;
 
+    /// Stores a token issued at login (its family is new) or by a rotation.
     async fn insert_refresh_token(&self, token: &NewRefreshToken) -> anyhow::Result<()>;
 
     /// Atomically: checks the token with hash `presented`, and when it is valid marks it used
-    /// and stores `next` in its family (`next.family_id` is replaced by the family's id).
+    /// and stores `next` in its family (`next.family_id` and `next.user_id` are replaced by
+    /// the presented token's).
     /// A token used before revokes its family.
     async fn rotate_refresh_token(
         &self,

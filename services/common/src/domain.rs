@@ -33,11 +33,15 @@ pub fn echo(raw: &str) -> String {
 /// Why a field was rejected, worded for the person who typed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
+    /// The request field the error is about, as the client names it (`email`, `chat_id`, ...): it
+    /// becomes the field of the `BadRequest` violation.
     pub field: &'static str,
+    /// What is wrong with the value, for a person; it quotes the value only through [`echo`].
     pub message: String,
 }
 
 impl FieldError {
+    /// An error about `field`.
     pub fn new(field: &'static str, message: impl Into<String>) -> Self {
         Self {
             field,
@@ -66,8 +70,11 @@ impl From<FieldError> for Status {
 pub struct Email(String);
 
 impl Email {
+    /// Longest address accepted, in bytes (RFC 5321).
     pub const MAX_LEN: usize = 254;
 
+    /// Parses with errors naming the `email` field. Surrounding whitespace is dropped and the
+    /// address lower-cased, so two spellings of one address compare equal.
     pub fn parse(raw: &str) -> Result<Self, FieldError> {
         Self::parse_as("email", raw)
     }
@@ -112,6 +119,7 @@ impl Email {
         Ok(Self(s.to_lowercase()))
     }
 
+    /// The lower-cased address, as stored and compared.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -128,8 +136,10 @@ impl fmt::Display for Email {
 pub struct Username(String);
 
 impl Username {
+    /// Longest username accepted, in characters.
     pub const MAX_CHARS: usize = 32;
 
+    /// Parses with errors naming the `username` field; the result is trimmed and lower-cased.
     pub fn parse(raw: &str) -> Result<Self, FieldError> {
         Self::parse_as("username", raw)
     }
@@ -161,6 +171,7 @@ impl Username {
         Ok(Self(s))
     }
 
+    /// The lower-cased username, as stored and compared.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -175,11 +186,14 @@ impl fmt::Display for Username {
 /// An email or a username, as users name each other (chat members, a saga's sender).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum UserRef {
+    /// Anything with an `@` is taken for an email address.
     Email(Email),
+    /// Anything without an `@`.
     Username(Username),
 }
 
 impl UserRef {
+    /// Parses with errors naming the `user` field; see [`UserRef::parse_as`].
     pub fn parse(raw: &str) -> Result<Self, FieldError> {
         Self::parse_as("user", raw)
     }
@@ -214,6 +228,7 @@ impl fmt::Display for UserRef {
 pub struct ChatId(pub i64);
 
 impl ChatId {
+    /// Refuses zero and negative ids, which no chat has (an unset proto field arrives as 0).
     pub fn parse(raw: i64) -> Result<Self, FieldError> {
         if raw <= 0 {
             return Err(FieldError::new("chat_id", "must be a positive chat id"));
@@ -233,8 +248,11 @@ impl fmt::Display for ChatId {
 pub struct MessageText(String);
 
 impl MessageText {
+    /// Most characters a message may have (not bytes).
     pub const MAX_CHARS: usize = 4096;
 
+    /// Parses a message's text as sent: it is kept exactly, surrounding whitespace included, so a
+    /// message reads back as it was written.
     pub fn parse(raw: String) -> Result<Self, FieldError> {
         let err = |m: &str| FieldError::new("text", m);
         if raw.trim().is_empty() {
@@ -250,10 +268,12 @@ impl MessageText {
         Ok(Self(raw))
     }
 
+    /// The text as the sender wrote it.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
+    /// The text, without a copy.
     pub fn into_string(self) -> String {
         self.0
     }
@@ -264,6 +284,7 @@ impl MessageText {
 pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
+    /// Longest key accepted, in characters.
     pub const MAX_CHARS: usize = 128;
 
     /// `None` for an empty key (no idempotency asked for).
@@ -281,6 +302,7 @@ impl IdempotencyKey {
         Ok(Some(Self(raw.to_owned())))
     }
 
+    /// The key exactly as the client sent it (not trimmed, case kept): keys compare byte for byte.
     pub fn as_str(&self) -> &str {
         &self.0
     }

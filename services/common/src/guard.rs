@@ -38,6 +38,8 @@ impl<S> tower::Layer<S> for StatusGuardLayer {
     }
 }
 
+/// The service made by [`StatusGuardLayer`]: passes calls to `inner` and rewrites the statuses it
+/// answers with, as the module documentation says.
 #[derive(Clone, Debug)]
 pub struct StatusGuard<S> {
     inner: S,

@@ -34,6 +34,8 @@ impl<S> tower::Layer<S> for MetricsLayer {
     }
 }
 
+/// The service made by [`MetricsLayer`]: passes calls to `inner` and records each one's method,
+/// code and latency.
 #[derive(Clone, Debug)]
 pub struct MetricsService<S> {
     inner: S,

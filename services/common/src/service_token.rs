@@ -28,6 +28,9 @@ pub struct ServiceCredential {
 }
 
 impl ServiceCredential {
+    /// A credential for the service called `name` (the `service:<name>` subject of its tokens) that
+    /// exchanges `secret` at AuthService through `client`. Nothing is fetched until the first
+    /// [`ServiceCredential::token`].
     pub fn new(client: AuthServiceClient<TracedChannel>, name: &str, secret: SecretString) -> Self {
         Self {
             client,

@@ -14,6 +14,8 @@ use std::{future::Future, time::Duration};
 use tokio::task::JoinHandle;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+/// The process's shutdown signal and the set of background tasks it waits for; clones share both.
+/// See the module documentation.
 #[derive(Clone, Debug, Default)]
 pub struct Shutdown {
     token: CancellationToken,
@@ -22,6 +24,7 @@ pub struct Shutdown {
 }
 
 impl Shutdown {
+    /// A shutdown not triggered yet, with no tasks.
     pub fn new() -> Self {
         Self::default()
     }
@@ -31,6 +34,8 @@ impl Shutdown {
         self.token.cancel();
     }
 
+    /// True once [`Shutdown::trigger`] was called on this one or a parent; for loops that check
+    /// between steps instead of waiting.
     pub fn is_triggered(&self) -> bool {
         self.token.is_cancelled()
     }

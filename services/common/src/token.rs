@@ -23,12 +23,16 @@ use tonic::{metadata::MetadataMap, Request, Status};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// An account holder; a user's calls act on their own behalf.
     User,
+    /// An administrator: a user who may also call the administrative RPCs.
     Admin,
+    /// Another service, holding a service token for internal calls.
     Service,
 }
 
 impl Role {
+    /// The lowercase name used in tokens and in storage (`user`, `admin`, `service`).
     pub fn as_str(self) -> &'static str {
         match self {
             Role::User => "user",
@@ -37,6 +41,7 @@ impl Role {
         }
     }
 
+    /// The role named by [`Role::as_str`]; `None` for any other text.
     pub fn parse(s: &str) -> Option<Role> {
         match s {
             "user" => Some(Role::User),
@@ -61,12 +66,20 @@ impl From<Role> for pb::Role {
 /// service tokens.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
+    /// Subject: the user id in decimal, or `service:<name>`.
     pub sub: String,
+    /// Expiry, in seconds since the Unix epoch; verification allows no leeway.
     pub exp: i64,
+    /// Issue time, in seconds since the Unix epoch; a token more than [`IAT_LEEWAY_SECS`] in the
+    /// future is refused.
     pub iat: i64,
+    /// Issuer; must match the verifier's issuer.
     pub iss: String,
+    /// Audience; must match the verifier's audience.
     pub aud: String,
+    /// A fresh random id per token (a UUID), so two tokens issued in the same second differ.
     pub jti: String,
+    /// What the holder is; decides which RPCs it may call.
     pub role: Role,
     /// The username, so services can show a sender without a lookup. Absent for services.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,17 +89,25 @@ pub struct Claims {
 /// The authenticated caller of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
+    /// A person, calling with a user access token.
     User {
+        /// The user id.
         id: i64,
+        /// The username from the token's `name` claim, as it was when the token was issued;
+        /// empty when the token did not carry one.
         username: String,
+        /// [`Role::User`] or [`Role::Admin`].
         role: Role,
     },
+    /// Another service, calling with a service token.
     Service {
+        /// The service's name, from the token's `service:<name>` subject.
         name: String,
     },
 }
 
 impl Caller {
+    /// The user's id; `None` for a service caller.
     pub fn user_id(&self) -> Option<i64> {
         match self {
             Caller::User { id, .. } => Some(*id),
@@ -94,6 +115,7 @@ impl Caller {
         }
     }
 
+    /// True for a service token, whose holder may make internal calls.
     pub fn is_service(&self) -> bool {
         matches!(self, Caller::Service { .. })
     }
@@ -160,14 +182,20 @@ impl TryFrom<Claims> for Caller {
 /// Why a token was not accepted; the message is safe to show a client.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
+    /// The token's `exp` is past.
     #[error("token expired")]
     Expired,
+    /// The token's `kid` is not among the verifier's keys: a key rotation that has not reached this
+    /// replica yet, or a forged token.
     #[error("token signed by an unknown key")]
     UnknownKey,
+    /// Not a JWT, not EdDSA, no `kid`, a bad signature, or required claims missing.
     #[error("token is malformed or its signature is invalid")]
     Invalid,
+    /// Signed by a known key but meant for another issuer or audience.
     #[error("token was issued for another issuer or audience")]
     WrongIssuerOrAudience,
+    /// The token's `iat` is more than [`IAT_LEEWAY_SECS`] ahead of this host's clock.
     #[error("token is issued in the future; check the clocks")]
     IssuedInTheFuture,
 }

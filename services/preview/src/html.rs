@@ -13,10 +13,15 @@
 /// collapsed, cut to a length a chat client can show.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PageMeta {
+    /// `og:title`, else `twitter:title`, else the first `<title>`; at most [`MAX_TITLE`]
+    /// characters.
     pub title: Option<String>,
+    /// `og:description`, else `twitter:description`, else `<meta name="description">`; at most
+    /// [`MAX_DESCRIPTION`] characters.
     pub description: Option<String>,
     /// As written in the page (may be relative: the fetcher resolves it).
     pub image: Option<String>,
+    /// `og:site_name`; at most [`MAX_SITE_NAME`] characters.
     pub site_name: Option<String>,
 }
 

@@ -28,6 +28,8 @@
 //! verified TLS ([`Settings::extra_roots`] adds trusted roots, e.g. a test's self-signed
 //! CA). Nothing else ever reaches a private address, and there is no plain-HTTP mode.
 
+#![warn(missing_docs)]
+
 pub mod addr;
 mod cache;
 mod fetch;
@@ -55,7 +57,9 @@ pub struct Preview {
     /// The URL as found in the message, normalized by [`Url`] (lowercase scheme and host,
     /// no fragment), not where redirects ended: so clients can match it to the link.
     pub url: String,
+    /// The page's `og:title` (else `twitter:title`, else `<title>`).
     pub title: String,
+    /// The page's `og:description` (else `twitter:description`, else `<meta name="description">`).
     pub description: String,
     /// Absolute http(s) URL of the page's image; never fetched by the server.
     pub image_url: String,
@@ -66,30 +70,55 @@ pub struct Preview {
 /// Why a URL has no preview.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FetchError {
+    /// The URL is not `https`, has no host, names a port without being pinned by
+    /// [`Settings::resolve`], or redirects to such a URL. Holds the URL.
     #[error("not an https URL with a host on the default port: {0}")]
     Unsupported(String),
+    /// The host (in the message's URL or a redirect) matches no [`Settings::allow_hosts`] pattern.
+    /// Holds the host.
     #[error("host {0} is not on the allowlist")]
     NotAllowed(String),
+    /// The host resolves to an address that [`addr::is_public`] refuses; one such address spoils
+    /// the whole host.
     #[error("host {host} resolves to {addr}, which is not a public address")]
-    Forbidden { host: String, addr: IpAddr },
+    Forbidden {
+        /// The host name as resolved.
+        host: String,
+        /// The first address that is not public.
+        addr: IpAddr,
+    },
+    /// DNS found no address for the host, or failed: the host, then why.
     #[error("resolving {0} failed: {1}")]
     Resolve(String, String),
+    /// No TCP connection to any of the host's addresses: the host, then the last error.
     #[error("connecting to {0} failed: {1}")]
     Connect(String, String),
+    /// The TLS handshake failed (an untrusted or wrong certificate, say): the host, then why.
     #[error("TLS with {0} failed: {1}")]
     Tls(String, String),
+    /// The HTTP/1.1 exchange failed after TLS: the host, then why. Not a host failure, so not
+    /// cached per host.
     #[error("HTTP exchange with {0} failed: {1}")]
     Http(String, String),
+    /// The whole fetch took longer than [`Settings::timeout`]; holds the host being talked to when
+    /// time ran out.
     #[error("timed out (at {0})")]
     Timeout(String),
+    /// More redirects than [`Settings::max_redirects`] (the number held).
     #[error("more than {0} redirects")]
     TooManyRedirects(usize),
+    /// A redirect without a `Location`, or one that does not resolve to a URL; holds what there
+    /// was.
     #[error("a redirect without a usable Location: {0}")]
     BadRedirect(String),
+    /// The page answered with this status, neither a success nor a redirect.
     #[error("answered HTTP {0}")]
     Status(u16),
+    /// The body is not `text/html` or `application/xhtml+xml`; holds the `Content-Type` as sent
+    /// (its first 100 characters).
     #[error("not an HTML page (Content-Type {0:?})")]
     NotHtml(String),
+    /// The page was read but gives neither a title nor a description, so there is nothing to show.
     #[error("the page has no title or description")]
     Empty,
 }
@@ -115,11 +144,16 @@ impl FetchError {
 pub struct HostPattern(String);
 
 impl HostPattern {
+    /// Parses one allowlist entry; surrounding whitespace and a trailing dot are dropped and it is
+    /// lower-cased. `None` when empty or when it holds `/`, `:` or a space (a URL or a host with a
+    /// port rather than a host name).
     pub fn parse(raw: &str) -> Option<Self> {
         let p = raw.trim().trim_end_matches('.').to_ascii_lowercase();
         (!p.is_empty() && !p.contains(['/', ':', ' '])).then_some(Self(p))
     }
 
+    /// True when `host`, lower-cased and without a trailing dot as the fetcher compares it, is
+    /// allowed by this pattern.
     pub fn matches(&self, host: &str) -> bool {
         match self.0.strip_prefix("*.") {
             Some(suffix) => host
@@ -130,6 +164,8 @@ impl HostPattern {
     }
 }
 
+/// How the fetcher behaves. [`Settings::default`]: no allowlist, nothing pinned, a 5 s
+/// timeout, 512 KiB of body, 3 redirects, an hour's URL cache, ten minutes' host cache.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// When not empty, only these hosts are fetched (every redirect hop too).
@@ -143,6 +179,8 @@ pub struct Settings {
     pub timeout: Duration,
     /// Most body bytes read.
     pub max_bytes: usize,
+    /// Most redirects followed; one more fails with [`FetchError::TooManyRedirects`]. 0 means none
+    /// are followed.
     pub max_redirects: usize,
     /// How long a URL's result (a preview, or none) is reused.
     pub cache_ttl: Duration,
@@ -150,6 +188,7 @@ pub struct Settings {
     pub host_ttl: Duration,
     /// Most URLs (and, separately, hosts) remembered.
     pub cache_entries: usize,
+    /// The `User-Agent` sent with every request.
     pub user_agent: String,
 }
 
@@ -185,6 +224,8 @@ pub struct Previewer {
 type Shared = Arc<OnceCell<Result<Preview, FetchError>>>;
 
 impl Previewer {
+    /// A previewer with these settings and empty caches. Fails when one of
+    /// [`Settings::extra_roots`] is not a usable certificate.
     pub fn new(settings: Settings) -> Result<Self, rustls::Error> {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -207,6 +248,7 @@ impl Previewer {
         })
     }
 
+    /// The settings it was built with.
     pub fn settings(&self) -> &Settings {
         &self.settings
     }

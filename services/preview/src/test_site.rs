@@ -26,8 +26,11 @@ pub enum Reply {
     Html(String),
     /// Any status, content type and body.
     Raw {
+        /// The HTTP status code.
         status: u16,
+        /// The `Content-Type` header, as sent.
         content_type: String,
+        /// The body, as sent.
         body: String,
     },
     /// 302 to this Location.
@@ -52,11 +55,15 @@ pub fn og_page(title: &str, description: &str, site: &str) -> String {
     )
 }
 
+/// A running test site; see the module documentation. It stops serving when dropped.
 pub struct TestSite {
+    /// The made-up host name it has a certificate for.
     pub host: String,
+    /// The loopback port it listens on.
     pub port: u16,
     /// The test CA, PEM (for a `LINK_PREVIEW_CA_FILE`).
     pub ca_pem: String,
+    /// The test CA, DER (for [`Settings::extra_roots`]).
     pub ca_der: CertificateDer<'static>,
     requests: Arc<Mutex<Vec<String>>>,
     routes: Arc<Mutex<HashMap<String, Reply>>>,

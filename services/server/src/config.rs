@@ -25,6 +25,7 @@ use clap::{Parser, Subcommand};
     about = "grpc-chat's four services in one process, on one port",
     version
 )]
+/// The command line (flags may also come from the environment, see the module documentation).
 pub struct Args {
     // The flags are global so that they may come before or after `migrate`.
     /// Address of the gRPC port every service answers on.
@@ -44,10 +45,12 @@ pub struct Args {
     /// Carry events over NATS (nats://host:port) instead of in-process.
     #[arg(long, env = "CHAT_NATS_URL", global = true)]
     pub nats_url: Option<String>,
+    /// What to do instead of serving; none serves.
     #[command(subcommand)]
     pub command: Option<Command>,
 }
 
+/// The one-shot subcommands: each does its work and exits.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create the databases and apply migrations, then exit.
@@ -55,17 +58,25 @@ pub enum Command {
     /// Manage administrators in the users database, then exit (the only way anyone
     /// becomes an administrator: nothing over the API can).
     Admin {
+        /// Grant or revoke.
         #[command(subcommand)]
         action: AdminCommand,
     },
 }
 
+/// What `chat-server admin` does to an account.
 #[derive(Subcommand, Debug, Clone)]
 pub enum AdminCommand {
     /// Make the account with this email an administrator.
-    Grant { email: String },
+    Grant {
+        /// The account's email address.
+        email: String,
+    },
     /// Make the account with this email a plain user again.
-    Revoke { email: String },
+    Revoke {
+        /// The account's email address.
+        email: String,
+    },
 }
 
 /// Where the services keep their data.
@@ -77,11 +88,19 @@ pub enum Storage {
     Postgres(String),
 }
 
+/// What the server runs on, from [`Args`] ([`Config::from_args`]) or built in code by tests
+/// ([`Config::embedded`]).
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The gRPC address; port 0 picks a free port (see [`crate::Server::local_addr`]).
     pub listen: SocketAddr,
+    /// The data directory: SQLite files (when [`Storage::Sqlite`]), the generated signing key and
+    /// the stub sender's email record.
     pub data_dir: PathBuf,
+    /// Where the four services keep their databases.
     pub storage: Storage,
+    /// NATS with JetStream for the events; `None` carries them in-process, which only works for a
+    /// single server.
     pub nats_url: Option<String>,
     /// Overrides `BCRYPT_COST` (tests, which cannot set the environment per server).
     pub bcrypt_cost: Option<u32>,
@@ -99,6 +118,8 @@ impl Config {
         }
     }
 
+    /// Reads the flags: the data directory defaults to the user's data directory + `grpc-chat`;
+    /// fails when there is none, or when `--database-url` is not a `postgres://` URL.
     pub fn from_args(args: Args) -> anyhow::Result<Self> {
         let data_dir = match args.data {
             Some(d) => d,

@@ -9,6 +9,8 @@
 //! services still call each other over gRPC, on this process's own port, with service
 //! tokens, so the embedded server exercises the same paths as the split deployment.
 
+#![warn(missing_docs)]
+
 pub mod config;
 mod keys;
 
@@ -193,6 +195,7 @@ impl Server {
         })
     }
 
+    /// The address actually bound (the real port when `--listen` asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }

@@ -107,6 +107,7 @@ impl FaultProxy {
         self.link.send_replace(Link::Up);
     }
 
+    /// How the proxy treats traffic right now.
     pub fn link(&self) -> Link {
         *self.link.borrow()
     }
@@ -197,6 +198,7 @@ async fn sigkill(child: &mut Child) {
 
 /// A private `nats-server` with JetStream (see the module docs).
 pub struct PrivateNats {
+    /// The loopback port it listens on, the same across restarts.
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
@@ -240,10 +242,12 @@ impl PrivateNats {
         Ok(nats)
     }
 
+    /// `127.0.0.1:<port>`.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
+    /// `nats://127.0.0.1:<port>`, for a service's configuration.
     pub fn url(&self) -> String {
         format!("nats://{}", self.addr())
     }
@@ -316,6 +320,7 @@ pub enum StopMode {
 
 /// A private PostgreSQL cluster (see the module docs).
 pub struct PrivatePostgres {
+    /// The loopback port it listens on, the same across restarts.
     pub port: u16,
     dir: tempfile::TempDir,
     bin: PathBuf,
@@ -394,6 +399,7 @@ impl PrivatePostgres {
         self.dir.path().join("postgres.log")
     }
 
+    /// `127.0.0.1:<port>`.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
@@ -518,6 +524,7 @@ impl Drop for PrivatePostgres {
 
 /// A built service binary running as a child process (see the module docs).
 pub struct ServiceProcess {
+    /// The name it was started as, for its log file and failure messages.
     pub name: String,
     /// The gRPC address it listens on, the same across restarts.
     pub addr: SocketAddr,
@@ -551,6 +558,7 @@ impl ServiceProcess {
         Ok(process)
     }
 
+    /// `http://<addr>`, for another service's configuration or a client.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -618,6 +626,7 @@ impl ServiceProcess {
         self.launch().await
     }
 
+    /// True while the child process has not exited (it reaps it when it has).
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()

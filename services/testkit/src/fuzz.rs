@@ -284,6 +284,7 @@ pub fn request(rng: &mut StdRng, dict: &Dictionary) -> Vec<u8> {
 /// What a run sent and got.
 #[derive(Debug, Default)]
 pub struct Report {
+    /// How many requests were sent.
     pub requests: usize,
     /// Answers by status code name ("Ok", "InvalidArgument", ...).
     pub by_code: BTreeMap<String, usize>,
@@ -293,10 +294,12 @@ pub struct Report {
     pub saga_ids: BTreeSet<String>,
     /// Answers that must never happen: (rpc, code, message).
     pub failures: Vec<(String, String, String)>,
+    /// Wall time of the whole run.
     pub elapsed: Duration,
 }
 
 impl Report {
+    /// OK answers to RPCs whose path ends with `rpc` (e.g. `/Login`), summed.
     pub fn ok(&self, rpc: &str) -> usize {
         self.ok_by_rpc
             .iter()

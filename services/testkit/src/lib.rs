@@ -2,6 +2,8 @@
 //! PostgreSQL database (so tests run in parallel and never see each other's rows) and real
 //! services on port 0, with connected tonic clients. Tests then read like user stories.
 
+#![warn(missing_docs)]
+
 pub mod fault;
 pub mod fuzz;
 pub mod otlp;
@@ -53,7 +55,9 @@ pub fn init_logs() {
 /// The storage engine a test's services run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
+    /// A fresh PostgreSQL database on [`admin_url`]'s server (the default).
     Postgres,
+    /// A fresh SQLite file under the system's temporary directory.
     Sqlite,
 }
 
@@ -95,7 +99,9 @@ macro_rules! backend_tests {
 /// A database that exists for one test and is dropped with it: a fresh PostgreSQL
 /// database, or a fresh SQLite file, depending on the test's [`backend`].
 pub struct TestDb {
+    /// The database's name (for SQLite, the file's name without `.db`).
     pub name: String,
+    /// The URL to give a service's configuration.
     pub url: String,
     backend: Backend,
     /// Whether it is removed on drop (not for a database on a test's private server).
@@ -103,6 +109,8 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A fresh database on the running test's [`backend`], removed when dropped. Panics when
+    /// PostgreSQL is not reachable at [`admin_url`].
     pub async fn new() -> Self {
         let name = format!("grpcchat_test_{}", uuid::Uuid::new_v4().simple());
         match backend() {
@@ -223,10 +231,15 @@ pub async fn channel(addr: SocketAddr) -> Channel {
 
 /// A running auth service on its own database.
 pub struct TestAuth {
+    /// The address it listens on (a free loopback port).
     pub addr: SocketAddr,
+    /// A client connected to it, without a token.
     pub client: AuthServiceClient<Channel>,
+    /// The service logic itself, for a test that checks state without a call.
     pub api: auth_service::AuthApi,
+    /// Stops the server when triggered; dropping a `TestAuth` does not trigger it.
     pub shutdown: Shutdown,
+    /// Its database, removed when the `TestAuth` is dropped.
     pub db: TestDb,
 }
 
@@ -239,6 +252,7 @@ pub fn auth_settings() -> auth_service::Settings {
     }
 }
 
+/// An auth service on a fresh database with [`auth_settings`].
 pub async fn spawn_auth() -> TestAuth {
     spawn_auth_with(auth_settings()).await
 }
@@ -249,6 +263,8 @@ pub async fn spawn_auth_on(database_url: String) -> TestAuth {
     spawn_auth_in(TestDb::external(database_url), auth_settings()).await
 }
 
+/// An auth service on a fresh database with `settings`, for a test that needs other limits,
+/// lifetimes or keys.
 pub async fn spawn_auth_with(settings: auth_service::Settings) -> TestAuth {
     spawn_auth_in(TestDb::new().await, settings).await
 }
@@ -281,11 +297,17 @@ async fn spawn_auth_in(db: TestDb, settings: auth_service::Settings) -> TestAuth
 /// A registered and logged-in user.
 #[derive(Debug, Clone)]
 pub struct TestUser {
+    /// The user id.
     pub id: i64,
+    /// `<username>@example.com`.
     pub email: String,
+    /// The username as registered.
     pub username: String,
+    /// `<username>-password`.
     pub password: String,
+    /// An access token from the login; it expires as configured (15 minutes by default).
     pub access_token: String,
+    /// The refresh token from the login.
     pub refresh_token: String,
 }
 
@@ -356,17 +378,21 @@ pub async fn free_listener() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").await.expect("bind")
 }
 
-/// Keeps `server` and `Shutdown` in scope for helpers of other crates.
+/// `chat_common::server::serve`, re-exported for test helpers of other crates.
 pub use server::serve;
 
 /// A subject space and JetStream stream of one test on the shared NATS; the stream is
 /// deleted with it.
 pub struct TestNats {
+    /// The prefix of every subject this test's services publish on.
     pub prefix: String,
+    /// The name of this test's JetStream stream.
     pub stream: String,
 }
 
 impl TestNats {
+    /// A subject space and stream name no other test uses (from a fresh UUID); nothing is created
+    /// on the server until a service does it.
     pub fn new() -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string();
         Self {
@@ -405,8 +431,11 @@ impl Drop for TestNats {
 
 /// A running chat-service replica.
 pub struct TestChat {
+    /// The address it listens on.
     pub addr: SocketAddr,
+    /// A client connected to it, without a token.
     pub client: grpc_chat_proto::chat::v1::chat_service_client::ChatServiceClient<Channel>,
+    /// Stops the replica; dropping the `TestChat` triggers it.
     pub shutdown: Shutdown,
 }
 
@@ -458,11 +487,14 @@ impl Drop for TestChat {
 
 /// A running notification-service replica.
 pub struct TestNotification {
+    /// The address it listens on.
     pub addr: SocketAddr,
+    /// A client connected to it, without a token.
     pub client:
         grpc_chat_proto::notification::v1::notification_service_client::NotificationServiceClient<
             Channel,
         >,
+    /// Stops the replica; dropping the `TestNotification` triggers it.
     pub shutdown: Shutdown,
 }
 
@@ -534,9 +566,12 @@ pub async fn spawn_notification(config: notification_service::Config) -> TestNot
 
 /// A running saga-orchestrator.
 pub struct TestSaga {
+    /// The address it listens on.
     pub addr: SocketAddr,
+    /// A client connected to it, without a token.
     pub client:
         grpc_chat_proto::saga::v1::saga_orchestrator_client::SagaOrchestratorClient<Channel>,
+    /// Stops the orchestrator; dropping the `TestSaga` triggers it.
     pub shutdown: Shutdown,
 }
 

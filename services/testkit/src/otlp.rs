@@ -28,9 +28,11 @@ use chat_common::Shutdown;
 pub struct ReceivedSpan {
     /// Hex, as in `traceparent`.
     pub trace_id: String,
+    /// Hex.
     pub span_id: String,
     /// Empty for a root span.
     pub parent_span_id: String,
+    /// The span's name as exported.
     pub name: String,
     /// `server`, `client`, `producer`, `consumer` or `internal`.
     pub kind: &'static str,
@@ -124,6 +126,7 @@ impl TraceService for Collected {
 
 /// A running receiver; stops when dropped.
 pub struct TraceReceiver {
+    /// The address to give as the OTLP endpoint (`http://<addr>`).
     pub addr: SocketAddr,
     collected: Collected,
     shutdown: Shutdown,

@@ -14,6 +14,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 /// How the server answers `MAIL FROM`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SmtpMode {
+    /// `250`: every mail accepted and recorded.
     Accept,
     /// `550`: refused for good.
     RefusePermanently,
@@ -24,7 +25,9 @@ pub enum SmtpMode {
 /// One email as received.
 #[derive(Debug, Clone)]
 pub struct ReceivedMail {
+    /// The `MAIL FROM` address, without the angle brackets.
     pub from: String,
+    /// Every `RCPT TO` address, in order, without the angle brackets.
     pub to: Vec<String>,
     /// Headers and body as sent (dot-unstuffed).
     pub data: String,
@@ -38,6 +41,7 @@ struct State {
 
 /// A running test SMTP server; stops when dropped.
 pub struct TestSmtp {
+    /// The loopback address it listens on.
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
     mode: tokio::sync::watch::Sender<SmtpMode>,
@@ -51,6 +55,7 @@ impl Drop for TestSmtp {
 }
 
 impl TestSmtp {
+    /// Starts a server on a free loopback port, answering in `mode`.
     pub async fn start(mode: SmtpMode) -> Self {
         let listener = crate::free_listener().await;
         let addr = listener.local_addr().expect("addr");
@@ -74,6 +79,7 @@ impl TestSmtp {
         }
     }
 
+    /// Changes how the following `MAIL FROM`s are answered; sessions already open switch too.
     pub fn set_mode(&self, mode: SmtpMode) {
         let _ = self.mode.send(mode);
     }

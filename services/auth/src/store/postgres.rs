@@ -13,13 +13,16 @@ use super::{
 use crate::domain::{Email, Username};
 use chat_common::Role;
 
+/// The migrations of the PostgreSQL users database (`migrations/users`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/users");
 
+/// [`UserStore`](super::UserStore) on a PostgreSQL pool.
 pub struct PgUserStore {
     pool: PgPool,
 }
 
 impl PgUserStore {
+    /// A store on `pool`, which must already be migrated ([`super::open`] does both).
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
     }

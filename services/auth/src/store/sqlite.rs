@@ -20,8 +20,10 @@ use super::{
 use crate::domain::{Email, Username};
 use chat_common::Role;
 
+/// The migrations of the SQLite users database (`migrations/sqlite/users`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite/users");
 
+/// [`UserStore`](super::UserStore) on an SQLite pool, with one connection kept for writes.
 pub struct SqliteUserStore {
     pool: SqlitePool,
     /// One connection for every write, so writers queue here instead of in SQLite's
@@ -30,6 +32,8 @@ pub struct SqliteUserStore {
 }
 
 impl SqliteUserStore {
+    /// A store on `pool`, which must already be migrated ([`super::open`] does both); opens the
+    /// write connection.
     pub async fn new(pool: SqlitePool) -> anyhow::Result<Self> {
         let write = sqlite_writer(&pool).await?;
         Ok(Self { pool, write })
