@@ -1,7 +1,18 @@
 //! The PostgreSQL backend of [`ChatStore`](super::ChatStore).
+//!
+//! Messages are written in groups. A chat's `last_seq` row lock orders its senders on every
+//! replica, so one busy chat could take only one message per commit: its senders queued
+//! at the lock, each waiting for the previous one's statement and commit. Every
+//! `insert_message` therefore goes through a [`Batcher`]: what concurrent senders asked
+//! while the previous group was in the database is written by one statement (several
+//! chats at once), which takes each chat's lock once, advances its `last_seq` by the
+//! number of its senders that are members and stores all the messages and their outbox
+//! rows with multi-row inserts. Each sender is answered after that commit. A lone sender
+//! goes through the one-message statement at once, so a quiet chat pays nothing for it.
 
 use anyhow::Context;
 use async_trait::async_trait;
+use chat_common::batch::Batcher;
 use sqlx::{postgres::PgRow, PgPool, Row};
 
 use std::time::Duration;
@@ -17,11 +28,97 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/
 
 pub struct PgChatStore {
     pool: PgPool,
+    /// Groups concurrent `insert_message` calls into one statement (see the module docs).
+    messages: Batcher<Pending, anyhow::Result<Inserted>>,
 }
 
+/// Most messages one group statement writes. Under 16 busy senders a group holds about
+/// as many messages as there are senders waiting on this replica, far below this; the
+/// bound only keeps one statement (its arrays, its row locks, the time the chat is
+/// locked) small when thousands of senders pile up, so that the lock is handed on often.
+const MAX_BATCH: usize = 64;
+/// Groups in the database at once, per replica. Two: while one group holds a busy chat's
+/// lock (its statement and commit), the next is already in PostgreSQL waiting for it, so
+/// the lock is handed on without a round trip in between, and senders arriving meanwhile
+/// gather into the group after that. More would only split the same senders into smaller
+/// groups queued behind the same lock (more commits for the same messages), and take
+/// more connections from a pool that reads also need; with several chats in one group a
+/// second slot also keeps a group waiting for one chat's lock from holding up the rest.
+const IN_FLIGHT: usize = 2;
+
 impl PgChatStore {
+    /// Starts the message batcher, so it must run inside a Tokio runtime.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        let writer = pool.clone();
+        let messages = Batcher::start("chat_messages", MAX_BATCH, IN_FLIGHT, move |items| {
+            let pool = writer.clone();
+            async move { insert_group(&pool, items).await }
+        });
+        Self { pool, messages }
+    }
+
+    /// Writes `msgs` as one group, in one statement, as the batcher does for concurrent
+    /// senders, but without its fallback: when any message breaks a constraint (an
+    /// idempotency key used before, or twice among `msgs`) the whole statement fails and
+    /// nothing is stored. For tests that need to know what one group does.
+    pub async fn insert_batch(&self, msgs: &[NewMessage<'_>]) -> anyhow::Result<Vec<Inserted>> {
+        let items: Vec<Pending> = msgs.iter().map(Pending::from).collect();
+        insert_many(&self.pool, &items).await
+    }
+}
+
+/// A message on its way into a group: [`NewMessage`] with what it borrows owned, since
+/// the batcher's task outlives the caller's borrow.
+#[derive(Clone)]
+struct Pending {
+    chat_id: i64,
+    sender_id: i64,
+    sender_username: String,
+    text: String,
+    idempotency_key: Option<String>,
+}
+
+impl From<&NewMessage<'_>> for Pending {
+    fn from(msg: &NewMessage<'_>) -> Self {
+        Self {
+            chat_id: msg.chat_id.0,
+            sender_id: msg.sender_id,
+            sender_username: msg.sender_username.to_owned(),
+            text: msg.text.as_str().to_owned(),
+            idempotency_key: msg.idempotency_key.map(|k| k.as_str().to_owned()),
+        }
+    }
+}
+
+/// The batcher's handler: one output per item, or an error for the whole group.
+///
+/// One item takes the one-message statement, which also answers a repeated idempotency
+/// key. Several take [`insert_many`]; when it fails on a constraint (a key stored before
+/// or repeated in the group) the error fails the group and the batcher runs each item
+/// again alone, so every key is answered by the one-message path. When the database is
+/// unreachable, running 64 items again one by one would only make their callers wait 64
+/// connection timeouts in turn: each gets the outage at once instead, as
+/// [`chat_common::db::is_unavailable`] recognises it, and retries with its key.
+async fn insert_group(
+    pool: &PgPool,
+    items: Vec<Pending>,
+) -> anyhow::Result<Vec<anyhow::Result<Inserted>>> {
+    if let [one] = items.as_slice() {
+        return Ok(vec![insert_one(pool, one).await]);
+    }
+    match insert_many(pool, &items).await {
+        Ok(done) => Ok(done.into_iter().map(Ok).collect()),
+        Err(e) if chat_common::db::is_unavailable(&e) => Ok(items
+            .iter()
+            .map(|_| {
+                // The cause cannot be cloned; each caller gets an I/O error of the same
+                // text, which is_unavailable recognises.
+                let io = std::io::Error::other(format!("{e:#}"));
+                Err(anyhow::Error::new(sqlx::Error::Io(io)).context("storing a group of messages"))
+            })
+            .collect()),
+        // A constraint or statement error: the batcher runs the items again one by one.
+        Err(e) => Err(e),
     }
 }
 
@@ -85,6 +182,132 @@ fn member_from_row(row: &PgRow) -> Result<MemberRecord, sqlx::Error> {
         username: row.try_get("username")?,
         joined_at: row.try_get("joined_at")?,
     })
+}
+
+/// One message in one statement, one round trip: the UPDATE takes the chat's row lock
+/// (ordering concurrent senders on any replica) and the next seq, only when the sender is a
+/// member; the INSERT stores the message under that seq, and the outbox row of its event.
+/// As a single statement it commits or rolls back whole, so a failed insert never leaves a
+/// gap, and a stored message always has its event. A repeated idempotency key answers
+/// with the first message.
+async fn insert_one(pool: &PgPool, msg: &Pending) -> anyhow::Result<Inserted> {
+    let res = sqlx::query(&format!(
+        "WITH next AS ( \
+             UPDATE chats SET last_seq = last_seq + 1, last_activity_at = now() \
+             WHERE id = $1 AND EXISTS ( \
+                 SELECT 1 FROM chat_members WHERE chat_id = $1 AND user_id = $2) \
+             RETURNING last_seq), \
+         ins AS ( \
+             INSERT INTO messages (chat_id, seq, sender_id, sender_username, text, idempotency_key) \
+             SELECT $1, next.last_seq, $2, $3, $4, $5 FROM next \
+             RETURNING {MESSAGE_COLUMNS}), \
+         event AS ( \
+             INSERT INTO outbox (chat_id, seq, kind) \
+             SELECT chat_id, seq, 'message_created' FROM ins RETURNING id) \
+         SELECT ins.*, event.id AS event_id FROM ins, event"
+    ))
+    .bind(msg.chat_id)
+    .bind(msg.sender_id)
+    .bind(&msg.sender_username)
+    .bind(&msg.text)
+    .bind(&msg.idempotency_key)
+    .fetch_optional(pool)
+    .await;
+    match res {
+        Ok(Some(row)) => Ok(Inserted::New(
+            message_from_row(&row)?,
+            row.try_get("event_id")?,
+        )),
+        Ok(None) => Ok(Inserted::NoChat),
+        // The idempotency key was used before (or by a concurrent retry that won):
+        // the statement rolled back whole; answer with the first message.
+        Err(sqlx::Error::Database(db))
+            if db.is_unique_violation() && msg.idempotency_key.is_some() =>
+        {
+            let key = msg.idempotency_key.as_deref();
+            let row = sqlx::query(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages \
+                 WHERE chat_id = $1 AND sender_id = $2 AND idempotency_key = $3"
+            ))
+            .bind(msg.chat_id)
+            .bind(msg.sender_id)
+            .bind(key)
+            .fetch_one(pool)
+            .await
+            .context("reading the message an idempotency key names")?;
+            Ok(Inserted::Duplicate(message_from_row(&row)?))
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("inserting a message")),
+    }
+}
+
+/// Several messages, possibly of several chats, in one statement and one commit.
+///
+/// `locked` takes the row lock of every chat named, in id order, so that two groups (or a
+/// group and a membership change, which locks one chat row) never wait on each other in
+/// a cycle. Then, per chat: the senders that are members (checked in this statement, as
+/// the one-message path does, so a removal committed before the statement began is
+/// seen) are numbered in the group's order, `last_seq` grows by their count (the UPDATE
+/// reads the row as the lock left it), and they take the seqs after the old `last_seq`:
+/// gapless, and a sender's seq is its place in the group. Messages and their outbox rows go
+/// in with one multi-row INSERT each. A sender that is not a member, or whose chat is
+/// gone, gets no row: [`Inserted::NoChat`]. Any constraint broken (an idempotency key stored
+/// before, or twice in the group) fails the whole statement, which stores nothing.
+async fn insert_many(pool: &PgPool, items: &[Pending]) -> anyhow::Result<Vec<Inserted>> {
+    let chats: Vec<i64> = items.iter().map(|m| m.chat_id).collect();
+    let senders: Vec<i64> = items.iter().map(|m| m.sender_id).collect();
+    let names: Vec<&str> = items.iter().map(|m| m.sender_username.as_str()).collect();
+    let texts: Vec<&str> = items.iter().map(|m| m.text.as_str()).collect();
+    let keys: Vec<Option<&str>> = items.iter().map(|m| m.idempotency_key.as_deref()).collect();
+    let rows = sqlx::query(&format!(
+        "WITH items AS ( \
+             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[]) \
+             WITH ORDINALITY AS t(chat_id, sender_id, sender_username, text, idempotency_key, idx)), \
+         locked AS MATERIALIZED ( \
+             SELECT id FROM chats WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE), \
+         allowed AS ( \
+             SELECT i.*, row_number() OVER (PARTITION BY i.chat_id ORDER BY i.idx) AS nth \
+             FROM items i JOIN locked l ON l.id = i.chat_id \
+             WHERE EXISTS (SELECT 1 FROM chat_members m \
+                           WHERE m.chat_id = i.chat_id AND m.user_id = i.sender_id)), \
+         bump AS ( \
+             UPDATE chats c SET last_seq = c.last_seq + k.n, last_activity_at = now() \
+             FROM (SELECT chat_id, count(*) AS n FROM allowed GROUP BY chat_id) k \
+             WHERE c.id = k.chat_id \
+             RETURNING c.id, c.last_seq - k.n AS base), \
+         ins AS ( \
+             INSERT INTO messages (chat_id, seq, sender_id, sender_username, text, idempotency_key) \
+             SELECT a.chat_id, b.base + a.nth, a.sender_id, a.sender_username, a.text, \
+                    a.idempotency_key \
+             FROM allowed a JOIN bump b ON b.id = a.chat_id ORDER BY 1, 2 \
+             RETURNING {MESSAGE_COLUMNS}), \
+         event AS ( \
+             INSERT INTO outbox (chat_id, seq, kind) \
+             SELECT chat_id, seq, 'message_created' FROM ins ORDER BY chat_id, seq \
+             RETURNING id, chat_id, seq) \
+         SELECT a.idx, ins.*, event.id AS event_id \
+         FROM allowed a JOIN bump b ON b.id = a.chat_id \
+         JOIN ins ON ins.chat_id = a.chat_id AND ins.seq = b.base + a.nth \
+         JOIN event ON event.chat_id = ins.chat_id AND event.seq = ins.seq"
+    ))
+    .bind(&chats)
+    .bind(&senders)
+    .bind(&names)
+    .bind(&texts)
+    .bind(&keys)
+    .fetch_all(pool)
+    .await
+    .context("inserting a group of messages")?;
+    let mut out: Vec<Inserted> = items.iter().map(|_| Inserted::NoChat).collect();
+    for row in &rows {
+        let idx: i64 = row.try_get("idx")?;
+        let slot = usize::try_from(idx - 1)
+            .ok()
+            .and_then(|i| out.get_mut(i))
+            .with_context(|| format!("a group's row names item {idx} of {}", items.len()))?;
+        *slot = Inserted::New(message_from_row(row)?, row.try_get("event_id")?);
+    }
+    Ok(out)
 }
 
 #[async_trait]
@@ -214,59 +437,8 @@ impl ChatStore for PgChatStore {
     }
 
     async fn insert_message(&self, msg: NewMessage<'_>) -> anyhow::Result<Inserted> {
-        // One statement, one round trip: the UPDATE takes the chat's row lock (ordering
-        // concurrent senders on any replica) and the next seq, only when the sender is a
-        // member; the INSERT stores the message under that seq, and the outbox row of its
-        // event. As a single statement it commits or rolls back whole, so a failed insert
-        // never leaves a gap, and a stored message always has its event.
-        let res = sqlx::query(&format!(
-            "WITH next AS ( \
-                 UPDATE chats SET last_seq = last_seq + 1, last_activity_at = now() \
-                 WHERE id = $1 AND EXISTS ( \
-                     SELECT 1 FROM chat_members WHERE chat_id = $1 AND user_id = $2) \
-                 RETURNING last_seq), \
-             ins AS ( \
-                 INSERT INTO messages (chat_id, seq, sender_id, sender_username, text, idempotency_key) \
-                 SELECT $1, next.last_seq, $2, $3, $4, $5 FROM next \
-                 RETURNING {MESSAGE_COLUMNS}), \
-             event AS ( \
-                 INSERT INTO outbox (chat_id, seq, kind) \
-                 SELECT chat_id, seq, 'message_created' FROM ins RETURNING id) \
-             SELECT ins.*, event.id AS event_id FROM ins, event"
-        ))
-        .bind(msg.chat_id.0)
-        .bind(msg.sender_id)
-        .bind(msg.sender_username)
-        .bind(msg.text.as_str())
-        .bind(msg.idempotency_key.map(|k| k.as_str()))
-        .fetch_optional(&self.pool)
-        .await;
-        match res {
-            Ok(Some(row)) => Ok(Inserted::New(
-                message_from_row(&row)?,
-                row.try_get("event_id")?,
-            )),
-            Ok(None) => Ok(Inserted::NoChat),
-            // The idempotency key was used before (or by a concurrent retry that won):
-            // the statement rolled back whole; answer with the first message.
-            Err(sqlx::Error::Database(db))
-                if db.is_unique_violation() && msg.idempotency_key.is_some() =>
-            {
-                let key = msg.idempotency_key.map(|k| k.as_str());
-                let row = sqlx::query(&format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM messages \
-                     WHERE chat_id = $1 AND sender_id = $2 AND idempotency_key = $3"
-                ))
-                .bind(msg.chat_id.0)
-                .bind(msg.sender_id)
-                .bind(key)
-                .fetch_one(&self.pool)
-                .await
-                .context("reading the message an idempotency key names")?;
-                Ok(Inserted::Duplicate(message_from_row(&row)?))
-            }
-            Err(e) => Err(anyhow::Error::new(e).context("inserting a message")),
-        }
+        // Answered after the commit of the group this message joins (see the module docs).
+        self.messages.run(Pending::from(&msg)).await?
     }
 
     async fn delete_message(&self, chat: ChatId, seq: i64) -> anyhow::Result<Option<Deleted>> {
