@@ -95,10 +95,8 @@ impl From<&NewMessage<'_>> for Pending {
 /// One item takes the one-message statement, which also answers a repeated idempotency
 /// key. Several take [`insert_many`]; when it fails on a constraint (a key stored before
 /// or repeated in the group) the error fails the group and the batcher runs each item
-/// again alone, so every key is answered by the one-message path. When the database is
-/// unreachable, running 64 items again one by one would only make their callers wait 64
-/// connection timeouts in turn: each gets the outage at once instead, as
-/// [`chat_common::db::is_unavailable`] recognises it, and retries with its key.
+/// again alone, so every key is answered by the one-message path. (When the database is
+/// unreachable the batcher answers every caller UNAVAILABLE at once instead.)
 async fn insert_group(
     pool: &PgPool,
     items: Vec<Pending>,
@@ -106,20 +104,11 @@ async fn insert_group(
     if let [one] = items.as_slice() {
         return Ok(vec![insert_one(pool, one).await]);
     }
-    match insert_many(pool, &items).await {
-        Ok(done) => Ok(done.into_iter().map(Ok).collect()),
-        Err(e) if chat_common::db::is_unavailable(&e) => Ok(items
-            .iter()
-            .map(|_| {
-                // The cause cannot be cloned; each caller gets an I/O error of the same
-                // text, which is_unavailable recognises.
-                let io = std::io::Error::other(format!("{e:#}"));
-                Err(anyhow::Error::new(sqlx::Error::Io(io)).context("storing a group of messages"))
-            })
-            .collect()),
-        // A constraint or statement error: the batcher runs the items again one by one.
-        Err(e) => Err(e),
-    }
+    Ok(insert_many(pool, &items)
+        .await?
+        .into_iter()
+        .map(Ok)
+        .collect())
 }
 
 const CHAT_COLUMNS: &str =
