@@ -23,14 +23,14 @@
 
 use sqlx::migrate::Migrator;
 
-use crate::client::text_of_size;
+use crate::{client::text_of_size, scenarios::CHAT_MEMBERS};
 
 static CHAT_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/chat");
 static NOTIFICATION_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/notification");
 
 /// Members of every chat, as the bench's `send` makes them (one sender, the others get
 /// an email each).
-pub const MEMBERS: i64 = 8;
+pub const MEMBERS: i64 = CHAT_MEMBERS as i64;
 
 /// The sender of every message: one member (which one does not change the work).
 const SENDER: i64 = MEMBERS;

@@ -37,11 +37,10 @@ pub struct Opts {
     pub message_size: usize,
 }
 
-/// How many users the load is spread over: enough to be realistic, few enough that
-/// registering them at bcrypt cost 12 takes seconds, not minutes.
-fn user_count(concurrency: usize) -> usize {
-    concurrency.clamp(2, 8)
-}
+/// Members of every chat `send`, `busy-chat` and `saga` write into (the same users in
+/// each): every message owes an email to the 7 others. Enough to be realistic, few enough
+/// that registering them at bcrypt cost 12 takes seconds, not minutes.
+pub const CHAT_MEMBERS: usize = 8;
 
 /// Channels per endpoint for unary load: a few HTTP/2 connections, as several clients
 /// would open.
@@ -112,7 +111,7 @@ where
 /// Users and chats for unary load on `systems` (all replicas of one system).
 async fn chats_for_load(systems: &[System], opts: &Opts) -> anyhow::Result<(Vec<User>, Vec<i64>)> {
     let first = systems.first().context("no system to drive")?;
-    let users = client::users(&first.auth, "s", user_count(opts.concurrency)).await?;
+    let users = client::users(&first.auth, "s", CHAT_MEMBERS).await?;
     let mut chat = ChatServiceClient::new(channel(&first.chat).await?);
     let mut chats = Vec::new();
     for _ in 0..opts.chats.max(1) {
