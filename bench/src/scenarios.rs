@@ -638,15 +638,16 @@ pub async fn cross_replica(a: &System, b: &System, opts: &Opts) -> anyhow::Resul
         )))
 }
 
-/// `login`: `concurrency` clients logging in back to back at the server's bcrypt cost.
+/// `login`: `concurrency` clients logging in back to back at the server's bcrypt cost,
+/// each as a user of its own: the server counts a login against its account's limit of
+/// failed logins until the password has been checked, so more than that many logins in
+/// flight for one account would be refused however right the password.
 pub async fn login(system: &System, opts: &Opts) -> anyhow::Result<Row> {
-    let user = client::users(&system.auth, "l", 1)
-        .await?
-        .pop()
-        .context("no user")?;
+    let users = client::users(&system.auth, "l", opts.concurrency).await?;
     let ch = channel(&system.auth).await?;
-    let load = closed_loop("Login", opts.concurrency, opts.duration, |_| {
+    let load = closed_loop("Login", opts.concurrency, opts.duration, |i| {
         let client = AuthServiceClient::new(ch.clone());
+        let user = &users[i % users.len()];
         let req = authpb::LoginRequest {
             email: user.email.clone(),
             password: user.password.clone(),
