@@ -19,7 +19,9 @@ use sqlx::{Connection, Executor, PgConnection};
 
 use crate::{
     client::{histogram, run_id, text_of_size, STREAMS_PER_CHANNEL},
+    per_message_sql,
     report::Row,
+    scenarios::Opts,
     system::drop_databases,
 };
 
@@ -47,105 +49,167 @@ fn pgbench_bin() -> anyhow::Result<PathBuf> {
         .context("pgbench not found on PATH nor in /usr/lib/postgresql/*/bin")
 }
 
-/// The PostgreSQL ceiling: `pgbench -n -c <concurrency> -j 2 -T <duration>` with a one-row
-/// INSERT per transaction into a table shaped like the messages table, in a scratch
-/// database created and dropped here.
-pub async fn pgbench(
-    admin_url: &str,
-    concurrency: usize,
-    chats: usize,
-    duration: Duration,
-    message_size: usize,
-) -> anyhow::Result<Row> {
-    let bin = pgbench_bin()?;
-    let name = format!("grpcchat_bench_pgbench_{}", run_id());
-    let base = admin_url
-        .rsplit_once('/')
-        .map(|(b, _)| b)
-        .unwrap_or(admin_url);
-    let url = format!("{base}/{name}");
-    let mut admin = PgConnection::connect(admin_url)
-        .await
-        .with_context(|| format!("connecting to PostgreSQL at {admin_url}"))?;
-    admin
-        .execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
-        .await?;
-    let result = async {
-        let mut conn = PgConnection::connect(&url).await?;
-        conn.execute(
-            "CREATE TABLE messages (id bigserial PRIMARY KEY, chat_id bigint NOT NULL, \
-             sender_id bigint NOT NULL, body text NOT NULL, \
-             created_at timestamptz NOT NULL DEFAULT now())",
-        )
-        .await?;
-        conn.close().await?;
-        let script = std::env::temp_dir().join(format!("{name}.sql"));
-        std::fs::write(
-            &script,
-            format!(
-                "\\set chat random(1, {})\nINSERT INTO messages (chat_id, sender_id, body) \
-                 VALUES (:chat, :client_id, '{}');\n",
-                chats.max(1),
-                text_of_size("pgbench", message_size)
-            ),
-        )?;
-        let (c, t) = (concurrency.max(1), duration.as_secs().max(1));
-        let args: Vec<String> = vec![
+/// One pgbench run: a scratch database, what to create in it, the script, and how to
+/// talk to PostgreSQL.
+struct Pgbench<'a> {
+    /// The row's name: `limit:pgbench`, ...
+    name: &'a str,
+    /// SQL run (simple protocol, several statements each) on the scratch database before
+    /// the run: tables, seed rows.
+    setup: Vec<String>,
+    /// The pgbench script (`-f`).
+    script: String,
+    /// `-M prepared` (as sqlx sends statements), else pgbench's simple protocol.
+    prepared: bool,
+    /// Clients (`-c`) and time (`-T`).
+    load: &'a Opts,
+    /// What the script does, for the note (the command line follows it).
+    what: String,
+}
+
+impl Pgbench<'_> {
+    /// The command line, as the note shows it.
+    fn args(&self) -> Vec<String> {
+        let c = self.load.concurrency.max(1);
+        let mut args: Vec<String> = vec![
             "-n".into(),
             "-c".into(),
             c.to_string(),
             "-j".into(),
             c.min(2).to_string(),
             "-T".into(),
-            t.to_string(),
-            "-f".into(),
-            script.display().to_string(),
-            url.clone(),
+            self.load.duration.as_secs().max(1).to_string(),
         ];
-        let bin2 = bin.clone();
-        let out = tokio::task::spawn_blocking(move || Command::new(bin2).args(args).output())
-            .await?
-            .with_context(|| format!("running {}", bin.display()))?;
-        let _ = std::fs::remove_file(&script);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            bail!(
-                "pgbench failed ({}):\n{stdout}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
+        if self.prepared {
+            args.extend(["-M".into(), "prepared".into()]);
         }
-        let field = |prefix: &str| {
-            stdout.lines().find_map(|l| {
-                l.trim()
-                    .strip_prefix(prefix)
-                    .and_then(|v| v.split_whitespace().next())
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
-        };
-        let tps = field("tps = ").context("no tps in pgbench's output")?;
-        let tx = field("number of transactions actually processed: ").unwrap_or(0.0);
-        let failed = field("number of failed transactions: ").unwrap_or(0.0);
-        if failed > 0.0 {
-            bail!("pgbench: {failed} transactions failed");
-        }
-        let mut row = Row::new("limit:pgbench", "tx", tx as u64)
-            .rate(tps)
-            .extra("concurrency", c)
-            .note(format!(
-                "pgbench -n -c {c} -j {} -T {t}, one-row INSERT",
-                c.min(2)
-            ));
-        if let Some(avg) = field("latency average = ") {
-            row = row.extra("latency_avg_ms", avg);
-        }
-        Ok(row)
+        args
     }
-    .await;
-    let dropped = drop_databases(admin_url, &name).await;
-    let row = result?;
-    dropped?;
-    Ok(row)
+
+    /// Runs pgbench against a scratch database created (and dropped) on `admin_url`.
+    async fn run(self, admin_url: &str) -> anyhow::Result<Row> {
+        let bin = pgbench_bin()?;
+        let db = format!("grpcchat_bench_pgbench_{}", run_id());
+        let base = admin_url
+            .rsplit_once('/')
+            .map(|(b, _)| b)
+            .unwrap_or(admin_url);
+        let url = format!("{base}/{db}");
+        let mut admin = PgConnection::connect(admin_url)
+            .await
+            .with_context(|| format!("connecting to PostgreSQL at {admin_url}"))?;
+        admin
+            .execute(format!(r#"CREATE DATABASE "{db}""#).as_str())
+            .await?;
+        let shown = format!("pgbench {}", self.args().join(" "));
+        let result = async {
+            let mut conn = PgConnection::connect(&url).await?;
+            for sql in &self.setup {
+                sqlx::raw_sql(sql)
+                    .execute(&mut conn)
+                    .await
+                    .with_context(|| format!("setting up the pgbench database: {sql:.60}"))?;
+            }
+            conn.close().await?;
+            let script = std::env::temp_dir().join(format!("{db}.sql"));
+            std::fs::write(&script, &self.script)?;
+            let mut args = self.args();
+            args.extend(["-f".into(), script.display().to_string(), url.clone()]);
+            let bin2 = bin.clone();
+            let out = tokio::task::spawn_blocking(move || Command::new(bin2).args(args).output())
+                .await?
+                .with_context(|| format!("running {}", bin.display()));
+            let _ = std::fs::remove_file(&script);
+            let out = out?;
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            if !out.status.success() {
+                bail!(
+                    "pgbench failed ({}):\n{stdout}\n{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let field = |prefix: &str| {
+                stdout.lines().find_map(|l| {
+                    l.trim()
+                        .strip_prefix(prefix)
+                        .and_then(|v| v.split_whitespace().next())
+                        .and_then(|v| v.parse::<f64>().ok())
+                })
+            };
+            let tps = field("tps = ").context("no tps in pgbench's output")?;
+            let tx = field("number of transactions actually processed: ").unwrap_or(0.0);
+            let failed = field("number of failed transactions: ").unwrap_or(0.0);
+            if failed > 0.0 {
+                bail!("pgbench: {failed} transactions failed");
+            }
+            let mut row = Row::new(self.name, "tx", tx as u64)
+                .rate(tps)
+                .extra("concurrency", self.load.concurrency.max(1));
+            if let Some(avg) = field("latency average = ") {
+                row = row.extra("latency_avg_ms", avg);
+            }
+            Ok(row)
+        }
+        .await;
+        let dropped = drop_databases(admin_url, &db).await;
+        let row = result?;
+        dropped?;
+        Ok(row.note(format!("{}; {shown}", self.what)))
+    }
+}
+
+/// The PostgreSQL ceiling: `pgbench -n -c <concurrency> -j 2 -T <duration>` with a one-row
+/// INSERT per transaction into a table shaped like the messages table, in a scratch
+/// database created and dropped here, spread over `load.chats` chat ids.
+pub async fn pgbench(admin_url: &str, load: &Opts) -> anyhow::Result<Row> {
+    Pgbench {
+        name: "limit:pgbench",
+        setup: vec![
+            "CREATE TABLE messages (id bigserial PRIMARY KEY, chat_id bigint NOT NULL, \
+             sender_id bigint NOT NULL, body text NOT NULL, \
+             created_at timestamptz NOT NULL DEFAULT now())"
+                .into(),
+        ],
+        script: format!(
+            "\\set chat random(1, {})\nINSERT INTO messages (chat_id, sender_id, body) \
+             VALUES (:chat, :client_id, '{}');\n",
+            load.chats.max(1),
+            text_of_size("pgbench", load.message_size)
+        ),
+        prepared: false,
+        load,
+        what: "one-row INSERT".into(),
+    }
+    .run(admin_url)
+    .await
+}
+
+/// What one message costs PostgreSQL on the production path, as a pgbench limit: the
+/// statements of [`per_message_sql`] (the chat service's insert, the outbox delete, the
+/// notifier's bookkeeping for every other member), on a scratch database migrated with the
+/// real migrations, messages spread over `load.chats` chats. Its rate is messages per
+/// second.
+pub async fn pgbench_per_message(admin_url: &str, load: &Opts) -> anyhow::Result<Row> {
+    let chats = load.chats.max(1);
+    Pgbench {
+        name: if chats == 1 {
+            "limit:pgbench-per-message/1-chat"
+        } else {
+            "limit:pgbench-per-message"
+        },
+        setup: per_message_sql::setup(chats),
+        script: per_message_sql::script(chats, load.message_size),
+        prepared: true,
+        load,
+        what: format!(
+            "pgbench per-message SQL, {chats} chat(s) of {} members: {}",
+            per_message_sql::MEMBERS,
+            per_message_sql::WHAT
+        ),
+    }
+    .run(admin_url)
+    .await
 }
 
 /// The SQLite ceiling, as the embedded server stores: one-row INSERT transactions

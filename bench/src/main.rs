@@ -13,6 +13,7 @@
 
 mod client;
 mod limits;
+mod per_message_sql;
 mod report;
 mod scenarios;
 mod system;
@@ -26,8 +27,10 @@ use report::Row;
 use scenarios::Opts;
 use system::{Deployment, ServerOptions, Storage, System};
 
-/// Longest wait for a server to finish the background work a scenario left it.
-const SETTLE_LIMIT: Duration = Duration::from_secs(300);
+/// Longest wait for the system to finish the background work a scenario left it. A drain
+/// takes about as long as the load that caused it; longer means something else (another
+/// user of this PostgreSQL) keeps it busy, and the note says the system was not idle.
+const SETTLE_LIMIT: Duration = Duration::from_secs(120);
 
 #[derive(Parser, Debug)]
 #[command(about = "Load generator for grpc-chat: every figure beside its limit on this machine")]
@@ -46,14 +49,10 @@ struct Cli {
     /// Message text size in bytes (NATS limits use the same payload size).
     #[arg(long, default_value_t = 64, global = true)]
     message_size: usize,
-    /// Stream counts for `fanout`, comma-separated.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "100,1000,10000",
-        global = true
-    )]
-    streams: Vec<usize>,
+    /// Stream counts for `fanout`, comma-separated (default 100,1000,10000; 100,1000 for
+    /// `all` on PostgreSQL + NATS).
+    #[arg(long, value_delimiter = ',', global = true)]
+    streams: Option<Vec<usize>>,
     /// Idle streams for `streams`.
     #[arg(long, default_value_t = 10_000, global = true)]
     idle_streams: usize,
@@ -71,9 +70,11 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = Storage::Sqlite, global = true)]
     storage: Storage,
     /// Which storage the chat-server this bench starts uses for the single-server
-    /// scenarios (`postgres` starts two replicas on PostgreSQL + NATS).
-    #[arg(long, value_enum, default_value_t = Storage::Sqlite, global = true)]
-    backend: Storage,
+    /// scenarios (`postgres` starts two replicas on PostgreSQL + NATS, and the load
+    /// spreads over both). Default: `postgres` for `all` (the production path), `sqlite`
+    /// (one embedded server) for a scenario alone.
+    #[arg(long, value_enum, global = true)]
+    backend: Option<Storage>,
     /// The chat-server binary to start (default: next to chat-bench).
     #[arg(long, global = true)]
     server_bin: Option<PathBuf>,
@@ -112,15 +113,22 @@ struct Cli {
 
 #[derive(Subcommand, Clone, Copy, PartialEq, Eq, Debug)]
 enum Scenario {
-    /// N senders into M chats: messages stored per second and send latency; limit: the
-    /// storage engine's one-row commit rate (SQLite, or pgbench on PostgreSQL).
+    /// N senders into M chats: messages stored per second (sustained: until the emails
+    /// they owe are sent) and send latency; limit: the storage engine's one-row commit
+    /// rate (SQLite, or pgbench on PostgreSQL, beside pgbench running the per-message SQL).
     Send,
+    /// N senders into one chat of 8 members, as `send`; limit on PostgreSQL: pgbench
+    /// running the per-message SQL on one chat.
+    BusyChat,
     /// The same load through SagaOrchestrator.SendMessage (stub email sender); limit:
     /// direct sends.
     Saga,
     /// S streams on one chat, one sender: send→arrival per stream and deliveries per
     /// second; limit: raw NATS fan-out to S subscriptions.
     Fanout,
+    /// N clients opening a Connect stream on a chat of 20 messages until HistoryEnd, over
+    /// and over: streams opened per second and the time to HistoryEnd.
+    History,
     /// Streams on replica b, sends to replica a: send→arrival; limit: raw NATS round trip.
     CrossReplica,
     /// S idle streams: the server's resident memory per stream; target 10 KiB.
@@ -133,7 +141,10 @@ enum Scenario {
     Guess,
     /// Only the limits.
     Limits,
-    /// Every scenario with its limit, then the whole table.
+    /// Every scenario with its limit, then the whole table and the goals of issue 18. On
+    /// PostgreSQL + NATS (default): send, busy-chat, saga, fanout, history, login and
+    /// cross-replica on two replicas; with `--backend sqlite`: the single-server
+    /// scenarios on one embedded server (and streams), then cross-replica on the pair.
     All,
 }
 
@@ -187,7 +198,7 @@ impl Run {
             return Deployment::in_process(c.bcrypt_cost).await;
         }
         let opts = self.server_options()?;
-        match c.backend {
+        match self.backend() {
             Storage::Sqlite => Deployment::embedded(&opts).await,
             Storage::Postgres => Deployment::replicated(&opts).await,
         }
@@ -213,88 +224,190 @@ impl Run {
         Ok(Some(Deployment::replicated(&self.server_options()?).await?))
     }
 
-    async fn storage_limit(&mut self, storage: Storage) -> anyhow::Result<Option<Row>> {
-        if !self.limits() {
-            return Ok(None);
-        }
-        let o = &self.opts;
-        let row = match storage {
-            Storage::Sqlite => {
-                limits::sqlite(o.concurrency, o.chats, o.duration, o.message_size).await?
-            }
-            Storage::Postgres => {
-                limits::pgbench(
-                    &self.cli.database_url,
-                    o.concurrency,
-                    o.chats,
-                    o.duration,
-                    o.message_size,
-                )
-                .await?
-            }
-        };
-        Ok(Some(self.push(row)))
+    /// The storage this bench's own servers use: `--backend`, else PostgreSQL + NATS for
+    /// `all` and SQLite for a scenario alone.
+    fn backend(&self) -> Storage {
+        self.cli
+            .backend
+            .unwrap_or(if self.cli.scenario == Scenario::All {
+                Storage::Postgres
+            } else {
+                Storage::Sqlite
+            })
     }
 
-    /// Lets every server of `systems` finish what the scenario left it (see
+    fn stream_counts(&self) -> Vec<usize> {
+        match &self.cli.streams {
+            Some(s) => s.clone(),
+            None if self.cli.scenario == Scenario::All && self.backend() == Storage::Postgres => {
+                vec![100, 1000]
+            }
+            None => vec![100, 1000, 10_000],
+        }
+    }
+
+    /// Waits until the system is idle before a load starts, so that no backlog of an
+    /// earlier scenario (this run's or someone else's, for `--server`) is measured.
+    async fn quiesce(&self, systems: &[System]) {
+        let s = system::settle(systems, SETTLE_LIMIT).await;
+        if s.busy >= Duration::from_secs(1) {
+            eprintln!(
+                "chat-bench: waited {:.0} s for the system to go idle{}",
+                s.busy.as_secs_f64(),
+                if s.idle { "" } else { " (it did not)" }
+            );
+        }
+    }
+
+    /// Lets `systems`, PostgreSQL and NATS finish what the scenario left them (see
     /// [`system::settle`]) and notes on `row` how long that took.
     ///
-    /// When the row knows the servers' CPU time at the start of its load
-    /// ([`Row::cpu_start`]), it also notes their CPU time per counted unit, the background
-    /// work included: a steadier figure than a rate on a shared machine.
-    async fn settle(&self, systems: &[System], row: Row) -> Row {
-        let mut longest = None;
-        for s in systems {
-            if let Some(t) = system::settle(s.pid, SETTLE_LIMIT).await {
-                longest = longest.max(Some(t));
-            }
+    /// With `sustained`, the row's rate becomes its count over the load and the drain
+    /// together: the rate the system sustains, not the rate it accepted while a backlog
+    /// grew (the accepted rate stays in the note). When the row knows the CPU time at the
+    /// start of its load ([`Row::cpu_start`]), it also notes the CPU time per counted unit
+    /// of the servers, PostgreSQL and NATS, the background work included: a steadier
+    /// figure than a rate on a shared machine.
+    async fn settle(&self, systems: &[System], row: Row, sustained: bool) -> Row {
+        let settled = system::settle(systems, SETTLE_LIMIT).await;
+        let end = system::cpu_sample(systems);
+        let busy = settled.busy.as_secs_f64();
+        let mut notes = vec![row.note.clone()];
+        let mut row = row.extra("drain_s", (busy * 10.0).round() / 10.0);
+        if !settled.idle {
+            notes.push(format!("NOT idle after {busy:.0} s (other load?)"));
         }
-        let mut row = match longest {
-            Some(t) if t >= Duration::from_secs(1) => {
-                let note = format!("{}; server busy {:.0} s after", row.note, t.as_secs_f64());
-                row.extra("settle_s", t.as_secs_f64()).note(note)
+        match (sustained, row.load, row.rate) {
+            (true, Some(load), Some(accepted)) => {
+                let load = load.as_secs_f64();
+                row.rate = Some(row.count as f64 / (load + busy));
+                row = row
+                    .extra("accepted_per_sec", accepted.round())
+                    .extra("load_s", (load * 10.0).round() / 10.0);
+                notes.push(format!(
+                    "sustained: {load:.1} s load + {busy:.1} s drain; accepted {}",
+                    report::fmt_rate(accepted, row.unit)
+                ));
             }
-            _ => row,
-        };
-        if let (Some(before), Some(after)) = (row.cpu_start, system::cpu_ticks(systems)) {
+            _ if busy >= 1.0 => notes.push(format!("system busy {busy:.0} s after")),
+            _ => {}
+        }
+        if let Some(start) = row.cpu_start.take() {
             if row.count > 0 {
-                let us = after.saturating_sub(before) as f64 * 10_000.0 / row.count as f64;
-                let note = format!("{}; server CPU {us:.0} µs/{}", row.note, row.unit);
-                row = row.extra("server_cpu_us_per_unit", us).note(note);
+                let used = end.since(&start);
+                let count = row.count as f64;
+                let per =
+                    |ticks: u64| (ticks as f64 * system::TICK.as_micros() as f64 / count).round();
+                let total = per(used.total_ticks());
+                let servers = used.servers.map(per);
+                notes.push(format!(
+                    "CPU {total:.0} µs/{} (servers {}, postgres {:.0}, nats {:.0})",
+                    row.unit,
+                    servers.map_or("unknown".to_owned(), |s| format!("{s:.0}")),
+                    per(used.postgres),
+                    per(used.nats)
+                ));
+                row = row
+                    .extra("cpu_us_per_unit", total)
+                    .extra("cpu_servers_us_per_unit", servers)
+                    .extra("cpu_postgres_us_per_unit", per(used.postgres))
+                    .extra("cpu_nats_us_per_unit", per(used.nats));
             }
         }
-        row
+        let note = notes.join("; ");
+        row.note(note)
+    }
+
+    /// Measures the storage limit beside a send row (SQLite's one-row commits, or on
+    /// PostgreSQL pgbench's one-row INSERT and pgbench running the per-message SQL on as
+    /// many chats), and compares the row with it: with the one-row INSERT when it ran,
+    /// else with the per-message SQL.
+    async fn against_storage(
+        &mut self,
+        row: Row,
+        storage: Storage,
+        chats: usize,
+    ) -> anyhow::Result<Row> {
+        if !self.limits() {
+            return Ok(row);
+        }
+        let o = Opts {
+            chats,
+            ..self.opts.clone()
+        };
+        let url = self.cli.database_url.clone();
+        Ok(match storage {
+            Storage::Sqlite => {
+                let l = self
+                    .push(limits::sqlite(o.concurrency, chats, o.duration, o.message_size).await?);
+                row.against_rate("sqlite", &l)
+            }
+            Storage::Postgres => {
+                let one_row = if chats > 1 {
+                    Some(self.push(limits::pgbench(&url, &o).await?))
+                } else {
+                    None
+                };
+                let sql = self.push(limits::pgbench_per_message(&url, &o).await?);
+                let row = match (row.rate, sql.rate) {
+                    (Some(mine), Some(theirs)) if theirs > 0.0 => {
+                        let r = mine / theirs;
+                        let note = format!("{}; {r:.2} of pgbench per-message SQL", row.note);
+                        row.extra("ratio_per_message_sql", (r * 1000.0).round() / 1000.0)
+                            .note(note)
+                    }
+                    _ => row,
+                };
+                match one_row {
+                    Some(l) => row.against_rate("pgbench one-row INSERT", &l),
+                    None => row.against_rate("pgbench per-message SQL", &sql),
+                }
+            }
+        })
+    }
+
+    /// `send` (or `busy-chat` with `chats` 1) on `systems`, drained, beside its storage
+    /// limit.
+    async fn sends(&mut self, name: &str, systems: &[System], chats: usize) -> anyhow::Result<Row> {
+        self.quiesce(systems).await;
+        let opts = Opts {
+            chats,
+            ..self.opts.clone()
+        };
+        let row = scenarios::send(name, systems, &opts).await?;
+        let row = self.settle(systems, row, true).await;
+        let row = self.against_storage(row, systems[0].storage, chats).await?;
+        Ok(self.push(row))
     }
 
     async fn send(&mut self, name: &str, systems: &[System]) -> anyhow::Result<Row> {
-        let row = scenarios::send(name, systems, &self.opts).await?;
-        let row = self.settle(systems, row).await;
-        let limit = self.storage_limit(systems[0].storage).await?;
-        let what = match systems[0].storage {
-            Storage::Sqlite => "sqlite",
-            Storage::Postgres => "pgbench",
-        };
-        Ok(self.push(match limit {
-            Some(l) => row.against_rate(what, &l),
-            None => row,
-        }))
+        self.sends(name, systems, self.opts.chats).await
     }
 
-    async fn saga(&mut self, system: &System, send: Option<Row>) -> anyhow::Result<()> {
+    async fn busy_chat(&mut self, systems: &[System]) -> anyhow::Result<Row> {
+        self.sends("busy-chat", systems, 1).await
+    }
+
+    async fn saga(&mut self, systems: &[System], send: Option<Row>) -> anyhow::Result<()> {
         let send = match send {
             Some(s) => s,
-            None => self.send("send", std::slice::from_ref(system)).await?,
+            None => self.send("send", systems).await?,
         };
-        let row = scenarios::saga(system, &self.opts).await?;
-        let row = self.settle(std::slice::from_ref(system), row).await;
+        // Against a server someone else runs too: no figure taken against the backlog
+        // of the sends above.
+        self.quiesce(systems).await;
+        let row = scenarios::saga(systems, &self.opts).await?;
+        let row = self.settle(systems, row, true).await;
         self.push(row.against_rate("send", &send));
         Ok(())
     }
 
     async fn fanout(&mut self, system: &System) -> anyhow::Result<()> {
-        for s in self.cli.streams.clone() {
+        let systems = std::slice::from_ref(system);
+        for s in self.stream_counts() {
+            self.quiesce(systems).await;
             let row = scenarios::fanout(system, s, &self.opts).await?;
-            let row = self.settle(std::slice::from_ref(system), row).await;
+            let row = self.settle(systems, row, false).await;
             let row = if self.limits() {
                 let o = &self.opts;
                 let l = self.push(
@@ -306,6 +419,13 @@ impl Run {
             };
             self.push(row);
         }
+        Ok(())
+    }
+
+    async fn history(&mut self, systems: &[System]) -> anyhow::Result<()> {
+        self.quiesce(systems).await;
+        let row = scenarios::history(systems, &self.opts).await?;
+        self.push(row);
         Ok(())
     }
 
@@ -360,8 +480,10 @@ impl Run {
         let single = matches!(
             scenario,
             Scenario::Send
+                | Scenario::BusyChat
                 | Scenario::Saga
                 | Scenario::Fanout
+                | Scenario::History
                 | Scenario::Streams
                 | Scenario::Login
                 | Scenario::Guess
@@ -371,19 +493,35 @@ impl Run {
         let mut send_row = None;
         if single {
             let d = self.deploy_single().await?;
-            let sys = d.systems[0].clone();
-            eprintln!("chat-bench: driving {} at {}", sys.label, sys.chat);
+            let systems = d.systems.clone();
+            let sys = systems[0].clone();
+            eprintln!(
+                "chat-bench: driving {} at {}",
+                sys.label,
+                systems
+                    .iter()
+                    .map(|s| s.chat.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            );
             if matches!(scenario, Scenario::Send | Scenario::All) {
-                send_row = Some(self.send("send", std::slice::from_ref(&sys)).await?);
+                send_row = Some(self.send("send", &systems).await?);
+            }
+            if matches!(scenario, Scenario::BusyChat | Scenario::All) {
+                self.busy_chat(&systems).await?;
             }
             if matches!(scenario, Scenario::Saga | Scenario::All) {
-                self.saga(&sys, send_row.clone()).await?;
+                self.saga(&systems, send_row.clone()).await?;
             }
             if matches!(scenario, Scenario::Fanout | Scenario::All) {
                 self.fanout(&sys).await?;
             }
-            if matches!(scenario, Scenario::Streams | Scenario::All) {
-                if self.starts_servers() && self.cli.backend == Storage::Sqlite {
+            if matches!(scenario, Scenario::History | Scenario::All) {
+                self.history(&systems).await?;
+            }
+            let sqlite_all = scenario == Scenario::All && self.backend() == Storage::Sqlite;
+            if scenario == Scenario::Streams || sqlite_all {
+                if self.starts_servers() && self.backend() == Storage::Sqlite {
                     // A fresh server: one that already served other scenarios keeps their
                     // memory in its allocator and would make streams look free.
                     let fresh = self.deploy_single().await?;
@@ -435,18 +573,13 @@ impl Run {
             let o = self.opts.clone();
             let l = limits::sqlite(o.concurrency, o.chats, o.duration, o.message_size).await?;
             self.push(l);
-            let l = limits::pgbench(
-                &self.cli.database_url,
-                o.concurrency,
-                o.chats,
-                o.duration,
-                o.message_size,
-            )
-            .await?;
+            let l = limits::pgbench(&self.cli.database_url, &o).await?;
+            self.push(l);
+            let l = limits::pgbench_per_message(&self.cli.database_url, &o).await?;
             self.push(l);
             let l = limits::nats_rtt(&self.cli.nats_url, o.message_size, o.duration).await?;
             self.push(l);
-            for s in self.cli.streams.clone() {
+            for s in self.stream_counts() {
                 let l =
                     limits::nats_fanout(&self.cli.nats_url, s, o.message_size, o.duration).await?;
                 self.push(l);
@@ -468,7 +601,7 @@ async fn main() -> anyhow::Result<()> {
     if cli.concurrency == 0 || cli.duration == 0 {
         bail!("--concurrency and --duration must be at least 1");
     }
-    if cli.streams.contains(&0) || cli.idle_streams == 0 {
+    if cli.streams.as_ref().is_some_and(|s| s.contains(&0)) || cli.idle_streams == 0 {
         bail!("stream counts must be at least 1");
     }
     let opts = Opts {
@@ -487,6 +620,7 @@ async fn main() -> anyhow::Result<()> {
     if all || run.rows.len() > 2 {
         println!();
         report::print_table(&run.rows);
+        report::print_goals(&run.rows, run.backend() == Storage::Postgres);
     }
     result.context(
         "chat-bench failed: no figure above this line is to be trusted for the failing scenario",

@@ -1,7 +1,11 @@
 //! One result per scenario or limit: a table row for people and a JSON line for tools.
 
+use std::time::Duration;
+
 use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
+
+use crate::system::CpuSample;
 
 /// What one scenario (or one limit measurement) produced.
 #[derive(Debug, Clone)]
@@ -26,9 +30,12 @@ pub struct Row {
     pub extra: Map<String, Value>,
     /// A short remark for the table's last column.
     pub note: String,
-    /// The servers' CPU time (clock ticks) when the measured load started, for the CPU
-    /// per unit once they have settled; not printed.
-    pub cpu_start: Option<u64>,
+    /// The CPU time of the servers, PostgreSQL and NATS when the measured load started,
+    /// for the CPU per unit once they have settled; not printed.
+    pub cpu_start: Option<CpuSample>,
+    /// How long the measured load ran, for the sustained rate once the system has
+    /// drained what the load left it; not printed.
+    pub load: Option<Duration>,
 }
 
 impl Row {
@@ -46,11 +53,19 @@ impl Row {
             extra: Map::new(),
             note: String::new(),
             cpu_start: None,
+            load: None,
         }
     }
 
-    pub fn server_cpu_from(mut self, ticks: Option<u64>) -> Self {
-        self.cpu_start = ticks;
+    pub fn cpu_from(mut self, sample: CpuSample) -> Self {
+        self.cpu_start = Some(sample);
+        self
+    }
+
+    /// `count` done in `elapsed`: the rate accepted during the load.
+    pub fn loaded_for(mut self, elapsed: Duration) -> Self {
+        self.load = Some(elapsed);
+        self.rate = Some(self.count as f64 / elapsed.as_secs_f64().max(1e-9));
         self
     }
 
@@ -192,8 +207,12 @@ pub fn print_row(r: &Row, first: bool) {
 /// into the docs).
 pub fn print_table(rows: &[Row]) {
     let all: Vec<[String; 9]> = rows.iter().map(cells).collect();
-    let w = widths(&all);
-    println!("{}", md_line(&HEADER.map(String::from), &w));
+    print_md(&HEADER.map(String::from), &all, &widths(&all));
+}
+
+/// A Markdown table: the header, the separator line, the rows, in columns `w` wide.
+fn print_md(header: &[String], rows: &[impl AsRef<[String]>], w: &[usize]) {
+    println!("{}", md_line(header, w));
     println!(
         "|{}|",
         w.iter()
@@ -201,8 +220,8 @@ pub fn print_table(rows: &[Row]) {
             .collect::<Vec<_>>()
             .join("|")
     );
-    for c in &all {
-        println!("{}", md_line(c, &w));
+    for c in rows {
+        println!("{}", md_line(c.as_ref(), w));
     }
 }
 
@@ -233,10 +252,132 @@ fn line(c: &[String; 9], w: &[usize; 9]) -> String {
     s.trim_end().to_owned()
 }
 
-fn md_line(c: &[String; 9], w: &[usize; 9]) -> String {
+fn md_line(c: &[String], w: &[usize]) -> String {
     let mut s = String::from("|");
     for (i, x) in c.iter().enumerate() {
         s.push_str(&format!(" {x:<width$} |", width = w[i]));
     }
     s
+}
+
+/// Issue 18's figure for 16 senders into one chat before the work on it (msg/s): a fixed
+/// reference, not measured here.
+pub const BUSY_CHAT_BEFORE: f64 = 927.0;
+/// The original (Go) system's saga rate on this machine, from issue 18 (saga/s): a fixed
+/// reference, not measured here.
+pub const ORIGINAL_SAGA_RATE: f64 = 850.0;
+
+/// One goal of issue 18: a figure of this run and the bound it must reach.
+struct Goal {
+    what: &'static str,
+    figure: Option<f64>,
+    bound: f64,
+    /// The figure must be at most the bound (a latency), else at least.
+    at_most: bool,
+}
+
+/// The goals of issue 18, from this run's rows: ratios measured side by side, and two
+/// ratios against the fixed reference figures above. Prints nothing when no row of
+/// theirs ran. The goals are for PostgreSQL + NATS: `production` false (the single-server
+/// scenarios ran on SQLite) says so above them, and sends on PostgreSQL are then
+/// `send-replicated`.
+pub fn print_goals(rows: &[Row], production: bool) {
+    let find = |name: &str| rows.iter().find(|r| r.name == name);
+    let rate = |name: &str| find(name).and_then(|r| r.rate);
+    let p99 = |name: &str| find(name).and_then(|r| r.p99_ms);
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let at_least = |what, figure, bound| Goal {
+        what,
+        figure,
+        bound,
+        at_most: false,
+    };
+    let goals = [
+        at_least(
+            "send ÷ pgbench one-row INSERT",
+            ratio(
+                rate("send-replicated").or(rate("send")),
+                rate("limit:pgbench"),
+            ),
+            0.5,
+        ),
+        at_least(
+            "busy-chat ÷ 927 msg/s (issue 18's figure before; fixed reference)",
+            ratio(rate("busy-chat"), Some(BUSY_CHAT_BEFORE)),
+            3.0,
+        ),
+        at_least("saga ÷ send", ratio(rate("saga"), rate("send")), 0.5),
+        at_least(
+            "saga ÷ 850 saga/s (the original system's; fixed reference)",
+            ratio(rate("saga"), Some(ORIGINAL_SAGA_RATE)),
+            1.5,
+        ),
+        at_least("fanout/100 deliveries/s", rate("fanout/100"), 150_000.0),
+        Goal {
+            what: "fanout/100 p99 ms",
+            figure: p99("fanout/100"),
+            bound: 10.0,
+            at_most: true,
+        },
+        at_least("fanout/1000 deliveries/s", rate("fanout/1000"), 300_000.0),
+        Goal {
+            what: "fanout/1000 p99 ms",
+            figure: p99("fanout/1000"),
+            bound: 10.0,
+            at_most: true,
+        },
+        at_least("history streams/s", rate("history"), 4_000.0),
+    ];
+    if goals.iter().all(|g| g.figure.is_none()) {
+        return;
+    }
+    let fmt = |x: f64| {
+        if x >= 100.0 {
+            format!("{x:.0}")
+        } else {
+            format!("{x:.2}")
+        }
+    };
+    println!();
+    println!("Goals of issue 18 (rates are sustained: load and drain):");
+    if !production {
+        println!(
+            "(the goals are for PostgreSQL + NATS; the single-server scenarios ran on \
+             SQLite here: for reference only)"
+        );
+    }
+    println!();
+    let cells: Vec<[String; 4]> = goals
+        .iter()
+        .map(|g| {
+            let bound = format!("{} {}", if g.at_most { "≤" } else { "≥" }, fmt(g.bound));
+            match g.figure {
+                Some(x) => {
+                    let met = if g.at_most {
+                        x <= g.bound
+                    } else {
+                        x >= g.bound
+                    };
+                    [
+                        g.what.to_owned(),
+                        fmt(x),
+                        bound,
+                        if met { "met" } else { "NOT met" }.to_owned(),
+                    ]
+                }
+                None => [g.what.to_owned(), "-".into(), bound, "not run".into()],
+            }
+        })
+        .collect();
+    let header = ["goal", "figure", "target", ""].map(String::from);
+    let mut w = header.clone().map(|h| h.chars().count());
+    for c in &cells {
+        for (i, x) in c.iter().enumerate() {
+            w[i] = w[i].max(x.chars().count());
+        }
+    }
+    print_md(&header, &cells, &w);
 }

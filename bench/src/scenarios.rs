@@ -37,11 +37,10 @@ pub struct Opts {
     pub message_size: usize,
 }
 
-/// How many users the load is spread over: enough to be realistic, few enough that
-/// registering them at bcrypt cost 12 takes seconds, not minutes.
-fn user_count(concurrency: usize) -> usize {
-    concurrency.clamp(2, 8)
-}
+/// Members of every chat `send`, `busy-chat` and `saga` write into (the same users in
+/// each): every message owes an email to the 7 others. Enough to be realistic, few enough
+/// that registering them at bcrypt cost 12 takes seconds, not minutes.
+pub const CHAT_MEMBERS: usize = 8;
 
 /// Channels per endpoint for unary load: a few HTTP/2 connections, as several clients
 /// would open.
@@ -112,7 +111,7 @@ where
 /// Users and chats for unary load on `systems` (all replicas of one system).
 async fn chats_for_load(systems: &[System], opts: &Opts) -> anyhow::Result<(Vec<User>, Vec<i64>)> {
     let first = systems.first().context("no system to drive")?;
-    let users = client::users(&first.auth, "s", user_count(opts.concurrency)).await?;
+    let users = client::users(&first.auth, "s", CHAT_MEMBERS).await?;
     let mut chat = ChatServiceClient::new(channel(&first.chat).await?);
     let mut chats = Vec::new();
     for _ in 0..opts.chats.max(1) {
@@ -121,18 +120,34 @@ async fn chats_for_load(systems: &[System], opts: &Opts) -> anyhow::Result<(Vec<
     Ok((users, chats))
 }
 
+/// [`LOAD_CHANNELS`] channels to every replica in `systems`, at the endpoint `url_of`
+/// picks: worker `i` of a closed loop takes channel `i % len`, so the load spreads over
+/// every replica.
+async fn load_channels(
+    systems: &[System],
+    url_of: impl Fn(&System) -> &str,
+) -> anyhow::Result<Vec<Channel>> {
+    let mut out = Vec::new();
+    for s in systems {
+        out.extend(channels(url_of(s), LOAD_CHANNELS).await?);
+    }
+    if out.is_empty() {
+        bail!("no system to drive");
+    }
+    Ok(out)
+}
+
 /// `send`: N senders into M chats through ChatService.SendMessage, spread over every
 /// replica in `systems`: messages stored per second and send latency.
 pub async fn send(name: &str, systems: &[System], opts: &Opts) -> anyhow::Result<Row> {
     let (users, chats) = chats_for_load(systems, opts).await?;
-    let mut clients = Vec::new();
-    for s in systems {
-        for ch in channels(&s.chat, LOAD_CHANNELS).await? {
-            clients.push(ChatServiceClient::new(ch));
-        }
-    }
+    let clients: Vec<_> = load_channels(systems, |s| &s.chat)
+        .await?
+        .into_iter()
+        .map(ChatServiceClient::new)
+        .collect();
     let size = opts.message_size;
-    let cpu_start = system::cpu_ticks(systems);
+    let cpu_start = system::cpu_sample(systems);
     let load = closed_loop("SendMessage", opts.concurrency, opts.duration, |i| {
         let client = clients[i % clients.len()].clone();
         let user = users[i % users.len()].clone();
@@ -152,14 +167,21 @@ pub async fn send(name: &str, systems: &[System], opts: &Opts) -> anyhow::Result
     })
     .await?;
     Ok(Row::new(name, "msg", load.count)
-        .server_cpu_from(cpu_start)
-        .rate(load.count as f64 / load.elapsed.as_secs_f64())
+        .cpu_from(cpu_start)
+        .loaded_for(load.elapsed)
         .latencies(&load.hist)
         .extra("concurrency", opts.concurrency)
-        .extra("chats", opts.chats)
+        .extra("chats", chats.len())
+        .extra("members", users.len())
         .extra("replicas", systems.len())
         .extra("message_bytes", size)
-        .note(label(systems)))
+        .note(format!(
+            "{} senders, {} chats of {} members; {}",
+            opts.concurrency,
+            chats.len(),
+            users.len(),
+            label(systems)
+        )))
 }
 
 fn label(systems: &[System]) -> String {
@@ -170,17 +192,17 @@ fn label(systems: &[System]) -> String {
 }
 
 /// `saga`: the same load through SagaOrchestrator.SendMessage (user → message →
-/// notification, with the server's stub email sender); every saga must complete.
-pub async fn saga(system: &System, opts: &Opts) -> anyhow::Result<Row> {
-    let systems = std::slice::from_ref(system);
+/// notification, with the server's stub email sender), spread over every replica in
+/// `systems`; every saga must complete.
+pub async fn saga(systems: &[System], opts: &Opts) -> anyhow::Result<Row> {
     let (users, chats) = chats_for_load(systems, opts).await?;
-    let clients: Vec<_> = channels(&system.saga, LOAD_CHANNELS)
+    let clients: Vec<_> = load_channels(systems, |s| &s.saga)
         .await?
         .into_iter()
         .map(SagaOrchestratorClient::new)
         .collect();
     let size = opts.message_size;
-    let cpu_start = system::cpu_ticks(systems);
+    let cpu_start = system::cpu_sample(systems);
     let load = closed_loop("saga SendMessage", opts.concurrency, opts.duration, |i| {
         let client = clients[i % clients.len()].clone();
         let user = users[i % users.len()].clone();
@@ -214,21 +236,22 @@ pub async fn saga(system: &System, opts: &Opts) -> anyhow::Result<Row> {
     })
     .await?;
     Ok(Row::new("saga", "saga", load.count)
-        .server_cpu_from(cpu_start)
-        .rate(load.count as f64 / load.elapsed.as_secs_f64())
+        .cpu_from(cpu_start)
+        .loaded_for(load.elapsed)
         .latencies(&load.hist)
         .extra("concurrency", opts.concurrency)
         .extra("chats", opts.chats)
-        .note(format!("{}, stub email sender", system.label)))
+        .extra("replicas", systems.len())
+        .note(format!("{}, stub email sender", label(systems))))
 }
 
-/// Opens a Connect stream and reads it up to the end of (empty) history: from there on
-/// every event is live.
+/// Opens a Connect stream and reads it up to the end of history: from there on every
+/// event is live. Returns the stream and how many messages the history held.
 async fn open_stream(
     client: &mut ChatServiceClient<Channel>,
     user: &User,
     chat_id: i64,
-) -> anyhow::Result<Streaming<chatpb::ConnectResponse>> {
+) -> anyhow::Result<(Streaming<chatpb::ConnectResponse>, usize)> {
     let mut stream = client
         .connect(user.req(chatpb::ConnectRequest {
             chat_id,
@@ -237,16 +260,73 @@ async fn open_stream(
         .await
         .context("Connect")?
         .into_inner();
+    let mut history = 0;
     loop {
         let item = tokio::time::timeout(Duration::from_secs(60), stream.message())
             .await
             .context("no end of history within 60 s")?
             .context("stream failed before the end of history")?
             .context("stream ended before the end of history")?;
-        if let Some(Event::HistoryEnd(_)) = item.event {
-            return Ok(stream);
+        match item.event {
+            Some(Event::HistoryEnd(_)) => return Ok((stream, history)),
+            Some(Event::Message(_)) => history += 1,
+            _ => {}
         }
     }
+}
+
+/// Messages in the chat `history` opens its streams on.
+pub const HISTORY_MESSAGES: usize = 20;
+
+/// `history`: `concurrency` clients each opening a Connect stream on a chat of
+/// [`HISTORY_MESSAGES`] messages and reading it to the end of history, then closing it
+/// and opening the next, spread over every replica: streams opened per second and the
+/// time from Connect to HistoryEnd. Every history must hold every message.
+pub async fn history(systems: &[System], opts: &Opts) -> anyhow::Result<Row> {
+    let first = systems.first().context("no system to drive")?;
+    let users = client::users(&first.auth, "h", 2).await?;
+    let mut chat = ChatServiceClient::new(channel(&first.chat).await?);
+    let chat_id = create_chat(&mut chat, &users[0], &users).await?;
+    for n in 0..HISTORY_MESSAGES {
+        chat.send_message(users[n % users.len()].req(chatpb::SendMessageRequest {
+            chat_id,
+            text: text_of_size(&format!("history {n} "), opts.message_size),
+            ..Default::default()
+        }))
+        .await
+        .context("SendMessage")?;
+    }
+    let clients: Vec<_> = load_channels(systems, |s| &s.chat)
+        .await?
+        .into_iter()
+        .map(ChatServiceClient::new)
+        .collect();
+    let load = closed_loop("Connect", opts.concurrency, opts.duration, |i| {
+        let client = clients[i % clients.len()].clone();
+        let user = users[i % users.len()].clone();
+        move |_| {
+            let (mut client, user) = (client.clone(), user.clone());
+            async move {
+                let (_, history) = open_stream(&mut client, &user, chat_id).await?;
+                if history != HISTORY_MESSAGES {
+                    bail!("a history held {history} of {HISTORY_MESSAGES} messages");
+                }
+                Ok(())
+            }
+        }
+    })
+    .await?;
+    Ok(Row::new("history", "stream", load.count)
+        .loaded_for(load.elapsed)
+        .latencies(&load.hist)
+        .extra("concurrency", opts.concurrency)
+        .extra("history_messages", HISTORY_MESSAGES)
+        .extra("replicas", systems.len())
+        .note(format!(
+            "Connect to HistoryEnd on a chat of {HISTORY_MESSAGES} messages, {} at a time; {}",
+            opts.concurrency,
+            label(systems)
+        )))
 }
 
 /// `s` streams on `chat_id`, over `s / STREAMS_PER_CHANNEL` channels, as `users` in turn,
@@ -267,7 +347,7 @@ async fn open_streams(
             let mut client = ChatServiceClient::new(chans[c].clone());
             let user = users[j % users.len()].clone();
             async move {
-                let stream = open_stream(&mut client, &user, chat_id)
+                let (stream, _) = open_stream(&mut client, &user, chat_id)
                     .await
                     .with_context(|| format!("opening stream {j}"))?;
                 anyhow::Ok((c, stream))
@@ -518,7 +598,7 @@ pub async fn cross_replica(a: &System, b: &System, opts: &Opts) -> anyhow::Resul
     let mut client = ChatServiceClient::new(channel(&a.chat).await?);
     let chat_id = create_chat(&mut client, alice, &users).await?;
     let mut on_b = ChatServiceClient::new(channel(&b.chat).await?);
-    let mut stream = open_stream(&mut on_b, bob, chat_id).await?;
+    let (mut stream, _) = open_stream(&mut on_b, bob, chat_id).await?;
     let mut hist = histogram()?;
     let deadline = Instant::now() + opts.duration;
     let mut n = 0u64;
@@ -558,15 +638,16 @@ pub async fn cross_replica(a: &System, b: &System, opts: &Opts) -> anyhow::Resul
         )))
 }
 
-/// `login`: `concurrency` clients logging in back to back at the server's bcrypt cost.
+/// `login`: `concurrency` clients logging in back to back at the server's bcrypt cost,
+/// each as a user of its own: the server counts a login against its account's limit of
+/// failed logins until the password has been checked, so more than that many logins in
+/// flight for one account would be refused however right the password.
 pub async fn login(system: &System, opts: &Opts) -> anyhow::Result<Row> {
-    let user = client::users(&system.auth, "l", 1)
-        .await?
-        .pop()
-        .context("no user")?;
+    let users = client::users(&system.auth, "l", opts.concurrency).await?;
     let ch = channel(&system.auth).await?;
-    let load = closed_loop("Login", opts.concurrency, opts.duration, |_| {
+    let load = closed_loop("Login", opts.concurrency, opts.duration, |i| {
         let client = AuthServiceClient::new(ch.clone());
+        let user = &users[i % users.len()];
         let req = authpb::LoginRequest {
             email: user.email.clone(),
             password: user.password.clone(),

@@ -465,44 +465,166 @@ async fn delete_streams(nats_url: &str, prefix: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits until process `pid` is idle (under 5% of one core over half a second), at most
-/// `limit`, and returns how long that took; `None` when the pid is unknown or unreadable.
+/// Total CPU of every watched process, over one half-second sample, under which the
+/// system counts as idle: a tenth of one core (5 clock ticks of 10 ms). PostgreSQL's
+/// background processes and NATS tick over well below it on an idle machine.
+const IDLE_TICKS_PER_SAMPLE: u64 = 5;
+/// How long each idleness sample lasts.
+const IDLE_SAMPLE: Duration = Duration::from_millis(500);
+/// Length of a clock tick, the unit of `/proc/<pid>/stat`'s CPU times.
+pub const TICK: Duration = Duration::from_millis(10);
+
+/// How long the system stayed busy after a scenario's load.
+#[derive(Debug, Clone, Copy)]
+pub struct Settled {
+    /// From the call until the start of the first idle sample: the time the owed work
+    /// (emails and their bookkeeping, outbox publishes) took to drain.
+    pub busy: Duration,
+    /// False when the limit ran out first (the figure is then a lower bound, and
+    /// something else may be loading the machine).
+    pub idle: bool,
+}
+
+/// Waits until the whole system is idle: the servers of `systems` whose pid is known,
+/// every PostgreSQL process and NATS together under a tenth of a core for half a second
+/// (see [`cpu_sample`]), at most `limit`.
 ///
-/// A load scenario leaves work behind in the server (every stored message owes an email to
-/// each other member, sent in the background), and the next scenario must not be measured
-/// against that backlog. How long it took to drain is itself a figure worth printing.
-pub async fn settle(pid: Option<u32>, limit: Duration) -> Option<Duration> {
-    const CLOCK_TICKS_PER_SEC: u64 = 100;
-    const SAMPLE: Duration = Duration::from_millis(500);
-    let pid = pid?;
-    let started = std::time::Instant::now();
-    let mut before = process_ticks(pid)?;
+/// A load scenario leaves work behind (every stored message owes an email to each other
+/// member, sent in the background with its delivery records in PostgreSQL, and its event
+/// goes through JetStream), and the next scenario must not be measured against that
+/// backlog. How long it took to drain is a figure of its own: the rate the system
+/// sustains counts it in.
+pub async fn settle(systems: &[System], limit: Duration) -> Settled {
+    let started = Instant::now();
+    let mut before = cpu_sample(systems);
     loop {
-        tokio::time::sleep(SAMPLE).await;
-        let now = process_ticks(pid)?;
-        let used = now.saturating_sub(before);
+        let sample_start = started.elapsed();
+        tokio::time::sleep(IDLE_SAMPLE).await;
+        let now = cpu_sample(systems);
+        let used = now.since(&before).total_ticks();
         before = now;
-        // 5% of one core for half a second: 2.5 ticks.
-        if used * 20 * 2 <= CLOCK_TICKS_PER_SEC || started.elapsed() >= limit {
-            return Some(started.elapsed());
+        if used <= IDLE_TICKS_PER_SAMPLE {
+            return Settled {
+                busy: sample_start,
+                idle: true,
+            };
+        }
+        if started.elapsed() >= limit {
+            return Settled {
+                busy: started.elapsed(),
+                idle: false,
+            };
         }
     }
 }
 
-/// The CPU time all of `systems`' server processes have used, in clock ticks (10 ms);
-/// `None` when a pid is unknown (a server someone else runs, or the in-process one).
-pub fn cpu_ticks(systems: &[System]) -> Option<u64> {
-    systems.iter().map(|s| process_ticks(s.pid?)).sum()
+/// Which part of the system a process belongs to, for the CPU breakdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Part {
+    /// A chat-server replica this bench knows the pid of.
+    Server,
+    /// A `postgres` process: the postmaster and every backend (whoever they serve).
+    Postgres,
+    /// A `nats-server` process.
+    Nats,
 }
 
-/// User plus system CPU time of `pid`, in clock ticks, from `/proc/<pid>/stat`.
-fn process_ticks(pid: u32) -> Option<u64> {
+/// The CPU time of the processes that serve a run, at one moment, per process: user plus
+/// system time, and that of its exited children (the postmaster reaps backends that end,
+/// so a connection closed meanwhile is still counted).
+#[derive(Debug, Clone, Default)]
+pub struct CpuSample {
+    ticks: std::collections::HashMap<(Part, u32), u64>,
+    /// Whether every server's pid is known (else servers are left out of the figures).
+    servers_known: bool,
+}
+
+/// CPU used between two [`CpuSample`]s, in clock ticks, by part.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuUse {
+    /// The chat-server replicas; `None` when a pid is unknown (a server someone else runs,
+    /// or the services inside this bench).
+    pub servers: Option<u64>,
+    pub postgres: u64,
+    pub nats: u64,
+}
+
+impl CpuUse {
+    /// Everything that was counted.
+    pub fn total_ticks(&self) -> u64 {
+        self.servers.unwrap_or(0) + self.postgres + self.nats
+    }
+}
+
+impl CpuSample {
+    /// What was used from `earlier` to this sample. A process that started meanwhile
+    /// counts whole; one that ended meanwhile is in its parent's children times.
+    pub fn since(&self, earlier: &CpuSample) -> CpuUse {
+        let mut used = CpuUse::default();
+        let mut servers = 0;
+        for (key, now) in &self.ticks {
+            let delta = now.saturating_sub(earlier.ticks.get(key).copied().unwrap_or(0));
+            match key.0 {
+                Part::Server => servers += delta,
+                Part::Postgres => used.postgres += delta,
+                Part::Nats => used.nats += delta,
+            }
+        }
+        used.servers = (self.servers_known && earlier.servers_known).then_some(servers);
+        used
+    }
+}
+
+/// Samples the CPU time of `systems`' servers (where the pid is known) and of every
+/// `postgres` and `nats-server` process on this machine (read from `/proc`; pgbench is a
+/// process of its own name and is not counted).
+pub fn cpu_sample(systems: &[System]) -> CpuSample {
+    let mut sample = CpuSample {
+        servers_known: !systems.is_empty() && systems.iter().all(|s| s.pid.is_some()),
+        ..Default::default()
+    };
+    for pid in systems.iter().filter_map(|s| s.pid) {
+        if let Some((_, ticks)) = process_stat(pid) {
+            sample.ticks.insert((Part::Server, pid), ticks);
+        }
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return sample;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Some((comm, ticks)) = process_stat(pid) else {
+            continue;
+        };
+        let part = match comm.as_str() {
+            "postgres" => Part::Postgres,
+            "nats-server" => Part::Nats,
+            _ => continue,
+        };
+        sample.ticks.insert((part, pid), ticks);
+    }
+    sample
+}
+
+/// The command name of `pid` and its CPU time in clock ticks (user + system, its own and
+/// its reaped children's), from `/proc/<pid>/stat`.
+fn process_stat(pid: u32) -> Option<(String, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces; the fields after its closing parenthesis don't.
-    let rest = stat.rsplit_once(')')?.1;
+    // The command name may contain spaces and parentheses; the fields after its last
+    // closing parenthesis don't.
+    let (head, rest) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1.to_owned();
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After ")": state is field 3 of the man page, utime 14, stime 15.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    // After ")": state is field 3 of the man page; utime 14, stime 15, cutime 16, cstime 17.
+    let mut ticks = 0u64;
+    for i in 11..=14 {
+        ticks += fields.get(i)?.parse::<i64>().ok()?.max(0) as u64;
+    }
+    Some((comm, ticks))
 }

@@ -140,6 +140,42 @@ fn send_with_the_sqlite_limit() {
     let send = row(&rows, "send");
     assert!(send["ratio"].as_f64().is_some(), "{send}");
     assert!(send["p99_ms"].as_f64().is_some(), "{send}");
+    // The rate is sustained: the load and the drain of what it owes.
+    assert!(send["accepted_per_sec"].as_f64().is_some(), "{send}");
+    assert!(send["drain_s"].as_f64().is_some(), "{send}");
+    assert!(send["cpu_servers_us_per_unit"].as_f64().is_some(), "{send}");
+}
+
+#[test]
+fn send_on_postgres_counts_every_process_beside_both_pgbench_limits() {
+    let rows = run_bench(&["send", "--backend", "postgres"]);
+    row(&rows, "limit:pgbench");
+    row(&rows, "limit:pgbench-per-message");
+    let send = row(&rows, "send");
+    assert_eq!(send["replicas"], 2, "{send}");
+    assert!(send["ratio_per_message_sql"].as_f64().is_some(), "{send}");
+    for part in ["servers", "postgres", "nats"] {
+        let key = format!("cpu_{part}_us_per_unit");
+        assert!(send[key.as_str()].as_f64().is_some(), "{key} in {send}");
+    }
+    let total = send["cpu_us_per_unit"].as_f64().unwrap_or(0.0);
+    assert!(total > 0.0, "{send}");
+}
+
+#[test]
+fn busy_chat_sends_into_one_chat() {
+    let rows = run_bench(&["busy-chat"]);
+    let b = row(&rows, "busy-chat");
+    assert_eq!(b["chats"], 1, "{b}");
+    assert!(b["ratio"].as_f64().is_some(), "{b}");
+}
+
+#[test]
+fn history_opens_streams_on_a_chat_of_twenty_messages() {
+    let rows = run_bench(&["history"]);
+    let h = row(&rows, "history");
+    assert_eq!(h["history_messages"], 20, "{h}");
+    assert!(h["p99_ms"].as_f64().is_some(), "{h}");
 }
 
 #[test]
@@ -186,6 +222,7 @@ fn limits_alone() {
     for name in [
         "limit:sqlite",
         "limit:pgbench",
+        "limit:pgbench-per-message",
         "limit:nats-rtt",
         "limit:nats-rate",
         "limit:bcrypt",
