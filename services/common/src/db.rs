@@ -200,6 +200,18 @@ fn pg_pool_options(max_connections: u32) -> PgPoolOptions {
         })
 }
 
+/// How many of a service's `max_connections` to PostgreSQL `url` go to its relaxed pool
+/// ([`relaxed_commits`]): a third, at least one; none for SQLite. The service opens its
+/// main pool with the rest, so that both together stay within what it was given (the
+/// database's connection limit is shared by every replica of every service).
+pub fn relaxed_share(url: &str, max_connections: u32) -> u32 {
+    if url.starts_with("sqlite:") {
+        0
+    } else {
+        (max_connections / 3).max(1)
+    }
+}
+
 /// A second pool on `pool`'s database whose commits do not wait for the disk
 /// (`synchronous_commit = off`), for writes that are redone if a crash loses them: a
 /// claim, a step of a saga that its recovery runs again. Such a commit is visible at once

@@ -22,11 +22,12 @@ const MIGRATIONS: Migrations = Migrations {
 /// The store at `url` (`postgres://...` or `sqlite://...`) with at most `max_connections`,
 /// the database created when missing and migrated.
 pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<Arc<dyn DeliveryStore>> {
-    let store: Arc<dyn DeliveryStore> =
-        match Database::connect(url, MIGRATIONS, max_connections).await? {
-            Database::Postgres(pool) => Arc::new(postgres::PgDeliveryStore::new(pool)),
-            Database::Sqlite(pool) => Arc::new(sqlite::SqliteDeliveryStore::new(pool).await?),
-        };
+    let relaxed = chat_common::db::relaxed_share(url, max_connections);
+    let main = max_connections.saturating_sub(relaxed).max(1);
+    let store: Arc<dyn DeliveryStore> = match Database::connect(url, MIGRATIONS, main).await? {
+        Database::Postgres(pool) => Arc::new(postgres::PgDeliveryStore::new(pool, relaxed)),
+        Database::Sqlite(pool) => Arc::new(sqlite::SqliteDeliveryStore::new(pool).await?),
+    };
     Ok(store)
 }
 

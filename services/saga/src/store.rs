@@ -25,11 +25,12 @@ const MIGRATIONS: Migrations = Migrations {
 /// The store at `url` (`postgres://...` or `sqlite://...`) with at most `max_connections`,
 /// the database created when missing and migrated.
 pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<Arc<dyn SagaStore>> {
-    let store: Arc<dyn SagaStore> =
-        match Database::connect(url, MIGRATIONS, max_connections).await? {
-            Database::Postgres(pool) => Arc::new(postgres::PgSagaStore::new(pool)),
-            Database::Sqlite(pool) => Arc::new(sqlite::SqliteSagaStore::new(pool).await?),
-        };
+    let relaxed = chat_common::db::relaxed_share(url, max_connections);
+    let main = max_connections.saturating_sub(relaxed).max(1);
+    let store: Arc<dyn SagaStore> = match Database::connect(url, MIGRATIONS, main).await? {
+        Database::Postgres(pool) => Arc::new(postgres::PgSagaStore::new(pool, relaxed)),
+        Database::Sqlite(pool) => Arc::new(sqlite::SqliteSagaStore::new(pool).await?),
+    };
     Ok(store)
 }
 

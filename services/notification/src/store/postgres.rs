@@ -31,10 +31,12 @@ pub struct PgDeliveryStore {
 }
 
 impl PgDeliveryStore {
-    pub fn new(pool: PgPool) -> Self {
+    /// The store on `pool`, with a relaxed pool of `relaxed` connections beside it for
+    /// records and claims.
+    pub fn new(pool: PgPool, relaxed: u32) -> Self {
         let records = {
             // Records and claims are redone when lost (see `record_and_claim`).
-            let pool = chat_common::db::relaxed_commits(&pool, IN_FLIGHT as u32);
+            let pool = chat_common::db::relaxed_commits(&pool, relaxed);
             Batcher::start("notification_record", MAX_BATCH, IN_FLIGHT, move |items| {
                 record_and_claim(pool.clone(), items)
             })

@@ -25,10 +25,9 @@ pub struct PgSagaStore {
 }
 
 impl PgSagaStore {
-    pub fn new(pool: PgPool) -> Self {
-        // A third of the pool's size (at least two): its statements are short single ones.
-        let size = (pool.options().get_max_connections() / 3).max(2);
-        let relaxed = chat_common::db::relaxed_commits(&pool, size);
+    /// The store on `pool`, with a relaxed pool of `relaxed` connections beside it.
+    pub fn new(pool: PgPool, relaxed: u32) -> Self {
+        let relaxed = chat_common::db::relaxed_commits(&pool, relaxed);
         Self { pool, relaxed }
     }
 
