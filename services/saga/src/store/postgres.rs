@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::{Created, SagaRecord, SagaStore, StepRecord, StepResult, Then};
 use crate::domain::{FailCode, SagaState, SendRequest, StepKind, StepState};
 
+/// The PostgreSQL schema of the saga log.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/saga");
 
 /// The saga log on PostgreSQL. Writes that the saga's recovery redoes (a step's start, a
@@ -25,6 +26,8 @@ pub struct PgSagaStore {
 }
 
 impl PgSagaStore {
+    /// A store on `pool`, with a second, smaller pool on the same database for the relaxed
+    /// writes.
     pub fn new(pool: PgPool) -> Self {
         // A third of the pool's size (at least two): its statements are short single ones.
         let size = (pool.options().get_max_connections() / 3).max(2);
