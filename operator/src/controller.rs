@@ -70,16 +70,22 @@ pub const HANDOVER_MANAGER: &str = "chat-operator-handover";
 /// Label selector matching what the operator creates (what it watches besides clusters).
 pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=chat-operator";
 
+/// Why a reconcile failed; `error_policy` requeues it with backoff whatever the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A call to the API server failed.
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// A desired object could not be built.
     #[error(transparent)]
     Render(#[from] render::RenderError),
+    /// A key or password for the generated Secret could not be made.
     #[error("generating a secret: {0}")]
     Generate(String),
+    /// ChatCluster is namespaced, so this means a malformed object.
     #[error("the ChatCluster has no namespace")]
     NoNamespace,
+    /// The API server rejected this many objects; the status lists them.
     #[error("the API server refused {0} object(s); see the status")]
     Refused(usize),
 }
@@ -99,6 +105,7 @@ impl Error {
 
 /// What every reconcile shares.
 pub struct Context {
+    /// The API client every call of the reconcile goes through.
     pub client: Client,
     /// This replica's identity: the Events' reporting instance.
     instance: String,
@@ -210,6 +217,10 @@ pub const RESYNC: Duration = Duration::from_secs(300);
 /// How often a cluster that is still rolling out is polled.
 pub const PROGRESS_POLL: Duration = Duration::from_secs(15);
 
+/// Brings the cluster's objects to what its spec asks: builds the desired objects, applies
+/// them with server-side apply (so a second pass changes nothing), Deployments only once
+/// their migration succeeded, then writes the status and Events. Returns when to look
+/// again: [`PROGRESS_POLL`] while something is rolling out, [`RESYNC`] once settled.
 pub async fn reconcile(cluster: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let ns = cluster.namespace().ok_or(Error::NoNamespace)?;
@@ -548,8 +559,11 @@ where
 /// met on the way, and what it did that is worth an Event.
 #[derive(Debug, Default)]
 pub struct Pass {
+    /// The workloads' rollout state, for the status.
     pub observed: Vec<Observed>,
+    /// Problems that need a person, for the `Degraded` condition.
     pub issues: Vec<Issue>,
+    /// What deserves an Event.
     pub notes: Vec<Note>,
     /// The addresses the `LoadBalancer` Services have been given, per public service.
     pub endpoints: BTreeMap<String, String>,

@@ -187,9 +187,12 @@ fn default_repository() -> String {
 /// A container's `imagePullPolicy`.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 pub enum PullPolicy {
+    /// Pull on every start.
     Always,
+    /// Pull only when the node lacks the image.
     #[default]
     IfNotPresent,
+    /// Never pull; the image must be on the node.
     Never,
 }
 
@@ -255,6 +258,7 @@ fn default_replicas() -> i32 {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthSpec {
+    /// What every component takes.
     #[serde(flatten)]
     pub component: ComponentSpec,
     /// `BCRYPT_COST` (4 to 31); absent: the service's default (12).
@@ -415,6 +419,7 @@ pub struct ManagedPostgres {
     /// What happens to the data volume when the ChatCluster is deleted.
     #[serde(default)]
     pub volume_policy: VolumePolicy,
+    /// CPU and memory of the PostgreSQL container; absent: no requests or limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 }
@@ -450,6 +455,7 @@ pub enum VolumePolicy {
 }
 
 impl VolumePolicy {
+    /// The value of the StatefulSet's PVC retention policy.
     pub fn as_str(self) -> &'static str {
         match self {
             VolumePolicy::Retain => "Retain",
@@ -477,8 +483,10 @@ pub struct ExternalPostgres {
 #[x_kube(validation = Rule::new("!(has(self.managed) && has(self.external))")
     .message("spec.nats: set managed or external, not both"))]
 pub struct NatsSpec {
+    /// A NATS cluster with JetStream, run by the operator as a StatefulSet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub managed: Option<ManagedNats>,
+    /// An existing NATS server with JetStream enabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<ExternalNats>,
 }
@@ -488,6 +496,7 @@ pub struct NatsSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(SAME_STORAGE_CLASS).message(STORAGE_CLASS_FIXED))]
 pub struct ManagedNats {
+    /// NATS server image.
     #[serde(default = "default_nats_image")]
     #[schemars(length(min = 1, max = 512))]
     pub image: String,
@@ -504,11 +513,13 @@ pub struct ManagedNats {
     #[x_kube(validation = Rule::new(POSITIVE_QUANTITY).message("storage must be a positive quantity, such as 1Gi"))]
     #[x_kube(validation = Rule::new(NO_SHRINK).message(NO_SHRINK_MESSAGE))]
     pub storage: String,
+    /// StorageClass of the JetStream volumes; absent: the cluster's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
     /// What happens to the JetStream volumes when the ChatCluster is deleted.
     #[serde(default)]
     pub volume_policy: VolumePolicy,
+    /// CPU and memory of each NATS container; absent: no requests or limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 }
@@ -747,6 +758,7 @@ pub struct ChatClusterStatus {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
+    /// `Ready`, `Progressing` or `Degraded`.
     #[serde(rename = "type")]
     pub type_: String,
     /// `True`, `False` or `Unknown`.
@@ -757,6 +769,7 @@ pub struct Condition {
     pub message: String,
     /// RFC 3339 time of the last change of `status`.
     pub last_transition_time: String,
+    /// The ChatCluster's generation the condition was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
@@ -765,6 +778,7 @@ pub struct Condition {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ComponentStatus {
+    /// The workload: a component's name, or the managed PostgreSQL's or NATS's.
     pub name: String,
     /// Desired pods.
     pub replicas: i32,

@@ -10,6 +10,8 @@
 //! - [`leader`]: Lease-based leader election, so only one replica reconciles;
 //! - [`telemetry`]: logs, traces, and the health/metrics endpoint.
 
+#![warn(missing_docs)]
+
 pub mod controller;
 pub mod crd;
 pub mod leader;

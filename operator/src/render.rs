@@ -57,12 +57,17 @@ pub const POSTGRES_USER: &str = "chat";
 
 /// Keys of the `<name>-generated` Secret.
 pub mod keys {
+    /// The private key AuthService signs access tokens with (PKCS#8 PEM).
     pub const SIGNING_KEY: &str = "jwt-signing-key";
     /// The public half of the generated signing key (SPKI PEM), for a key rotation's
     /// `auth.previousPublicKey`.
     pub const PUBLIC_KEY: &str = "jwt-public-key";
+    /// The secret the services exchange for their service tokens.
     pub const SERVICE_SECRET: &str = "service-secret";
+    /// Password of [`POSTGRES_USER`](super::POSTGRES_USER) on the managed PostgreSQL.
     pub const POSTGRES_PASSWORD: &str = "postgres-password";
+    /// The managed PostgreSQL's URL with [`POSTGRES_USER`](super::POSTGRES_USER)'s
+    /// password, without a database name.
     pub const POSTGRES_URL: &str = "postgres-url";
     /// Password of chat-service's user on the managed NATS.
     pub const NATS_CHAT_PASSWORD: &str = "nats-chat-password";
@@ -74,11 +79,15 @@ pub mod keys {
 /// the metadata the API server always sets.
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
+    /// The owner lacks this metadata field (name, namespace, uid).
     #[error("the ChatCluster has no {0}")]
     MissingMetadata(&'static str),
+    /// A rendered object does not match its Kubernetes type: a bug here.
     #[error("rendered {kind} does not parse: {source}")]
     Invalid {
+        /// The object's kind.
         kind: &'static str,
+        /// Where it does not match.
         source: serde_json::Error,
     },
 }
@@ -86,13 +95,18 @@ pub enum RenderError {
 /// One of the four services.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Component {
+    /// AuthService.
     Auth,
+    /// ChatService.
     Chat,
+    /// NotificationService.
     Notification,
+    /// The saga orchestrator.
     Saga,
 }
 
 impl Component {
+    /// Every component, in a fixed order.
     pub const ALL: [Component; 4] = [
         Component::Auth,
         Component::Chat,
@@ -197,13 +211,20 @@ impl Component {
 /// line in `independent`.
 #[derive(Clone, Debug)]
 pub struct Desired {
+    /// The account every pod runs as.
     pub service_account: ServiceAccount,
+    /// The shared configuration, and the managed NATS's `nats.conf` when it runs.
     pub config_maps: Vec<ConfigMap>,
+    /// The components' Services, and those of the managed PostgreSQL and NATS when run.
     pub services: Vec<Service>,
+    /// The managed PostgreSQL and NATS, when run.
     pub stateful_sets: Vec<StatefulSet>,
     /// The migration Job of each component; its Deployment is applied once it succeeded.
     pub migrations: Vec<(Component, Job)>,
+    /// Each component's Deployment, applied once its migration Job succeeded.
     pub deployments: Vec<(Component, Deployment)>,
+    /// Keep enough pods of each component (and of the managed NATS) through voluntary
+    /// disruptions.
     pub pdbs: Vec<PodDisruptionBudget>,
     /// One per autoscaled component.
     pub hpas: Vec<HorizontalPodAutoscaler>,
@@ -231,7 +252,9 @@ pub struct Desired {
 /// custom resources) is applied the same way.
 #[derive(Clone, Debug)]
 pub struct Plain {
+    /// The object's API group, version and kind, for addressing it.
     pub resource: ApiResource,
+    /// The object as rendered.
     pub object: DynamicObject,
 }
 
@@ -2043,6 +2066,7 @@ pub fn nats_config(cluster: &ChatCluster, nats: &ManagedNats) -> String {
     conf
 }
 
+/// The ConfigMap holding the managed NATS's `nats.conf` ([`nats_config`]).
 pub fn nats_config_map(
     cluster: &ChatCluster,
     nats: &ManagedNats,
@@ -2101,6 +2125,9 @@ pub fn nats_services(
     Ok(vec![client, headless])
 }
 
+/// The managed NATS cluster: `nats.replicas` pods with a JetStream volume each.
+/// `secrets` is the digest of the NATS users' passwords (`Inputs::nats_digest`), put on
+/// the pod template so that a changed password restarts the servers.
 pub fn nats_stateful_set(
     cluster: &ChatCluster,
     nats: &ManagedNats,

@@ -27,18 +27,24 @@ pub const MAX_ERROR: usize = 200;
 pub enum Migration {
     /// Not a service (PostgreSQL, NATS), or migrated already.
     Done,
+    /// Its Job is running.
     Running,
+    /// Its Job failed, with why.
     Failed(String),
 }
 
 /// One workload as the apply step saw it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Observed {
+    /// The workload's name in the status.
     pub name: String,
+    /// Desired pods.
     pub replicas: i32,
+    /// Pods ready.
     pub ready_replicas: i32,
     /// The controller has seen the latest spec and every pod runs it.
     pub rolled_out: bool,
+    /// Its migration for the current image.
     pub migration: Migration,
     /// Image whose migrations are known to have completed.
     pub migrated_image: Option<String>,
@@ -100,11 +106,14 @@ impl IssueKind {
 /// Something that needs a person, in one sentence.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Issue {
+    /// What sort of problem; the `Degraded` condition's reason.
     pub kind: IssueKind,
+    /// What is wrong, for a person.
     pub message: String,
 }
 
 impl Issue {
+    /// An issue of `kind`.
     pub fn new(kind: IssueKind, message: impl Into<String>) -> Self {
         Self {
             kind,
@@ -360,6 +369,7 @@ pub fn compute(
 /// An Event to publish about the ChatCluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Note {
+    /// A `Warning` Event; otherwise `Normal`.
     pub warning: bool,
     /// CamelCase, as `kubectl describe` shows it.
     pub reason: String,
@@ -370,6 +380,7 @@ pub struct Note {
 }
 
 impl Note {
+    /// A `Normal` Event.
     pub fn normal(reason: &str, action: &str, message: impl Into<String>) -> Self {
         Self {
             warning: false,
@@ -379,6 +390,7 @@ impl Note {
         }
     }
 
+    /// A `Warning` Event.
     pub fn warning(reason: &str, action: &str, message: impl Into<String>) -> Self {
         Self {
             warning: true,

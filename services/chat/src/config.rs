@@ -38,19 +38,31 @@ use secrecy::SecretString;
 
 use crate::preview::PreviewConfig;
 
+/// The service's settings; the module's table gives each field's variable and default.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Address the gRPC server binds (`LISTEN_ADDR`).
     pub listen_addr: SocketAddr,
+    /// The chats' database, `postgres://` or `sqlite://`.
     pub database_url: String,
+    /// Size of the chats' connection pool.
     pub database_max_connections: u32,
+    /// NATS server, credentials in the URL when it wants them.
     pub nats_url: String,
+    /// Events are published on `<prefix>.<chat_id>.<kind>`, live ones under `<prefix>_live`.
     pub subject_prefix: String,
+    /// The JetStream stream that keeps events for the notifier; None (`NATS_STREAM=off`):
+    /// core NATS only, nothing kept.
     pub nats_stream: Option<String>,
     /// Replicas and limits of `nats_stream`, shared with notification-service.
     pub nats_stream_settings: StreamSettings,
+    /// AuthService: verifying keys, this service's token, resolving members.
     pub auth_url: String,
+    /// Exchanged with AuthService for this service's token; empty when `SERVICE_SECRET` is unset.
     pub service_secret: SecretString,
+    /// Events buffered per `Connect` stream before a stream that reads too slowly is cut off.
     pub stream_buffer: usize,
+    /// How often a chat's fan-out checks storage for messages the bus did not bring.
     pub catch_up_every: Duration,
     /// How long after sending a message its sender may edit it; None: no limit.
     pub edit_window: Option<Duration>,
@@ -63,6 +75,7 @@ pub struct Config {
 }
 
 impl Config {
+    /// Reads the environment once; fails on a value that does not parse, not on a missing one.
     pub fn from_env() -> Result<Self> {
         let nats_stream = match var("NATS_STREAM") {
             Some(v) if v.eq_ignore_ascii_case("off") => None,

@@ -13,6 +13,8 @@ use grpc_chat_proto::auth::v1::{
 
 use crate::error::ChatError;
 
+/// Who users are, asked of AuthService with this service's credential: turns the emails and
+/// usernames a caller names into user ids. Cheap to clone.
 #[derive(Clone)]
 pub struct Directory {
     client: AuthServiceClient<TracedChannel>,
@@ -20,6 +22,7 @@ pub struct Directory {
 }
 
 impl Directory {
+    /// Asks `client`, authenticated as this service by `credential`.
     pub fn new(client: AuthServiceClient<TracedChannel>, credential: ServiceCredential) -> Self {
         Self { client, credential }
     }

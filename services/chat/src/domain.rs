@@ -15,8 +15,10 @@ pub const MAX_MEMBERS: usize = 1000;
 pub struct Title(String);
 
 impl Title {
+    /// Longest title, in characters (not bytes).
     pub const MAX_CHARS: usize = 200;
 
+    /// Trims `raw` and checks it; an empty title is allowed (a chat without a name).
     pub fn parse(raw: &str) -> Result<Self, FieldError> {
         let t = raw.trim();
         if t.len() > 4 * Self::MAX_CHARS || t.chars().count() > Self::MAX_CHARS {
@@ -31,6 +33,7 @@ impl Title {
         Ok(Self(t.to_owned()))
     }
 
+    /// The trimmed title.
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -3,6 +3,7 @@
 use chat_common::error::{reasons, with_reason};
 use tonic::{Code, Status};
 
+/// Why a call failed; `From<ChatError> for Status` picks the code and the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
     /// No such chat, or the caller is not a member: the same answer, so ids cannot be probed.
@@ -10,11 +11,19 @@ pub enum ChatError {
     /// person meets one sentence whichever command they ran.
     #[error("chat {0} does not exist or you are not a member of it")]
     ChatNotFound(i64),
+    /// No such message in a chat the caller is a member of.
     #[error("message {seq} not found in chat {chat_id}")]
-    MessageNotFound { chat_id: i64, seq: i64 },
+    MessageNotFound {
+        /// The chat asked about.
+        chat_id: i64,
+        /// The sequence number that names no message in it.
+        seq: i64,
+    },
     /// Users that match no account (at most [`SHOWN_USERS`] are named).
     #[error("{}", users_not_found(.0))]
     UsersNotFound(Vec<String>),
+    /// A member asked for what only someone else may do (the chat's creator, the message's
+    /// sender, an administrator); the message says who.
     #[error("{0}")]
     PermissionDenied(String),
     /// The caller's account was deleted; its access token has not expired yet.
@@ -29,8 +38,10 @@ pub enum ChatError {
     /// A value beyond what exists yet (a read marker past the chat's newest message).
     #[error("{0}")]
     OutOfRange(String),
+    /// A service or the bus this one needs did not answer; worth retrying.
     #[error("{0}")]
     Unavailable(String),
+    /// Anything else; logged with its chain, answered INTERNAL without it.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }

@@ -45,30 +45,43 @@ use crate::presence::LiveEvent;
 /// One live event of a chat.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChatEvent {
+    /// A message was stored.
     MessageCreated(pb::Message),
+    /// A message was deleted; its text is gone.
     MessageDeleted {
+        /// The chat it was in.
         chat_id: i64,
+        /// Its sequence number in the chat.
         seq: i64,
     },
     /// A message's text was replaced: the message as it is after the edit.
     MessageEdited(pb::Message),
+    /// A chat was deleted with everything in it.
     ChatDeleted {
+        /// The chat that is gone.
         chat_id: i64,
     },
     /// A user became a member.
     MemberAdded {
+        /// The chat joined.
         chat_id: i64,
+        /// Who joined.
         member: pb::Member,
     },
     /// A member left or was removed.
     MemberRemoved {
+        /// The chat left.
         chat_id: i64,
+        /// Who is no longer a member.
         user_id: i64,
     },
     /// A message got its link preview (stored with it by then).
     MessagePreviewed {
+        /// The message's chat.
         chat_id: i64,
+        /// The message's sequence number.
         seq: i64,
+        /// The preview of its first https URL.
         preview: pb::LinkPreview,
     },
     /// Typing and presence: never stored, off the stored subjects (see the module doc).
@@ -76,6 +89,7 @@ pub enum ChatEvent {
 }
 
 impl ChatEvent {
+    /// The chat the event is about; its subject and fan-out are the chat's.
     pub fn chat_id(&self) -> i64 {
         match self {
             ChatEvent::MessageCreated(m) | ChatEvent::MessageEdited(m) => m.chat_id,
@@ -88,6 +102,7 @@ impl ChatEvent {
         }
     }
 
+    /// The event's name, the last part of its subject (`message_created`, ...).
     pub fn kind(&self) -> &'static str {
         match self {
             ChatEvent::MessageCreated(_) => "message_created",
@@ -101,6 +116,7 @@ impl ChatEvent {
         }
     }
 
+    /// The event as a `Connect` stream sends it.
     pub fn to_response(&self) -> pb::ConnectResponse {
         let event = match self {
             ChatEvent::MessageCreated(m) => Event::Message(m.clone()),
@@ -144,10 +160,13 @@ impl ChatEvent {
         pb::ConnectResponse { event: Some(event) }
     }
 
+    /// The bytes published on the bus: the `ConnectResponse` it becomes, protobuf-encoded.
     pub fn encode(&self) -> Vec<u8> {
         self.to_response().encode_to_vec()
     }
 
+    /// Reads what [`encode`](Self::encode) wrote; an error for an empty or ephemeral event,
+    /// which never travels on the stored subjects.
     pub fn decode(bytes: &[u8]) -> anyhow::Result<Self> {
         let resp = pb::ConnectResponse::decode(bytes).context("decoding a chat event")?;
         match resp.event {
@@ -195,6 +214,7 @@ impl ChatEvent {
 /// An event as subscribers receive it, with the trace context it was published in.
 #[derive(Debug, Clone)]
 pub struct Envelope {
+    /// The event itself.
     pub event: ChatEvent,
     /// The publisher's span (empty when tracing is off).
     pub parent: Parent,
@@ -218,6 +238,7 @@ impl Handled {
     }
 }
 
+/// The events a subscription receives, in the order the bus delivered them.
 pub type EventStream = Pin<Box<dyn Stream<Item = Envelope> + Send>>;
 
 /// The producer span of publishing `event` to `destination` over `system` (`nats`, or
@@ -275,6 +296,8 @@ async fn traced_publish(
     result
 }
 
+/// How events reach every replica (and the notifier): NATS between processes, or in
+/// process for the embedded server and tests.
 #[async_trait]
 pub trait EventBus: Send + Sync + 'static {
     /// Publishes an event to every replica.
@@ -414,6 +437,7 @@ impl NatsBus {
         })
     }
 
+    /// The NATS connection, which the presence and typing subjects share.
     pub fn client(&self) -> &async_nats::Client {
         &self.client
     }

@@ -74,6 +74,8 @@ pub enum Ended {
     Unavailable,
 }
 
+/// One fan-out per chat with open streams on this replica: a single bus subscription per
+/// chat, whose events go to every stream of it, with gaps filled from storage.
 pub struct Hub {
     bus: Arc<dyn EventBus>,
     store: Arc<dyn ChatStore>,
@@ -110,6 +112,7 @@ pub struct Subscription {
     fanout: Arc<Fanout>,
     id: u64,
     overflow: Arc<AtomicBool>,
+    /// The stream's events; closed when it ended (see [`Subscription::ended`]).
     pub rx: mpsc::Receiver<Arc<ChatEvent>>,
 }
 
@@ -148,6 +151,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hub {
+    /// A hub with `buffer` events per stream, checking storage for missed messages every
+    /// `catch_up_every`, and default presence settings. Fan-outs stop on `shutdown`.
     pub fn new(
         bus: Arc<dyn EventBus>,
         store: Arc<dyn ChatStore>,
@@ -192,6 +197,7 @@ impl Hub {
         &self.presence
     }
 
+    /// The bus the hub subscribes to, shared with the outbox that publishes.
     pub fn bus(&self) -> &Arc<dyn EventBus> {
         &self.bus
     }

@@ -4,6 +4,8 @@
 //!
 //! [`Application::build`] wires the service for the binary and the tests.
 
+#![warn(missing_docs)]
+
 pub mod config;
 mod deletions;
 pub mod directory;
@@ -129,6 +131,7 @@ impl Application {
         })
     }
 
+    /// The address the server is bound to; the actual port when the configuration asked for 0.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }

@@ -88,6 +88,7 @@ impl PresenceSettings {
 /// One replica's online users of one chat (the payload of `<prefix>_live.<chat>.presence`).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Beat {
+    /// The chat the users are online in.
     #[prost(int64, tag = "1")]
     pub chat_id: i64,
     /// The publishing replica, random per process start.
@@ -105,6 +106,7 @@ pub struct Beat {
 /// (`<prefix>_live.<chat>.presence_query`).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Query {
+    /// The chat whose beats are asked for.
     #[prost(int64, tag = "1")]
     pub chat_id: i64,
 }
@@ -113,8 +115,11 @@ pub struct Query {
 /// for its own streams and never published.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LiveEvent {
+    /// A member is typing.
     Typing(pb::Typing),
+    /// A replica's online users of the chat.
     Beat(Beat),
+    /// A fan-out asks for beats.
     Query(Query),
     /// A change of the chat's online set, numbered by the fan-out's roster (see
     /// [`Roster::online`]).
@@ -122,6 +127,7 @@ pub enum LiveEvent {
 }
 
 impl LiveEvent {
+    /// The chat the event belongs to.
     pub fn chat_id(&self) -> i64 {
         match self {
             LiveEvent::Typing(t) => t.chat_id,
@@ -287,14 +293,17 @@ impl Presence {
         })
     }
 
+    /// How often beats are sent and when they expire.
     pub fn settings(&self) -> PresenceSettings {
         self.settings
     }
 
+    /// This replica's id in the beats it sends.
     pub fn replica(&self) -> u64 {
         self.replica
     }
 
+    /// The limiter of members' typing events, shared by this replica's streams.
     pub fn typing(&self) -> &TypingLimiter {
         &self.typing
     }
@@ -459,6 +468,7 @@ pub struct Roster {
 }
 
 impl Roster {
+    /// The roster of `chat_id`, where a replica's beat counts for `ttl` after it arrived.
     pub fn new(chat_id: i64, ttl: Duration) -> Self {
         Self {
             chat_id,

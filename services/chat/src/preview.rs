@@ -31,6 +31,7 @@ use crate::{domain::ChatId, events::ChatEvent, outbox::Outbox, store::ChatStore}
 /// How previews are made, when they are on.
 #[derive(Debug, Clone)]
 pub struct PreviewConfig {
+    /// What may be fetched and how (timeouts, sizes, allowed addresses).
     pub settings: Settings,
     /// Fetches at once; a message that finds them all busy gets no preview.
     pub concurrency: usize,
@@ -113,6 +114,7 @@ pub(crate) struct Services {
 }
 
 impl LinkPreviews {
+    /// A previewer for `config`; fails only when its HTTP client cannot be built.
     pub fn new(config: &PreviewConfig) -> anyhow::Result<Self> {
         Ok(Self {
             previewer: Arc::new(

@@ -35,6 +35,8 @@ use crate::{
     },
 };
 
+/// The `ChatService` gRPC service: parses requests, checks membership, stores through the
+/// [`ChatStore`] and hands events to the outbox. Cheap to clone.
 #[derive(Clone)]
 pub struct ChatApi {
     inner: Arc<Inner>,
@@ -109,6 +111,10 @@ fn decode_cursor(token: &str) -> Result<Option<ChatCursor>, Status> {
 }
 
 impl ChatApi {
+    /// The service over `store`, streaming through `hub` and resolving users with `directory`.
+    /// Edits are allowed for `edit_window` after sending (None: always); deleted accounts are
+    /// applied every `deletions_every`; previews are made when `previews` is set. Background
+    /// work stops on `shutdown`.
     pub fn new(
         store: Arc<dyn ChatStore>,
         hub: Arc<Hub>,

@@ -37,14 +37,22 @@ pub async fn migrate(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A chat as one of its members sees it.
 #[derive(Debug, Clone)]
 pub struct ChatRecord {
+    /// The chat's id.
     pub id: i64,
+    /// Its title; empty when it has none.
     pub title: String,
+    /// The user who created it (the owner until they leave).
     pub creator_id: i64,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// The newest message's sequence number; 0 before the first.
     pub last_seq: i64,
+    /// When it last got a message (its creation time before the first); lists sort by it.
     pub last_activity_at: DateTime<Utc>,
+    /// Members now.
     pub member_count: i32,
     /// The asking member's read marker (0 where no member asks: see `READ_COLUMNS`).
     pub last_read_seq: i64,
@@ -52,23 +60,35 @@ pub struct ChatRecord {
     pub unread_count: i64,
 }
 
+/// A member of a chat.
 #[derive(Debug, Clone)]
 pub struct MemberRecord {
+    /// The member's user id.
     pub user_id: i64,
+    /// Their username.
     pub username: String,
+    /// When they joined.
     pub joined_at: DateTime<Utc>,
 }
 
+/// A stored message.
 #[derive(Debug, Clone)]
 pub struct MessageRecord {
+    /// Its chat.
     pub chat_id: i64,
+    /// Its sequence number: gapless and increasing within the chat, from 1.
     pub seq: i64,
+    /// Who sent it.
     pub sender_id: i64,
+    /// The sender's username.
     pub sender_username: String,
+    /// Its text; empty once deleted.
     pub text: String,
+    /// When it was stored.
     pub created_at: DateTime<Utc>,
     /// When the text was last replaced by an edit; None when it never was.
     pub edited_at: Option<DateTime<Utc>>,
+    /// Deleted: kept for its seq, without its text.
     pub deleted: bool,
     /// The preview of the text's first https URL, once fetched (see `preview.rs`).
     pub link_preview: Option<Preview>,
@@ -76,17 +96,24 @@ pub struct MessageRecord {
 
 /// A message to store.
 pub struct NewMessage<'a> {
+    /// The chat to store it in.
     pub chat_id: ChatId,
+    /// Who sends it; the store checks they are a member.
     pub sender_id: i64,
+    /// The sender's username, stored with the message.
     pub sender_username: &'a str,
+    /// Its text, already valid.
     pub text: &'a MessageText,
+    /// The sender's key for retries; None: every call stores a new message.
     pub idempotency_key: Option<&'a IdempotencyKey>,
 }
 
 /// Keyset position in a caller's chat list, newest activity first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChatCursor {
+    /// The last chat's `last_activity_at`, in microseconds since the Unix epoch.
     pub last_activity_micros: i64,
+    /// The last chat's id, which breaks ties of equal activity.
     pub id: i64,
 }
 
@@ -97,8 +124,11 @@ pub type EventId = i64;
 /// What an outbox row announces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
+    /// A message was stored (the row's `seq`).
     MessageCreated,
+    /// A message was deleted (the row's `seq`).
     MessageDeleted,
+    /// A message's text was replaced (the row's `seq`).
     MessageEdited,
     /// A user became a member (the row's `user_id`).
     MemberAdded,
@@ -131,6 +161,7 @@ impl EventKind {
         format!("[{}]", names.join(","))
     }
 
+    /// The name stored in the outbox row and published as the event's kind.
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::MessageCreated => "message_created",
@@ -142,6 +173,7 @@ impl EventKind {
         }
     }
 
+    /// The kind whose [`as_str`](Self::as_str) is `kind`; an error for any other text.
     pub fn parse(kind: &str) -> anyhow::Result<Self> {
         match kind {
             "message_created" => Ok(EventKind::MessageCreated),
@@ -158,10 +190,13 @@ impl EventKind {
 /// An outbox row a relay has claimed for publishing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxEvent {
+    /// The row's id.
     pub id: EventId,
+    /// The chat the event is about.
     pub chat_id: i64,
     /// The message's seq (message events; 0 for member events).
     pub seq: i64,
+    /// What the event announces.
     pub kind: EventKind,
     /// The member (member events; 0 for message events).
     pub user_id: i64,
@@ -194,7 +229,10 @@ pub enum Added {
     /// (users who already were members are left out), and the chat's member count after.
     Members(Vec<(MemberRecord, EventId)>, i64),
     /// The chat would have more than the limit of members: nothing was added.
-    TooMany { members: i64 },
+    TooMany {
+        /// Members the chat has now.
+        members: i64,
+    },
     /// The chat does not exist (any more).
     NoChat,
 }
@@ -205,7 +243,9 @@ pub enum Removed {
     /// The member is gone, with the outbox row of its event, and the new owner when the
     /// owner was removed.
     Member {
+        /// The outbox row of the removal's event.
         event: EventId,
+        /// The member who now owns the chat, when the owner left; None otherwise.
         new_owner: Option<i64>,
     },
     /// It was the last member: the chat is deleted with it (no member event: the caller
@@ -215,6 +255,7 @@ pub enum Removed {
     NotMember,
 }
 
+/// What storing a message did.
 #[derive(Debug)]
 pub enum Inserted {
     /// Stored, with the outbox row of its event.
@@ -225,6 +266,9 @@ pub enum Inserted {
     NoChat,
 }
 
+/// Chats, members, messages and the outbox, one implementation per engine. Every method
+/// commits before it returns, and every change writes its outbox row in the same
+/// transaction, so no event is lost or published for a change that did not happen.
 #[async_trait]
 pub trait ChatStore: Send + Sync + 'static {
     /// Creates a chat with these members (the creator among them).
@@ -256,6 +300,7 @@ pub trait ChatStore: Send + Sync + 'static {
         cursor: Option<ChatCursor>,
     ) -> anyhow::Result<Vec<ChatRecord>>;
 
+    /// The chat's members, in the order they joined; empty when there is no such chat.
     async fn list_members(&self, chat: ChatId) -> anyhow::Result<Vec<MemberRecord>>;
 
     /// The member's username, when `user_id` is a member.

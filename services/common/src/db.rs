@@ -71,14 +71,18 @@ use sqlx::{
 /// A migrated connection pool on one of the two engines.
 #[derive(Clone, Debug)]
 pub enum Database {
+    /// The split deployment's engine: a `postgres://` URL.
     Postgres(PgPool),
+    /// The embedded `chat-server`'s engine: a `sqlite://` file URL.
     Sqlite(SqlitePool),
 }
 
 /// A service's migrations, one set per engine.
 #[derive(Clone, Copy)]
 pub struct Migrations {
+    /// Applied when the URL names a PostgreSQL database.
     pub postgres: &'static Migrator,
+    /// Applied when the URL names an SQLite file.
     pub sqlite: &'static Migrator,
 }
 
@@ -108,6 +112,7 @@ impl Database {
         }
     }
 
+    /// Whether [`close`](Self::close) was called; a closed pool hands out no connection.
     pub fn is_closed(&self) -> bool {
         match self {
             Self::Postgres(p) => p.is_closed(),
@@ -132,6 +137,8 @@ impl Database {
         }
     }
 
+    /// Closes the pool, waiting for connections in use to be returned. Clones share the
+    /// pool, so they are closed too.
     pub async fn close(&self) {
         match self {
             Self::Postgres(p) => p.close().await,
@@ -340,6 +347,7 @@ impl StorageHealth {
         })
     }
 
+    /// Whether the last probe reached the database (true until a probe fails).
     pub fn is_up(&self) -> bool {
         *self.up.borrow()
     }

@@ -10,8 +10,6 @@ pub mod binary;
 pub mod client;
 pub mod config;
 pub mod convert;
-// db.rs and db/ are being reworked in a separate change, which documents them.
-#[allow(missing_docs)]
 pub mod db;
 pub mod domain;
 pub mod error;

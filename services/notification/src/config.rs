@@ -48,6 +48,7 @@ pub enum SmtpTls {
 }
 
 impl SmtpTls {
+    /// Reads `SMTP_TLS`: `none` (or `off`, `plain`), `starttls`, `tls` (or `smtps`), in any case.
     pub fn parse(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
             "none" | "off" | "plain" => Ok(SmtpTls::None),
@@ -66,21 +67,29 @@ impl SmtpTls {
     }
 }
 
+/// How to reach and log in to the mail server.
 #[derive(Debug, Clone)]
 pub struct SmtpConfig {
+    /// Host name; also the name TLS checks the certificate against.
     pub host: String,
+    /// Defaults by `tls`: 25, 587 or 465.
     pub port: u16,
+    /// How the connection is secured.
     pub tls: SmtpTls,
+    /// Logs in when set; None sends without authentication.
     pub username: Option<String>,
+    /// Used with `username`; None means an empty password.
     pub password: Option<SecretString>,
     /// The From header, `Name <address>` or a bare address.
     pub from: String,
+    /// Limit on each SMTP command, not on a whole email.
     pub timeout: Duration,
 }
 
 /// Which email sender to run.
 #[derive(Debug, Clone)]
 pub enum EmailConfig {
+    /// Send through a mail server.
     Smtp(SmtpConfig),
     /// [`crate::email::StubEmailSender`]: logs and keeps emails, sends nothing.
     Stub,
@@ -91,7 +100,9 @@ pub enum EmailConfig {
 pub struct RetryPolicy {
     /// Tries in all, the first included.
     pub max_attempts: u32,
+    /// Pause after the first failed try; doubled after each further one.
     pub backoff: Duration,
+    /// Longest pause between tries, however many failed.
     pub max_backoff: Duration,
 }
 
@@ -103,27 +114,44 @@ impl RetryPolicy {
     }
 }
 
+/// The service's settings; the module's table gives each field's variable and default.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Address the gRPC server binds (`LISTEN_ADDR`).
     pub listen_addr: SocketAddr,
+    /// The delivery records' database, `postgres://` or `sqlite://`.
     pub database_url: String,
+    /// Size of the records' connection pool.
     pub database_max_connections: u32,
+    /// NATS server, credentials in the URL when it wants them.
     pub nats_url: String,
+    /// Chat events are published on `<prefix>.<chat_id>.<kind>`.
     pub subject_prefix: String,
+    /// The JetStream stream chat-service publishes events into.
     pub nats_stream: String,
     /// Replicas and limits of `nats_stream`, shared with chat-service.
     pub nats_stream_settings: StreamSettings,
+    /// Durable consumer name; every replica pulls from the same one, so each event goes to one.
     pub nats_consumer: String,
+    /// How long an event may stay unacknowledged before JetStream redelivers it.
     pub ack_wait: Duration,
+    /// AuthService: verifying keys, this service's token, recipients' emails.
     pub auth_url: String,
+    /// ChatService: a chat's members and its messages.
     pub chat_url: String,
+    /// Exchanged with AuthService for this service's token; empty when `SERVICE_SECRET` is unset.
     pub service_secret: SecretString,
+    /// Which sender delivers the emails.
     pub email: EmailConfig,
+    /// Tries per email before it is recorded as failed.
     pub retry: RetryPolicy,
+    /// How long a claimed email belongs to the replica sending it; after that another may take it.
     pub delivery_lease: Duration,
 }
 
 impl Config {
+    /// Reads the environment once; fails on a value that does not parse or an unknown
+    /// `EMAIL_SENDER`, not on a missing variable.
     pub fn from_env() -> Result<Self> {
         let email = match var_or("EMAIL_SENDER", "smtp").to_ascii_lowercase().as_str() {
             "stub" => EmailConfig::Stub,

@@ -18,19 +18,28 @@ pub mod smtp;
 /// One email to one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Email {
+    /// The one recipient's address.
     pub to_address: String,
+    /// The recipient's display name for the To header.
     pub to_name: String,
+    /// One line, already stripped of control characters.
     pub subject: String,
+    /// The plain-text part.
     pub text_body: String,
+    /// The HTML part, user input escaped.
     pub html_body: String,
 }
 
 /// What the notifier knows about a message when it writes the email.
 #[derive(Debug, Clone)]
 pub struct MessageContent<'a> {
+    /// The chat the message was sent to.
     pub chat_id: i64,
+    /// As the chat's owner named it: user input.
     pub chat_title: &'a str,
+    /// Who sent the message: user input.
     pub sender_username: &'a str,
+    /// The message itself: user input.
     pub text: &'a str,
 }
 
@@ -45,8 +54,10 @@ pub enum SendError {
     Transient(String),
 }
 
+/// Delivers one email; implementations do not retry, the notifier does by the error's kind.
 #[async_trait]
 pub trait EmailSender: Send + Sync + 'static {
+    /// Sends `email`; Ok once the server accepted it.
     async fn send(&self, email: &Email) -> Result<(), SendError>;
 }
 
@@ -123,6 +134,7 @@ pub struct StubEmailSender {
 const STUB_KEPT: usize = 1000;
 
 impl StubEmailSender {
+    /// A stub that keeps emails in memory only.
     pub fn new() -> Self {
         Self::default()
     }

@@ -2,15 +2,21 @@
 
 use tonic::Status;
 
+/// Why a call or an event failed; `From<NotificationError> for Status` picks the code.
 #[derive(Debug, thiserror::Error)]
 pub enum NotificationError {
+    /// A malformed request or event.
     #[error("{field}: {message}")]
     InvalidArgument {
+        /// The field at fault, as named in the proto.
         field: &'static str,
+        /// What is wrong with it, for the caller.
         message: String,
     },
+    /// The chat or message is gone; an event about it is dropped.
     #[error("{0}")]
     NotFound(String),
+    /// The idempotency key was used for a different email.
     #[error("{0}")]
     AlreadyExists(String),
     /// A service this one needs (chat, auth) did not answer; worth retrying.
@@ -21,6 +27,7 @@ pub enum NotificationError {
     /// not done until that sender is; it comes again later.
     #[error("{0}")]
     Held(String),
+    /// Anything else; logged with its chain, answered INTERNAL without it.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -41,6 +48,7 @@ impl NotificationError {
         !matches!(self, NotificationError::Held(_))
     }
 
+    /// An [`NotificationError::InvalidArgument`] for `field`.
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         NotificationError::InvalidArgument {
             field,

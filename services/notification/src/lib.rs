@@ -7,6 +7,8 @@
 //! which records deliveries in this service's own database (`store`) and sends through an
 //! [`email::EmailSender`]. [`Application::build`] wires it for the binary and the tests.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod consumer;
 pub mod email;
@@ -89,6 +91,7 @@ impl Application {
         })
     }
 
+    /// The address the server is bound to; the actual port when the configuration asked for 0.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }

@@ -63,6 +63,9 @@ const POLL_EVERY: Duration = Duration::from_millis(100);
 /// short and doubles up to [`POLL_EVERY`].
 const FIRST_POLL: Duration = Duration::from_millis(4);
 
+/// Writes and sends the emails for messages and direct SendEmail calls, recording each
+/// delivery so that it goes out once across replicas and redeliveries. Cheap to clone; the
+/// clones share one state.
 #[derive(Clone)]
 pub struct Notifier {
     inner: Arc<Inner>,
@@ -115,6 +118,8 @@ impl Notifier {
         self.inner.shutdown.spawn(task)
     }
 
+    /// A notifier over `store`, sending with `sender` and retrying by `retry`. A claimed
+    /// delivery belongs to this replica for `lease`. Background sends stop on `shutdown`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<dyn DeliveryStore>,

@@ -31,12 +31,14 @@ const MAX_BODY_CHARS: usize = 65_536;
 const MAX_WAIT_MS: i32 = 60_000;
 const DEFAULT_NOTIFY_WAIT_MS: i32 = 30_000;
 
+/// The `NotificationService` gRPC service: parses requests and hands them to the [`Notifier`].
 #[derive(Clone)]
 pub struct NotificationApi {
     notifier: Notifier,
 }
 
 impl NotificationApi {
+    /// Serves `notifier`.
     pub fn new(notifier: Notifier) -> Self {
         Self { notifier }
     }

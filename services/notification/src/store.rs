@@ -40,33 +40,48 @@ pub async fn migrate(url: &str) -> anyhow::Result<()> {
 /// A message as recorded for notification: enough to write its emails again later.
 #[derive(Debug, Clone)]
 pub struct MessageRecord {
+    /// The chat the message was sent to.
     pub chat_id: i64,
+    /// The message's sequence number in its chat.
     pub seq: i64,
+    /// Its sender's user id; the sender is never a recipient.
     pub sender_id: i64,
+    /// Its sender's name, for the email.
     pub sender_username: String,
+    /// The chat's title when the message was recorded.
     pub chat_title: String,
+    /// The message.
     pub text: String,
+    /// When ChatService stored it.
     pub sent_at: DateTime<Utc>,
 }
 
 /// A member to email.
 #[derive(Debug, Clone)]
 pub struct Recipient {
+    /// The member's user id.
     pub user_id: i64,
+    /// Where their email goes.
     pub email: String,
+    /// Their name, for the greeting.
     pub username: String,
 }
 
+/// Where one email stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryState {
+    /// Not yet claimed by any sender.
     Pending,
     /// Claimed by a sender (its lease may have run out).
     Sending,
+    /// The mail server accepted it.
     Delivered,
+    /// Refused for good, or out of tries; not retried.
     Failed,
 }
 
 impl DeliveryState {
+    /// The name stored in the state column.
     pub fn as_str(self) -> &'static str {
         match self {
             DeliveryState::Pending => "pending",
@@ -76,6 +91,7 @@ impl DeliveryState {
         }
     }
 
+    /// The state whose [`as_str`](Self::as_str) is `s`; an error for any other text.
     pub fn parse(s: &str) -> anyhow::Result<Self> {
         Ok(match s {
             "pending" => DeliveryState::Pending,
@@ -86,40 +102,59 @@ impl DeliveryState {
         })
     }
 
+    /// Whether no sender will try this email again.
     pub fn is_final(self) -> bool {
         matches!(self, DeliveryState::Delivered | DeliveryState::Failed)
     }
 }
 
+/// One email of a message, to one recipient, as recorded.
 #[derive(Debug, Clone)]
 pub struct DeliveryRecord {
+    /// Whom it goes to.
     pub recipient: Recipient,
+    /// Where it stands.
     pub state: DeliveryState,
+    /// Tries made so far; 0 before the first.
     pub attempts: i32,
+    /// The last try's error; empty when none failed.
     pub error: String,
+    /// When it last changed.
     pub updated_at: DateTime<Utc>,
 }
 
 /// An email asked for with SendEmail, before it is recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEmail {
+    /// The caller's key; a retry with the same key and email sends nothing twice.
     pub idempotency_key: String,
+    /// The one recipient's address, validated.
     pub to_address: String,
+    /// One line, no control characters.
     pub subject: String,
+    /// Plain text.
     pub body: String,
 }
 
 /// A direct email as recorded.
 #[derive(Debug, Clone)]
 pub struct DirectEmailRecord {
+    /// The record's id, which GetEmail takes.
     pub id: i64,
+    /// What was asked for.
     pub email: NewEmail,
+    /// Where it stands.
     pub state: DeliveryState,
+    /// Tries made so far; 0 before the first.
     pub attempts: i32,
+    /// The last try's error; empty when none failed.
     pub error: String,
+    /// When it last changed.
     pub updated_at: DateTime<Utc>,
 }
 
+/// The delivery records, one implementation per engine. Every method commits before it
+/// returns; the store holds no policy (retries, leases' lengths are the caller's).
 #[async_trait]
 pub trait DeliveryStore: Send + Sync + 'static {
     /// Whether the message has been recorded (by any replica, on any path).

@@ -19,23 +19,34 @@ use anyhow::Result;
 use chat_common::config::{parse_or, secret_var, secs_or, var_or};
 use secrecy::SecretString;
 
+/// The orchestrator's settings; the module's table gives each field's variable and default.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Address the gRPC server binds (`LISTEN_ADDR`).
     pub listen_addr: SocketAddr,
+    /// The saga log's database, `postgres://` or `sqlite://` (`DATABASE_URL`).
     pub database_url: String,
+    /// Size of the log's connection pool.
     pub database_max_connections: u32,
+    /// AuthService: verifying keys, this service's token, resolving the sender.
     pub auth_url: String,
+    /// ChatService, which stores the message and deletes it on compensation.
     pub chat_url: String,
+    /// NotificationService, which the notify step asks about the message's emails.
     pub notification_url: String,
+    /// Exchanged with AuthService for this service's token; empty when `SERVICE_SECRET` is unset.
     pub service_secret: SecretString,
+    /// How long the notify step may take before the saga compensates.
     pub notify_deadline: Duration,
     /// A saga's owner renews its lease every third of this; another orchestrator takes
     /// the saga over once it runs out.
     pub lease: Duration,
+    /// How often sagas left without an owner are looked for and resumed.
     pub recovery_interval: Duration,
 }
 
 impl Config {
+    /// Reads the environment once; fails on a value that does not parse, not on a missing one.
     pub fn from_env() -> Result<Self> {
         Ok(Self {
             listen_addr: parse_or("LISTEN_ADDR", SocketAddr::from(([0, 0, 0, 0], 50054)))?,

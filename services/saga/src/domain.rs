@@ -5,35 +5,53 @@ use chat_common::domain::{ChatId, FieldError, IdempotencyKey, MessageText, UserR
 
 use crate::error::SagaError;
 
+/// Where a saga stands, as kept in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SagaState {
+    /// Steps are still being run; an orchestrator holds (or held) its lease.
     Running,
+    /// The message was stored and its emails went out.
     Completed,
+    /// Notification failed; the stored message is being deleted.
     Compensating,
+    /// The message was deleted after notification failed.
     Compensated,
+    /// Ended before the message was stored (invalid sender, unknown chat, not a member).
     Failed,
 }
 
+/// The saga's steps, in the order they run; `Compensate` runs only after `Notify` failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepKind {
+    /// Asks AuthService for the user the request's `from` names.
     ResolveSender,
+    /// Stores the message in ChatService, keyed by the saga's id so a rerun stores it once.
     StoreMessage,
+    /// Waits for NotificationService to report the message's emails sent.
     Notify,
+    /// Deletes the stored message.
     Compensate,
 }
 
+/// One step's outcome so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepState {
+    /// Running, or interrupted by a crash (it is then run again).
     Started,
+    /// Succeeded; its result is on the saga.
     Succeeded,
+    /// Failed for good; the saga failed or compensates.
     Failed,
 }
 
 /// The status a failed saga answers with, kept in the log so a replay answers the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailCode {
+    /// INVALID_ARGUMENT: a step found the request bad (e.g. an unknown sender).
     InvalidArgument,
+    /// PERMISSION_DENIED: the sender may not write to the chat.
     PermissionDenied,
+    /// NOT_FOUND: the chat does not exist.
     NotFound,
     /// Notification failed; the message was removed.
     Aborted,
@@ -42,9 +60,12 @@ pub enum FailCode {
 macro_rules! text_enum {
     ($t:ty { $($v:ident = $s:literal),* $(,)? }) => {
         impl $t {
+            /// The name stored in the log's text column.
             pub fn as_str(self) -> &'static str {
                 match self { $(Self::$v => $s),* }
             }
+            /// The value whose [`as_str`](Self::as_str) is `s`; an error for any other text, which
+            /// means the log was written by a newer version.
             pub fn parse(s: &str) -> anyhow::Result<Self> {
                 match s {
                     $($s => Ok(Self::$v),)*
@@ -81,6 +102,7 @@ text_enum!(FailCode {
 });
 
 impl SagaState {
+    /// Whether the saga has ended: no orchestrator will run anything more for it.
     pub fn is_final(self) -> bool {
         matches!(
             self,
@@ -94,14 +116,20 @@ impl SagaState {
 /// never succeed is refused at once and nothing is written for it.
 #[derive(Debug, Clone)]
 pub struct SendRequest {
+    /// The chat to send to; positive.
     pub chat_id: i64,
     /// Email or username, normalised.
     pub from: String,
+    /// The message, valid by [`MessageText`]'s rules.
     pub text: String,
+    /// The caller's key for retries; None when the request had none (every call is then a
+    /// new saga).
     pub idempotency_key: Option<String>,
 }
 
 impl SendRequest {
+    /// Checks a raw request field by field, failing with INVALID_ARGUMENT on the first bad
+    /// one. An empty `idempotency_key` means none.
     pub fn parse(
         chat_id: i64,
         from: &str,

@@ -6,33 +6,45 @@ use tonic::{metadata::MetadataValue, Code, Status};
 
 use crate::domain::FailCode;
 
+/// Why a call on the orchestrator failed; `From<SagaError> for Status` picks the code.
 #[derive(Debug, thiserror::Error)]
 pub enum SagaError {
+    /// The request is malformed; nothing was logged.
     #[error("{field}: {message}")]
     InvalidArgument {
+        /// The request field at fault, as named in the proto.
         field: &'static str,
+        /// What is wrong with it, for the caller.
         message: String,
     },
+    /// No saga with the id asked for.
     #[error("{0}")]
     NotFound(String),
     /// The saga ended without its message: bad input found by a step, or compensated.
     #[error("{message}")]
     Failed {
+        /// The saga's id, returned in the `saga-id` metadata.
         saga_id: uuid::Uuid,
+        /// The status code the saga ended with, kept in its log.
         code: FailCode,
+        /// Why, in the caller's terms.
         message: String,
     },
     /// A service the saga needs did not answer; the saga is kept and resumed.
     #[error("{message}")]
     Unavailable {
+        /// The saga left running, when one was created before the failure.
         saga_id: Option<uuid::Uuid>,
+        /// Which service did not answer.
         message: String,
     },
+    /// Anything else; logged with its chain, answered INTERNAL without it.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
 
 impl SagaError {
+    /// An [`SagaError::InvalidArgument`] for `field`.
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         SagaError::InvalidArgument {
             field,

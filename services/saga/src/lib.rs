@@ -5,6 +5,8 @@
 //!
 //! [`Application::build`] wires it for the binary and the tests.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod domain;
 pub mod error;
@@ -63,6 +65,7 @@ impl Application {
         })
     }
 
+    /// The address the server is bound to; the actual port when the configuration asked for 0.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }

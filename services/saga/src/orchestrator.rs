@@ -52,6 +52,8 @@ const MAX_NOTIFY_WAIT: Duration = Duration::from_secs(60);
 /// How long the last look after the notify deadline may wait for emails being sent.
 const LAST_LOOK: Duration = Duration::from_secs(2);
 
+/// Runs sagas: each step through its service, every transition logged before the next, and
+/// the recovery of sagas whose owner stopped. Cheap to clone; the clones share one state.
 #[derive(Clone)]
 pub struct Orchestrator {
     inner: Arc<Inner>,
@@ -130,6 +132,9 @@ fn paused(what: &str, status: &Status) -> Paused {
 }
 
 impl Orchestrator {
+    /// An orchestrator over `store`, calling the services with `credential`. A saga
+    /// compensates once its notify step has taken `notify_deadline`; its lease lasts `lease`
+    /// and is renewed while it runs. Background work stops on `shutdown`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<dyn SagaStore>,
@@ -169,6 +174,7 @@ impl Orchestrator {
         outcome(saga)
     }
 
+    /// The saga with `id` and its steps as logged; None when there is none.
     pub async fn get(&self, id: Uuid) -> Result<Option<SagaRecord>, SagaError> {
         Ok(self.inner.store.get(id).await?)
     }

@@ -15,12 +15,14 @@ use crate::{
     store::SagaRecord,
 };
 
+/// The `SagaOrchestrator` gRPC service: parses requests and hands them to the [`Orchestrator`].
 #[derive(Clone)]
 pub struct SagaApi {
     orchestrator: Orchestrator,
 }
 
 impl SagaApi {
+    /// Serves `orchestrator`.
     pub fn new(orchestrator: Orchestrator) -> Self {
         Self { orchestrator }
     }

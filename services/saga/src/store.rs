@@ -40,41 +40,62 @@ pub async fn migrate(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One step of a saga as logged.
 #[derive(Debug, Clone)]
 pub struct StepRecord {
+    /// Which step; a saga has at most one record per kind.
     pub kind: StepKind,
+    /// Its outcome so far.
     pub state: StepState,
+    /// When it first started; a rerun after a crash keeps this time.
     pub started_at: DateTime<Utc>,
+    /// When it succeeded or failed; None while it runs.
     pub finished_at: Option<DateTime<Utc>>,
+    /// Why it failed; empty unless it did.
     pub error: String,
 }
 
+/// A saga as logged: the request, where it stands and its steps.
 #[derive(Debug, Clone)]
 pub struct SagaRecord {
+    /// The saga's id; also the key under which ChatService stores its message.
     pub id: Uuid,
+    /// The authenticated caller who started it; idempotency keys are scoped to them.
     pub initiator_id: i64,
+    /// The chat the message goes to.
     pub chat_id: i64,
+    /// The sender as the request named them (email or username, normalised).
     pub sender: String,
+    /// The message.
     pub text: String,
+    /// The sender's user id; None until the resolve step succeeded.
     pub sender_id: Option<i64>,
+    /// The stored message's sequence number in its chat; None until the store step succeeded.
     pub message_seq: Option<i64>,
+    /// Where the saga stands.
     pub state: SagaState,
+    /// Why it failed or compensated; empty otherwise.
     pub error: String,
+    /// The status it answers with when it ended badly; None while running or completed.
     pub error_code: Option<FailCode>,
     /// Until when an orchestrator owns it.
     pub lease_until: Option<DateTime<Utc>>,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// When it last changed.
     pub updated_at: DateTime<Utc>,
     /// In the order they started.
     pub steps: Vec<StepRecord>,
 }
 
 impl SagaRecord {
+    /// Its record of `kind`; None when that step never started.
     pub fn step(&self, kind: StepKind) -> Option<&StepRecord> {
         self.steps.iter().find(|s| s.kind == kind)
     }
 }
 
+/// What [`SagaStore::create`] found.
 pub enum Created {
     /// A new saga, leased to the caller.
     New(SagaRecord),
@@ -94,11 +115,16 @@ pub enum Then {
 /// What a step's success records on the saga.
 #[derive(Debug, Clone, Copy)]
 pub enum StepResult {
+    /// Nothing to record.
     None,
+    /// The resolved sender's user id.
     Sender(i64),
+    /// The stored message's sequence number.
     MessageSeq(i64),
 }
 
+/// The saga log, one implementation per engine. Every method commits before it returns,
+/// so the orchestrator may act on what it wrote.
 #[async_trait]
 pub trait SagaStore: Send + Sync + 'static {
     /// Creates a running saga owned by the caller for `lease`, or returns the one with the
@@ -110,6 +136,7 @@ pub trait SagaStore: Send + Sync + 'static {
         lease: Duration,
     ) -> anyhow::Result<Created>;
 
+    /// The saga with `id` and its steps; None when there is none.
     async fn get(&self, id: Uuid) -> anyhow::Result<Option<SagaRecord>>;
 
     /// Records that a step starts (or starts again, keeping its first start time).

@@ -24,8 +24,10 @@ use super::{
 use crate::domain::{ChatId, MessageText, Title};
 use link_preview::Preview;
 
+/// The PostgreSQL schema of the chats.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/chat");
 
+/// Chats on PostgreSQL, for the split deployment.
 pub struct PgChatStore {
     pool: PgPool,
     /// Groups concurrent `insert_message` calls into one statement (see the module docs).

@@ -23,8 +23,11 @@ use crate::domain::{ChatId, MessageText, Title};
 use chat_common::db::{begin_write, from_micros, sqlite_writer, GroupWriter};
 use link_preview::Preview;
 
+/// The SQLite schema of the chats.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite/chat");
 
+/// Chats in an SQLite file, for the embedded server: reads on the pool, writes on one
+/// connection of their own.
 pub struct SqliteChatStore {
     read: SqlitePool,
     write: SqlitePool,
@@ -42,6 +45,7 @@ struct Pending {
 }
 
 impl SqliteChatStore {
+    /// A store on `pool`; opens the writer connection and starts its group writer.
     pub async fn new(pool: SqlitePool) -> anyhow::Result<Self> {
         let write = sqlite_writer(&pool).await?;
         Ok(Self {

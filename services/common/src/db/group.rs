@@ -102,10 +102,13 @@ pub struct Args {
 }
 
 impl Args {
+    /// No arguments yet.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Appends `value` as the next placeholder's argument. A value that fails to encode is
+    /// kept as an error, which [`GroupWriter::execute`] returns before running anything.
     pub fn bind<T>(mut self, value: T) -> Self
     where
         T: sqlx::Encode<'static, Sqlite> + sqlx::Type<Sqlite> + 'static,

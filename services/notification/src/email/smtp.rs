@@ -13,12 +13,14 @@ use secrecy::ExposeSecret;
 use super::{Email, EmailSender, SendError};
 use crate::config::{SmtpConfig, SmtpTls};
 
+/// Sends through a mail server with lettre, one connection pool per sender.
 pub struct SmtpEmailSender {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
 }
 
 impl SmtpEmailSender {
+    /// A sender for `config`; fails on an invalid From address or TLS setup, without connecting.
     pub fn new(config: &SmtpConfig) -> anyhow::Result<Self> {
         let builder = match config.tls {
             SmtpTls::None => {

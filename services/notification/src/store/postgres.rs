@@ -14,6 +14,7 @@ use super::{
     Recipient,
 };
 
+/// The PostgreSQL schema of the delivery records.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/notification");
 
 /// Most messages recorded, or outcomes written, in one statement.
@@ -22,6 +23,7 @@ const MAX_BATCH: usize = 128;
 /// would only split the same callers into smaller batches.
 const IN_FLIGHT: usize = 2;
 
+/// The delivery records on PostgreSQL, for the split deployment.
 pub struct PgDeliveryStore {
     pool: PgPool,
     /// Records and claims of concurrent messages, one statement per batch.

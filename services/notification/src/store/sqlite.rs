@@ -25,9 +25,11 @@ use super::{
 /// Recipients per INSERT: six parameters each, well inside SQLite's 32,766.
 const RECIPIENTS_PER_INSERT: usize = 1000;
 
+/// The SQLite schema of the delivery records.
 pub static MIGRATOR: sqlx::migrate::Migrator =
     sqlx::migrate!("../../migrations/sqlite/notification");
 
+/// The delivery records in an SQLite file, for the embedded server.
 pub struct SqliteDeliveryStore {
     pool: SqlitePool,
     /// Every write goes through it: the records of concurrent messages share commits.
@@ -35,6 +37,7 @@ pub struct SqliteDeliveryStore {
 }
 
 impl SqliteDeliveryStore {
+    /// A store on `pool`; starts the group writer on a connection of its own.
     pub async fn new(pool: SqlitePool) -> anyhow::Result<Self> {
         let writer = GroupWriter::start(sqlite_writer(&pool).await?);
         Ok(Self { pool, writer })

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::{Created, SagaRecord, SagaStore, StepRecord, StepResult, Then};
 use crate::domain::{FailCode, SagaState, SendRequest, StepKind, StepState};
 
+/// The PostgreSQL schema of the saga log.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/saga");
 
 /// The saga log on PostgreSQL. Writes that the saga's recovery redoes (a step's start, a

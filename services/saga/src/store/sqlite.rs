@@ -22,8 +22,10 @@ use chat_common::db::{sqlite_writer, Args, GroupWriter};
 use super::{Created, SagaRecord, SagaStore, StepRecord, StepResult, Then};
 use crate::domain::{FailCode, SagaState, SendRequest, StepKind, StepState};
 
+/// The SQLite schema of the saga log.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite/saga");
 
+/// The saga log in an SQLite file, for the embedded server.
 pub struct SqliteSagaStore {
     pool: SqlitePool,
     /// Every write goes through it: the log writes of concurrent sagas share commits.
@@ -42,6 +44,7 @@ fn lease_end(now: DateTime<Utc>, lease: Duration) -> anyhow::Result<String> {
 }
 
 impl SqliteSagaStore {
+    /// A store on `pool`; starts the group writer on a connection of its own.
     pub async fn new(pool: SqlitePool) -> anyhow::Result<Self> {
         let writer = GroupWriter::start(sqlite_writer(&pool).await?);
         Ok(Self { pool, writer })
