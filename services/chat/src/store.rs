@@ -108,6 +108,29 @@ pub struct NewMessage<'a> {
     pub idempotency_key: Option<&'a IdempotencyKey>,
 }
 
+/// A [`NewMessage`] with what it borrows owned, for the stores' writers (the SQLite group
+/// writer, the PostgreSQL batcher), whose tasks outlive the caller's borrow.
+#[derive(Clone)]
+pub(crate) struct PendingMessage {
+    pub(crate) chat_id: i64,
+    pub(crate) sender_id: i64,
+    pub(crate) sender_username: String,
+    pub(crate) text: String,
+    pub(crate) idempotency_key: Option<String>,
+}
+
+impl From<&NewMessage<'_>> for PendingMessage {
+    fn from(msg: &NewMessage<'_>) -> Self {
+        Self {
+            chat_id: msg.chat_id.0,
+            sender_id: msg.sender_id,
+            sender_username: msg.sender_username.to_owned(),
+            text: msg.text.as_str().to_owned(),
+            idempotency_key: msg.idempotency_key.map(|k| k.as_str().to_owned()),
+        }
+    }
+}
+
 /// Keyset position in a caller's chat list, newest activity first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChatCursor {

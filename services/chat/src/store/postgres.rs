@@ -13,6 +13,8 @@
 use anyhow::Context;
 use async_trait::async_trait;
 use chat_common::batch::Batcher;
+
+use super::PendingMessage as Pending;
 use sqlx::{postgres::PgRow, PgPool, Row};
 
 use std::time::Duration;
@@ -66,29 +68,6 @@ impl PgChatStore {
     pub async fn insert_batch(&self, msgs: &[NewMessage<'_>]) -> anyhow::Result<Vec<Inserted>> {
         let items: Vec<Pending> = msgs.iter().map(Pending::from).collect();
         insert_many(&self.pool, &items).await
-    }
-}
-
-/// A message on its way into a group: [`NewMessage`] with what it borrows owned, since
-/// the batcher's task outlives the caller's borrow.
-#[derive(Clone)]
-struct Pending {
-    chat_id: i64,
-    sender_id: i64,
-    sender_username: String,
-    text: String,
-    idempotency_key: Option<String>,
-}
-
-impl From<&NewMessage<'_>> for Pending {
-    fn from(msg: &NewMessage<'_>) -> Self {
-        Self {
-            chat_id: msg.chat_id.0,
-            sender_id: msg.sender_id,
-            sender_username: msg.sender_username.to_owned(),
-            text: msg.text.as_str().to_owned(),
-            idempotency_key: msg.idempotency_key.map(|k| k.as_str().to_owned()),
-        }
     }
 }
 

@@ -17,7 +17,8 @@ use sqlx::{sqlite::SqliteRow, Row, SqliteConnection, SqlitePool};
 
 use super::{
     millis, preview_of, Added, ChatCursor, ChatRecord, ChatStore, Deleted, Edited, EventId,
-    EventKind, Inserted, MemberRecord, MessageRecord, NewMessage, OutboxEvent, Removed,
+    EventKind, Inserted, MemberRecord, MessageRecord, NewMessage, OutboxEvent, PendingMessage,
+    Removed,
 };
 use crate::domain::{ChatId, MessageText, Title};
 use chat_common::db::{begin_write, from_micros, sqlite_writer, GroupWriter};
@@ -34,16 +35,6 @@ pub struct SqliteChatStore {
     messages: GroupWriter,
 }
 
-/// A message on its way to the writer.
-struct Pending {
-    chat_id: i64,
-    sender_id: i64,
-    sender_username: String,
-    text: String,
-    idempotency_key: Option<String>,
-    at: i64,
-}
-
 impl SqliteChatStore {
     /// A store on `pool`; opens the writer connection and starts its group writer.
     pub async fn new(pool: SqlitePool) -> anyhow::Result<Self> {
@@ -58,8 +49,11 @@ impl SqliteChatStore {
 
 /// The idempotency check, the seq bump, the insert of one message and the outbox row of its
 /// event, inside the writer's transaction.
-async fn insert_one(conn: &mut SqliteConnection, msg: &Pending) -> anyhow::Result<Inserted> {
-    let now = msg.at;
+async fn insert_one(
+    conn: &mut SqliteConnection,
+    msg: &PendingMessage,
+    now: i64,
+) -> anyhow::Result<Inserted> {
     let key = msg.idempotency_key.as_deref();
     if let Some(key) = key {
         let earlier = sqlx::query(&format!(
@@ -325,18 +319,12 @@ impl ChatStore for SqliteChatStore {
     }
 
     async fn insert_message(&self, msg: NewMessage<'_>) -> anyhow::Result<Inserted> {
-        let pending = Arc::new(Pending {
-            chat_id: msg.chat_id.0,
-            sender_id: msg.sender_id,
-            sender_username: msg.sender_username.to_owned(),
-            text: msg.text.as_str().to_owned(),
-            idempotency_key: msg.idempotency_key.map(|k| k.as_str().to_owned()),
-            at: now_micros(),
-        });
+        let pending = Arc::new(PendingMessage::from(&msg));
+        let at = now_micros();
         self.messages
             .write(move |conn| {
                 let msg = pending.clone();
-                Box::pin(async move { insert_one(conn, &msg).await })
+                Box::pin(async move { insert_one(conn, &msg, at).await })
             })
             .await
     }
