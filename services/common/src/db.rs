@@ -496,9 +496,45 @@ pub fn from_micros(micros: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(micros).unwrap_or_default()
 }
 
+/// `t` as every SQLite schema stores times: RFC 3339 in UTC with always six fractional
+/// digits (`2024-05-01T12:00:00.123456Z`). One fixed width means comparing two as text
+/// compares them as times (indexes and `ORDER BY` work on the text), and sqlx decodes
+/// the text back into a `DateTime<Utc>` by itself, so row mapping can be written once for
+/// both engines.
+pub fn sqlite_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn sqlite_time_sorts_as_text_and_decodes_back() {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .expect("in-memory SQLite");
+        let times = [
+            DateTime::from_timestamp_micros(1).expect("time"),
+            DateTime::from_timestamp_micros(999_999).expect("time"),
+            DateTime::from_timestamp_micros(1_000_000).expect("time"),
+            DateTime::from_timestamp_micros(1_733_540_000_123_456).expect("time"),
+            DateTime::from_timestamp_micros(1_733_540_000_123_457).expect("time"),
+        ];
+        for pair in times.windows(2) {
+            assert!(sqlite_time(pair[0]) < sqlite_time(pair[1]), "{pair:?}");
+        }
+        for t in times {
+            let back: DateTime<Utc> = sqlx::query_scalar("SELECT ?")
+                .bind(sqlite_time(t))
+                .fetch_one(&pool)
+                .await
+                .expect("decodes");
+            assert_eq!(back, t);
+        }
+    }
 
     #[tokio::test]
     async fn an_unreachable_postgres_is_unavailable_not_internal() {
