@@ -53,7 +53,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    crd::{ChatCluster, ChatClusterStatus},
+    crd::{ChatCluster, ChatClusterStatus, InvalidSpec},
     observe, quantity,
     render::{self, Component, Plain},
     secrets,
@@ -228,84 +228,10 @@ pub async fn reconcile(cluster: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<A
     metrics::counter!("chat_operator_reconciliations_total").increment(1);
 
     let result = match cluster.spec.validate() {
-        Err(invalid) => {
-            let status = status::compute(
-                cluster.status.as_ref(),
-                cluster.meta().generation,
-                &[],
-                &[Issue::new(IssueKind::InvalidSpec, invalid.0.clone())],
-                None,
-                &now(),
-            );
-            write_status(&ctx.client, &ns, &cluster, &status).await?;
-            publish(&ctx, &cluster, &ctx.notes(&cluster, &status)).await;
-            tracing::warn!(cluster = %key(&cluster), %invalid, "invalid spec");
-            // Nothing to retry: the next edit of the spec triggers a reconcile.
-            Ok(Action::await_change())
-        }
+        Err(invalid) => report_invalid(&ctx, &ns, &cluster, &invalid).await,
         Ok(()) => match apply_all(&ctx.client, &ns, &cluster).await {
-            Ok(pass) => {
-                let endpoint = render::endpoint(&cluster.spec)
-                    .or_else(|| pass.endpoints.get(Component::Chat.name()).cloned());
-                let mut status = status::compute(
-                    cluster.status.as_ref(),
-                    cluster.meta().generation,
-                    &pass.observed,
-                    &pass.issues,
-                    endpoint,
-                    &now(),
-                );
-                status.endpoints = pass.endpoints.clone();
-                write_status(&ctx.client, &ns, &cluster, &status).await?;
-                let mut notes = pass.notes.clone();
-                notes.extend(ctx.notes(&cluster, &status));
-                publish(&ctx, &cluster, &notes).await;
-                let refused = pass
-                    .issues
-                    .iter()
-                    .filter(|i| i.kind == IssueKind::ApplyFailed)
-                    .count();
-                let progressing = status::condition(&status, "Progressing")
-                    .is_some_and(|c| c.status == "True")
-                    || status::condition(&status, "Ready").is_some_and(|c| c.status != "True");
-                if refused > 0 {
-                    // Retried with backoff by the error policy.
-                    Err(Error::Refused(refused))
-                } else {
-                    Ok(Action::requeue(if progressing {
-                        PROGRESS_POLL
-                    } else {
-                        RESYNC
-                    }))
-                }
-            }
-            Err(e) => {
-                // Report the failure where the user looks; the error policy retries.
-                let message = match &e {
-                    Error::Kube(k) => status::summarize(k),
-                    other => status::truncate(&other.to_string(), status::MAX_ERROR),
-                };
-                // The load balancers' addresses as last seen: nothing was read this time.
-                let previous = cluster
-                    .status
-                    .as_ref()
-                    .filter(|_| cluster.spec.load_balancer.is_some());
-                let mut status = status::compute(
-                    cluster.status.as_ref(),
-                    cluster.meta().generation,
-                    &[],
-                    &[Issue::new(IssueKind::ReconcileError, message)],
-                    render::endpoint(&cluster.spec)
-                        .or_else(|| previous.and_then(|p| p.endpoint.clone())),
-                    &now(),
-                );
-                status.endpoints = previous.map(|p| p.endpoints.clone()).unwrap_or_default();
-                if let Err(status_err) = write_status(&ctx.client, &ns, &cluster, &status).await {
-                    tracing::warn!(error = %status_err, "could not report the failure in the status");
-                }
-                publish(&ctx, &cluster, &ctx.notes(&cluster, &status)).await;
-                Err(e)
-            }
+            Ok(pass) => report_pass(&ctx, &ns, &cluster, &pass).await,
+            Err(e) => report_failure(&ctx, &ns, &cluster, e).await,
         },
     };
     metrics::histogram!("chat_operator_reconcile_duration_seconds")
@@ -314,6 +240,103 @@ pub async fn reconcile(cluster: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<A
         ctx.reset_failures(&key(&cluster));
     }
     result
+}
+
+/// Reports a spec that cannot be reconciled, and waits for the next edit of it.
+async fn report_invalid(
+    ctx: &Context,
+    ns: &str,
+    cluster: &ChatCluster,
+    invalid: &InvalidSpec,
+) -> Result<Action, Error> {
+    let status = status::compute(
+        cluster.status.as_ref(),
+        cluster.meta().generation,
+        &[],
+        &[Issue::new(IssueKind::InvalidSpec, invalid.0.clone())],
+        None,
+        &now(),
+    );
+    write_status(&ctx.client, ns, cluster, &status).await?;
+    publish(ctx, cluster, &ctx.notes(cluster, &status)).await;
+    tracing::warn!(cluster = %key(cluster), %invalid, "invalid spec");
+    // Nothing to retry: the next edit of the spec triggers a reconcile.
+    Ok(Action::await_change())
+}
+
+/// Writes the status and Events of a completed pass, and says when to look again; a pass
+/// in which the API server refused objects is an error, retried with backoff.
+async fn report_pass(
+    ctx: &Context,
+    ns: &str,
+    cluster: &ChatCluster,
+    pass: &Pass,
+) -> Result<Action, Error> {
+    let endpoint = render::endpoint(&cluster.spec)
+        .or_else(|| pass.endpoints.get(Component::Chat.name()).cloned());
+    let mut status = status::compute(
+        cluster.status.as_ref(),
+        cluster.meta().generation,
+        &pass.observed,
+        &pass.issues,
+        endpoint,
+        &now(),
+    );
+    status.endpoints = pass.endpoints.clone();
+    write_status(&ctx.client, ns, cluster, &status).await?;
+    let mut notes = pass.notes.clone();
+    notes.extend(ctx.notes(cluster, &status));
+    publish(ctx, cluster, &notes).await;
+    let refused = pass
+        .issues
+        .iter()
+        .filter(|i| i.kind == IssueKind::ApplyFailed)
+        .count();
+    let progressing = status::condition(&status, "Progressing").is_some_and(|c| c.status == "True")
+        || status::condition(&status, "Ready").is_some_and(|c| c.status != "True");
+    if refused > 0 {
+        // Retried with backoff by the error policy.
+        Err(Error::Refused(refused))
+    } else {
+        Ok(Action::requeue(if progressing {
+            PROGRESS_POLL
+        } else {
+            RESYNC
+        }))
+    }
+}
+
+/// Reports a pass that stopped before it could apply anything where the user looks, and
+/// returns the error for the error policy to retry.
+async fn report_failure(
+    ctx: &Context,
+    ns: &str,
+    cluster: &ChatCluster,
+    e: Error,
+) -> Result<Action, Error> {
+    let message = match &e {
+        Error::Kube(k) => status::summarize(k),
+        other => status::truncate(&other.to_string(), status::MAX_ERROR),
+    };
+    // The load balancers' addresses as last seen: nothing was read this time.
+    let previous = cluster
+        .status
+        .as_ref()
+        .filter(|_| cluster.spec.load_balancer.is_some());
+    let mut status = status::compute(
+        cluster.status.as_ref(),
+        cluster.meta().generation,
+        &[],
+        &[Issue::new(IssueKind::ReconcileError, message)],
+        render::endpoint(&cluster.spec).or_else(|| previous.and_then(|p| p.endpoint.clone())),
+        &now(),
+    );
+    status.endpoints = previous.map(|p| p.endpoints.clone()).unwrap_or_default();
+    if let Err(status_err) = write_status(&ctx.client, ns, cluster, &status).await {
+        tracing::warn!(error = %status_err, "could not report the failure in the status");
+    }
+    publish(ctx, cluster, &ctx.notes(cluster, &status)).await;
+    Err(e)
 }
 
 /// Requeues a failed reconcile with exponential backoff per object.
@@ -553,6 +576,18 @@ where
         + Debug,
 {
     Api::<K>::namespaced(client.clone(), ns).get_opt(name).await
+}
+
+/// The object as the API server has it, for reporting only: `None` when it does not
+/// exist or cannot be read.
+async fn try_get<K>(client: &Client, ns: &str, name: &str) -> Option<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
+    get_opt::<K>(client, ns, name).await.ok().flatten()
 }
 
 /// What one pass over the desired objects observed of the workloads, every problem it
@@ -920,6 +955,14 @@ async fn expand_claim(
     }
 }
 
+/// The Secrets the cluster's pods read, by name: `Ok(None)` when one does not exist,
+/// `Err` when it could not be read (the refusal is recorded in the pass).
+type ReadSecrets = BTreeMap<String, Result<Option<Secret>, ()>>;
+
+/// The (Secret, key or `None` for the whole Secret) that required reads lack, with the
+/// components that need each.
+type MissingSecrets = BTreeMap<(String, Option<String>), Vec<&'static str>>;
+
 /// Per component, a digest of the values of the Secret keys its pods read, for
 /// [`render::Inputs`]. A Secret or required key that does not exist is an issue (the pods
 /// cannot start) and part of the digest, so creating it rolls the pods. Components whose
@@ -930,92 +973,23 @@ async fn secret_digests(
     cluster: &ChatCluster,
     pass: &mut Pass,
 ) -> (render::Inputs, Vec<Component>) {
-    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let mut secrets: BTreeMap<String, Result<Option<Secret>, ()>> = BTreeMap::new();
-    for name in render::secret_names(cluster) {
-        let read = match api.get_opt(&name).await {
-            Ok(s) => Ok(s),
-            Err(e) => {
-                pass.refused(&format!("Secret {name}"), &e);
-                Err(())
-            }
-        };
-        secrets.insert(name, read);
-    }
+    let secrets = read_secrets(client, ns, cluster, pass).await;
     let mut inputs = render::Inputs::default();
     let mut unreadable = Vec::new();
-    // (secret, key or None for the whole Secret) -> the components that need it
-    let mut missing: BTreeMap<(String, Option<String>), Vec<&'static str>> = BTreeMap::new();
-    'components: for c in Component::ALL {
-        let mut digest = Sha256::new();
-        for (name, key, optional) in render::secrets_read(cluster, c) {
-            let secret = match secrets.get(&name) {
-                Some(Ok(secret)) => secret.as_ref(),
-                _ => {
-                    unreadable.push(c);
-                    continue 'components;
-                }
-            };
-            let value = secret
-                .and_then(|s| s.data.as_ref())
-                .and_then(|d| d.get(&key));
-            digest.update(format!("{name}/{key}=").as_bytes());
-            match value {
-                Some(v) => digest.update(Sha256::digest(&v.0)),
-                None => {
-                    digest.update(b"<missing>");
-                    if !optional {
-                        let what = secret.is_some().then(|| key.clone());
-                        let readers = missing.entry((name.clone(), what)).or_default();
-                        if !readers.contains(&c.name()) {
-                            readers.push(c.name());
-                        }
-                    }
-                }
+    let mut missing = MissingSecrets::new();
+    for c in Component::ALL {
+        match component_digest(cluster, c, &secrets, &mut missing) {
+            Some(digest) => {
+                inputs.secret_digests.insert(c, digest);
             }
-            digest.update(b"\n");
+            None => unreadable.push(c),
         }
-        inputs
-            .secret_digests
-            .insert(c, hex::encode(&digest.finalize()[..4]));
     }
     if cluster.spec.managed_nats().is_some() {
-        let generated = secrets
-            .get(&render::name(cluster, "generated"))
-            .and_then(|s| s.as_ref().ok())
-            .and_then(Option::as_ref)
-            .and_then(|s| s.data.as_ref());
-        if let Some(data) = generated {
-            let mut digest = Sha256::new();
-            for key in [
-                render::keys::NATS_CHAT_PASSWORD,
-                render::keys::NATS_NOTIFICATION_PASSWORD,
-            ] {
-                if let Some(v) = data.get(key) {
-                    digest.update(Sha256::digest(&v.0));
-                }
-            }
-            inputs.nats_digest = Some(hex::encode(&digest.finalize()[..4]));
-        }
+        inputs.nats_digest = nats_digest(cluster, &secrets);
     }
     if render::per_service_roles(&cluster.spec) {
-        let mut digest = Sha256::new();
-        let mut complete = true;
-        for c in Component::ALL {
-            let password = secrets
-                .get(&render::role_secret_name(cluster, c))
-                .and_then(|s| s.as_ref().ok())
-                .and_then(Option::as_ref)
-                .and_then(|s| s.data.as_ref())
-                .and_then(|d| d.get("password"));
-            match password {
-                Some(p) => digest.update(Sha256::digest(&p.0)),
-                None => complete = false,
-            }
-        }
-        if complete {
-            inputs.roles_digest = Some(hex::encode(&digest.finalize()[..4]));
-        }
+        inputs.roles_digest = roles_digest(cluster, &secrets);
     }
     for ((name, key), readers) in missing {
         let what = match key {
@@ -1028,6 +1002,108 @@ async fn secret_digests(
         ));
     }
     (inputs, unreadable)
+}
+
+/// Reads every Secret the cluster's pods read ([`render::secret_names`]), once each.
+async fn read_secrets(
+    client: &Client,
+    ns: &str,
+    cluster: &ChatCluster,
+    pass: &mut Pass,
+) -> ReadSecrets {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let mut secrets = ReadSecrets::new();
+    for name in render::secret_names(cluster) {
+        let read = match api.get_opt(&name).await {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                pass.refused(&format!("Secret {name}"), &e);
+                Err(())
+            }
+        };
+        secrets.insert(name, read);
+    }
+    secrets
+}
+
+/// The data of the Secret `name`, when it was read and exists.
+fn secret_data<'a>(
+    secrets: &'a ReadSecrets,
+    name: &str,
+) -> Option<&'a BTreeMap<String, k8s_openapi::ByteString>> {
+    secrets
+        .get(name)
+        .and_then(|s| s.as_ref().ok())
+        .and_then(Option::as_ref)
+        .and_then(|s| s.data.as_ref())
+}
+
+/// The digest of the Secret values `c`'s pods read, missing ones included (and recorded
+/// in `missing` when required); `None` when one of its Secrets could not be read.
+fn component_digest(
+    cluster: &ChatCluster,
+    c: Component,
+    secrets: &ReadSecrets,
+    missing: &mut MissingSecrets,
+) -> Option<String> {
+    let mut digest = Sha256::new();
+    for (name, key, optional) in render::secrets_read(cluster, c) {
+        let secret = match secrets.get(&name) {
+            Some(Ok(secret)) => secret.as_ref(),
+            _ => return None,
+        };
+        let value = secret
+            .and_then(|s| s.data.as_ref())
+            .and_then(|d| d.get(&key));
+        digest.update(format!("{name}/{key}=").as_bytes());
+        match value {
+            Some(v) => digest.update(Sha256::digest(&v.0)),
+            None => {
+                digest.update(b"<missing>");
+                if !optional {
+                    let what = secret.is_some().then(|| key.clone());
+                    let readers = missing.entry((name.clone(), what)).or_default();
+                    if !readers.contains(&c.name()) {
+                        readers.push(c.name());
+                    }
+                }
+            }
+        }
+        digest.update(b"\n");
+    }
+    Some(hex::encode(&digest.finalize()[..4]))
+}
+
+/// The digest of the managed NATS users' passwords; `None` when the generated Secret
+/// could not be read or does not exist.
+fn nats_digest(cluster: &ChatCluster, secrets: &ReadSecrets) -> Option<String> {
+    let data = secret_data(secrets, &render::name(cluster, "generated"))?;
+    let mut digest = Sha256::new();
+    for key in [
+        render::keys::NATS_CHAT_PASSWORD,
+        render::keys::NATS_NOTIFICATION_PASSWORD,
+    ] {
+        if let Some(v) = data.get(key) {
+            digest.update(Sha256::digest(&v.0));
+        }
+    }
+    Some(hex::encode(&digest.finalize()[..4]))
+}
+
+/// The digest of the services' PostgreSQL role passwords; `None` until every role's
+/// Secret has one.
+fn roles_digest(cluster: &ChatCluster, secrets: &ReadSecrets) -> Option<String> {
+    let mut digest = Sha256::new();
+    let mut complete = true;
+    for c in Component::ALL {
+        let password = secret_data(secrets, &render::role_secret_name(cluster, c))
+            .and_then(|d| d.get("password"));
+        match password {
+            Some(p) => digest.update(Sha256::digest(&p.0)),
+            None => complete = false,
+        }
+    }
+    complete.then(|| hex::encode(&digest.finalize()[..4]))
 }
 
 /// The cluster's migration Jobs (empty, with the refusal recorded, when they cannot be
@@ -1125,25 +1201,59 @@ async fn migrate(
 /// Applies every desired object, each on its own, and returns what was observed of the
 /// workloads and every problem met. `Err` only for what stops the pass before it can
 /// apply anything (the spec cannot be rendered).
+///
+/// The phases run in this order: the Secrets the operator owns (their digests go on the
+/// pod templates), the objects nothing waits for, the StatefulSets, the services behind
+/// their migrations, then the objects the spec no longer asks for, and last what the
+/// kubelet says about the pods.
 pub async fn apply_all(client: &Client, ns: &str, cluster: &ChatCluster) -> Result<Pass, Error> {
     // Renders once without the cluster's inputs first: a spec that cannot be rendered
     // stops here, before anything is written.
     render::desired(cluster)?;
     let mut pass = Pass::default();
+    ensure_secrets(client, ns, cluster, &mut pass).await?;
+    let (inputs, unreadable) = secret_digests(client, ns, cluster, &mut pass).await;
+    let desired = render::desired_with(cluster, &inputs)?;
+    let independent = desired.independent()?;
+    let not_served = apply_independent(client, ns, &independent, &mut pass).await;
+    pass.endpoints = load_balancer_endpoints(client, ns, cluster).await;
+    observe_grpc_routes(client, ns, &desired, &not_served, &mut pass).await;
+    apply_stateful_sets(client, ns, cluster, &desired, &inputs, &mut pass).await;
+    let running_jobs =
+        roll_out_services(client, ns, cluster, &desired, &unreadable, &mut pass).await;
+    delete_unwanted(client, ns, cluster, &desired, &mut pass).await;
+    observe_pods(client, ns, cluster, &running_jobs, &mut pass).await;
+    Ok(pass)
+}
+
+/// The generated Secret and the PostgreSQL roles' Secrets. The generated Secret being
+/// refused is recorded and the pass goes on; only an error that is not the API server's
+/// (a key that cannot be generated) stops it.
+async fn ensure_secrets(
+    client: &Client,
+    ns: &str,
+    cluster: &ChatCluster,
+    pass: &mut Pass,
+) -> Result<(), Error> {
     let generated = render::name(cluster, "generated");
     match ensure_generated_secret(client, ns, cluster).await {
         Ok(()) => {}
         Err(Error::Kube(e)) => pass.refused(&format!("Secret {generated}"), &e),
         Err(e) => return Err(e),
     }
-    ensure_role_secrets(client, ns, cluster, &mut pass).await?;
-    let (inputs, unreadable) = secret_digests(client, ns, cluster, &mut pass).await;
-    let desired = render::desired_with(cluster, &inputs)?;
-    let independent = desired.independent()?;
-    // Kinds the API server answered 404 for: their other objects are not tried (one
-    // message per missing CRD).
+    ensure_role_secrets(client, ns, cluster, pass).await
+}
+
+/// Applies the objects nothing waits for, and returns the kinds the API server answered
+/// 404 for: their other objects are not tried (one message per missing CRD).
+async fn apply_independent<'a>(
+    client: &Client,
+    ns: &str,
+    independent: &'a [Plain],
+    pass: &mut Pass,
+) -> Vec<&'a kube::core::ApiResource> {
     let mut not_served: Vec<&kube::core::ApiResource> = Vec::new();
-    for plain in &independent {
+    for plain in independent {
         if not_served.contains(&&plain.resource) {
             continue;
         }
@@ -1154,23 +1264,45 @@ pub async fn apply_all(client: &Client, ns: &str, cluster: &ChatCluster) -> Resu
             pass.apply_failed(plain, &e);
         }
     }
-    pass.endpoints = load_balancer_endpoints(client, ns, cluster).await;
-    if !desired.grpc_routes.is_empty() && !not_served.contains(&&desired.grpc_routes[0].resource) {
-        let routes: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), ns, &render::grpc_route_resource());
-        for route in &desired.grpc_routes {
-            match routes.get_opt(&route.object.name_any()).await {
-                Ok(Some(seen)) => pass.issues.extend(
-                    serde_json::to_value(&seen)
-                        .ok()
-                        .and_then(|v| observe::route_issue(&v)),
-                ),
-                Ok(None) => {}
-                Err(error) => tracing::warn!(%error, "could not read a GRPCRoute"),
-            }
+    not_served
+}
+
+/// Reads back the GRPCRoutes (when their kind is served) for what their Gateway says of
+/// them: a route it did not accept, or whose backend it cannot reach, is an issue.
+async fn observe_grpc_routes(
+    client: &Client,
+    ns: &str,
+    desired: &render::Desired,
+    not_served: &[&kube::core::ApiResource],
+    pass: &mut Pass,
+) {
+    if desired.grpc_routes.is_empty() || not_served.contains(&&desired.grpc_routes[0].resource) {
+        return;
+    }
+    let routes: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &render::grpc_route_resource());
+    for route in &desired.grpc_routes {
+        match routes.get_opt(&route.object.name_any()).await {
+            Ok(Some(seen)) => pass.issues.extend(
+                serde_json::to_value(&seen)
+                    .ok()
+                    .and_then(|v| observe::route_issue(&v)),
+            ),
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "could not read a GRPCRoute"),
         }
     }
+}
 
+/// Applies the managed PostgreSQL's and NATS's StatefulSets and records their rollout.
+async fn apply_stateful_sets(
+    client: &Client,
+    ns: &str,
+    cluster: &ChatCluster,
+    desired: &render::Desired,
+    inputs: &render::Inputs,
+    pass: &mut Pass,
+) {
     // Without the NATS passwords' digest (the generated Secret could not be read), the
     // NATS StatefulSet is left as it is rather than rolled on a guess.
     let nats_unknown = cluster.spec.managed_nats().is_some() && inputs.nats_digest.is_none();
@@ -1181,151 +1313,245 @@ pub async fn apply_all(client: &Client, ns: &str, cluster: &ChatCluster) -> Resu
             .cloned()
             .unwrap_or_default();
         let seen = if nats_unknown && component == "nats" {
-            get_opt::<StatefulSet>(client, ns, &sts.name_any())
-                .await
-                .ok()
-                .flatten()
+            try_get::<StatefulSet>(client, ns, &sts.name_any()).await
         } else {
-            apply_stateful_set(client, ns, sts, &mut pass).await
+            apply_stateful_set(client, ns, sts, pass).await
         };
         pass.observed.push(match seen {
             Some(s) => stateful_set_observed(&component, &s),
             None => stateful_set_observed(&component, sts),
         });
     }
+}
 
-    let previous = cluster.status.clone().unwrap_or_default();
-    let mut running_jobs = Vec::new();
-    // Listed once, when some component still has to migrate.
-    let mut jobs: Option<Vec<Job>> = None;
-    // The single-pod PostgreSQL's roles come first: until its Job has succeeded for the
-    // current spec and passwords, no Deployment changes (their DATABASE_URL names a role
-    // that may not exist yet, or a password not yet set). The migrations run beside it:
-    // they log in as the roles, so they fail and are retried until the roles exist.
-    let roles_ready = match &desired.postgres_roles {
-        None => true,
-        Some(job) => {
-            let existing = migration_jobs(client, ns, cluster, &mut pass).await;
-            let name = job.name_any();
-            let state = migrate(client, ns, job, &name, &existing, &mut pass).await;
-            jobs = Some(existing);
-            match state {
-                Migration::Done => true,
-                Migration::Running => {
-                    running_jobs.push(name);
-                    false
-                }
-                Migration::Failed(why) => {
-                    pass.issues.push(Issue::new(
-                        IssueKind::MigrationFailed,
-                        format!("Job {name} (the services' PostgreSQL roles) failed: {why}"),
-                    ));
-                    false
-                }
-            }
-        }
+/// What one pass knows of the migrations while it rolls the services out.
+struct Migrations<'a> {
+    /// The status before this pass: which image each component last migrated to.
+    previous: ChatClusterStatus,
+    /// The cluster's Jobs, listed once, when some component still has to migrate.
+    jobs: Option<Vec<Job>>,
+    /// Whether the PostgreSQL roles Job is done (or there is none): until then no
+    /// Deployment changes.
+    roles_ready: bool,
+    /// The Jobs still under way: their pods' problems are reported (those of older Jobs
+    /// are history).
+    running_jobs: Vec<String>,
+    /// The cluster being reconciled.
+    cluster: &'a ChatCluster,
+}
+
+/// Runs each service's migration and applies its Deployment once the migration is done
+/// (and the PostgreSQL roles exist); returns the Jobs still running.
+async fn roll_out_services(
+    client: &Client,
+    ns: &str,
+    cluster: &ChatCluster,
+    desired: &render::Desired,
+    unreadable: &[Component],
+    pass: &mut Pass,
+) -> Vec<String> {
+    let mut m = Migrations {
+        previous: cluster.status.clone().unwrap_or_default(),
+        jobs: None,
+        roles_ready: true,
+        running_jobs: Vec::new(),
+        cluster,
     };
+    if let Some(job) = &desired.postgres_roles {
+        m.roles_ready = postgres_roles_done(client, ns, &mut m, job, pass).await;
+    }
     for ((c, job), (_, deployment)) in desired.migrations.iter().zip(&desired.deployments) {
-        let image = c.image(&cluster.spec);
-        let already = previous
-            .components
-            .iter()
-            .any(|s| s.name == c.name() && s.migrated_image.as_deref() == Some(&image));
-        if unreadable.contains(c) {
-            // Its Secrets could not be read: leave its Job and Deployment as they are
-            // rather than roll its pods on a guess; report what runs.
-            let current = get_opt::<Deployment>(client, ns, &deployment.name_any())
-                .await
-                .ok()
-                .flatten();
-            let mut o = deployment_observed(*c, &image, current.as_ref());
-            o.migrated_image = previous
-                .components
-                .iter()
-                .find(|s| s.name == c.name())
-                .and_then(|s| s.migrated_image.clone());
-            if !already {
-                o.migration = Migration::Running;
-            }
-            pass.observed.push(o);
-            continue;
+        let o = if unreadable.contains(c) {
+            leave_component(client, ns, &m, *c, deployment).await
+        } else {
+            roll_out_component(client, ns, &mut m, *c, job, deployment, pass).await
+        };
+        pass.observed.push(o);
+    }
+    m.running_jobs
+}
+
+/// The single-pod PostgreSQL's roles come first: until its Job has succeeded for the
+/// current spec and passwords, no Deployment changes (their DATABASE_URL names a role
+/// that may not exist yet, or a password not yet set). The migrations run beside it:
+/// they log in as the roles, so they fail and are retried until the roles exist.
+async fn postgres_roles_done(
+    client: &Client,
+    ns: &str,
+    m: &mut Migrations<'_>,
+    job: &Job,
+    pass: &mut Pass,
+) -> bool {
+    let existing = migration_jobs(client, ns, m.cluster, pass).await;
+    let name = job.name_any();
+    let state = migrate(client, ns, job, &name, &existing, pass).await;
+    m.jobs = Some(existing);
+    match state {
+        Migration::Done => true,
+        Migration::Running => {
+            m.running_jobs.push(name);
+            false
         }
-        let migration = if already {
-            Migration::Done
-        } else {
-            if jobs.is_none() {
-                jobs = Some(migration_jobs(client, ns, cluster, &mut pass).await);
-            }
-            let existing = jobs.as_deref().unwrap_or_default();
-            migrate(client, ns, job, &image, existing, &mut pass).await
-        };
-        let migration = match migration {
-            Migration::Done if !roles_ready => Migration::Running,
-            other => other,
-        };
-        let deployment_name = deployment.name_any();
-        if migration == Migration::Done {
-            if c.autoscaling(&cluster.spec).is_some() {
-                if let Err(e) = hand_over_replicas(client, ns, &deployment_name).await {
-                    pass.refused(&format!("Deployment {deployment_name}"), &e);
-                }
-            }
-            let seen = match apply::<Deployment>(client, ns, deployment).await {
-                Ok(applied) => Some(applied),
-                Err(e) => {
-                    pass.refused(&format!("Deployment {deployment_name}"), &e);
-                    get_opt::<Deployment>(client, ns, &deployment_name)
-                        .await
-                        .ok()
-                        .flatten()
-                }
-            };
-            let mut o = deployment_observed(*c, &image, seen.as_ref());
-            if seen.is_none() {
-                o.replicas = c.replicas(&cluster.spec);
-            }
-            if let Some(issue) = seen.as_ref().and_then(observe::deployment_issue) {
-                o.stalled = true;
-                pass.issues.push(issue);
-            }
-            pass.observed.push(o);
-        } else {
-            // Keep the running version; report it as it is.
-            let current = get_opt::<Deployment>(client, ns, &deployment_name)
-                .await
-                .ok()
-                .flatten();
-            if migration == Migration::Running {
-                running_jobs.push(job.name_any());
-            }
-            let mut o = deployment_observed(*c, &image, current.as_ref());
-            o.migrated_image = previous
-                .components
-                .iter()
-                .find(|s| s.name == c.name())
-                .and_then(|s| s.migrated_image.clone());
-            o.migration = migration;
-            if current.is_none() {
-                o.replicas = c.replicas(&cluster.spec);
-            }
-            pass.observed.push(o);
+        Migration::Failed(why) => {
+            pass.issues.push(Issue::new(
+                IssueKind::MigrationFailed,
+                format!("Job {name} (the services' PostgreSQL roles) failed: {why}"),
+            ));
+            false
         }
     }
+}
 
+impl Migrations<'_> {
+    /// Whether `c`'s migrations for `image` are known to have completed.
+    fn already_migrated(&self, c: Component, image: &str) -> bool {
+        self.previous
+            .components
+            .iter()
+            .any(|s| s.name == c.name() && s.migrated_image.as_deref() == Some(image))
+    }
+
+    /// The image `c` last migrated to, as the previous status says.
+    fn migrated_image(&self, c: Component) -> Option<String> {
+        self.previous
+            .components
+            .iter()
+            .find(|s| s.name == c.name())
+            .and_then(|s| s.migrated_image.clone())
+    }
+}
+
+/// A component whose Secrets could not be read: its Job and Deployment are left as they
+/// are rather than its pods rolled on a guess; reports what runs.
+async fn leave_component(
+    client: &Client,
+    ns: &str,
+    m: &Migrations<'_>,
+    c: Component,
+    deployment: &Deployment,
+) -> Observed {
+    let image = c.image(&m.cluster.spec);
+    let current = try_get::<Deployment>(client, ns, &deployment.name_any()).await;
+    let mut o = deployment_observed(c, &image, current.as_ref());
+    o.migrated_image = m.migrated_image(c);
+    if !m.already_migrated(c, &image) {
+        o.migration = Migration::Running;
+    }
+    o
+}
+
+/// Brings `c`'s migration for its image along, then applies its Deployment when the
+/// migration (and the PostgreSQL roles) are done, or keeps the running version.
+async fn roll_out_component(
+    client: &Client,
+    ns: &str,
+    m: &mut Migrations<'_>,
+    c: Component,
+    job: &Job,
+    deployment: &Deployment,
+    pass: &mut Pass,
+) -> Observed {
+    let image = c.image(&m.cluster.spec);
+    let migration = if m.already_migrated(c, &image) {
+        Migration::Done
+    } else {
+        if m.jobs.is_none() {
+            m.jobs = Some(migration_jobs(client, ns, m.cluster, pass).await);
+        }
+        let existing = m.jobs.as_deref().unwrap_or_default();
+        migrate(client, ns, job, &image, existing, pass).await
+    };
+    let migration = match migration {
+        Migration::Done if !m.roles_ready => Migration::Running,
+        other => other,
+    };
+    if migration == Migration::Done {
+        return apply_deployment(client, ns, m.cluster, c, &image, deployment, pass).await;
+    }
+    // Keep the running version; report it as it is.
+    let deployment_name = deployment.name_any();
+    let current = try_get::<Deployment>(client, ns, &deployment_name).await;
+    if migration == Migration::Running {
+        m.running_jobs.push(job.name_any());
+    }
+    let mut o = deployment_observed(c, &image, current.as_ref());
+    o.migrated_image = m.migrated_image(c);
+    o.migration = migration;
+    if current.is_none() {
+        o.replicas = c.replicas(&m.cluster.spec);
+    }
+    o
+}
+
+/// Applies a migrated component's Deployment (handing `replicas` over to the HPA first
+/// when autoscaled) and observes its rollout.
+async fn apply_deployment(
+    client: &Client,
+    ns: &str,
+    cluster: &ChatCluster,
+    c: Component,
+    image: &str,
+    deployment: &Deployment,
+    pass: &mut Pass,
+) -> Observed {
+    let deployment_name = deployment.name_any();
+    if c.autoscaling(&cluster.spec).is_some() {
+        if let Err(e) = hand_over_replicas(client, ns, &deployment_name).await {
+            pass.refused(&format!("Deployment {deployment_name}"), &e);
+        }
+    }
+    let seen = match apply::<Deployment>(client, ns, deployment).await {
+        Ok(applied) => Some(applied),
+        Err(e) => {
+            pass.refused(&format!("Deployment {deployment_name}"), &e);
+            try_get::<Deployment>(client, ns, &deployment_name).await
+        }
+    };
+    let mut o = deployment_observed(c, image, seen.as_ref());
+    if seen.is_none() {
+        o.replicas = c.replicas(&cluster.spec);
+    }
+    if let Some(issue) = seen.as_ref().and_then(observe::deployment_issue) {
+        o.stalled = true;
+        pass.issues.push(issue);
+    }
+    o
+}
+
+/// Deletes what the spec no longer asks for: HorizontalPodAutoscalers, NetworkPolicies,
+/// the PodMonitor, and the entry point's objects when another entry point (or none) was
+/// chosen.
+async fn delete_unwanted(
+    client: &Client,
+    ns: &str,
+    cluster: &ChatCluster,
+    desired: &render::Desired,
+    pass: &mut Pass,
+) {
     let hpas: Vec<String> = desired.hpas.iter().map(|h| h.name_any()).collect();
-    delete_stale::<HorizontalPodAutoscaler>(client, ns, cluster, &hpas, &mut pass).await;
+    delete_stale::<HorizontalPodAutoscaler>(client, ns, cluster, &hpas, pass).await;
     let policies: Vec<String> = desired
         .network_policies
         .iter()
         .map(|p| p.name_any())
         .collect();
-    delete_stale::<NetworkPolicy>(client, ns, cluster, &policies, &mut pass).await;
+    delete_stale::<NetworkPolicy>(client, ns, cluster, &policies, pass).await;
 
     if desired.pod_monitor.is_none() {
-        delete_pod_monitor(client, ns, cluster, &mut pass).await;
+        delete_pod_monitor(client, ns, cluster, pass).await;
     }
-    // The entry point's objects that the spec no longer asks for: another entry point was
-    // chosen, or none.
+    delete_unwanted_entry_point(client, ns, cluster, desired, pass).await;
+}
+
+/// The entry point's objects that the spec no longer asks for: another entry point was
+/// chosen, or none.
+async fn delete_unwanted_entry_point(
+    client: &Client,
+    ns: &str,
+    cluster: &ChatCluster,
+    desired: &render::Desired,
+    pass: &mut Pass,
+) {
     let names = |objects: &[Plain]| {
         objects
             .iter()
@@ -1352,12 +1578,13 @@ pub async fn apply_all(client: &Client, ns: &str, cluster: &ChatCluster) -> Resu
         (render::gateway_resource(), gateway),
         (render::grpc_route_resource(), names(&desired.grpc_routes)),
     ] {
-        delete_unwanted_entry_points(client, ns, cluster, &resource, &wanted, &mut pass).await;
+        delete_unwanted_entry_points(client, ns, cluster, &resource, &wanted, pass).await;
     }
     // The CloudNativePG Cluster is never deleted when the spec moves away from it: its
     // volumes hold the data. It goes with the ChatCluster (owner reference).
 
-    if desired.ingress.is_none() && previous.endpoint.is_some() {
+    let previous_endpoint = cluster.status.as_ref().and_then(|s| s.endpoint.as_ref());
+    if desired.ingress.is_none() && previous_endpoint.is_some() {
         // The ingress was removed from the spec (by name: an Ingress applied by an older
         // operator is labelled `ingress`, not `entry-point`).
         let api: Api<Ingress> = Api::namespaced(client.clone(), ns);
@@ -1370,8 +1597,17 @@ pub async fn apply_all(client: &Client, ns: &str, cluster: &ChatCluster) -> Resu
             Err(e) => pass.refused(&format!("Ingress {}", cluster.name_any()), &e),
         }
     }
+}
 
-    // What the kubelet says about the pods: crash loops, images that cannot be pulled.
+/// What the kubelet says about the pods: crash loops, images that cannot be pulled.
+/// `running_jobs`: the migration Jobs still under way (see [`observe::pod_issues`]).
+async fn observe_pods(
+    client: &Client,
+    ns: &str,
+    cluster: &ChatCluster,
+    running_jobs: &[String],
+    pass: &mut Pass,
+) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let selector = format!(
         "app.kubernetes.io/instance={},{MANAGED_SELECTOR}",
@@ -1380,10 +1616,34 @@ pub async fn apply_all(client: &Client, ns: &str, cluster: &ChatCluster) -> Resu
     match pods.list(&ListParams::default().labels(&selector)).await {
         Ok(list) => pass
             .issues
-            .extend(observe::pod_issues(&list.items, &running_jobs)),
+            .extend(observe::pod_issues(&list.items, running_jobs)),
         Err(error) => tracing::warn!(%error, "could not list the pods"),
     }
-    Ok(pass)
+}
+
+/// The objects of kind `K` in `ns`, or in every namespace.
+fn scoped_api<K>(client: &Client, ns: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The cluster a pod belongs to. A pod's status changing (crash loop, image pull) is a
+/// reason to look again; the pods carry the cluster's labels, not an owner reference to it.
+fn pod_owner(pod: PartialObjectMeta<Pod>) -> Option<ObjectRef<ChatCluster>> {
+    let cluster = pod.labels().get("app.kubernetes.io/instance").cloned();
+    let ns = pod.namespace();
+    cluster.map(|name| {
+        let r = ObjectRef::<ChatCluster>::new(&name);
+        match ns {
+            Some(ns) => r.within(&ns),
+            None => r,
+        }
+    })
 }
 
 /// Runs the controller until `shutdown` resolves. `namespace`: watch only that one;
@@ -1394,32 +1654,10 @@ pub async fn run(
     identity: Option<String>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
-    where
-        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
-    {
-        match ns {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
-    }
     let owned = || watcher::Config::default().labels(MANAGED_SELECTOR);
     let ctx = Arc::new(Context::new(client.clone(), identity));
-    // A pod's status changing (crash loop, image pull) is a reason to look again; the
-    // pods carry the cluster's labels, not an owner reference to it.
-    let pod_owner = |pod: PartialObjectMeta<Pod>| {
-        let cluster = pod.labels().get("app.kubernetes.io/instance").cloned();
-        let ns = pod.namespace();
-        cluster.map(|name| {
-            let r = ObjectRef::<ChatCluster>::new(&name);
-            match ns {
-                Some(ns) => r.within(&ns),
-                None => r,
-            }
-        })
-    };
     let controller = Controller::new(
-        api::<ChatCluster>(&client, &namespace),
+        scoped_api::<ChatCluster>(&client, &namespace),
         watcher::Config::default(),
     );
     // A Secret the pods read (the generated one, or a user's: SMTP, signing key,
@@ -1439,23 +1677,29 @@ pub async fn run(
     controller
         // Many objects change at once during a rollout: one reconcile for a burst.
         .with_config(controller::Config::default().debounce(Duration::from_millis(500)))
-        .owns(api::<Deployment>(&client, &namespace), owned())
-        .owns(api::<StatefulSet>(&client, &namespace), owned())
-        .owns(api::<Job>(&client, &namespace), owned())
-        .owns(api::<Service>(&client, &namespace), owned())
-        .owns(api::<ConfigMap>(&client, &namespace), owned())
+        .owns(scoped_api::<Deployment>(&client, &namespace), owned())
+        .owns(scoped_api::<StatefulSet>(&client, &namespace), owned())
+        .owns(scoped_api::<Job>(&client, &namespace), owned())
+        .owns(scoped_api::<Service>(&client, &namespace), owned())
+        .owns(scoped_api::<ConfigMap>(&client, &namespace), owned())
         .watches(
-            api::<PartialObjectMeta<Secret>>(&client, &namespace),
+            scoped_api::<PartialObjectMeta<Secret>>(&client, &namespace),
             watcher::Config::default(),
             readers,
         )
-        .owns(api::<ServiceAccount>(&client, &namespace), owned())
-        .owns(api::<PodDisruptionBudget>(&client, &namespace), owned())
-        .owns(api::<Ingress>(&client, &namespace), owned())
-        .owns(api::<HorizontalPodAutoscaler>(&client, &namespace), owned())
-        .owns(api::<NetworkPolicy>(&client, &namespace), owned())
+        .owns(scoped_api::<ServiceAccount>(&client, &namespace), owned())
+        .owns(
+            scoped_api::<PodDisruptionBudget>(&client, &namespace),
+            owned(),
+        )
+        .owns(scoped_api::<Ingress>(&client, &namespace), owned())
+        .owns(
+            scoped_api::<HorizontalPodAutoscaler>(&client, &namespace),
+            owned(),
+        )
+        .owns(scoped_api::<NetworkPolicy>(&client, &namespace), owned())
         .watches(
-            api::<PartialObjectMeta<Pod>>(&client, &namespace),
+            scoped_api::<PartialObjectMeta<Pod>>(&client, &namespace),
             owned(),
             pod_owner,
         )

@@ -44,7 +44,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::crd::{ChatCluster, ChatClusterSpec, ManagedNats, ManagedPostgres, VolumePolicy};
+use crate::crd::{
+    ChatCluster, ChatClusterSpec, CnpgBackup, ManagedNats, ManagedPostgres, VolumePolicy,
+};
 
 /// gRPC port of every service (`LISTEN_ADDR`).
 pub const GRPC_PORT: i32 = 50051;
@@ -565,6 +567,18 @@ pub fn generated_secret_owned(spec: &ChatClusterSpec) -> bool {
         .is_none_or(|pg| pg.volume_policy == VolumePolicy::Delete)
 }
 
+/// The metadata of a Secret whose values the operator generates: owned by the cluster
+/// only as [`generated_secret_owned`] says.
+fn owned_secret_metadata(cluster: &ChatCluster, name: String, owner: &OwnerReference) -> Value {
+    let mut metadata = metadata(cluster, name, "secrets", owner);
+    if !generated_secret_owned(&cluster.spec) {
+        if let Some(m) = metadata.as_object_mut() {
+            m.remove("ownerReferences");
+        }
+    }
+    metadata
+}
+
 /// The Secret holding what the operator generated. `data` is the generated values (the
 /// reconcile passes what it read back or created; `render` passes placeholders).
 pub fn generated_secret(
@@ -572,12 +586,7 @@ pub fn generated_secret(
     owner: &OwnerReference,
     data: &BTreeMap<String, String>,
 ) -> Result<Secret, RenderError> {
-    let mut metadata = metadata(cluster, name(cluster, "generated"), "secrets", owner);
-    if !generated_secret_owned(&cluster.spec) {
-        if let Some(m) = metadata.as_object_mut() {
-            m.remove("ownerReferences");
-        }
-    }
+    let metadata = owned_secret_metadata(cluster, name(cluster, "generated"), owner);
     typed(
         "Secret",
         json!({
@@ -654,13 +663,8 @@ pub fn postgres_role_secret(
     c: Component,
     password: &str,
 ) -> Result<Secret, RenderError> {
-    let mut metadata = metadata(cluster, role_secret_name(cluster, c), "secrets", owner);
+    let mut metadata = owned_secret_metadata(cluster, role_secret_name(cluster, c), owner);
     metadata["labels"]["cnpg.io/reload"] = json!("true");
-    if !generated_secret_owned(&cluster.spec) {
-        if let Some(m) = metadata.as_object_mut() {
-            m.remove("ownerReferences");
-        }
-    }
     typed(
         "Secret",
         json!({
@@ -702,30 +706,8 @@ pub fn cnpg_cluster(
     };
     let app = Component::Chat;
     let others: Vec<Component> = Component::ALL.into_iter().filter(|c| *c != app).collect();
-    let mut post_init = Vec::new();
-    for c in &others {
-        post_init.push(format!("CREATE ROLE {} LOGIN", c.role()));
-        post_init.push(format!(
-            "CREATE DATABASE {} OWNER {}",
-            c.database(),
-            c.role()
-        ));
-        post_init.push(format!(
-            "REVOKE ALL ON DATABASE {} FROM PUBLIC",
-            c.database()
-        ));
-    }
-    let roles: Vec<Value> = others
-        .iter()
-        .map(|c| {
-            json!({
-                "name": c.role(),
-                "ensure": "present",
-                "login": true,
-                "passwordSecret": {"name": role_secret_name(cluster, *c)},
-            })
-        })
-        .collect();
+    let post_init = cnpg_post_init_sql(&others);
+    let roles = cnpg_managed_roles(cluster, &others);
     let mut storage = json!({"size": cnpg.storage.size});
     if let Some(class) = &cnpg.storage.storage_class {
         storage["storageClass"] = json!(class);
@@ -758,22 +740,7 @@ pub fn cnpg_cluster(
         spec["resources"] = json!(r);
     }
     if let Some(b) = &cnpg.backup {
-        let mut store = json!({"destinationPath": b.destination_path});
-        if let Some(url) = &b.endpoint_url {
-            store["endpointURL"] = json!(url);
-        }
-        store["s3Credentials"] = match (&b.access_key_id, &b.secret_access_key) {
-            (Some(id), Some(key)) => json!({
-                "accessKeyId": {"name": id.name, "key": id.key},
-                "secretAccessKey": {"name": key.name, "key": key.key},
-            }),
-            _ => json!({"inheritFromIAMRole": true}),
-        };
-        let mut backup = json!({"barmanObjectStore": store});
-        if let Some(r) = &b.retention_policy {
-            backup["retentionPolicy"] = json!(r);
-        }
-        spec["backup"] = backup;
+        spec["backup"] = cnpg_backup(b);
     }
     let value = json!({
         "apiVersion": "postgresql.cnpg.io/v1",
@@ -785,6 +752,62 @@ pub fn cnpg_cluster(
         resource: cnpg_cluster_resource(),
         object: typed("Cluster", value)?,
     }))
+}
+
+/// What CloudNativePG runs once at bootstrap for the services other than the
+/// "application" one: each role with `LOGIN`, its own database, and no `CONNECT` for
+/// `PUBLIC`.
+fn cnpg_post_init_sql(others: &[Component]) -> Vec<String> {
+    let mut post_init = Vec::new();
+    for c in others {
+        post_init.push(format!("CREATE ROLE {} LOGIN", c.role()));
+        post_init.push(format!(
+            "CREATE DATABASE {} OWNER {}",
+            c.database(),
+            c.role()
+        ));
+        post_init.push(format!(
+            "REVOKE ALL ON DATABASE {} FROM PUBLIC",
+            c.database()
+        ));
+    }
+    post_init
+}
+
+/// `managed.roles`: CloudNativePG keeps each role's password equal to its Secret.
+fn cnpg_managed_roles(cluster: &ChatCluster, others: &[Component]) -> Vec<Value> {
+    others
+        .iter()
+        .map(|c| {
+            json!({
+                "name": c.role(),
+                "ensure": "present",
+                "login": true,
+                "passwordSecret": {"name": role_secret_name(cluster, *c)},
+            })
+        })
+        .collect()
+}
+
+/// The `backup` section: Barman to an object store, with S3 keys from Secrets or, without
+/// them, the pod's IAM role.
+fn cnpg_backup(b: &CnpgBackup) -> Value {
+    let mut store = json!({"destinationPath": b.destination_path});
+    if let Some(url) = &b.endpoint_url {
+        store["endpointURL"] = json!(url);
+    }
+    store["s3Credentials"] = match (&b.access_key_id, &b.secret_access_key) {
+        (Some(id), Some(key)) => json!({
+            "accessKeyId": {"name": id.name, "key": id.key},
+            "secretAccessKey": {"name": key.name, "key": key.key},
+        }),
+        _ => json!({"inheritFromIAMRole": true}),
+    };
+    let mut backup = json!({"barmanObjectStore": store});
+    if let Some(r) = &b.retention_policy {
+        backup["retentionPolicy"] = json!(r);
+    }
+    backup
 }
 
 fn secret_env(name: &str, secret: &str, key: &str, optional: bool) -> Value {
@@ -1160,6 +1183,17 @@ pub fn hpa(
 /// Annotation of a migration Job: the image it migrates for.
 pub const IMAGE_ANNOTATION: &str = "grpcchat.dev/image";
 
+/// A Job's pod template metadata: `labels`, and the digest of the Secret values its pod
+/// reads when known (part of the Job's spec, hence of its name: a changed Secret makes a
+/// new Job).
+fn job_template_metadata(labels: BTreeMap<String, String>, secrets: Option<&str>) -> Value {
+    let mut metadata = json!({"labels": labels});
+    if let Some(digest) = secrets {
+        metadata["annotations"] = json!({SECRETS_ANNOTATION: digest});
+    }
+    metadata
+}
+
 /// The Job that runs `<binary> migrate` (creates the database when missing and applies
 /// its migrations) before the component's Deployment gets the new image.
 ///
@@ -1181,10 +1215,7 @@ pub fn migration_job(
         cluster.spec.version.clone(),
     );
     let image = c.image(&cluster.spec);
-    let mut template_metadata = json!({"labels": pod_labels});
-    if let Some(digest) = secrets {
-        template_metadata["annotations"] = json!({SECRETS_ANNOTATION: digest});
-    }
+    let template_metadata = job_template_metadata(pod_labels, secrets);
     let spec = json!({
         // Retries cover a database that is still starting.
         "backoffLimit": 10,
@@ -1306,6 +1337,33 @@ fn allow(ports: &[i32], from: Vec<Value>) -> Value {
     rule
 }
 
+/// The spec's peers as they go into a rule.
+fn peers(spec_peers: &[k8s_openapi::api::networking::v1::NetworkPolicyPeer]) -> Vec<Value> {
+    spec_peers
+        .iter()
+        .map(|p| serde_json::to_value(p).unwrap_or(Value::Null))
+        .collect()
+}
+
+/// The NetworkPolicy `suffix`: ingress to `pods` only as `rules` allow.
+fn network_policy(
+    cluster: &ChatCluster,
+    owner: &OwnerReference,
+    suffix: &str,
+    pods: Value,
+    rules: Vec<Value>,
+) -> Result<NetworkPolicy, RenderError> {
+    typed(
+        "NetworkPolicy",
+        json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": metadata(cluster, name(cluster, suffix), "network-policy", owner),
+            "spec": {"podSelector": pods, "policyTypes": ["Ingress"], "ingress": rules},
+        }),
+    )
+}
+
 /// The NetworkPolicies of `spec.networkPolicy` (ingress only: what may reach each
 /// workload). Policies add up, so each one names one group of pods and who may reach them:
 /// - the services: gRPC from each other, metrics from `metricsFrom`;
@@ -1323,26 +1381,11 @@ pub fn network_policies(
     let Some(np) = &cluster.spec.network_policy else {
         return Ok(Vec::new());
     };
-    let peers = |peers: &[k8s_openapi::api::networking::v1::NetworkPolicyPeer]| -> Vec<Value> {
-        peers
-            .iter()
-            .map(|p| serde_json::to_value(p).unwrap_or(Value::Null))
-            .collect()
-    };
     let metrics_from = peers(&np.metrics_from);
     let selector = |components: &[String]| pods_of(cluster, components)["podSelector"].clone();
-    let policy =
-        |suffix: &str, pods: Value, rules: Vec<Value>| -> Result<NetworkPolicy, RenderError> {
-            typed(
-                "NetworkPolicy",
-                json!({
-                    "apiVersion": "networking.k8s.io/v1",
-                    "kind": "NetworkPolicy",
-                    "metadata": metadata(cluster, name(cluster, suffix), "network-policy", owner),
-                    "spec": {"podSelector": pods, "policyTypes": ["Ingress"], "ingress": rules},
-                }),
-            )
-        };
+    let policy = |suffix: &str, pods: Value, rules: Vec<Value>| {
+        network_policy(cluster, owner, suffix, pods, rules)
+    };
     let services = service_components(false);
     let public: Vec<String> = Component::ALL
         .iter()
@@ -1947,10 +1990,7 @@ pub fn postgres_roles_job(
     if let Some(r) = &pg.resources {
         container["resources"] = json!(r);
     }
-    let mut template_metadata = json!({"labels": labels(cluster, POSTGRES_ROLES)});
-    if let Some(digest) = secrets {
-        template_metadata["annotations"] = json!({SECRETS_ANNOTATION: digest});
-    }
+    let template_metadata = job_template_metadata(labels(cluster, POSTGRES_ROLES), secrets);
     let spec = json!({
         // Retries cover a server that is still starting.
         "backoffLimit": 20,
@@ -2195,32 +2235,38 @@ pub fn nats_stateful_set(
                     "whenDeleted": nats.volume_policy.as_str(),
                     "whenScaled": "Retain",
                 },
-                "template": {
-                    "metadata": {
-                        "labels": labels(cluster, "nats"),
-                        "annotations": annotations,
-                    },
-                    "spec": {
-                        "automountServiceAccountToken": false,
-                        "securityContext": pod_security(1000),
-                        "terminationGracePeriodSeconds": 60,
-                        "containers": [container],
-                        "volumes": [
-                            {"name": "config", "configMap": {"name": name(cluster, "nats")}},
-                            {"name": "run", "emptyDir": {}},
-                        ],
-                        "topologySpreadConstraints": [{
-                            "maxSkew": 1,
-                            "topologyKey": "kubernetes.io/hostname",
-                            "whenUnsatisfiable": "ScheduleAnyway",
-                            "labelSelector": {"matchLabels": selector_labels(cluster, "nats")},
-                        }],
-                    },
-                },
+                "template": nats_pod_template(cluster, container, annotations),
                 "volumeClaimTemplates": [volume_claim(&nats.storage, &nats.storage_class_name)],
             },
         }),
     )
+}
+
+/// The NATS pods: `container` with its configuration and lame-duck pid file mounted,
+/// spread over the nodes so that losing one keeps a JetStream majority.
+fn nats_pod_template(cluster: &ChatCluster, container: Value, annotations: Value) -> Value {
+    json!({
+        "metadata": {
+            "labels": labels(cluster, "nats"),
+            "annotations": annotations,
+        },
+        "spec": {
+            "automountServiceAccountToken": false,
+            "securityContext": pod_security(1000),
+            "terminationGracePeriodSeconds": 60,
+            "containers": [container],
+            "volumes": [
+                {"name": "config", "configMap": {"name": name(cluster, "nats")}},
+                {"name": "run", "emptyDir": {}},
+            ],
+            "topologySpreadConstraints": [{
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": selector_labels(cluster, "nats")},
+            }],
+        },
+    })
 }
 
 #[cfg(test)]

@@ -228,20 +228,54 @@ pub fn compute(
     endpoint: Option<String>,
     now: &str,
 ) -> ChatClusterStatus {
-    let components: Vec<ComponentStatus> = if observed.is_empty() {
-        previous.map(|p| p.components.clone()).unwrap_or_default()
-    } else {
-        observed
-            .iter()
-            .map(|o| ComponentStatus {
-                name: o.name.clone(),
-                replicas: o.replicas,
-                ready_replicas: o.ready_replicas,
-                migrated_image: o.migrated_image.clone(),
-            })
-            .collect()
-    };
+    let components = component_statuses(previous, observed);
+    let issues = all_issues(issues, observed);
+    let migrating = names(observed, |o| o.migration == Migration::Running);
+    let degraded = degraded(&issues);
+    let progressing = progressing(observed, &migrating);
+    let ready = ready(&issues, &components, &migrating, &degraded.1);
+    let conditions = [ready, progressing, degraded]
+        .into_iter()
+        .map(|c| condition_since(previous, generation, now, c))
+        .collect();
 
+    let unapplied = issues.iter().any(|i| i.kind.blocks_observation());
+    ChatClusterStatus {
+        // A spec that could not be (fully) applied has not been observed.
+        observed_generation: if unapplied {
+            previous.and_then(|p| p.observed_generation)
+        } else {
+            generation
+        },
+        conditions,
+        components,
+        endpoint,
+        // The load balancers' addresses, filled in by the reconcile that read them.
+        endpoints: Default::default(),
+    }
+}
+
+/// The workloads as observed, or the previous ones when nothing was observed.
+fn component_statuses(
+    previous: Option<&ChatClusterStatus>,
+    observed: &[Observed],
+) -> Vec<ComponentStatus> {
+    if observed.is_empty() {
+        return previous.map(|p| p.components.clone()).unwrap_or_default();
+    }
+    observed
+        .iter()
+        .map(|o| ComponentStatus {
+            name: o.name.clone(),
+            replicas: o.replicas,
+            ready_replicas: o.ready_replicas,
+            migrated_image: o.migrated_image.clone(),
+        })
+        .collect()
+}
+
+/// The issues found plus the failed migrations, most serious first.
+fn all_issues(issues: &[Issue], observed: &[Observed]) -> Vec<Issue> {
     let mut issues: Vec<Issue> = issues.to_vec();
     issues.extend(observed.iter().filter_map(|o| match &o.migration {
         Migration::Failed(why) => Some(Issue::new(
@@ -251,35 +285,36 @@ pub fn compute(
         _ => None,
     }));
     issues.sort_by_key(|i| i.kind);
-    let migrating: Vec<&str> = observed
-        .iter()
-        .filter(|o| o.migration == Migration::Running)
-        .map(|o| o.name.as_str())
-        .collect();
-    let rolling: Vec<&str> = observed
-        .iter()
-        .filter(|o| !o.rolled_out && !o.stalled && o.migration == Migration::Done)
-        .map(|o| o.name.as_str())
-        .collect();
-    let stalled: Vec<&str> = observed
-        .iter()
-        .filter(|o| !o.rolled_out && o.stalled)
-        .map(|o| o.name.as_str())
-        .collect();
-    let unready: Vec<String> = components
-        .iter()
-        .filter(|c| c.ready_replicas < c.replicas)
-        .map(|c| format!("{} {}/{}", c.name, c.ready_replicas, c.replicas))
-        .collect();
+    issues
+}
 
-    let degraded = match issues.first() {
+/// The names of the workloads that `pick` selects.
+fn names(observed: &[Observed], pick: impl Fn(&Observed) -> bool) -> Vec<&str> {
+    observed
+        .iter()
+        .filter(|o| pick(o))
+        .map(|o| o.name.as_str())
+        .collect()
+}
+
+/// `Degraded`: the most serious kind of issue, with every issue's message.
+fn degraded(issues: &[Issue]) -> Cond {
+    match issues.first() {
         Some(first) => {
             let messages: Vec<String> = issues.iter().map(|i| i.message.clone()).collect();
             cond("Degraded", true, first.kind.as_str(), &bounded(&messages))
         }
         None => cond("Degraded", false, "AsExpected", "no problem observed"),
-    };
-    let progressing = if !migrating.is_empty() {
+    }
+}
+
+/// `Progressing`: migrations first, then rollouts, then rollouts that stopped.
+fn progressing(observed: &[Observed], migrating: &[&str]) -> Cond {
+    let rolling = names(observed, |o| {
+        !o.rolled_out && !o.stalled && o.migration == Migration::Done
+    });
+    let stalled = names(observed, |o| !o.rolled_out && o.stalled);
+    if !migrating.is_empty() {
         cond(
             "Progressing",
             true,
@@ -308,9 +343,24 @@ pub fn compute(
             "Complete",
             "every workload runs its spec",
         )
-    };
-    let ready = if !issues.is_empty() {
-        cond("Ready", false, "Degraded", &degraded.1)
+    }
+}
+
+/// `Ready`: no issue (then it repeats `Degraded`'s message), and every component has
+/// all its pods ready and migrated.
+fn ready(
+    issues: &[Issue],
+    components: &[ComponentStatus],
+    migrating: &[&str],
+    degraded_message: &str,
+) -> Cond {
+    let unready: Vec<String> = components
+        .iter()
+        .filter(|c| c.ready_replicas < c.replicas)
+        .map(|c| format!("{} {}/{}", c.name, c.ready_replicas, c.replicas))
+        .collect();
+    if !issues.is_empty() {
+        cond("Ready", false, "Degraded", degraded_message)
     } else if components.is_empty() {
         cond("Ready", false, "Pending", "nothing observed yet")
     } else if !unready.is_empty() || !migrating.is_empty() {
@@ -329,40 +379,28 @@ pub fn compute(
             "AllComponentsReady",
             "every component is ready",
         )
+    }
+}
+
+/// The condition, with `lastTransitionTime` kept from `previous` unless its status changed.
+fn condition_since(
+    previous: Option<&ChatClusterStatus>,
+    generation: Option<i64>,
+    now: &str,
+    (type_, message, status, reason): Cond,
+) -> Condition {
+    let old = previous.and_then(|p| p.conditions.iter().find(|c| c.type_ == type_));
+    let last_transition_time = match old {
+        Some(o) if o.status == status => o.last_transition_time.clone(),
+        _ => now.to_string(),
     };
-
-    let conditions = [ready, progressing, degraded]
-        .into_iter()
-        .map(|(type_, message, status, reason)| {
-            let old = previous.and_then(|p| p.conditions.iter().find(|c| c.type_ == type_));
-            let last_transition_time = match old {
-                Some(o) if o.status == status => o.last_transition_time.clone(),
-                _ => now.to_string(),
-            };
-            Condition {
-                type_: type_.to_string(),
-                status: status.to_string(),
-                reason: reason.to_string(),
-                message,
-                last_transition_time,
-                observed_generation: generation,
-            }
-        })
-        .collect();
-
-    let unapplied = issues.iter().any(|i| i.kind.blocks_observation());
-    ChatClusterStatus {
-        // A spec that could not be (fully) applied has not been observed.
-        observed_generation: if unapplied {
-            previous.and_then(|p| p.observed_generation)
-        } else {
-            generation
-        },
-        conditions,
-        components,
-        endpoint,
-        // The load balancers' addresses, filled in by the reconcile that read them.
-        endpoints: Default::default(),
+    Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message,
+        last_transition_time,
+        observed_generation: generation,
     }
 }
 
@@ -437,13 +475,11 @@ pub fn notes(previous: Option<&ChatClusterStatus>, next: &ChatClusterStatus) -> 
     out
 }
 
-/// (type, message, status, reason)
-fn cond(
-    type_: &'static str,
-    status: bool,
-    reason: &'static str,
-    message: &str,
-) -> (&'static str, String, &'static str, &'static str) {
+/// A condition before its times: (type, message, status, reason).
+type Cond = (&'static str, String, &'static str, &'static str);
+
+/// A condition of `type_`, `True` when `status`.
+fn cond(type_: &'static str, status: bool, reason: &'static str, message: &str) -> Cond {
     let status = if status { "True" } else { "False" };
     (type_, message.to_string(), status, reason)
 }
