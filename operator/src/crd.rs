@@ -668,8 +668,11 @@ pub struct LoadBalancerSpec {
     pub annotations: std::collections::BTreeMap<String, String>,
 }
 
+/// gRPC port of every service (`LISTEN_ADDR`), and the load balancer's default port.
+pub const GRPC_PORT: i32 = 50051;
+
 fn default_load_balancer_port() -> i32 {
-    crate::render::GRPC_PORT
+    GRPC_PORT
 }
 
 /// The ingress-nginx Ingress in front of the public services (legacy; TLS only).

@@ -48,8 +48,9 @@ use crate::crd::{
     ChatCluster, ChatClusterSpec, CnpgBackup, ManagedNats, ManagedPostgres, VolumePolicy,
 };
 
-/// gRPC port of every service (`LISTEN_ADDR`).
-pub const GRPC_PORT: i32 = 50051;
+/// gRPC port of every service (`LISTEN_ADDR`); defined with the spec, whose
+/// load balancer port defaults to it.
+pub use crate::crd::GRPC_PORT;
 /// Prometheus port of every service (`METRICS_ADDR`).
 pub const METRICS_PORT: i32 = 9090;
 /// User and group the service images run as (see the Dockerfile).
