@@ -12,7 +12,7 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Datelike, TimeDelta, Utc};
 use sqlx::{sqlite::SqliteRow, Row, SqliteConnection, SqlitePool};
 
 use super::{
@@ -21,7 +21,7 @@ use super::{
     Removed,
 };
 use crate::domain::{ChatId, MessageText, Title};
-use chat_common::db::{begin_write, from_micros, sqlite_writer, GroupWriter};
+use chat_common::db::{begin_write, sqlite_time, sqlite_writer, GroupWriter};
 use link_preview::Preview;
 
 /// The SQLite schema of the chats.
@@ -52,7 +52,7 @@ impl SqliteChatStore {
 async fn insert_one(
     conn: &mut SqliteConnection,
     msg: &PendingMessage,
-    now: i64,
+    now: &str,
 ) -> anyhow::Result<Inserted> {
     let key = msg.idempotency_key.as_deref();
     if let Some(key) = key {
@@ -113,8 +113,40 @@ async fn insert_one(
     Ok(Inserted::New(message_from_row(&row)?, event))
 }
 
-fn now_micros() -> i64 {
-    Utc::now().timestamp_micros()
+/// Now, as the schema stores times: RFC 3339 text with microseconds (see [`sqlite_time`]),
+/// which compares as text the way the times compare.
+fn now() -> String {
+    sqlite_time(Utc::now())
+}
+
+/// The last and the first time the stored form can say. It has four-digit years: beyond
+/// them chrono writes a signed year (`+10000-...`), which would sort wrong as text.
+const LATEST: &str = "9999-12-31T23:59:59.999999Z";
+const EARLIEST: &str = "0000-01-01T00:00:00.000000Z";
+
+/// `t` in the stored form, to compare stored times with. A time outside years 0 to 9999
+/// (a cursor from far away, a saturated duration), or none at all (outside chrono's range,
+/// on the side `later` says), becomes the nearest time the form can say, so that text
+/// order stays time order: every stored time lies between the two.
+fn text_bound(t: Option<DateTime<Utc>>, later: bool) -> String {
+    match t {
+        Some(t) if (0..=9999).contains(&t.year()) => sqlite_time(t),
+        Some(t) if t.year() > 9999 => LATEST.to_owned(),
+        None if later => LATEST.to_owned(),
+        _ => EARLIEST.to_owned(),
+    }
+}
+
+/// `d` (in whole milliseconds, saturating) after `now` when `later`, else before it, in
+/// the stored form (see [`text_bound`]).
+fn shifted(now: DateTime<Utc>, d: Duration, later: bool) -> String {
+    let d = TimeDelta::try_milliseconds(millis(d)).unwrap_or(TimeDelta::MAX);
+    let t = if later {
+        now.checked_add_signed(d)
+    } else {
+        now.checked_sub_signed(d)
+    };
+    text_bound(t, later)
 }
 
 const CHAT_COLUMNS: &str =
@@ -143,9 +175,9 @@ fn chat_from_row(row: &SqliteRow) -> Result<ChatRecord, sqlx::Error> {
         id: row.try_get("id")?,
         title: row.try_get("title")?,
         creator_id: row.try_get("creator_id")?,
-        created_at: from_micros(row.try_get("created_at")?),
+        created_at: row.try_get("created_at")?,
         last_seq: row.try_get("last_seq")?,
-        last_activity_at: from_micros(row.try_get("last_activity_at")?),
+        last_activity_at: row.try_get("last_activity_at")?,
         member_count: i32::try_from(member_count).unwrap_or(i32::MAX),
         last_read_seq: row.try_get("last_read_seq")?,
         unread_count: row.try_get("unread_count")?,
@@ -159,8 +191,8 @@ fn message_from_row(row: &SqliteRow) -> Result<MessageRecord, sqlx::Error> {
         sender_id: row.try_get("sender_id")?,
         sender_username: row.try_get("sender_username")?,
         text: row.try_get("text")?,
-        created_at: from_micros(row.try_get("created_at")?),
-        edited_at: row.try_get::<Option<i64>, _>("edited_at")?.map(from_micros),
+        created_at: row.try_get("created_at")?,
+        edited_at: row.try_get("edited_at")?,
         deleted: row.try_get("deleted")?,
         link_preview: preview_of([
             row.try_get("preview_url")?,
@@ -176,7 +208,7 @@ fn member_from_row(row: &SqliteRow) -> Result<MemberRecord, sqlx::Error> {
     Ok(MemberRecord {
         user_id: row.try_get("user_id")?,
         username: row.try_get("username")?,
-        joined_at: from_micros(row.try_get("joined_at")?),
+        joined_at: row.try_get("joined_at")?,
     })
 }
 
@@ -188,7 +220,7 @@ impl ChatStore for SqliteChatStore {
         title: &Title,
         members: &[(i64, String)],
     ) -> anyhow::Result<ChatRecord> {
-        let now = now_micros();
+        let now = now();
         let mut tx = begin_write(&self.write)
             .await
             .context("starting a transaction")?;
@@ -198,7 +230,7 @@ impl ChatStore for SqliteChatStore {
         )
         .bind(title.as_str())
         .bind(creator_id)
-        .bind(now)
+        .bind(&now)
         .fetch_one(&mut *tx)
         .await
         .context("inserting a chat")?;
@@ -210,7 +242,7 @@ impl ChatStore for SqliteChatStore {
             .bind(id)
             .bind(user_id)
             .bind(username)
-            .bind(now)
+            .bind(&now)
             .execute(&mut *tx)
             .await
             .context("inserting chat members")?;
@@ -274,9 +306,12 @@ impl ChatStore for SqliteChatStore {
         limit: i64,
         cursor: Option<ChatCursor>,
     ) -> anyhow::Result<Vec<ChatRecord>> {
-        let (micros, id) = cursor
-            .map(|c| (c.last_activity_micros, c.id))
-            .unwrap_or((i64::MAX, i64::MAX));
+        // Every stored time is before LATEST: no cursor, every chat.
+        let (at, id) = cursor.map_or((LATEST.to_owned(), i64::MAX), |c| {
+            let micros = c.last_activity_micros;
+            let at = DateTime::from_timestamp_micros(micros);
+            (text_bound(at, micros > 0), c.id)
+        });
         let rows = sqlx::query(&format!(
             "SELECT {CHAT_COLUMNS}, {READ_COLUMNS} FROM chats c \
              JOIN chat_members me ON me.chat_id = c.id AND me.user_id = ?1 \
@@ -284,7 +319,7 @@ impl ChatStore for SqliteChatStore {
              ORDER BY c.last_activity_at DESC, c.id DESC LIMIT ?4"
         ))
         .bind(user_id)
-        .bind(micros)
+        .bind(at)
         .bind(id)
         .bind(limit)
         .fetch_all(&self.read)
@@ -320,17 +355,18 @@ impl ChatStore for SqliteChatStore {
 
     async fn insert_message(&self, msg: NewMessage<'_>) -> anyhow::Result<Inserted> {
         let pending = Arc::new(PendingMessage::from(&msg));
-        let at = now_micros();
+        let at = now();
         self.messages
             .write(move |conn| {
                 let msg = pending.clone();
-                Box::pin(async move { insert_one(conn, &msg, at).await })
+                let at = at.clone();
+                Box::pin(async move { insert_one(conn, &msg, &at).await })
             })
             .await
     }
 
     async fn delete_message(&self, chat: ChatId, seq: i64) -> anyhow::Result<Option<Deleted>> {
-        let now = now_micros();
+        let now = now();
         let mut tx = begin_write(&self.write)
             .await
             .context("starting a transaction")?;
@@ -354,7 +390,7 @@ impl ChatStore for SqliteChatStore {
         )
         .bind(chat.0)
         .bind(seq)
-        .bind(now)
+        .bind(&now)
         .execute(&mut *tx)
         .await
         .context("deleting a message")?;
@@ -367,7 +403,7 @@ impl ChatStore for SqliteChatStore {
             )
             .bind(chat.0)
             .bind(seq)
-            .bind(now)
+            .bind(&now)
             .fetch_one(&mut *tx)
             .await
             .context("writing a deletion's event to the outbox")?;
@@ -383,7 +419,7 @@ impl ChatStore for SqliteChatStore {
         seq: i64,
         text: &MessageText,
     ) -> anyhow::Result<Edited> {
-        let now = now_micros();
+        let now = now();
         let mut tx = begin_write(&self.write)
             .await
             .context("starting a transaction")?;
@@ -412,7 +448,7 @@ impl ChatStore for SqliteChatStore {
         .bind(chat.0)
         .bind(seq)
         .bind(text.as_str())
-        .bind(now)
+        .bind(&now)
         .fetch_one(&mut *tx)
         .await
         .context("editing a message")?;
@@ -422,7 +458,7 @@ impl ChatStore for SqliteChatStore {
         )
         .bind(chat.0)
         .bind(seq)
-        .bind(now)
+        .bind(&now)
         .fetch_one(&mut *tx)
         .await
         .context("writing an edit's event to the outbox")?;
@@ -514,7 +550,7 @@ impl ChatStore for SqliteChatStore {
         members: &[(i64, String)],
         max_members: i64,
     ) -> anyhow::Result<Added> {
-        let now = now_micros();
+        let now = now();
         let mut tx = begin_write(&self.write)
             .await
             .context("starting a transaction")?;
@@ -536,7 +572,7 @@ impl ChatStore for SqliteChatStore {
             .bind(chat.0)
             .bind(user_id)
             .bind(username)
-            .bind(now)
+            .bind(&now)
             .fetch_optional(&mut *tx)
             .await
             .context("adding chat members")?;
@@ -562,7 +598,7 @@ impl ChatStore for SqliteChatStore {
                  VALUES (?1, 0, 'member_added', ?2, ?3) RETURNING id",
             )
             .bind(chat.0)
-            .bind(now)
+            .bind(&now)
             .bind(member.user_id)
             .fetch_one(&mut *tx)
             .await
@@ -574,7 +610,7 @@ impl ChatStore for SqliteChatStore {
     }
 
     async fn remove_member(&self, chat: ChatId, user_id: i64) -> anyhow::Result<Removed> {
-        let now = now_micros();
+        let now = now();
         let mut tx = begin_write(&self.write)
             .await
             .context("starting a transaction")?;
@@ -628,7 +664,7 @@ impl ChatStore for SqliteChatStore {
              VALUES (?1, 0, 'member_removed', ?2, ?3) RETURNING id",
         )
         .bind(chat.0)
-        .bind(now)
+        .bind(&now)
         .bind(user_id)
         .fetch_one(&mut *tx)
         .await
@@ -672,7 +708,7 @@ impl ChatStore for SqliteChatStore {
             "INSERT INTO deleted_users (user_id, deleted_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
         )
         .bind(user_id)
-        .bind(now_micros())
+        .bind(now())
         .execute(&mut *tx)
         .await
         .context("recording a deleted account")?;
@@ -691,7 +727,7 @@ impl ChatStore for SqliteChatStore {
     }
 
     async fn deleted_within(&self, within: Duration) -> anyhow::Result<Vec<i64>> {
-        let since = now_micros().saturating_sub(millis(within).saturating_mul(1000));
+        let since = shifted(Utc::now(), within, false);
         let ids = sqlx::query_scalar(
             "SELECT user_id FROM deleted_users WHERE deleted_at > ?1 ORDER BY user_id",
         )
@@ -743,8 +779,7 @@ impl ChatStore for SqliteChatStore {
         claim_for: Duration,
         limit: i64,
     ) -> anyhow::Result<Vec<OutboxEvent>> {
-        let now = now_micros();
-        let micros = |d: Duration| millis(d).saturating_mul(1000);
+        let now = Utc::now();
         let mut tx = begin_write(&self.write)
             .await
             .context("starting a transaction")?;
@@ -757,9 +792,9 @@ impl ChatStore for SqliteChatStore {
                  ORDER BY id LIMIT ?4) \
              RETURNING id, chat_id, seq, kind, COALESCE(user_id, 0) AS user_id",
         )
-        .bind(now.saturating_sub(micros(older_than)))
-        .bind(now.saturating_add(micros(claim_for)))
-        .bind(now)
+        .bind(shifted(now, older_than, false))
+        .bind(shifted(now, claim_for, true))
+        .bind(sqlite_time(now))
         .bind(limit)
         .bind(EventKind::known_json())
         .fetch_all(&mut *tx)
@@ -806,7 +841,7 @@ impl ChatStore for SqliteChatStore {
         text: &str,
         preview: &Preview,
     ) -> anyhow::Result<Option<EventId>> {
-        let now = now_micros();
+        let now = now();
         let mut tx = begin_write(&self.write)
             .await
             .context("starting a transaction")?;
@@ -835,7 +870,7 @@ impl ChatStore for SqliteChatStore {
         )
         .bind(chat.0)
         .bind(seq)
-        .bind(now)
+        .bind(&now)
         .fetch_one(&mut *tx)
         .await
         .context("writing a preview's event to the outbox")?;
