@@ -13,12 +13,11 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Datelike, TimeDelta, Utc};
-use sqlx::{sqlite::SqliteRow, Row, SqliteConnection, SqlitePool};
+use sqlx::{SqliteConnection, SqlitePool};
 
 use super::{
-    millis, preview_of, Added, ChatCursor, ChatRecord, ChatStore, Deleted, Edited, EventId,
-    EventKind, Inserted, MemberRecord, MessageRecord, NewMessage, OutboxEvent, PendingMessage,
-    Removed,
+    millis, Added, ChatCursor, ChatRecord, ChatStore, Deleted, Edited, EventId, EventKind,
+    Inserted, MemberRecord, MessageRecord, NewMessage, OutboxEvent, PendingMessage, Removed,
 };
 use crate::domain::{ChatId, MessageText, Title};
 use chat_common::db::{begin_write, sqlite_time, sqlite_writer, GroupWriter};
@@ -56,7 +55,7 @@ async fn insert_one(
 ) -> anyhow::Result<Inserted> {
     let key = msg.idempotency_key.as_deref();
     if let Some(key) = key {
-        let earlier = sqlx::query(&format!(
+        let earlier = sqlx::query_as(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages \
              WHERE chat_id = ?1 AND sender_id = ?2 AND idempotency_key = ?3"
         ))
@@ -66,8 +65,8 @@ async fn insert_one(
         .fetch_optional(&mut *conn)
         .await
         .context("looking up an idempotency key")?;
-        if let Some(row) = earlier {
-            return Ok(Inserted::Duplicate(message_from_row(&row)?));
+        if let Some(earlier) = earlier {
+            return Ok(Inserted::Duplicate(earlier));
         }
     }
     let seq: Option<i64> = sqlx::query_scalar(
@@ -85,7 +84,7 @@ async fn insert_one(
     let Some(seq) = seq else {
         return Ok(Inserted::NoChat);
     };
-    let row = sqlx::query(&format!(
+    let stored = sqlx::query_as(&format!(
         "INSERT INTO messages \
          (chat_id, seq, sender_id, sender_username, text, idempotency_key, created_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING {MESSAGE_COLUMNS}"
@@ -110,7 +109,7 @@ async fn insert_one(
     .fetch_one(&mut *conn)
     .await
     .context("writing a message's event to the outbox")?;
-    Ok(Inserted::New(message_from_row(&row)?, event))
+    Ok(Inserted::New(stored, event))
 }
 
 /// Now, as the schema stores times: RFC 3339 text with microseconds (see [`sqlite_time`]),
@@ -169,49 +168,6 @@ const MESSAGE_COLUMNS: &str =
 const CLEAR_PREVIEW: &str = "preview_url = NULL, preview_title = NULL, \
      preview_description = NULL, preview_image_url = NULL, preview_site_name = NULL";
 
-fn chat_from_row(row: &SqliteRow) -> Result<ChatRecord, sqlx::Error> {
-    let member_count: i64 = row.try_get("member_count")?;
-    Ok(ChatRecord {
-        id: row.try_get("id")?,
-        title: row.try_get("title")?,
-        creator_id: row.try_get("creator_id")?,
-        created_at: row.try_get("created_at")?,
-        last_seq: row.try_get("last_seq")?,
-        last_activity_at: row.try_get("last_activity_at")?,
-        member_count: i32::try_from(member_count).unwrap_or(i32::MAX),
-        last_read_seq: row.try_get("last_read_seq")?,
-        unread_count: row.try_get("unread_count")?,
-    })
-}
-
-fn message_from_row(row: &SqliteRow) -> Result<MessageRecord, sqlx::Error> {
-    Ok(MessageRecord {
-        chat_id: row.try_get("chat_id")?,
-        seq: row.try_get("seq")?,
-        sender_id: row.try_get("sender_id")?,
-        sender_username: row.try_get("sender_username")?,
-        text: row.try_get("text")?,
-        created_at: row.try_get("created_at")?,
-        edited_at: row.try_get("edited_at")?,
-        deleted: row.try_get("deleted")?,
-        link_preview: preview_of([
-            row.try_get("preview_url")?,
-            row.try_get("preview_title")?,
-            row.try_get("preview_description")?,
-            row.try_get("preview_image_url")?,
-            row.try_get("preview_site_name")?,
-        ]),
-    })
-}
-
-fn member_from_row(row: &SqliteRow) -> Result<MemberRecord, sqlx::Error> {
-    Ok(MemberRecord {
-        user_id: row.try_get("user_id")?,
-        username: row.try_get("username")?,
-        joined_at: row.try_get("joined_at")?,
-    })
-}
-
 #[async_trait]
 impl ChatStore for SqliteChatStore {
     async fn create_chat(
@@ -247,14 +203,13 @@ impl ChatStore for SqliteChatStore {
             .await
             .context("inserting chat members")?;
         }
-        let row = sqlx::query(&format!(
+        let chat = sqlx::query_as(&format!(
             "SELECT {CHAT_COLUMNS}, {NO_READ_COLUMNS} FROM chats c WHERE c.id = ?1"
         ))
         .bind(id)
         .fetch_one(&mut *tx)
         .await
         .context("reading the new chat")?;
-        let chat = chat_from_row(&row)?;
         tx.commit().await.context("committing a new chat")?;
         Ok(chat)
     }
@@ -264,7 +219,7 @@ impl ChatStore for SqliteChatStore {
         chat: ChatId,
         user_id: i64,
     ) -> anyhow::Result<Option<ChatRecord>> {
-        let row = sqlx::query(&format!(
+        let found = sqlx::query_as(&format!(
             "SELECT {CHAT_COLUMNS}, {READ_COLUMNS} FROM chats c \
              JOIN chat_members me ON me.chat_id = c.id AND me.user_id = ?2 WHERE c.id = ?1"
         ))
@@ -273,18 +228,18 @@ impl ChatStore for SqliteChatStore {
         .fetch_optional(&self.read)
         .await
         .context("loading a chat for a member")?;
-        Ok(row.as_ref().map(chat_from_row).transpose()?)
+        Ok(found)
     }
 
     async fn chat(&self, chat: ChatId) -> anyhow::Result<Option<ChatRecord>> {
-        let row = sqlx::query(&format!(
+        let found = sqlx::query_as(&format!(
             "SELECT {CHAT_COLUMNS}, {NO_READ_COLUMNS} FROM chats c WHERE c.id = ?1"
         ))
         .bind(chat.0)
         .fetch_optional(&self.read)
         .await
         .context("loading a chat")?;
-        Ok(row.as_ref().map(chat_from_row).transpose()?)
+        Ok(found)
     }
 
     async fn delete_chat(&self, chat: ChatId) -> anyhow::Result<bool> {
@@ -312,7 +267,7 @@ impl ChatStore for SqliteChatStore {
             let at = DateTime::from_timestamp_micros(micros);
             (text_bound(at, micros > 0), c.id)
         });
-        let rows = sqlx::query(&format!(
+        let chats = sqlx::query_as(&format!(
             "SELECT {CHAT_COLUMNS}, {READ_COLUMNS} FROM chats c \
              JOIN chat_members me ON me.chat_id = c.id AND me.user_id = ?1 \
              WHERE (c.last_activity_at, c.id) < (?2, ?3) \
@@ -325,11 +280,11 @@ impl ChatStore for SqliteChatStore {
         .fetch_all(&self.read)
         .await
         .context("listing chats")?;
-        Ok(rows.iter().map(chat_from_row).collect::<Result<_, _>>()?)
+        Ok(chats)
     }
 
     async fn list_members(&self, chat: ChatId) -> anyhow::Result<Vec<MemberRecord>> {
-        let rows = sqlx::query(
+        let members = sqlx::query_as(
             "SELECT user_id, username, joined_at FROM chat_members WHERE chat_id = ?1 \
              ORDER BY joined_at, user_id",
         )
@@ -337,11 +292,11 @@ impl ChatStore for SqliteChatStore {
         .fetch_all(&self.read)
         .await
         .context("listing members")?;
-        Ok(rows.iter().map(member_from_row).collect::<Result<_, _>>()?)
+        Ok(members)
     }
 
     async fn member(&self, chat: ChatId, user_id: i64) -> anyhow::Result<Option<MemberRecord>> {
-        let row = sqlx::query(
+        let found = sqlx::query_as(
             "SELECT user_id, username, joined_at FROM chat_members \
              WHERE chat_id = ?1 AND user_id = ?2",
         )
@@ -350,7 +305,7 @@ impl ChatStore for SqliteChatStore {
         .fetch_optional(&self.read)
         .await
         .context("loading a member")?;
-        Ok(row.as_ref().map(member_from_row).transpose()?)
+        Ok(found)
     }
 
     async fn insert_message(&self, msg: NewMessage<'_>) -> anyhow::Result<Inserted> {
@@ -370,7 +325,7 @@ impl ChatStore for SqliteChatStore {
         let mut tx = begin_write(&self.write)
             .await
             .context("starting a transaction")?;
-        let row = sqlx::query(&format!(
+        let before: Option<MessageRecord> = sqlx::query_as(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND seq = ?2"
         ))
         .bind(chat.0)
@@ -378,10 +333,9 @@ impl ChatStore for SqliteChatStore {
         .fetch_optional(&mut *tx)
         .await
         .context("loading a message")?;
-        let Some(row) = row else {
+        let Some(before) = before else {
             return Ok(None);
         };
-        let before = message_from_row(&row)?;
         sqlx::query(
             "UPDATE messages SET deleted_at = COALESCE(deleted_at, ?3), text = '', \
              preview_url = NULL, preview_title = NULL, preview_description = NULL, \
@@ -423,7 +377,7 @@ impl ChatStore for SqliteChatStore {
         let mut tx = begin_write(&self.write)
             .await
             .context("starting a transaction")?;
-        let row = sqlx::query(&format!(
+        let current = sqlx::query_as(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND seq = ?2"
         ))
         .bind(chat.0)
@@ -431,17 +385,10 @@ impl ChatStore for SqliteChatStore {
         .fetch_optional(&mut *tx)
         .await
         .context("loading a message to edit")?;
-        let Some(row) = row else {
-            return Ok(Edited::NotFound);
-        };
-        let current = message_from_row(&row)?;
-        if current.deleted {
-            return Ok(Edited::NotFound);
+        if let Some(done) = Edited::needless(current, text) {
+            return Ok(done);
         }
-        if current.text == text.as_str() {
-            return Ok(Edited::Unchanged(current));
-        }
-        let row = sqlx::query(&format!(
+        let edited = sqlx::query_as(&format!(
             "UPDATE messages SET text = ?3, edited_at = ?4, {CLEAR_PREVIEW} \
              WHERE chat_id = ?1 AND seq = ?2 RETURNING {MESSAGE_COLUMNS}"
         ))
@@ -463,11 +410,11 @@ impl ChatStore for SqliteChatStore {
         .await
         .context("writing an edit's event to the outbox")?;
         tx.commit().await.context("committing a message edit")?;
-        Ok(Edited::Changed(message_from_row(&row)?, event))
+        Ok(Edited::Changed(edited, event))
     }
 
     async fn message(&self, chat: ChatId, seq: i64) -> anyhow::Result<Option<MessageRecord>> {
-        let row = sqlx::query(&format!(
+        let found = sqlx::query_as(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND seq = ?2"
         ))
         .bind(chat.0)
@@ -475,7 +422,7 @@ impl ChatStore for SqliteChatStore {
         .fetch_optional(&self.read)
         .await
         .context("loading a message")?;
-        Ok(row.as_ref().map(message_from_row).transpose()?)
+        Ok(found)
     }
 
     async fn messages_after(
@@ -485,7 +432,7 @@ impl ChatStore for SqliteChatStore {
         upto: Option<i64>,
         limit: i64,
     ) -> anyhow::Result<Vec<MessageRecord>> {
-        let rows = sqlx::query(&format!(
+        let messages = sqlx::query_as(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages \
              WHERE chat_id = ?1 AND seq > ?2 AND seq <= ?3 AND deleted_at IS NULL \
              ORDER BY seq ASC LIMIT ?4"
@@ -497,10 +444,7 @@ impl ChatStore for SqliteChatStore {
         .fetch_all(&self.read)
         .await
         .context("reading messages")?;
-        Ok(rows
-            .iter()
-            .map(message_from_row)
-            .collect::<Result<_, _>>()?)
+        Ok(messages)
     }
 
     async fn messages_before(
@@ -509,7 +453,7 @@ impl ChatStore for SqliteChatStore {
         before: Option<i64>,
         limit: i64,
     ) -> anyhow::Result<Vec<MessageRecord>> {
-        let rows = sqlx::query(&format!(
+        let messages = sqlx::query_as(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages \
              WHERE chat_id = ?1 AND seq < ?2 AND deleted_at IS NULL \
              ORDER BY seq DESC LIMIT ?3"
@@ -520,10 +464,7 @@ impl ChatStore for SqliteChatStore {
         .fetch_all(&self.read)
         .await
         .context("reading messages")?;
-        Ok(rows
-            .iter()
-            .map(message_from_row)
-            .collect::<Result<_, _>>()?)
+        Ok(messages)
     }
 
     async fn mark_read(&self, chat: ChatId, user_id: i64, seq: i64) -> anyhow::Result<Option<i64>> {
@@ -562,9 +503,9 @@ impl ChatStore for SqliteChatStore {
         if exists.is_none() {
             return Ok(Added::NoChat);
         }
-        let mut added = Vec::new();
+        let mut added: Vec<MemberRecord> = Vec::new();
         for (user_id, username) in members {
-            let row = sqlx::query(
+            let member = sqlx::query_as(
                 "INSERT INTO chat_members (chat_id, user_id, username, joined_at) \
                  VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING \
                  RETURNING user_id, username, joined_at",
@@ -576,9 +517,7 @@ impl ChatStore for SqliteChatStore {
             .fetch_optional(&mut *tx)
             .await
             .context("adding chat members")?;
-            if let Some(row) = row {
-                added.push(member_from_row(&row)?);
-            }
+            added.extend(member);
         }
         let count: i64 = sqlx::query_scalar("SELECT count(*) FROM chat_members WHERE chat_id = ?1")
             .bind(chat.0)
@@ -783,7 +722,7 @@ impl ChatStore for SqliteChatStore {
         let mut tx = begin_write(&self.write)
             .await
             .context("starting a transaction")?;
-        let rows = sqlx::query(
+        let mut events: Vec<OutboxEvent> = sqlx::query_as(
             "UPDATE outbox SET claimed_until = ?2 \
              WHERE id IN ( \
                  SELECT id FROM outbox \
@@ -801,18 +740,6 @@ impl ChatStore for SqliteChatStore {
         .await
         .context("claiming outbox rows")?;
         tx.commit().await.context("committing outbox claims")?;
-        let mut events = rows
-            .iter()
-            .map(|row| {
-                Ok(OutboxEvent {
-                    id: row.try_get("id")?,
-                    chat_id: row.try_get("chat_id")?,
-                    seq: row.try_get("seq")?,
-                    kind: EventKind::parse(row.try_get("kind")?)?,
-                    user_id: row.try_get("user_id")?,
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
         events.sort_by_key(|e| e.id);
         Ok(events)
     }
