@@ -37,8 +37,13 @@ pub async fn migrate(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+// Row mapping, once for both engines: each record derives `sqlx::FromRow`, which maps a
+// row of either engine by column name (the queries name their columns after the fields).
+// Both engines decode every column into the same Rust type: times are `timestamptz` on
+// PostgreSQL and RFC 3339 text on SQLite, and sqlx decodes either into a `DateTime<Utc>`.
+
 /// A chat as one of its members sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ChatRecord {
     /// The chat's id.
     pub id: i64,
@@ -61,7 +66,7 @@ pub struct ChatRecord {
 }
 
 /// A member of a chat.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct MemberRecord {
     /// The member's user id.
     pub user_id: i64,
@@ -72,7 +77,7 @@ pub struct MemberRecord {
 }
 
 /// A stored message.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct MessageRecord {
     /// Its chat.
     pub chat_id: i64,
@@ -91,7 +96,36 @@ pub struct MessageRecord {
     /// Deleted: kept for its seq, without its text.
     pub deleted: bool,
     /// The preview of the text's first https URL, once fetched (see `preview.rs`).
+    #[sqlx(flatten, try_from = "PreviewColumns")]
     pub link_preview: Option<Preview>,
+}
+
+/// A message row's link preview columns, as a [`MessageRecord`] reads them.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PreviewColumns {
+    /// The previewed URL; NULL when the message has no preview.
+    pub preview_url: Option<String>,
+    /// The page's title.
+    pub preview_title: Option<String>,
+    /// The page's description.
+    pub preview_description: Option<String>,
+    /// The page's image.
+    pub preview_image_url: Option<String>,
+    /// The site's name.
+    pub preview_site_name: Option<String>,
+}
+
+/// The preview, when the row has one (a URL).
+impl From<PreviewColumns> for Option<Preview> {
+    fn from(columns: PreviewColumns) -> Self {
+        Some(Preview {
+            url: columns.preview_url?,
+            title: columns.preview_title.unwrap_or_default(),
+            description: columns.preview_description.unwrap_or_default(),
+            image_url: columns.preview_image_url.unwrap_or_default(),
+            site_name: columns.preview_site_name.unwrap_or_default(),
+        })
+    }
 }
 
 /// A message to store.
@@ -210,8 +244,17 @@ impl EventKind {
     }
 }
 
+impl TryFrom<String> for EventKind {
+    type Error = anyhow::Error;
+
+    /// [`EventKind::parse`], for row mapping.
+    fn try_from(kind: String) -> anyhow::Result<Self> {
+        Self::parse(&kind)
+    }
+}
+
 /// An outbox row a relay has claimed for publishing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct OutboxEvent {
     /// The row's id.
     pub id: EventId,
@@ -220,6 +263,7 @@ pub struct OutboxEvent {
     /// The message's seq (message events; 0 for member events).
     pub seq: i64,
     /// What the event announces.
+    #[sqlx(try_from = "String")]
     pub kind: EventKind,
     /// The member (member events; 0 for message events).
     pub user_id: i64,
@@ -243,6 +287,20 @@ pub enum Edited {
     Unchanged(MessageRecord),
     /// No such message, or it is deleted.
     NotFound,
+}
+
+impl Edited {
+    /// The answer to an edit of `current` (as loaded, None when there is no such message)
+    /// to `text` that needs no write: none for a deleted message, the message itself when
+    /// it has this text already. None when the edit must be written.
+    pub(crate) fn needless(current: Option<MessageRecord>, text: &MessageText) -> Option<Self> {
+        match current {
+            None => Some(Edited::NotFound),
+            Some(current) if current.deleted => Some(Edited::NotFound),
+            Some(current) if current.text == text.as_str() => Some(Edited::Unchanged(current)),
+            Some(_) => None,
+        }
+    }
 }
 
 /// What adding members did.
@@ -434,20 +492,6 @@ pub trait ChatStore: Send + Sync + 'static {
         text: &str,
         preview: &Preview,
     ) -> anyhow::Result<Option<EventId>>;
-}
-
-/// A link preview from its columns (`preview_url`, `preview_title`,
-/// `preview_description`, `preview_image_url`, `preview_site_name`, in that order); None
-/// when it has none (no URL).
-pub(crate) fn preview_of(columns: [Option<String>; 5]) -> Option<Preview> {
-    let [url, title, description, image_url, site_name] = columns;
-    Some(Preview {
-        url: url?,
-        title: title.unwrap_or_default(),
-        description: description.unwrap_or_default(),
-        image_url: image_url.unwrap_or_default(),
-        site_name: site_name.unwrap_or_default(),
-    })
 }
 
 /// A duration in whole milliseconds for SQL, saturating.

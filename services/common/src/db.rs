@@ -490,12 +490,6 @@ pub async fn sqlite_writer(pool: &SqlitePool) -> anyhow::Result<SqlitePool> {
         .context("opening the SQLite writer connection")
 }
 
-/// The time `micros` microseconds after the Unix epoch (how chat's SQLite store keeps
-/// times: exact and sortable).
-pub fn from_micros(micros: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(micros).unwrap_or_default()
-}
-
 /// `t` as every SQLite schema stores times: RFC 3339 in UTC with always six fractional
 /// digits (`2024-05-01T12:00:00.123456Z`). One fixed width means comparing two as text
 /// compares them as times (indexes and `ORDER BY` work on the text), and sqlx decodes

@@ -15,13 +15,13 @@ use async_trait::async_trait;
 use chat_common::batch::Batcher;
 
 use super::PendingMessage as Pending;
-use sqlx::{postgres::PgRow, PgPool, Row};
+use sqlx::{FromRow, PgPool, Row};
 
 use std::time::Duration;
 
 use super::{
-    millis, preview_of, Added, ChatCursor, ChatRecord, ChatStore, Deleted, Edited, EventId,
-    EventKind, Inserted, MemberRecord, MessageRecord, NewMessage, OutboxEvent, Removed,
+    millis, Added, ChatCursor, ChatRecord, ChatStore, Deleted, Edited, EventId, EventKind,
+    Inserted, MemberRecord, MessageRecord, NewMessage, OutboxEvent, Removed,
 };
 use crate::domain::{ChatId, MessageText, Title};
 use link_preview::Preview;
@@ -112,48 +112,6 @@ const MESSAGE_COLUMNS: &str =
 const CLEAR_PREVIEW: &str = "preview_url = NULL, preview_title = NULL, \
      preview_description = NULL, preview_image_url = NULL, preview_site_name = NULL";
 
-fn chat_from_row(row: &PgRow) -> Result<ChatRecord, sqlx::Error> {
-    Ok(ChatRecord {
-        id: row.try_get("id")?,
-        title: row.try_get("title")?,
-        creator_id: row.try_get("creator_id")?,
-        created_at: row.try_get("created_at")?,
-        last_seq: row.try_get("last_seq")?,
-        last_activity_at: row.try_get("last_activity_at")?,
-        member_count: row.try_get("member_count")?,
-        last_read_seq: row.try_get("last_read_seq")?,
-        unread_count: row.try_get("unread_count")?,
-    })
-}
-
-fn message_from_row(row: &PgRow) -> Result<MessageRecord, sqlx::Error> {
-    Ok(MessageRecord {
-        chat_id: row.try_get("chat_id")?,
-        seq: row.try_get("seq")?,
-        sender_id: row.try_get("sender_id")?,
-        sender_username: row.try_get("sender_username")?,
-        text: row.try_get("text")?,
-        created_at: row.try_get("created_at")?,
-        edited_at: row.try_get("edited_at")?,
-        deleted: row.try_get("deleted")?,
-        link_preview: preview_of([
-            row.try_get("preview_url")?,
-            row.try_get("preview_title")?,
-            row.try_get("preview_description")?,
-            row.try_get("preview_image_url")?,
-            row.try_get("preview_site_name")?,
-        ]),
-    })
-}
-
-fn member_from_row(row: &PgRow) -> Result<MemberRecord, sqlx::Error> {
-    Ok(MemberRecord {
-        user_id: row.try_get("user_id")?,
-        username: row.try_get("username")?,
-        joined_at: row.try_get("joined_at")?,
-    })
-}
-
 /// One message in one statement, one round trip: the UPDATE takes the chat's row lock
 /// (ordering concurrent senders on any replica) and the next seq, only when the sender is a
 /// member; the INSERT stores the message under that seq, and the outbox row of its event.
@@ -185,7 +143,7 @@ async fn insert_one(pool: &PgPool, msg: &Pending) -> anyhow::Result<Inserted> {
     .await;
     match res {
         Ok(Some(row)) => Ok(Inserted::New(
-            message_from_row(&row)?,
+            MessageRecord::from_row(&row)?,
             row.try_get("event_id")?,
         )),
         Ok(None) => Ok(Inserted::NoChat),
@@ -195,7 +153,7 @@ async fn insert_one(pool: &PgPool, msg: &Pending) -> anyhow::Result<Inserted> {
             if db.is_unique_violation() && msg.idempotency_key.is_some() =>
         {
             let key = msg.idempotency_key.as_deref();
-            let row = sqlx::query(&format!(
+            let earlier = sqlx::query_as(&format!(
                 "SELECT {MESSAGE_COLUMNS} FROM messages \
                  WHERE chat_id = $1 AND sender_id = $2 AND idempotency_key = $3"
             ))
@@ -205,7 +163,7 @@ async fn insert_one(pool: &PgPool, msg: &Pending) -> anyhow::Result<Inserted> {
             .fetch_one(pool)
             .await
             .context("reading the message an idempotency key names")?;
-            Ok(Inserted::Duplicate(message_from_row(&row)?))
+            Ok(Inserted::Duplicate(earlier))
         }
         Err(e) => Err(anyhow::Error::new(e).context("inserting a message")),
     }
@@ -275,7 +233,7 @@ async fn insert_many(pool: &PgPool, items: &[Pending]) -> anyhow::Result<Vec<Ins
             .ok()
             .and_then(|i| out.get_mut(i))
             .with_context(|| format!("a group's row names item {idx} of {}", items.len()))?;
-        *slot = Inserted::New(message_from_row(row)?, row.try_get("event_id")?);
+        *slot = Inserted::New(MessageRecord::from_row(row)?, row.try_get("event_id")?);
     }
     Ok(out)
 }
@@ -309,14 +267,13 @@ impl ChatStore for PgChatStore {
         .execute(&mut *tx)
         .await
         .context("inserting chat members")?;
-        let row = sqlx::query(&format!(
+        let chat = sqlx::query_as(&format!(
             "SELECT {CHAT_COLUMNS}, {NO_READ_COLUMNS} FROM chats c WHERE c.id = $1"
         ))
         .bind(id)
         .fetch_one(&mut *tx)
         .await
         .context("reading the new chat")?;
-        let chat = chat_from_row(&row)?;
         tx.commit().await.context("committing a new chat")?;
         Ok(chat)
     }
@@ -326,7 +283,7 @@ impl ChatStore for PgChatStore {
         chat: ChatId,
         user_id: i64,
     ) -> anyhow::Result<Option<ChatRecord>> {
-        let row = sqlx::query(&format!(
+        let found = sqlx::query_as(&format!(
             "SELECT {CHAT_COLUMNS}, {READ_COLUMNS} FROM chats c \
              JOIN chat_members me ON me.chat_id = c.id AND me.user_id = $2 WHERE c.id = $1"
         ))
@@ -335,18 +292,18 @@ impl ChatStore for PgChatStore {
         .fetch_optional(&self.pool)
         .await
         .context("loading a chat for a member")?;
-        Ok(row.as_ref().map(chat_from_row).transpose()?)
+        Ok(found)
     }
 
     async fn chat(&self, chat: ChatId) -> anyhow::Result<Option<ChatRecord>> {
-        let row = sqlx::query(&format!(
+        let found = sqlx::query_as(&format!(
             "SELECT {CHAT_COLUMNS}, {NO_READ_COLUMNS} FROM chats c WHERE c.id = $1"
         ))
         .bind(chat.0)
         .fetch_optional(&self.pool)
         .await
         .context("loading a chat")?;
-        Ok(row.as_ref().map(chat_from_row).transpose()?)
+        Ok(found)
     }
 
     async fn delete_chat(&self, chat: ChatId) -> anyhow::Result<bool> {
@@ -367,7 +324,7 @@ impl ChatStore for PgChatStore {
         let (micros, id) = cursor
             .map(|c| (c.last_activity_micros, c.id))
             .unwrap_or((i64::MAX, i64::MAX));
-        let rows = sqlx::query(&format!(
+        let chats = sqlx::query_as(&format!(
             "SELECT {CHAT_COLUMNS}, {READ_COLUMNS} FROM chats c \
              JOIN chat_members me ON me.chat_id = c.id AND me.user_id = $1 \
              WHERE (floor(extract(epoch FROM c.last_activity_at) * 1000000)::bigint, c.id) < ($2, $3) \
@@ -380,22 +337,22 @@ impl ChatStore for PgChatStore {
         .fetch_all(&self.pool)
         .await
         .context("listing chats")?;
-        Ok(rows.iter().map(chat_from_row).collect::<Result<_, _>>()?)
+        Ok(chats)
     }
 
     async fn list_members(&self, chat: ChatId) -> anyhow::Result<Vec<MemberRecord>> {
-        let rows = sqlx::query(
+        let members = sqlx::query_as(
             "SELECT user_id, username, joined_at FROM chat_members WHERE chat_id = $1 ORDER BY joined_at, user_id",
         )
         .bind(chat.0)
         .fetch_all(&self.pool)
         .await
         .context("listing members")?;
-        Ok(rows.iter().map(member_from_row).collect::<Result<_, _>>()?)
+        Ok(members)
     }
 
     async fn member(&self, chat: ChatId, user_id: i64) -> anyhow::Result<Option<MemberRecord>> {
-        let row = sqlx::query(
+        let found = sqlx::query_as(
             "SELECT user_id, username, joined_at FROM chat_members WHERE chat_id = $1 AND user_id = $2",
         )
         .bind(chat.0)
@@ -403,7 +360,7 @@ impl ChatStore for PgChatStore {
         .fetch_optional(&self.pool)
         .await
         .context("loading a member")?;
-        Ok(row.as_ref().map(member_from_row).transpose()?)
+        Ok(found)
     }
 
     async fn insert_message(&self, msg: NewMessage<'_>) -> anyhow::Result<Inserted> {
@@ -438,7 +395,7 @@ impl ChatStore for PgChatStore {
             return Ok(None);
         };
         Ok(Some(Deleted {
-            before: message_from_row(&row)?,
+            before: MessageRecord::from_row(&row)?,
             event: row.try_get("event_id")?,
         }))
     }
@@ -451,7 +408,7 @@ impl ChatStore for PgChatStore {
     ) -> anyhow::Result<Edited> {
         // The row lock orders concurrent edits (and a concurrent deletion) of one message.
         let mut tx = self.pool.begin().await.context("starting a transaction")?;
-        let row = sqlx::query(&format!(
+        let current = sqlx::query_as(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = $1 AND seq = $2 FOR UPDATE"
         ))
         .bind(chat.0)
@@ -459,17 +416,10 @@ impl ChatStore for PgChatStore {
         .fetch_optional(&mut *tx)
         .await
         .context("loading a message to edit")?;
-        let Some(row) = row else {
-            return Ok(Edited::NotFound);
-        };
-        let current = message_from_row(&row)?;
-        if current.deleted {
-            return Ok(Edited::NotFound);
+        if let Some(done) = Edited::needless(current, text) {
+            return Ok(done);
         }
-        if current.text == text.as_str() {
-            return Ok(Edited::Unchanged(current));
-        }
-        let row = sqlx::query(&format!(
+        let edited = sqlx::query_as(&format!(
             "UPDATE messages SET text = $3, edited_at = now(), {CLEAR_PREVIEW} \
              WHERE chat_id = $1 AND seq = $2 RETURNING {MESSAGE_COLUMNS}"
         ))
@@ -488,11 +438,11 @@ impl ChatStore for PgChatStore {
         .await
         .context("writing an edit's event to the outbox")?;
         tx.commit().await.context("committing a message edit")?;
-        Ok(Edited::Changed(message_from_row(&row)?, event))
+        Ok(Edited::Changed(edited, event))
     }
 
     async fn message(&self, chat: ChatId, seq: i64) -> anyhow::Result<Option<MessageRecord>> {
-        let row = sqlx::query(&format!(
+        let found = sqlx::query_as(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = $1 AND seq = $2"
         ))
         .bind(chat.0)
@@ -500,7 +450,7 @@ impl ChatStore for PgChatStore {
         .fetch_optional(&self.pool)
         .await
         .context("loading a message")?;
-        Ok(row.as_ref().map(message_from_row).transpose()?)
+        Ok(found)
     }
 
     async fn messages_after(
@@ -510,7 +460,7 @@ impl ChatStore for PgChatStore {
         upto: Option<i64>,
         limit: i64,
     ) -> anyhow::Result<Vec<MessageRecord>> {
-        let rows = sqlx::query(&format!(
+        let messages = sqlx::query_as(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages \
              WHERE chat_id = $1 AND seq > $2 AND seq <= $3 AND deleted_at IS NULL \
              ORDER BY seq ASC LIMIT $4"
@@ -522,10 +472,7 @@ impl ChatStore for PgChatStore {
         .fetch_all(&self.pool)
         .await
         .context("reading messages")?;
-        Ok(rows
-            .iter()
-            .map(message_from_row)
-            .collect::<Result<_, _>>()?)
+        Ok(messages)
     }
 
     async fn messages_before(
@@ -534,7 +481,7 @@ impl ChatStore for PgChatStore {
         before: Option<i64>,
         limit: i64,
     ) -> anyhow::Result<Vec<MessageRecord>> {
-        let rows = sqlx::query(&format!(
+        let messages = sqlx::query_as(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages \
              WHERE chat_id = $1 AND seq < $2 AND deleted_at IS NULL \
              ORDER BY seq DESC LIMIT $3"
@@ -545,10 +492,7 @@ impl ChatStore for PgChatStore {
         .fetch_all(&self.pool)
         .await
         .context("reading messages")?;
-        Ok(rows
-            .iter()
-            .map(message_from_row)
-            .collect::<Result<_, _>>()?)
+        Ok(messages)
     }
 
     async fn mark_read(&self, chat: ChatId, user_id: i64, seq: i64) -> anyhow::Result<Option<i64>> {
@@ -585,7 +529,7 @@ impl ChatStore for PgChatStore {
         }
         let ids: Vec<i64> = members.iter().map(|(id, _)| *id).collect();
         let names: Vec<&str> = members.iter().map(|(_, n)| n.as_str()).collect();
-        let rows = sqlx::query(
+        let added: Vec<MemberRecord> = sqlx::query_as(
             "INSERT INTO chat_members (chat_id, user_id, username) \
              SELECT $1, * FROM UNNEST($2::bigint[], $3::text[]) ON CONFLICT DO NOTHING \
              RETURNING user_id, username, joined_at",
@@ -604,11 +548,9 @@ impl ChatStore for PgChatStore {
         if count > max_members {
             tx.rollback().await.context("rolling back an addition")?;
             return Ok(Added::TooMany {
-                members: count - rows.len() as i64,
+                members: count - added.len() as i64,
             });
         }
-        let added: Vec<MemberRecord> =
-            rows.iter().map(member_from_row).collect::<Result<_, _>>()?;
         let added_ids: Vec<i64> = added.iter().map(|m| m.user_id).collect();
         let events: Vec<(i64, i64)> = sqlx::query_as(
             "INSERT INTO outbox (chat_id, seq, kind, user_id) \
@@ -781,7 +723,7 @@ impl ChatStore for PgChatStore {
         claim_for: Duration,
         limit: i64,
     ) -> anyhow::Result<Vec<OutboxEvent>> {
-        let rows = sqlx::query(
+        let mut events: Vec<OutboxEvent> = sqlx::query_as(
             "UPDATE outbox SET claimed_until = now() + $2 * interval '1 millisecond' \
              WHERE id IN ( \
                  SELECT id FROM outbox \
@@ -798,18 +740,6 @@ impl ChatStore for PgChatStore {
         .fetch_all(&self.pool)
         .await
         .context("claiming outbox rows")?;
-        let mut events = rows
-            .iter()
-            .map(|row| {
-                Ok(OutboxEvent {
-                    id: row.try_get("id")?,
-                    chat_id: row.try_get("chat_id")?,
-                    seq: row.try_get("seq")?,
-                    kind: EventKind::parse(row.try_get("kind")?)?,
-                    user_id: row.try_get("user_id")?,
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
         events.sort_by_key(|e| e.id);
         Ok(events)
     }

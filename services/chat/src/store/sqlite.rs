@@ -12,16 +12,15 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use async_trait::async_trait;
-use chrono::Utc;
-use sqlx::{sqlite::SqliteRow, Row, SqliteConnection, SqlitePool};
+use chrono::{DateTime, Datelike, TimeDelta, Utc};
+use sqlx::{SqliteConnection, SqlitePool};
 
 use super::{
-    millis, preview_of, Added, ChatCursor, ChatRecord, ChatStore, Deleted, Edited, EventId,
-    EventKind, Inserted, MemberRecord, MessageRecord, NewMessage, OutboxEvent, PendingMessage,
-    Removed,
+    millis, Added, ChatCursor, ChatRecord, ChatStore, Deleted, Edited, EventId, EventKind,
+    Inserted, MemberRecord, MessageRecord, NewMessage, OutboxEvent, PendingMessage, Removed,
 };
 use crate::domain::{ChatId, MessageText, Title};
-use chat_common::db::{begin_write, from_micros, sqlite_writer, GroupWriter};
+use chat_common::db::{begin_write, sqlite_time, sqlite_writer, GroupWriter};
 use link_preview::Preview;
 
 /// The SQLite schema of the chats.
@@ -52,11 +51,11 @@ impl SqliteChatStore {
 async fn insert_one(
     conn: &mut SqliteConnection,
     msg: &PendingMessage,
-    now: i64,
+    now: &str,
 ) -> anyhow::Result<Inserted> {
     let key = msg.idempotency_key.as_deref();
     if let Some(key) = key {
-        let earlier = sqlx::query(&format!(
+        let earlier = sqlx::query_as(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages \
              WHERE chat_id = ?1 AND sender_id = ?2 AND idempotency_key = ?3"
         ))
@@ -66,8 +65,8 @@ async fn insert_one(
         .fetch_optional(&mut *conn)
         .await
         .context("looking up an idempotency key")?;
-        if let Some(row) = earlier {
-            return Ok(Inserted::Duplicate(message_from_row(&row)?));
+        if let Some(earlier) = earlier {
+            return Ok(Inserted::Duplicate(earlier));
         }
     }
     let seq: Option<i64> = sqlx::query_scalar(
@@ -85,7 +84,7 @@ async fn insert_one(
     let Some(seq) = seq else {
         return Ok(Inserted::NoChat);
     };
-    let row = sqlx::query(&format!(
+    let stored = sqlx::query_as(&format!(
         "INSERT INTO messages \
          (chat_id, seq, sender_id, sender_username, text, idempotency_key, created_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING {MESSAGE_COLUMNS}"
@@ -110,11 +109,43 @@ async fn insert_one(
     .fetch_one(&mut *conn)
     .await
     .context("writing a message's event to the outbox")?;
-    Ok(Inserted::New(message_from_row(&row)?, event))
+    Ok(Inserted::New(stored, event))
 }
 
-fn now_micros() -> i64 {
-    Utc::now().timestamp_micros()
+/// Now, as the schema stores times: RFC 3339 text with microseconds (see [`sqlite_time`]),
+/// which compares as text the way the times compare.
+fn now() -> String {
+    sqlite_time(Utc::now())
+}
+
+/// The last and the first time the stored form can say. It has four-digit years: beyond
+/// them chrono writes a signed year (`+10000-...`), which would sort wrong as text.
+const LATEST: &str = "9999-12-31T23:59:59.999999Z";
+const EARLIEST: &str = "0000-01-01T00:00:00.000000Z";
+
+/// `t` in the stored form, to compare stored times with. A time outside years 0 to 9999
+/// (a cursor from far away, a saturated duration), or none at all (outside chrono's range,
+/// on the side `later` says), becomes the nearest time the form can say, so that text
+/// order stays time order: every stored time lies between the two.
+fn text_bound(t: Option<DateTime<Utc>>, later: bool) -> String {
+    match t {
+        Some(t) if (0..=9999).contains(&t.year()) => sqlite_time(t),
+        Some(t) if t.year() > 9999 => LATEST.to_owned(),
+        None if later => LATEST.to_owned(),
+        _ => EARLIEST.to_owned(),
+    }
+}
+
+/// `d` (in whole milliseconds, saturating) after `now` when `later`, else before it, in
+/// the stored form (see [`text_bound`]).
+fn shifted(now: DateTime<Utc>, d: Duration, later: bool) -> String {
+    let d = TimeDelta::try_milliseconds(millis(d)).unwrap_or(TimeDelta::MAX);
+    let t = if later {
+        now.checked_add_signed(d)
+    } else {
+        now.checked_sub_signed(d)
+    };
+    text_bound(t, later)
 }
 
 const CHAT_COLUMNS: &str =
@@ -137,49 +168,6 @@ const MESSAGE_COLUMNS: &str =
 const CLEAR_PREVIEW: &str = "preview_url = NULL, preview_title = NULL, \
      preview_description = NULL, preview_image_url = NULL, preview_site_name = NULL";
 
-fn chat_from_row(row: &SqliteRow) -> Result<ChatRecord, sqlx::Error> {
-    let member_count: i64 = row.try_get("member_count")?;
-    Ok(ChatRecord {
-        id: row.try_get("id")?,
-        title: row.try_get("title")?,
-        creator_id: row.try_get("creator_id")?,
-        created_at: from_micros(row.try_get("created_at")?),
-        last_seq: row.try_get("last_seq")?,
-        last_activity_at: from_micros(row.try_get("last_activity_at")?),
-        member_count: i32::try_from(member_count).unwrap_or(i32::MAX),
-        last_read_seq: row.try_get("last_read_seq")?,
-        unread_count: row.try_get("unread_count")?,
-    })
-}
-
-fn message_from_row(row: &SqliteRow) -> Result<MessageRecord, sqlx::Error> {
-    Ok(MessageRecord {
-        chat_id: row.try_get("chat_id")?,
-        seq: row.try_get("seq")?,
-        sender_id: row.try_get("sender_id")?,
-        sender_username: row.try_get("sender_username")?,
-        text: row.try_get("text")?,
-        created_at: from_micros(row.try_get("created_at")?),
-        edited_at: row.try_get::<Option<i64>, _>("edited_at")?.map(from_micros),
-        deleted: row.try_get("deleted")?,
-        link_preview: preview_of([
-            row.try_get("preview_url")?,
-            row.try_get("preview_title")?,
-            row.try_get("preview_description")?,
-            row.try_get("preview_image_url")?,
-            row.try_get("preview_site_name")?,
-        ]),
-    })
-}
-
-fn member_from_row(row: &SqliteRow) -> Result<MemberRecord, sqlx::Error> {
-    Ok(MemberRecord {
-        user_id: row.try_get("user_id")?,
-        username: row.try_get("username")?,
-        joined_at: from_micros(row.try_get("joined_at")?),
-    })
-}
-
 #[async_trait]
 impl ChatStore for SqliteChatStore {
     async fn create_chat(
@@ -188,7 +176,7 @@ impl ChatStore for SqliteChatStore {
         title: &Title,
         members: &[(i64, String)],
     ) -> anyhow::Result<ChatRecord> {
-        let now = now_micros();
+        let now = now();
         let mut tx = begin_write(&self.write)
             .await
             .context("starting a transaction")?;
@@ -198,7 +186,7 @@ impl ChatStore for SqliteChatStore {
         )
         .bind(title.as_str())
         .bind(creator_id)
-        .bind(now)
+        .bind(&now)
         .fetch_one(&mut *tx)
         .await
         .context("inserting a chat")?;
@@ -210,19 +198,18 @@ impl ChatStore for SqliteChatStore {
             .bind(id)
             .bind(user_id)
             .bind(username)
-            .bind(now)
+            .bind(&now)
             .execute(&mut *tx)
             .await
             .context("inserting chat members")?;
         }
-        let row = sqlx::query(&format!(
+        let chat = sqlx::query_as(&format!(
             "SELECT {CHAT_COLUMNS}, {NO_READ_COLUMNS} FROM chats c WHERE c.id = ?1"
         ))
         .bind(id)
         .fetch_one(&mut *tx)
         .await
         .context("reading the new chat")?;
-        let chat = chat_from_row(&row)?;
         tx.commit().await.context("committing a new chat")?;
         Ok(chat)
     }
@@ -232,7 +219,7 @@ impl ChatStore for SqliteChatStore {
         chat: ChatId,
         user_id: i64,
     ) -> anyhow::Result<Option<ChatRecord>> {
-        let row = sqlx::query(&format!(
+        let found = sqlx::query_as(&format!(
             "SELECT {CHAT_COLUMNS}, {READ_COLUMNS} FROM chats c \
              JOIN chat_members me ON me.chat_id = c.id AND me.user_id = ?2 WHERE c.id = ?1"
         ))
@@ -241,18 +228,18 @@ impl ChatStore for SqliteChatStore {
         .fetch_optional(&self.read)
         .await
         .context("loading a chat for a member")?;
-        Ok(row.as_ref().map(chat_from_row).transpose()?)
+        Ok(found)
     }
 
     async fn chat(&self, chat: ChatId) -> anyhow::Result<Option<ChatRecord>> {
-        let row = sqlx::query(&format!(
+        let found = sqlx::query_as(&format!(
             "SELECT {CHAT_COLUMNS}, {NO_READ_COLUMNS} FROM chats c WHERE c.id = ?1"
         ))
         .bind(chat.0)
         .fetch_optional(&self.read)
         .await
         .context("loading a chat")?;
-        Ok(row.as_ref().map(chat_from_row).transpose()?)
+        Ok(found)
     }
 
     async fn delete_chat(&self, chat: ChatId) -> anyhow::Result<bool> {
@@ -274,27 +261,30 @@ impl ChatStore for SqliteChatStore {
         limit: i64,
         cursor: Option<ChatCursor>,
     ) -> anyhow::Result<Vec<ChatRecord>> {
-        let (micros, id) = cursor
-            .map(|c| (c.last_activity_micros, c.id))
-            .unwrap_or((i64::MAX, i64::MAX));
-        let rows = sqlx::query(&format!(
+        // Every stored time is before LATEST: no cursor, every chat.
+        let (at, id) = cursor.map_or((LATEST.to_owned(), i64::MAX), |c| {
+            let micros = c.last_activity_micros;
+            let at = DateTime::from_timestamp_micros(micros);
+            (text_bound(at, micros > 0), c.id)
+        });
+        let chats = sqlx::query_as(&format!(
             "SELECT {CHAT_COLUMNS}, {READ_COLUMNS} FROM chats c \
              JOIN chat_members me ON me.chat_id = c.id AND me.user_id = ?1 \
              WHERE (c.last_activity_at, c.id) < (?2, ?3) \
              ORDER BY c.last_activity_at DESC, c.id DESC LIMIT ?4"
         ))
         .bind(user_id)
-        .bind(micros)
+        .bind(at)
         .bind(id)
         .bind(limit)
         .fetch_all(&self.read)
         .await
         .context("listing chats")?;
-        Ok(rows.iter().map(chat_from_row).collect::<Result<_, _>>()?)
+        Ok(chats)
     }
 
     async fn list_members(&self, chat: ChatId) -> anyhow::Result<Vec<MemberRecord>> {
-        let rows = sqlx::query(
+        let members = sqlx::query_as(
             "SELECT user_id, username, joined_at FROM chat_members WHERE chat_id = ?1 \
              ORDER BY joined_at, user_id",
         )
@@ -302,11 +292,11 @@ impl ChatStore for SqliteChatStore {
         .fetch_all(&self.read)
         .await
         .context("listing members")?;
-        Ok(rows.iter().map(member_from_row).collect::<Result<_, _>>()?)
+        Ok(members)
     }
 
     async fn member(&self, chat: ChatId, user_id: i64) -> anyhow::Result<Option<MemberRecord>> {
-        let row = sqlx::query(
+        let found = sqlx::query_as(
             "SELECT user_id, username, joined_at FROM chat_members \
              WHERE chat_id = ?1 AND user_id = ?2",
         )
@@ -315,26 +305,27 @@ impl ChatStore for SqliteChatStore {
         .fetch_optional(&self.read)
         .await
         .context("loading a member")?;
-        Ok(row.as_ref().map(member_from_row).transpose()?)
+        Ok(found)
     }
 
     async fn insert_message(&self, msg: NewMessage<'_>) -> anyhow::Result<Inserted> {
         let pending = Arc::new(PendingMessage::from(&msg));
-        let at = now_micros();
+        let at = now();
         self.messages
             .write(move |conn| {
                 let msg = pending.clone();
-                Box::pin(async move { insert_one(conn, &msg, at).await })
+                let at = at.clone();
+                Box::pin(async move { insert_one(conn, &msg, &at).await })
             })
             .await
     }
 
     async fn delete_message(&self, chat: ChatId, seq: i64) -> anyhow::Result<Option<Deleted>> {
-        let now = now_micros();
+        let now = now();
         let mut tx = begin_write(&self.write)
             .await
             .context("starting a transaction")?;
-        let row = sqlx::query(&format!(
+        let before: Option<MessageRecord> = sqlx::query_as(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND seq = ?2"
         ))
         .bind(chat.0)
@@ -342,10 +333,9 @@ impl ChatStore for SqliteChatStore {
         .fetch_optional(&mut *tx)
         .await
         .context("loading a message")?;
-        let Some(row) = row else {
+        let Some(before) = before else {
             return Ok(None);
         };
-        let before = message_from_row(&row)?;
         sqlx::query(
             "UPDATE messages SET deleted_at = COALESCE(deleted_at, ?3), text = '', \
              preview_url = NULL, preview_title = NULL, preview_description = NULL, \
@@ -354,7 +344,7 @@ impl ChatStore for SqliteChatStore {
         )
         .bind(chat.0)
         .bind(seq)
-        .bind(now)
+        .bind(&now)
         .execute(&mut *tx)
         .await
         .context("deleting a message")?;
@@ -367,7 +357,7 @@ impl ChatStore for SqliteChatStore {
             )
             .bind(chat.0)
             .bind(seq)
-            .bind(now)
+            .bind(&now)
             .fetch_one(&mut *tx)
             .await
             .context("writing a deletion's event to the outbox")?;
@@ -383,11 +373,11 @@ impl ChatStore for SqliteChatStore {
         seq: i64,
         text: &MessageText,
     ) -> anyhow::Result<Edited> {
-        let now = now_micros();
+        let now = now();
         let mut tx = begin_write(&self.write)
             .await
             .context("starting a transaction")?;
-        let row = sqlx::query(&format!(
+        let current = sqlx::query_as(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND seq = ?2"
         ))
         .bind(chat.0)
@@ -395,24 +385,17 @@ impl ChatStore for SqliteChatStore {
         .fetch_optional(&mut *tx)
         .await
         .context("loading a message to edit")?;
-        let Some(row) = row else {
-            return Ok(Edited::NotFound);
-        };
-        let current = message_from_row(&row)?;
-        if current.deleted {
-            return Ok(Edited::NotFound);
+        if let Some(done) = Edited::needless(current, text) {
+            return Ok(done);
         }
-        if current.text == text.as_str() {
-            return Ok(Edited::Unchanged(current));
-        }
-        let row = sqlx::query(&format!(
+        let edited = sqlx::query_as(&format!(
             "UPDATE messages SET text = ?3, edited_at = ?4, {CLEAR_PREVIEW} \
              WHERE chat_id = ?1 AND seq = ?2 RETURNING {MESSAGE_COLUMNS}"
         ))
         .bind(chat.0)
         .bind(seq)
         .bind(text.as_str())
-        .bind(now)
+        .bind(&now)
         .fetch_one(&mut *tx)
         .await
         .context("editing a message")?;
@@ -422,16 +405,16 @@ impl ChatStore for SqliteChatStore {
         )
         .bind(chat.0)
         .bind(seq)
-        .bind(now)
+        .bind(&now)
         .fetch_one(&mut *tx)
         .await
         .context("writing an edit's event to the outbox")?;
         tx.commit().await.context("committing a message edit")?;
-        Ok(Edited::Changed(message_from_row(&row)?, event))
+        Ok(Edited::Changed(edited, event))
     }
 
     async fn message(&self, chat: ChatId, seq: i64) -> anyhow::Result<Option<MessageRecord>> {
-        let row = sqlx::query(&format!(
+        let found = sqlx::query_as(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND seq = ?2"
         ))
         .bind(chat.0)
@@ -439,7 +422,7 @@ impl ChatStore for SqliteChatStore {
         .fetch_optional(&self.read)
         .await
         .context("loading a message")?;
-        Ok(row.as_ref().map(message_from_row).transpose()?)
+        Ok(found)
     }
 
     async fn messages_after(
@@ -449,7 +432,7 @@ impl ChatStore for SqliteChatStore {
         upto: Option<i64>,
         limit: i64,
     ) -> anyhow::Result<Vec<MessageRecord>> {
-        let rows = sqlx::query(&format!(
+        let messages = sqlx::query_as(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages \
              WHERE chat_id = ?1 AND seq > ?2 AND seq <= ?3 AND deleted_at IS NULL \
              ORDER BY seq ASC LIMIT ?4"
@@ -461,10 +444,7 @@ impl ChatStore for SqliteChatStore {
         .fetch_all(&self.read)
         .await
         .context("reading messages")?;
-        Ok(rows
-            .iter()
-            .map(message_from_row)
-            .collect::<Result<_, _>>()?)
+        Ok(messages)
     }
 
     async fn messages_before(
@@ -473,7 +453,7 @@ impl ChatStore for SqliteChatStore {
         before: Option<i64>,
         limit: i64,
     ) -> anyhow::Result<Vec<MessageRecord>> {
-        let rows = sqlx::query(&format!(
+        let messages = sqlx::query_as(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages \
              WHERE chat_id = ?1 AND seq < ?2 AND deleted_at IS NULL \
              ORDER BY seq DESC LIMIT ?3"
@@ -484,10 +464,7 @@ impl ChatStore for SqliteChatStore {
         .fetch_all(&self.read)
         .await
         .context("reading messages")?;
-        Ok(rows
-            .iter()
-            .map(message_from_row)
-            .collect::<Result<_, _>>()?)
+        Ok(messages)
     }
 
     async fn mark_read(&self, chat: ChatId, user_id: i64, seq: i64) -> anyhow::Result<Option<i64>> {
@@ -514,7 +491,7 @@ impl ChatStore for SqliteChatStore {
         members: &[(i64, String)],
         max_members: i64,
     ) -> anyhow::Result<Added> {
-        let now = now_micros();
+        let now = now();
         let mut tx = begin_write(&self.write)
             .await
             .context("starting a transaction")?;
@@ -526,9 +503,9 @@ impl ChatStore for SqliteChatStore {
         if exists.is_none() {
             return Ok(Added::NoChat);
         }
-        let mut added = Vec::new();
+        let mut added: Vec<MemberRecord> = Vec::new();
         for (user_id, username) in members {
-            let row = sqlx::query(
+            let member = sqlx::query_as(
                 "INSERT INTO chat_members (chat_id, user_id, username, joined_at) \
                  VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING \
                  RETURNING user_id, username, joined_at",
@@ -536,13 +513,11 @@ impl ChatStore for SqliteChatStore {
             .bind(chat.0)
             .bind(user_id)
             .bind(username)
-            .bind(now)
+            .bind(&now)
             .fetch_optional(&mut *tx)
             .await
             .context("adding chat members")?;
-            if let Some(row) = row {
-                added.push(member_from_row(&row)?);
-            }
+            added.extend(member);
         }
         let count: i64 = sqlx::query_scalar("SELECT count(*) FROM chat_members WHERE chat_id = ?1")
             .bind(chat.0)
@@ -562,7 +537,7 @@ impl ChatStore for SqliteChatStore {
                  VALUES (?1, 0, 'member_added', ?2, ?3) RETURNING id",
             )
             .bind(chat.0)
-            .bind(now)
+            .bind(&now)
             .bind(member.user_id)
             .fetch_one(&mut *tx)
             .await
@@ -574,7 +549,7 @@ impl ChatStore for SqliteChatStore {
     }
 
     async fn remove_member(&self, chat: ChatId, user_id: i64) -> anyhow::Result<Removed> {
-        let now = now_micros();
+        let now = now();
         let mut tx = begin_write(&self.write)
             .await
             .context("starting a transaction")?;
@@ -628,7 +603,7 @@ impl ChatStore for SqliteChatStore {
              VALUES (?1, 0, 'member_removed', ?2, ?3) RETURNING id",
         )
         .bind(chat.0)
-        .bind(now)
+        .bind(&now)
         .bind(user_id)
         .fetch_one(&mut *tx)
         .await
@@ -672,7 +647,7 @@ impl ChatStore for SqliteChatStore {
             "INSERT INTO deleted_users (user_id, deleted_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
         )
         .bind(user_id)
-        .bind(now_micros())
+        .bind(now())
         .execute(&mut *tx)
         .await
         .context("recording a deleted account")?;
@@ -691,7 +666,7 @@ impl ChatStore for SqliteChatStore {
     }
 
     async fn deleted_within(&self, within: Duration) -> anyhow::Result<Vec<i64>> {
-        let since = now_micros().saturating_sub(millis(within).saturating_mul(1000));
+        let since = shifted(Utc::now(), within, false);
         let ids = sqlx::query_scalar(
             "SELECT user_id FROM deleted_users WHERE deleted_at > ?1 ORDER BY user_id",
         )
@@ -743,12 +718,11 @@ impl ChatStore for SqliteChatStore {
         claim_for: Duration,
         limit: i64,
     ) -> anyhow::Result<Vec<OutboxEvent>> {
-        let now = now_micros();
-        let micros = |d: Duration| millis(d).saturating_mul(1000);
+        let now = Utc::now();
         let mut tx = begin_write(&self.write)
             .await
             .context("starting a transaction")?;
-        let rows = sqlx::query(
+        let mut events: Vec<OutboxEvent> = sqlx::query_as(
             "UPDATE outbox SET claimed_until = ?2 \
              WHERE id IN ( \
                  SELECT id FROM outbox \
@@ -757,27 +731,15 @@ impl ChatStore for SqliteChatStore {
                  ORDER BY id LIMIT ?4) \
              RETURNING id, chat_id, seq, kind, COALESCE(user_id, 0) AS user_id",
         )
-        .bind(now.saturating_sub(micros(older_than)))
-        .bind(now.saturating_add(micros(claim_for)))
-        .bind(now)
+        .bind(shifted(now, older_than, false))
+        .bind(shifted(now, claim_for, true))
+        .bind(sqlite_time(now))
         .bind(limit)
         .bind(EventKind::known_json())
         .fetch_all(&mut *tx)
         .await
         .context("claiming outbox rows")?;
         tx.commit().await.context("committing outbox claims")?;
-        let mut events = rows
-            .iter()
-            .map(|row| {
-                Ok(OutboxEvent {
-                    id: row.try_get("id")?,
-                    chat_id: row.try_get("chat_id")?,
-                    seq: row.try_get("seq")?,
-                    kind: EventKind::parse(row.try_get("kind")?)?,
-                    user_id: row.try_get("user_id")?,
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
         events.sort_by_key(|e| e.id);
         Ok(events)
     }
@@ -806,7 +768,7 @@ impl ChatStore for SqliteChatStore {
         text: &str,
         preview: &Preview,
     ) -> anyhow::Result<Option<EventId>> {
-        let now = now_micros();
+        let now = now();
         let mut tx = begin_write(&self.write)
             .await
             .context("starting a transaction")?;
@@ -835,7 +797,7 @@ impl ChatStore for SqliteChatStore {
         )
         .bind(chat.0)
         .bind(seq)
-        .bind(now)
+        .bind(&now)
         .fetch_one(&mut *tx)
         .await
         .context("writing a preview's event to the outbox")?;
