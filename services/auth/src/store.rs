@@ -1,12 +1,19 @@
 //! Where accounts and refresh tokens live. The service logic talks to the [`UserStore`]
 //! trait; `postgres` implements it for the split deployment and `sqlite` for the embedded
 //! `chat-server`, and [`open`] picks one by the database URL. Backends hold no logic:
-//! rotation rules live in the service, the store only makes each step atomic.
+//! the rotation rule lives in the domain ([`crate::domain::decide_refresh`]), the store
+//! only makes each step atomic.
+//!
+//! What both engines share is here, written once: how a row becomes a record
+//! ([`user_from_row`], [`RefreshTokenRow`], [`Deletion`]'s derived mapping, generic over
+//! the engine's row type), and how a uniqueness conflict becomes a [`StoreError`]. The SQL
+//! stays in each engine's module.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::{error::DatabaseError, FromRow, Row};
 use uuid::Uuid;
 
 use chat_common::{
@@ -14,7 +21,7 @@ use chat_common::{
     Role,
 };
 
-use crate::domain::{Email, Username};
+use crate::domain::{Email, RefreshTokenState, Refusal, Username};
 
 pub mod postgres;
 pub mod sqlite;
@@ -70,7 +77,7 @@ pub struct UserChange {
 }
 
 /// The tombstone of a deleted account.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
 pub struct Deletion {
     /// Grows with each deletion: readers keep the last one they applied.
     pub id: i64,
@@ -111,6 +118,15 @@ pub enum Rotation {
     Revoked,
     /// It had been used already: its whole family is now revoked.
     Reused,
+}
+
+impl From<Refusal> for Rotation {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Expired => Rotation::Expired,
+            Refusal::Revoked => Rotation::Revoked,
+        }
+    }
 }
 
 /// What a write to the users database can fail with that a caller must tell apart: a uniqueness
@@ -227,6 +243,101 @@ pub trait UserStore: Send + Sync + 'static {
     async fn prune_rate_limits(&self, now: DateTime<Utc>) -> anyhow::Result<u64>;
 }
 
-pub(crate) fn role_from_db(s: &str) -> Role {
-    Role::parse(s).unwrap_or(Role::User)
+/// The columns of `users` that [`user_from_row`] reads, for both engines' statements.
+pub(crate) const USER_COLUMNS: &str = "id, email, username, password_hash, role, created_at";
+
+/// A `users` row as either engine returns it ([`USER_COLUMNS`]): SQLite's RFC 3339 text
+/// decodes into the same time type as PostgreSQL's `timestamptz`.
+#[derive(FromRow)]
+pub(crate) struct UserRow {
+    id: i64,
+    email: String,
+    username: String,
+    password_hash: String,
+    role: String,
+    created_at: DateTime<Utc>,
+}
+
+/// The account in a row of [`USER_COLUMNS`], from either engine. Unknown role names read
+/// as [`Role::User`].
+pub(crate) fn user_from_row<'r, R: Row>(row: &'r R) -> Result<UserRecord, sqlx::Error>
+where
+    UserRow: FromRow<'r, R>,
+{
+    let r = UserRow::from_row(row)?;
+    Ok(UserRecord {
+        id: r.id,
+        email: r.email,
+        username: r.username,
+        password_hash: r.password_hash,
+        role: Role::parse(&r.role).unwrap_or(Role::User),
+        created_at: r.created_at,
+    })
+}
+
+/// The columns of `refresh_tokens` that make a [`RefreshTokenRow`].
+pub(crate) const REFRESH_TOKEN_COLUMNS: &str =
+    "family_id, user_id, expires_at, used_at, revoked_at";
+
+/// A presented refresh token as stored, loaded (locked) by a rotation.
+#[derive(FromRow)]
+pub(crate) struct RefreshTokenRow {
+    family_id: Uuid,
+    user_id: i64,
+    expires_at: DateTime<Utc>,
+    used_at: Option<DateTime<Utc>>,
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+impl RefreshTokenRow {
+    /// What [`crate::domain::decide_refresh`] decides on.
+    pub(crate) fn state(&self) -> RefreshTokenState {
+        RefreshTokenState {
+            expires_at: self.expires_at,
+            used: self.used_at.is_some(),
+            revoked: self.revoked_at.is_some(),
+        }
+    }
+
+    /// The family the token belongs to, which a reuse revokes.
+    pub(crate) fn family_id(&self) -> Uuid {
+        self.family_id
+    }
+
+    /// The user the token was issued to.
+    pub(crate) fn user_id(&self) -> i64 {
+        self.user_id
+    }
+
+    /// `next` as this token's successor: in its family, issued to its user.
+    pub(crate) fn successor(&self, next: NewRefreshToken) -> NewRefreshToken {
+        NewRefreshToken {
+            family_id: self.family_id,
+            user_id: self.user_id,
+            ..next
+        }
+    }
+}
+
+impl StoreError {
+    /// `e`, from a statement writing a user's email and username, as the caller must see
+    /// it: a uniqueness conflict is [`StoreError::UsernameTaken`] when the engine's
+    /// `on_username` says the username's constraint failed and [`StoreError::EmailTaken`]
+    /// otherwise; anything else is [`StoreError::Other`] with `context`.
+    pub(crate) fn from_user_write(
+        e: sqlx::Error,
+        on_username: fn(&dyn DatabaseError) -> bool,
+        context: &'static str,
+    ) -> Self {
+        match e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                if on_username(db.as_ref()) {
+                    StoreError::UsernameTaken
+                } else {
+                    StoreError::EmailTaken
+                }
+            }
+            e => anyhow::Error::new(e).context(context).into(),
+        }
+    }
 }

@@ -499,6 +499,14 @@ pub fn sqlite_time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
+/// The end of a lease of `lease` taken at `now`, as [`sqlite_time`] writes it: what the
+/// SQLite stores put in their `lease_until` columns. An error only for a lease too long for
+/// the calendar.
+pub fn sqlite_lease_end(now: DateTime<Utc>, lease: Duration) -> anyhow::Result<String> {
+    let lease = chrono::TimeDelta::from_std(lease).context("lease out of range")?;
+    Ok(sqlite_time(now + lease))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

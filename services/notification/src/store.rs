@@ -3,11 +3,18 @@
 //! [`open`] picks one by the database URL. The store makes each step atomic (a message and
 //! its recipients recorded once; a delivery claimed by one sender at a time) and holds no
 //! policy.
+//!
+//! What both engines share is written here once: the records derive their row mapping
+//! (`sqlx::FromRow`, generic over the engine; SQLite's RFC 3339 text decodes into the same
+//! time type as PostgreSQL's `timestamptz`, states are stored as their text), the column
+//! lists that mapping reads, a finished delivery's state, and claiming one direct email as
+//! claiming a batch of one. The SQL stays in each engine's module.
 
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::FromRow;
 
 use chat_common::db::{Database, Migrations};
 
@@ -38,7 +45,7 @@ pub async fn migrate(url: &str) -> anyhow::Result<()> {
 }
 
 /// A message as recorded for notification: enough to write its emails again later.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, FromRow)]
 pub struct MessageRecord {
     /// The chat the message was sent to.
     pub chat_id: i64,
@@ -57,9 +64,10 @@ pub struct MessageRecord {
 }
 
 /// A member to email.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, FromRow)]
 pub struct Recipient {
     /// The member's user id.
+    #[sqlx(rename = "recipient_id")]
     pub user_id: i64,
     /// Where their email goes.
     pub email: String,
@@ -106,14 +114,42 @@ impl DeliveryState {
     pub fn is_final(self) -> bool {
         matches!(self, DeliveryState::Delivered | DeliveryState::Failed)
     }
+
+    /// The state an email ends in: delivered when its last try had no `error`, failed for
+    /// good otherwise.
+    pub fn finished(error: Option<&str>) -> Self {
+        match error {
+            None => DeliveryState::Delivered,
+            Some(_) => DeliveryState::Failed,
+        }
+    }
 }
 
-/// One email of a message, to one recipient, as recorded.
-#[derive(Debug, Clone)]
+/// How the state column is read back, by both engines' row mapping.
+impl TryFrom<String> for DeliveryState {
+    type Error = anyhow::Error;
+
+    fn try_from(s: String) -> anyhow::Result<Self> {
+        Self::parse(&s)
+    }
+}
+
+/// The columns of `deliveries` that make a [`DeliveryRecord`].
+pub(crate) const DELIVERY_COLUMNS: &str =
+    "recipient_id, email, username, state, attempts, error, updated_at";
+
+/// The columns of `direct_emails` that make a [`DirectEmailRecord`].
+pub(crate) const EMAIL_COLUMNS: &str =
+    "id, idempotency_key, to_address, subject, body, state, attempts, error, updated_at";
+
+/// One email of a message, to one recipient, as recorded (a row of [`DELIVERY_COLUMNS`]).
+#[derive(Debug, Clone, FromRow)]
 pub struct DeliveryRecord {
     /// Whom it goes to.
+    #[sqlx(flatten)]
     pub recipient: Recipient,
     /// Where it stands.
+    #[sqlx(try_from = "String")]
     pub state: DeliveryState,
     /// Tries made so far; 0 before the first.
     pub attempts: i32,
@@ -124,7 +160,7 @@ pub struct DeliveryRecord {
 }
 
 /// An email asked for with SendEmail, before it is recorded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
 pub struct NewEmail {
     /// The caller's key; a retry with the same key and email sends nothing twice.
     pub idempotency_key: String,
@@ -136,14 +172,16 @@ pub struct NewEmail {
     pub body: String,
 }
 
-/// A direct email as recorded.
-#[derive(Debug, Clone)]
+/// A direct email as recorded (a row of [`EMAIL_COLUMNS`]).
+#[derive(Debug, Clone, FromRow)]
 pub struct DirectEmailRecord {
     /// The record's id, which GetEmail takes.
     pub id: i64,
     /// What was asked for.
+    #[sqlx(flatten)]
     pub email: NewEmail,
     /// Where it stands.
+    #[sqlx(try_from = "String")]
     pub state: DeliveryState,
     /// Tries made so far; 0 before the first.
     pub attempts: i32,
@@ -238,12 +276,25 @@ pub trait DeliveryStore: Send + Sync + 'static {
     /// The direct email `id`.
     async fn email(&self, id: i64) -> anyhow::Result<Option<DirectEmailRecord>>;
 
+    /// Claims for `lease` up to `limit` direct emails that are pending or whose claim has
+    /// expired: email `id` only, or with `None` any, oldest first. Concurrent claimers take
+    /// different emails.
+    async fn claim_emails(
+        &self,
+        id: Option<i64>,
+        lease: Duration,
+        limit: i64,
+    ) -> anyhow::Result<Vec<DirectEmailRecord>>;
+
     /// Claims direct email `id` for `lease` when it is pending or its claim has expired.
     async fn claim_email(
         &self,
         id: i64,
         lease: Duration,
-    ) -> anyhow::Result<Option<DirectEmailRecord>>;
+    ) -> anyhow::Result<Option<DirectEmailRecord>> {
+        let mut claimed = self.claim_emails(Some(id), lease, 1).await?;
+        Ok(claimed.pop())
+    }
 
     /// Claims up to `limit` direct emails that are pending or whose claim has expired:
     /// those whose sender stopped or died.
@@ -251,7 +302,9 @@ pub trait DeliveryStore: Send + Sync + 'static {
         &self,
         lease: Duration,
         limit: i64,
-    ) -> anyhow::Result<Vec<DirectEmailRecord>>;
+    ) -> anyhow::Result<Vec<DirectEmailRecord>> {
+        self.claim_emails(None, lease, limit).await
+    }
 
     /// A try of a direct email failed and another follows.
     async fn email_attempt_failed(
@@ -266,4 +319,29 @@ pub trait DeliveryStore: Send + Sync + 'static {
 
     /// The direct email ended: delivered (`error` None) or failed for good.
     async fn finish_email(&self, id: i64, error: Option<&str>) -> anyhow::Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_email_ends_delivered_without_an_error_and_failed_with_one() {
+        assert_eq!(DeliveryState::finished(None), DeliveryState::Delivered);
+        assert_eq!(DeliveryState::finished(Some("550")), DeliveryState::Failed);
+    }
+
+    #[test]
+    fn states_read_back_from_their_stored_text() {
+        for state in [
+            DeliveryState::Pending,
+            DeliveryState::Sending,
+            DeliveryState::Delivered,
+            DeliveryState::Failed,
+        ] {
+            let back = DeliveryState::try_from(state.as_str().to_owned()).expect("known state");
+            assert_eq!(back, state);
+        }
+        assert!(DeliveryState::try_from("bounced".to_owned()).is_err());
+    }
 }

@@ -73,6 +73,16 @@ macro_rules! text_enum {
                 }
             }
         }
+
+        /// [`parse`](Self::parse) of an owned text: how the stores' row mapping reads the
+        /// column.
+        impl TryFrom<String> for $t {
+            type Error = anyhow::Error;
+
+            fn try_from(s: String) -> anyhow::Result<Self> {
+                Self::parse(&s)
+            }
+        }
     };
 }
 

@@ -3,11 +3,18 @@
 //! one by the database URL. Every write is one statement or one transaction, so the log
 //! never shows a step finished without its result (the sender id, the message seq)
 //! recorded with it.
+//!
+//! What both engines share is written here once: how a row becomes a record
+//! ([`saga_from_row`] and [`StepRecord`]'s derived mapping, generic over the engine; SQLite's
+//! RFC 3339 text decodes into the same time type as PostgreSQL's `timestamptz`), the
+//! column lists they read, and which columns a step's result sets. The SQL stays in each
+//! engine's module.
 
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::{FromRow, Row};
 use uuid::Uuid;
 
 use chat_common::db::{Database, Migrations};
@@ -40,12 +47,14 @@ pub async fn migrate(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One step of a saga as logged.
-#[derive(Debug, Clone)]
+/// One step of a saga as logged (a row of [`STEP_COLUMNS`]).
+#[derive(Debug, Clone, FromRow)]
 pub struct StepRecord {
     /// Which step; a saga has at most one record per kind.
+    #[sqlx(try_from = "String")]
     pub kind: StepKind,
     /// Its outcome so far.
+    #[sqlx(try_from = "String")]
     pub state: StepState,
     /// When it first started; a rerun after a crash keeps this time.
     pub started_at: DateTime<Utc>,
@@ -95,6 +104,61 @@ impl SagaRecord {
     }
 }
 
+/// The columns of `saga_steps` that make a [`StepRecord`].
+pub(crate) const STEP_COLUMNS: &str = "kind, state, started_at, finished_at, error";
+
+/// The columns of `sagas` that [`saga_from_row`] reads.
+pub(crate) const SAGA_COLUMNS: &str = "id, initiator_id, chat_id, sender, text, sender_id, \
+     message_seq, state, error, error_code, lease_until, created_at, updated_at";
+
+/// A row of [`SAGA_COLUMNS`] as either engine returns it.
+#[derive(FromRow)]
+pub(crate) struct SagaRow {
+    id: Uuid,
+    initiator_id: i64,
+    chat_id: i64,
+    sender: String,
+    text: String,
+    sender_id: Option<i64>,
+    message_seq: Option<i64>,
+    #[sqlx(try_from = "String")]
+    state: SagaState,
+    error: String,
+    /// Empty while the saga has not ended badly.
+    error_code: String,
+    lease_until: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+/// The saga in a row of [`SAGA_COLUMNS`], from either engine, without its steps.
+pub(crate) fn saga_from_row<'r, R: Row>(row: &'r R) -> anyhow::Result<SagaRecord>
+where
+    SagaRow: FromRow<'r, R>,
+{
+    let r = SagaRow::from_row(row)?;
+    Ok(SagaRecord {
+        id: r.id,
+        initiator_id: r.initiator_id,
+        chat_id: r.chat_id,
+        sender: r.sender,
+        text: r.text,
+        sender_id: r.sender_id,
+        message_seq: r.message_seq,
+        state: r.state,
+        error: r.error,
+        error_code: if r.error_code.is_empty() {
+            None
+        } else {
+            Some(FailCode::parse(&r.error_code)?)
+        },
+        lease_until: r.lease_until,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+        steps: Vec::new(),
+    })
+}
+
 /// What [`SagaStore::create`] found.
 pub enum Created {
     /// A new saga, leased to the caller.
@@ -121,6 +185,18 @@ pub enum StepResult {
     Sender(i64),
     /// The stored message's sequence number.
     MessageSeq(i64),
+}
+
+impl StepResult {
+    /// The values it sets on the saga's `sender_id` and `message_seq` columns; `None`
+    /// keeps a column as it is.
+    pub(crate) fn columns(self) -> (Option<i64>, Option<i64>) {
+        match self {
+            StepResult::None => (None, None),
+            StepResult::Sender(s) => (Some(s), None),
+            StepResult::MessageSeq(s) => (None, Some(s)),
+        }
+    }
 }
 
 /// The saga log, one implementation per engine. Every method commits before it returns,
@@ -179,4 +255,16 @@ pub trait SagaStore: Send + Sync + 'static {
 
     /// Takes over one saga if it is unfinished and its lease ran out.
     async fn claim(&self, id: Uuid, lease: Duration) -> anyhow::Result<Option<SagaRecord>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_result_sets_only_its_own_column() {
+        assert_eq!(StepResult::None.columns(), (None, None));
+        assert_eq!(StepResult::Sender(7).columns(), (Some(7), None));
+        assert_eq!(StepResult::MessageSeq(3).columns(), (None, Some(3)));
+    }
 }

@@ -3,14 +3,14 @@
 use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Row};
+use sqlx::{error::DatabaseError, PgPool};
 use uuid::Uuid;
 
 use super::{
-    role_from_db, Deletion, NewRefreshToken, Rotation, StoreError, UserChange, UserRecord,
-    UserStore,
+    user_from_row, Deletion, NewRefreshToken, RefreshTokenRow, Rotation, StoreError, UserChange,
+    UserRecord, UserStore, REFRESH_TOKEN_COLUMNS, USER_COLUMNS,
 };
-use crate::domain::{Email, Username};
+use crate::domain::{decide_refresh, Email, RefreshDecision, Username};
 use chat_common::Role;
 
 /// The migrations of the PostgreSQL users database (`migrations/users`).
@@ -28,18 +28,9 @@ impl PgUserStore {
     }
 }
 
-const USER_COLUMNS: &str = "id, email, username, password_hash, role, created_at";
-
-fn user_from_row(row: &sqlx::postgres::PgRow) -> Result<UserRecord, sqlx::Error> {
-    let role: String = row.try_get("role")?;
-    Ok(UserRecord {
-        id: row.try_get("id")?,
-        email: row.try_get("email")?,
-        username: row.try_get("username")?,
-        password_hash: row.try_get("password_hash")?,
-        role: role_from_db(&role),
-        created_at: row.try_get("created_at")?,
-    })
+/// Whether a uniqueness conflict is the username's: PostgreSQL names the constraint.
+fn on_username(db: &dyn DatabaseError) -> bool {
+    db.constraint() == Some("users_username_key")
 }
 
 #[async_trait]
@@ -50,7 +41,7 @@ impl UserStore for PgUserStore {
         username: &Username,
         password_hash: &str,
     ) -> Result<UserRecord, StoreError> {
-        let res = sqlx::query(&format!(
+        let row = sqlx::query(&format!(
             "INSERT INTO users (email, username, password_hash) VALUES ($1, $2, $3) \
              RETURNING {USER_COLUMNS}"
         ))
@@ -58,15 +49,9 @@ impl UserStore for PgUserStore {
         .bind(username.as_str())
         .bind(password_hash)
         .fetch_one(&self.pool)
-        .await;
-        match res {
-            Ok(row) => Ok(user_from_row(&row).context("reading the new user")?),
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => match db.constraint() {
-                Some("users_username_key") => Err(StoreError::UsernameTaken),
-                _ => Err(StoreError::EmailTaken),
-            },
-            Err(e) => Err(anyhow::Error::new(e).context("inserting a user").into()),
-        }
+        .await
+        .map_err(|e| StoreError::from_user_write(e, on_username, "inserting a user"))?;
+        Ok(user_from_row(&row).context("reading the new user")?)
     }
 
     async fn user_by_email(&self, email: &Email) -> anyhow::Result<Option<UserRecord>> {
@@ -157,7 +142,7 @@ impl UserStore for PgUserStore {
         change: &UserChange,
     ) -> Result<Option<UserRecord>, StoreError> {
         let mut tx = self.pool.begin().await.context("starting a transaction")?;
-        let res = sqlx::query(&format!(
+        let row = sqlx::query(&format!(
             "UPDATE users SET email = COALESCE($2, email), username = COALESCE($3, username), \
                password_hash = COALESCE($4, password_hash) \
              WHERE id = $1 RETURNING {USER_COLUMNS}"
@@ -167,17 +152,8 @@ impl UserStore for PgUserStore {
         .bind(change.username.as_ref().map(Username::as_str))
         .bind(change.password_hash.as_deref())
         .fetch_optional(&mut *tx)
-        .await;
-        let row = match res {
-            Ok(row) => row,
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                return match db.constraint() {
-                    Some("users_username_key") => Err(StoreError::UsernameTaken),
-                    _ => Err(StoreError::EmailTaken),
-                }
-            }
-            Err(e) => return Err(anyhow::Error::new(e).context("updating a user").into()),
-        };
+        .await
+        .map_err(|e| StoreError::from_user_write(e, on_username, "updating a user"))?;
         let Some(row) = row else {
             return Ok(None);
         };
@@ -210,23 +186,14 @@ impl UserStore for PgUserStore {
     }
 
     async fn deletions_after(&self, after: i64, limit: i64) -> anyhow::Result<Vec<Deletion>> {
-        let rows = sqlx::query(
+        sqlx::query_as(
             "SELECT id, user_id, deleted_at FROM user_deletions WHERE id > $1 ORDER BY id LIMIT $2",
         )
         .bind(after)
         .bind(limit)
         .fetch_all(&self.pool)
         .await
-        .context("reading deleted accounts")?;
-        rows.iter()
-            .map(|r| {
-                Ok(Deletion {
-                    id: r.try_get("id")?,
-                    user_id: r.try_get("user_id")?,
-                    deleted_at: r.try_get("deleted_at")?,
-                })
-            })
-            .collect()
+        .context("reading deleted accounts")
     }
 
     async fn insert_refresh_token(&self, t: &NewRefreshToken) -> anyhow::Result<()> {
@@ -248,73 +215,64 @@ impl UserStore for PgUserStore {
     async fn rotate_refresh_token(
         &self,
         presented: &[u8],
-        mut next: NewRefreshToken,
+        next: NewRefreshToken,
     ) -> anyhow::Result<Rotation> {
         let mut tx = self.pool.begin().await.context("starting a transaction")?;
         // FOR UPDATE: two concurrent rotations of one token serialise here, and the second
         // sees the token used, which is exactly reuse.
-        let row = sqlx::query(
-            "SELECT family_id, user_id, expires_at, used_at, revoked_at \
-             FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE",
-        )
+        let token: Option<RefreshTokenRow> = sqlx::query_as(&format!(
+            "SELECT {REFRESH_TOKEN_COLUMNS} FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE"
+        ))
         .bind(presented)
         .fetch_optional(&mut *tx)
         .await
         .context("looking up a refresh token")?;
-        let Some(row) = row else {
+        let Some(token) = token else {
             return Ok(Rotation::Unknown);
         };
-        let family_id: Uuid = row.try_get("family_id")?;
-        let user_id: i64 = row.try_get("user_id")?;
-        let expires_at: DateTime<Utc> = row.try_get("expires_at")?;
-        let used_at: Option<DateTime<Utc>> = row.try_get("used_at")?;
-        let revoked_at: Option<DateTime<Utc>> = row.try_get("revoked_at")?;
-
-        if revoked_at.is_some() {
-            return Ok(Rotation::Revoked);
+        match decide_refresh(&token.state(), Utc::now()) {
+            RefreshDecision::Refuse(refusal) => Ok(refusal.into()),
+            RefreshDecision::RevokeFamily => {
+                sqlx::query(
+                    "UPDATE refresh_tokens SET revoked_at = now() \
+                     WHERE family_id = $1 AND revoked_at IS NULL",
+                )
+                .bind(token.family_id())
+                .execute(&mut *tx)
+                .await
+                .context("revoking a reused token's family")?;
+                tx.commit().await.context("committing a revocation")?;
+                Ok(Rotation::Reused)
+            }
+            RefreshDecision::Rotate => {
+                sqlx::query("UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1")
+                    .bind(presented)
+                    .execute(&mut *tx)
+                    .await
+                    .context("marking a refresh token used")?;
+                let next = token.successor(next);
+                sqlx::query(
+                    "INSERT INTO refresh_tokens (id, family_id, user_id, token_hash, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(next.id)
+                .bind(next.family_id)
+                .bind(next.user_id)
+                .bind(&next.token_hash)
+                .bind(next.expires_at)
+                .execute(&mut *tx)
+                .await
+                .context("storing the rotated refresh token")?;
+                let user = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
+                    .bind(token.user_id())
+                    .fetch_one(&mut *tx)
+                    .await
+                    .context("loading the token's user")?;
+                let user = user_from_row(&user)?;
+                tx.commit().await.context("committing a rotation")?;
+                Ok(Rotation::Rotated(user))
+            }
         }
-        if used_at.is_some() {
-            sqlx::query(
-                "UPDATE refresh_tokens SET revoked_at = now() \
-                 WHERE family_id = $1 AND revoked_at IS NULL",
-            )
-            .bind(family_id)
-            .execute(&mut *tx)
-            .await
-            .context("revoking a reused token's family")?;
-            tx.commit().await.context("committing a revocation")?;
-            return Ok(Rotation::Reused);
-        }
-        if expires_at <= Utc::now() {
-            return Ok(Rotation::Expired);
-        }
-        sqlx::query("UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1")
-            .bind(presented)
-            .execute(&mut *tx)
-            .await
-            .context("marking a refresh token used")?;
-        next.family_id = family_id;
-        next.user_id = user_id;
-        sqlx::query(
-            "INSERT INTO refresh_tokens (id, family_id, user_id, token_hash, expires_at) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(next.id)
-        .bind(next.family_id)
-        .bind(next.user_id)
-        .bind(&next.token_hash)
-        .bind(next.expires_at)
-        .execute(&mut *tx)
-        .await
-        .context("storing the rotated refresh token")?;
-        let user = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
-            .bind(user_id)
-            .fetch_one(&mut *tx)
-            .await
-            .context("loading the token's user")?;
-        let user = user_from_row(&user)?;
-        tx.commit().await.context("committing a rotation")?;
-        Ok(Rotation::Rotated(user))
     }
 
     async fn revoke_family(&self, token_hash: &[u8]) -> anyhow::Result<bool> {
@@ -344,7 +302,7 @@ impl UserStore for PgUserStore {
         new_reset_at: DateTime<Utc>,
     ) -> anyhow::Result<(i64, DateTime<Utc>)> {
         // One statement: the row lock taken by the upsert serialises concurrent hits.
-        let row = sqlx::query(
+        sqlx::query_as(
             "INSERT INTO rate_limits (key, hits, reset_at) VALUES ($1, 1, $3) \
              ON CONFLICT (key) DO UPDATE SET \
                hits = CASE WHEN rate_limits.reset_at <= $2 THEN 1 ELSE rate_limits.hits + 1 END, \
@@ -356,18 +314,15 @@ impl UserStore for PgUserStore {
         .bind(new_reset_at)
         .fetch_one(&self.pool)
         .await
-        .context("counting a rate-limited event")?;
-        Ok((row.try_get("hits")?, row.try_get("reset_at")?))
+        .context("counting a rate-limited event")
     }
 
     async fn rate_limit(&self, key: &str) -> anyhow::Result<Option<(i64, DateTime<Utc>)>> {
-        let row = sqlx::query("SELECT hits, reset_at FROM rate_limits WHERE key = $1")
+        sqlx::query_as("SELECT hits, reset_at FROM rate_limits WHERE key = $1")
             .bind(key)
             .fetch_optional(&self.pool)
             .await
-            .context("reading a rate limit")?;
-        row.map(|r| Ok((r.try_get("hits")?, r.try_get("reset_at")?)))
-            .transpose()
+            .context("reading a rate limit")
     }
 
     async fn unhit_rate_limit(&self, key: &str) -> anyhow::Result<()> {

@@ -3,21 +3,21 @@
 //! SQLite has one writer at a time: a rotation or revocation reads and writes inside one
 //! [`begin_write`] transaction, which holds the write lock from its first statement, so
 //! it is as atomic as PostgreSQL's `SELECT ... FOR UPDATE`. Times are stored as fixed-width
-//! RFC 3339 text ([`ts`]), which orders as text the way the times do.
+//! RFC 3339 text ([`sqlite_time`]), which orders as text the way the times do.
 
 use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{sqlite::SqliteRow, QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::{error::DatabaseError, QueryBuilder, Sqlite, SqlitePool};
 use uuid::Uuid;
 
-use chat_common::db::{begin_write, sqlite_writer};
+use chat_common::db::{begin_write, sqlite_time, sqlite_writer};
 
 use super::{
-    role_from_db, Deletion, NewRefreshToken, Rotation, StoreError, UserChange, UserRecord,
-    UserStore,
+    user_from_row, Deletion, NewRefreshToken, RefreshTokenRow, Rotation, StoreError, UserChange,
+    UserRecord, UserStore, REFRESH_TOKEN_COLUMNS, USER_COLUMNS,
 };
-use crate::domain::{Email, Username};
+use crate::domain::{decide_refresh, Email, RefreshDecision, Username};
 use chat_common::Role;
 
 /// The migrations of the SQLite users database (`migrations/sqlite/users`).
@@ -40,23 +40,10 @@ impl SqliteUserStore {
     }
 }
 
-/// `t` as the schema stores times: RFC 3339, UTC, always six fractional digits.
-fn ts(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
-}
-
-const USER_COLUMNS: &str = "id, email, username, password_hash, role, created_at";
-
-fn user_from_row(row: &SqliteRow) -> Result<UserRecord, sqlx::Error> {
-    let role: String = row.try_get("role")?;
-    Ok(UserRecord {
-        id: row.try_get("id")?,
-        email: row.try_get("email")?,
-        username: row.try_get("username")?,
-        password_hash: row.try_get("password_hash")?,
-        role: role_from_db(&role),
-        created_at: row.try_get("created_at")?,
-    })
+/// Whether a uniqueness conflict is the username's: SQLite names the column in its
+/// message ("UNIQUE constraint failed: users.username").
+fn on_username(db: &dyn DatabaseError) -> bool {
+    db.message().contains("users.username")
 }
 
 /// Pushes `column IN (?, ?, ...)`, one parameter per value of `values` (not empty). The
@@ -81,28 +68,18 @@ impl UserStore for SqliteUserStore {
         username: &Username,
         password_hash: &str,
     ) -> Result<UserRecord, StoreError> {
-        let res = sqlx::query(&format!(
+        let row = sqlx::query(&format!(
             "INSERT INTO users (email, username, password_hash, created_at) \
              VALUES (?1, ?2, ?3, ?4) RETURNING {USER_COLUMNS}"
         ))
         .bind(email.as_str())
         .bind(username.as_str())
         .bind(password_hash)
-        .bind(ts(Utc::now()))
+        .bind(sqlite_time(Utc::now()))
         .fetch_one(&self.write)
-        .await;
-        match res {
-            Ok(row) => Ok(user_from_row(&row).context("reading the new user")?),
-            // SQLite names the column: "UNIQUE constraint failed: users.username".
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                if db.message().contains("users.username") {
-                    Err(StoreError::UsernameTaken)
-                } else {
-                    Err(StoreError::EmailTaken)
-                }
-            }
-            Err(e) => Err(anyhow::Error::new(e).context("inserting a user").into()),
-        }
+        .await
+        .map_err(|e| StoreError::from_user_write(e, on_username, "inserting a user"))?;
+        Ok(user_from_row(&row).context("reading the new user")?)
     }
 
     async fn user_by_email(&self, email: &Email) -> anyhow::Result<Option<UserRecord>> {
@@ -208,7 +185,7 @@ impl UserStore for SqliteUserStore {
         let mut tx = begin_write(&self.write)
             .await
             .context("starting a transaction")?;
-        let res = sqlx::query(&format!(
+        let row = sqlx::query(&format!(
             "UPDATE users SET email = COALESCE(?2, email), username = COALESCE(?3, username), \
                password_hash = COALESCE(?4, password_hash) \
              WHERE id = ?1 RETURNING {USER_COLUMNS}"
@@ -218,19 +195,8 @@ impl UserStore for SqliteUserStore {
         .bind(change.username.as_ref().map(Username::as_str))
         .bind(change.password_hash.as_deref())
         .fetch_optional(&mut *tx)
-        .await;
-        let row = match res {
-            Ok(row) => row,
-            // SQLite names the column: "UNIQUE constraint failed: users.username".
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                return if db.message().contains("users.username") {
-                    Err(StoreError::UsernameTaken)
-                } else {
-                    Err(StoreError::EmailTaken)
-                }
-            }
-            Err(e) => return Err(anyhow::Error::new(e).context("updating a user").into()),
-        };
+        .await
+        .map_err(|e| StoreError::from_user_write(e, on_username, "updating a user"))?;
         let Some(row) = row else {
             return Ok(None);
         };
@@ -241,7 +207,7 @@ impl UserStore for SqliteUserStore {
                  WHERE user_id = ?1 AND revoked_at IS NULL",
             )
             .bind(id)
-            .bind(ts(Utc::now()))
+            .bind(sqlite_time(Utc::now()))
             .execute(&mut *tx)
             .await
             .context("revoking a user's sessions")?;
@@ -270,7 +236,7 @@ impl UserStore for SqliteUserStore {
         }
         sqlx::query("INSERT INTO user_deletions (user_id, deleted_at) VALUES (?1, ?2)")
             .bind(id)
-            .bind(ts(Utc::now()))
+            .bind(sqlite_time(Utc::now()))
             .execute(&mut *tx)
             .await
             .context("recording a user deletion")?;
@@ -279,23 +245,14 @@ impl UserStore for SqliteUserStore {
     }
 
     async fn deletions_after(&self, after: i64, limit: i64) -> anyhow::Result<Vec<Deletion>> {
-        let rows = sqlx::query(
+        sqlx::query_as(
             "SELECT id, user_id, deleted_at FROM user_deletions WHERE id > ?1 ORDER BY id LIMIT ?2",
         )
         .bind(after)
         .bind(limit)
         .fetch_all(&self.pool)
         .await
-        .context("reading deleted accounts")?;
-        rows.iter()
-            .map(|r| {
-                Ok(Deletion {
-                    id: r.try_get("id")?,
-                    user_id: r.try_get("user_id")?,
-                    deleted_at: r.try_get("deleted_at")?,
-                })
-            })
-            .collect()
+        .context("reading deleted accounts")
     }
 
     async fn insert_refresh_token(&self, t: &NewRefreshToken) -> anyhow::Result<()> {
@@ -308,8 +265,8 @@ impl UserStore for SqliteUserStore {
         .bind(t.family_id)
         .bind(t.user_id)
         .bind(&t.token_hash)
-        .bind(ts(Utc::now()))
-        .bind(ts(t.expires_at))
+        .bind(sqlite_time(Utc::now()))
+        .bind(sqlite_time(t.expires_at))
         .execute(&self.write)
         .await
         .context("storing a refresh token")?;
@@ -319,7 +276,7 @@ impl UserStore for SqliteUserStore {
     async fn rotate_refresh_token(
         &self,
         presented: &[u8],
-        mut next: NewRefreshToken,
+        next: NewRefreshToken,
     ) -> anyhow::Result<Rotation> {
         // The write lock is held from here to the commit: two concurrent rotations of one
         // token run one after the other, and the second sees the token used, which is
@@ -328,72 +285,63 @@ impl UserStore for SqliteUserStore {
             .await
             .context("starting a transaction")?;
         let now = Utc::now();
-        let row = sqlx::query(
-            "SELECT family_id, user_id, expires_at, used_at, revoked_at \
-             FROM refresh_tokens WHERE token_hash = ?1",
-        )
+        let token: Option<RefreshTokenRow> = sqlx::query_as(&format!(
+            "SELECT {REFRESH_TOKEN_COLUMNS} FROM refresh_tokens WHERE token_hash = ?1"
+        ))
         .bind(presented)
         .fetch_optional(&mut *tx)
         .await
         .context("looking up a refresh token")?;
-        let Some(row) = row else {
+        let Some(token) = token else {
             return Ok(Rotation::Unknown);
         };
-        let family_id: Uuid = row.try_get("family_id")?;
-        let user_id: i64 = row.try_get("user_id")?;
-        let expires_at: DateTime<Utc> = row.try_get("expires_at")?;
-        let used_at: Option<DateTime<Utc>> = row.try_get("used_at")?;
-        let revoked_at: Option<DateTime<Utc>> = row.try_get("revoked_at")?;
-
-        if revoked_at.is_some() {
-            return Ok(Rotation::Revoked);
+        match decide_refresh(&token.state(), now) {
+            RefreshDecision::Refuse(refusal) => Ok(refusal.into()),
+            RefreshDecision::RevokeFamily => {
+                sqlx::query(
+                    "UPDATE refresh_tokens SET revoked_at = ?2 \
+                     WHERE family_id = ?1 AND revoked_at IS NULL",
+                )
+                .bind(token.family_id())
+                .bind(sqlite_time(now))
+                .execute(&mut *tx)
+                .await
+                .context("revoking a reused token's family")?;
+                tx.commit().await.context("committing a revocation")?;
+                Ok(Rotation::Reused)
+            }
+            RefreshDecision::Rotate => {
+                sqlx::query("UPDATE refresh_tokens SET used_at = ?2 WHERE token_hash = ?1")
+                    .bind(presented)
+                    .bind(sqlite_time(now))
+                    .execute(&mut *tx)
+                    .await
+                    .context("marking a refresh token used")?;
+                let next = token.successor(next);
+                sqlx::query(
+                    "INSERT INTO refresh_tokens \
+                       (id, family_id, user_id, token_hash, created_at, expires_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .bind(next.id)
+                .bind(next.family_id)
+                .bind(next.user_id)
+                .bind(&next.token_hash)
+                .bind(sqlite_time(now))
+                .bind(sqlite_time(next.expires_at))
+                .execute(&mut *tx)
+                .await
+                .context("storing the rotated refresh token")?;
+                let user = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))
+                    .bind(token.user_id())
+                    .fetch_one(&mut *tx)
+                    .await
+                    .context("loading the token's user")?;
+                let user = user_from_row(&user)?;
+                tx.commit().await.context("committing a rotation")?;
+                Ok(Rotation::Rotated(user))
+            }
         }
-        if used_at.is_some() {
-            sqlx::query(
-                "UPDATE refresh_tokens SET revoked_at = ?2 \
-                 WHERE family_id = ?1 AND revoked_at IS NULL",
-            )
-            .bind(family_id)
-            .bind(ts(now))
-            .execute(&mut *tx)
-            .await
-            .context("revoking a reused token's family")?;
-            tx.commit().await.context("committing a revocation")?;
-            return Ok(Rotation::Reused);
-        }
-        if expires_at <= now {
-            return Ok(Rotation::Expired);
-        }
-        sqlx::query("UPDATE refresh_tokens SET used_at = ?2 WHERE token_hash = ?1")
-            .bind(presented)
-            .bind(ts(now))
-            .execute(&mut *tx)
-            .await
-            .context("marking a refresh token used")?;
-        next.family_id = family_id;
-        next.user_id = user_id;
-        sqlx::query(
-            "INSERT INTO refresh_tokens \
-               (id, family_id, user_id, token_hash, created_at, expires_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .bind(next.id)
-        .bind(next.family_id)
-        .bind(next.user_id)
-        .bind(&next.token_hash)
-        .bind(ts(now))
-        .bind(ts(next.expires_at))
-        .execute(&mut *tx)
-        .await
-        .context("storing the rotated refresh token")?;
-        let user = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))
-            .bind(user_id)
-            .fetch_one(&mut *tx)
-            .await
-            .context("loading the token's user")?;
-        let user = user_from_row(&user)?;
-        tx.commit().await.context("committing a rotation")?;
-        Ok(Rotation::Rotated(user))
     }
 
     async fn revoke_family(&self, token_hash: &[u8]) -> anyhow::Result<bool> {
@@ -413,7 +361,7 @@ impl UserStore for SqliteUserStore {
             "UPDATE refresh_tokens SET revoked_at = ?2 WHERE family_id = ?1 AND revoked_at IS NULL",
         )
         .bind(family)
-        .bind(ts(Utc::now()))
+        .bind(sqlite_time(Utc::now()))
         .execute(&mut *tx)
         .await
         .context("revoking a token family")?;
@@ -428,7 +376,7 @@ impl UserStore for SqliteUserStore {
         new_reset_at: DateTime<Utc>,
     ) -> anyhow::Result<(i64, DateTime<Utc>)> {
         // One statement on the one writer connection: hits are counted one after the other.
-        let row = sqlx::query(
+        sqlx::query_as(
             "INSERT INTO rate_limits (key, hits, reset_at) VALUES (?1, 1, ?3) \
              ON CONFLICT (key) DO UPDATE SET \
                hits = CASE WHEN rate_limits.reset_at <= ?2 THEN 1 ELSE rate_limits.hits + 1 END, \
@@ -436,22 +384,19 @@ impl UserStore for SqliteUserStore {
              RETURNING hits, reset_at",
         )
         .bind(key)
-        .bind(ts(now))
-        .bind(ts(new_reset_at))
+        .bind(sqlite_time(now))
+        .bind(sqlite_time(new_reset_at))
         .fetch_one(&self.write)
         .await
-        .context("counting a rate-limited event")?;
-        Ok((row.try_get("hits")?, row.try_get("reset_at")?))
+        .context("counting a rate-limited event")
     }
 
     async fn rate_limit(&self, key: &str) -> anyhow::Result<Option<(i64, DateTime<Utc>)>> {
-        let row = sqlx::query("SELECT hits, reset_at FROM rate_limits WHERE key = ?1")
+        sqlx::query_as("SELECT hits, reset_at FROM rate_limits WHERE key = ?1")
             .bind(key)
             .fetch_optional(&self.pool)
             .await
-            .context("reading a rate limit")?;
-        row.map(|r| Ok((r.try_get("hits")?, r.try_get("reset_at")?)))
-            .transpose()
+            .context("reading a rate limit")
     }
 
     async fn unhit_rate_limit(&self, key: &str) -> anyhow::Result<()> {
@@ -465,7 +410,7 @@ impl UserStore for SqliteUserStore {
 
     async fn prune_rate_limits(&self, now: DateTime<Utc>) -> anyhow::Result<u64> {
         let done = sqlx::query("DELETE FROM rate_limits WHERE reset_at <= ?1")
-            .bind(ts(now))
+            .bind(sqlite_time(now))
             .execute(&self.write)
             .await
             .context("pruning rate limits")?;

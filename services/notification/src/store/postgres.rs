@@ -5,13 +5,13 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{postgres::PgRow, PgPool, Row};
+use sqlx::{postgres::PgRow, FromRow, PgPool, Row};
 
 use chat_common::batch::Batcher;
 
 use super::{
     DeliveryRecord, DeliveryState, DeliveryStore, DirectEmailRecord, MessageRecord, NewEmail,
-    Recipient,
+    Recipient, DELIVERY_COLUMNS, EMAIL_COLUMNS,
 };
 
 /// The PostgreSQL schema of the delivery records.
@@ -89,90 +89,28 @@ async fn record_and_claim(
     pool: PgPool,
     items: Vec<RecordItem>,
 ) -> anyhow::Result<Vec<(bool, Vec<DeliveryRecord>)>> {
-    // The first item of each message does the work; later ones of the same message get
-    // nothing.
-    let mut first = HashMap::new();
-    for (i, item) in items.iter().enumerate() {
-        first
-            .entry((item.message.chat_id, item.message.seq))
-            .or_insert(i);
-    }
+    let first = first_of_each_message(&items);
     let lease = items.iter().map(|i| i.lease).max().unwrap_or_default();
-    let mut m = MessageColumns::default();
-    let mut r = RecipientColumns::default();
-    for (i, item) in items.iter().enumerate() {
-        let msg = &item.message;
-        if first.get(&(msg.chat_id, msg.seq)) != Some(&i) {
-            continue;
-        }
-        m.push(msg);
-        for rc in item.recipients.iter() {
-            r.push(msg.chat_id, msg.seq, rc);
-        }
-    }
-    let rows = sqlx::query(
-        "WITH msg AS ( \
-             INSERT INTO notified_messages \
-               (chat_id, seq, sender_id, sender_username, chat_title, text, sent_at) \
-             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], \
-                                  $5::text[], $6::text[], $7::timestamptz[]) \
-             ON CONFLICT DO NOTHING RETURNING chat_id, seq), \
-         fresh AS ( \
-             INSERT INTO deliveries \
-               (chat_id, seq, recipient_id, email, username, state, lease_until) \
-             SELECT r.chat_id, r.seq, r.recipient_id, r.email, r.username, 'sending', \
-                    now() + make_interval(secs => $13) \
-             FROM UNNEST($8::bigint[], $9::bigint[], $10::bigint[], $11::text[], $12::text[]) \
-                  AS r(chat_id, seq, recipient_id, email, username) \
-             JOIN msg USING (chat_id, seq) \
-             ON CONFLICT DO NOTHING \
-             RETURNING chat_id, seq, recipient_id, email, username, state, attempts, error, \
-                       updated_at), \
-         due AS ( \
-             SELECT d.chat_id, d.seq, d.recipient_id FROM deliveries d \
-             JOIN UNNEST($1::bigint[], $2::bigint[]) AS k(chat_id, seq) \
-               ON d.chat_id = k.chat_id AND d.seq = k.seq \
-             WHERE d.state = 'pending' OR (d.state = 'sending' AND d.lease_until < now()) \
-             FOR UPDATE OF d SKIP LOCKED), \
-         taken AS ( \
-             UPDATE deliveries d SET state = 'sending', \
-                lease_until = now() + make_interval(secs => $13), updated_at = now() \
-             FROM due WHERE d.chat_id = due.chat_id AND d.seq = due.seq \
-               AND d.recipient_id = due.recipient_id \
-             RETURNING d.chat_id, d.seq, d.recipient_id, d.email, d.username, d.state, \
-                       d.attempts, d.error, d.updated_at) \
-         SELECT true AS recorded, chat_id, seq, NULL::bigint AS recipient_id, NULL AS email, \
-                NULL AS username, NULL AS state, NULL::int AS attempts, NULL AS error, \
-                NULL::timestamptz AS updated_at FROM msg \
-         UNION ALL SELECT false, * FROM fresh \
-         UNION ALL SELECT false, * FROM taken",
-    )
-    .bind(&m.chat_ids)
-    .bind(&m.seqs)
-    .bind(&m.sender_ids)
-    .bind(&m.sender_usernames)
-    .bind(&m.chat_titles)
-    .bind(&m.texts)
-    .bind(&m.sent_ats)
-    .bind(&r.chat_ids)
-    .bind(&r.seqs)
-    .bind(&r.user_ids)
-    .bind(&r.emails)
-    .bind(&r.usernames)
-    .bind(lease_secs(lease))
-    .fetch_all(&pool)
-    .await
-    .context("recording messages and claiming their deliveries")?;
-    let mut out: HashMap<(i64, i64), (bool, Vec<DeliveryRecord>)> = HashMap::new();
-    for row in &rows {
-        let key = (row.try_get("chat_id")?, row.try_get("seq")?);
-        let entry = out.entry(key).or_default();
-        if row.try_get("recorded")? {
-            entry.0 = true;
-        } else {
-            entry.1.push(delivery_from_row(row)?);
-        }
-    }
+    let (m, r) = batch_columns(&items, &first);
+    let rows = sqlx::query(RECORD_AND_CLAIM)
+        .bind(&m.chat_ids)
+        .bind(&m.seqs)
+        .bind(&m.sender_ids)
+        .bind(&m.sender_usernames)
+        .bind(&m.chat_titles)
+        .bind(&m.texts)
+        .bind(&m.sent_ats)
+        .bind(&r.chat_ids)
+        .bind(&r.seqs)
+        .bind(&r.user_ids)
+        .bind(&r.emails)
+        .bind(&r.usernames)
+        .bind(lease_secs(lease))
+        .fetch_all(&pool)
+        .await
+        .context("recording messages and claiming their deliveries")?;
+    let mut out = by_message(&rows)?;
+    // The first item of each message gets what the statement did for it, the others nothing.
     Ok(items
         .iter()
         .enumerate()
@@ -188,6 +126,95 @@ async fn record_and_claim(
             }
         })
         .collect())
+}
+
+/// The statement of [`record_and_claim`]: `$1`..`$7` the new messages' columns, `$8`..`$12`
+/// their recipients', `$13` the lease in seconds. A row per recorded message (`recorded`
+/// true, no delivery) and per delivery created or claimed.
+const RECORD_AND_CLAIM: &str = "WITH msg AS ( \
+         INSERT INTO notified_messages \
+           (chat_id, seq, sender_id, sender_username, chat_title, text, sent_at) \
+         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], \
+                              $5::text[], $6::text[], $7::timestamptz[]) \
+         ON CONFLICT DO NOTHING RETURNING chat_id, seq), \
+     fresh AS ( \
+         INSERT INTO deliveries \
+           (chat_id, seq, recipient_id, email, username, state, lease_until) \
+         SELECT r.chat_id, r.seq, r.recipient_id, r.email, r.username, 'sending', \
+                now() + make_interval(secs => $13) \
+         FROM UNNEST($8::bigint[], $9::bigint[], $10::bigint[], $11::text[], $12::text[]) \
+              AS r(chat_id, seq, recipient_id, email, username) \
+         JOIN msg USING (chat_id, seq) \
+         ON CONFLICT DO NOTHING \
+         RETURNING chat_id, seq, recipient_id, email, username, state, attempts, error, \
+                   updated_at), \
+     due AS ( \
+         SELECT d.chat_id, d.seq, d.recipient_id FROM deliveries d \
+         JOIN UNNEST($1::bigint[], $2::bigint[]) AS k(chat_id, seq) \
+           ON d.chat_id = k.chat_id AND d.seq = k.seq \
+         WHERE d.state = 'pending' OR (d.state = 'sending' AND d.lease_until < now()) \
+         FOR UPDATE OF d SKIP LOCKED), \
+     taken AS ( \
+         UPDATE deliveries d SET state = 'sending', \
+            lease_until = now() + make_interval(secs => $13), updated_at = now() \
+         FROM due WHERE d.chat_id = due.chat_id AND d.seq = due.seq \
+           AND d.recipient_id = due.recipient_id \
+         RETURNING d.chat_id, d.seq, d.recipient_id, d.email, d.username, d.state, \
+                   d.attempts, d.error, d.updated_at) \
+     SELECT true AS recorded, chat_id, seq, NULL::bigint AS recipient_id, NULL AS email, \
+            NULL AS username, NULL AS state, NULL::int AS attempts, NULL AS error, \
+            NULL::timestamptz AS updated_at FROM msg \
+     UNION ALL SELECT false, * FROM fresh \
+     UNION ALL SELECT false, * FROM taken";
+
+/// Which item of the batch does the work for each message (chat id, seq): its first one.
+fn first_of_each_message(items: &[RecordItem]) -> HashMap<(i64, i64), usize> {
+    let mut first = HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        first
+            .entry((item.message.chat_id, item.message.seq))
+            .or_insert(i);
+    }
+    first
+}
+
+/// The columns to bind for the items that do the work (`first`), messages and recipients.
+fn batch_columns<'a>(
+    items: &'a [RecordItem],
+    first: &HashMap<(i64, i64), usize>,
+) -> (MessageColumns<'a>, RecipientColumns<'a>) {
+    let mut m = MessageColumns::default();
+    let mut r = RecipientColumns::default();
+    for (i, item) in items.iter().enumerate() {
+        let msg = &item.message;
+        if first.get(&(msg.chat_id, msg.seq)) != Some(&i) {
+            continue;
+        }
+        m.push(msg);
+        for rc in item.recipients.iter() {
+            r.push(msg.chat_id, msg.seq, rc);
+        }
+    }
+    (m, r)
+}
+
+/// What [`record_and_claim`] did for one message: whether it recorded it, and the
+/// deliveries it created or claimed.
+type Outcome = (bool, Vec<DeliveryRecord>);
+
+/// The statement's rows by message (chat id, seq).
+fn by_message(rows: &[PgRow]) -> anyhow::Result<HashMap<(i64, i64), Outcome>> {
+    let mut out: HashMap<(i64, i64), Outcome> = HashMap::new();
+    for row in rows {
+        let key = (row.try_get("chat_id")?, row.try_get("seq")?);
+        let entry = out.entry(key).or_default();
+        if row.try_get("recorded")? {
+            entry.0 = true;
+        } else {
+            entry.1.push(DeliveryRecord::from_row(row)?);
+        }
+    }
+    Ok(out)
 }
 
 /// The messages of a batch, column by column, for `UNNEST`.
@@ -260,45 +287,8 @@ async fn finish_delivered(pool: PgPool, items: Vec<DeliveredItem>) -> anyhow::Re
     Ok(vec![(); items.len()])
 }
 
-const DELIVERY_COLUMNS: &str = "recipient_id, email, username, state, attempts, error, updated_at";
-
-fn delivery_from_row(row: &PgRow) -> anyhow::Result<DeliveryRecord> {
-    let state: String = row.try_get("state")?;
-    Ok(DeliveryRecord {
-        recipient: Recipient {
-            user_id: row.try_get("recipient_id")?,
-            email: row.try_get("email")?,
-            username: row.try_get("username")?,
-        },
-        state: DeliveryState::parse(&state)?,
-        attempts: row.try_get("attempts")?,
-        error: row.try_get("error")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
 fn lease_secs(lease: Duration) -> f64 {
     lease.as_secs_f64()
-}
-
-const EMAIL_COLUMNS: &str =
-    "id, idempotency_key, to_address, subject, body, state, attempts, error, updated_at";
-
-fn email_from_row(row: &PgRow) -> anyhow::Result<DirectEmailRecord> {
-    let state: String = row.try_get("state")?;
-    Ok(DirectEmailRecord {
-        id: row.try_get("id")?,
-        email: NewEmail {
-            idempotency_key: row.try_get("idempotency_key")?,
-            to_address: row.try_get("to_address")?,
-            subject: row.try_get("subject")?,
-            body: row.try_get("body")?,
-        },
-        state: DeliveryState::parse(&state)?,
-        attempts: row.try_get("attempts")?,
-        error: row.try_get("error")?,
-        updated_at: row.try_get("updated_at")?,
-    })
 }
 
 #[async_trait]
@@ -330,7 +320,7 @@ impl DeliveryStore for PgDeliveryStore {
     }
 
     async fn message(&self, chat_id: i64, seq: i64) -> anyhow::Result<Option<MessageRecord>> {
-        let row = sqlx::query(
+        sqlx::query_as(
             "SELECT chat_id, seq, sender_id, sender_username, chat_title, text, sent_at \
              FROM notified_messages WHERE chat_id = $1 AND seq = $2",
         )
@@ -338,19 +328,7 @@ impl DeliveryStore for PgDeliveryStore {
         .bind(seq)
         .fetch_optional(&self.pool)
         .await
-        .context("reading a notified message")?;
-        row.map(|r| {
-            Ok(MessageRecord {
-                chat_id: r.try_get("chat_id")?,
-                seq: r.try_get("seq")?,
-                sender_id: r.try_get("sender_id")?,
-                sender_username: r.try_get("sender_username")?,
-                chat_title: r.try_get("chat_title")?,
-                text: r.try_get("text")?,
-                sent_at: r.try_get("sent_at")?,
-            })
-        })
-        .transpose()
+        .context("reading a notified message")
     }
 
     async fn claim(
@@ -360,7 +338,7 @@ impl DeliveryStore for PgDeliveryStore {
         lease: Duration,
     ) -> anyhow::Result<Vec<DeliveryRecord>> {
         // SKIP LOCKED: a concurrent claimer takes the rows this one does not.
-        let rows = sqlx::query(&format!(
+        sqlx::query_as(&format!(
             "UPDATE deliveries d SET state = 'sending', \
                 lease_until = now() + make_interval(secs => $3), updated_at = now() \
              FROM (SELECT recipient_id FROM deliveries \
@@ -380,8 +358,7 @@ impl DeliveryStore for PgDeliveryStore {
         .bind(lease_secs(lease))
         .fetch_all(&self.pool)
         .await
-        .context("claiming deliveries")?;
-        rows.iter().map(delivery_from_row).collect()
+        .context("claiming deliveries")
     }
 
     async fn attempt_failed(
@@ -429,10 +406,7 @@ impl DeliveryStore for PgDeliveryStore {
         recipient_id: i64,
         error: Option<&str>,
     ) -> anyhow::Result<()> {
-        let state = match error {
-            None => DeliveryState::Delivered,
-            Some(_) => DeliveryState::Failed,
-        };
+        let state = DeliveryState::finished(error);
         sqlx::query(
             "UPDATE deliveries SET state = $4, attempts = attempts + 1, \
                 error = COALESCE($5, error), lease_until = NULL, updated_at = now() \
@@ -472,7 +446,7 @@ impl DeliveryStore for PgDeliveryStore {
         if !self.is_recorded(chat_id, seq).await? {
             return Ok(None);
         }
-        let rows = sqlx::query(&format!(
+        let deliveries: Vec<DeliveryRecord> = sqlx::query_as(&format!(
             "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE chat_id = $1 AND seq = $2 \
              ORDER BY recipient_id"
         ))
@@ -481,14 +455,11 @@ impl DeliveryStore for PgDeliveryStore {
         .fetch_all(&self.pool)
         .await
         .context("reading deliveries")?;
-        rows.iter()
-            .map(delivery_from_row)
-            .collect::<anyhow::Result<_>>()
-            .map(Some)
+        Ok(Some(deliveries))
     }
 
     async fn create_email(&self, email: &NewEmail) -> anyhow::Result<(DirectEmailRecord, bool)> {
-        let inserted = sqlx::query(&format!(
+        let inserted: Option<DirectEmailRecord> = sqlx::query_as(&format!(
             "INSERT INTO direct_emails (idempotency_key, to_address, subject, body) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (idempotency_key) DO NOTHING \
              RETURNING {EMAIL_COLUMNS}"
@@ -500,45 +471,51 @@ impl DeliveryStore for PgDeliveryStore {
         .fetch_optional(&self.pool)
         .await
         .context("recording an email")?;
-        if let Some(row) = inserted {
-            return Ok((email_from_row(&row)?, true));
+        if let Some(record) = inserted {
+            return Ok((record, true));
         }
-        let row = sqlx::query(&format!(
+        let record: DirectEmailRecord = sqlx::query_as(&format!(
             "SELECT {EMAIL_COLUMNS} FROM direct_emails WHERE idempotency_key = $1"
         ))
         .bind(&email.idempotency_key)
         .fetch_one(&self.pool)
         .await
         .context("reading an email")?;
-        Ok((email_from_row(&row)?, false))
+        Ok((record, false))
     }
 
     async fn email(&self, id: i64) -> anyhow::Result<Option<DirectEmailRecord>> {
-        let row = sqlx::query(&format!(
+        sqlx::query_as(&format!(
             "SELECT {EMAIL_COLUMNS} FROM direct_emails WHERE id = $1"
         ))
         .bind(id)
         .fetch_optional(&self.pool)
         .await
-        .context("reading an email")?;
-        row.as_ref().map(email_from_row).transpose()
+        .context("reading an email")
     }
 
-    async fn claim_email(
+    async fn claim_emails(
         &self,
-        id: i64,
-        lease: Duration,
-    ) -> anyhow::Result<Option<DirectEmailRecord>> {
-        let mut claimed = self.claim_emails(Some(id), lease, 1).await?;
-        Ok(claimed.pop())
-    }
-
-    async fn claim_due_emails(
-        &self,
+        id: Option<i64>,
         lease: Duration,
         limit: i64,
     ) -> anyhow::Result<Vec<DirectEmailRecord>> {
-        self.claim_emails(None, lease, limit).await
+        // SKIP LOCKED: concurrent claimers take different rows.
+        sqlx::query_as(&format!(
+            "UPDATE direct_emails SET state = 'sending', \
+                lease_until = now() + make_interval(secs => $2), updated_at = now() \
+             WHERE id IN (SELECT id FROM direct_emails \
+                WHERE ($1::BIGINT IS NULL OR id = $1) \
+                  AND (state = 'pending' OR (state = 'sending' AND lease_until < now())) \
+                ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             RETURNING {EMAIL_COLUMNS}"
+        ))
+        .bind(id)
+        .bind(lease_secs(lease))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .context("claiming emails")
     }
 
     async fn email_attempt_failed(
@@ -574,10 +551,7 @@ impl DeliveryStore for PgDeliveryStore {
     }
 
     async fn finish_email(&self, id: i64, error: Option<&str>) -> anyhow::Result<()> {
-        let state = match error {
-            None => DeliveryState::Delivered,
-            Some(_) => DeliveryState::Failed,
-        };
+        let state = DeliveryState::finished(error);
         sqlx::query(
             "UPDATE direct_emails SET state = $2, attempts = attempts + 1, \
                 error = COALESCE($3, error), lease_until = NULL, updated_at = now() \
@@ -590,33 +564,5 @@ impl DeliveryStore for PgDeliveryStore {
         .await
         .context("recording an email's outcome")?;
         Ok(())
-    }
-}
-
-impl PgDeliveryStore {
-    /// Claims email `id` (or, with `None`, any) that is pending or whose claim expired;
-    /// SKIP LOCKED lets concurrent claimers take different rows.
-    async fn claim_emails(
-        &self,
-        id: Option<i64>,
-        lease: Duration,
-        limit: i64,
-    ) -> anyhow::Result<Vec<DirectEmailRecord>> {
-        let rows = sqlx::query(&format!(
-            "UPDATE direct_emails SET state = 'sending', \
-                lease_until = now() + make_interval(secs => $2), updated_at = now() \
-             WHERE id IN (SELECT id FROM direct_emails \
-                WHERE ($1::BIGINT IS NULL OR id = $1) \
-                  AND (state = 'pending' OR (state = 'sending' AND lease_until < now())) \
-                ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
-             RETURNING {EMAIL_COLUMNS}"
-        ))
-        .bind(id)
-        .bind(lease_secs(lease))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .context("claiming emails")?;
-        rows.iter().map(email_from_row).collect()
     }
 }

@@ -5,21 +5,21 @@
 //! write lock before it reads, so two claimers never both take a delivery (what `SKIP
 //! LOCKED` gives on PostgreSQL). Every write goes through a [`GroupWriter`]: recording a
 //! message and its recipients is one transaction, and the writes of concurrent messages
-//! share commits. Times are stored as fixed-width RFC 3339 text ([`ts`]), which orders as
-//! text the way the times do, so lease expiry can be compared in SQL.
+//! share commits. Times are stored as fixed-width RFC 3339 text ([`sqlite_time`]), which
+//! orders as text the way the times do, so lease expiry can be compared in SQL.
 
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use sqlx::{sqlite::SqliteRow, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
+use chrono::Utc;
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 
-use chat_common::db::{sqlite_writer, Args, GroupWriter};
+use chat_common::db::{sqlite_lease_end, sqlite_time, sqlite_writer, Args, GroupWriter};
 
 use super::{
     DeliveryRecord, DeliveryState, DeliveryStore, DirectEmailRecord, MessageRecord, NewEmail,
-    Recipient,
+    Recipient, DELIVERY_COLUMNS, EMAIL_COLUMNS,
 };
 
 /// Recipients per INSERT: six parameters each, well inside SQLite's 32,766.
@@ -44,54 +44,6 @@ impl SqliteDeliveryStore {
     }
 }
 
-/// `t` as the schema stores times: RFC 3339, UTC, always six fractional digits.
-fn ts(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
-}
-
-/// The end of a lease of `lease` starting `now`.
-fn lease_end(now: DateTime<Utc>, lease: Duration) -> anyhow::Result<String> {
-    let lease = chrono::TimeDelta::from_std(lease).context("lease out of range")?;
-    Ok(ts(now + lease))
-}
-
-const DELIVERY_COLUMNS: &str = "recipient_id, email, username, state, attempts, error, updated_at";
-
-fn delivery_from_row(row: &SqliteRow) -> anyhow::Result<DeliveryRecord> {
-    let state: String = row.try_get("state")?;
-    Ok(DeliveryRecord {
-        recipient: Recipient {
-            user_id: row.try_get("recipient_id")?,
-            email: row.try_get("email")?,
-            username: row.try_get("username")?,
-        },
-        state: DeliveryState::parse(&state)?,
-        attempts: row.try_get("attempts")?,
-        error: row.try_get("error")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-const EMAIL_COLUMNS: &str =
-    "id, idempotency_key, to_address, subject, body, state, attempts, error, updated_at";
-
-fn email_from_row(row: &SqliteRow) -> anyhow::Result<DirectEmailRecord> {
-    let state: String = row.try_get("state")?;
-    Ok(DirectEmailRecord {
-        id: row.try_get("id")?,
-        email: NewEmail {
-            idempotency_key: row.try_get("idempotency_key")?,
-            to_address: row.try_get("to_address")?,
-            subject: row.try_get("subject")?,
-            body: row.try_get("body")?,
-        },
-        state: DeliveryState::parse(&state)?,
-        attempts: row.try_get("attempts")?,
-        error: row.try_get("error")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
 /// Claims until `until` the deliveries of a message that are pending or whose claim ran out
 /// before `at`. One statement: it holds the write lock from its first read, so a concurrent
 /// claimer runs before or after it and finds these rows claimed.
@@ -102,7 +54,7 @@ async fn claim_on(
     until: &str,
     at: &str,
 ) -> anyhow::Result<Vec<DeliveryRecord>> {
-    let rows = sqlx::query(&format!(
+    let mut claimed: Vec<DeliveryRecord> = sqlx::query_as(&format!(
         "UPDATE deliveries SET state = 'sending', lease_until = ?3, updated_at = ?4 \
          WHERE chat_id = ?1 AND seq = ?2 \
            AND (state = 'pending' OR (state = 'sending' AND lease_until < ?4)) \
@@ -115,10 +67,6 @@ async fn claim_on(
     .fetch_all(&mut *conn)
     .await
     .context("claiming deliveries")?;
-    let mut claimed = rows
-        .iter()
-        .map(delivery_from_row)
-        .collect::<anyhow::Result<Vec<_>>>()?;
     claimed.sort_by_key(|d| d.recipient.user_id);
     Ok(claimed)
 }
@@ -143,7 +91,7 @@ impl DeliveryStore for SqliteDeliveryStore {
         lease: Duration,
     ) -> anyhow::Result<(bool, Vec<DeliveryRecord>)> {
         let at = Utc::now();
-        let (now, until) = (ts(at), lease_end(at, lease)?);
+        let (now, until) = (sqlite_time(at), sqlite_lease_end(at, lease)?);
         let record = Arc::new((m.clone(), recipients.to_vec()));
         // One write: the record (when new) and the claim share the commit.
         self.writer
@@ -163,7 +111,7 @@ impl DeliveryStore for SqliteDeliveryStore {
                     .bind(&m.sender_username)
                     .bind(&m.chat_title)
                     .bind(&m.text)
-                    .bind(ts(m.sent_at))
+                    .bind(sqlite_time(m.sent_at))
                     .bind(&now)
                     .execute(&mut *conn)
                     .await
@@ -201,7 +149,7 @@ impl DeliveryStore for SqliteDeliveryStore {
     }
 
     async fn message(&self, chat_id: i64, seq: i64) -> anyhow::Result<Option<MessageRecord>> {
-        let row = sqlx::query(
+        sqlx::query_as(
             "SELECT chat_id, seq, sender_id, sender_username, chat_title, text, sent_at \
              FROM notified_messages WHERE chat_id = ?1 AND seq = ?2",
         )
@@ -209,19 +157,7 @@ impl DeliveryStore for SqliteDeliveryStore {
         .bind(seq)
         .fetch_optional(&self.pool)
         .await
-        .context("reading a notified message")?;
-        row.map(|r| {
-            Ok(MessageRecord {
-                chat_id: r.try_get("chat_id")?,
-                seq: r.try_get("seq")?,
-                sender_id: r.try_get("sender_id")?,
-                sender_username: r.try_get("sender_username")?,
-                chat_title: r.try_get("chat_title")?,
-                text: r.try_get("text")?,
-                sent_at: r.try_get("sent_at")?,
-            })
-        })
-        .transpose()
+        .context("reading a notified message")
     }
 
     async fn claim(
@@ -231,7 +167,7 @@ impl DeliveryStore for SqliteDeliveryStore {
         lease: Duration,
     ) -> anyhow::Result<Vec<DeliveryRecord>> {
         let now = Utc::now();
-        let (until, at) = (lease_end(now, lease)?, ts(now));
+        let (until, at) = (sqlite_lease_end(now, lease)?, sqlite_time(now));
         self.writer
             .write(move |conn| {
                 let (until, at) = (until.clone(), at.clone());
@@ -259,8 +195,8 @@ impl DeliveryStore for SqliteDeliveryStore {
                     .bind(seq)
                     .bind(recipient_id)
                     .bind(error.to_owned())
-                    .bind(lease_end(now, lease)?)
-                    .bind(ts(now)),
+                    .bind(sqlite_lease_end(now, lease)?)
+                    .bind(sqlite_time(now)),
                 "recording a failed attempt",
             )
             .await?;
@@ -276,7 +212,7 @@ impl DeliveryStore for SqliteDeliveryStore {
                     .bind(chat_id)
                     .bind(seq)
                     .bind(recipient_id)
-                    .bind(ts(Utc::now())),
+                    .bind(sqlite_time(Utc::now())),
                 "releasing a delivery",
             )
             .await?;
@@ -290,10 +226,7 @@ impl DeliveryStore for SqliteDeliveryStore {
         recipient_id: i64,
         error: Option<&str>,
     ) -> anyhow::Result<()> {
-        let state = match error {
-            None => DeliveryState::Delivered,
-            Some(_) => DeliveryState::Failed,
-        };
+        let state = DeliveryState::finished(error);
         self.writer
             .execute(
                 "UPDATE deliveries SET state = ?4, attempts = attempts + 1, \
@@ -305,7 +238,7 @@ impl DeliveryStore for SqliteDeliveryStore {
                     .bind(recipient_id)
                     .bind(state.as_str())
                     .bind(error.map(str::to_owned))
-                    .bind(ts(Utc::now())),
+                    .bind(sqlite_time(Utc::now())),
                 "recording a delivery's outcome",
             )
             .await?;
@@ -329,7 +262,7 @@ impl DeliveryStore for SqliteDeliveryStore {
                     .bind(chat_id)
                     .bind(seq)
                     .bind(ids)
-                    .bind(ts(Utc::now())),
+                    .bind(sqlite_time(Utc::now())),
                 "recording deliveries",
             )
             .await?;
@@ -344,7 +277,7 @@ impl DeliveryStore for SqliteDeliveryStore {
         if !self.is_recorded(chat_id, seq).await? {
             return Ok(None);
         }
-        let rows = sqlx::query(&format!(
+        let deliveries: Vec<DeliveryRecord> = sqlx::query_as(&format!(
             "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE chat_id = ?1 AND seq = ?2 \
              ORDER BY recipient_id"
         ))
@@ -353,14 +286,11 @@ impl DeliveryStore for SqliteDeliveryStore {
         .fetch_all(&self.pool)
         .await
         .context("reading deliveries")?;
-        rows.iter()
-            .map(delivery_from_row)
-            .collect::<anyhow::Result<_>>()
-            .map(Some)
+        Ok(Some(deliveries))
     }
 
     async fn create_email(&self, email: &NewEmail) -> anyhow::Result<(DirectEmailRecord, bool)> {
-        let now = ts(Utc::now());
+        let now = sqlite_time(Utc::now());
         let email = Arc::new(email.clone());
         self.writer
             .write(move |conn| {
@@ -380,105 +310,29 @@ impl DeliveryStore for SqliteDeliveryStore {
                     .await
                     .context("recording an email")?
                     .rows_affected();
-                    let row = sqlx::query(&format!(
+                    let record: DirectEmailRecord = sqlx::query_as(&format!(
                         "SELECT {EMAIL_COLUMNS} FROM direct_emails WHERE idempotency_key = ?1"
                     ))
                     .bind(&email.idempotency_key)
                     .fetch_one(&mut *conn)
                     .await
                     .context("reading an email")?;
-                    Ok((email_from_row(&row)?, inserted == 1))
+                    Ok((record, inserted == 1))
                 })
             })
             .await
     }
 
     async fn email(&self, id: i64) -> anyhow::Result<Option<DirectEmailRecord>> {
-        let row = sqlx::query(&format!(
+        sqlx::query_as(&format!(
             "SELECT {EMAIL_COLUMNS} FROM direct_emails WHERE id = ?1"
         ))
         .bind(id)
         .fetch_optional(&self.pool)
         .await
-        .context("reading an email")?;
-        row.as_ref().map(email_from_row).transpose()
+        .context("reading an email")
     }
 
-    async fn claim_email(
-        &self,
-        id: i64,
-        lease: Duration,
-    ) -> anyhow::Result<Option<DirectEmailRecord>> {
-        let mut claimed = self.claim_emails(Some(id), lease, 1).await?;
-        Ok(claimed.pop())
-    }
-
-    async fn claim_due_emails(
-        &self,
-        lease: Duration,
-        limit: i64,
-    ) -> anyhow::Result<Vec<DirectEmailRecord>> {
-        self.claim_emails(None, lease, limit).await
-    }
-
-    async fn email_attempt_failed(
-        &self,
-        id: i64,
-        error: &str,
-        lease: Duration,
-    ) -> anyhow::Result<()> {
-        let now = Utc::now();
-        self.writer
-            .execute(
-                "UPDATE direct_emails SET attempts = attempts + 1, error = ?2, \
-                    lease_until = ?3, updated_at = ?4 WHERE id = ?1",
-                Args::new()
-                    .bind(id)
-                    .bind(error.to_owned())
-                    .bind(lease_end(now, lease)?)
-                    .bind(ts(now)),
-                "recording a failed attempt",
-            )
-            .await?;
-        Ok(())
-    }
-
-    async fn release_email(&self, id: i64) -> anyhow::Result<()> {
-        self.writer
-            .execute(
-                "UPDATE direct_emails SET state = 'pending', lease_until = NULL, updated_at = ?2 \
-                 WHERE id = ?1 AND state = 'sending'",
-                Args::new().bind(id).bind(ts(Utc::now())),
-                "releasing an email",
-            )
-            .await?;
-        Ok(())
-    }
-
-    async fn finish_email(&self, id: i64, error: Option<&str>) -> anyhow::Result<()> {
-        let state = match error {
-            None => DeliveryState::Delivered,
-            Some(_) => DeliveryState::Failed,
-        };
-        self.writer
-            .execute(
-                "UPDATE direct_emails SET state = ?2, attempts = attempts + 1, \
-                    error = COALESCE(?3, error), lease_until = NULL, updated_at = ?4 \
-                 WHERE id = ?1",
-                Args::new()
-                    .bind(id)
-                    .bind(state.as_str())
-                    .bind(error.map(str::to_owned))
-                    .bind(ts(Utc::now())),
-                "recording an email's outcome",
-            )
-            .await?;
-        Ok(())
-    }
-}
-
-impl SqliteDeliveryStore {
-    /// Claims email `id` (or, with `None`, any) that is pending or whose claim expired.
     async fn claim_emails(
         &self,
         id: Option<i64>,
@@ -486,13 +340,13 @@ impl SqliteDeliveryStore {
         limit: i64,
     ) -> anyhow::Result<Vec<DirectEmailRecord>> {
         let now = Utc::now();
-        let (until, at) = (lease_end(now, lease)?, ts(now));
+        let (until, at) = (sqlite_lease_end(now, lease)?, sqlite_time(now));
         // One statement, as for deliveries: it holds the write lock from its first read.
         self.writer
             .write(move |conn| {
                 let (until, at) = (until.clone(), at.clone());
                 Box::pin(async move {
-                    let rows = sqlx::query(&format!(
+                    let claimed: Vec<DirectEmailRecord> = sqlx::query_as(&format!(
                         "UPDATE direct_emails SET state = 'sending', lease_until = ?2, \
                             updated_at = ?3 \
                          WHERE id IN (SELECT id FROM direct_emails \
@@ -509,9 +363,61 @@ impl SqliteDeliveryStore {
                     .fetch_all(&mut *conn)
                     .await
                     .context("claiming emails")?;
-                    rows.iter().map(email_from_row).collect()
+                    Ok(claimed)
                 })
             })
             .await
+    }
+
+    async fn email_attempt_failed(
+        &self,
+        id: i64,
+        error: &str,
+        lease: Duration,
+    ) -> anyhow::Result<()> {
+        let now = Utc::now();
+        self.writer
+            .execute(
+                "UPDATE direct_emails SET attempts = attempts + 1, error = ?2, \
+                    lease_until = ?3, updated_at = ?4 WHERE id = ?1",
+                Args::new()
+                    .bind(id)
+                    .bind(error.to_owned())
+                    .bind(sqlite_lease_end(now, lease)?)
+                    .bind(sqlite_time(now)),
+                "recording a failed attempt",
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn release_email(&self, id: i64) -> anyhow::Result<()> {
+        self.writer
+            .execute(
+                "UPDATE direct_emails SET state = 'pending', lease_until = NULL, updated_at = ?2 \
+                 WHERE id = ?1 AND state = 'sending'",
+                Args::new().bind(id).bind(sqlite_time(Utc::now())),
+                "releasing an email",
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn finish_email(&self, id: i64, error: Option<&str>) -> anyhow::Result<()> {
+        let state = DeliveryState::finished(error);
+        self.writer
+            .execute(
+                "UPDATE direct_emails SET state = ?2, attempts = attempts + 1, \
+                    error = COALESCE(?3, error), lease_until = NULL, updated_at = ?4 \
+                 WHERE id = ?1",
+                Args::new()
+                    .bind(id)
+                    .bind(state.as_str())
+                    .bind(error.map(str::to_owned))
+                    .bind(sqlite_time(Utc::now())),
+                "recording an email's outcome",
+            )
+            .await?;
+        Ok(())
     }
 }

@@ -5,11 +5,14 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{postgres::PgRow, PgConnection, PgPool, Row};
+use sqlx::{postgres::PgRow, PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{Created, SagaRecord, SagaStore, StepRecord, StepResult, Then};
-use crate::domain::{FailCode, SagaState, SendRequest, StepKind, StepState};
+use super::{
+    saga_from_row, Created, SagaRecord, SagaStore, StepRecord, StepResult, Then, SAGA_COLUMNS,
+    STEP_COLUMNS,
+};
+use crate::domain::{FailCode, SagaState, SendRequest, StepKind};
 
 /// The PostgreSQL schema of the saga log.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/saga");
@@ -33,25 +36,13 @@ impl PgSagaStore {
     }
 
     async fn steps(&self, id: Uuid) -> anyhow::Result<Vec<StepRecord>> {
-        let rows = sqlx::query(
-            "SELECT kind, state, started_at, finished_at, error FROM saga_steps \
-             WHERE saga_id = $1 ORDER BY started_at, kind",
-        )
+        sqlx::query_as(&format!(
+            "SELECT {STEP_COLUMNS} FROM saga_steps WHERE saga_id = $1 ORDER BY started_at, kind"
+        ))
         .bind(id)
         .fetch_all(&self.pool)
         .await
-        .context("reading saga steps")?;
-        rows.iter()
-            .map(|r| {
-                Ok(StepRecord {
-                    kind: StepKind::parse(r.try_get("kind")?)?,
-                    state: StepState::parse(r.try_get("state")?)?,
-                    started_at: r.try_get("started_at")?,
-                    finished_at: r.try_get("finished_at")?,
-                    error: r.try_get("error")?,
-                })
-            })
-            .collect()
+        .context("reading saga steps")
     }
 
     async fn with_steps(&self, row: &PgRow) -> anyhow::Result<SagaRecord> {
@@ -59,33 +50,6 @@ impl PgSagaStore {
         saga.steps = self.steps(saga.id).await?;
         Ok(saga)
     }
-}
-
-const SAGA_COLUMNS: &str = "id, initiator_id, chat_id, sender, text, sender_id, message_seq, \
-     state, error, error_code, lease_until, created_at, updated_at";
-
-fn saga_from_row(r: &PgRow) -> anyhow::Result<SagaRecord> {
-    let code: String = r.try_get("error_code")?;
-    Ok(SagaRecord {
-        id: r.try_get("id")?,
-        initiator_id: r.try_get("initiator_id")?,
-        chat_id: r.try_get("chat_id")?,
-        sender: r.try_get("sender")?,
-        text: r.try_get("text")?,
-        sender_id: r.try_get("sender_id")?,
-        message_seq: r.try_get("message_seq")?,
-        state: SagaState::parse(r.try_get("state")?)?,
-        error: r.try_get("error")?,
-        error_code: if code.is_empty() {
-            None
-        } else {
-            Some(FailCode::parse(&code)?)
-        },
-        lease_until: r.try_get::<Option<DateTime<Utc>>, _>("lease_until")?,
-        created_at: r.try_get("created_at")?,
-        updated_at: r.try_get("updated_at")?,
-        steps: Vec::new(),
-    })
 }
 
 #[async_trait]
@@ -151,11 +115,7 @@ impl SagaStore for PgSagaStore {
         result: StepResult,
         then: Then,
     ) -> anyhow::Result<Option<DateTime<Utc>>> {
-        let (sender_id, seq) = match result {
-            StepResult::None => (None, None),
-            StepResult::Sender(s) => (Some(s), None),
-            StepResult::MessageSeq(s) => (None, Some(s)),
-        };
+        let (sender_id, seq) = result.columns();
         let (next, end, pool) = match then {
             Then::Start(next) => (Some(next.as_str()), None, &self.relaxed),
             Then::Finish(state) => (None, Some(state), &self.pool),

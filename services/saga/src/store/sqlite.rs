@@ -6,21 +6,24 @@
 //! a write's statements are in one transaction, shared with the log writes of whatever
 //! other sagas are running, so eight log writes a saga do not cost eight fsyncs each.
 //!
-//! Times are stored as fixed-width RFC 3339 text ([`ts`]), which orders as text the way
-//! the times do, so leases can be compared in SQL.
+//! Times are stored as fixed-width RFC 3339 text ([`sqlite_time`]), which orders as text
+//! the way the times do, so leases can be compared in SQL.
 
 use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{sqlite::SqliteRow, Row, SqliteConnection, SqlitePool};
+use sqlx::{sqlite::SqliteRow, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
-use chat_common::db::{sqlite_writer, Args, GroupWriter};
+use chat_common::db::{sqlite_lease_end, sqlite_time, sqlite_writer, Args, GroupWriter};
 
-use super::{Created, SagaRecord, SagaStore, StepRecord, StepResult, Then};
-use crate::domain::{FailCode, SagaState, SendRequest, StepKind, StepState};
+use super::{
+    saga_from_row, Created, SagaRecord, SagaStore, StepRecord, StepResult, Then, SAGA_COLUMNS,
+    STEP_COLUMNS,
+};
+use crate::domain::{FailCode, SagaState, SendRequest, StepKind};
 
 /// The SQLite schema of the saga log.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite/saga");
@@ -32,17 +35,6 @@ pub struct SqliteSagaStore {
     writer: GroupWriter,
 }
 
-/// `t` as the schema stores times: RFC 3339, UTC, always six fractional digits.
-fn ts(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
-}
-
-/// The end of a lease of `lease` starting `now`.
-fn lease_end(now: DateTime<Utc>, lease: Duration) -> anyhow::Result<String> {
-    let lease = chrono::TimeDelta::from_std(lease).context("lease out of range")?;
-    Ok(ts(now + lease))
-}
-
 impl SqliteSagaStore {
     /// A store on `pool`; starts the group writer on a connection of its own.
     pub async fn new(pool: SqlitePool) -> anyhow::Result<Self> {
@@ -51,25 +43,13 @@ impl SqliteSagaStore {
     }
 
     async fn steps(&self, id: Uuid) -> anyhow::Result<Vec<StepRecord>> {
-        let rows = sqlx::query(
-            "SELECT kind, state, started_at, finished_at, error FROM saga_steps \
-             WHERE saga_id = ?1 ORDER BY started_at, kind",
-        )
+        sqlx::query_as(&format!(
+            "SELECT {STEP_COLUMNS} FROM saga_steps WHERE saga_id = ?1 ORDER BY started_at, kind"
+        ))
         .bind(id)
         .fetch_all(&self.pool)
         .await
-        .context("reading saga steps")?;
-        rows.iter()
-            .map(|r| {
-                Ok(StepRecord {
-                    kind: StepKind::parse(r.try_get("kind")?)?,
-                    state: StepState::parse(r.try_get("state")?)?,
-                    started_at: r.try_get("started_at")?,
-                    finished_at: r.try_get("finished_at")?,
-                    error: r.try_get("error")?,
-                })
-            })
-            .collect()
+        .context("reading saga steps")
     }
 
     async fn with_steps(&self, row: &SqliteRow) -> anyhow::Result<SagaRecord> {
@@ -82,33 +62,6 @@ impl SqliteSagaStore {
     }
 }
 
-const SAGA_COLUMNS: &str = "id, initiator_id, chat_id, sender, text, sender_id, message_seq, \
-     state, error, error_code, lease_until, created_at, updated_at";
-
-fn saga_from_row(r: &SqliteRow) -> anyhow::Result<SagaRecord> {
-    let code: String = r.try_get("error_code")?;
-    Ok(SagaRecord {
-        id: r.try_get("id")?,
-        initiator_id: r.try_get("initiator_id")?,
-        chat_id: r.try_get("chat_id")?,
-        sender: r.try_get("sender")?,
-        text: r.try_get("text")?,
-        sender_id: r.try_get("sender_id")?,
-        message_seq: r.try_get("message_seq")?,
-        state: SagaState::parse(r.try_get("state")?)?,
-        error: r.try_get("error")?,
-        error_code: if code.is_empty() {
-            None
-        } else {
-            Some(FailCode::parse(&code)?)
-        },
-        lease_until: r.try_get::<Option<DateTime<Utc>>, _>("lease_until")?,
-        created_at: r.try_get("created_at")?,
-        updated_at: r.try_get("updated_at")?,
-        steps: Vec::new(),
-    })
-}
-
 #[async_trait]
 impl SagaStore for SqliteSagaStore {
     async fn create(
@@ -118,7 +71,11 @@ impl SagaStore for SqliteSagaStore {
         lease: Duration,
     ) -> anyhow::Result<Created> {
         let now = Utc::now();
-        let (id, lease_until, at) = (Uuid::new_v4(), lease_end(now, lease)?, ts(now));
+        let (id, lease_until, at) = (
+            Uuid::new_v4(),
+            sqlite_lease_end(now, lease)?,
+            sqlite_time(now),
+        );
         let req_owned = req.clone();
         let inserted = self
             .writer
@@ -175,7 +132,7 @@ impl SagaStore for SqliteSagaStore {
     }
 
     async fn step_started(&self, id: Uuid, kind: StepKind) -> anyhow::Result<DateTime<Utc>> {
-        let at = ts(Utc::now());
+        let at = sqlite_time(Utc::now());
         self.writer
             .write(move |conn| {
                 let at = at.clone();
@@ -191,12 +148,8 @@ impl SagaStore for SqliteSagaStore {
         result: StepResult,
         then: Then,
     ) -> anyhow::Result<Option<DateTime<Utc>>> {
-        let now = ts(Utc::now());
-        let (sender_id, seq) = match result {
-            StepResult::None => (None, None),
-            StepResult::Sender(s) => (Some(s), None),
-            StepResult::MessageSeq(s) => (None, Some(s)),
-        };
+        let now = sqlite_time(Utc::now());
+        let (sender_id, seq) = result.columns();
         self.writer
             .write(move |conn| {
                 let now = now.clone();
@@ -243,7 +196,7 @@ impl SagaStore for SqliteSagaStore {
                     .bind(id)
                     .bind(kind.as_str())
                     .bind(error.to_owned())
-                    .bind(ts(Utc::now())),
+                    .bind(sqlite_time(Utc::now())),
                 "recording a step's failure",
             )
             .await?;
@@ -257,7 +210,7 @@ impl SagaStore for SqliteSagaStore {
         error: Option<(&str, FailCode)>,
     ) -> anyhow::Result<()> {
         let error = error.map(|(e, c)| (e.to_owned(), c));
-        let at = ts(Utc::now());
+        let at = sqlite_time(Utc::now());
         self.writer
             .write(move |conn| {
                 let (error, at) = (error.clone(), at.clone());
@@ -274,7 +227,9 @@ impl SagaStore for SqliteSagaStore {
             .execute(
                 "UPDATE sagas SET lease_until = ?2 \
                  WHERE id = ?1 AND state IN ('running', 'compensating')",
-                Args::new().bind(id).bind(lease_end(Utc::now(), lease)?),
+                Args::new()
+                    .bind(id)
+                    .bind(sqlite_lease_end(Utc::now(), lease)?),
                 "renewing a saga's lease",
             )
             .await?;
@@ -285,7 +240,7 @@ impl SagaStore for SqliteSagaStore {
         self.writer
             .execute(
                 "UPDATE sagas SET lease_until = ?2 WHERE id = ?1",
-                Args::new().bind(id).bind(ts(Utc::now())),
+                Args::new().bind(id).bind(sqlite_time(Utc::now())),
                 "releasing a saga",
             )
             .await?;
@@ -298,7 +253,7 @@ impl SagaStore for SqliteSagaStore {
         limit: i64,
     ) -> anyhow::Result<Vec<SagaRecord>> {
         let now = Utc::now();
-        let (until, at) = (lease_end(now, lease)?, ts(now));
+        let (until, at) = (sqlite_lease_end(now, lease)?, sqlite_time(now));
         // One statement: it holds the write lock from its first read, so a concurrent
         // claimer runs before or after it and finds these sagas leased.
         let claimed = self
@@ -337,7 +292,7 @@ impl SagaStore for SqliteSagaStore {
 
     async fn claim(&self, id: Uuid, lease: Duration) -> anyhow::Result<Option<SagaRecord>> {
         let now = Utc::now();
-        let (until, at) = (lease_end(now, lease)?, ts(now));
+        let (until, at) = (sqlite_lease_end(now, lease)?, sqlite_time(now));
         let claimed = self
             .writer
             .write(move |conn| {
