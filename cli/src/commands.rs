@@ -10,7 +10,7 @@ use grpc_chat_proto::{
     chat::v1::{
         AddMembersRequest, CreateChatRequest, DeleteChatRequest, EditMessageRequest,
         LeaveChatRequest, ListChatsRequest, ListMembersRequest, ListMessagesRequest,
-        MarkReadRequest, RemoveMemberRequest, SendMessageRequest,
+        RemoveMemberRequest,
     },
     saga::v1 as sagapb,
 };
@@ -20,15 +20,13 @@ use crate::{
     args::Command,
     client::{authed_request, with_tokens, Client, Service, CALL_TIMEOUT},
     connect,
-    error::{is_transport_failure, saga_id, CliError, Op},
+    error::{is_transport_failure, saga_id, CliError, ErrorKind, Op},
     input::Input,
+    messages::{mark_read, once_more_if_unreached, send},
     output::{chat_line, member_line, message_line, note, say},
     pending::PendingSends,
     session::Session,
 };
-
-/// How long a send that did not reach the server waits before its one retry.
-const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The client and, once something needs it, the line reader.
 pub struct App {
@@ -687,11 +685,7 @@ impl App {
             );
             async move { saga.send_message(req).await }
         };
-        let mut answer = self.client.authed_status(call).await?;
-        if matches!(&answer, Err(s) if is_transport_failure(s)) {
-            tokio::time::sleep(RETRY_PAUSE).await;
-            answer = self.client.authed_status(call).await?;
-        }
+        let answer = once_more_if_unreached(&mut self.client, call).await?;
         let op = Op::Chat(chat_id);
         let saga = match answer {
             Ok(resp) => resp
@@ -718,34 +712,7 @@ impl App {
                 return Err(self.client.error(&s, Service::Saga, op));
             }
         };
-        match sagapb::SagaState::try_from(saga.state) {
-            Ok(sagapb::SagaState::Completed) => {
-                pending.forget(&what);
-                say(&format!(
-                    "Sent to chat {chat_id} (message #{}); members notified.",
-                    saga.message_seq
-                ));
-                Ok(())
-            }
-            Ok(sagapb::SagaState::Running) => {
-                say(&format!(
-                    "Sent to chat {chat_id} (message #{}); notifying members (saga {}).",
-                    saga.message_seq, saga.id
-                ));
-                Ok(())
-            }
-            _ => {
-                pending.forget(&what);
-                Err(CliError::new(format!(
-                    "message not delivered: {}",
-                    if saga.error.is_empty() {
-                        "the saga failed"
-                    } else {
-                        &saga.error
-                    }
-                )))
-            }
-        }
+        report_saga(chat_id, &saga, &pending, &what)
     }
 
     async fn history(&mut self, chat_id: i64, n: u32) -> Result<(), CliError> {
@@ -798,73 +765,44 @@ impl App {
     }
 }
 
-/// Sends `text` to a chat as the logged-in user. A call that fails before reaching the
-/// server (or loses its connection) is tried once more with the same idempotency key, so it
-/// is stored at most once; the key is kept until a final answer (`pending.rs`), so that
-/// running the command again after such a failure does not store it twice either.
-/// Moves the caller's read marker in `chat_id` forward to `seq`; returns the marker as the
-/// server stored it (higher than `seq` when it was already past it).
-pub async fn mark_read(client: &mut Client, chat_id: i64, seq: i64) -> Result<i64, CliError> {
-    let chat = client.chat.clone();
-    let resp = client
-        .authed(Service::Chat, Op::Chat(chat_id), |t| {
-            let mut chat = chat.clone();
-            let req = authed_request(MarkReadRequest { chat_id, seq }, &t);
-            async move { chat.mark_read(req).await }
-        })
-        .await?;
-    Ok(resp.last_read_seq)
-}
-
-/// Sends `text` to the chat as the logged-in user, with an idempotency key kept on disk until the
-/// outcome is known ([`PendingSends`]), so that retrying a send whose answer was lost does not post
-/// it twice.
-pub async fn send(
-    client: &mut Client,
+/// Says how a saga the orchestrator answered with stands: stored and notified, stored
+/// and still notifying, or not delivered. The idempotency key is kept only while the saga
+/// runs, so that running the command again asks about the same saga.
+fn report_saga(
     chat_id: i64,
-    text: String,
-) -> Result<grpc_chat_proto::chat::v1::Message, CliError> {
-    let chat = client.chat.clone();
-    let pending = PendingSends::in_dir(client.store().dir());
-    let what = format!("chat\n{}\n{chat_id}\n{text}", client.address(Service::Chat));
-    let key = pending.key_for(&what)?;
-    let call = |t: String| {
-        let mut chat = chat.clone();
-        let req = authed_request(
-            SendMessageRequest {
-                chat_id,
-                text: text.clone(),
-                idempotency_key: key.clone(),
-                on_behalf_of_user_id: 0,
-            },
-            &t,
-        );
-        async move { chat.send_message(req).await }
-    };
-    let mut answer = client.authed_status(call).await?;
-    if matches!(&answer, Err(s) if is_transport_failure(s)) {
-        tokio::time::sleep(RETRY_PAUSE).await;
-        answer = client.authed_status(call).await?;
-    }
-    let op = Op::Chat(chat_id);
-    match answer {
-        Ok(resp) => {
-            pending.forget(&what);
-            resp.message
-                .ok_or_else(|| CliError::new("the server sent no message"))
+    saga: &sagapb::Saga,
+    pending: &PendingSends,
+    what: &str,
+) -> Result<(), CliError> {
+    match sagapb::SagaState::try_from(saga.state) {
+        Ok(sagapb::SagaState::Completed) => {
+            pending.forget(what);
+            say(&format!(
+                "Sent to chat {chat_id} (message #{}); members notified.",
+                saga.message_seq
+            ));
+            Ok(())
         }
-        Err(s)
-            if is_transport_failure(&s)
-                || matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded) =>
-        {
-            Err(CliError::new(format!(
-                "{}; the message may have been sent: run the same command again, it will not be sent twice",
-                client.error(&s, Service::Chat, op)
-            )))
+        Ok(sagapb::SagaState::Running) => {
+            say(&format!(
+                "Sent to chat {chat_id} (message #{}); notifying members (saga {}).",
+                saga.message_seq, saga.id
+            ));
+            Ok(())
         }
-        Err(s) => {
-            pending.forget(&what);
-            Err(client.error(&s, Service::Chat, op))
+        _ => {
+            pending.forget(what);
+            Err(CliError::of(
+                ErrorKind::Refused,
+                format!(
+                    "message not delivered: {}",
+                    if saga.error.is_empty() {
+                        "the saga failed"
+                    } else {
+                        &saga.error
+                    }
+                ),
+            ))
         }
     }
 }

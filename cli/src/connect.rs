@@ -19,19 +19,16 @@
 
 use std::time::Duration;
 
-use grpc_chat_proto::{
-    chat::v1::{connect_response::Event, ConnectRequest, ConnectResponse},
-    reasons,
-};
+use grpc_chat_proto::chat::v1::{connect_response::Event, ConnectRequest, ConnectResponse};
 use tokio::time::{sleep_until, Instant};
 use tonic::{Code, Status, Streaming};
 
 use crate::{
     client::{with_bearer, Client, Service},
-    commands::{mark_read, send},
-    error::{CliError, Op},
+    error::{CliError, ErrorKind, Op},
     input::{Input, InputEvent},
     live::{send_typing, Live},
+    messages::{mark_read, send},
     output::{clean, message_line, preview_event_line, Printer},
 };
 
@@ -148,215 +145,304 @@ async fn stream(
 ) -> Result<(), CliError> {
     // The time zone's warning, if any, before the prompt and the stream start printing.
     crate::output::zone();
-    let printer = input.printer();
-    let prompt = if input.interactive() {
-        format!("#{chat_id}> ")
-    } else {
-        String::new()
-    };
-    let mut view = View::default();
-    let mut live = Live::default();
-    let keys = input.keys();
     // The server reads a history_limit of 0 as "its default" (50): `--history 0` asks for
     // one and shows none of it, so that it means what it says.
-    let quiet_history = history == 0;
-    let mut state = match open(client, chat_id, 0, history.max(1)).await {
+    let state = match open(client, chat_id, 0, history.max(1)).await {
         Ok(s) => State::Live(Box::new(s)),
         Err(OpenError::Fatal(e)) => return Err(e),
-        Err(OpenError::Transient(why)) => return Err(CliError::new(why)),
+        Err(OpenError::Transient(why)) => return Err(CliError::of(ErrorKind::Unavailable, why)),
     };
-    let mut backoff = FIRST_BACKOFF;
-    let mut outage = false;
-    let mut leave_by: Option<Instant> = None;
+    let mut connection = Connection {
+        printer: input.printer(),
+        prompt: if input.interactive() {
+            format!("#{chat_id}> ")
+        } else {
+            String::new()
+        },
+        keys: input.keys(),
+        client,
+        input,
+        chat_id,
+        quiet_history: history == 0,
+        view: View::default(),
+        live: Live::default(),
+        marks,
+        state,
+        backoff: FIRST_BACKOFF,
+        outage: false,
+        leave_by: None,
+    };
+    connection.run().await
+}
 
-    loop {
-        if let Some(deadline) = leave_by {
-            let caught_up = view.history_done && view.last_seq >= view.sent_max;
-            if caught_up || Instant::now() >= deadline || matches!(state, State::Down { .. }) {
+/// One `connect` session's state: the stream (or the wait to reopen it), what has been
+/// shown, and whether the user is on the way out.
+struct Connection<'a> {
+    client: &'a mut Client,
+    input: &'a mut Input,
+    printer: Printer,
+    prompt: String,
+    keys: std::sync::Arc<crate::input::KeysTyped>,
+    chat_id: i64,
+    /// `--history 0`: the history is read (to know where it ends) but not shown.
+    quiet_history: bool,
+    view: View,
+    live: Live,
+    marks: &'a mut Marks,
+    state: State,
+    backoff: Duration,
+    /// Whether the loss of the stream has been said (once per outage).
+    outage: bool,
+    /// When leaving gives up waiting for the user's own messages to come back.
+    leave_by: Option<Instant>,
+}
+
+impl Connection<'_> {
+    /// Waits for the next thing to happen and handles it, until the user has left (and
+    /// what they sent has been shown) or an error ends the stream.
+    async fn run(&mut self) -> Result<(), CliError> {
+        loop {
+            if self.left() {
                 return Ok(());
             }
+            match self.next_event().await {
+                Ev::Mark => {
+                    self.marks
+                        .flush(self.client, &self.printer, self.chat_id)
+                        .await
+                }
+                Ev::Typed => {
+                    // Best effort: a typing notice that does not go out is no loss.
+                    if self.live.tell(Instant::now()) {
+                        let _ = send_typing(self.client, self.chat_id).await;
+                    }
+                }
+                Ev::Leave if self.leave_by.is_some() => return Ok(()),
+                Ev::Leave | Ev::Input(InputEvent::Eof | InputEvent::Interrupted) => self.leave(),
+                Ev::Input(InputEvent::Line(line)) => self.typed_line(&line).await,
+                Ev::Stream(Ok(Some(resp))) => {
+                    self.reconnected();
+                    if let Some(event) = resp.event {
+                        self.show(event)?;
+                    }
+                }
+                Ev::Stream(Ok(None)) => self.lost(),
+                Ev::Stream(Err(status)) => {
+                    if let Some(fatal) = fatal(self.client, &status, self.chat_id) {
+                        return Err(fatal);
+                    }
+                    self.lost();
+                }
+                Ev::Retry => self.reopen().await?,
+            }
         }
-        let leaving = leave_by.is_some();
+    }
+
+    /// Whether leaving is complete: everything sent has come back, the drain ran out, or
+    /// there is no stream to wait on.
+    fn left(&self) -> bool {
+        let Some(deadline) = self.leave_by else {
+            return false;
+        };
+        let caught_up = self.view.history_done && self.view.last_seq >= self.view.sent_max;
+        caught_up || Instant::now() >= deadline || matches!(self.state, State::Down { .. })
+    }
+
+    fn leave(&mut self) {
+        self.leave_by = Some(Instant::now() + DRAIN);
+    }
+
+    async fn next_event(&mut self) -> Ev {
+        let leaving = self.leave_by.is_some();
         let far = Instant::now() + Duration::from_secs(3600);
-        let ev = match &mut state {
+        let leave_by = self.leave_by.unwrap_or(far);
+        let mark_due = self.marks.due;
+        match &mut self.state {
             State::Live(stream) => tokio::select! {
                 r = stream.message() => Ev::Stream(r),
-                l = input.next(&prompt), if !leaving => Ev::Input(l),
+                l = self.input.next(&self.prompt), if !leaving => Ev::Input(l),
                 _ = tokio::signal::ctrl_c(), if !leaving => Ev::Leave,
-                _ = sleep_until(leave_by.unwrap_or(far)), if leaving => Ev::Leave,
-                _ = sleep_until(marks.due.unwrap_or(far)), if marks.due.is_some() => Ev::Mark,
-                _ = keys.typed(), if !leaving => Ev::Typed,
+                _ = sleep_until(leave_by), if leaving => Ev::Leave,
+                _ = sleep_until(mark_due.unwrap_or(far)), if mark_due.is_some() => Ev::Mark,
+                _ = self.keys.typed(), if !leaving => Ev::Typed,
             },
             State::Down { retry_at } => tokio::select! {
                 _ = sleep_until(*retry_at) => Ev::Retry,
-                l = input.next(&prompt), if !leaving => Ev::Input(l),
+                l = self.input.next(&self.prompt), if !leaving => Ev::Input(l),
                 _ = tokio::signal::ctrl_c() => Ev::Leave,
             },
+        }
+    }
+
+    /// A line typed at the prompt: a `/command`, or a message to send.
+    async fn typed_line(&mut self, line: &str) {
+        let text = match typed(line) {
+            Typed::Nothing => return,
+            Typed::Leave => return self.leave(),
+            Typed::Help => {
+                return self.printer.note(
+                    "Type a message and press Enter to send it. /leave returns to the prompt; start a message with // to send one that begins with /.",
+                )
+            }
+            Typed::Unknown(cmd) => {
+                return self.printer.note(&format!(
+                    "error: unknown command {cmd} (/leave returns, /help explains)"
+                ))
+            }
+            Typed::Text(t) => t,
         };
-        match ev {
-            Ev::Mark => marks.flush(client, &printer, chat_id).await,
-            Ev::Typed => {
-                // Best effort: a typing notice that does not go out is no loss.
-                if live.tell(Instant::now()) {
-                    let _ = send_typing(client, chat_id).await;
+        self.live.sent();
+        match send(self.client, self.chat_id, text).await {
+            Ok(m) => self.view.sent_max = self.view.sent_max.max(m.seq),
+            Err(e) => self.printer.note(&format!("error: {e}")),
+        }
+    }
+
+    /// The stream answered: an outage, if there was one, is over.
+    fn reconnected(&mut self) {
+        if self.outage {
+            self.outage = false;
+            self.printer.note("(reconnected)");
+        }
+        self.backoff = FIRST_BACKOFF;
+    }
+
+    /// Whether a message of the history (or after it) is to be printed.
+    fn showing(&self) -> bool {
+        self.view.history_done || !self.quiet_history
+    }
+
+    /// Shows one event of the stream; the chat's deletion ends the session.
+    fn show(&mut self, event: Event) -> Result<(), CliError> {
+        let printer = &self.printer;
+        match event {
+            Event::Message(m) if m.seq > self.view.last_seq => {
+                self.view.last_seq = m.seq;
+                if !m.sender_deleted {
+                    self.view
+                        .names
+                        .insert(m.sender_id, m.sender_username.clone());
+                }
+                self.live.spoke(m.sender_id);
+                if self.showing() {
+                    printer.say(&message_line(&m));
+                    self.marks.shown(m.seq);
                 }
             }
-            Ev::Leave => {
-                if leaving {
-                    return Ok(());
-                }
-                leave_by = Some(Instant::now() + DRAIN);
-            }
-            Ev::Input(InputEvent::Eof | InputEvent::Interrupted) => {
-                leave_by = Some(Instant::now() + DRAIN);
-            }
-            Ev::Input(InputEvent::Line(line)) => {
-                let text = match typed(&line) {
-                    Typed::Nothing => continue,
-                    Typed::Leave => {
-                        leave_by = Some(Instant::now() + DRAIN);
-                        continue;
-                    }
-                    Typed::Help => {
-                        printer.note(
-                            "Type a message and press Enter to send it. /leave returns to the prompt; start a message with // to send one that begins with /.",
-                        );
-                        continue;
-                    }
-                    Typed::Unknown(cmd) => {
-                        printer.note(&format!(
-                            "error: unknown command {cmd} (/leave returns, /help explains)"
-                        ));
-                        continue;
-                    }
-                    Typed::Text(t) => t,
-                };
-                live.sent();
-                match send(client, chat_id, text).await {
-                    Ok(m) => view.sent_max = view.sent_max.max(m.seq),
-                    Err(e) => printer.note(&format!("error: {e}")),
-                }
-            }
-            Ev::Stream(Ok(Some(resp))) => {
-                if outage {
-                    outage = false;
-                    printer.note("(reconnected)");
-                }
-                backoff = FIRST_BACKOFF;
-                match resp.event {
-                    Some(Event::Message(m)) if m.seq > view.last_seq => {
-                        view.last_seq = m.seq;
-                        if !m.sender_deleted {
-                            view.names.insert(m.sender_id, m.sender_username.clone());
-                        }
-                        live.spoke(m.sender_id);
-                        if view.history_done || !quiet_history {
-                            printer.say(&message_line(&m));
-                            marks.shown(m.seq);
-                        }
-                    }
-                    Some(Event::Message(_)) => {}
-                    Some(Event::HistoryEnd(h)) => {
-                        view.last_seq = view.last_seq.max(h.last_seq);
-                        if !view.history_done {
-                            view.history_done = true;
-                            if input.interactive() {
-                                printer.note(&format!(
-                                    "(connected to chat {chat_id}: type to send, /leave to return)"
-                                ));
-                            }
-                        }
-                    }
-                    // A message already shown was edited: shown again, as it is now
-                    // (its line says "(edited)").
-                    Some(Event::MessageEdited(e)) => {
-                        if let Some(m) = e.message.filter(|m| m.seq <= view.last_seq) {
-                            if view.history_done || !quiet_history {
-                                printer.say(&message_line(&m));
-                            }
-                        }
-                    }
-                    // A link preview of a message already shown: under it when it is the
-                    // last one shown, else naming it.
-                    Some(Event::MessagePreviewed(p)) if p.seq <= view.last_seq => {
-                        if let Some(preview) = p.link_preview {
-                            if view.history_done || !quiet_history {
-                                printer.say(&preview_event_line(p.seq, view.last_seq, &preview));
-                            }
-                        }
-                    }
-                    Some(Event::MessagePreviewed(_)) => {}
-                    Some(Event::MessageDeleted(d)) => {
-                        printer.note(&format!("(message #{} was deleted)", d.seq));
-                    }
-                    Some(Event::ChatDeleted(_)) => {
-                        return Err(CliError::new(format!("chat {chat_id} was deleted")));
-                    }
-                    Some(Event::MemberAdded(a)) => {
-                        if let Some(m) = a.member {
-                            printer.note(&format!("({} joined the chat)", clean(&m.username)));
-                            view.names.insert(m.user_id, m.username);
-                        }
-                    }
-                    // The stream's own user is told by the status that follows.
-                    Some(Event::MemberRemoved(r))
-                        if client.session().map(|s| s.user_id) == Some(r.user_id) => {}
-                    Some(Event::MemberRemoved(r)) => {
-                        let who = view
-                            .names
-                            .get(&r.user_id)
-                            .map(|n| clean(n))
-                            .unwrap_or_else(|| format!("user #{}", r.user_id));
-                        printer.note(&format!("({who} left the chat)"));
-                    }
-                    None => {}
-                    Some(Event::Typing(t)) => {
-                        if let Some(notice) = live.typing(&t, Instant::now()) {
-                            printer.note(&notice);
-                        }
-                    }
-                    Some(Event::Presence(p)) => {
-                        if let Some(notice) = live.presence(&p) {
-                            printer.note(&notice);
-                        }
+            Event::Message(_) => {}
+            Event::HistoryEnd(h) => self.history_end(h.last_seq),
+            // A message already shown was edited: shown again, as it is now
+            // (its line says "(edited)").
+            Event::MessageEdited(e) => {
+                if let Some(m) = e.message.filter(|m| m.seq <= self.view.last_seq) {
+                    if self.showing() {
+                        printer.say(&message_line(&m));
                     }
                 }
             }
-            Ev::Stream(Ok(None)) => {
-                lost(&printer, &mut outage, view.last_seq);
-                state = down(&mut backoff);
-            }
-            Ev::Stream(Err(status)) => {
-                if let Some(fatal) = fatal(client, &status, chat_id) {
-                    return Err(fatal);
+            // A link preview of a message already shown: under it when it is the
+            // last one shown, else naming it.
+            Event::MessagePreviewed(p) if p.seq <= self.view.last_seq => {
+                if let Some(preview) = p.link_preview.filter(|_| self.showing()) {
+                    printer.say(&preview_event_line(p.seq, self.view.last_seq, &preview));
                 }
-                lost(&printer, &mut outage, view.last_seq);
-                state = down(&mut backoff);
             }
-            Ev::Retry => {
-                let resume_limit = 500;
-                match open(client, chat_id, view.last_seq, resume_limit).await {
-                    Ok(s) => state = State::Live(Box::new(s)),
-                    Err(OpenError::Fatal(e)) => return Err(e),
-                    Err(OpenError::Transient(_)) => state = down(&mut backoff),
+            Event::MessagePreviewed(_) => {}
+            Event::MessageDeleted(d) => printer.note(&format!("(message #{} was deleted)", d.seq)),
+            Event::ChatDeleted(_) => {
+                return Err(CliError::of(
+                    ErrorKind::ChatDeleted,
+                    format!("chat {} was deleted", self.chat_id),
+                ));
+            }
+            Event::MemberAdded(a) => {
+                if let Some(m) = a.member {
+                    printer.note(&format!("({} joined the chat)", clean(&m.username)));
+                    self.view.names.insert(m.user_id, m.username);
+                }
+            }
+            // The stream's own user is told by the status that follows.
+            Event::MemberRemoved(r)
+                if self.client.session().map(|s| s.user_id) == Some(r.user_id) => {}
+            Event::MemberRemoved(r) => {
+                let who = self
+                    .view
+                    .names
+                    .get(&r.user_id)
+                    .map(|n| clean(n))
+                    .unwrap_or_else(|| format!("user #{}", r.user_id));
+                printer.note(&format!("({who} left the chat)"));
+            }
+            Event::Typing(t) => {
+                if let Some(notice) = self.live.typing(&t, Instant::now()) {
+                    printer.note(&notice);
+                }
+            }
+            Event::Presence(p) => {
+                if let Some(notice) = self.live.presence(&p) {
+                    printer.note(&notice);
                 }
             }
         }
+        Ok(())
+    }
+
+    fn history_end(&mut self, last_seq: i64) {
+        self.view.last_seq = self.view.last_seq.max(last_seq);
+        if !self.view.history_done {
+            self.view.history_done = true;
+            if self.input.interactive() {
+                self.printer.note(&format!(
+                    "(connected to chat {}: type to send, /leave to return)",
+                    self.chat_id
+                ));
+            }
+        }
+    }
+
+    /// The stream ended or broke: said once per outage, and reopened after a pause.
+    fn lost(&mut self) {
+        if !self.outage {
+            self.outage = true;
+            self.printer.note(&lost_notice(self.view.last_seq));
+        }
+        self.wait_to_reopen();
+    }
+
+    /// No stream until the backoff has passed; the next one is twice as long, up to
+    /// [`MAX_BACKOFF`].
+    fn wait_to_reopen(&mut self) {
+        let retry_at = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        self.state = State::Down { retry_at };
+    }
+
+    /// Reopens the stream after the last message shown; a refusal that will not change
+    /// ends the session.
+    async fn reopen(&mut self) -> Result<(), CliError> {
+        let resume_limit = 500;
+        match open(self.client, self.chat_id, self.view.last_seq, resume_limit).await {
+            Ok(s) => self.state = State::Live(Box::new(s)),
+            Err(OpenError::Fatal(e)) => return Err(e),
+            // Still away: wait longer, without saying it again.
+            Err(OpenError::Transient(_)) => self.wait_to_reopen(),
+        }
+        Ok(())
     }
 }
 
 /// A stream error that ends `connect` instead of reconnecting.
 fn fatal(client: &Client, status: &Status, chat_id: i64) -> Option<CliError> {
-    let reason = reasons::reason(status);
-    match (status.code(), reason.as_deref()) {
-        (_, Some(reasons::CHAT_DELETED)) => {
-            Some(CliError::new(format!("chat {chat_id} was deleted")))
-        }
-        (_, Some(reasons::MEMBERSHIP_ENDED)) => Some(CliError::new(format!(
-            "you are no longer a member of chat {chat_id}"
-        ))),
-        (Code::NotFound | Code::PermissionDenied | Code::InvalidArgument, _) => {
-            Some(client.error(status, Service::Chat, Op::Chat(chat_id)))
+    let error = client.error(status, Service::Chat, Op::Chat(chat_id));
+    match error.kind() {
+        ErrorKind::ChatDeleted | ErrorKind::MembershipEnded | ErrorKind::HiddenChat => Some(error),
+        ErrorKind::Refused
+            if matches!(
+                status.code(),
+                Code::NotFound | Code::PermissionDenied | Code::InvalidArgument
+            ) =>
+        {
+            Some(error)
         }
         // Anything else (a lagging client, a restarting server, an expired token) is cured
         // by reopening, which also refreshes the token.
@@ -364,17 +450,10 @@ fn fatal(client: &Client, status: &Status, chat_id: i64) -> Option<CliError> {
     }
 }
 
-/// Says once per outage that the live messages stopped and that they will come back by
+/// The line said once per outage: the live messages stopped and will come back by
 /// themselves. Whatever the status said ("live events interrupted; reconnect with
 /// after_seq=3", a transport error) is for programs, and this loop already does what it
 /// asks: the line says it in a person's words.
-fn lost(printer: &Printer, outage: &mut bool, last_seq: i64) {
-    if !*outage {
-        *outage = true;
-        printer.note(&lost_notice(last_seq));
-    }
-}
-
 fn lost_notice(last_seq: i64) -> String {
     if last_seq > 0 {
         format!(
@@ -383,12 +462,6 @@ fn lost_notice(last_seq: i64) -> String {
     } else {
         "(connection to live messages lost; reconnecting by itself...)".to_owned()
     }
-}
-
-fn down(backoff: &mut Duration) -> State {
-    let retry_at = Instant::now() + *backoff;
-    *backoff = (*backoff * 2).min(MAX_BACKOFF);
-    State::Down { retry_at }
 }
 
 /// Opens the stream, refreshing the token once if the server rejects it.
@@ -436,9 +509,9 @@ async fn open(
     }
 }
 
-/// Token troubles are final; an unreachable auth server is worth retrying.
+/// Token troubles are final; an unreachable or unavailable auth server is worth retrying.
 fn classify(e: CliError) -> OpenError {
-    if e.message().starts_with("cannot reach") || e.message().contains("unavailable") {
+    if e.kind().retryable() {
         OpenError::Transient(e.to_string())
     } else {
         OpenError::Fatal(e)

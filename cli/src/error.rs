@@ -9,38 +9,95 @@
 
 use std::fmt;
 
+use grpc_chat_proto::reasons;
 use tonic::{Code, Status};
 
-/// A failure, already worded for the user: one line, no debug output.
+/// What kind of failure an error is, for the code that decides what to do next (try
+/// again, ask for a new login, give up); the text is for the user. Built from the status's
+/// code and its `google.rpc.ErrorInfo` reason, never from the wording of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The server could not be reached at all (refused, DNS, TLS, a broken connection).
+    Unreachable,
+    /// The server answered that it, or a service behind it, is away or slow: the same
+    /// call may work later ([`reasons::retryable`]).
+    Unavailable,
+    /// No session, or the server no longer accepts it: only a new login helps.
+    Session,
+    /// A login with a wrong email or password.
+    Credentials,
+    /// The chat does not exist or the caller is not a member of it (`CHAT_NOT_FOUND`).
+    HiddenChat,
+    /// The chat was deleted while a stream was open on it (`CHAT_DELETED`).
+    ChatDeleted,
+    /// The caller left the chat or was removed from it (`MEMBERSHIP_ENDED`).
+    MembershipEnded,
+    /// The server answered and refused: bad input, no permission, a limit, a failure.
+    Refused,
+    /// Found on this side before or without a call: a file, a flag, a reply that makes
+    /// no sense.
+    Local,
+}
+
+impl ErrorKind {
+    /// Whether trying the same thing again later may succeed.
+    pub fn retryable(self) -> bool {
+        matches!(self, Self::Unreachable | Self::Unavailable)
+    }
+}
+
+/// A failure, already worded for the user (one line, no debug output), and its kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CliError(String);
+pub struct CliError {
+    kind: ErrorKind,
+    text: String,
+}
 
 impl CliError {
-    /// An error with this text, squeezed onto one line.
+    /// A failure found on this side, with this text, squeezed onto one line.
     pub fn new(message: impl Into<String>) -> Self {
-        Self(one_line(&message.into()))
+        Self::of(ErrorKind::Local, message)
+    }
+
+    /// A failure of `kind` with this text, squeezed onto one line.
+    pub fn of(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            text: one_line(&message.into()),
+        }
     }
 
     /// Said when a command needs a session and there is none.
     pub fn not_logged_in() -> Self {
-        Self::new("not logged in: run `login <email>` first")
+        Self::of(
+            ErrorKind::Session,
+            "not logged in: run `login <email>` first",
+        )
     }
 
     /// Said when the server no longer accepts the session (its tokens expired or were revoked):
     /// only a new login helps.
     pub fn session_expired() -> Self {
-        Self::new("your session has expired: run `login <email>` again")
+        Self::of(
+            ErrorKind::Session,
+            "your session has expired: run `login <email>` again",
+        )
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
     }
 
     /// The text without the `error: ` prefix.
     pub fn message(&self) -> &str {
-        &self.0
+        &self.text
     }
 }
 
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.text)
     }
 }
 
@@ -59,43 +116,84 @@ pub enum Op {
 
 /// Words `status`, returned by the service at `server` while doing `op`.
 pub fn from_status(status: &Status, op: Op, server: &str) -> CliError {
+    let (kind, text) = kind_and_text(status, op, server);
+    CliError::of(kind, text)
+}
+
+fn kind_and_text(status: &Status, op: Op, server: &str) -> (ErrorKind, String) {
+    use ErrorKind::*;
     let msg = status.message().trim();
-    let text = match status.code() {
-        _ if is_transport_failure(status) => match untrusted_certificate(status) {
+    if is_transport_failure(status) {
+        let text = match untrusted_certificate(status) {
             Some(why) => format!(
                 "cannot reach the server at {server}: its TLS certificate is not trusted \
                  ({why}); if a private CA signed it, pass that CA with --ca-cert FILE"
             ),
             None => format!("cannot reach the server at {server}"),
-        },
-        Code::Unauthenticated if op == Op::Login => "wrong email or password".to_owned(),
-        Code::Unauthenticated => return CliError::session_expired(),
-        // The chat service words an unknown chat and a non-member the same in every RPC
-        // (and the saga passes it on): shown as it is. An older server's terse
-        // "chat 3 not found" gets the same sentence.
-        Code::NotFound => match op {
-            Op::Chat(id) if msg == format!("chat {id} not found") => hidden_chat(id),
-            _ => or_default(msg, "not found"),
-        },
+        };
+        return (Unreachable, text);
+    }
+    let chat = match op {
+        Op::Chat(id) => Some(id),
+        _ => None,
+    };
+    match (reasons::reason(status).as_deref(), chat) {
+        (Some(reasons::CHAT_NOT_FOUND), Some(id)) => return (HiddenChat, hidden_chat(id)),
+        (Some(reasons::CHAT_NOT_FOUND), None) => {
+            return (HiddenChat, or_default(msg, "no such chat"))
+        }
+        (Some(reasons::CHAT_DELETED), Some(id)) => {
+            return (ChatDeleted, format!("chat {id} was deleted"))
+        }
+        (Some(reasons::MEMBERSHIP_ENDED), Some(id)) => {
+            return (
+                MembershipEnded,
+                format!("you are no longer a member of chat {id}"),
+            )
+        }
+        _ => {}
+    }
+    match status.code() {
+        Code::Unauthenticated if op == Op::Login => (Credentials, "wrong email or password".into()),
+        Code::Unauthenticated => (Session, CliError::session_expired().text),
+        // Without a reason (the saga passes the chat service's words on): shown as it is.
+        Code::NotFound => (Refused, or_default(msg, "not found")),
         Code::InvalidArgument
         | Code::AlreadyExists
         | Code::FailedPrecondition
-        | Code::OutOfRange => or_default(msg, "the server refused the request"),
-        Code::PermissionDenied => or_default(msg, "you are not allowed to do that"),
-        Code::Aborted => format!("message not delivered: {}", or_default(msg, "aborted")),
-        Code::Unavailable => format!(
-            "the server at {server} is unavailable: {}",
-            or_default(msg, "try again later")
+        | Code::OutOfRange => (Refused, or_default(msg, "the server refused the request")),
+        Code::PermissionDenied => (Refused, or_default(msg, "you are not allowed to do that")),
+        Code::Aborted => (
+            Refused,
+            format!("message not delivered: {}", or_default(msg, "aborted")),
         ),
-        Code::DeadlineExceeded => format!("the server at {server} did not answer in time"),
-        Code::ResourceExhausted => format!("the server is busy: {}", or_default(msg, "try again")),
-        Code::Unimplemented => {
-            format!("the server at {server} does not offer this service (check the server address)")
-        }
-        Code::Cancelled => "cancelled".to_owned(),
-        _ => format!("the server failed: {}", or_default(msg, "internal error")),
-    };
-    CliError::new(text)
+        Code::Unavailable => (
+            Unavailable,
+            format!(
+                "the server at {server} is unavailable: {}",
+                or_default(msg, "try again later")
+            ),
+        ),
+        Code::DeadlineExceeded => (
+            Unavailable,
+            format!("the server at {server} did not answer in time"),
+        ),
+        Code::ResourceExhausted => (
+            Refused,
+            format!("the server is busy: {}", or_default(msg, "try again")),
+        ),
+        Code::Unimplemented => (
+            Refused,
+            format!(
+                "the server at {server} does not offer this service (check the server address)"
+            ),
+        ),
+        Code::Cancelled => (Refused, "cancelled".to_owned()),
+        _ => (
+            Refused,
+            format!("the server failed: {}", or_default(msg, "internal error")),
+        ),
+    }
 }
 
 /// The one sentence for a chat the caller cannot see: it does not exist, or they are not
@@ -170,16 +268,49 @@ mod tests {
 
     const SERVER: &str = "http://127.0.0.1:50051";
 
+    use chat_common::error::with_reason;
+
     #[test]
-    fn hidden_chat_reads_the_same_from_every_server() {
+    fn hidden_chat_is_known_by_its_reason() {
         let wording = "chat 3 does not exist or you are not a member of it";
+        // The chat service's answer, and the saga's, which passes the words on.
         for status in [
+            with_reason(Code::NotFound, "some other words", reasons::CHAT_NOT_FOUND),
             Status::not_found(wording),
-            // An older chat service.
-            Status::not_found("chat 3 not found"),
         ] {
             let e = from_status(&status, Op::Chat(3), SERVER);
             assert_eq!(e.message(), wording);
+        }
+        let e = from_status(
+            &with_reason(Code::NotFound, "x", reasons::CHAT_NOT_FOUND),
+            Op::Chat(3),
+            SERVER,
+        );
+        assert_eq!(e.kind(), ErrorKind::HiddenChat);
+        assert!(!e.kind().retryable());
+    }
+
+    #[test]
+    fn kinds_follow_codes_and_reasons_not_words() {
+        let kind = |s: Status| from_status(&s, Op::Chat(3), SERVER).kind();
+        assert_eq!(kind(Status::unavailable("x")), ErrorKind::Unavailable);
+        assert_eq!(kind(Status::deadline_exceeded("x")), ErrorKind::Unavailable);
+        assert_eq!(kind(Status::unauthenticated("x")), ErrorKind::Session);
+        assert_eq!(
+            kind(with_reason(Code::NotFound, "x", reasons::CHAT_DELETED)),
+            ErrorKind::ChatDeleted
+        );
+        assert_eq!(
+            kind(with_reason(Code::NotFound, "x", reasons::MEMBERSHIP_ENDED)),
+            ErrorKind::MembershipEnded
+        );
+        // A message that merely mentions being unavailable is not a retryable failure.
+        assert_eq!(
+            kind(Status::invalid_argument("the name is unavailable")),
+            ErrorKind::Refused
+        );
+        for k in [ErrorKind::Unreachable, ErrorKind::Unavailable] {
+            assert!(k.retryable());
         }
     }
 

@@ -18,6 +18,7 @@ pub mod connect;
 pub mod error;
 pub mod input;
 pub mod live;
+pub mod messages;
 pub mod output;
 pub mod pending;
 pub mod repl;

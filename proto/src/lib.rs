@@ -53,6 +53,21 @@ pub mod reasons {
         let info = status.get_details_error_info()?;
         (info.domain == DOMAIN).then_some(info.reason)
     }
+
+    /// Whether a call that failed with `code` may succeed when made again unchanged, after
+    /// a pause: the server or a dependency was away, or the call ran out of time. A write
+    /// retried after such a failure must carry its idempotency key, since it may have been
+    /// carried out. RESOURCE_EXHAUSTED is not one: in this API it says a limit was reached
+    /// (a full chat, a login limit, a client too far behind its stream), which the same
+    /// call does not cure; nor is ABORTED, a saga's final outcome. The one definition the
+    /// clients here share; a caller with a wider policy (the saga's steps, which wait out
+    /// any trouble of the services they call) adds to it in its own code.
+    pub fn retryable(code: tonic::Code) -> bool {
+        matches!(
+            code,
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+        )
+    }
 }
 
 /// The encoded `FileDescriptorSet` of every contract, for gRPC server reflection.

@@ -40,7 +40,7 @@ use chat_common::{
 
 use grpc_chat_proto::chat::v1::{self as pb, connect_response::Event};
 
-use crate::presence::LiveEvent;
+use crate::live::LiveEvent;
 
 /// One live event of a chat.
 #[derive(Debug, Clone, PartialEq)]

@@ -47,10 +47,10 @@ use tokio::sync::{mpsc, watch};
 use chat_common::{trace, Shutdown};
 
 use crate::{
+    convert::message_to_pb,
     domain::ChatId,
-    events::{process_span, ChatEvent, Envelope, EventBus},
+    events::{process_span, ChatEvent, Envelope, EventBus, EventStream},
     presence::{LiveEvent, Presence, PresenceSettings, Query, Roster},
-    service::message_to_pb,
     store::ChatStore,
 };
 
@@ -64,6 +64,24 @@ pub const REPAIR_BUDGET: Duration = Duration::from_secs(2);
 /// How long a fan-out that just started waits for the replicas' presence answers before
 /// its first streams take their snapshot (their live events wait as long, queued).
 pub const PRESENCE_SETTLE: Duration = Duration::from_millis(250);
+
+/// What a fan-out starts from: its subscription, the bus's reconnect notices, and the
+/// last seq in storage when it subscribed.
+struct Started {
+    events: EventStream,
+    reconnects: tokio::sync::broadcast::Receiver<()>,
+    last_seq: i64,
+}
+
+/// What a fan-out's loop does after one wake-up.
+enum Next {
+    /// Wait for the next thing.
+    Go,
+    /// Read what storage has after the last seq delivered, then wait.
+    CatchUp,
+    /// End the fan-out (its streams end and resume from storage).
+    Stop,
+}
 
 /// How a subscription ended, as the stream must report it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -401,43 +419,69 @@ impl Hub {
         }
     }
 
+    /// One chat's fan-out, from the first stream that joins until the last leaves (or
+    /// the bus, a gap it cannot fill, or the chat's deletion ends it).
     async fn run(self: Arc<Self>, fanout: Arc<Fanout>) {
-        let chat = ChatId(fanout.chat_id);
-        let mut events = match self.bus.subscribe(chat.0).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(chat_id = chat.0, error = %e, "subscribing to chat events failed");
-                let _ = fanout.ready.send(Some(false));
-                self.close(&fanout);
-                return;
-            }
-        };
-        let mut reconnects = self.bus.reconnects();
-        // Everything up to here is in storage; streams read it as history.
-        let mut last_seq = match self.store.last_seq(chat).await {
-            Ok(Some(s)) => s,
-            Ok(None) => 0,
-            Err(e) => {
-                tracing::error!(chat_id = chat.0, error = ?e, "reading the chat's last seq failed");
-                let _ = fanout.ready.send(Some(false));
-                self.close(&fanout);
-                return;
-            }
+        let Some(started) = self.start(&fanout).await else {
+            let _ = fanout.ready.send(Some(false));
+            self.close(&fanout);
+            return;
         };
         // A new fan-out knows no one online yet: the replicas with streams here answer
         // (the query is published below), and the first snapshots wait for them.
         lock(&fanout.roster).asked(tokio::time::Instant::now() + PRESENCE_SETTLE);
         let _ = fanout.ready.send(Some(true));
         metrics::gauge!("chat_fanouts_active").increment(1.0);
-        if let Err(e) = self
-            .bus
-            .publish(&ChatEvent::Live(LiveEvent::Query(Query {
-                chat_id: chat.0,
-            })))
-            .await
-        {
-            tracing::warn!(chat_id = chat.0, error = %e, "asking for presence failed; heartbeats will tell");
+        self.ask_presence(fanout.chat_id).await;
+        self.fan_out(&fanout, started).await;
+        metrics::gauge!("chat_fanouts_active").decrement(1.0);
+        self.close(&fanout);
+    }
+
+    /// Subscribes to the chat's events, then reads the last seq in storage: everything
+    /// up to it is in storage, and streams read it as history.
+    async fn start(&self, fanout: &Fanout) -> Option<Started> {
+        let chat = ChatId(fanout.chat_id);
+        let events = match self.bus.subscribe(chat.0).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(chat_id = chat.0, error = %e, "subscribing to chat events failed");
+                return None;
+            }
+        };
+        let reconnects = self.bus.reconnects();
+        let last_seq = match self.store.last_seq(chat).await {
+            Ok(seq) => seq.unwrap_or(0),
+            Err(e) => {
+                tracing::error!(chat_id = chat.0, error = ?e, "reading the chat's last seq failed");
+                return None;
+            }
+        };
+        Some(Started {
+            events,
+            reconnects,
+            last_seq,
+        })
+    }
+
+    /// Asks the replicas who is online in the chat; their streams' heartbeats tell it
+    /// anyway, a little later, when the question is lost.
+    async fn ask_presence(&self, chat_id: i64) {
+        let query = ChatEvent::Live(LiveEvent::Query(Query { chat_id }));
+        if let Err(e) = self.bus.publish(&query).await {
+            tracing::warn!(chat_id, error = %e, "asking for presence failed; heartbeats will tell");
         }
+    }
+
+    /// The fan-out's loop: delivers the chat's events in seq order, fills gaps from
+    /// storage, catches up after a loss of the bus and on a timer, checks members after
+    /// a loss, and expires presence.
+    async fn fan_out(&self, fanout: &Fanout, started: Started) {
+        let Started {
+            mut events,
+            mut reconnects,
+            mut last_seq,
+        } = started;
         let mut presence_check = tokio::time::interval(self.presence.settings().check_every());
         presence_check.tick().await;
         let mut tick = tokio::time::interval(self.catch_up_every);
@@ -455,110 +499,162 @@ impl Hub {
                     None => std::future::pending().await,
                 }
             };
-            let catch_up = tokio::select! {
-                _ = fanout.stop.wait() => break,
+            let next = tokio::select! {
+                _ = fanout.stop.wait() => Next::Stop,
                 event = events.next() => match event {
+                    Some(envelope) => self.on_event(fanout, &mut last_seq, envelope).await,
                     None => {
-                        tracing::warn!(chat_id = chat.0, "event subscription ended");
-                        break;
-                    }
-                    Some(Envelope { event: ChatEvent::MessageCreated(m), parent, .. }) => {
-                        if m.seq <= last_seq {
-                            continue;
-                        }
-                        if m.seq > last_seq + 1 {
-                            metrics::counter!("chat_event_gaps_total").increment(1);
-                            if let Err(e) = self.repair(&fanout, &mut last_seq, m.seq - 1).await {
-                                // Delivering m now would skip what the repair could not
-                                // read, for good: end the streams instead, each tells its
-                                // client to resume from the last seq it delivered.
-                                tracing::warn!(
-                                    chat_id = chat.0,
-                                    delivered_upto = last_seq,
-                                    missing_upto = m.seq - 1,
-                                    error = ?e,
-                                    "filling a gap failed; ending the chat's streams so they resume from storage"
-                                );
-                                metrics::counter!("chat_gap_repairs_failed_total").increment(1);
-                                break;
-                            }
-                        }
-                        last_seq = m.seq;
-                        let span = process_span("deliver", &m, &parent);
-                        let streams =
-                            span.in_scope(|| self.deliver(&fanout, ChatEvent::MessageCreated(m)));
-                        trace::set_attribute(&span, "recipient_count", streams as i64);
-                        false
-                    }
-                    Some(Envelope { event: e @ ChatEvent::ChatDeleted { .. }, .. }) => {
-                        self.deliver(&fanout, e);
-                        break;
-                    }
-                    Some(Envelope { event: ChatEvent::Live(live), .. }) => {
-                        self.live(&fanout, live);
-                        false
-                    }
-                    Some(Envelope { event, .. }) => {
-                        self.deliver(&fanout, event);
-                        false
+                        tracing::warn!(chat_id = fanout.chat_id, "event subscription ended");
+                        Next::Stop
                     }
                 },
                 r = reconnects.recv() => {
                     let reconnected = r.is_ok()
                         || matches!(r, Err(tokio::sync::broadcast::error::RecvError::Lagged(_)));
-                    if reconnected {
+                    if !reconnected {
+                        Next::Go
+                    } else {
                         recheck = Some(tokio::time::Instant::now() + RECHECK_AFTER_RECONNECT);
                         members_due = true;
+                        Next::CatchUp
                     }
-                    reconnected
                 }
                 _ = recheck_due => {
                     recheck = None;
                     members_due = true;
-                    true
+                    Next::CatchUp
                 }
-                _ = tick.tick() => true,
+                _ = tick.tick() => Next::CatchUp,
                 _ = presence_check.tick() => {
-                    let mut roster = lock(&fanout.roster);
-                    for change in roster.expire(tokio::time::Instant::now()) {
-                        self.deliver(&fanout, ChatEvent::Live(change));
-                    }
-                    false
+                    self.expire_presence(fanout);
+                    Next::Go
                 }
             };
-            if members_due {
-                // Only after a loss: member events come through the outbox, so they are
-                // missed only while the bus is away.
-                match tokio::time::timeout(REPAIR_BUDGET, self.check_members(&fanout)).await {
-                    Ok(Ok(())) => members_due = false,
-                    Ok(Err(e)) => {
-                        tracing::warn!(chat_id = chat.0, error = ?e, "checking members failed; trying again")
-                    }
-                    Err(_) => {
-                        tracing::warn!(chat_id = chat.0, "checking members timed out; trying again")
-                    }
-                }
+            if matches!(next, Next::Stop) {
+                break;
             }
-            if catch_up {
-                // Bounded like a repair, so that an unreachable database does not hold
-                // the chat's live events back; a failed catch-up is tried again at the
-                // next tick, and a later event's gap check repairs or ends the streams.
-                let fill = self.fill(&fanout, &mut last_seq, None);
-                match tokio::time::timeout(REPAIR_BUDGET, fill).await {
-                    Ok(Ok(true)) => {}
-                    Ok(Ok(false)) => {
-                        self.deliver(&fanout, ChatEvent::ChatDeleted { chat_id: chat.0 });
-                        break;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::warn!(chat_id = chat.0, error = ?e, "catching up failed")
-                    }
-                    Err(_) => tracing::warn!(chat_id = chat.0, "catching up timed out"),
-                }
+            if members_due {
+                members_due = !self.members_checked(fanout).await;
+            }
+            if matches!(next, Next::CatchUp) && !self.catch_up(fanout, &mut last_seq).await {
+                break;
             }
         }
-        metrics::gauge!("chat_fanouts_active").decrement(1.0);
-        self.close(&fanout);
+    }
+
+    /// One event from the bus. A message goes out in seq order: an old one is dropped, one
+    /// after a gap waits until the gap is filled from storage.
+    async fn on_event(&self, fanout: &Fanout, last_seq: &mut i64, envelope: Envelope) -> Next {
+        match envelope {
+            Envelope {
+                event: ChatEvent::MessageCreated(m),
+                parent,
+                ..
+            } => {
+                if m.seq <= *last_seq {
+                    return Next::Go;
+                }
+                if m.seq > *last_seq + 1 && !self.gap_filled(fanout, last_seq, m.seq - 1).await {
+                    return Next::Stop;
+                }
+                *last_seq = m.seq;
+                let span = process_span("deliver", &m, &parent);
+                let streams = span.in_scope(|| self.deliver(fanout, ChatEvent::MessageCreated(m)));
+                trace::set_attribute(&span, "recipient_count", streams as i64);
+                Next::Go
+            }
+            Envelope {
+                event: e @ ChatEvent::ChatDeleted { .. },
+                ..
+            } => {
+                self.deliver(fanout, e);
+                Next::Stop
+            }
+            Envelope {
+                event: ChatEvent::Live(live),
+                ..
+            } => {
+                self.live(fanout, live);
+                Next::Go
+            }
+            Envelope { event, .. } => {
+                self.deliver(fanout, event);
+                Next::Go
+            }
+        }
+    }
+
+    /// Fills the gap up to `upto` before a later message goes out; false when it could not
+    /// be filled. Delivering the later message then would skip what could not be read, for
+    /// good: the fan-out ends instead, and each stream tells its client to resume from the
+    /// last seq it delivered.
+    async fn gap_filled(&self, fanout: &Fanout, last_seq: &mut i64, upto: i64) -> bool {
+        metrics::counter!("chat_event_gaps_total").increment(1);
+        let Err(e) = self.repair(fanout, last_seq, upto).await else {
+            return true;
+        };
+        tracing::warn!(
+            chat_id = fanout.chat_id,
+            delivered_upto = *last_seq,
+            missing_upto = upto,
+            error = ?e,
+            "filling a gap failed; ending the chat's streams so they resume from storage"
+        );
+        metrics::counter!("chat_gap_repairs_failed_total").increment(1);
+        false
+    }
+
+    /// Tells the streams who went offline since the last check.
+    fn expire_presence(&self, fanout: &Fanout) {
+        let mut roster = lock(&fanout.roster);
+        for change in roster.expire(tokio::time::Instant::now()) {
+            self.deliver(fanout, ChatEvent::Live(change));
+        }
+    }
+
+    /// Checks that every stream's user is still a member; whether that was done (else it
+    /// is tried again at the next wake-up). Only after a loss of the bus: member events
+    /// come through the outbox, so they are missed only while the bus is away.
+    async fn members_checked(&self, fanout: &Fanout) -> bool {
+        match tokio::time::timeout(REPAIR_BUDGET, self.check_members(fanout)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(chat_id = fanout.chat_id, error = ?e, "checking members failed; trying again");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(
+                    chat_id = fanout.chat_id,
+                    "checking members timed out; trying again"
+                );
+                false
+            }
+        }
+    }
+
+    /// Delivers what storage has after `last_seq`; false when the chat is gone (its
+    /// deletion has then been delivered). Bounded like a repair, so that an unreachable
+    /// database does not hold the chat's live events back; a failed catch-up is tried
+    /// again at the next tick, and a later event's gap check repairs or ends the streams.
+    async fn catch_up(&self, fanout: &Fanout, last_seq: &mut i64) -> bool {
+        let fill = self.fill(fanout, last_seq, None);
+        match tokio::time::timeout(REPAIR_BUDGET, fill).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                self.deliver(
+                    fanout,
+                    ChatEvent::ChatDeleted {
+                        chat_id: fanout.chat_id,
+                    },
+                );
+                return false;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(chat_id = fanout.chat_id, error = ?e, "catching up failed")
+            }
+            Err(_) => tracing::warn!(chat_id = fanout.chat_id, "catching up timed out"),
+        }
+        true
     }
 
     /// An ephemeral event: typing goes to every stream (each drops its own user's), a

@@ -7,18 +7,21 @@
 #![warn(missing_docs)]
 
 pub mod config;
+mod convert;
 mod deletions;
 pub mod directory;
 pub mod domain;
 pub mod error;
 pub mod events;
 pub mod hub;
+pub mod live;
 mod members;
 pub mod outbox;
 pub mod presence;
 pub mod preview;
 pub mod service;
 pub mod store;
+mod stream;
 
 use std::{net::SocketAddr, sync::Arc};
 

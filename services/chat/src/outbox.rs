@@ -28,10 +28,9 @@ use tokio::sync::mpsc;
 use chat_common::Shutdown;
 
 use crate::{
+    convert::{member_to_pb, message_to_pb, preview_to_pb},
     domain::ChatId,
     events::{ChatEvent, EventBus, Handled},
-    preview::preview_to_pb,
-    service::{member_to_pb, message_to_pb},
     store::{ChatStore, EventId, EventKind, OutboxEvent},
 };
 

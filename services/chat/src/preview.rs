@@ -23,10 +23,11 @@ use chat_common::{
     config::{parse_or, secs_or, var},
     Shutdown,
 };
-use grpc_chat_proto::chat::v1 as pb;
-use link_preview::{find_url, HostPattern, Preview, Previewer, Settings};
+use link_preview::{find_url, HostPattern, Previewer, Settings};
 
-use crate::{domain::ChatId, events::ChatEvent, outbox::Outbox, store::ChatStore};
+use crate::{
+    convert::preview_to_pb, domain::ChatId, events::ChatEvent, outbox::Outbox, store::ChatStore,
+};
 
 /// How previews are made, when they are on.
 #[derive(Debug, Clone)]
@@ -182,16 +183,6 @@ impl LinkPreviews {
                 _ = work => {}
             }
         });
-    }
-}
-
-pub(crate) fn preview_to_pb(p: &Preview) -> pb::LinkPreview {
-    pb::LinkPreview {
-        url: p.url.clone(),
-        title: p.title.clone(),
-        description: p.description.clone(),
-        image_url: p.image_url.clone(),
-        site_name: p.site_name.clone(),
     }
 }
 

@@ -2,37 +2,33 @@
 //! always in the request; membership is checked against storage on every call, and a
 //! non-member is told the chat does not exist.
 
-use chat_common::convert::timestamp;
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use base64::Engine as _;
 use chrono::Utc;
 use futures::Stream;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use chat_common::{
-    error::{invalid_field, reasons, with_reason},
-    Caller, Shutdown,
-};
-use grpc_chat_proto::chat::v1::{
-    self as pb, chat_service_server::ChatService, connect_response::Event,
-};
+use chat_common::{error::invalid_field, Caller, Shutdown};
+use grpc_chat_proto::chat::v1::{self as pb, chat_service_server::ChatService};
 
 use crate::{
+    convert::{chat_to_pb, member_to_pb, message_to_pb},
     directory::Directory,
     domain::{self, page_size, ChatId, IdempotencyKey, MessageText, Title},
     error::ChatError,
     events::ChatEvent,
-    hub::{Ended, Hub},
+    hub::Hub,
     members,
     outbox::Outbox,
-    presence::{self, LiveEvent},
-    preview::{preview_to_pb, LinkPreviews, Services},
+    presence::LiveEvent,
+    preview::{LinkPreviews, Services},
     store::{
         Added, ChatCursor, ChatRecord, ChatStore, Edited, Inserted, MemberRecord, MessageRecord,
         NewMessage,
     },
+    stream,
 };
 
 /// The `ChatService` gRPC service: parses requests, checks membership, stores through the
@@ -52,41 +48,6 @@ struct Inner {
     shutdown: Shutdown,
     /// Link previews, when they are on.
     previews: Option<LinkPreviews>,
-}
-
-pub(crate) fn message_to_pb(m: &MessageRecord) -> pb::Message {
-    pb::Message {
-        chat_id: m.chat_id,
-        seq: m.seq,
-        sender_id: m.sender_id,
-        sender_username: m.sender_username.clone(),
-        text: m.text.clone(),
-        created_at: Some(timestamp(m.created_at)),
-        edited_at: m.edited_at.map(timestamp),
-        sender_deleted: m.sender_username.is_empty(),
-        link_preview: m.link_preview.as_ref().map(preview_to_pb),
-    }
-}
-
-pub(crate) fn member_to_pb(m: MemberRecord) -> pb::Member {
-    pb::Member {
-        user_id: m.user_id,
-        username: m.username,
-        joined_at: Some(timestamp(m.joined_at)),
-    }
-}
-
-fn chat_to_pb(c: &ChatRecord) -> pb::Chat {
-    pb::Chat {
-        id: c.id,
-        title: c.title.clone(),
-        creator_id: c.creator_id,
-        created_at: Some(timestamp(c.created_at)),
-        last_seq: c.last_seq,
-        member_count: c.member_count,
-        last_read_seq: c.last_read_seq,
-        unread_count: c.unread_count,
-    }
 }
 
 fn encode_cursor(c: &ChatRecord) -> String {
@@ -165,6 +126,55 @@ impl ChatApi {
             Caller::Service { .. } => self.inner.store.chat(chat).await?,
         };
         found.ok_or(ChatError::ChatNotFound(chat.0))
+    }
+
+    /// `user_id`'s membership of `chat`; NOT_FOUND, as for any chat one cannot see, when
+    /// there is none.
+    async fn member(&self, chat: ChatId, user_id: i64) -> Result<MemberRecord, ChatError> {
+        self.inner
+            .store
+            .member(chat, user_id)
+            .await?
+            .ok_or(ChatError::ChatNotFound(chat.0))
+    }
+
+    /// Who the caller is online as in `chat` while a stream is open: users by their id and
+    /// name (tokens from before names were in them have none, so it is read), services not.
+    async fn online_as(
+        &self,
+        caller: &Caller,
+        chat: ChatId,
+    ) -> Result<Option<(i64, String)>, ChatError> {
+        match caller {
+            Caller::User { id, username, .. } if username.is_empty() => {
+                Ok(Some((*id, self.member(chat, *id).await?.username)))
+            }
+            Caller::User { id, username, .. } => Ok(Some((*id, username.clone()))),
+            Caller::Service { .. } => Ok(None),
+        }
+    }
+
+    /// The id and name a message is sent under: the calling user's, or for a service
+    /// the member it names. Membership is checked by the insert itself (one round trip);
+    /// only a name missing from the token, or a service's member, is read first.
+    async fn sender(
+        &self,
+        caller: Caller,
+        chat: ChatId,
+        on_behalf_of: i64,
+    ) -> Result<(i64, String), Status> {
+        match caller {
+            Caller::User { id, username, .. } if !username.is_empty() => Ok((id, username)),
+            Caller::User { id, .. } => Ok((id, self.member(chat, id).await?.username)),
+            Caller::Service { .. } if on_behalf_of <= 0 => Err(invalid_field(
+                "on_behalf_of_user_id",
+                "a service must name the member it sends for",
+            )),
+            Caller::Service { .. } => {
+                let member = self.member(chat, on_behalf_of).await?;
+                Ok((member.user_id, member.username))
+            }
+        }
     }
 
     /// Refuses a user whose account was deleted (see `deletions.rs`): for the calls that
@@ -310,37 +320,9 @@ impl ChatService for ChatApi {
         let chat_id = ChatId::parse(req.chat_id)?;
         let text = MessageText::parse(req.text)?;
         let key = IdempotencyKey::parse(&req.idempotency_key)?;
-        // Membership is checked by the insert itself (one round trip); only a service
-        // sending for a member needs the member's name first.
-        let (sender_id, sender_username) = match caller {
-            Caller::User { id, username, .. } if !username.is_empty() => (id, username),
-            Caller::User { id, .. } => {
-                let member = self
-                    .inner
-                    .store
-                    .member(chat_id, id)
-                    .await
-                    .map_err(ChatError::from)?
-                    .ok_or(ChatError::ChatNotFound(chat_id.0))?;
-                (id, member.username)
-            }
-            Caller::Service { .. } => {
-                if req.on_behalf_of_user_id <= 0 {
-                    return Err(invalid_field(
-                        "on_behalf_of_user_id",
-                        "a service must name the member it sends for",
-                    ));
-                }
-                let member = self
-                    .inner
-                    .store
-                    .member(chat_id, req.on_behalf_of_user_id)
-                    .await
-                    .map_err(ChatError::from)?
-                    .ok_or(ChatError::ChatNotFound(chat_id.0))?;
-                (member.user_id, member.username)
-            }
-        };
+        let (sender_id, sender_username) = self
+            .sender(caller, chat_id, req.on_behalf_of_user_id)
+            .await?;
         let write = chat_common::otel_span!(
             "store",
             otel.name = "insert_message",
@@ -712,174 +694,29 @@ impl ChatService for ChatApi {
         }
         let history_limit = page_size("history_limit", req.history_limit, 50, 500)?;
         self.visible_chat(&caller, chat_id).await?;
-        let me = caller.user_id();
-        // The caller's name, for presence (tokens from before names were in them have none).
-        let who = match &caller {
-            Caller::User { id, username, .. } if username.is_empty() => {
-                let member = self
-                    .inner
-                    .store
-                    .member(chat_id, *id)
-                    .await
-                    .map_err(ChatError::from)?
-                    .ok_or(ChatError::ChatNotFound(chat_id.0))?;
-                Some((*id, member.username))
-            }
-            Caller::User { id, username, .. } => Some((*id, username.clone())),
-            Caller::Service { .. } => None,
-        };
-
-        // Join first, read history second: whatever is committed after the join arrives
-        // live, whatever before is in the history, and the overlap is dropped by seq.
-        let mut sub = self
+        let who = self.online_as(&caller, chat_id).await?;
+        // Join first, read history second (stream.rs says why).
+        let sub = self
             .inner
             .hub
-            .join(chat_id, me)
+            .join(chat_id, caller.user_id())
             .await
             .map_err(|e| ChatError::Unavailable(format!("live events are unavailable: {e}")))?;
-
-        // The stream itself is the state machine tonic polls: no task and no channel per
-        // stream, which is most of what an idle stream would otherwise keep in memory. A
-        // client that goes away drops it, and with it the subscription.
-        let store = self.inner.store.clone();
-        let shutdown = self.inner.shutdown.clone();
-        let after_seq = req.after_seq;
-        let live = req.typing_and_presence;
-        // The caller is online in the chat for as long as the stream exists.
-        let presence = self.inner.hub.presence().clone();
-        let stream = async_stream::stream! {
-            let _active = ActiveStream::new();
-            let _here = who
-                .as_ref()
-                .map(|(id, name)| presence.enter(chat_id.0, *id, name.clone()));
-            let message = |m: pb::Message| Ok(pb::ConnectResponse { event: Some(Event::Message(m)) });
-            let mut sent_upto = after_seq;
-            let history = if after_seq > 0 {
-                store.messages_after(chat_id, after_seq, None, 500).await
-            } else {
-                store
-                    .messages_before(chat_id, None, history_limit)
-                    .await
-                    .map(|mut v| {
-                        v.reverse();
-                        v
-                    })
-            };
-            let mut batch = match history {
-                Ok(b) => b,
-                Err(e) => {
-                    yield Err(chat_common::error::internal(&e));
-                    return;
-                }
-            };
-            loop {
-                let full = batch.len() == 500 && after_seq > 0;
-                for m in &batch {
-                    sent_upto = sent_upto.max(m.seq);
-                    yield message(message_to_pb(m));
-                }
-                if !full {
-                    break;
-                }
-                batch = match store.messages_after(chat_id, sent_upto, None, 500).await {
-                    Ok(b) => b,
-                    Err(e) => {
-                        yield Err(chat_common::error::internal(&e));
-                        return;
-                    }
-                };
-            }
-            yield Ok(pb::ConnectResponse {
-                event: Some(Event::HistoryEnd(pb::HistoryEnd { last_seq: sent_upto })),
-            });
-            // Presence changes up to the snapshot's are in it.
-            let mut snapshot_at = 0;
-            if live {
-                let (online, at) = sub.online().await;
-                snapshot_at = at;
-                let me_named = who.as_ref().map(|(id, name)| (*id, name.as_str()));
-                yield Ok(pb::ConnectResponse {
-                    event: Some(Event::Presence(presence::snapshot(chat_id.0, online, me_named))),
-                });
-            }
-            loop {
-                let event = tokio::select! {
-                    _ = shutdown.wait() => {
-                        yield Err(Status::unavailable("server is shutting down; reconnect"));
-                        break;
-                    }
-                    e = sub.rx.recv() => e,
-                };
-                let Some(event) = event else {
-                    yield Err(match sub.ended() {
-                        Ended::Overflow => with_reason(
-                            Code::ResourceExhausted,
-                            format!("stream fell behind; reconnect with after_seq={sent_upto}"),
-                            reasons::STREAM_BEHIND,
-                        ),
-                        Ended::Unavailable => Status::unavailable(format!(
-                            "live events interrupted; reconnect with after_seq={sent_upto}"
-                        )),
-                    });
-                    break;
-                };
-                match event.as_ref() {
-                    ChatEvent::MessageCreated(m) => {
-                        if m.seq <= sent_upto {
-                            continue;
-                        }
-                        sent_upto = m.seq;
-                        yield message(m.clone());
-                    }
-                    ChatEvent::ChatDeleted { chat_id } => {
-                        yield Ok(pb::ConnectResponse {
-                            event: Some(Event::ChatDeleted(pb::ChatDeleted { chat_id: *chat_id })),
-                        });
-                        yield Err(with_reason(
-                            Code::NotFound,
-                            format!("chat {chat_id} was deleted"),
-                            reasons::CHAT_DELETED,
-                        ));
-                        break;
-                    }
-                    // Only for a message this stream sent: one it has yet to send is
-                    // read from storage with its new text.
-                    e @ ChatEvent::MessageEdited(m) => {
-                        if m.seq <= sent_upto {
-                            yield Ok(e.to_response());
-                        }
-                    }
-                    e @ ChatEvent::MessageDeleted { .. } => yield Ok(e.to_response()),
-                    e @ ChatEvent::MemberAdded { .. } => yield Ok(e.to_response()),
-                    e @ ChatEvent::MemberRemoved { user_id, .. } => {
-                        yield Ok(e.to_response());
-                        if Some(*user_id) == me {
-                            yield Err(with_reason(
-                                Code::NotFound,
-                                format!("you are no longer a member of chat {}", chat_id.0),
-                                reasons::MEMBERSHIP_ENDED,
-                            ));
-                            break;
-                        }
-                    }
-                    // Like an edit: only for a message this stream sent (one it has yet
-                    // to send is read from storage with its preview).
-                    e @ ChatEvent::MessagePreviewed { seq, .. } => {
-                        if *seq <= sent_upto {
-                            yield Ok(e.to_response());
-                        }
-                    }
-                    ChatEvent::Live(e) => {
-                        if !live {
-                            continue;
-                        }
-                        if let Some(event) = e.for_stream(me, snapshot_at) {
-                            yield Ok(pb::ConnectResponse { event: Some(event) });
-                        }
-                    }
-                }
-            }
+        let opened = stream::Opened {
+            chat_id,
+            me: caller.user_id(),
+            who,
+            after_seq: req.after_seq,
+            history_limit,
+            live: req.typing_and_presence,
         };
+        let stream = stream::run(
+            opened,
+            self.inner.store.clone(),
+            sub,
+            self.inner.hub.presence().clone(),
+            self.inner.shutdown.clone(),
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -890,13 +727,7 @@ impl ChatService for ChatApi {
     ) -> Result<Response<pb::SendTypingResponse>, Status> {
         let (user_id, username) = Caller::require_user(&request)?;
         let chat_id = ChatId::parse(request.get_ref().chat_id)?;
-        let member = self
-            .inner
-            .store
-            .member(chat_id, user_id)
-            .await
-            .map_err(ChatError::from)?
-            .ok_or(ChatError::ChatNotFound(chat_id.0))?;
+        let member = self.member(chat_id, user_id).await?;
         let presence = self.inner.hub.presence();
         if !presence.typing().allow(user_id, chat_id.0) {
             return Ok(Response::new(pb::SendTypingResponse { forwarded: false }));
@@ -920,22 +751,6 @@ impl ChatService for ChatApi {
         }
         metrics::counter!("chat_typing_forwarded_total").increment(1);
         Ok(Response::new(pb::SendTypingResponse { forwarded: true }))
-    }
-}
-
-/// Counts a live stream in `chat_streams_active` for as long as it exists.
-struct ActiveStream;
-
-impl ActiveStream {
-    fn new() -> Self {
-        metrics::gauge!("chat_streams_active").increment(1.0);
-        Self
-    }
-}
-
-impl Drop for ActiveStream {
-    fn drop(&mut self) {
-        metrics::gauge!("chat_streams_active").decrement(1.0);
     }
 }
 

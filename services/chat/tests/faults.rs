@@ -68,10 +68,7 @@ fn lazy(addr: SocketAddr) -> ChatServiceClient<Channel> {
 /// Codes after which a client tries again, with the same idempotency key. A connection
 /// that breaks mid-call surfaces on the client as UNAVAILABLE, UNKNOWN or CANCELLED.
 fn retryable(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
-    )
+    grpc_chat_proto::reasons::retryable(code) || matches!(code, Code::Unknown | Code::Cancelled)
 }
 
 /// Sends `text` under `key`, trying the replicas in turn from `first` until one answers;

@@ -138,20 +138,7 @@ impl Previewer {
     /// One GET of `url` at `target`.
     async fn get(&self, target: &Target, url: &Url) -> Result<Answer, FetchError> {
         let host = || target.host.clone();
-        let mut last = None;
-        let mut tcp = None;
-        for a in &target.addrs {
-            match TcpStream::connect(a).await {
-                Ok(s) => {
-                    tcp = Some(s);
-                    break;
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        let tcp = tcp.ok_or_else(|| {
-            FetchError::Connect(host(), last.map(|e| e.to_string()).unwrap_or_default())
-        })?;
+        let tcp = connect_any(target).await?;
         let tls = self
             .tls
             .connect(target.server_name.clone(), tcp)
@@ -174,57 +161,85 @@ impl Previewer {
             .body(Empty::new())
             .map_err(|e| FetchError::Http(host(), e.to_string()))?;
         let response = sender.send_request(request).await.map_err(http_error)?;
-        let status = response.status();
-        if matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308) {
-            let location = response
-                .headers()
-                .get(header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| {
-                    FetchError::BadRedirect(format!("HTTP {status} without Location"))
-                })?;
-            return Ok(Answer::Redirect(location.to_owned()));
+        if let Some(redirect) = redirect_or_refusal(&response)? {
+            return Ok(redirect);
         }
-        if !status.is_success() {
-            return Err(FetchError::Status(status.as_u16()));
-        }
-        let content_type = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let mime = content_type
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
-        if mime != "text/html" && mime != "application/xhtml+xml" {
-            return Err(FetchError::NotHtml(
-                content_type.chars().take(100).collect(),
-            ));
-        }
-        let max = self.settings.max_bytes;
-        let mut body = response.into_body();
-        let mut buf: Vec<u8> = Vec::new();
-        while buf.len() < max {
-            let Some(frame) = body.frame().await else {
-                break;
-            };
-            let Ok(data) = frame.map_err(http_error)?.into_data() else {
-                continue;
-            };
-            let searched_to = buf.len().saturating_sub(HEAD_END_OVERLAP);
-            let take = (max - buf.len()).min(data.len());
-            buf.extend_from_slice(&data[..take]);
-            if head_ends(&buf[searched_to..]) {
-                break;
-            }
-        }
+        let head = read_head(response.into_body(), self.settings.max_bytes)
+            .await
+            .map_err(http_error)?;
         // Whatever the server still sends is never read: the connection goes with `_driver`.
         // Cut at a character boundary where the limit split one: lossy decoding replaces it.
-        Ok(Answer::Page(String::from_utf8_lossy(&buf).into_owned()))
+        Ok(Answer::Page(String::from_utf8_lossy(&head).into_owned()))
     }
+}
+
+/// A connection to the first of the target's addresses that accepts one.
+async fn connect_any(target: &Target) -> Result<TcpStream, FetchError> {
+    let mut last = None;
+    for a in &target.addrs {
+        match TcpStream::connect(a).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(FetchError::Connect(
+        target.host.clone(),
+        last.map(|e| e.to_string()).unwrap_or_default(),
+    ))
+}
+
+/// What the response's head says before its body is read: a redirect to follow, a
+/// refusal (an error status, or a page that is not HTML), or `None` to read the page.
+fn redirect_or_refusal<B>(response: &http::Response<B>) -> Result<Option<Answer>, FetchError> {
+    let status = response.status();
+    if matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308) {
+        let location = response
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| FetchError::BadRedirect(format!("HTTP {status} without Location")))?;
+        return Ok(Some(Answer::Redirect(location.to_owned())));
+    }
+    if !status.is_success() {
+        return Err(FetchError::Status(status.as_u16()));
+    }
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if mime != "text/html" && mime != "application/xhtml+xml" {
+        return Err(FetchError::NotHtml(
+            content_type.chars().take(100).collect(),
+        ));
+    }
+    Ok(None)
+}
+
+/// The page's bytes up to the end of its head (or `max` bytes, whichever comes first).
+async fn read_head(mut body: hyper::body::Incoming, max: usize) -> Result<Vec<u8>, hyper::Error> {
+    let mut buf: Vec<u8> = Vec::new();
+    while buf.len() < max {
+        let Some(frame) = body.frame().await else {
+            break;
+        };
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        let searched_to = buf.len().saturating_sub(HEAD_END_OVERLAP);
+        let take = (max - buf.len()).min(data.len());
+        buf.extend_from_slice(&data[..take]);
+        if head_ends(&buf[searched_to..]) {
+            break;
+        }
+    }
+    Ok(buf)
 }
 
 /// Bytes of the previous chunk searched again, so a marker split between chunks is found.

@@ -3,10 +3,9 @@
 
 use chat_common::domain::{ChatId, FieldError, IdempotencyKey, MessageText, UserRef};
 
-use crate::error::SagaError;
-
 /// Where a saga stands, as kept in the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
+#[strum(serialize_all = "snake_case")]
 pub enum SagaState {
     /// Steps are still being run; an orchestrator holds (or held) its lease.
     Running,
@@ -21,7 +20,8 @@ pub enum SagaState {
 }
 
 /// The saga's steps, in the order they run; `Compensate` runs only after `Notify` failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
+#[strum(serialize_all = "snake_case")]
 pub enum StepKind {
     /// Asks AuthService for the user the request's `from` names.
     ResolveSender,
@@ -34,7 +34,8 @@ pub enum StepKind {
 }
 
 /// One step's outcome so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
+#[strum(serialize_all = "snake_case")]
 pub enum StepState {
     /// Running, or interrupted by a crash (it is then run again).
     Started,
@@ -45,7 +46,8 @@ pub enum StepState {
 }
 
 /// The status a failed saga answers with, kept in the log so a replay answers the same.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
+#[strum(serialize_all = "snake_case")]
 pub enum FailCode {
     /// INVALID_ARGUMENT: a step found the request bad (e.g. an unknown sender).
     InvalidArgument,
@@ -57,20 +59,21 @@ pub enum FailCode {
     Aborted,
 }
 
-macro_rules! text_enum {
-    ($t:ty { $($v:ident = $s:literal),* $(,)? }) => {
+/// The log's text name of each variant (`snake_case`, as stored) and back. The names
+/// are derived (strum); this only gives each enum the two methods the stores call.
+macro_rules! log_names {
+    ($($t:ident),*) => {$(
         impl $t {
             /// The name stored in the log's text column.
             pub fn as_str(self) -> &'static str {
-                match self { $(Self::$v => $s),* }
+                self.into()
             }
-            /// The value whose [`as_str`](Self::as_str) is `s`; an error for any other text, which
-            /// means the log was written by a newer version.
+
+            /// The value whose [`as_str`](Self::as_str) is `s`; an error for any other
+            /// text, which means the log was written by a newer version.
             pub fn parse(s: &str) -> anyhow::Result<Self> {
-                match s {
-                    $($s => Ok(Self::$v),)*
-                    other => anyhow::bail!("unknown {} {other:?}", stringify!($t)),
-                }
+                s.parse()
+                    .map_err(|_| anyhow::anyhow!("unknown {} {s:?}", stringify!($t)))
             }
         }
 
@@ -83,33 +86,10 @@ macro_rules! text_enum {
                 Self::parse(&s)
             }
         }
-    };
+    )*};
 }
 
-text_enum!(SagaState {
-    Running = "running",
-    Completed = "completed",
-    Compensating = "compensating",
-    Compensated = "compensated",
-    Failed = "failed",
-});
-text_enum!(StepKind {
-    ResolveSender = "resolve_sender",
-    StoreMessage = "store_message",
-    Notify = "notify",
-    Compensate = "compensate",
-});
-text_enum!(StepState {
-    Started = "started",
-    Succeeded = "succeeded",
-    Failed = "failed",
-});
-text_enum!(FailCode {
-    InvalidArgument = "invalid_argument",
-    PermissionDenied = "permission_denied",
-    NotFound = "not_found",
-    Aborted = "aborted",
-});
+log_names!(SagaState, StepKind, StepState, FailCode);
 
 impl SagaState {
     /// Whether the saga has ended: no orchestrator will run anything more for it.
@@ -138,25 +118,24 @@ pub struct SendRequest {
 }
 
 impl SendRequest {
-    /// Checks a raw request field by field, failing with INVALID_ARGUMENT on the first bad
-    /// one. An empty `idempotency_key` means none.
+    /// Checks a raw request field by field, failing on the first bad one (INVALID_ARGUMENT
+    /// on the wire). An empty `idempotency_key` means none.
     pub fn parse(
         chat_id: i64,
         from: &str,
         text: String,
         idempotency_key: &str,
-    ) -> Result<Self, SagaError> {
-        let field = |e: FieldError| SagaError::invalid(e.field, e.message);
-        let chat_id = ChatId::parse(chat_id).map_err(field)?;
+    ) -> Result<Self, FieldError> {
+        let chat_id = ChatId::parse(chat_id)?;
         if from.trim().is_empty() {
-            return Err(SagaError::invalid(
+            return Err(FieldError::new(
                 "from",
                 "name the sender (email or username)",
             ));
         }
-        let from = UserRef::parse_as("from", from).map_err(field)?;
-        let text = MessageText::parse(text).map_err(field)?;
-        let idempotency_key = IdempotencyKey::parse(idempotency_key).map_err(field)?;
+        let from = UserRef::parse_as("from", from)?;
+        let text = MessageText::parse(text)?;
+        let idempotency_key = IdempotencyKey::parse(idempotency_key)?;
         Ok(Self {
             chat_id: chat_id.0,
             from: from.as_str().to_owned(),
@@ -193,6 +172,51 @@ mod tests {
             assert_eq!(StepKind::parse(s.as_str()).unwrap(), s);
         }
         assert!(SagaState::parse("nope").is_err());
+        assert!(SagaState::parse("Running").is_err(), "names are exact");
+    }
+
+    /// The names are data in every saga log already written: derived, but fixed.
+    #[test]
+    fn names_are_the_stored_ones() {
+        let names = [
+            SagaState::Running.as_str(),
+            SagaState::Completed.as_str(),
+            SagaState::Compensating.as_str(),
+            SagaState::Compensated.as_str(),
+            SagaState::Failed.as_str(),
+            StepKind::ResolveSender.as_str(),
+            StepKind::StoreMessage.as_str(),
+            StepKind::Notify.as_str(),
+            StepKind::Compensate.as_str(),
+            StepState::Started.as_str(),
+            StepState::Succeeded.as_str(),
+            StepState::Failed.as_str(),
+            FailCode::InvalidArgument.as_str(),
+            FailCode::PermissionDenied.as_str(),
+            FailCode::NotFound.as_str(),
+            FailCode::Aborted.as_str(),
+        ];
+        assert_eq!(
+            names,
+            [
+                "running",
+                "completed",
+                "compensating",
+                "compensated",
+                "failed",
+                "resolve_sender",
+                "store_message",
+                "notify",
+                "compensate",
+                "started",
+                "succeeded",
+                "failed",
+                "invalid_argument",
+                "permission_denied",
+                "not_found",
+                "aborted",
+            ]
+        );
     }
 }
 
@@ -227,11 +251,10 @@ mod props {
                     prop_assert_eq!((&again.from, &again.text), (&r.from, &r.text));
                     prop_assert!(!r.text.contains('\0') && !r.from.contains('\0'));
                 }
-                Err(SagaError::InvalidArgument { field, message }) => {
+                Err(FieldError { field, message }) => {
                     prop_assert!(["chat_id", "from", "text", "idempotency_key"].contains(&field));
                     prop_assert!(message.len() < 300, "{}", message);
                 }
-                Err(other) => prop_assert!(false, "not a field error: {other:?}"),
             }
         }
     }

@@ -43,12 +43,11 @@ pub enum SagaError {
     Internal(#[from] anyhow::Error),
 }
 
-impl SagaError {
-    /// An [`SagaError::InvalidArgument`] for `field`.
-    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+impl From<chat_common::domain::FieldError> for SagaError {
+    fn from(e: chat_common::domain::FieldError) -> Self {
         SagaError::InvalidArgument {
-            field,
-            message: message.into(),
+            field: e.field,
+            message: e.message,
         }
     }
 }

@@ -29,6 +29,7 @@ use tracing::{field::Empty, Instrument, Span};
 use uuid::Uuid;
 
 use chat_common::{client::TracedChannel, service_token::ServiceCredential, trace, Shutdown};
+use chrono::{DateTime, Utc};
 use grpc_chat_proto::auth::v1::{
     auth_service_client::AuthServiceClient, GetUserIdsByEmailsRequest,
 };
@@ -82,18 +83,36 @@ struct Paused(String);
 
 type StepOutcome<T> = Result<Step<T>, Paused>;
 
+/// How the notify step ended, when it did.
+#[derive(Debug, PartialEq, Eq)]
+enum Notified {
+    /// The notify step succeeded: the saga is completed.
+    Completed,
+    /// The notification failed for good: the message is to be removed.
+    Compensate,
+}
+
+/// A write to the saga log that failed: the saga pauses, to be resumed.
+fn log_failed(e: anyhow::Error) -> Paused {
+    Paused(format!("saga log: {e:#}"))
+}
+
+/// Whether a step's call that failed with `code` pauses the saga (to be resumed) rather
+/// than failing it: whatever a client may retry, and besides that any trouble of the called
+/// service itself (a bug answered INTERNAL, a service token it no longer accepts, a busy or
+/// restarting peer), since a saga once accepted must finish and an answer about the
+/// request (NOT_FOUND, INVALID_ARGUMENT, ...) is the only thing that fails it.
 fn transient(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Cancelled
-            | Code::ResourceExhausted
-            | Code::Unknown
-            | Code::Aborted
-            | Code::Internal
-            | Code::Unauthenticated
-    )
+    grpc_chat_proto::reasons::retryable(code)
+        || matches!(
+            code,
+            Code::Cancelled
+                | Code::ResourceExhausted
+                | Code::Unknown
+                | Code::Aborted
+                | Code::Internal
+                | Code::Unauthenticated
+        )
 }
 
 /// The span of one step of saga `id` (`seq`: the message's, once known).
@@ -294,139 +313,165 @@ impl Orchestrator {
     /// the log is the one thing the saga cannot go on without. A step's success is logged
     /// together with the start of the next step (or the saga's end), in one write.
     async fn run_steps(&self, saga: SagaRecord) -> Result<(), Paused> {
-        let store = &self.inner.store;
-        let log = |e: anyhow::Error| Paused(format!("saga log: {e:#}"));
-        let id = saga.id;
         if saga.state == SagaState::Running {
-            // Whether the step about to run was logged as started by the one before.
-            let mut started = false;
-            let sender_id = match saga.sender_id {
-                Some(s) => s,
-                None => match self
-                    .step(
-                        id,
-                        StepKind::ResolveSender,
-                        None,
-                        false,
-                        self.resolve(&saga),
-                    )
-                    .await?
-                {
-                    Step::Done(s) => {
-                        store
-                            .step_succeeded(
-                                id,
-                                StepKind::ResolveSender,
-                                StepResult::Sender(s),
-                                Then::Start(StepKind::StoreMessage),
-                            )
-                            .await
-                            .map_err(log)?;
-                        started = true;
-                        s
-                    }
-                    Step::Fail(code, e) => return self.fail(id, code, &e).await,
-                },
+            let Some((sender_id, started)) = self.sender_step(&saga).await? else {
+                return Ok(());
             };
             self.check_shutdown()?;
-            let (seq, notify_started) = match saga.message_seq {
-                Some(s) => (s, None),
-                None => match self
-                    .step(
-                        id,
-                        StepKind::StoreMessage,
-                        None,
-                        started,
-                        self.store_message(&saga, sender_id),
-                    )
-                    .await?
-                {
-                    Step::Done(s) => {
-                        let at = store
-                            .step_succeeded(
-                                id,
-                                StepKind::StoreMessage,
-                                StepResult::MessageSeq(s),
-                                Then::Start(StepKind::Notify),
-                            )
-                            .await
-                            .map_err(log)?;
-                        (s, at)
-                    }
-                    Step::Fail(code, e) => return self.fail(id, code, &e).await,
-                },
+            let Some((seq, notify_started)) = self.message_step(&saga, sender_id, started).await?
+            else {
+                return Ok(());
             };
             self.check_shutdown()?;
-            let started = match notify_started {
-                Some(at) => at,
-                None => store
-                    .step_started(id, StepKind::Notify)
-                    .await
-                    .map_err(log)?,
-            };
-            let notify = self.notify(saga.chat_id, seq, started);
-            match traced(step_span(id, StepKind::Notify, Some(seq)), notify).await {
-                Err(p) => {
-                    store
-                        .step_failed(id, StepKind::Notify, &p.0)
-                        .await
-                        .map_err(log)?;
-                    return Err(p);
-                }
-                Ok(Step::Done(())) => {
-                    store
-                        .step_succeeded(
-                            id,
-                            StepKind::Notify,
-                            StepResult::None,
-                            Then::Finish(SagaState::Completed),
-                        )
-                        .await
-                        .map_err(log)?;
-                    metrics::counter!("saga_completed_total").increment(1);
-                    return Ok(());
-                }
-                Ok(Step::Fail(_, reason)) => {
-                    store
-                        .step_failed(id, StepKind::Notify, &reason)
-                        .await
-                        .map_err(log)?;
-                    let message = format!("notification failed: {reason}; the message was removed");
-                    store
-                        .set_state(
-                            id,
-                            SagaState::Compensating,
-                            Some((&message, FailCode::Aborted)),
-                        )
-                        .await
-                        .map_err(log)?;
-                }
-            }
-        }
-        // Compensating (now, or resumed): remove the message.
-        let seq = match store
-            .get(id)
-            .await
-            .map_err(log)?
-            .and_then(|s| s.message_seq)
-        {
-            Some(seq) => seq,
-            None => {
-                store
-                    .set_state(id, SagaState::Compensated, None)
-                    .await
-                    .map_err(log)?;
+            if self.notify_step(&saga, seq, notify_started).await? == Notified::Completed {
                 return Ok(());
             }
-        };
+        }
+        self.compensate_step(&saga).await
+    }
+
+    /// RESOLVE_SENDER, unless the log has the sender already: the sender's id and whether
+    /// STORE_MESSAGE was logged as started with it; `None` when the saga failed here.
+    async fn sender_step(&self, saga: &SagaRecord) -> Result<Option<(i64, bool)>, Paused> {
+        if let Some(sender) = saga.sender_id {
+            return Ok(Some((sender, false)));
+        }
+        let resolve = self.resolve(saga);
+        match self
+            .step(saga.id, StepKind::ResolveSender, None, false, resolve)
+            .await?
+        {
+            Step::Done(sender) => {
+                self.inner
+                    .store
+                    .step_succeeded(
+                        saga.id,
+                        StepKind::ResolveSender,
+                        StepResult::Sender(sender),
+                        Then::Start(StepKind::StoreMessage),
+                    )
+                    .await
+                    .map_err(log_failed)?;
+                Ok(Some((sender, true)))
+            }
+            Step::Fail(code, e) => self.fail(saga.id, code, &e).await.map(|()| None),
+        }
+    }
+
+    /// STORE_MESSAGE, unless the log has the message already (`started`: the step before
+    /// logged its start): the message's seq and, when this logged NOTIFY's start, its
+    /// time; `None` when the saga failed here.
+    async fn message_step(
+        &self,
+        saga: &SagaRecord,
+        sender_id: i64,
+        started: bool,
+    ) -> Result<Option<(i64, Option<DateTime<Utc>>)>, Paused> {
+        if let Some(seq) = saga.message_seq {
+            return Ok(Some((seq, None)));
+        }
+        let store_message = self.store_message(saga, sender_id);
         match self
             .step(
-                id,
-                StepKind::Compensate,
-                Some(seq),
-                false,
-                self.compensate(saga.chat_id, seq),
+                saga.id,
+                StepKind::StoreMessage,
+                None,
+                started,
+                store_message,
             )
+            .await?
+        {
+            Step::Done(seq) => {
+                let at = self
+                    .inner
+                    .store
+                    .step_succeeded(
+                        saga.id,
+                        StepKind::StoreMessage,
+                        StepResult::MessageSeq(seq),
+                        Then::Start(StepKind::Notify),
+                    )
+                    .await
+                    .map_err(log_failed)?;
+                Ok(Some((seq, at)))
+            }
+            Step::Fail(code, e) => self.fail(saga.id, code, &e).await.map(|()| None),
+        }
+    }
+
+    /// NOTIFY (its start logged now unless `started` says when it was): the saga is
+    /// completed, or it is to be compensated because the notification failed for good.
+    async fn notify_step(
+        &self,
+        saga: &SagaRecord,
+        seq: i64,
+        started: Option<DateTime<Utc>>,
+    ) -> Result<Notified, Paused> {
+        let store = &self.inner.store;
+        let id = saga.id;
+        let started = match started {
+            Some(at) => at,
+            None => store
+                .step_started(id, StepKind::Notify)
+                .await
+                .map_err(log_failed)?,
+        };
+        let notify = self.notify(saga.chat_id, seq, started);
+        match traced(step_span(id, StepKind::Notify, Some(seq)), notify).await {
+            Err(p) => {
+                store
+                    .step_failed(id, StepKind::Notify, &p.0)
+                    .await
+                    .map_err(log_failed)?;
+                Err(p)
+            }
+            Ok(Step::Done(())) => {
+                store
+                    .step_succeeded(
+                        id,
+                        StepKind::Notify,
+                        StepResult::None,
+                        Then::Finish(SagaState::Completed),
+                    )
+                    .await
+                    .map_err(log_failed)?;
+                metrics::counter!("saga_completed_total").increment(1);
+                Ok(Notified::Completed)
+            }
+            Ok(Step::Fail(_, reason)) => {
+                store
+                    .step_failed(id, StepKind::Notify, &reason)
+                    .await
+                    .map_err(log_failed)?;
+                let message = format!("notification failed: {reason}; the message was removed");
+                store
+                    .set_state(
+                        id,
+                        SagaState::Compensating,
+                        Some((&message, FailCode::Aborted)),
+                    )
+                    .await
+                    .map_err(log_failed)?;
+                Ok(Notified::Compensate)
+            }
+        }
+    }
+
+    /// COMPENSATE (now, or resumed): removes the message, when one was stored, and ends
+    /// the saga compensated.
+    async fn compensate_step(&self, saga: &SagaRecord) -> Result<(), Paused> {
+        let store = &self.inner.store;
+        let id = saga.id;
+        let stored = store.get(id).await.map_err(log_failed)?;
+        let Some(seq) = stored.and_then(|s| s.message_seq) else {
+            return store
+                .set_state(id, SagaState::Compensated, None)
+                .await
+                .map_err(log_failed);
+        };
+        let compensate = self.compensate(saga.chat_id, seq);
+        match self
+            .step(id, StepKind::Compensate, Some(seq), false, compensate)
             .await?
         {
             Step::Done(()) => {
@@ -438,13 +483,12 @@ impl Orchestrator {
                         Then::Finish(SagaState::Compensated),
                     )
                     .await
-                    .map_err(log)?;
+                    .map_err(log_failed)?;
             }
             Step::Fail(..) => store
                 .set_state(id, SagaState::Compensated, None)
                 .await
-                .map_err(log)
-                .map(|_| ())?,
+                .map_err(log_failed)?,
         }
         metrics::counter!("saga_compensated_total").increment(1);
         Ok(())
@@ -591,12 +635,7 @@ impl Orchestrator {
     /// idempotent, so that last look sends nothing twice; it also sends whatever the event
     /// path has not sent yet, so a message that can still be delivered is delivered rather
     /// than removed.
-    async fn notify(
-        &self,
-        chat_id: i64,
-        seq: i64,
-        started: chrono::DateTime<chrono::Utc>,
-    ) -> StepOutcome<()> {
+    async fn notify(&self, chat_id: i64, seq: i64, started: DateTime<Utc>) -> StepOutcome<()> {
         let deadline_at = started
             + chrono::Duration::from_std(self.inner.notify_deadline)
                 .unwrap_or(chrono::Duration::seconds(30));

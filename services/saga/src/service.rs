@@ -5,7 +5,7 @@
 use chat_common::convert::timestamp;
 use tonic::{Request, Response, Status};
 
-use chat_common::Caller;
+use chat_common::{domain::FieldError, Caller};
 use grpc_chat_proto::saga::v1::{self as pb, saga_orchestrator_server::SagaOrchestrator};
 
 use crate::{
@@ -90,7 +90,7 @@ impl SagaOrchestrator for SagaApi {
     ) -> Result<Response<pb::GetSagaResponse>, Status> {
         let caller = Caller::from_request(&request)?;
         let id = uuid::Uuid::parse_str(request.get_ref().saga_id.trim())
-            .map_err(|_| SagaError::invalid("saga_id", "not a saga id (UUID)"))?;
+            .map_err(|_| FieldError::new("saga_id", "not a saga id (UUID)"))?;
         let not_found = || SagaError::NotFound(format!("saga {id} not found"));
         let saga = self.orchestrator.get(id).await?.ok_or_else(not_found)?;
         if let Some(user) = caller.user_id() {

@@ -21,6 +21,7 @@ use futures::StreamExt;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use tonic::{
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    metadata::MetadataMap,
     transport::Channel,
     Code, Status,
 };
@@ -372,40 +373,43 @@ pub async fn run(
         ..Default::default()
     };
     for (path, res) in answers {
-        let (code, meta) = match &res {
-            Ok((_, meta)) => (Code::Ok, meta.clone()),
-            Err(s) => (s.code(), s.metadata().clone()),
+        report.record(path, &res);
+    }
+    report
+}
+
+impl Report {
+    /// Counts one answer to `path`, keeps the saga it names, and keeps it as a failure
+    /// when no input should ever get it.
+    fn record(&mut self, path: &'static str, res: &Result<(Vec<u8>, MetadataMap), Status>) {
+        let (code, meta) = match res {
+            Ok((_, meta)) => (Code::Ok, meta),
+            Err(s) => (s.code(), s.metadata()),
         };
-        *report.by_code.entry(format!("{code:?}")).or_default() += 1;
+        *self.by_code.entry(format!("{code:?}")).or_default() += 1;
         if code == Code::Ok {
-            *report.ok_by_rpc.entry(path).or_default() += 1;
+            *self.ok_by_rpc.entry(path).or_default() += 1;
         }
-        if let Some(id) = meta.get("saga-id").and_then(|v| v.to_str().ok()) {
-            report.saga_ids.insert(id.to_owned());
+        // A saga kept for later (UNAVAILABLE) names itself in its `saga-id`.
+        let kept_saga = meta.get("saga-id").and_then(|v| v.to_str().ok());
+        if let Some(id) = kept_saga {
+            self.saga_ids.insert(id.to_owned());
         }
         if path.ends_with("SagaOrchestrator/SendMessage") {
-            if let Ok((bytes, _)) = &res {
-                if let Ok(r) =
-                    <grpc_chat_proto::saga::v1::SendMessageResponse as prost::Message>::decode(
-                        bytes.as_slice(),
-                    )
-                {
-                    if let Some(s) = r.saga {
-                        report.saga_ids.insert(s.id);
-                    }
-                }
+            if let Some(id) = res.as_ref().ok().and_then(|(bytes, _)| sent_saga(bytes)) {
+                self.saga_ids.insert(id);
             }
         }
-        if let Err(s) = &res {
+        if let Err(s) = res {
             // Never: a server fault, a crash or a dropped connection, or a status too
             // large to read (those arrive as errors of the client's own).
             let bad = matches!(s.code(), Code::Internal | Code::Unknown)
                 // Everything is up: UNAVAILABLE can only be a service let down by another
                 // (a torn connection). A saga kept for later says so and is allowed.
-                || (s.code() == Code::Unavailable && !s.message().contains("saga is kept"))
+                || (s.code() == Code::Unavailable && kept_saga.is_none())
                 || s.message().len() > crate::MAX_STATUS_MESSAGE;
             if bad {
-                report.failures.push((
+                self.failures.push((
                     path.to_owned(),
                     format!("{:?}", s.code()),
                     s.message().chars().take(300).collect(),
@@ -413,7 +417,14 @@ pub async fn run(
             }
         }
     }
-    report
+}
+
+/// The id of the saga a saga `SendMessage` answer carries.
+fn sent_saga(bytes: &[u8]) -> Option<String> {
+    <grpc_chat_proto::saga::v1::SendMessageResponse as prost::Message>::decode(bytes)
+        .ok()?
+        .saga
+        .map(|s| s.id)
 }
 
 /// Whether the server at `channel` answers health checks as SERVING.
