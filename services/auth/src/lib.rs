@@ -46,7 +46,7 @@ pub async fn grpc_service(
 
 /// Creates the database when missing and applies the migrations, then returns.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    store::migrate(&config.database_url).await?;
+    store::migrate(&config.database.url).await?;
     tracing::info!("users database migrated");
     Ok(())
 }
@@ -63,14 +63,14 @@ pub struct Application {
 impl Application {
     /// Connects to and migrates the database, and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let store = store::open(&config.database_url, config.database_max_connections).await?;
+        let store = store::open(&config.database.url, config.database.max_connections).await?;
         let api = AuthApi::new(store, config.settings).await?;
-        let (listener, addr) = chat_common::server::bind(config.listen_addr).await?;
+        let (listener, addr) = chat_common::server::bind(config.listen.addr).await?;
         Ok(Self {
             addr,
             listener,
             api,
-            database_url: config.database_url,
+            database_url: config.database.url,
         })
     }
 

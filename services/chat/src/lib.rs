@@ -56,27 +56,31 @@ pub async fn build_api(
     auth: AuthServiceClient<TracedChannel>,
     shutdown: Shutdown,
 ) -> anyhow::Result<ChatApi> {
-    let store = store::open(&config.database_url, config.database_max_connections).await?;
-    let credential =
-        ServiceCredential::new(auth.clone(), "chat-service", config.service_secret.clone());
+    let store = store::open(&config.database.url, config.database.max_connections).await?;
+    let credential = ServiceCredential::new(
+        auth.clone(),
+        "chat-service",
+        config.service_secret.secret.clone(),
+    );
     let hub = hub::Hub::with_presence(
         bus,
         store.clone(),
-        config.stream_buffer,
-        config.catch_up_every,
+        config.settings.stream_buffer,
+        config.settings.catch_up_every,
         shutdown.clone(),
         presence::PresenceSettings {
-            heartbeat: config.presence_heartbeat,
+            heartbeat: config.settings.presence_heartbeat,
         },
     );
     Ok(ChatApi::new(
         store,
         hub,
         directory::Directory::new(auth, credential),
-        config.edit_window,
-        config.deletions_every,
+        config.settings.edit_window,
+        config.settings.deletions_every,
         shutdown,
         config
+            .settings
             .link_previews
             .as_ref()
             .map(preview::LinkPreviews::new)
@@ -88,12 +92,13 @@ pub async fn build_api(
 pub async fn nats_bus(config: &Config) -> anyhow::Result<Arc<dyn events::EventBus>> {
     Ok(Arc::new(
         events::NatsBus::connect(
-            &config.nats_url,
-            &config.subject_prefix,
+            &config.nats.url,
+            &config.nats.subject_prefix,
             config
+                .settings
                 .nats_stream
                 .as_deref()
-                .map(|name| (name, &config.nats_stream_settings)),
+                .map(|name| (name, &config.settings.nats_stream_settings)),
         )
         .await?,
     ))
@@ -118,16 +123,16 @@ impl Application {
     /// listener. `shutdown` stops the streams and background tasks as well as the server.
     pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
         let bus = nats_bus(&config).await?;
-        let auth = AuthServiceClient::new(lazy_channel(&config.auth_url)?);
+        let auth = AuthServiceClient::new(lazy_channel(&config.upstream.auth_url)?);
         let verifier = verifier_from_auth(&auth, &shutdown).await?;
         let api = build_api(&config, bus, auth, shutdown).await?;
-        let (listener, addr) = chat_common::server::bind(config.listen_addr).await?;
+        let (listener, addr) = chat_common::server::bind(config.listen.addr).await?;
         Ok(Self {
             addr,
             listener,
             api,
             verifier,
-            database_url: config.database_url,
+            database_url: config.database.url,
         })
     }
 
@@ -162,7 +167,7 @@ impl Application {
 
 /// Creates the database when missing and applies the migrations, then returns.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    store::migrate(&config.database_url).await?;
+    store::migrate(&config.database.url).await?;
     tracing::info!("chat database migrated");
     Ok(())
 }

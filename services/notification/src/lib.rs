@@ -64,7 +64,7 @@ pub struct Application {
 impl Application {
     /// Builds with the email sender the configuration names.
     pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
-        let sender = email_sender(&config.email)?;
+        let sender = email_sender(&config.settings.email)?;
         Self::build_with_sender(config, sender, shutdown).await
     }
 
@@ -75,19 +75,19 @@ impl Application {
         sender: Arc<dyn EmailSender>,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
-        let auth = AuthServiceClient::new(lazy_channel(&config.auth_url)?);
-        let chat = ChatServiceClient::new(lazy_channel(&config.chat_url)?);
+        let auth = AuthServiceClient::new(lazy_channel(&config.upstream.auth_url)?);
+        let chat = ChatServiceClient::new(lazy_channel(&config.upstream.chat_url)?);
         let verifier = verifier_from_auth(&auth, &shutdown).await?;
-        let consumer = consumer::connect(&config).await?;
+        let consumer = consumer::connect(&config.nats, &config.settings).await?;
         let notifier = build_notifier(&config, sender, auth, chat, shutdown).await?;
-        let (listener, addr) = chat_common::server::bind(config.listen_addr).await?;
+        let (listener, addr) = chat_common::server::bind(config.listen.addr).await?;
         Ok(Self {
             addr,
             listener,
             notifier,
             consumer,
             verifier,
-            database_url: config.database_url,
+            database_url: config.database.url,
         })
     }
 
@@ -139,7 +139,7 @@ impl Application {
 
 /// Creates the database when missing and applies the migrations, then returns.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    store::migrate(&config.database_url).await?;
+    store::migrate(&config.database.url).await?;
     tracing::info!("notification database migrated");
     Ok(())
 }
@@ -153,11 +153,11 @@ pub async fn build_notifier(
     chat: ChatServiceClient<TracedChannel>,
     shutdown: Shutdown,
 ) -> anyhow::Result<Notifier> {
-    let store = store::open(&config.database_url, config.database_max_connections).await?;
+    let store = store::open(&config.database.url, config.database.max_connections).await?;
     let credential = ServiceCredential::new(
         auth.clone(),
         "notification-service",
-        config.service_secret.clone(),
+        config.service_secret.secret.clone(),
     );
     let notifier = Notifier::new(
         store,
@@ -165,8 +165,8 @@ pub async fn build_notifier(
         chat,
         auth,
         credential,
-        config.retry,
-        config.delivery_lease,
+        config.settings.retry,
+        config.settings.delivery_lease,
         shutdown,
     );
     // Direct emails have no event to come again: the sweeper finds those left unsent.

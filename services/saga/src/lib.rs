@@ -49,19 +49,20 @@ impl Application {
     /// Connects to and migrates the saga database, loads AuthService's keys, and binds the
     /// listener. The other services are reached lazily.
     pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
-        let auth = AuthServiceClient::new(lazy_channel(&config.auth_url)?);
-        let chat = ChatServiceClient::new(lazy_channel(&config.chat_url)?);
-        let notification = NotificationServiceClient::new(lazy_channel(&config.notification_url)?);
+        let auth = AuthServiceClient::new(lazy_channel(&config.upstream.auth_url)?);
+        let chat = ChatServiceClient::new(lazy_channel(&config.upstream.chat_url)?);
+        let notification =
+            NotificationServiceClient::new(lazy_channel(&config.upstream.notification_url)?);
         let verifier = verifier_from_auth(&auth, &shutdown).await?;
         let orchestrator = build_orchestrator(&config, auth, chat, notification, shutdown).await?;
-        let (listener, addr) = chat_common::server::bind(config.listen_addr).await?;
+        let (listener, addr) = chat_common::server::bind(config.listen.addr).await?;
         Ok(Self {
             addr,
             listener,
             orchestrator,
             verifier,
-            recovery_interval: config.recovery_interval,
-            database_url: config.database_url,
+            recovery_interval: config.settings.recovery_interval,
+            database_url: config.database.url,
         })
     }
 
@@ -103,7 +104,7 @@ impl Application {
 
 /// Creates the database when missing and applies the migrations, then returns.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    store::migrate(&config.database_url).await?;
+    store::migrate(&config.database.url).await?;
     tracing::info!("saga database migrated");
     Ok(())
 }
@@ -117,11 +118,11 @@ pub async fn build_orchestrator(
     notification: NotificationServiceClient<TracedChannel>,
     shutdown: Shutdown,
 ) -> anyhow::Result<Orchestrator> {
-    let store = store::open(&config.database_url, config.database_max_connections).await?;
+    let store = store::open(&config.database.url, config.database.max_connections).await?;
     let credential = ServiceCredential::new(
         auth.clone(),
         "saga-orchestrator",
-        config.service_secret.clone(),
+        config.service_secret.secret.clone(),
     );
     Ok(Orchestrator::new(
         store,
@@ -129,8 +130,8 @@ pub async fn build_orchestrator(
         chat,
         notification,
         credential,
-        config.notify_deadline,
-        config.lease,
+        config.settings.notify_deadline,
+        config.settings.lease,
         shutdown,
     ))
 }

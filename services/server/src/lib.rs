@@ -24,7 +24,11 @@ use secrecy::SecretString;
 use tokio::{net::TcpListener, sync::mpsc};
 use tonic::server::NamedService;
 
-use chat_common::{client::lazy_channel, server, Shutdown, TokenVerifier};
+use chat_common::{
+    client::lazy_channel,
+    config::{Database, Listen, Nats, ServiceSecret, Upstream},
+    server, Shutdown, TokenVerifier,
+};
 use chat_service::events::{Envelope, EventBus, LocalBus};
 use grpc_chat_proto::auth::v1::auth_service_client::AuthServiceClient;
 use grpc_chat_proto::chat::v1::chat_service_client::ChatServiceClient;
@@ -72,11 +76,11 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
 
 /// The secret the services exchange for service tokens: `SERVICE_SECRET` when set, else a
 /// random one that lives as long as the process (only this process's services use it).
-fn service_secret() -> anyhow::Result<SecretString> {
-    Ok(match chat_common::config::secret_var("SERVICE_SECRET")? {
-        Some(s) if !s.is_empty() => SecretString::from(s),
-        _ => SecretString::from(hex::encode(rand::random::<[u8; 32]>())),
-    })
+fn service_secret(config: &Config) -> SecretString {
+    match &config.service_secret.secret {
+        Some(s) => s.clone(),
+        None => SecretString::from(hex::encode(rand::random::<[u8; 32]>())),
+    }
 }
 
 impl Server {
@@ -91,32 +95,43 @@ impl Server {
         })?;
         let (listener, addr) = server::bind(config.listen).await?;
         let own_url = format!("http://{}", loopback(addr));
-        let secret = service_secret()?;
+        let secret = service_secret(&config);
         let channel = lazy_channel(&own_url)?;
         let auth_client = AuthServiceClient::new(channel.clone());
         let chat_client = ChatServiceClient::new(channel.clone());
+        let upstream = Upstream::all_at(&own_url);
+        let database = |service: &str, default_pool: u32| Database {
+            url: config.database_url(service),
+            max_connections: config.database_max_connections.unwrap_or(default_pool),
+        };
 
-        let mut settings = auth_service::Settings::from_env()?;
-        if settings.signing_key_pem.is_none() {
-            settings.signing_key_pem = Some(keys::signing_key(&config.data_dir)?);
-        }
-        settings.service_secret = Some(secret.clone());
-        if let Some(cost) = config.bcrypt_cost {
-            settings.bcrypt_cost = cost;
-        }
+        let signing_key_pem = match &config.auth.signing_key_pem {
+            Some(key) => key.clone(),
+            None => keys::signing_key(&config.data_dir)?,
+        };
+        let settings = auth_service::Settings {
+            signing_key_pem: Some(signing_key_pem),
+            service_secret: Some(secret.clone()),
+            ..config.auth.clone()
+        };
         let users = auth_service::store::open(&config.database_url("users"), 10).await?;
         let auth = auth_service::AuthApi::new(users, settings).await?;
         let verifier = auth.verifier();
 
-        let mut chat_config = chat_service::Config::from_env()?;
-        chat_config.database_url = config.database_url("chat");
-        chat_config.auth_url = own_url.clone();
-        chat_config.service_secret = secret.clone();
+        let nats = Nats {
+            url: config.nats_url.clone().unwrap_or_default(),
+            subject_prefix: config.subject_prefix.clone(),
+        };
+        let chat_config = chat_service::Config {
+            listen: Listen { addr },
+            database: database("chat", 20),
+            nats: nats.clone(),
+            upstream: upstream.clone(),
+            service_secret: ServiceSecret::new(secret.clone()),
+            settings: config.chat.clone(),
+        };
         let (bus, tap): (Arc<dyn EventBus>, _) = match &config.nats_url {
-            Some(url) => {
-                chat_config.nats_url = url.clone();
-                (chat_service::nats_bus(&chat_config).await?, None)
-            }
+            Some(_) => (chat_service::nats_bus(&chat_config).await?, None),
             None => {
                 let (bus, tap) = LocalBus::with_tap(chat_service::events::TAP_CAPACITY);
                 (Arc::new(bus), Some(tap))
@@ -126,18 +141,19 @@ impl Server {
             chat_service::build_api(&chat_config, bus, auth_client.clone(), shutdown.clone())
                 .await?;
 
-        let mut notify_config = notification_service::Config::from_env()?;
-        notify_config.database_url = config.database_url("notification");
-        notify_config.auth_url = own_url.clone();
-        notify_config.chat_url = own_url.clone();
-        notify_config.service_secret = secret.clone();
-        let smtp_asked =
-            std::env::var_os("EMAIL_SENDER").is_some() || std::env::var_os("SMTP_HOST").is_some();
-        let sender = match &notify_config.email {
-            EmailConfig::Smtp(_) if smtp_asked => {
-                notification_service::email_sender(&notify_config.email)?
+        let notify_config = notification_service::Config {
+            listen: Listen { addr },
+            database: database("notification", 10),
+            nats,
+            upstream: upstream.clone(),
+            service_secret: ServiceSecret::new(secret.clone()),
+            settings: config.notification.clone(),
+        };
+        let sender = match &notify_config.settings.email {
+            EmailConfig::Smtp(_) => {
+                notification_service::email_sender(&notify_config.settings.email)?
             }
-            _ => {
+            EmailConfig::Stub => {
                 let record = config.data_dir.join("sent-emails.jsonl");
                 tracing::info!(record = %record.display(), "emails go to the stub sender");
                 Arc::new(StubEmailSender::with_record_file(record))
@@ -153,17 +169,22 @@ impl Server {
         .await?;
         let events = match tap {
             Some(tap) => EventSource::Local(tap),
-            None => {
-                notify_config.nats_url = chat_config.nats_url.clone();
-                EventSource::JetStream(Box::new(
-                    notification_service::consumer::connect(&notify_config).await?,
-                ))
-            }
+            None => EventSource::JetStream(Box::new(
+                notification_service::consumer::connect(
+                    &notify_config.nats,
+                    &notify_config.settings,
+                )
+                .await?,
+            )),
         };
 
-        let mut saga_config = saga_orchestrator::Config::from_env()?;
-        saga_config.database_url = config.database_url("saga");
-        saga_config.service_secret = secret;
+        let saga_config = saga_orchestrator::Config {
+            listen: Listen { addr },
+            database: database("saga", 10),
+            upstream,
+            service_secret: ServiceSecret::new(secret),
+            settings: config.saga.clone(),
+        };
         let orchestrator = saga_orchestrator::build_orchestrator(
             &saga_config,
             auth_client,
@@ -182,7 +203,7 @@ impl Server {
             notifier,
             events,
             orchestrator,
-            recovery_interval: saga_config.recovery_interval,
+            recovery_interval: saga_config.settings.recovery_interval,
             storage: vec![
                 (AuthServer::NAME, config.database_url("users")),
                 (ChatServer::NAME, config.database_url("chat")),
