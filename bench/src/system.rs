@@ -357,13 +357,13 @@ impl Deployment {
         );
         let nats = TestNats::new();
         let mut config = chat_config(&auth, &chat_db.url, &nats);
-        config.database_max_connections = 32;
+        config.database.max_connections = 32;
         let a = spawn_chat(config.clone()).await;
         let b = spawn_chat(config).await;
         // The stub sender never connects to this address.
         let unused_smtp = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
         let mut n_config = notification_config(&auth, &a, &notify_db.url, &nats, unused_smtp);
-        n_config.email = notification_service::EmailConfig::Stub;
+        n_config.settings.email = notification_service::EmailConfig::Stub;
         let notifier = spawn_notification(n_config).await;
         let saga = spawn_saga(saga_config(&auth, a.addr, notifier.addr, &saga_db.url)).await;
         let sys = |label: &str, chat: std::net::SocketAddr| System {

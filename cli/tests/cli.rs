@@ -573,7 +573,7 @@ async fn a_send_accepted_while_the_notifier_is_down_is_in_progress_and_never_dou
         notify_proxy.addr,
         &saga_db.url,
     );
-    config.notify_deadline = Duration::from_secs(60);
+    config.settings.notify_deadline = Duration::from_secs(60);
     let saga = spawn_saga(config).await;
     let (alice, bob) = (stack.auth.user("alice").await, stack.auth.user("bob").await);
     let user = stack.user();
@@ -655,8 +655,9 @@ async fn the_embedded_server_serves_the_whole_walkthrough() {
     let mut config = chat_server::Config::embedded(
         std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         data.path().to_owned(),
-    );
-    config.bcrypt_cost = Some(4);
+    )
+    .expect("config");
+    config.auth.bcrypt_cost = 4;
     let shutdown = chat_common::Shutdown::new();
     let server = chat_server::Server::build(config, shutdown.clone())
         .await
@@ -769,8 +770,9 @@ impl Embedded {
         chat_common::Shutdown,
         tokio::task::JoinHandle<anyhow::Result<()>>,
     ) {
-        let mut config = chat_server::Config::embedded(addr, data.path().to_owned());
-        config.bcrypt_cost = Some(4);
+        let mut config =
+            chat_server::Config::embedded(addr, data.path().to_owned()).expect("config");
+        config.auth.bcrypt_cost = 4;
         let shutdown = chat_common::Shutdown::new();
         let server = chat_server::Server::build(config, shutdown.clone())
             .await
@@ -1442,7 +1444,7 @@ async fn connect_and_history_show_a_links_preview() {
     let db = TestDb::new().await;
     let nats = TestNats::new();
     let mut config = chat_config(&auth, &db.url, &nats);
-    config.link_previews = Some(chat_service::preview::PreviewConfig {
+    config.settings.link_previews = Some(chat_service::preview::PreviewConfig {
         settings: site.settings(),
         concurrency: 4,
     });

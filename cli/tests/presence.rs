@@ -114,8 +114,8 @@ async fn connect_shows_who_is_online_and_who_is_typing_on_the_embedded_server() 
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port");
-    let mut config = chat_server::Config::embedded(addr, data.path().to_owned());
-    config.bcrypt_cost = Some(4);
+    let mut config = chat_server::Config::embedded(addr, data.path().to_owned()).expect("config");
+    config.auth.bcrypt_cost = 4;
     let shutdown = chat_common::Shutdown::new();
     let server = chat_server::Server::build(config, shutdown.clone())
         .await

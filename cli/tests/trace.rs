@@ -46,8 +46,9 @@ async fn a_traced_command_is_the_root_of_the_servers_trace() {
     let mut config = chat_server::Config::embedded(
         std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         data.path().to_owned(),
-    );
-    config.bcrypt_cost = Some(4);
+    )
+    .expect("config");
+    config.auth.bcrypt_cost = 4;
     let shutdown = chat_common::Shutdown::new();
     let server = chat_server::Server::build(config, shutdown.clone())
         .await

@@ -25,6 +25,8 @@
 
 use std::collections::BTreeMap;
 
+use chat_env as vars;
+
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, StatefulSet},
@@ -541,11 +543,11 @@ pub fn service_account(
 /// Settings shared by every service that are not secret.
 pub fn config_map(cluster: &ChatCluster, owner: &OwnerReference) -> Result<ConfigMap, RenderError> {
     let mut data = BTreeMap::from([
-        ("RUST_LOG".to_string(), cluster.spec.log_level.clone()),
-        ("LOG_FORMAT".to_string(), "json".to_string()),
+        (vars::RUST_LOG.to_string(), cluster.spec.log_level.clone()),
+        (vars::LOG_FORMAT.to_string(), "json".to_string()),
     ]);
     if let Some(endpoint) = &cluster.spec.otlp_endpoint {
-        data.insert("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.clone());
+        data.insert(vars::OTEL_EXPORTER_OTLP_ENDPOINT.into(), endpoint.clone());
     }
     typed(
         "ConfigMap",
@@ -827,13 +829,13 @@ pub fn env(cluster: &ChatCluster, c: Component) -> Vec<Value> {
     let spec = &cluster.spec;
     let generated = name(cluster, "generated");
     let mut env = vec![
-        value_env("LISTEN_ADDR", format!("0.0.0.0:{GRPC_PORT}")),
-        value_env("METRICS_ADDR", format!("0.0.0.0:{METRICS_PORT}")),
+        value_env(vars::LISTEN_ADDR, format!("0.0.0.0:{GRPC_PORT}")),
+        value_env(vars::METRICS_ADDR, format!("0.0.0.0:{METRICS_PORT}")),
     ];
     match &spec.service_secret {
-        Some(s) => env.push(secret_env("SERVICE_SECRET", &s.name, &s.key, false)),
+        Some(s) => env.push(secret_env(vars::SERVICE_SECRET, &s.name, &s.key, false)),
         None => env.push(secret_env(
-            "SERVICE_SECRET",
+            vars::SERVICE_SECRET,
             &generated,
             keys::SERVICE_SECRET,
             false,
@@ -858,7 +860,7 @@ pub fn env(cluster: &ChatCluster, c: Component) -> Vec<Value> {
             // CloudNativePG serves TLS only (with its own CA, hence no `verify-full`).
             url.push_str("?sslmode=require");
         }
-        env.push(value_env("DATABASE_URL", url));
+        env.push(value_env(vars::DATABASE_URL, url));
         component_env(cluster, c, &mut env);
         return env;
     }
@@ -888,7 +890,7 @@ pub fn env(cluster: &ChatCluster, c: Component) -> Vec<Value> {
         database_url.push('?');
         database_url.push_str(p.trim_start_matches('?'));
     }
-    env.push(value_env("DATABASE_URL", database_url));
+    env.push(value_env(vars::DATABASE_URL, database_url));
     component_env(cluster, c, &mut env);
     env
 }
@@ -901,12 +903,12 @@ fn component_env(cluster: &ChatCluster, c: Component, env: &mut Vec<Value>) {
     // The managed NATS requires each of its two clients to log in as its own user; the
     // kubelet expands `$(NATS_PASSWORD)` from the variable pushed just before NATS_URL.
     let nats_env = |user: Component, env: &mut Vec<Value>| match &spec.nats.external {
-        Some(ext) if spec.nats.managed.is_none() => env.push(value_env("NATS_URL", &ext.url)),
+        Some(ext) if spec.nats.managed.is_none() => env.push(value_env(vars::NATS_URL, &ext.url)),
         _ => {
             let (_, key) = nats_user(user).unwrap_or(("", ""));
             env.push(secret_env("NATS_PASSWORD", &generated, key, false));
             env.push(value_env(
-                "NATS_URL",
+                vars::NATS_URL,
                 format!(
                     "nats://{}:$(NATS_PASSWORD)@{}:4222",
                     user.name(),
@@ -918,9 +920,9 @@ fn component_env(cluster: &ChatCluster, c: Component, env: &mut Vec<Value>) {
     match c {
         Component::Auth => {
             match &spec.signing_key {
-                Some(s) => env.push(secret_env("JWT_SIGNING_KEY", &s.name, &s.key, false)),
+                Some(s) => env.push(secret_env(vars::JWT_SIGNING_KEY, &s.name, &s.key, false)),
                 None => env.push(secret_env(
-                    "JWT_SIGNING_KEY",
+                    vars::JWT_SIGNING_KEY,
                     &generated,
                     keys::SIGNING_KEY,
                     false,
@@ -928,50 +930,53 @@ fn component_env(cluster: &ChatCluster, c: Component, env: &mut Vec<Value>) {
             }
             if let Some(p) = &spec.auth.previous_public_key {
                 env.push(secret_env(
-                    "JWT_PREVIOUS_PUBLIC_KEY",
+                    vars::JWT_PREVIOUS_PUBLIC_KEY,
                     &p.name,
                     &p.key,
                     false,
                 ));
             }
             if let Some(cost) = spec.auth.bcrypt_cost {
-                env.push(value_env("BCRYPT_COST", cost.to_string()));
+                env.push(value_env(vars::BCRYPT_COST, cost.to_string()));
             }
             if let Some(ttl) = spec.auth.access_token_ttl_secs {
-                env.push(value_env("ACCESS_TOKEN_TTL_SECS", ttl.to_string()));
+                env.push(value_env(vars::ACCESS_TOKEN_TTL_SECS, ttl.to_string()));
             }
             if let Some(ttl) = spec.auth.refresh_token_ttl_secs {
-                env.push(value_env("REFRESH_TOKEN_TTL_SECS", ttl.to_string()));
+                env.push(value_env(vars::REFRESH_TOKEN_TTL_SECS, ttl.to_string()));
             }
         }
         Component::Chat => {
             nats_env(Component::Chat, env);
             env.extend(stream_env(spec));
-            env.push(value_env("AUTH_URL", url(Component::Auth)));
+            env.push(value_env(vars::AUTH_URL, url(Component::Auth)));
         }
         Component::Notification => {
             nats_env(Component::Notification, env);
             env.extend(stream_env(spec));
-            env.push(value_env("AUTH_URL", url(Component::Auth)));
-            env.push(value_env("CHAT_URL", url(Component::Chat)));
+            env.push(value_env(vars::AUTH_URL, url(Component::Auth)));
+            env.push(value_env(vars::CHAT_URL, url(Component::Chat)));
             match &spec.smtp {
-                None => env.push(value_env("EMAIL_SENDER", "stub")),
+                None => env.push(value_env(vars::EMAIL_SENDER, "stub")),
                 Some(smtp) => {
-                    env.push(value_env("EMAIL_SENDER", "smtp"));
+                    env.push(value_env(vars::EMAIL_SENDER, "smtp"));
                     let s = &smtp.secret_name;
-                    env.push(secret_env("SMTP_HOST", s, "host", false));
-                    env.push(secret_env("SMTP_PORT", s, "port", false));
-                    env.push(secret_env("SMTP_TLS", s, "tls", false));
-                    env.push(secret_env("SMTP_FROM", s, "from", false));
-                    env.push(secret_env("SMTP_USERNAME", s, "username", true));
-                    env.push(secret_env("SMTP_PASSWORD", s, "password", true));
+                    env.push(secret_env(vars::SMTP_HOST, s, "host", false));
+                    env.push(secret_env(vars::SMTP_PORT, s, "port", false));
+                    env.push(secret_env(vars::SMTP_TLS, s, "tls", false));
+                    env.push(secret_env(vars::SMTP_FROM, s, "from", false));
+                    env.push(secret_env(vars::SMTP_USERNAME, s, "username", true));
+                    env.push(secret_env(vars::SMTP_PASSWORD, s, "password", true));
                 }
             }
         }
         Component::Saga => {
-            env.push(value_env("AUTH_URL", url(Component::Auth)));
-            env.push(value_env("CHAT_URL", url(Component::Chat)));
-            env.push(value_env("NOTIFICATION_URL", url(Component::Notification)));
+            env.push(value_env(vars::AUTH_URL, url(Component::Auth)));
+            env.push(value_env(vars::CHAT_URL, url(Component::Chat)));
+            env.push(value_env(
+                vars::NOTIFICATION_URL,
+                url(Component::Notification),
+            ));
         }
     }
 }
@@ -1004,11 +1009,14 @@ fn stream_env(spec: &ChatClusterSpec) -> Vec<Value> {
         return Vec::new();
     };
     let mut env = vec![value_env(
-        "NATS_STREAM_REPLICAS",
+        vars::NATS_STREAM_REPLICAS,
         stream_replicas(nats.replicas).to_string(),
     )];
     if let Some(max_bytes) = stream_max_bytes(&nats) {
-        env.push(value_env("NATS_STREAM_MAX_BYTES", max_bytes.to_string()));
+        env.push(value_env(
+            vars::NATS_STREAM_MAX_BYTES,
+            max_bytes.to_string(),
+        ));
     }
     env
 }

@@ -1,4 +1,6 @@
-//! The auth service's configuration, read once from the environment at start-up.
+//! The auth service's configuration, read once from the environment at start-up
+//! (through [`chat_common::config`]: the shared sections, the loader, the rules for
+//! unset, empty and secret values).
 //!
 //! | variable | default | meaning |
 //! | --- | --- | --- |
@@ -22,57 +24,87 @@
 //! The rate limits are counted in the `users` database, so they hold across replicas; see
 //! [`crate::limits`].
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use anyhow::Result;
-use chat_common::config::{parse_or, secret_var, secs_or, var, var_or};
+use chat_common::config::{secs, vars, Database, Env, Listen};
 use secrecy::SecretString;
+use serde::{Deserialize, Deserializer};
 
 use crate::limits::{IpNet, Limit, RateLimits};
 
 /// `DATABASE_URL` when unset: the `users` database of a local PostgreSQL.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/users";
 
+/// The defaults of the shared sections, as the module's table gives them.
+const SECTION_DEFAULTS: &[(&str, &str)] = &[
+    (vars::LISTEN_ADDR, "0.0.0.0:50051"),
+    (vars::DATABASE_URL, DEFAULT_DATABASE_URL),
+    (vars::DATABASE_MAX_CONNECTIONS, "10"),
+];
+
+/// The defaults of [`Settings`], as the module's table gives them (the same values as
+/// [`Settings::default`], which a test checks).
+const SETTINGS_DEFAULTS: &[(&str, &str)] = &[
+    (vars::BCRYPT_COST, "12"),
+    (vars::ACCESS_TOKEN_TTL_SECS, "900"),
+    (vars::REFRESH_TOKEN_TTL_SECS, "2592000"),
+    (vars::SERVICE_TOKEN_TTL_SECS, "900"),
+    (vars::JWT_ISSUER, "grpc-chat-auth"),
+    (vars::JWT_AUDIENCE, "grpc-chat"),
+    (vars::RATE_LIMIT_LOGIN_PER_ACCOUNT, "10/300"),
+    (vars::RATE_LIMIT_LOGIN_PER_ADDRESS, "30/60"),
+    (vars::RATE_LIMIT_REGISTER_PER_ADDRESS, "20/600"),
+    (vars::RATE_LIMIT_SERVICE_TOKEN_PER_ADDRESS, "10/60"),
+];
+
 /// The split binary's configuration: where to listen, the database, and the service [`Settings`].
 /// The table in the module documentation lists the variables.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `LISTEN_ADDR`; port 0 picks a free port (see [`crate::Application::local_addr`]).
-    pub listen_addr: SocketAddr,
-    /// `DATABASE_URL`: `postgres://...` or `sqlite://...`; the database is created when missing.
-    pub database_url: String,
-    /// `DATABASE_MAX_CONNECTIONS`: the pool size.
-    pub database_max_connections: u32,
+    pub listen: Listen,
+    /// `DATABASE_URL` and `DATABASE_MAX_CONNECTIONS`: the users database.
+    pub database: Database,
     /// What the service logic needs, besides its storage.
     pub settings: Settings,
 }
 
 /// Everything the service logic needs beyond its storage; shared by the split binary and
 /// the embedded server.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
     /// bcrypt work factor, 4 to 31; each step doubles the time of a login and a registration.
     pub bcrypt_cost: u32,
     /// How long an access token is valid.
+    #[serde(rename = "access_token_ttl_secs", deserialize_with = "secs")]
     pub access_ttl: Duration,
     /// How long a refresh token is valid, from its issue (each rotation issues a new one).
+    #[serde(rename = "refresh_token_ttl_secs", deserialize_with = "secs")]
     pub refresh_ttl: Duration,
     /// How long a service token (from `IssueServiceToken`) is valid.
+    #[serde(rename = "service_token_ttl_secs", deserialize_with = "secs")]
     pub service_token_ttl: Duration,
     /// The `iss` claim of every token issued; verifiers must expect the same.
+    #[serde(rename = "jwt_issuer")]
     pub issuer: String,
     /// The `aud` claim of every token issued; verifiers must expect the same.
+    #[serde(rename = "jwt_audience")]
     pub audience: String,
     /// Ed25519 PKCS#8 PEM private key; `None` generates a key per process (development only: tokens
     /// die with it, and replicas do not accept each other's).
+    #[serde(rename = "jwt_signing_key")]
     pub signing_key_pem: Option<SecretString>,
     /// A retired key's public PEM, still published by `GetPublicKeys` during a key rotation so that
     /// tokens it signed keep verifying until they expire.
+    #[serde(rename = "jwt_previous_public_key")]
     pub previous_public_key_pem: Option<String>,
     /// The pre-shared secret for `IssueServiceToken`; `None` disables service tokens (the call
     /// fails with FAILED_PRECONDITION).
     pub service_secret: Option<SecretString>,
-    /// Rate limits on logins, registrations and service-token requests.
+    /// Rate limits on logins, registrations and service-token requests (read by
+    /// [`Settings::load`] from the `RATE_LIMIT_*` variables).
+    #[serde(skip)]
     pub rate_limits: RateLimits,
 }
 
@@ -93,67 +125,126 @@ impl Default for Settings {
     }
 }
 
+/// The `RATE_LIMIT_*` variables, as [`RateLimits`].
+#[derive(Deserialize)]
+struct RateLimitVars {
+    #[serde(rename = "rate_limit_login_per_account", deserialize_with = "limit")]
+    login_per_account: Limit,
+    #[serde(rename = "rate_limit_login_per_address", deserialize_with = "limit")]
+    login_per_address: Limit,
+    #[serde(rename = "rate_limit_register_per_address", deserialize_with = "limit")]
+    register_per_address: Limit,
+    #[serde(
+        rename = "rate_limit_service_token_per_address",
+        deserialize_with = "limit"
+    )]
+    service_token_per_address: Limit,
+    #[serde(
+        rename = "rate_limit_trusted_proxies",
+        default,
+        deserialize_with = "proxies"
+    )]
+    trusted_proxies: Vec<IpNet>,
+}
+
+fn limit<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Limit, D::Error> {
+    let text = String::deserialize(d)?;
+    Limit::parse(&text).map_err(|e| serde::de::Error::custom(format!("{e:#}")))
+}
+
+fn proxies<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<IpNet>, D::Error> {
+    let text = String::deserialize(d)?;
+    IpNet::parse_list(&text).map_err(|e| serde::de::Error::custom(format!("{e:#}")))
+}
+
 impl Settings {
-    /// Reads the variables of the module documentation's table, defaults for those unset; fails on
-    /// a malformed value (a `BCRYPT_COST` out of range, a bad duration or rate limit) rather than
-    /// guessing.
-    pub fn from_env() -> Result<Self> {
-        let d = Settings::default();
-        let bcrypt_cost: u32 = parse_or("BCRYPT_COST", d.bcrypt_cost)?;
+    /// Reads the variables of the module documentation's table from `env`, defaults for
+    /// those unset; fails on a malformed value (a `BCRYPT_COST` out of range, a bad duration
+    /// or rate limit) rather than guessing.
+    pub fn load(env: &Env) -> Result<Self> {
+        let env = env.with_defaults(SETTINGS_DEFAULTS);
+        let settings: Settings = env.extract()?;
+        let bcrypt_cost = settings.bcrypt_cost;
         if !(4..=31).contains(&bcrypt_cost) {
             anyhow::bail!("BCRYPT_COST={bcrypt_cost} must be between 4 and 31");
         }
+        let l: RateLimitVars = env.extract()?;
         Ok(Self {
-            bcrypt_cost,
-            access_ttl: secs_or("ACCESS_TOKEN_TTL_SECS", d.access_ttl)?,
-            refresh_ttl: secs_or("REFRESH_TOKEN_TTL_SECS", d.refresh_ttl)?,
-            service_token_ttl: secs_or("SERVICE_TOKEN_TTL_SECS", d.service_token_ttl)?,
-            issuer: var_or("JWT_ISSUER", &d.issuer),
-            audience: var_or("JWT_AUDIENCE", &d.audience),
-            signing_key_pem: secret_var("JWT_SIGNING_KEY")?.map(SecretString::from),
-            previous_public_key_pem: secret_var("JWT_PREVIOUS_PUBLIC_KEY")?,
-            service_secret: secret_var("SERVICE_SECRET")?.map(SecretString::from),
-            rate_limits: rate_limits_from_env(d.rate_limits)?,
+            rate_limits: RateLimits {
+                login_per_account: l.login_per_account,
+                login_per_address: l.login_per_address,
+                register_per_address: l.register_per_address,
+                service_token_per_address: l.service_token_per_address,
+                trusted_proxies: l.trusted_proxies,
+            },
+            ..settings
         })
     }
-}
-
-fn limit_or(name: &str, default: Limit) -> Result<Limit> {
-    match var(name) {
-        None => Ok(default),
-        Some(v) => {
-            Limit::parse(&v).map_err(|e| anyhow::anyhow!("{name}={v:?} is not valid: {e:#}"))
-        }
-    }
-}
-
-fn rate_limits_from_env(d: RateLimits) -> Result<RateLimits> {
-    let trusted_proxies = match var("RATE_LIMIT_TRUSTED_PROXIES") {
-        None => d.trusted_proxies,
-        Some(v) => IpNet::parse_list(&v)
-            .map_err(|e| anyhow::anyhow!("RATE_LIMIT_TRUSTED_PROXIES={v:?} is not valid: {e:#}"))?,
-    };
-    Ok(RateLimits {
-        login_per_account: limit_or("RATE_LIMIT_LOGIN_PER_ACCOUNT", d.login_per_account)?,
-        login_per_address: limit_or("RATE_LIMIT_LOGIN_PER_ADDRESS", d.login_per_address)?,
-        register_per_address: limit_or("RATE_LIMIT_REGISTER_PER_ADDRESS", d.register_per_address)?,
-        service_token_per_address: limit_or(
-            "RATE_LIMIT_SERVICE_TOKEN_PER_ADDRESS",
-            d.service_token_per_address,
-        )?,
-        trusted_proxies,
-    })
 }
 
 impl Config {
-    /// Reads the whole configuration from the environment; see [`Settings::from_env`] for what
-    /// fails.
-    pub fn from_env() -> Result<Self> {
+    /// Reads the whole configuration from `env`; see [`Settings::load`] for what fails.
+    pub fn load(env: &Env) -> Result<Self> {
+        let sections = env.with_defaults(SECTION_DEFAULTS);
         Ok(Self {
-            listen_addr: parse_or("LISTEN_ADDR", SocketAddr::from(([0, 0, 0, 0], 50051)))?,
-            database_url: var_or("DATABASE_URL", DEFAULT_DATABASE_URL),
-            database_max_connections: parse_or("DATABASE_MAX_CONNECTIONS", 10)?,
-            settings: Settings::from_env()?,
+            listen: sections.extract()?,
+            database: sections.extract()?,
+            settings: Settings::load(env)?,
         })
+    }
+
+    /// Reads the whole configuration from the process's environment.
+    pub fn from_env() -> Result<Self> {
+        Self::load(&Env::load()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_the_documented_ones() {
+        let config = Config::load(&Env::default()).unwrap();
+        assert_eq!(config.listen.addr.to_string(), "0.0.0.0:50051");
+        assert_eq!(config.database.url, DEFAULT_DATABASE_URL);
+        assert_eq!(config.database.max_connections, 10);
+        assert_eq!(
+            format!("{:?}", config.settings),
+            format!("{:?}", Settings::default())
+        );
+    }
+
+    #[test]
+    fn values_are_read_and_checked() {
+        let env = Env::from_vars([
+            ("BCRYPT_COST", "5"),
+            ("REFRESH_TOKEN_TTL_SECS", "60"),
+            ("RATE_LIMIT_LOGIN_PER_ACCOUNT", "off"),
+            ("RATE_LIMIT_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1"),
+        ])
+        .unwrap();
+        let s = Settings::load(&env).unwrap();
+        assert_eq!(s.bcrypt_cost, 5);
+        assert_eq!(s.refresh_ttl, Duration::from_secs(60));
+        assert!(s.rate_limits.login_per_account.is_off());
+        assert_eq!(s.rate_limits.trusted_proxies.len(), 2);
+        let bad = |k: &str, v: &str| {
+            Settings::load(&Env::from_vars([(k, v)]).unwrap())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad("BCRYPT_COST", "40").starts_with("BCRYPT_COST=40 must be"));
+        assert!(bad("BCRYPT_COST", "x").starts_with("BCRYPT_COST=\"x\" is not valid"));
+        let e = bad("RATE_LIMIT_LOGIN_PER_ADDRESS", "ten");
+        assert!(
+            e.starts_with("RATE_LIMIT_LOGIN_PER_ADDRESS=\"ten\" is not valid: must be"),
+            "{e}"
+        );
+        let e = bad("RATE_LIMIT_TRUSTED_PROXIES", "nope");
+        assert!(
+            e.starts_with("RATE_LIMIT_TRUSTED_PROXIES=\"nope\" is not valid"),
+            "{e}"
+        );
     }
 }

@@ -1,9 +1,9 @@
 //! grpc-chat's AuthService: accounts (bcrypt), EdDSA-signed access tokens that every service
 //! verifies locally, and rotating refresh tokens with reuse detection.
 //!
-//! [`Application::build`] is the one place that wires the service: the binary, the embedded
-//! all-in-one server and the tests all go through it (or through [`AuthApi`] directly when
-//! they bring their own storage and listener).
+//! [`parts`] is the one place that assembles the service for serving: the binary (through
+//! [`Application::build`]), the embedded all-in-one server and the tests all go through it
+//! (or through [`AuthApi`] directly when they bring their own storage and listener).
 
 #![warn(missing_docs)]
 
@@ -21,8 +21,9 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 
 use chat_common::{
-    db::{fail_fast, Guarded},
-    server, Shutdown,
+    db::fail_fast,
+    server::{self, Parts},
+    Shutdown,
 };
 use grpc_chat_proto::auth::v1::auth_service_server::AuthServiceServer;
 
@@ -33,20 +34,26 @@ pub use service::AuthApi;
 /// The methods that never touch the users database: they answer during its outage.
 pub const WITHOUT_STORAGE: &[&str] = &["CheckAccess", "GetPublicKeys"];
 
-/// The gRPC service for `api`, with its health status set to serving, answering
-/// UNAVAILABLE at once while the database on `database_url` is known to be down.
-pub async fn grpc_service(
-    api: AuthApi,
-    health: &tonic_health::server::HealthReporter,
-    database_url: &str,
-) -> Guarded<AuthServiceServer<AuthApi>> {
-    health.set_serving::<AuthServiceServer<AuthApi>>().await;
-    fail_fast(database_url, WITHOUT_STORAGE, AuthServiceServer::new(api))
+/// What the auth service is served with besides its configuration: its logic, which the
+/// caller keeps too (the embedded server takes the token verifier from it, the tests its
+/// state).
+pub struct Deps {
+    /// The service logic on its opened store.
+    pub api: AuthApi,
+}
+
+/// The auth service's share of a server: AuthService, answering UNAVAILABLE at once while
+/// the users database is known to be down (except [`WITHOUT_STORAGE`]), its health following
+/// that database.
+pub async fn parts(config: &Config, deps: Deps) -> anyhow::Result<Parts> {
+    let url = &config.database.url;
+    let service = fail_fast(url, WITHOUT_STORAGE, AuthServiceServer::new(deps.api));
+    Ok(Parts::new().service(service, url))
 }
 
 /// Creates the database when missing and applies the migrations, then returns.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    store::migrate(&config.database_url).await?;
+    store::migrate(&config.database.url).await?;
     tracing::info!("users database migrated");
     Ok(())
 }
@@ -56,21 +63,21 @@ pub struct Application {
     addr: SocketAddr,
     listener: TcpListener,
     api: AuthApi,
-    /// Whose reachability the health service reports.
-    database_url: String,
+    parts: Parts,
 }
 
 impl Application {
     /// Connects to and migrates the database, and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let store = store::open(&config.database_url, config.database_max_connections).await?;
-        let api = AuthApi::new(store, config.settings).await?;
-        let (listener, addr) = chat_common::server::bind(config.listen_addr).await?;
+        let store = store::open(&config.database.url, config.database.max_connections).await?;
+        let api = AuthApi::new(store, config.settings.clone()).await?;
+        let parts = parts(&config, Deps { api: api.clone() }).await?;
+        let (listener, addr) = server::bind(config.listen.addr).await?;
         Ok(Self {
             addr,
             listener,
             api,
-            database_url: config.database_url,
+            parts,
         })
     }
 
@@ -87,24 +94,6 @@ impl Application {
 
     /// Serves until `shutdown` is triggered, then drains open calls.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        let (health, health_service) = tonic_health::server::health_reporter();
-        let auth = grpc_service(self.api, &health, &self.database_url).await;
-        chat_common::db::StorageHealth::of(&self.database_url).report(
-            health.clone(),
-            vec![
-                <AuthServiceServer<AuthApi> as tonic::server::NamedService>::NAME.into(),
-                String::new(),
-            ],
-        );
-        let (reflection_v1, reflection_v1alpha) = server::reflection(&[<AuthServiceServer<
-            AuthApi,
-        > as tonic::server::NamedService>::NAME])?;
-        tracing::info!(addr = %self.addr, "auth-service serving");
-        let router = server::builder()
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(auth);
-        server::serve(router, self.listener, shutdown).await
+        server::serve_parts("auth-service", vec![self.parts], self.listener, shutdown).await
     }
 }

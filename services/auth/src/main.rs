@@ -17,7 +17,7 @@ async fn main() -> anyhow::Result<()> {
         };
         chat_common::config::load_dotenv();
         let config = Config::from_env()?;
-        let done = auth_service::admin::set_role(&config.database_url, action, email).await?;
+        let done = auth_service::admin::set_role(&config.database.url, action, email).await?;
         println!("{done}");
         return Ok(());
     }

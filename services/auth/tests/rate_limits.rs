@@ -189,9 +189,13 @@ async fn right_passwords_do_not_count() {
 /// A second auth replica on the database of `app`, with `settings`.
 async fn replica(db_url: &str, settings: Settings) -> (SocketAddr, Shutdown) {
     let app = auth_service::Application::build(auth_service::Config {
-        listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        database_url: db_url.to_owned(),
-        database_max_connections: 3,
+        listen: chat_common::config::Listen {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        },
+        database: chat_common::config::Database {
+            url: db_url.to_owned(),
+            max_connections: 3,
+        },
         settings,
     })
     .await

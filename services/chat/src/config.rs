@@ -1,4 +1,6 @@
-//! The chat service's configuration, read once from the environment.
+//! The chat service's configuration, read once from the environment (through
+//! [`chat_common::config`]: the shared sections, the loader, the rules for unset, empty
+//! and secret values).
 //!
 //! | variable | default | meaning |
 //! | --- | --- | --- |
@@ -27,39 +29,67 @@
 //! | `LINK_PREVIEW_CA_FILE` | (none) | PEM file of roots trusted besides the public ones (a test's CA, an internal site's) |
 //! | `PRESENCE_HEARTBEAT_SECS` | `10` | how often a replica repeats who is online through it; a replica's word expires after three of these (how long a crashed replica's users still show online) |
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use anyhow::Result;
 use chat_common::{
-    config::{parse_or, secret_var, secs_or, var, var_or},
+    config::{
+        secs, vars, Database, Env, Listen, Nats, ServiceSecret, Upstream, NATS_DEFAULTS,
+        UPSTREAM_DEFAULTS,
+    },
     event_stream::StreamSettings,
 };
-use secrecy::SecretString;
+use serde::Deserialize;
 
 use crate::preview::PreviewConfig;
 
-/// The service's settings; the module's table gives each field's variable and default.
+/// The defaults of the shared sections, as the module's table gives them.
+const SECTION_DEFAULTS: &[(&str, &str)] = &[
+    (vars::LISTEN_ADDR, "0.0.0.0:50052"),
+    (
+        vars::DATABASE_URL,
+        "postgres://postgres@127.0.0.1:5432/chat",
+    ),
+    (vars::DATABASE_MAX_CONNECTIONS, "20"),
+];
+
+/// The defaults of [`Settings`], as the module's table gives them.
+const SETTINGS_DEFAULTS: &[(&str, &str)] = &[
+    (vars::NATS_STREAM, "CHAT_EVENTS"),
+    (vars::STREAM_BUFFER, "1024"),
+    (vars::CATCH_UP_INTERVAL_SECS, "5"),
+    (vars::MESSAGE_EDIT_WINDOW_SECS, "900"),
+    (vars::ACCOUNT_DELETIONS_POLL_SECS, "5"),
+    (vars::PRESENCE_HEARTBEAT_SECS, "10"),
+];
+
+/// The service's configuration: the shared sections and its own [`Settings`]; the
+/// module's table gives each variable and default.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Address the gRPC server binds (`LISTEN_ADDR`).
-    pub listen_addr: SocketAddr,
-    /// The chats' database, `postgres://` or `sqlite://`.
-    pub database_url: String,
-    /// Size of the chats' connection pool.
-    pub database_max_connections: u32,
-    /// NATS server, credentials in the URL when it wants them.
-    pub nats_url: String,
-    /// Events are published on `<prefix>.<chat_id>.<kind>`, live ones under `<prefix>_live`.
-    pub subject_prefix: String,
+    pub listen: Listen,
+    /// The chats' database and its pool size.
+    pub database: Database,
+    /// NATS server (credentials in the URL when it wants them) and the subject prefix:
+    /// events are published on `<prefix>.<chat_id>.<kind>`, live ones under `<prefix>_live`.
+    pub nats: Nats,
+    /// AuthService (`AUTH_URL`): verifying keys, this service's token, resolving members.
+    pub upstream: Upstream,
+    /// Exchanged with AuthService for this service's token (required for `CreateChat`).
+    pub service_secret: ServiceSecret,
+    /// What the service logic needs besides the above.
+    pub settings: Settings,
+}
+
+/// The service's own settings, shared by the split binary and the embedded server.
+#[derive(Debug, Clone)]
+pub struct Settings {
     /// The JetStream stream that keeps events for the notifier; None (`NATS_STREAM=off`):
     /// core NATS only, nothing kept.
     pub nats_stream: Option<String>,
     /// Replicas and limits of `nats_stream`, shared with notification-service.
     pub nats_stream_settings: StreamSettings,
-    /// AuthService: verifying keys, this service's token, resolving members.
-    pub auth_url: String,
-    /// Exchanged with AuthService for this service's token; empty when `SERVICE_SECRET` is unset.
-    pub service_secret: SecretString,
     /// Events buffered per `Connect` stream before a stream that reads too slowly is cut off.
     pub stream_buffer: usize,
     /// How often a chat's fan-out checks storage for messages the bus did not bring.
@@ -74,36 +104,115 @@ pub struct Config {
     pub presence_heartbeat: Duration,
 }
 
-impl Config {
-    /// Reads the environment once; fails on a value that does not parse, not on a missing one.
-    pub fn from_env() -> Result<Self> {
-        let nats_stream = match var("NATS_STREAM") {
-            Some(v) if v.eq_ignore_ascii_case("off") => None,
-            Some(v) => Some(v),
-            None => Some("CHAT_EVENTS".into()),
-        };
+/// The variables of [`Settings`] as given; [`Settings::load`] converts them.
+#[derive(Deserialize)]
+struct SettingsVars {
+    nats_stream: String,
+    stream_buffer: usize,
+    #[serde(deserialize_with = "secs")]
+    catch_up_interval_secs: Duration,
+    #[serde(deserialize_with = "secs")]
+    message_edit_window_secs: Duration,
+    #[serde(deserialize_with = "secs")]
+    account_deletions_poll_secs: Duration,
+    #[serde(deserialize_with = "secs")]
+    presence_heartbeat_secs: Duration,
+}
+
+impl Settings {
+    /// Reads the service's own variables from `env`; fails on a value that does not parse,
+    /// not on a missing one.
+    pub fn load(env: &Env) -> Result<Self> {
+        let env = env.with_defaults(SETTINGS_DEFAULTS);
+        let v: SettingsVars = env.extract()?;
         Ok(Self {
-            listen_addr: parse_or("LISTEN_ADDR", SocketAddr::from(([0, 0, 0, 0], 50052)))?,
-            database_url: var_or("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/chat"),
-            database_max_connections: parse_or("DATABASE_MAX_CONNECTIONS", 20)?,
-            nats_url: var_or("NATS_URL", "nats://127.0.0.1:4222"),
-            subject_prefix: var_or("NATS_SUBJECT_PREFIX", "chat"),
-            nats_stream,
-            nats_stream_settings: StreamSettings::from_env()?,
-            auth_url: var_or("AUTH_URL", "http://127.0.0.1:50051"),
-            service_secret: SecretString::from(secret_var("SERVICE_SECRET")?.unwrap_or_default()),
-            stream_buffer: parse_or("STREAM_BUFFER", 1024)?,
-            catch_up_every: secs_or("CATCH_UP_INTERVAL_SECS", Duration::from_secs(5))?,
-            edit_window: Some(secs_or(
-                "MESSAGE_EDIT_WINDOW_SECS",
-                Duration::from_secs(900),
-            )?)
-            .filter(|w| !w.is_zero()),
-            deletions_every: secs_or("ACCOUNT_DELETIONS_POLL_SECS", Duration::from_secs(5))?
+            nats_stream: Some(v.nats_stream).filter(|s| !s.eq_ignore_ascii_case("off")),
+            nats_stream_settings: StreamSettings::load(&env)?,
+            stream_buffer: v.stream_buffer,
+            catch_up_every: v.catch_up_interval_secs,
+            edit_window: Some(v.message_edit_window_secs).filter(|w| !w.is_zero()),
+            deletions_every: v
+                .account_deletions_poll_secs
                 .max(Duration::from_millis(100)),
-            link_previews: PreviewConfig::from_env()?,
-            presence_heartbeat: secs_or("PRESENCE_HEARTBEAT_SECS", Duration::from_secs(10))?
-                .max(Duration::from_secs(1)),
+            link_previews: PreviewConfig::load(&env)?,
+            presence_heartbeat: v.presence_heartbeat_secs.max(Duration::from_secs(1)),
         })
+    }
+}
+
+impl Config {
+    /// Reads the whole configuration from `env`.
+    pub fn load(env: &Env) -> Result<Self> {
+        let sections = env
+            .with_defaults(SECTION_DEFAULTS)
+            .with_defaults(NATS_DEFAULTS)
+            .with_defaults(UPSTREAM_DEFAULTS);
+        Ok(Self {
+            listen: sections.extract()?,
+            database: sections.extract()?,
+            nats: sections.extract()?,
+            upstream: sections.extract()?,
+            service_secret: sections.extract()?,
+            settings: Settings::load(env)?,
+        })
+    }
+
+    /// Reads the whole configuration from the process's environment.
+    pub fn from_env() -> Result<Self> {
+        Self::load(&Env::load()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_the_documented_ones() {
+        let c = Config::load(&Env::default()).unwrap();
+        assert_eq!(c.listen.addr.to_string(), "0.0.0.0:50052");
+        assert_eq!(c.database.max_connections, 20);
+        assert_eq!(c.nats.subject_prefix, "chat");
+        assert_eq!(c.upstream.auth_url, "http://127.0.0.1:50051");
+        assert!(c.service_secret.secret.is_none());
+        let s = c.settings;
+        assert_eq!(s.nats_stream.as_deref(), Some("CHAT_EVENTS"));
+        assert_eq!(s.nats_stream_settings, StreamSettings::default());
+        assert_eq!(s.stream_buffer, 1024);
+        assert_eq!(s.edit_window, Some(Duration::from_secs(900)));
+        assert_eq!(s.presence_heartbeat, Duration::from_secs(10));
+        let previews = s.link_previews.unwrap();
+        assert_eq!(previews.concurrency, 16);
+        assert_eq!(previews.settings.timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn special_values() {
+        let env = Env::from_vars([
+            ("NATS_STREAM", "OFF"),
+            ("MESSAGE_EDIT_WINDOW_SECS", "0"),
+            ("ACCOUNT_DELETIONS_POLL_SECS", "0"),
+            ("LINK_PREVIEWS", "off"),
+        ])
+        .unwrap();
+        let s = Settings::load(&env).unwrap();
+        assert_eq!(s.nats_stream, None);
+        assert_eq!(s.edit_window, None);
+        assert_eq!(s.deletions_every, Duration::from_millis(100));
+        assert!(s.link_previews.is_none());
+        let err = Settings::load(&Env::from_vars([("LINK_PREVIEWS", "maybe")]).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("LINK_PREVIEWS=\"maybe\" is not valid"),
+            "{err}"
+        );
+        let err = Settings::load(&Env::from_vars([("NATS_STREAM_MAX_AGE", "7y")]).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("NATS_STREAM_MAX_AGE=\"7y\" is not valid"),
+            "{err}"
+        );
     }
 }

@@ -2,7 +2,8 @@
 //! per-chat sequence number, and `Connect` streams that deliver history then live events
 //! exactly once and in order, across any number of replicas sharing NATS.
 //!
-//! [`Application::build`] wires the service for the binary and the tests.
+//! [`parts`] assembles the service for serving, for the split binary ([`Application::build`],
+//! which the tests use too) and the all-in-one `chat-server` alike.
 
 #![warn(missing_docs)]
 
@@ -31,7 +32,7 @@ use tonic::{codegen::InterceptedService, service::Interceptor};
 pub use chat_common::client::{lazy_channel, verifier_from_auth, TracedChannel};
 use chat_common::{
     db::{fail_fast, Guarded},
-    server,
+    server::{self, Parts},
     service_token::ServiceCredential,
     Shutdown, TokenVerifier,
 };
@@ -45,10 +46,29 @@ pub use service::ChatApi;
 pub struct Application {
     addr: SocketAddr,
     listener: TcpListener,
-    api: ChatApi,
-    verifier: TokenVerifier,
-    /// Whose reachability the health service reports.
-    database_url: String,
+    parts: Parts,
+}
+
+/// What the chat service is served with besides its configuration.
+pub struct Deps {
+    /// Where events go and come from: NATS ([`nats_bus`]) or in-process.
+    pub bus: Arc<dyn events::EventBus>,
+    /// AuthService, for this service's token and resolving members.
+    pub auth: AuthServiceClient<TracedChannel>,
+    /// Checks every call's token.
+    pub verifier: TokenVerifier,
+    /// Stops the streams and background tasks.
+    pub shutdown: Shutdown,
+}
+
+/// The chat service's share of a server: ChatService, every call checked by the verifier
+/// and answered UNAVAILABLE at once while the chats' database is known to be down, its
+/// health following that database. Its background work (fan-out, outbox, deletions,
+/// previews) runs on `deps.shutdown`.
+pub async fn parts(config: &Config, deps: Deps) -> anyhow::Result<Parts> {
+    let api = build_api(config, deps.bus, deps.auth, deps.shutdown).await?;
+    let url = &config.database.url;
+    Ok(Parts::new().service(grpc_service(api, &deps.verifier, url), url))
 }
 
 /// The service's logic on `bus`, calling AuthService through `auth`: what the split
@@ -59,27 +79,31 @@ pub async fn build_api(
     auth: AuthServiceClient<TracedChannel>,
     shutdown: Shutdown,
 ) -> anyhow::Result<ChatApi> {
-    let store = store::open(&config.database_url, config.database_max_connections).await?;
-    let credential =
-        ServiceCredential::new(auth.clone(), "chat-service", config.service_secret.clone());
+    let store = store::open(&config.database.url, config.database.max_connections).await?;
+    let credential = ServiceCredential::new(
+        auth.clone(),
+        "chat-service",
+        config.service_secret.secret.clone(),
+    );
     let hub = hub::Hub::with_presence(
         bus,
         store.clone(),
-        config.stream_buffer,
-        config.catch_up_every,
+        config.settings.stream_buffer,
+        config.settings.catch_up_every,
         shutdown.clone(),
         presence::PresenceSettings {
-            heartbeat: config.presence_heartbeat,
+            heartbeat: config.settings.presence_heartbeat,
         },
     );
     Ok(ChatApi::new(
         store,
         hub,
         directory::Directory::new(auth, credential),
-        config.edit_window,
-        config.deletions_every,
+        config.settings.edit_window,
+        config.settings.deletions_every,
         shutdown,
         config
+            .settings
             .link_previews
             .as_ref()
             .map(preview::LinkPreviews::new)
@@ -91,12 +115,13 @@ pub async fn build_api(
 pub async fn nats_bus(config: &Config) -> anyhow::Result<Arc<dyn events::EventBus>> {
     Ok(Arc::new(
         events::NatsBus::connect(
-            &config.nats_url,
-            &config.subject_prefix,
+            &config.nats.url,
+            &config.nats.subject_prefix,
             config
+                .settings
                 .nats_stream
                 .as_deref()
-                .map(|name| (name, &config.nats_stream_settings)),
+                .map(|name| (name, &config.settings.nats_stream_settings)),
         )
         .await?,
     ))
@@ -121,16 +146,20 @@ impl Application {
     /// listener. `shutdown` stops the streams and background tasks as well as the server.
     pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
         let bus = nats_bus(&config).await?;
-        let auth = AuthServiceClient::new(lazy_channel(&config.auth_url)?);
+        let auth = AuthServiceClient::new(lazy_channel(&config.upstream.auth_url)?);
         let verifier = verifier_from_auth(&auth, &shutdown).await?;
-        let api = build_api(&config, bus, auth, shutdown).await?;
-        let (listener, addr) = chat_common::server::bind(config.listen_addr).await?;
+        let deps = Deps {
+            bus,
+            auth,
+            verifier,
+            shutdown,
+        };
+        let parts = parts(&config, deps).await?;
+        let (listener, addr) = server::bind(config.listen.addr).await?;
         Ok(Self {
             addr,
             listener,
-            api,
-            verifier,
-            database_url: config.database_url,
+            parts,
         })
     }
 
@@ -141,31 +170,13 @@ impl Application {
 
     /// Serves until `shutdown` is triggered; open streams end with UNAVAILABLE.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<ChatServiceServer<ChatApi>>().await;
-        chat_common::db::StorageHealth::of(&self.database_url).report(
-            health.clone(),
-            vec![
-                <ChatServiceServer<ChatApi> as tonic::server::NamedService>::NAME.into(),
-                String::new(),
-            ],
-        );
-        let (reflection_v1, reflection_v1alpha) = server::reflection(&[<ChatServiceServer<
-            ChatApi,
-        > as tonic::server::NamedService>::NAME])?;
-        tracing::info!(addr = %self.addr, "chat-service serving");
-        let router = server::builder()
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(grpc_service(self.api, &self.verifier, &self.database_url));
-        server::serve(router, self.listener, shutdown).await
+        server::serve_parts("chat-service", vec![self.parts], self.listener, shutdown).await
     }
 }
 
 /// Creates the database when missing and applies the migrations, then returns.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    store::migrate(&config.database_url).await?;
+    store::migrate(&config.database.url).await?;
     tracing::info!("chat database migrated");
     Ok(())
 }

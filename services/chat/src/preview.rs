@@ -20,10 +20,11 @@ use anyhow::Context;
 use tokio::sync::Semaphore;
 
 use chat_common::{
-    config::{parse_or, secs_or, var},
+    config::{millis, secs, vars, Env},
     Shutdown,
 };
 use link_preview::{find_url, HostPattern, Previewer, Settings};
+use serde::Deserialize;
 
 use crate::{
     convert::preview_to_pb, domain::ChatId, events::ChatEvent, outbox::Outbox, store::ChatStore,
@@ -38,19 +39,47 @@ pub struct PreviewConfig {
     pub concurrency: usize,
 }
 
+/// The `LINK_PREVIEW*` variables as given; [`PreviewConfig::load`] checks and converts them.
+#[derive(Deserialize)]
+struct PreviewVars {
+    link_previews: String,
+    link_preview_allow_hosts: Option<String>,
+    link_preview_resolve: Option<String>,
+    link_preview_ca_file: Option<String>,
+    #[serde(deserialize_with = "millis")]
+    link_preview_timeout_ms: Duration,
+    link_preview_max_bytes: Option<usize>,
+    link_preview_max_redirects: Option<usize>,
+    #[serde(default, deserialize_with = "some_secs")]
+    link_preview_cache_ttl_secs: Option<Duration>,
+    #[serde(default, deserialize_with = "some_secs")]
+    link_preview_host_ttl_secs: Option<Duration>,
+    link_preview_concurrency: usize,
+}
+
+fn some_secs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    secs(d).map(Some)
+}
+
 impl PreviewConfig {
-    /// The `LINK_PREVIEW*` variables (see the module's table); None when `LINK_PREVIEWS`
-    /// is `off`.
-    pub fn from_env() -> anyhow::Result<Option<Self>> {
-        match var("LINK_PREVIEWS").map(|v| v.trim().to_ascii_lowercase()) {
-            None => {}
-            Some(v) if matches!(v.as_str(), "on" | "true" | "1" | "yes") => {}
-            Some(v) if matches!(v.as_str(), "off" | "false" | "0" | "no") => return Ok(None),
-            Some(v) => anyhow::bail!("LINK_PREVIEWS={v:?} is not valid: use on or off"),
+    /// The `LINK_PREVIEW*` variables of `env` (see the table of [`crate::config`]); None
+    /// when `LINK_PREVIEWS` is `off`. The fetcher's own defaults apply to those unset.
+    pub fn load(env: &Env) -> anyhow::Result<Option<Self>> {
+        let v: PreviewVars = env
+            .with_defaults(&[
+                (vars::LINK_PREVIEWS, "on"),
+                (vars::LINK_PREVIEW_TIMEOUT_MS, "5000"),
+                (vars::LINK_PREVIEW_CONCURRENCY, "16"),
+            ])
+            .extract()?;
+        match v.link_previews.to_ascii_lowercase() {
+            on if matches!(on.as_str(), "on" | "true" | "1" | "yes") => {}
+            off if matches!(off.as_str(), "off" | "false" | "0" | "no") => return Ok(None),
+            other => anyhow::bail!("LINK_PREVIEWS={other:?} is not valid: use on or off"),
         }
         let defaults = Settings::default();
         let mut extra_roots = Vec::new();
-        if let Some(path) = var("LINK_PREVIEW_CA_FILE") {
+        if let Some(path) = v.link_preview_ca_file {
             let pem = std::fs::read(&path)
                 .with_context(|| format!("reading LINK_PREVIEW_CA_FILE {path}"))?;
             extra_roots = link_preview::certificates_from_pem(&pem)
@@ -58,17 +87,19 @@ impl PreviewConfig {
         }
         Ok(Some(Self {
             settings: Settings {
-                allow_hosts: allow_hosts(var("LINK_PREVIEW_ALLOW_HOSTS").as_deref())?,
-                resolve: resolve(var("LINK_PREVIEW_RESOLVE").as_deref())?,
+                allow_hosts: allow_hosts(v.link_preview_allow_hosts.as_deref())?,
+                resolve: resolve(v.link_preview_resolve.as_deref())?,
                 extra_roots,
-                timeout: Duration::from_millis(parse_or("LINK_PREVIEW_TIMEOUT_MS", 5000)?),
-                max_bytes: parse_or("LINK_PREVIEW_MAX_BYTES", defaults.max_bytes)?,
-                max_redirects: parse_or("LINK_PREVIEW_MAX_REDIRECTS", defaults.max_redirects)?,
-                cache_ttl: secs_or("LINK_PREVIEW_CACHE_TTL_SECS", defaults.cache_ttl)?,
-                host_ttl: secs_or("LINK_PREVIEW_HOST_TTL_SECS", defaults.host_ttl)?,
+                timeout: v.link_preview_timeout_ms,
+                max_bytes: v.link_preview_max_bytes.unwrap_or(defaults.max_bytes),
+                max_redirects: v
+                    .link_preview_max_redirects
+                    .unwrap_or(defaults.max_redirects),
+                cache_ttl: v.link_preview_cache_ttl_secs.unwrap_or(defaults.cache_ttl),
+                host_ttl: v.link_preview_host_ttl_secs.unwrap_or(defaults.host_ttl),
                 ..defaults
             },
-            concurrency: parse_or("LINK_PREVIEW_CONCURRENCY", 16)?,
+            concurrency: v.link_preview_concurrency,
         }))
     }
 }

@@ -169,7 +169,7 @@ async fn only_the_sender_may_edit() {
 async fn the_edit_window_closes() {
     let w = World::new().await;
     let mut config = w.config();
-    config.edit_window = Some(Duration::from_secs(1));
+    config.settings.edit_window = Some(Duration::from_secs(1));
     let chat = spawn_chat(config).await;
     let alice = w.user("alice").await;
     let id = create_chat(&chat, &alice, &[]).await;
@@ -252,10 +252,10 @@ async fn an_edit_a_replica_could_not_publish_reaches_streams() {
         .expect("NATS address");
     let proxy = TcpProxy::start(nats_addr).await;
     let mut config_a = w.config();
-    config_a.nats_url = format!("nats://{}", proxy.addr);
+    config_a.nats.url = format!("nats://{}", proxy.addr);
     let a = spawn_chat(config_a).await;
     let mut config_b = w.config();
-    config_b.catch_up_every = Duration::from_secs(600);
+    config_b.settings.catch_up_every = Duration::from_secs(600);
     let b = spawn_chat(config_b).await;
     let (alice, bob) = (w.user("alice").await, w.user("bob").await);
     let id = create_chat(&a, &alice, &[&bob]).await;

@@ -33,7 +33,7 @@ async fn an_existing_stream_with_other_settings_is_updated_to_the_configured_one
         max_age: Duration::from_secs(3600),
     };
     let mut config = w.config();
-    config.nats_stream_settings = settings;
+    config.settings.nats_stream_settings = settings;
     let chat = spawn_chat(config).await;
 
     let mut s = js.get_stream(&w.nats.stream).await.expect("the stream");
@@ -57,7 +57,7 @@ async fn an_existing_stream_with_other_settings_is_updated_to_the_configured_one
     // A second start with the same settings changes nothing (no update at all).
     let before = s.info().await.expect("stream info").config.clone();
     let mut again = w.config();
-    again.nats_stream_settings = settings;
+    again.settings.nats_stream_settings = settings;
     let _second = spawn_chat(again).await;
     assert_eq!(s.info().await.expect("stream info").config, before);
 }
@@ -67,7 +67,7 @@ async fn settings_the_server_refuses_stop_the_start_with_a_clear_error() {
     let w = World::new().await;
     // One NATS server cannot keep three copies.
     let mut config = w.config();
-    config.nats_stream_settings = StreamSettings {
+    config.settings.nats_stream_settings = StreamSettings {
         replicas: 3,
         ..StreamSettings::default()
     };

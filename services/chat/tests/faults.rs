@@ -239,14 +239,14 @@ async fn replicas_killed_during_concurrent_sends_lose_and_duplicate_nothing() {
     let mut processes = Vec::new();
     for name in ["chat-a", "chat-b"] {
         let mut config = chat_config(&auth, &db.url, &nats);
-        config.listen_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        config.database_max_connections = 5;
+        config.listen.addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        config.database.max_connections = 5;
         let process = ServiceProcess::start(
             name,
             env!("CARGO_BIN_EXE_chat-service"),
             &[],
             chat_service_env(&config),
-            config.listen_addr,
+            config.listen.addr,
         )
         .await
         .expect("start a chat-service replica");
@@ -356,8 +356,8 @@ async fn nats_killed_and_restarted_during_sends_every_stream_gets_every_message(
     let mut running = Vec::new();
     for _ in 0..2 {
         let mut config = chat_config(&auth, &db.url, &nats);
-        config.nats_url = nats_server.url();
-        config.database_max_connections = 5;
+        config.nats.url = nats_server.url();
+        config.database.max_connections = 5;
         let chat = spawn_chat(config).await;
         replicas.push(lazy(chat.addr));
         running.push(chat);
@@ -444,7 +444,7 @@ async fn a_database_outage_answers_unavailable_fast_and_heals_by_itself() {
     let auth = spawn_auth_on(pg.url("users")).await;
     let nats = TestNats::new();
     let mut config = chat_config(&auth, &pg.url("chat"), &nats);
-    config.database_max_connections = 5;
+    config.database.max_connections = 5;
     let chat = spawn_chat(config).await;
     let client = lazy(chat.addr);
     let (alice, bob) = (auth.user("alice").await, auth.user("bob").await);
@@ -624,10 +624,10 @@ async fn a_removal_missed_while_nats_was_away_still_ends_the_removed_members_str
     let db = TestDb::new().await;
     let nats = TestNats::new();
     let mut config = chat_config(&auth, &db.url, &nats);
-    config.nats_url = nats_server.url();
-    config.database_max_connections = 5;
+    config.nats.url = nats_server.url();
+    config.database.max_connections = 5;
     let a = spawn_chat(config.clone()).await;
-    config.nats_url = format!("nats://{}", link.addr);
+    config.nats.url = format!("nats://{}", link.addr);
     let b = spawn_chat(config).await;
     let (alice, bob) = (auth.user("alice").await, auth.user("bob").await);
     let chat_id = chat_of_two(&a.client, &alice, &bob, "the link goes away").await;

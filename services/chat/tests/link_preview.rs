@@ -20,7 +20,7 @@ async fn world_with_site() -> (World, TestSite, TestChat) {
     let w = World::new().await;
     let site = TestSite::start("preview.test").await;
     let mut config = w.config();
-    config.link_previews = Some(PreviewConfig {
+    config.settings.link_previews = Some(PreviewConfig {
         settings: site.settings(),
         concurrency: 16,
     });
@@ -249,14 +249,14 @@ async fn a_preview_a_replica_could_not_publish_reaches_streams() {
         .expect("NATS address");
     let proxy = chat_testkit::TcpProxy::start(nats_addr).await;
     let mut config_a = w.config();
-    config_a.nats_url = format!("nats://{}", proxy.addr);
-    config_a.link_previews = Some(PreviewConfig {
+    config_a.nats.url = format!("nats://{}", proxy.addr);
+    config_a.settings.link_previews = Some(PreviewConfig {
         settings: site.settings(),
         concurrency: 4,
     });
     let a = chat_testkit::spawn_chat(config_a).await;
     let mut config_b = w.config();
-    config_b.catch_up_every = Duration::from_secs(600);
+    config_b.settings.catch_up_every = Duration::from_secs(600);
     let b = chat_testkit::spawn_chat(config_b).await;
     let (alice, bob) = (w.user("alice").await, w.user("bob").await);
     let id = create_chat(&a, &alice, &[&bob]).await;

@@ -24,12 +24,12 @@ async fn events_a_replica_could_not_publish_reach_the_bus_after_it_stopped() {
         .expect("NATS address");
     let proxy = TcpProxy::start(nats_addr).await;
     let mut config_a = w.config();
-    config_a.nats_url = format!("nats://{}", proxy.addr);
+    config_a.nats.url = format!("nats://{}", proxy.addr);
     let a = spawn_chat(config_a).await;
     let mut config_b = w.config();
     // B's periodic catch-up would deliver the message from storage on its own; the test
     // is about the events.
-    config_b.catch_up_every = Duration::from_secs(600);
+    config_b.settings.catch_up_every = Duration::from_secs(600);
     let b = spawn_chat(config_b).await;
     let (alice, bob) = (w.user("alice").await, w.user("bob").await);
     let id = create_chat(&a, &alice, &[&bob]).await;

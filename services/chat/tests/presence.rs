@@ -300,7 +300,7 @@ async fn presence_follows_streams_across_replicas() {
 async fn a_replica_that_vanishes_without_a_goodbye_expires() {
     let w = World::new().await;
     let mut config = w.config();
-    config.presence_heartbeat = Duration::from_secs(1);
+    config.settings.presence_heartbeat = Duration::from_secs(1);
     let a = spawn_chat(config).await;
     let (alice, bob) = (w.user("alice").await, w.user("bob").await);
     let id = create_chat(&a, &alice, &[&bob]).await;
@@ -345,7 +345,8 @@ async fn in_one_process_typing_and_presence_use_the_local_bus_skip_the_tap_and_a
     let w = World::new().await;
     let config = w.config();
     let shutdown = Shutdown::new();
-    let auth = AuthServiceClient::new(chat_service::lazy_channel(&config.auth_url).expect("url"));
+    let auth =
+        AuthServiceClient::new(chat_service::lazy_channel(&config.upstream.auth_url).expect("url"));
     let verifier = chat_service::verifier_from_auth(&auth, &shutdown)
         .await
         .expect("verifier");
@@ -360,7 +361,7 @@ async fn in_one_process_typing_and_presence_use_the_local_bus_skip_the_tap_and_a
     let router = chat_common::server::builder().add_service(chat_service::grpc_service(
         api,
         &verifier,
-        &config.database_url,
+        &config.database.url,
     ));
     tokio::spawn(chat_common::server::serve(
         router,

@@ -179,7 +179,7 @@ async fn deletions_reach_streams_and_a_deleted_chat_ends_them() {
 async fn a_slow_stream_is_cut_off_and_others_go_on() {
     let w = World::new().await;
     let mut config = w.config();
-    config.stream_buffer = 4;
+    config.settings.stream_buffer = 4;
     let a = spawn_chat(config).await;
     let alice = w.user("alice").await;
     let id = create_chat(&a, &alice, &[]).await;
@@ -233,8 +233,8 @@ async fn a_replica_that_loses_nats_fills_the_gap_from_the_database() {
     let proxy = TcpProxy::start(nats_addr).await;
     let a = w.replica().await;
     let mut config_b = w.config();
-    config_b.nats_url = format!("nats://{}", proxy.addr);
-    config_b.catch_up_every = Duration::from_secs(60);
+    config_b.nats.url = format!("nats://{}", proxy.addr);
+    config_b.settings.catch_up_every = Duration::from_secs(60);
     let b = spawn_chat(config_b).await;
     let (alice, bob) = (w.user("alice").await, w.user("bob").await);
     let id = create_chat(&a, &alice, &[&bob]).await;
@@ -299,9 +299,9 @@ async fn a_gap_that_cannot_be_read_ends_the_stream_and_resuming_gives_every_mess
     let db_link = TcpProxy::start(pg_addr).await;
     let a = w.replica().await;
     let mut config_b = w.config();
-    config_b.nats_url = format!("nats://{}", nats_link.addr);
-    config_b.database_url = via(&w.db.url, db_link.addr);
-    config_b.catch_up_every = Duration::from_secs(60);
+    config_b.nats.url = format!("nats://{}", nats_link.addr);
+    config_b.database.url = via(&w.db.url, db_link.addr);
+    config_b.settings.catch_up_every = Duration::from_secs(60);
     let b = spawn_chat(config_b).await;
     let (alice, bob) = (w.user("alice").await, w.user("bob").await);
     let id = create_chat(&a, &alice, &[&bob]).await;

@@ -52,7 +52,7 @@ where
             Ok(()) => {}
             // The default port is taken (a second server on one machine): serve without
             // metrics rather than not at all. A port someone asked for must work.
-            Err(e) if config::var("METRICS_ADDR").is_none() => tracing::warn!(
+            Err(e) if config::var(config::vars::METRICS_ADDR).is_none() => tracing::warn!(
                 error = %e,
                 "serving without metrics; set METRICS_ADDR to a free address, or to off"
             ),

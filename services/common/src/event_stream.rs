@@ -21,7 +21,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use async_nats::jetstream::{self, stream};
 
-use crate::config::{parse_or, var};
+use serde::Deserialize;
+
+use crate::config::{vars, Env};
 
 /// The settings of the events stream that are configurable per installation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,22 +47,34 @@ impl Default for StreamSettings {
 }
 
 impl StreamSettings {
-    /// Reads `NATS_STREAM_REPLICAS`, `NATS_STREAM_MAX_BYTES` and `NATS_STREAM_MAX_AGE`.
-    pub fn from_env() -> Result<Self> {
-        let defaults = Self::default();
-        let replicas: usize = parse_or("NATS_STREAM_REPLICAS", defaults.replicas)?;
+    /// Reads `NATS_STREAM_REPLICAS`, `NATS_STREAM_MAX_BYTES` and `NATS_STREAM_MAX_AGE`
+    /// from `env`, with the defaults of the module's table.
+    pub fn load(env: &Env) -> Result<Self> {
+        /// The variables as given, checked below.
+        #[derive(Deserialize)]
+        struct Vars {
+            nats_stream_replicas: usize,
+            nats_stream_max_bytes: i64,
+            nats_stream_max_age: String,
+        }
+        let v: Vars = env
+            .with_defaults(&[
+                (vars::NATS_STREAM_REPLICAS, "1"),
+                (vars::NATS_STREAM_MAX_BYTES, "-1"),
+                (vars::NATS_STREAM_MAX_AGE, "7d"),
+            ])
+            .extract()?;
+        let replicas = v.nats_stream_replicas;
         if !(1..=5).contains(&replicas) {
             bail!("NATS_STREAM_REPLICAS={replicas} is not valid: JetStream keeps 1 to 5 copies");
         }
-        let max_bytes: i64 = parse_or("NATS_STREAM_MAX_BYTES", defaults.max_bytes)?;
+        let max_bytes = v.nats_stream_max_bytes;
         if max_bytes == 0 || max_bytes < -1 {
             bail!("NATS_STREAM_MAX_BYTES={max_bytes} is not valid: a positive size in bytes, or -1 for no limit");
         }
-        let max_age = match var("NATS_STREAM_MAX_AGE") {
-            None => defaults.max_age,
-            Some(v) => parse_duration(&v)
-                .with_context(|| format!("NATS_STREAM_MAX_AGE={v:?} is not valid"))?,
-        };
+        let age = v.nats_stream_max_age;
+        let max_age = parse_duration(&age)
+            .with_context(|| format!("NATS_STREAM_MAX_AGE={age:?} is not valid"))?;
         Ok(Self {
             replicas,
             max_bytes,

@@ -4,13 +4,23 @@
 //! ([`crate::trace::ServerLayer`]), statuses kept safe to send ([`crate::guard`]: a request
 //! that does not decode is INVALID_ARGUMENT, no status is too large for the connection), and
 //! a graceful stop that lets open calls finish.
+//!
+//! Every service crate hands its share of a server over as [`Parts`] (its gRPC services,
+//! the database each one's health follows, its background tasks), and [`serve_parts`]
+//! serves any set of them: one for a split binary, all four for `chat-server`. So health,
+//! reflection and the drain are written once, here.
 
-use std::time::Duration;
+use std::{convert::Infallible, future::Future, pin::Pin, time::Duration};
 
 use tokio::net::TcpListener;
-use tonic::transport::{
-    server::{Router, TcpIncoming},
-    Server,
+use tonic::{
+    body::Body,
+    server::NamedService,
+    service::RoutesBuilder,
+    transport::{
+        server::{Router, TcpIncoming},
+        Server,
+    },
 };
 
 use tower::layer::util::{Identity, Stack};
@@ -99,4 +109,126 @@ pub async fn bind(
         .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
     let local = listener.local_addr()?;
     Ok((listener, local))
+}
+
+/// Adds one gRPC service to the routes being built.
+type AddRoute = Box<dyn FnOnce(&mut RoutesBuilder) + Send>;
+
+/// Work a service runs beside its gRPC services for as long as it is served.
+type Background = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// One service's share of a server, built by the service crate's `parts` and served by
+/// [`serve_parts`].
+#[derive(Default)]
+pub struct Parts {
+    routes: Vec<AddRoute>,
+    /// Each gRPC service's full name, with the database its health follows.
+    services: Vec<(&'static str, String)>,
+    background: Vec<Background>,
+}
+
+impl Parts {
+    /// No services yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds the gRPC service `svc`, whose health is SERVING while the database on
+    /// `database_url` is reachable (see [`crate::db::StorageHealth`]).
+    pub fn service<S, B>(mut self, svc: S, database_url: &str) -> Self
+    where
+        S: tower::Service<http::Request<Body>, Response = http::Response<B>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.routes.push(Box::new(move |routes| {
+            routes.add_service(svc);
+        }));
+        self.services.push((S::NAME, database_url.to_owned()));
+        self
+    }
+
+    /// Adds `task`, started (through the server's [`Shutdown`], which it must watch) when
+    /// serving starts and awaited after the server stopped, so that work in flight settles
+    /// before the process exits.
+    pub fn background(mut self, task: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.background.push(Box::pin(task));
+        self
+    }
+}
+
+/// Serves every service of `parts` on `listener` until `shutdown`, with health and
+/// reflection, then drains open calls and waits for the parts' background tasks. `name`
+/// is the server's, for the log.
+///
+/// Health: each service is SERVING while its database is reachable; the server as a whole
+/// (`""`) follows the database too when all the services share one, and stays SERVING
+/// otherwise (one database down leaves the other services working).
+pub async fn serve_parts(
+    name: &str,
+    parts: Vec<Parts>,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let mut routes = RoutesBuilder::default();
+    let mut services = Vec::new();
+    let mut background = Vec::new();
+    for part in parts {
+        part.routes.into_iter().for_each(|add| add(&mut routes));
+        services.extend(part.services);
+        background.extend(part.background);
+    }
+    let (health, health_service) = tonic_health::server::health_reporter();
+    report_health(&health, &services).await;
+    let names: Vec<&str> = services.iter().map(|(name, _)| *name).collect();
+    let (reflection_v1, reflection_v1alpha) = reflection(&names)?;
+    let tasks: Vec<_> = background.into_iter().map(|t| shutdown.spawn(t)).collect();
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "{name} serving");
+    }
+    routes
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    let router = builder().add_routes(routes.routes());
+    let served = serve(router, listener, shutdown).await;
+    for task in tasks {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "a background task of {name} failed");
+        }
+    }
+    served
+}
+
+/// Sets every service SERVING, and has each database's monitor report on the services
+/// that use it (and on the whole server when there is only the one database).
+async fn report_health(
+    health: &tonic_health::server::HealthReporter,
+    services: &[(&'static str, String)],
+) {
+    let mut databases: Vec<&str> = services.iter().map(|(_, url)| url.as_str()).collect();
+    databases.sort_unstable();
+    databases.dedup();
+    for (name, _) in services {
+        health
+            .set_service_status(*name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    for url in &databases {
+        let mut names: Vec<String> = services
+            .iter()
+            .filter(|(_, u)| u == url)
+            .map(|(name, _)| (*name).to_owned())
+            .collect();
+        if databases.len() == 1 {
+            names.push(String::new());
+        }
+        crate::db::StorageHealth::of(url).report(health.clone(), names);
+    }
 }

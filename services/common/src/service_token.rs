@@ -23,7 +23,9 @@ struct Cached {
 pub struct ServiceCredential {
     client: AuthServiceClient<TracedChannel>,
     name: String,
-    secret: SecretString,
+    /// None when the service has no secret: it then asks with an empty one, which
+    /// AuthService refuses, so the caller sees AuthService's own answer.
+    secret: Option<SecretString>,
     cached: Arc<Mutex<Option<Cached>>>,
 }
 
@@ -31,7 +33,11 @@ impl ServiceCredential {
     /// A credential for the service called `name` (the `service:<name>` subject of its tokens) that
     /// exchanges `secret` at AuthService through `client`. Nothing is fetched until the first
     /// [`ServiceCredential::token`].
-    pub fn new(client: AuthServiceClient<TracedChannel>, name: &str, secret: SecretString) -> Self {
+    pub fn new(
+        client: AuthServiceClient<TracedChannel>,
+        name: &str,
+        secret: Option<SecretString>,
+    ) -> Self {
         Self {
             client,
             name: name.to_owned(),
@@ -53,7 +59,11 @@ impl ServiceCredential {
             .clone()
             .issue_service_token(IssueServiceTokenRequest {
                 service_name: self.name.clone(),
-                secret: self.secret.expose_secret().to_owned(),
+                secret: self
+                    .secret
+                    .as_ref()
+                    .map(|s| s.expose_secret().to_owned())
+                    .unwrap_or_default(),
             })
             .await?
             .into_inner();

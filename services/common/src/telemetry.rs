@@ -47,7 +47,7 @@ impl Drop for TelemetryGuard {
 pub fn init(service_name: &str) -> anyhow::Result<TelemetryGuard> {
     init_with(
         service_name,
-        crate::config::var("OTEL_EXPORTER_OTLP_ENDPOINT").as_deref(),
+        crate::config::var(crate::config::vars::OTEL_EXPORTER_OTLP_ENDPOINT).as_deref(),
         "info",
     )
 }
@@ -62,7 +62,8 @@ pub fn init_with(
 ) -> anyhow::Result<TelemetryGuard> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_log_filter));
-    let json = crate::config::var("LOG_FORMAT").is_some_and(|v| v.eq_ignore_ascii_case("json"));
+    let json = crate::config::var(crate::config::vars::LOG_FORMAT)
+        .is_some_and(|v| v.eq_ignore_ascii_case("json"));
     let fmt_layer = if json {
         tracing_subscriber::fmt::layer()
             .json()

@@ -1,5 +1,6 @@
 //! The notification service's configuration, read once from the environment (and `.env` in
-//! development, loaded by `main`).
+//! development, loaded by `main`) through [`chat_common::config`]: the shared sections, the
+//! loader, the rules for unset, empty and secret values.
 //!
 //! | variable | default | meaning |
 //! | --- | --- | --- |
@@ -27,14 +28,45 @@
 //! | `SMTP_RETRY_MAX_BACKOFF_MS` | `30000` | longest pause between tries |
 //! | `DELIVERY_LEASE_SECS` | `120` | how long a claimed email is owned by the replica sending it |
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use chat_common::{
-    config::{parse_or, secret_var, secs_or, var, var_or},
+    config::{
+        millis, secs, vars, Database, Env, Listen, Nats, ServiceSecret, Upstream, NATS_DEFAULTS,
+        UPSTREAM_DEFAULTS,
+    },
     event_stream::StreamSettings,
 };
 use secrecy::SecretString;
+use serde::Deserialize;
+
+/// The defaults of the shared sections, as the module's table gives them.
+const SECTION_DEFAULTS: &[(&str, &str)] = &[
+    (vars::LISTEN_ADDR, "0.0.0.0:50053"),
+    (
+        vars::DATABASE_URL,
+        "postgres://postgres@127.0.0.1:5432/notification",
+    ),
+    (vars::DATABASE_MAX_CONNECTIONS, "10"),
+];
+
+/// The defaults of [`Settings`], as the module's table gives them (`SMTP_PORT`'s depends on
+/// `SMTP_TLS`).
+const SETTINGS_DEFAULTS: &[(&str, &str)] = &[
+    (vars::NATS_STREAM, "CHAT_EVENTS"),
+    (vars::NATS_CONSUMER, "notification"),
+    (vars::NATS_ACK_WAIT_SECS, "60"),
+    (vars::EMAIL_SENDER, "smtp"),
+    (vars::SMTP_HOST, "127.0.0.1"),
+    (vars::SMTP_TLS, "starttls"),
+    (vars::SMTP_FROM, "grpc-chat <noreply@localhost>"),
+    (vars::SMTP_TIMEOUT_SECS, "10"),
+    (vars::SMTP_MAX_ATTEMPTS, "5"),
+    (vars::SMTP_RETRY_BACKOFF_MS, "500"),
+    (vars::SMTP_RETRY_MAX_BACKOFF_MS, "30000"),
+    (vars::DELIVERY_LEASE_SECS, "120"),
+];
 
 /// How the mail server connection is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,19 +146,29 @@ impl RetryPolicy {
     }
 }
 
-/// The service's settings; the module's table gives each field's variable and default.
+/// The service's configuration: the shared sections and its own [`Settings`]; the
+/// module's table gives each variable and default.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Address the gRPC server binds (`LISTEN_ADDR`).
-    pub listen_addr: SocketAddr,
-    /// The delivery records' database, `postgres://` or `sqlite://`.
-    pub database_url: String,
-    /// Size of the records' connection pool.
-    pub database_max_connections: u32,
-    /// NATS server, credentials in the URL when it wants them.
-    pub nats_url: String,
-    /// Chat events are published on `<prefix>.<chat_id>.<kind>`.
-    pub subject_prefix: String,
+    pub listen: Listen,
+    /// The delivery records' database and its pool size.
+    pub database: Database,
+    /// NATS server (credentials in the URL when it wants them) and the subject prefix: chat
+    /// events are published on `<prefix>.<chat_id>.<kind>`.
+    pub nats: Nats,
+    /// AuthService (`AUTH_URL`: verifying keys, this service's token, recipients' emails)
+    /// and ChatService (`CHAT_URL`: a chat's members and its messages).
+    pub upstream: Upstream,
+    /// Exchanged with AuthService for this service's token.
+    pub service_secret: ServiceSecret,
+    /// What the service logic needs besides the above.
+    pub settings: Settings,
+}
+
+/// The service's own settings, shared by the split binary and the embedded server.
+#[derive(Debug, Clone)]
+pub struct Settings {
     /// The JetStream stream chat-service publishes events into.
     pub nats_stream: String,
     /// Replicas and limits of `nats_stream`, shared with chat-service.
@@ -135,12 +177,6 @@ pub struct Config {
     pub nats_consumer: String,
     /// How long an event may stay unacknowledged before JetStream redelivers it.
     pub ack_wait: Duration,
-    /// AuthService: verifying keys, this service's token, recipients' emails.
-    pub auth_url: String,
-    /// ChatService: a chat's members and its messages.
-    pub chat_url: String,
-    /// Exchanged with AuthService for this service's token; empty when `SERVICE_SECRET` is unset.
-    pub service_secret: SecretString,
     /// Which sender delivers the emails.
     pub email: EmailConfig,
     /// Tries per email before it is recorded as failed.
@@ -149,53 +185,99 @@ pub struct Config {
     pub delivery_lease: Duration,
 }
 
-impl Config {
-    /// Reads the environment once; fails on a value that does not parse or an unknown
-    /// `EMAIL_SENDER`, not on a missing variable.
-    pub fn from_env() -> Result<Self> {
-        let email = match var_or("EMAIL_SENDER", "smtp").to_ascii_lowercase().as_str() {
+/// The variables of [`Settings`] as given; [`Settings::load`] converts them.
+#[derive(Deserialize)]
+struct SettingsVars {
+    nats_stream: String,
+    nats_consumer: String,
+    #[serde(deserialize_with = "secs")]
+    nats_ack_wait_secs: Duration,
+    email_sender: String,
+    smtp_max_attempts: u32,
+    #[serde(deserialize_with = "millis")]
+    smtp_retry_backoff_ms: Duration,
+    #[serde(deserialize_with = "millis")]
+    smtp_retry_max_backoff_ms: Duration,
+    #[serde(deserialize_with = "secs")]
+    delivery_lease_secs: Duration,
+}
+
+/// The `SMTP_*` variables as given.
+#[derive(Deserialize)]
+struct SmtpVars {
+    smtp_host: String,
+    smtp_port: Option<u16>,
+    smtp_tls: String,
+    smtp_username: Option<String>,
+    smtp_password: Option<SecretString>,
+    smtp_from: String,
+    #[serde(deserialize_with = "secs")]
+    smtp_timeout_secs: Duration,
+}
+
+impl SmtpConfig {
+    fn load(env: &Env) -> Result<Self> {
+        let v: SmtpVars = env.extract()?;
+        let tls = SmtpTls::parse(&v.smtp_tls)?;
+        Ok(Self {
+            host: v.smtp_host,
+            port: v.smtp_port.unwrap_or(tls.default_port()),
+            tls,
+            username: v.smtp_username,
+            password: v.smtp_password,
+            from: v.smtp_from,
+            timeout: v.smtp_timeout_secs,
+        })
+    }
+}
+
+impl Settings {
+    /// Reads the service's own variables from `env`; fails on a value that does not parse
+    /// or an unknown `EMAIL_SENDER`, not on a missing variable.
+    pub fn load(env: &Env) -> Result<Self> {
+        let env = env.with_defaults(SETTINGS_DEFAULTS);
+        let v: SettingsVars = env.extract()?;
+        let email = match v.email_sender.to_ascii_lowercase().as_str() {
             "stub" => EmailConfig::Stub,
-            "smtp" => {
-                let tls = SmtpTls::parse(&var_or("SMTP_TLS", "starttls"))?;
-                EmailConfig::Smtp(SmtpConfig {
-                    host: var_or("SMTP_HOST", "127.0.0.1"),
-                    port: parse_or("SMTP_PORT", tls.default_port())?,
-                    tls,
-                    username: var("SMTP_USERNAME"),
-                    password: secret_var("SMTP_PASSWORD")?.map(SecretString::from),
-                    from: var_or("SMTP_FROM", "grpc-chat <noreply@localhost>"),
-                    timeout: secs_or("SMTP_TIMEOUT_SECS", Duration::from_secs(10))?,
-                })
-            }
+            "smtp" => EmailConfig::Smtp(SmtpConfig::load(&env)?),
             other => bail!("EMAIL_SENDER={other:?} is not valid: use smtp or stub"),
         };
         Ok(Self {
-            listen_addr: parse_or("LISTEN_ADDR", SocketAddr::from(([0, 0, 0, 0], 50053)))?,
-            database_url: var_or(
-                "DATABASE_URL",
-                "postgres://postgres@127.0.0.1:5432/notification",
-            ),
-            database_max_connections: parse_or("DATABASE_MAX_CONNECTIONS", 10)?,
-            nats_url: var_or("NATS_URL", "nats://127.0.0.1:4222"),
-            subject_prefix: var_or("NATS_SUBJECT_PREFIX", "chat"),
-            nats_stream: var_or("NATS_STREAM", "CHAT_EVENTS"),
-            nats_stream_settings: StreamSettings::from_env()?,
-            nats_consumer: var_or("NATS_CONSUMER", "notification"),
-            ack_wait: secs_or("NATS_ACK_WAIT_SECS", Duration::from_secs(60))?,
-            auth_url: var_or("AUTH_URL", "http://127.0.0.1:50051"),
-            chat_url: var_or("CHAT_URL", "http://127.0.0.1:50052"),
-            service_secret: SecretString::from(secret_var("SERVICE_SECRET")?.unwrap_or_default()),
+            nats_stream: v.nats_stream,
+            nats_stream_settings: StreamSettings::load(&env)?,
+            nats_consumer: v.nats_consumer,
+            ack_wait: v.nats_ack_wait_secs,
             email,
             retry: RetryPolicy {
-                max_attempts: parse_or("SMTP_MAX_ATTEMPTS", 5u32)?.max(1),
-                backoff: Duration::from_millis(parse_or("SMTP_RETRY_BACKOFF_MS", 500u64)?),
-                max_backoff: Duration::from_millis(parse_or(
-                    "SMTP_RETRY_MAX_BACKOFF_MS",
-                    30_000u64,
-                )?),
+                max_attempts: v.smtp_max_attempts.max(1),
+                backoff: v.smtp_retry_backoff_ms,
+                max_backoff: v.smtp_retry_max_backoff_ms,
             },
-            delivery_lease: secs_or("DELIVERY_LEASE_SECS", Duration::from_secs(120))?,
+            delivery_lease: v.delivery_lease_secs,
         })
+    }
+}
+
+impl Config {
+    /// Reads the whole configuration from `env`.
+    pub fn load(env: &Env) -> Result<Self> {
+        let sections = env
+            .with_defaults(SECTION_DEFAULTS)
+            .with_defaults(NATS_DEFAULTS)
+            .with_defaults(UPSTREAM_DEFAULTS);
+        Ok(Self {
+            listen: sections.extract()?,
+            database: sections.extract()?,
+            nats: sections.extract()?,
+            upstream: sections.extract()?,
+            service_secret: sections.extract()?,
+            settings: Settings::load(env)?,
+        })
+    }
+
+    /// Reads the whole configuration from the process's environment.
+    pub fn from_env() -> Result<Self> {
+        Self::load(&Env::load()?)
     }
 }
 
@@ -214,6 +296,41 @@ mod tests {
         assert_eq!(p.pause_after(2), Duration::from_millis(200));
         assert_eq!(p.pause_after(3), Duration::from_millis(350));
         assert_eq!(p.pause_after(40), Duration::from_millis(350));
+    }
+
+    #[test]
+    fn the_defaults_are_the_documented_ones() {
+        let c = Config::load(&Env::default()).unwrap();
+        assert_eq!(c.listen.addr.to_string(), "0.0.0.0:50053");
+        assert_eq!(c.database.max_connections, 10);
+        assert_eq!(c.upstream.chat_url, "http://127.0.0.1:50052");
+        let s = c.settings;
+        assert_eq!(
+            (s.nats_stream.as_str(), s.nats_consumer.as_str()),
+            ("CHAT_EVENTS", "notification")
+        );
+        assert_eq!(s.ack_wait, Duration::from_secs(60));
+        let EmailConfig::Smtp(smtp) = s.email else {
+            panic!("smtp by default")
+        };
+        assert_eq!((smtp.port, smtp.tls), (587, SmtpTls::StartTls));
+        assert_eq!(s.retry.max_backoff, Duration::from_secs(30));
+        let e = |k: &str, v: &str| Settings::load(&Env::from_vars([(k, v)]).unwrap());
+        assert!(matches!(
+            e("EMAIL_SENDER", "Stub").unwrap().email,
+            EmailConfig::Stub
+        ));
+        let err = e("EMAIL_SENDER", "pigeon").unwrap_err().to_string();
+        assert!(
+            err.starts_with("EMAIL_SENDER=\"pigeon\" is not valid"),
+            "{err}"
+        );
+        let err = e("SMTP_PORT", "x").unwrap_err().to_string();
+        assert!(err.starts_with("SMTP_PORT=\"x\" is not valid"), "{err}");
+        let EmailConfig::Smtp(smtp) = e("SMTP_TLS", "tls").unwrap().email else {
+            panic!("smtp")
+        };
+        assert_eq!(smtp.port, 465);
     }
 
     #[test]

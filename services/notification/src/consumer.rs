@@ -22,13 +22,14 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use chat_common::{
+    config::Nats,
     event_stream,
     trace::{self, Parent},
     Shutdown,
 };
 use chat_service::events::{process_span, ChatEvent};
 
-use crate::{error::NotificationError, notifier::Notifier, Config};
+use crate::{config::Settings, error::NotificationError, notifier::Notifier};
 
 /// Events processed at once by one replica.
 pub(crate) const CONCURRENCY: usize = 32;
@@ -49,9 +50,10 @@ pub(crate) async fn drain(permits: &Semaphore) {
     }
 }
 
-/// Connects to NATS and makes sure the stream and the durable consumer exist.
-pub async fn connect(config: &Config) -> anyhow::Result<PullConsumer> {
-    let address = chat_common::nats::NatsAddress::parse(&config.nats_url);
+/// Connects to the NATS server `nats` names and makes sure the stream and the durable
+/// consumer of `config` exist.
+pub async fn connect(nats: &Nats, config: &Settings) -> anyhow::Result<PullConsumer> {
+    let address = chat_common::nats::NatsAddress::parse(&nats.url);
     let client = address
         .apply(async_nats::ConnectOptions::new())
         .retry_on_initial_connect()
@@ -65,7 +67,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<PullConsumer> {
     let stream = event_stream::ensure(
         &js,
         &config.nats_stream,
-        &config.subject_prefix,
+        &nats.subject_prefix,
         &config.nats_stream_settings,
     )
     .await?;
@@ -74,7 +76,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<PullConsumer> {
             &config.nats_consumer,
             pull::Config {
                 durable_name: Some(config.nats_consumer.clone()),
-                filter_subject: format!("{}.*.message_created", config.subject_prefix),
+                filter_subject: format!("{}.*.message_created", nats.subject_prefix),
                 ack_policy: AckPolicy::Explicit,
                 ack_wait: config.ack_wait,
                 deliver_policy: DeliverPolicy::All,

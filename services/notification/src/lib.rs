@@ -5,7 +5,8 @@
 //! Events arrive through a JetStream durable consumer (`consumer.rs`); the saga can also ask
 //! for a message directly (`service.rs`); both go through the same [`notifier::Notifier`],
 //! which records deliveries in this service's own database (`store`) and sends through an
-//! [`email::EmailSender`]. [`Application::build`] wires it for the binary and the tests.
+//! [`email::EmailSender`]. [`parts`] assembles it for serving, for the split binary
+//! ([`Application::build`], which the tests use too) and the all-in-one `chat-server` alike.
 
 #![warn(missing_docs)]
 
@@ -21,15 +22,16 @@ pub mod store;
 use std::{net::SocketAddr, sync::Arc};
 
 use async_nats::jetstream::consumer::PullConsumer;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::mpsc};
 use tonic::{codegen::InterceptedService, service::Interceptor};
 
 use chat_common::{
     client::{lazy_channel, verifier_from_auth, TracedChannel},
-    server,
+    server::{self, Parts},
     service_token::ServiceCredential,
     Shutdown, TokenVerifier,
 };
+use chat_service::events::Envelope;
 use grpc_chat_proto::auth::v1::auth_service_client::AuthServiceClient;
 use grpc_chat_proto::chat::v1::chat_service_client::ChatServiceClient;
 use grpc_chat_proto::notification::v1::notification_service_server::NotificationServiceServer;
@@ -50,21 +52,62 @@ pub fn email_sender(config: &EmailConfig) -> anyhow::Result<Arc<dyn EmailSender>
     })
 }
 
+/// Where the notifier's events come from.
+pub enum EventSource {
+    /// The JetStream durable consumer shared by every replica ([`consumer::connect`]).
+    JetStream(Box<PullConsumer>),
+    /// An in-process bus's tap (`chat-server` without NATS).
+    Local(mpsc::Receiver<Envelope>),
+}
+
+/// What the notification service is served with besides its configuration.
+pub struct Deps {
+    /// Delivers the emails ([`email_sender`] makes the configured one).
+    pub sender: Arc<dyn EmailSender>,
+    /// AuthService: this service's token, recipients' emails.
+    pub auth: AuthServiceClient<TracedChannel>,
+    /// ChatService: a chat's members and its messages.
+    pub chat: ChatServiceClient<TracedChannel>,
+    /// Checks every call's token.
+    pub verifier: TokenVerifier,
+    /// The chat events to notify about.
+    pub events: EventSource,
+    /// Stops the event loop and the email sweeper.
+    pub shutdown: Shutdown,
+}
+
+/// The notification service's share of a server: NotificationService, every call checked by
+/// the verifier and answered UNAVAILABLE at once while the records' database is known to be
+/// down, its health following that database; and the event loop, which settles the events
+/// being handled before the server's exit, so no claim is left behind.
+pub async fn parts(config: &Config, deps: Deps) -> anyhow::Result<Parts> {
+    let shutdown = deps.shutdown;
+    let notifier =
+        build_notifier(config, deps.sender, deps.auth, deps.chat, shutdown.clone()).await?;
+    let handler = notifier.clone();
+    let events = async move {
+        match deps.events {
+            EventSource::JetStream(consumer) => consumer::run(*consumer, handler, shutdown).await,
+            EventSource::Local(tap) => local::run(tap, handler, shutdown).await,
+        }
+    };
+    let url = &config.database.url;
+    Ok(Parts::new()
+        .service(grpc_service(notifier, &deps.verifier, url), url)
+        .background(events))
+}
+
 /// A bound, ready-to-run notification service.
 pub struct Application {
     addr: SocketAddr,
     listener: TcpListener,
-    notifier: Notifier,
-    consumer: PullConsumer,
-    verifier: TokenVerifier,
-    /// Whose reachability the health service reports.
-    database_url: String,
+    parts: Parts,
 }
 
 impl Application {
     /// Builds with the email sender the configuration names.
     pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
-        let sender = email_sender(&config.email)?;
+        let sender = email_sender(&config.settings.email)?;
         Self::build_with_sender(config, sender, shutdown).await
     }
 
@@ -75,19 +118,24 @@ impl Application {
         sender: Arc<dyn EmailSender>,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
-        let auth = AuthServiceClient::new(lazy_channel(&config.auth_url)?);
-        let chat = ChatServiceClient::new(lazy_channel(&config.chat_url)?);
+        let auth = AuthServiceClient::new(lazy_channel(&config.upstream.auth_url)?);
+        let chat = ChatServiceClient::new(lazy_channel(&config.upstream.chat_url)?);
         let verifier = verifier_from_auth(&auth, &shutdown).await?;
-        let consumer = consumer::connect(&config).await?;
-        let notifier = build_notifier(&config, sender, auth, chat, shutdown).await?;
-        let (listener, addr) = chat_common::server::bind(config.listen_addr).await?;
+        let consumer = consumer::connect(&config.nats, &config.settings).await?;
+        let deps = Deps {
+            sender,
+            auth,
+            chat,
+            verifier,
+            events: EventSource::JetStream(Box::new(consumer)),
+            shutdown,
+        };
+        let parts = parts(&config, deps).await?;
+        let (listener, addr) = server::bind(config.listen.addr).await?;
         Ok(Self {
             addr,
             listener,
-            notifier,
-            consumer,
-            verifier,
-            database_url: config.database_url,
+            parts,
         })
     }
 
@@ -98,66 +146,32 @@ impl Application {
 
     /// Consumes events and serves until `shutdown` is triggered.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        let events = tokio::spawn(consumer::run(
-            self.consumer,
-            self.notifier.clone(),
-            shutdown.clone(),
-        ));
-        let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<NotificationServiceServer<NotificationApi>>()
-            .await;
-        chat_common::db::StorageHealth::of(&self.database_url).report(
-            health.clone(),
-            vec![
-                <NotificationServiceServer<NotificationApi> as tonic::server::NamedService>::NAME
-                    .into(),
-                String::new(),
-            ],
-        );
-        let (reflection_v1, reflection_v1alpha) = server::reflection(&[
-            <NotificationServiceServer<NotificationApi> as tonic::server::NamedService>::NAME,
-        ])?;
-        tracing::info!(addr = %self.addr, "notification-service serving");
-        let router = server::builder()
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(grpc_service(
-                self.notifier,
-                &self.verifier,
-                &self.database_url,
-            ));
-        let served = server::serve(router, self.listener, shutdown).await;
-        // Events being handled settle before the exit: no claim is left behind.
-        if let Err(e) = events.await {
-            tracing::error!(error = %e, "the event consumer failed");
-        }
-        served
+        let name = "notification-service";
+        server::serve_parts(name, vec![self.parts], self.listener, shutdown).await
     }
 }
 
 /// Creates the database when missing and applies the migrations, then returns.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    store::migrate(&config.database_url).await?;
+    store::migrate(&config.database.url).await?;
     tracing::info!("notification database migrated");
     Ok(())
 }
 
 /// The notifier on `config`'s database, emailing through `sender` and calling the other
-/// services through `auth` and `chat`: what the split binary and `chat-server` both run.
-pub async fn build_notifier(
+/// services through `auth` and `chat`.
+async fn build_notifier(
     config: &Config,
     sender: Arc<dyn EmailSender>,
     auth: AuthServiceClient<TracedChannel>,
     chat: ChatServiceClient<TracedChannel>,
     shutdown: Shutdown,
 ) -> anyhow::Result<Notifier> {
-    let store = store::open(&config.database_url, config.database_max_connections).await?;
+    let store = store::open(&config.database.url, config.database.max_connections).await?;
     let credential = ServiceCredential::new(
         auth.clone(),
         "notification-service",
-        config.service_secret.clone(),
+        config.service_secret.secret.clone(),
     );
     let notifier = Notifier::new(
         store,
@@ -165,8 +179,8 @@ pub async fn build_notifier(
         chat,
         auth,
         credential,
-        config.retry,
-        config.delivery_lease,
+        config.settings.retry,
+        config.settings.delivery_lease,
         shutdown,
     );
     // Direct emails have no event to come again: the sweeper finds those left unsent.
@@ -177,7 +191,7 @@ pub async fn build_notifier(
 /// The gRPC service for `notifier`, every call checked by `verifier`, then answered
 /// UNAVAILABLE at once while the database on `database_url` is known to be down (every
 /// method needs it).
-pub fn grpc_service(
+fn grpc_service(
     notifier: Notifier,
     verifier: &TokenVerifier,
     database_url: &str,

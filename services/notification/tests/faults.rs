@@ -23,7 +23,7 @@ async fn emails_of_messages_sent_while_the_notifier_database_was_down_go_out_onc
     let chat = spawn_chat(chat_config(&auth, &chat_db.url, &nats)).await;
     let smtp = TestSmtp::start(SmtpMode::Accept).await;
     let mut config = notification_config(&auth, &chat, &pg.url("notify"), &nats, smtp.addr);
-    config.database_max_connections = 4;
+    config.database.max_connections = 4;
     let _notifier = spawn_notification(config).await;
 
     let (alice, bob, carol) = (

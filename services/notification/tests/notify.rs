@@ -206,7 +206,7 @@ async fn temporary_failures_are_retried_a_bounded_number_of_times() {
 async fn a_server_that_recovers_between_tries_delivers() {
     let w = World::new(SmtpMode::RefuseTemporarily).await;
     let mut config = notification_config(&w.auth, &w.chat, &w.notify_db.url, &w.nats, w.smtp.addr);
-    config.retry.max_attempts = 50;
+    config.settings.retry.max_attempts = 50;
     let n = spawn_notification(config).await;
     let (alice, bob) = (w.auth.user("alice").await, w.auth.user("bob").await);
     let chat_id = w.chat_of(&alice, &[&bob]).await;
@@ -524,9 +524,9 @@ async fn send_email_retries_and_records_failures() {
 async fn an_email_left_by_a_stopped_notifier_is_sent_by_the_next() {
     let w = World::new(SmtpMode::RefuseTemporarily).await;
     let mut config = notification_config(&w.auth, &w.chat, &w.notify_db.url, &w.nats, w.smtp.addr);
-    config.retry.max_attempts = 50;
-    config.retry.backoff = Duration::from_secs(30);
-    config.retry.max_backoff = Duration::from_secs(30);
+    config.settings.retry.max_attempts = 50;
+    config.settings.retry.backoff = Duration::from_secs(30);
+    config.settings.retry.max_backoff = Duration::from_secs(30);
     let first = spawn_notification(config).await;
     let token = w.auth.service_token("saga-orchestrator").await;
     let sent = send_email(

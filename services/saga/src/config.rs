@@ -1,4 +1,6 @@
-//! The orchestrator's configuration, read once from the environment.
+//! The orchestrator's configuration, read once from the environment (through
+//! [`chat_common::config`]: the shared sections, the loader, the rules for unset, empty
+//! and secret values).
 //!
 //! | variable | default | meaning |
 //! | --- | --- | --- |
@@ -13,52 +15,111 @@
 //! | `SAGA_LEASE_SECS` | `10` | how long a saga stays owned by an orchestrator that stopped renewing it (shorter than the notify deadline, so a crashed orchestrator's sagas are usually taken over in time) |
 //! | `SAGA_RECOVERY_INTERVAL_SECS` | `10` | how often unfinished sagas without an owner are resumed |
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use anyhow::Result;
-use chat_common::config::{parse_or, secret_var, secs_or, var_or};
-use secrecy::SecretString;
+use chat_common::config::{
+    secs, vars, Database, Env, Listen, ServiceSecret, Upstream, UPSTREAM_DEFAULTS,
+};
+use serde::Deserialize;
 
-/// The orchestrator's settings; the module's table gives each field's variable and default.
+/// The defaults of the shared sections, as the module's table gives them.
+const SECTION_DEFAULTS: &[(&str, &str)] = &[
+    (vars::LISTEN_ADDR, "0.0.0.0:50054"),
+    (
+        vars::DATABASE_URL,
+        "postgres://postgres@127.0.0.1:5432/saga",
+    ),
+    (vars::DATABASE_MAX_CONNECTIONS, "10"),
+];
+
+/// The defaults of [`Settings`], as the module's table gives them.
+const SETTINGS_DEFAULTS: &[(&str, &str)] = &[
+    (vars::NOTIFY_DEADLINE_SECS, "30"),
+    (vars::SAGA_LEASE_SECS, "10"),
+    (vars::SAGA_RECOVERY_INTERVAL_SECS, "10"),
+];
+
+/// The orchestrator's configuration: the shared sections and its own [`Settings`]; the
+/// module's table gives each variable and default.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Address the gRPC server binds (`LISTEN_ADDR`).
-    pub listen_addr: SocketAddr,
-    /// The saga log's database, `postgres://` or `sqlite://` (`DATABASE_URL`).
-    pub database_url: String,
-    /// Size of the log's connection pool.
-    pub database_max_connections: u32,
-    /// AuthService: verifying keys, this service's token, resolving the sender.
-    pub auth_url: String,
-    /// ChatService, which stores the message and deletes it on compensation.
-    pub chat_url: String,
-    /// NotificationService, which the notify step asks about the message's emails.
-    pub notification_url: String,
-    /// Exchanged with AuthService for this service's token; empty when `SERVICE_SECRET` is unset.
-    pub service_secret: SecretString,
+    pub listen: Listen,
+    /// The saga log's database and its pool size.
+    pub database: Database,
+    /// AuthService (verifying keys, this service's token, resolving the sender), ChatService
+    /// (which stores the message and deletes it on compensation) and NotificationService
+    /// (which the notify step asks about the message's emails).
+    pub upstream: Upstream,
+    /// Exchanged with AuthService for this service's token.
+    pub service_secret: ServiceSecret,
+    /// What the orchestrator needs besides the above.
+    pub settings: Settings,
+}
+
+/// The orchestrator's own settings, shared by the split binary and the embedded server.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
     /// How long the notify step may take before the saga compensates.
+    #[serde(rename = "notify_deadline_secs", deserialize_with = "secs")]
     pub notify_deadline: Duration,
     /// A saga's owner renews its lease every third of this; another orchestrator takes
     /// the saga over once it runs out.
+    #[serde(rename = "saga_lease_secs", deserialize_with = "secs")]
     pub lease: Duration,
     /// How often sagas left without an owner are looked for and resumed.
+    #[serde(rename = "saga_recovery_interval_secs", deserialize_with = "secs")]
     pub recovery_interval: Duration,
 }
 
+impl Settings {
+    /// Reads the orchestrator's own variables from `env`; fails on a value that does not
+    /// parse, not on a missing one.
+    pub fn load(env: &Env) -> Result<Self> {
+        env.with_defaults(SETTINGS_DEFAULTS).extract()
+    }
+}
+
 impl Config {
-    /// Reads the environment once; fails on a value that does not parse, not on a missing one.
-    pub fn from_env() -> Result<Self> {
+    /// Reads the whole configuration from `env`.
+    pub fn load(env: &Env) -> Result<Self> {
+        let sections = env
+            .with_defaults(SECTION_DEFAULTS)
+            .with_defaults(UPSTREAM_DEFAULTS);
         Ok(Self {
-            listen_addr: parse_or("LISTEN_ADDR", SocketAddr::from(([0, 0, 0, 0], 50054)))?,
-            database_url: var_or("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/saga"),
-            database_max_connections: parse_or("DATABASE_MAX_CONNECTIONS", 10)?,
-            auth_url: var_or("AUTH_URL", "http://127.0.0.1:50051"),
-            chat_url: var_or("CHAT_URL", "http://127.0.0.1:50052"),
-            notification_url: var_or("NOTIFICATION_URL", "http://127.0.0.1:50053"),
-            service_secret: SecretString::from(secret_var("SERVICE_SECRET")?.unwrap_or_default()),
-            notify_deadline: secs_or("NOTIFY_DEADLINE_SECS", Duration::from_secs(30))?,
-            lease: secs_or("SAGA_LEASE_SECS", Duration::from_secs(10))?,
-            recovery_interval: secs_or("SAGA_RECOVERY_INTERVAL_SECS", Duration::from_secs(10))?,
+            listen: sections.extract()?,
+            database: sections.extract()?,
+            upstream: sections.extract()?,
+            service_secret: sections.extract()?,
+            settings: Settings::load(env)?,
         })
+    }
+
+    /// Reads the whole configuration from the process's environment.
+    pub fn from_env() -> Result<Self> {
+        Self::load(&Env::load()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_the_documented_ones() {
+        let c = Config::load(&Env::default()).unwrap();
+        assert_eq!(c.listen.addr.to_string(), "0.0.0.0:50054");
+        assert_eq!(c.database.url, "postgres://postgres@127.0.0.1:5432/saga");
+        assert_eq!(c.upstream.notification_url, "http://127.0.0.1:50053");
+        assert_eq!(c.settings.notify_deadline, Duration::from_secs(30));
+        assert_eq!(c.settings.lease, Duration::from_secs(10));
+        let err = Settings::load(&Env::from_vars([("SAGA_LEASE_SECS", "-1")]).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("SAGA_LEASE_SECS=\"-1\" is not valid"),
+            "{err}"
+        );
     }
 }

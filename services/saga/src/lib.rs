@@ -3,7 +3,8 @@
 //! compensated by deleting the message and a crashed orchestrator's sagas are finished by
 //! the next one. It talks to the other services over gRPC only, with its service token.
 //!
-//! [`Application::build`] wires it for the binary and the tests.
+//! [`parts`] assembles it for serving, for the split binary ([`Application::build`], which
+//! the tests use too) and the all-in-one `chat-server` alike.
 
 #![warn(missing_docs)]
 
@@ -21,7 +22,7 @@ use tonic::{codegen::InterceptedService, service::Interceptor};
 
 use chat_common::{
     client::{lazy_channel, verifier_from_auth, TracedChannel},
-    server,
+    server::{self, Parts},
     service_token::ServiceCredential,
     Shutdown, TokenVerifier,
 };
@@ -34,34 +35,69 @@ pub use config::Config;
 pub use orchestrator::Orchestrator;
 pub use service::SagaApi;
 
+/// What the orchestrator is served with besides its configuration.
+pub struct Deps {
+    /// AuthService: this service's token, resolving the sender.
+    pub auth: AuthServiceClient<TracedChannel>,
+    /// ChatService, which stores the message and deletes it on compensation.
+    pub chat: ChatServiceClient<TracedChannel>,
+    /// NotificationService, which the notify step asks about the message's emails.
+    pub notification: NotificationServiceClient<TracedChannel>,
+    /// Checks every call's token.
+    pub verifier: TokenVerifier,
+    /// Stops the sagas' steps and the recovery sweep.
+    pub shutdown: Shutdown,
+}
+
+/// The orchestrator's share of a server: SagaOrchestrator, every call checked by the
+/// verifier and answered UNAVAILABLE at once while the saga log's database is known to be
+/// down, its health following that database; and the recovery of unfinished sagas (now
+/// and every `SAGA_RECOVERY_INTERVAL_SECS`), started when serving starts.
+pub async fn parts(config: &Config, deps: Deps) -> anyhow::Result<Parts> {
+    let orchestrator = build_orchestrator(
+        config,
+        deps.auth,
+        deps.chat,
+        deps.notification,
+        deps.shutdown,
+    )
+    .await?;
+    let recovery = orchestrator.clone();
+    let every = config.settings.recovery_interval;
+    let url = &config.database.url;
+    Ok(Parts::new()
+        .service(grpc_service(orchestrator, &deps.verifier, url), url)
+        // The sweep is a task of the orchestrator's own, on the shutdown.
+        .background(async move { recovery.spawn_recovery(every) }))
+}
+
 /// A bound, ready-to-run orchestrator.
 pub struct Application {
     addr: SocketAddr,
     listener: TcpListener,
-    orchestrator: Orchestrator,
-    verifier: TokenVerifier,
-    recovery_interval: std::time::Duration,
-    /// Whose reachability the health service reports.
-    database_url: String,
+    parts: Parts,
 }
 
 impl Application {
     /// Connects to and migrates the saga database, loads AuthService's keys, and binds the
     /// listener. The other services are reached lazily.
     pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
-        let auth = AuthServiceClient::new(lazy_channel(&config.auth_url)?);
-        let chat = ChatServiceClient::new(lazy_channel(&config.chat_url)?);
-        let notification = NotificationServiceClient::new(lazy_channel(&config.notification_url)?);
+        let upstream = &config.upstream;
+        let auth = AuthServiceClient::new(lazy_channel(&upstream.auth_url)?);
         let verifier = verifier_from_auth(&auth, &shutdown).await?;
-        let orchestrator = build_orchestrator(&config, auth, chat, notification, shutdown).await?;
-        let (listener, addr) = chat_common::server::bind(config.listen_addr).await?;
+        let deps = Deps {
+            auth,
+            chat: ChatServiceClient::new(lazy_channel(&upstream.chat_url)?),
+            notification: NotificationServiceClient::new(lazy_channel(&upstream.notification_url)?),
+            verifier,
+            shutdown,
+        };
+        let parts = parts(&config, deps).await?;
+        let (listener, addr) = server::bind(config.listen.addr).await?;
         Ok(Self {
             addr,
             listener,
-            orchestrator,
-            verifier,
-            recovery_interval: config.recovery_interval,
-            database_url: config.database_url,
+            parts,
         })
     }
 
@@ -72,56 +108,37 @@ impl Application {
 
     /// Resumes unfinished sagas (now and periodically) and serves until `shutdown`.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        self.orchestrator.spawn_recovery(self.recovery_interval);
-        let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<SagaOrchestratorServer<SagaApi>>()
-            .await;
-        chat_common::db::StorageHealth::of(&self.database_url).report(
-            health.clone(),
-            vec![
-                <SagaOrchestratorServer<SagaApi> as tonic::server::NamedService>::NAME.into(),
-                String::new(),
-            ],
-        );
-        let (reflection_v1, reflection_v1alpha) = server::reflection(&[<SagaOrchestratorServer<
-            SagaApi,
-        > as tonic::server::NamedService>::NAME])?;
-        tracing::info!(addr = %self.addr, "saga-orchestrator serving");
-        let router = server::builder()
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(grpc_service(
-                self.orchestrator,
-                &self.verifier,
-                &self.database_url,
-            ));
-        server::serve(router, self.listener, shutdown).await
+        server::serve_parts(
+            "saga-orchestrator",
+            vec![self.parts],
+            self.listener,
+            shutdown,
+        )
+        .await
     }
 }
 
 /// Creates the database when missing and applies the migrations, then returns.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    store::migrate(&config.database_url).await?;
+    store::migrate(&config.database.url).await?;
     tracing::info!("saga database migrated");
     Ok(())
 }
 
 /// The orchestrator on `config`'s saga log, calling the other services through these
-/// clients: what the split binary and `chat-server` both run.
-pub async fn build_orchestrator(
+/// clients.
+async fn build_orchestrator(
     config: &Config,
     auth: AuthServiceClient<TracedChannel>,
     chat: ChatServiceClient<TracedChannel>,
     notification: NotificationServiceClient<TracedChannel>,
     shutdown: Shutdown,
 ) -> anyhow::Result<Orchestrator> {
-    let store = store::open(&config.database_url, config.database_max_connections).await?;
+    let store = store::open(&config.database.url, config.database.max_connections).await?;
     let credential = ServiceCredential::new(
         auth.clone(),
         "saga-orchestrator",
-        config.service_secret.clone(),
+        config.service_secret.secret.clone(),
     );
     Ok(Orchestrator::new(
         store,
@@ -129,8 +146,8 @@ pub async fn build_orchestrator(
         chat,
         notification,
         credential,
-        config.notify_deadline,
-        config.lease,
+        config.settings.notify_deadline,
+        config.settings.lease,
         shutdown,
     ))
 }
@@ -138,7 +155,7 @@ pub async fn build_orchestrator(
 /// The gRPC service for `orchestrator`, every call checked by `verifier`, then answered
 /// UNAVAILABLE at once while the database on `database_url` is known to be down (every
 /// method needs it).
-pub fn grpc_service(
+fn grpc_service(
     orchestrator: Orchestrator,
     verifier: &TokenVerifier,
     database_url: &str,

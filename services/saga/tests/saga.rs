@@ -376,7 +376,7 @@ async fn an_orchestrator_stopped_before_storing_resumes_at_start_up() {
     let w = World::new(SmtpMode::Accept).await;
     let chat_proxy = TcpProxy::start(w.chat.addr).await;
     let mut config = w.config();
-    config.chat_url = format!("http://{}", chat_proxy.addr);
+    config.upstream.chat_url = format!("http://{}", chat_proxy.addr);
     let first = spawn_saga(config.clone()).await;
     let (alice, bob) = (w.auth.user("alice").await, w.auth.user("bob").await);
     let chat_id = w.chat_of(&alice, &[&bob]).await;
@@ -411,7 +411,7 @@ async fn an_orchestrator_stopped_before_notifying_resumes_without_a_second_messa
     let w = World::new(SmtpMode::Accept).await;
     let notify_proxy = TcpProxy::start(w.notifier.addr).await;
     let mut config = w.config();
-    config.notification_url = format!("http://{}", notify_proxy.addr);
+    config.upstream.notification_url = format!("http://{}", notify_proxy.addr);
     let first = spawn_saga(config.clone()).await;
     let (alice, bob) = (w.auth.user("alice").await, w.auth.user("bob").await);
     let chat_id = w.chat_of(&alice, &[&bob]).await;
@@ -450,8 +450,8 @@ async fn a_notifier_down_past_the_deadline_makes_the_resumed_saga_compensate() {
     let w = World::new(SmtpMode::Accept).await;
     let notify_proxy = TcpProxy::start(w.notifier.addr).await;
     let mut config = w.config();
-    config.notification_url = format!("http://{}", notify_proxy.addr);
-    config.notify_deadline = Duration::from_millis(500);
+    config.upstream.notification_url = format!("http://{}", notify_proxy.addr);
+    config.settings.notify_deadline = Duration::from_millis(500);
     let saga = spawn_saga(config).await;
     let (alice, bob) = (w.auth.user("alice").await, w.auth.user("bob").await);
     let chat_id = w.chat_of(&alice, &[&bob]).await;
@@ -551,10 +551,10 @@ async fn sagas_resumed_after_a_crash_end_with_the_truth() {
     // first orchestrator's NotifyMessage calls hang (it is caught mid-flight in NOTIFY), while
     // the notifier emails every message from its event.
     let mut config = w.config();
-    config.notify_deadline = Duration::from_secs(6);
-    config.lease = Duration::from_secs(6);
+    config.settings.notify_deadline = Duration::from_secs(6);
+    config.settings.lease = Duration::from_secs(6);
     let mut first_config = config.clone();
-    first_config.notification_url = format!("http://{}", black_hole().await);
+    first_config.upstream.notification_url = format!("http://{}", black_hole().await);
     let mut first = CrashableSaga::start(first_config).await;
 
     let key = |i: usize| format!("crash-{i}");
@@ -632,8 +632,8 @@ async fn no_email_about_a_message_the_saga_removed() {
     let notify_proxy = TcpProxy::start(w.notifier.addr).await;
     notify_proxy.cut();
     let mut config = w.config();
-    config.notification_url = format!("http://{}", notify_proxy.addr);
-    config.notify_deadline = Duration::from_millis(500);
+    config.upstream.notification_url = format!("http://{}", notify_proxy.addr);
+    config.settings.notify_deadline = Duration::from_millis(500);
     let saga = spawn_saga(config).await;
 
     let err = send(&saga, &alice, request(chat_id, "alice", "doomed text", ""))

@@ -32,7 +32,7 @@ async fn saga_throughput_with_the_stub_sender() {
     let chat = spawn_chat(chat_config(&auth, &chat_db.url, &nats)).await;
     let smtp = TestSmtp::start(SmtpMode::Accept).await;
     let mut n_config = notification_config(&auth, &chat, &notify_db.url, &nats, smtp.addr);
-    n_config.email = notification_service::EmailConfig::Stub;
+    n_config.settings.email = notification_service::EmailConfig::Stub;
     let notifier = spawn_notification(n_config).await;
     let saga = spawn_saga(saga_config(&auth, chat.addr, notifier.addr, &saga_db.url)).await;
     let (alice, bob, carol) = (

@@ -8,6 +8,11 @@
 //! | `--database-url` | `CHAT_DATABASE_URL` | none: SQLite | a PostgreSQL server; each service gets its own database, named after the URL's database (`chat` → `chat_users`, `chat_chat`, ...; none → `users`, `chat`, `notification`, `saga`, as the split services) |
 //! | `--nats-url` | `CHAT_NATS_URL` | none: in-process events | NATS with JetStream, so several `chat-server`s on one PostgreSQL are replicas of each other |
 //!
+//! The services' own settings (`BCRYPT_COST`, `SMTP_*`, `NATS_SUBJECT_PREFIX`, ...) are read
+//! once, by [`Config::from_args`] and [`Config::embedded`], with each service's loader; the
+//! rest of each service's configuration (its database, where the others are, the service
+//! secret) is decided here and composed in code by [`crate::Server::build`].
+//!
 //! Email goes to the stub sender (logged and appended to `<data>/sent-emails.jsonl`) unless
 //! `EMAIL_SENDER=smtp` or `SMTP_HOST` is set. The token signing key is `JWT_SIGNING_KEY`
 //! when given, else `<data>/signing-key.pem`, generated at the first start; replicas on
@@ -17,7 +22,10 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context;
+use chat_common::config::{vars, Env, ServiceSecret, NATS_DEFAULTS};
 use clap::{Parser, Subcommand};
+use notification_service::EmailConfig;
+use serde::Deserialize;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -31,19 +39,19 @@ pub struct Args {
     /// Address of the gRPC port every service answers on.
     #[arg(
         long,
-        env = "LISTEN_ADDR",
+        env = vars::LISTEN_ADDR,
         default_value = "127.0.0.1:50051",
         global = true
     )]
     pub listen: SocketAddr,
     /// Directory for the SQLite files, the signing key and the stub's email record.
-    #[arg(long, env = "CHAT_DATA_DIR", global = true)]
+    #[arg(long, env = vars::CHAT_DATA_DIR, global = true)]
     pub data: Option<PathBuf>,
     /// Store in PostgreSQL instead of SQLite (postgres://user@host:port/name).
-    #[arg(long, env = "CHAT_DATABASE_URL", global = true)]
+    #[arg(long, env = vars::CHAT_DATABASE_URL, global = true)]
     pub database_url: Option<String>,
     /// Carry events over NATS (nats://host:port) instead of in-process.
-    #[arg(long, env = "CHAT_NATS_URL", global = true)]
+    #[arg(long, env = vars::CHAT_NATS_URL, global = true)]
     pub nats_url: Option<String>,
     /// What to do instead of serving; none serves.
     #[command(subcommand)]
@@ -102,24 +110,43 @@ pub struct Config {
     /// NATS with JetStream for the events; `None` carries them in-process, which only works for a
     /// single server.
     pub nats_url: Option<String>,
-    /// Overrides `BCRYPT_COST` (tests, which cannot set the environment per server).
-    pub bcrypt_cost: Option<u32>,
+    /// `NATS_SUBJECT_PREFIX`, for the events on NATS.
+    pub subject_prefix: String,
+    /// `DATABASE_MAX_CONNECTIONS`: the pool size of chat's, notification's and saga's
+    /// databases; each service's own default when `None` (the users database's is 10).
+    pub database_max_connections: Option<u32>,
+    /// `SERVICE_SECRET`; `None` makes a random one per process (only this process's services
+    /// use it).
+    pub service_secret: ServiceSecret,
+    /// AuthService's settings; the signing key defaults to the data directory's.
+    pub auth: auth_service::Settings,
+    /// ChatService's settings.
+    pub chat: chat_service::config::Settings,
+    /// NotificationService's settings; email goes to a stub recording into the data directory
+    /// unless `EMAIL_SENDER=smtp` or `SMTP_HOST` is set.
+    pub notification: notification_service::config::Settings,
+    /// The orchestrator's settings.
+    pub saga: saga_orchestrator::config::Settings,
+}
+
+/// The variables `chat-server` reads for itself besides its flags.
+#[derive(Deserialize)]
+struct ServerVars {
+    nats_subject_prefix: String,
+    database_max_connections: Option<u32>,
 }
 
 impl Config {
-    /// An embedded server on SQLite in `data_dir` with in-process events.
-    pub fn embedded(listen: SocketAddr, data_dir: PathBuf) -> Self {
-        Self {
-            listen,
-            storage: Storage::Sqlite(data_dir.clone()),
-            data_dir,
-            nats_url: None,
-            bcrypt_cost: None,
-        }
+    /// An embedded server on SQLite in `data_dir` with in-process events, the services'
+    /// settings from the environment; fails on a variable that does not parse.
+    pub fn embedded(listen: SocketAddr, data_dir: PathBuf) -> anyhow::Result<Self> {
+        let storage = Storage::Sqlite(data_dir.clone());
+        Self::compose(&Env::load()?, listen, data_dir, storage, None)
     }
 
     /// Reads the flags: the data directory defaults to the user's data directory + `grpc-chat`;
-    /// fails when there is none, or when `--database-url` is not a `postgres://` URL.
+    /// fails when there is none, or when `--database-url` is not a `postgres://` URL, or when
+    /// a variable does not parse.
     pub fn from_args(args: Args) -> anyhow::Result<Self> {
         let data_dir = match args.data {
             Some(d) => d,
@@ -136,12 +163,34 @@ impl Config {
             ),
             None => Storage::Sqlite(data_dir.clone()),
         };
+        Self::compose(&Env::load()?, args.listen, data_dir, storage, args.nats_url)
+    }
+
+    /// The configuration from what the flags decided and the services' settings in `env`.
+    fn compose(
+        env: &Env,
+        listen: SocketAddr,
+        data_dir: PathBuf,
+        storage: Storage,
+        nats_url: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let own: ServerVars = env.with_defaults(NATS_DEFAULTS).extract()?;
+        let mut notification = notification_service::config::Settings::load(env)?;
+        if !(env.is_set(vars::EMAIL_SENDER) || env.is_set(vars::SMTP_HOST)) {
+            notification.email = EmailConfig::Stub;
+        }
         Ok(Self {
-            listen: args.listen,
+            listen,
             data_dir,
             storage,
-            nats_url: args.nats_url,
-            bcrypt_cost: None,
+            nats_url,
+            subject_prefix: own.nats_subject_prefix,
+            database_max_connections: own.database_max_connections,
+            service_secret: env.extract()?,
+            auth: auth_service::Settings::load(env)?,
+            chat: chat_service::config::Settings::load(env)?,
+            notification,
+            saga: saga_orchestrator::config::Settings::load(env)?,
         })
     }
 

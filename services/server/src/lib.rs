@@ -1,8 +1,9 @@
 //! `chat-server`: AuthService, ChatService, NotificationService and SagaOrchestrator in
 //! one process, on one port, so a person can run the whole system with one command.
 //!
-//! Nothing here is service logic: each service is built by its own crate's constructor,
-//! exactly as its split binary builds it, on the storage and event bus chosen here. By
+//! Nothing here is service logic: each service is assembled by its own crate's `parts`,
+//! exactly as its split binary assembles it, on the storage and event bus chosen here, and
+//! the parts are served together by `chat_common::server::serve_parts`. By
 //! default that is an SQLite file per service under the data directory and the in-process
 //! `LocalBus` (with a tap feeding the notifier); with `--database-url` and `--nats-url` it
 //! is PostgreSQL and NATS, and several `chat-server`s are replicas of one system. The
@@ -17,44 +18,31 @@ mod keys;
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
-    time::Duration,
 };
 
 use secrecy::SecretString;
-use tokio::{net::TcpListener, sync::mpsc};
-use tonic::server::NamedService;
+use tokio::net::TcpListener;
 
-use chat_common::{client::lazy_channel, server, Shutdown, TokenVerifier};
-use chat_service::events::{Envelope, EventBus, LocalBus};
+use chat_common::{
+    client::{lazy_channel, TracedChannel},
+    config::{Database, Listen, Nats, ServiceSecret, Upstream},
+    server::{self, Parts},
+    Shutdown, TokenVerifier,
+};
+use chat_service::events::{EventBus, LocalBus};
 use grpc_chat_proto::auth::v1::auth_service_client::AuthServiceClient;
 use grpc_chat_proto::chat::v1::chat_service_client::ChatServiceClient;
 use grpc_chat_proto::notification::v1::notification_service_client::NotificationServiceClient;
-use notification_service::{email::StubEmailSender, EmailConfig, Notifier};
-use saga_orchestrator::Orchestrator;
+use notification_service::{email::StubEmailSender, EmailConfig, EventSource};
 
 pub use config::{AdminCommand, Args, Command, Config, Storage};
-
-/// Where the notifier's events come from.
-enum EventSource {
-    /// The in-process bus's tap.
-    Local(mpsc::Receiver<Envelope>),
-    /// The JetStream consumer shared with other replicas.
-    JetStream(Box<async_nats::jetstream::consumer::PullConsumer>),
-}
 
 /// A bound, ready-to-run server.
 pub struct Server {
     addr: SocketAddr,
     listener: TcpListener,
-    verifier: TokenVerifier,
-    auth: auth_service::AuthApi,
-    chat: chat_service::ChatApi,
-    notifier: Notifier,
-    events: EventSource,
-    orchestrator: Orchestrator,
-    recovery_interval: Duration,
-    /// Each service's gRPC health name with the database whose reachability it reports.
-    storage: Vec<(&'static str, String)>,
+    /// The four services, assembled by their crates.
+    parts: Vec<Parts>,
 }
 
 /// The address this process reaches its own port on.
@@ -70,18 +58,172 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// What the four services of this process share: where they reach each other (this
+/// process's own port), the service secret and the shutdown.
+struct Wiring<'a> {
+    config: &'a Config,
+    listen: Listen,
+    upstream: Upstream,
+    channel: TracedChannel,
+    secret: SecretString,
+    shutdown: Shutdown,
+}
+
+impl Wiring<'_> {
+    /// The database section of `service` (`users`, `chat`, ...), whose pool is `default_pool`
+    /// connections unless `DATABASE_MAX_CONNECTIONS` says otherwise.
+    fn database(&self, service: &str, default_pool: u32) -> Database {
+        Database {
+            url: self.config.database_url(service),
+            max_connections: self.config.database_max_connections.unwrap_or(default_pool),
+        }
+    }
+
+    fn auth(&self) -> AuthServiceClient<TracedChannel> {
+        AuthServiceClient::new(self.channel.clone())
+    }
+
+    fn chat(&self) -> ChatServiceClient<TracedChannel> {
+        ChatServiceClient::new(self.channel.clone())
+    }
+
+    fn service_secret(&self) -> ServiceSecret {
+        ServiceSecret::new(self.secret.clone())
+    }
+
+    /// AuthService, signing with `JWT_SIGNING_KEY` or the data directory's key; returns the
+    /// verifier the other services check tokens with.
+    async fn auth_parts(&self) -> anyhow::Result<(Parts, TokenVerifier)> {
+        let signing_key_pem = match &self.config.auth.signing_key_pem {
+            Some(key) => key.clone(),
+            None => keys::signing_key(&self.config.data_dir)?,
+        };
+        let config = auth_service::Config {
+            listen: self.listen.clone(),
+            // The users database's pool is 10 here, whatever the variable says.
+            database: Database {
+                url: self.config.database_url("users"),
+                max_connections: 10,
+            },
+            settings: auth_service::Settings {
+                signing_key_pem: Some(signing_key_pem),
+                service_secret: Some(self.secret.clone()),
+                ..self.config.auth.clone()
+            },
+        };
+        let database = &config.database;
+        let store = auth_service::store::open(&database.url, database.max_connections).await?;
+        let api = auth_service::AuthApi::new(store, config.settings.clone()).await?;
+        let verifier = api.verifier();
+        let parts = auth_service::parts(&config, auth_service::Deps { api }).await?;
+        Ok((parts, verifier))
+    }
+
+    /// ChatService on NATS when `--nats-url` is given, else on the in-process bus; returns
+    /// where the notifier's events come from.
+    async fn chat_parts(&self, verifier: &TokenVerifier) -> anyhow::Result<(Parts, EventSource)> {
+        let config = chat_service::Config {
+            listen: self.listen.clone(),
+            database: self.database("chat", 20),
+            nats: self.nats(),
+            upstream: self.upstream.clone(),
+            service_secret: self.service_secret(),
+            settings: self.config.chat.clone(),
+        };
+        let (bus, events): (Arc<dyn EventBus>, _) = match &self.config.nats_url {
+            Some(_) => {
+                let bus = chat_service::nats_bus(&config).await?;
+                let settings = &self.config.notification;
+                let consumer = notification_service::consumer::connect(&config.nats, settings);
+                (bus, EventSource::JetStream(Box::new(consumer.await?)))
+            }
+            None => {
+                let (bus, tap) = LocalBus::with_tap(chat_service::events::TAP_CAPACITY);
+                (Arc::new(bus), EventSource::Local(tap))
+            }
+        };
+        let deps = chat_service::Deps {
+            bus,
+            auth: self.auth(),
+            verifier: verifier.clone(),
+            shutdown: self.shutdown.clone(),
+        };
+        Ok((chat_service::parts(&config, deps).await?, events))
+    }
+
+    fn nats(&self) -> Nats {
+        Nats {
+            url: self.config.nats_url.clone().unwrap_or_default(),
+            subject_prefix: self.config.subject_prefix.clone(),
+        }
+    }
+
+    /// NotificationService, emailing through SMTP when asked for, else through the stub
+    /// that records into the data directory.
+    async fn notification_parts(
+        &self,
+        verifier: &TokenVerifier,
+        events: EventSource,
+    ) -> anyhow::Result<Parts> {
+        let config = notification_service::Config {
+            listen: self.listen.clone(),
+            database: self.database("notification", 10),
+            nats: self.nats(),
+            upstream: self.upstream.clone(),
+            service_secret: self.service_secret(),
+            settings: self.config.notification.clone(),
+        };
+        let sender = match &config.settings.email {
+            EmailConfig::Smtp(_) => notification_service::email_sender(&config.settings.email)?,
+            EmailConfig::Stub => {
+                let record = self.config.data_dir.join("sent-emails.jsonl");
+                tracing::info!(record = %record.display(), "emails go to the stub sender");
+                Arc::new(StubEmailSender::with_record_file(record))
+            }
+        };
+        let deps = notification_service::Deps {
+            sender,
+            auth: self.auth(),
+            chat: self.chat(),
+            verifier: verifier.clone(),
+            events,
+            shutdown: self.shutdown.clone(),
+        };
+        notification_service::parts(&config, deps).await
+    }
+
+    /// The SagaOrchestrator.
+    async fn saga_parts(&self, verifier: &TokenVerifier) -> anyhow::Result<Parts> {
+        let config = saga_orchestrator::Config {
+            listen: self.listen.clone(),
+            database: self.database("saga", 10),
+            upstream: self.upstream.clone(),
+            service_secret: self.service_secret(),
+            settings: self.config.saga.clone(),
+        };
+        let deps = saga_orchestrator::Deps {
+            auth: self.auth(),
+            chat: self.chat(),
+            notification: NotificationServiceClient::new(self.channel.clone()),
+            verifier: verifier.clone(),
+            shutdown: self.shutdown.clone(),
+        };
+        saga_orchestrator::parts(&config, deps).await
+    }
+}
+
 /// The secret the services exchange for service tokens: `SERVICE_SECRET` when set, else a
 /// random one that lives as long as the process (only this process's services use it).
-fn service_secret() -> anyhow::Result<SecretString> {
-    Ok(match chat_common::config::secret_var("SERVICE_SECRET")? {
-        Some(s) if !s.is_empty() => SecretString::from(s),
-        _ => SecretString::from(hex::encode(rand::random::<[u8; 32]>())),
-    })
+fn service_secret(config: &Config) -> SecretString {
+    match &config.service_secret.secret {
+        Some(s) => s.clone(),
+        None => SecretString::from(hex::encode(rand::random::<[u8; 32]>())),
+    }
 }
 
 impl Server {
     /// Binds the port, opens (and migrates) the four databases, connects NATS when asked,
-    /// and builds every service. Nothing is served until [`Server::run_until_stopped`].
+    /// and assembles every service. Nothing is served until [`Server::run_until_stopped`].
     pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             anyhow::anyhow!(
@@ -91,107 +233,22 @@ impl Server {
         })?;
         let (listener, addr) = server::bind(config.listen).await?;
         let own_url = format!("http://{}", loopback(addr));
-        let secret = service_secret()?;
-        let channel = lazy_channel(&own_url)?;
-        let auth_client = AuthServiceClient::new(channel.clone());
-        let chat_client = ChatServiceClient::new(channel.clone());
-
-        let mut settings = auth_service::Settings::from_env()?;
-        if settings.signing_key_pem.is_none() {
-            settings.signing_key_pem = Some(keys::signing_key(&config.data_dir)?);
-        }
-        settings.service_secret = Some(secret.clone());
-        if let Some(cost) = config.bcrypt_cost {
-            settings.bcrypt_cost = cost;
-        }
-        let users = auth_service::store::open(&config.database_url("users"), 10).await?;
-        let auth = auth_service::AuthApi::new(users, settings).await?;
-        let verifier = auth.verifier();
-
-        let mut chat_config = chat_service::Config::from_env()?;
-        chat_config.database_url = config.database_url("chat");
-        chat_config.auth_url = own_url.clone();
-        chat_config.service_secret = secret.clone();
-        let (bus, tap): (Arc<dyn EventBus>, _) = match &config.nats_url {
-            Some(url) => {
-                chat_config.nats_url = url.clone();
-                (chat_service::nats_bus(&chat_config).await?, None)
-            }
-            None => {
-                let (bus, tap) = LocalBus::with_tap(chat_service::events::TAP_CAPACITY);
-                (Arc::new(bus), Some(tap))
-            }
-        };
-        let chat =
-            chat_service::build_api(&chat_config, bus, auth_client.clone(), shutdown.clone())
-                .await?;
-
-        let mut notify_config = notification_service::Config::from_env()?;
-        notify_config.database_url = config.database_url("notification");
-        notify_config.auth_url = own_url.clone();
-        notify_config.chat_url = own_url.clone();
-        notify_config.service_secret = secret.clone();
-        let smtp_asked =
-            std::env::var_os("EMAIL_SENDER").is_some() || std::env::var_os("SMTP_HOST").is_some();
-        let sender = match &notify_config.email {
-            EmailConfig::Smtp(_) if smtp_asked => {
-                notification_service::email_sender(&notify_config.email)?
-            }
-            _ => {
-                let record = config.data_dir.join("sent-emails.jsonl");
-                tracing::info!(record = %record.display(), "emails go to the stub sender");
-                Arc::new(StubEmailSender::with_record_file(record))
-            }
-        };
-        let notifier = notification_service::build_notifier(
-            &notify_config,
-            sender,
-            auth_client.clone(),
-            chat_client.clone(),
-            shutdown.clone(),
-        )
-        .await?;
-        let events = match tap {
-            Some(tap) => EventSource::Local(tap),
-            None => {
-                notify_config.nats_url = chat_config.nats_url.clone();
-                EventSource::JetStream(Box::new(
-                    notification_service::consumer::connect(&notify_config).await?,
-                ))
-            }
-        };
-
-        let mut saga_config = saga_orchestrator::Config::from_env()?;
-        saga_config.database_url = config.database_url("saga");
-        saga_config.service_secret = secret;
-        let orchestrator = saga_orchestrator::build_orchestrator(
-            &saga_config,
-            auth_client,
-            chat_client,
-            NotificationServiceClient::new(channel),
+        let wiring = Wiring {
+            config: &config,
+            listen: Listen { addr },
+            upstream: Upstream::all_at(&own_url),
+            channel: lazy_channel(&own_url)?,
+            secret: service_secret(&config),
             shutdown,
-        )
-        .await?;
-
+        };
+        let (auth, verifier) = wiring.auth_parts().await?;
+        let (chat, events) = wiring.chat_parts(&verifier).await?;
+        let notification = wiring.notification_parts(&verifier, events).await?;
+        let saga = wiring.saga_parts(&verifier).await?;
         Ok(Self {
             addr,
             listener,
-            verifier,
-            auth,
-            chat,
-            notifier,
-            events,
-            orchestrator,
-            recovery_interval: saga_config.recovery_interval,
-            storage: vec![
-                (AuthServer::NAME, config.database_url("users")),
-                (ChatServer::NAME, config.database_url("chat")),
-                (
-                    NotificationServer::NAME,
-                    config.database_url("notification"),
-                ),
-                (SagaServer::NAME, config.database_url("saga")),
-            ],
+            parts: vec![auth, chat, notification, saga],
         })
     }
 
@@ -200,87 +257,13 @@ impl Server {
         self.addr
     }
 
-    /// Serves every service until `shutdown`, then drains open calls and streams.
+    /// Serves every service until `shutdown`, then drains open calls and streams, and lets
+    /// the events being handled settle.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        let events = match self.events {
-            EventSource::Local(tap) => tokio::spawn(notification_service::local::run(
-                tap,
-                self.notifier.clone(),
-                shutdown.clone(),
-            )),
-            EventSource::JetStream(consumer) => tokio::spawn(notification_service::consumer::run(
-                *consumer,
-                self.notifier.clone(),
-                shutdown.clone(),
-            )),
-        };
-        self.orchestrator.spawn_recovery(self.recovery_interval);
-
-        let (health, health_service) = tonic_health::server::health_reporter();
-        // Each service answers UNAVAILABLE at once while its own database is down.
-        let url = |name: &str| {
-            self.storage
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, url)| url.clone())
-                .unwrap_or_default()
-        };
-        let auth = auth_service::grpc_service(self.auth, &health, &url(AuthServer::NAME)).await;
-        let chat = chat_service::grpc_service(self.chat, &self.verifier, &url(ChatServer::NAME));
-        let notification = notification_service::grpc_service(
-            self.notifier,
-            &self.verifier,
-            &url(NotificationServer::NAME),
-        );
-        let saga = saga_orchestrator::grpc_service(
-            self.orchestrator,
-            &self.verifier,
-            &url(SagaServer::NAME),
-        );
-        health.set_serving::<ChatServer>().await;
-        health.set_serving::<NotificationServer>().await;
-        health.set_serving::<SagaServer>().await;
-        // Each service NOT_SERVING while its database is unreachable; the server as a
-        // whole ("") stays SERVING, since the others may still work.
-        for (name, url) in &self.storage {
-            chat_common::db::StorageHealth::of(url).report(health.clone(), vec![(*name).into()]);
-        }
-        let (reflection_v1, reflection_v1alpha) = server::reflection(&[
-            <AuthServer as tonic::server::NamedService>::NAME,
-            <ChatServer as tonic::server::NamedService>::NAME,
-            <NotificationServer as tonic::server::NamedService>::NAME,
-            <SagaServer as tonic::server::NamedService>::NAME,
-        ])?;
-        let router = server::builder()
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(auth)
-            .add_service(chat)
-            .add_service(notification)
-            .add_service(saga);
-        tracing::info!(addr = %self.addr, "chat-server serving");
         println!("chat-server listening on {}", self.addr);
-        let served = server::serve(router, self.listener, shutdown).await;
-        // Events being handled settle before the exit: no claim is left behind.
-        if let Err(e) = events.await {
-            tracing::error!(error = %e, "the event handler failed");
-        }
-        served
+        server::serve_parts("chat-server", self.parts, self.listener, shutdown).await
     }
 }
-
-type AuthServer =
-    grpc_chat_proto::auth::v1::auth_service_server::AuthServiceServer<auth_service::AuthApi>;
-type ChatServer =
-    grpc_chat_proto::chat::v1::chat_service_server::ChatServiceServer<chat_service::ChatApi>;
-type NotificationServer =
-    grpc_chat_proto::notification::v1::notification_service_server::NotificationServiceServer<
-        notification_service::NotificationApi,
-    >;
-type SagaServer = grpc_chat_proto::saga::v1::saga_orchestrator_server::SagaOrchestratorServer<
-    saga_orchestrator::SagaApi,
->;
 
 /// Creates every database when missing and applies the migrations, then returns.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {

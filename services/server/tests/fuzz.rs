@@ -269,7 +269,7 @@ async fn every_rpc_of_the_split_services_survives_hostile_input() {
     ))
     .await;
     let mut config = saga_config(&auth, chat.addr, notifier.addr, &saga_db.url);
-    config.notify_deadline = Duration::from_secs(5);
+    config.settings.notify_deadline = Duration::from_secs(5);
     let saga = spawn_saga(config).await;
 
     let channels = [

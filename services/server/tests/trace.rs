@@ -472,14 +472,14 @@ async fn a_saga_send_through_the_split_services_is_one_trace() {
         TestDb::new().await,
     );
     let mut config = chat_config(&auth, &chat_db.url, &nats);
-    config.database_max_connections = 2;
+    config.database.max_connections = 2;
     let chat = spawn_chat(config).await;
     let smtp = TestSmtp::start(SmtpMode::Accept).await;
     let mut config = notification_config(&auth, &chat, &notify_db.url, &nats, smtp.addr);
-    config.database_max_connections = 2;
+    config.database.max_connections = 2;
     let notifier = spawn_notification(config).await;
     let mut config = saga_config(&auth, chat.addr, notifier.addr, &saga_db.url);
-    config.database_max_connections = 2;
+    config.database.max_connections = 2;
     let saga = spawn_saga(config).await;
 
     let sent = send_through_saga(

@@ -681,49 +681,53 @@ pub async fn health_status(
 
 /// The environment that makes a `chat-service` binary run with `config`.
 pub fn chat_service_env(config: &chat_service::Config) -> Vec<(String, String)> {
+    use chat_common::config::vars;
     use secrecy::ExposeSecret;
+    let settings = &config.settings;
     let mut env = vec![
-        ("LISTEN_ADDR", config.listen_addr.to_string()),
-        ("DATABASE_URL", config.database_url.clone()),
+        (vars::LISTEN_ADDR, config.listen.addr.to_string()),
+        (vars::DATABASE_URL, config.database.url.clone()),
         (
-            "DATABASE_MAX_CONNECTIONS",
-            config.database_max_connections.to_string(),
+            vars::DATABASE_MAX_CONNECTIONS,
+            config.database.max_connections.to_string(),
         ),
-        ("NATS_URL", config.nats_url.clone()),
-        ("NATS_SUBJECT_PREFIX", config.subject_prefix.clone()),
+        (vars::NATS_URL, config.nats.url.clone()),
         (
-            "NATS_STREAM",
-            config.nats_stream.clone().unwrap_or_else(|| "off".into()),
-        ),
-        ("AUTH_URL", config.auth_url.clone()),
-        (
-            "SERVICE_SECRET",
-            config.service_secret.expose_secret().to_owned(),
-        ),
-        ("STREAM_BUFFER", config.stream_buffer.to_string()),
-        (
-            "CATCH_UP_INTERVAL_SECS",
-            config.catch_up_every.as_secs().max(1).to_string(),
+            vars::NATS_SUBJECT_PREFIX,
+            config.nats.subject_prefix.clone(),
         ),
         (
-            "MESSAGE_EDIT_WINDOW_SECS",
-            config
+            vars::NATS_STREAM,
+            settings.nats_stream.clone().unwrap_or_else(|| "off".into()),
+        ),
+        (vars::AUTH_URL, config.upstream.auth_url.clone()),
+        (vars::STREAM_BUFFER, settings.stream_buffer.to_string()),
+        (
+            vars::CATCH_UP_INTERVAL_SECS,
+            settings.catch_up_every.as_secs().max(1).to_string(),
+        ),
+        (
+            vars::MESSAGE_EDIT_WINDOW_SECS,
+            settings
                 .edit_window
                 .map_or(0, |w| w.as_secs().max(1))
                 .to_string(),
         ),
         (
-            "ACCOUNT_DELETIONS_POLL_SECS",
-            config.deletions_every.as_secs().max(1).to_string(),
+            vars::ACCOUNT_DELETIONS_POLL_SECS,
+            settings.deletions_every.as_secs().max(1).to_string(),
         ),
     ];
+    if let Some(secret) = &config.service_secret.secret {
+        env.push((vars::SERVICE_SECRET, secret.expose_secret().to_owned()));
+    }
     // A subprocess gets previews only as the environment says: none here.
-    if config.link_previews.is_none() {
-        env.push(("LINK_PREVIEWS", "off".into()));
+    if settings.link_previews.is_none() {
+        env.push((vars::LINK_PREVIEWS, "off".into()));
     }
     env.push((
-        "RUST_LOG",
-        std::env::var("RUST_LOG").unwrap_or("warn".into()),
+        vars::RUST_LOG,
+        std::env::var(vars::RUST_LOG).unwrap_or("warn".into()),
     ));
     env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }

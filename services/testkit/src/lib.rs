@@ -18,7 +18,12 @@ use sqlx::{Connection, Executor, PgConnection};
 use tokio::net::TcpListener;
 use tonic::transport::{Channel, Endpoint};
 
-use chat_common::{server, service_token::with_bearer, Shutdown};
+use chat_common::{
+    config::{Database, Listen, Nats, ServiceSecret, Upstream},
+    server,
+    service_token::with_bearer,
+    Shutdown,
+};
 use grpc_chat_proto::auth::v1::{self as authpb, auth_service_client::AuthServiceClient};
 
 /// The server that test databases are created on (`TEST_DATABASE_URL`, default the local
@@ -243,6 +248,18 @@ pub struct TestAuth {
     pub db: TestDb,
 }
 
+/// A free loopback port, for a service's configuration.
+pub fn loopback_port_0() -> Listen {
+    Listen {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+    }
+}
+
+/// Upstream URLs that lead nowhere, for the services a test's service does not call.
+fn no_upstream() -> Upstream {
+    Upstream::all_at("http://127.0.0.1:9")
+}
+
 /// Auth settings for tests: cheap bcrypt, a known service secret.
 pub fn auth_settings() -> auth_service::Settings {
     auth_service::Settings {
@@ -272,9 +289,11 @@ pub async fn spawn_auth_with(settings: auth_service::Settings) -> TestAuth {
 async fn spawn_auth_in(db: TestDb, settings: auth_service::Settings) -> TestAuth {
     init_logs();
     let config = auth_service::Config {
-        listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        database_url: db.url.clone(),
-        database_max_connections: 5,
+        listen: loopback_port_0(),
+        database: Database {
+            url: db.url.clone(),
+            max_connections: 5,
+        },
         settings,
     };
     let app = auth_service::Application::build(config)
@@ -442,22 +461,31 @@ pub struct TestChat {
 /// Chat settings for tests: this test's NATS space and database, the test auth service.
 pub fn chat_config(auth: &TestAuth, database_url: &str, nats: &TestNats) -> chat_service::Config {
     chat_service::Config {
-        listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        database_url: database_url.to_owned(),
-        database_max_connections: 10,
-        nats_url: nats_url(),
-        subject_prefix: nats.prefix.clone(),
-        nats_stream: Some(nats.stream.clone()),
-        nats_stream_settings: Default::default(),
-        auth_url: format!("http://{}", auth.addr),
-        service_secret: SecretString::from(SERVICE_SECRET),
-        stream_buffer: 1024,
-        catch_up_every: Duration::from_secs(5),
-        edit_window: Some(Duration::from_secs(900)),
-        deletions_every: Duration::from_millis(200),
-        // Off unless a test points them at a site of its own (link_preview::test_site).
-        link_previews: None,
-        presence_heartbeat: Duration::from_secs(10),
+        listen: loopback_port_0(),
+        database: Database {
+            url: database_url.to_owned(),
+            max_connections: 10,
+        },
+        nats: Nats {
+            url: nats_url(),
+            subject_prefix: nats.prefix.clone(),
+        },
+        upstream: Upstream {
+            auth_url: format!("http://{}", auth.addr),
+            ..no_upstream()
+        },
+        service_secret: ServiceSecret::new(SecretString::from(SERVICE_SECRET)),
+        settings: chat_service::config::Settings {
+            nats_stream: Some(nats.stream.clone()),
+            nats_stream_settings: Default::default(),
+            stream_buffer: 1024,
+            catch_up_every: Duration::from_secs(5),
+            edit_window: Some(Duration::from_secs(900)),
+            deletions_every: Duration::from_millis(200),
+            // Off unless a test points them at a site of its own (link_preview::test_site).
+            link_previews: None,
+            presence_heartbeat: Duration::from_secs(10),
+        },
     }
 }
 
@@ -513,35 +541,44 @@ pub fn notification_config(
     nats: &TestNats,
     smtp: SocketAddr,
 ) -> notification_service::Config {
-    use notification_service::config::{EmailConfig, RetryPolicy, SmtpConfig, SmtpTls};
+    use notification_service::config::{EmailConfig, RetryPolicy, Settings, SmtpConfig, SmtpTls};
     notification_service::Config {
-        listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        database_url: database_url.to_owned(),
-        database_max_connections: 10,
-        nats_url: nats_url(),
-        subject_prefix: nats.prefix.clone(),
-        nats_stream: nats.stream.clone(),
-        nats_stream_settings: Default::default(),
-        nats_consumer: "notification".into(),
-        ack_wait: Duration::from_secs(10),
-        auth_url: format!("http://{}", auth.addr),
-        chat_url: format!("http://{}", chat.addr),
-        service_secret: SecretString::from(SERVICE_SECRET),
-        email: EmailConfig::Smtp(SmtpConfig {
-            host: smtp.ip().to_string(),
-            port: smtp.port(),
-            tls: SmtpTls::None,
-            username: None,
-            password: None,
-            from: "grpc-chat <noreply@example.com>".into(),
-            timeout: Duration::from_secs(5),
-        }),
-        retry: RetryPolicy {
-            max_attempts: 3,
-            backoff: Duration::from_millis(20),
-            max_backoff: Duration::from_millis(100),
+        listen: loopback_port_0(),
+        database: Database {
+            url: database_url.to_owned(),
+            max_connections: 10,
         },
-        delivery_lease: Duration::from_secs(10),
+        nats: Nats {
+            url: nats_url(),
+            subject_prefix: nats.prefix.clone(),
+        },
+        upstream: Upstream {
+            auth_url: format!("http://{}", auth.addr),
+            chat_url: format!("http://{}", chat.addr),
+            ..no_upstream()
+        },
+        service_secret: ServiceSecret::new(SecretString::from(SERVICE_SECRET)),
+        settings: Settings {
+            nats_stream: nats.stream.clone(),
+            nats_stream_settings: Default::default(),
+            nats_consumer: "notification".into(),
+            ack_wait: Duration::from_secs(10),
+            email: EmailConfig::Smtp(SmtpConfig {
+                host: smtp.ip().to_string(),
+                port: smtp.port(),
+                tls: SmtpTls::None,
+                username: None,
+                password: None,
+                from: "grpc-chat <noreply@example.com>".into(),
+                timeout: Duration::from_secs(5),
+            }),
+            retry: RetryPolicy {
+                max_attempts: 3,
+                backoff: Duration::from_millis(20),
+                max_backoff: Duration::from_millis(100),
+            },
+            delivery_lease: Duration::from_secs(10),
+        },
     }
 }
 
@@ -590,16 +627,22 @@ pub fn saga_config(
     database_url: &str,
 ) -> saga_orchestrator::Config {
     saga_orchestrator::Config {
-        listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        database_url: database_url.to_owned(),
-        database_max_connections: 10,
-        auth_url: format!("http://{}", auth.addr),
-        chat_url: format!("http://{chat}"),
-        notification_url: format!("http://{notification}"),
-        service_secret: SecretString::from(SERVICE_SECRET),
-        notify_deadline: Duration::from_secs(10),
-        lease: Duration::from_secs(3),
-        recovery_interval: Duration::from_millis(200),
+        listen: loopback_port_0(),
+        database: Database {
+            url: database_url.to_owned(),
+            max_connections: 10,
+        },
+        upstream: Upstream {
+            auth_url: format!("http://{}", auth.addr),
+            chat_url: format!("http://{chat}"),
+            notification_url: format!("http://{notification}"),
+        },
+        service_secret: ServiceSecret::new(SecretString::from(SERVICE_SECRET)),
+        settings: saga_orchestrator::config::Settings {
+            notify_deadline: Duration::from_secs(10),
+            lease: Duration::from_secs(3),
+            recovery_interval: Duration::from_millis(200),
+        },
     }
 }
 
