@@ -898,15 +898,79 @@ pub fn env(cluster: &ChatCluster, c: Component) -> Vec<Value> {
 /// The part of [`env`] that depends on the component.
 fn component_env(cluster: &ChatCluster, c: Component, env: &mut Vec<Value>) {
     let spec = &cluster.spec;
-    let generated = name(cluster, "generated");
     let url = |c: Component| format!("http://{}:{GRPC_PORT}", name(cluster, c.name()));
-    // The managed NATS requires each of its two clients to log in as its own user; the
-    // kubelet expands `$(NATS_PASSWORD)` from the variable pushed just before NATS_URL.
-    let nats_env = |user: Component, env: &mut Vec<Value>| match &spec.nats.external {
+    match c {
+        Component::Auth => auth_env(cluster, env),
+        Component::Chat => {
+            nats_env(cluster, Component::Chat, env);
+            env.extend(stream_env(spec));
+            env.push(value_env(vars::AUTH_URL, url(Component::Auth)));
+        }
+        Component::Notification => {
+            nats_env(cluster, Component::Notification, env);
+            env.extend(stream_env(spec));
+            env.push(value_env(vars::AUTH_URL, url(Component::Auth)));
+            env.push(value_env(vars::CHAT_URL, url(Component::Chat)));
+            email_env(cluster, env);
+        }
+        Component::Saga => {
+            env.push(value_env(vars::AUTH_URL, url(Component::Auth)));
+            env.push(value_env(vars::CHAT_URL, url(Component::Chat)));
+            env.push(value_env(
+                vars::NOTIFICATION_URL,
+                url(Component::Notification),
+            ));
+        }
+    }
+}
+
+/// Auth's signing keys and token settings.
+fn auth_env(cluster: &ChatCluster, env: &mut Vec<Value>) {
+    let spec = &cluster.spec;
+    let generated = name(cluster, "generated");
+    match &spec.signing_key {
+        Some(s) => env.push(secret_env(vars::JWT_SIGNING_KEY, &s.name, &s.key, false)),
+        None => env.push(secret_env(
+            vars::JWT_SIGNING_KEY,
+            &generated,
+            keys::SIGNING_KEY,
+            false,
+        )),
+    }
+    if let Some(p) = &spec.auth.previous_public_key {
+        env.push(secret_env(
+            vars::JWT_PREVIOUS_PUBLIC_KEY,
+            &p.name,
+            &p.key,
+            false,
+        ));
+    }
+    if let Some(cost) = spec.auth.bcrypt_cost {
+        env.push(value_env(vars::BCRYPT_COST, cost.to_string()));
+    }
+    if let Some(ttl) = spec.auth.access_token_ttl_secs {
+        env.push(value_env(vars::ACCESS_TOKEN_TTL_SECS, ttl.to_string()));
+    }
+    if let Some(ttl) = spec.auth.refresh_token_ttl_secs {
+        env.push(value_env(vars::REFRESH_TOKEN_TTL_SECS, ttl.to_string()));
+    }
+}
+
+/// `NATS_URL` for `user`. The managed NATS requires each of its two clients to log in as
+/// its own user; the kubelet expands `$(NATS_PASSWORD)` from the variable pushed just
+/// before NATS_URL.
+fn nats_env(cluster: &ChatCluster, user: Component, env: &mut Vec<Value>) {
+    let spec = &cluster.spec;
+    match &spec.nats.external {
         Some(ext) if spec.nats.managed.is_none() => env.push(value_env(vars::NATS_URL, &ext.url)),
         _ => {
             let (_, key) = nats_user(user).unwrap_or(("", ""));
-            env.push(secret_env("NATS_PASSWORD", &generated, key, false));
+            env.push(secret_env(
+                "NATS_PASSWORD",
+                &name(cluster, "generated"),
+                key,
+                false,
+            ));
             env.push(value_env(
                 vars::NATS_URL,
                 format!(
@@ -916,67 +980,22 @@ fn component_env(cluster: &ChatCluster, c: Component, env: &mut Vec<Value>) {
                 ),
             ));
         }
-    };
-    match c {
-        Component::Auth => {
-            match &spec.signing_key {
-                Some(s) => env.push(secret_env(vars::JWT_SIGNING_KEY, &s.name, &s.key, false)),
-                None => env.push(secret_env(
-                    vars::JWT_SIGNING_KEY,
-                    &generated,
-                    keys::SIGNING_KEY,
-                    false,
-                )),
-            }
-            if let Some(p) = &spec.auth.previous_public_key {
-                env.push(secret_env(
-                    vars::JWT_PREVIOUS_PUBLIC_KEY,
-                    &p.name,
-                    &p.key,
-                    false,
-                ));
-            }
-            if let Some(cost) = spec.auth.bcrypt_cost {
-                env.push(value_env(vars::BCRYPT_COST, cost.to_string()));
-            }
-            if let Some(ttl) = spec.auth.access_token_ttl_secs {
-                env.push(value_env(vars::ACCESS_TOKEN_TTL_SECS, ttl.to_string()));
-            }
-            if let Some(ttl) = spec.auth.refresh_token_ttl_secs {
-                env.push(value_env(vars::REFRESH_TOKEN_TTL_SECS, ttl.to_string()));
-            }
-        }
-        Component::Chat => {
-            nats_env(Component::Chat, env);
-            env.extend(stream_env(spec));
-            env.push(value_env(vars::AUTH_URL, url(Component::Auth)));
-        }
-        Component::Notification => {
-            nats_env(Component::Notification, env);
-            env.extend(stream_env(spec));
-            env.push(value_env(vars::AUTH_URL, url(Component::Auth)));
-            env.push(value_env(vars::CHAT_URL, url(Component::Chat)));
-            match &spec.smtp {
-                None => env.push(value_env(vars::EMAIL_SENDER, "stub")),
-                Some(smtp) => {
-                    env.push(value_env(vars::EMAIL_SENDER, "smtp"));
-                    let s = &smtp.secret_name;
-                    env.push(secret_env(vars::SMTP_HOST, s, "host", false));
-                    env.push(secret_env(vars::SMTP_PORT, s, "port", false));
-                    env.push(secret_env(vars::SMTP_TLS, s, "tls", false));
-                    env.push(secret_env(vars::SMTP_FROM, s, "from", false));
-                    env.push(secret_env(vars::SMTP_USERNAME, s, "username", true));
-                    env.push(secret_env(vars::SMTP_PASSWORD, s, "password", true));
-                }
-            }
-        }
-        Component::Saga => {
-            env.push(value_env(vars::AUTH_URL, url(Component::Auth)));
-            env.push(value_env(vars::CHAT_URL, url(Component::Chat)));
-            env.push(value_env(
-                vars::NOTIFICATION_URL,
-                url(Component::Notification),
-            ));
+    }
+}
+
+/// The notifier's email sender: the stub, or SMTP from the cluster's Secret.
+fn email_env(cluster: &ChatCluster, env: &mut Vec<Value>) {
+    match &cluster.spec.smtp {
+        None => env.push(value_env(vars::EMAIL_SENDER, "stub")),
+        Some(smtp) => {
+            env.push(value_env(vars::EMAIL_SENDER, "smtp"));
+            let s = &smtp.secret_name;
+            env.push(secret_env(vars::SMTP_HOST, s, "host", false));
+            env.push(secret_env(vars::SMTP_PORT, s, "port", false));
+            env.push(secret_env(vars::SMTP_TLS, s, "tls", false));
+            env.push(secret_env(vars::SMTP_FROM, s, "from", false));
+            env.push(secret_env(vars::SMTP_USERNAME, s, "username", true));
+            env.push(secret_env(vars::SMTP_PASSWORD, s, "password", true));
         }
     }
 }

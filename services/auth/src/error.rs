@@ -44,7 +44,7 @@ pub enum AuthError {
     #[error("{0}")]
     NotFound(String),
     /// Over a rate limit (see `limits`): answered with the delay after which a retry can pass.
-    #[error("{message}; try again in {} s", crate::limits::whole_secs(*retry_after))]
+    #[error("{message}; try again in {} s", whole_secs(*retry_after))]
     RateLimited {
         /// What was done too often (a [`crate::limits::Scope::refusal`]).
         message: &'static str,
@@ -108,7 +108,7 @@ impl From<AuthError> for Status {
             AuthError::NotFound(m) => Status::not_found(m),
             AuthError::RateLimited { retry_after, .. } => {
                 // RetryInfo in whole seconds, as the message says.
-                let delay = std::time::Duration::from_secs(crate::limits::whole_secs(retry_after));
+                let delay = std::time::Duration::from_secs(whole_secs(retry_after));
                 Status::with_error_details(
                     Code::ResourceExhausted,
                     e.to_string(),
@@ -117,5 +117,26 @@ impl From<AuthError> for Status {
             }
             AuthError::Internal(e) => chat_common::error::internal(&e),
         }
+    }
+}
+
+/// Rounds a retry delay up to whole seconds, at least one, for people to read (the message
+/// and the RetryInfo say the same number).
+pub fn whole_secs(d: std::time::Duration) -> u64 {
+    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    s.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_round_up() {
+        use std::time::Duration;
+        assert_eq!(whole_secs(Duration::from_millis(1)), 1);
+        assert_eq!(whole_secs(Duration::ZERO), 1);
+        assert_eq!(whole_secs(Duration::from_millis(59_001)), 60);
+        assert_eq!(whole_secs(Duration::from_secs(60)), 60);
     }
 }

@@ -378,12 +378,6 @@ fn refuse(scope: Scope, left: chrono::Duration) -> AuthError {
     }
 }
 
-/// Rounds a retry delay up to whole seconds, at least one, for people to read.
-pub fn whole_secs(d: Duration) -> u64 {
-    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    s.max(1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -453,13 +447,5 @@ mod tests {
         );
         assert_eq!(client_address(Some(proxy), &m, &[]), Some(proxy.ip()));
         assert_eq!(client_address(None, &m, &trusted), None);
-    }
-
-    #[test]
-    fn retry_delays_round_up() {
-        assert_eq!(whole_secs(Duration::from_millis(1)), 1);
-        assert_eq!(whole_secs(Duration::ZERO), 1);
-        assert_eq!(whole_secs(Duration::from_millis(59_001)), 60);
-        assert_eq!(whole_secs(Duration::from_secs(60)), 60);
     }
 }
