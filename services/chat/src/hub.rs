@@ -197,17 +197,34 @@ impl Hub {
         shutdown: Shutdown,
         presence: PresenceSettings,
     ) -> Arc<Self> {
-        let presence = Presence::start(bus.clone(), presence, shutdown.clone());
-        Arc::new(Self {
-            bus,
-            store,
-            chats: Mutex::new(HashMap::new()),
-            buffer: buffer.max(1),
-            catch_up_every,
-            shutdown,
-            next_id: AtomicU64::new(1),
-            presence,
+        Arc::new_cyclic(|hub: &std::sync::Weak<Hub>| {
+            let hub = hub.clone();
+            let here: crate::presence::LocalBeats = Arc::new(move |beat: &LiveEvent| {
+                if let Some(hub) = hub.upgrade() {
+                    hub.own_beat(beat);
+                }
+            });
+            let presence = Presence::start(bus.clone(), presence, shutdown.clone(), here);
+            Self {
+                bus,
+                store,
+                chats: Mutex::new(HashMap::new()),
+                buffer: buffer.max(1),
+                catch_up_every,
+                shutdown,
+                next_id: AtomicU64::new(1),
+                presence,
+            }
         })
+    }
+
+    /// A beat of this replica's, applied to its fan-out of the chat (if there is one)
+    /// before the beat is published.
+    fn own_beat(&self, beat: &LiveEvent) {
+        let fanout = lock(&self.chats).get(&beat.chat_id()).cloned();
+        if let Some(fanout) = fanout {
+            self.live(&fanout, beat.clone());
+        }
     }
 
     /// This replica's presence (and typing limiter).

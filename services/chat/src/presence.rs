@@ -43,13 +43,19 @@ use std::{
     time::Duration,
 };
 
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
 
 use chat_common::Shutdown;
 use grpc_chat_proto::chat::v1 as pb;
 
 use crate::events::{ChatEvent, EventBus};
 pub use crate::live::{Beat, LiveEvent, Query};
+
+/// How long a stream waits at most for its user's beat to go out before its snapshot.
+pub const ANNOUNCE_WAIT: Duration = Duration::from_secs(1);
 
 /// At most one typing event per this long per (user, chat) on a replica.
 pub const TYPING_EVERY: Duration = Duration::from_secs(2);
@@ -118,6 +124,8 @@ enum Command {
         chat: i64,
         user: i64,
         username: String,
+        /// Told once the beat this entry causes (if any) has been handed to the bus.
+        announced: Option<oneshot::Sender<()>>,
     },
     Leave {
         chat: i64,
@@ -160,10 +168,15 @@ type Local = HashMap<i64, BTreeMap<i64, (String, usize)>>;
 
 impl Presence {
     /// Starts announcing on `bus` until `shutdown`, when every chat gets a goodbye.
+    ///
+    /// `here` is given every beat of this replica before it is published: the hub applies
+    /// it to its own fan-out of the chat at once, so that this replica's streams never see
+    /// its users through the bus later than they see another replica's word about them.
     pub fn start(
         bus: Arc<dyn EventBus>,
         settings: PresenceSettings,
         shutdown: Shutdown,
+        here: LocalBeats,
     ) -> Arc<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
         let replica = loop {
@@ -175,7 +188,8 @@ impl Presence {
             }
         };
         // Tracked: a stopping binary waits for it, so the goodbyes go out before it exits.
-        shutdown.spawn(announce(bus, settings, replica, rx, shutdown.clone()));
+        let out = Announcer { bus, here };
+        shutdown.spawn(announce(out, settings, replica, rx, shutdown.clone()));
         Arc::new(Self {
             tx,
             replica,
@@ -201,10 +215,33 @@ impl Presence {
 
     /// Marks `user` online in `chat` for as long as the returned value lives.
     pub fn enter(&self, chat: i64, user: i64, username: String) -> Here {
+        self.send_enter(chat, user, username, None)
+    }
+
+    /// [`Presence::enter`], returning once the beat that says so has been handed to the
+    /// bus (or after [`ANNOUNCE_WAIT`], should the announcing task lag). A stream waits for
+    /// it before its snapshot: a user with a stream on each of two replicas who closes one
+    /// right after opening the other must not flap offline because the closing replica's
+    /// goodbye overtook the other replica's beat.
+    pub async fn enter_announced(&self, chat: i64, user: i64, username: String) -> Here {
+        let (tx, rx) = oneshot::channel();
+        let here = self.send_enter(chat, user, username, Some(tx));
+        let _ = tokio::time::timeout(ANNOUNCE_WAIT, rx).await;
+        here
+    }
+
+    fn send_enter(
+        &self,
+        chat: i64,
+        user: i64,
+        username: String,
+        announced: Option<oneshot::Sender<()>>,
+    ) -> Here {
         let _ = self.tx.send(Command::Enter {
             chat,
             user,
             username,
+            announced,
         });
         Here {
             tx: self.tx.clone(),
@@ -239,7 +276,7 @@ fn rand_u64() -> u64 {
 /// The replica's announcing task: the only writer of its local sets, so beats go out in
 /// version order.
 async fn announce(
-    bus: Arc<dyn EventBus>,
+    out: Announcer,
     settings: PresenceSettings,
     replica: u64,
     mut rx: mpsc::UnboundedReceiver<Command>,
@@ -256,14 +293,16 @@ async fn announce(
                 // Goodbye: the other replicas need not wait for our beats to expire.
                 for chat in local.keys() {
                     version += 1;
-                    publish(&*bus, beat(*chat, replica, version, None)).await;
+                    out.publish(beat(*chat, replica, version, None)).await;
                 }
                 return;
             }
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { return };
+                let mut announced = None;
                 let changed = match cmd {
-                    Command::Enter { chat, user, username } => {
+                    Command::Enter { chat, user, username, announced: ack } => {
+                        announced = ack;
                         let users = local.entry(chat).or_default();
                         let entry = users.entry(user).or_insert((username, 0));
                         entry.1 += 1;
@@ -274,13 +313,16 @@ async fn announce(
                 };
                 if let Some(chat) = changed {
                     version += 1;
-                    publish(&*bus, beat(chat, replica, version, local.get(&chat))).await;
+                    out.publish(beat(chat, replica, version, local.get(&chat))).await;
+                }
+                if let Some(ack) = announced {
+                    let _ = ack.send(());
                 }
             }
             _ = tick.tick() => {
                 for (chat, users) in &local {
                     version += 1;
-                    publish(&*bus, beat(*chat, replica, version, Some(users))).await;
+                    out.publish(beat(*chat, replica, version, Some(users))).await;
                 }
             }
         }
@@ -327,11 +369,23 @@ fn beat(
     })
 }
 
-async fn publish(bus: &dyn EventBus, event: LiveEvent) {
-    let chat_id = event.chat_id();
-    if let Err(e) = bus.publish(&ChatEvent::Live(event)).await {
-        // The next heartbeat says it again.
-        tracing::warn!(chat_id, error = %e, "announcing presence failed");
+/// Where this replica's own beats go: to its own fan-outs first, then to the bus (whose
+/// copy of the beat this replica's fan-outs then ignore, having seen its version).
+pub type LocalBeats = Arc<dyn Fn(&LiveEvent) + Send + Sync>;
+
+struct Announcer {
+    bus: Arc<dyn EventBus>,
+    here: LocalBeats,
+}
+
+impl Announcer {
+    async fn publish(&self, event: LiveEvent) {
+        (self.here)(&event);
+        let chat_id = event.chat_id();
+        if let Err(e) = self.bus.publish(&ChatEvent::Live(event)).await {
+            // The next heartbeat says it again.
+            tracing::warn!(chat_id, error = %e, "announcing presence failed");
+        }
     }
 }
 

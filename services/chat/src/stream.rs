@@ -62,10 +62,12 @@ pub(crate) fn run(
 ) -> impl Stream<Item = Result<pb::ConnectResponse, Status>> + Send {
     async_stream::stream! {
         let _active = ActiveStream::new();
-        let _here = opened
-            .who
-            .as_ref()
-            .map(|(id, name)| presence.enter(opened.chat_id.0, *id, name.clone()));
+        let _here = match &opened.who {
+            Some((id, name)) => {
+                Some(presence.enter_announced(opened.chat_id.0, *id, name.clone()).await)
+            }
+            None => None,
+        };
         let mut cursor = Cursor {
             chat_id: opened.chat_id,
             me: opened.me,
