@@ -53,6 +53,10 @@ struct Cli {
     /// `all` on PostgreSQL + NATS).
     #[arg(long, value_delimiter = ',', global = true)]
     streams: Option<Vec<usize>>,
+    /// Senders writing into `fanout`'s chat at once (1: one message in flight, the
+    /// figure bound by one send's latency).
+    #[arg(long, default_value_t = 4, global = true)]
+    fanout_senders: usize,
     /// Idle streams for `streams`.
     #[arg(long, default_value_t = 10_000, global = true)]
     idle_streams: usize,
@@ -609,6 +613,7 @@ async fn main() -> anyhow::Result<()> {
         concurrency: cli.concurrency,
         chats: cli.chats.max(1),
         message_size: cli.message_size,
+        fanout_senders: cli.fanout_senders.max(1),
     };
     let all = cli.scenario == Scenario::All;
     let mut run = Run {

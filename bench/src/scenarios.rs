@@ -4,7 +4,7 @@
 use std::{
     future::Future,
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
     time::{Duration, Instant},
@@ -35,6 +35,8 @@ pub struct Opts {
     pub concurrency: usize,
     pub chats: usize,
     pub message_size: usize,
+    /// Senders writing into `fanout`'s chat at once.
+    pub fanout_senders: usize,
 }
 
 /// Members of every chat `send`, `busy-chat` and `saga` write into (the same users in
@@ -372,142 +374,155 @@ impl Drop for Tasks {
     }
 }
 
-/// `fanout`: `s` streams on one chat and one sender. The sender sends, waits until the
-/// message has arrived on every stream, and sends the next: send→arrival per stream, and
-/// deliveries per second at one message in flight.
+/// `fanout`: `s` streams on one chat and `opts.fanout_senders` senders writing into it
+/// back to back, as the members of a busy chat do. Every message carries the time its
+/// send began; each stream checks that messages arrive in seq order (none twice) and the
+/// run ends when every stream has every message: send-start→arrival per stream, and
+/// deliveries per second from the first send until the last arrival. With one sender a
+/// message is in flight at a time and the figure is bound by one send's latency.
 pub async fn fanout(system: &System, s: usize, opts: &Opts) -> anyhow::Result<Row> {
     let users = client::users(&system.auth, "f", 4).await?;
-    let mut sender = ChatServiceClient::new(channel(&system.chat).await?);
-    let chat_id = create_chat(&mut sender, &users[0], &users).await?;
+    let mut creator = ChatServiceClient::new(channel(&system.chat).await?);
+    let chat_id = create_chat(&mut creator, &users[0], &users).await?;
     let (streams, opened_in) = open_streams(system, &users[1..], chat_id, s).await?;
     let n_channels = s.div_ceil(client::STREAMS_PER_CHANNEL).max(1);
+    let senders = opts.fanout_senders.max(1);
 
-    struct Shared {
-        t0: Instant,
-        round: AtomicU64,
-        sent_at_us: AtomicU64,
-        arrived: AtomicUsize,
-        all_arrived: tokio::sync::Notify,
-        stopping: AtomicBool,
-        hists: Vec<std::sync::Mutex<Histogram<u64>>>,
-    }
+    let t0 = Instant::now();
+    let arrived = Arc::new(AtomicU64::new(0));
+    let progress = Arc::new(tokio::sync::Notify::new());
     let mut hists = Vec::new();
     for _ in 0..n_channels {
-        hists.push(std::sync::Mutex::new(histogram()?));
+        hists.push(Arc::new(std::sync::Mutex::new(histogram()?)));
     }
-    let shared = Arc::new(Shared {
-        t0: Instant::now(),
-        round: AtomicU64::new(u64::MAX),
-        sent_at_us: AtomicU64::new(0),
-        arrived: AtomicUsize::new(0),
-        all_arrived: tokio::sync::Notify::new(),
-        stopping: AtomicBool::new(false),
-        hists,
-    });
     let (err_tx, mut err_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let mut readers = Tasks(Vec::with_capacity(s));
-    for (c, mut stream) in streams {
-        let (shared, err_tx) = (shared.clone(), err_tx.clone());
-        readers.0.push(tokio::spawn(async move {
-            loop {
-                let item = stream.message().await;
-                if shared.stopping.load(Ordering::Relaxed) {
-                    return;
-                }
-                let m = match item {
-                    Ok(Some(chatpb::ConnectResponse {
-                        event: Some(Event::Message(m)),
-                    })) => m,
-                    Ok(Some(_)) => continue,
-                    Ok(None) => {
-                        let _ = err_tx.send("a stream ended".into());
-                        return;
-                    }
-                    Err(e) => {
-                        let _ = err_tx.send(format!("a stream failed: {e}"));
-                        return;
-                    }
-                };
-                let now = shared.t0.elapsed().as_micros() as u64;
-                let k = m.text.split(' ').nth(1).and_then(|k| k.parse::<u64>().ok());
-                if k != Some(shared.round.load(Ordering::Acquire)) {
-                    let _ = err_tx.send(format!(
-                        "a stream got message {:?} during round {}",
-                        m.text.get(..20),
-                        shared.round.load(Ordering::Relaxed)
-                    ));
-                    return;
-                }
-                let sent = shared.sent_at_us.load(Ordering::Acquire);
-                if let Ok(mut h) = shared.hists[c].lock() {
-                    let _ = h.record(now.saturating_sub(sent).max(1));
-                }
-                if shared.arrived.fetch_add(1, Ordering::AcqRel) + 1 == s {
-                    shared.all_arrived.notify_one();
-                }
-            }
-        }));
+    for (c, stream) in streams {
+        readers.0.push(tokio::spawn(read_fanout(
+            stream,
+            t0,
+            hists[c].clone(),
+            arrived.clone(),
+            progress.clone(),
+            err_tx.clone(),
+        )));
     }
     drop(err_tx);
 
-    let mut rounds_hist = histogram()?;
     let started = Instant::now();
-    let deadline = started + opts.duration;
-    let mut rounds = 0u64;
-    while Instant::now() < deadline {
-        shared.arrived.store(0, Ordering::Release);
-        shared.round.store(rounds, Ordering::Release);
-        let t = Instant::now();
-        shared
-            .sent_at_us
-            .store(shared.t0.elapsed().as_micros() as u64, Ordering::Release);
-        sender
-            .send_message(users[0].req(chatpb::SendMessageRequest {
+    let load = closed_loop("fanout SendMessage", senders, opts.duration, |_| {
+        let client = creator.clone();
+        let user = users[0].clone();
+        let size = opts.message_size;
+        move |_| {
+            let sent_us = t0.elapsed().as_micros() as u64;
+            let req = user.req(chatpb::SendMessageRequest {
                 chat_id,
-                text: text_of_size(&format!("fanout {rounds} "), opts.message_size),
+                text: text_of_size(&format!("fanout {sent_us} "), size),
                 ..Default::default()
-            }))
-            .await
-            .context("SendMessage")?;
-        tokio::select! {
-            _ = shared.all_arrived.notified() => {}
-            e = err_rx.recv() => bail!("{}", e.unwrap_or_else(|| "every stream ended".into())),
-            _ = tokio::time::sleep(Duration::from_secs(30)) => bail!(
-                "message {rounds} reached {} of {s} streams within 30 s",
-                shared.arrived.load(Ordering::Relaxed)
-            ),
+            });
+            let mut client = client.clone();
+            async move {
+                client.send_message(req).await.context("SendMessage")?;
+                Ok(())
+            }
         }
-        rounds_hist.record(t.elapsed().as_micros() as u64)?;
-        rounds += 1;
+    })
+    .await?;
+    let messages = load.count;
+    let want = messages * s as u64;
+    let wait_until = Instant::now() + Duration::from_secs(30);
+    while arrived.load(Ordering::Acquire) < want {
+        tokio::select! {
+            _ = progress.notified() => {}
+            e = err_rx.recv() => bail!("{}", e.unwrap_or_else(|| "every stream ended".into())),
+            _ = tokio::time::sleep_until(wait_until.into()) => bail!(
+                "{} of {want} deliveries ({messages} messages to {s} streams) arrived within 30 s of the last send",
+                arrived.load(Ordering::Relaxed)
+            ),
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
     }
     let elapsed = started.elapsed();
-    shared.stopping.store(true, Ordering::Relaxed);
     drop(readers);
+    // A stream that got a message twice or one of another chat would have failed above;
+    // one more than expected would show here.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    if let Ok(e) = err_rx.try_recv() {
+        bail!("{e}");
+    }
     let mut hist = histogram()?;
-    for h in &shared.hists {
+    for h in &hists {
         if let Ok(h) = h.lock() {
             hist.add(&*h)?;
         }
     }
     let deliveries = hist.len();
-    if deliveries != rounds * s as u64 {
-        bail!("{deliveries} deliveries recorded for {rounds} messages to {s} streams",);
+    if deliveries != want {
+        bail!("{deliveries} deliveries recorded for {messages} messages to {s} streams");
     }
     Ok(Row::new(format!("fanout/{s}"), "delivery", deliveries)
         .rate(deliveries as f64 / elapsed.as_secs_f64())
         .latencies(&hist)
         .extra("streams", s)
-        .extra("messages", rounds)
+        .extra("messages", messages)
+        .extra("senders", senders)
         .extra("channels", n_channels)
         .extra(
-            "last_arrival_p99_ms",
-            rounds_hist.value_at_quantile(0.99) as f64 / 1000.0,
+            "send_p99_ms",
+            load.hist.value_at_quantile(0.99) as f64 / 1000.0,
         )
         .extra("open_secs", opened_in.as_secs_f64())
         .note(format!(
-            "{rounds} msgs; {s} streams opened at {:.0}/s",
+            "{messages} msgs from {senders} senders (send p99 {:.1} ms); {s} streams opened at {:.0}/s",
+            load.hist.value_at_quantile(0.99) as f64 / 1000.0,
             s as f64 / opened_in.as_secs_f64()
         )))
+}
+
+/// One stream of `fanout`: records send-start→arrival of every message, and fails (through
+/// `errors`) when a message arrives out of seq order or twice, or the stream ends.
+async fn read_fanout(
+    mut stream: Streaming<chatpb::ConnectResponse>,
+    t0: Instant,
+    hist: Arc<std::sync::Mutex<Histogram<u64>>>,
+    arrived: Arc<AtomicU64>,
+    progress: Arc<tokio::sync::Notify>,
+    errors: tokio::sync::mpsc::UnboundedSender<String>,
+) {
+    let mut last_seq = 0;
+    loop {
+        let m = match stream.message().await {
+            Ok(Some(chatpb::ConnectResponse {
+                event: Some(Event::Message(m)),
+            })) => m,
+            Ok(Some(_)) => continue,
+            Ok(None) => {
+                let _ = errors.send("a stream ended".into());
+                return;
+            }
+            Err(e) => {
+                let _ = errors.send(format!("a stream failed: {e}"));
+                return;
+            }
+        };
+        let now = t0.elapsed().as_micros() as u64;
+        let sent = m.text.split(' ').nth(1).and_then(|k| k.parse::<u64>().ok());
+        let Some(sent) = sent.filter(|_| m.seq > last_seq) else {
+            let _ = errors.send(format!(
+                "a stream got seq {} after seq {last_seq}: {:?}",
+                m.seq,
+                m.text.get(..24)
+            ));
+            return;
+        };
+        last_seq = m.seq;
+        if let Ok(mut h) = hist.lock() {
+            let _ = h.record(now.saturating_sub(sent).max(1));
+        }
+        arrived.fetch_add(1, Ordering::AcqRel);
+        progress.notify_one();
+    }
 }
 
 /// Resident memory of `pid` in KiB, from `/proc/<pid>/status`.
