@@ -253,6 +253,32 @@ impl Client {
         }
     }
 
+    /// Reads a listing page by page: `call(access_token, page_token)` asks for one page
+    /// (the first with an empty page token), `show` shows it and returns the token of the
+    /// next one, empty after the last.
+    pub async fn each_page<T, F, Fut>(
+        &mut self,
+        service: Service,
+        mut call: F,
+        mut show: impl FnMut(T) -> String,
+    ) -> Result<(), CliError>
+    where
+        F: FnMut(String, String) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let mut page_token = String::new();
+        loop {
+            let token = page_token;
+            let page = self
+                .authed(service, Op::Other, |t| call(t, token.clone()))
+                .await?;
+            page_token = show(page);
+            if page_token.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
     /// As [`Client::authed`], but a failed call's status is returned as it is, for a
     /// command that must tell "not reached" from "accepted" from "refused" (the outer error:
     /// no usable login).

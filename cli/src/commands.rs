@@ -281,40 +281,37 @@ impl App {
 
     async fn users(&mut self, prefix: String) -> Result<(), CliError> {
         let auth = self.client.auth.clone();
-        let mut page_token = String::new();
         let mut any = false;
-        loop {
-            let token = page_token.clone();
-            let page = self
-                .client
-                .authed(Service::Auth, Op::Other, |t| {
+        self.client
+            .each_page(
+                Service::Auth,
+                |t, page_token| {
                     let mut auth = auth.clone();
                     let req = authed_request(
                         ListUsersRequest {
                             page_size: 100,
-                            page_token: token.clone(),
+                            page_token,
                             prefix: prefix.clone(),
                         },
                         &t,
                     );
                     async move { auth.list_users(req).await }
-                })
-                .await?;
-            for u in &page.users {
-                any = true;
-                say(&format!(
-                    "{:>6}  {}  {}  {}",
-                    u.id,
-                    u.username,
-                    u.email,
-                    role_name(u.role)
-                ));
-            }
-            if page.next_page_token.is_empty() {
-                break;
-            }
-            page_token = page.next_page_token;
-        }
+                },
+                |page| {
+                    for u in &page.users {
+                        any = true;
+                        say(&format!(
+                            "{:>6}  {}  {}  {}",
+                            u.id,
+                            u.username,
+                            u.email,
+                            role_name(u.role)
+                        ));
+                    }
+                    page.next_page_token
+                },
+            )
+            .await?;
         if !any {
             say("No accounts match.");
         }
@@ -490,33 +487,34 @@ impl App {
 
     async fn chats(&mut self) -> Result<(), CliError> {
         let chat = self.client.chat.clone();
-        let mut page_token = String::new();
         let mut any = false;
-        loop {
-            let token = page_token.clone();
-            let page = self
-                .client
-                .authed(Service::Chat, Op::Other, |t| {
+        self.client
+            .each_page(
+                Service::Chat,
+                |t, page_token| {
                     let mut chat = chat.clone();
                     let req = authed_request(
                         ListChatsRequest {
                             page_size: 100,
-                            page_token: token.clone(),
+                            page_token,
                         },
                         &t,
                     );
                     async move { chat.list_chats(req).await }
-                })
-                .await?;
-            for c in &page.chats {
-                any = true;
-                say(&chat_line(c));
-            }
-            if page.next_page_token.is_empty() || page.chats.is_empty() {
-                break;
-            }
-            page_token = page.next_page_token;
-        }
+                },
+                |page| {
+                    for c in &page.chats {
+                        any = true;
+                        say(&chat_line(c));
+                    }
+                    if page.chats.is_empty() {
+                        String::new()
+                    } else {
+                        page.next_page_token
+                    }
+                },
+            )
+            .await?;
         if !any {
             say("You have no chats yet. Create one: create_chat <user1,user2,...> [title]");
         }
