@@ -654,9 +654,8 @@ pub async fn cross_replica(a: &System, b: &System, opts: &Opts) -> anyhow::Resul
 }
 
 /// `login`: `concurrency` clients logging in back to back at the server's bcrypt cost,
-/// each as a user of its own: the server counts a login against its account's limit of
-/// failed logins until the password has been checked, so more than that many logins in
-/// flight for one account would be refused however right the password.
+/// each as a user of its own, as many people log in (one account's logins take turns on a
+/// replica, which would measure the turns rather than bcrypt).
 pub async fn login(system: &System, opts: &Opts) -> anyhow::Result<Row> {
     let users = client::users(&system.auth, "l", opts.concurrency).await?;
     let ch = channel(&system.auth).await?;

@@ -20,6 +20,15 @@
 //!   client's IP address for the others. Ended windows are deleted at most once a minute
 //!   per replica, so the table holds only keys active in the last window.
 //!
+//! - **Logins of one account take turns** on each replica ([`Limiter::account_turn`]): an
+//!   attempt is counted while its password is checked, so a user whose devices all log in
+//!   at once would otherwise run past the limit with right passwords and be refused. Only
+//!   a few of an account's logins are counted and checked at once per replica (a quarter
+//!   of the limit, at least one); the others wait for their turn (a bounded number, a
+//!   bounded time), then count. A right password is taken back before the next turn, so
+//!   concurrent right logins never add up; wrong ones still count one by one, and a guesser
+//!   gains nothing by sending many at once: they wait too.
+//!
 //! The client address is the TCP peer's. Behind a proxy every client would share the
 //! proxy's address, so the operator can list trusted proxies (`RATE_LIMIT_TRUSTED_PROXIES`):
 //! for a call from one of them the address is the right-most `x-forwarded-for` entry that
@@ -27,22 +36,28 @@
 //! write any address there).
 
 use std::{
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
     sync::{
         atomic::{AtomicI64, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::Duration,
 };
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::metadata::MetadataMap;
 
 use crate::{error::AuthError, store::UserStore};
 
 /// How often a replica deletes ended windows.
 const PRUNE_EVERY_SECS: i64 = 60;
+/// Logins of one account that wait for their turn on one replica; more are refused.
+const ACCOUNT_WAITING: usize = 64;
+/// Longest wait for a turn: a login that waits longer is refused, to try again.
+const ACCOUNT_WAIT: Duration = Duration::from_secs(30);
 
 /// At most `max` counted events per `window` for one key; `max == 0` turns the limit off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,6 +295,32 @@ pub(crate) struct Limiter {
     store: Arc<dyn UserStore>,
     /// When this replica next deletes ended windows (Unix seconds).
     next_prune: AtomicI64,
+    /// The turns of the accounts whose logins are in progress on this replica.
+    turns: Arc<Turns>,
+}
+
+/// Per account key: its turns, and how many logins hold or wait for one. An entry lives
+/// while a login of its account is in progress, so the map holds only those.
+type Turns = Mutex<HashMap<String, (Arc<Semaphore>, usize)>>;
+
+/// A login's place among its account's logins on this replica: a turn once
+/// [`Limiter::account_turn`] returns it; dropping it hands the turn on.
+pub(crate) struct Turn {
+    turns: Arc<Turns>,
+    key: String,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, users)) = turns.get_mut(&self.key) {
+            *users -= 1;
+            if *users == 0 {
+                turns.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// Events counted for one attempt. Dropping it leaves them counted; [`Limiter::uncount`]
@@ -294,6 +335,50 @@ impl Limiter {
         Self {
             store,
             next_prune: AtomicI64::new(0),
+            turns: Arc::default(),
+        }
+    }
+
+    /// Waits until this login of `account` may be counted and checked: at most a quarter
+    /// of `limit` (at least one) of an account's logins at once on this replica, so that
+    /// right passwords checked together do not add up past the limit (see the module
+    /// docs). Refused when [`ACCOUNT_WAITING`] logins of the account already wait, or the
+    /// wait passes [`ACCOUNT_WAIT`]. No wait when the limit is off.
+    pub async fn account_turn(&self, limit: Limit, account: &str) -> Result<Turn, AuthError> {
+        if limit.is_off() {
+            return Ok(Turn {
+                turns: self.turns.clone(),
+                key: String::new(),
+                _permit: None,
+            });
+        }
+        let at_once = (limit.max as usize / 4).max(1);
+        let key = account.to_owned();
+        let checks = {
+            let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+            let (checks, users) = turns
+                .entry(key.clone())
+                .or_insert_with(|| (Arc::new(Semaphore::new(at_once)), 0));
+            if *users >= at_once + ACCOUNT_WAITING {
+                return Err(busy());
+            }
+            *users += 1;
+            checks.clone()
+        };
+        // From here the count of users is taken back by the turn's drop, also when this
+        // call is dropped while it waits (the client went away).
+        let mut turn = Turn {
+            turns: self.turns.clone(),
+            key,
+            _permit: None,
+        };
+        match tokio::time::timeout(ACCOUNT_WAIT, checks.acquire_owned()).await {
+            Ok(Ok(permit)) => {
+                turn._permit = Some(permit);
+                Ok(turn)
+            }
+            // The semaphore is never closed; a wait that ran out is refused.
+            _ => Err(busy()),
         }
     }
 
@@ -375,6 +460,15 @@ fn refuse(scope: Scope, left: chrono::Duration) -> AuthError {
     AuthError::RateLimited {
         message: scope.refusal(),
         retry_after,
+    }
+}
+
+/// The refusal of a login whose account has too many logins waiting on this replica.
+fn busy() -> AuthError {
+    metrics::counter!("auth_rate_limited_total", "limit" => "login-account-waiting").increment(1);
+    AuthError::RateLimited {
+        message: "too many logins to this account at once",
+        retry_after: Duration::from_secs(1),
     }
 }
 

@@ -377,6 +377,17 @@ impl AuthService for AuthApi {
             limits.login_per_address,
             address.as_str(),
         )];
+        // Logins of one account take turns, so right passwords checked at once do not add
+        // up past its limit (see `limits.rs`); the turn is held until the count is final.
+        let _turn = match &email {
+            Some(email) => Some(
+                self.inner
+                    .limiter
+                    .account_turn(limits.login_per_account, email.as_str())
+                    .await?,
+            ),
+            None => None,
+        };
         if let Some(email) = &email {
             checks.push((
                 Scope::LoginAccount,

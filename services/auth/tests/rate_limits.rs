@@ -186,6 +186,39 @@ async fn right_passwords_do_not_count() {
         .expect("one failure is within the limit");
 }
 
+async fn right_passwords_at_once_are_not_refused() {
+    // An account's limit is counted while each password is checked; logins of one
+    // account take turns, so twenty-four devices logging in at once all get in, and a
+    // wrong password among them still counts.
+    let app = spawn_auth_with(settings(RateLimits {
+        login_per_account: Limit::new(4, 300),
+        login_per_address: Limit::OFF,
+        ..RateLimits::default()
+    }))
+    .await;
+    let frank = app.user("frank").await;
+    let logins = (0..24).map(|_| {
+        let mut c = app.client.clone();
+        let (email, password) = (frank.email.clone(), frank.password.clone());
+        async move { c.login(login(&email, &password)).await }
+    });
+    for r in futures_join_all(logins).await {
+        r.expect("a right password is never refused while others are checked");
+    }
+    let mut c = app.client.clone();
+    for _ in 0..4 {
+        assert_code(
+            c.login(login(&frank.email, "wrong password")).await,
+            Code::Unauthenticated,
+        );
+    }
+    assert_limited(
+        c.login(login(&frank.email, &frank.password)).await,
+        Duration::from_secs(300),
+        "for this account",
+    );
+}
+
 /// A second auth replica on the database of `app`, with `settings`.
 async fn replica(db_url: &str, settings: Settings) -> (SocketAddr, Shutdown) {
     let app = auth_service::Application::build(auth_service::Config {
@@ -496,6 +529,7 @@ chat_testkit::backend_tests!(
     eleventh_wrong_password_is_refused_even_when_right_and_runs_no_bcrypt,
     failed_logins_from_one_address_limit_it_for_every_account,
     right_passwords_do_not_count,
+    right_passwords_at_once_are_not_refused,
     two_replicas_on_one_database_share_the_count,
     login_works_again_after_the_window,
     wrong_service_secrets_are_limited_per_address,
