@@ -127,8 +127,8 @@ enum Scenario {
     /// The same load through SagaOrchestrator.SendMessage (stub email sender); limit:
     /// direct sends.
     Saga,
-    /// S streams on one chat, one sender: send→arrival per stream and deliveries per
-    /// second; limit: raw NATS fan-out to S subscriptions.
+    /// S streams on one chat, `--fanout-senders` senders into it: send→arrival per stream
+    /// and deliveries per second; limit: raw NATS fan-out to S subscriptions.
     Fanout,
     /// N clients opening a Connect stream on a chat of 20 messages until HistoryEnd, over
     /// and over: streams opened per second and the time to HistoryEnd.
