@@ -10,7 +10,7 @@
 //! | `NATS_URL` | `nats://127.0.0.1:4222` | NATS server; `nats://user:password@host:4222` (percent-encoded) logs in as that user ([`chat_common::nats`]) |
 //! | `NATS_SUBJECT_PREFIX` | `chat` | events go to `<prefix>.<chat_id>.<kind>`; typing and presence, never stored, to `<prefix>_live.<chat_id>.<kind>` (core NATS, outside the stream) |
 //! | `NATS_STREAM` | `CHAT_EVENTS` | JetStream stream that keeps events for the notifier; `off` publishes on core NATS only |
-//! | `NATS_STREAM_REPLICAS`, `NATS_STREAM_MAX_BYTES`, `NATS_STREAM_MAX_AGE` | `1`, `-1`, `7d` | the stream's copies and limits ([`chat_common::event_stream`]); an existing stream is updated to them |
+//! | `NATS_STREAM_REPLICAS`, `NATS_STREAM_MAX_BYTES`, `NATS_STREAM_MAX_AGE` | `1`, `-1`, `7d` | the stream's copies and limits ([`chat_events::stream`]); an existing stream is updated to them |
 //! | `AUTH_URL` | `http://127.0.0.1:50051` | AuthService, for public keys and user lookups |
 //! | `SERVICE_SECRET` (or `_FILE`) | required for `CreateChat` | shared secret for this service's service token |
 //! | `STREAM_BUFFER` | `1024` | events buffered per stream before a slow stream is cut off |
@@ -32,13 +32,11 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use chat_common::{
-    config::{
-        secs, vars, Database, Env, Listen, Nats, ServiceSecret, Upstream, NATS_DEFAULTS,
-        UPSTREAM_DEFAULTS,
-    },
-    event_stream::StreamSettings,
+use chat_common::config::{
+    secs, vars, Database, Env, Listen, Nats, ServiceSecret, Upstream, NATS_DEFAULTS,
+    UPSTREAM_DEFAULTS,
 };
+use chat_events::{stream, StreamSettings};
 use serde::Deserialize;
 
 use crate::preview::PreviewConfig;
@@ -55,7 +53,7 @@ const SECTION_DEFAULTS: &[(&str, &str)] = &[
 
 /// The defaults of [`Settings`], as the module's table gives them.
 const SETTINGS_DEFAULTS: &[(&str, &str)] = &[
-    (vars::NATS_STREAM, "CHAT_EVENTS"),
+    (vars::NATS_STREAM, stream::DEFAULT_NAME),
     (vars::STREAM_BUFFER, "1024"),
     (vars::CATCH_UP_INTERVAL_SECS, "5"),
     (vars::MESSAGE_EDIT_WINDOW_SECS, "900"),

@@ -18,7 +18,9 @@ use std::{sync::Arc, time::Duration};
 
 use chat_common::Shutdown;
 
-use crate::{directory::Directory, events::EventBus, members, outbox::Outbox, store::ChatStore};
+use chat_events::EventBus;
+
+use crate::{directory::Directory, members, outbox::Outbox, store::ChatStore};
 
 /// Deletions read per call.
 const PAGE: i32 = 100;

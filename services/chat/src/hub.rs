@@ -45,11 +45,11 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
 use chat_common::{trace, Shutdown};
+use chat_events::{process_span, ChatEvent, Envelope, EventBus, EventStream};
 
 use crate::{
     convert::message_to_pb,
     domain::ChatId,
-    events::{process_span, ChatEvent, Envelope, EventBus, EventStream},
     presence::{LiveEvent, Presence, PresenceSettings, Query, Roster},
     store::ChatStore,
 };

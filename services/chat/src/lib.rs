@@ -13,9 +13,7 @@ mod deletions;
 pub mod directory;
 pub mod domain;
 pub mod error;
-pub mod events;
 pub mod hub;
-pub mod live;
 mod members;
 pub mod outbox;
 pub mod presence;
@@ -36,6 +34,7 @@ use chat_common::{
     service_token::ServiceCredential,
     Shutdown, TokenVerifier,
 };
+use chat_events::{EventBus, NatsBus};
 use grpc_chat_proto::auth::v1::auth_service_client::AuthServiceClient;
 use grpc_chat_proto::chat::v1::chat_service_server::ChatServiceServer;
 
@@ -52,7 +51,7 @@ pub struct Application {
 /// What the chat service is served with besides its configuration.
 pub struct Deps {
     /// Where events go and come from: NATS ([`nats_bus`]) or in-process.
-    pub bus: Arc<dyn events::EventBus>,
+    pub bus: Arc<dyn EventBus>,
     /// AuthService, for this service's token and resolving members.
     pub auth: AuthServiceClient<TracedChannel>,
     /// Checks every call's token.
@@ -75,7 +74,7 @@ pub async fn parts(config: &Config, deps: Deps) -> anyhow::Result<Parts> {
 /// binary and the all-in-one `chat-server` both run.
 pub async fn build_api(
     config: &Config,
-    bus: Arc<dyn events::EventBus>,
+    bus: Arc<dyn EventBus>,
     auth: AuthServiceClient<TracedChannel>,
     shutdown: Shutdown,
 ) -> anyhow::Result<ChatApi> {
@@ -112,9 +111,9 @@ pub async fn build_api(
 }
 
 /// The NATS bus `config` names.
-pub async fn nats_bus(config: &Config) -> anyhow::Result<Arc<dyn events::EventBus>> {
+pub async fn nats_bus(config: &Config) -> anyhow::Result<Arc<dyn EventBus>> {
     Ok(Arc::new(
-        events::NatsBus::connect(
+        NatsBus::connect(
             &config.nats.url,
             &config.nats.subject_prefix,
             config

@@ -2,10 +2,11 @@
 //! the account-deletion sweeper (`deletions.rs`), which removes a deleted user from every
 //! chat the same way, so that their streams end and others see them go.
 
+use chat_events::{ChatEvent, EventBus};
+
 use crate::{
     domain::ChatId,
     error::ChatError,
-    events::{ChatEvent, EventBus},
     outbox::Outbox,
     store::{ChatStore, Removed},
 };

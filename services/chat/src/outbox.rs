@@ -26,11 +26,11 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::mpsc;
 
 use chat_common::Shutdown;
+use chat_events::{ChatEvent, EventBus, Handled};
 
 use crate::{
     convert::{member_to_pb, message_to_pb, preview_to_pb},
     domain::ChatId,
-    events::{ChatEvent, EventBus, Handled},
     store::{ChatStore, EventId, EventKind, OutboxEvent},
 };
 
@@ -87,10 +87,7 @@ impl Outbox {
             // Gone only when the service stops: the row is published again at the next start.
             let _ = self.published.send(id);
         } else {
-            let handled = Handled {
-                tx: self.published.clone(),
-                id,
-            };
+            let handled = Handled::new(self.published.clone(), id);
             self.bus.publish_handled(event, handled).await?;
         }
         Ok(())

@@ -1,7 +1,7 @@
 //! Typing and presence: the chat's ephemeral events, never stored.
 //!
 //! Both travel on the bus beside the stored events but outside their subjects (see
-//! `events.rs`: `<prefix>_live.<chat_id>.<kind>` on NATS, core publish only), so the
+//! [`chat_events::subject`]: `<prefix>_live.<chat_id>.<kind>` on NATS, core publish only), so the
 //! JetStream stream never keeps them, the notifier never reads them and a stream that
 //! resumes never replays them.
 //!
@@ -51,8 +51,8 @@ use tokio::{
 use chat_common::Shutdown;
 use grpc_chat_proto::chat::v1 as pb;
 
-use crate::events::{ChatEvent, EventBus};
-pub use crate::live::{Beat, LiveEvent, Query};
+pub use chat_events::live::{Beat, LiveEvent, Query};
+use chat_events::{ChatEvent, EventBus};
 
 /// How long a stream waits at most for its user's beat to go out before its snapshot.
 pub const ANNOUNCE_WAIT: Duration = Duration::from_secs(1);

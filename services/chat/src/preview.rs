@@ -26,9 +26,9 @@ use chat_common::{
 use link_preview::{find_url, HostPattern, Previewer, Settings};
 use serde::Deserialize;
 
-use crate::{
-    convert::preview_to_pb, domain::ChatId, events::ChatEvent, outbox::Outbox, store::ChatStore,
-};
+use chat_events::ChatEvent;
+
+use crate::{convert::preview_to_pb, domain::ChatId, outbox::Outbox, store::ChatStore};
 
 /// How previews are made, when they are on.
 #[derive(Debug, Clone)]

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use chat_common::{error::invalid_field, Caller, Shutdown};
+use chat_events::ChatEvent;
 use grpc_chat_proto::chat::v1::{self as pb, chat_service_server::ChatService};
 
 use crate::{
@@ -18,7 +19,6 @@ use crate::{
     directory::Directory,
     domain::{self, page_size, ChatId, IdempotencyKey, MessageText, Title},
     error::ChatError,
-    events::ChatEvent,
     hub::Hub,
     members,
     outbox::Outbox,

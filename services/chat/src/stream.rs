@@ -17,6 +17,7 @@ use chat_common::{
     error::{reasons, with_reason},
     Shutdown,
 };
+use chat_events::ChatEvent;
 use futures::Stream;
 use grpc_chat_proto::chat::v1::{self as pb, connect_response::Event};
 use tonic::{Code, Status};
@@ -24,7 +25,6 @@ use tonic::{Code, Status};
 use crate::{
     convert::message_to_pb,
     domain::ChatId,
-    events::ChatEvent,
     hub::{Ended, Subscription},
     presence::{self, Presence},
     store::{ChatStore, MessageRecord},

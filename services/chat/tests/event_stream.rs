@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
-use chat_common::event_stream::StreamSettings;
+use chat_events::StreamSettings;
 use chat_testkit::{nats_url, spawn_chat};
 use support::*;
 

@@ -6,11 +6,8 @@
 
 use std::time::Duration;
 
-use chat_common::event_stream::StreamSettings;
-use chat_service::{
-    events::{ChatEvent, EventBus, NatsBus},
-    presence::LiveEvent,
-};
+use chat_events::{ChatEvent, EventBus, NatsBus, StreamSettings};
+use chat_service::presence::LiveEvent;
 use chat_testkit::PrivateNats;
 use futures::StreamExt;
 use grpc_chat_proto::chat::v1::Typing;
@@ -161,7 +158,7 @@ async fn notification_reads_and_acknowledges_the_stream_with_its_permissions() {
     let js = jetstream::new(client);
     let stream = tokio::time::timeout(
         Duration::from_secs(10),
-        chat_common::event_stream::ensure(&js, "CHAT_EVENTS", "chat", &settings),
+        chat_events::stream::ensure(&js, "CHAT_EVENTS", "chat", &settings),
     )
     .await
     .expect("in time")

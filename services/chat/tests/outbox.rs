@@ -6,7 +6,7 @@ mod support;
 
 use std::{net::SocketAddr, time::Duration};
 
-use chat_service::events::ChatEvent;
+use chat_events::ChatEvent;
 use chat_testkit::{spawn_chat, TcpProxy};
 use futures::StreamExt;
 use grpc_chat_proto::chat::v1::{self as pb, connect_response::Event};

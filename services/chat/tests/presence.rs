@@ -8,10 +8,8 @@ use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream;
 use chat_common::Shutdown;
-use chat_service::{
-    events::{EventBus, LocalBus},
-    presence::Beat,
-};
+use chat_events::{EventBus, LocalBus};
+use chat_service::presence::Beat;
 use chat_testkit::{channel, nats_url, spawn_chat, TestChat, TestUser};
 use grpc_chat_proto::auth::v1::auth_service_client::AuthServiceClient;
 use grpc_chat_proto::chat::v1::{

@@ -13,9 +13,9 @@ use std::{
 
 use async_trait::async_trait;
 use chat_common::Shutdown;
+use chat_events::{ChatEvent, EventBus, LocalBus};
 use chat_service::{
     domain::{ChatId, IdempotencyKey, MessageText, Title},
-    events::{ChatEvent, EventBus, LocalBus},
     hub::{Ended, Hub, Subscription},
     store::{
         self, Added, ChatCursor, ChatRecord, ChatStore, Deleted, Edited, EventId, Inserted,

@@ -1,7 +1,8 @@
 //! What every grpc-chat service really shares, written once: reading configuration from the
 //! environment, telemetry and the trace context that crosses services, the access-token
 //! check, the service credential for internal calls, serving with health and reflection,
-//! graceful shutdown, the one definition of the JetStream events stream, and the mapping of internal errors to a status that leaks nothing.
+//! graceful shutdown, and the mapping of internal errors to a status that leaks nothing.
+//! (The chat events and their JetStream stream are the `chat-events` crate's.)
 
 #![warn(missing_docs)]
 
@@ -13,7 +14,6 @@ pub mod convert;
 pub mod db;
 pub mod domain;
 pub mod error;
-pub mod event_stream;
 pub mod guard;
 pub mod metrics;
 pub mod nats;

@@ -10,7 +10,7 @@
 //! | `NATS_URL` | `nats://127.0.0.1:4222` | NATS server; `nats://user:password@host:4222` (percent-encoded) logs in as that user ([`chat_common::nats`]) |
 //! | `NATS_SUBJECT_PREFIX` | `chat` | chat events are `<prefix>.<chat_id>.<kind>` |
 //! | `NATS_STREAM` | `CHAT_EVENTS` | the JetStream stream chat-service publishes into |
-//! | `NATS_STREAM_REPLICAS`, `NATS_STREAM_MAX_BYTES`, `NATS_STREAM_MAX_AGE` | `1`, `-1`, `7d` | the stream's copies and limits ([`chat_common::event_stream`]): set them as for chat-service |
+//! | `NATS_STREAM_REPLICAS`, `NATS_STREAM_MAX_BYTES`, `NATS_STREAM_MAX_AGE` | `1`, `-1`, `7d` | the stream's copies and limits ([`chat_events::stream`]): set them as for chat-service |
 //! | `NATS_CONSUMER` | `notification` | durable consumer shared by every replica |
 //! | `NATS_ACK_WAIT_SECS` | `60` | an unacknowledged event is redelivered after this |
 //! | `AUTH_URL` | `http://127.0.0.1:50051` | AuthService: keys, service token, emails |
@@ -31,13 +31,11 @@
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use chat_common::{
-    config::{
-        millis, secs, vars, Database, Env, Listen, Nats, ServiceSecret, Upstream, NATS_DEFAULTS,
-        UPSTREAM_DEFAULTS,
-    },
-    event_stream::StreamSettings,
+use chat_common::config::{
+    millis, secs, vars, Database, Env, Listen, Nats, ServiceSecret, Upstream, NATS_DEFAULTS,
+    UPSTREAM_DEFAULTS,
 };
+use chat_events::{stream, StreamSettings};
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -54,7 +52,7 @@ const SECTION_DEFAULTS: &[(&str, &str)] = &[
 /// The defaults of [`Settings`], as the module's table gives them (`SMTP_PORT`'s depends on
 /// `SMTP_TLS`).
 const SETTINGS_DEFAULTS: &[(&str, &str)] = &[
-    (vars::NATS_STREAM, "CHAT_EVENTS"),
+    (vars::NATS_STREAM, stream::DEFAULT_NAME),
     (vars::NATS_CONSUMER, "notification"),
     (vars::NATS_ACK_WAIT_SECS, "60"),
     (vars::EMAIL_SENDER, "smtp"),

@@ -1,122 +1,103 @@
-//! The JetStream side: a durable pull consumer on chat-service's event stream, filtered to
-//! `<prefix>.*.message_created`, shared by every replica under one name, so JetStream hands
-//! each event to one replica at a time. Events are acknowledged only after their emails
-//! are settled; an event whose processing failed (chat or auth unreachable) is nak'ed with a
-//! delay and comes back, and one whose replica died comes back after `ack_wait`. Events
-//! published while no replica runs wait in the stream. Duplicates that redelivery may cause
-//! are absorbed by the delivery records (see `notifier.rs`).
+//! The JetStream [`EventSource`]: a durable pull consumer on chat-service's event stream,
+//! filtered to `<prefix>.*.message_created`, shared by every replica under one name, so
+//! JetStream hands each event to one replica at a time. Events are acknowledged only after
+//! their emails are settled; an event whose processing failed (chat or auth unreachable)
+//! is nak'ed with a delay and comes back, and one whose replica died comes back after
+//! `ack_wait`. Events published while no replica runs wait in the stream.
 //!
-//! Handling an event is a span continuing the trace whose context the event carries in its
-//! headers: the emails of a message sent through the saga are part of the saga's trace.
+//! The trace context an event carries in its headers is read here, so that the emails of
+//! a message sent through the saga are part of the saga's trace.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
-use anyhow::Context;
 use async_nats::jetstream::{
     self,
     consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer},
     AckKind,
 };
+use async_trait::async_trait;
 use futures::StreamExt;
-use tokio::sync::Semaphore;
-use tracing::Instrument;
 
-use chat_common::{
-    config::Nats,
-    event_stream,
-    trace::{self, Parent},
-    Shutdown,
+use chat_common::{config::Nats, Shutdown};
+use chat_events::{stream, subject, Envelope};
+
+use crate::{
+    config::Settings,
+    source::{Delivery, Done, EventSource, Retry, Settle, RETRY_DELAY},
 };
-use chat_service::events::{process_span, ChatEvent};
 
-use crate::{config::Settings, error::NotificationError, notifier::Notifier};
+/// The events of the shared durable consumer, pulled as the loop asks for them.
+pub struct JetStreamSource {
+    consumer: PullConsumer,
+    /// The open pull; reopened after it ends or fails.
+    messages: Option<pull::Stream>,
+}
 
-/// Events processed at once by one replica.
-pub(crate) const CONCURRENCY: usize = 32;
-/// How long a failed event waits before it is redelivered.
-pub(crate) const RETRY_DELAY: Duration = Duration::from_secs(2);
-/// How long a stop waits for the events being handled: an email on its way is recorded,
-/// a retry waiting for its next try gives its claim back, and the event is settled
-/// (acknowledged, or left to come again) before the process exits.
-pub(crate) const DRAIN: Duration = Duration::from_secs(5);
+impl JetStreamSource {
+    /// Connects to the NATS server `nats` names and makes sure the stream and the durable
+    /// consumer of `config` exist.
+    pub async fn connect(nats: &Nats, config: &Settings) -> anyhow::Result<Self> {
+        let client = chat_events::nats::connect(&nats.url, async_nats::ConnectOptions::new());
+        let js = jetstream::new(client.await?);
+        // chat-service creates the stream too; whichever starts first makes it, from the one
+        // shared definition, so the notifier never misses events published before it first
+        // ran.
+        let stream = stream::ensure(
+            &js,
+            &config.nats_stream,
+            &nats.subject_prefix,
+            &config.nats_stream_settings,
+        )
+        .await?;
+        let consumer = stream
+            .get_or_create_consumer(
+                &config.nats_consumer,
+                pull::Config {
+                    durable_name: Some(config.nats_consumer.clone()),
+                    filter_subject: subject::new_messages(&nats.subject_prefix),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: config.ack_wait,
+                    deliver_policy: DeliverPolicy::All,
+                    max_ack_pending: 1000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("creating consumer {}: {e}", config.nats_consumer))?;
+        Ok(Self {
+            consumer,
+            messages: None,
+        })
+    }
 
-/// Waits, up to [`DRAIN`], until every handler has given its permit back.
-pub(crate) async fn drain(permits: &Semaphore) {
-    if tokio::time::timeout(DRAIN, permits.acquire_many(CONCURRENCY as u32))
-        .await
-        .is_err()
-    {
-        tracing::warn!("events still being handled at exit; they come again");
+    /// The open pull, opened when there is none; `None` at shutdown.
+    async fn pull(&mut self, shutdown: &Shutdown) -> Option<&mut pull::Stream> {
+        while self.messages.is_none() {
+            if shutdown.is_triggered() {
+                return None;
+            }
+            match self.consumer.messages().await {
+                Ok(m) => self.messages = Some(m),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot pull events, retrying");
+                    tokio::select! {
+                        _ = shutdown.wait() => return None,
+                        _ = tokio::time::sleep(RETRY_DELAY) => {}
+                    }
+                }
+            }
+        }
+        self.messages.as_mut()
     }
 }
 
-/// Connects to the NATS server `nats` names and makes sure the stream and the durable
-/// consumer of `config` exist.
-pub async fn connect(nats: &Nats, config: &Settings) -> anyhow::Result<PullConsumer> {
-    let address = chat_common::nats::NatsAddress::parse(&nats.url);
-    let client = address
-        .apply(async_nats::ConnectOptions::new())
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(address.url.as_str())
-        .await
-        .with_context(|| format!("connecting to NATS at {}", address.url))?;
-    let js = jetstream::new(client);
-    // chat-service creates the stream too; whichever starts first makes it, from the one
-    // shared definition, so the notifier never misses events published before it first ran.
-    let stream = event_stream::ensure(
-        &js,
-        &config.nats_stream,
-        &nats.subject_prefix,
-        &config.nats_stream_settings,
-    )
-    .await?;
-    let consumer = stream
-        .get_or_create_consumer(
-            &config.nats_consumer,
-            pull::Config {
-                durable_name: Some(config.nats_consumer.clone()),
-                filter_subject: format!("{}.*.message_created", nats.subject_prefix),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: config.ack_wait,
-                deliver_policy: DeliverPolicy::All,
-                max_ack_pending: 1000,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("creating consumer {}: {e}", config.nats_consumer))?;
-    Ok(consumer)
-}
-
-/// Pulls and handles events until `shutdown`, then lets the events being handled settle
-/// (see [`DRAIN`]); reopens the pull after errors.
-pub async fn run(consumer: PullConsumer, notifier: Notifier, shutdown: Shutdown) {
-    let permits = Arc::new(Semaphore::new(CONCURRENCY));
-    pull(consumer, notifier, &shutdown, &permits).await;
-    drain(&permits).await;
-}
-
-async fn pull(
-    consumer: PullConsumer,
-    notifier: Notifier,
-    shutdown: &Shutdown,
-    permits: &Arc<Semaphore>,
-) {
-    while !shutdown.is_triggered() {
-        let mut messages = match consumer.messages().await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot pull events, retrying");
-                tokio::select! {
-                    _ = shutdown.wait() => return,
-                    _ = tokio::time::sleep(RETRY_DELAY) => continue,
-                }
-            }
-        };
+#[async_trait]
+impl EventSource for JetStreamSource {
+    async fn next(&mut self, shutdown: &Shutdown) -> Option<Delivery> {
         loop {
+            let messages = self.pull(shutdown).await?;
             let next = tokio::select! {
-                _ = shutdown.wait() => return,
+                _ = shutdown.wait() => return None,
                 next = messages.next() => next,
             };
             let msg = match next {
@@ -125,59 +106,47 @@ async fn pull(
                     tracing::warn!(error = %e, "pulling events failed");
                     continue;
                 }
-                None => break,
+                None => {
+                    self.messages = None;
+                    continue;
+                }
             };
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
-            };
-            let notifier = notifier.clone();
-            notifier.clone().spawn(async move {
-                handle(&notifier, msg).await;
-                drop(permit);
-            });
+            match Envelope::from_nats(&msg) {
+                Ok(envelope) => {
+                    return Some(Delivery {
+                        event: envelope.event,
+                        parent: envelope.parent,
+                        settle: Box::new(Acker(msg)),
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(subject = %msg.subject, error = %e, "dropping a malformed event");
+                    Acker(msg).ack(AckKind::Term).await;
+                }
+            }
         }
     }
 }
 
-async fn handle(notifier: &Notifier, msg: jetstream::Message) {
-    let ack = match ChatEvent::decode(&msg.payload) {
-        Ok(ChatEvent::MessageCreated(m)) => {
-            let parent =
-                Parent::extract(|name| msg.headers.as_ref()?.get(name).map(|v| v.as_str()));
-            let span = process_span("process", &m, &parent);
-            let notified = notifier.notify(&m).instrument(span.clone()).await;
-            let _entered = span.enter();
-            match notified {
-                Ok(()) => AckKind::Ack,
-                Err(e) if e.is_final() => {
-                    tracing::info!(chat_id = m.chat_id, seq = m.seq, error = %e, "nothing to notify");
-                    AckKind::Ack
-                }
-                Err(NotificationError::Held(e)) => {
-                    tracing::debug!(chat_id = m.chat_id, seq = m.seq, reason = %e,
-                        "emails held elsewhere; the event comes again");
-                    AckKind::Nak(Some(RETRY_DELAY))
-                }
-                Err(NotificationError::Unavailable(e)) => {
-                    trace::record_error(&span, &e);
-                    tracing::warn!(chat_id = m.chat_id, seq = m.seq, error = %e, "event will be retried");
-                    AckKind::Nak(Some(RETRY_DELAY))
-                }
-                Err(e) => {
-                    trace::record_error(&span, &e);
-                    tracing::error!(chat_id = m.chat_id, seq = m.seq, error = ?e, "event will be retried");
-                    AckKind::Nak(Some(RETRY_DELAY))
-                }
-            }
+/// A pulled message, settled by acknowledging it to JetStream.
+struct Acker(jetstream::Message);
+
+impl Acker {
+    async fn ack(self, kind: AckKind) {
+        if let Err(e) = self.0.ack_with(kind).await {
+            tracing::warn!(error = %e, "acknowledging an event failed; it will be redelivered");
         }
-        // Another kind on a filtered subject: nothing to email.
-        Ok(_) => AckKind::Ack,
-        Err(e) => {
-            tracing::warn!(subject = %msg.subject, error = %e, "dropping a malformed event");
-            AckKind::Term
-        }
-    };
-    if let Err(e) = msg.ack_with(ack).await {
-        tracing::warn!(error = %e, "acknowledging an event failed; it will be redelivered");
+    }
+}
+
+#[async_trait]
+impl Settle for Acker {
+    async fn done(self: Box<Self>, _: Done) {
+        self.ack(AckKind::Ack).await;
+    }
+
+    async fn failed(self: Box<Self>, delay: Duration) -> Retry {
+        self.ack(AckKind::Nak(Some(delay))).await;
+        Retry::Redelivered
     }
 }

@@ -2,8 +2,10 @@
 //! new message, once per recipient however many replicas run and however often an event is
 //! redelivered, and tells the saga orchestrator whether a message's emails went out.
 //!
-//! Events arrive through a JetStream durable consumer (`consumer.rs`); the saga can also ask
-//! for a message directly (`service.rs`); both go through the same [`notifier::Notifier`],
+//! Events arrive through an [`EventSource`] (`source.rs`): the JetStream durable consumer
+//! (`consumer.rs`), or the in-process bus's tap in `chat-server` (`local.rs`), both handled
+//! by one loop. The saga can also ask for a message directly (`service.rs`); both paths go
+//! through the same [`notifier::Notifier`],
 //! which records deliveries in this service's own database (`store`) and sends through an
 //! [`email::EmailSender`]. [`parts`] assembles it for serving, for the split binary
 //! ([`Application::build`], which the tests use too) and the all-in-one `chat-server` alike.
@@ -17,12 +19,12 @@ pub mod error;
 pub mod local;
 pub mod notifier;
 pub mod service;
+pub mod source;
 pub mod store;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use async_nats::jetstream::consumer::PullConsumer;
-use tokio::{net::TcpListener, sync::mpsc};
+use tokio::net::TcpListener;
 use tonic::{codegen::InterceptedService, service::Interceptor};
 
 use chat_common::{
@@ -31,15 +33,17 @@ use chat_common::{
     service_token::ServiceCredential,
     Shutdown, TokenVerifier,
 };
-use chat_service::events::Envelope;
 use grpc_chat_proto::auth::v1::auth_service_client::AuthServiceClient;
 use grpc_chat_proto::chat::v1::chat_service_client::ChatServiceClient;
 use grpc_chat_proto::notification::v1::notification_service_server::NotificationServiceServer;
 
 pub use config::{Config, EmailConfig};
+pub use consumer::JetStreamSource;
 use email::{smtp::SmtpEmailSender, EmailSender, StubEmailSender};
+pub use local::LocalSource;
 pub use notifier::Notifier;
 pub use service::NotificationApi;
+pub use source::EventSource;
 
 /// The sender `config` asks for.
 pub fn email_sender(config: &EmailConfig) -> anyhow::Result<Arc<dyn EmailSender>> {
@@ -52,14 +56,6 @@ pub fn email_sender(config: &EmailConfig) -> anyhow::Result<Arc<dyn EmailSender>
     })
 }
 
-/// Where the notifier's events come from.
-pub enum EventSource {
-    /// The JetStream durable consumer shared by every replica ([`consumer::connect`]).
-    JetStream(Box<PullConsumer>),
-    /// An in-process bus's tap (`chat-server` without NATS).
-    Local(mpsc::Receiver<Envelope>),
-}
-
 /// What the notification service is served with besides its configuration.
 pub struct Deps {
     /// Delivers the emails ([`email_sender`] makes the configured one).
@@ -70,8 +66,9 @@ pub struct Deps {
     pub chat: ChatServiceClient<TracedChannel>,
     /// Checks every call's token.
     pub verifier: TokenVerifier,
-    /// The chat events to notify about.
-    pub events: EventSource,
+    /// The chat events to notify about: a [`JetStreamSource`], or a [`LocalSource`] on
+    /// an in-process bus's tap (`chat-server` without NATS).
+    pub events: Box<dyn EventSource>,
     /// Stops the event loop and the email sweeper.
     pub shutdown: Shutdown,
 }
@@ -85,12 +82,7 @@ pub async fn parts(config: &Config, deps: Deps) -> anyhow::Result<Parts> {
     let notifier =
         build_notifier(config, deps.sender, deps.auth, deps.chat, shutdown.clone()).await?;
     let handler = notifier.clone();
-    let events = async move {
-        match deps.events {
-            EventSource::JetStream(consumer) => consumer::run(*consumer, handler, shutdown).await,
-            EventSource::Local(tap) => local::run(tap, handler, shutdown).await,
-        }
-    };
+    let events = source::run(deps.events, handler, shutdown);
     let url = &config.database.url;
     Ok(Parts::new()
         .service(grpc_service(notifier, &deps.verifier, url), url)
@@ -121,13 +113,13 @@ impl Application {
         let auth = AuthServiceClient::new(lazy_channel(&config.upstream.auth_url)?);
         let chat = ChatServiceClient::new(lazy_channel(&config.upstream.chat_url)?);
         let verifier = verifier_from_auth(&auth, &shutdown).await?;
-        let consumer = consumer::connect(&config.nats, &config.settings).await?;
+        let events = JetStreamSource::connect(&config.nats, &config.settings).await?;
         let deps = Deps {
             sender,
             auth,
             chat,
             verifier,
-            events: EventSource::JetStream(Box::new(consumer)),
+            events: Box::new(events),
             shutdown,
         };
         let parts = parts(&config, deps).await?;

@@ -1,106 +1,72 @@
-//! The in-process event source of the all-in-one `chat-server`: chat-service's `LocalBus`
-//! hands every event to this task through a bounded channel, in place of the JetStream
-//! consumer. Handling is the same as `consumer.rs` (same notifier, same delivery records,
-//! same retry on a transient failure). The tap itself is memory only, so each event comes
-//! with a [`Handled`](chat_service::events::Handled) that is reported once the event is
-//! handled: until then the chat service keeps its outbox row, and an event still queued
-//! (or being retried) when the process stops is published again at the next start.
+//! The in-process [`EventSource`] of the all-in-one `chat-server`: the `LocalBus` hands
+//! every event to this source through a bounded channel, in place of the JetStream
+//! consumer. The tap is memory only, so it cannot take an event back: the loop retries a
+//! failed event itself ([`Retry::Here`]), and each event comes with a
+//! [`Handled`](chat_events::Handled) that is reported once the event is done with. Until
+//! then the chat service keeps its outbox row, and an event still queued (or being
+//! retried) when the process stops is published again at the next start.
 
-use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::{mpsc, Semaphore};
-use tracing::Instrument;
+use async_trait::async_trait;
+use tokio::sync::mpsc;
 
-use chat_common::{trace, Shutdown};
-use chat_service::events::{process_span, ChatEvent, Envelope};
+use chat_common::Shutdown;
+use chat_events::{Envelope, Handled};
 
-use crate::{
-    consumer::{drain, CONCURRENCY, RETRY_DELAY},
-    notifier::Notifier,
-};
+use crate::source::{Delivery, Done, EventSource, Retry, Settle};
 
-/// Handles events from `events` until `shutdown` or until the bus is gone, then lets the
-/// events being handled settle (see [`DRAIN`](crate::consumer::DRAIN)).
-pub async fn run(events: mpsc::Receiver<Envelope>, notifier: Notifier, shutdown: Shutdown) {
-    let permits = Arc::new(Semaphore::new(CONCURRENCY));
-    receive(events, notifier, shutdown, &permits).await;
-    drain(&permits).await;
+/// The events of an in-process bus's tap (`LocalBus::with_tap`).
+pub struct LocalSource {
+    tap: mpsc::Receiver<Envelope>,
 }
 
-async fn receive(
-    mut events: mpsc::Receiver<Envelope>,
-    notifier: Notifier,
+impl LocalSource {
+    /// The source reading `tap`.
+    pub fn new(tap: mpsc::Receiver<Envelope>) -> Self {
+        Self { tap }
+    }
+}
+
+#[async_trait]
+impl EventSource for LocalSource {
+    async fn next(&mut self, shutdown: &Shutdown) -> Option<Delivery> {
+        let envelope = tokio::select! {
+            _ = shutdown.wait() => return None,
+            envelope = self.tap.recv() => envelope?,
+        };
+        Some(Delivery {
+            event: envelope.event,
+            parent: envelope.parent,
+            settle: Box::new(Report {
+                handled: envelope.handled,
+                shutdown: shutdown.clone(),
+            }),
+        })
+    }
+}
+
+/// Reports an event handled to the outbox that keeps its row.
+struct Report {
+    handled: Option<Handled>,
+    /// A notify that ends while this is triggered may have been cut short: not reported.
     shutdown: Shutdown,
-    permits: &Arc<Semaphore>,
-) {
-    loop {
-        let event = tokio::select! {
-            _ = shutdown.wait() => return,
-            event = events.recv() => event,
-        };
-        let Some(envelope) = event else {
+}
+
+#[async_trait]
+impl Settle for Report {
+    async fn done(self: Box<Self>, done: Done) {
+        // A notify cut short by the shutdown is not done: the event comes again at the
+        // next start.
+        if done == Done::Notified && self.shutdown.is_triggered() {
             return;
-        };
-        let Envelope {
-            event: ChatEvent::MessageCreated(message),
-            parent,
-            handled,
-        } = envelope
-        else {
-            // Nothing to email about.
-            if let Some(handled) = envelope.handled {
-                handled.done();
-            }
-            continue;
-        };
-        // The handling continues the trace of the send that published the event.
-        let span = process_span("process", &message, &parent);
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let (notifier, shutdown) = (notifier.clone(), shutdown.clone());
-        shutdown.clone().spawn(
-            async move {
-                loop {
-                    match notifier.notify(&message).await {
-                        Ok(()) => {
-                            // A notify cut short by the shutdown is not done: the event
-                            // comes again at the next start.
-                            if let Some(handled) = handled.filter(|_| !shutdown.is_triggered()) {
-                                handled.done();
-                            }
-                            break;
-                        }
-                        Err(e) if e.is_final() => {
-                            tracing::info!(chat_id = message.chat_id, seq = message.seq, error = %e,
-                            "nothing to notify");
-                            if let Some(handled) = handled {
-                                handled.done();
-                            }
-                            break;
-                        }
-                        Err(e) if !e.is_failure() => {
-                            tracing::debug!(
-                                chat_id = message.chat_id, seq = message.seq, reason = %e,
-                                "emails held elsewhere; checking again later"
-                            )
-                        }
-                        Err(e) => {
-                            trace::record_error(&tracing::Span::current(), &e);
-                            tracing::warn!(
-                                chat_id = message.chat_id, seq = message.seq, error = %e,
-                                "notifying failed; retrying"
-                            )
-                        }
-                    }
-                    tokio::select! {
-                        _ = shutdown.wait() => break,
-                        _ = tokio::time::sleep(RETRY_DELAY) => {}
-                    }
-                }
-                drop(permit);
-            }
-            .instrument(span),
-        );
+        }
+        if let Some(handled) = self.handled {
+            handled.done();
+        }
+    }
+
+    async fn failed(self: Box<Self>, _: Duration) -> Retry {
+        Retry::Here(self)
     }
 }

@@ -1,5 +1,5 @@
-//! The delivery logic, shared by both ways a message reaches this service: its JetStream
-//! event (`consumer.rs`) and the saga's `NotifyMessage` call (`service.rs`).
+//! The delivery logic, shared by both ways a message reaches this service: its event
+//! (`source.rs`) and the saga's `NotifyMessage` call (`service.rs`).
 //!
 //! Either path first makes sure the message is recorded with its recipients (the members
 //! but the sender, with their emails, looked up through ChatService and AuthService with

@@ -29,11 +29,13 @@ use chat_common::{
     server::{self, Parts},
     Shutdown, TokenVerifier,
 };
-use chat_service::events::{EventBus, LocalBus};
+use chat_events::{EventBus, LocalBus, TAP_CAPACITY};
 use grpc_chat_proto::auth::v1::auth_service_client::AuthServiceClient;
 use grpc_chat_proto::chat::v1::chat_service_client::ChatServiceClient;
 use grpc_chat_proto::notification::v1::notification_service_client::NotificationServiceClient;
-use notification_service::{email::StubEmailSender, EmailConfig, EventSource};
+use notification_service::{
+    email::StubEmailSender, EmailConfig, EventSource, JetStreamSource, LocalSource,
+};
 
 pub use config::{AdminCommand, Args, Command, Config, Storage};
 
@@ -121,7 +123,10 @@ impl Wiring<'_> {
 
     /// ChatService on NATS when `--nats-url` is given, else on the in-process bus; returns
     /// where the notifier's events come from.
-    async fn chat_parts(&self, verifier: &TokenVerifier) -> anyhow::Result<(Parts, EventSource)> {
+    async fn chat_parts(
+        &self,
+        verifier: &TokenVerifier,
+    ) -> anyhow::Result<(Parts, Box<dyn EventSource>)> {
         let config = chat_service::Config {
             listen: self.listen.clone(),
             database: self.database("chat", 20),
@@ -130,16 +135,16 @@ impl Wiring<'_> {
             service_secret: self.service_secret(),
             settings: self.config.chat.clone(),
         };
-        let (bus, events): (Arc<dyn EventBus>, _) = match &self.config.nats_url {
+        let (bus, events): (Arc<dyn EventBus>, Box<dyn EventSource>) = match &self.config.nats_url {
             Some(_) => {
                 let bus = chat_service::nats_bus(&config).await?;
                 let settings = &self.config.notification;
-                let consumer = notification_service::consumer::connect(&config.nats, settings);
-                (bus, EventSource::JetStream(Box::new(consumer.await?)))
+                let source = JetStreamSource::connect(&config.nats, settings);
+                (bus, Box::new(source.await?))
             }
             None => {
-                let (bus, tap) = LocalBus::with_tap(chat_service::events::TAP_CAPACITY);
-                (Arc::new(bus), EventSource::Local(tap))
+                let (bus, tap) = LocalBus::with_tap(TAP_CAPACITY);
+                (Arc::new(bus), Box::new(LocalSource::new(tap)))
             }
         };
         let deps = chat_service::Deps {
@@ -163,7 +168,7 @@ impl Wiring<'_> {
     async fn notification_parts(
         &self,
         verifier: &TokenVerifier,
-        events: EventSource,
+        events: Box<dyn EventSource>,
     ) -> anyhow::Result<Parts> {
         let config = notification_service::Config {
             listen: self.listen.clone(),

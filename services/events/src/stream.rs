@@ -2,8 +2,8 @@
 //!
 //! chat-service publishes into it and notification-service consumes from it; whichever
 //! starts first creates it, so both must want exactly the same stream, or they would undo
-//! each other's settings on every start. Both call [`ensure`] with [`StreamSettings`]
-//! read from the same variables:
+//! each other's settings on every start. Both call [`ensure`] (through [`crate::NatsBus`]
+//! and the notifier's consumer) with [`StreamSettings`] read from the same variables:
 //!
 //! | variable | default | meaning |
 //! | --- | --- | --- |
@@ -23,7 +23,13 @@ use async_nats::jetstream::{self, stream};
 
 use serde::Deserialize;
 
-use crate::config::{vars, Env};
+use chat_common::config::{vars, Env};
+
+use crate::subject;
+
+/// The stream's name unless `NATS_STREAM` names another: the name other tools (the
+/// operator, dashboards) know it by.
+pub const DEFAULT_NAME: &str = "CHAT_EVENTS";
 
 /// The settings of the events stream that are configurable per installation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +115,7 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
 pub fn config(name: &str, prefix: &str, settings: &StreamSettings) -> stream::Config {
     stream::Config {
         name: name.to_owned(),
-        subjects: vec![format!("{prefix}.>")],
+        subjects: vec![subject::all(prefix)],
         max_age: settings.max_age,
         max_bytes: settings.max_bytes,
         num_replicas: settings.replicas,

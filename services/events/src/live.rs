@@ -1,7 +1,8 @@
 //! The ephemeral events of a chat (typing, presence beats and queries, and the online
 //! changes a fan-out makes of them): their types, their payloads on the bus, and what a
-//! stream sends for each. Apart from `presence.rs`, which produces and consumes them, so
-//! that the bus (`events.rs`) can carry them without depending on presence's bookkeeping.
+//! stream sends for each. Apart from chat-service's `presence.rs`, which produces and
+//! consumes them, so that the bus can carry them without depending on presence's
+//! bookkeeping.
 
 use prost::Message as _;
 
@@ -44,7 +45,7 @@ pub enum LiveEvent {
     /// A fan-out asks for beats.
     Query(Query),
     /// A change of the chat's online set, numbered by the fan-out's roster (see
-    /// [`crate::presence::Roster::online`]).
+    /// chat-service's `presence::Roster::online`).
     Changed(u64, pb::Presence),
 }
 
