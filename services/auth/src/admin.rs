@@ -4,7 +4,7 @@
 //! at registration, so nobody can make themselves an administrator.
 
 use anyhow::Context;
-use chat_common::Role;
+use chat_common::{Role, Shutdown};
 
 use crate::{domain::Email, store};
 
@@ -37,7 +37,8 @@ pub async fn set_role(
     email: &str,
 ) -> anyhow::Result<String> {
     let email = Email::parse(email).map_err(|e| anyhow::anyhow!("email {}", e.message))?;
-    let store = store::open(database_url, 1)
+    // A one-shot command: its pool's monitors end with the process.
+    let store = store::open(database_url, 1, &Shutdown::new())
         .await
         .context("opening the users database")?;
     let role = match action {

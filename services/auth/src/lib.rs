@@ -67,10 +67,16 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects to and migrates the database, and binds the listener.
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let store = store::open(&config.database.url, config.database.max_connections).await?;
-        let api = AuthApi::new(store, config.settings.clone()).await?;
+    /// Connects to and migrates the database, and binds the listener; the service's
+    /// background work runs on `shutdown`.
+    pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
+        let store = store::open(
+            &config.database.url,
+            config.database.max_connections,
+            &shutdown,
+        )
+        .await?;
+        let api = AuthApi::new(store, config.settings.clone(), &shutdown).await?;
         let parts = parts(&config, Deps { api: api.clone() }).await?;
         let (listener, addr) = server::bind(config.listen.addr).await?;
         Ok(Self {

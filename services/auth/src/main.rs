@@ -26,7 +26,7 @@ async fn main() -> anyhow::Result<()> {
         Config::from_env,
         |config| async move { auth_service::migrate(&config).await },
         |config, shutdown| async move {
-            Application::build(config)
+            Application::build(config, shutdown.clone())
                 .await?
                 .run_until_stopped(shutdown)
                 .await

@@ -18,7 +18,7 @@ use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use chat_common::{telemetry::spawn_blocking_with_tracing, Caller, Role, TokenVerifier};
+use chat_common::{telemetry::spawn_blocking_with_tracing, Caller, Role, Shutdown, TokenVerifier};
 use grpc_chat_proto::auth::v1::{self as pb, auth_service_server::AuthService};
 
 use crate::{
@@ -64,8 +64,13 @@ struct Inner {
 
 impl AuthApi {
     /// Builds the signer from the settings' keys (failing on a malformed PEM) and starts hashing
-    /// the fallback password in the background; nothing is served yet.
-    pub async fn new(store: Arc<dyn UserStore>, settings: Settings) -> anyhow::Result<Self> {
+    /// the fallback password in the background, on `shutdown`'s tracker (a shutdown before it
+    /// is done abandons it: nothing waits for the hash then); nothing is served yet.
+    pub async fn new(
+        store: Arc<dyn UserStore>,
+        settings: Settings,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<Self> {
         let signer = TokenSigner::new(
             settings.signing_key_pem.as_ref().map(|s| s.expose_secret()),
             settings.previous_public_key_pem.as_slice(),
@@ -92,8 +97,13 @@ impl AuthApi {
             }),
         };
         let warm = api.clone();
-        tokio::spawn(async move {
-            if let Err(e) = warm.fallback_hash().await {
+        let stop = shutdown.clone();
+        shutdown.spawn(async move {
+            let hashed = tokio::select! {
+                _ = stop.wait() => return,
+                hashed = warm.fallback_hash() => hashed,
+            };
+            if let Err(e) = hashed {
                 tracing::warn!(error = %e, "hashing the fallback password failed; retried at login");
             }
         });

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use chat_common::{
     db::{Database, Migrations},
-    Role,
+    Role, Shutdown,
 };
 
 use crate::domain::{Email, RefreshTokenState, Refusal, Username};
@@ -32,13 +32,19 @@ const MIGRATIONS: Migrations = Migrations {
 };
 
 /// The store at `url` (`postgres://...` or `sqlite://...`) with at most `max_connections`,
-/// the database created when missing and migrated.
-pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<Arc<dyn UserStore>> {
-    let store: Arc<dyn UserStore> =
-        match Database::connect(url, MIGRATIONS, max_connections).await? {
-            Database::Postgres(pool) => Arc::new(postgres::PgUserStore::new(pool)),
-            Database::Sqlite(pool) => Arc::new(sqlite::SqliteUserStore::new(pool).await?),
-        };
+/// the database created when missing and migrated; its pool monitors run on `shutdown`.
+pub async fn open(
+    url: &str,
+    max_connections: u32,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Arc<dyn UserStore>> {
+    let store: Arc<dyn UserStore> = match Database::connect(url, MIGRATIONS, max_connections)
+        .await?
+        .monitored(url, shutdown)
+    {
+        Database::Postgres(pool) => Arc::new(postgres::PgUserStore::new(pool)),
+        Database::Sqlite(pool) => Arc::new(sqlite::SqliteUserStore::new(pool).await?),
+    };
     Ok(store)
 }
 

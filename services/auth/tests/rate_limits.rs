@@ -221,20 +221,23 @@ async fn right_passwords_at_once_are_not_refused() {
 
 /// A second auth replica on the database of `app`, with `settings`.
 async fn replica(db_url: &str, settings: Settings) -> (SocketAddr, Shutdown) {
-    let app = auth_service::Application::build(auth_service::Config {
-        listen: chat_common::config::Listen {
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+    let shutdown = Shutdown::new();
+    let app = auth_service::Application::build(
+        auth_service::Config {
+            listen: chat_common::config::Listen {
+                addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            },
+            database: chat_common::config::Database {
+                url: db_url.to_owned(),
+                max_connections: 3,
+            },
+            settings,
         },
-        database: chat_common::config::Database {
-            url: db_url.to_owned(),
-            max_connections: 3,
-        },
-        settings,
-    })
+        shutdown.clone(),
+    )
     .await
     .expect("build the second replica");
     let addr = app.local_addr();
-    let shutdown = Shutdown::new();
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
     (addr, shutdown)
 }
@@ -459,7 +462,9 @@ async fn behind_a_trusted_proxy_the_forwarded_address_is_limited() {
 
 async fn ended_windows_are_pruned() {
     let db = chat_testkit::TestDb::new().await;
-    let store = auth_service::store::open(&db.url, 1).await.expect("store");
+    let store = auth_service::store::open(&db.url, 1, &Shutdown::new())
+        .await
+        .expect("store");
     let t0 = Utc::now();
     let s = chrono::Duration::seconds;
     assert_eq!(

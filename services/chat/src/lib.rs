@@ -78,7 +78,12 @@ pub async fn build_api(
     auth: AuthServiceClient<TracedChannel>,
     shutdown: Shutdown,
 ) -> anyhow::Result<ChatApi> {
-    let store = store::open(&config.database.url, config.database.max_connections).await?;
+    let store = store::open(
+        &config.database.url,
+        config.database.max_connections,
+        &shutdown,
+    )
+    .await?;
     let credential = ServiceCredential::new(
         auth.clone(),
         "chat-service",

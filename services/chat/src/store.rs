@@ -6,7 +6,10 @@
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use chat_common::db::{Database, Migrations};
+use chat_common::{
+    db::{Database, Migrations},
+    Shutdown,
+};
 use chrono::{DateTime, Utc};
 
 use crate::domain::{ChatId, IdempotencyKey, MessageText, Title};
@@ -21,10 +24,18 @@ pub const MIGRATIONS: Migrations = Migrations {
     sqlite: &sqlite::MIGRATOR,
 };
 
-/// The store on `url` (`postgres://` or `sqlite://`), created and migrated when needed.
-pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<Arc<dyn ChatStore>> {
+/// The store on `url` (`postgres://` or `sqlite://`), created and migrated when needed; its pool
+/// monitors run on `shutdown`.
+pub async fn open(
+    url: &str,
+    max_connections: u32,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Arc<dyn ChatStore>> {
     Ok(
-        match Database::connect(url, MIGRATIONS, max_connections).await? {
+        match Database::connect(url, MIGRATIONS, max_connections)
+            .await?
+            .monitored(url, shutdown)
+        {
             Database::Postgres(pool) => Arc::new(postgres::PgChatStore::new(pool)),
             Database::Sqlite(pool) => Arc::new(sqlite::SqliteChatStore::new(pool).await?),
         },

@@ -417,7 +417,7 @@ async fn a_membership_that_slipped_past_a_deletion_is_ended_at_the_next_poll() {
     assert_eq!(member_ids(&chat, &alice, id).await, vec![alice.id]);
 
     // The race, played by hand: the store makes bob a member after all.
-    let store = chat_service::store::open(&w.db.url, 1)
+    let store = chat_service::store::open(&w.db.url, 1, &chat_common::Shutdown::new())
         .await
         .expect("store");
     let late = chat_service::domain::Title::parse("late").expect("title");

@@ -117,7 +117,7 @@ async fn next_event(bus: &mut async_nats::Subscriber) -> ChatEvent {
 /// nor claims it, and still claims the rows it can publish.
 async fn the_relay_leaves_kinds_it_does_not_know_and_claims_the_rest() {
     let w = World::new().await;
-    let store = chat_service::store::open(&w.db.url, 1)
+    let store = chat_service::store::open(&w.db.url, 1, &chat_common::Shutdown::new())
         .await
         .expect("store");
     let rows = [(1_i64, "message_pinned"), (2, "message_deleted")];

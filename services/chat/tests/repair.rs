@@ -189,14 +189,16 @@ struct Rig {
 impl Rig {
     async fn new() -> Self {
         let db = TestDb::new().await;
-        let inner = store::open(&db.url, 2).await.expect("open store");
+        let shutdown = Shutdown::new();
+        let inner = store::open(&db.url, 2, &shutdown)
+            .await
+            .expect("open store");
         let store = Arc::new(FlakyStore {
             inner,
             failures: AtomicUsize::new(0),
             reads: AtomicUsize::new(0),
         });
         let bus = Arc::new(LocalBus::default());
-        let shutdown = Shutdown::new();
         let hub = Hub::new(
             bus.clone(),
             store.clone(),

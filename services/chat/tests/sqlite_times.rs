@@ -178,7 +178,7 @@ async fn times_survive_the_move_to_text() {
     pool.close().await;
 
     // Opening the store applies migration 7.
-    let store = chat_service::store::open(&db.url, 2)
+    let store = chat_service::store::open(&db.url, 2, &chat_common::Shutdown::new())
         .await
         .expect("migrated");
 

@@ -109,6 +109,7 @@ async fn run<I, O>(
         }
         metrics::histogram!("db_batch_items", "batch" => name).record(batch.len() as f64);
         let handler = handler.clone();
+        // Not tracked either: its callers await it, and a batch cut off commits nothing.
         tokio::spawn(async move {
             answer(name, &handler, batch).await;
             drop(slot);

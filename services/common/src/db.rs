@@ -68,6 +68,8 @@ use sqlx::{
     PgPool, Postgres, Sqlite, SqlitePool, Transaction,
 };
 
+use crate::Shutdown;
+
 /// A migrated connection pool on one of the two engines.
 #[derive(Clone, Debug)]
 pub enum Database {
@@ -101,15 +103,24 @@ impl Database {
                 .run(&pool)
                 .await
                 .context("applying migrations")?;
-            watch_pool(pool.clone(), database_label(url));
-            StorageHealth::monitor(Self::Sqlite(pool.clone()), url);
             Ok(Self::Sqlite(pool))
         } else {
             let pool = connect_and_migrate(url, migrations.postgres, max_connections).await?;
-            watch_pool(pool.clone(), database_label(url));
-            StorageHealth::monitor(Self::Postgres(pool.clone()), url);
             Ok(Self::Postgres(pool))
         }
+    }
+
+    /// Starts the pool's monitors on `shutdown`'s tracker: its connection gauges, and the
+    /// reachability probe that [`StorageHealth::of`]`(url)` reports (health, fail-fast).
+    /// They stop at shutdown or when the pool is closed. A service's store opens its pool
+    /// through this; a pool opened only to migrate needs neither.
+    pub fn monitored(self, url: &str, shutdown: &Shutdown) -> Self {
+        match &self {
+            Self::Postgres(pool) => watch_pool(pool.clone(), database_label(url), shutdown),
+            Self::Sqlite(pool) => watch_pool(pool.clone(), database_label(url), shutdown),
+        }
+        StorageHealth::monitor(self.clone(), url, shutdown);
+        self
     }
 
     /// Whether [`close`](Self::close) was called; a closed pool hands out no connection.
@@ -358,10 +369,10 @@ impl StorageHealth {
         Some(*self.up.borrow_and_update())
     }
 
-    /// Probes `pool` with `SELECT 1` until it is closed, publishing whether it answers.
-    /// A pool whose every connection is busy is not probed (it is in use, so the database
-    /// answered a moment ago), so that load is not mistaken for an outage.
-    fn monitor(pool: Database, url: &str) {
+    /// Probes `pool` with `SELECT 1` until it is closed or `shutdown`, publishing whether it
+    /// answers. A pool whose every connection is busy is not probed (it is in use, so the
+    /// database answered a moment ago), so that load is not mistaken for an outage.
+    fn monitor(pool: Database, url: &str, shutdown: &Shutdown) {
         let (tx, rx) = watch::channel(true);
         registry()
             .lock()
@@ -369,7 +380,8 @@ impl StorageHealth {
             .insert(url.to_owned(), Self { up: rx });
         let label = database_label(url);
         let url = url.to_owned();
-        tokio::spawn(async move {
+        let stop = shutdown.clone();
+        shutdown.spawn(async move {
             let gauge = metrics::gauge!("db_up", "database" => label.clone());
             gauge.set(1.0);
             while !pool.is_closed() {
@@ -378,13 +390,20 @@ impl StorageHealth {
                 } else {
                     PROBE_EVERY_DOWN
                 };
-                tokio::time::sleep(every).await;
+                tokio::select! {
+                    _ = stop.wait() => break,
+                    _ = tokio::time::sleep(every) => {}
+                }
                 if pool.is_saturated() || pool.is_closed() {
                     continue;
                 }
-                let probe =
-                    tokio::time::timeout(ACQUIRE_TIMEOUT + Duration::from_secs(1), pool.ping())
-                        .await;
+                let probe = tokio::select! {
+                    _ = stop.wait() => break,
+                    probe = tokio::time::timeout(
+                        ACQUIRE_TIMEOUT + Duration::from_secs(1),
+                        pool.ping(),
+                    ) => probe,
+                };
                 let up = match probe {
                     Ok(Ok(_)) => true,
                     Ok(Err(e)) => {
@@ -417,10 +436,16 @@ impl StorageHealth {
 
     /// Keeps `services` (gRPC health names; "" is the whole server) at `reporter` in step
     /// with this storage: NOT_SERVING while it is unreachable, SERVING again when it
-    /// answers. Runs until the monitor stops.
-    pub fn report(mut self, reporter: tonic_health::server::HealthReporter, services: Vec<String>) {
+    /// answers. Runs until the monitor stops or `shutdown` (the server's, which tracks it).
+    pub fn report(
+        mut self,
+        reporter: tonic_health::server::HealthReporter,
+        services: Vec<String>,
+        shutdown: &Shutdown,
+    ) {
         use tonic_health::ServingStatus;
-        tokio::spawn(async move {
+        let stop = shutdown.clone();
+        shutdown.spawn(async move {
             let mut up = self.is_up();
             loop {
                 let status = if up {
@@ -431,7 +456,11 @@ impl StorageHealth {
                 for service in &services {
                     reporter.set_service_status(service, status).await;
                 }
-                match self.changed().await {
+                let changed = tokio::select! {
+                    _ = stop.wait() => return,
+                    changed = self.changed() => changed,
+                };
+                match changed {
                     Some(now) => up = now,
                     None => return,
                 }
@@ -451,13 +480,13 @@ fn database_label(url: &str) -> String {
     last.strip_suffix(".db").unwrap_or(last).to_owned()
 }
 
-/// Reports `pool`'s connections as gauges labelled `database`, until the pool is closed.
-/// The task holds a handle, so an unclosed pool lives as long as the runtime: a service's
-/// pool does anyway, and a pool opened only to migrate is closed.
-fn watch_pool<DB: sqlx::Database>(pool: sqlx::Pool<DB>, database: String) {
+/// Reports `pool`'s connections as gauges labelled `database`, until the pool is closed or
+/// `shutdown`. The task holds a handle, so an unclosed pool lives until then.
+fn watch_pool<DB: sqlx::Database>(pool: sqlx::Pool<DB>, database: String, shutdown: &Shutdown) {
     let max = f64::from(pool.options().get_max_connections());
     metrics::gauge!("db_pool_max_connections", "database" => database.clone()).set(max);
-    tokio::spawn(async move {
+    let stop = shutdown.clone();
+    shutdown.spawn(async move {
         let in_use = metrics::gauge!("db_pool_connections", "database" => database.clone(), "state" => "in_use");
         let idle =
             metrics::gauge!("db_pool_connections", "database" => database, "state" => "idle");
@@ -466,7 +495,10 @@ fn watch_pool<DB: sqlx::Database>(pool: sqlx::Pool<DB>, database: String) {
             let free = u32::try_from(pool.num_idle()).unwrap_or(open);
             in_use.set(f64::from(open.saturating_sub(free)));
             idle.set(f64::from(free));
-            tokio::time::sleep(POOL_SAMPLE_EVERY).await;
+            tokio::select! {
+                _ = stop.wait() => return,
+                _ = tokio::time::sleep(POOL_SAMPLE_EVERY) => {}
+            }
         }
     });
 }

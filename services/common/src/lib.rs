@@ -20,12 +20,13 @@ pub mod nats;
 pub mod server;
 pub mod service_token;
 pub mod shutdown;
-pub mod telemetry;
 pub mod token;
 pub mod trace;
 
 #[doc(hidden)]
 pub use tracing as __tracing;
 
+/// Logs and traces: the services' binaries and the operator share one setup.
+pub use chat_telemetry as telemetry;
 pub use shutdown::Shutdown;
 pub use token::{Caller, Claims, Role, TokenVerifier};

@@ -185,7 +185,7 @@ pub async fn serve_parts(
         background.extend(part.background);
     }
     let (health, health_service) = tonic_health::server::health_reporter();
-    report_health(&health, &services).await;
+    report_health(&health, &services, &shutdown).await;
     let names: Vec<&str> = services.iter().map(|(name, _)| *name).collect();
     let (reflection_v1, reflection_v1alpha) = reflection(&names)?;
     let tasks: Vec<_> = background.into_iter().map(|t| shutdown.spawn(t)).collect();
@@ -211,6 +211,7 @@ pub async fn serve_parts(
 async fn report_health(
     health: &tonic_health::server::HealthReporter,
     services: &[(&'static str, String)],
+    shutdown: &Shutdown,
 ) {
     let mut databases: Vec<&str> = services.iter().map(|(_, url)| url.as_str()).collect();
     databases.sort_unstable();
@@ -229,6 +230,6 @@ async fn report_health(
         if databases.len() == 1 {
             names.push(String::new());
         }
-        crate::db::StorageHealth::of(url).report(health.clone(), names);
+        crate::db::StorageHealth::of(url).report(health.clone(), names, shutdown);
     }
 }

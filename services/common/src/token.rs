@@ -286,8 +286,9 @@ impl TokenVerifier {
         )
     }
 
-    /// Reloads the keys from AuthService every `every`, until shutdown. Failures are logged
-    /// and retried at the next tick; the old keys stay in use.
+    /// Reloads the keys from AuthService every `every`, until shutdown (which tracks the
+    /// task, and stops a reload in flight: the old keys serve out the process). Failures are
+    /// logged and retried at the next tick; the old keys stay in use.
     pub fn spawn_refresh(
         &self,
         mut client: AuthServiceClient<TracedChannel>,
@@ -295,15 +296,20 @@ impl TokenVerifier {
         shutdown: crate::Shutdown,
     ) {
         let this = self.clone();
-        tokio::spawn(async move {
+        let stop = shutdown.clone();
+        shutdown.spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
             loop {
                 tokio::select! {
-                    _ = shutdown.wait() => return,
+                    _ = stop.wait() => return,
                     _ = tick.tick() => {}
                 }
-                if let Err(e) = this.refresh_from(&mut client).await {
+                let refreshed = tokio::select! {
+                    _ = stop.wait() => return,
+                    refreshed = this.refresh_from(&mut client) => refreshed,
+                };
+                if let Err(e) = refreshed {
                     tracing::warn!(error = %e, "refreshing token keys failed");
                 }
             }

@@ -10,7 +10,7 @@
 //! `rpc.method`, `rpc.grpc.status_code`), which lasts until the response body (and with it
 //! the status in the trailers) has gone through.
 //!
-//! All of it is off unless `telemetry` installed an exporter ([`enabled`]): without one no
+//! All of it is off unless `telemetry` (chat-telemetry) installed an exporter ([`enabled`]): without one no
 //! trace can be seen, so the hot path pays one relaxed atomic load per call and no span,
 //! header or allocation. Spans of our own work go through [`otel_span!`](crate::otel_span)
 //! for the same reason.
@@ -19,7 +19,6 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    sync::atomic::{AtomicBool, Ordering},
     task::{Context, Poll},
 };
 
@@ -31,17 +30,11 @@ use tower::Service;
 use tracing::{field::Empty, Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-static ENABLED: AtomicBool = AtomicBool::new(false);
-
-/// Whether spans are exported, so that trace context is worth creating and passing on.
+/// Whether spans are exported, so that trace context is worth creating and passing on
+/// (set by `telemetry` when it installs an exporter).
 #[inline]
 pub fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
-}
-
-/// Called by `telemetry` once the OpenTelemetry layer is installed.
-pub(crate) fn enable() {
-    ENABLED.store(true, Ordering::Relaxed);
+    chat_telemetry::exporting()
 }
 
 /// An INFO span that exists only while traces are exported ([`enabled`]); otherwise
@@ -393,7 +386,7 @@ mod tests {
     use super::*;
 
     fn round_trip(headers: &[(&str, &str)]) -> Vec<(String, String)> {
-        enable();
+        chat_telemetry::mark_exporting();
         let parent = Parent::extract(|name| {
             headers
                 .iter()

@@ -159,7 +159,12 @@ async fn build_notifier(
     chat: ChatServiceClient<TracedChannel>,
     shutdown: Shutdown,
 ) -> anyhow::Result<Notifier> {
-    let store = store::open(&config.database.url, config.database.max_connections).await?;
+    let store = store::open(
+        &config.database.url,
+        config.database.max_connections,
+        &shutdown,
+    )
+    .await?;
     let credential = ServiceCredential::new(
         auth.clone(),
         "notification-service",

@@ -27,13 +27,10 @@
 
 mod direct;
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
+use moka::sync::Cache;
 use tokio::sync::broadcast;
 use tonic::Code;
 use tracing::{field::Empty, Instrument, Span};
@@ -83,16 +80,17 @@ struct Inner {
     /// `(chat_id, seq)` of every message whose claimed emails this process has just
     /// finished sending, so a status call waiting on them looks again at once.
     finished: broadcast::Sender<(i64, i64)>,
-    recipients: Mutex<HashMap<i64, CachedChat>>,
+    /// Chats' titles and recipients, reused for [`RECIPIENTS_TTL`].
+    recipients: Cache<i64, CachedChat>,
 }
 
 /// How long a chat's members and their emails are reused.
 const RECIPIENTS_TTL: Duration = Duration::from_secs(30);
 /// Most chats whose recipients are kept.
-const RECIPIENTS_CACHED: usize = 4096;
+const RECIPIENTS_CACHED: u64 = 4096;
 
+#[derive(Clone)]
 struct CachedChat {
-    at: Instant,
     title: String,
     recipients: Arc<Vec<Recipient>>,
 }
@@ -142,7 +140,10 @@ impl Notifier {
                 lease,
                 shutdown,
                 finished: broadcast::channel(1024).0,
-                recipients: Mutex::new(HashMap::new()),
+                recipients: Cache::builder()
+                    .max_capacity(RECIPIENTS_CACHED)
+                    .time_to_live(RECIPIENTS_TTL)
+                    .build(),
             }),
         }
     }
@@ -397,39 +398,22 @@ impl Notifier {
         &self,
         chat_id: i64,
     ) -> Result<(String, Arc<Vec<Recipient>>), NotificationError> {
-        if let Some(c) = self.recipients_cache().get(&chat_id) {
-            if c.at.elapsed() < RECIPIENTS_TTL {
-                return Ok((c.title.clone(), c.recipients.clone()));
-            }
+        if let Some(c) = self.inner.recipients.get(&chat_id) {
+            return Ok((c.title, c.recipients));
         }
         let (title, members) = self.members(chat_id).await?;
         if members.is_empty() {
             return Ok((title, Arc::new(Vec::new())));
         }
         let recipients = Arc::new(self.emails(members).await?);
-        let mut cache = self.recipients_cache();
-        if cache.len() >= RECIPIENTS_CACHED {
-            cache.retain(|_, c| c.at.elapsed() < RECIPIENTS_TTL);
-            if cache.len() >= RECIPIENTS_CACHED / 2 {
-                cache.clear();
-            }
-        }
-        cache.insert(
+        self.inner.recipients.insert(
             chat_id,
             CachedChat {
-                at: Instant::now(),
                 title: title.clone(),
                 recipients: recipients.clone(),
             },
         );
         Ok((title, recipients))
-    }
-
-    fn recipients_cache(&self) -> std::sync::MutexGuard<'_, HashMap<i64, CachedChat>> {
-        self.inner
-            .recipients
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// The chat's title and member ids; a chat that no longer exists has none to notify.

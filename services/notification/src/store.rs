@@ -16,7 +16,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
-use chat_common::db::{Database, Migrations};
+use chat_common::{
+    db::{Database, Migrations},
+    Shutdown,
+};
 
 pub mod postgres;
 pub mod sqlite;
@@ -27,11 +30,18 @@ const MIGRATIONS: Migrations = Migrations {
 };
 
 /// The store at `url` (`postgres://...` or `sqlite://...`) with at most `max_connections`,
-/// the database created when missing and migrated.
-pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<Arc<dyn DeliveryStore>> {
+/// the database created when missing and migrated; its pool monitors run on `shutdown`.
+pub async fn open(
+    url: &str,
+    max_connections: u32,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Arc<dyn DeliveryStore>> {
     let relaxed = chat_common::db::relaxed_share(url, max_connections);
     let main = max_connections.saturating_sub(relaxed).max(1);
-    let store: Arc<dyn DeliveryStore> = match Database::connect(url, MIGRATIONS, main).await? {
+    let store: Arc<dyn DeliveryStore> = match Database::connect(url, MIGRATIONS, main)
+        .await?
+        .monitored(url, shutdown)
+    {
         Database::Postgres(pool) => Arc::new(postgres::PgDeliveryStore::new(pool, relaxed)),
         Database::Sqlite(pool) => Arc::new(sqlite::SqliteDeliveryStore::new(pool).await?),
     };

@@ -5,6 +5,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
+use chat_common::Shutdown;
 use chat_testkit::TestDb;
 use notification_service::store::{self, DeliveryState, MessageRecord, Recipient};
 
@@ -34,7 +35,9 @@ fn recipients(chat_id: i64) -> Vec<Recipient> {
 
 async fn many_concurrent_records_give_each_delivery_to_one_claimer() {
     let db = TestDb::new().await;
-    let store = store::open(&db.url, 4).await.expect("store");
+    let store = store::open(&db.url, 4, &Shutdown::new())
+        .await
+        .expect("store");
     // 40 messages over 4 chats, each recorded twice at once (its event and the saga's
     // call), all concurrently: on PostgreSQL they share batches, duplicates included.
     let calls: Vec<_> = (0..80)
@@ -134,7 +137,9 @@ async fn many_concurrent_records_give_each_delivery_to_one_claimer() {
 
 async fn an_expired_claim_is_taken_over_by_the_next_record() {
     let db = TestDb::new().await;
-    let store = store::open(&db.url, 2).await.expect("store");
+    let store = store::open(&db.url, 2, &Shutdown::new())
+        .await
+        .expect("store");
     let short = Duration::from_millis(200);
     let (new, first) = store
         .record_and_claim(&message(7, 1), &recipients(7), short)
@@ -160,7 +165,9 @@ async fn an_expired_claim_is_taken_over_by_the_next_record() {
 
 async fn a_message_without_recipients_is_recorded_with_nothing_to_claim() {
     let db = TestDb::new().await;
-    let store = store::open(&db.url, 2).await.expect("store");
+    let store = store::open(&db.url, 2, &Shutdown::new())
+        .await
+        .expect("store");
     let (new, claimed) = store
         .record_and_claim(&message(9, 3), &[], LEASE)
         .await

@@ -134,7 +134,12 @@ async fn build_orchestrator(
     notification: NotificationServiceClient<TracedChannel>,
     shutdown: Shutdown,
 ) -> anyhow::Result<Orchestrator> {
-    let store = store::open(&config.database.url, config.database.max_connections).await?;
+    let store = store::open(
+        &config.database.url,
+        config.database.max_connections,
+        &shutdown,
+    )
+    .await?;
     let credential = ServiceCredential::new(
         auth.clone(),
         "saga-orchestrator",

@@ -17,7 +17,10 @@ use chrono::{DateTime, Utc};
 use sqlx::{FromRow, Row};
 use uuid::Uuid;
 
-use chat_common::db::{Database, Migrations};
+use chat_common::{
+    db::{Database, Migrations},
+    Shutdown,
+};
 
 use crate::domain::{FailCode, SagaState, SendRequest, StepKind, StepState};
 
@@ -30,11 +33,18 @@ const MIGRATIONS: Migrations = Migrations {
 };
 
 /// The store at `url` (`postgres://...` or `sqlite://...`) with at most `max_connections`,
-/// the database created when missing and migrated.
-pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<Arc<dyn SagaStore>> {
+/// the database created when missing and migrated; its pool monitors run on `shutdown`.
+pub async fn open(
+    url: &str,
+    max_connections: u32,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Arc<dyn SagaStore>> {
     let relaxed = chat_common::db::relaxed_share(url, max_connections);
     let main = max_connections.saturating_sub(relaxed).max(1);
-    let store: Arc<dyn SagaStore> = match Database::connect(url, MIGRATIONS, main).await? {
+    let store: Arc<dyn SagaStore> = match Database::connect(url, MIGRATIONS, main)
+        .await?
+        .monitored(url, shutdown)
+    {
         Database::Postgres(pool) => Arc::new(postgres::PgSagaStore::new(pool, relaxed)),
         Database::Sqlite(pool) => Arc::new(sqlite::SqliteSagaStore::new(pool).await?),
     };

@@ -114,8 +114,11 @@ impl Wiring<'_> {
             },
         };
         let database = &config.database;
-        let store = auth_service::store::open(&database.url, database.max_connections).await?;
-        let api = auth_service::AuthApi::new(store, config.settings.clone()).await?;
+        let store =
+            auth_service::store::open(&database.url, database.max_connections, &self.shutdown)
+                .await?;
+        let api =
+            auth_service::AuthApi::new(store, config.settings.clone(), &self.shutdown).await?;
         let verifier = api.verifier();
         let parts = auth_service::parts(&config, auth_service::Deps { api }).await?;
         Ok((parts, verifier))
@@ -272,10 +275,10 @@ impl Server {
 
 /// Creates every database when missing and applies the migrations, then returns.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    drop(auth_service::store::open(&config.database_url("users"), 1).await?);
+    auth_service::store::migrate(&config.database_url("users")).await?;
     chat_service::store::migrate(&config.database_url("chat")).await?;
-    drop(notification_service::store::open(&config.database_url("notification"), 1).await?);
-    drop(saga_orchestrator::store::open(&config.database_url("saga"), 1).await?);
+    notification_service::store::migrate(&config.database_url("notification")).await?;
+    saga_orchestrator::store::migrate(&config.database_url("saga")).await?;
     tracing::info!("databases migrated");
     Ok(())
 }

@@ -296,12 +296,12 @@ async fn spawn_auth_in(db: TestDb, settings: auth_service::Settings) -> TestAuth
         },
         settings,
     };
-    let app = auth_service::Application::build(config)
+    let shutdown = Shutdown::new();
+    let app = auth_service::Application::build(config, shutdown.clone())
         .await
         .expect("build auth");
     let addr = app.local_addr();
     let api = app.api().clone();
-    let shutdown = Shutdown::new();
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let client = AuthServiceClient::new(channel(addr).await);
     TestAuth {

@@ -40,6 +40,8 @@ impl GroupWriter {
     /// [`sqlite_writer`](super::sqlite_writer)).
     pub fn start(write: SqlitePool) -> Self {
         let (jobs, queue) = mpsc::channel(4 * MAX_GROUP);
+        // Not tracked for shutdown: it ends when the last handle drops, and every group has
+        // callers awaiting it (a group cut off commits nothing).
         tokio::spawn(run(write, queue));
         Self { jobs }
     }

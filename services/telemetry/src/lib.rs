@@ -1,15 +1,24 @@
-//! Logs and traces, set up once by each binary's `main` (never by library code).
+//! Logs and traces, set up once by each binary's `main` (never by library code): the
+//! services' (through `chat_common::telemetry`, which re-exports this crate) and the
+//! operator's. A crate of its own because the operator must get the same setup without
+//! chat-common's database drivers and gRPC server.
 //!
 //! `RUST_LOG` filters the logs (default `info`); `LOG_FORMAT=json` switches to one JSON
 //! object per line for log collectors; `OTEL_EXPORTER_OTLP_ENDPOINT` turns on OpenTelemetry
-//! trace export over OTLP/gRPC, and with it trace propagation (`trace.rs`).
+//! trace export over OTLP/gRPC, and with it trace propagation (chat-common's `trace.rs`,
+//! which asks [`exporting`]).
 //!
 //! Traces have their own filter (`info`, whatever `RUST_LOG` says), so quieting the logs
 //! does not cut spans out of the traces other services continue. While a trace is being
 //! exported, every log line written inside it ends with its `trace_id` and `span_id` (JSON:
 //! two more keys), which is how a line leads to its trace.
 
-use std::fmt;
+#![warn(missing_docs)]
+
+use std::{
+    fmt,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
@@ -26,6 +35,28 @@ use tracing_subscriber::{
     util::SubscriberInitExt,
     EnvFilter, Layer,
 };
+
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans are exported, so that trace context is worth creating and passing on: the
+/// hot path asks this (one relaxed load) before it builds any span or header.
+#[inline]
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+/// Makes [`exporting`] true without an exporter: for tests of the propagation code, which
+/// is off unless spans are exported.
+#[doc(hidden)]
+pub fn mark_exporting() {
+    EXPORTING.store(true, Ordering::Relaxed);
+}
+
+/// The variable's value, or `None` when unset or blank: telemetry is read before (and
+/// without) any configuration struct.
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
 
 /// Flushes pending spans when dropped at the end of `main`.
 pub struct TelemetryGuard {
@@ -47,7 +78,7 @@ impl Drop for TelemetryGuard {
 pub fn init(service_name: &str) -> anyhow::Result<TelemetryGuard> {
     init_with(
         service_name,
-        crate::config::var(crate::config::vars::OTEL_EXPORTER_OTLP_ENDPOINT).as_deref(),
+        var(chat_env::OTEL_EXPORTER_OTLP_ENDPOINT).as_deref(),
         "info",
     )
 }
@@ -62,8 +93,7 @@ pub fn init_with(
 ) -> anyhow::Result<TelemetryGuard> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_log_filter));
-    let json = crate::config::var(crate::config::vars::LOG_FORMAT)
-        .is_some_and(|v| v.eq_ignore_ascii_case("json"));
+    let json = var(chat_env::LOG_FORMAT).is_some_and(|v| v.eq_ignore_ascii_case("json"));
     let fmt_layer = if json {
         tracing_subscriber::fmt::layer()
             .json()
@@ -115,7 +145,7 @@ pub fn init_with(
         .with(otel_layer)
         .try_init()?;
     if provider.is_some() {
-        crate::trace::enable();
+        mark_exporting();
     }
     Ok(TelemetryGuard { provider })
 }
