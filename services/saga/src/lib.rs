@@ -9,8 +9,10 @@
 #![warn(missing_docs)]
 
 pub mod config;
+mod convert;
 pub mod domain;
 pub mod error;
+pub mod machine;
 pub mod orchestrator;
 pub mod service;
 pub mod store;

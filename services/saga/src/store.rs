@@ -177,7 +177,7 @@ pub enum Then {
 }
 
 /// What a step's success records on the saga.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepResult {
     /// Nothing to record.
     None,
