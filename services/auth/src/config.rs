@@ -27,7 +27,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use chat_common::config::{secs, vars, Database, Env, Listen};
+use chat_common::config::{secs, server_defaults, vars, Database, Env, Listen};
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer};
 
@@ -37,11 +37,8 @@ use crate::limits::{IpNet, Limit, RateLimits};
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/users";
 
 /// The defaults of the shared sections, as the module's table gives them.
-const SECTION_DEFAULTS: &[(&str, &str)] = &[
-    (vars::LISTEN_ADDR, "0.0.0.0:50051"),
-    (vars::DATABASE_URL, DEFAULT_DATABASE_URL),
-    (vars::DATABASE_MAX_CONNECTIONS, "10"),
-];
+const SECTION_DEFAULTS: &[(&str, &str)] =
+    &server_defaults("0.0.0.0:50051", DEFAULT_DATABASE_URL, "10");
 
 /// The defaults of [`Settings`], as the module's table gives them (the same values as
 /// [`Settings::default`], which a test checks).
@@ -182,22 +179,7 @@ impl Settings {
     }
 }
 
-impl Config {
-    /// Reads the whole configuration from `env`; see [`Settings::load`] for what fails.
-    pub fn load(env: &Env) -> Result<Self> {
-        let sections = env.with_defaults(SECTION_DEFAULTS);
-        Ok(Self {
-            listen: sections.extract()?,
-            database: sections.extract()?,
-            settings: Settings::load(env)?,
-        })
-    }
-
-    /// Reads the whole configuration from the process's environment.
-    pub fn from_env() -> Result<Self> {
-        Self::load(&Env::load()?)
-    }
-}
+chat_common::config_loader!(Config { listen, database } with [SECTION_DEFAULTS]);
 
 #[cfg(test)]
 mod tests {

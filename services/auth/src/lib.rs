@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod config;
+mod convert;
 pub mod domain;
 pub mod error;
 pub mod keys;

@@ -11,7 +11,7 @@ use std::sync::{
     Arc,
 };
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -23,6 +23,9 @@ use grpc_chat_proto::auth::v1::{self as pb, auth_service_server::AuthService};
 
 use crate::{
     config::Settings,
+    convert::{
+        deletion_to_pb, email_to_pb, public_key_to_pb, resolved_to_pb, token_pair, user_to_pb,
+    },
     domain::{Email, FieldError, Password, UserRef, Username},
     error::AuthError,
     keys::{hash_refresh_token, new_refresh_token, TokenSigner},
@@ -264,31 +267,6 @@ impl AuthApi {
                 "this call is internal: it needs a service token",
             )),
         }
-    }
-}
-
-fn token_pair(
-    access: String,
-    access_exp: DateTime<Utc>,
-    refresh: String,
-    refresh_exp: DateTime<Utc>,
-) -> pb::TokenPair {
-    pb::TokenPair {
-        access_token: access,
-        access_expires_at: Some(timestamp(access_exp)),
-        refresh_token: refresh,
-        refresh_expires_at: Some(timestamp(refresh_exp)),
-        token_type: "Bearer".into(),
-    }
-}
-
-fn user_to_pb(u: &UserRecord) -> pb::User {
-    pb::User {
-        id: u.id,
-        email: u.email.clone(),
-        username: u.username.clone(),
-        role: pb::Role::from(u.role) as i32,
-        created_at: Some(timestamp(u.created_at)),
     }
 }
 
@@ -629,12 +607,7 @@ impl AuthService for AuthApi {
                 UserRef::Username(n) => u.username == n.as_str(),
             });
             match found {
-                Some(u) => resp.users.push(pb::ResolvedUser {
-                    identifier: raw.clone(),
-                    user_id: u.id,
-                    email: u.email.clone(),
-                    username: u.username.clone(),
-                }),
+                Some(u) => resp.users.push(resolved_to_pb(raw, u)),
                 None => resp.not_found.push(raw.clone()),
             }
         }
@@ -662,14 +635,7 @@ impl AuthService for AuthApi {
             .await
             .map_err(AuthError::from)?;
         Ok(Response::new(pb::GetUserEmailsResponse {
-            users: users
-                .iter()
-                .map(|u| pb::UserEmail {
-                    user_id: u.id,
-                    email: u.email.clone(),
-                    username: u.username.clone(),
-                })
-                .collect(),
+            users: users.iter().map(email_to_pb).collect(),
         }))
     }
 
@@ -679,14 +645,7 @@ impl AuthService for AuthApi {
     ) -> Result<Response<pb::GetPublicKeysResponse>, Status> {
         let signer = &self.inner.signer;
         Ok(Response::new(pb::GetPublicKeysResponse {
-            keys: signer
-                .public_keys()
-                .map(|k| pb::PublicKey {
-                    key_id: k.kid.clone(),
-                    algorithm: "EdDSA".into(),
-                    public_key_pem: k.pem.clone(),
-                })
-                .collect(),
+            keys: signer.public_keys().map(public_key_to_pb).collect(),
             issuer: signer.issuer.clone(),
             audience: signer.audience.clone(),
         }))
@@ -977,14 +936,7 @@ impl AuthService for AuthApi {
             .await
             .map_err(AuthError::from)?;
         Ok(Response::new(pb::ListDeletedUsersResponse {
-            deleted: deleted
-                .into_iter()
-                .map(|d| pb::DeletedUser {
-                    id: d.id,
-                    user_id: d.user_id,
-                    deleted_at: Some(timestamp(d.deleted_at)),
-                })
-                .collect(),
+            deleted: deleted.into_iter().map(deletion_to_pb).collect(),
         }))
     }
 }

@@ -33,8 +33,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use chat_common::config::{
-    secs, vars, Database, Env, Listen, Nats, ServiceSecret, Upstream, NATS_DEFAULTS,
-    UPSTREAM_DEFAULTS,
+    secs, server_defaults, vars, Database, Env, Listen, Nats, ServiceSecret, Upstream,
+    NATS_DEFAULTS, UPSTREAM_DEFAULTS,
 };
 use chat_events::{stream, StreamSettings};
 use serde::Deserialize;
@@ -42,14 +42,11 @@ use serde::Deserialize;
 use crate::preview::PreviewConfig;
 
 /// The defaults of the shared sections, as the module's table gives them.
-const SECTION_DEFAULTS: &[(&str, &str)] = &[
-    (vars::LISTEN_ADDR, "0.0.0.0:50052"),
-    (
-        vars::DATABASE_URL,
-        "postgres://postgres@127.0.0.1:5432/chat",
-    ),
-    (vars::DATABASE_MAX_CONNECTIONS, "20"),
-];
+const SECTION_DEFAULTS: &[(&str, &str)] = &server_defaults(
+    "0.0.0.0:50052",
+    "postgres://postgres@127.0.0.1:5432/chat",
+    "20",
+);
 
 /// The defaults of [`Settings`], as the module's table gives them.
 const SETTINGS_DEFAULTS: &[(&str, &str)] = &[
@@ -138,28 +135,10 @@ impl Settings {
     }
 }
 
-impl Config {
-    /// Reads the whole configuration from `env`.
-    pub fn load(env: &Env) -> Result<Self> {
-        let sections = env
-            .with_defaults(SECTION_DEFAULTS)
-            .with_defaults(NATS_DEFAULTS)
-            .with_defaults(UPSTREAM_DEFAULTS);
-        Ok(Self {
-            listen: sections.extract()?,
-            database: sections.extract()?,
-            nats: sections.extract()?,
-            upstream: sections.extract()?,
-            service_secret: sections.extract()?,
-            settings: Settings::load(env)?,
-        })
-    }
-
-    /// Reads the whole configuration from the process's environment.
-    pub fn from_env() -> Result<Self> {
-        Self::load(&Env::load()?)
-    }
-}
+chat_common::config_loader!(
+    Config { listen, database, nats, upstream, service_secret }
+    with [SECTION_DEFAULTS, NATS_DEFAULTS, UPSTREAM_DEFAULTS]
+);
 
 #[cfg(test)]
 mod tests {

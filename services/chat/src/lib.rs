@@ -22,15 +22,14 @@ pub mod service;
 pub mod store;
 mod stream;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use tonic::{codegen::InterceptedService, service::Interceptor};
 
 pub use chat_common::client::{lazy_channel, verifier_from_auth, TracedChannel};
 use chat_common::{
     db::{fail_fast, Guarded},
-    server::{self, Parts},
+    server::{Bound, Parts},
     service_token::ServiceCredential,
     Shutdown, TokenVerifier,
 };
@@ -41,12 +40,9 @@ use grpc_chat_proto::chat::v1::chat_service_server::ChatServiceServer;
 pub use config::Config;
 pub use service::ChatApi;
 
-/// A bound, ready-to-run chat service.
-pub struct Application {
-    addr: SocketAddr,
-    listener: TcpListener,
-    parts: Parts,
-}
+/// The chat service as the split binary and the tests run it: [`Application::build`]
+/// gives it bound and ready to run.
+pub struct Application;
 
 /// What the chat service is served with besides its configuration.
 pub struct Deps {
@@ -148,7 +144,7 @@ pub fn grpc_service(
 impl Application {
     /// Connects to the database (migrating it), NATS and AuthService, and binds the
     /// listener. `shutdown` stops the streams and background tasks as well as the server.
-    pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
+    pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Bound> {
         let bus = nats_bus(&config).await?;
         let auth = AuthServiceClient::new(lazy_channel(&config.upstream.auth_url)?);
         let verifier = verifier_from_auth(&auth, &shutdown).await?;
@@ -159,22 +155,7 @@ impl Application {
             shutdown,
         };
         let parts = parts(&config, deps).await?;
-        let (listener, addr) = server::bind(config.listen.addr).await?;
-        Ok(Self {
-            addr,
-            listener,
-            parts,
-        })
-    }
-
-    /// The address the server is bound to; the actual port when the configuration asked for 0.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Serves until `shutdown` is triggered; open streams end with UNAVAILABLE.
-    pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        server::serve_parts("chat-service", vec![self.parts], self.listener, shutdown).await
+        Bound::bind("chat-service", config.listen.addr, parts).await
     }
 }
 

@@ -71,3 +71,28 @@ where
 /// How long a stopping binary waits for its background tasks: well inside Kubernetes'
 /// default 30 s grace period, after the server's own drain.
 pub const BACKGROUND_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A service binary's whole `main`, for a crate `$krate` whose `Config::from_env`,
+/// `migrate(&Config)` and `Application::build(config, shutdown)` (giving something with
+/// `run_until_stopped(shutdown)`) follow the services' common shape: [`run`] as the binary
+/// `$name`. The binary needs `tokio` and `anyhow`, as every service binary has.
+#[macro_export]
+macro_rules! service_main {
+    ($name:literal, $krate:ident) => {
+        #[::tokio::main]
+        async fn main() -> ::anyhow::Result<()> {
+            $crate::binary::run(
+                $name,
+                $krate::Config::from_env,
+                |config| async move { $krate::migrate(&config).await },
+                |config, shutdown| async move {
+                    $krate::Application::build(config, shutdown.clone())
+                        .await?
+                        .run_until_stopped(shutdown)
+                        .await
+                },
+            )
+            .await
+        }
+    };
+}

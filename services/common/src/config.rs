@@ -131,6 +131,49 @@ impl Env {
     }
 }
 
+/// A service's defaults for [`Listen`] and [`Database`] (its port, its database, its
+/// pool size), as a table of defaults like the others.
+pub const fn server_defaults(
+    listen_addr: &'static str,
+    database_url: &'static str,
+    max_connections: &'static str,
+) -> [(&'static str, &'static str); 3] {
+    [
+        (vars::LISTEN_ADDR, listen_addr),
+        (vars::DATABASE_URL, database_url),
+        (vars::DATABASE_MAX_CONNECTIONS, max_connections),
+    ]
+}
+
+/// Writes a service `Config`'s `load(&Env)` and `from_env()`, the same in every service:
+/// each named shared section extracted from the environment with the given tables of
+/// defaults (layered in that order), one by one (see the module documentation for why),
+/// and the `settings` field read by the service's own `Settings::load`, with its own
+/// defaults.
+///
+/// `chat_common::config_loader!(Config { listen, database } with [SECTION_DEFAULTS]);`
+#[macro_export]
+macro_rules! config_loader {
+    ($config:ident { $($section:ident),+ $(,)? } with [$($defaults:expr),+ $(,)?]) => {
+        impl $config {
+            /// Reads the whole configuration from `env`; fails on a value that does not
+            /// parse, naming its variable, not on a missing one that has a default.
+            pub fn load(env: &$crate::config::Env) -> ::anyhow::Result<Self> {
+                let sections = env$(.with_defaults($defaults))+;
+                Ok(Self {
+                    $($section: sections.extract()?,)+
+                    settings: Settings::load(env)?,
+                })
+            }
+
+            /// Reads the whole configuration from the process's environment.
+            pub fn from_env() -> ::anyhow::Result<Self> {
+                Self::load(&$crate::config::Env::load()?)
+            }
+        }
+    };
+}
+
 /// Where a service listens.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Listen {

@@ -44,7 +44,9 @@
 pub mod fail_fast;
 pub mod group;
 
-pub use fail_fast::{fail_fast, FailFast, FailFastLayer, Guarded, STORAGE_UNAVAILABLE};
+pub use fail_fast::{
+    fail_fast, FailFast, FailFastLayer, Guarded, StorageGate, STORAGE_UNAVAILABLE,
+};
 pub use group::{Args, GroupWriter, WriteFuture};
 
 use std::{

@@ -13,14 +13,10 @@
 //!   than [`MAX_DETAILS_BYTES`] are dropped. One caller's input never decides the fate of a
 //!   shared connection.
 
-use std::{
-    future::Future,
-    pin::Pin,
-    task::{Context, Poll},
-};
-
 use http::HeaderMap;
 use tonic::{Code, Status};
+
+use crate::layer::{CallHook, HookLayer};
 
 /// Longest status message sent, in bytes (before percent-encoding).
 pub const MAX_MESSAGE_BYTES: usize = 1024;
@@ -28,50 +24,31 @@ pub const MAX_MESSAGE_BYTES: usize = 1024;
 pub const MAX_DETAILS_BYTES: usize = 4096;
 
 /// See the module documentation.
+pub type StatusGuardLayer = HookLayer<StatusGuard>;
+
+/// The hook of [`StatusGuardLayer`]: notes the call's method and rewrites the status it is
+/// answered with, as the module documentation says.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct StatusGuardLayer;
+pub struct StatusGuard;
 
-impl<S> tower::Layer<S> for StatusGuardLayer {
-    type Service = StatusGuard<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        StatusGuard { inner }
-    }
-}
+impl CallHook for StatusGuard {
+    /// The method's name, for the message that replaces a decoding failure.
+    type Note = String;
 
-/// The service made by [`StatusGuardLayer`]: passes calls to `inner` and rewrites the statuses it
-/// answers with, as the module documentation says.
-#[derive(Clone, Debug)]
-pub struct StatusGuard<S> {
-    inner: S,
-}
-
-impl<S, B, RB> tower::Service<http::Request<B>> for StatusGuard<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let method = req
+    fn on_request<B>(&self, req: &http::Request<B>) -> Result<String, Status> {
+        Ok(req
             .uri()
             .path()
             .rsplit('/')
             .next()
             .unwrap_or_default()
-            .to_owned();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let mut res = fut.await?;
+            .to_owned())
+    }
+
+    fn on_response<RB, E>(method: String, res: &mut Result<http::Response<RB>, E>) {
+        if let Ok(res) = res {
             guard_headers(&method, res.headers_mut());
-            Ok(res)
-        })
+        }
     }
 }
 

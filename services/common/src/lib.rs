@@ -15,6 +15,7 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod guard;
+pub mod layer;
 pub mod metrics;
 pub mod nats;
 pub mod server;

@@ -36,9 +36,9 @@ pub fn builder() -> tonic::transport::Server<Layers> {
     Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .layer(MetricsLayer)
+        .layer(MetricsLayer::default())
         .layer(ServerLayer)
-        .layer(StatusGuardLayer)
+        .layer(StatusGuardLayer::default())
 }
 
 /// The gRPC health service's full name, listed by every server's reflection.
@@ -204,6 +204,47 @@ pub async fn serve_parts(
         }
     }
     served
+}
+
+/// One service's [`Parts`] on a listener of its own, bound and ready to run: what a
+/// split binary serves and what the tests spawn. Each service's `Application::build`
+/// assembles its parts and ends here, so binding, the bound address and serving are
+/// written once for them all.
+pub struct Bound {
+    /// The binary's name, for the logs.
+    name: &'static str,
+    addr: std::net::SocketAddr,
+    listener: TcpListener,
+    parts: Parts,
+}
+
+impl Bound {
+    /// Binds `addr` for `parts`, served as the binary `name`.
+    pub async fn bind(
+        name: &'static str,
+        addr: std::net::SocketAddr,
+        parts: Parts,
+    ) -> anyhow::Result<Self> {
+        let (listener, addr) = bind(addr).await?;
+        Ok(Self {
+            name,
+            addr,
+            listener,
+            parts,
+        })
+    }
+
+    /// The address the server is bound to; the actual port when the configuration asked
+    /// for 0.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` is triggered, running the parts' background work beside
+    /// (open streams end with UNAVAILABLE), then drains open calls.
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        serve_parts(self.name, vec![self.parts], self.listener, shutdown).await
+    }
 }
 
 /// Sets every service SERVING, and has each database's monitor report on the services

@@ -32,22 +32,19 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use chat_common::config::{
-    millis, secs, vars, Database, Env, Listen, Nats, ServiceSecret, Upstream, NATS_DEFAULTS,
-    UPSTREAM_DEFAULTS,
+    millis, secs, server_defaults, vars, Database, Env, Listen, Nats, ServiceSecret, Upstream,
+    NATS_DEFAULTS, UPSTREAM_DEFAULTS,
 };
 use chat_events::{stream, StreamSettings};
 use secrecy::SecretString;
 use serde::Deserialize;
 
 /// The defaults of the shared sections, as the module's table gives them.
-const SECTION_DEFAULTS: &[(&str, &str)] = &[
-    (vars::LISTEN_ADDR, "0.0.0.0:50053"),
-    (
-        vars::DATABASE_URL,
-        "postgres://postgres@127.0.0.1:5432/notification",
-    ),
-    (vars::DATABASE_MAX_CONNECTIONS, "10"),
-];
+const SECTION_DEFAULTS: &[(&str, &str)] = &server_defaults(
+    "0.0.0.0:50053",
+    "postgres://postgres@127.0.0.1:5432/notification",
+    "10",
+);
 
 /// The defaults of [`Settings`], as the module's table gives them (`SMTP_PORT`'s depends on
 /// `SMTP_TLS`).
@@ -256,28 +253,10 @@ impl Settings {
     }
 }
 
-impl Config {
-    /// Reads the whole configuration from `env`.
-    pub fn load(env: &Env) -> Result<Self> {
-        let sections = env
-            .with_defaults(SECTION_DEFAULTS)
-            .with_defaults(NATS_DEFAULTS)
-            .with_defaults(UPSTREAM_DEFAULTS);
-        Ok(Self {
-            listen: sections.extract()?,
-            database: sections.extract()?,
-            nats: sections.extract()?,
-            upstream: sections.extract()?,
-            service_secret: sections.extract()?,
-            settings: Settings::load(env)?,
-        })
-    }
-
-    /// Reads the whole configuration from the process's environment.
-    pub fn from_env() -> Result<Self> {
-        Self::load(&Env::load()?)
-    }
-}
+chat_common::config_loader!(
+    Config { listen, database, nats, upstream, service_secret }
+    with [SECTION_DEFAULTS, NATS_DEFAULTS, UPSTREAM_DEFAULTS]
+);
 
 #[cfg(test)]
 mod tests {

@@ -369,7 +369,7 @@ impl Notifier {
         let sent_at = m
             .created_at
             .as_ref()
-            .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+            .and_then(chat_common::convert::datetime)
             .unwrap_or_else(chrono::Utc::now);
         let record = MessageRecord {
             chat_id: m.chat_id,

@@ -2,7 +2,6 @@
 //! out (`GetDeliveryStatus`) or has them sent now (`NotifyMessage`); other services send
 //! one email (`SendEmail`, `GetEmailStatus`). All are internal: service tokens only.
 
-use chat_common::convert::timestamp;
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
@@ -16,11 +15,12 @@ use grpc_chat_proto::notification::v1::{
     self as pb, notification_service_server::NotificationService,
 };
 
-use crate::{
-    error::NotificationError,
-    notifier::{overall, Notifier},
-    store::{DeliveryRecord, DeliveryState, DirectEmailRecord, NewEmail},
-};
+use crate::{error::NotificationError, notifier::Notifier, store::NewEmail};
+
+// The crate's conversions module; declared here until lib.rs declares it.
+#[path = "convert.rs"]
+mod convert;
+use convert::{deliveries_to_pb, email_to_pb};
 
 /// Longest subject of a direct email, in characters.
 const MAX_SUBJECT_CHARS: usize = 200;
@@ -41,39 +41,6 @@ impl NotificationApi {
     /// Serves `notifier`.
     pub fn new(notifier: Notifier) -> Self {
         Self { notifier }
-    }
-}
-
-fn state_to_pb(s: DeliveryState) -> pb::DeliveryState {
-    match s {
-        DeliveryState::Pending | DeliveryState::Sending => pb::DeliveryState::Pending,
-        DeliveryState::Delivered => pb::DeliveryState::Delivered,
-        DeliveryState::Failed => pb::DeliveryState::Failed,
-    }
-}
-
-fn deliveries_to_pb(deliveries: &[DeliveryRecord]) -> (i32, Vec<pb::Delivery>) {
-    let state = state_to_pb(overall(deliveries)) as i32;
-    let list = deliveries
-        .iter()
-        .map(|d| pb::Delivery {
-            recipient_id: d.recipient.user_id,
-            state: state_to_pb(d.state) as i32,
-            attempts: d.attempts,
-            error: d.error.clone(),
-            updated_at: Some(timestamp(d.updated_at)),
-        })
-        .collect();
-    (state, list)
-}
-
-fn email_to_pb(e: &DirectEmailRecord) -> pb::EmailStatus {
-    pb::EmailStatus {
-        email_id: e.id,
-        state: state_to_pb(e.state) as i32,
-        attempts: e.attempts,
-        error: e.error.clone(),
-        updated_at: Some(timestamp(e.updated_at)),
     }
 }
 

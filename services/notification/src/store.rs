@@ -205,8 +205,11 @@ pub struct DirectEmailRecord {
 /// returns; the store holds no policy (retries, leases' lengths are the caller's).
 #[async_trait]
 pub trait DeliveryStore: Send + Sync + 'static {
-    /// Whether the message has been recorded (by any replica, on any path).
-    async fn is_recorded(&self, chat_id: i64, seq: i64) -> anyhow::Result<bool>;
+    /// Whether the message has been recorded (by any replica, on any path): whether
+    /// [`DeliveryStore::message`] finds it.
+    async fn is_recorded(&self, chat_id: i64, seq: i64) -> anyhow::Result<bool> {
+        Ok(self.message(chat_id, seq).await?.is_some())
+    }
 
     /// Records the message with its recipients, unless it was recorded already (the first
     /// record wins, so every path works from the same recipients), and claims for `lease`

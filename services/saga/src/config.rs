@@ -19,19 +19,16 @@ use std::time::Duration;
 
 use anyhow::Result;
 use chat_common::config::{
-    secs, vars, Database, Env, Listen, ServiceSecret, Upstream, UPSTREAM_DEFAULTS,
+    secs, server_defaults, vars, Database, Env, Listen, ServiceSecret, Upstream, UPSTREAM_DEFAULTS,
 };
 use serde::Deserialize;
 
 /// The defaults of the shared sections, as the module's table gives them.
-const SECTION_DEFAULTS: &[(&str, &str)] = &[
-    (vars::LISTEN_ADDR, "0.0.0.0:50054"),
-    (
-        vars::DATABASE_URL,
-        "postgres://postgres@127.0.0.1:5432/saga",
-    ),
-    (vars::DATABASE_MAX_CONNECTIONS, "10"),
-];
+const SECTION_DEFAULTS: &[(&str, &str)] = &server_defaults(
+    "0.0.0.0:50054",
+    "postgres://postgres@127.0.0.1:5432/saga",
+    "10",
+);
 
 /// The defaults of [`Settings`], as the module's table gives them.
 const SETTINGS_DEFAULTS: &[(&str, &str)] = &[
@@ -81,26 +78,10 @@ impl Settings {
     }
 }
 
-impl Config {
-    /// Reads the whole configuration from `env`.
-    pub fn load(env: &Env) -> Result<Self> {
-        let sections = env
-            .with_defaults(SECTION_DEFAULTS)
-            .with_defaults(UPSTREAM_DEFAULTS);
-        Ok(Self {
-            listen: sections.extract()?,
-            database: sections.extract()?,
-            upstream: sections.extract()?,
-            service_secret: sections.extract()?,
-            settings: Settings::load(env)?,
-        })
-    }
-
-    /// Reads the whole configuration from the process's environment.
-    pub fn from_env() -> Result<Self> {
-        Self::load(&Env::load()?)
-    }
-}
+chat_common::config_loader!(
+    Config { listen, database, upstream, service_secret }
+    with [SECTION_DEFAULTS, UPSTREAM_DEFAULTS]
+);
 
 #[cfg(test)]
 mod tests {

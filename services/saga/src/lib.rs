@@ -9,20 +9,19 @@
 #![warn(missing_docs)]
 
 pub mod config;
+mod convert;
 pub mod domain;
 pub mod error;
+pub mod machine;
 pub mod orchestrator;
 pub mod service;
 pub mod store;
 
-use std::net::SocketAddr;
-
-use tokio::net::TcpListener;
 use tonic::{codegen::InterceptedService, service::Interceptor};
 
 use chat_common::{
     client::{lazy_channel, verifier_from_auth, TracedChannel},
-    server::{self, Parts},
+    server::{Bound, Parts},
     service_token::ServiceCredential,
     Shutdown, TokenVerifier,
 };
@@ -71,17 +70,15 @@ pub async fn parts(config: &Config, deps: Deps) -> anyhow::Result<Parts> {
         .background(async move { recovery.spawn_recovery(every) }))
 }
 
-/// A bound, ready-to-run orchestrator.
-pub struct Application {
-    addr: SocketAddr,
-    listener: TcpListener,
-    parts: Parts,
-}
+/// The orchestrator as the split binary and the tests run it: [`Application::build`]
+/// gives it bound and ready to run; serving resumes unfinished sagas (now and
+/// periodically).
+pub struct Application;
 
 impl Application {
     /// Connects to and migrates the saga database, loads AuthService's keys, and binds the
     /// listener. The other services are reached lazily.
-    pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
+    pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Bound> {
         let upstream = &config.upstream;
         let auth = AuthServiceClient::new(lazy_channel(&upstream.auth_url)?);
         let verifier = verifier_from_auth(&auth, &shutdown).await?;
@@ -93,28 +90,7 @@ impl Application {
             shutdown,
         };
         let parts = parts(&config, deps).await?;
-        let (listener, addr) = server::bind(config.listen.addr).await?;
-        Ok(Self {
-            addr,
-            listener,
-            parts,
-        })
-    }
-
-    /// The address the server is bound to; the actual port when the configuration asked for 0.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Resumes unfinished sagas (now and periodically) and serves until `shutdown`.
-    pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        server::serve_parts(
-            "saga-orchestrator",
-            vec![self.parts],
-            self.listener,
-            shutdown,
-        )
-        .await
+        Bound::bind("saga-orchestrator", config.listen.addr, parts).await
     }
 }
 

@@ -8,6 +8,9 @@
 //! lets an orchestrator that starts after a crash simply run an unfinished saga again from
 //! the step the log says it reached ([`Orchestrator::recover`]).
 //!
+//! What comes next is never decided here: [`crate::machine`] says, from where the saga is
+//! and what its last step returned, and this module performs the steps and logs them.
+//!
 //! A step that meets an unreachable service does not fail the saga: the saga is released
 //! and the caller told UNAVAILABLE; the recovery sweep picks it up again. The notify
 //! deadline counts from the first start of NOTIFY, so a notifier that stays down makes the
@@ -37,21 +40,19 @@ use grpc_chat_proto::chat::v1::{
     chat_service_client::ChatServiceClient, DeleteMessageRequest, SendMessageRequest,
 };
 use grpc_chat_proto::notification::v1::{
-    notification_service_client::NotificationServiceClient, DeliveryState, NotifyMessageRequest,
+    notification_service_client::NotificationServiceClient, NotifyMessageRequest,
 };
 
 use crate::{
+    convert::notify_answer,
     domain::{FailCode, SagaState, SendRequest, StepKind},
     error::SagaError,
-    store::{Created, SagaRecord, SagaStore, StepResult, Then},
+    machine::{self, Action, NotifyAnswer, NotifyWait, Outcome, Progress, Step},
+    store::{Created, SagaRecord, SagaStore, StepResult},
 };
 
 /// How often a caller replaying an idempotency key looks whether the saga has ended.
 const POLL_EVERY: Duration = Duration::from_millis(50);
-/// The longest NotificationService lets one call wait.
-const MAX_NOTIFY_WAIT: Duration = Duration::from_secs(60);
-/// How long the last look after the notify deadline may wait for emails being sent.
-const LAST_LOOK: Duration = Duration::from_secs(2);
 
 /// Runs sagas: each step through its service, every transition logged before the next, and
 /// the recovery of sagas whose owner stopped. Cheap to clone; the clones share one state.
@@ -71,48 +72,19 @@ struct Inner {
     shutdown: Shutdown,
 }
 
-/// How a step ended.
-enum Step<T> {
-    Done(T),
-    /// The saga cannot go on: bad input found, or notification failed.
-    Fail(FailCode, String),
-}
-
-/// A step that could not finish now; the saga is resumed later.
+/// A step that could not finish now, or a log write that failed: the saga is released,
+/// to be resumed.
 struct Paused(String);
 
-type StepOutcome<T> = Result<Step<T>, Paused>;
-
-/// How the notify step ended, when it did.
-#[derive(Debug, PartialEq, Eq)]
-enum Notified {
-    /// The notify step succeeded: the saga is completed.
-    Completed,
-    /// The notification failed for good: the message is to be removed.
-    Compensate,
+impl From<Paused> for Outcome {
+    fn from(p: Paused) -> Self {
+        Outcome::Unavailable(p.0)
+    }
 }
 
 /// A write to the saga log that failed: the saga pauses, to be resumed.
 fn log_failed(e: anyhow::Error) -> Paused {
     Paused(format!("saga log: {e:#}"))
-}
-
-/// Whether a step's call that failed with `code` pauses the saga (to be resumed) rather
-/// than failing it: whatever a client may retry, and besides that any trouble of the called
-/// service itself (a bug answered INTERNAL, a service token it no longer accepts, a busy or
-/// restarting peer), since a saga once accepted must finish and an answer about the
-/// request (NOT_FOUND, INVALID_ARGUMENT, ...) is the only thing that fails it.
-fn transient(code: Code) -> bool {
-    grpc_chat_proto::reasons::retryable(code)
-        || matches!(
-            code,
-            Code::Cancelled
-                | Code::ResourceExhausted
-                | Code::Unknown
-                | Code::Aborted
-                | Code::Internal
-                | Code::Unauthenticated
-        )
 }
 
 /// The span of one step of saga `id` (`seq`: the message's, once known).
@@ -128,26 +100,26 @@ fn step_span(id: Uuid, kind: StepKind, seq: Option<i64>) -> Span {
     )
 }
 
-/// Runs a step's work inside `span`, marking the span failed when the step failed or
-/// paused.
-async fn traced<T>(
-    span: Span,
-    work: impl std::future::Future<Output = StepOutcome<T>>,
-) -> StepOutcome<T> {
-    let outcome = work.instrument(span.clone()).await;
-    match &outcome {
-        Ok(Step::Done(_)) => {}
-        Ok(Step::Fail(_, e)) | Err(Paused(e)) => trace::record_error(&span, e),
+/// The reason a step failed or paused; None when it succeeded.
+fn trouble(outcome: &Outcome) -> Option<&str> {
+    match outcome {
+        Outcome::Succeeded(_) => None,
+        Outcome::Failed(_, e) | Outcome::Unavailable(e) => Some(e),
     }
-    outcome
+}
+
+/// Counts a saga that ended in `state`.
+fn count_end(state: SagaState) {
+    match state {
+        SagaState::Completed => metrics::counter!("saga_completed_total").increment(1),
+        SagaState::Compensated => metrics::counter!("saga_compensated_total").increment(1),
+        SagaState::Failed => metrics::counter!("saga_failed_total").increment(1),
+        SagaState::Running | SagaState::Compensating => {}
+    }
 }
 
 fn paused(what: &str, status: &Status) -> Paused {
-    Paused(format!(
-        "{what}: {} ({:?})",
-        status.message(),
-        status.code()
-    ))
+    Paused(machine::unavailable(what, status))
 }
 
 impl Orchestrator {
@@ -309,189 +281,67 @@ impl Orchestrator {
         Ok(saga)
     }
 
-    /// The steps from where the log says the saga is. Store errors pause the saga too:
-    /// the log is the one thing the saga cannot go on without. A step's success is logged
-    /// together with the start of the next step (or the saga's end), in one write.
+    /// The steps from where the log says the saga is, as [`Progress`] decides them. Store
+    /// errors pause the saga too: the log is the one thing the saga cannot go on without.
+    /// A step's success is logged together with the start of the next step (or the
+    /// saga's end), in one write.
     async fn run_steps(&self, saga: SagaRecord) -> Result<(), Paused> {
-        if saga.state == SagaState::Running {
-            let Some((sender_id, started)) = self.sender_step(&saga).await? else {
-                return Ok(());
-            };
-            self.check_shutdown()?;
-            let Some((seq, notify_started)) = self.message_step(&saga, sender_id, started).await?
-            else {
-                return Ok(());
-            };
-            self.check_shutdown()?;
-            if self.notify_step(&saga, seq, notify_started).await? == Notified::Completed {
-                return Ok(());
-            }
-        }
-        self.compensate_step(&saga).await
-    }
-
-    /// RESOLVE_SENDER, unless the log has the sender already: the sender's id and whether
-    /// STORE_MESSAGE was logged as started with it; `None` when the saga failed here.
-    async fn sender_step(&self, saga: &SagaRecord) -> Result<Option<(i64, bool)>, Paused> {
-        if let Some(sender) = saga.sender_id {
-            return Ok(Some((sender, false)));
-        }
-        let resolve = self.resolve(saga);
-        match self
-            .step(saga.id, StepKind::ResolveSender, None, false, resolve)
-            .await?
-        {
-            Step::Done(sender) => {
-                self.inner
-                    .store
-                    .step_succeeded(
-                        saga.id,
-                        StepKind::ResolveSender,
-                        StepResult::Sender(sender),
-                        Then::Start(StepKind::StoreMessage),
-                    )
-                    .await
-                    .map_err(log_failed)?;
-                Ok(Some((sender, true)))
-            }
-            Step::Fail(code, e) => self.fail(saga.id, code, &e).await.map(|()| None),
-        }
-    }
-
-    /// STORE_MESSAGE, unless the log has the message already (`started`: the step before
-    /// logged its start): the message's seq and, when this logged NOTIFY's start, its
-    /// time; `None` when the saga failed here.
-    async fn message_step(
-        &self,
-        saga: &SagaRecord,
-        sender_id: i64,
-        started: bool,
-    ) -> Result<Option<(i64, Option<DateTime<Utc>>)>, Paused> {
-        if let Some(seq) = saga.message_seq {
-            return Ok(Some((seq, None)));
-        }
-        let store_message = self.store_message(saga, sender_id);
-        match self
-            .step(
-                saga.id,
-                StepKind::StoreMessage,
-                None,
-                started,
-                store_message,
-            )
-            .await?
-        {
-            Step::Done(seq) => {
-                let at = self
-                    .inner
-                    .store
-                    .step_succeeded(
-                        saga.id,
-                        StepKind::StoreMessage,
-                        StepResult::MessageSeq(seq),
-                        Then::Start(StepKind::Notify),
-                    )
-                    .await
-                    .map_err(log_failed)?;
-                Ok(Some((seq, at)))
-            }
-            Step::Fail(code, e) => self.fail(saga.id, code, &e).await.map(|()| None),
-        }
-    }
-
-    /// NOTIFY (its start logged now unless `started` says when it was): the saga is
-    /// completed, or it is to be compensated because the notification failed for good.
-    async fn notify_step(
-        &self,
-        saga: &SagaRecord,
-        seq: i64,
-        started: Option<DateTime<Utc>>,
-    ) -> Result<Notified, Paused> {
         let store = &self.inner.store;
         let id = saga.id;
-        let started = match started {
-            Some(at) => at,
-            None => store
-                .step_started(id, StepKind::Notify)
-                .await
-                .map_err(log_failed)?,
-        };
-        let notify = self.notify(saga.chat_id, seq, started);
-        match traced(step_span(id, StepKind::Notify, Some(seq)), notify).await {
-            Err(p) => {
-                store
-                    .step_failed(id, StepKind::Notify, &p.0)
-                    .await
-                    .map_err(log_failed)?;
-                Err(p)
-            }
-            Ok(Step::Done(())) => {
-                store
-                    .step_succeeded(
-                        id,
-                        StepKind::Notify,
-                        StepResult::None,
-                        Then::Finish(SagaState::Completed),
-                    )
-                    .await
-                    .map_err(log_failed)?;
-                metrics::counter!("saga_completed_total").increment(1);
-                Ok(Notified::Completed)
-            }
-            Ok(Step::Fail(_, reason)) => {
-                store
-                    .step_failed(id, StepKind::Notify, &reason)
-                    .await
-                    .map_err(log_failed)?;
-                let message = format!("notification failed: {reason}; the message was removed");
-                store
-                    .set_state(
-                        id,
-                        SagaState::Compensating,
-                        Some((&message, FailCode::Aborted)),
-                    )
-                    .await
-                    .map_err(log_failed)?;
-                Ok(Notified::Compensate)
+        let mut progress = Progress::of(&saga);
+        let mut action = progress.resume();
+        // When the write before logged the start of the step to run: that start's time.
+        let mut started = None;
+        loop {
+            match action {
+                Action::Run(step) => {
+                    if machine::pauses_for_shutdown(step) {
+                        self.check_shutdown()?;
+                    }
+                    let kind = step.kind();
+                    let outcome = self.step(&saga, step, started.take()).await?;
+                    let succeeded = match outcome {
+                        Outcome::Succeeded(result) => Some(result),
+                        _ => None,
+                    };
+                    action = progress.next(kind, outcome);
+                    let Some(result) = succeeded else { continue };
+                    let then = action.then().ok_or_else(|| {
+                        Paused(format!("saga: nothing follows {}", kind.as_str()))
+                    })?;
+                    started = store
+                        .step_succeeded(id, kind, result, then)
+                        .await
+                        .map_err(log_failed)?;
+                    if let Action::Finish { state, .. } = action {
+                        count_end(state);
+                        return Ok(());
+                    }
+                }
+                Action::Pause(reason) => return Err(Paused(reason)),
+                Action::Compensate(reason) => {
+                    store
+                        .set_state(
+                            id,
+                            SagaState::Compensating,
+                            Some((&reason, FailCode::Aborted)),
+                        )
+                        .await
+                        .map_err(log_failed)?;
+                    action = progress.resume();
+                }
+                Action::Finish { state, error } => {
+                    let error = error.as_ref().map(|(e, code)| (e.as_str(), *code));
+                    store
+                        .set_state(id, state, error)
+                        .await
+                        .map_err(log_failed)?;
+                    count_end(state);
+                    return Ok(());
+                }
+                Action::Ended => return Ok(()),
             }
         }
-    }
-
-    /// COMPENSATE (now, or resumed): removes the message, when one was stored, and ends
-    /// the saga compensated.
-    async fn compensate_step(&self, saga: &SagaRecord) -> Result<(), Paused> {
-        let store = &self.inner.store;
-        let id = saga.id;
-        let stored = store.get(id).await.map_err(log_failed)?;
-        let Some(seq) = stored.and_then(|s| s.message_seq) else {
-            return store
-                .set_state(id, SagaState::Compensated, None)
-                .await
-                .map_err(log_failed);
-        };
-        let compensate = self.compensate(saga.chat_id, seq);
-        match self
-            .step(id, StepKind::Compensate, Some(seq), false, compensate)
-            .await?
-        {
-            Step::Done(()) => {
-                store
-                    .step_succeeded(
-                        id,
-                        StepKind::Compensate,
-                        StepResult::None,
-                        Then::Finish(SagaState::Compensated),
-                    )
-                    .await
-                    .map_err(log_failed)?;
-            }
-            Step::Fail(..) => store
-                .set_state(id, SagaState::Compensated, None)
-                .await
-                .map_err(log_failed)?,
-        }
-        metrics::counter!("saga_compensated_total").increment(1);
-        Ok(())
     }
 
     fn check_shutdown(&self) -> Result<(), Paused> {
@@ -502,40 +352,37 @@ impl Orchestrator {
         }
     }
 
-    /// Logs a step around `work`: its start, unless the step before logged it, and its
-    /// failure. A success is for the caller to log, with what follows it. `seq` is the
-    /// message's, when known, for the step's span.
-    async fn step<T>(
+    /// Runs `step` of `saga` and logs around it: its start, unless the write before
+    /// logged it (`started`: when), and its failure. A success is for the caller to log,
+    /// with what follows it.
+    async fn step(
         &self,
-        id: Uuid,
-        kind: StepKind,
-        seq: Option<i64>,
-        started: bool,
-        work: impl std::future::Future<Output = StepOutcome<T>>,
-    ) -> StepOutcome<T> {
+        saga: &SagaRecord,
+        step: Step,
+        started: Option<DateTime<Utc>>,
+    ) -> Result<Outcome, Paused> {
         let store = &self.inner.store;
-        let log = |e: anyhow::Error| Paused(format!("saga log: {e:#}"));
-        if !started {
-            store.step_started(id, kind).await.map_err(log)?;
+        let (id, kind) = (saga.id, step.kind());
+        let started = match started {
+            Some(at) => at,
+            None => store.step_started(id, kind).await.map_err(log_failed)?,
+        };
+        let work = async {
+            let outcome = match step {
+                Step::ResolveSender => self.resolve(saga).await,
+                Step::StoreMessage { sender_id } => self.store_message(saga, sender_id).await,
+                Step::Notify { seq } => self.notify(saga.chat_id, seq, started).await,
+                Step::Compensate { seq } => self.compensate(saga.chat_id, seq).await,
+            };
+            outcome.unwrap_or_else(Outcome::from)
+        };
+        let span = step_span(id, kind, step.seq());
+        let outcome = work.instrument(span.clone()).await;
+        if let Some(e) = trouble(&outcome) {
+            trace::record_error(&span, &e);
+            store.step_failed(id, kind, e).await.map_err(log_failed)?;
         }
-        let outcome = traced(step_span(id, kind, seq), work).await;
-        match &outcome {
-            Ok(Step::Done(_)) => {}
-            Ok(Step::Fail(_, e)) | Err(Paused(e)) => {
-                store.step_failed(id, kind, e).await.map_err(log)?
-            }
-        }
-        outcome
-    }
-
-    async fn fail(&self, id: Uuid, code: FailCode, error: &str) -> Result<(), Paused> {
-        self.inner
-            .store
-            .set_state(id, SagaState::Failed, Some((error, code)))
-            .await
-            .map_err(|e| Paused(format!("saga log: {e:#}")))?;
-        metrics::counter!("saga_failed_total").increment(1);
-        Ok(())
+        Ok(outcome)
     }
 
     async fn token_request<T>(&self, message: T) -> Result<tonic::Request<T>, Paused> {
@@ -547,12 +394,18 @@ impl Orchestrator {
     }
 
     /// RESOLVE_SENDER: `from` names an account, and that account is the caller.
-    async fn resolve(&self, saga: &SagaRecord) -> StepOutcome<i64> {
+    async fn resolve(&self, saga: &SagaRecord) -> Result<Outcome, Paused> {
         let req = self
             .token_request(GetUserIdsByEmailsRequest {
                 emails: vec![saga.sender.clone()],
             })
             .await?;
+        let no_user = || {
+            Outcome::Failed(
+                FailCode::NotFound,
+                format!("no user {}", chat_common::domain::echo(&saga.sender)),
+            )
+        };
         let resp = match self.inner.auth.clone().get_user_ids_by_emails(req).await {
             Ok(r) => r.into_inner(),
             // Auth refusing the name is an answer, not an outage: asking again in ten
@@ -563,30 +416,24 @@ impl Orchestrator {
                     Code::InvalidArgument | Code::NotFound | Code::OutOfRange
                 ) =>
             {
-                return Ok(Step::Fail(
-                    FailCode::NotFound,
-                    format!("no user {}", chat_common::domain::echo(&saga.sender)),
-                ))
+                return Ok(no_user())
             }
             Err(s) => return Err(paused("auth service", &s)),
         };
         let Some(user) = resp.users.first() else {
-            return Ok(Step::Fail(
-                FailCode::NotFound,
-                format!("no user {}", chat_common::domain::echo(&saga.sender)),
-            ));
+            return Ok(no_user());
         };
         if user.user_id != saga.initiator_id {
-            return Ok(Step::Fail(
+            return Ok(Outcome::Failed(
                 FailCode::PermissionDenied,
                 "`from` must be the authenticated caller".into(),
             ));
         }
-        Ok(Step::Done(user.user_id))
+        Ok(Outcome::Succeeded(StepResult::Sender(user.user_id)))
     }
 
     /// STORE_MESSAGE, keyed by the saga id so that running it again stores nothing new.
-    async fn store_message(&self, saga: &SagaRecord, sender_id: i64) -> StepOutcome<i64> {
+    async fn store_message(&self, saga: &SagaRecord, sender_id: i64) -> Result<Outcome, Paused> {
         let req = self
             .token_request(SendMessageRequest {
                 chat_id: saga.chat_id,
@@ -599,34 +446,17 @@ impl Orchestrator {
             Ok(r) => match r.into_inner().message {
                 Some(m) => {
                     Span::current().record("message.seq", m.seq);
-                    Ok(Step::Done(m.seq))
+                    Ok(Outcome::Succeeded(StepResult::MessageSeq(m.seq)))
                 }
                 None => Err(Paused("chat service answered without the message".into())),
             },
-            // The chat service's own words ("chat 3 does not exist or you are not a member
-            // of it"): the sender is the caller, and the same sentence as every other command.
-            Err(s) if s.code() == Code::NotFound => {
-                Ok(Step::Fail(FailCode::NotFound, s.message().to_owned()))
-            }
-            Err(s) if s.code() == Code::InvalidArgument => Ok(Step::Fail(
-                FailCode::InvalidArgument,
-                s.message().to_owned(),
-            )),
-            Err(s) if s.code() == Code::PermissionDenied => Ok(Step::Fail(
-                FailCode::PermissionDenied,
-                s.message().to_owned(),
-            )),
-            // Any other answer that is not an outage will not change by asking again.
-            Err(s) if !transient(s.code()) => Ok(Step::Fail(
-                FailCode::InvalidArgument,
-                format!("chat service refused the message: {}", s.message()),
-            )),
-            Err(s) => Err(paused("chat service", &s)),
+            Err(s) => Ok(machine::store_refused(&s)),
         }
     }
 
     /// NOTIFY: has the message's emails sent and waits for them, until the deadline that
-    /// counts from the step's first start.
+    /// counts from the step's first start (`started`); [`machine::after_notify`] decides
+    /// on each answer.
     ///
     /// The deadline never decides alone: once it has passed (a notifier that stayed down,
     /// or an orchestrator that crashed and whose successor took the saga over only after
@@ -635,26 +465,15 @@ impl Orchestrator {
     /// idempotent, so that last look sends nothing twice; it also sends whatever the event
     /// path has not sent yet, so a message that can still be delivered is delivered rather
     /// than removed.
-    async fn notify(&self, chat_id: i64, seq: i64, started: DateTime<Utc>) -> StepOutcome<()> {
-        let deadline_at = started
-            + chrono::Duration::from_std(self.inner.notify_deadline)
-                .unwrap_or(chrono::Duration::seconds(30));
-        let too_late = || {
-            Ok(Step::Fail(
-                FailCode::Aborted,
-                "not delivered before the notification deadline".into(),
-            ))
-        };
+    async fn notify(
+        &self,
+        chat_id: i64,
+        seq: i64,
+        started: DateTime<Utc>,
+    ) -> Result<Outcome, Paused> {
         loop {
-            let left = (deadline_at - chrono::Utc::now())
-                .to_std()
-                .unwrap_or(Duration::ZERO);
-            let last_look = left.is_zero();
-            let wait = if last_look {
-                LAST_LOOK
-            } else {
-                left.min(MAX_NOTIFY_WAIT)
-            };
+            let NotifyWait { wait, last_look } =
+                machine::notify_wait(started, self.inner.notify_deadline, Utc::now());
             let mut req = self
                 .token_request(NotifyMessageRequest {
                     chat_id,
@@ -663,56 +482,32 @@ impl Orchestrator {
                 })
                 .await?;
             req.set_timeout(wait + Duration::from_secs(5));
-            let resp = match self.inner.notification.clone().notify_message(req).await {
-                Ok(r) => r.into_inner(),
-                Err(s) if s.code() == Code::NotFound => {
-                    return Ok(Step::Fail(
-                        FailCode::Aborted,
-                        "the message is gone before it was notified".into(),
-                    ))
+            let answer = match self.inner.notification.clone().notify_message(req).await {
+                Ok(r) => notify_answer(r.into_inner()),
+                Err(s) if s.code() == Code::NotFound => NotifyAnswer::Gone,
+                Err(s) if machine::transient(s.code()) => {
+                    if last_look {
+                        tracing::warn!(chat_id, seq, error = %s.message(),
+                            "the notifier cannot tell the outcome after the deadline");
+                    }
+                    NotifyAnswer::Unreachable(machine::unavailable("notification service", &s))
                 }
-                // Past the deadline with no way to learn more: the message is removed,
-                // and a notifier that comes back later checks that a message still exists
-                // before it emails about it.
-                Err(s) if transient(s.code()) && last_look => {
-                    tracing::warn!(chat_id, seq, error = %s.message(),
-                        "the notifier cannot tell the outcome after the deadline");
-                    return too_late();
-                }
-                Err(s) if transient(s.code()) => return Err(paused("notification service", &s)),
-                Err(s) => {
-                    return Ok(Step::Fail(
-                        FailCode::Aborted,
-                        format!("notification service: {}", s.message()),
-                    ))
-                }
+                Err(s) => NotifyAnswer::Refused(s.message().to_owned()),
             };
-            match DeliveryState::try_from(resp.state) {
-                Ok(DeliveryState::Delivered) => return Ok(Step::Done(())),
-                Ok(DeliveryState::Failed) => {
-                    let reasons: Vec<String> = resp
-                        .deliveries
-                        .iter()
-                        .filter(|d| d.state == DeliveryState::Failed as i32)
-                        .map(|d| format!("user {}: {}", d.recipient_id, d.error))
-                        .collect();
-                    return Ok(Step::Fail(FailCode::Aborted, reasons.join("; ")));
-                }
-                _ if last_look => return too_late(),
-                // Still pending: ask again until the deadline.
-                _ => continue,
+            if let Some(outcome) = machine::after_notify(answer, last_look) {
+                return Ok(outcome);
             }
         }
     }
 
     /// COMPENSATE: deletes the message; one already gone counts as deleted.
-    async fn compensate(&self, chat_id: i64, seq: i64) -> StepOutcome<()> {
+    async fn compensate(&self, chat_id: i64, seq: i64) -> Result<Outcome, Paused> {
         let req = self
             .token_request(DeleteMessageRequest { chat_id, seq })
             .await?;
         match self.inner.chat.clone().delete_message(req).await {
-            Ok(_) => Ok(Step::Done(())),
-            Err(s) if s.code() == Code::NotFound => Ok(Step::Done(())),
+            Ok(_) => Ok(Outcome::Succeeded(StepResult::None)),
+            Err(s) if s.code() == Code::NotFound => Ok(Outcome::Succeeded(StepResult::None)),
             Err(s) => Err(paused("chat service", &s)),
         }
     }

@@ -2,17 +2,13 @@
 //! `SendMessage` runs for users (the `from` must be the caller), `GetSaga` shows a saga to
 //! its initiator or to a service.
 
-use chat_common::convert::timestamp;
 use tonic::{Request, Response, Status};
 
 use chat_common::{domain::FieldError, Caller};
 use grpc_chat_proto::saga::v1::{self as pb, saga_orchestrator_server::SagaOrchestrator};
 
 use crate::{
-    domain::{SagaState, SendRequest, StepKind, StepState},
-    error::SagaError,
-    orchestrator::Orchestrator,
-    store::SagaRecord,
+    convert::saga_to_pb, domain::SendRequest, error::SagaError, orchestrator::Orchestrator,
 };
 
 /// The `SagaOrchestrator` gRPC service: parses requests and hands them to the [`Orchestrator`].
@@ -25,46 +21,6 @@ impl SagaApi {
     /// Serves `orchestrator`.
     pub fn new(orchestrator: Orchestrator) -> Self {
         Self { orchestrator }
-    }
-}
-
-fn saga_to_pb(s: &SagaRecord) -> pb::Saga {
-    let state = match s.state {
-        SagaState::Running => pb::SagaState::Running,
-        SagaState::Completed => pb::SagaState::Completed,
-        SagaState::Compensating => pb::SagaState::Compensating,
-        SagaState::Compensated => pb::SagaState::Compensated,
-        SagaState::Failed => pb::SagaState::Failed,
-    };
-    pb::Saga {
-        id: s.id.to_string(),
-        state: state as i32,
-        chat_id: s.chat_id,
-        sender_id: s.sender_id.unwrap_or(0),
-        message_seq: s.message_seq.unwrap_or(0),
-        steps: s
-            .steps
-            .iter()
-            .map(|st| pb::SagaStep {
-                kind: match st.kind {
-                    StepKind::ResolveSender => pb::StepKind::ResolveSender,
-                    StepKind::StoreMessage => pb::StepKind::StoreMessage,
-                    StepKind::Notify => pb::StepKind::Notify,
-                    StepKind::Compensate => pb::StepKind::Compensate,
-                } as i32,
-                state: match st.state {
-                    StepState::Started => pb::StepState::Started,
-                    StepState::Succeeded => pb::StepState::Succeeded,
-                    StepState::Failed => pb::StepState::Failed,
-                } as i32,
-                started_at: Some(timestamp(st.started_at)),
-                finished_at: st.finished_at.map(timestamp),
-                error: st.error.clone(),
-            })
-            .collect(),
-        created_at: Some(timestamp(s.created_at)),
-        updated_at: Some(timestamp(s.updated_at)),
-        error: s.error.clone(),
     }
 }
 

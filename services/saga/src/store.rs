@@ -187,7 +187,7 @@ pub enum Then {
 }
 
 /// What a step's success records on the saga.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepResult {
     /// Nothing to record.
     None,
@@ -220,7 +220,26 @@ pub trait SagaStore: Send + Sync + 'static {
         initiator_id: i64,
         request: &SendRequest,
         lease: Duration,
-    ) -> anyhow::Result<Created>;
+    ) -> anyhow::Result<Created> {
+        if let Some(saga) = self.insert(initiator_id, request, lease).await? {
+            return Ok(Created::New(saga));
+        }
+        let key = request.idempotency_key.as_deref();
+        Ok(Created::Existing(self.by_key(initiator_id, key).await?))
+    }
+
+    /// Inserts a running saga owned by the caller for `lease`, in one statement; None when
+    /// the initiator has a saga with the request's idempotency key already.
+    async fn insert(
+        &self,
+        initiator_id: i64,
+        request: &SendRequest,
+        lease: Duration,
+    ) -> anyhow::Result<Option<SagaRecord>>;
+
+    /// The initiator's saga with idempotency key `key`, and its steps; an error when there
+    /// is none.
+    async fn by_key(&self, initiator_id: i64, key: Option<&str>) -> anyhow::Result<SagaRecord>;
 
     /// The saga with `id` and its steps; None when there is none.
     async fn get(&self, id: Uuid) -> anyhow::Result<Option<SagaRecord>>;

@@ -15,22 +15,21 @@
 //! touch storage (auth's token checks and public keys) are named by the service and let
 //! through, so an outage does not take down what still works.
 
-use std::{
-    future::Future,
-    pin::Pin,
-    task::{Context, Poll},
-};
-
 use tonic::Status;
 
 use super::StorageHealth;
+use crate::layer::{CallHook, HookLayer, Hooked};
 
 /// What a call that needs storage is told while storage is down.
 pub const STORAGE_UNAVAILABLE: &str = "storage is unavailable; try again shortly";
 
 /// See the module documentation.
+pub type FailFastLayer = HookLayer<StorageGate>;
+
+/// The hook of [`FailFastLayer`]: answers a call that needs storage UNAVAILABLE while the
+/// storage is down, and lets every other call through untouched.
 #[derive(Clone)]
-pub struct FailFastLayer {
+pub struct StorageGate {
     health: StorageHealth,
     exempt: &'static [&'static str],
 }
@@ -39,9 +38,11 @@ impl FailFastLayer {
     /// Rejects calls while `health` is down, except to the methods named in `exempt`
     /// (bare method names, such as `GetPublicKeys`), which do not use storage.
     pub fn new(health: StorageHealth, exempt: &'static [&'static str]) -> Self {
-        Self { health, exempt }
+        HookLayer(StorageGate { health, exempt })
     }
+}
 
+impl StorageGate {
     /// Whether a call to `path` (`/package.Service/Method`) is answered without storage.
     fn rejects(&self, path: &str) -> bool {
         if self.health.is_up() {
@@ -52,14 +53,18 @@ impl FailFastLayer {
     }
 }
 
-impl<S> tower::Layer<S> for FailFastLayer {
-    type Service = FailFast<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        FailFast {
-            inner,
-            layer: self.clone(),
+impl CallHook for StorageGate {
+    type Note = ();
+
+    fn on_request<B>(&self, req: &http::Request<B>) -> Result<(), Status> {
+        if self.rejects(req.uri().path()) {
+            metrics::counter!("storage_unavailable_fast_total").increment(1);
+            return Err(Status::unavailable(STORAGE_UNAVAILABLE));
         }
+        Ok(())
     }
+
+    fn on_response<RB, E>((): (), _: &mut Result<http::Response<RB>, E>) {}
 }
 
 /// `service` behind a [`FailFastLayer`] on the storage opened on `database_url`, still
@@ -73,46 +78,17 @@ pub fn fail_fast<S>(database_url: &str, exempt: &'static [&'static str], service
 pub type Guarded<S> = tonic::service::Layered<FailFast<S>, S>;
 
 /// A service behind [`FailFastLayer`].
-#[derive(Clone)]
-pub struct FailFast<S> {
-    inner: S,
-    layer: FailFastLayer,
-}
-
-impl<S, B, RB> tower::Service<http::Request<B>> for FailFast<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
-    S::Future: Send + 'static,
-    RB: Default + Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if self.layer.rejects(req.uri().path()) {
-            metrics::counter!("storage_unavailable_fast_total").increment(1);
-            let answer = Status::unavailable(STORAGE_UNAVAILABLE).into_http();
-            return Box::pin(async move { Ok(answer) });
-        }
-        Box::pin(self.inner.call(req))
-    }
-}
+pub type FailFast<S> = Hooked<S, StorageGate>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::sync::watch;
 
-    fn layer(up: bool) -> (FailFastLayer, watch::Sender<bool>) {
+    fn layer(up: bool) -> (StorageGate, watch::Sender<bool>) {
         let (tx, rx) = watch::channel(up);
         (
-            FailFastLayer::new(StorageHealth { up: rx }, &["GetPublicKeys"]),
+            FailFastLayer::new(StorageHealth { up: rx }, &["GetPublicKeys"]).0,
             tx,
         )
     }

@@ -73,17 +73,6 @@ async fn claim_on(
 
 #[async_trait]
 impl DeliveryStore for SqliteDeliveryStore {
-    async fn is_recorded(&self, chat_id: i64, seq: i64) -> anyhow::Result<bool> {
-        let found: Option<i64> =
-            sqlx::query_scalar("SELECT seq FROM notified_messages WHERE chat_id = ?1 AND seq = ?2")
-                .bind(chat_id)
-                .bind(seq)
-                .fetch_optional(&self.pool)
-                .await
-                .context("reading a notified message")?;
-        Ok(found.is_some())
-    }
-
     async fn record_and_claim(
         &self,
         m: &MessageRecord,

@@ -9,8 +9,7 @@ use sqlx::{postgres::PgRow, PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{
-    saga_from_row, Created, SagaRecord, SagaStore, StepRecord, StepResult, Then, SAGA_COLUMNS,
-    STEP_COLUMNS,
+    saga_from_row, SagaRecord, SagaStore, StepRecord, StepResult, Then, SAGA_COLUMNS, STEP_COLUMNS,
 };
 use crate::domain::{FailCode, SagaState, SendRequest, StepKind};
 
@@ -54,12 +53,12 @@ impl PgSagaStore {
 
 #[async_trait]
 impl SagaStore for PgSagaStore {
-    async fn create(
+    async fn insert(
         &self,
         initiator_id: i64,
         req: &SendRequest,
         lease: Duration,
-    ) -> anyhow::Result<Created> {
+    ) -> anyhow::Result<Option<SagaRecord>> {
         let inserted = sqlx::query(&format!(
             "INSERT INTO sagas (id, initiator_id, idempotency_key, chat_id, sender, text, state, \
                 lease_until) \
@@ -77,18 +76,19 @@ impl SagaStore for PgSagaStore {
         .fetch_optional(&self.pool)
         .await
         .context("creating a saga")?;
-        if let Some(row) = inserted {
-            return Ok(Created::New(saga_from_row(&row)?));
-        }
+        inserted.as_ref().map(saga_from_row).transpose()
+    }
+
+    async fn by_key(&self, initiator_id: i64, key: Option<&str>) -> anyhow::Result<SagaRecord> {
         let row = sqlx::query(&format!(
             "SELECT {SAGA_COLUMNS} FROM sagas WHERE initiator_id = $1 AND idempotency_key = $2"
         ))
         .bind(initiator_id)
-        .bind(req.idempotency_key.as_deref())
+        .bind(key)
         .fetch_one(&self.pool)
         .await
         .context("reading the saga of an idempotency key")?;
-        Ok(Created::Existing(self.with_steps(&row).await?))
+        self.with_steps(&row).await
     }
 
     async fn get(&self, id: Uuid) -> anyhow::Result<Option<SagaRecord>> {

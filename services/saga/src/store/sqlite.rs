@@ -14,14 +14,13 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{sqlite::SqliteRow, SqliteConnection, SqlitePool};
+use sqlx::{sqlite::SqliteRow, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use chat_common::db::{sqlite_lease_end, sqlite_time, sqlite_writer, Args, GroupWriter};
 
 use super::{
-    saga_from_row, Created, SagaRecord, SagaStore, StepRecord, StepResult, Then, SAGA_COLUMNS,
-    STEP_COLUMNS,
+    saga_from_row, SagaRecord, SagaStore, StepRecord, StepResult, Then, SAGA_COLUMNS, STEP_COLUMNS,
 };
 use crate::domain::{FailCode, SagaState, SendRequest, StepKind};
 
@@ -64,12 +63,12 @@ impl SqliteSagaStore {
 
 #[async_trait]
 impl SagaStore for SqliteSagaStore {
-    async fn create(
+    async fn insert(
         &self,
         initiator_id: i64,
         req: &SendRequest,
         lease: Duration,
-    ) -> anyhow::Result<Created> {
+    ) -> anyhow::Result<Option<SagaRecord>> {
         let now = Utc::now();
         let (id, lease_until, at) = (
             Uuid::new_v4(),
@@ -77,8 +76,7 @@ impl SagaStore for SqliteSagaStore {
             sqlite_time(now),
         );
         let req_owned = req.clone();
-        let inserted = self
-            .writer
+        self.writer
             .write(move |conn| {
                 let (req, lease_until, at) = (req_owned.clone(), lease_until.clone(), at.clone());
                 Box::pin(async move {
@@ -104,19 +102,19 @@ impl SagaStore for SqliteSagaStore {
                     row.as_ref().map(saga_from_row).transpose()
                 })
             })
-            .await?;
-        if let Some(saga) = inserted {
-            return Ok(Created::New(saga));
-        }
+            .await
+    }
+
+    async fn by_key(&self, initiator_id: i64, key: Option<&str>) -> anyhow::Result<SagaRecord> {
         let row = sqlx::query(&format!(
             "SELECT {SAGA_COLUMNS} FROM sagas WHERE initiator_id = ?1 AND idempotency_key = ?2"
         ))
         .bind(initiator_id)
-        .bind(req.idempotency_key.as_deref())
+        .bind(key)
         .fetch_one(&self.pool)
         .await
         .context("reading the saga of an idempotency key")?;
-        Ok(Created::Existing(self.with_steps(&row).await?))
+        self.with_steps(&row).await
     }
 
     async fn get(&self, id: Uuid) -> anyhow::Result<Option<SagaRecord>> {
@@ -252,29 +250,62 @@ impl SagaStore for SqliteSagaStore {
         lease: Duration,
         limit: i64,
     ) -> anyhow::Result<Vec<SagaRecord>> {
+        let sql = format!(
+            "UPDATE sagas SET lease_until = ?1 \
+             WHERE id IN (SELECT id FROM sagas \
+                          WHERE state IN ('running', 'compensating') \
+                            AND (lease_until IS NULL OR lease_until < ?2) \
+                          ORDER BY created_at LIMIT ?3) \
+             RETURNING {SAGA_COLUMNS}"
+        );
+        self.claim_where(lease, sql, limit, "claiming unfinished sagas")
+            .await
+    }
+
+    async fn claim(&self, id: Uuid, lease: Duration) -> anyhow::Result<Option<SagaRecord>> {
+        let sql = format!(
+            "UPDATE sagas SET lease_until = ?1 \
+             WHERE id = ?3 AND state IN ('running', 'compensating') \
+               AND (lease_until IS NULL OR lease_until < ?2) \
+             RETURNING {SAGA_COLUMNS}"
+        );
+        Ok(self
+            .claim_where(lease, sql, id, "claiming a saga")
+            .await?
+            .pop())
+    }
+}
+
+impl SqliteSagaStore {
+    /// Leases for `lease` the sagas `sql` takes, and returns them with their steps, oldest
+    /// first. `sql` is an `UPDATE sagas SET lease_until = ?1 ... RETURNING` of
+    /// [`SAGA_COLUMNS`] in which `?2` is now and `?3` is `arg`: one statement, which holds
+    /// the write lock from its first read, so a concurrent claimer runs before or after it
+    /// and finds these sagas leased.
+    async fn claim_where<T>(
+        &self,
+        lease: Duration,
+        sql: String,
+        arg: T,
+        what: &'static str,
+    ) -> anyhow::Result<Vec<SagaRecord>>
+    where
+        T: for<'q> sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite> + Clone + Send + Sync + 'static,
+    {
         let now = Utc::now();
         let (until, at) = (sqlite_lease_end(now, lease)?, sqlite_time(now));
-        // One statement: it holds the write lock from its first read, so a concurrent
-        // claimer runs before or after it and finds these sagas leased.
         let claimed = self
             .writer
             .write(move |conn| {
-                let (until, at) = (until.clone(), at.clone());
+                let (sql, until, at, arg) = (sql.clone(), until.clone(), at.clone(), arg.clone());
                 Box::pin(async move {
-                    let rows = sqlx::query(&format!(
-                        "UPDATE sagas SET lease_until = ?1 \
-                         WHERE id IN (SELECT id FROM sagas \
-                                      WHERE state IN ('running', 'compensating') \
-                                        AND (lease_until IS NULL OR lease_until < ?2) \
-                                      ORDER BY created_at LIMIT ?3) \
-                         RETURNING {SAGA_COLUMNS}"
-                    ))
-                    .bind(until)
-                    .bind(at)
-                    .bind(limit)
-                    .fetch_all(&mut *conn)
-                    .await
-                    .context("claiming unfinished sagas")?;
+                    let rows = sqlx::query(&sql)
+                        .bind(until)
+                        .bind(at)
+                        .bind(arg)
+                        .fetch_all(&mut *conn)
+                        .await
+                        .context(what)?;
                     rows.iter()
                         .map(saga_from_row)
                         .collect::<anyhow::Result<Vec<_>>>()
@@ -288,36 +319,6 @@ impl SagaStore for SqliteSagaStore {
         // RETURNING gives no order; resume the oldest first, as they were chosen.
         sagas.sort_by_key(|s| s.created_at);
         Ok(sagas)
-    }
-
-    async fn claim(&self, id: Uuid, lease: Duration) -> anyhow::Result<Option<SagaRecord>> {
-        let now = Utc::now();
-        let (until, at) = (sqlite_lease_end(now, lease)?, sqlite_time(now));
-        let claimed = self
-            .writer
-            .write(move |conn| {
-                let (until, at) = (until.clone(), at.clone());
-                Box::pin(async move {
-                    let row = sqlx::query(&format!(
-                        "UPDATE sagas SET lease_until = ?2 \
-                         WHERE id = ?1 AND state IN ('running', 'compensating') \
-                           AND (lease_until IS NULL OR lease_until < ?3) \
-                         RETURNING {SAGA_COLUMNS}"
-                    ))
-                    .bind(id)
-                    .bind(until)
-                    .bind(at)
-                    .fetch_optional(&mut *conn)
-                    .await
-                    .context("claiming a saga")?;
-                    row.as_ref().map(saga_from_row).transpose()
-                })
-            })
-            .await?;
-        match claimed {
-            Some(saga) => Ok(Some(self.add_steps(saga).await?)),
-            None => Ok(None),
-        }
     }
 }
 
