@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod consumer;
+mod convert;
 pub mod email;
 pub mod error;
 pub mod local;
@@ -22,14 +23,13 @@ pub mod service;
 pub mod source;
 pub mod store;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use tonic::{codegen::InterceptedService, service::Interceptor};
 
 use chat_common::{
     client::{lazy_channel, verifier_from_auth, TracedChannel},
-    server::{self, Parts},
+    server::{Bound, Parts},
     service_token::ServiceCredential,
     Shutdown, TokenVerifier,
 };
@@ -89,16 +89,13 @@ pub async fn parts(config: &Config, deps: Deps) -> anyhow::Result<Parts> {
         .background(events))
 }
 
-/// A bound, ready-to-run notification service.
-pub struct Application {
-    addr: SocketAddr,
-    listener: TcpListener,
-    parts: Parts,
-}
+/// The notification service as the split binary and the tests run it:
+/// [`Application::build`] gives it bound and ready to run.
+pub struct Application;
 
 impl Application {
     /// Builds with the email sender the configuration names.
-    pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
+    pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Bound> {
         let sender = email_sender(&config.settings.email)?;
         Self::build_with_sender(config, sender, shutdown).await
     }
@@ -109,7 +106,7 @@ impl Application {
         config: Config,
         sender: Arc<dyn EmailSender>,
         shutdown: Shutdown,
-    ) -> anyhow::Result<Self> {
+    ) -> anyhow::Result<Bound> {
         let auth = AuthServiceClient::new(lazy_channel(&config.upstream.auth_url)?);
         let chat = ChatServiceClient::new(lazy_channel(&config.upstream.chat_url)?);
         let verifier = verifier_from_auth(&auth, &shutdown).await?;
@@ -123,23 +120,7 @@ impl Application {
             shutdown,
         };
         let parts = parts(&config, deps).await?;
-        let (listener, addr) = server::bind(config.listen.addr).await?;
-        Ok(Self {
-            addr,
-            listener,
-            parts,
-        })
-    }
-
-    /// The address the server is bound to; the actual port when the configuration asked for 0.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Consumes events and serves until `shutdown` is triggered.
-    pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        let name = "notification-service";
-        server::serve_parts(name, vec![self.parts], self.listener, shutdown).await
+        Bound::bind("notification-service", config.listen.addr, parts).await
     }
 }
 

@@ -17,10 +17,7 @@ use grpc_chat_proto::notification::v1::{
 
 use crate::{error::NotificationError, notifier::Notifier, store::NewEmail};
 
-// The crate's conversions module; declared here until lib.rs declares it.
-#[path = "convert.rs"]
-mod convert;
-use convert::{deliveries_to_pb, email_to_pb};
+use crate::convert::{deliveries_to_pb, email_to_pb};
 
 /// Longest subject of a direct email, in characters.
 const MAX_SUBJECT_CHARS: usize = 200;
