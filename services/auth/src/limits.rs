@@ -352,34 +352,7 @@ impl Limiter {
                 _permit: None,
             });
         }
-        let at_once = (limit.max as usize / 4).max(1);
-        let key = account.to_owned();
-        let checks = {
-            let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
-            let (checks, users) = turns
-                .entry(key.clone())
-                .or_insert_with(|| (Arc::new(Semaphore::new(at_once)), 0));
-            if *users >= at_once + ACCOUNT_WAITING {
-                return Err(busy());
-            }
-            *users += 1;
-            checks.clone()
-        };
-        // From here the count of users is taken back by the turn's drop, also when this
-        // call is dropped while it waits (the client went away).
-        let mut turn = Turn {
-            turns: self.turns.clone(),
-            key,
-            _permit: None,
-        };
-        match tokio::time::timeout(ACCOUNT_WAIT, checks.acquire_owned()).await {
-            Ok(Ok(permit)) => {
-                turn._permit = Some(permit);
-                Ok(turn)
-            }
-            // The semaphore is never closed; a wait that ran out is refused.
-            _ => Err(busy()),
-        }
+        take_turn(&self.turns, (limit.max as usize / 4).max(1), account).await
     }
 
     /// Counts one attempt against each `(scope, limit, subject)`, in order; when one is
@@ -463,6 +436,38 @@ fn refuse(scope: Scope, left: chrono::Duration) -> AuthError {
     }
 }
 
+/// A turn among `account`'s logins, `at_once` of them at a time (see
+/// [`Limiter::account_turn`]).
+async fn take_turn(turns: &Arc<Turns>, at_once: usize, account: &str) -> Result<Turn, AuthError> {
+    let key = account.to_owned();
+    let checks = {
+        let mut map = turns.lock().unwrap_or_else(|e| e.into_inner());
+        let (checks, users) = map
+            .entry(key.clone())
+            .or_insert_with(|| (Arc::new(Semaphore::new(at_once)), 0));
+        if *users >= at_once + ACCOUNT_WAITING {
+            return Err(busy());
+        }
+        *users += 1;
+        checks.clone()
+    };
+    // From here the count of users is taken back by the turn's drop, also when this call
+    // is dropped while it waits (the client went away).
+    let mut turn = Turn {
+        turns: turns.clone(),
+        key,
+        _permit: None,
+    };
+    match tokio::time::timeout(ACCOUNT_WAIT, checks.acquire_owned()).await {
+        Ok(Ok(permit)) => {
+            turn._permit = Some(permit);
+            Ok(turn)
+        }
+        // The semaphore is never closed; a wait that ran out is refused.
+        _ => Err(busy()),
+    }
+}
+
 /// The refusal of a login whose account has too many logins waiting on this replica.
 fn busy() -> AuthError {
     metrics::counter!("auth_rate_limited_total", "limit" => "login-account-waiting").increment(1);
@@ -475,6 +480,66 @@ fn busy() -> AuthError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// How many logins of `key` hold or wait for a turn.
+    fn users(turns: &Arc<Turns>, key: &str) -> usize {
+        turns.lock().unwrap().get(key).map_or(0, |(_, n)| *n)
+    }
+
+    #[tokio::test]
+    async fn turns_are_handed_on_and_given_back_by_logins_that_go_away() {
+        let turns: Arc<Turns> = Arc::default();
+        let first = take_turn(&turns, 1, "a@x").await.unwrap();
+        // A second login waits; its client goes away while it waits.
+        let waited =
+            tokio::time::timeout(Duration::from_millis(20), take_turn(&turns, 1, "a@x")).await;
+        assert!(waited.is_err(), "the second login waits for the first");
+        assert_eq!(
+            users(&turns, "a@x"),
+            1,
+            "the one that went away is not counted"
+        );
+        // Another account does not wait for this one.
+        let other = take_turn(&turns, 1, "b@x").await.unwrap();
+        let next = tokio::spawn({
+            let turns = turns.clone();
+            async move { take_turn(&turns, 1, "a@x").await.map(drop) }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!next.is_finished());
+        drop(first);
+        next.await.unwrap().unwrap();
+        drop(other);
+        assert!(
+            turns.lock().unwrap().is_empty(),
+            "no entry outlives its logins"
+        );
+    }
+
+    #[tokio::test]
+    async fn too_many_waiting_logins_of_one_account_are_refused() {
+        let turns: Arc<Turns> = Arc::default();
+        let _held = take_turn(&turns, 1, "a@x").await.unwrap();
+        let mut waiting = Vec::new();
+        for _ in 0..ACCOUNT_WAITING {
+            let turns = turns.clone();
+            waiting.push(tokio::spawn(async move {
+                take_turn(&turns, 1, "a@x").await.map(drop)
+            }));
+        }
+        while users(&turns, "a@x") < 1 + ACCOUNT_WAITING {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let refused = take_turn(&turns, 1, "a@x").await;
+        assert!(
+            matches!(refused, Err(AuthError::RateLimited { .. })),
+            "one more than the bound is refused at once"
+        );
+        assert_eq!(users(&turns, "a@x"), 1 + ACCOUNT_WAITING);
+        for w in waiting {
+            w.abort();
+        }
+    }
 
     #[test]
     fn limits_parse() {
