@@ -169,6 +169,56 @@ impl AuthApi {
         Ok(ok)
     }
 
+    /// The account `email` with `password`, or BadCredentials, after the same work for a
+    /// wrong password, an unknown email and a malformed one (`None`).
+    ///
+    /// Counted before any lookup or bcrypt, for known and unknown emails alike (so the limit
+    /// says nothing about which accounts exist); taken back when the password is right, so
+    /// only failures count. Logins of one account take turns, so right passwords checked at
+    /// once do not add up past its limit (see `limits.rs`); the turn is held until the count
+    /// is final.
+    async fn check_credentials(
+        &self,
+        address: &str,
+        email: Option<&Email>,
+        password: String,
+    ) -> Result<UserRecord, AuthError> {
+        let limits = &self.inner.settings.rate_limits;
+        let mut checks = vec![(Scope::LoginAddress, limits.login_per_address, address)];
+        let _turn = match email {
+            Some(email) => Some(
+                self.inner
+                    .limiter
+                    .account_turn(limits.login_per_account, email.as_str())
+                    .await?,
+            ),
+            None => None,
+        };
+        if let Some(email) = email {
+            checks.push((
+                Scope::LoginAccount,
+                limits.login_per_account,
+                email.as_str(),
+            ));
+        }
+        let counted = self.inner.limiter.count(&checks).await?;
+        let user = match email {
+            Some(email) => self.inner.store.user_by_email(email).await?,
+            None => None,
+        };
+        let hash = match &user {
+            Some(u) => u.password_hash.clone(),
+            None => self.fallback_hash().await?,
+        };
+        let ok = self.verify_password(password, hash).await?;
+        let user = match user {
+            Some(u) if ok => u,
+            _ => return Err(AuthError::BadCredentials),
+        };
+        self.inner.limiter.uncount(counted).await;
+        Ok(user)
+    }
+
     /// Signs an access token for `user` and stores a new refresh token in `family`.
     async fn issue_tokens(
         &self,
@@ -332,77 +382,10 @@ impl AuthService for AuthApi {
     ) -> Result<Response<pb::LoginResponse>, Status> {
         let address = self.client_key(&request);
         let req = request.into_inner();
-        if req.email.trim().is_empty() {
-            return Err(AuthError::from(FieldError {
-                field: "email",
-                message: "is required".into(),
-            })
-            .into());
-        }
-        if req.password.is_empty() {
-            return Err(AuthError::from(FieldError {
-                field: "password",
-                message: "is required".into(),
-            })
-            .into());
-        }
-        if req.password.len() > MAX_LOGIN_PASSWORD {
-            return Err(AuthError::from(FieldError {
-                field: "password",
-                message: "is too long".into(),
-            })
-            .into());
-        }
-        // A malformed email cannot belong to an account: same answer as a wrong password,
-        // after the same work.
-        let email = Email::parse(&req.email).ok();
-        // Counted before any lookup or bcrypt, for known and unknown emails alike (so the
-        // limit says nothing about which accounts exist); taken back when the password is
-        // right, so only failures count.
-        let limits = &self.inner.settings.rate_limits;
-        let mut checks = vec![(
-            Scope::LoginAddress,
-            limits.login_per_address,
-            address.as_str(),
-        )];
-        // Logins of one account take turns, so right passwords checked at once do not add
-        // up past its limit (see `limits.rs`); the turn is held until the count is final.
-        let _turn = match &email {
-            Some(email) => Some(
-                self.inner
-                    .limiter
-                    .account_turn(limits.login_per_account, email.as_str())
-                    .await?,
-            ),
-            None => None,
-        };
-        if let Some(email) = &email {
-            checks.push((
-                Scope::LoginAccount,
-                limits.login_per_account,
-                email.as_str(),
-            ));
-        }
-        let counted = self.inner.limiter.count(&checks).await?;
-        let user = match &email {
-            Some(email) => self
-                .inner
-                .store
-                .user_by_email(email)
-                .await
-                .map_err(AuthError::from)?,
-            None => None,
-        };
-        let hash = match &user {
-            Some(u) => u.password_hash.clone(),
-            None => self.fallback_hash().await?,
-        };
-        let ok = self.verify_password(req.password, hash).await?;
-        let user = match user {
-            Some(u) if ok => u,
-            _ => return Err(AuthError::BadCredentials.into()),
-        };
-        self.inner.limiter.uncount(counted).await;
+        let email = login_email(&req)?;
+        let user = self
+            .check_credentials(&address, email.as_ref(), req.password)
+            .await?;
         let tokens = self.issue_tokens(&user, Uuid::new_v4()).await?;
         tracing::info!(user_id = user.id, "user logged in");
         Ok(Response::new(pb::LoginResponse {
@@ -939,4 +922,29 @@ impl AuthService for AuthApi {
             deleted: deleted.into_iter().map(deletion_to_pb).collect(),
         }))
     }
+}
+
+/// The login's email, checked for presence and the password for presence and size; `None`
+/// for a malformed email, which cannot belong to an account and so gets the same answer as
+/// a wrong password, after the same work.
+fn login_email(req: &pb::LoginRequest) -> Result<Option<Email>, AuthError> {
+    let missing = |field| {
+        AuthError::from(FieldError {
+            field,
+            message: "is required".into(),
+        })
+    };
+    if req.email.trim().is_empty() {
+        return Err(missing("email"));
+    }
+    if req.password.is_empty() {
+        return Err(missing("password"));
+    }
+    if req.password.len() > MAX_LOGIN_PASSWORD {
+        return Err(AuthError::from(FieldError {
+            field: "password",
+            message: "is too long".into(),
+        }));
+    }
+    Ok(Email::parse(&req.email).ok())
 }
