@@ -19,6 +19,7 @@
 
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use grpc_chat_proto::chat::v1::{connect_response::Event, ConnectRequest, ConnectResponse};
 use tokio::time::{sleep_until, Instant};
 use tonic::{Code, Status, Streaming};
@@ -32,8 +33,16 @@ use crate::{
     output::{clean, message_line, preview_event_line, Printer},
 };
 
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(3);
+/// The longest pause of [`REOPEN`] before its jitter.
+const LONGEST_PAUSE: Duration = Duration::from_secs(2);
+/// The pauses before reopening a lost stream: 200 ms doubling to 2 s, each stretched by up
+/// to as much again at random, so the clients a restarted server dropped do not all come
+/// back in the same instant.
+const REOPEN: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(200))
+    .with_max_delay(LONGEST_PAUSE)
+    .without_max_times()
+    .with_jitter();
 /// How long leaving waits for the user's own messages to come back over the stream.
 const DRAIN: Duration = Duration::from_secs(3);
 /// How often, at most, shown messages are marked read while they arrive.
@@ -168,7 +177,7 @@ async fn stream(
         live: Live::default(),
         marks,
         state,
-        backoff: FIRST_BACKOFF,
+        pauses: REOPEN.build(),
         outage: false,
         leave_by: None,
     };
@@ -190,7 +199,8 @@ struct Connection<'a> {
     live: Live,
     marks: &'a mut Marks,
     state: State,
-    backoff: Duration,
+    /// The pauses before the next reopening tries ([`REOPEN`]), started again on success.
+    pauses: ExponentialBackoff,
     /// Whether the loss of the stream has been said (once per outage).
     outage: bool,
     /// When leaving gives up waiting for the user's own messages to come back.
@@ -304,7 +314,7 @@ impl Connection<'_> {
             self.outage = false;
             self.printer.note("(reconnected)");
         }
-        self.backoff = FIRST_BACKOFF;
+        self.pauses = REOPEN.build();
     }
 
     /// Whether a message of the history (or after it) is to be printed.
@@ -409,11 +419,10 @@ impl Connection<'_> {
         self.wait_to_reopen();
     }
 
-    /// No stream until the backoff has passed; the next one is twice as long, up to
-    /// [`MAX_BACKOFF`].
+    /// No stream until the next pause of [`REOPEN`] has passed.
     fn wait_to_reopen(&mut self) {
-        let retry_at = Instant::now() + self.backoff;
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        let pause = self.pauses.next().unwrap_or(LONGEST_PAUSE);
+        let retry_at = Instant::now() + pause;
         self.state = State::Down { retry_at };
     }
 

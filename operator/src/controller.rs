@@ -23,6 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::{Future, StreamExt};
 use k8s_openapi::{
     api::{
@@ -207,8 +208,13 @@ fn key(cluster: &ChatCluster) -> String {
 
 /// Delay before retrying after the `failures`-th consecutive failure: 5 s doubling to 5 min.
 pub fn backoff(failures: u32) -> Duration {
-    let exp = failures.saturating_sub(1).min(6);
-    Duration::from_secs((5u64 << exp).min(300))
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_secs(5))
+        .with_max_delay(Duration::from_secs(300))
+        .without_max_times()
+        .build()
+        .nth(failures.saturating_sub(1).min(16) as usize)
+        .unwrap_or(Duration::from_secs(300))
 }
 
 /// How often a settled cluster is looked at again, though owned-object watches usually

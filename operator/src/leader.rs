@@ -7,6 +7,12 @@
 //! read, so two candidates racing for an expired Lease cannot both win: the loser gets a
 //! 409 Conflict and stays a candidate. A holder that cannot renew before its lease
 //! would expire steps down (stops its controller) before anyone else can take over.
+//!
+//! Why not a crate: `kube-leader-election` needs kube 4, and `kube-lease-manager` (0.13,
+//! which fits kube 5) does not step down: when renewing fails (API server unreachable) its
+//! watcher logs and retries but keeps reporting "leader", so an operator whose renewals
+//! fail (a slow or partitioned API server) still reconciles after its lease expired and
+//! another replica took over: two writers, which this module exists to prevent.
 
 use std::time::Duration;
 

@@ -41,6 +41,7 @@ use std::{
     time::Duration,
 };
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
@@ -415,7 +416,11 @@ impl Hub {
     /// delivered (a part of the gap may have been), never beyond.
     async fn repair(&self, fanout: &Fanout, last_seq: &mut i64, upto: i64) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + REPAIR_BUDGET;
-        let mut pause = Duration::from_millis(50);
+        let mut pauses = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_millis(500))
+            .without_max_times()
+            .build();
         loop {
             let attempt =
                 tokio::time::timeout_at(deadline, self.fill(fanout, last_seq, Some(upto))).await;
@@ -426,13 +431,12 @@ impl Hub {
                     anyhow::anyhow!("reading the missing messages took over {REPAIR_BUDGET:?}")
                 }
             };
-            let now = tokio::time::Instant::now();
-            if now + pause >= deadline {
+            let pause = pauses.next().unwrap_or(REPAIR_BUDGET);
+            if tokio::time::Instant::now() + pause >= deadline {
                 return Err(error);
             }
             tracing::debug!(chat_id = fanout.chat_id, error = ?error, "filling a gap failed; trying again");
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
         }
     }
 

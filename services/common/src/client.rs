@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use backon::{BackoffBuilder, ExponentialBuilder};
 use grpc_chat_proto::auth::v1::{auth_service_client::AuthServiceClient, GetPublicKeysRequest};
 use tonic::transport::Endpoint;
 
@@ -23,28 +24,33 @@ pub fn lazy_channel(url: &str) -> anyhow::Result<TracedChannel> {
     ))
 }
 
-/// A verifier loaded with AuthService's keys, retried for up to a minute while auth starts.
+/// A verifier loaded with AuthService's keys, retried for up to a minute while auth starts
+/// (pauses from a quarter second doubling to 4 s, so a quick start costs little wait).
 /// The keys are then refreshed every five minutes until `shutdown`.
 pub async fn verifier_from_auth(
     auth: &AuthServiceClient<TracedChannel>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<TokenVerifier> {
     let mut client = auth.clone();
-    let keys = {
-        let mut attempt = 0;
-        loop {
-            match client.get_public_keys(GetPublicKeysRequest {}).await {
-                Ok(r) => break r.into_inner(),
-                Err(e) if attempt < 30 => {
-                    attempt += 1;
+    let mut pauses = ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(4))
+        .without_max_times()
+        .with_total_delay(Some(Duration::from_secs(60)))
+        .build();
+    let keys = loop {
+        match client.get_public_keys(GetPublicKeysRequest {}).await {
+            Ok(r) => break r.into_inner(),
+            Err(e) => match pauses.next() {
+                Some(pause) => {
                     tracing::warn!(error = %e.message(), "auth service not reachable yet, retrying");
-                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    tokio::time::sleep(pause).await;
                 }
-                Err(e) => anyhow::bail!(
+                None => anyhow::bail!(
                     "cannot load token keys from the auth service: {}",
                     e.message()
                 ),
-            }
+            },
         }
     };
     let verifier = TokenVerifier::new(&keys.issuer, &keys.audience);

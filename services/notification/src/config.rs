@@ -31,6 +31,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use chat_common::config::{
     millis, secs, server_defaults, vars, Database, Env, Listen, Nats, ServiceSecret, Upstream,
     NATS_DEFAULTS, UPSTREAM_DEFAULTS,
@@ -134,10 +135,22 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The pause after the `attempt`-th try (1-based): `backoff * 2^(attempt-1)`, capped.
+    /// The pauses between tries, in order: `backoff`, doubled after each further failure,
+    /// capped at `max_backoff`; one fewer than `max_attempts`.
+    pub fn pauses(&self) -> impl Iterator<Item = Duration> {
+        ExponentialBuilder::new()
+            .with_min_delay(self.backoff)
+            .with_max_delay(self.max_backoff)
+            .with_max_times(self.max_attempts.saturating_sub(1) as usize)
+            .build()
+    }
+
+    /// The pause after the `attempt`-th try (1-based), counted across restarts (the tries
+    /// are recorded with the delivery); `max_backoff` past the last scheduled pause.
     pub fn pause_after(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
-        self.backoff.saturating_mul(factor).min(self.max_backoff)
+        self.pauses()
+            .nth(attempt.saturating_sub(1) as usize)
+            .unwrap_or(self.max_backoff)
     }
 }
 
@@ -269,10 +282,14 @@ mod tests {
             backoff: Duration::from_millis(100),
             max_backoff: Duration::from_millis(350),
         };
-        assert_eq!(p.pause_after(1), Duration::from_millis(100));
-        assert_eq!(p.pause_after(2), Duration::from_millis(200));
-        assert_eq!(p.pause_after(3), Duration::from_millis(350));
+        // backon multiplies in f32: a doubled pause may be off by some nanoseconds.
+        let ms = |d: Duration| (d.as_secs_f64() * 1000.0).round() as u64;
+        assert_eq!(ms(p.pause_after(1)), 100);
+        assert_eq!(ms(p.pause_after(2)), 200);
+        assert_eq!(ms(p.pause_after(3)), 350);
+        assert_eq!(ms(p.pause_after(4)), 350);
         assert_eq!(p.pause_after(40), Duration::from_millis(350));
+        assert_eq!(p.pauses().count(), 4, "one pause fewer than tries");
     }
 
     #[test]

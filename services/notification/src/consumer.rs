@@ -16,6 +16,7 @@ use async_nats::jetstream::{
     AckKind,
 };
 use async_trait::async_trait;
+use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 
 use chat_common::{config::Nats, Shutdown};
@@ -70,8 +71,14 @@ impl JetStreamSource {
         })
     }
 
-    /// The open pull, opened when there is none; `None` at shutdown.
+    /// The open pull, opened when there is none (tried again after 100 ms doubling to
+    /// [`RETRY_DELAY`] while NATS is away); `None` at shutdown.
     async fn pull(&mut self, shutdown: &Shutdown) -> Option<&mut pull::Stream> {
+        let mut pauses = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(RETRY_DELAY)
+            .without_max_times()
+            .build();
         while self.messages.is_none() {
             if shutdown.is_triggered() {
                 return None;
@@ -82,7 +89,7 @@ impl JetStreamSource {
                     tracing::warn!(error = %e, "cannot pull events, retrying");
                     tokio::select! {
                         _ = shutdown.wait() => return None,
-                        _ = tokio::time::sleep(RETRY_DELAY) => {}
+                        _ = tokio::time::sleep(pauses.next().unwrap_or(RETRY_DELAY)) => {}
                     }
                 }
             }
