@@ -62,11 +62,13 @@ pub(crate) fn run(
 ) -> impl Stream<Item = Result<pb::ConnectResponse, Status>> + Send {
     async_stream::stream! {
         let _active = ActiveStream::new();
-        let _here = match &opened.who {
+        let (_here, announced) = match &opened.who {
             Some((id, name)) => {
-                Some(presence.enter_announced(opened.chat_id.0, *id, name.clone()).await)
+                let (here, announced) =
+                    presence.enter_announcing(opened.chat_id.0, *id, name.clone());
+                (Some(here), Some(announced))
             }
-            None => None,
+            None => (None, None),
         };
         let mut cursor = Cursor {
             chat_id: opened.chat_id,
@@ -75,7 +77,11 @@ pub(crate) fn run(
             snapshot_at: 0,
             sent_upto: opened.after_seq,
         };
+        // The history is read while the caller's beat goes out; nothing is sent before it has.
         let mut page = first_page(&*store, &opened).await;
+        if let Some(announced) = announced {
+            announced.wait().await;
+        }
         loop {
             let batch = match page {
                 Ok(b) => b,
