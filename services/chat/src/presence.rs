@@ -218,16 +218,16 @@ impl Presence {
         self.send_enter(chat, user, username, None)
     }
 
-    /// [`Presence::enter`], with an [`Announced`] that resolves once the beat that says so
-    /// has been handed to the bus (or after [`ANNOUNCE_WAIT`], should the announcing task
-    /// lag). A stream awaits it before it sends anything, reading its history meanwhile: a
-    /// user with a stream on each of two replicas who closes one as soon as the other
-    /// answers must not flap offline because the closing replica's goodbye overtook the
-    /// other replica's beat.
-    pub fn enter_announcing(&self, chat: i64, user: i64, username: String) -> (Here, Announced) {
+    /// [`Presence::enter`], returning once the beat that says so has been handed to the
+    /// bus (or after [`ANNOUNCE_WAIT`], should the announcing task lag). A stream waits for
+    /// it before its snapshot: a user with a stream on each of two replicas who closes one
+    /// right after opening the other must not flap offline because the closing replica's
+    /// goodbye overtook the other replica's beat.
+    pub async fn enter_announced(&self, chat: i64, user: i64, username: String) -> Here {
         let (tx, rx) = oneshot::channel();
         let here = self.send_enter(chat, user, username, Some(tx));
-        (here, Announced(rx))
+        let _ = tokio::time::timeout(ANNOUNCE_WAIT, rx).await;
+        here
     }
 
     fn send_enter(
@@ -253,17 +253,6 @@ impl Presence {
     /// Has the chat's set announced now, if this replica has streams on it.
     pub fn announce(&self, chat: i64) {
         let _ = self.tx.send(Command::Announce { chat });
-    }
-}
-
-/// The announcement of one [`Presence::enter_announcing`], awaited with [`Announced::wait`].
-#[must_use = "a stream waits for its announcement before it sends anything"]
-pub struct Announced(oneshot::Receiver<()>);
-
-impl Announced {
-    /// Returns once the beat has gone to the bus, or after [`ANNOUNCE_WAIT`].
-    pub async fn wait(self) {
-        let _ = tokio::time::timeout(ANNOUNCE_WAIT, self.0).await;
     }
 }
 

@@ -62,13 +62,11 @@ pub(crate) fn run(
 ) -> impl Stream<Item = Result<pb::ConnectResponse, Status>> + Send {
     async_stream::stream! {
         let _active = ActiveStream::new();
-        let (_here, announced) = match &opened.who {
+        let _here = match &opened.who {
             Some((id, name)) => {
-                let (here, announced) =
-                    presence.enter_announcing(opened.chat_id.0, *id, name.clone());
-                (Some(here), Some(announced))
+                Some(presence.enter_announced(opened.chat_id.0, *id, name.clone()).await)
             }
-            None => (None, None),
+            None => None,
         };
         let mut cursor = Cursor {
             chat_id: opened.chat_id,
@@ -77,11 +75,7 @@ pub(crate) fn run(
             snapshot_at: 0,
             sent_upto: opened.after_seq,
         };
-        // The history is read while the caller's beat goes out; nothing is sent before it has.
         let mut page = first_page(&*store, &opened).await;
-        if let Some(announced) = announced {
-            announced.wait().await;
-        }
         loop {
             let batch = match page {
                 Ok(b) => b,
