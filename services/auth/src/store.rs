@@ -38,20 +38,17 @@ pub async fn open(
     max_connections: u32,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Arc<dyn UserStore>> {
-    let store: Arc<dyn UserStore> = match Database::connect(url, MIGRATIONS, max_connections)
-        .await?
-        .monitored(url, shutdown)
-    {
-        Database::Postgres(pool) => Arc::new(postgres::PgUserStore::new(pool)),
-        Database::Sqlite(pool) => Arc::new(sqlite::SqliteUserStore::new(pool).await?),
-    };
-    Ok(store)
+    Ok(
+        match MIGRATIONS.open(url, max_connections, shutdown).await? {
+            Database::Postgres(pool) => Arc::new(postgres::PgUserStore::new(pool)),
+            Database::Sqlite(pool) => Arc::new(sqlite::SqliteUserStore::new(pool).await?),
+        },
+    )
 }
 
 /// Creates the database at `url` when missing and applies the migrations, then returns.
 pub async fn migrate(url: &str) -> anyhow::Result<()> {
-    Database::connect(url, MIGRATIONS, 1).await?.close().await;
-    Ok(())
+    MIGRATIONS.apply(url).await
 }
 
 /// An account as stored.

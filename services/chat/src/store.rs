@@ -24,28 +24,24 @@ pub const MIGRATIONS: Migrations = Migrations {
     sqlite: &sqlite::MIGRATOR,
 };
 
-/// The store on `url` (`postgres://` or `sqlite://`), created and migrated when needed; its pool
-/// monitors run on `shutdown`.
+/// The store at `url` (`postgres://...` or `sqlite://...`) with at most `max_connections`,
+/// the database created when missing and migrated; its pool monitors run on `shutdown`.
 pub async fn open(
     url: &str,
     max_connections: u32,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Arc<dyn ChatStore>> {
     Ok(
-        match Database::connect(url, MIGRATIONS, max_connections)
-            .await?
-            .monitored(url, shutdown)
-        {
+        match MIGRATIONS.open(url, max_connections, shutdown).await? {
             Database::Postgres(pool) => Arc::new(postgres::PgChatStore::new(pool)),
             Database::Sqlite(pool) => Arc::new(sqlite::SqliteChatStore::new(pool).await?),
         },
     )
 }
 
-/// Creates the database when missing and applies the migrations, then returns.
+/// Creates the database at `url` when missing and applies the migrations, then returns.
 pub async fn migrate(url: &str) -> anyhow::Result<()> {
-    Database::connect(url, MIGRATIONS, 1).await?.close().await;
-    Ok(())
+    MIGRATIONS.apply(url).await
 }
 
 // Row mapping, once for both engines: each record derives `sqlx::FromRow`, which maps a

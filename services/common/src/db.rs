@@ -90,6 +90,28 @@ pub struct Migrations {
     pub sqlite: &'static Migrator,
 }
 
+impl Migrations {
+    /// A service store's pool on `url` (`postgres://...` or `sqlite://...`) with at most
+    /// `max_connections`: the database created when missing and migrated, its monitors
+    /// running on `shutdown` (see [`Database::monitored`]).
+    pub async fn open(
+        self,
+        url: &str,
+        max_connections: u32,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<Database> {
+        Ok(Database::connect(url, self, max_connections)
+            .await?
+            .monitored(url, shutdown))
+    }
+
+    /// Creates the database at `url` when missing and applies the migrations, then returns.
+    pub async fn apply(self, url: &str) -> anyhow::Result<()> {
+        Database::connect(url, self, 1).await?.close().await;
+        Ok(())
+    }
+}
+
 impl Database {
     /// Connects to `url` (`postgres://...` or `sqlite://...`) with at most
     /// `max_connections`, creating the database when missing and applying `migrations`.

@@ -38,20 +38,15 @@ pub async fn open(
 ) -> anyhow::Result<Arc<dyn DeliveryStore>> {
     let relaxed = chat_common::db::relaxed_share(url, max_connections);
     let main = max_connections.saturating_sub(relaxed).max(1);
-    let store: Arc<dyn DeliveryStore> = match Database::connect(url, MIGRATIONS, main)
-        .await?
-        .monitored(url, shutdown)
-    {
+    Ok(match MIGRATIONS.open(url, main, shutdown).await? {
         Database::Postgres(pool) => Arc::new(postgres::PgDeliveryStore::new(pool, relaxed)),
         Database::Sqlite(pool) => Arc::new(sqlite::SqliteDeliveryStore::new(pool).await?),
-    };
-    Ok(store)
+    })
 }
 
 /// Creates the database at `url` when missing and applies the migrations, then returns.
 pub async fn migrate(url: &str) -> anyhow::Result<()> {
-    Database::connect(url, MIGRATIONS, 1).await?.close().await;
-    Ok(())
+    MIGRATIONS.apply(url).await
 }
 
 /// A message as recorded for notification: enough to write its emails again later.

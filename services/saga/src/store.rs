@@ -41,20 +41,15 @@ pub async fn open(
 ) -> anyhow::Result<Arc<dyn SagaStore>> {
     let relaxed = chat_common::db::relaxed_share(url, max_connections);
     let main = max_connections.saturating_sub(relaxed).max(1);
-    let store: Arc<dyn SagaStore> = match Database::connect(url, MIGRATIONS, main)
-        .await?
-        .monitored(url, shutdown)
-    {
+    Ok(match MIGRATIONS.open(url, main, shutdown).await? {
         Database::Postgres(pool) => Arc::new(postgres::PgSagaStore::new(pool, relaxed)),
         Database::Sqlite(pool) => Arc::new(sqlite::SqliteSagaStore::new(pool).await?),
-    };
-    Ok(store)
+    })
 }
 
 /// Creates the database at `url` when missing and applies the migrations, then returns.
 pub async fn migrate(url: &str) -> anyhow::Result<()> {
-    Database::connect(url, MIGRATIONS, 1).await?.close().await;
-    Ok(())
+    MIGRATIONS.apply(url).await
 }
 
 /// One step of a saga as logged (a row of [`STEP_COLUMNS`]).
