@@ -253,6 +253,26 @@ impl Client {
         }
     }
 
+    /// [`Client::authed`] on ChatService: `call` gets a client and `message` as a request
+    /// carrying the token, built again for the retry after a refresh.
+    pub async fn chat_call<M, T, F, Fut>(
+        &mut self,
+        op: Op,
+        message: M,
+        call: F,
+    ) -> Result<T, CliError>
+    where
+        M: Clone,
+        F: Fn(ChatServiceClient<TracedChannel>, Request<M>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let chat = self.chat.clone();
+        self.authed(Service::Chat, op, |t| {
+            call(chat.clone(), authed_request(message.clone(), &t))
+        })
+        .await
+    }
+
     /// Reads a listing page by page: `call(access_token, page_token)` asks for one page
     /// (the first with an empty page token), `show` shows it and returns the token of the
     /// next one, empty after the last.

@@ -9,8 +9,8 @@ use grpc_chat_proto::{
     },
     chat::v1::{
         AddMembersRequest, CreateChatRequest, DeleteChatRequest, EditMessageRequest,
-        LeaveChatRequest, ListChatsRequest, ListMembersRequest, ListMessagesRequest,
-        RemoveMemberRequest,
+        LeaveChatRequest, ListChatsRequest, ListMembersRequest, ListMembersResponse,
+        ListMessagesRequest, RemoveMemberRequest,
     },
     saga::v1 as sagapb,
 };
@@ -421,20 +421,13 @@ impl App {
                 "name at least one other member: create_chat <user1,user2,...> [title]",
             ));
         }
-        let chat = self.client.chat.clone();
         let resp = self
             .client
-            .authed(Service::Chat, Op::Other, |t| {
-                let mut chat = chat.clone();
-                let req = authed_request(
-                    CreateChatRequest {
-                        title: title.clone(),
-                        members: members.clone(),
-                    },
-                    &t,
-                );
-                async move { chat.create_chat(req).await }
-            })
+            .chat_call(
+                Op::Other,
+                CreateChatRequest { title, members },
+                |mut c, r| async move { c.create_chat(r).await },
+            )
             .await?;
         let chat = resp
             .chat
@@ -444,13 +437,12 @@ impl App {
     }
 
     async fn delete_chat(&mut self, chat_id: i64) -> Result<(), CliError> {
-        let chat = self.client.chat.clone();
         self.client
-            .authed(Service::Chat, Op::Chat(chat_id), |t| {
-                let mut chat = chat.clone();
-                let req = authed_request(DeleteChatRequest { chat_id }, &t);
-                async move { chat.delete_chat(req).await }
-            })
+            .chat_call(
+                Op::Chat(chat_id),
+                DeleteChatRequest { chat_id },
+                |mut c, r| async move { c.delete_chat(r).await },
+            )
             .await?;
         say(&format!("Chat {chat_id} deleted."));
         Ok(())
@@ -459,21 +451,13 @@ impl App {
     /// Edits a message. Repeating it is harmless: the server answers an edit that changes
     /// nothing with `unchanged`, so a retry after a lost answer is said as done.
     async fn edit_message(&mut self, chat_id: i64, seq: i64, text: String) -> Result<(), CliError> {
-        let chat = self.client.chat.clone();
         let resp = self
             .client
-            .authed(Service::Chat, Op::Chat(chat_id), |t| {
-                let mut chat = chat.clone();
-                let req = authed_request(
-                    EditMessageRequest {
-                        chat_id,
-                        seq,
-                        text: text.clone(),
-                    },
-                    &t,
-                );
-                async move { chat.edit_message(req).await }
-            })
+            .chat_call(
+                Op::Chat(chat_id),
+                EditMessageRequest { chat_id, seq, text },
+                |mut c, r| async move { c.edit_message(r).await },
+            )
             .await?;
         if resp.unchanged {
             say(&format!(
@@ -527,13 +511,7 @@ impl App {
         let seq = match seq {
             Some(seq) => seq,
             None => {
-                let chat = self.client.chat.clone();
-                self.client
-                    .authed(Service::Chat, Op::Chat(chat_id), |t| {
-                        let mut chat = chat.clone();
-                        let req = authed_request(ListMembersRequest { chat_id }, &t);
-                        async move { chat.list_members(req).await }
-                    })
+                self.list_members(chat_id)
                     .await?
                     .chat
                     .ok_or_else(|| CliError::new("the server sent no chat"))?
@@ -551,16 +529,19 @@ impl App {
         Ok(())
     }
 
+    /// The chat (with its last seq) and its members.
+    async fn list_members(&mut self, chat_id: i64) -> Result<ListMembersResponse, CliError> {
+        self.client
+            .chat_call(
+                Op::Chat(chat_id),
+                ListMembersRequest { chat_id },
+                |mut c, r| async move { c.list_members(r).await },
+            )
+            .await
+    }
+
     async fn members(&mut self, chat_id: i64) -> Result<(), CliError> {
-        let chat = self.client.chat.clone();
-        let resp = self
-            .client
-            .authed(Service::Chat, Op::Chat(chat_id), |t| {
-                let mut chat = chat.clone();
-                let req = authed_request(ListMembersRequest { chat_id }, &t);
-                async move { chat.list_members(req).await }
-            })
-            .await?;
+        let resp = self.list_members(chat_id).await?;
         for m in &resp.members {
             say(&member_line(m));
         }
@@ -573,20 +554,13 @@ impl App {
             .map(|m| m.trim().to_owned())
             .filter(|m| !m.is_empty())
             .collect();
-        let chat = self.client.chat.clone();
         let resp = self
             .client
-            .authed(Service::Chat, Op::Chat(chat_id), |t| {
-                let mut chat = chat.clone();
-                let req = authed_request(
-                    AddMembersRequest {
-                        chat_id,
-                        members: members.clone(),
-                    },
-                    &t,
-                );
-                async move { chat.add_members(req).await }
-            })
+            .chat_call(
+                Op::Chat(chat_id),
+                AddMembersRequest { chat_id, members },
+                |mut c, r| async move { c.add_members(r).await },
+            )
             .await?;
         let count = resp.chat.map_or(0, |c| c.member_count);
         if resp.added.is_empty() {
@@ -604,15 +578,7 @@ impl App {
     }
 
     async fn kick(&mut self, chat_id: i64, member: String) -> Result<(), CliError> {
-        let chat = self.client.chat.clone();
-        let listed = self
-            .client
-            .authed(Service::Chat, Op::Chat(chat_id), |t| {
-                let mut chat = chat.clone();
-                let req = authed_request(ListMembersRequest { chat_id }, &t);
-                async move { chat.list_members(req).await }
-            })
-            .await?;
+        let listed = self.list_members(chat_id).await?;
         let wanted = member.trim();
         let found = listed
             .members
@@ -626,11 +592,11 @@ impl App {
         let (user_id, name) = (found.user_id, found.username.clone());
         let resp = self
             .client
-            .authed(Service::Chat, Op::Chat(chat_id), |t| {
-                let mut chat = chat.clone();
-                let req = authed_request(RemoveMemberRequest { chat_id, user_id }, &t);
-                async move { chat.remove_member(req).await }
-            })
+            .chat_call(
+                Op::Chat(chat_id),
+                RemoveMemberRequest { chat_id, user_id },
+                |mut c, r| async move { c.remove_member(r).await },
+            )
             .await?;
         if resp.removed {
             say(&format!("Removed {name} from chat {chat_id}."));
@@ -641,13 +607,12 @@ impl App {
     }
 
     async fn leave(&mut self, chat_id: i64) -> Result<(), CliError> {
-        let chat = self.client.chat.clone();
         self.client
-            .authed(Service::Chat, Op::Chat(chat_id), |t| {
-                let mut chat = chat.clone();
-                let req = authed_request(LeaveChatRequest { chat_id }, &t);
-                async move { chat.leave_chat(req).await }
-            })
+            .chat_call(
+                Op::Chat(chat_id),
+                LeaveChatRequest { chat_id },
+                |mut c, r| async move { c.leave_chat(r).await },
+            )
             .await?;
         say(&format!("You left chat {chat_id}."));
         Ok(())
@@ -721,7 +686,6 @@ impl App {
                 "history {chat_id} 0: <n> is how many of the latest messages to show, at least 1 (default 20)"
             )));
         }
-        let chat = self.client.chat.clone();
         let mut wanted = n as usize;
         let mut before_seq = 0;
         let mut newest_first = Vec::new();
@@ -729,19 +693,16 @@ impl App {
             let page_size = wanted.min(500) as i32;
             let page = self
                 .client
-                .authed(Service::Chat, Op::Chat(chat_id), |t| {
-                    let mut chat = chat.clone();
-                    let req = authed_request(
-                        ListMessagesRequest {
-                            chat_id,
-                            page_size,
-                            after_seq: 0,
-                            before_seq,
-                        },
-                        &t,
-                    );
-                    async move { chat.list_messages(req).await }
-                })
+                .chat_call(
+                    Op::Chat(chat_id),
+                    ListMessagesRequest {
+                        chat_id,
+                        page_size,
+                        after_seq: 0,
+                        before_seq,
+                    },
+                    |mut c, r| async move { c.list_messages(r).await },
+                )
                 .await?;
             wanted = wanted.saturating_sub(page.messages.len());
             if let Some(last) = page.messages.last() {
