@@ -29,6 +29,7 @@ mod direct;
 
 use std::{sync::Arc, time::Duration};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use moka::sync::Cache;
 use tokio::sync::broadcast;
@@ -327,15 +328,19 @@ impl Notifier {
         let deadline = tokio::time::Instant::now() + timeout;
         // Listen before reading, so a finish between the read and the wait is not missed.
         let mut finished = self.inner.finished.subscribe();
-        let mut pause = FIRST_POLL;
+        let mut pauses = ExponentialBuilder::new()
+            .with_min_delay(FIRST_POLL)
+            .with_max_delay(POLL_EVERY)
+            .without_max_times()
+            .build();
         loop {
             let found = self.inner.store.deliveries(chat_id, seq).await?;
             let done = matches!(&found, Some(d) if overall(d).is_final());
             if done || tokio::time::Instant::now() >= deadline {
                 return Ok(found);
             }
+            let pause = pauses.next().unwrap_or(POLL_EVERY);
             let look_again = (tokio::time::Instant::now() + pause).min(deadline);
-            pause = (pause * 2).min(POLL_EVERY);
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep_until(look_again) => break,
