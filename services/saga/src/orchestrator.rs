@@ -158,7 +158,7 @@ impl Orchestrator {
         let saga = match store.create(caller, &req, self.inner.lease).await? {
             Created::New(saga) => {
                 metrics::counter!("saga_started_total").increment(1);
-                self.drive(saga).await?
+                self.drive_to_end(saga).await?
             }
             Created::Existing(saga) => self.await_existing(saga).await?,
         };
@@ -180,7 +180,7 @@ impl Orchestrator {
                 return Ok(saga);
             }
             if let Some(claimed) = store.claim(saga.id, self.inner.lease).await? {
-                return self.drive(claimed).await;
+                return self.drive_to_end(claimed).await;
             }
             if tokio::time::Instant::now() > give_up {
                 return Ok(saga);
@@ -246,17 +246,17 @@ impl Orchestrator {
         let heartbeat = {
             let store = self.inner.store.clone();
             let lease = self.inner.lease;
-            tokio::spawn(async move {
+            Heartbeat(tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(lease / 3).await;
                     if let Err(e) = store.renew_lease(id, lease).await {
                         tracing::warn!(saga_id = %id, error = %e, "renewing a saga lease failed");
                     }
                 }
-            })
+            }))
         };
         let result = self.run_steps(saga).instrument(span.clone()).await;
-        heartbeat.abort();
+        drop(heartbeat);
         match result {
             Ok(()) => {}
             Err(Paused(message)) => {
@@ -279,6 +279,19 @@ impl Orchestrator {
             trace::record_error(&span, &saga.error);
         }
         Ok(saga)
+    }
+
+    /// [`Orchestrator::drive`] in a task of its own, awaited: a caller who gives up (its
+    /// deadline, a dropped connection) drops only the wait, so the saga is not cut off
+    /// between two steps; it ends as it would have, and a replay of its key or `GetSaga`
+    /// tells how.
+    async fn drive_to_end(&self, saga: SagaRecord) -> Result<SagaRecord, SagaError> {
+        let this = self.clone();
+        self.inner
+            .shutdown
+            .spawn(async move { this.drive(saga).await }.in_current_span())
+            .await
+            .map_err(|e| anyhow::anyhow!("the saga's task failed: {e}"))?
     }
 
     /// The steps from where the log says the saga is, as [`Progress`] decides them. Store
@@ -510,6 +523,17 @@ impl Orchestrator {
             Err(s) if s.code() == Code::NotFound => Ok(Outcome::Succeeded(StepResult::None)),
             Err(s) => Err(paused("chat service", &s)),
         }
+    }
+}
+
+/// A saga's lease heartbeat, stopped when its drive ends in any way (dropped or panicking
+/// included): a heartbeat left running would renew the lease for ever, and no orchestrator
+/// could take the saga over.
+struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

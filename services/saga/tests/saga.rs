@@ -466,6 +466,47 @@ async fn a_notifier_down_past_the_deadline_makes_the_resumed_saga_compensate() {
     assert!(w.history(&bob, chat_id).await.is_empty());
 }
 
+/// Defect: a caller who gave up (its deadline, a dropped connection) dropped the saga's
+/// drive between two steps, while the drive's lease heartbeat went on in a task of its own,
+/// renewing the lease for ever: no orchestrator could take the saga over, it stayed RUNNING,
+/// and every replay of its key answered that it was still in progress.
+async fn a_caller_who_gives_up_does_not_strand_the_saga() {
+    let w = World::new(SmtpMode::Accept).await;
+    let notify_proxy = TcpProxy::start(w.notifier.addr).await;
+    let mut config = w.config();
+    config.upstream.notification_url = format!("http://{}", notify_proxy.addr);
+    config.settings.notify_deadline = Duration::from_secs(1);
+    let saga = spawn_saga(config).await;
+    let (alice, bob) = (w.auth.user("alice").await, w.auth.user("bob").await);
+    let chat_id = w.chat_of(&alice, &[&bob]).await;
+    // The notify step hangs; the caller stops waiting meanwhile.
+    notify_proxy.blackhole();
+    let req = || request(chat_id, "alice", "patience", "given-up");
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(800), send(&saga, &alice, req())).await;
+    assert!(
+        gave_up.is_err(),
+        "the saga ended before the caller gave up: {gave_up:?}"
+    );
+    notify_proxy.restore();
+    // The saga ends anyway, once: a replay of its key answers with the completed saga.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let done = loop {
+        match send(&saga, &alice, req()).await {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the saga never ended after its caller gave up: {e:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(done.state, SagaState::Completed as i32, "{done:?}");
+    assert_eq!(w.history(&bob, chat_id).await, ["patience"]);
+}
+
 /// An orchestrator on a tokio runtime of its own, in a thread of its own, so that a test
 /// can crash it: [`CrashableSaga::crash`] drops the runtime, and with it every task and
 /// socket, without any graceful shutdown (the leases of its sagas are left behind, as a
@@ -784,4 +825,5 @@ chat_testkit::backend_tests!(
     a_notifier_down_past_the_deadline_makes_the_resumed_saga_compensate,
     sagas_resumed_after_a_crash_end_with_the_truth,
     no_email_about_a_message_the_saga_removed,
+    a_caller_who_gives_up_does_not_strand_the_saga,
 );
