@@ -81,6 +81,26 @@ pub enum Database {
     Sqlite(SqlitePool),
 }
 
+/// For `query(..).persistent(..)` on a PostgreSQL batch statement that joins a table that
+/// grows to the statement's `UNNEST` arrays: not kept prepared, planned each time.
+///
+/// sqlx keeps statements prepared per connection, and PostgreSQL gives a prepared
+/// statement a generic plan after five runs, made for the table as it is then and kept.
+/// One made while the table was small (a new deployment, a new database) hashes the arrays
+/// and scans the whole table, and goes on doing so as the table grows until an ANALYZE
+/// invalidates it: the notifier's finish of 448 deliveries took 17 ms at 70k rows instead
+/// of 1.3 ms, and the bench's saga rate alternated between ~90 and ~280/s on whichever plan
+/// its connections had cached. An unnamed statement is planned with its arrays and the
+/// table's current size each time, which picks the index once the table has grown, for a
+/// fraction of a millisecond of planning per batch.
+///
+/// Only for tables that outgrow autovacuum's ANALYZE (the notifier's deliveries grow by
+/// every message's recipients). Chat's group insert keeps its prepared plan: a plan made
+/// at 16 chats does scan at 60k (109 ms a batch), but chats and members grow slowly enough
+/// for ANALYZE to re-plan it, and planning each time cost busy-chat a tenth of its rate
+/// (`chat-bench --backend postgres --no-limits busy-chat`: 822-858 msg/s against 928-975).
+pub const PLANNED_EACH_TIME: bool = false;
+
 /// A service's migrations, one set per engine.
 #[derive(Clone, Copy)]
 pub struct Migrations {

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{postgres::PgRow, FromRow, PgPool, Row};
 
-use chat_common::batch::Batcher;
+use chat_common::{batch::Batcher, db::PLANNED_EACH_TIME};
 
 use super::{
     DeliveryRecord, DeliveryState, DeliveryStore, DirectEmailRecord, MessageRecord, NewEmail,
@@ -92,9 +92,9 @@ async fn record_and_claim(
     let first = first_of_each_message(&items);
     let lease = items.iter().map(|i| i.lease).max().unwrap_or_default();
     let (m, r) = batch_columns(&items, &first);
-    // Planned for each batch (see `UNPLANNED`), like the finish below.
+    // Planned for each batch, like the finish below (see `PLANNED_EACH_TIME`).
     let rows = sqlx::query(RECORD_AND_CLAIM)
-        .persistent(UNPLANNED)
+        .persistent(PLANNED_EACH_TIME)
         .bind(&m.chat_ids)
         .bind(&m.seqs)
         .bind(&m.sender_ids)
@@ -129,16 +129,6 @@ async fn record_and_claim(
         })
         .collect())
 }
-
-/// Whether the batch statements that join `deliveries` to their `UNNEST` arrays are kept
-/// prepared: no. A prepared statement's generic plan is made once per connection, and one
-/// made while `deliveries` is small (a new deployment, a new database) hashes the arrays
-/// and scans the whole table; kept as the table grows, every batch then reads every row
-/// (measured: a finish of 448 deliveries took 17 ms at 70k rows instead of well under
-/// one, and the bench's saga rate fell from ~280/s to ~90/s in the runs where that plan
-/// was cached). An unnamed statement is planned with its arrays and the table's current
-/// size each time, which picks the index once the table has grown.
-const UNPLANNED: bool = false;
 
 /// The statement of [`record_and_claim`]: `$1`..`$7` the new messages' columns, `$8`..`$12`
 /// their recipients', `$13` the lease in seconds. A row per recorded message (`recorded`
@@ -290,7 +280,7 @@ async fn finish_delivered(pool: PgPool, items: Vec<DeliveredItem>) -> anyhow::Re
          FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) AS f(chat_id, seq, recipient_id) \
          WHERE d.chat_id = f.chat_id AND d.seq = f.seq AND d.recipient_id = f.recipient_id",
     )
-    .persistent(UNPLANNED)
+    .persistent(PLANNED_EACH_TIME)
     .bind(&chat_ids)
     .bind(&seqs)
     .bind(&recipient_ids)
