@@ -74,6 +74,10 @@ impl JetStreamSource {
     /// The open pull, opened when there is none (tried again after 100 ms doubling to
     /// [`RETRY_DELAY`] while NATS is away); `None` at shutdown.
     async fn pull(&mut self, shutdown: &Shutdown) -> Option<&mut pull::Stream> {
+        // Called for every event: the usual case, an open pull, builds no schedule.
+        if self.messages.is_some() {
+            return self.messages.as_mut();
+        }
         let mut pauses = ExponentialBuilder::new()
             .with_min_delay(Duration::from_millis(100))
             .with_max_delay(RETRY_DELAY)
