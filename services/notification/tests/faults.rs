@@ -1,13 +1,14 @@
 //! The notifier when its own database goes away: a private PostgreSQL (the shared one is
 //! never stopped) holds the delivery records, and is stopped while messages keep coming.
 //! Events that could not be recorded are not lost with the outage: they come again, and
-//! once the database is back every email goes out, each exactly once.
+//! once the database is back every email goes out, each exactly once. Likewise when NATS
+//! (a private `nats-server`, killed and started again) goes away under the notifier.
 
 use std::{collections::HashMap, time::Duration};
 
 use chat_testkit::{
     chat_config,
-    fault::{PrivatePostgres, StopMode},
+    fault::{PrivateNats, PrivatePostgres, StopMode},
     notification_config,
     smtp::{SmtpMode, TestSmtp},
     spawn_auth, spawn_chat, spawn_notification, TestDb, TestNats,
@@ -103,4 +104,69 @@ async fn emails_of_messages_sent_while_the_notifier_database_was_down_go_out_onc
             assert_eq!(n, 2, "{text:?} emailed to bob and carol once each");
         }
     }
+}
+
+/// The notifier's JetStream pull breaks when NATS dies; it must open a new one once NATS is
+/// back (JetStream keeps the stream on disk), so that the events of messages sent during
+/// and after the outage are emailed, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emails_of_messages_sent_around_a_nats_restart_go_out_once() {
+    let mut nats_server = PrivateNats::start().await.expect("private nats");
+    let auth = spawn_auth().await;
+    let (chat_db, notify_db) = (TestDb::new().await, TestDb::new().await);
+    let nats = TestNats::new();
+    let mut chat_config = chat_config(&auth, &chat_db.url, &nats);
+    chat_config.nats.url = nats_server.url();
+    let chat = spawn_chat(chat_config).await;
+    let smtp = TestSmtp::start(SmtpMode::Accept).await;
+    let mut config = notification_config(&auth, &chat, &notify_db.url, &nats, smtp.addr);
+    config.nats.url = nats_server.url();
+    let _notifier = spawn_notification(config).await;
+
+    let (alice, bob) = (auth.user("alice").await, auth.user("bob").await);
+    let chat_id = chat
+        .client
+        .clone()
+        .create_chat(alice.req(chatpb::CreateChatRequest {
+            title: "nats restart".into(),
+            members: vec![bob.username.clone()],
+        }))
+        .await
+        .expect("create chat")
+        .into_inner()
+        .chat
+        .expect("chat")
+        .id;
+    let send = |text: &str| {
+        let mut client = chat.client.clone();
+        let req = alice.req(chatpb::SendMessageRequest {
+            chat_id,
+            text: text.into(),
+            ..Default::default()
+        });
+        async move { client.send_message(req).await.expect("send") }
+    };
+    send("sent before the outage").await;
+    smtp.wait_for(1).await;
+
+    nats_server.kill().await;
+    // Stored while NATS is away; its event leaves through the outbox once NATS is back.
+    send("sent during the outage").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    nats_server.restart().await.expect("restart nats");
+    send("sent after the outage").await;
+
+    smtp.wait_for(3).await;
+    // Give a duplicate, if any were to come, the time to arrive (a redelivery waits 2 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mails = smtp.mails();
+    for text in [
+        "sent before the outage",
+        "sent during the outage",
+        "sent after the outage",
+    ] {
+        let n = mails.iter().filter(|m| m.data.contains(text)).count();
+        assert_eq!(n, 1, "{text:?} emailed to bob once: {mails:?}");
+    }
+    assert_eq!(mails.len(), 3, "{mails:?}");
 }
