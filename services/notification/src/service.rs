@@ -15,7 +15,11 @@ use grpc_chat_proto::notification::v1::{
     self as pb, notification_service_server::NotificationService,
 };
 
-use crate::{error::NotificationError, notifier::Notifier, store::NewEmail};
+use crate::{
+    error::NotificationError,
+    notifier::{overall, Notifier},
+    store::NewEmail,
+};
 
 use crate::convert::{deliveries_to_pb, email_to_pb};
 
@@ -27,6 +31,12 @@ const MAX_BODY_CHARS: usize = 65_536;
 /// The longest a caller may ask us to wait.
 const MAX_WAIT_MS: i32 = 60_000;
 const DEFAULT_NOTIFY_WAIT_MS: i32 = 30_000;
+/// How long `NotifyMessage` leaves a message's emails to its event before it sends them
+/// itself. Sending them from both at once cost the saga a call to ChatService (the
+/// message's text), a record that lost the race and claims that found nothing, for
+/// emails the event had sent by the time the call asked; an event that is late (NATS
+/// down, a backlog) delays the call by this much.
+const EVENT_GRACE: Duration = Duration::from_millis(50);
 
 /// The `NotificationService` gRPC service: parses requests and hands them to the [`Notifier`].
 #[derive(Clone)]
@@ -154,6 +164,20 @@ impl NotificationService for NotificationApi {
         check_ids(req.chat_id, req.seq)?;
         let wait = wait_ms("timeout_ms", req.timeout_ms, DEFAULT_NOTIFY_WAIT_MS)?;
         let notifier = &self.notifier;
+        // The message's event is on its way (ChatService published it before it answered
+        // the sender) and usually has its emails sent within milliseconds: when it has by
+        // the end of a short grace, that is the answer, with nothing fetched, recorded or
+        // claimed here a second time.
+        let early = notifier
+            .wait_final(req.chat_id, req.seq, EVENT_GRACE.min(wait))
+            .await?;
+        if let Some(deliveries) = early.filter(|d| overall(d).is_final()) {
+            let (state, deliveries) = deliveries_to_pb(&deliveries);
+            return Ok(Response::new(pb::NotifyMessageResponse {
+                state,
+                deliveries,
+            }));
+        }
         // Sending runs in its own task so that a caller who gives up does not cut an
         // email off halfway; the records tell the outcome to whoever asks next.
         let work = if notifier.is_recorded(req.chat_id, req.seq).await? {
