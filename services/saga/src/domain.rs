@@ -33,6 +33,11 @@ pub enum StepKind {
     Compensate,
 }
 
+impl StepKind {
+    /// The step a new saga starts with, logged as started with the saga itself.
+    pub const FIRST: StepKind = StepKind::ResolveSender;
+}
+
 /// One step's outcome so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
 #[strum(serialize_all = "snake_case")]

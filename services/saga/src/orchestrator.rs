@@ -45,7 +45,7 @@ use grpc_chat_proto::notification::v1::{
 
 use crate::{
     convert::notify_answer,
-    domain::{FailCode, SagaState, SendRequest, StepKind},
+    domain::{FailCode, SagaState, SendRequest, StepKind, StepState},
     error::SagaError,
     machine::{self, Action, NotifyAnswer, NotifyWait, Outcome, Progress, Step},
     store::{Created, SagaRecord, SagaStore, StepResult},
@@ -303,8 +303,15 @@ impl Orchestrator {
         let id = saga.id;
         let mut progress = Progress::of(&saga);
         let mut action = progress.resume();
-        // When the write before logged the start of the step to run: that start's time.
-        let mut started = None;
+        // When the write before logged the start of the step to run: that start's time. A
+        // new saga's first step was logged started with the saga, and a step a crash
+        // interrupted is still logged started: neither is logged again.
+        let mut started = match &action {
+            Action::Run(step) => saga.steps.iter().find_map(|s| {
+                (s.kind == step.kind() && s.state == StepState::Started).then_some(s.started_at)
+            }),
+            _ => None,
+        };
         loop {
             match action {
                 Action::Run(step) => {

@@ -164,6 +164,17 @@ where
     })
 }
 
+/// The log of a saga's first step as [`SagaStore::insert`] writes it: started at `at`.
+pub(crate) fn first_step(at: DateTime<Utc>) -> StepRecord {
+    StepRecord {
+        kind: StepKind::FIRST,
+        state: StepState::Started,
+        started_at: at,
+        finished_at: None,
+        error: String::new(),
+    }
+}
+
 /// What [`SagaStore::create`] found.
 pub enum Created {
     /// A new saga, leased to the caller.
@@ -223,8 +234,9 @@ pub trait SagaStore: Send + Sync + 'static {
         Ok(Created::Existing(self.by_key(initiator_id, key).await?))
     }
 
-    /// Inserts a running saga owned by the caller for `lease`, in one statement; None when
-    /// the initiator has a saga with the request's idempotency key already.
+    /// Inserts a running saga owned by the caller for `lease`, with its first step
+    /// ([`StepKind::FIRST`]) started, in one write; None when the initiator has a saga with
+    /// the request's idempotency key already.
     async fn insert(
         &self,
         initiator_id: i64,

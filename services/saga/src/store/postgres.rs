@@ -5,11 +5,12 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{postgres::PgRow, PgConnection, PgPool};
+use sqlx::{postgres::PgRow, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::{
-    saga_from_row, SagaRecord, SagaStore, StepRecord, StepResult, Then, SAGA_COLUMNS, STEP_COLUMNS,
+    first_step, saga_from_row, SagaRecord, SagaStore, StepRecord, StepResult, Then, SAGA_COLUMNS,
+    STEP_COLUMNS,
 };
 use crate::domain::{FailCode, SagaState, SendRequest, StepKind};
 
@@ -60,11 +61,16 @@ impl SagaStore for PgSagaStore {
         lease: Duration,
     ) -> anyhow::Result<Option<SagaRecord>> {
         let inserted = sqlx::query(&format!(
-            "INSERT INTO sagas (id, initiator_id, idempotency_key, chat_id, sender, text, state, \
-                lease_until) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'running', now() + make_interval(secs => $7)) \
-             ON CONFLICT (initiator_id, idempotency_key) WHERE idempotency_key IS NOT NULL \
-             DO NOTHING RETURNING {SAGA_COLUMNS}"
+            "WITH saga AS ( \
+                 INSERT INTO sagas (id, initiator_id, idempotency_key, chat_id, sender, text, \
+                    state, lease_until) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'running', now() + make_interval(secs => $7)) \
+                 ON CONFLICT (initiator_id, idempotency_key) WHERE idempotency_key IS NOT NULL \
+                 DO NOTHING RETURNING {SAGA_COLUMNS}), \
+             step AS ( \
+                 INSERT INTO saga_steps (saga_id, kind, state) \
+                 SELECT id, $8, 'started' FROM saga RETURNING started_at) \
+             SELECT saga.*, step.started_at AS first_started_at FROM saga, step"
         ))
         .bind(Uuid::new_v4())
         .bind(initiator_id)
@@ -73,10 +79,16 @@ impl SagaStore for PgSagaStore {
         .bind(&req.from)
         .bind(&req.text)
         .bind(lease.as_secs_f64())
+        .bind(StepKind::FIRST.as_str())
         .fetch_optional(&self.pool)
         .await
         .context("creating a saga")?;
-        inserted.as_ref().map(saga_from_row).transpose()
+        let Some(row) = inserted else {
+            return Ok(None);
+        };
+        let mut saga = saga_from_row(&row)?;
+        saga.steps = vec![first_step(row.try_get("first_started_at")?)];
+        Ok(Some(saga))
     }
 
     async fn by_key(&self, initiator_id: i64, key: Option<&str>) -> anyhow::Result<SagaRecord> {

@@ -20,7 +20,8 @@ use uuid::Uuid;
 use chat_common::db::{sqlite_lease_end, sqlite_time, sqlite_writer, Args, GroupWriter};
 
 use super::{
-    saga_from_row, SagaRecord, SagaStore, StepRecord, StepResult, Then, SAGA_COLUMNS, STEP_COLUMNS,
+    first_step, saga_from_row, SagaRecord, SagaStore, StepRecord, StepResult, Then, SAGA_COLUMNS,
+    STEP_COLUMNS,
 };
 use crate::domain::{FailCode, SagaState, SendRequest, StepKind};
 
@@ -95,11 +96,17 @@ impl SagaStore for SqliteSagaStore {
                     .bind(&req.from)
                     .bind(&req.text)
                     .bind(lease_until)
-                    .bind(at)
+                    .bind(&at)
                     .fetch_optional(&mut *conn)
                     .await
                     .context("creating a saga")?;
-                    row.as_ref().map(saga_from_row).transpose()
+                    let Some(row) = row else {
+                        return Ok(None);
+                    };
+                    let mut saga = saga_from_row(&row)?;
+                    let started = start_step(conn, saga.id, StepKind::FIRST, &at).await?;
+                    saga.steps = vec![first_step(started)];
+                    Ok(Some(saga))
                 })
             })
             .await
