@@ -178,6 +178,8 @@ async fn a_message_without_recipients_is_recorded_with_nothing_to_claim() {
         store.deliveries(9, 3).await.expect("read").map(|d| d.len()),
         Some(0)
     );
+    // A message never recorded is not one without recipients.
+    assert!(store.deliveries(9, 4).await.expect("read").is_none());
 }
 
 chat_testkit::backend_tests!(

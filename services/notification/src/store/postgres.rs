@@ -58,6 +58,19 @@ impl PgDeliveryStore {
             delivered,
         }
     }
+
+    /// The message's deliveries, by recipient; none when it is not recorded.
+    async fn read_deliveries(&self, chat_id: i64, seq: i64) -> anyhow::Result<Vec<DeliveryRecord>> {
+        sqlx::query_as(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE chat_id = $1 AND seq = $2 \
+             ORDER BY recipient_id"
+        ))
+        .bind(chat_id)
+        .bind(seq)
+        .fetch_all(&self.pool)
+        .await
+        .context("reading deliveries")
+    }
 }
 
 /// One message to record with its recipients and claim.
@@ -435,19 +448,17 @@ impl DeliveryStore for PgDeliveryStore {
         chat_id: i64,
         seq: i64,
     ) -> anyhow::Result<Option<Vec<DeliveryRecord>>> {
+        // Deliveries are written in the statement that records their message, so finding
+        // some answers both questions in one read. Only none leaves it open whether the
+        // message is unknown, known with no recipient, or recorded since the read.
+        let deliveries = self.read_deliveries(chat_id, seq).await?;
+        if !deliveries.is_empty() {
+            return Ok(Some(deliveries));
+        }
         if !self.is_recorded(chat_id, seq).await? {
             return Ok(None);
         }
-        let deliveries: Vec<DeliveryRecord> = sqlx::query_as(&format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE chat_id = $1 AND seq = $2 \
-             ORDER BY recipient_id"
-        ))
-        .bind(chat_id)
-        .bind(seq)
-        .fetch_all(&self.pool)
-        .await
-        .context("reading deliveries")?;
-        Ok(Some(deliveries))
+        Ok(Some(self.read_deliveries(chat_id, seq).await?))
     }
 
     async fn create_email(&self, email: &NewEmail) -> anyhow::Result<(DirectEmailRecord, bool)> {
