@@ -359,23 +359,33 @@ async fn a_deleted_account_leaves_every_chat() {
     let e = a_send(&chat, &bob, first).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
 
-    // His message stays, without his name; hers keeps hers.
-    let history = chat
-        .client
-        .clone()
-        .list_messages(alice.req(pb::ListMessagesRequest {
-            chat_id: first,
-            after_seq: 0,
-            ..Default::default()
-        }))
-        .await
-        .expect("history")
-        .into_inner()
-        .messages;
-    let his = history
-        .iter()
-        .find(|m| m.sender_id == bob.id)
-        .expect("his message");
+    // His message stays, without his name; hers keeps hers. The deletion takes his name
+    // off his messages after it ended his memberships, so the name may still be there
+    // for a moment after his removal was seen.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (history, his) = loop {
+        let history = chat
+            .client
+            .clone()
+            .list_messages(alice.req(pb::ListMessagesRequest {
+                chat_id: first,
+                after_seq: 0,
+                ..Default::default()
+            }))
+            .await
+            .expect("history")
+            .into_inner()
+            .messages;
+        let his = history
+            .iter()
+            .find(|m| m.sender_id == bob.id)
+            .expect("his message")
+            .clone();
+        if his.sender_deleted || tokio::time::Instant::now() > deadline {
+            break (history, his);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(
         his.sender_deleted && his.sender_username.is_empty(),
         "{his:?}"
