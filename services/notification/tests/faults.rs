@@ -32,19 +32,7 @@ async fn emails_of_messages_sent_while_the_notifier_database_was_down_go_out_onc
         auth.user("bob").await,
         auth.user("carol").await,
     );
-    let chat_id = chat
-        .client
-        .clone()
-        .create_chat(alice.req(chatpb::CreateChatRequest {
-            title: "outage".into(),
-            members: vec![bob.username.clone(), carol.username.clone()],
-        }))
-        .await
-        .expect("create chat")
-        .into_inner()
-        .chat
-        .expect("chat")
-        .id;
+    let chat_id = chat.create_chat(&alice, "outage", &[&bob, &carol]).await;
     let send = |text: String| {
         let client = chat.client.clone();
         let req = alice.req(chatpb::SendMessageRequest {
@@ -124,19 +112,7 @@ async fn emails_of_messages_sent_around_a_nats_restart_go_out_once() {
     let _notifier = spawn_notification(config).await;
 
     let (alice, bob) = (auth.user("alice").await, auth.user("bob").await);
-    let chat_id = chat
-        .client
-        .clone()
-        .create_chat(alice.req(chatpb::CreateChatRequest {
-            title: "nats restart".into(),
-            members: vec![bob.username.clone()],
-        }))
-        .await
-        .expect("create chat")
-        .into_inner()
-        .chat
-        .expect("chat")
-        .id;
+    let chat_id = chat.create_chat(&alice, "nats restart", &[&bob]).await;
     let send = |text: &str| {
         let mut client = chat.client.clone();
         let req = alice.req(chatpb::SendMessageRequest {

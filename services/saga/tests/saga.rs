@@ -64,19 +64,14 @@ impl World {
     }
 
     async fn chat_of(&self, owner: &TestUser, members: &[&TestUser]) -> i64 {
-        self.chat
-            .client
-            .clone()
-            .create_chat(owner.req(chatpb::CreateChatRequest {
-                title: "saga".into(),
-                members: members.iter().map(|m| m.username.clone()).collect(),
-            }))
-            .await
-            .expect("create chat")
-            .into_inner()
-            .chat
-            .expect("chat")
-            .id
+        self.chat.create_chat(owner, "saga", members).await
+    }
+
+    /// The orchestrator's configuration, reaching NotificationService through `proxy`.
+    fn config_through(&self, proxy: &TcpProxy) -> saga_orchestrator::Config {
+        let mut config = self.config();
+        config.upstream.notification_url = format!("http://{}", proxy.addr);
+        config
     }
 
     async fn history(&self, user: &TestUser, chat_id: i64) -> Vec<String> {
@@ -410,8 +405,7 @@ async fn an_orchestrator_stopped_before_storing_resumes_at_start_up() {
 async fn an_orchestrator_stopped_before_notifying_resumes_without_a_second_message() {
     let w = World::new(SmtpMode::Accept).await;
     let notify_proxy = TcpProxy::start(w.notifier.addr).await;
-    let mut config = w.config();
-    config.upstream.notification_url = format!("http://{}", notify_proxy.addr);
+    let config = w.config_through(&notify_proxy);
     let first = spawn_saga(config.clone()).await;
     let (alice, bob) = (w.auth.user("alice").await, w.auth.user("bob").await);
     let chat_id = w.chat_of(&alice, &[&bob]).await;
@@ -449,8 +443,7 @@ async fn an_orchestrator_stopped_before_notifying_resumes_without_a_second_messa
 async fn a_notifier_down_past_the_deadline_makes_the_resumed_saga_compensate() {
     let w = World::new(SmtpMode::Accept).await;
     let notify_proxy = TcpProxy::start(w.notifier.addr).await;
-    let mut config = w.config();
-    config.upstream.notification_url = format!("http://{}", notify_proxy.addr);
+    let mut config = w.config_through(&notify_proxy);
     config.settings.notify_deadline = Duration::from_millis(500);
     let saga = spawn_saga(config).await;
     let (alice, bob) = (w.auth.user("alice").await, w.auth.user("bob").await);
@@ -473,8 +466,7 @@ async fn a_notifier_down_past_the_deadline_makes_the_resumed_saga_compensate() {
 async fn a_caller_who_gives_up_does_not_strand_the_saga() {
     let w = World::new(SmtpMode::Accept).await;
     let notify_proxy = TcpProxy::start(w.notifier.addr).await;
-    let mut config = w.config();
-    config.upstream.notification_url = format!("http://{}", notify_proxy.addr);
+    let mut config = w.config_through(&notify_proxy);
     config.settings.notify_deadline = Duration::from_secs(1);
     let saga = spawn_saga(config).await;
     let (alice, bob) = (w.auth.user("alice").await, w.auth.user("bob").await);
@@ -672,8 +664,7 @@ async fn no_email_about_a_message_the_saga_removed() {
     w.notifier.shutdown.trigger();
     let notify_proxy = TcpProxy::start(w.notifier.addr).await;
     notify_proxy.cut();
-    let mut config = w.config();
-    config.upstream.notification_url = format!("http://{}", notify_proxy.addr);
+    let mut config = w.config_through(&notify_proxy);
     config.settings.notify_deadline = Duration::from_millis(500);
     let saga = spawn_saga(config).await;
 

@@ -458,6 +458,30 @@ pub struct TestChat {
     pub shutdown: Shutdown,
 }
 
+impl TestChat {
+    /// Creates a chat titled `title`, owned by `owner`, with `members` (the owner alone when
+    /// there are none: a list naming no one is refused); returns its id.
+    pub async fn create_chat(&self, owner: &TestUser, title: &str, members: &[&TestUser]) -> i64 {
+        let members = if members.is_empty() {
+            vec![owner.username.clone()]
+        } else {
+            members.iter().map(|m| m.username.clone()).collect()
+        };
+        self.client
+            .clone()
+            .create_chat(owner.req(grpc_chat_proto::chat::v1::CreateChatRequest {
+                title: title.into(),
+                members,
+            }))
+            .await
+            .expect("create chat")
+            .into_inner()
+            .chat
+            .expect("chat")
+            .id
+    }
+}
+
 /// Chat settings for tests: this test's NATS space and database, the test auth service.
 pub fn chat_config(auth: &TestAuth, database_url: &str, nats: &TestNats) -> chat_service::Config {
     chat_service::Config {

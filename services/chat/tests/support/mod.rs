@@ -39,23 +39,7 @@ impl World {
 }
 
 pub async fn create_chat(chat: &TestChat, owner: &TestUser, members: &[&TestUser]) -> i64 {
-    chat.client
-        .clone()
-        .create_chat(owner.req(pb::CreateChatRequest {
-            title: "test chat".into(),
-            // No one else: the owner names itself (a list naming no one is refused).
-            members: if members.is_empty() {
-                vec![owner.username.clone()]
-            } else {
-                members.iter().map(|m| m.username.clone()).collect()
-            },
-        }))
-        .await
-        .expect("create chat")
-        .into_inner()
-        .chat
-        .expect("chat")
-        .id
+    chat.create_chat(owner, "test chat", members).await
 }
 
 pub async fn send(chat: &TestChat, user: &TestUser, chat_id: i64, text: &str) -> pb::Message {
