@@ -379,6 +379,16 @@ mod tests {
     }
 
     #[test]
+    fn a_new_saga_runs_first_the_step_its_creation_logged() {
+        // The store logs `StepKind::FIRST` as started with the saga; the orchestrator
+        // does not log it again only if it is the step a new saga runs first.
+        match running().resume() {
+            Action::Run(step) => assert_eq!(step.kind(), StepKind::FIRST),
+            other => panic!("a new saga does not run a step first: {other:?}"),
+        }
+    }
+
+    #[test]
     fn a_saga_that_goes_well_runs_every_step_and_completes() {
         let mut p = running();
         let mut action = p.resume();
