@@ -65,7 +65,7 @@ use futures::future::BoxFuture;
 use sqlx::{
     error::BoxDynError,
     migrate::{MigrateDatabase, Migration, MigrationSource, Migrator},
-    postgres::PgPoolOptions,
+    postgres::{PgConnectOptions, PgPoolOptions},
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
     PgPool, Postgres, Sqlite, SqlitePool, Transaction,
 };
@@ -81,25 +81,25 @@ pub enum Database {
     Sqlite(SqlitePool),
 }
 
-/// For `query(..).persistent(..)` on a PostgreSQL batch statement that joins a table that
-/// grows to the statement's `UNNEST` arrays: not kept prepared, planned each time.
+/// [`Migrations::postgres_settings`] for a store whose every statement reads or writes
+/// rows by key: its connections' planner may use nothing but indexes and nested loops.
 ///
-/// sqlx keeps statements prepared per connection, and PostgreSQL gives a prepared
-/// statement a generic plan after five runs, made for the table as it is then and kept.
-/// One made while the table was small (a new deployment, a new database) hashes the arrays
-/// and scans the whole table, and goes on doing so as the table grows until an ANALYZE
-/// invalidates it: the notifier's finish of 448 deliveries took 17 ms at 70k rows instead
-/// of 1.3 ms, and the bench's saga rate alternated between ~90 and ~280/s on whichever plan
-/// its connections had cached. An unnamed statement is planned with its arrays and the
-/// table's current size each time, which picks the index once the table has grown, for a
-/// fraction of a millisecond of planning per batch.
-///
-/// Only for tables that outgrow autovacuum's ANALYZE (the notifier's deliveries grow by
-/// every message's recipients). Chat's group insert keeps its prepared plan: a plan made
-/// at 16 chats does scan at 60k (109 ms a batch), but chats and members grow slowly enough
-/// for ANALYZE to re-plan it, and planning each time cost busy-chat a tenth of its rate
-/// (`chat-bench --backend postgres --no-limits busy-chat`: 822-858 msg/s against 928-975).
-pub const PLANNED_EACH_TIME: bool = false;
+/// Connections plan each prepared statement once (see [`connect_and_migrate`]), so a plan
+/// must suit the table at any size. A batch statement that joins its `UNNEST` arrays to a
+/// table, planned while the table was small (a new deployment, a new database), hashes the
+/// arrays and scans the whole table, and goes on doing so as the table grows until an
+/// ANALYZE replaces the plan: the notifier's finish of 448 deliveries took 17 ms at 70k
+/// rows instead of 1.3 ms, and the bench's saga rate alternated between ~90 and ~280/s on
+/// whichever plan its connections held. Planning such statements on every run instead
+/// cost as much as running them (the notifier's record of a batch: 0.52 ms of planning,
+/// 0.58 ms of execution, counted with pg_stat_statements). With sequential scans, hash and
+/// merge joins priced out, the one plan left is the index lookup per array element, right
+/// at every size. A table with no usable index is still scanned.
+pub const KEYED_ONLY: &[(&str, &str)] = &[
+    ("enable_seqscan", "off"),
+    ("enable_hashjoin", "off"),
+    ("enable_mergejoin", "off"),
+];
 
 /// A service's migrations, one set per engine.
 #[derive(Clone, Copy)]
@@ -108,6 +108,9 @@ pub struct Migrations {
     pub postgres: &'static Migrator,
     /// Applied when the URL names an SQLite file.
     pub sqlite: &'static Migrator,
+    /// Settings of every PostgreSQL session of the store (such as [`KEYED_ONLY`]), on top
+    /// of those every store has.
+    pub postgres_settings: &'static [(&'static str, &'static str)],
 }
 
 impl Migrations {
@@ -149,7 +152,13 @@ impl Database {
                 .context("applying migrations")?;
             Ok(Self::Sqlite(pool))
         } else {
-            let pool = connect_and_migrate(url, migrations.postgres, max_connections).await?;
+            let pool = connect_and_migrate(
+                url,
+                migrations.postgres,
+                migrations.postgres_settings,
+                max_connections,
+            )
+            .await?;
             Ok(Self::Postgres(pool))
         }
     }
@@ -212,11 +221,21 @@ pub fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{}", path.display())
 }
 
-/// A pool on PostgreSQL `url` with `max_connections`, the database created if needed and
-/// migrated.
+/// A pool on PostgreSQL `url` with `max_connections` whose sessions have `settings`, the
+/// database created if needed and migrated.
+///
+/// Its connections plan each prepared statement once and reuse the plan
+/// (`plan_cache_mode = force_generic_plan`). Left to choose, PostgreSQL planned again on
+/// every execution each statement that binds arrays (a batch of messages, deliveries or
+/// outbox ids), because a plan made for the array in hand always looks cheaper: for the
+/// notifier's record of a batch, planning cost as much as running it. A plan that would
+/// not suit its table once the table has grown is what [`KEYED_ONLY`] rules out for the
+/// stores that need it; the others' plans are made again whenever autovacuum's ANALYZE
+/// finds their tables changed.
 pub async fn connect_and_migrate(
     url: &str,
     migrator: &Migrator,
+    settings: &[(&str, &str)],
     max_connections: u32,
 ) -> anyhow::Result<PgPool> {
     if !Postgres::database_exists(url)
@@ -230,8 +249,12 @@ pub async fn connect_and_migrate(
             }
         }
     }
+    let options = PgConnectOptions::from_str(url)
+        .context("parsing the PostgreSQL URL")?
+        .options([("plan_cache_mode", "force_generic_plan")])
+        .options(settings.iter().copied());
     let pool = pg_pool_options(max_connections)
-        .connect(url)
+        .connect_with(options)
         .await
         .context("connecting to PostgreSQL")?;
     tolerant(migrator)

@@ -47,6 +47,7 @@ fn both(m: &'static Migrator) -> Migrations {
     Migrations {
         postgres: m,
         sqlite: m,
+        postgres_settings: &[],
     }
 }
 

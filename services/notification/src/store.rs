@@ -27,6 +27,9 @@ pub mod sqlite;
 const MIGRATIONS: Migrations = Migrations {
     postgres: &postgres::MIGRATOR,
     sqlite: &sqlite::MIGRATOR,
+    // Every statement reads or writes messages and deliveries by key, and the deliveries
+    // grow by every message's recipients.
+    postgres_settings: chat_common::db::KEYED_ONLY,
 };
 
 /// The store at `url` (`postgres://...` or `sqlite://...`) with at most `max_connections`,

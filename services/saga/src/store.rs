@@ -30,6 +30,7 @@ pub mod sqlite;
 const MIGRATIONS: Migrations = Migrations {
     postgres: &postgres::MIGRATOR,
     sqlite: &sqlite::MIGRATOR,
+    postgres_settings: &[],
 };
 
 /// The store at `url` (`postgres://...` or `sqlite://...`) with at most `max_connections`,

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{postgres::PgRow, FromRow, PgPool, Row};
 
-use chat_common::{batch::Batcher, db::PLANNED_EACH_TIME};
+use chat_common::batch::Batcher;
 
 use super::{
     DeliveryRecord, DeliveryState, DeliveryStore, DirectEmailRecord, MessageRecord, NewEmail,
@@ -109,9 +109,7 @@ async fn record_and_claim(
     let first = first_of_each_message(&items);
     let lease = items.iter().map(|i| i.lease).max().unwrap_or_default();
     let (m, r) = batch_columns(&items, &first);
-    // Planned for each batch, like the finish below (see `PLANNED_EACH_TIME`).
     let rows = sqlx::query(RECORD_AND_CLAIM)
-        .persistent(PLANNED_EACH_TIME)
         .bind(&m.chat_ids)
         .bind(&m.seqs)
         .bind(&m.sender_ids)
@@ -297,7 +295,6 @@ async fn finish_delivered(pool: PgPool, items: Vec<DeliveredItem>) -> anyhow::Re
          FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) AS f(chat_id, seq, recipient_id) \
          WHERE d.chat_id = f.chat_id AND d.seq = f.seq AND d.recipient_id = f.recipient_id",
     )
-    .persistent(PLANNED_EACH_TIME)
     .bind(&chat_ids)
     .bind(&seqs)
     .bind(&recipient_ids)
