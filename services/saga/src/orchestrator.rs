@@ -48,7 +48,7 @@ use crate::{
     domain::{FailCode, SagaState, SendRequest, StepKind, StepState},
     error::SagaError,
     machine::{self, Action, NotifyAnswer, NotifyWait, Outcome, Progress, Step},
-    store::{Created, SagaRecord, SagaStore, StepResult},
+    store::{Created, Logged, SagaRecord, SagaStore, StepResult},
 };
 
 /// How often a caller replaying an idempotency key looks whether the saga has ended.
@@ -257,8 +257,8 @@ impl Orchestrator {
         };
         let result = self.run_steps(saga).instrument(span.clone()).await;
         drop(heartbeat);
-        match result {
-            Ok(()) => {}
+        let ended = match result {
+            Ok(ended) => ended,
             Err(Paused(message)) => {
                 trace::record_error(&span, &message);
                 self.inner.store.release(id).await?;
@@ -267,13 +267,16 @@ impl Orchestrator {
                     message,
                 });
             }
-        }
-        let saga = self
-            .inner
-            .store
-            .get(id)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("saga {id} vanished"))?;
+        };
+        let saga = match ended {
+            Some(saga) => saga,
+            None => self
+                .inner
+                .store
+                .get(id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("saga {id} vanished"))?,
+        };
         span.record("saga.state", saga.state.as_str());
         if matches!(saga.state, SagaState::Failed | SagaState::Compensated) {
             trace::record_error(&span, &saga.error);
@@ -297,8 +300,9 @@ impl Orchestrator {
     /// The steps from where the log says the saga is, as [`Progress`] decides them. Store
     /// errors pause the saga too: the log is the one thing the saga cannot go on without.
     /// A step's success is logged together with the start of the next step (or the
-    /// saga's end), in one write.
-    async fn run_steps(&self, saga: SagaRecord) -> Result<(), Paused> {
+    /// saga's end), in one write. Returns the saga as it ended when that write read it
+    /// back (a saga that ends with a step's success).
+    async fn run_steps(&self, saga: SagaRecord) -> Result<Option<SagaRecord>, Paused> {
         let store = &self.inner.store;
         let id = saga.id;
         let mut progress = Progress::of(&saga);
@@ -329,13 +333,16 @@ impl Orchestrator {
                     let then = action.then().ok_or_else(|| {
                         Paused(format!("saga: nothing follows {}", kind.as_str()))
                     })?;
-                    started = store
+                    match store
                         .step_succeeded(id, kind, result, then)
                         .await
-                        .map_err(log_failed)?;
-                    if let Action::Finish { state, .. } = action {
-                        count_end(state);
-                        return Ok(());
+                        .map_err(log_failed)?
+                    {
+                        Logged::Started(at) => started = Some(at),
+                        Logged::Ended(saga) => {
+                            count_end(saga.state);
+                            return Ok(Some(saga));
+                        }
                     }
                 }
                 Action::Pause(reason) => return Err(Paused(reason)),
@@ -357,9 +364,9 @@ impl Orchestrator {
                         .await
                         .map_err(log_failed)?;
                     count_end(state);
-                    return Ok(());
+                    return Ok(None);
                 }
-                Action::Ended => return Ok(()),
+                Action::Ended => return Ok(None),
             }
         }
     }

@@ -193,6 +193,15 @@ pub enum Then {
     Finish(SagaState),
 }
 
+/// What [`SagaStore::step_succeeded`] logged after the step.
+#[derive(Debug)]
+pub enum Logged {
+    /// The next step's start, at its first start time.
+    Started(DateTime<Utc>),
+    /// The saga's end: the saga as it ended, with its steps.
+    Ended(SagaRecord),
+}
+
 /// What a step's success records on the saga.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepResult {
@@ -256,15 +265,15 @@ pub trait SagaStore: Send + Sync + 'static {
     async fn step_started(&self, id: Uuid, kind: StepKind) -> anyhow::Result<DateTime<Utc>>;
 
     /// Records a step's success and its result and, in the same transaction, what follows:
-    /// the next step's start (whose first start time it returns) or the saga's end. One
-    /// write where the log would otherwise take two.
+    /// the next step's start or the saga's end. One write where the log would otherwise
+    /// take two, and, when the saga ends, no read after it.
     async fn step_succeeded(
         &self,
         id: Uuid,
         kind: StepKind,
         result: StepResult,
         then: Then,
-    ) -> anyhow::Result<Option<DateTime<Utc>>>;
+    ) -> anyhow::Result<Logged>;
 
     /// Records a step's failure; a step may be started again after a transient failure.
     async fn step_failed(&self, id: Uuid, kind: StepKind, error: &str) -> anyhow::Result<()>;

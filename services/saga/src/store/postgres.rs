@@ -9,10 +9,10 @@ use sqlx::{postgres::PgRow, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::{
-    first_step, saga_from_row, SagaRecord, SagaStore, StepRecord, StepResult, Then, SAGA_COLUMNS,
-    STEP_COLUMNS,
+    first_step, saga_from_row, Logged, SagaRecord, SagaStore, StepRecord, StepResult, Then,
+    SAGA_COLUMNS,
 };
-use crate::domain::{FailCode, SagaState, SendRequest, StepKind};
+use crate::domain::{FailCode, SagaState, SendRequest, StepKind, StepState};
 
 /// The PostgreSQL schema of the saga log.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/saga");
@@ -34,22 +34,46 @@ impl PgSagaStore {
         let relaxed = chat_common::db::relaxed_commits(&pool, relaxed);
         Self { pool, relaxed }
     }
+}
 
-    async fn steps(&self, id: Uuid) -> anyhow::Result<Vec<StepRecord>> {
-        sqlx::query_as(&format!(
-            "SELECT {STEP_COLUMNS} FROM saga_steps WHERE saga_id = $1 ORDER BY started_at, kind"
-        ))
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await
-        .context("reading saga steps")
-    }
+/// A statement that reads the sagas `sagas` returns (a `SELECT` or an `UPDATE ...
+/// RETURNING` of [`SAGA_COLUMNS`]) with their steps: one row per step, or one without a
+/// step for a saga that has none, sagas in the order they were created and each one's
+/// steps in the order they started. One round trip where a saga and its steps took two.
+fn with_steps(sagas: &str) -> String {
+    format!(
+        "WITH s AS ({sagas}) \
+         SELECT s.*, st.kind AS step_kind, st.state AS step_state, \
+                st.started_at AS step_started_at, st.finished_at AS step_finished_at, \
+                st.error AS step_error \
+         FROM s LEFT JOIN saga_steps st ON st.saga_id = s.id \
+         ORDER BY s.created_at, s.id, st.started_at, st.kind"
+    )
+}
 
-    async fn with_steps(&self, row: &PgRow) -> anyhow::Result<SagaRecord> {
-        let mut saga = saga_from_row(row)?;
-        saga.steps = self.steps(saga.id).await?;
-        Ok(saga)
+/// The sagas in rows of [`with_steps`], each with its steps.
+fn group_steps(rows: &[PgRow]) -> anyhow::Result<Vec<SagaRecord>> {
+    let mut sagas: Vec<SagaRecord> = Vec::new();
+    for row in rows {
+        let id: Uuid = row.try_get("id")?;
+        if sagas.last().is_none_or(|s| s.id != id) {
+            sagas.push(saga_from_row(row)?);
+        }
+        let Some(kind) = row.try_get::<Option<String>, _>("step_kind")? else {
+            continue;
+        };
+        let step = StepRecord {
+            kind: StepKind::parse(&kind)?,
+            state: StepState::parse(&row.try_get::<String, _>("step_state")?)?,
+            started_at: row.try_get("step_started_at")?,
+            finished_at: row.try_get("step_finished_at")?,
+            error: row.try_get("step_error")?,
+        };
+        if let Some(saga) = sagas.last_mut() {
+            saga.steps.push(step);
+        }
     }
+    Ok(sagas)
 }
 
 #[async_trait]
@@ -92,27 +116,28 @@ impl SagaStore for PgSagaStore {
     }
 
     async fn by_key(&self, initiator_id: i64, key: Option<&str>) -> anyhow::Result<SagaRecord> {
-        let row = sqlx::query(&format!(
+        let rows = sqlx::query(&with_steps(&format!(
             "SELECT {SAGA_COLUMNS} FROM sagas WHERE initiator_id = $1 AND idempotency_key = $2"
-        ))
+        )))
         .bind(initiator_id)
         .bind(key)
-        .fetch_one(&self.pool)
+        .fetch_all(&self.pool)
         .await
         .context("reading the saga of an idempotency key")?;
-        self.with_steps(&row).await
+        group_steps(&rows)?
+            .pop()
+            .ok_or_else(|| anyhow::anyhow!("no saga has this idempotency key"))
     }
 
     async fn get(&self, id: Uuid) -> anyhow::Result<Option<SagaRecord>> {
-        let row = sqlx::query(&format!("SELECT {SAGA_COLUMNS} FROM sagas WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .context("reading a saga")?;
-        match row {
-            Some(r) => Ok(Some(self.with_steps(&r).await?)),
-            None => Ok(None),
-        }
+        let rows = sqlx::query(&with_steps(&format!(
+            "SELECT {SAGA_COLUMNS} FROM sagas WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .context("reading a saga")?;
+        Ok(group_steps(&rows)?.pop())
     }
 
     async fn step_started(&self, id: Uuid, kind: StepKind) -> anyhow::Result<DateTime<Utc>> {
@@ -126,44 +151,81 @@ impl SagaStore for PgSagaStore {
         kind: StepKind,
         result: StepResult,
         then: Then,
-    ) -> anyhow::Result<Option<DateTime<Utc>>> {
+    ) -> anyhow::Result<Logged> {
         let (sender_id, seq) = result.columns();
-        let (next, end, pool) = match then {
-            Then::Start(next) => (Some(next.as_str()), None, &self.relaxed),
-            Then::Finish(state) => (None, Some(state), &self.pool),
-        };
-        // One statement: the step's success, its result, and the next step's start or the
-        // saga's end, committed together.
-        let started: Option<DateTime<Utc>> = sqlx::query_scalar(
-            "WITH done AS ( \
-                 UPDATE saga_steps SET state = 'succeeded', finished_at = now(), error = '' \
-                 WHERE saga_id = $1 AND kind = $2), \
-             saga AS ( \
-                 UPDATE sagas SET sender_id = COALESCE($3, sender_id), \
-                    message_seq = COALESCE($4, message_seq), state = COALESCE($6, state), \
-                    lease_until = CASE WHEN $7 THEN NULL ELSE lease_until END, \
-                    updated_at = now() \
-                 WHERE id = $1), \
-             next AS ( \
-                 INSERT INTO saga_steps (saga_id, kind, state) \
-                 SELECT $1, $5, 'started' WHERE $5::text IS NOT NULL \
-                 ON CONFLICT (saga_id, kind) DO UPDATE SET state = 'started', finished_at = NULL \
-                 RETURNING started_at) \
-             SELECT (SELECT started_at FROM next)",
-        )
-        .bind(id)
-        .bind(kind.as_str())
-        .bind(sender_id)
-        .bind(seq)
-        .bind(next)
-        .bind(end.map(SagaState::as_str))
-        .bind(end.is_some_and(SagaState::is_final))
-        .fetch_one(pool)
-        .await
-        .context("recording a step's success")?;
-        match (next, started) {
-            (Some(_), None) => anyhow::bail!("the next step of saga {id} was not recorded"),
-            _ => Ok(started),
+        match then {
+            Then::Start(next) => {
+                // One statement: the step's success, its result and the next step's start.
+                let started: Option<DateTime<Utc>> = sqlx::query_scalar(
+                    "WITH done AS ( \
+                         UPDATE saga_steps SET state = 'succeeded', finished_at = now(), \
+                            error = '' \
+                         WHERE saga_id = $1 AND kind = $2), \
+                     saga AS ( \
+                         UPDATE sagas SET sender_id = COALESCE($3, sender_id), \
+                            message_seq = COALESCE($4, message_seq), updated_at = now() \
+                         WHERE id = $1), \
+                     next AS ( \
+                         INSERT INTO saga_steps (saga_id, kind, state) \
+                         VALUES ($1, $5, 'started') \
+                         ON CONFLICT (saga_id, kind) DO UPDATE \
+                           SET state = 'started', finished_at = NULL \
+                         RETURNING started_at) \
+                     SELECT (SELECT started_at FROM next)",
+                )
+                .bind(id)
+                .bind(kind.as_str())
+                .bind(sender_id)
+                .bind(seq)
+                .bind(next.as_str())
+                .fetch_one(&self.relaxed)
+                .await
+                .context("recording a step's success")?;
+                let started = started.ok_or_else(|| {
+                    anyhow::anyhow!("the next step of saga {id} was not recorded")
+                })?;
+                Ok(Logged::Started(started))
+            }
+            Then::Finish(state) => {
+                // One statement: the step's success, its result and the saga's end, and the
+                // saga as it ended, read back with its steps. The statement's reads do not
+                // see its own writes, so the step it finishes comes from the update.
+                let rows = sqlx::query(&format!(
+                    "WITH done AS ( \
+                         UPDATE saga_steps SET state = 'succeeded', finished_at = now(), \
+                            error = '' \
+                         WHERE saga_id = $1 AND kind = $2 \
+                         RETURNING kind, state, started_at, finished_at, error), \
+                     saga AS ( \
+                         UPDATE sagas SET sender_id = COALESCE($3, sender_id), \
+                            message_seq = COALESCE($4, message_seq), state = $5, \
+                            lease_until = CASE WHEN $6 THEN NULL ELSE lease_until END, \
+                            updated_at = now() \
+                         WHERE id = $1 RETURNING {SAGA_COLUMNS}), \
+                     steps AS ( \
+                         SELECT kind, state, started_at, finished_at, error FROM saga_steps \
+                         WHERE saga_id = $1 AND kind <> $2 \
+                         UNION ALL SELECT * FROM done) \
+                     SELECT saga.*, steps.kind AS step_kind, steps.state AS step_state, \
+                            steps.started_at AS step_started_at, \
+                            steps.finished_at AS step_finished_at, steps.error AS step_error \
+                     FROM saga LEFT JOIN steps ON true \
+                     ORDER BY steps.started_at, steps.kind"
+                ))
+                .bind(id)
+                .bind(kind.as_str())
+                .bind(sender_id)
+                .bind(seq)
+                .bind(state.as_str())
+                .bind(state.is_final())
+                .fetch_all(&self.pool)
+                .await
+                .context("recording a step's success")?;
+                let saga = group_steps(&rows)?
+                    .pop()
+                    .ok_or_else(|| anyhow::anyhow!("saga {id} vanished"))?;
+                Ok(Logged::Ended(saga))
+            }
         }
     }
 
@@ -218,42 +280,35 @@ impl SagaStore for PgSagaStore {
         lease: Duration,
         limit: i64,
     ) -> anyhow::Result<Vec<SagaRecord>> {
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query(&with_steps(&format!(
             "UPDATE sagas SET lease_until = now() + make_interval(secs => $1) \
              WHERE id IN (SELECT id FROM sagas \
                           WHERE state IN ('running', 'compensating') \
                             AND (lease_until IS NULL OR lease_until < now()) \
                           ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
              RETURNING {SAGA_COLUMNS}"
-        ))
+        )))
         .bind(lease.as_secs_f64())
         .bind(limit)
         .fetch_all(&self.pool)
         .await
         .context("claiming unfinished sagas")?;
-        let mut sagas = Vec::with_capacity(rows.len());
-        for r in &rows {
-            sagas.push(self.with_steps(r).await?);
-        }
-        Ok(sagas)
+        group_steps(&rows)
     }
 
     async fn claim(&self, id: Uuid, lease: Duration) -> anyhow::Result<Option<SagaRecord>> {
-        let row = sqlx::query(&format!(
+        let rows = sqlx::query(&with_steps(&format!(
             "UPDATE sagas SET lease_until = now() + make_interval(secs => $2) \
              WHERE id = $1 AND state IN ('running', 'compensating') \
                AND (lease_until IS NULL OR lease_until < now()) \
              RETURNING {SAGA_COLUMNS}"
-        ))
+        )))
         .bind(id)
         .bind(lease.as_secs_f64())
-        .fetch_optional(&self.pool)
+        .fetch_all(&self.pool)
         .await
         .context("claiming a saga")?;
-        match row {
-            Some(r) => Ok(Some(self.with_steps(&r).await?)),
-            None => Ok(None),
-        }
+        Ok(group_steps(&rows)?.pop())
     }
 }
 

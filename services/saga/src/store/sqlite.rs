@@ -20,8 +20,8 @@ use uuid::Uuid;
 use chat_common::db::{sqlite_lease_end, sqlite_time, sqlite_writer, Args, GroupWriter};
 
 use super::{
-    first_step, saga_from_row, SagaRecord, SagaStore, StepRecord, StepResult, Then, SAGA_COLUMNS,
-    STEP_COLUMNS,
+    first_step, saga_from_row, Logged, SagaRecord, SagaStore, StepRecord, StepResult, Then,
+    SAGA_COLUMNS, STEP_COLUMNS,
 };
 use crate::domain::{FailCode, SagaState, SendRequest, StepKind};
 
@@ -43,13 +43,8 @@ impl SqliteSagaStore {
     }
 
     async fn steps(&self, id: Uuid) -> anyhow::Result<Vec<StepRecord>> {
-        sqlx::query_as(&format!(
-            "SELECT {STEP_COLUMNS} FROM saga_steps WHERE saga_id = ?1 ORDER BY started_at, kind"
-        ))
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await
-        .context("reading saga steps")
+        let mut conn = self.pool.acquire().await.context("connecting")?;
+        read_steps(&mut conn, id).await
     }
 
     async fn with_steps(&self, row: &SqliteRow) -> anyhow::Result<SagaRecord> {
@@ -152,7 +147,7 @@ impl SagaStore for SqliteSagaStore {
         kind: StepKind,
         result: StepResult,
         then: Then,
-    ) -> anyhow::Result<Option<DateTime<Utc>>> {
+    ) -> anyhow::Result<Logged> {
         let now = sqlite_time(Utc::now());
         let (sender_id, seq) = result.columns();
         self.writer
@@ -181,10 +176,22 @@ impl SagaStore for SqliteSagaStore {
                     .await
                     .context("recording a step's result")?;
                     match then {
-                        Then::Start(next) => Ok(Some(start_step(conn, id, next, &now).await?)),
+                        Then::Start(next) => {
+                            Ok(Logged::Started(start_step(conn, id, next, &now).await?))
+                        }
                         Then::Finish(state) => {
                             record_state(conn, id, state, None, &now).await?;
-                            Ok(None)
+                            // Read in the same transaction: the saga as it ended.
+                            let row = sqlx::query(&format!(
+                                "SELECT {SAGA_COLUMNS} FROM sagas WHERE id = ?1"
+                            ))
+                            .bind(id)
+                            .fetch_one(&mut *conn)
+                            .await
+                            .context("reading the saga that ended")?;
+                            let mut saga = saga_from_row(&row)?;
+                            saga.steps = read_steps(&mut *conn, id).await?;
+                            Ok(Logged::Ended(saga))
                         }
                     }
                 })
@@ -375,4 +382,15 @@ async fn record_state(
     .await
     .context("recording a saga's state")?;
     Ok(())
+}
+
+/// The steps of saga `id`, in the order they started.
+async fn read_steps(conn: &mut SqliteConnection, id: Uuid) -> anyhow::Result<Vec<StepRecord>> {
+    sqlx::query_as(&format!(
+        "SELECT {STEP_COLUMNS} FROM saga_steps WHERE saga_id = ?1 ORDER BY started_at, kind"
+    ))
+    .bind(id)
+    .fetch_all(conn)
+    .await
+    .context("reading saga steps")
 }
