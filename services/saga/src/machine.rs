@@ -18,7 +18,7 @@ use tonic::{Code, Status};
 
 use crate::{
     domain::{FailCode, SagaState, StepKind},
-    store::{SagaRecord, StepResult, Then},
+    store::{Opening, SagaRecord, StepResult, Then},
 };
 
 /// The longest NotificationService lets one call wait.
@@ -202,6 +202,38 @@ impl Progress {
     }
 }
 
+/// How a new saga opens once its first step ([`StepKind::FIRST`], run before the saga is
+/// written) ended with `outcome`: what [`Progress::next`] decides for a running saga that
+/// has found nothing yet, as its creation logs it.
+pub fn opening(outcome: Outcome) -> Opening {
+    let mut progress = Progress {
+        state: SagaState::Running,
+        sender_id: None,
+        message_seq: None,
+    };
+    let result = match &outcome {
+        Outcome::Succeeded(result) => Some(*result),
+        Outcome::Failed(..) | Outcome::Unavailable(_) => None,
+    };
+    match (result, progress.next(StepKind::FIRST, outcome)) {
+        (Some(result), Action::Run(next)) => Opening::Succeeded {
+            result,
+            next: next.kind(),
+        },
+        (
+            _,
+            Action::Finish {
+                error: Some((error, code)),
+                ..
+            },
+        ) => Opening::Failed { error, code },
+        (_, Action::Pause(error)) => Opening::Paused { error },
+        (_, other) => Opening::Paused {
+            error: format!("saga: {other:?} cannot follow the first step"),
+        },
+    }
+}
+
 /// Whether a shutdown stops the saga before `step`: it pauses between the forward steps,
 /// each one's end logged, so the successor resumes there; the first step runs since the
 /// caller has just asked for it, and a compensation once decided is seen through.
@@ -380,12 +412,36 @@ mod tests {
 
     #[test]
     fn a_new_saga_runs_first_the_step_its_creation_logged() {
-        // The store logs `StepKind::FIRST` as started with the saga; the orchestrator
-        // does not log it again only if it is the step a new saga runs first.
+        // The orchestrator runs `StepKind::FIRST` before the saga is written and the
+        // creation logs it: only right if it is the step a new saga runs first.
         match running().resume() {
             Action::Run(step) => assert_eq!(step.kind(), StepKind::FIRST),
             other => panic!("a new saga does not run a step first: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_saga_opens_as_its_first_step_ended() {
+        assert_eq!(
+            opening(Outcome::Succeeded(StepResult::Sender(7))),
+            Opening::Succeeded {
+                result: StepResult::Sender(7),
+                next: StepKind::StoreMessage,
+            }
+        );
+        assert_eq!(
+            opening(Outcome::Failed(FailCode::NotFound, "no user x".into())),
+            Opening::Failed {
+                error: "no user x".into(),
+                code: FailCode::NotFound,
+            }
+        );
+        assert_eq!(
+            opening(Outcome::Unavailable("auth service: down".into())),
+            Opening::Paused {
+                error: "auth service: down".into(),
+            }
+        );
     }
 
     #[test]

@@ -48,7 +48,7 @@ use crate::{
     domain::{FailCode, SagaState, SendRequest, StepKind, StepState},
     error::SagaError,
     machine::{self, Action, NotifyAnswer, NotifyWait, Outcome, Progress, Step},
-    store::{Created, Logged, SagaRecord, SagaStore, StepResult},
+    store::{Created, Logged, Opening, SagaRecord, SagaStore, StepResult},
 };
 
 /// How often a caller replaying an idempotency key looks whether the saga has ended.
@@ -98,6 +98,28 @@ fn step_span(id: Uuid, kind: StepKind, seq: Option<i64>) -> Span {
         otel.status_code = Empty,
         otel.status_description = Empty,
     )
+}
+
+/// The span of driving saga `id` (of chat `chat_id`), its steps' parent.
+fn saga_span(id: Uuid, chat_id: i64) -> Span {
+    chat_common::otel_span!(
+        "saga",
+        otel.name = "saga send_message",
+        saga.id = %id,
+        chat.id = chat_id,
+        saga.state = Empty,
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+    )
+}
+
+/// Marks the saga's span with how it ended: its state, and an error when it failed or
+/// compensated.
+fn record_end(span: &Span, saga: &SagaRecord) {
+    span.record("saga.state", saga.state.as_str());
+    if matches!(saga.state, SagaState::Failed | SagaState::Compensated) {
+        trace::record_error(span, &saga.error);
+    }
 }
 
 /// The reason a step failed or paused; None when it succeeded.
@@ -152,17 +174,53 @@ impl Orchestrator {
     }
 
     /// Runs a new saga for `caller`, or returns the one its idempotency key names, and
-    /// answers with how it ended.
+    /// answers with how it ended. The first step only reads, so it runs before the saga is
+    /// written, and the saga's creation logs what it found ([`Opening`]).
     pub async fn send(&self, caller: i64, req: SendRequest) -> Result<SagaRecord, SagaError> {
-        let store = &self.inner.store;
-        let saga = match store.create(caller, &req, self.inner.lease).await? {
+        let id = Uuid::new_v4();
+        let span = saga_span(id, req.chat_id);
+        let opening = self.open(id, caller, &req).instrument(span.clone()).await;
+        let created = self
+            .inner
+            .store
+            .create(id, caller, &req, self.inner.lease, &opening)
+            .await?;
+        let saga = match created {
             Created::New(saga) => {
                 metrics::counter!("saga_started_total").increment(1);
-                self.drive_to_end(saga).await?
+                match opening {
+                    Opening::Succeeded { .. } => self.drive_to_end(saga, span).await?,
+                    Opening::Failed { .. } => {
+                        count_end(saga.state);
+                        record_end(&span, &saga);
+                        saga
+                    }
+                    Opening::Paused { error } => {
+                        trace::record_error(&span, &error);
+                        return Err(SagaError::Unavailable {
+                            saga_id: Some(id),
+                            message: error,
+                        });
+                    }
+                }
             }
             Created::Existing(saga) => self.await_existing(saga).await?,
         };
         outcome(saga)
+    }
+
+    /// RESOLVE_SENDER for saga `id`, which is not written yet, in its step's span.
+    async fn open(&self, id: Uuid, caller: i64, req: &SendRequest) -> Opening {
+        let span = step_span(id, StepKind::FIRST, None);
+        let outcome = self
+            .resolve(&req.from, caller)
+            .instrument(span.clone())
+            .await
+            .unwrap_or_else(Outcome::from);
+        if let Some(e) = trouble(&outcome) {
+            trace::record_error(&span, &e);
+        }
+        machine::opening(outcome)
     }
 
     /// The saga with `id` and its steps as logged; None when there is none.
@@ -180,7 +238,8 @@ impl Orchestrator {
                 return Ok(saga);
             }
             if let Some(claimed) = store.claim(saga.id, self.inner.lease).await? {
-                return self.drive_to_end(claimed).await;
+                let span = saga_span(claimed.id, claimed.chat_id);
+                return self.drive_to_end(claimed, span).await;
             }
             if tokio::time::Instant::now() > give_up {
                 return Ok(saga);
@@ -207,7 +266,8 @@ impl Orchestrator {
             metrics::counter!("saga_resumed_total").increment(1);
             let this = self.clone();
             self.inner.shutdown.spawn(async move {
-                if let Err(e) = this.drive(saga).await {
+                let span = saga_span(saga.id, saga.chat_id);
+                if let Err(e) = this.drive(saga, span).await {
                     tracing::warn!(error = %e, "a resumed saga paused again");
                 }
             });
@@ -231,18 +291,10 @@ impl Orchestrator {
         });
     }
 
-    /// Drives a saga this orchestrator owns until it ends or pauses, renewing its lease.
-    async fn drive(&self, saga: SagaRecord) -> Result<SagaRecord, SagaError> {
+    /// Drives a saga this orchestrator owns until it ends or pauses, renewing its lease,
+    /// in the saga's `span`.
+    async fn drive(&self, saga: SagaRecord, span: Span) -> Result<SagaRecord, SagaError> {
         let id = saga.id;
-        let span = chat_common::otel_span!(
-            "saga",
-            otel.name = "saga send_message",
-            saga.id = %id,
-            chat.id = saga.chat_id,
-            saga.state = Empty,
-            otel.status_code = Empty,
-            otel.status_description = Empty,
-        );
         let heartbeat = {
             let store = self.inner.store.clone();
             let lease = self.inner.lease;
@@ -277,10 +329,7 @@ impl Orchestrator {
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("saga {id} vanished"))?,
         };
-        span.record("saga.state", saga.state.as_str());
-        if matches!(saga.state, SagaState::Failed | SagaState::Compensated) {
-            trace::record_error(&span, &saga.error);
-        }
+        record_end(&span, &saga);
         Ok(saga)
     }
 
@@ -288,11 +337,11 @@ impl Orchestrator {
     /// deadline, a dropped connection) drops only the wait, so the saga is not cut off
     /// between two steps; it ends as it would have, and a replay of its key or `GetSaga`
     /// tells how.
-    async fn drive_to_end(&self, saga: SagaRecord) -> Result<SagaRecord, SagaError> {
+    async fn drive_to_end(&self, saga: SagaRecord, span: Span) -> Result<SagaRecord, SagaError> {
         let this = self.clone();
         self.inner
             .shutdown
-            .spawn(async move { this.drive(saga).await }.in_current_span())
+            .spawn(async move { this.drive(saga, span).await }.in_current_span())
             .await
             .map_err(|e| anyhow::anyhow!("the saga's task failed: {e}"))?
     }
@@ -396,7 +445,7 @@ impl Orchestrator {
         };
         let work = async {
             let outcome = match step {
-                Step::ResolveSender => self.resolve(saga).await,
+                Step::ResolveSender => self.resolve(&saga.sender, saga.initiator_id).await,
                 Step::StoreMessage { sender_id } => self.store_message(saga, sender_id).await,
                 Step::Notify { seq } => self.notify(saga.chat_id, seq, started).await,
                 Step::Compensate { seq } => self.compensate(saga.chat_id, seq).await,
@@ -420,17 +469,18 @@ impl Orchestrator {
             .map_err(|s| paused("service token", &s))
     }
 
-    /// RESOLVE_SENDER: `from` names an account, and that account is the caller.
-    async fn resolve(&self, saga: &SagaRecord) -> Result<Outcome, Paused> {
+    /// RESOLVE_SENDER: `sender` (the request's `from`) names an account, and that account
+    /// is the caller (`initiator_id`).
+    async fn resolve(&self, sender: &str, initiator_id: i64) -> Result<Outcome, Paused> {
         let req = self
             .token_request(GetUserIdsByEmailsRequest {
-                emails: vec![saga.sender.clone()],
+                emails: vec![sender.to_owned()],
             })
             .await?;
         let no_user = || {
             Outcome::Failed(
                 FailCode::NotFound,
-                format!("no user {}", chat_common::domain::echo(&saga.sender)),
+                format!("no user {}", chat_common::domain::echo(sender)),
             )
         };
         let resp = match self.inner.auth.clone().get_user_ids_by_emails(req).await {
@@ -450,7 +500,7 @@ impl Orchestrator {
         let Some(user) = resp.users.first() else {
             return Ok(no_user());
         };
-        if user.user_id != saga.initiator_id {
+        if user.user_id != initiator_id {
             return Ok(Outcome::Failed(
                 FailCode::PermissionDenied,
                 "`from` must be the authenticated caller".into(),

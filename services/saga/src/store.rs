@@ -165,14 +165,85 @@ where
     })
 }
 
-/// The log of a saga's first step as [`SagaStore::insert`] writes it: started at `at`.
-pub(crate) fn first_step(at: DateTime<Utc>) -> StepRecord {
-    StepRecord {
-        kind: StepKind::FIRST,
-        state: StepState::Started,
-        started_at: at,
-        finished_at: None,
-        error: String::new(),
+/// What a new saga's creation logs besides the request: what its first step
+/// ([`StepKind::FIRST`]) found. That step only reads (it resolves the sender), so the
+/// orchestrator runs it before the saga is written and logs it with the saga's creation,
+/// in one write; a saga that crashes before that write was never created, and a replay
+/// of its key starts it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opening {
+    /// It succeeded with `result`, and `next` starts: the saga runs, leased to its creator.
+    Succeeded {
+        /// What it found.
+        result: StepResult,
+        /// The step that starts.
+        next: StepKind,
+    },
+    /// It failed for good: the saga ends FAILED with this reason and status.
+    Failed {
+        /// Why.
+        error: String,
+        /// The status the saga answers with.
+        code: FailCode,
+    },
+    /// It could not finish now (AuthService unreachable): logged failed with the reason,
+    /// and the saga left running without an owner, for the recovery sweep to run again.
+    Paused {
+        /// Why.
+        error: String,
+    },
+}
+
+/// What either engine writes for an [`Opening`].
+pub(crate) struct OpeningRows<'a> {
+    /// The saga's state.
+    pub state: SagaState,
+    /// The sender, when the first step found them.
+    pub sender_id: Option<i64>,
+    /// Why the saga failed; empty otherwise.
+    pub error: &'a str,
+    /// The status a failed saga answers with; empty otherwise.
+    pub error_code: &'static str,
+    /// How long the creator's lease lasts: zero for a saga left without an owner, None for
+    /// one that ended.
+    pub lease: Option<Duration>,
+    /// The steps logged, in the order they ran: kind, state and error.
+    pub steps: Vec<(StepKind, StepState, &'a str)>,
+}
+
+impl Opening {
+    /// The rows to write for this opening, for a creator whose lease lasts `lease`.
+    pub(crate) fn rows(&self, lease: Duration) -> OpeningRows<'_> {
+        let first = StepKind::FIRST;
+        match self {
+            Opening::Succeeded { result, next } => OpeningRows {
+                state: SagaState::Running,
+                sender_id: result.columns().0,
+                error: "",
+                error_code: "",
+                lease: Some(lease),
+                steps: vec![
+                    (first, StepState::Succeeded, ""),
+                    (*next, StepState::Started, ""),
+                ],
+            },
+            Opening::Failed { error, code } => OpeningRows {
+                state: SagaState::Failed,
+                sender_id: None,
+                error,
+                error_code: code.as_str(),
+                lease: None,
+                steps: vec![(first, StepState::Failed, error)],
+            },
+            Opening::Paused { error } => OpeningRows {
+                state: SagaState::Running,
+                sender_id: None,
+                error: "",
+                error_code: "",
+                lease: Some(Duration::ZERO),
+                steps: vec![(first, StepState::Failed, error)],
+            },
+        }
     }
 }
 
@@ -229,29 +300,35 @@ impl StepResult {
 /// so the orchestrator may act on what it wrote.
 #[async_trait]
 pub trait SagaStore: Send + Sync + 'static {
-    /// Creates a running saga owned by the caller for `lease`, or returns the one with the
-    /// same initiator and idempotency key.
+    /// Creates saga `id` as `opening` says (a running saga is owned by the caller for
+    /// `lease`), or returns the one with the same initiator and idempotency key.
     async fn create(
         &self,
+        id: Uuid,
         initiator_id: i64,
         request: &SendRequest,
         lease: Duration,
+        opening: &Opening,
     ) -> anyhow::Result<Created> {
-        if let Some(saga) = self.insert(initiator_id, request, lease).await? {
+        if let Some(saga) = self
+            .insert(id, initiator_id, request, lease, opening)
+            .await?
+        {
             return Ok(Created::New(saga));
         }
         let key = request.idempotency_key.as_deref();
         Ok(Created::Existing(self.by_key(initiator_id, key).await?))
     }
 
-    /// Inserts a running saga owned by the caller for `lease`, with its first step
-    /// ([`StepKind::FIRST`]) started, in one write; None when the initiator has a saga with
-    /// the request's idempotency key already.
+    /// Inserts saga `id` with its first step's log as `opening` says, in one write; None
+    /// when the initiator has a saga with the request's idempotency key already.
     async fn insert(
         &self,
+        id: Uuid,
         initiator_id: i64,
         request: &SendRequest,
         lease: Duration,
+        opening: &Opening,
     ) -> anyhow::Result<Option<SagaRecord>>;
 
     /// The initiator's saga with idempotency key `key`, and its steps; an error when there

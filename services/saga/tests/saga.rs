@@ -459,6 +459,74 @@ async fn a_notifier_down_past_the_deadline_makes_the_resumed_saga_compensate() {
     assert!(w.history(&bob, chat_id).await.is_empty());
 }
 
+/// The first step (resolving the sender) runs before the saga is written, and the saga's
+/// creation logs what it found: a sender refused for good ends the saga FAILED at once,
+/// and AuthService out of reach leaves it running for the recovery sweep, which completes
+/// it once AuthService is back.
+async fn the_first_step_is_logged_with_the_saga_whatever_it_found() {
+    let w = World::new(SmtpMode::Accept).await;
+    let auth_proxy = TcpProxy::start(w.auth.addr).await;
+    let mut config = w.config();
+    config.upstream.auth_url = format!("http://{}", auth_proxy.addr);
+    let saga = spawn_saga(config).await;
+    let (alice, bob) = (w.auth.user("alice").await, w.auth.user("bob").await);
+    let chat_id = w.chat_of(&alice, &[&bob]).await;
+
+    let err = send(
+        &saga,
+        &alice,
+        request(chat_id, "nobody@example.com", "hi", ""),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let s = get(&saga, &alice, &saga_id(&err)).await.unwrap();
+    assert_eq!(s.state, SagaState::Failed as i32);
+    assert!(s.error.contains("no user"), "{s:?}");
+    assert_eq!(
+        steps(&s),
+        vec![(StepKind::ResolveSender, StepState::Failed)]
+    );
+    assert!(s.steps[0].finished_at.is_some(), "{s:?}");
+
+    // One saga through AuthService first: the orchestrator's service token is then cached,
+    // so only the sender's resolution needs AuthService below.
+    send(&saga, &alice, request(chat_id, "alice", "first", ""))
+        .await
+        .unwrap();
+    auth_proxy.cut();
+    let err = send(
+        &saga,
+        &alice,
+        request(chat_id, "alice", "auth was down", ""),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let id = saga_id(&err);
+    let s = get(&saga, &alice, &id).await.unwrap();
+    assert_eq!(s.state, SagaState::Running as i32);
+    assert_eq!(
+        steps(&s),
+        vec![(StepKind::ResolveSender, StepState::Failed)]
+    );
+    auth_proxy.restore();
+    let s = wait_state(&saga, &alice, &id, SagaState::Completed).await;
+    assert_eq!(
+        steps(&s),
+        vec![
+            (StepKind::ResolveSender, StepState::Succeeded),
+            (StepKind::StoreMessage, StepState::Succeeded),
+            (StepKind::Notify, StepState::Succeeded),
+        ]
+    );
+    // Newest first.
+    assert_eq!(
+        w.history(&bob, chat_id).await,
+        vec!["auth was down", "first"]
+    );
+}
+
 /// Defect: a caller who gave up (its deadline, a dropped connection) dropped the saga's
 /// drive between two steps, while the drive's lease heartbeat went on in a task of its own,
 /// renewing the lease for ever: no orchestrator could take the saga over, it stayed RUNNING,
@@ -817,4 +885,5 @@ chat_testkit::backend_tests!(
     sagas_resumed_after_a_crash_end_with_the_truth,
     no_email_about_a_message_the_saga_removed,
     a_caller_who_gives_up_does_not_strand_the_saga,
+    the_first_step_is_logged_with_the_saga_whatever_it_found,
 );

@@ -9,7 +9,7 @@ use sqlx::{postgres::PgRow, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::{
-    first_step, saga_from_row, Logged, SagaRecord, SagaStore, StepRecord, StepResult, Then,
+    saga_from_row, Logged, Opening, SagaRecord, SagaStore, StepRecord, StepResult, Then,
     SAGA_COLUMNS,
 };
 use crate::domain::{FailCode, SagaState, SendRequest, StepKind, StepState};
@@ -80,39 +80,57 @@ fn group_steps(rows: &[PgRow]) -> anyhow::Result<Vec<SagaRecord>> {
 impl SagaStore for PgSagaStore {
     async fn insert(
         &self,
+        id: Uuid,
         initiator_id: i64,
         req: &SendRequest,
         lease: Duration,
+        opening: &Opening,
     ) -> anyhow::Result<Option<SagaRecord>> {
-        let inserted = sqlx::query(&format!(
+        let rows = opening.rows(lease);
+        let (kinds, states, errors): (Vec<_>, Vec<_>, Vec<_>) = rows
+            .steps
+            .iter()
+            .map(|(kind, state, error)| (kind.as_str(), state.as_str(), *error))
+            .collect();
+        // One statement: the saga and its first steps, read back as written.
+        let written = sqlx::query(&format!(
             "WITH saga AS ( \
                  INSERT INTO sagas (id, initiator_id, idempotency_key, chat_id, sender, text, \
-                    state, lease_until) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 'running', now() + make_interval(secs => $7)) \
+                    state, sender_id, error, error_code, lease_until) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+                    now() + make_interval(secs => $11)) \
                  ON CONFLICT (initiator_id, idempotency_key) WHERE idempotency_key IS NOT NULL \
                  DO NOTHING RETURNING {SAGA_COLUMNS}), \
              step AS ( \
-                 INSERT INTO saga_steps (saga_id, kind, state) \
-                 SELECT id, $8, 'started' FROM saga RETURNING started_at) \
-             SELECT saga.*, step.started_at AS first_started_at FROM saga, step"
+                 INSERT INTO saga_steps (saga_id, kind, state, finished_at, error) \
+                 SELECT saga.id, s.kind, s.state, \
+                    CASE WHEN s.state = 'started' THEN NULL ELSE now() END, s.error \
+                 FROM saga, UNNEST($12::text[], $13::text[], $14::text[]) AS s(kind, state, error) \
+                 RETURNING kind, state, started_at, finished_at, error) \
+             SELECT saga.*, step.kind AS step_kind, step.state AS step_state, \
+                    step.started_at AS step_started_at, step.finished_at AS step_finished_at, \
+                    step.error AS step_error \
+             FROM saga LEFT JOIN step ON true \
+             ORDER BY step.started_at, step.kind"
         ))
-        .bind(Uuid::new_v4())
+        .bind(id)
         .bind(initiator_id)
         .bind(req.idempotency_key.as_deref())
         .bind(req.chat_id)
         .bind(&req.from)
         .bind(&req.text)
-        .bind(lease.as_secs_f64())
-        .bind(StepKind::FIRST.as_str())
-        .fetch_optional(&self.pool)
+        .bind(rows.state.as_str())
+        .bind(rows.sender_id)
+        .bind(rows.error)
+        .bind(rows.error_code)
+        .bind(rows.lease.map(|l| l.as_secs_f64()))
+        .bind(&kinds)
+        .bind(&states)
+        .bind(&errors)
+        .fetch_all(&self.pool)
         .await
         .context("creating a saga")?;
-        let Some(row) = inserted else {
-            return Ok(None);
-        };
-        let mut saga = saga_from_row(&row)?;
-        saga.steps = vec![first_step(row.try_get("first_started_at")?)];
-        Ok(Some(saga))
+        Ok(group_steps(&written)?.pop())
     }
 
     async fn by_key(&self, initiator_id: i64, key: Option<&str>) -> anyhow::Result<SagaRecord> {

@@ -20,10 +20,10 @@ use uuid::Uuid;
 use chat_common::db::{sqlite_lease_end, sqlite_time, sqlite_writer, Args, GroupWriter};
 
 use super::{
-    first_step, saga_from_row, Logged, SagaRecord, SagaStore, StepRecord, StepResult, Then,
+    saga_from_row, Logged, Opening, SagaRecord, SagaStore, StepRecord, StepResult, Then,
     SAGA_COLUMNS, STEP_COLUMNS,
 };
-use crate::domain::{FailCode, SagaState, SendRequest, StepKind};
+use crate::domain::{FailCode, SagaState, SendRequest, StepKind, StepState};
 
 /// The SQLite schema of the saga log.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite/saga");
@@ -61,25 +61,38 @@ impl SqliteSagaStore {
 impl SagaStore for SqliteSagaStore {
     async fn insert(
         &self,
+        id: Uuid,
         initiator_id: i64,
         req: &SendRequest,
         lease: Duration,
+        opening: &Opening,
     ) -> anyhow::Result<Option<SagaRecord>> {
         let now = Utc::now();
-        let (id, lease_until, at) = (
-            Uuid::new_v4(),
-            sqlite_lease_end(now, lease)?,
-            sqlite_time(now),
+        let rows = opening.rows(lease);
+        let lease_until = rows.lease.map(|l| sqlite_lease_end(now, l)).transpose()?;
+        let at = sqlite_time(now);
+        let (state, sender_id, error, code) = (
+            rows.state,
+            rows.sender_id,
+            rows.error.to_owned(),
+            rows.error_code,
         );
+        let steps: Vec<(StepKind, StepState, String)> = rows
+            .steps
+            .iter()
+            .map(|(kind, state, error)| (*kind, *state, (*error).to_owned()))
+            .collect();
         let req_owned = req.clone();
         self.writer
             .write(move |conn| {
                 let (req, lease_until, at) = (req_owned.clone(), lease_until.clone(), at.clone());
+                let (error, steps) = (error.clone(), steps.clone());
                 Box::pin(async move {
                     let row = sqlx::query(&format!(
                         "INSERT INTO sagas (id, initiator_id, idempotency_key, chat_id, sender, \
-                            text, state, lease_until, created_at, updated_at) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8, ?8) \
+                            text, state, sender_id, error, error_code, lease_until, created_at, \
+                            updated_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12) \
                          ON CONFLICT (initiator_id, idempotency_key) \
                            WHERE idempotency_key IS NOT NULL \
                          DO NOTHING RETURNING {SAGA_COLUMNS}"
@@ -90,6 +103,10 @@ impl SagaStore for SqliteSagaStore {
                     .bind(req.chat_id)
                     .bind(&req.from)
                     .bind(&req.text)
+                    .bind(state.as_str())
+                    .bind(sender_id)
+                    .bind(&error)
+                    .bind(code)
                     .bind(lease_until)
                     .bind(&at)
                     .fetch_optional(&mut *conn)
@@ -99,8 +116,24 @@ impl SagaStore for SqliteSagaStore {
                         return Ok(None);
                     };
                     let mut saga = saga_from_row(&row)?;
-                    let started = start_step(conn, saga.id, StepKind::FIRST, &at).await?;
-                    saga.steps = vec![first_step(started)];
+                    for (kind, state, error) in &steps {
+                        let finished = (*state != StepState::Started).then_some(&at);
+                        let step: StepRecord = sqlx::query_as(&format!(
+                            "INSERT INTO saga_steps \
+                               (saga_id, kind, state, started_at, finished_at, error) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING {STEP_COLUMNS}"
+                        ))
+                        .bind(id)
+                        .bind(kind.as_str())
+                        .bind(state.as_str())
+                        .bind(&at)
+                        .bind(finished)
+                        .bind(error)
+                        .fetch_one(&mut *conn)
+                        .await
+                        .context("logging a saga's first steps")?;
+                        saga.steps.push(step);
+                    }
                     Ok(Some(saga))
                 })
             })
