@@ -1,8 +1,10 @@
 //! The send-message saga: RESOLVE_SENDER → STORE_MESSAGE → NOTIFY, and COMPENSATE when
 //! NOTIFY fails for good.
 //!
-//! Each step is written to the log before it runs and after it ends, and each is safe to
-//! run twice: resolving is a read; storing uses the saga id as ChatService's idempotency
+//! Each step is written to the log before it runs and after it ends, except the first:
+//! resolving the sender only reads, so it runs before the saga is written and the saga's
+//! creation logs what it found (a crash before that write leaves no saga, and nothing to
+//! undo). Each step is safe to run twice: resolving is a read; storing uses the saga id as ChatService's idempotency
 //! key, so a resumed store returns the message stored before the crash; notifying is
 //! idempotent in NotificationService; deleting a deleted message succeeds. That is what
 //! lets an orchestrator that starts after a crash simply run an unfinished saga again from
