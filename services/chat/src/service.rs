@@ -155,25 +155,17 @@ impl ChatApi {
     }
 
     /// The id and name a message is sent under: the calling user's, or for a service
-    /// the member it names. Membership is checked by the insert itself (one round trip);
-    /// only a name missing from the token, or a service's member, is read first.
-    async fn sender(
-        &self,
-        caller: Caller,
-        chat: ChatId,
-        on_behalf_of: i64,
-    ) -> Result<(i64, String), Status> {
+    /// the member it names. Membership is checked by the insert itself (one round trip),
+    /// and a name the token does not carry (a service's member, a token from before names
+    /// were in tokens) is left empty for the insert to take from the membership.
+    fn sender(caller: Caller, on_behalf_of: i64) -> Result<(i64, String), Status> {
         match caller {
-            Caller::User { id, username, .. } if !username.is_empty() => Ok((id, username)),
-            Caller::User { id, .. } => Ok((id, self.member(chat, id).await?.username)),
+            Caller::User { id, username, .. } => Ok((id, username)),
             Caller::Service { .. } if on_behalf_of <= 0 => Err(invalid_field(
                 "on_behalf_of_user_id",
                 "a service must name the member it sends for",
             )),
-            Caller::Service { .. } => {
-                let member = self.member(chat, on_behalf_of).await?;
-                Ok((member.user_id, member.username))
-            }
+            Caller::Service { .. } => Ok((on_behalf_of, String::new())),
         }
     }
 
@@ -320,9 +312,7 @@ impl ChatService for ChatApi {
         let chat_id = ChatId::parse(req.chat_id)?;
         let text = MessageText::parse(req.text)?;
         let key = IdempotencyKey::parse(&req.idempotency_key)?;
-        let (sender_id, sender_username) = self
-            .sender(caller, chat_id, req.on_behalf_of_user_id)
-            .await?;
+        let (sender_id, sender_username) = Self::sender(caller, req.on_behalf_of_user_id)?;
         let write = chat_common::otel_span!(
             "store",
             otel.name = "insert_message",

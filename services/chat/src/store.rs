@@ -142,7 +142,8 @@ pub struct NewMessage<'a> {
     pub chat_id: ChatId,
     /// Who sends it; the store checks they are a member.
     pub sender_id: i64,
-    /// The sender's username, stored with the message.
+    /// The sender's username, stored with the message; empty: the name they have as a
+    /// member of the chat, read by the insert that checks their membership.
     pub sender_username: &'a str,
     /// Its text, already valid.
     pub text: &'a MessageText,

@@ -445,6 +445,21 @@ async fn a_service_sends_on_behalf_of_a_member_only() {
         (m.sender_id, m.sender_username.as_str()),
         (alice.id, "alice")
     );
+    // At once, so that they are stored together (PostgreSQL's group insert): each takes
+    // the member's name from the membership the insert checks.
+    let at_once = futures::future::join_all((0..8).map(|_| {
+        let mut c = c.clone();
+        let req = as_service(alice.id);
+        async move { c.send_message(req).await }
+    }))
+    .await;
+    for sent in at_once {
+        let m = sent.unwrap().into_inner().message.unwrap();
+        assert_eq!(
+            (m.sender_id, m.sender_username.as_str()),
+            (alice.id, "alice")
+        );
+    }
     assert_eq!(
         c.send_message(as_service(bob.id)).await.unwrap_err().code(),
         Code::NotFound

@@ -127,7 +127,10 @@ async fn insert_one(pool: &PgPool, msg: &Pending) -> anyhow::Result<Inserted> {
              RETURNING last_seq), \
          ins AS ( \
              INSERT INTO messages (chat_id, seq, sender_id, sender_username, text, idempotency_key) \
-             SELECT $1, next.last_seq, $2, $3, $4, $5 FROM next \
+             SELECT $1, next.last_seq, $2, \
+                    COALESCE(NULLIF($3, ''), (SELECT username FROM chat_members \
+                                              WHERE chat_id = $1 AND user_id = $2)), \
+                    $4, $5 FROM next \
              RETURNING {MESSAGE_COLUMNS}), \
          event AS ( \
              INSERT INTO outbox (chat_id, seq, kind) \
@@ -194,10 +197,12 @@ async fn insert_many(pool: &PgPool, items: &[Pending]) -> anyhow::Result<Vec<Ins
          locked AS MATERIALIZED ( \
              SELECT id FROM chats WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE), \
          allowed AS ( \
-             SELECT i.*, row_number() OVER (PARTITION BY i.chat_id ORDER BY i.idx) AS nth \
+             SELECT i.chat_id, i.sender_id, \
+                    COALESCE(NULLIF(i.sender_username, ''), m.username) AS sender_username, \
+                    i.text, i.idempotency_key, i.idx, \
+                    row_number() OVER (PARTITION BY i.chat_id ORDER BY i.idx) AS nth \
              FROM items i JOIN locked l ON l.id = i.chat_id \
-             WHERE EXISTS (SELECT 1 FROM chat_members m \
-                           WHERE m.chat_id = i.chat_id AND m.user_id = i.sender_id)), \
+             JOIN chat_members m ON m.chat_id = i.chat_id AND m.user_id = i.sender_id), \
          bump AS ( \
              UPDATE chats c SET last_seq = c.last_seq + k.n, last_activity_at = now() \
              FROM (SELECT chat_id, count(*) AS n FROM allowed GROUP BY chat_id) k \

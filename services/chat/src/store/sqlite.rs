@@ -87,7 +87,10 @@ async fn insert_one(
     let stored = sqlx::query_as(&format!(
         "INSERT INTO messages \
          (chat_id, seq, sender_id, sender_username, text, idempotency_key, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING {MESSAGE_COLUMNS}"
+         VALUES (?1, ?2, ?3, \
+                 COALESCE(NULLIF(?4, ''), (SELECT username FROM chat_members \
+                                           WHERE chat_id = ?1 AND user_id = ?3)), \
+                 ?5, ?6, ?7) RETURNING {MESSAGE_COLUMNS}"
     ))
     .bind(msg.chat_id)
     .bind(seq)
