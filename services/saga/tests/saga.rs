@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use chat_testkit::{
-    chat_config, notification_config, saga_config,
+    chat_config,
+    fault::{PrivatePostgres, StopMode},
+    notification_config, saga_config,
     smtp::{SmtpMode, TestSmtp},
     spawn_auth, spawn_chat, spawn_notification, spawn_saga, TcpProxy, TestAuth, TestChat, TestDb,
     TestNats, TestNotification, TestSaga, TestUser,
@@ -129,6 +131,14 @@ fn saga_id(status: &tonic::Status) -> String {
         .and_then(|v| v.to_str().ok())
         .expect("saga-id metadata")
         .to_owned()
+}
+
+/// Sends `req` expecting the saga to pause (UNAVAILABLE, a service or its log out of
+/// reach); returns the id of the saga it answers about.
+async fn send_paused(saga: &TestSaga, user: &TestUser, req: pb::SendMessageRequest) -> String {
+    let err = send(saga, user, req).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    saga_id(&err)
 }
 
 fn steps(s: &pb::Saga) -> Vec<(StepKind, StepState)> {
@@ -377,11 +387,7 @@ async fn an_orchestrator_stopped_before_storing_resumes_at_start_up() {
     let chat_id = w.chat_of(&alice, &[&bob]).await;
 
     chat_proxy.cut();
-    let err = send(&first, &alice, request(chat_id, "alice", "resumed", ""))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    let id = saga_id(&err);
+    let id = send_paused(&first, &alice, request(chat_id, "alice", "resumed", "")).await;
     let s = get(&first, &alice, &id).await.unwrap();
     assert_eq!(s.state, SagaState::Running as i32);
     assert_eq!(
@@ -411,15 +417,12 @@ async fn an_orchestrator_stopped_before_notifying_resumes_without_a_second_messa
     let chat_id = w.chat_of(&alice, &[&bob]).await;
 
     notify_proxy.cut();
-    let err = send(
+    let id = send_paused(
         &first,
         &alice,
         request(chat_id, "alice", "stored once", "k"),
     )
-    .await
-    .unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    let id = saga_id(&err);
+    .await;
     first.shutdown.trigger();
     drop(first);
     notify_proxy.restore();
@@ -449,12 +452,9 @@ async fn a_notifier_down_past_the_deadline_makes_the_resumed_saga_compensate() {
     let (alice, bob) = (w.auth.user("alice").await, w.auth.user("bob").await);
     let chat_id = w.chat_of(&alice, &[&bob]).await;
     notify_proxy.cut();
-    let err = send(&saga, &alice, request(chat_id, "alice", "too late", ""))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let id = send_paused(&saga, &alice, request(chat_id, "alice", "too late", "")).await;
     // The recovery sweep retries; once the deadline has passed it compensates.
-    let s = wait_state(&saga, &alice, &saga_id(&err), SagaState::Compensated).await;
+    let s = wait_state(&saga, &alice, &id, SagaState::Compensated).await;
     assert!(s.error.contains("deadline"), "{s:?}");
     assert!(w.history(&bob, chat_id).await.is_empty());
 }
@@ -495,15 +495,12 @@ async fn the_first_step_is_logged_with_the_saga_whatever_it_found() {
         .await
         .unwrap();
     auth_proxy.cut();
-    let err = send(
+    let id = send_paused(
         &saga,
         &alice,
         request(chat_id, "alice", "auth was down", ""),
     )
-    .await
-    .unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    let id = saga_id(&err);
+    .await;
     let s = get(&saga, &alice, &id).await.unwrap();
     assert_eq!(s.state, SagaState::Running as i32);
     assert_eq!(
@@ -736,11 +733,8 @@ async fn no_email_about_a_message_the_saga_removed() {
     config.settings.notify_deadline = Duration::from_millis(500);
     let saga = spawn_saga(config).await;
 
-    let err = send(&saga, &alice, request(chat_id, "alice", "doomed text", ""))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    let s = wait_state(&saga, &alice, &saga_id(&err), SagaState::Compensated).await;
+    let id = send_paused(&saga, &alice, request(chat_id, "alice", "doomed text", "")).await;
+    let s = wait_state(&saga, &alice, &id, SagaState::Compensated).await;
     assert_eq!(s.message_seq, 1);
     // A message sent straight to the chat meanwhile is owed its emails.
     let kept = w
@@ -887,3 +881,90 @@ chat_testkit::backend_tests!(
     a_caller_who_gives_up_does_not_strand_the_saga,
     the_first_step_is_logged_with_the_saga_whatever_it_found,
 );
+
+/// The saga's own PostgreSQL stopping, in the two places this log writes alone: at the
+/// saga's creation (the sender was resolved, nothing is written yet) and at its end (the
+/// message stored and its email sent, the end not yet logged). Neither loses the message
+/// or stores it twice; the first answers UNAVAILABLE with nothing stored, and the second
+/// is finished by the recovery sweep once the database is back, which a replay of the
+/// key then reports.
+#[tokio::test]
+async fn the_saga_database_stopping_loses_no_message_and_stores_none_twice() {
+    let mut pg = PrivatePostgres::start().await.expect("private postgres");
+    let w = World::new(SmtpMode::Accept).await;
+    let notify_proxy = TcpProxy::start(w.notifier.addr).await;
+    let mut config = w.config_through(&notify_proxy);
+    config.database.url = pg.url("saga");
+    config.database.max_connections = 3;
+    let saga = spawn_saga(config).await;
+    let (alice, bob) = (w.auth.user("alice").await, w.auth.user("bob").await);
+    let chat_id = w.chat_of(&alice, &[&bob]).await;
+    // A client retrying while the database comes back: the same key each time.
+    let until_done = |req: pb::SendMessageRequest| {
+        let (saga, alice) = (&saga, &alice);
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                match send(saga, alice, req.clone()).await {
+                    Ok(s) => return s,
+                    Err(e) => {
+                        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+                        assert!(tokio::time::Instant::now() < deadline, "{e:?}");
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+
+    // Down at the creation.
+    pg.stop(StopMode::Immediate).await.expect("stop postgres");
+    let err = send(
+        &saga,
+        &alice,
+        request(chat_id, "alice", "created later", "a"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(w.history(&bob, chat_id).await.is_empty(), "nothing stored");
+    pg.start_again().await.expect("start postgres");
+    let a = until_done(request(chat_id, "alice", "created later", "a")).await;
+    assert_eq!(a.state, SagaState::Completed as i32, "{a:?}");
+
+    // Down at the end: the saga waits in NOTIFY (its calls to the notifier held) while
+    // the message is stored and its email sent by the event; the database stops; the
+    // notifier's answer arrives and the end cannot be logged.
+    notify_proxy.blackhole();
+    let ending = tokio::spawn({
+        let (client, req) = (
+            saga.client.clone(),
+            alice.req(request(chat_id, "alice", "ended later", "b")),
+        );
+        async move { client.clone().send_message(req).await }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while w.smtp.mails().len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no email for the second message"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pg.stop(StopMode::Immediate).await.expect("stop postgres");
+    notify_proxy.restore();
+    let err = ending.await.expect("task").unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    pg.start_again().await.expect("start postgres");
+    let b = until_done(request(chat_id, "alice", "ended later", "b")).await;
+    assert_eq!(b.state, SagaState::Completed as i32, "{b:?}");
+    assert_eq!(b.message_seq, a.message_seq + 1);
+
+    // Newest first; one message and one email each.
+    assert_eq!(
+        w.history(&bob, chat_id).await,
+        vec!["ended later", "created later"]
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(w.smtp.mails().len(), 2);
+}
