@@ -4,10 +4,9 @@
 //! notifier's finish (an `UPDATE ... FROM UNNEST` of deliveries) on its real schema, with
 //! the settings and without them, so the test fails if they stop reaching the sessions.
 
-use std::{
-    path::Path,
-    time::{SystemTime, UNIX_EPOCH},
-};
+mod support;
+
+use std::path::Path;
 
 use chat_common::db::{Database, Migrations, KEYED_ONLY};
 use sqlx::{migrate::Migrator, PgPool};
@@ -16,24 +15,12 @@ const FINISH: &str = "UPDATE deliveries d SET state = 'delivered', updated_at = 
      FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) AS f(chat_id, seq, recipient_id) \
      WHERE d.chat_id = f.chat_id AND d.seq = f.seq AND d.recipient_id = f.recipient_id";
 
-/// A fresh database name beside `TEST_DATABASE_URL`'s.
-fn fresh_url(tag: &str) -> String {
-    let admin = std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap();
-    format!("{base}/plans_{tag}_{}_{nanos}", std::process::id())
-}
-
 /// The plan the session of a pool opened with `settings` keeps for [`FINISH`], made while
 /// `deliveries` holds ten analyzed rows.
 async fn finish_plan(settings: &'static [(&'static str, &'static str)], tag: &str) -> String {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations/notification");
     let migrator: &'static Migrator = Box::leak(Box::new(Migrator::new(dir).await.unwrap()));
-    let url = fresh_url(tag);
+    let url = support::fresh_database_url(&format!("plans_{tag}"));
     let migrations = Migrations {
         postgres: migrator,
         sqlite: migrator,

@@ -4,10 +4,9 @@
 //! `migrations/` (the running version), and the same plus one expand-only migration (the
 //! next version), on both engines. See docs/migrations.md.
 
-use std::{
-    path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
-};
+mod support;
+
+use std::path::{Path, PathBuf};
 
 use chat_common::db::{Database, Migrations};
 use sqlx::migrate::Migrator;
@@ -99,14 +98,7 @@ async fn rollback(url: &str, folder: &str, extra: &str) {
 
 #[tokio::test]
 async fn an_older_version_starts_on_a_newer_schema_postgres() {
-    let admin = std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap();
-    let url = format!("{base}/rollback_{}_{nanos}", std::process::id());
+    let url = support::fresh_database_url("rollback");
     rollback(
         &url,
         "migrations/chat",

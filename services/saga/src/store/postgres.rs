@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{
     saga_from_row, Logged, Opening, SagaRecord, SagaStore, StepRecord, StepResult, Then,
-    SAGA_COLUMNS,
+    SAGA_COLUMNS, STEP_COLUMNS,
 };
 use crate::domain::{FailCode, SagaState, SendRequest, StepKind, StepState};
 
@@ -36,6 +36,12 @@ impl PgSagaStore {
     }
 }
 
+/// A step's columns as [`group_steps`] reads them beside a saga's, from a step row named
+/// `st`.
+const STEP_FIELDS: &str = "st.kind AS step_kind, st.state AS step_state, \
+     st.started_at AS step_started_at, st.finished_at AS step_finished_at, \
+     st.error AS step_error";
+
 /// A statement that reads the sagas `sagas` returns (a `SELECT` or an `UPDATE ...
 /// RETURNING` of [`SAGA_COLUMNS`]) with their steps: one row per step, or one without a
 /// step for a saga that has none, sagas in the order they were created and each one's
@@ -43,9 +49,7 @@ impl PgSagaStore {
 fn with_steps(sagas: &str) -> String {
     format!(
         "WITH s AS ({sagas}) \
-         SELECT s.*, st.kind AS step_kind, st.state AS step_state, \
-                st.started_at AS step_started_at, st.finished_at AS step_finished_at, \
-                st.error AS step_error \
+         SELECT s.*, {STEP_FIELDS} \
          FROM s LEFT JOIN saga_steps st ON st.saga_id = s.id \
          ORDER BY s.created_at, s.id, st.started_at, st.kind"
     )
@@ -106,12 +110,9 @@ impl SagaStore for PgSagaStore {
                  SELECT saga.id, s.kind, s.state, \
                     CASE WHEN s.state = 'started' THEN NULL ELSE now() END, s.error \
                  FROM saga, UNNEST($12::text[], $13::text[], $14::text[]) AS s(kind, state, error) \
-                 RETURNING kind, state, started_at, finished_at, error) \
-             SELECT saga.*, step.kind AS step_kind, step.state AS step_state, \
-                    step.started_at AS step_started_at, step.finished_at AS step_finished_at, \
-                    step.error AS step_error \
-             FROM saga LEFT JOIN step ON true \
-             ORDER BY step.started_at, step.kind"
+                 RETURNING {STEP_COLUMNS}) \
+             SELECT saga.*, {STEP_FIELDS} FROM saga LEFT JOIN step st ON true \
+             ORDER BY st.started_at, st.kind"
         ))
         .bind(id)
         .bind(initiator_id)
@@ -213,7 +214,7 @@ impl SagaStore for PgSagaStore {
                          UPDATE saga_steps SET state = 'succeeded', finished_at = now(), \
                             error = '' \
                          WHERE saga_id = $1 AND kind = $2 \
-                         RETURNING kind, state, started_at, finished_at, error), \
+                         RETURNING {STEP_COLUMNS}), \
                      saga AS ( \
                          UPDATE sagas SET sender_id = COALESCE($3, sender_id), \
                             message_seq = COALESCE($4, message_seq), state = $5, \
@@ -221,14 +222,11 @@ impl SagaStore for PgSagaStore {
                             updated_at = now() \
                          WHERE id = $1 RETURNING {SAGA_COLUMNS}), \
                      steps AS ( \
-                         SELECT kind, state, started_at, finished_at, error FROM saga_steps \
+                         SELECT {STEP_COLUMNS} FROM saga_steps \
                          WHERE saga_id = $1 AND kind <> $2 \
                          UNION ALL SELECT * FROM done) \
-                     SELECT saga.*, steps.kind AS step_kind, steps.state AS step_state, \
-                            steps.started_at AS step_started_at, \
-                            steps.finished_at AS step_finished_at, steps.error AS step_error \
-                     FROM saga LEFT JOIN steps ON true \
-                     ORDER BY steps.started_at, steps.kind"
+                     SELECT saga.*, {STEP_FIELDS} FROM saga LEFT JOIN steps st ON true \
+                     ORDER BY st.started_at, st.kind"
                 ))
                 .bind(id)
                 .bind(kind.as_str())
