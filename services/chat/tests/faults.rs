@@ -41,18 +41,7 @@ async fn chat_of_two(
     bob: &TestUser,
     title: &str,
 ) -> i64 {
-    client
-        .clone()
-        .create_chat(alice.req(pb::CreateChatRequest {
-            title: title.into(),
-            members: vec![bob.username.clone()],
-        }))
-        .await
-        .expect("create chat")
-        .into_inner()
-        .chat
-        .expect("chat")
-        .id
+    chat_testkit::create_chat(client, alice, title, &[bob]).await
 }
 
 /// A channel that connects when used and reconnects after its server restarted.

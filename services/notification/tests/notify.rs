@@ -50,19 +50,7 @@ impl World {
     }
 
     async fn chat_of(&self, owner: &TestUser, members: &[&TestUser]) -> i64 {
-        self.chat
-            .client
-            .clone()
-            .create_chat(owner.req(chatpb::CreateChatRequest {
-                title: "Launch <team>".into(),
-                members: members.iter().map(|m| m.username.clone()).collect(),
-            }))
-            .await
-            .expect("create chat")
-            .into_inner()
-            .chat
-            .expect("chat")
-            .id
+        self.chat.create_chat(owner, "Launch <team>", members).await
     }
 
     async fn send(&self, user: &TestUser, chat_id: i64, text: &str) -> i64 {

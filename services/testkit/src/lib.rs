@@ -459,27 +459,38 @@ pub struct TestChat {
 }
 
 impl TestChat {
-    /// Creates a chat titled `title`, owned by `owner`, with `members` (the owner alone when
-    /// there are none: a list naming no one is refused); returns its id.
+    /// Creates a chat titled `title`, owned by `owner`, with `members`: [`create_chat`]
+    /// through this replica.
     pub async fn create_chat(&self, owner: &TestUser, title: &str, members: &[&TestUser]) -> i64 {
-        let members = if members.is_empty() {
-            vec![owner.username.clone()]
-        } else {
-            members.iter().map(|m| m.username.clone()).collect()
-        };
-        self.client
-            .clone()
-            .create_chat(owner.req(grpc_chat_proto::chat::v1::CreateChatRequest {
-                title: title.into(),
-                members,
-            }))
-            .await
-            .expect("create chat")
-            .into_inner()
-            .chat
-            .expect("chat")
-            .id
+        create_chat(&self.client, owner, title, members).await
     }
+}
+
+/// Creates through `client` a chat titled `title`, owned by `owner`, with `members` (the
+/// owner alone when there are none: a list naming no one is refused); returns its id.
+pub async fn create_chat(
+    client: &grpc_chat_proto::chat::v1::chat_service_client::ChatServiceClient<Channel>,
+    owner: &TestUser,
+    title: &str,
+    members: &[&TestUser],
+) -> i64 {
+    let members = if members.is_empty() {
+        vec![owner.username.clone()]
+    } else {
+        members.iter().map(|m| m.username.clone()).collect()
+    };
+    client
+        .clone()
+        .create_chat(owner.req(grpc_chat_proto::chat::v1::CreateChatRequest {
+            title: title.into(),
+            members,
+        }))
+        .await
+        .expect("create chat")
+        .into_inner()
+        .chat
+        .expect("chat")
+        .id
 }
 
 /// Chat settings for tests: this test's NATS space and database, the test auth service.
