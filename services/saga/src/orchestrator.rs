@@ -4,11 +4,12 @@
 //! Each step is written to the log before it runs and after it ends, except the first:
 //! resolving the sender only reads, so it runs before the saga is written and the saga's
 //! creation logs what it found (a crash before that write leaves no saga, and nothing to
-//! undo). Each step is safe to run twice: resolving is a read; storing uses the saga id as ChatService's idempotency
-//! key, so a resumed store returns the message stored before the crash; notifying is
-//! idempotent in NotificationService; deleting a deleted message succeeds. That is what
-//! lets an orchestrator that starts after a crash simply run an unfinished saga again from
-//! the step the log says it reached ([`Orchestrator::recover`]).
+//! undo). Each step is safe to run twice: resolving is a read; storing uses the saga id
+//! as ChatService's idempotency key, so a resumed store returns the message stored before
+//! the crash; notifying is idempotent in NotificationService; deleting a deleted message
+//! succeeds. That is what lets an orchestrator that starts after a crash simply run an
+//! unfinished saga again from the step the log says it reached
+//! ([`Orchestrator::recover`]).
 //!
 //! What comes next is never decided here: [`crate::machine`] says, from where the saga is
 //! and what its last step returned, and this module performs the steps and logs them.
