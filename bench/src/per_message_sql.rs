@@ -9,9 +9,9 @@
 //!   message and its outbox row;
 //! - the outbox delete once the event is published (`events_published`);
 //! - the notifier (its PostgreSQL delivery store): `record_and_claim` (one statement: the
-//!   message row and one delivery row per recipient, created claimed, committed without
-//!   waiting for the disk), `finish_delivered` (every delivered recipient in one durable
-//!   `UPDATE`).
+//!   message row with its recipients, claimed whole, committed without waiting for the
+//!   disk), `finish_delivered` (the message row marked delivered, in one durable
+//!   `UPDATE`), as for every message whose emails all go out on the first try.
 //!
 //! The services batch these statements across concurrent messages (the chat insert per
 //! group of senders, the outbox delete, the notifier's record and outcomes); the script
@@ -103,28 +103,28 @@ pub fn script(chats: usize, message_size: usize) -> String {
         ),
         // Chat service: the event is published; its outbox row goes.
         "DELETE FROM outbox WHERE id = ANY(ARRAY[:m_event_id::bigint]);".into(),
-        // Notifier: record the message with its recipients, created claimed, in one
+        // Notifier: record the message with its recipients, claimed whole, in one
         // statement on a connection whose commits do not wait for the disk (its
         // `record_and_claim`, here for a batch of one message).
         "BEGIN;".into(),
         "SET LOCAL synchronous_commit = off;".into(),
         format!(
-            "WITH msg AS (INSERT INTO notified_messages (chat_id, seq, sender_id, \
-             sender_username, chat_title, text, sent_at) VALUES (:chat::bigint, \
-             :m_seq::bigint, {SENDER}, 'user{SENDER}', 'bench', '{text}', now()) \
-             ON CONFLICT DO NOTHING RETURNING chat_id, seq) \
-             INSERT INTO deliveries (chat_id, seq, recipient_id, email, username, state, \
-             lease_until) SELECT msg.chat_id, msg.seq, r.*, 'sending', \
-             now() + make_interval(secs => 30) FROM msg, UNNEST('{{{ids}}}'::bigint[], \
-             '{{{emails}}}'::text[], '{{{names}}}'::text[]) AS r ON CONFLICT DO NOTHING \
-             RETURNING recipient_id, email, username, state, attempts, error, updated_at;"
+            "INSERT INTO notified_messages (chat_id, seq, sender_id, sender_username, \
+             chat_title, text, sent_at, recipient_ids, recipient_emails, recipient_usernames, \
+             state, lease_until, updated_at) VALUES (:chat::bigint, :m_seq::bigint, {SENDER}, \
+             'user{SENDER}', 'bench', '{text}', now(), '{{{ids}}}'::bigint[], \
+             '{{{emails}}}'::text[], '{{{names}}}'::text[], 'sending', \
+             now() + make_interval(secs => 30), now()) ON CONFLICT DO NOTHING \
+             RETURNING chat_id, seq, recipient_ids, recipient_emails, recipient_usernames, \
+             state, recorded_at, updated_at;"
         ),
         "COMMIT;".into(),
-        // Notifier: every email went out; one UPDATE records them all.
+        // Notifier: every email went out; one UPDATE of the message's row records them.
         format!(
-            "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, \
-             lease_until = NULL, updated_at = now() WHERE chat_id = :chat::bigint \
-             AND seq = :m_seq::bigint AND recipient_id = ANY('{{{ids}}}'::bigint[]);"
+            "UPDATE notified_messages SET state = 'delivered', lease_until = NULL, \
+             updated_at = now() WHERE chat_id = :chat::bigint AND seq = :m_seq::bigint \
+             AND state = 'sending' AND recipient_ids <@ '{{{ids}}}'::bigint[] \
+             AND '{{{ids}}}'::bigint[] <@ recipient_ids RETURNING chat_id, seq;"
         ),
     ];
     let mut out = statements.join("\n");

@@ -1,7 +1,9 @@
 //! The delivery store under concurrent callers, on both engines (`backend_tests!` at the
 //! end): records and claims of many messages at once (on PostgreSQL, batched into shared
 //! statements) give every delivery to exactly one claimer, and outcomes written together
-//! land on the right rows.
+//! land on the right rows. PostgreSQL keeps a message's emails in the message's row until
+//! they part ways; the same calls must find the same states there as SQLite's rows give,
+//! whichever form the message is in, and rows written before that form existed are kept.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -182,8 +184,243 @@ async fn a_message_without_recipients_is_recorded_with_nothing_to_claim() {
     assert!(store.deliveries(9, 4).await.expect("read").is_none());
 }
 
+async fn a_message_claimed_whole_reads_and_ends_as_its_deliveries() {
+    let db = TestDb::new().await;
+    let store = store::open(&db.url, 2, &Shutdown::new())
+        .await
+        .expect("store");
+    let (new, claimed) = store
+        .record_and_claim(&message(3, 1), &recipients(3), LEASE)
+        .await
+        .expect("record");
+    assert!(new);
+    let ids: Vec<i64> = recipients(3).iter().map(|r| r.user_id).collect();
+    let claimed_ids: Vec<i64> = claimed.iter().map(|d| d.recipient.user_id).collect();
+    assert_eq!(claimed_ids, ids);
+    let read = store
+        .deliveries(3, 1)
+        .await
+        .expect("read")
+        .expect("recorded");
+    assert_eq!(read.len(), 5);
+    for (d, r) in read.iter().zip(recipients(3)) {
+        assert_eq!(d.recipient.user_id, r.user_id);
+        assert_eq!(d.recipient.email, r.email);
+        assert_eq!(d.recipient.username, r.username);
+        assert_eq!((d.state, d.attempts), (DeliveryState::Sending, 0));
+    }
+    // Held: neither a claim nor a second record takes any of it.
+    assert!(store.claim(3, 1, LEASE).await.expect("claim").is_empty());
+    let (new, again) = store
+        .record_and_claim(&message(3, 1), &recipients(3), LEASE)
+        .await
+        .expect("record again");
+    assert!(!new && again.is_empty(), "{again:?}");
+
+    store.finish_delivered(3, 1, &ids).await.expect("finish");
+    let read = store
+        .deliveries(3, 1)
+        .await
+        .expect("read")
+        .expect("recorded");
+    assert_eq!(read.len(), 5);
+    for d in &read {
+        assert_eq!(
+            (d.state, d.attempts),
+            (DeliveryState::Delivered, 1),
+            "{d:?}"
+        );
+        assert!(d.error.is_empty());
+    }
+    assert!(store.claim(3, 1, LEASE).await.expect("claim").is_empty());
+}
+
+async fn a_whole_claim_that_ran_out_is_taken_whole_by_one_claimer() {
+    let db = TestDb::new().await;
+    let store = store::open(&db.url, 4, &Shutdown::new())
+        .await
+        .expect("store");
+    let (_, first) = store
+        .record_and_claim(&message(4, 2), &recipients(4), Duration::from_millis(200))
+        .await
+        .expect("record");
+    assert_eq!(first.len(), 5);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The sender died holding all five; four claimers and a record race for them.
+    let claims: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.claim(4, 2, LEASE).await.expect("claim") })
+        })
+        .collect();
+    let (new, by_record) = store
+        .record_and_claim(&message(4, 2), &recipients(4), LEASE)
+        .await
+        .expect("record again");
+    assert!(!new);
+    let mut taken = vec![by_record];
+    for c in claims {
+        taken.push(c.await.expect("task"));
+    }
+    let winners: Vec<_> = taken.iter().filter(|t| !t.is_empty()).collect();
+    assert_eq!(winners.len(), 1, "one claimer takes it: {taken:?}");
+    let ids: Vec<i64> = winners[0].iter().map(|d| d.recipient.user_id).collect();
+    let want: Vec<i64> = recipients(4).iter().map(|r| r.user_id).collect();
+    assert_eq!(ids, want);
+    assert!(winners[0]
+        .iter()
+        .all(|d| d.state == DeliveryState::Sending && d.attempts == 0));
+}
+
+async fn deliveries_that_part_ways_at_once_each_keep_their_own_outcome() {
+    let db = TestDb::new().await;
+    let store = store::open(&db.url, 6, &Shutdown::new())
+        .await
+        .expect("store");
+    let (_, claimed) = store
+        .record_and_claim(&message(5, 1), &recipients(5), LEASE)
+        .await
+        .expect("record");
+    let id = |u: i64| 500 + u;
+    assert_eq!(claimed.len(), 5);
+    // Five different fates for the five emails of one message, written at the same time:
+    // on PostgreSQL each of them splits the message, which must happen once.
+    let store2 = store.clone();
+    let calls = vec![
+        tokio::spawn({
+            let s = store2.clone();
+            async move { s.attempt_failed(5, 1, id(2), "421 busy", LEASE).await }
+        }),
+        tokio::spawn({
+            let s = store2.clone();
+            async move { s.release(5, 1, id(3)).await }
+        }),
+        tokio::spawn({
+            let s = store2.clone();
+            async move { s.finish(5, 1, id(4), Some("550 no such user")).await }
+        }),
+        tokio::spawn({
+            let s = store2.clone();
+            async move { s.finish(5, 1, id(5), None).await }
+        }),
+        tokio::spawn({
+            let s = store2.clone();
+            async move { s.finish_delivered(5, 1, &[id(6)]).await }
+        }),
+    ];
+    for c in calls {
+        c.await.expect("task").expect("outcome");
+    }
+    let read = store
+        .deliveries(5, 1)
+        .await
+        .expect("read")
+        .expect("recorded");
+    let got: Vec<(i64, DeliveryState, i32, &str)> = read
+        .iter()
+        .map(|d| (d.recipient.user_id, d.state, d.attempts, d.error.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (id(2), DeliveryState::Sending, 1, "421 busy"),
+            (id(3), DeliveryState::Pending, 0, ""),
+            (id(4), DeliveryState::Failed, 1, "550 no such user"),
+            (id(5), DeliveryState::Delivered, 1, ""),
+            (id(6), DeliveryState::Delivered, 1, ""),
+        ]
+    );
+    // Only the email given back is free; the one between tries is still held.
+    let ids: Vec<i64> = store
+        .claim(5, 1, LEASE)
+        .await
+        .expect("claim")
+        .iter()
+        .map(|d| d.recipient.user_id)
+        .collect();
+    assert_eq!(ids, vec![id(3)]);
+}
+
+/// A notifier upgraded while messages were in flight: their deliveries, written as rows
+/// of their own before messages carried their recipients, read and claim as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_recorded_before_the_upgrade_are_kept() {
+    use sqlx::Connection;
+    let db = TestDb::new().await;
+    let all =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations/notification");
+    let before = tempfile::tempdir().expect("tempdir");
+    for name in [
+        "0001_deliveries.sql",
+        "0002_direct_emails.sql",
+        "0003_deliveries_without_foreign_key.sql",
+    ] {
+        std::fs::copy(all.join(name), before.path().join(name)).expect("copy migration");
+    }
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    sqlx::migrate::Migrator::new(before.path())
+        .await
+        .expect("migrations")
+        .run(&mut conn)
+        .await
+        .expect("migrate to before");
+    sqlx::raw_sql(
+        "INSERT INTO notified_messages (chat_id, seq, sender_id, sender_username, chat_title, \
+            text, sent_at) VALUES (8, 1, 1, 'alice', 'old', 'from before', now()); \
+         INSERT INTO deliveries (chat_id, seq, recipient_id, email, username, state, attempts, \
+            lease_until) VALUES \
+            (8, 1, 2, 'b@x.example', 'bob', 'delivered', 1, NULL), \
+            (8, 1, 3, 'c@x.example', 'carol', 'sending', 0, now() - interval '1 minute')",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("rows from before");
+    conn.close().await.expect("close");
+
+    let store = store::open(&db.url, 2, &Shutdown::new())
+        .await
+        .expect("store after the upgrade");
+    let read = store
+        .deliveries(8, 1)
+        .await
+        .expect("read")
+        .expect("recorded");
+    let got: Vec<(i64, DeliveryState)> = read
+        .iter()
+        .map(|d| (d.recipient.user_id, d.state))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(2, DeliveryState::Delivered), (3, DeliveryState::Sending)]
+    );
+    let (new, taken) = store
+        .record_and_claim(&message(8, 1), &recipients(8), LEASE)
+        .await
+        .expect("record again");
+    assert!(!new, "recorded before the upgrade");
+    let ids: Vec<i64> = taken.iter().map(|d| d.recipient.user_id).collect();
+    assert_eq!(
+        ids,
+        vec![3],
+        "the expired claim, not the recipients of the new record"
+    );
+    store.finish_delivered(8, 1, &[3]).await.expect("finish");
+    let read = store
+        .deliveries(8, 1)
+        .await
+        .expect("read")
+        .expect("recorded");
+    assert!(
+        read.iter().all(|d| d.state == DeliveryState::Delivered),
+        "{read:?}"
+    );
+}
+
 chat_testkit::backend_tests!(
     many_concurrent_records_give_each_delivery_to_one_claimer,
     an_expired_claim_is_taken_over_by_the_next_record,
     a_message_without_recipients_is_recorded_with_nothing_to_claim,
+    a_message_claimed_whole_reads_and_ends_as_its_deliveries,
+    a_whole_claim_that_ran_out_is_taken_whole_by_one_claimer,
+    deliveries_that_part_ways_at_once_each_keep_their_own_outcome,
 );
