@@ -94,8 +94,11 @@ struct Inner {
     recipients: Cache<i64, CachedChat>,
 }
 
-/// How long a chat's members and their emails are reused.
-const RECIPIENTS_TTL: Duration = Duration::from_secs(30);
+/// How long a chat's members and their emails are reused: the longest a member removed
+/// (or an address changed) still gets a message's email, and a member added misses one.
+/// A busy chat still asks for its members about once a second per replica instead of
+/// twice per message.
+pub const RECIPIENTS_TTL: Duration = Duration::from_secs(1);
 /// Most chats whose recipients are kept.
 const RECIPIENTS_CACHED: u64 = 4096;
 
@@ -425,9 +428,10 @@ impl Notifier {
 
     /// The chat's title and every member with their email, from a short-lived cache: a
     /// busy chat would otherwise cost two lookups in other services per message. Members
-    /// are set when a chat is created and accounts keep their email, so a cached entry
-    /// can only be stale for a chat deleted meanwhile, whose last messages then still get
-    /// their emails.
+    /// come and go and accounts change their email, so an entry is kept only
+    /// [`RECIPIENTS_TTL`]: a message sent within that time of a change may still go to the
+    /// chat's members as they were (a chat deleted meanwhile: its last messages still get
+    /// their emails).
     async fn chat_recipients(
         &self,
         chat_id: i64,

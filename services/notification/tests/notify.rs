@@ -540,7 +540,57 @@ async fn an_email_left_by_a_stopped_notifier_is_sent_by_the_next() {
     assert_eq!(w.smtp.mails().len(), 1);
 }
 
+async fn emails_go_to_the_members_a_chat_has_once_the_recipients_cache_runs_out() {
+    let w = World::new(SmtpMode::Accept).await;
+    let n = w.notifier().await;
+    let (alice, bob, carol, dave) = (
+        w.auth.user("alice").await,
+        w.auth.user("bob").await,
+        w.auth.user("carol").await,
+        w.auth.user("dave").await,
+    );
+    let chat_id = w.chat_of(&alice, &[&bob, &carol]).await;
+    w.send(&alice, chat_id, "before").await;
+    w.smtp.wait_for(2).await;
+    let mut chat = w.chat.client.clone();
+    let removed = chat
+        .remove_member(alice.req(chatpb::RemoveMemberRequest {
+            chat_id,
+            user_id: carol.id,
+        }))
+        .await
+        .expect("remove carol")
+        .into_inner();
+    assert!(removed.removed);
+    chat.add_members(alice.req(chatpb::AddMembersRequest {
+        chat_id,
+        members: vec![dave.username.clone()],
+    }))
+    .await
+    .expect("add dave");
+    // The notifier has the chat's members from the first message; past the cache's life
+    // it asks again.
+    let ttl = notification_service::notifier::RECIPIENTS_TTL;
+    tokio::time::sleep(ttl + Duration::from_millis(300)).await;
+    let seq = w.send(&alice, chat_id, "after").await;
+    let s = w.status(&n, chat_id, seq).await;
+    assert_eq!(s.state, DeliveryState::Delivered as i32, "{s:?}");
+    let mut to: Vec<i64> = s.deliveries.iter().map(|d| d.recipient_id).collect();
+    to.sort();
+    assert_eq!(to, vec![bob.id, dave.id], "{s:?}");
+    let mails = w.smtp.wait_for(4).await;
+    let to_carol = mails
+        .iter()
+        .filter(|m| m.to.iter().any(|t| t == &carol.email))
+        .count();
+    assert_eq!(
+        to_carol, 1,
+        "carol got only the message from before her removal"
+    );
+}
+
 chat_testkit::backend_tests!(
+    emails_go_to_the_members_a_chat_has_once_the_recipients_cache_runs_out,
     the_largest_sequence_numbers_are_not_found_not_a_crash,
     every_member_but_the_sender_gets_one_email_even_with_two_replicas,
     messages_sent_while_the_notifier_is_down_are_emailed_when_it_starts,
