@@ -4,7 +4,8 @@
 //! Each step is written to the log before it runs and after it ends, except the first:
 //! resolving the sender only reads, so it runs before the saga is written and the saga's
 //! creation logs what it found (a crash before that write leaves no saga, and nothing to
-//! undo). Each step is safe to run twice: resolving is a read; storing uses the saga id
+//! undo). Each step is safe to run twice: resolving is a read (of a name the caller was
+//! found to hold within the last [`SENDERS_TTL`], or of AuthService); storing uses the saga id
 //! as ChatService's idempotency key, so a resumed store returns the message stored before
 //! the crash; notifying is idempotent in NotificationService; deleting a deleted message
 //! succeeds. That is what lets an orchestrator that starts after a crash simply run an
@@ -30,6 +31,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use moka::sync::Cache;
 use tonic::{Code, Status};
 use tracing::{field::Empty, Instrument, Span};
 use uuid::Uuid;
@@ -57,6 +59,15 @@ use crate::{
 /// How often a caller replaying an idempotency key looks whether the saga has ended.
 const POLL_EVERY: Duration = Duration::from_millis(50);
 
+/// How long a `from` found to name its caller is taken as theirs without asking
+/// AuthService again: the longest a name or email the caller gave up (changed, or lost
+/// with the account) still passes RESOLVE_SENDER for them. It never lets anyone send as
+/// someone else: the message is always stored as the authenticated caller, and a `from`
+/// remembered for another caller is asked about again.
+pub const SENDERS_TTL: Duration = Duration::from_secs(1);
+/// Most names remembered.
+const SENDERS_CACHED: u64 = 10_000;
+
 /// Runs sagas: each step through its service, every transition logged before the next, and
 /// the recovery of sagas whose owner stopped. Cheap to clone; the clones share one state.
 #[derive(Clone)]
@@ -73,6 +84,9 @@ struct Inner {
     notify_deadline: Duration,
     lease: Duration,
     shutdown: Shutdown,
+    /// `from`s found to name their caller, with the caller's id, for [`SENDERS_TTL`]: a
+    /// sender's sagas after the first skip the call to AuthService.
+    senders: Cache<String, i64>,
 }
 
 /// A step that could not finish now, or a log write that failed: the saga is released,
@@ -172,6 +186,10 @@ impl Orchestrator {
                 notify_deadline,
                 lease,
                 shutdown,
+                senders: Cache::builder()
+                    .max_capacity(SENDERS_CACHED)
+                    .time_to_live(SENDERS_TTL)
+                    .build(),
             }),
         }
     }
@@ -475,6 +493,9 @@ impl Orchestrator {
     /// RESOLVE_SENDER: `sender` (the request's `from`) names an account, and that account
     /// is the caller (`initiator_id`).
     async fn resolve(&self, sender: &str, initiator_id: i64) -> Result<Outcome, Paused> {
+        if self.inner.senders.get(sender) == Some(initiator_id) {
+            return Ok(Outcome::Succeeded(StepResult::Sender(initiator_id)));
+        }
         let req = self
             .token_request(GetUserIdsByEmailsRequest {
                 emails: vec![sender.to_owned()],
@@ -509,6 +530,7 @@ impl Orchestrator {
                 "`from` must be the authenticated caller".into(),
             ));
         }
+        self.inner.senders.insert(sender.to_owned(), user.user_id);
         Ok(Outcome::Succeeded(StepResult::Sender(user.user_id)))
     }
 

@@ -490,8 +490,9 @@ async fn the_first_step_is_logged_with_the_saga_whatever_it_found() {
     assert!(s.steps[0].finished_at.is_some(), "{s:?}");
 
     // One saga through AuthService first: the orchestrator's service token is then cached,
-    // so only the sender's resolution needs AuthService below.
-    send(&saga, &alice, request(chat_id, "alice", "first", ""))
+    // so only the sender's resolution needs AuthService below. It names alice by her
+    // email, so her username below is not one the orchestrator remembers.
+    send(&saga, &alice, request(chat_id, &alice.email, "first", ""))
         .await
         .unwrap();
     auth_proxy.cut();
@@ -867,7 +868,59 @@ async fn hostile_input_is_refused_before_the_saga_is_logged() {
     assert!(w.history(&alice, chat_id).await.is_empty());
 }
 
+async fn a_sender_who_changes_their_email_is_known_by_the_new_one() {
+    let w = World::new(SmtpMode::Accept).await;
+    let saga = w.orchestrator().await;
+    let (alice, bob) = (w.auth.user("alice").await, w.auth.user("bob").await);
+    let chat_id = w.chat_of(&alice, &[&bob]).await;
+    let old = alice.email.clone();
+    let done = send(&saga, &alice, request(chat_id, &old, "first", "")).await;
+    assert_eq!(done.expect("first").state, SagaState::Completed as i32);
+    // Once more at once: from what the orchestrator remembers of the first.
+    let done = send(&saga, &alice, request(chat_id, &old, "second", "")).await;
+    assert_eq!(done.expect("second").state, SagaState::Completed as i32);
+    // A `from` remembered for alice is not bob's.
+    let err = send(&saga, &bob, request(chat_id, &old, "spoofed", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+
+    w.auth
+        .client
+        .clone()
+        .update_user(alice.req(grpc_chat_proto::auth::v1::UpdateUserRequest {
+            email: Some("alice.new@example.com".into()),
+            current_password: alice.password.clone(),
+            ..Default::default()
+        }))
+        .await
+        .expect("change email");
+    tokio::time::sleep(saga_orchestrator::orchestrator::SENDERS_TTL + Duration::from_millis(300))
+        .await;
+    let err = send(&saga, &alice, request(chat_id, &old, "third", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::NotFound,
+        "the old email names no one now: {err:?}"
+    );
+    let done = send(
+        &saga,
+        &alice,
+        request(chat_id, "alice.new@example.com", "third", ""),
+    )
+    .await;
+    assert_eq!(done.expect("third").state, SagaState::Completed as i32);
+    // Newest first.
+    assert_eq!(
+        w.history(&alice, chat_id).await,
+        ["third", "second", "first"]
+    );
+}
+
 chat_testkit::backend_tests!(
+    a_sender_who_changes_their_email_is_known_by_the_new_one,
     hostile_input_is_refused_before_the_saga_is_logged,
     a_message_is_stored_and_every_other_member_emailed,
     the_same_idempotency_key_returns_the_same_saga,
