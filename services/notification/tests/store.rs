@@ -5,11 +5,13 @@
 //! they part ways; the same calls must find the same states there as SQLite's rows give,
 //! whichever form the message is in, and rows written before that form existed are kept.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use chat_common::Shutdown;
 use chat_testkit::TestDb;
-use notification_service::store::{self, DeliveryState, MessageRecord, Recipient};
+use notification_service::store::{
+    self, DeliveryRecord, DeliveryState, DeliveryStore, MessageRecord, Recipient,
+};
 
 const LEASE: Duration = Duration::from_secs(60);
 
@@ -35,11 +37,31 @@ fn recipients(chat_id: i64) -> Vec<Recipient> {
         .collect()
 }
 
-async fn many_concurrent_records_give_each_delivery_to_one_claimer() {
-    let db = TestDb::new().await;
-    let store = store::open(&db.url, 4, &Shutdown::new())
+/// The store on `db`, with at most `connections`.
+async fn open(db: &TestDb, connections: u32) -> Arc<dyn DeliveryStore> {
+    store::open(&db.url, connections, &Shutdown::new())
         .await
-        .expect("store");
+        .expect("store")
+}
+
+/// A fresh database on the test's engine (kept until the test ends) and its store.
+async fn fresh(connections: u32) -> (TestDb, Arc<dyn DeliveryStore>) {
+    let db = TestDb::new().await;
+    let store = open(&db, connections).await;
+    (db, store)
+}
+
+/// The deliveries of a recorded message.
+async fn deliveries_of(store: &dyn DeliveryStore, chat_id: i64, seq: i64) -> Vec<DeliveryRecord> {
+    store
+        .deliveries(chat_id, seq)
+        .await
+        .expect("read")
+        .expect("recorded")
+}
+
+async fn many_concurrent_records_give_each_delivery_to_one_claimer() {
+    let (_db, store) = fresh(4).await;
     // 40 messages over 4 chats, each recorded twice at once (its event and the saga's
     // call), all concurrently: on PostgreSQL they share batches, duplicates included.
     let calls: Vec<_> = (0..80)
@@ -119,11 +141,7 @@ async fn many_concurrent_records_give_each_delivery_to_one_claimer() {
         f.await.expect("task");
     }
     for (chat_id, seq) in claimed.keys() {
-        let deliveries = store
-            .deliveries(*chat_id, *seq)
-            .await
-            .expect("read")
-            .expect("recorded");
+        let deliveries = deliveries_of(&*store, *chat_id, *seq).await;
         assert_eq!(deliveries.len(), 5);
         for d in deliveries {
             let want = if d.recipient.user_id % 100 == 6 {
@@ -138,10 +156,7 @@ async fn many_concurrent_records_give_each_delivery_to_one_claimer() {
 }
 
 async fn an_expired_claim_is_taken_over_by_the_next_record() {
-    let db = TestDb::new().await;
-    let store = store::open(&db.url, 2, &Shutdown::new())
-        .await
-        .expect("store");
+    let (_db, store) = fresh(2).await;
     let short = Duration::from_millis(200);
     let (new, first) = store
         .record_and_claim(&message(7, 1), &recipients(7), short)
@@ -166,10 +181,7 @@ async fn an_expired_claim_is_taken_over_by_the_next_record() {
 }
 
 async fn a_message_without_recipients_is_recorded_with_nothing_to_claim() {
-    let db = TestDb::new().await;
-    let store = store::open(&db.url, 2, &Shutdown::new())
-        .await
-        .expect("store");
+    let (_db, store) = fresh(2).await;
     let (new, claimed) = store
         .record_and_claim(&message(9, 3), &[], LEASE)
         .await
@@ -185,10 +197,7 @@ async fn a_message_without_recipients_is_recorded_with_nothing_to_claim() {
 }
 
 async fn a_message_claimed_whole_reads_and_ends_as_its_deliveries() {
-    let db = TestDb::new().await;
-    let store = store::open(&db.url, 2, &Shutdown::new())
-        .await
-        .expect("store");
+    let (_db, store) = fresh(2).await;
     let (new, claimed) = store
         .record_and_claim(&message(3, 1), &recipients(3), LEASE)
         .await
@@ -197,11 +206,7 @@ async fn a_message_claimed_whole_reads_and_ends_as_its_deliveries() {
     let ids: Vec<i64> = recipients(3).iter().map(|r| r.user_id).collect();
     let claimed_ids: Vec<i64> = claimed.iter().map(|d| d.recipient.user_id).collect();
     assert_eq!(claimed_ids, ids);
-    let read = store
-        .deliveries(3, 1)
-        .await
-        .expect("read")
-        .expect("recorded");
+    let read = deliveries_of(&*store, 3, 1).await;
     assert_eq!(read.len(), 5);
     for (d, r) in read.iter().zip(recipients(3)) {
         assert_eq!(d.recipient.user_id, r.user_id);
@@ -218,11 +223,7 @@ async fn a_message_claimed_whole_reads_and_ends_as_its_deliveries() {
     assert!(!new && again.is_empty(), "{again:?}");
 
     store.finish_delivered(3, 1, &ids).await.expect("finish");
-    let read = store
-        .deliveries(3, 1)
-        .await
-        .expect("read")
-        .expect("recorded");
+    let read = deliveries_of(&*store, 3, 1).await;
     assert_eq!(read.len(), 5);
     for d in &read {
         assert_eq!(
@@ -236,10 +237,7 @@ async fn a_message_claimed_whole_reads_and_ends_as_its_deliveries() {
 }
 
 async fn a_whole_claim_that_ran_out_is_taken_whole_by_one_claimer() {
-    let db = TestDb::new().await;
-    let store = store::open(&db.url, 4, &Shutdown::new())
-        .await
-        .expect("store");
+    let (_db, store) = fresh(4).await;
     let (_, first) = store
         .record_and_claim(&message(4, 2), &recipients(4), Duration::from_millis(200))
         .await
@@ -273,10 +271,7 @@ async fn a_whole_claim_that_ran_out_is_taken_whole_by_one_claimer() {
 }
 
 async fn deliveries_that_part_ways_at_once_each_keep_their_own_outcome() {
-    let db = TestDb::new().await;
-    let store = store::open(&db.url, 6, &Shutdown::new())
-        .await
-        .expect("store");
+    let (_db, store) = fresh(6).await;
     let (_, claimed) = store
         .record_and_claim(&message(5, 1), &recipients(5), LEASE)
         .await
@@ -285,37 +280,19 @@ async fn deliveries_that_part_ways_at_once_each_keep_their_own_outcome() {
     assert_eq!(claimed.len(), 5);
     // Five different fates for the five emails of one message, written at the same time:
     // on PostgreSQL each of them splits the message, which must happen once.
-    let store2 = store.clone();
-    let calls = vec![
-        tokio::spawn({
-            let s = store2.clone();
-            async move { s.attempt_failed(5, 1, id(2), "421 busy", LEASE).await }
-        }),
-        tokio::spawn({
-            let s = store2.clone();
-            async move { s.release(5, 1, id(3)).await }
-        }),
-        tokio::spawn({
-            let s = store2.clone();
-            async move { s.finish(5, 1, id(4), Some("550 no such user")).await }
-        }),
-        tokio::spawn({
-            let s = store2.clone();
-            async move { s.finish(5, 1, id(5), None).await }
-        }),
-        tokio::spawn({
-            let s = store2.clone();
-            async move { s.finish_delivered(5, 1, &[id(6)]).await }
-        }),
-    ];
-    for c in calls {
-        c.await.expect("task").expect("outcome");
+    let s = &*store;
+    let delivered = [id(6)];
+    let (a, b, c, d, e) = tokio::join!(
+        s.attempt_failed(5, 1, id(2), "421 busy", LEASE),
+        s.release(5, 1, id(3)),
+        s.finish(5, 1, id(4), Some("550 no such user")),
+        s.finish(5, 1, id(5), None),
+        s.finish_delivered(5, 1, &delivered),
+    );
+    for outcome in [a, b, c, d, e] {
+        outcome.expect("outcome");
     }
-    let read = store
-        .deliveries(5, 1)
-        .await
-        .expect("read")
-        .expect("recorded");
+    let read = deliveries_of(s, 5, 1).await;
     let got: Vec<(i64, DeliveryState, i32, &str)> = read
         .iter()
         .map(|d| (d.recipient.user_id, d.state, d.attempts, d.error.as_str()))
@@ -377,14 +354,8 @@ async fn deliveries_recorded_before_the_upgrade_are_kept() {
     .expect("rows from before");
     conn.close().await.expect("close");
 
-    let store = store::open(&db.url, 2, &Shutdown::new())
-        .await
-        .expect("store after the upgrade");
-    let read = store
-        .deliveries(8, 1)
-        .await
-        .expect("read")
-        .expect("recorded");
+    let store = open(&db, 2).await;
+    let read = deliveries_of(&*store, 8, 1).await;
     let got: Vec<(i64, DeliveryState)> = read
         .iter()
         .map(|d| (d.recipient.user_id, d.state))
@@ -405,11 +376,7 @@ async fn deliveries_recorded_before_the_upgrade_are_kept() {
         "the expired claim, not the recipients of the new record"
     );
     store.finish_delivered(8, 1, &[3]).await.expect("finish");
-    let read = store
-        .deliveries(8, 1)
-        .await
-        .expect("read")
-        .expect("recorded");
+    let read = deliveries_of(&*store, 8, 1).await;
     assert!(
         read.iter().all(|d| d.state == DeliveryState::Delivered),
         "{read:?}"

@@ -133,12 +133,22 @@ fn saga_id(status: &tonic::Status) -> String {
         .to_owned()
 }
 
+/// Sends `req` expecting it to be refused with `code`; returns the refusal.
+async fn send_refused(
+    saga: &TestSaga,
+    user: &TestUser,
+    req: pb::SendMessageRequest,
+    code: Code,
+) -> tonic::Status {
+    let err = send(saga, user, req.clone()).await.unwrap_err();
+    assert_eq!(err.code(), code, "{req:?}: {err:?}");
+    err
+}
+
 /// Sends `req` expecting the saga to pause (UNAVAILABLE, a service or its log out of
 /// reach); returns the id of the saga it answers about.
 async fn send_paused(saga: &TestSaga, user: &TestUser, req: pb::SendMessageRequest) -> String {
-    let err = send(saga, user, req).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    saga_id(&err)
+    saga_id(&send_refused(saga, user, req, Code::Unavailable).await)
 }
 
 fn steps(s: &pb::Saga) -> Vec<(StepKind, StepState)> {
@@ -261,10 +271,8 @@ async fn a_refusing_mail_server_makes_the_saga_remove_the_message() {
         .expect("connect")
         .into_inner();
 
-    let err = send(&saga, &alice, request(chat_id, "alice", "doomed", ""))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Aborted, "{err:?}");
+    let doomed = request(chat_id, "alice", "doomed", "");
+    let err = send_refused(&saga, &alice, doomed, Code::Aborted).await;
     assert!(err.message().contains("notification failed"), "{err:?}");
     let s = get(&saga, &alice, &saga_id(&err)).await.unwrap();
     assert_eq!(s.state, SagaState::Compensated as i32, "{s:?}");
@@ -343,8 +351,7 @@ async fn bad_input_fails_cleanly_and_stores_nothing() {
         ),
     ];
     for (user, req, code) in cases {
-        let err = send(&saga, user, req.clone()).await.unwrap_err();
-        assert_eq!(err.code(), code, "{req:?}: {err:?}");
+        send_refused(&saga, user, req, code).await;
     }
     // A chat the sender cannot see: the chat service's one sentence, passed on as it is
     // (the CLI shows the same words for every command).
@@ -472,14 +479,8 @@ async fn the_first_step_is_logged_with_the_saga_whatever_it_found() {
     let (alice, bob) = (w.auth.user("alice").await, w.auth.user("bob").await);
     let chat_id = w.chat_of(&alice, &[&bob]).await;
 
-    let err = send(
-        &saga,
-        &alice,
-        request(chat_id, "nobody@example.com", "hi", ""),
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let nobody = request(chat_id, "nobody@example.com", "hi", "");
+    let err = send_refused(&saga, &alice, nobody, Code::NotFound).await;
     let s = get(&saga, &alice, &saga_id(&err)).await.unwrap();
     assert_eq!(s.state, SagaState::Failed as i32);
     assert!(s.error.contains("no user"), "{s:?}");
@@ -692,14 +693,8 @@ async fn sagas_resumed_after_a_crash_end_with_the_truth() {
         completed += 1;
     }
     assert_eq!(completed, SAGAS);
-    let err = send(
-        &second,
-        &alice,
-        request(chat_id, "alice", "refused text", "refused"),
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(err.code(), Code::Aborted, "{err:?}");
+    let refused = request(chat_id, "alice", "refused text", "refused");
+    let err = send_refused(&second, &alice, refused, Code::Aborted).await;
     let s = get(&second, &alice, &saga_id(&err)).await.unwrap();
     assert_eq!(s.state, SagaState::Compensated as i32, "{s:?}");
     assert!(s.error.contains("refused"), "{s:?}");
@@ -855,8 +850,7 @@ async fn hostile_input_is_refused_before_the_saga_is_logged() {
         (request(i64::MAX, "alice", "\0", ""), "text"),
     ];
     for (req, field) in cases {
-        let err = send(&saga, &alice, req.clone()).await.unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        let err = send_refused(&saga, &alice, req, Code::InvalidArgument).await;
         assert!(err.message().starts_with(field), "{}", err.message());
         assert!(err.message().len() < 300, "{}", err.message());
         assert!(
@@ -880,10 +874,8 @@ async fn a_sender_who_changes_their_email_is_known_by_the_new_one() {
     let done = send(&saga, &alice, request(chat_id, &old, "second", "")).await;
     assert_eq!(done.expect("second").state, SagaState::Completed as i32);
     // A `from` remembered for alice is not bob's.
-    let err = send(&saga, &bob, request(chat_id, &old, "spoofed", ""))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let spoofed = request(chat_id, &old, "spoofed", "");
+    send_refused(&saga, &bob, spoofed, Code::PermissionDenied).await;
 
     w.auth
         .client
@@ -897,14 +889,14 @@ async fn a_sender_who_changes_their_email_is_known_by_the_new_one() {
         .expect("change email");
     tokio::time::sleep(saga_orchestrator::orchestrator::SENDERS_TTL + Duration::from_millis(300))
         .await;
-    let err = send(&saga, &alice, request(chat_id, &old, "third", ""))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.code(),
+    // The old email names no one now.
+    send_refused(
+        &saga,
+        &alice,
+        request(chat_id, &old, "third", ""),
         Code::NotFound,
-        "the old email names no one now: {err:?}"
-    );
+    )
+    .await;
     let done = send(
         &saga,
         &alice,
@@ -972,14 +964,8 @@ async fn the_saga_database_stopping_loses_no_message_and_stores_none_twice() {
 
     // Down at the creation.
     pg.stop(StopMode::Immediate).await.expect("stop postgres");
-    let err = send(
-        &saga,
-        &alice,
-        request(chat_id, "alice", "created later", "a"),
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let created_later = request(chat_id, "alice", "created later", "a");
+    send_refused(&saga, &alice, created_later, Code::Unavailable).await;
     assert!(w.history(&bob, chat_id).await.is_empty(), "nothing stored");
     pg.start_again().await.expect("start postgres");
     let a = until_done(request(chat_id, "alice", "created later", "a")).await;
