@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use chat_common::service_token::with_bearer;
 use chat_testkit::{
-    chat_config, notification_config, smtp::SmtpMode, smtp::TestSmtp, spawn_auth, spawn_chat,
-    spawn_notification, TestAuth, TestChat, TestDb, TestNats, TestNotification, TestUser,
+    chat_config, fault::TcpProxy, notification_config, smtp::SmtpMode, smtp::TestSmtp, spawn_auth,
+    spawn_chat, spawn_notification, TestAuth, TestChat, TestDb, TestNats, TestNotification,
+    TestUser,
 };
 use grpc_chat_proto::chat::v1 as chatpb;
 use grpc_chat_proto::notification::v1::{self as pb, DeliveryState};
+use notification_service::config::EmailConfig;
 use tonic::Code;
 
 struct World {
@@ -70,12 +72,26 @@ impl World {
             .seq
     }
 
+    /// The message's deliveries once final (waiting up to 15 s).
     async fn status(
         &self,
         n: &TestNotification,
         chat_id: i64,
         seq: i64,
     ) -> pb::GetDeliveryStatusResponse {
+        self.status_within(n, chat_id, seq, 15_000)
+            .await
+            .expect("status")
+    }
+
+    /// The message's deliveries once final or when `wait_ms` runs out.
+    async fn status_within(
+        &self,
+        n: &TestNotification,
+        chat_id: i64,
+        seq: i64,
+        wait_ms: i32,
+    ) -> Result<pb::GetDeliveryStatusResponse, tonic::Status> {
         let token = self.auth.service_token("saga-orchestrator").await;
         n.client
             .clone()
@@ -83,13 +99,12 @@ impl World {
                 tonic::Request::new(pb::GetDeliveryStatusRequest {
                     chat_id,
                     seq,
-                    wait_timeout_ms: 15_000,
+                    wait_timeout_ms: wait_ms,
                 }),
                 &token,
             ))
             .await
-            .expect("status")
-            .into_inner()
+            .map(|r| r.into_inner())
     }
 }
 
@@ -589,7 +604,63 @@ async fn emails_go_to_the_members_a_chat_has_once_the_recipients_cache_runs_out(
     );
 }
 
+/// A replica stopped while the first tries of a message's emails hang: the tries are cut
+/// off with it, unrecorded, and its claim (on PostgreSQL held whole, by the message's row)
+/// stays until its lease runs out; then the next replica takes it over and sends each
+/// email once.
+async fn emails_a_stopped_notifier_was_trying_are_sent_once_by_the_next() {
+    let w = World::new(SmtpMode::Accept).await;
+    let hanging = TcpProxy::start(w.smtp.addr).await;
+    hanging.blackhole();
+    let mut config = notification_config(&w.auth, &w.chat, &w.notify_db.url, &w.nats, hanging.addr);
+    if let EmailConfig::Smtp(smtp) = &mut config.settings.email {
+        smtp.timeout = Duration::from_secs(30);
+    }
+    // Short, so the test need not wait long for the claim or the event to come back.
+    config.settings.delivery_lease = Duration::from_secs(2);
+    config.settings.ack_wait = Duration::from_secs(2);
+    let first = spawn_notification(config).await;
+    let (alice, bob, carol) = (
+        w.auth.user("alice").await,
+        w.auth.user("bob").await,
+        w.auth.user("carol").await,
+    );
+    let chat_id = w.chat_of(&alice, &[&bob, &carol]).await;
+    let seq = w.send(&alice, chat_id, "while the mail server hangs").await;
+    // Recorded and claimed by the first replica, its tries hanging.
+    let held = loop {
+        match w.status_within(&first, chat_id, seq, 0).await {
+            Ok(s) => break s,
+            Err(e) if e.code() == Code::NotFound => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("status: {e:?}"),
+        }
+    };
+    assert_eq!(held.state, DeliveryState::Pending as i32, "{held:?}");
+    assert_eq!(held.deliveries.len(), 2);
+    drop(first);
+
+    let next = w.notifier().await;
+    let s = w.status(&next, chat_id, seq).await;
+    assert_eq!(s.state, DeliveryState::Delivered as i32, "{s:?}");
+    assert_eq!(s.deliveries.len(), 2, "{s:?}");
+    for d in &s.deliveries {
+        assert_eq!(
+            d.attempts, 1,
+            "only the next replica's try is recorded: {s:?}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        w.smtp.recipients(),
+        vec![bob.email.clone(), carol.email.clone()],
+        "each email once"
+    );
+}
+
 chat_testkit::backend_tests!(
+    emails_a_stopped_notifier_was_trying_are_sent_once_by_the_next,
     emails_go_to_the_members_a_chat_has_once_the_recipients_cache_runs_out,
     the_largest_sequence_numbers_are_not_found_not_a_crash,
     every_member_but_the_sender_gets_one_email_even_with_two_replicas,
