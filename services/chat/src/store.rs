@@ -67,6 +67,9 @@ pub struct ChatRecord {
     pub last_activity_at: DateTime<Utc>,
     /// Members now.
     pub member_count: i32,
+    /// How many times its membership has changed: every join and every leave bumps it
+    /// (see `migrations/chat/0007_members_version.sql`).
+    pub members_version: i64,
     /// The asking member's read marker (0 where no member asks: see `READ_COLUMNS`).
     pub last_read_seq: i64,
     /// The asking member's live messages after `last_read_seq` that others sent.
@@ -106,6 +109,10 @@ pub struct MessageRecord {
     /// The preview of the text's first https URL, once fetched (see `preview.rs`).
     #[sqlx(flatten, try_from = "PreviewColumns")]
     pub link_preview: Option<Preview>,
+    /// The chat's membership version the message was stored under: only on the record an
+    /// insert returns (None on every read), to go out with the message's event.
+    #[sqlx(default)]
+    pub members_version: Option<i64>,
 }
 
 /// A message row's link preview columns, as a [`MessageRecord`] reads them.
@@ -276,6 +283,9 @@ pub struct OutboxEvent {
     pub kind: EventKind,
     /// The member (member events; 0 for message events).
     pub user_id: i64,
+    /// The chat's membership version a new message was stored under (message_created rows
+    /// written since it was kept; None otherwise).
+    pub members_version: Option<i64>,
 }
 
 /// A message deletion that changed something.

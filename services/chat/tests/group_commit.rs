@@ -153,6 +153,17 @@ async fn concurrent_senders_get_gapless_seqs_and_their_own_message() {
         }
         let last = replicas[0].last_seq(chat).await.expect("last seq");
         assert_eq!(last, Some(320));
+        // Grouped or alone, each message was stored under the chat's membership version.
+        let version = replicas[0]
+            .chat(chat)
+            .await
+            .expect("chat")
+            .expect("exists")
+            .members_version;
+        assert!(answered
+            .values()
+            .filter(|m| m.chat_id == chat.0)
+            .all(|m| m.members_version == Some(version)));
         let commits: std::collections::HashSet<_> = stored.iter().map(|m| m.created_at).collect();
         assert!(
             commits.len() < stored.len(),

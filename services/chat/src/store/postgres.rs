@@ -94,7 +94,8 @@ async fn insert_group(
 
 const CHAT_COLUMNS: &str =
     "c.id, c.title, c.creator_id, c.created_at, c.last_seq, c.last_activity_at, \
-     (SELECT count(*)::int FROM chat_members m WHERE m.chat_id = c.id) AS member_count";
+     (SELECT count(*)::int FROM chat_members m WHERE m.chat_id = c.id) AS member_count, \
+     c.members_version";
 /// The caller's read marker and unread count, for queries that join the caller's
 /// membership row as `me`: one correlated count per chat row, inside the same query (the
 /// primary key (chat_id, seq) bounds it to the chat's messages after the marker).
@@ -124,7 +125,7 @@ async fn insert_one(pool: &PgPool, msg: &Pending) -> anyhow::Result<Inserted> {
              UPDATE chats SET last_seq = last_seq + 1, last_activity_at = now() \
              WHERE id = $1 AND EXISTS ( \
                  SELECT 1 FROM chat_members WHERE chat_id = $1 AND user_id = $2) \
-             RETURNING last_seq), \
+             RETURNING last_seq, members_version), \
          ins AS ( \
              INSERT INTO messages (chat_id, seq, sender_id, sender_username, text, idempotency_key) \
              SELECT $1, next.last_seq, $2, \
@@ -133,9 +134,11 @@ async fn insert_one(pool: &PgPool, msg: &Pending) -> anyhow::Result<Inserted> {
                     $4, $5 FROM next \
              RETURNING {MESSAGE_COLUMNS}), \
          event AS ( \
-             INSERT INTO outbox (chat_id, seq, kind) \
-             SELECT chat_id, seq, 'message_created' FROM ins RETURNING id) \
-         SELECT ins.*, event.id AS event_id FROM ins, event"
+             INSERT INTO outbox (chat_id, seq, kind, members_version) \
+             SELECT ins.chat_id, ins.seq, 'message_created', next.members_version \
+             FROM ins, next RETURNING id) \
+         SELECT ins.*, event.id AS event_id, next.members_version \
+         FROM ins, event, next"
     ))
     .bind(msg.chat_id)
     .bind(msg.sender_id)
@@ -207,7 +210,7 @@ async fn insert_many(pool: &PgPool, items: &[Pending]) -> anyhow::Result<Vec<Ins
              UPDATE chats c SET last_seq = c.last_seq + k.n, last_activity_at = now() \
              FROM (SELECT chat_id, count(*) AS n FROM allowed GROUP BY chat_id) k \
              WHERE c.id = k.chat_id \
-             RETURNING c.id, c.last_seq - k.n AS base), \
+             RETURNING c.id, c.last_seq - k.n AS base, c.members_version), \
          ins AS ( \
              INSERT INTO messages (chat_id, seq, sender_id, sender_username, text, idempotency_key) \
              SELECT a.chat_id, b.base + a.nth, a.sender_id, a.sender_username, a.text, \
@@ -215,10 +218,11 @@ async fn insert_many(pool: &PgPool, items: &[Pending]) -> anyhow::Result<Vec<Ins
              FROM allowed a JOIN bump b ON b.id = a.chat_id ORDER BY 1, 2 \
              RETURNING {MESSAGE_COLUMNS}), \
          event AS ( \
-             INSERT INTO outbox (chat_id, seq, kind) \
-             SELECT chat_id, seq, 'message_created' FROM ins ORDER BY chat_id, seq \
+             INSERT INTO outbox (chat_id, seq, kind, members_version) \
+             SELECT ins.chat_id, ins.seq, 'message_created', b.members_version \
+             FROM ins JOIN bump b ON b.id = ins.chat_id ORDER BY ins.chat_id, ins.seq \
              RETURNING id, chat_id, seq) \
-         SELECT a.idx, ins.*, event.id AS event_id \
+         SELECT a.idx, ins.*, event.id AS event_id, b.members_version \
          FROM allowed a JOIN bump b ON b.id = a.chat_id \
          JOIN ins ON ins.chat_id = a.chat_id AND ins.seq = b.base + a.nth \
          JOIN event ON event.chat_id = ins.chat_id AND event.seq = ins.seq"
@@ -736,7 +740,7 @@ impl ChatStore for PgChatStore {
                  AND (claimed_until IS NULL OR claimed_until < now()) \
                  AND kind IN (SELECT jsonb_array_elements_text($4::jsonb)) \
                  ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
-             RETURNING id, chat_id, seq, kind, COALESCE(user_id, 0) AS user_id",
+             RETURNING id, chat_id, seq, kind, COALESCE(user_id, 0) AS user_id, members_version",
         )
         .bind(millis(older_than) as f64)
         .bind(millis(claim_for) as f64)

@@ -69,11 +69,11 @@ async fn insert_one(
             return Ok(Inserted::Duplicate(earlier));
         }
     }
-    let seq: Option<i64> = sqlx::query_scalar(
+    let next: Option<(i64, i64)> = sqlx::query_as(
         "UPDATE chats SET last_seq = last_seq + 1, last_activity_at = ?3 \
          WHERE id = ?1 AND EXISTS ( \
              SELECT 1 FROM chat_members WHERE chat_id = ?1 AND user_id = ?2) \
-         RETURNING last_seq",
+         RETURNING last_seq, members_version",
     )
     .bind(msg.chat_id)
     .bind(msg.sender_id)
@@ -81,10 +81,10 @@ async fn insert_one(
     .fetch_optional(&mut *conn)
     .await
     .context("taking the next seq")?;
-    let Some(seq) = seq else {
+    let Some((seq, members_version)) = next else {
         return Ok(Inserted::NoChat);
     };
-    let stored = sqlx::query_as(&format!(
+    let mut stored: MessageRecord = sqlx::query_as(&format!(
         "INSERT INTO messages \
          (chat_id, seq, sender_id, sender_username, text, idempotency_key, created_at) \
          VALUES (?1, ?2, ?3, \
@@ -103,15 +103,17 @@ async fn insert_one(
     .await
     .context("inserting a message")?;
     let event: i64 = sqlx::query_scalar(
-        "INSERT INTO outbox (chat_id, seq, kind, created_at) \
-         VALUES (?1, ?2, 'message_created', ?3) RETURNING id",
+        "INSERT INTO outbox (chat_id, seq, kind, created_at, members_version) \
+         VALUES (?1, ?2, 'message_created', ?3, ?4) RETURNING id",
     )
     .bind(msg.chat_id)
     .bind(seq)
     .bind(now)
+    .bind(members_version)
     .fetch_one(&mut *conn)
     .await
     .context("writing a message's event to the outbox")?;
+    stored.members_version = Some(members_version);
     Ok(Inserted::New(stored, event))
 }
 
@@ -153,7 +155,8 @@ fn shifted(now: DateTime<Utc>, d: Duration, later: bool) -> String {
 
 const CHAT_COLUMNS: &str =
     "c.id, c.title, c.creator_id, c.created_at, c.last_seq, c.last_activity_at, \
-     (SELECT count(*) FROM chat_members m WHERE m.chat_id = c.id) AS member_count";
+     (SELECT count(*) FROM chat_members m WHERE m.chat_id = c.id) AS member_count, \
+     c.members_version";
 /// The caller's read marker and unread count, for queries that join the caller's
 /// membership row as `me`: one correlated count per chat row, inside the same query (the
 /// primary key (chat_id, seq) bounds it to the chat's messages after the marker).
@@ -732,7 +735,7 @@ impl ChatStore for SqliteChatStore {
                  WHERE created_at < ?1 AND (claimed_until IS NULL OR claimed_until < ?3) \
                    AND kind IN (SELECT value FROM json_each(?5)) \
                  ORDER BY id LIMIT ?4) \
-             RETURNING id, chat_id, seq, kind, COALESCE(user_id, 0) AS user_id",
+             RETURNING id, chat_id, seq, kind, COALESCE(user_id, 0) AS user_id, members_version",
         )
         .bind(shifted(now, older_than, false))
         .bind(shifted(now, claim_for, true))
