@@ -367,7 +367,7 @@ impl Hub {
             };
             let next = last.seq;
             for m in batch {
-                self.deliver(fanout, ChatEvent::MessageCreated(message_to_pb(&m)));
+                self.deliver(fanout, ChatEvent::MessageCreated(message_to_pb(&m), None));
             }
             *last_seq = next;
         }
@@ -568,7 +568,7 @@ impl Hub {
     async fn on_event(&self, fanout: &Fanout, last_seq: &mut i64, envelope: Envelope) -> Next {
         match envelope {
             Envelope {
-                event: ChatEvent::MessageCreated(m),
+                event: ChatEvent::MessageCreated(m, version),
                 parent,
                 ..
             } => {
@@ -580,7 +580,8 @@ impl Hub {
                 }
                 *last_seq = m.seq;
                 let span = process_span("deliver", &m, &parent);
-                let streams = span.in_scope(|| self.deliver(fanout, ChatEvent::MessageCreated(m)));
+                let streams =
+                    span.in_scope(|| self.deliver(fanout, ChatEvent::MessageCreated(m, version)));
                 trace::set_attribute(&span, "recipient_count", streams as i64);
                 Next::Go
             }

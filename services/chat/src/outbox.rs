@@ -158,7 +158,7 @@ impl Outbox {
                 .message(ChatId(row.chat_id), row.seq)
                 .await?
                 .filter(|m| !m.deleted)
-                .map(|m| ChatEvent::MessageCreated(message_to_pb(&m))),
+                .map(|m| ChatEvent::MessageCreated(message_to_pb(&m), row.members_version)),
             // The text as it is now: a later edit's event carries the same.
             EventKind::MessageEdited => self
                 .store

@@ -289,6 +289,10 @@ impl ChatService for ChatApi {
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
         let caller = Caller::from_request(&request)?;
         let chat_id = ChatId::parse(request.get_ref().chat_id)?;
+        // The chat (with its membership version) first, the members after, in a later
+        // snapshot: the list is never older than the version it goes out with, so the
+        // notifier, which trusts a list for messages up to its version, never trusts one
+        // that still holds a member who left before such a message.
         let chat = self.visible_chat(&caller, chat_id).await?;
         let members = self
             .inner
@@ -298,6 +302,7 @@ impl ChatService for ChatApi {
             .map_err(ChatError::from)?;
         Ok(Response::new(pb::ListMembersResponse {
             members: members.into_iter().map(member_to_pb).collect(),
+            members_version: chat.members_version,
             chat: Some(chat_to_pb(&chat)),
         }))
     }
@@ -340,16 +345,19 @@ impl ChatService for ChatApi {
             write.record("message.seq", m.seq);
         }
         let (message, event) = match inserted {
-            Inserted::New(m, event) => (message_to_pb(&m), Some(event)),
+            Inserted::New(m, event) => (message_to_pb(&m), Some((event, m.members_version))),
             Inserted::Duplicate(m) => (message_to_pb(&m), None),
             Inserted::NoChat => return Err(ChatError::ChatNotFound(chat_id.0).into()),
         };
         let duplicate = event.is_none();
-        if let Some(event) = event {
+        if let Some((event, members_version)) = event {
             metrics::counter!("chat_messages_stored_total").increment(1);
             self.inner
                 .outbox
-                .publish(&ChatEvent::MessageCreated(message.clone()), event)
+                .publish(
+                    &ChatEvent::MessageCreated(message.clone(), members_version),
+                    event,
+                )
                 .await;
             self.preview_later(chat_id, message.seq, &message.text);
         }

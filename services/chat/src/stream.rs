@@ -185,11 +185,11 @@ struct Cursor {
 impl Cursor {
     fn deliver(&mut self, event: &ChatEvent) -> Delivery {
         match event {
-            ChatEvent::MessageCreated(m) if m.seq > self.sent_upto => {
+            ChatEvent::MessageCreated(m, _) if m.seq > self.sent_upto => {
                 self.sent_upto = m.seq;
                 Delivery::Send(response(Event::Message(m.clone())))
             }
-            ChatEvent::MessageCreated(_) => Delivery::Skip,
+            ChatEvent::MessageCreated(..) => Delivery::Skip,
             ChatEvent::ChatDeleted { chat_id } => Delivery::End(
                 response(Event::ChatDeleted(pb::ChatDeleted { chat_id: *chat_id })),
                 with_reason(

@@ -33,6 +33,20 @@ async fn events_a_replica_could_not_publish_reach_the_bus_after_it_stopped() {
     let b = spawn_chat(config_b).await;
     let (alice, bob) = (w.user("alice").await, w.user("bob").await);
     let id = create_chat(&a, &alice, &[&bob]).await;
+    // Each message's event carries the membership version it was stored under, also when
+    // the relay publishes it from its outbox row.
+    let version = a
+        .client
+        .clone()
+        .list_members(alice.req(pb::ListMembersRequest { chat_id: id }))
+        .await
+        .expect("members")
+        .into_inner()
+        .members_version;
+    assert!(
+        version > 0,
+        "creating the chat with its members is a change"
+    );
 
     let nats = async_nats::connect(chat_testkit::nats_url())
         .await
@@ -45,7 +59,7 @@ async fn events_a_replica_could_not_publish_reach_the_bus_after_it_stopped() {
     let mut on_b = connect(&b, &bob, id, 0).await;
     assert_eq!(read_until(&mut on_b, first.seq).await, vec![first.seq]);
     match next_event(&mut bus).await {
-        ChatEvent::MessageCreated(m) => assert_eq!(m.seq, first.seq),
+        ChatEvent::MessageCreated(m, v) => assert_eq!((m.seq, v), (first.seq, Some(version))),
         other => panic!("expected the first message, got {other:?}"),
     }
 
@@ -67,8 +81,9 @@ async fn events_a_replica_could_not_publish_reach_the_bus_after_it_stopped() {
     let mut seen = Vec::new();
     while seen.len() < 2 {
         match next_event(&mut bus).await {
-            ChatEvent::MessageCreated(m) if m.seq == second.seq => {
+            ChatEvent::MessageCreated(m, v) if m.seq == second.seq => {
                 assert_eq!(m.text, "stored while NATS was away");
+                assert_eq!(v, Some(version), "the relayed event keeps the version");
                 seen.push("created");
             }
             ChatEvent::MessageDeleted { chat_id, seq } if (chat_id, seq) == (id, first.seq) => {
@@ -109,7 +124,9 @@ async fn next_event(bus: &mut async_nats::Subscriber) -> ChatEvent {
         .await
         .expect("an event on the bus within 40 s")
         .expect("subscription open");
-    ChatEvent::decode(&msg.payload).expect("a chat event")
+    chat_events::Envelope::from_nats(&msg)
+        .expect("a chat event")
+        .event
 }
 
 /// An outbox row of a kind this version does not know (a newer version wrote it; this one

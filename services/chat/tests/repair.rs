@@ -247,16 +247,19 @@ impl Rig {
     }
 
     async fn publish(&self, m: &MessageRecord) {
-        let event = ChatEvent::MessageCreated(grpc_chat_proto::chat::v1::Message {
-            chat_id: m.chat_id,
-            seq: m.seq,
-            sender_id: m.sender_id,
-            sender_username: m.sender_username.clone(),
-            text: m.text.clone(),
-            created_at: None,
-            edited_at: None,
-            ..Default::default()
-        });
+        let event = ChatEvent::MessageCreated(
+            grpc_chat_proto::chat::v1::Message {
+                chat_id: m.chat_id,
+                seq: m.seq,
+                sender_id: m.sender_id,
+                sender_username: m.sender_username.clone(),
+                text: m.text.clone(),
+                created_at: None,
+                edited_at: None,
+                ..Default::default()
+            },
+            m.members_version,
+        );
         self.bus.publish(&event).await.expect("publish");
     }
 }
@@ -267,7 +270,7 @@ async fn drain(sub: &mut Subscription, quiet: Duration) -> (Vec<i64>, bool) {
     loop {
         match tokio::time::timeout(quiet, sub.rx.recv()).await {
             Ok(Some(e)) => {
-                if let ChatEvent::MessageCreated(m) = e.as_ref() {
+                if let ChatEvent::MessageCreated(m, _) = e.as_ref() {
                     seqs.push(m.seq);
                 }
             }

@@ -15,7 +15,7 @@ use tracing::{field::Empty, Instrument, Span};
 use chat_common::trace::{self, Parent};
 use grpc_chat_proto::chat::v1 as pb;
 
-use crate::event::ChatEvent;
+use crate::event::{ChatEvent, MEMBERS_VERSION_HEADER};
 
 /// An event as subscribers receive it, with the trace context it was published in.
 #[derive(Debug, Clone)]
@@ -34,8 +34,18 @@ impl Envelope {
     /// an error when the payload is not one. The replicas' subscriptions and the
     /// notifier's JetStream consumer read messages alike through this.
     pub fn from_nats(message: &async_nats::Message) -> anyhow::Result<Self> {
+        let mut event = ChatEvent::decode(&message.payload)?;
+        if let ChatEvent::MessageCreated(_, version) = &mut event {
+            // A header that does not parse is as good as none: the notifier reads the
+            // members afresh for a message without a version.
+            *version = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(MEMBERS_VERSION_HEADER))
+                .and_then(|v| v.as_str().parse().ok());
+        }
         Ok(Self {
-            event: ChatEvent::decode(&message.payload)?,
+            event,
             parent: Parent::extract(|name| message.headers.as_ref()?.get(name).map(|v| v.as_str())),
             handled: None,
         })
@@ -82,7 +92,7 @@ pub(crate) fn publish_span(system: &'static str, destination: &str, event: &Chat
         otel.status_code = Empty,
         otel.status_description = Empty,
     );
-    if let ChatEvent::MessageCreated(m) | ChatEvent::MessageEdited(m) = event {
+    if let ChatEvent::MessageCreated(m, _) | ChatEvent::MessageEdited(m) = event {
         span.record("message.seq", m.seq);
     }
     span

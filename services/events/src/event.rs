@@ -13,11 +13,21 @@ use grpc_chat_proto::chat::v1::{self as pb, connect_response::Event};
 
 use crate::live::LiveEvent;
 
+/// The NATS header that carries a new message's membership version: how many times the
+/// chat's membership had changed when the message was stored (chat-service's
+/// `chats.members_version`, which every join and leave bumps under the chat's row lock, as
+/// the message insert takes it). It travels beside the payload, not in it, because the
+/// payload is what `Connect` streams send to clients. The notifier's member cache answers
+/// for a message only when it was read at this version or later, so a member removed
+/// before a message was stored never gets its email.
+pub const MEMBERS_VERSION_HEADER: &str = "Chat-Members-Version";
+
 /// One live event of a chat.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChatEvent {
-    /// A message was stored.
-    MessageCreated(pb::Message),
+    /// A message was stored, under the chat's membership version (see
+    /// [`MEMBERS_VERSION_HEADER`]) when the publisher knows it.
+    MessageCreated(pb::Message, Option<i64>),
     /// A message was deleted; its text is gone.
     MessageDeleted {
         /// The chat it was in.
@@ -63,7 +73,7 @@ impl ChatEvent {
     /// The chat the event is about; its subject and fan-out are the chat's.
     pub fn chat_id(&self) -> i64 {
         match self {
-            ChatEvent::MessageCreated(m) | ChatEvent::MessageEdited(m) => m.chat_id,
+            ChatEvent::MessageCreated(m, _) | ChatEvent::MessageEdited(m) => m.chat_id,
             ChatEvent::MessageDeleted { chat_id, .. }
             | ChatEvent::ChatDeleted { chat_id }
             | ChatEvent::MemberAdded { chat_id, .. }
@@ -76,7 +86,7 @@ impl ChatEvent {
     /// The event's name, the last part of its subject (`message_created`, ...).
     pub fn kind(&self) -> &'static str {
         match self {
-            ChatEvent::MessageCreated(_) => "message_created",
+            ChatEvent::MessageCreated(..) => "message_created",
             ChatEvent::MessageDeleted { .. } => "message_deleted",
             ChatEvent::MessageEdited(_) => "message_edited",
             ChatEvent::ChatDeleted { .. } => "chat_deleted",
@@ -90,7 +100,7 @@ impl ChatEvent {
     /// The event as a `Connect` stream sends it.
     pub fn to_response(&self) -> pb::ConnectResponse {
         let event = match self {
-            ChatEvent::MessageCreated(m) => Event::Message(m.clone()),
+            ChatEvent::MessageCreated(m, _) => Event::Message(m.clone()),
             ChatEvent::MessageDeleted { chat_id, seq } => {
                 Event::MessageDeleted(pb::MessageDeleted {
                     chat_id: *chat_id,
@@ -131,7 +141,16 @@ impl ChatEvent {
         pb::ConnectResponse { event: Some(event) }
     }
 
+    /// A new message's membership version, when it has one.
+    pub fn members_version(&self) -> Option<i64> {
+        match self {
+            ChatEvent::MessageCreated(_, v) => *v,
+            _ => None,
+        }
+    }
+
     /// The bytes published on the bus: the `ConnectResponse` it becomes, protobuf-encoded.
+    /// A message's membership version is not in them: see [`MEMBERS_VERSION_HEADER`].
     pub fn encode(&self) -> Vec<u8> {
         self.to_response().encode_to_vec()
     }
@@ -141,7 +160,7 @@ impl ChatEvent {
     pub fn decode(bytes: &[u8]) -> anyhow::Result<Self> {
         let resp = pb::ConnectResponse::decode(bytes).context("decoding a chat event")?;
         match resp.event {
-            Some(Event::Message(m)) => Ok(ChatEvent::MessageCreated(m)),
+            Some(Event::Message(m)) => Ok(ChatEvent::MessageCreated(m, None)),
             Some(Event::MessageDeleted(d)) => Ok(ChatEvent::MessageDeleted {
                 chat_id: d.chat_id,
                 seq: d.seq,
@@ -189,12 +208,15 @@ mod tests {
     #[test]
     fn events_round_trip() {
         let events = [
-            ChatEvent::MessageCreated(pb::Message {
-                chat_id: 3,
-                seq: 7,
-                text: "привет 👋".into(),
-                ..Default::default()
-            }),
+            ChatEvent::MessageCreated(
+                pb::Message {
+                    chat_id: 3,
+                    seq: 7,
+                    text: "привет 👋".into(),
+                    ..Default::default()
+                },
+                None,
+            ),
             ChatEvent::MessageDeleted { chat_id: 3, seq: 7 },
             ChatEvent::MessageEdited(pb::Message {
                 chat_id: 3,

@@ -26,7 +26,7 @@ pub mod subject;
 
 pub use bus::EventBus;
 pub use envelope::{process_span, Envelope, EventStream, Handled};
-pub use event::ChatEvent;
+pub use event::{ChatEvent, MEMBERS_VERSION_HEADER};
 pub use live::LiveEvent;
 pub use local::{LocalBus, TAP_CAPACITY};
 pub use nats::NatsBus;

@@ -150,11 +150,14 @@ mod tests {
     use super::*;
 
     fn message(seq: i64) -> ChatEvent {
-        ChatEvent::MessageCreated(pb::Message {
-            chat_id: 1,
-            seq,
-            ..Default::default()
-        })
+        ChatEvent::MessageCreated(
+            pb::Message {
+                chat_id: 1,
+                seq,
+                ..Default::default()
+            },
+            Some(seq),
+        )
     }
 
     #[tokio::test]
@@ -175,12 +178,12 @@ mod tests {
         // Streams are not held up by the tap.
         for seq in 1..=3 {
             match live.next().await.map(|e| e.event) {
-                Some(ChatEvent::MessageCreated(m)) => assert_eq!(m.seq, seq),
+                Some(ChatEvent::MessageCreated(m, v)) => assert_eq!((m.seq, v), (seq, Some(seq))),
                 other => panic!("expected message {seq}, got {other:?}"),
             }
         }
         let seq_of = |e: Option<Envelope>| match e.map(|e| e.event) {
-            Some(ChatEvent::MessageCreated(m)) => Some(m.seq),
+            Some(ChatEvent::MessageCreated(m, _)) => Some(m.seq),
             _ => None,
         };
         assert_eq!(seq_of(tap.recv().await), Some(1));

@@ -23,7 +23,7 @@ use chat_common::{nats::NatsAddress, trace::Parent};
 use crate::{
     bus::EventBus,
     envelope::{publish_span, traced_publish, Envelope},
-    event::ChatEvent,
+    event::{ChatEvent, MEMBERS_VERSION_HEADER},
     live::LiveEvent,
     stream::{self, StreamSettings},
     subject, EventStream,
@@ -165,10 +165,15 @@ impl EventBus for NatsBus {
         let payload = bytes::Bytes::from(event.encode());
         let span = publish_span("nats", &subject, event);
         let parent = Parent::of(&span);
-        // Headers only when there is a trace to carry: without, the message is as before.
-        let headers = parent.is_some().then(|| {
+        // Headers only when there is something to carry (a trace, a new message's
+        // membership version): without, the message is as before.
+        let version = event.members_version();
+        let headers = (parent.is_some() || version.is_some()).then(|| {
             let mut headers = async_nats::HeaderMap::new();
             parent.inject(|name, value| headers.insert(name, value));
+            if let Some(v) = version {
+                headers.insert(MEMBERS_VERSION_HEADER, v.to_string().as_str());
+            }
             headers
         });
         traced_publish(span, async move {

@@ -90,12 +90,14 @@ struct Inner {
     /// `(chat_id, seq)` of every message whose claimed emails this process has just
     /// finished sending, so a status call waiting on them looks again at once.
     finished: broadcast::Sender<(i64, i64)>,
-    /// Chats' titles and recipients, reused for [`RECIPIENTS_TTL`].
+    /// Chats' titles and recipients, reused for [`RECIPIENTS_TTL`] by the messages they
+    /// are recent enough for (see [`Notifier::chat_recipients`]).
     recipients: Cache<i64, CachedChat>,
 }
 
-/// How long a chat's members and their emails are reused: the longest a member removed
-/// (or an address changed) still gets a message's email, and a member added misses one.
+/// How long a chat's members and their emails are reused. Membership does not depend on
+/// it: a message is matched with members read at its own membership version or later.
+/// Addresses do: an address changed less than this ago may still get one more email.
 /// A busy chat still asks for its members about once a second per replica instead of
 /// twice per message.
 pub const RECIPIENTS_TTL: Duration = Duration::from_secs(1);
@@ -106,6 +108,8 @@ const RECIPIENTS_CACHED: u64 = 4096;
 struct CachedChat {
     title: String,
     recipients: Arc<Vec<Recipient>>,
+    /// The chat's membership version the members were read at.
+    members_version: i64,
 }
 
 /// Whether `message` was created within [`FRESH`] of `now`; not when it has no time, or
@@ -179,21 +183,28 @@ impl Notifier {
     }
 
     /// Records (if new) and sends every email of `message`, an event's copy that may have
-    /// been removed since; returns once the claimed emails are delivered or failed for good.
-    pub async fn notify(&self, message: &chatpb::Message) -> Result<(), NotificationError> {
-        self.notify_traced(message, false).await
+    /// been removed since, stored under the chat's membership version `members_version`
+    /// (None when its event did not say: its members are then read afresh); returns once
+    /// the claimed emails are delivered or failed for good.
+    pub async fn notify(
+        &self,
+        message: &chatpb::Message,
+        members_version: Option<i64>,
+    ) -> Result<(), NotificationError> {
+        self.notify_traced(message, false, members_version).await
     }
 
     /// As [`Notifier::notify`], for a message just read from ChatService, by a caller who
     /// then waits for the deliveries: `Ok` too when another sender holds them.
     pub async fn notify_fetched(&self, message: &chatpb::Message) -> Result<(), NotificationError> {
-        self.notify_traced(message, true).await
+        self.notify_traced(message, true, None).await
     }
 
     async fn notify_traced(
         &self,
         message: &chatpb::Message,
         fetched: bool,
+        members_version: Option<i64>,
     ) -> Result<(), NotificationError> {
         let span = chat_common::otel_span!(
             "notify",
@@ -204,7 +215,7 @@ impl Notifier {
             otel.status_description = Empty,
         );
         let result = self
-            .notify_in_span(message, fetched)
+            .notify_in_span(message, fetched, members_version)
             .instrument(span.clone())
             .await;
         if let Err(e) = &result {
@@ -219,8 +230,9 @@ impl Notifier {
         &self,
         message: &chatpb::Message,
         fetched: bool,
+        members_version: Option<i64>,
     ) -> Result<(), NotificationError> {
-        let (recorded, new, claimed) = self.record(message).await?;
+        let (recorded, new, claimed) = self.record(message, members_version).await?;
         let (chat_id, seq) = (message.chat_id, message.seq);
         if !fetched
             && !is_fresh(message, chrono::Utc::now())
@@ -396,8 +408,9 @@ impl Notifier {
     async fn record(
         &self,
         m: &chatpb::Message,
+        members_version: Option<i64>,
     ) -> Result<(MessageRecord, bool, Vec<DeliveryRecord>), NotificationError> {
-        let (title, members) = self.chat_recipients(m.chat_id).await?;
+        let (title, members) = self.chat_recipients(m.chat_id, members_version).await?;
         let recipients: Vec<Recipient> = members
             .iter()
             .filter(|r| r.user_id != m.sender_id)
@@ -426,20 +439,29 @@ impl Notifier {
         Ok((record, new, claimed))
     }
 
-    /// The chat's title and every member with their email, from a short-lived cache: a
-    /// busy chat would otherwise cost two lookups in other services per message. Members
-    /// come and go and accounts change their email, so an entry is kept only
-    /// [`RECIPIENTS_TTL`]: a message sent within that time of a change may still go to the
-    /// chat's members as they were (a chat deleted meanwhile: its last messages still get
-    /// their emails).
+    /// The chat's title and every member with their email, for a message stored under
+    /// membership version `at`, from a short-lived cache: a busy chat would otherwise cost
+    /// two lookups in other services per message.
+    ///
+    /// Members read at version `at` or later are the message's members, less any who left
+    /// since (they get no email: conservative) and plus any who joined since (they can
+    /// read the message in the chat anyway). Members read at an earlier version may still
+    /// hold someone who left before the message was stored, so they are read again. A
+    /// message without a version (its event did not carry one: a chat-service of the
+    /// previous version, or a message fetched for NotifyMessage) always gets members read
+    /// now. Addresses are kept only [`RECIPIENTS_TTL`]. A chat deleted meanwhile: its
+    /// last messages still get their emails.
     async fn chat_recipients(
         &self,
         chat_id: i64,
+        at: Option<i64>,
     ) -> Result<(String, Arc<Vec<Recipient>>), NotificationError> {
-        if let Some(c) = self.inner.recipients.get(&chat_id) {
-            return Ok((c.title, c.recipients));
+        if let (Some(at), Some(c)) = (at, self.inner.recipients.get(&chat_id)) {
+            if c.members_version >= at {
+                return Ok((c.title, c.recipients));
+            }
         }
-        let (title, members) = self.members(chat_id).await?;
+        let (title, members, members_version) = self.members(chat_id).await?;
         if members.is_empty() {
             return Ok((title, Arc::new(Vec::new())));
         }
@@ -449,13 +471,15 @@ impl Notifier {
             CachedChat {
                 title: title.clone(),
                 recipients: recipients.clone(),
+                members_version,
             },
         );
         Ok((title, recipients))
     }
 
-    /// The chat's title and member ids; a chat that no longer exists has none to notify.
-    async fn members(&self, chat_id: i64) -> Result<(String, Vec<i64>), NotificationError> {
+    /// The chat's title, member ids and the membership version they were read at; a chat
+    /// that no longer exists has none to notify.
+    async fn members(&self, chat_id: i64) -> Result<(String, Vec<i64>, i64), NotificationError> {
         let req = self
             .inner
             .credential
@@ -466,9 +490,10 @@ impl Notifier {
             Ok(r) => {
                 let r = r.into_inner();
                 let title = r.chat.map(|c| c.title).unwrap_or_default();
-                Ok((title, r.members.into_iter().map(|m| m.user_id).collect()))
+                let ids = r.members.into_iter().map(|m| m.user_id).collect();
+                Ok((title, ids, r.members_version))
             }
-            Err(s) if s.code() == Code::NotFound => Ok((String::new(), Vec::new())),
+            Err(s) if s.code() == Code::NotFound => Ok((String::new(), Vec::new(), 0)),
             Err(s) => Err(NotificationError::from_call("chat service", &s)),
         }
     }

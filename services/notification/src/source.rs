@@ -91,7 +91,7 @@ pub async fn run(mut source: Box<dyn EventSource>, notifier: Notifier, shutdown:
     let permits = Arc::new(Semaphore::new(CONCURRENCY));
     while let Some(delivery) = source.next(&shutdown).await {
         let Delivery {
-            event: ChatEvent::MessageCreated(message),
+            event: ChatEvent::MessageCreated(message, members_version),
             parent,
             settle,
         } = delivery
@@ -107,7 +107,7 @@ pub async fn run(mut source: Box<dyn EventSource>, notifier: Notifier, shutdown:
         let (notifier, stop) = (notifier.clone(), shutdown.clone());
         shutdown.spawn(
             async move {
-                handle(&notifier, &stop, &message, settle).await;
+                handle(&notifier, &stop, &message, members_version, settle).await;
                 drop(permit);
             }
             .instrument(span),
@@ -132,10 +132,11 @@ async fn handle(
     notifier: &Notifier,
     shutdown: &Shutdown,
     message: &pb::Message,
+    members_version: Option<i64>,
     mut settle: Box<dyn Settle>,
 ) {
     loop {
-        let error = match notifier.notify(message).await {
+        let error = match notifier.notify(message, members_version).await {
             Ok(()) => return settle.done(Done::Notified).await,
             Err(e) => e,
         };
