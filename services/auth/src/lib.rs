@@ -101,6 +101,13 @@ impl Application {
 
     /// Serves until `shutdown` is triggered, then drains open calls.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        server::serve_parts("auth-service", vec![self.parts], self.listener, shutdown).await
+        server::serve_parts(
+            "auth-service",
+            vec![self.parts],
+            self.listener,
+            None,
+            shutdown,
+        )
+        .await
     }
 }

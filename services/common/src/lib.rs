@@ -16,6 +16,7 @@ pub mod domain;
 pub mod error;
 pub mod guard;
 pub mod layer;
+pub mod local;
 pub mod metrics;
 pub mod nats;
 pub mod server;

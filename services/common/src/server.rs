@@ -25,7 +25,10 @@ use tonic::{
 
 use tower::layer::util::{Identity, Stack};
 
-use crate::{guard::StatusGuardLayer, metrics::MetricsLayer, trace::ServerLayer, Shutdown};
+use crate::{
+    guard::StatusGuardLayer, local::LocalRoutes, metrics::MetricsLayer, trace::ServerLayer,
+    Shutdown,
+};
 
 /// The layers every server runs its services under (the guard innermost, so metrics and
 /// traces see the status the client gets).
@@ -165,7 +168,8 @@ impl Parts {
 
 /// Serves every service of `parts` on `listener` until `shutdown`, with health and
 /// reflection, then drains open calls and waits for the parts' background tasks. `name`
-/// is the server's, for the log.
+/// is the server's, for the log. With `local`, the same routes also answer this process's
+/// own clients in process (see [`crate::local`]).
 ///
 /// Health: each service is SERVING while its database is reachable; the server as a whole
 /// (`""`) follows the database too when all the services share one, and stays SERVING
@@ -174,6 +178,7 @@ pub async fn serve_parts(
     name: &str,
     parts: Vec<Parts>,
     listener: TcpListener,
+    local: Option<&LocalRoutes>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let mut routes = RoutesBuilder::default();
@@ -196,7 +201,11 @@ pub async fn serve_parts(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
-    let router = builder().add_routes(routes.routes());
+    let routes = routes.routes();
+    if let Some(local) = local {
+        local.install(routes.clone().prepare());
+    }
+    let router = builder().add_routes(routes);
     let served = serve(router, listener, shutdown).await;
     for task in tasks {
         if let Err(e) = task.await {
@@ -243,7 +252,7 @@ impl Bound {
     /// Serves until `shutdown` is triggered, running the parts' background work beside
     /// (open streams end with UNAVAILABLE), then drains open calls.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        serve_parts(self.name, vec![self.parts], self.listener, shutdown).await
+        serve_parts(self.name, vec![self.parts], self.listener, None, shutdown).await
     }
 }
 

@@ -26,7 +26,9 @@ use bytes::Bytes;
 use futures::future::Either;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use tower::Service;
+use tower::{BoxError, Service};
+
+use crate::local::{LocalRoutes, LocalService};
 use tracing::{field::Empty, Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -277,47 +279,77 @@ fn traced_response(
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// The tonic channel every service client is built on: the lazily connected channel, with
-/// a client span per call whose context goes out in the call's metadata.
+/// a client span per call whose context goes out in the call's metadata. In a process that
+/// serves the services it calls (`chat-server`), calls go to its own routes in process once
+/// they are installed ([`crate::local`]).
 #[derive(Clone, Debug)]
 pub struct TracedChannel {
     inner: tonic::transport::Channel,
+    local: Option<LocalRoutes>,
+    /// The local routes `poll_ready` found, for the next `call`: the channel is only called
+    /// after it said it was ready, and a call goes where readiness was asked.
+    ready_local: Option<LocalService>,
 }
 
 impl TracedChannel {
     /// Traces the calls made on `inner`.
     pub fn new(inner: tonic::transport::Channel) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            local: None,
+            ready_local: None,
+        }
+    }
+
+    /// Calls `local` in process once its routes are installed, and `inner` until then.
+    pub fn with_local(self, local: LocalRoutes) -> Self {
+        Self {
+            local: Some(local),
+            ..self
+        }
     }
 }
 
 impl Service<http::Request<tonic::body::Body>> for TracedChannel {
     type Response = http::Response<tonic::body::Body>;
-    type Error = tonic::transport::Error;
-    type Future = Either<
-        tonic::transport::channel::ResponseFuture,
-        BoxFuture<Result<Self::Response, Self::Error>>,
-    >;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        if self.ready_local.is_none() {
+            self.ready_local = self.local.as_ref().and_then(LocalRoutes::get);
+        }
+        if self.ready_local.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
-        if !enabled() {
-            return Either::Left(self.inner.call(req));
-        }
-        // A child of whatever the caller is doing.
-        let span = rpc_span(Side::Client, req.uri().path());
-        Parent(Some(span.context())).inject(|name, value| {
-            if let (Ok(name), Ok(value)) = (
-                http::HeaderName::try_from(name),
-                http::HeaderValue::try_from(value),
-            ) {
-                req.headers_mut().insert(name, value);
-            }
+        let span = enabled().then(|| {
+            // A child of whatever the caller is doing.
+            let span = rpc_span(Side::Client, req.uri().path());
+            Parent(Some(span.context())).inject(|name, value| {
+                if let (Ok(name), Ok(value)) = (
+                    http::HeaderName::try_from(name),
+                    http::HeaderValue::try_from(value),
+                ) {
+                    req.headers_mut().insert(name, value);
+                }
+            });
+            span
         });
-        let call = self.inner.call(req);
-        Either::Right(Box::pin(async move {
+        let call: Self::Future = match self.ready_local.take() {
+            Some(local) => Box::pin(crate::local::call(local, req)),
+            None => {
+                let call = self.inner.call(req);
+                Box::pin(async move { call.await.map_err(Into::into) })
+            }
+        };
+        let Some(span) = span else {
+            return call;
+        };
+        Box::pin(async move {
             match call.instrument(span.clone()).await {
                 Ok(response) => Ok(traced_response(response, span, Side::Client)),
                 Err(e) => {
@@ -331,7 +363,7 @@ impl Service<http::Request<tonic::body::Body>> for TracedChannel {
                     Err(e)
                 }
             }
-        }))
+        })
     }
 }
 

@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use chat_common::{
     client::{lazy_channel, TracedChannel},
     config::{Database, Listen, Nats, ServiceSecret, Upstream},
+    local::LocalRoutes,
     server::{self, Parts},
     Shutdown, TokenVerifier,
 };
@@ -43,6 +44,8 @@ pub use config::{AdminCommand, Args, Command, Config, Storage};
 pub struct Server {
     addr: SocketAddr,
     listener: TcpListener,
+    /// The services' calls to each other, answered in process once serving starts.
+    local: LocalRoutes,
     /// The four services, assembled by their crates.
     parts: Vec<Parts>,
 }
@@ -241,11 +244,12 @@ impl Server {
         })?;
         let (listener, addr) = server::bind(config.listen).await?;
         let own_url = format!("http://{}", loopback(addr));
+        let local = LocalRoutes::default();
         let wiring = Wiring {
             config: &config,
             listen: Listen { addr },
             upstream: Upstream::all_at(&own_url),
-            channel: lazy_channel(&own_url)?,
+            channel: lazy_channel(&own_url)?.with_local(local.clone()),
             secret: service_secret(&config),
             shutdown,
         };
@@ -256,6 +260,7 @@ impl Server {
         Ok(Self {
             addr,
             listener,
+            local,
             parts: vec![auth, chat, notification, saga],
         })
     }
@@ -269,7 +274,14 @@ impl Server {
     /// the events being handled settle.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
         println!("chat-server listening on {}", self.addr);
-        server::serve_parts("chat-server", self.parts, self.listener, shutdown).await
+        server::serve_parts(
+            "chat-server",
+            self.parts,
+            self.listener,
+            Some(&self.local),
+            shutdown,
+        )
+        .await
     }
 }
 
