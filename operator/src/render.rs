@@ -188,6 +188,30 @@ impl Component {
         self.spec(spec).autoscaling.as_ref()
     }
 
+    /// The most PostgreSQL connections one pod of the component opens
+    /// (`DATABASE_MAX_CONNECTIONS`, set on every pod so that [`database_connections`] adds
+    /// up what actually runs): the services' own defaults.
+    pub fn database_pool(self) -> u32 {
+        match self {
+            Component::Chat => 20,
+            Component::Auth | Component::Notification | Component::Saga => 10,
+        }
+    }
+
+    /// The most pods of the component that hold connections at once: as many as it may
+    /// scale to, plus the one a rolling update starts before it stops an old one
+    /// (`maxSurge: 1`, see [`deployment`]); none when it is scaled to zero.
+    fn pods_at_most(self, spec: &ChatClusterSpec) -> u32 {
+        let most = match self.autoscaling(spec) {
+            Some(a) => a.max_replicas.max(a.min_replicas),
+            None => self.replicas(spec),
+        };
+        match u32::try_from(most) {
+            Ok(0) | Err(_) => 0,
+            Ok(n) => n + 1,
+        }
+    }
+
     fn spec(self, spec: &ChatClusterSpec) -> &crate::crd::ComponentSpec {
         match self {
             Component::Auth => &spec.auth.component,
@@ -208,6 +232,37 @@ impl Component {
             )
         })
     }
+}
+
+/// Connections kept free beyond the services' pools: PostgreSQL's own reserved ones
+/// (`superuser_reserved_connections`, 3), the migration Jobs (one pool of a few
+/// connections each, four of them at once at most), the roles Job, CloudNativePG's
+/// instance manager, and an administrator's psql.
+const DATABASE_CONNECTIONS_SPARE: u32 = 30;
+
+/// The PostgreSQL connections this deployment may open at once: every component's pool on
+/// every pod it may run, during a rolling update, scaled to its maximum, plus
+/// [`DATABASE_CONNECTIONS_SPARE`]. The default cluster (two pods of each component) needs
+/// 180, beyond PostgreSQL's default `max_connections` of 100: without more, the pools of
+/// a busy system would be refused connections ("too many clients") and its calls fail.
+pub fn database_connections(spec: &ChatClusterSpec) -> u32 {
+    Component::ALL
+        .into_iter()
+        .map(|c| c.database_pool() * c.pods_at_most(spec))
+        .sum::<u32>()
+        + DATABASE_CONNECTIONS_SPARE
+}
+
+/// The `max_connections` the operator gives a PostgreSQL it runs (managed, or
+/// CloudNativePG's): [`database_connections`] rounded up to a multiple of 50, so that
+/// adding a pod or two does not change it (a change restarts the database), and never
+/// below PostgreSQL's default. An external server must allow as many; see
+/// docs/kubernetes.md.
+pub fn postgres_max_connections(spec: &ChatClusterSpec) -> u32 {
+    database_connections(spec)
+        .div_ceil(50)
+        .saturating_mul(50)
+        .max(100)
 }
 
 /// Everything the reconcile applies. The [`Desired::independent`] objects are applied one
@@ -735,6 +790,9 @@ pub fn cnpg_cluster(
         }},
         "managed": {"roles": roles},
         "inheritedMetadata": {"labels": inherited},
+        "postgresql": {"parameters": {
+            "max_connections": postgres_max_connections(&cluster.spec).to_string(),
+        }},
     });
     if let Some(image) = &cnpg.image_name {
         spec["imageName"] = json!(image);
@@ -898,6 +956,10 @@ pub fn env(cluster: &ChatCluster, c: Component) -> Vec<Value> {
 /// The part of [`env`] that depends on the component.
 fn component_env(cluster: &ChatCluster, c: Component, env: &mut Vec<Value>) {
     let spec = &cluster.spec;
+    env.push(value_env(
+        vars::DATABASE_MAX_CONNECTIONS,
+        c.database_pool().to_string(),
+    ));
     let url = |c: Component| format!("http://{}:{GRPC_PORT}", name(cluster, c.name()));
     match c {
         Component::Auth => auth_env(cluster, env),
@@ -1879,6 +1941,12 @@ pub fn postgres_stateful_set(
     let mut container = json!({
         "name": "postgres",
         "image": pg.image,
+        // The image's entrypoint runs what follows; see `postgres_max_connections`.
+        "args": [
+            "postgres",
+            "-c",
+            format!("max_connections={}", postgres_max_connections(&cluster.spec)),
+        ],
         "env": [
             value_env("POSTGRES_USER", POSTGRES_USER),
             secret_env("POSTGRES_PASSWORD", &name(cluster, "generated"), keys::POSTGRES_PASSWORD, false),
@@ -2323,6 +2391,12 @@ mod tests {
             .collect()
     }
 
+    fn first_container(
+        template: &k8s_openapi::api::core::v1::PodTemplateSpec,
+    ) -> &k8s_openapi::api::core::v1::Container {
+        &template.spec.as_ref().unwrap().containers[0]
+    }
+
     fn deployment_of(d: &Desired, c: Component) -> &Deployment {
         &d.deployments.iter().find(|(x, _)| *x == c).unwrap().1
     }
@@ -2598,6 +2672,69 @@ mod tests {
     }
 
     #[test]
+    fn postgres_allows_every_connection_the_pools_may_open() {
+        // Two pods of each component, one more each while a rolling update runs.
+        let c = cluster(json!({"version": "1.0.0"}));
+        assert_eq!(
+            database_connections(&c.spec),
+            3 * (10 + 20 + 10 + 10) + DATABASE_CONNECTIONS_SPARE
+        );
+        assert_eq!(postgres_max_connections(&c.spec), 200);
+        let d = desired(&c).unwrap();
+        // Every pod's pool is set, and all of them fit what the server allows.
+        let mut total = DATABASE_CONNECTIONS_SPARE;
+        for (comp, dep) in &d.deployments {
+            let pool: u32 = env_of(dep)["DATABASE_MAX_CONNECTIONS"]["value"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(pool, comp.database_pool(), "{comp:?}");
+            let replicas = dep.spec.as_ref().unwrap().replicas.unwrap() as u32;
+            total += pool * (replicas + 1);
+        }
+        assert!(total <= 200, "{total} connections");
+        let pg = d
+            .stateful_sets
+            .iter()
+            .find(|s| s.name_any() == "demo-postgres")
+            .unwrap();
+        let container = first_container(&pg.spec.as_ref().unwrap().template);
+        assert_eq!(
+            container.args.as_deref().unwrap(),
+            ["postgres", "-c", "max_connections=200"]
+        );
+
+        // An autoscaler counts at its maximum, in steps of 50.
+        let c = cluster(json!({"version": "1.0.0",
+            "chat": {"autoscaling": {"minReplicas": 2, "maxReplicas": 10}}}));
+        assert_eq!(
+            database_connections(&c.spec),
+            3 * (10 + 10 + 10) + 11 * 20 + DATABASE_CONNECTIONS_SPARE
+        );
+        assert_eq!(postgres_max_connections(&c.spec), 350);
+        // A component scaled to zero holds none, and the floor is PostgreSQL's default.
+        let c = cluster(json!({"version": "1.0.0",
+            "auth": {"replicas": 0}, "chat": {"replicas": 0},
+            "notification": {"replicas": 0}, "saga": {"replicas": 1}}));
+        assert_eq!(
+            database_connections(&c.spec),
+            2 * 10 + DATABASE_CONNECTIONS_SPARE
+        );
+        assert_eq!(postgres_max_connections(&c.spec), 100);
+
+        // CloudNativePG gets it as a parameter of its cluster.
+        let c = cluster(json!({"version": "1.0.0",
+            "postgres": {"cloudNativePG": {"storage": {"size": "1Gi"}}}}));
+        let cnpg = desired(&c).unwrap().postgres_cluster.unwrap();
+        let cnpg = serde_json::to_value(&cnpg.object).unwrap();
+        assert_eq!(
+            cnpg["spec"]["postgresql"]["parameters"]["max_connections"],
+            "200"
+        );
+    }
+
+    #[test]
     fn external_postgres_and_nats_replace_the_managed_ones() {
         let c = cluster(json!({
             "version": "1.0.0",
@@ -2828,15 +2965,7 @@ mod tests {
         let d = desired(&c).unwrap();
         let chat = deployment_of(&d, Component::Chat);
         assert_eq!(chat.spec.as_ref().unwrap().replicas, Some(5));
-        let container = &chat
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap()
-            .containers[0];
+        let container = first_container(&chat.spec.as_ref().unwrap().template);
         assert_eq!(
             container.image.as_deref(),
             Some("registry.example.com/chat/chat-service:2.0.0")
