@@ -252,6 +252,29 @@ impl Hub {
         chat: ChatId,
         user_id: Option<i64>,
     ) -> anyhow::Result<Subscription> {
+        self.join_with(chat, user_id, true)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no fan-out for chat {chat}"))
+    }
+
+    /// As [`Hub::join`], but only when the chat's fan-out already runs on this replica
+    /// (other streams are on it): then joining costs no subscription to the bus, so a
+    /// caller may join before it knows the stream is allowed, and drop the subscription
+    /// if it is not. None when there is no fan-out to join.
+    pub async fn join_running(
+        self: &Arc<Self>,
+        chat: ChatId,
+        user_id: Option<i64>,
+    ) -> anyhow::Result<Option<Subscription>> {
+        self.join_with(chat, user_id, false).await
+    }
+
+    async fn join_with(
+        self: &Arc<Self>,
+        chat: ChatId,
+        user_id: Option<i64>,
+        create: bool,
+    ) -> anyhow::Result<Option<Subscription>> {
         let (tx, rx) = mpsc::channel(self.buffer);
         let overflow = Arc::new(AtomicBool::new(false));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -259,6 +282,7 @@ impl Hub {
             let mut chats = lock(&self.chats);
             let (fanout, start) = match chats.get(&chat.0) {
                 Some(f) => (f.clone(), false),
+                None if !create => return Ok(None),
                 None => {
                     let f = Arc::new(Fanout {
                         chat_id: chat.0,
@@ -300,7 +324,7 @@ impl Hub {
         if !ok {
             anyhow::bail!("could not subscribe to chat {chat}'s events");
         }
-        Ok(sub)
+        Ok(Some(sub))
     }
 
     fn leave(&self, fanout: &Arc<Fanout>, id: u64) {

@@ -19,14 +19,14 @@ use crate::{
     directory::Directory,
     domain::{self, page_size, ChatId, IdempotencyKey, MessageText, Title},
     error::ChatError,
-    hub::Hub,
+    hub::{Hub, Subscription},
     members,
     outbox::Outbox,
     presence::LiveEvent,
     preview::{LinkPreviews, Services},
     store::{
-        Added, ChatCursor, ChatRecord, ChatStore, Edited, Inserted, MemberRecord, MessageRecord,
-        NewMessage,
+        Added, ChatCursor, ChatRecord, ChatStore, Edited, HistoryFrom, Inserted, MemberRecord,
+        MessageRecord, NewMessage,
     },
     stream,
 };
@@ -48,6 +48,11 @@ struct Inner {
     shutdown: Shutdown,
     /// Link previews, when they are on.
     previews: Option<LinkPreviews>,
+}
+
+/// What a stream gets when the replica cannot follow the chat's events.
+fn live_events_unavailable(e: anyhow::Error) -> ChatError {
+    ChatError::Unavailable(format!("live events are unavailable: {e}"))
 }
 
 fn encode_cursor(c: &ChatRecord) -> String {
@@ -136,6 +141,49 @@ impl ChatApi {
             .member(chat, user_id)
             .await?
             .ok_or(ChatError::ChatNotFound(chat.0))
+    }
+
+    /// Joins `chat`'s fan-out for a stream of `user_id`, a member, and returns the
+    /// subscription with the first page of history when it was read here. Where the chat's
+    /// fan-out already runs on this replica, joining costs nothing outside the process, so it
+    /// comes first and one read checks the membership and takes the page (the subscription
+    /// of a non-member is dropped unused). Elsewhere the membership is checked first, so that
+    /// nobody makes the replica subscribe to a chat they are not in, and the stream reads
+    /// the page after the join.
+    async fn join_as_member(
+        &self,
+        chat: ChatId,
+        user_id: i64,
+        from: HistoryFrom,
+    ) -> Result<(Subscription, Option<Vec<MessageRecord>>), ChatError> {
+        let running = self
+            .inner
+            .hub
+            .join_running(chat, Some(user_id))
+            .await
+            .map_err(live_events_unavailable)?;
+        if let Some(sub) = running {
+            return match self
+                .inner
+                .store
+                .history_for_member(chat, user_id, from)
+                .await?
+            {
+                Some(page) => Ok((sub, Some(page))),
+                None => Err(ChatError::ChatNotFound(chat.0)),
+            };
+        }
+        self.member(chat, user_id).await?;
+        Ok((self.join(chat, Some(user_id)).await?, None))
+    }
+
+    /// A subscription to `chat`'s fan-out.
+    async fn join(&self, chat: ChatId, user_id: Option<i64>) -> Result<Subscription, ChatError> {
+        self.inner
+            .hub
+            .join(chat, user_id)
+            .await
+            .map_err(live_events_unavailable)
     }
 
     /// Who the caller is online as in `chat` while a stream is open: users by their id and
@@ -691,25 +739,29 @@ impl ChatService for ChatApi {
             return Err(invalid_field("after_seq", "must not be negative"));
         }
         let history_limit = page_size("history_limit", req.history_limit, 50, 500)?;
-        self.visible_chat(&caller, chat_id).await?;
-        let who = self.online_as(&caller, chat_id).await?;
-        // Join first, read history second (stream.rs says why).
-        let sub = self
-            .inner
-            .hub
-            .join(chat_id, caller.user_id())
-            .await
-            .map_err(|e| ChatError::Unavailable(format!("live events are unavailable: {e}")))?;
-        let opened = stream::Opened {
+        let mut opened = stream::Opened {
             chat_id,
             me: caller.user_id(),
-            who,
+            who: None,
             after_seq: req.after_seq,
             history_limit,
             live: req.typing_and_presence,
         };
+        // Join first, read history second (stream.rs says why).
+        let (sub, first) = match &caller {
+            Caller::User { id, .. } => {
+                self.join_as_member(chat_id, *id, opened.history_from())
+                    .await?
+            }
+            Caller::Service { .. } => {
+                self.visible_chat(&caller, chat_id).await?;
+                (self.join(chat_id, None).await?, None)
+            }
+        };
+        opened.who = self.online_as(&caller, chat_id).await?;
         let stream = stream::run(
             opened,
+            first,
             self.inner.store.clone(),
             sub,
             self.inner.hub.presence().clone(),

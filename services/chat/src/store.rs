@@ -181,6 +181,15 @@ impl From<&NewMessage<'_>> for PendingMessage {
     }
 }
 
+/// Where a stream's history starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryFrom {
+    /// The latest live messages, at most this many.
+    Latest(i64),
+    /// Live messages after `.0`, at most `.1`: a stream that resumes.
+    After(i64, i64),
+}
+
 /// Keyset position in a caller's chat list, newest activity first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChatCursor {
@@ -443,6 +452,33 @@ pub trait ChatStore: Send + Sync + 'static {
         before: Option<i64>,
         limit: i64,
     ) -> anyhow::Result<Vec<MessageRecord>>;
+
+    /// The first page of a stream's history (see [`HistoryFrom`]), oldest first.
+    async fn history(&self, chat: ChatId, from: HistoryFrom) -> anyhow::Result<Vec<MessageRecord>> {
+        match from {
+            HistoryFrom::Latest(limit) => {
+                let mut latest = self.messages_before(chat, None, limit).await?;
+                latest.reverse();
+                Ok(latest)
+            }
+            HistoryFrom::After(seq, limit) => self.messages_after(chat, seq, None, limit).await,
+        }
+    }
+
+    /// [`ChatStore::history`], when `user_id` is a member of `chat`; None when they are not
+    /// (or there is no such chat). Here two reads; PostgreSQL answers both in one
+    /// statement, from one snapshot.
+    async fn history_for_member(
+        &self,
+        chat: ChatId,
+        user_id: i64,
+        from: HistoryFrom,
+    ) -> anyhow::Result<Option<Vec<MessageRecord>>> {
+        if self.member(chat, user_id).await?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(self.history(chat, from).await?))
+    }
 
     /// Moves `user_id`'s read marker in `chat` forward to `seq` (a lower `seq` leaves it
     /// as it is) and returns the marker as stored; None when `user_id` is not a member.

@@ -27,7 +27,7 @@ use crate::{
     domain::ChatId,
     hub::{Ended, Subscription},
     presence::{self, Presence},
-    store::{ChatStore, MessageRecord},
+    store::{ChatStore, HistoryFrom, MessageRecord},
 };
 
 /// The most messages one read of the history returns; a resumed stream reads on until
@@ -50,11 +50,26 @@ pub(crate) struct Opened {
     pub live: bool,
 }
 
+impl Opened {
+    /// Where its history starts: a page after `after_seq` when resuming, else the latest
+    /// `history_limit` messages.
+    pub fn history_from(&self) -> HistoryFrom {
+        if self.after_seq > 0 {
+            HistoryFrom::After(self.after_seq, PAGE)
+        } else {
+            HistoryFrom::Latest(self.history_limit)
+        }
+    }
+}
+
 /// The items of one stream: its history, `HistoryEnd`, a presence snapshot when asked
 /// for, then live events until the client leaves, the server shuts down, or an event
 /// ends the stream (the chat deleted, the caller removed, the stream fell behind).
+/// `first` is the history's first page when the caller read it already (after the join),
+/// else the stream reads it.
 pub(crate) fn run(
     opened: Opened,
+    first: Option<Vec<MessageRecord>>,
     store: Arc<dyn ChatStore>,
     mut sub: Subscription,
     presence: Arc<Presence>,
@@ -75,7 +90,10 @@ pub(crate) fn run(
             snapshot_at: 0,
             sent_upto: opened.after_seq,
         };
-        let mut page = first_page(&*store, &opened).await;
+        let mut page = match first {
+            Some(page) => Ok(page),
+            None => store.history(opened.chat_id, opened.history_from()).await,
+        };
         loop {
             let batch = match page {
                 Ok(b) => b,
@@ -125,21 +143,6 @@ pub(crate) fn run(
             }
         }
     }
-}
-
-/// The history a stream starts with: everything after `after_seq` when resuming (a page
-/// of it), else the latest `history_limit` messages, oldest first.
-async fn first_page(store: &dyn ChatStore, opened: &Opened) -> anyhow::Result<Vec<MessageRecord>> {
-    if opened.after_seq > 0 {
-        return store
-            .messages_after(opened.chat_id, opened.after_seq, None, PAGE)
-            .await;
-    }
-    let mut latest = store
-        .messages_before(opened.chat_id, None, opened.history_limit)
-        .await?;
-    latest.reverse();
-    Ok(latest)
 }
 
 fn response(event: Event) -> pb::ConnectResponse {

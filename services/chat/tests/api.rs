@@ -339,6 +339,22 @@ async fn non_members_cannot_see_a_chat_exists() {
             );
         }
     }
+    // With alice's stream open the chat's fan-out runs on the replica, and a Connect joins
+    // it before one read checks the membership: mallory is still refused alike.
+    let _open = connect(&chat, &alice, id, 0).await;
+    let e = c
+        .connect(mallory.req(pb::ConnectRequest {
+            chat_id: id,
+            ..Default::default()
+        }))
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert_eq!(
+        e.message(),
+        format!("chat {id} does not exist or you are not a member of it")
+    );
     // No token, a bad token.
     let e = c
         .list_chats(pb::ListChatsRequest::default())

@@ -17,11 +17,11 @@ use chat_common::batch::Batcher;
 use super::PendingMessage as Pending;
 use sqlx::{FromRow, PgPool, Row};
 
-use std::time::Duration;
+use std::{sync::LazyLock, time::Duration};
 
 use super::{
     millis, Added, ChatCursor, ChatRecord, ChatStore, Deleted, Edited, EventId, EventKind,
-    Inserted, MemberRecord, MessageRecord, NewMessage, OutboxEvent, Removed,
+    HistoryFrom, Inserted, MemberRecord, MessageRecord, NewMessage, OutboxEvent, Removed,
 };
 use crate::domain::{ChatId, MessageText, Title};
 use link_preview::Preview;
@@ -108,6 +108,27 @@ const MESSAGE_COLUMNS: &str =
     "chat_id, seq, sender_id, sender_username, text, created_at, edited_at, \
      deleted_at IS NOT NULL AS deleted, \
      preview_url, preview_title, preview_description, preview_image_url, preview_site_name";
+
+/// [`ChatStore::history_for_member`]'s statement: `$2`'s membership row in chat `$1`
+/// (always one row out, `member` false without one) and, for a member, the live messages
+/// after seq `$3` taken in `order` (the latest first, or the oldest first after a resume),
+/// at most `$4`, handed out oldest first.
+fn history_for_member_sql(order: &str) -> String {
+    format!(
+        "SELECT me.user_id IS NOT NULL AS member, m.* \
+         FROM (SELECT 1) one \
+         LEFT JOIN chat_members me ON me.chat_id = $1 AND me.user_id = $2 \
+         LEFT JOIN LATERAL ( \
+             SELECT {MESSAGE_COLUMNS} FROM messages \
+             WHERE chat_id = $1 AND seq > $3 AND deleted_at IS NULL \
+               AND me.user_id IS NOT NULL \
+             ORDER BY seq {order} LIMIT $4) m ON true \
+         ORDER BY m.seq"
+    )
+}
+
+static HISTORY_LATEST: LazyLock<String> = LazyLock::new(|| history_for_member_sql("DESC"));
+static HISTORY_AFTER: LazyLock<String> = LazyLock::new(|| history_for_member_sql("ASC"));
 
 /// An edit's text has a preview of its own to come, not the old text's.
 const CLEAR_PREVIEW: &str = "preview_url = NULL, preview_title = NULL, \
@@ -502,6 +523,43 @@ impl ChatStore for PgChatStore {
         .await
         .context("reading messages")?;
         Ok(messages)
+    }
+
+    /// One statement: the caller's membership row (none: not a member) and, only when
+    /// there is one, the page of messages beside it; a member of a chat without messages
+    /// gets one row without a message.
+    async fn history_for_member(
+        &self,
+        chat: ChatId,
+        user_id: i64,
+        from: HistoryFrom,
+    ) -> anyhow::Result<Option<Vec<MessageRecord>>> {
+        let (sql, after, limit) = match from {
+            HistoryFrom::Latest(limit) => (&*HISTORY_LATEST, 0, limit),
+            HistoryFrom::After(seq, limit) => (&*HISTORY_AFTER, seq, limit),
+        };
+        let rows = sqlx::query(sql)
+            .bind(chat.0)
+            .bind(user_id)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .context("reading a member's history")?;
+        let member = match rows.first() {
+            Some(row) => row.try_get::<bool, _>("member")?,
+            None => false,
+        };
+        if !member {
+            return Ok(None);
+        }
+        let mut page = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row.try_get::<Option<i64>, _>("seq")?.is_some() {
+                page.push(MessageRecord::from_row(row)?);
+            }
+        }
+        Ok(Some(page))
     }
 
     async fn mark_read(&self, chat: ChatId, user_id: i64, seq: i64) -> anyhow::Result<Option<i64>> {
