@@ -143,6 +143,16 @@ impl ChatApi {
             .ok_or(ChatError::ChatNotFound(chat.0))
     }
 
+    /// NOT_FOUND unless the caller may read `chat`'s messages: a user who is a member
+    /// (only their membership row is read, not the chat with its counts, whose unread
+    /// count grows with everything they have not read), or a service, for a chat that exists.
+    async fn may_read(&self, caller: &Caller, chat: ChatId) -> Result<(), ChatError> {
+        match caller {
+            Caller::User { id, .. } => self.member(chat, *id).await.map(drop),
+            Caller::Service { .. } => self.visible_chat(caller, chat).await.map(drop),
+        }
+    }
+
     /// Joins `chat`'s fan-out for a stream of `user_id`, a member, and returns the
     /// subscription with the first page of history when it was read here. Where the chat's
     /// fan-out already runs on this replica, joining costs nothing outside the process, so it
@@ -706,7 +716,7 @@ impl ChatService for ChatApi {
                 "sequence numbers are not negative",
             ));
         }
-        self.visible_chat(&caller, chat_id).await?;
+        self.may_read(&caller, chat_id).await?;
         let store = &self.inner.store;
         let mut messages = if req.after_seq > 0 {
             store
