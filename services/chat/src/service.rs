@@ -143,10 +143,10 @@ impl ChatApi {
             .ok_or(ChatError::ChatNotFound(chat.0))
     }
 
-    /// NOT_FOUND unless the caller may read `chat`'s messages: a user who is a member
-    /// (only their membership row is read, not the chat with its counts, whose unread
-    /// count grows with everything they have not read), or a service, for a chat that exists.
-    async fn may_read(&self, caller: &Caller, chat: ChatId) -> Result<(), ChatError> {
+    /// NOT_FOUND unless the caller can see `chat`, as [`ChatApi::visible_chat`], for calls
+    /// that need no more than that: of a user only their membership row is read, not the
+    /// chat with its counts (whose unread count grows with everything they have not read).
+    async fn check_visible(&self, caller: &Caller, chat: ChatId) -> Result<(), ChatError> {
         match caller {
             Caller::User { id, .. } => self.member(chat, *id).await.map(drop),
             Caller::Service { .. } => self.visible_chat(caller, chat).await.map(drop),
@@ -487,7 +487,7 @@ impl ChatService for ChatApi {
             return Err(invalid_field("seq", "must be a positive sequence number"));
         }
         let text = MessageText::parse(req.text)?;
-        self.visible_chat(&caller, chat_id).await?;
+        self.check_visible(&caller, chat_id).await?;
         let not_found = || ChatError::MessageNotFound {
             chat_id: chat_id.0,
             seq: req.seq,
@@ -716,7 +716,7 @@ impl ChatService for ChatApi {
                 "sequence numbers are not negative",
             ));
         }
-        self.may_read(&caller, chat_id).await?;
+        self.check_visible(&caller, chat_id).await?;
         let store = &self.inner.store;
         let mut messages = if req.after_seq > 0 {
             store
