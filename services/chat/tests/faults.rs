@@ -487,6 +487,16 @@ async fn a_database_outage_answers_unavailable_fast_and_heals_by_itself() {
     while stored(&client, &alice, chat_id).await.len() < 3 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Bob's open stream keeps the chat's fan-out running, so a Connect during the outage
+    // takes the path that joins first and reads membership and history in one statement.
+    let _bobs = client
+        .clone()
+        .connect(bob.req(pb::ConnectRequest {
+            chat_id,
+            ..Default::default()
+        }))
+        .await
+        .expect("bob's stream");
 
     pg.stop(StopMode::Fast).await.expect("stop postgres");
     let stopped = Instant::now();
@@ -545,6 +555,22 @@ async fn a_database_outage_answers_unavailable_fast_and_heals_by_itself() {
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert_eq!(err.message(), "storage is unavailable; try again shortly");
     assert!(took < fast, "list answered after {took:?} while known down");
+    let asked = Instant::now();
+    let err = client
+        .clone()
+        .connect(alice.req(pb::ConnectRequest {
+            chat_id,
+            ..Default::default()
+        }))
+        .await
+        .map(|_| ())
+        .expect_err("the database is down");
+    let took = asked.elapsed();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        took < fast,
+        "connect answered after {took:?} while known down"
+    );
     let asked = Instant::now();
     let err = auth
         .client
