@@ -369,6 +369,30 @@ impl Notifier {
         seq: i64,
         timeout: Duration,
     ) -> Result<Option<Vec<DeliveryRecord>>, NotificationError> {
+        self.wait(chat_id, seq, timeout, Look::Now).await
+    }
+
+    /// As [`Notifier::wait_final`], for a message whose emails are almost surely still on
+    /// their way (NotifyMessage right after the message was stored): the records are first
+    /// read once this process says it finished sending them, or after [`FIRST_POLL`] when
+    /// another replica sends them. Reading at once would find the message not even
+    /// recorded yet, which takes two statements to learn.
+    pub async fn wait_final_after_sending(
+        &self,
+        chat_id: i64,
+        seq: i64,
+        timeout: Duration,
+    ) -> Result<Option<Vec<DeliveryRecord>>, NotificationError> {
+        self.wait(chat_id, seq, timeout, Look::AfterAPause).await
+    }
+
+    async fn wait(
+        &self,
+        chat_id: i64,
+        seq: i64,
+        timeout: Duration,
+        first: Look,
+    ) -> Result<Option<Vec<DeliveryRecord>>, NotificationError> {
         let deadline = tokio::time::Instant::now() + timeout;
         // Listen before reading, so a finish between the read and the wait is not missed.
         let mut finished = self.inner.finished.subscribe();
@@ -377,6 +401,15 @@ impl Notifier {
             .with_max_delay(POLL_EVERY)
             .without_max_times()
             .build();
+        if first == Look::AfterAPause {
+            let pause = pauses.next().unwrap_or(FIRST_POLL);
+            announced(
+                &mut finished,
+                (chat_id, seq),
+                deadline.min(tokio::time::Instant::now() + pause),
+            )
+            .await;
+        }
         loop {
             let found = self.inner.store.deliveries(chat_id, seq).await?;
             let done = matches!(&found, Some(d) if overall(d).is_final());
@@ -385,20 +418,7 @@ impl Notifier {
             }
             let pause = pauses.next().unwrap_or(POLL_EVERY);
             let look_again = (tokio::time::Instant::now() + pause).min(deadline);
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(look_again) => break,
-                    m = finished.recv() => match m {
-                        Ok(m) if m != (chat_id, seq) => continue,
-                        // This message, or missed announcements that may include it.
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
-                        Err(broadcast::error::RecvError::Closed) => {
-                            tokio::time::sleep_until(look_again).await;
-                            break;
-                        }
-                    },
-                }
-            }
+            announced(&mut finished, (chat_id, seq), look_again).await;
         }
     }
 
@@ -730,6 +750,38 @@ fn email_for(m: &MessageRecord, d: &DeliveryRecord) -> Email {
         &d.recipient.email,
         &d.recipient.username,
     )
+}
+
+/// When a status call first reads the records.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Look {
+    /// At once.
+    Now,
+    /// After a first pause, or sooner when this process announces the message.
+    AfterAPause,
+}
+
+/// Waits until this process announces that it finished sending `message`'s claimed emails
+/// (or may have: announcements were missed), or until `until`.
+async fn announced(
+    finished: &mut broadcast::Receiver<(i64, i64)>,
+    message: (i64, i64),
+    until: tokio::time::Instant,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => return,
+            m = finished.recv() => match m {
+                Ok(m) if m != message => continue,
+                // This message, or missed announcements that may include it.
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => return,
+                Err(broadcast::error::RecvError::Closed) => {
+                    tokio::time::sleep_until(until).await;
+                    return;
+                }
+            },
+        }
+    }
 }
 
 #[cfg(test)]

@@ -169,7 +169,7 @@ impl NotificationService for NotificationApi {
         // the end of a short grace, that is the answer, with nothing fetched, recorded or
         // claimed here a second time.
         let early = notifier
-            .wait_final(req.chat_id, req.seq, EVENT_GRACE.min(wait))
+            .wait_final_after_sending(req.chat_id, req.seq, EVENT_GRACE.min(wait))
             .await?;
         if let Some(deliveries) = early.filter(|d| overall(d).is_final()) {
             let (state, deliveries) = deliveries_to_pb(&deliveries);
