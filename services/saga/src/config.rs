@@ -68,6 +68,17 @@ pub struct Settings {
     /// How often sagas left without an owner are looked for and resumed.
     #[serde(rename = "saga_recovery_interval_secs", deserialize_with = "secs")]
     pub recovery_interval: Duration,
+    /// How long the success of a step followed by another may go unlogged while that next
+    /// step runs (see the orchestrator's module docs). Not read from the environment: a
+    /// fixed short time in production, widened by tests that crash inside it.
+    #[serde(skip, default = "unlogged_success")]
+    pub unlogged_success: Duration,
+}
+
+/// [`Settings::unlogged_success`] in production: far above a saga's usual NOTIFY (tens of
+/// milliseconds), far below what a saga stuck in NOTIFY shows in its log.
+pub fn unlogged_success() -> Duration {
+    Duration::from_millis(200)
 }
 
 impl Settings {

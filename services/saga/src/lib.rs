@@ -129,6 +129,7 @@ async fn build_orchestrator(
         credential,
         config.settings.notify_deadline,
         config.settings.lease,
+        config.settings.unlogged_success,
         shutdown,
     ))
 }

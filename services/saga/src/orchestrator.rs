@@ -1,10 +1,13 @@
 //! The send-message saga: RESOLVE_SENDER → STORE_MESSAGE → NOTIFY, and COMPENSATE when
 //! NOTIFY fails for good.
 //!
-//! Each step is written to the log before it runs and after it ends, except the first:
-//! resolving the sender only reads, so it runs before the saga is written and the saga's
+//! Each step is written to the log before it runs and after it ends, with two exceptions.
+//! Resolving the sender only reads, so it runs before the saga is written and the saga's
 //! creation logs what it found (a crash before that write leaves no saga, and nothing to
-//! undo). Each step is safe to run twice: resolving is a read (of a name the caller was
+//! undo). And the success of STORE_MESSAGE, with NOTIFY's start, waits while NOTIFY runs:
+//! a NOTIFY that ends the saga within a short time ([`Unlogged`]) is logged with it in the
+//! saga's last write, so the happy path writes the log twice; a slower one gets the write
+//! then, so a saga waiting on its emails shows NOTIFY started with its message. Each step is safe to run twice: resolving is a read (of a name the caller was
 //! found to hold within the last [`SENDERS_TTL`], or of AuthService); storing uses the saga id
 //! as ChatService's idempotency key, so a resumed store returns the message stored before
 //! the crash; notifying is idempotent in NotificationService; deleting a deleted message
@@ -53,7 +56,7 @@ use crate::{
     domain::{FailCode, SagaState, SendRequest, StepKind, StepState},
     error::SagaError,
     machine::{self, Action, NotifyAnswer, NotifyWait, Outcome, Progress, Step},
-    store::{Created, Logged, Opening, SagaRecord, SagaStore, StepResult},
+    store::{Created, Logged, Opening, SagaRecord, SagaStore, StepResult, Then},
 };
 
 /// How often a caller replaying an idempotency key looks whether the saga has ended.
@@ -83,6 +86,8 @@ struct Inner {
     credential: ServiceCredential,
     notify_deadline: Duration,
     lease: Duration,
+    /// How long a step's success may go unlogged while the next step runs.
+    unlogged_success: Duration,
     shutdown: Shutdown,
     /// `from`s found to name their caller, with the caller's id, for [`SENDERS_TTL`]: a
     /// sender's sagas after the first skip the call to AuthService.
@@ -164,7 +169,9 @@ fn paused(what: &str, status: &Status) -> Paused {
 impl Orchestrator {
     /// An orchestrator over `store`, calling the services with `credential`. A saga
     /// compensates once its notify step has taken `notify_deadline`; its lease lasts `lease`
-    /// and is renewed while it runs. Background work stops on `shutdown`.
+    /// and is renewed while it runs; a step's success is logged with the end of the step
+    /// after it when that ends within `unlogged_success`. Background work stops on
+    /// `shutdown`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<dyn SagaStore>,
@@ -174,6 +181,7 @@ impl Orchestrator {
         credential: ServiceCredential,
         notify_deadline: Duration,
         lease: Duration,
+        unlogged_success: Duration,
         shutdown: Shutdown,
     ) -> Self {
         Self {
@@ -185,6 +193,7 @@ impl Orchestrator {
                 credential,
                 notify_deadline,
                 lease,
+                unlogged_success,
                 shutdown,
                 senders: Cache::builder()
                     .max_capacity(SENDERS_CACHED)
@@ -370,8 +379,11 @@ impl Orchestrator {
     /// The steps from where the log says the saga is, as [`Progress`] decides them. Store
     /// errors pause the saga too: the log is the one thing the saga cannot go on without.
     /// A step's success is logged together with the start of the next step (or the
-    /// saga's end), in one write. Returns the saga as it ended when that write read it
-    /// back (a saga that ends with a step's success).
+    /// saga's end), in one write; when a next step follows, that write waits (see
+    /// [`Unlogged`]), and a next step that ends the saga within
+    /// [`Inner::unlogged_success`] logs both steps and the end in one write. Returns the
+    /// saga as it ended when that write read it back (a saga that ends with a step's
+    /// success).
     async fn run_steps(&self, saga: SagaRecord) -> Result<Option<SagaRecord>, Paused> {
         let store = &self.inner.store;
         let id = saga.id;
@@ -386,6 +398,7 @@ impl Orchestrator {
             }),
             _ => None,
         };
+        let mut unlogged: Option<Unlogged> = None;
         loop {
             match action {
                 Action::Run(step) => {
@@ -393,7 +406,9 @@ impl Orchestrator {
                         self.check_shutdown()?;
                     }
                     let kind = step.kind();
-                    let outcome = self.step(&saga, step, started.take()).await?;
+                    let outcome = self
+                        .step(&saga, step, started.take(), &mut unlogged)
+                        .await?;
                     let succeeded = match outcome {
                         Outcome::Succeeded(result) => Some(result),
                         _ => None,
@@ -403,11 +418,40 @@ impl Orchestrator {
                     let then = action.then().ok_or_else(|| {
                         Paused(format!("saga: nothing follows {}", kind.as_str()))
                     })?;
-                    match store
-                        .step_succeeded(id, kind, result, then)
-                        .await
-                        .map_err(log_failed)?
-                    {
+                    let logged = match (unlogged.take(), then) {
+                        (Some(before), Then::Finish(state)) => Logged::Ended(
+                            store
+                                .steps_succeeded(
+                                    id,
+                                    (before.kind, before.result),
+                                    before.at,
+                                    (kind, result),
+                                    state,
+                                )
+                                .await
+                                .map_err(log_failed)?,
+                        ),
+                        (before, Then::Start(next)) => {
+                            // Two successes in a row that both start a step: the first is
+                            // logged now, the second waits.
+                            let mut before = before;
+                            self.log_unlogged(id, &mut before).await?;
+                            let at = Utc::now();
+                            unlogged = Some(Unlogged {
+                                kind,
+                                result,
+                                next,
+                                at,
+                            });
+                            started = Some(at);
+                            continue;
+                        }
+                        (None, then) => store
+                            .step_succeeded(id, kind, result, then)
+                            .await
+                            .map_err(log_failed)?,
+                    };
+                    match logged {
                         Logged::Started(at) => started = Some(at),
                         Logged::Ended(saga) => {
                             count_end(saga.state);
@@ -415,8 +459,12 @@ impl Orchestrator {
                         }
                     }
                 }
-                Action::Pause(reason) => return Err(Paused(reason)),
+                Action::Pause(reason) => {
+                    self.log_unlogged(id, &mut unlogged).await?;
+                    return Err(Paused(reason));
+                }
                 Action::Compensate(reason) => {
+                    self.log_unlogged(id, &mut unlogged).await?;
                     store
                         .set_state(
                             id,
@@ -428,6 +476,7 @@ impl Orchestrator {
                     action = progress.resume();
                 }
                 Action::Finish { state, error } => {
+                    self.log_unlogged(id, &mut unlogged).await?;
                     let error = error.as_ref().map(|(e, code)| (e.as_str(), *code));
                     store
                         .set_state(id, state, error)
@@ -441,6 +490,18 @@ impl Orchestrator {
         }
     }
 
+    /// Logs the success that waits, if one does, with the start of the step after it.
+    async fn log_unlogged(&self, id: Uuid, unlogged: &mut Option<Unlogged>) -> Result<(), Paused> {
+        if let Some(u) = unlogged.take() {
+            self.inner
+                .store
+                .step_succeeded(id, u.kind, u.result, Then::Start(u.next))
+                .await
+                .map_err(log_failed)?;
+        }
+        Ok(())
+    }
+
     fn check_shutdown(&self) -> Result<(), Paused> {
         if self.inner.shutdown.is_triggered() {
             Err(Paused("the orchestrator is shutting down".into()))
@@ -451,12 +512,14 @@ impl Orchestrator {
 
     /// Runs `step` of `saga` and logs around it: its start, unless the write before
     /// logged it (`started`: when), and its failure. A success is for the caller to log,
-    /// with what follows it.
+    /// with what follows it. The success before this step, when it waits (`unlogged`), is
+    /// logged once the step has run [`Inner::unlogged_success`], or before its failure.
     async fn step(
         &self,
         saga: &SagaRecord,
         step: Step,
         started: Option<DateTime<Utc>>,
+        unlogged: &mut Option<Unlogged>,
     ) -> Result<Outcome, Paused> {
         let store = &self.inner.store;
         let (id, kind) = (saga.id, step.kind());
@@ -464,6 +527,7 @@ impl Orchestrator {
             Some(at) => at,
             None => store.step_started(id, kind).await.map_err(log_failed)?,
         };
+        let span = step_span(id, kind, step.seq());
         let work = async {
             let outcome = match step {
                 Step::ResolveSender => self.resolve(&saga.sender, saga.initiator_id).await,
@@ -472,11 +536,23 @@ impl Orchestrator {
                 Step::Compensate { seq } => self.compensate(saga.chat_id, seq).await,
             };
             outcome.unwrap_or_else(Outcome::from)
+        }
+        .instrument(span.clone());
+        tokio::pin!(work);
+        let outcome = if unlogged.is_some() {
+            tokio::select! {
+                outcome = &mut work => outcome,
+                _ = tokio::time::sleep(self.inner.unlogged_success) => {
+                    self.log_unlogged(id, unlogged).await?;
+                    work.await
+                }
+            }
+        } else {
+            work.await
         };
-        let span = step_span(id, kind, step.seq());
-        let outcome = work.instrument(span.clone()).await;
         if let Some(e) = trouble(&outcome) {
             trace::record_error(&span, &e);
+            self.log_unlogged(id, unlogged).await?;
             store.step_failed(id, kind, e).await.map_err(log_failed)?;
         }
         Ok(outcome)
@@ -613,6 +689,23 @@ impl Orchestrator {
             Err(s) => Err(paused("chat service", &s)),
         }
     }
+}
+
+/// A step's success not logged yet: while the step after it runs, for at most
+/// [`Inner::unlogged_success`]. A saga's happy path then logs twice (its creation and its
+/// end) instead of three times. Nothing is lost by the wait: every step is safe to run
+/// again, so a saga whose orchestrator crashed inside it is resumed at this step, which
+/// finds its earlier result again (STORE_MESSAGE: the message keyed by the saga's id).
+#[derive(Clone, Copy)]
+struct Unlogged {
+    /// The step that succeeded.
+    kind: StepKind,
+    /// What it found.
+    result: StepResult,
+    /// The step after it, running.
+    next: StepKind,
+    /// When it ended and the next one started, by this process's clock.
+    at: DateTime<Utc>,
 }
 
 /// A saga's lease heartbeat, stopped when its drive ends in any way (dropped or panicking

@@ -352,6 +352,32 @@ pub trait SagaStore: Send + Sync + 'static {
         then: Then,
     ) -> anyhow::Result<Logged>;
 
+    /// Records, in one write, two steps that succeeded one after the other and the saga's
+    /// end in `state`: `first`'s success and result, and the run of the step after it
+    /// (`then`, whose start was not logged: see the orchestrator), from `first`'s end at
+    /// `between` to its success now, with its result. Returns the saga as it ended, with its
+    /// steps. The default takes the two writes of [`SagaStore::step_succeeded`] (the second
+    /// step's start then logged at the first write's time); PostgreSQL's takes one.
+    async fn steps_succeeded(
+        &self,
+        id: Uuid,
+        first: (StepKind, StepResult),
+        between: DateTime<Utc>,
+        then: (StepKind, StepResult),
+        state: SagaState,
+    ) -> anyhow::Result<SagaRecord> {
+        let _ = between;
+        self.step_succeeded(id, first.0, first.1, Then::Start(then.0))
+            .await?;
+        match self
+            .step_succeeded(id, then.0, then.1, Then::Finish(state))
+            .await?
+        {
+            Logged::Ended(saga) => Ok(saga),
+            Logged::Started(_) => anyhow::bail!("saga {id} did not end"),
+        }
+    }
+
     /// Records a step's failure; a step may be started again after a transient failure.
     async fn step_failed(&self, id: Uuid, kind: StepKind, error: &str) -> anyhow::Result<()>;
 

@@ -911,7 +911,137 @@ async fn a_sender_who_changes_their_email_is_known_by_the_new_one() {
     );
 }
 
+/// The time of a step's timestamp field, for comparing.
+fn at(t: &Option<prost_types::Timestamp>) -> (i64, i32) {
+    let t = t.as_ref().expect("timestamp");
+    (t.seconds, t.nanos)
+}
+
+/// STORE_MESSAGE's success waits to be logged while NOTIFY runs: a quick NOTIFY is logged
+/// with it in the saga's last write, every step in order; a NOTIFY that waits longer gets
+/// the write while it waits, so the log shows the message stored and NOTIFY started.
+async fn a_saga_waiting_on_its_emails_shows_its_message_in_the_log() {
+    let w = World::new(SmtpMode::Accept).await;
+    let notify_proxy = TcpProxy::start(w.notifier.addr).await;
+    let mut config = w.config_through(&notify_proxy);
+    config.settings.notify_deadline = Duration::from_secs(1);
+    let saga = spawn_saga(config).await;
+    let (alice, bob) = (w.auth.user("alice").await, w.auth.user("bob").await);
+    let chat_id = w.chat_of(&alice, &[&bob]).await;
+
+    let quick = send(&saga, &alice, request(chat_id, "alice", "quick", ""))
+        .await
+        .expect("saga");
+    assert_eq!(quick.state, SagaState::Completed as i32, "{quick:?}");
+    assert_eq!(
+        steps(&quick),
+        vec![
+            (StepKind::ResolveSender, StepState::Succeeded),
+            (StepKind::StoreMessage, StepState::Succeeded),
+            (StepKind::Notify, StepState::Succeeded),
+        ]
+    );
+    let (store, notify) = (&quick.steps[1], &quick.steps[2]);
+    assert!(at(&store.started_at) <= at(&store.finished_at), "{quick:?}");
+    assert!(
+        at(&store.finished_at) <= at(&notify.started_at),
+        "{quick:?}"
+    );
+    assert!(
+        at(&notify.started_at) <= at(&notify.finished_at),
+        "{quick:?}"
+    );
+
+    notify_proxy.blackhole();
+    let slow = || request(chat_id, "alice", "slow", "slow");
+    let first = tokio::spawn({
+        let (client, req) = (saga.client.clone(), alice.req(slow()));
+        async move { client.clone().send_message(req).await }
+    });
+    // A replay waits twice the deadline for the saga, then names it.
+    let id = send_paused(&saga, &alice, slow()).await;
+    let s = get(&saga, &alice, &id).await.unwrap();
+    assert_eq!(
+        steps(&s),
+        vec![
+            (StepKind::ResolveSender, StepState::Succeeded),
+            (StepKind::StoreMessage, StepState::Succeeded),
+            (StepKind::Notify, StepState::Started),
+        ],
+        "{s:?}"
+    );
+    assert_eq!(s.message_seq, 2);
+    notify_proxy.restore();
+    let s = wait_state(&saga, &alice, &id, SagaState::Completed).await;
+    assert_eq!(s.message_seq, 2);
+    let _ = first.await;
+    assert_eq!(w.history(&bob, chat_id).await, ["slow", "quick"]);
+}
+
+/// An orchestrator that crashes while STORE_MESSAGE's success waits to be logged leaves
+/// the step logged as started; the one that resumes the saga stores it again, finds the
+/// message stored before (it is keyed by the saga's id), and completes: one message, one
+/// email.
+async fn a_crash_before_the_stored_message_is_logged_stores_nothing_twice() {
+    let w = World::new(SmtpMode::Accept).await;
+    let (alice, bob) = (w.auth.user("alice").await, w.auth.user("bob").await);
+    let chat_id = w.chat_of(&alice, &[&bob]).await;
+    let mut first_config = w.config();
+    first_config.upstream.notification_url = format!("http://{}", black_hole().await);
+    first_config.settings.notify_deadline = Duration::from_secs(1);
+    first_config.settings.unlogged_success = Duration::from_secs(600);
+    let mut first = CrashableSaga::start(first_config).await;
+    let req = || alice.req(request(chat_id, "alice", "stored once", "unlogged"));
+    tokio::spawn({
+        let (mut client, req) = (first.client.clone(), req());
+        async move { client.send_message(req).await }
+    });
+    // Stored, and emailed from its event, while the saga's NOTIFY hangs.
+    w.smtp.wait_for(1).await;
+    let err = first.client.clone().send_message(req()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let id = saga_id(&err);
+    let s = first
+        .client
+        .clone()
+        .get_saga(alice.req(pb::GetSagaRequest {
+            saga_id: id.clone(),
+        }))
+        .await
+        .expect("get saga")
+        .into_inner()
+        .saga
+        .expect("saga");
+    assert_eq!(
+        steps(&s),
+        vec![
+            (StepKind::ResolveSender, StepState::Succeeded),
+            (StepKind::StoreMessage, StepState::Started),
+        ],
+        "{s:?}"
+    );
+    assert_eq!(s.message_seq, 0);
+    first.crash();
+
+    let second = spawn_saga(w.config()).await;
+    let s = wait_state(&second, &alice, &id, SagaState::Completed).await;
+    assert_eq!(s.message_seq, 1);
+    assert_eq!(
+        steps(&s),
+        vec![
+            (StepKind::ResolveSender, StepState::Succeeded),
+            (StepKind::StoreMessage, StepState::Succeeded),
+            (StepKind::Notify, StepState::Succeeded),
+        ]
+    );
+    assert_eq!(w.history(&bob, chat_id).await, ["stored once"]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(w.smtp.mails().len(), 1);
+}
+
 chat_testkit::backend_tests!(
+    a_saga_waiting_on_its_emails_shows_its_message_in_the_log,
+    a_crash_before_the_stored_message_is_logged_stores_nothing_twice,
     a_sender_who_changes_their_email_is_known_by_the_new_one,
     hostile_input_is_refused_before_the_saga_is_logged,
     a_message_is_stored_and_every_other_member_emailed,

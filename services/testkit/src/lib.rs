@@ -677,6 +677,7 @@ pub fn saga_config(
             notify_deadline: Duration::from_secs(10),
             lease: Duration::from_secs(3),
             recovery_interval: Duration::from_millis(200),
+            unlogged_success: saga_orchestrator::config::unlogged_success(),
         },
     }
 }

@@ -245,6 +245,66 @@ impl SagaStore for PgSagaStore {
         }
     }
 
+    async fn steps_succeeded(
+        &self,
+        id: Uuid,
+        first: (StepKind, StepResult),
+        between: DateTime<Utc>,
+        then: (StepKind, StepResult),
+        state: SagaState,
+    ) -> anyhow::Result<SagaRecord> {
+        let (first_sender, first_seq) = first.1.columns();
+        let (then_sender, then_seq) = then.1.columns();
+        // One statement: the first step's success, the second's run and the saga's end,
+        // read back with the steps. The first step ended when the second started: at
+        // `between`, this process's clock, never before the first step's logged start (a
+        // clock behind the database's).
+        let rows = sqlx::query(&format!(
+            "WITH done AS ( \
+                 UPDATE saga_steps SET state = 'succeeded', \
+                    finished_at = GREATEST($3, started_at), error = '' \
+                 WHERE saga_id = $1 AND kind = $2 \
+                 RETURNING {STEP_COLUMNS}), \
+             next AS ( \
+                 INSERT INTO saga_steps (saga_id, kind, state, started_at, finished_at, error) \
+                 SELECT $1, $4, 'succeeded', done.finished_at, \
+                    GREATEST(now(), done.finished_at), '' FROM done \
+                 ON CONFLICT (saga_id, kind) DO UPDATE \
+                   SET state = 'succeeded', finished_at = EXCLUDED.finished_at, error = '' \
+                 RETURNING {STEP_COLUMNS}), \
+             saga AS ( \
+                 UPDATE sagas SET sender_id = COALESCE($5, $7, sender_id), \
+                    message_seq = COALESCE($6, $8, message_seq), state = $9, \
+                    lease_until = CASE WHEN $10 THEN NULL ELSE lease_until END, \
+                    updated_at = now() \
+                 WHERE id = $1 AND EXISTS (SELECT 1 FROM done) RETURNING {SAGA_COLUMNS}), \
+             steps AS ( \
+                 SELECT {STEP_COLUMNS} FROM saga_steps \
+                 WHERE saga_id = $1 AND kind <> $2 AND kind <> $4 \
+                 UNION ALL SELECT * FROM done \
+                 UNION ALL SELECT * FROM next) \
+             SELECT saga.*, {STEP_FIELDS} FROM saga LEFT JOIN steps st ON true \
+             ORDER BY st.started_at, st.kind"
+        ))
+        .bind(id)
+        .bind(first.0.as_str())
+        .bind(between)
+        .bind(then.0.as_str())
+        .bind(then_sender)
+        .bind(then_seq)
+        .bind(first_sender)
+        .bind(first_seq)
+        .bind(state.as_str())
+        .bind(state.is_final())
+        .fetch_all(&self.pool)
+        .await
+        .context("recording two steps' success")?;
+        // Without the first step's row nothing is written, and nothing read back.
+        group_steps(&rows)?
+            .pop()
+            .ok_or_else(|| anyhow::anyhow!("saga {id} has no step {} to record", first.0.as_str()))
+    }
+
     async fn step_failed(&self, id: Uuid, kind: StepKind, error: &str) -> anyhow::Result<()> {
         sqlx::query(
             "UPDATE saga_steps SET state = 'failed', finished_at = now(), error = $3 \
