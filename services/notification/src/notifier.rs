@@ -87,9 +87,9 @@ struct Inner {
     retry: RetryPolicy,
     lease: Duration,
     shutdown: Shutdown,
-    /// `(chat_id, seq)` of every message whose claimed emails this process has just
-    /// finished sending, so a status call waiting on them looks again at once.
-    finished: broadcast::Sender<(i64, i64)>,
+    /// Every message whose claimed emails this process has just finished sending, so a
+    /// status call waiting on them looks again at once, or needs not look at all.
+    finished: broadcast::Sender<Announcement>,
     /// Chats' titles and recipients, reused for [`RECIPIENTS_TTL`] by the messages they
     /// are recent enough for (see [`Notifier::chat_recipients`]).
     recipients: Cache<i64, CachedChat>,
@@ -241,7 +241,7 @@ impl Notifier {
             return self.cancel(chat_id, seq, claimed).await;
         }
         if claimed.is_empty() {
-            let _ = self.inner.finished.send((chat_id, seq));
+            self.announce((chat_id, seq), None);
             // A caller of NotifyMessage waits for the holder (`wait_final`); an event is
             // not done until the deliveries are.
             return if fetched {
@@ -357,8 +357,14 @@ impl Notifier {
                 "the message was removed: its emails are cancelled"
             );
         }
-        let _ = self.inner.finished.send((chat_id, seq));
+        self.announce((chat_id, seq), None);
         Ok(())
+    }
+
+    /// Tells status calls waiting on `key` (a message's `(chat_id, seq)`, or a direct
+    /// email's) that it changed, with its final deliveries when they are known.
+    pub(crate) fn announce(&self, key: (i64, i64), settled: Option<Arc<Vec<DeliveryRecord>>>) {
+        let _ = self.inner.finished.send(Announcement { key, settled });
     }
 
     /// The deliveries once final, or as they are when `timeout` runs out; `None` when the
@@ -403,12 +409,10 @@ impl Notifier {
             .build();
         if first == Look::AfterAPause {
             let pause = pauses.next().unwrap_or(FIRST_POLL);
-            announced(
-                &mut finished,
-                (chat_id, seq),
-                deadline.min(tokio::time::Instant::now() + pause),
-            )
-            .await;
+            let until = deadline.min(tokio::time::Instant::now() + pause);
+            if let Some(settled) = announced(&mut finished, (chat_id, seq), until).await {
+                return Ok(Some(settled.to_vec()));
+            }
         }
         loop {
             let found = self.inner.store.deliveries(chat_id, seq).await?;
@@ -418,7 +422,9 @@ impl Notifier {
             }
             let pause = pauses.next().unwrap_or(POLL_EVERY);
             let look_again = (tokio::time::Instant::now() + pause).min(deadline);
-            announced(&mut finished, (chat_id, seq), look_again).await;
+            if let Some(settled) = announced(&mut finished, (chat_id, seq), look_again).await {
+                return Ok(Some(settled.to_vec()));
+            }
         }
     }
 
@@ -578,7 +584,7 @@ impl Notifier {
             .claim(chat_id, seq, self.inner.lease)
             .await?;
         if claimed.is_empty() {
-            let _ = self.inner.finished.send((chat_id, seq));
+            self.announce((chat_id, seq), None);
             return Ok(None);
         }
         Ok(Some(claimed))
@@ -616,16 +622,22 @@ impl Notifier {
         let mut failed = Vec::new();
         for (d, email, sent) in tried {
             match sent {
-                Ok(()) => delivered.push(d.recipient.user_id),
+                Ok(()) => delivered.push(d),
                 Err(e) => failed.push((d, email, e)),
             }
         }
+        let mut settled = None;
         if !delivered.is_empty() {
             metrics::counter!("notification_emails_total", "outcome" => "delivered")
                 .increment(delivered.len() as u64);
+            let ids: Vec<i64> = delivered.iter().map(|d| d.recipient.user_id).collect();
             // Not recorded means sent again once the claim runs out: at least once.
-            if let Err(e) = store.finish_delivered(chat_id, seq, &delivered).await {
-                tracing::error!(chat_id, seq, error = ?e, "recording deliveries failed");
+            match store.finish_delivered(chat_id, seq, &ids).await {
+                Ok(Some(at)) => settled = Some(Arc::new(delivered_whole(&delivered, at))),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(chat_id, seq, error = ?e, "recording deliveries failed");
+                }
             }
         }
         futures::stream::iter(failed)
@@ -638,7 +650,7 @@ impl Notifier {
                 }
             })
             .await;
-        let _ = self.inner.finished.send((chat_id, seq));
+        self.announce((chat_id, seq), settled);
     }
 
     /// An email whose first try failed: bounded retries of a transient failure, then the
@@ -752,6 +764,37 @@ fn email_for(m: &MessageRecord, d: &DeliveryRecord) -> Email {
     )
 }
 
+/// What this process announces when it finished sending a message's claimed emails.
+#[derive(Clone)]
+pub(crate) struct Announcement {
+    /// The message's `(chat_id, seq)`, or a direct email's (see `direct`).
+    key: (i64, i64),
+    /// The message's deliveries, when this process knows them to be final: every email of
+    /// the message went out on its first try from here, and the store said so
+    /// ([`DeliveryStore::finish_delivered`]). A waiter then needs not read them.
+    settled: Option<Arc<Vec<DeliveryRecord>>>,
+}
+
+/// The deliveries of a message whose every email (`delivered`) went out on its first try,
+/// recorded at `at`, as the store reads them back: by recipient, one try each.
+fn delivered_whole(
+    delivered: &[DeliveryRecord],
+    at: chrono::DateTime<chrono::Utc>,
+) -> Vec<DeliveryRecord> {
+    let mut settled: Vec<DeliveryRecord> = delivered
+        .iter()
+        .map(|d| DeliveryRecord {
+            recipient: d.recipient.clone(),
+            state: DeliveryState::Delivered,
+            attempts: 1,
+            error: String::new(),
+            updated_at: at,
+        })
+        .collect();
+    settled.sort_by_key(|d| d.recipient.user_id);
+    settled
+}
+
 /// When a status call first reads the records.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Look {
@@ -761,23 +804,25 @@ enum Look {
     AfterAPause,
 }
 
-/// Waits until this process announces that it finished sending `message`'s claimed emails
-/// (or may have: announcements were missed), or until `until`.
-async fn announced(
-    finished: &mut broadcast::Receiver<(i64, i64)>,
-    message: (i64, i64),
+/// Waits until this process announces that it finished sending the claimed emails of
+/// `key` (or may have: announcements were missed), or until `until`. Returns the
+/// deliveries when the announcement said they are final.
+pub(crate) async fn announced(
+    finished: &mut broadcast::Receiver<Announcement>,
+    key: (i64, i64),
     until: tokio::time::Instant,
-) {
+) -> Option<Arc<Vec<DeliveryRecord>>> {
     loop {
         tokio::select! {
-            _ = tokio::time::sleep_until(until) => return,
+            _ = tokio::time::sleep_until(until) => return None,
             m = finished.recv() => match m {
-                Ok(m) if m != message => continue,
-                // This message, or missed announcements that may include it.
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => return,
+                Ok(m) if m.key != key => continue,
+                Ok(m) => return m.settled,
+                // Missed announcements may include this one.
+                Err(broadcast::error::RecvError::Lagged(_)) => return None,
                 Err(broadcast::error::RecvError::Closed) => {
                     tokio::time::sleep_until(until).await;
-                    return;
+                    return None;
                 }
             },
         }

@@ -266,12 +266,16 @@ pub trait DeliveryStore: Send + Sync + 'static {
     ) -> anyhow::Result<()>;
 
     /// Deliveries of one message that went out on their first try, recorded at once.
+    /// Returns when, if these were every email of the message and the store keeps it
+    /// delivered whole: its deliveries then read back as exactly these, each delivered on
+    /// its first try at that time, so a caller may tell that without reading them. `None`
+    /// when the store cannot tell (some emails of the message are recorded one by one).
     async fn finish_delivered(
         &self,
         chat_id: i64,
         seq: i64,
         recipient_ids: &[i64],
-    ) -> anyhow::Result<()>;
+    ) -> anyhow::Result<Option<DateTime<Utc>>>;
 
     /// The message's deliveries; `None` when the message was never recorded.
     async fn deliveries(

@@ -660,7 +660,60 @@ async fn emails_a_stopped_notifier_was_trying_are_sent_once_by_the_next() {
     );
 }
 
+/// NotifyMessage right after a send usually answers from what this process announced when
+/// it delivered the emails (every email on its first try), without reading the records:
+/// the answer must be the records exactly as a status read returns them.
+async fn notify_message_answers_with_the_records_a_status_read_returns() {
+    let w = World::new(SmtpMode::Accept).await;
+    let n = w.notifier().await;
+    let (alice, bob, carol) = (
+        w.auth.user("alice").await,
+        w.auth.user("bob").await,
+        w.auth.user("carol").await,
+    );
+    let chat_id = w.chat_of(&alice, &[&carol, &bob]).await;
+    let token = w.auth.service_token("saga-orchestrator").await;
+    for i in 0..5 {
+        let seq = w.send(&alice, chat_id, &format!("announced {i}")).await;
+        let answer = n
+            .client
+            .clone()
+            .notify_message(with_bearer(
+                tonic::Request::new(pb::NotifyMessageRequest {
+                    chat_id,
+                    seq,
+                    timeout_ms: 10_000,
+                }),
+                &token,
+            ))
+            .await
+            .expect("notify")
+            .into_inner();
+        assert_eq!(answer.state, DeliveryState::Delivered as i32, "{answer:?}");
+        let read = n
+            .client
+            .clone()
+            .get_delivery_status(with_bearer(
+                tonic::Request::new(pb::GetDeliveryStatusRequest {
+                    chat_id,
+                    seq,
+                    wait_timeout_ms: 0,
+                }),
+                &token,
+            ))
+            .await
+            .expect("status")
+            .into_inner();
+        assert_eq!(answer.state, read.state);
+        assert_eq!(answer.deliveries, read.deliveries, "message {seq}");
+        let to: Vec<i64> = answer.deliveries.iter().map(|d| d.recipient_id).collect();
+        assert_eq!(to, [bob.id.min(carol.id), bob.id.max(carol.id)]);
+    }
+    assert_eq!(w.smtp.wait_for(10).await.len(), 10);
+}
+
 chat_testkit::backend_tests!(
+    notify_message_answers_with_the_records_a_status_read_returns,
     emails_a_stopped_notifier_was_trying_are_sent_once_by_the_next,
     a_message_stored_after_a_membership_change_goes_to_the_members_it_was_stored_with,
     the_largest_sequence_numbers_are_not_found_not_a_crash,

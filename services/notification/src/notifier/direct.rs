@@ -7,12 +7,11 @@
 
 use std::time::Duration;
 
-use tokio::sync::broadcast;
 use tracing::Instrument;
 
 use chat_common::trace;
 
-use super::{Notifier, POLL_EVERY};
+use super::{announced, Notifier, POLL_EVERY};
 use crate::{
     email::{Email, SendError},
     error::NotificationError,
@@ -78,19 +77,7 @@ impl Notifier {
                 return Ok(found);
             }
             let look_again = (tokio::time::Instant::now() + POLL_EVERY).min(deadline);
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(look_again) => break,
-                    m = finished.recv() => match m {
-                        Ok(m) if m != announcement(id) => continue,
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
-                        Err(broadcast::error::RecvError::Closed) => {
-                            tokio::time::sleep_until(look_again).await;
-                            break;
-                        }
-                    },
-                }
-            }
+            announced(&mut finished, announcement(id), look_again).await;
         }
     }
 
@@ -192,7 +179,7 @@ impl Notifier {
                 }
             }
         };
-        let _ = inner.finished.send(announcement(id));
+        self.announce(announcement(id), None);
         result
     }
 

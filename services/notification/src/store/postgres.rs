@@ -46,7 +46,7 @@ pub struct PgDeliveryStore {
     /// Records and claims of concurrent messages, one statement per batch.
     records: Batcher<RecordItem, (bool, Vec<DeliveryRecord>)>,
     /// First-try deliveries of concurrent messages, one statement per batch.
-    delivered: Batcher<DeliveredItem, ()>,
+    delivered: Batcher<DeliveredItem, Option<DateTime<Utc>>>,
 }
 
 impl PgDeliveryStore {
@@ -393,7 +393,10 @@ impl<'a> RecipientColumns<'a> {
 /// is marked delivered in its own row, all in one statement: what almost every message
 /// does. The others (some emails failed their first try, or the message was split since)
 /// are split first and their deliveries written one by one.
-async fn finish_delivered(pool: PgPool, items: Vec<DeliveredItem>) -> anyhow::Result<Vec<()>> {
+async fn finish_delivered(
+    pool: PgPool,
+    items: Vec<DeliveredItem>,
+) -> anyhow::Result<Vec<Option<DateTime<Utc>>>> {
     let (mut chat_ids, mut seqs, mut firsts, mut lasts, mut ids) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for item in &items {
@@ -403,14 +406,14 @@ async fn finish_delivered(pool: PgPool, items: Vec<DeliveredItem>) -> anyhow::Re
         ids.extend(item.recipient_ids.iter().copied());
         lasts.push(ids.len() as i32);
     }
-    let whole: Vec<(i64, i64)> = sqlx::query_as(
+    let whole: Vec<(i64, i64, DateTime<Utc>)> = sqlx::query_as(
         "UPDATE notified_messages m SET state = 'delivered', lease_until = NULL, \
             updated_at = now() \
          FROM UNNEST($1::bigint[], $2::bigint[], $3::int[], $4::int[]) AS f(chat_id, seq, lo, hi) \
          WHERE m.chat_id = f.chat_id AND m.seq = f.seq AND m.state = 'sending' \
            AND m.recipient_ids <@ ($5::bigint[])[f.lo:f.hi] \
            AND ($5::bigint[])[f.lo:f.hi] <@ m.recipient_ids \
-         RETURNING m.chat_id, m.seq",
+         RETURNING m.chat_id, m.seq, m.updated_at",
     )
     .bind(&chat_ids)
     .bind(&seqs)
@@ -422,7 +425,7 @@ async fn finish_delivered(pool: PgPool, items: Vec<DeliveredItem>) -> anyhow::Re
     .context("recording deliveries")?;
     let rest: Vec<&DeliveredItem> = items
         .iter()
-        .filter(|i| !whole.contains(&(i.chat_id, i.seq)))
+        .filter(|i| !whole.iter().any(|w| (w.0, w.1) == (i.chat_id, i.seq)))
         .collect();
     if !rest.is_empty() {
         split(&pool, rest.iter().map(|i| (i.chat_id, i.seq))).await?;
@@ -448,7 +451,16 @@ async fn finish_delivered(pool: PgPool, items: Vec<DeliveredItem>) -> anyhow::Re
         .await
         .context("recording deliveries")?;
     }
-    Ok(vec![(); items.len()])
+    // A message delivered whole: its every email, at the time the update wrote.
+    Ok(items
+        .iter()
+        .map(|i| {
+            whole
+                .iter()
+                .find(|w| (w.0, w.1) == (i.chat_id, i.seq))
+                .map(|w| w.2)
+        })
+        .collect())
 }
 
 /// Splits the messages (chat id, seq) that are claimed or delivered whole: each turns
@@ -615,7 +627,7 @@ impl DeliveryStore for PgDeliveryStore {
         chat_id: i64,
         seq: i64,
         recipient_ids: &[i64],
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Option<DateTime<Utc>>> {
         self.delivered
             .run(DeliveredItem {
                 chat_id,

@@ -12,7 +12,7 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 
 use chat_common::db::{sqlite_lease_end, sqlite_time, sqlite_writer, Args, GroupWriter};
@@ -239,7 +239,7 @@ impl DeliveryStore for SqliteDeliveryStore {
         chat_id: i64,
         seq: i64,
         recipient_ids: &[i64],
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Option<DateTime<Utc>>> {
         let ids = serde_json::to_string(recipient_ids).context("listing recipients")?;
         self.writer
             .execute(
@@ -255,7 +255,8 @@ impl DeliveryStore for SqliteDeliveryStore {
                 "recording deliveries",
             )
             .await?;
-        Ok(())
+        // Every email is a row of its own here: the caller reads them back.
+        Ok(None)
     }
 
     async fn deliveries(
