@@ -133,6 +133,12 @@ impl ChatApi {
         found.ok_or(ChatError::ChatNotFound(chat.0))
     }
 
+    /// Who created `chat`; NOT_FOUND when it is gone.
+    async fn creator(&self, chat: ChatId) -> Result<i64, ChatError> {
+        let found = self.inner.store.chat(chat).await?;
+        Ok(found.ok_or(ChatError::ChatNotFound(chat.0))?.creator_id)
+    }
+
     /// `user_id`'s membership of `chat`; NOT_FOUND, as for any chat one cannot see, when
     /// there is none.
     async fn member(&self, chat: ChatId, user_id: i64) -> Result<MemberRecord, ChatError> {
@@ -436,7 +442,10 @@ impl ChatService for ChatApi {
         if req.seq <= 0 {
             return Err(invalid_field("seq", "must be a positive sequence number"));
         }
-        let chat = self.visible_chat(&caller, chat_id).await?;
+        // A user's membership row first (not the chat with its unread count, which grows
+        // with everything they have not read); the chat's creator only when someone other
+        // than the author deletes.
+        self.check_visible(&caller, chat_id).await?;
         let not_found = ChatError::MessageNotFound {
             chat_id: chat_id.0,
             seq: req.seq,
@@ -449,7 +458,7 @@ impl ChatService for ChatApi {
             .map_err(ChatError::from)?
             .ok_or(not_found)?;
         if let Caller::User { id, .. } = caller {
-            if message.sender_id != id && chat.creator_id != id {
+            if message.sender_id != id && self.creator(chat_id).await? != id {
                 return Err(ChatError::PermissionDenied(
                     "only the message's author or the chat's creator may delete it".into(),
                 )

@@ -401,6 +401,16 @@ async fn deleting_messages_and_chats_is_restricted() {
         c.delete_message(del(&alice, 99)).await.unwrap_err().code(),
         Code::NotFound
     );
+    // Someone outside the chat learns nothing: a message that exists and one that does
+    // not are both a chat not found.
+    let mallory = w.user("mallory").await;
+    let mut answers = Vec::new();
+    for seq in [m2.seq, 99] {
+        let e = c.delete_message(del(&mallory, seq)).await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        answers.push(e.message().to_owned());
+    }
+    assert_eq!(answers[0], answers[1]);
     let left = c
         .list_messages(alice.req(pb::ListMessagesRequest {
             chat_id: id,
