@@ -21,6 +21,8 @@ struct World {
     nats: TestNats,
     notify_db: TestDb,
     smtp: TestSmtp,
+    /// A service token, as the saga holds one, for the calls only services may make.
+    token: String,
     _chat_db: TestDb,
 }
 
@@ -30,7 +32,9 @@ impl World {
         let chat_db = TestDb::new().await;
         let nats = TestNats::new();
         let chat = spawn_chat(chat_config(&auth, &chat_db.url, &nats)).await;
+        let token = auth.service_token("saga-orchestrator").await;
         Self {
+            token,
             auth,
             chat,
             nats,
@@ -92,7 +96,6 @@ impl World {
         seq: i64,
         wait_ms: i32,
     ) -> Result<pb::GetDeliveryStatusResponse, tonic::Status> {
-        let token = self.auth.service_token("saga-orchestrator").await;
         n.client
             .clone()
             .get_delivery_status(with_bearer(
@@ -101,7 +104,29 @@ impl World {
                     seq,
                     wait_timeout_ms: wait_ms,
                 }),
-                &token,
+                &self.token,
+            ))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// NotifyMessage for the message, as the saga calls it, waiting up to `timeout_ms`.
+    async fn notify_within(
+        &self,
+        n: &TestNotification,
+        chat_id: i64,
+        seq: i64,
+        timeout_ms: i32,
+    ) -> Result<pb::NotifyMessageResponse, tonic::Status> {
+        n.client
+            .clone()
+            .notify_message(with_bearer(
+                tonic::Request::new(pb::NotifyMessageRequest {
+                    chat_id,
+                    seq,
+                    timeout_ms,
+                }),
+                &self.token,
             ))
             .await
             .map(|r| r.into_inner())
@@ -230,24 +255,9 @@ async fn notify_message_sends_once_and_is_internal() {
     let (alice, bob) = (w.auth.user("alice").await, w.auth.user("bob").await);
     let chat_id = w.chat_of(&alice, &[&bob]).await;
     let seq = w.send(&alice, chat_id, "hi").await;
-    let token = w.auth.service_token("saga-orchestrator").await;
-    let notify = |seq: i64| {
-        let mut c = n.client.clone();
-        let token = token.clone();
-        async move {
-            c.notify_message(with_bearer(
-                tonic::Request::new(pb::NotifyMessageRequest {
-                    chat_id,
-                    seq,
-                    timeout_ms: 10_000,
-                }),
-                &token,
-            ))
-            .await
-        }
-    };
+    let notify = |seq: i64| w.notify_within(&n, chat_id, seq, 10_000);
     for _ in 0..3 {
-        let r = notify(seq).await.expect("notify").into_inner();
+        let r = notify(seq).await.expect("notify");
         assert_eq!(r.state, DeliveryState::Delivered as i32, "{r:?}");
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -270,19 +280,7 @@ async fn notify_message_sends_once_and_is_internal() {
         .await
         .unwrap_err();
     assert_eq!(as_user.code(), Code::PermissionDenied);
-    let unknown = n
-        .client
-        .clone()
-        .get_delivery_status(with_bearer(
-            tonic::Request::new(pb::GetDeliveryStatusRequest {
-                chat_id,
-                seq: 42,
-                wait_timeout_ms: 0,
-            }),
-            &token,
-        ))
-        .await
-        .unwrap_err();
+    let unknown = w.status_within(&n, chat_id, 42, 0).await.unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
 }
 
@@ -293,35 +291,10 @@ async fn the_largest_sequence_numbers_are_not_found_not_a_crash() {
     let (alice, bob) = (w.auth.user("alice").await, w.auth.user("bob").await);
     let chat_id = w.chat_of(&alice, &[&bob]).await;
     w.send(&alice, chat_id, "hello").await;
-    let token = w.auth.service_token("saga-orchestrator").await;
     for seq in [i64::MAX, i64::MAX - 1] {
-        let err = n
-            .client
-            .clone()
-            .notify_message(with_bearer(
-                tonic::Request::new(pb::NotifyMessageRequest {
-                    chat_id,
-                    seq,
-                    timeout_ms: 1000,
-                }),
-                &token,
-            ))
-            .await
-            .unwrap_err();
+        let err = w.notify_within(&n, chat_id, seq, 1000).await.unwrap_err();
         assert_eq!(err.code(), Code::NotFound, "seq {seq}: {err:?}");
-        let err = n
-            .client
-            .clone()
-            .get_delivery_status(with_bearer(
-                tonic::Request::new(pb::GetDeliveryStatusRequest {
-                    chat_id,
-                    seq,
-                    wait_timeout_ms: 0,
-                }),
-                &token,
-            ))
-            .await
-            .unwrap_err();
+        let err = w.status_within(&n, chat_id, seq, 0).await.unwrap_err();
         assert_eq!(err.code(), Code::NotFound, "seq {seq}: {err:?}");
     }
 }
@@ -672,38 +645,14 @@ async fn notify_message_answers_with_the_records_a_status_read_returns() {
         w.auth.user("carol").await,
     );
     let chat_id = w.chat_of(&alice, &[&carol, &bob]).await;
-    let token = w.auth.service_token("saga-orchestrator").await;
     for i in 0..5 {
         let seq = w.send(&alice, chat_id, &format!("announced {i}")).await;
-        let answer = n
-            .client
-            .clone()
-            .notify_message(with_bearer(
-                tonic::Request::new(pb::NotifyMessageRequest {
-                    chat_id,
-                    seq,
-                    timeout_ms: 10_000,
-                }),
-                &token,
-            ))
+        let answer = w
+            .notify_within(&n, chat_id, seq, 10_000)
             .await
-            .expect("notify")
-            .into_inner();
+            .expect("notify");
         assert_eq!(answer.state, DeliveryState::Delivered as i32, "{answer:?}");
-        let read = n
-            .client
-            .clone()
-            .get_delivery_status(with_bearer(
-                tonic::Request::new(pb::GetDeliveryStatusRequest {
-                    chat_id,
-                    seq,
-                    wait_timeout_ms: 0,
-                }),
-                &token,
-            ))
-            .await
-            .expect("status")
-            .into_inner();
+        let read = w.status_within(&n, chat_id, seq, 0).await.expect("status");
         assert_eq!(answer.state, read.state);
         assert_eq!(answer.deliveries, read.deliveries, "message {seq}");
         let to: Vec<i64> = answer.deliveries.iter().map(|d| d.recipient_id).collect();
