@@ -362,11 +362,10 @@ pub trait SagaStore: Send + Sync + 'static {
         &self,
         id: Uuid,
         first: (StepKind, StepResult),
-        between: DateTime<Utc>,
+        _between: DateTime<Utc>,
         then: (StepKind, StepResult),
         state: SagaState,
     ) -> anyhow::Result<SagaRecord> {
-        let _ = between;
         self.step_succeeded(id, first.0, first.1, Then::Start(then.0))
             .await?;
         match self

@@ -1,6 +1,6 @@
 //! The PostgreSQL backend of [`SagaStore`](super::SagaStore).
 
-use std::time::Duration;
+use std::{sync::LazyLock, time::Duration};
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -79,6 +79,39 @@ fn group_steps(rows: &[PgRow]) -> anyhow::Result<Vec<SagaRecord>> {
     }
     Ok(sagas)
 }
+
+/// The statement of [`PgSagaStore::steps_succeeded`]: `$1` the saga, `$2` and `$4` the two
+/// steps, `$3` when the first ended, `$5`..`$8` the second's and the first's results, `$9`
+/// the saga's end state and `$10` whether it is final.
+static STEPS_SUCCEEDED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH done AS ( \
+             UPDATE saga_steps SET state = 'succeeded', \
+                finished_at = GREATEST($3, started_at), error = '' \
+             WHERE saga_id = $1 AND kind = $2 \
+             RETURNING {STEP_COLUMNS}), \
+         next AS ( \
+             INSERT INTO saga_steps (saga_id, kind, state, started_at, finished_at, error) \
+             SELECT $1, $4, 'succeeded', done.finished_at, \
+                GREATEST(now(), done.finished_at), '' FROM done \
+             ON CONFLICT (saga_id, kind) DO UPDATE \
+               SET state = 'succeeded', finished_at = EXCLUDED.finished_at, error = '' \
+             RETURNING {STEP_COLUMNS}), \
+         saga AS ( \
+             UPDATE sagas SET sender_id = COALESCE($5, $7, sender_id), \
+                message_seq = COALESCE($6, $8, message_seq), state = $9, \
+                lease_until = CASE WHEN $10 THEN NULL ELSE lease_until END, \
+                updated_at = now() \
+             WHERE id = $1 AND EXISTS (SELECT 1 FROM done) RETURNING {SAGA_COLUMNS}), \
+         steps AS ( \
+             SELECT {STEP_COLUMNS} FROM saga_steps \
+             WHERE saga_id = $1 AND kind <> $2 AND kind <> $4 \
+             UNION ALL SELECT * FROM done \
+             UNION ALL SELECT * FROM next) \
+         SELECT saga.*, {STEP_FIELDS} FROM saga LEFT JOIN steps st ON true \
+         ORDER BY st.started_at, st.kind"
+    )
+});
 
 #[async_trait]
 impl SagaStore for PgSagaStore {
@@ -259,46 +292,20 @@ impl SagaStore for PgSagaStore {
         // read back with the steps. The first step ended when the second started: at
         // `between`, this process's clock, never before the first step's logged start (a
         // clock behind the database's).
-        let rows = sqlx::query(&format!(
-            "WITH done AS ( \
-                 UPDATE saga_steps SET state = 'succeeded', \
-                    finished_at = GREATEST($3, started_at), error = '' \
-                 WHERE saga_id = $1 AND kind = $2 \
-                 RETURNING {STEP_COLUMNS}), \
-             next AS ( \
-                 INSERT INTO saga_steps (saga_id, kind, state, started_at, finished_at, error) \
-                 SELECT $1, $4, 'succeeded', done.finished_at, \
-                    GREATEST(now(), done.finished_at), '' FROM done \
-                 ON CONFLICT (saga_id, kind) DO UPDATE \
-                   SET state = 'succeeded', finished_at = EXCLUDED.finished_at, error = '' \
-                 RETURNING {STEP_COLUMNS}), \
-             saga AS ( \
-                 UPDATE sagas SET sender_id = COALESCE($5, $7, sender_id), \
-                    message_seq = COALESCE($6, $8, message_seq), state = $9, \
-                    lease_until = CASE WHEN $10 THEN NULL ELSE lease_until END, \
-                    updated_at = now() \
-                 WHERE id = $1 AND EXISTS (SELECT 1 FROM done) RETURNING {SAGA_COLUMNS}), \
-             steps AS ( \
-                 SELECT {STEP_COLUMNS} FROM saga_steps \
-                 WHERE saga_id = $1 AND kind <> $2 AND kind <> $4 \
-                 UNION ALL SELECT * FROM done \
-                 UNION ALL SELECT * FROM next) \
-             SELECT saga.*, {STEP_FIELDS} FROM saga LEFT JOIN steps st ON true \
-             ORDER BY st.started_at, st.kind"
-        ))
-        .bind(id)
-        .bind(first.0.as_str())
-        .bind(between)
-        .bind(then.0.as_str())
-        .bind(then_sender)
-        .bind(then_seq)
-        .bind(first_sender)
-        .bind(first_seq)
-        .bind(state.as_str())
-        .bind(state.is_final())
-        .fetch_all(&self.pool)
-        .await
-        .context("recording two steps' success")?;
+        let rows = sqlx::query(&STEPS_SUCCEEDED)
+            .bind(id)
+            .bind(first.0.as_str())
+            .bind(between)
+            .bind(then.0.as_str())
+            .bind(then_sender)
+            .bind(then_seq)
+            .bind(first_sender)
+            .bind(first_seq)
+            .bind(state.as_str())
+            .bind(state.is_final())
+            .fetch_all(&self.pool)
+            .await
+            .context("recording two steps' success")?;
         // Without the first step's row nothing is written, and nothing read back.
         group_steps(&rows)?
             .pop()
