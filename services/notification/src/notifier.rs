@@ -633,8 +633,11 @@ impl Notifier {
             let ids: Vec<i64> = delivered.iter().map(|d| d.recipient.user_id).collect();
             // Not recorded means sent again once the claim runs out: at least once.
             match store.finish_delivered(chat_id, seq, &ids).await {
-                Ok(Some(at)) => settled = Some(Arc::new(delivered_whole(&delivered, at))),
-                Ok(None) => {}
+                // Built only for someone waiting: most messages have nobody.
+                Ok(Some(at)) if self.inner.finished.receiver_count() > 0 => {
+                    settled = Some(Arc::new(delivered_whole(&delivered, at)));
+                }
+                Ok(_) => {}
                 Err(e) => {
                     tracing::error!(chat_id, seq, error = ?e, "recording deliveries failed");
                 }
